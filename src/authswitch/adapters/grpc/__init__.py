@@ -1,0 +1,1 @@
+"""gRPC: the server, the servicers, and the one mapping of errors to the wire."""

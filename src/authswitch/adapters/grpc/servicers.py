@@ -1,0 +1,239 @@
+"""gRPC servicers: translate protobuf messages to domain calls and back. No rules here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from authswitch.adapters.grpc.errors import grpc_errors
+from authswitch.domain.authorization import AuthorizationRequest, CardStatus
+from authswitch.errors import RequestError
+from authswitch.service.admin import AdminService, balance_message
+from authswitch.service.authorization import AuthorizationService
+from authswitch.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    common_pb2,
+    ledger_admin_pb2,
+    ledger_admin_pb2_grpc,
+)
+
+__all__ = ["AuthorizationServicer", "LedgerAdminServicer", "to_domain"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_ACCOUNT_TYPES = {
+    common_pb2.ACCOUNT_TYPE_SINGLE: "SINGLE",
+    common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY: "MULTI_CURRENCY",
+}
+_MODES = {
+    common_pb2.LEDGER_MODE_ON_LEDGER: "ON_LEDGER",
+    common_pb2.LEDGER_MODE_OFF_LEDGER: "OFF_LEDGER",
+}
+_PURPOSES = {
+    value: name.removeprefix("ADJUSTMENT_PURPOSE_")
+    for name, value in ledger_admin_pb2.AdjustmentPurpose.items()
+    if value
+}
+
+
+def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationRequest:
+    """The domain view of an authorisation request; validation happens in the domain."""
+    return AuthorizationRequest(
+        source=request.source,
+        message_id=request.message_id,
+        network_reference=request.network_reference,
+        transaction_type=request.transaction_type,
+        pan=request.pan,
+        pin=request.auth.pin,
+        expiry_yymm=request.auth.expiry,
+        cvv2=request.auth.cvv2,
+        new_pin=request.auth.new_pin,
+        transaction_amount_minor=request.transaction_amount.amount_minor,
+        transaction_asset=request.transaction_amount.asset,
+        billing_amount_minor=request.billing_amount.amount_minor,
+        billing_asset=request.billing_amount.asset,
+        partial_allowed=request.partial_approval_allowed,
+        mcc=request.merchant.mcc,
+        merchant_country=request.merchant.country,
+        channel=request.channel,
+    )
+
+
+def _actor(context: Context) -> str:
+    """Who made an admin call, for the audit log (the authenticated identity, when known)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-authswitch-actor" and isinstance(value, str):
+            return value[:64]
+    return "admin"
+
+
+def _card_status(value: int, *, default: CardStatus | None = None) -> CardStatus:
+    if value == common_pb2.CARD_STATUS_UNSPECIFIED and default is not None:
+        return default
+    try:
+        return CardStatus(value)
+    except ValueError:
+        raise RequestError("status must be a known card status") from None
+
+
+class AuthorizationServicer(authorization_pb2_grpc.AuthorizationServiceServicer):
+    def __init__(self, service: AuthorizationService) -> None:
+        self.service = service
+
+    async def Authorize(  # noqa: N802 - gRPC method name
+        self, request: authorization_pb2.AuthorizeRequest, context: Context
+    ) -> authorization_pb2.AuthorizeResponse:
+        # Never raises: every fault is answered with a response code (96 at worst).
+        canonical = request.SerializeToString(deterministic=True)
+        return await self.service.authorize(to_domain(request), canonical)
+
+
+class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
+    def __init__(self, service: AdminService) -> None:
+        self.service = service
+
+    @grpc_errors
+    async def CreateClient(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateClientRequest, context: Context
+    ) -> ledger_admin_pb2.CreateClientResponse:
+        client_id = await self.service.create_client(request.name, actor=_actor(context))
+        return ledger_admin_pb2.CreateClientResponse(client_id=client_id)
+
+    @grpc_errors
+    async def CreateProgram(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateProgramRequest, context: Context
+    ) -> ledger_admin_pb2.CreateProgramResponse:
+        mode = _MODES.get(request.mode)
+        if mode is None:
+            raise RequestError("mode must be LEDGER_MODE_ON_LEDGER or LEDGER_MODE_OFF_LEDGER")
+        program_id = await self.service.create_program(
+            request.client_id, request.name, mode, request.time_zone, actor=_actor(context)
+        )
+        return ledger_admin_pb2.CreateProgramResponse(program_id=program_id)
+
+    @grpc_errors
+    async def CreateProduct(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateProductRequest, context: Context
+    ) -> ledger_admin_pb2.CreateProductResponse:
+        account_types = [_ACCOUNT_TYPES.get(t, "?") for t in request.account_types]
+        product_id = await self.service.create_product(
+            request.program_id,
+            request.name,
+            account_types=account_types,
+            assets=list(request.assets),
+            allowed_transaction_types=list(request.allowed_transaction_types),
+            allowed_channels=list(request.allowed_channels),
+            blocked_mccs=list(request.blocked_mccs),
+            pin_tries_max=request.pin_tries_max,
+            hold_validity_days=7,
+            actor=_actor(context),
+        )
+        return ledger_admin_pb2.CreateProductResponse(product_id=product_id)
+
+    @grpc_errors
+    async def CreateAccount(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateAccountRequest, context: Context
+    ) -> ledger_admin_pb2.CreateAccountResponse:
+        account_type = _ACCOUNT_TYPES.get(request.account_type, "")
+        if request.account_type and not account_type:
+            raise RequestError("account_type must be a known account type")
+        account_id = await self.service.create_account(
+            request.product_id,
+            account_type,
+            list(request.assets),
+            name=request.name,
+            reference=request.reference,
+            profile_id=request.profile_id,
+            actor=_actor(context),
+        )
+        return ledger_admin_pb2.CreateAccountResponse(account_id=account_id)
+
+    @grpc_errors
+    async def CreateCard(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateCardRequest, context: Context
+    ) -> ledger_admin_pb2.CreateCardResponse:
+        created = await self.service.create_card(
+            request.account_id,
+            request.pan,
+            request.expiry,
+            _card_status(request.status, default=CardStatus.ACTIVE),
+            request.pin,
+            actor=_actor(context),
+        )
+        return ledger_admin_pb2.CreateCardResponse(
+            card_id=created.card_id, bin=created.bin, last_four=created.last_four, cvv2=created.cvv2
+        )
+
+    @grpc_errors
+    async def SetCardPin(  # noqa: N802
+        self, request: ledger_admin_pb2.SetCardPinRequest, context: Context
+    ) -> ledger_admin_pb2.SetCardPinResponse:
+        await self.service.set_card_pin(request.card_id, request.pin, actor=_actor(context))
+        return ledger_admin_pb2.SetCardPinResponse()
+
+    @grpc_errors
+    async def ChangeCardStatus(  # noqa: N802
+        self, request: ledger_admin_pb2.ChangeCardStatusRequest, context: Context
+    ) -> ledger_admin_pb2.ChangeCardStatusResponse:
+        status = _card_status(request.status)
+        previous = await self.service.change_card_status(
+            request.card_id, status, request.reason, actor=_actor(context)
+        )
+        return ledger_admin_pb2.ChangeCardStatusResponse(
+            previous_status=previous.value,  # type: ignore[arg-type]
+            status=status.value,  # type: ignore[arg-type]
+        )
+
+    @grpc_errors
+    async def CreditAccount(  # noqa: N802
+        self, request: ledger_admin_pb2.CreditAccountRequest, context: Context
+    ) -> ledger_admin_pb2.CreditAccountResponse:
+        response = await self.service.adjust(
+            account_id=request.account_id,
+            asset=request.amount.asset,
+            amount_minor=request.amount.amount_minor,
+            purpose=_PURPOSES.get(request.purpose, ""),
+            idempotency_key=request.idempotency_key,
+            description=request.description,
+            credit=True,
+            allow_negative=False,
+            fingerprint=self.service.keys.fingerprint(
+                request.SerializeToString(deterministic=True)
+            ),
+            actor=_actor(context),
+        )
+        assert isinstance(response, ledger_admin_pb2.CreditAccountResponse)
+        return response
+
+    @grpc_errors
+    async def DebitAccount(  # noqa: N802
+        self, request: ledger_admin_pb2.DebitAccountRequest, context: Context
+    ) -> ledger_admin_pb2.DebitAccountResponse:
+        response = await self.service.adjust(
+            account_id=request.account_id,
+            asset=request.amount.asset,
+            amount_minor=request.amount.amount_minor,
+            purpose=_PURPOSES.get(request.purpose, ""),
+            idempotency_key=request.idempotency_key,
+            description=request.description,
+            credit=False,
+            allow_negative=request.allow_negative,
+            fingerprint=self.service.keys.fingerprint(
+                request.SerializeToString(deterministic=True)
+            ),
+            actor=_actor(context),
+        )
+        assert isinstance(response, ledger_admin_pb2.DebitAccountResponse)
+        return response
+
+    @grpc_errors
+    async def GetBalances(  # noqa: N802
+        self, request: ledger_admin_pb2.GetBalancesRequest, context: Context
+    ) -> ledger_admin_pb2.GetBalancesResponse:
+        balances = await self.service.balances(request.account_id)
+        return ledger_admin_pb2.GetBalancesResponse(
+            account_id=request.account_id,
+            balances=[balance_message(asset, b) for asset, b in balances.items()],
+        )

@@ -1,0 +1,444 @@
+"""The group committer: many decisions, one Postgres transaction.
+
+A decision's answer goes back only after its record (and hold, balance change, postings) is
+committed. Committing each decision in its own transaction would serialise every request on
+a hot account's balance row; instead writes queue here and are committed in batches, with
+each balance row updated once per batch by the batch's net delta (DESIGN.md §5.7).
+
+Lifecycle: ``start()`` → ``submit()``... → ``stop()`` (drains the queue, then returns).
+Limits: the queue holds at most ``queue_max`` writes (``submit`` raises :class:`Overloaded`
+beyond it); a batch holds at most ``batch_max`` writes; one batch is in flight at a time, so
+batches commit in submission order and a batch grows while the previous one commits.
+
+Postgres has the last word on funds: the batch locks the balance rows it touches and replays
+its writes in order (``admit_in_order``); a write whose funds Postgres refuses is recorded
+as its ``refusal`` decision instead. That only happens when the Redis cache was stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import asyncpg
+
+from authswitch import metrics
+from authswitch.adapters.postgres.pool import Connection
+from authswitch.domain.ledger import Balance, admit_in_order
+from authswitch.domain.records import CardUpdate, DecisionRecord, LedgerWrite
+from authswitch.errors import Overloaded, StoreUnavailable
+
+__all__ = ["GroupCommitter", "StoredDecision", "WriteResult", "WriteStatus"]
+
+log = logging.getLogger(__name__)
+
+
+class WriteStatus(Enum):
+    COMMITTED = "committed"  # the write's own decision is durable
+    REFUSED = "refused"  # Postgres refused the funds; the refusal decision is durable
+    DUPLICATE = "duplicate"  # the message id already had a decision; nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A durable decision as read back from Postgres."""
+
+    id: str
+    source: str
+    message_id: str
+    fingerprint: bytes
+    reason: int
+    response_code: str
+    response: bytes
+    account_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    status: WriteStatus
+    decision: StoredDecision  # what is durable under the write's (source, message_id)
+
+
+def _stored(record: DecisionRecord) -> StoredDecision:
+    return StoredDecision(
+        record.id,
+        record.source,
+        record.message_id,
+        record.fingerprint,
+        record.reason,
+        record.response_code,
+        record.response,
+        record.account_id,
+    )
+
+
+_Item = tuple[LedgerWrite, "asyncio.Future[WriteResult]", float]
+
+_SELECT_DECISIONS = """
+    SELECT d.id::text, d.source, d.message_id, d.fingerprint, d.reason, d.response_code,
+           d.response, d.account_id::text
+    FROM decisions d
+    JOIN unnest($1::text[], $2::text[]) AS k(source, message_id) USING (source, message_id)
+"""
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        batch_max: int,
+        queue_max: int,
+        linger_us: int = 0,
+    ) -> None:
+        assert batch_max > 0
+        assert queue_max > 0
+        assert linger_us >= 0
+        self._pool = pool
+        self._batch_max = batch_max
+        self._queue_max = queue_max
+        self._linger_s = linger_us / 1_000_000
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        assert self._task is None, "started twice"
+        self._task = asyncio.create_task(self._run(), name="group-committer")
+
+    async def stop(self) -> None:
+        """Commit everything queued, then stop. New submissions are refused meanwhile."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, write: LedgerWrite) -> WriteResult:
+        """Queue ``write`` and wait until it is durable (or refused, or a duplicate).
+
+        Raises :class:`Overloaded` when the queue is full or the committer is stopping, and
+        :class:`StoreUnavailable` when Postgres failed and the write is known not committed.
+        """
+        if self._stopping:
+            raise Overloaded("the group committer is stopping")
+        if len(self._queue) >= self._queue_max:
+            raise Overloaded(f"group-commit queue full ({self._queue_max} writes)")
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((write, future, time.perf_counter()))
+        metrics.COMMIT_QUEUE_DEPTH.set(len(self._queue))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._linger_s and len(self._queue) < self._batch_max:
+                await asyncio.sleep(self._linger_s)
+            count = min(len(self._queue), self._batch_max)
+            batch = [self._queue.popleft() for _ in range(count)]
+            metrics.COMMIT_QUEUE_DEPTH.set(len(self._queue))
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        for _, _, queued in batch:
+            metrics.COMMIT_QUEUE_WAIT_SECONDS.observe(started - queued)
+        metrics.COMMIT_BATCH_SIZE.observe(len(batch))
+        writes = [write for write, _, _ in batch]
+        try:
+            results: Sequence[WriteResult | BaseException] = await self._write_batch(writes)
+        except Exception as exc:  # any failure: find out what, if anything, committed
+            metrics.STORE_ERRORS.labels("postgres", "group_commit").inc()
+            log.warning(
+                "group commit of %d writes failed: %s", len(batch), type(exc).__name__,
+                exc_info=exc,
+            )  # fmt: skip
+            results = await self._recover(writes, exc)
+        finally:
+            metrics.COMMIT_BATCH_SECONDS.observe(time.perf_counter() - started)
+        for (_, future, _), result in zip(batch, results, strict=True):
+            if future.done():  # the submitter was cancelled
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _recover(
+        self, writes: list[LedgerWrite], cause: Exception
+    ) -> list[WriteResult | BaseException]:
+        """After a failed commit, read back which writes are durable anyway (a connection
+        lost during COMMIT can hide a successful commit). What cannot be confirmed is
+        reported as not committed: the caller answers 96 and reloads the cache."""
+        unavailable = StoreUnavailable(f"Postgres commit failed: {type(cause).__name__}")
+        try:
+            async with self._pool.acquire(timeout=2.0) as conn:
+                rows = await conn.fetch(
+                    _SELECT_DECISIONS,
+                    [w.decision.source for w in writes],
+                    [w.decision.message_id for w in writes],
+                )
+        except Exception:
+            metrics.STORE_ERRORS.labels("postgres", "group_commit_recover").inc()
+            return [unavailable] * len(writes)
+        stored = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+        results: list[WriteResult | BaseException] = []
+        for write in writes:
+            found = stored.get(write.decision.key)
+            if found is None or found.id != write.decision.id:
+                # Not ours: either nothing is durable (safe to answer 96), or another
+                # message's decision holds the key and ours never committed.
+                results.append(unavailable)
+            elif found.reason == write.decision.reason:
+                results.append(WriteResult(WriteStatus.COMMITTED, found))
+            else:
+                results.append(WriteResult(WriteStatus.REFUSED, found))
+        return results
+
+    async def _write_batch(self, writes: list[LedgerWrite]) -> list[WriteResult | BaseException]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await write_batch(conn, writes)
+
+
+def _row_to_stored(row: Any) -> StoredDecision:
+    return StoredDecision(
+        row["id"],
+        row["source"],
+        row["message_id"],
+        bytes(row["fingerprint"]),
+        row["reason"],
+        row["response_code"],
+        bytes(row["response"]),
+        row["account_id"],
+    )
+
+
+async def write_batch(
+    conn: Connection, writes: list[LedgerWrite]
+) -> list[WriteResult | BaseException]:
+    """Write one batch inside the caller's transaction; returns a result per write."""
+    # 1. Within the batch, a second write under the same key is a duplicate of the first.
+    first_index: dict[tuple[str, str], int] = {}
+    in_batch_duplicate: dict[int, int] = {}
+    for index, write in enumerate(writes):
+        key = write.decision.key
+        if key in first_index:
+            in_batch_duplicate[index] = first_index[key]
+        else:
+            first_index[key] = index
+    candidates = [i for i in range(len(writes)) if i not in in_batch_duplicate]
+
+    # 2. Lock the balances the batch touches and let Postgres admit the funds in order.
+    keys = sorted({c.key for i in candidates for c in writes[i].balance_changes})
+    balances: dict[tuple[str, str], Balance] = {}
+    if keys:
+        rows = await conn.fetch(
+            """SELECT b.account_id::text, b.asset, b.actual_minor, b.authorized_minor
+               FROM balances b
+               JOIN unnest($1::uuid[], $2::text[]) AS k(account_id, asset)
+                 USING (account_id, asset)
+               ORDER BY b.account_id, b.asset
+               FOR UPDATE OF b""",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        balances = {(r[0], r[1]): Balance(r[2], r[3]) for r in rows}
+    missing = {k for k in keys if k not in balances}
+    refused, _ = admit_in_order(
+        balances,
+        (
+            (i, writes[i].balance_changes)
+            for i in candidates
+            if not any(c.key in missing for c in writes[i].balance_changes)
+        ),
+    )
+    refused |= {i for i in candidates if any(c.key in missing for c in writes[i].balance_changes)}
+    records: dict[int, DecisionRecord] = {}
+    for i in candidates:
+        if i in refused:
+            refusal = writes[i].refusal
+            assert refusal is not None, "a write that requires funds must say how it is refused"
+            records[i] = refusal()
+        else:
+            records[i] = writes[i].decision
+
+    # 3. Record the decisions; a key that already exists makes its write a duplicate.
+    ordered = [records[i] for i in candidates]
+    inserted_rows = await conn.fetch(
+        """INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id,
+               account_id, asset, amount_minor, approved_minor, fee_minor, response_code,
+               reason, response, created_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bytea[],
+               $6::uuid[], $7::uuid[], $8::text[], $9::int8[], $10::int8[], $11::int8[],
+               $12::text[], $13::int2[], $14::bytea[], $15::timestamptz[])
+           ON CONFLICT (source, message_id) DO NOTHING
+           RETURNING source, message_id""",
+        [d.source for d in ordered],
+        [d.message_id for d in ordered],
+        [d.id for d in ordered],
+        [d.kind for d in ordered],
+        [d.fingerprint for d in ordered],
+        [d.card_id for d in ordered],
+        [d.account_id for d in ordered],
+        [d.asset for d in ordered],
+        [d.amount_minor for d in ordered],
+        [d.approved_minor for d in ordered],
+        [d.fee_minor for d in ordered],
+        [d.response_code for d in ordered],
+        [d.reason for d in ordered],
+        [d.response for d in ordered],
+        [d.created_at for d in ordered],
+    )
+    inserted = {(r[0], r[1]) for r in inserted_rows}
+    duplicates = [i for i in candidates if records[i].key not in inserted]
+    effective = [i for i in candidates if i not in refused and records[i].key in inserted]
+
+    # 4. The effects of the admitted, non-duplicate writes.
+    await _apply_effects(conn, [writes[i] for i in effective])
+
+    existing: dict[tuple[str, str], StoredDecision] = {}
+    if duplicates:
+        rows = await conn.fetch(
+            _SELECT_DECISIONS,
+            [records[i].source for i in duplicates],
+            [records[i].message_id for i in duplicates],
+        )
+        existing = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+
+    results: list[WriteResult | BaseException] = []
+    for index, write in enumerate(writes):
+        key = write.decision.key
+        original = in_batch_duplicate.get(index)
+        if original is not None:
+            results.append(WriteResult(WriteStatus.DUPLICATE, _stored(records[original])))
+        elif key not in inserted:
+            stored = existing.get(key)
+            if stored is None:  # deleted meanwhile: cannot happen, decisions are never deleted
+                results.append(StoreUnavailable("duplicate decision vanished"))
+            else:
+                results.append(WriteResult(WriteStatus.DUPLICATE, stored))
+        elif index in refused:
+            results.append(WriteResult(WriteStatus.REFUSED, _stored(records[index])))
+        else:
+            results.append(WriteResult(WriteStatus.COMMITTED, _stored(records[index])))
+    return results
+
+
+async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> None:
+    holds = [h for w in writes for h in w.holds]
+    if holds:
+        await conn.execute(
+            """INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
+                   network_reference, amount_minor, original_minor, fee_minor, status,
+                   expires_at, created_at)
+               SELECT id, account_id, asset, card_id, source, message_id, network_reference,
+                      amount, amount, fee, 'OPEN', expires_at, created_at
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],
+                           $6::text[], $7::text[], $8::int8[], $9::int8[],
+                           $10::timestamptz[], $11::timestamptz[])
+                    AS h(id, account_id, asset, card_id, source, message_id,
+                         network_reference, amount, fee, expires_at, created_at)""",
+            [h.id for h in holds],
+            [h.account_id for h in holds],
+            [h.asset for h in holds],
+            [h.card_id for h in holds],
+            [h.source for h in holds],
+            [h.message_id for h in holds],
+            [h.network_reference for h in holds],
+            [h.amount_minor for h in holds],
+            [h.fee_minor for h in holds],
+            [h.expires_at for h in holds],
+            [h.created_at for h in holds],
+        )
+
+    deltas: dict[tuple[str, str], list[int]] = {}
+    for write in writes:
+        for change in write.balance_changes:
+            delta = deltas.setdefault(change.key, [0, 0])
+            delta[0] += change.actual_delta_minor
+            delta[1] += change.authorized_delta_minor
+    deltas = {k: v for k, v in deltas.items() if v != [0, 0]}
+    if deltas:
+        status = await conn.execute(
+            """UPDATE balances b
+               SET actual_minor = b.actual_minor + d.actual_delta,
+                   authorized_minor = b.authorized_minor + d.authorized_delta
+               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[])
+                    AS d(account_id, asset, actual_delta, authorized_delta)
+               WHERE b.account_id = d.account_id AND b.asset = d.asset""",
+            [k[0] for k in deltas],
+            [k[1] for k in deltas],
+            [v[0] for v in deltas.values()],
+            [v[1] for v in deltas.values()],
+        )
+        assert status == f"UPDATE {len(deltas)}", f"balance rows missing: {status}"
+
+    entries = [e for w in writes for e in w.entries]
+    if entries:
+        await conn.execute(
+            """INSERT INTO journal_entries (id, program_id, kind, source, message_id,
+                   description, created_at)
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::timestamptz[])""",
+            [e.id for e in entries],
+            [e.program_id for e in entries],
+            [e.kind for e in entries],
+            [e.source for e in entries],
+            [e.message_id for e in entries],
+            [e.description for e in entries],
+            [e.created_at for e in entries],
+        )
+        postings = [(e, p) for e in entries for p in e.postings]
+        await conn.execute(
+            """INSERT INTO postings (entry_id, account_id, asset, amount_minor, created_at)
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[],
+                                    $5::timestamptz[])""",
+            [e.id for e, _ in postings],
+            [p.account_id for _, p in postings],
+            [p.asset for _, p in postings],
+            [p.amount_minor for _, p in postings],
+            [e.created_at for e, _ in postings],
+        )
+
+    merged: dict[str, CardUpdate] = {}
+    for write in writes:
+        for update in write.card_updates:
+            before = merged.get(update.card_id)
+            if before is None:
+                merged[update.card_id] = update
+            else:
+                merged[update.card_id] = CardUpdate(
+                    update.card_id,
+                    update.pin_tries if update.pin_tries is not None else before.pin_tries,
+                    update.pvv if update.pvv is not None else before.pvv,
+                )
+    if merged:
+        updates = list(merged.values())
+        await conn.execute(
+            """UPDATE cards c
+               SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
+                   pvv = COALESCE(u.pvv, c.pvv),
+                   updated_at = now()
+               FROM unnest($1::uuid[], $2::int2[], $3::bytea[]) AS u(id, pin_tries, pvv)
+               WHERE c.id = u.id""",
+            [u.card_id for u in updates],
+            [u.pin_tries for u in updates],
+            [u.pvv for u in updates],
+        )

@@ -1,0 +1,422 @@
+"""Reads and catalogue writes against Postgres (everything but the group-committed batches).
+
+All SQL is parameterised; no value is ever formatted into a statement.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.pool import Connection
+from authswitch.domain.authorization import CardFacts, CardState, CardStatus, ProductRules
+from authswitch.domain.ledger import Balance
+from authswitch.domain.money import Asset, AssetCategory
+from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed
+
+__all__ = ["AccountRow", "CatalogStore", "ProductRow", "ProgramRow"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRow:
+    id: str
+    client_id: str
+    name: str
+    mode: str
+    time_zone: str
+    clearing_account_id: str
+    fee_account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRow:
+    id: str
+    program_id: str
+    name: str
+    account_types: tuple[str, ...]
+    assets: tuple[str, ...]
+    rules: ProductRules
+    hold_validity_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    id: str
+    program_id: str
+    product_id: str | None
+    kind: str
+    account_type: str
+
+
+def _uuid(value: str, what: str) -> str:
+    """Reject ids that are not UUIDs before they reach SQL (a clear NotFound, not a 500)."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise NotFound(f"{what} {value!r} does not exist") from None
+
+
+class CatalogStore:
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self.pool = pool
+
+    # -- reads on the decision path ------------------------------------------------------
+
+    async def assets(self) -> dict[str, Asset]:
+        rows = await self.pool.fetch("SELECT code, category, exponent, numeric_code FROM assets")
+        return {
+            r["code"]: Asset(
+                r["code"], AssetCategory(r["category"]), r["exponent"], r["numeric_code"]
+            )
+            for r in rows
+        }
+
+    async def card_by_pan_hmac(self, pan_hmac: bytes) -> CardFacts | None:
+        row = await self.pool.fetchrow(
+            """SELECT id::text, account_id::text, program_id::text, product_id::text, expiry_yymm
+               FROM cards WHERE pan_hmac = $1""",
+            pan_hmac,
+        )
+        return None if row is None else CardFacts(*row)
+
+    async def program(self, program_id: str) -> ProgramRow:
+        row = await self.pool.fetchrow(
+            """SELECT p.id::text, p.client_id::text, p.name, p.mode, p.time_zone,
+                      c.id::text AS clearing, f.id::text AS fee
+               FROM programs p
+               JOIN accounts c ON c.program_id = p.id AND c.kind = 'CLEARING'
+               JOIN accounts f ON f.program_id = p.id AND f.kind = 'FEE_INCOME'
+               WHERE p.id = $1""",
+            _uuid(program_id, "program"),
+        )
+        if row is None:
+            raise NotFound(f"program {program_id} does not exist")
+        return ProgramRow(*row)
+
+    async def product(self, product_id: str) -> ProductRow:
+        row = await self.pool.fetchrow(
+            """SELECT id::text, program_id::text, name, account_types, assets,
+                      allowed_transaction_types, allowed_channels, blocked_mccs,
+                      pin_tries_max, hold_validity_days
+               FROM products WHERE id = $1""",
+            _uuid(product_id, "product"),
+        )
+        if row is None:
+            raise NotFound(f"product {product_id} does not exist")
+        rules = ProductRules(
+            allowed_types=frozenset(row["allowed_transaction_types"]),
+            allowed_channels=frozenset(row["allowed_channels"]),
+            blocked_mccs=frozenset(row["blocked_mccs"]),
+            pin_tries_max=row["pin_tries_max"],
+        )
+        return ProductRow(
+            row["id"],
+            row["program_id"],
+            row["name"],
+            tuple(row["account_types"]),
+            tuple(row["assets"]),
+            rules,
+            row["hold_validity_days"],
+        )
+
+    async def account(self, account_id: str) -> AccountRow:
+        row = await self.pool.fetchrow(
+            """SELECT id::text, program_id::text, product_id::text, kind, account_type
+               FROM accounts WHERE id = $1""",
+            _uuid(account_id, "account"),
+        )
+        if row is None:
+            raise NotFound(f"account {account_id} does not exist")
+        return AccountRow(*row)
+
+    async def account_state(
+        self, account_id: str
+    ) -> tuple[dict[str, Balance], dict[str, CardState]]:
+        """Balances and card states of an account, from one snapshot."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            balance_rows = await conn.fetch(
+                "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
+                account_id,
+            )
+            card_rows = await conn.fetch(
+                """SELECT id::text, status, pin_tries, pin_tries_max, pvv
+                   FROM cards WHERE account_id = $1""",
+                account_id,
+            )
+        balances = {r[0]: Balance(r[1], r[2]) for r in balance_rows}
+        cards = {r[0]: _card_state(r) for r in card_rows}
+        return balances, cards
+
+    async def card_state(self, card_id: str) -> tuple[str, CardState] | None:
+        """(account id, state) of one card."""
+        row = await self.pool.fetchrow(
+            """SELECT id::text, status, pin_tries, pin_tries_max, pvv, account_id::text
+               FROM cards WHERE id = $1""",
+            card_id,
+        )
+        return None if row is None else (row["account_id"], _card_state(row))
+
+    async def find_decision(self, source: str, message_id: str) -> StoredDecision | None:
+        row = await self.pool.fetchrow(
+            """SELECT id::text, source, message_id, fingerprint, reason, response_code, response,
+                      account_id::text
+               FROM decisions WHERE source = $1 AND message_id = $2""",
+            source,
+            message_id,
+        )
+        if row is None:
+            return None
+        return StoredDecision(
+            row["id"],
+            row["source"],
+            row["message_id"],
+            bytes(row["fingerprint"]),
+            row["reason"],
+            row["response_code"],
+            bytes(row["response"]),
+            row["account_id"],
+        )
+
+    async def balances(self, account_id: str) -> dict[str, Balance]:
+        await self.account(account_id)
+        rows = await self.pool.fetch(
+            """SELECT asset, actual_minor, authorized_minor FROM balances
+               WHERE account_id = $1 ORDER BY is_base DESC, asset""",
+            account_id,
+        )
+        return {r[0]: Balance(r[1], r[2]) for r in rows}
+
+    # -- catalogue writes ----------------------------------------------------------------
+
+    async def create_client(self, client_id: str, name: str, actor: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO clients (id, name) VALUES ($1, $2)", client_id, name)
+            await _audit(conn, actor, "create_client", client_id, {"name": name})
+
+    async def create_program(
+        self,
+        *,
+        program_id: str,
+        client_id: str,
+        name: str,
+        mode: str,
+        time_zone: str,
+        clearing_account_id: str,
+        fee_account_id: str,
+        actor: str,
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            exists = await conn.fetchval(
+                "SELECT true FROM clients WHERE id = $1", _uuid(client_id, "client")
+            )
+            if not exists:
+                raise NotFound(f"client {client_id} does not exist")
+            await conn.execute(
+                """INSERT INTO programs (id, client_id, name, mode, time_zone)
+                   VALUES ($1, $2, $3, $4, $5)""",
+                program_id,
+                client_id,
+                name,
+                mode,
+                time_zone,
+            )
+            await conn.executemany(
+                """INSERT INTO accounts (id, program_id, kind, account_type, name)
+                   VALUES ($1, $2, $3, 'MULTI_CURRENCY', $4)""",
+                [
+                    (clearing_account_id, program_id, "CLEARING", f"{name} clearing"),
+                    (fee_account_id, program_id, "FEE_INCOME", f"{name} fee income"),
+                ],
+            )
+            await _audit(
+                conn, actor, "create_program", program_id,
+                {"client_id": client_id, "name": name, "mode": mode, "time_zone": time_zone},
+            )  # fmt: skip
+
+    async def create_product(
+        self,
+        *,
+        product_id: str,
+        program_id: str,
+        name: str,
+        account_types: list[str],
+        assets: list[str],
+        rules: ProductRules,
+        hold_validity_days: int,
+        actor: str,
+    ) -> None:
+        await self.program(program_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO products (id, program_id, name, account_types, assets,
+                       allowed_transaction_types, allowed_channels, blocked_mccs, pin_tries_max,
+                       hold_validity_days)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                product_id,
+                program_id,
+                name,
+                account_types,
+                assets,
+                sorted(rules.allowed_types),
+                sorted(rules.allowed_channels),
+                sorted(rules.blocked_mccs),
+                rules.pin_tries_max,
+                hold_validity_days,
+            )
+            await _audit(
+                conn, actor, "create_product", product_id,
+                {"program_id": program_id, "name": name, "account_types": account_types,
+                 "assets": assets},
+            )  # fmt: skip
+
+    async def create_account(
+        self,
+        *,
+        account_id: str,
+        product: ProductRow,
+        account_type: str,
+        assets: list[str],
+        name: str,
+        reference: str,
+        profile_id: str | None,
+        actor: str,
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO accounts (id, program_id, product_id, kind, account_type, name,
+                       reference, profile_id)
+                   VALUES ($1, $2, $3, 'CUSTOMER', $4, $5, $6, $7)""",
+                account_id,
+                product.program_id,
+                product.id,
+                account_type,
+                name,
+                reference,
+                profile_id,
+            )
+            await conn.executemany(
+                "INSERT INTO balances (account_id, asset, is_base) VALUES ($1, $2, $3)",
+                [(account_id, asset, index == 0) for index, asset in enumerate(assets)],
+            )
+            await _audit(
+                conn, actor, "create_account", account_id,
+                {"product_id": product.id, "account_type": account_type, "assets": assets},
+            )  # fmt: skip
+
+    async def create_card(
+        self,
+        *,
+        card_id: str,
+        account: AccountRow,
+        product: ProductRow,
+        pan_hmac: bytes,
+        bin_: str,
+        last_four: str,
+        expiry_yymm: str,
+        status: CardStatus,
+        pvv: bytes | None,
+        actor: str,
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await conn.execute(
+                    """INSERT INTO cards (id, program_id, product_id, account_id, pan_hmac, bin,
+                           last_four, expiry_yymm, status, pvv, pin_tries_max)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                    card_id,
+                    account.program_id,
+                    product.id,
+                    account.id,
+                    pan_hmac,
+                    bin_,
+                    last_four,
+                    expiry_yymm,
+                    status.name,
+                    pvv,
+                    product.rules.pin_tries_max,
+                )
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists("a card with this PAN already exists") from None
+            await _audit(
+                conn, actor, "create_card", card_id,
+                {"account_id": account.id, "bin": bin_, "last_four": last_four,
+                 "status": status.name},
+            )  # fmt: skip
+
+    async def card_pan_hmac(self, card_id: str) -> bytes:
+        value = await self.pool.fetchval(
+            "SELECT pan_hmac FROM cards WHERE id = $1", _uuid(card_id, "card")
+        )
+        if value is None:
+            raise NotFound(f"card {card_id} does not exist")
+        return bytes(value)
+
+    async def set_card_pin(self, card_id: str, pvv: bytes, actor: str) -> str:
+        """Set the PVV and reset the tries; returns the card's account id."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            account_id = await conn.fetchval(
+                """UPDATE cards SET pvv = $2, pin_tries = 0, updated_at = now() WHERE id = $1
+                   RETURNING account_id::text""",
+                _uuid(card_id, "card"),
+                pvv,
+            )
+            if account_id is None:
+                raise NotFound(f"card {card_id} does not exist")
+            await _audit(conn, actor, "set_card_pin", card_id, {})
+        return str(account_id)
+
+    async def change_card_status(
+        self, card_id: str, status: CardStatus, reason: str, actor: str
+    ) -> tuple[CardStatus, str]:
+        """Returns the previous status and the card's account id."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT status, account_id::text FROM cards WHERE id = $1 FOR UPDATE",
+                _uuid(card_id, "card"),
+            )
+            if row is None:
+                raise NotFound(f"card {card_id} does not exist")
+            previous = CardStatus[row["status"]]
+            if previous is CardStatus.CLOSED and status is not CardStatus.CLOSED:
+                raise PreconditionFailed("a closed card cannot be reopened")
+            await conn.execute(
+                "UPDATE cards SET status = $2, updated_at = now() WHERE id = $1",
+                card_id,
+                status.name,
+            )
+            await _audit(
+                conn, actor, "change_card_status", card_id,
+                {"from": previous.name, "to": status.name, "reason": reason},
+            )  # fmt: skip
+        return previous, row["account_id"]
+
+    async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
+        async with self.pool.acquire() as conn:
+            await _audit(conn, actor, action, subject_id, detail)
+
+
+def _card_state(row: Any) -> CardState:
+    return CardState(
+        status=CardStatus[row["status"]],
+        pin_tries=row["pin_tries"],
+        pin_tries_max=row["pin_tries_max"],
+        pvv=bytes(row["pvv"] or b""),
+    )
+
+
+async def _audit(
+    conn: Connection, actor: str, action: str, subject_id: str, detail: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, subject_id, detail) VALUES ($1, $2, $3, $4)",
+        actor,
+        action,
+        subject_id,
+        json.dumps(detail, sort_keys=True),
+    )

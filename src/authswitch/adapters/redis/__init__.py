@@ -1,0 +1,1 @@
+"""Redis: the cache of balances and card state that decisions change atomically."""

@@ -1,0 +1,306 @@
+"""The Redis cache of on-ledger state: balances and card state, one hash per account.
+
+Postgres is the truth; this is a cache of it that decisions can change atomically. Every key
+of an account carries the account id as its hash tag, so one decision touches one hash slot
+and the scripts also run on Redis Cluster.
+
+Key layout (``<p>`` is the configured prefix)::
+
+    <p>:{<account>}:s                    hash: g (generation), e (epoch of this load),
+                                         a:<ASSET> actual, h:<ASSET> held (authorised),
+                                         c:<card> status decline reason (0 = active),
+                                         t:<card> PIN tries, m:<card> tries max, p:<card> PVV
+    <p>:{<account>}:m:<source>:<msg id>  idempotency marker: the request's fingerprint
+    <p>:gen                              the generation every process must load at or above
+
+The generation is raised when a process starts: every account is then reloaded from Postgres
+on its next use, so state left by a crashed process never decides anything.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from authswitch.domain.authorization import CardState, PreChecks
+from authswitch.domain.codes import Reason
+from authswitch.domain.ledger import Balance
+
+__all__ = [
+    "AccountSnapshot",
+    "ApplyResult",
+    "AuthorizeOutcome",
+    "Duplicate",
+    "LedgerCache",
+    "Miss",
+    "RedisKeys",
+]
+
+MARKER_TTL_S_DEFAULT = 7 * 24 * 3600
+
+
+class RedisKeys:
+    """Key names; the account id is the hash tag of all its keys."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.generation = f"{prefix}:gen"
+
+    def state(self, account_id: str) -> str:
+        return f"{self.prefix}:{{{account_id}}}:s"
+
+    def marker(self, account_id: str, source: str, message_id: str) -> str:
+        return f"{self.prefix}:{{{account_id}}}:m:{source}:{message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """The account's state, or the card's fields, are not in the cache."""
+
+    card_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The message id was seen before; ``fingerprint`` is what the first request stored."""
+
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeOutcome:
+    reason: Reason
+    approved_minor: int
+    fee_minor: int
+    balance: Balance | None  # after the decision; None without a balance in the asset
+    epoch: bytes
+    pin_tries: int
+    pin_tries_changed: bool
+    pin_blocked_now: bool
+    pin_changed: bool
+
+    @property
+    def held_minor(self) -> int:
+        """What the decision added to the authorised balance."""
+        if self.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED):
+            return self.approved_minor + self.fee_minor
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    status: str  # "OK", "NSF", "NOBALANCE"
+    balance: Balance | None
+    epoch: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """An account's state as read from Postgres, ready to load."""
+
+    account_id: str
+    balances: dict[str, Balance]
+    cards: dict[str, CardState]
+
+
+def _card_fields(card_id: str, card: CardState) -> list[bytes | str | int]:
+    reason = card.status.decline_reason
+    return [
+        f"c:{card_id}", int(reason) if reason is not None else 0,
+        f"t:{card_id}", card.pin_tries,
+        f"m:{card_id}", card.pin_tries_max,
+        f"p:{card_id}", card.pvv,
+    ]  # fmt: skip
+
+
+def _script(client: aioredis.Redis, name: str) -> AsyncScript:
+    source = resources.files("authswitch.adapters.redis").joinpath("lua", f"{name}.lua")
+    return client.register_script(source.read_bytes())
+
+
+class LedgerCache:
+    """Typed access to the scripts; every method is one round trip."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, *, marker_ttl_s: int) -> None:
+        self.client = client
+        self.keys = RedisKeys(prefix)
+        self.marker_ttl_s = marker_ttl_s
+        self.generation = 0
+        self._authorize = _script(client, "authorize")
+        self._apply = _script(client, "apply")
+        self._adjust = _script(client, "adjust")
+        self._load = _script(client, "load")
+        self._load_card = _script(client, "load_card")
+
+    async def start_generation(self, floor: int) -> int:
+        """Raise the shared generation to at least ``floor`` and adopt it.
+
+        Every account loaded under an older generation is reloaded on its next use.
+        """
+        current = await self.client.get(self.keys.generation)
+        generation = max(int(current or 0) + 1, floor)
+        await self.client.set(self.keys.generation, generation)
+        self.generation = generation
+        return generation
+
+    async def refresh_generation(self) -> int:
+        """Adopt a newer generation raised by another process, if any."""
+        current = int(await self.client.get(self.keys.generation) or 0)
+        self.generation = max(self.generation, current)
+        return self.generation
+
+    async def authorize(
+        self,
+        *,
+        account_id: str,
+        card_id: str,
+        asset: str,
+        amount_minor: int,
+        fee_minor: int,
+        partial_allowed: bool,
+        zero_value: bool,
+        pre: PreChecks,
+        source: str,
+        message_id: str,
+        fingerprint: bytes,
+    ) -> AuthorizeOutcome | Miss | Duplicate:
+        keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
+        args: list[Any] = [
+            self.generation,
+            card_id,
+            asset,
+            amount_minor,
+            fee_minor,
+            1 if partial_allowed else 0,
+            1 if zero_value else 0,
+            int(pre.expiry_reason or 0),
+            pre.pin_mode.value,
+            pre.pvv,
+            pre.new_pvv,
+            int(pre.cvv2_reason or 0),
+            int(pre.product_reason or 0),
+            fingerprint,
+            self.marker_ttl_s,
+        ]
+        reply: Sequence[Any] = await self._authorize(keys=keys, args=args)
+        tag = reply[0]
+        if tag == b"OK":
+            (
+                _,
+                reason,
+                approved,
+                fee,
+                actual,
+                held,
+                epoch,
+                tries,
+                tries_changed,
+                blocked,
+                changed,
+                has,
+            ) = reply
+            return AuthorizeOutcome(
+                reason=Reason(reason),
+                approved_minor=approved,
+                fee_minor=fee,
+                balance=Balance(actual, held) if has else None,
+                epoch=epoch,
+                pin_tries=tries,
+                pin_tries_changed=bool(tries_changed),
+                pin_blocked_now=bool(blocked),
+                pin_changed=bool(changed),
+            )
+        if tag == b"DUP":
+            return Duplicate(reply[1])
+        if tag == b"MISS":
+            return Miss()
+        if tag == b"MISSCARD":
+            return Miss(card_only=True)
+        raise AssertionError(f"authorize.lua answered {tag!r}")
+
+    async def apply(
+        self,
+        *,
+        account_id: str,
+        asset: str,
+        actual_delta_minor: int,
+        held_delta_minor: int,
+        requires_funds: bool,
+        marker: tuple[str, str, bytes] | None = None,
+    ) -> ApplyResult | Miss | Duplicate:
+        """Apply one balance change; ``marker`` is (source, message id, fingerprint)."""
+        keys = [self.keys.state(account_id)]
+        marker_value: bytes = b""
+        if marker is not None:
+            source, message_id, marker_value = marker
+            keys.append(self.keys.marker(account_id, source, message_id))
+        args: list[Any] = [
+            self.generation,
+            asset,
+            actual_delta_minor,
+            held_delta_minor,
+            1 if requires_funds else 0,
+            marker_value,
+            self.marker_ttl_s,
+        ]
+        reply: Sequence[Any] = await self._apply(keys=keys, args=args)
+        tag = reply[0]
+        if tag == b"OK":
+            return ApplyResult("OK", Balance(reply[2], reply[3]), reply[1])
+        if tag == b"NSF":
+            return ApplyResult("NSF", Balance(reply[1], reply[2]))
+        if tag == b"NOBALANCE":
+            return ApplyResult("NOBALANCE", None)
+        if tag == b"DUP":
+            return Duplicate(reply[1])
+        if tag == b"MISS":
+            return Miss()
+        raise AssertionError(f"apply.lua answered {tag!r}")
+
+    async def adjust(
+        self, account_id: str, epoch: bytes, asset: str, actual_delta: int, held_delta: int
+    ) -> bool:
+        """Apply a delta only if the state is still at ``epoch`` (an undo after a refusal)."""
+        keys = [self.keys.state(account_id)]
+        applied = await self._adjust(keys=keys, args=[epoch, asset, actual_delta, held_delta])
+        return bool(applied)
+
+    async def load(self, snapshot: AccountSnapshot) -> bytes:
+        """Replace the account's state with ``snapshot``; returns the new epoch."""
+        epoch = secrets.token_hex(8).encode()
+        fields: list[Any] = []
+        for asset, balance in snapshot.balances.items():
+            fields += [f"a:{asset}", balance.actual_minor, f"h:{asset}", balance.authorized_minor]
+        for card_id, card in snapshot.cards.items():
+            fields += _card_fields(card_id, card)
+        keys = [self.keys.state(snapshot.account_id)]
+        await self._load(keys=keys, args=[self.generation, epoch, *fields])
+        return epoch
+
+    async def load_card(self, account_id: str, card_id: str, card: CardState) -> bool:
+        keys = [self.keys.state(account_id)]
+        args: list[Any] = [self.generation, *_card_fields(card_id, card)]
+        return bool(await self._load_card(keys=keys, args=args))
+
+    async def invalidate(self, account_id: str) -> None:
+        """Drop the account's state; the next use reloads it from Postgres."""
+        await self.client.delete(self.keys.state(account_id))
+
+    async def forget_marker(self, account_id: str, source: str, message_id: str) -> None:
+        """Remove an idempotency marker of a request that left nothing durable (a 96)."""
+        await self.client.delete(self.keys.marker(account_id, source, message_id))
+
+    async def read_balances(self, account_id: str) -> dict[str, Balance] | None:
+        """The cached balances of an account, or None when not loaded (for reconciliation)."""
+        raw: dict[Any, Any] = await self.client.hgetall(self.keys.state(account_id))
+        if not raw or int(raw.get(b"g", b"0")) < self.generation:
+            return None
+        actual = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"a:")}
+        held = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"h:")}
+        return {asset: Balance(value, held.get(asset, 0)) for asset, value in actual.items()}

@@ -1,0 +1,31 @@
+-- A balance change other than an authorisation (credit, debit, advice, reversal, clearing,
+-- refund, age-off) as one atomic step: checks the funds when asked, then writes.
+--
+-- KEYS[1]  account state hash
+-- KEYS[2]  idempotency marker
+-- ARGV     gen asset actual_delta held_delta requires_funds(0|1) marker_value marker_ttl_s
+-- Returns  {'MISS'} | {'DUP', marker_value} | {'NOBALANCE'}
+--          {'NSF', actual, held}             refused: available would go below zero
+--          {'OK', epoch, actual, held}       the balance after the change
+
+local state, marker = KEYS[1], KEYS[2]
+local gen = tonumber(ARGV[1])
+local asset = ARGV[2]
+local actual_delta, held_delta = tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local f = redis.call('HMGET', state, 'g', 'e', 'a:' .. asset, 'h:' .. asset)
+if not f[1] or tonumber(f[1]) < gen then return {'MISS'} end
+if marker ~= nil and marker ~= '' then
+  local prior = redis.call('GET', marker)
+  if prior then return {'DUP', prior} end
+end
+if not f[3] then return {'NOBALANCE'} end
+local actual, held = tonumber(f[3]), tonumber(f[4] or '0')
+if ARGV[5] == '1' and actual_delta - held_delta < 0
+    and (actual + actual_delta) - (held + held_delta) < 0 then
+  return {'NSF', actual, held}
+end
+if actual_delta ~= 0 then actual = redis.call('HINCRBY', state, 'a:' .. asset, actual_delta) end
+if held_delta ~= 0 then held = redis.call('HINCRBY', state, 'h:' .. asset, held_delta) end
+if marker ~= nil and marker ~= '' then redis.call('SET', marker, ARGV[6], 'EX', ARGV[7]) end
+return {'OK', f[2], actual, held}

@@ -1,0 +1,230 @@
+"""The application: composes adapters and services, and owns their lifecycle.
+
+    created → starting → serving → draining → stopped
+
+``start()`` brings up the stores (embedded ones if none are configured), migrates, loads the
+catalogue, starts the group committer and the gRPC server, and only then reports SERVING on
+``grpc.health.v1``. ``stop()`` reports NOT_SERVING, stops accepting RPCs and lets in-flight
+ones finish within the grace period, flushes the group committer, and closes the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+from typing import Any
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2
+
+from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
+from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
+from authswitch.adapters.postgres.committer import GroupCommitter
+from authswitch.adapters.postgres.migrations import migrate
+from authswitch.adapters.postgres.pool import create_pool
+from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.redis.cache import LedgerCache
+from authswitch.config import Settings, load_card_keys
+from authswitch.domain.cardsec import CardKeys
+from authswitch.embedded import EmbeddedPostgres, EmbeddedRedis
+from authswitch.service.admin import AdminService
+from authswitch.service.authorization import AuthorizationService
+from authswitch.service.cache_sync import CacheSync
+from authswitch.service.catalog import Catalog
+from authswitch.service.clock import Clock, SystemClock
+from authswitch.service.posting import Poster
+
+__all__ = ["Application", "State"]
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS = {
+    State.CREATED: {State.STARTING},
+    State.STARTING: {State.SERVING, State.DRAINING},
+    State.SERVING: {State.DRAINING},
+    State.DRAINING: {State.STOPPED},
+    State.STOPPED: set(),
+}
+
+
+class Application:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        keys: CardKeys | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._keys = keys
+        self.state = State.CREATED
+        self.grpc_port = 0
+        self._embedded_pg: EmbeddedPostgres | None = None
+        self._embedded_redis: EmbeddedRedis | None = None
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.redis: aioredis.Redis | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = HealthServicer()
+        self._stopped = asyncio.Event()
+
+    def _move(self, to: State) -> None:
+        assert to in _TRANSITIONS[self.state], f"{self.state.value} -> {to.value}"
+        log.info("lifecycle", extra={"from": self.state.value, "to": to.value})
+        self.state = to
+
+    # -- composition ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._move(State.STARTING)
+        settings = self.settings
+        for name in SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            await self._start_components(settings)
+        except BaseException:
+            await self._close()
+            self.state = State.STOPPED
+            raise
+        self._move(State.SERVING)
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_components(self, settings: Settings) -> None:
+        loop = asyncio.get_running_loop()
+        keys = self._keys
+        if keys is None:
+            keys, generated = load_card_keys(settings)
+            if generated:
+                log.warning("using development card keys from the data directory")
+        dsn, redis_url = settings.postgres_dsn, settings.redis_url
+        if not dsn:
+            self._embedded_pg = EmbeddedPostgres(settings.data_dir)
+            dsn = await loop.run_in_executor(None, self._embedded_pg.start)
+        if not redis_url:
+            self._embedded_redis = EmbeddedRedis(settings.data_dir)
+            redis_url = await loop.run_in_executor(None, self._embedded_redis.start)
+
+        self.pool = await create_pool(
+            dsn,
+            min_size=settings.postgres_pool_min,
+            max_size=settings.postgres_pool_max,
+            statement_timeout_ms=settings.postgres_statement_timeout_ms,
+        )
+        if settings.migrate_on_start:
+            async with self.pool.acquire() as conn:
+                await migrate(conn, progress=log.info)
+        timeout_s = settings.redis_timeout_ms / 1000
+        self.redis = aioredis.Redis.from_url(
+            redis_url,
+            max_connections=settings.redis_pool_max,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        await self.redis.ping()
+
+        store = CatalogStore(self.pool)
+        cache = LedgerCache(
+            self.redis, settings.redis_key_prefix, marker_ttl_s=settings.idempotency_marker_ttl_s
+        )
+        # A new generation: every account is reloaded from Postgres before its next
+        # decision, so nothing a crashed process left in Redis decides anything.
+        await cache.start_generation(int(self.clock.now().timestamp() * 1000))
+        catalog = Catalog(store, cards_max=settings.card_cache_entries_max)
+        await catalog.load()
+        self.committer = GroupCommitter(
+            self.pool,
+            batch_max=settings.group_commit_batch_max,
+            queue_max=settings.group_commit_queue_max,
+            linger_us=settings.group_commit_linger_us,
+        )
+        self.committer.start()
+        sync = CacheSync(
+            cache, store, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
+        )
+        poster = Poster(store=store, cache=cache, sync=sync, committer=self.committer)
+        self.cache, self.store, self.catalog, self.sync = cache, store, catalog, sync
+        self.authorization = AuthorizationService(
+            keys=keys,
+            catalog=catalog,
+            store=store,
+            cache=cache,
+            sync=sync,
+            committer=self.committer,
+            clock=self.clock,
+        )
+        self.admin = AdminService(
+            keys=keys, store=store, catalog=catalog, sync=sync, poster=poster, clock=self.clock
+        )
+        self.poster = poster
+        self.server, self.grpc_port = build_server(
+            settings,
+            AuthorizationServicer(self.authorization),
+            LedgerAdminServicer(self.admin),
+            self.health,
+        )
+        await self.server.start()
+        log.info("gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port})
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain and stop; safe to call more than once."""
+        if self.state in (State.DRAINING, State.STOPPED):
+            await self._stopped.wait()
+            return
+        self._move(State.DRAINING)
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            # Stops accepting, lets in-flight RPCs finish for up to ``grace`` seconds.
+            await self.server.stop(grace)
+        await self._close()
+        self._move(State.STOPPED)
+        self._stopped.set()
+
+    async def _close(self) -> None:
+        committer = getattr(self, "committer", None)
+        if committer is not None:
+            await committer.stop()
+        for service in (getattr(self, "authorization", None), getattr(self, "poster", None)):
+            if service is not None:
+                await service.drain()
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        loop = asyncio.get_running_loop()
+        if self._embedded_redis is not None:
+            await loop.run_in_executor(None, self._embedded_redis.stop)
+            self._embedded_redis = None
+        if self._embedded_pg is not None:
+            await loop.run_in_executor(None, self._embedded_pg.stop)
+            self._embedded_pg = None
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await stop_requested.wait()
+        log.info("signal received, draining")
+        await self.stop()

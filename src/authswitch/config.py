@@ -1,0 +1,176 @@
+"""Settings: one frozen object read from ``AUTHSWITCH_*`` environment variables (12-factor).
+
+Every setting has a named default; units are in the names. Secrets (the card keys) come from
+the environment or from files named by ``*_FILE`` variables, and never appear in ``repr``.
+Without ``AUTHSWITCH_POSTGRES_DSN`` / ``AUTHSWITCH_REDIS_URL`` the server starts embedded
+Postgres and Redis under ``AUTHSWITCH_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from authswitch.domain.cardsec import KEY_BYTES_MIN, CardKeys
+from authswitch.errors import ConfigError
+
+__all__ = ["Settings", "load_card_keys", "parse_listen"]
+
+PREFIX = "AUTHSWITCH_"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:50051"`` → ("127.0.0.1", 50051); ``"[::]:50051"`` → ("::", 50051)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected host:port, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an explicit empty host
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All settings; the environment variable of a field is ``AUTHSWITCH_<FIELD>``."""
+
+    grpc_listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    postgres_dsn: str = field(default="", repr=False)  # empty: embedded Postgres
+    redis_url: str = field(default="", repr=False)  # empty: embedded Redis
+    data_dir: Path = Path(".authswitch")
+    redis_key_prefix: str = "as"
+    migrate_on_start: bool = True
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+
+    # The group committer: a batch closes at this many writes, or when the previous batch
+    # has committed and ``group_commit_linger_us`` has passed since the first write queued.
+    group_commit_batch_max: int = 256
+    group_commit_linger_us: int = 0
+    group_commit_queue_max: int = 20_000
+
+    postgres_pool_min: int = 2
+    postgres_pool_max: int = 10
+    postgres_statement_timeout_ms: int = 5_000
+    redis_pool_max: int = 64
+    redis_timeout_ms: int = 2_000
+
+    # Idempotency markers in Redis (Postgres keeps every decision forever).
+    idempotency_marker_ttl_s: int = 7 * 24 * 3600
+    card_cache_entries_max: int = 200_000
+    hold_validity_days_default: int = 7
+
+    grpc_max_message_bytes: int = 64 * 1024
+    grpc_max_concurrent_streams: int = 1_000
+    shutdown_grace_s: float = 10.0
+
+    # Card keys, hex. Empty: read from *_FILE, or (development only) generated in data_dir.
+    pan_key_hex: str = field(default="", repr=False)
+    pin_key_hex: str = field(default="", repr=False)
+    cvv_key_hex: str = field(default="", repr=False)
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return not self.postgres_dsn
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from ``AUTHSWITCH_<FIELD>``; unknown ``AUTHSWITCH_*`` names fail,
+        so a misspelt setting is never silently ignored."""
+        env = os.environ if env is None else env
+        known = {f.name.upper() for f in fields(cls)}
+        known |= {"PAN_KEY_FILE", "PIN_KEY_FILE", "CVV_KEY_FILE"}
+        known |= {"TEST_POSTGRES_DSN", "TEST_REDIS_URL"}  # read by the test suite
+        unknown = sorted(
+            name for name in env if name.startswith(PREFIX) and name[len(PREFIX) :] not in known
+        )
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, raw, f.default)
+        for name in ("pan", "pin", "cvv"):
+            path = env.get(f"{PREFIX}{name.upper()}_KEY_FILE")
+            if path and f"{name}_key_hex" not in values:
+                values[f"{name}_key_hex"] = Path(path).read_text().strip()
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for listen in (self.grpc_listen, self.metrics_listen):
+            parse_listen(listen)
+        positive = (
+            "group_commit_batch_max", "group_commit_queue_max", "postgres_pool_max",
+            "redis_pool_max", "redis_timeout_ms", "idempotency_marker_ttl_s",
+            "card_cache_entries_max", "hold_validity_days_default", "grpc_max_message_bytes",
+            "grpc_max_concurrent_streams", "postgres_statement_timeout_ms",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"AUTHSWITCH_{name.upper()} must be positive")
+        if self.group_commit_linger_us < 0:
+            raise ConfigError("AUTHSWITCH_GROUP_COMMIT_LINGER_US must not be negative")
+        if not 0 < self.postgres_pool_min <= self.postgres_pool_max:
+            raise ConfigError("need 0 < AUTHSWITCH_POSTGRES_POOL_MIN <= _MAX")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError("AUTHSWITCH_LOG_FORMAT must be json or text")
+        if not self.redis_key_prefix or "{" in self.redis_key_prefix:
+            raise ConfigError("AUTHSWITCH_REDIS_KEY_PREFIX must be non-empty, without braces")
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"AUTHSWITCH_{name.upper()}: cannot read {raw!r}") from None
+    return raw
+
+
+def load_card_keys(settings: Settings) -> tuple[CardKeys, bool]:
+    """The card keys from settings, or development keys kept in the data directory.
+
+    Returns the keys and whether they were generated for development. Keys in the data
+    directory are only acceptable beside the embedded Postgres they protect.
+    """
+    given = (settings.pan_key_hex, settings.pin_key_hex, settings.cvv_key_hex)
+    if all(given):
+        try:
+            return CardKeys(*(bytes.fromhex(k) for k in given)), False
+        except ValueError as exc:
+            raise ConfigError(f"card keys: {exc}") from None
+    if any(given):
+        raise ConfigError("set all three of AUTHSWITCH_PAN/PIN/CVV_KEY_HEX (or _FILE), or none")
+    if not settings.embedded_postgres:
+        raise ConfigError(
+            "AUTHSWITCH_PAN_KEY_HEX, _PIN_KEY_HEX and _CVV_KEY_HEX (or *_KEY_FILE) are required "
+            "with an external Postgres; development keys are only generated for the embedded one"
+        )
+    path = settings.data_dir / "dev-card-keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [secrets.token_hex(KEY_BYTES_MIN) for _ in range(3)]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    pan, pin, cvv = path.read_text().split()
+    return CardKeys(bytes.fromhex(pan), bytes.fromhex(pin), bytes.fromhex(cvv)), True

@@ -1,0 +1,1 @@
+"""The pure core: rules and arithmetic over plain data. No I/O, no clock, no await."""

@@ -1,0 +1,360 @@
+"""Authorisation rules: request validation, the core checks and the decision (pure).
+
+The stateful part of a decision (card status, PIN tries, limits, funds) runs atomically in
+Redis (``adapters/redis/lua/authorize.lua``). :func:`decide` is the same rule in Python: the
+reference the Lua script is tested against, and the model of the property tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date
+from enum import Enum, IntEnum, unique
+
+from authswitch.domain.cards import expiry_valid_format, is_expired, pan_valid, pin_valid_format
+from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.codes import Reason
+from authswitch.domain.ledger import Balance
+from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset
+
+__all__ = [
+    "PARTIAL_APPROVAL_TYPES",
+    "ZERO_VALUE_TYPES",
+    "AuthorizationRequest",
+    "CardFacts",
+    "CardState",
+    "CardStatus",
+    "Channel",
+    "DecisionResult",
+    "PinMode",
+    "PreChecks",
+    "ProductRules",
+    "TransactionType",
+    "decide",
+    "prechecks",
+    "validate",
+]
+
+
+@unique
+class TransactionType(IntEnum):
+    """Numbered as ``authswitch.v1.TransactionType``."""
+
+    PURCHASE = 1
+    CASH_WITHDRAWAL = 2
+    BALANCE_ENQUIRY = 3
+    ACCOUNT_VERIFICATION = 4
+    PIN_CHANGE = 5
+    PIN_UNBLOCK = 6
+    QUASI_CASH = 7
+    PRE_AUTHORIZATION = 8
+
+
+@unique
+class Channel(IntEnum):
+    """Numbered as ``authswitch.v1.Channel``."""
+
+    POS = 1
+    ECOMMERCE = 2
+    ATM = 3
+    MOTO = 4
+
+
+class CardStatus(Enum):
+    """Stored by name; numbered on the wire as ``authswitch.v1.CardStatus``."""
+
+    ACTIVE = 1
+    INACTIVE = 2
+    BLOCKED = 3
+    SUSPENDED = 4
+    LOST = 5
+    STOLEN = 6
+    CLOSED = 7
+    EXPIRED = 8
+
+    @property
+    def decline_reason(self) -> Reason | None:
+        """The reason a card in this status is declined (check 3), None when active."""
+        return _STATUS_DECLINE[self]
+
+
+_STATUS_DECLINE: dict[CardStatus, Reason | None] = {
+    CardStatus.ACTIVE: None,
+    CardStatus.INACTIVE: Reason.CARD_INACTIVE,
+    CardStatus.BLOCKED: Reason.CARD_BLOCKED,
+    CardStatus.SUSPENDED: Reason.CARD_SUSPENDED,
+    CardStatus.LOST: Reason.CARD_LOST,
+    CardStatus.STOLEN: Reason.CARD_STOLEN,
+    CardStatus.CLOSED: Reason.CARD_CLOSED,
+    CardStatus.EXPIRED: Reason.CARD_EXPIRED,
+}
+
+# Non-financial requests: they carry no amount and never hold funds (a fee may apply).
+ZERO_VALUE_TYPES = frozenset(
+    {
+        TransactionType.BALANCE_ENQUIRY,
+        TransactionType.ACCOUNT_VERIFICATION,
+        TransactionType.PIN_CHANGE,
+        TransactionType.PIN_UNBLOCK,
+    }
+)
+# Requests an acquirer may partially approve (ISO 8583 response code 10).
+PARTIAL_APPROVAL_TYPES = frozenset({TransactionType.PURCHASE, TransactionType.PRE_AUTHORIZATION})
+
+# Limits on identifiers: they become Postgres keys and Redis key names.
+SOURCE_LEN_MAX = 64
+MESSAGE_ID_LEN_MAX = 128
+NETWORK_REFERENCE_LEN_MAX = 128
+_IDENT = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
+_MCC = re.compile(r"^\d{4}$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_CVV2 = re.compile(r"^\d{3,4}$")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """An authorisation request as the domain sees it. Holds card secrets: never log it
+    (``repr`` redacts them)."""
+
+    source: str
+    message_id: str
+    transaction_type: int
+    pan: str = field(repr=False)
+    billing_amount_minor: int
+    billing_asset: str
+    network_reference: str = ""
+    pin: str = field(default="", repr=False)
+    expiry_yymm: str = field(default="", repr=False)
+    cvv2: str = field(default="", repr=False)
+    new_pin: str = field(default="", repr=False)
+    transaction_amount_minor: int = 0
+    transaction_asset: str = ""
+    partial_allowed: bool = False
+    mcc: str = ""
+    merchant_country: str = ""
+    channel: int = 0
+
+    @property
+    def type(self) -> TransactionType:
+        return TransactionType(self.transaction_type)
+
+    @property
+    def is_zero_value(self) -> bool:
+        return self.transaction_type in ZERO_VALUE_TYPES
+
+
+def _ident_ok(value: str, length_max: int, *, required: bool) -> bool:
+    if not value:
+        return not required
+    return len(value) <= length_max and bool(_IDENT.match(value))
+
+
+def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reason | None:
+    """Check 1 (format) and the PAN's form (check 2, before any lookup).
+
+    Returns the decline reason, or None when the request is well formed. A well-formed
+    request can still be declined by the later checks.
+    """
+    if not _ident_ok(request.source, SOURCE_LEN_MAX, required=True):
+        return Reason.FORMAT_ERROR
+    if not _ident_ok(request.message_id, MESSAGE_ID_LEN_MAX, required=True):
+        return Reason.FORMAT_ERROR
+    if not _ident_ok(request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False):
+        return Reason.FORMAT_ERROR
+    if request.transaction_type not in TransactionType.__members__.values():
+        return Reason.FORMAT_ERROR
+    if request.channel and request.channel not in Channel.__members__.values():
+        return Reason.FORMAT_ERROR
+    if request.billing_asset not in assets:
+        return Reason.FORMAT_ERROR
+    if request.transaction_asset and request.transaction_asset not in assets:
+        return Reason.FORMAT_ERROR
+    if request.mcc and not _MCC.match(request.mcc):
+        return Reason.FORMAT_ERROR
+    if request.merchant_country and not _COUNTRY.match(request.merchant_country):
+        return Reason.FORMAT_ERROR
+    if request.expiry_yymm and not expiry_valid_format(request.expiry_yymm):
+        return Reason.FORMAT_ERROR
+    if request.pin and not pin_valid_format(request.pin):
+        return Reason.FORMAT_ERROR
+    if request.cvv2 and not _CVV2.match(request.cvv2):
+        return Reason.FORMAT_ERROR
+    if request.type is TransactionType.PIN_CHANGE and not (
+        request.pin and pin_valid_format(request.new_pin)
+    ):
+        return Reason.FORMAT_ERROR
+    if request.type is TransactionType.PIN_UNBLOCK and not request.pin:
+        return Reason.FORMAT_ERROR
+    for amount in (request.billing_amount_minor, request.transaction_amount_minor):
+        if not 0 <= amount <= AMOUNT_MAX_MINOR:
+            return Reason.INVALID_AMOUNT
+    if request.is_zero_value:
+        if request.billing_amount_minor != 0:
+            return Reason.INVALID_AMOUNT
+    elif request.billing_amount_minor == 0:
+        return Reason.INVALID_AMOUNT
+    if not pan_valid(request.pan):
+        return Reason.INVALID_PAN
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProductRules:
+    """What a product permits (check 8)."""
+
+    allowed_types: frozenset[int] = frozenset()  # empty: all
+    allowed_channels: frozenset[int] = frozenset()  # empty: all
+    blocked_mccs: frozenset[str] = frozenset()
+    pin_tries_max: int = 3
+
+    def permits(self, request: AuthorizationRequest) -> bool:
+        if self.allowed_types and request.transaction_type not in self.allowed_types:
+            return False
+        if self.allowed_channels and request.channel not in self.allowed_channels:
+            return False
+        return not (request.mcc and request.mcc in self.blocked_mccs)
+
+
+@dataclass(frozen=True, slots=True)
+class CardFacts:
+    """What rarely changes about a card, cached in process: where its state lives."""
+
+    card_id: str
+    account_id: str
+    program_id: str
+    product_id: str
+    expiry_yymm: str
+
+
+class PinMode(Enum):
+    """How check 5 and 6 treat the PIN of a request."""
+
+    NONE = ""  # no PIN in the request: checks 5 and 6 do not apply
+    VERIFY = "verify"
+    UNBLOCK = "unblock"  # the correct PIN resets the tries even when they are exhausted
+    CHANGE = "change"  # the correct PIN is replaced by the new one
+
+
+@dataclass(frozen=True, slots=True)
+class PreChecks:
+    """The stateless parts of checks 4 to 8, computed before the atomic step.
+
+    The atomic step applies them in precedence order around the stateful checks, so a
+    stateless failure never hides an earlier stateful one (a lost card with a bad CVV2 is
+    declined 41, not N7).
+    """
+
+    expiry_reason: Reason | None
+    pin_mode: PinMode
+    pvv: bytes  # the PIN verification value of the request's PIN, empty without a PIN
+    new_pvv: bytes
+    cvv2_reason: Reason | None
+    product_reason: Reason | None
+
+
+def prechecks(
+    request: AuthorizationRequest,
+    pan_hmac: bytes,
+    card: CardFacts,
+    rules: ProductRules,
+    keys: CardKeys,
+    today: date,
+) -> PreChecks:
+    expiry_reason: Reason | None = None
+    if is_expired(card.expiry_yymm, today):
+        expiry_reason = Reason.CARD_EXPIRED
+    elif request.expiry_yymm and request.expiry_yymm != card.expiry_yymm:
+        expiry_reason = Reason.EXPIRY_MISMATCH
+
+    pin_mode = PinMode.NONE
+    pvv = new_pvv = b""
+    if request.pin:
+        pvv = keys.pin_verification_value(pan_hmac, request.pin)
+        pin_mode = PinMode.VERIFY
+        if request.type is TransactionType.PIN_UNBLOCK:
+            pin_mode = PinMode.UNBLOCK
+        elif request.type is TransactionType.PIN_CHANGE:
+            pin_mode = PinMode.CHANGE
+            new_pvv = keys.pin_verification_value(pan_hmac, request.new_pin)
+
+    cvv2_reason: Reason | None = None
+    if request.cvv2 and not keys.cvv2_matches(request.pan, card.expiry_yymm, request.cvv2):
+        cvv2_reason = Reason.CVV2_MISMATCH
+
+    product_reason = None if rules.permits(request) else Reason.TRANSACTION_NOT_PERMITTED
+    return PreChecks(expiry_reason, pin_mode, pvv, new_pvv, cvv2_reason, product_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class CardState:
+    """The card state the atomic step reads and writes."""
+
+    status: CardStatus
+    pin_tries: int
+    pin_tries_max: int
+    pvv: bytes  # empty when no PIN is set: every PIN is then wrong
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionResult:
+    reason: Reason
+    approved_minor: int  # amount held, excluding the fee
+    fee_minor: int
+    card: CardState
+    balance: Balance | None  # after the decision; None when the account has no such asset
+    pin_blocked_now: bool = False  # this request used up the last PIN try
+
+
+def decide(
+    card: CardState,
+    balance: Balance | None,
+    pre: PreChecks,
+    *,
+    amount_minor: int,
+    fee_minor: int,
+    partial_allowed: bool,
+    zero_value: bool,
+) -> DecisionResult:
+    """Checks 3 to 10 in precedence order, and the resulting state. The reference for
+    ``authorize.lua``."""
+
+    def declined(reason: Reason, state: CardState = card, blocked: bool = False) -> DecisionResult:
+        return DecisionResult(reason, 0, 0, state, balance, blocked)
+
+    status_reason = card.status.decline_reason
+    if status_reason is not None:
+        return declined(status_reason)
+    if pre.expiry_reason is not None:
+        return declined(pre.expiry_reason)
+    if pre.pin_mode is not PinMode.NONE:
+        if pre.pin_mode is not PinMode.UNBLOCK and card.pin_tries >= card.pin_tries_max:
+            return declined(Reason.PIN_TRIES_EXCEEDED)
+        if not card.pvv or pre.pvv != card.pvv:
+            tries = min(card.pin_tries + 1, card.pin_tries_max)
+            blocked = tries >= card.pin_tries_max > card.pin_tries
+            return declined(Reason.INCORRECT_PIN, replace(card, pin_tries=tries), blocked)
+        card = replace(card, pin_tries=0)
+        if pre.pin_mode is PinMode.CHANGE:
+            card = replace(card, pvv=pre.new_pvv)
+    if pre.cvv2_reason is not None:
+        return declined(pre.cvv2_reason, card)
+    if pre.product_reason is not None:
+        return declined(pre.product_reason, card)
+    if balance is None:
+        return declined(Reason.NO_BALANCE_IN_ASSET, card)
+    available = balance.available_minor
+    if zero_value:
+        assert fee_minor == 0, "zero-value fees are posted, not held"
+        return DecisionResult(Reason.APPROVED, 0, 0, card, balance)
+    if amount_minor + fee_minor <= available:
+        return DecisionResult(
+            Reason.APPROVED, amount_minor, fee_minor, card, balance.hold(amount_minor + fee_minor)
+        )
+    if partial_allowed and available - fee_minor > 0:
+        approved = available - fee_minor
+        return DecisionResult(
+            Reason.PARTIALLY_APPROVED, approved, fee_minor, card, balance.hold(available)
+        )
+    return declined(Reason.INSUFFICIENT_FUNDS, card)

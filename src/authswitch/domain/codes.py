@@ -1,0 +1,126 @@
+"""Response codes and the precedence of the core checks (DESIGN.md §2).
+
+The core checks run in the order of :class:`Check`; the first that fails decides the
+response. Every outcome is a :class:`Reason` (machine-readable, numbered as on the wire)
+that maps to exactly one ISO 8583 field-39 response code and one :class:`Decision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, unique
+
+__all__ = [
+    "Check",
+    "Decision",
+    "Outcome",
+    "Reason",
+    "outcome",
+]
+
+
+@unique
+class Check(IntEnum):
+    """The core checks, in precedence order: the first failing check wins."""
+
+    FORMAT = 1
+    PAN = 2
+    CARD_STATUS = 3
+    EXPIRY = 4
+    PIN_TRIES = 5
+    PIN = 6
+    CVV2 = 7
+    PRODUCT = 8
+    LIMITS = 9
+    FUNDS = 10
+
+
+@unique
+class Decision(IntEnum):
+    """Numbered as ``authswitch.v1.Decision``."""
+
+    APPROVED = 1
+    PARTIALLY_APPROVED = 2
+    DECLINED = 3
+
+
+@unique
+class Reason(IntEnum):
+    """Numbered as ``authswitch.v1.Reason``; a unit test keeps the two in step."""
+
+    APPROVED = 1
+    PARTIALLY_APPROVED = 2
+    FORMAT_ERROR = 10
+    INVALID_AMOUNT = 11
+    INVALID_PAN = 12
+    UNKNOWN_CARD = 13
+    CARD_LOST = 14
+    CARD_STOLEN = 15
+    CARD_BLOCKED = 16
+    CARD_SUSPENDED = 17
+    CARD_INACTIVE = 18
+    CARD_CLOSED = 19
+    CARD_EXPIRED = 20
+    EXPIRY_MISMATCH = 21
+    PIN_TRIES_EXCEEDED = 22
+    INCORRECT_PIN = 23
+    CVV2_MISMATCH = 24
+    TRANSACTION_NOT_PERMITTED = 25
+    AMOUNT_LIMIT_EXCEEDED = 26
+    COUNT_LIMIT_EXCEEDED = 27
+    INSUFFICIENT_FUNDS = 28
+    NO_BALANCE_IN_ASSET = 29
+    CLIENT_DECLINED = 40
+    CLIENT_UNAVAILABLE = 41
+    SYSTEM_ERROR = 50
+    DUPLICATE_MISMATCH = 51
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a reason means on the wire."""
+
+    reason: Reason
+    response_code: str
+    decision: Decision
+    check: Check | None  # the core check that produces it, None when no check does
+
+
+_D = Decision.DECLINED
+_OUTCOMES: dict[Reason, Outcome] = {
+    o.reason: o
+    for o in (
+        Outcome(Reason.APPROVED, "00", Decision.APPROVED, None),
+        Outcome(Reason.PARTIALLY_APPROVED, "10", Decision.PARTIALLY_APPROVED, None),
+        Outcome(Reason.FORMAT_ERROR, "30", _D, Check.FORMAT),
+        Outcome(Reason.INVALID_AMOUNT, "13", _D, Check.FORMAT),
+        Outcome(Reason.INVALID_PAN, "14", _D, Check.PAN),
+        Outcome(Reason.UNKNOWN_CARD, "14", _D, Check.PAN),
+        Outcome(Reason.CARD_LOST, "41", _D, Check.CARD_STATUS),
+        Outcome(Reason.CARD_STOLEN, "43", _D, Check.CARD_STATUS),
+        Outcome(Reason.CARD_BLOCKED, "62", _D, Check.CARD_STATUS),
+        Outcome(Reason.CARD_SUSPENDED, "62", _D, Check.CARD_STATUS),
+        Outcome(Reason.CARD_INACTIVE, "62", _D, Check.CARD_STATUS),
+        Outcome(Reason.CARD_CLOSED, "62", _D, Check.CARD_STATUS),
+        Outcome(Reason.CARD_EXPIRED, "54", _D, Check.EXPIRY),
+        Outcome(Reason.EXPIRY_MISMATCH, "54", _D, Check.EXPIRY),
+        Outcome(Reason.PIN_TRIES_EXCEEDED, "75", _D, Check.PIN_TRIES),
+        Outcome(Reason.INCORRECT_PIN, "55", _D, Check.PIN),
+        Outcome(Reason.CVV2_MISMATCH, "N7", _D, Check.CVV2),
+        Outcome(Reason.TRANSACTION_NOT_PERMITTED, "57", _D, Check.PRODUCT),
+        Outcome(Reason.AMOUNT_LIMIT_EXCEEDED, "61", _D, Check.LIMITS),
+        Outcome(Reason.COUNT_LIMIT_EXCEEDED, "65", _D, Check.LIMITS),
+        Outcome(Reason.INSUFFICIENT_FUNDS, "51", _D, Check.FUNDS),
+        Outcome(Reason.NO_BALANCE_IN_ASSET, "51", _D, Check.FUNDS),
+        Outcome(Reason.CLIENT_DECLINED, "05", _D, None),
+        Outcome(Reason.CLIENT_UNAVAILABLE, "91", _D, None),
+        Outcome(Reason.SYSTEM_ERROR, "96", _D, None),
+        Outcome(Reason.DUPLICATE_MISMATCH, "94", _D, None),
+    )
+}
+assert set(_OUTCOMES) == set(Reason), "every reason needs an outcome"
+
+
+def outcome(reason: Reason) -> Outcome:
+    """The response code and decision of ``reason``."""
+    return _OUTCOMES[reason]

@@ -1,0 +1,113 @@
+"""What a decision leaves behind: the plain records the group committer makes durable."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from authswitch.domain.ledger import BalanceChange
+
+__all__ = [
+    "CardUpdate",
+    "DecisionRecord",
+    "HoldRecord",
+    "JournalEntry",
+    "LedgerWrite",
+    "Posting",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """The durable outcome of one message, keyed by (source, message_id)."""
+
+    id: str
+    source: str
+    message_id: str
+    kind: str
+    fingerprint: bytes = field(repr=False)
+    card_id: str | None
+    account_id: str | None
+    asset: str | None
+    amount_minor: int
+    approved_minor: int
+    fee_minor: int
+    response_code: str
+    reason: int
+    response: bytes = field(repr=False)
+    created_at: datetime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRecord:
+    id: str
+    account_id: str
+    asset: str
+    card_id: str | None
+    source: str
+    message_id: str
+    network_reference: str
+    amount_minor: int
+    fee_minor: int
+    expires_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """A positive amount increases the account's balance."""
+
+    account_id: str
+    asset: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    id: str
+    program_id: str
+    kind: str
+    postings: tuple[Posting, ...]
+    created_at: datetime
+    source: str = ""
+    message_id: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        totals: dict[str, int] = defaultdict(int)
+        for posting in self.postings:
+            totals[posting.asset] += posting.amount_minor
+        unbalanced = {asset: total for asset, total in totals.items() if total}
+        if unbalanced or len(self.postings) < 2:
+            raise ValueError(f"journal entry {self.id} does not balance: {unbalanced}")
+
+
+@dataclass(frozen=True, slots=True)
+class CardUpdate:
+    """New values of a card's PIN state after a decision (None: unchanged)."""
+
+    card_id: str
+    pin_tries: int | None = None
+    pvv: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerWrite:
+    """One unit of work for the group committer: all of it is committed, or none.
+
+    ``refusal`` builds the decision to record instead when Postgres refuses the funds of a
+    change marked ``requires_funds`` (only possible when the cache was stale).
+    """
+
+    decision: DecisionRecord
+    holds: tuple[HoldRecord, ...] = ()
+    balance_changes: tuple[BalanceChange, ...] = ()
+    entries: tuple[JournalEntry, ...] = ()
+    card_updates: tuple[CardUpdate, ...] = ()
+    refusal: Callable[[], DecisionRecord] | None = field(default=None, repr=False)

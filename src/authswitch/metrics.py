@@ -1,0 +1,88 @@
+"""Prometheus series. Units are in the names; label values are bounded sets (never a PAN,
+an account id or a message id).
+
+The series are module-level, in the default registry, so every part of the process counts
+into the same ones; ``authswitch serve`` exposes them on ``AUTHSWITCH_METRICS_LISTEN``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CACHE_LOADS",
+    "COMMIT_BATCH_SECONDS",
+    "COMMIT_BATCH_SIZE",
+    "COMMIT_QUEUE_DEPTH",
+    "COMMIT_QUEUE_WAIT_SECONDS",
+    "DECISIONS",
+    "DECISION_SECONDS",
+    "GRPC_HANDLED",
+    "GRPC_HANDLING_SECONDS",
+    "GRPC_STARTED",
+    "STORE_ERRORS",
+]
+
+# Millisecond-range buckets: a decision takes about a millisecond; the network allows seconds.
+_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+)  # fmt: skip
+
+GRPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, regardless of success or failure.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_HANDLING_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Response latency of RPCs handled by the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+
+DECISIONS = Counter(
+    "authswitch_decisions_total",
+    "Authorisation decisions by ledger mode, transaction type and ISO 8583 response code.",
+    ["mode", "transaction_type", "response_code"],
+)
+DECISION_SECONDS = Histogram(
+    "authswitch_decision_seconds",
+    "Time from receiving an authorisation to having its durable answer.",
+    ["mode"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+COMMIT_BATCH_SIZE = Histogram(
+    "authswitch_group_commit_batch_size",
+    "Writes per group-commit transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+COMMIT_BATCH_SECONDS = Histogram(
+    "authswitch_group_commit_seconds",
+    "Duration of one group-commit transaction.",
+    buckets=_LATENCY_BUCKETS_S,
+)
+COMMIT_QUEUE_WAIT_SECONDS = Histogram(
+    "authswitch_group_commit_wait_seconds",
+    "Time a write waits in the group-commit queue before its transaction starts.",
+    buckets=_LATENCY_BUCKETS_S,
+)
+COMMIT_QUEUE_DEPTH = Gauge(
+    "authswitch_group_commit_queue_depth",
+    "Writes waiting for the group committer.",
+)
+STORE_ERRORS = Counter(
+    "authswitch_store_errors_total",
+    "Errors talking to a store, by store and operation.",
+    ["store", "operation"],
+)
+CACHE_LOADS = Counter(
+    "authswitch_cache_loads_total",
+    "Account states (or single cards) loaded into Redis from Postgres, by cause.",
+    ["cause"],
+)

@@ -1,0 +1,1 @@
+"""Orchestration: composes the domain rules with the adapters."""

@@ -1,0 +1,395 @@
+"""The operators' catalogue and adjustment operations (``LedgerAdminService``).
+
+Every input is validated before anything is written; every change is audited.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.domain.authorization import CardStatus, ProductRules, TransactionType
+from authswitch.domain.cards import (
+    bin_of,
+    expiry_valid_format,
+    last_four,
+    pan_valid,
+    pin_valid_format,
+)
+from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
+from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
+from authswitch.service.cache_sync import CacheSync
+from authswitch.service.catalog import Catalog
+from authswitch.service.clock import Clock
+from authswitch.service.posting import Poster, PostStatus
+from authswitch.v1 import common_pb2, ledger_admin_pb2
+
+__all__ = ["ADMIN_SOURCE", "AdminService", "CreatedCard", "balance_message"]
+
+# Admin adjustments share the decisions table; their idempotency keys live under this source.
+ADMIN_SOURCE = "admin"
+CREDIT_PURPOSES = frozenset({"LOAD", "CREDIT_ADJUSTMENT", "DEBIT_REVERSAL", "WRITE_OFF"})
+DEBIT_PURPOSES = frozenset({"FEE", "DEBIT_ADJUSTMENT", "CREDIT_REVERSAL", "WRITE_ON", "UNLOAD"})
+ACCOUNT_TYPES = frozenset({"SINGLE", "MULTI_CURRENCY"})
+NAME_LEN_MAX = 200
+IDEMPOTENCY_KEY_LEN_MAX = 128
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedCard:
+    card_id: str
+    bin: str
+    last_four: str
+    cvv2: str
+
+
+def balance_message(asset: str, balance: Balance) -> common_pb2.Balance:
+    return common_pb2.Balance(
+        asset=asset,
+        actual_minor=balance.actual_minor,
+        available_minor=balance.available_minor,
+        authorized_minor=balance.authorized_minor,
+    )
+
+
+def _name(value: str, what: str, *, required: bool = True) -> str:
+    value = value.strip()
+    if required and not value:
+        raise RequestError(f"{what} is required")
+    if len(value) > NAME_LEN_MAX:
+        raise RequestError(f"{what} is longer than {NAME_LEN_MAX} characters")
+    return value
+
+
+class AdminService:
+    def __init__(
+        self,
+        *,
+        keys: CardKeys,
+        store: CatalogStore,
+        catalog: Catalog,
+        sync: CacheSync,
+        poster: Poster,
+        clock: Clock,
+    ) -> None:
+        self.keys = keys
+        self.store = store
+        self.catalog = catalog
+        self.sync = sync
+        self.poster = poster
+        self.clock = clock
+
+    async def create_client(self, name: str, *, actor: str) -> str:
+        client_id = str(uuid.uuid4())
+        await self.store.create_client(client_id, _name(name, "name"), actor)
+        return client_id
+
+    async def create_program(
+        self, client_id: str, name: str, mode: str, time_zone: str, *, actor: str
+    ) -> str:
+        if mode not in ("ON_LEDGER", "OFF_LEDGER"):
+            raise RequestError("mode must be ON_LEDGER or OFF_LEDGER")
+        time_zone = time_zone or "UTC"
+        try:
+            zoneinfo.ZoneInfo(time_zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise RequestError(f"unknown time zone {time_zone!r}") from None
+        program_id = str(uuid.uuid4())
+        await self.store.create_program(
+            program_id=program_id,
+            client_id=client_id,
+            name=_name(name, "name"),
+            mode=mode,
+            time_zone=time_zone,
+            clearing_account_id=str(uuid.uuid4()),
+            fee_account_id=str(uuid.uuid4()),
+            actor=actor,
+        )
+        return program_id
+
+    async def create_product(
+        self,
+        program_id: str,
+        name: str,
+        *,
+        account_types: list[str],
+        assets: list[str],
+        allowed_transaction_types: list[int],
+        allowed_channels: list[int],
+        blocked_mccs: list[str],
+        pin_tries_max: int,
+        hold_validity_days: int,
+        actor: str,
+    ) -> str:
+        account_types = account_types or ["SINGLE"]
+        if not set(account_types) <= ACCOUNT_TYPES or len(set(account_types)) != len(account_types):
+            raise RequestError("account_types must be distinct SINGLE / MULTI_CURRENCY")
+        _check_assets(assets, self.catalog.assets.keys())
+        known_types = set(TransactionType.__members__.values())
+        if not set(allowed_transaction_types) <= known_types:
+            raise RequestError("allowed_transaction_types has an unknown transaction type")
+        if not set(allowed_channels) <= {1, 2, 3, 4}:
+            raise RequestError("allowed_channels has an unknown channel")
+        if any(not (len(m) == 4 and m.isdigit()) for m in blocked_mccs):
+            raise RequestError("blocked_mccs must be four-digit merchant category codes")
+        pin_tries_max = pin_tries_max or 3
+        if not 1 <= pin_tries_max <= 10:
+            raise RequestError("pin_tries_max must be 1..10")
+        if not 1 <= hold_validity_days <= 90:
+            raise RequestError("hold_validity_days must be 1..90")
+        product_id = str(uuid.uuid4())
+        await self.store.create_product(
+            product_id=product_id,
+            program_id=program_id,
+            name=_name(name, "name"),
+            account_types=account_types,
+            assets=assets,
+            rules=ProductRules(
+                allowed_types=frozenset(allowed_transaction_types),
+                allowed_channels=frozenset(allowed_channels),
+                blocked_mccs=frozenset(blocked_mccs),
+                pin_tries_max=pin_tries_max,
+            ),
+            hold_validity_days=hold_validity_days,
+            actor=actor,
+        )
+        return product_id
+
+    async def create_account(
+        self,
+        product_id: str,
+        account_type: str,
+        assets: list[str],
+        *,
+        name: str,
+        reference: str,
+        profile_id: str,
+        actor: str,
+    ) -> str:
+        product = await self.catalog.product(product_id)
+        account_type = account_type or "SINGLE"
+        if account_type not in ACCOUNT_TYPES:
+            raise RequestError("account_type must be SINGLE or MULTI_CURRENCY")
+        if account_type not in product.account_types:
+            raise PreconditionFailed(
+                f"product {product.name!r} does not offer {account_type} accounts "
+                f"(it offers {', '.join(product.account_types)})"
+            )
+        assets = assets or [product.assets[0]]
+        _check_assets(assets, self.catalog.assets.keys())
+        if account_type == "SINGLE" and len(assets) != 1:
+            raise RequestError("a single-currency account holds exactly one asset")
+        outside = [a for a in assets if a not in product.assets]
+        if outside:
+            raise PreconditionFailed(f"product does not offer assets {', '.join(outside)}")
+        if profile_id:
+            try:
+                profile_id = str(uuid.UUID(profile_id))
+            except ValueError:
+                raise RequestError("profile_id must be a UUID") from None
+        account_id = str(uuid.uuid4())
+        await self.store.create_account(
+            account_id=account_id,
+            product=product,
+            account_type=account_type,
+            assets=assets,
+            name=_name(name, "name", required=False),
+            reference=_name(reference, "reference", required=False),
+            profile_id=profile_id or None,
+            actor=actor,
+        )
+        return account_id
+
+    async def create_card(
+        self,
+        account_id: str,
+        pan: str,
+        expiry_yymm: str,
+        status: CardStatus,
+        pin: str,
+        *,
+        actor: str,
+    ) -> CreatedCard:
+        if not pan_valid(pan):
+            raise RequestError("pan must be 12 to 19 digits with a valid check digit")
+        if not expiry_valid_format(expiry_yymm):
+            raise RequestError("expiry must be YYMM")
+        if pin and not pin_valid_format(pin):
+            raise RequestError("pin must be 4 to 12 digits")
+        account = await self.store.account(account_id)
+        if account.kind != "CUSTOMER" or account.product_id is None:
+            raise PreconditionFailed("cards are issued on customer accounts only")
+        product = await self.catalog.product(account.product_id)
+        pan_hmac = self.keys.pan_hmac(pan)
+        card_id = str(uuid.uuid4())
+        await self.store.create_card(
+            card_id=card_id,
+            account=account,
+            product=product,
+            pan_hmac=pan_hmac,
+            bin_=bin_of(pan),
+            last_four=last_four(pan),
+            expiry_yymm=expiry_yymm,
+            status=status,
+            pvv=self.keys.pin_verification_value(pan_hmac, pin) if pin else None,
+            actor=actor,
+        )
+        self.catalog.forget_card(pan_hmac)  # a cached "unknown card" must not outlive this
+        return CreatedCard(card_id, bin_of(pan), last_four(pan), self.keys.cvv2(pan, expiry_yymm))
+
+    async def set_card_pin(self, card_id: str, pin: str, *, actor: str) -> None:
+        """Set a new PIN (the PVV is derived from the card's PAN HMAC) and reset the tries."""
+        if not pin_valid_format(pin):
+            raise RequestError("pin must be 4 to 12 digits")
+        pan_hmac = await self.store.card_pan_hmac(card_id)
+        account_id = await self.store.set_card_pin(
+            card_id, self.keys.pin_verification_value(pan_hmac, pin), actor
+        )
+        await self.sync.refresh(account_id, "admin")
+
+    async def change_card_status(
+        self, card_id: str, status: CardStatus, reason: str, *, actor: str
+    ) -> CardStatus:
+        previous, account_id = await self.store.change_card_status(
+            card_id, status, _name(reason, "reason", required=False), actor
+        )
+        await self.sync.refresh(account_id, "admin")
+        return previous
+
+    async def balances(self, account_id: str) -> dict[str, Balance]:
+        return await self.store.balances(account_id)
+
+    async def adjust(
+        self,
+        *,
+        account_id: str,
+        asset: str,
+        amount_minor: int,
+        purpose: str,
+        idempotency_key: str,
+        description: str,
+        credit: bool,
+        allow_negative: bool,
+        fingerprint: bytes,
+        actor: str,
+    ) -> ledger_admin_pb2.CreditAccountResponse | ledger_admin_pb2.DebitAccountResponse:
+        """Credit or debit a customer account against the program's clearing account (or,
+        for a fee, its fee income account)."""
+        if credit and purpose not in CREDIT_PURPOSES:
+            raise RequestError(f"purpose must be one of {', '.join(sorted(CREDIT_PURPOSES))}")
+        if not credit and purpose not in DEBIT_PURPOSES:
+            raise RequestError(f"purpose must be one of {', '.join(sorted(DEBIT_PURPOSES))}")
+        if not 0 < amount_minor <= AMOUNT_MAX_MINOR:
+            raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
+        if asset not in self.catalog.assets:
+            raise RequestError(f"unknown asset {asset!r}")
+        if not idempotency_key or len(idempotency_key) > IDEMPOTENCY_KEY_LEN_MAX:
+            raise RequestError(f"idempotency_key is required (1..{IDEMPOTENCY_KEY_LEN_MAX} chars)")
+        description = _name(description, "description", required=False)
+        account = await self.store.account(account_id)
+        if account.kind != "CUSTOMER":
+            raise PreconditionFailed("adjustments apply to customer accounts only")
+        program = await self.catalog.program(account.program_id)
+        counter = program.fee_account_id if purpose == "FEE" else program.clearing_account_id
+        signed = amount_minor if credit else -amount_minor
+        change = BalanceChange(
+            account.id,
+            asset,
+            actual_delta_minor=signed,
+            requires_funds=not credit and not allow_negative,
+        )
+        now = self.clock.now()
+        decision_id = str(uuid.uuid4())
+        entry_id = str(uuid.uuid4())
+        kind = "CREDIT" if credit else "DEBIT"
+
+        def record(reason: Reason, response: bytes) -> DecisionRecord:
+            return DecisionRecord(
+                id=decision_id,
+                source=ADMIN_SOURCE,
+                message_id=idempotency_key,
+                kind=kind,
+                fingerprint=fingerprint,
+                card_id=None,
+                account_id=account.id,
+                asset=asset,
+                amount_minor=amount_minor,
+                approved_minor=amount_minor if reason is Reason.APPROVED else 0,
+                fee_minor=0,
+                response_code=outcome(reason).response_code,
+                reason=int(reason),
+                response=response,
+                created_at=now,
+            )
+
+        response_type = (
+            ledger_admin_pb2.CreditAccountResponse
+            if credit
+            else ledger_admin_pb2.DebitAccountResponse
+        )
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            balance = applied.balance
+            assert balance is not None
+            response = response_type(entry_id=entry_id, balance=balance_message(asset, balance))
+            entry = JournalEntry(
+                id=entry_id,
+                program_id=program.id,
+                kind=purpose,
+                postings=(
+                    Posting(account.id, asset, signed),
+                    Posting(counter, asset, -signed),
+                ),
+                created_at=now,
+                source=ADMIN_SOURCE,
+                message_id=idempotency_key,
+                description=description,
+            )
+            return LedgerWrite(
+                decision=record(Reason.APPROVED, response.SerializeToString()),
+                balance_changes=(change,),
+                entries=(entry,),
+                refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
+            )
+
+        posted = await self.poster.post(
+            change,
+            source=ADMIN_SOURCE,
+            message_id=idempotency_key,
+            fingerprint=fingerprint,
+            build=build,
+        )
+        if posted.status is PostStatus.NO_BALANCE:
+            raise PreconditionFailed(f"account holds no {asset} balance")
+        if posted.status is PostStatus.INSUFFICIENT_FUNDS:
+            raise PreconditionFailed("insufficient available balance (set allow_negative to force)")
+        decision = posted.decision
+        assert decision is not None
+        if posted.status is PostStatus.DUPLICATE and decision.fingerprint != fingerprint:
+            raise AlreadyExists("idempotency_key was used for a different adjustment")
+        if decision.reason != Reason.APPROVED:
+            raise PreconditionFailed("insufficient available balance (set allow_negative to force)")
+        await self.store.audit(
+            actor, f"{kind.lower()}_account", account.id,
+            {"asset": asset, "amount_minor": amount_minor, "purpose": purpose,
+             "idempotency_key": idempotency_key, "entry_id": entry_id},
+        )  # fmt: skip
+        return response_type.FromString(decision.response)
+
+
+def _check_assets(assets: list[str], known: Collection[str]) -> None:
+    if not assets:
+        raise RequestError("at least one asset is required")
+    if len(set(assets)) != len(assets):
+        raise RequestError("assets must be distinct")
+    unknown = [a for a in assets if a not in known]
+    if unknown:
+        raise RequestError(f"unknown assets: {', '.join(unknown)}")

@@ -1,0 +1,401 @@
+"""The authorisation decision path (DESIGN.md §2 and §5).
+
+    validate → find the card → stateless checks → one Redis step (stateful checks, funds,
+    reservation, idempotency marker) → group commit → answer
+
+The answer goes back only once the decision is durable in Postgres. When the Redis step or
+the commit fails, the reservation is undone by reloading the account from Postgres (the
+truth) and the answer is 96. A retransmission (same source and message id) gets the stored
+response byte for byte; a different payload under the same id gets 94.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from authswitch import metrics
+from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache
+from authswitch.domain.authorization import (
+    PARTIAL_APPROVAL_TYPES,
+    AuthorizationRequest,
+    CardFacts,
+    PreChecks,
+    prechecks,
+    validate,
+)
+from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.records import CardUpdate, DecisionRecord, HoldRecord, LedgerWrite
+from authswitch.errors import InternalError
+from authswitch.service.cache_sync import CacheSync
+from authswitch.service.catalog import Catalog
+from authswitch.service.clock import Clock
+from authswitch.v1 import authorization_pb2 as pb
+from authswitch.v1 import common_pb2
+
+__all__ = ["AuthorizationService", "response_for"]
+
+log = logging.getLogger(__name__)
+
+KIND_AUTHORIZE = "AUTHORIZE"
+# A Redis step that misses the cache reloads and tries again, this many times at most.
+CACHE_ATTEMPTS_MAX = 3
+# A retransmission whose original is in flight in another process waits at most this long
+# in total (the sum of these pauses) for the original's durable answer.
+REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
+
+
+def response_for(
+    reason: Reason,
+    *,
+    asset: str = "",
+    approved_minor: int = 0,
+    fee_minor: int = 0,
+    balance: Balance | None = None,
+    authorization_code: str = "",
+    decision_id: str = "",
+    detail: str = "",
+) -> pb.AuthorizeResponse:
+    result = outcome(reason)
+    response = pb.AuthorizeResponse(
+        decision=int(result.decision),  # type: ignore[arg-type]
+        response_code=result.response_code,
+        reason=int(reason),  # type: ignore[arg-type]
+        authorization_code=authorization_code,
+        decision_id=decision_id,
+        detail=detail,
+    )
+    if asset:
+        response.approved_amount.CopyFrom(
+            common_pb2.Money(amount_minor=approved_minor, asset=asset)
+        )
+        response.fee.CopyFrom(common_pb2.Money(amount_minor=fee_minor, asset=asset))
+    if balance is not None:
+        response.balance.CopyFrom(
+            common_pb2.Balance(
+                asset=asset,
+                actual_minor=balance.actual_minor,
+                available_minor=balance.available_minor,
+                authorized_minor=balance.authorized_minor,
+            )
+        )
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    request: AuthorizationRequest
+    fingerprint: bytes
+    received: datetime
+
+
+class AuthorizationService:
+    def __init__(
+        self,
+        *,
+        keys: CardKeys,
+        catalog: Catalog,
+        store: CatalogStore,
+        cache: LedgerCache,
+        sync: CacheSync,
+        committer: GroupCommitter,
+        clock: Clock,
+    ) -> None:
+        self.keys = keys
+        self.catalog = catalog
+        self.store = store
+        self.cache = cache
+        self.sync = sync
+        self.committer = committer
+        self.clock = clock
+        # Originals in flight in this process, by (source, message id): a retransmission
+        # arriving meanwhile waits for the original's durable answer.
+        self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def authorize(
+        self, request: AuthorizationRequest, canonical: bytes
+    ) -> pb.AuthorizeResponse:
+        """Decide one authorisation; never raises for a fault, which is answered 96.
+
+        ``canonical`` is the request's deterministic encoding, the payload compared for
+        idempotency.
+        """
+        started = time.perf_counter()
+        reason = validate(request, self.catalog.assets)
+        if reason in (Reason.FORMAT_ERROR, Reason.INVALID_AMOUNT):
+            # A malformed request is answered and nothing is written.
+            response = response_for(reason, detail=_FORMAT_DETAIL[reason])
+        else:
+            ctx = _Context(request, self.keys.fingerprint(canonical), self.clock.now())
+            # Runs to completion even if the caller goes away: once Redis has reserved funds
+            # the write must finish for the in-flight bookkeeping to hold.
+            task = asyncio.ensure_future(self._answer(ctx, reason))
+            try:
+                response = await asyncio.shield(task)
+            except Exception as exc:
+                log.error(
+                    "authorisation failed, answered 96",
+                    extra={"error": type(exc).__name__, "message_id": request.message_id},
+                    exc_info=not isinstance(exc, InternalError),
+                )
+                response = response_for(Reason.SYSTEM_ERROR, detail="internal error")
+        metrics.DECISIONS.labels(
+            "on_ledger", _TYPE_LABELS.get(request.transaction_type, "other"), response.response_code
+        ).inc()
+        metrics.DECISION_SECONDS.labels("on_ledger").observe(time.perf_counter() - started)
+        return response
+
+    async def _answer(self, ctx: _Context, early: Reason | None) -> pb.AuthorizeResponse:
+        request = ctx.request
+        key = (request.source, request.message_id)
+        original = self._originals.get(key)
+        if original is not None:  # a retransmission while the original is in flight here
+            stored = await asyncio.shield(original)
+        else:
+            future: asyncio.Future[StoredDecision] = asyncio.get_running_loop().create_future()
+            self._originals[key] = future
+            try:
+                stored = await self._decide(ctx, early)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # marked retrieved: waiters re-raise it themselves
+                raise
+            else:
+                future.set_result(stored)
+            finally:
+                del self._originals[key]
+        if stored.fingerprint != ctx.fingerprint:
+            return response_for(Reason.DUPLICATE_MISMATCH, detail="message id reused")
+        return pb.AuthorizeResponse.FromString(stored.response)
+
+    async def _decide(self, ctx: _Context, early: Reason | None) -> StoredDecision:
+        """Decide and make durable; returns what is durable under the message id."""
+        request = ctx.request
+        if early is not None:  # the PAN failed its form check: declined 14 without a lookup
+            return await self._record_without_card(ctx, early)
+        pan_hmac = self.keys.pan_hmac(request.pan)
+        card = await self.catalog.card(pan_hmac)
+        if card is None:
+            return await self._record_without_card(ctx, Reason.UNKNOWN_CARD)
+        product = await self.catalog.product(card.product_id)
+        pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
+        partial = request.partial_allowed and request.type in PARTIAL_APPROVAL_TYPES
+
+        for _ in range(CACHE_ATTEMPTS_MAX):
+            with self.sync.in_flight(card.account_id):
+                try:
+                    result = await self.cache.authorize(
+                        account_id=card.account_id,
+                        card_id=card.card_id,
+                        asset=request.billing_asset,
+                        amount_minor=request.billing_amount_minor,
+                        fee_minor=0,
+                        partial_allowed=partial,
+                        zero_value=request.is_zero_value,
+                        pre=pre,
+                        source=request.source,
+                        message_id=request.message_id,
+                        fingerprint=ctx.fingerprint,
+                    )
+                    if isinstance(result, AuthorizeOutcome):
+                        write = self._write_for(ctx, card, pre, result, product.hold_validity_days)
+                        return await self._commit(card, result, write)
+                except Exception:
+                    # Whether Redis or Postgres failed, the cached state may now hold a
+                    # reservation with nothing durable behind it: reload it from Postgres
+                    # once this operation no longer counts as in flight.
+                    self._spawn(self._undo(card.account_id, request))
+                    raise
+            # Outside the in-flight mark: a reload waits for marked operations to finish.
+            if isinstance(result, Duplicate):
+                return await self._stored_original(ctx, card)
+            if result.card_only:
+                await self.sync.load_card(card.account_id, card.card_id)
+            else:
+                await self.cache.refresh_generation()
+                await self.sync.reload(card.account_id, "miss")
+        raise InternalError("the account's cached state could not be loaded")
+
+    async def _commit(
+        self, card: CardFacts, result: AuthorizeOutcome, write: LedgerWrite
+    ) -> StoredDecision:
+        written = await self.committer.submit(write)
+        if written.status is WriteStatus.COMMITTED:
+            return written.decision
+        # Refused by Postgres (the cache was stale), or a duplicate that only Postgres knew
+        # of: nothing of this request is durable, so its Redis effects must go.
+        if written.status is WriteStatus.REFUSED or result.pin_tries_changed or result.pin_changed:
+            log.warning("the cache disagreed with Postgres; reloading the account")
+            self._spawn(self.sync.refresh(card.account_id, written.status.value))
+        elif result.held_minor:
+            asset = write.decision.asset
+            assert asset is not None
+            await self.cache.adjust(card.account_id, result.epoch, asset, 0, -result.held_minor)
+        return written.decision
+
+    async def _undo(self, account_id: str, request: AuthorizationRequest) -> None:
+        try:
+            await self.cache.forget_marker(account_id, request.source, request.message_id)
+            await self.sync.refresh(account_id, "failure")
+        except Exception as exc:  # the next decision on the account reloads it on a miss
+            metrics.STORE_ERRORS.labels("redis", "undo").inc()
+            log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background reloads started by failures (shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _write_for(
+        self,
+        ctx: _Context,
+        card: CardFacts,
+        pre: PreChecks,
+        result: AuthorizeOutcome,
+        validity_days: int,
+    ) -> LedgerWrite:
+        request = ctx.request
+        decision_id = str(uuid.uuid4())
+        approved = result.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED)
+        response = response_for(
+            result.reason,
+            asset=request.billing_asset,
+            approved_minor=result.approved_minor,
+            fee_minor=result.fee_minor,
+            balance=result.balance if approved else None,
+            authorization_code=f"{secrets.randbelow(1_000_000):06d}" if approved else "",
+            decision_id=decision_id,
+        )
+        record = self._record(ctx, decision_id, result.reason, response, card, result)
+        holds: tuple[HoldRecord, ...] = ()
+        changes: tuple[BalanceChange, ...] = ()
+        refusal: Callable[[], DecisionRecord] | None = None
+        if result.held_minor:
+            holds = (
+                HoldRecord(
+                    id=str(uuid.uuid4()),
+                    account_id=card.account_id,
+                    asset=request.billing_asset,
+                    card_id=card.card_id,
+                    source=request.source,
+                    message_id=request.message_id,
+                    network_reference=request.network_reference,
+                    amount_minor=result.held_minor,
+                    fee_minor=result.fee_minor,
+                    expires_at=ctx.received + timedelta(days=validity_days),
+                    created_at=ctx.received,
+                ),
+            )
+            changes = (
+                BalanceChange(
+                    card.account_id,
+                    request.billing_asset,
+                    authorized_delta_minor=result.held_minor,
+                    requires_funds=True,
+                ),
+            )
+
+            def refusal() -> DecisionRecord:
+                declined = response_for(
+                    Reason.INSUFFICIENT_FUNDS, asset=request.billing_asset, decision_id=decision_id
+                )
+                return self._record(
+                    ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None
+                )
+
+        updates: tuple[CardUpdate, ...] = ()
+        if result.pin_tries_changed or result.pin_changed:
+            updates = (
+                CardUpdate(
+                    card.card_id,
+                    pin_tries=result.pin_tries,
+                    pvv=pre.new_pvv if result.pin_changed else None,
+                ),
+            )
+        return LedgerWrite(
+            decision=record,
+            holds=holds,
+            balance_changes=changes,
+            card_updates=updates,
+            refusal=refusal,
+        )
+
+    def _record(
+        self,
+        ctx: _Context,
+        decision_id: str,
+        reason: Reason,
+        response: pb.AuthorizeResponse,
+        card: CardFacts | None,
+        result: AuthorizeOutcome | None,
+    ) -> DecisionRecord:
+        request = ctx.request
+        return DecisionRecord(
+            id=decision_id,
+            source=request.source,
+            message_id=request.message_id,
+            kind=KIND_AUTHORIZE,
+            fingerprint=ctx.fingerprint,
+            card_id=card.card_id if card else None,
+            account_id=card.account_id if card else None,
+            asset=request.billing_asset,
+            amount_minor=request.billing_amount_minor,
+            approved_minor=result.approved_minor if result else 0,
+            fee_minor=result.fee_minor if result else 0,
+            response_code=outcome(reason).response_code,
+            reason=int(reason),
+            response=response.SerializeToString(),
+            created_at=ctx.received,
+        )
+
+    async def _record_without_card(self, ctx: _Context, reason: Reason) -> StoredDecision:
+        decision_id = str(uuid.uuid4())
+        response = response_for(reason, decision_id=decision_id)
+        record = self._record(ctx, decision_id, reason, response, None, None)
+        written = await self.committer.submit(LedgerWrite(decision=record))
+        return written.decision
+
+    async def _stored_original(self, ctx: _Context, card: CardFacts) -> StoredDecision:
+        """The durable decision of an earlier message with this id, found by its marker."""
+        request = ctx.request
+        for pause_s in (*REPLAY_PAUSES_S, None):
+            stored = await self.store.find_decision(request.source, request.message_id)
+            if stored is not None:
+                return stored
+            if pause_s is None:
+                break
+            await asyncio.sleep(pause_s)
+        # A marker with nothing durable behind it: its request failed (96) or its process
+        # died before committing. Decide afresh; Postgres arbitrates if both commit.
+        await self.cache.forget_marker(card.account_id, request.source, request.message_id)
+        return await self._decide(ctx, None)
+
+
+_FORMAT_DETAIL = {
+    Reason.FORMAT_ERROR: "malformed request: a required field is missing or invalid",
+    Reason.INVALID_AMOUNT: (
+        "invalid amount: missing, negative, too large, or not zero for a non-financial request"
+    ),
+}
+
+_TYPE_LABELS = {
+    1: "purchase", 2: "cash_withdrawal", 3: "balance_enquiry", 4: "account_verification",
+    5: "pin_change", 6: "pin_unblock", 7: "quasi_cash", 8: "pre_authorization",
+}  # fmt: skip

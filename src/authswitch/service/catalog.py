@@ -1,0 +1,83 @@
+"""In-process caches of the catalogue: assets, programs, products and card routes.
+
+Catalogue rows change rarely and are read on every decision, so they are cached here. What
+must be exact at decision time (card status, PIN tries, balances) is not cached here but in
+Redis, where decisions change it atomically. Admin changes invalidate entries in this process
+at once; other processes drop them through Postgres NOTIFY (``catalog_changed``).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
+from authswitch.domain.authorization import CardFacts
+from authswitch.domain.money import Asset
+
+__all__ = ["Catalog"]
+
+# An unknown PAN is remembered briefly so that a flood of them does not each cost a query.
+UNKNOWN_CARD_TTL_S = 5.0
+
+
+class Catalog:
+    def __init__(self, store: CatalogStore, *, cards_max: int) -> None:
+        assert cards_max > 0
+        self.store = store
+        self.assets: dict[str, Asset] = {}
+        self._programs: dict[str, ProgramRow] = {}
+        self._products: dict[str, ProductRow] = {}
+        self._cards: collections.OrderedDict[bytes, CardFacts | float] = collections.OrderedDict()
+        self._cards_max = cards_max
+
+    async def load(self) -> None:
+        self.assets = await self.store.assets()
+
+    async def card(self, pan_hmac: bytes) -> CardFacts | None:
+        entry = self._cards.get(pan_hmac)
+        if isinstance(entry, CardFacts):
+            self._cards.move_to_end(pan_hmac)
+            return entry
+        if entry is not None and time.monotonic() < entry:
+            return None
+        facts = await self.store.card_by_pan_hmac(pan_hmac)
+        self._cards[pan_hmac] = (
+            facts if facts is not None else time.monotonic() + UNKNOWN_CARD_TTL_S
+        )
+        if len(self._cards) > self._cards_max:
+            self._cards.popitem(last=False)
+        return facts
+
+    async def program(self, program_id: str) -> ProgramRow:
+        row = self._programs.get(program_id)
+        if row is None:
+            row = self._programs[program_id] = await self.store.program(program_id)
+        return row
+
+    async def product(self, product_id: str) -> ProductRow:
+        row = self._products.get(product_id)
+        if row is None:
+            row = self._products[product_id] = await self.store.product(product_id)
+        return row
+
+    def forget_card(self, pan_hmac: bytes) -> None:
+        self._cards.pop(pan_hmac, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached entry (another process changed the catalogue)."""
+        self._programs.clear()
+        self._products.clear()
+        self._cards.clear()
+
+    def forget(self, kind: str, ident: str) -> None:
+        if kind == "program":
+            self._programs.pop(ident, None)
+        elif kind == "product":
+            self._products.pop(ident, None)
+        elif kind == "card":
+            for key, facts in list(self._cards.items()):
+                if isinstance(facts, CardFacts) and facts.card_id == ident:
+                    del self._cards[key]
+        else:
+            self.forget_all()

@@ -1,0 +1,138 @@
+"""Balance changes other than authorisations, made the same way: one atomic Redis step
+(funds check, change, idempotency marker), then the group commit, then the answer.
+
+Used by admin credits and debits and by the lifecycle messages that change balances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from authswitch import metrics
+from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.redis.cache import ApplyResult, Duplicate, LedgerCache
+from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.records import LedgerWrite
+from authswitch.errors import InternalError
+from authswitch.service.cache_sync import CacheSync
+
+__all__ = ["PostStatus", "Posted", "Poster"]
+
+log = logging.getLogger(__name__)
+
+CACHE_ATTEMPTS_MAX = 3
+
+
+class PostStatus(Enum):
+    COMMITTED = "committed"
+    DUPLICATE = "duplicate"  # ``decision`` is the earlier one; compare fingerprints
+    REFUSED = "refused"  # Postgres refused the funds (stale cache); the refusal is durable
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # refused by the cache; nothing written
+    NO_BALANCE = "no_balance"  # the account holds no balance in the asset; nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    status: PostStatus
+    decision: StoredDecision | None = None
+    balance: Balance | None = None  # the cached balance after the change
+
+
+class Poster:
+    def __init__(
+        self,
+        *,
+        store: CatalogStore,
+        cache: LedgerCache,
+        sync: CacheSync,
+        committer: GroupCommitter,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.sync = sync
+        self.committer = committer
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def post(
+        self,
+        change: BalanceChange,
+        *,
+        source: str,
+        message_id: str,
+        fingerprint: bytes,
+        build: Callable[[ApplyResult], LedgerWrite],
+    ) -> Posted:
+        """Apply ``change`` in Redis, then commit ``build(result)``; at most once per
+        (source, message_id)."""
+        for _ in range(CACHE_ATTEMPTS_MAX):
+            with self.sync.in_flight(change.account_id):
+                try:
+                    result = await self.cache.apply(
+                        account_id=change.account_id,
+                        asset=change.asset,
+                        actual_delta_minor=change.actual_delta_minor,
+                        held_delta_minor=change.authorized_delta_minor,
+                        requires_funds=change.requires_funds,
+                        marker=(source, message_id, fingerprint),
+                    )
+                    if isinstance(result, ApplyResult):
+                        if result.status == "NSF":
+                            return Posted(PostStatus.INSUFFICIENT_FUNDS, balance=result.balance)
+                        if result.status == "NOBALANCE":
+                            return Posted(PostStatus.NO_BALANCE)
+                        return await self._commit(change, result, build(result))
+                except Exception:
+                    self._spawn(self._undo(change.account_id, source, message_id))
+                    raise
+            if isinstance(result, Duplicate):
+                stored = await self.store.find_decision(source, message_id)
+                if stored is not None:
+                    return Posted(PostStatus.DUPLICATE, stored)
+                # A marker with nothing durable behind it (an earlier attempt failed).
+                await self.cache.forget_marker(change.account_id, source, message_id)
+                continue
+            await self.cache.refresh_generation()
+            await self.sync.reload(change.account_id, "miss")
+        raise InternalError("the account's cached state could not be loaded")
+
+    async def _commit(
+        self, change: BalanceChange, result: ApplyResult, write: LedgerWrite
+    ) -> Posted:
+        written = await self.committer.submit(write)
+        if written.status is WriteStatus.COMMITTED:
+            return Posted(PostStatus.COMMITTED, written.decision, result.balance)
+        # Nothing of this change is durable: take it back out of the cache.
+        await self.cache.adjust(
+            change.account_id,
+            result.epoch,
+            change.asset,
+            -change.actual_delta_minor,
+            -change.authorized_delta_minor,
+        )
+        if written.status is WriteStatus.REFUSED:
+            self._spawn(self.sync.refresh(change.account_id, "refused"))
+            return Posted(PostStatus.REFUSED, written.decision)
+        return Posted(PostStatus.DUPLICATE, written.decision)
+
+    async def _undo(self, account_id: str, source: str, message_id: str) -> None:
+        try:
+            await self.cache.forget_marker(account_id, source, message_id)
+            await self.sync.refresh(account_id, "failure")
+        except Exception as exc:
+            metrics.STORE_ERRORS.labels("redis", "undo").inc()
+            log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

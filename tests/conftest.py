@@ -1,0 +1,73 @@
+"""Shared fixtures: real Postgres and Redis (the machine's when AUTHSWITCH_TEST_* name them,
+embedded otherwise), and a real authswitch server on a real gRPC socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+import uvloop
+
+from authswitch.app import Application
+from authswitch.config import Settings
+from authswitch.domain.cardsec import CardKeys
+from tests.support.ledger import Ledger
+from tests.support.stores import Stores, open_stores
+
+TEST_KEYS = CardKeys(b"p" * 32, b"i" * 32, b"c" * 32)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, as the server does."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+async def stores() -> AsyncIterator[Stores]:
+    async with open_stores() as opened:
+        yield opened
+
+
+def settings_for(stores: Stores, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "grpc_listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:0",
+        "postgres_dsn": stores.postgres_dsn,
+        "redis_url": stores.redis_url,
+        "redis_key_prefix": stores.redis_prefix,
+        "postgres_pool_max": 6,
+        "shutdown_grace_s": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+async def app(stores: Stores) -> AsyncIterator[Application]:
+    application = Application(settings_for(stores), keys=TEST_KEYS)
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.stop()
+
+
+@pytest.fixture(scope="session")
+async def channel(app: Application) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as opened:
+        yield opened
+
+
+@pytest.fixture
+def ledger(channel: grpc.aio.Channel) -> Ledger:
+    return Ledger(channel)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="authswitch")

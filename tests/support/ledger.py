@@ -1,0 +1,185 @@
+"""Builds test fixtures (clients, programs, products, accounts, cards) through the real
+admin API, and sends authorisations, over a real gRPC channel."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from authswitch.demo import demo_pan
+from authswitch.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    common_pb2,
+    ledger_admin_pb2,
+    ledger_admin_pb2_grpc,
+)
+
+EXPIRY = "3012"  # December 2030
+_counter = itertools.count()
+
+
+@dataclass
+class IssuedCard:
+    pan: str
+    expiry: str
+    cvv2: str
+    pin: str
+    card_id: str
+    account_id: str
+    product_id: str
+    program_id: str
+    all_pans: list[str] = field(default_factory=list)
+
+
+class Ledger:
+    """A thin client for tests: one program per ``Ledger`` unless told otherwise."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.admin = ledger_admin_pb2_grpc.LedgerAdminServiceStub(channel)
+        self.auth = authorization_pb2_grpc.AuthorizationServiceStub(channel)
+        self.pans: list[str] = []
+
+    async def program(self, mode: int = common_pb2.LEDGER_MODE_ON_LEDGER) -> str:
+        client = await self.admin.CreateClient(ledger_admin_pb2.CreateClientRequest(name="test"))
+        program = await self.admin.CreateProgram(
+            ledger_admin_pb2.CreateProgramRequest(client_id=client.client_id, name="p", mode=mode)
+        )
+        return program.program_id
+
+    async def product(self, program_id: str | None = None, **kwargs: Any) -> str:
+        program_id = program_id or await self.program()
+        kwargs.setdefault("assets", ["GBP", "EUR", "USD", "JPY", "BTC"])
+        kwargs.setdefault(
+            "account_types", [common_pb2.ACCOUNT_TYPE_SINGLE, common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY]
+        )
+        product = await self.admin.CreateProduct(
+            ledger_admin_pb2.CreateProductRequest(program_id=program_id, name="prod", **kwargs)
+        )
+        return product.product_id
+
+    async def account(
+        self, product_id: str | None = None, assets: tuple[str, ...] = ("GBP",)
+    ) -> str:
+        product_id = product_id or await self.product()
+        account_type = (
+            common_pb2.ACCOUNT_TYPE_SINGLE if len(assets) == 1 else common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY
+        )
+        account = await self.admin.CreateAccount(
+            ledger_admin_pb2.CreateAccountRequest(
+                product_id=product_id, account_type=account_type, assets=list(assets), name="acct"
+            )
+        )
+        return account.account_id
+
+    async def credit(self, account_id: str, amount_minor: int, asset: str = "GBP") -> Any:
+        return await self.admin.CreditAccount(
+            ledger_admin_pb2.CreditAccountRequest(
+                account_id=account_id,
+                amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+                purpose=ledger_admin_pb2.ADJUSTMENT_PURPOSE_LOAD,
+                idempotency_key=str(uuid.uuid4()),
+            )
+        )
+
+    async def card(
+        self,
+        balance_minor: int = 10_000,
+        asset: str = "GBP",
+        *,
+        account_id: str | None = None,
+        product_kwargs: dict[str, Any] | None = None,
+        status: int = common_pb2.CARD_STATUS_ACTIVE,
+        pin: str = "1234",
+        expiry: str = EXPIRY,
+    ) -> IssuedCard:
+        product_id = ""
+        if account_id is None:
+            product_id = await self.product(**(product_kwargs or {}))
+            account_id = await self.account(product_id, (asset,))
+            if balance_minor:
+                await self.credit(account_id, balance_minor, asset)
+        pan = demo_pan("4" + f"{next(_counter) % 100_000:05d}" + "00")
+        self.pans.append(pan)
+        created = await self.admin.CreateCard(
+            ledger_admin_pb2.CreateCardRequest(
+                account_id=account_id, pan=pan, expiry=expiry, status=status, pin=pin
+            )
+        )
+        return IssuedCard(pan, expiry, created.cvv2, pin, created.card_id, account_id, product_id, "")
+
+    async def balance(self, account_id: str, asset: str = "GBP") -> common_pb2.Balance:
+        response = await self.admin.GetBalances(
+            ledger_admin_pb2.GetBalancesRequest(account_id=account_id)
+        )
+        for balance in response.balances:
+            if balance.asset == asset:
+                return balance
+        raise AssertionError(f"no {asset} balance")
+
+    async def authorize(
+        self,
+        card: IssuedCard,
+        amount_minor: int,
+        asset: str = "GBP",
+        *,
+        transaction_type: int = common_pb2.TRANSACTION_TYPE_PURCHASE,
+        message_id: str | None = None,
+        pin: str | None = None,
+        cvv2: str | None = None,
+        expiry: str | None = None,
+        new_pin: str = "",
+        mcc: str = "5411",
+        channel: int = common_pb2.CHANNEL_ECOMMERCE,
+        partial: bool = False,
+        source: str = "visa",
+        pan: str | None = None,
+    ) -> authorization_pb2.AuthorizeResponse:
+        request = self.request(
+            card, amount_minor, asset, transaction_type=transaction_type, message_id=message_id,
+            pin=pin, cvv2=cvv2, expiry=expiry, new_pin=new_pin, mcc=mcc, channel=channel,
+            partial=partial, source=source, pan=pan,
+        )  # fmt: skip
+        return await self.auth.Authorize(request)
+
+    @staticmethod
+    def request(
+        card: IssuedCard,
+        amount_minor: int,
+        asset: str = "GBP",
+        *,
+        transaction_type: int = common_pb2.TRANSACTION_TYPE_PURCHASE,
+        message_id: str | None = None,
+        pin: str | None = None,
+        cvv2: str | None = None,
+        expiry: str | None = None,
+        new_pin: str = "",
+        mcc: str = "5411",
+        channel: int = common_pb2.CHANNEL_ECOMMERCE,
+        partial: bool = False,
+        source: str = "visa",
+        pan: str | None = None,
+    ) -> authorization_pb2.AuthorizeRequest:
+        return authorization_pb2.AuthorizeRequest(
+            source=source,
+            message_id=message_id or str(uuid.uuid4()),
+            network_reference=str(uuid.uuid4()),
+            transaction_type=transaction_type,  # type: ignore[arg-type]
+            pan=card.pan if pan is None else pan,
+            auth=authorization_pb2.AuthData(
+                pin=pin or "",
+                expiry=card.expiry if expiry is None else expiry,
+                cvv2=card.cvv2 if cvv2 is None else cvv2,
+                new_pin=new_pin,
+            ),
+            transaction_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+            billing_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+            partial_approval_allowed=partial,
+            merchant=authorization_pb2.Merchant(mcc=mcc, country="GB", name="Test shop"),
+            channel=channel,  # type: ignore[arg-type]
+        )
