@@ -168,7 +168,9 @@ async def test_product_restrictions_are_57(ledger: Ledger) -> None:
 
 async def test_precedence_first_failing_check_wins(ledger: Ledger) -> None:
     """A lost card with a wrong CVV2, an expiry mismatch and no funds is declined 41."""
-    card = await ledger.card(0, status=c.CARD_STATUS_LOST, product_kwargs={"blocked_mccs": ["5411"]})
+    card = await ledger.card(
+        0, status=c.CARD_STATUS_LOST, product_kwargs={"blocked_mccs": ["5411"]}
+    )
     response = await ledger.authorize(card, 100, cvv2="000", expiry="2901", pin="0000")
     assert response.response_code == "41"
     ok = await ledger.card(0, product_kwargs={"blocked_mccs": ["5411"]})
@@ -349,6 +351,3 @@ async def test_script_flush_is_survived(ledger: Ledger, app: Application) -> Non
     assert app.redis is not None
     await app.redis.script_flush()
     assert (await ledger.authorize(card, 1_000)).response_code == "00"
-
-
-

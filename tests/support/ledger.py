@@ -56,7 +56,8 @@ class Ledger:
         program_id = program_id or await self.program()
         kwargs.setdefault("assets", ["GBP", "EUR", "USD", "JPY", "BTC"])
         kwargs.setdefault(
-            "account_types", [common_pb2.ACCOUNT_TYPE_SINGLE, common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY]
+            "account_types",
+            [common_pb2.ACCOUNT_TYPE_SINGLE, common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY],
         )
         product = await self.admin.CreateProduct(
             ledger_admin_pb2.CreateProductRequest(program_id=program_id, name="prod", **kwargs)
@@ -68,7 +69,9 @@ class Ledger:
     ) -> str:
         product_id = product_id or await self.product()
         account_type = (
-            common_pb2.ACCOUNT_TYPE_SINGLE if len(assets) == 1 else common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY
+            common_pb2.ACCOUNT_TYPE_SINGLE
+            if len(assets) == 1
+            else common_pb2.ACCOUNT_TYPE_MULTI_CURRENCY
         )
         account = await self.admin.CreateAccount(
             ledger_admin_pb2.CreateAccountRequest(
@@ -111,7 +114,9 @@ class Ledger:
                 account_id=account_id, pan=pan, expiry=expiry, status=status, pin=pin
             )
         )
-        return IssuedCard(pan, expiry, created.cvv2, pin, created.card_id, account_id, product_id, "")
+        return IssuedCard(
+            pan, expiry, created.cvv2, pin, created.card_id, account_id, product_id, ""
+        )
 
     async def balance(self, account_id: str, asset: str = "GBP") -> common_pb2.Balance:
         response = await self.admin.GetBalances(

@@ -1,0 +1,132 @@
+"""authorize.lua and the pure rule it mirrors (domain.authorization.decide) agree on every
+input: Hypothesis generates card states, balances and request facts, and each example runs
+through both, the script on the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from authswitch.adapters.redis.cache import AccountSnapshot, AuthorizeOutcome, LedgerCache
+from authswitch.domain.authorization import CardState, CardStatus, PinMode, PreChecks, decide
+from authswitch.domain.codes import Reason
+from authswitch.domain.ledger import Balance
+from tests.support.stores import Stores
+
+pytestmark = pytest.mark.timeout(300)
+
+PVV_A, PVV_B = b"\x01" * 16, b"\x02" * 16
+
+cards = st.builds(
+    CardState,
+    # Mostly active cards, so that most examples reach the later checks.
+    status=st.one_of(st.just(CardStatus.ACTIVE), st.sampled_from(list(CardStatus))),
+    pin_tries=st.integers(0, 4),
+    pin_tries_max=st.integers(1, 3),
+    pvv=st.sampled_from([b"", PVV_A]),
+)
+prechecks = st.builds(
+    PreChecks,
+    expiry_reason=st.sampled_from([None, None, None, Reason.CARD_EXPIRED, Reason.EXPIRY_MISMATCH]),
+    pin_mode=st.sampled_from(list(PinMode)),
+    pvv=st.sampled_from([PVV_A, PVV_B]),
+    new_pvv=st.just(PVV_B),
+    cvv2_reason=st.sampled_from([None, None, None, Reason.CVV2_MISMATCH]),
+    product_reason=st.sampled_from([None, None, None, Reason.TRANSACTION_NOT_PERMITTED]),
+)
+balances = st.one_of(
+    st.none(),
+    st.builds(Balance, st.integers(-10_000, 1_000_000), st.integers(0, 500_000)),
+)
+
+
+async def _run(
+    stores: Stores, card: CardState, balance: Balance | None, pre: PreChecks, amount: int,
+    fee: int, partial: bool, zero_value: bool,
+) -> tuple[AuthorizeOutcome, Balance | None, CardState]:  # fmt: skip
+    client = aioredis.Redis.from_url(stores.redis_url)
+    try:
+        cache = LedgerCache(client, stores.redis_prefix + "-lua", marker_ttl_s=60)
+        cache.generation = 1
+        account = secrets.token_hex(8)
+        await cache.load(
+            AccountSnapshot(account, {"GBP": balance} if balance else {}, {"card": card})
+        )
+        outcome = await cache.authorize(
+            account_id=account, card_id="card", asset="GBP", amount_minor=amount,
+            fee_minor=fee, partial_allowed=partial, zero_value=zero_value, pre=pre,
+            source="s", message_id=secrets.token_hex(8), fingerprint=b"f",
+        )  # fmt: skip
+        assert isinstance(outcome, AuthorizeOutcome)
+        state = await client.hgetall(cache.keys.state(account))
+        after_balance = None
+        if b"a:GBP" in state:
+            after_balance = Balance(int(state[b"a:GBP"]), int(state[b"h:GBP"]))
+        after_card = CardState(
+            card.status, int(state[b"t:card"]), card.pin_tries_max, bytes(state[b"p:card"])
+        )
+        await client.delete(cache.keys.state(account))
+        return outcome, after_balance, after_card
+    finally:
+        await client.aclose()
+
+
+_ACTIVE = CardState(CardStatus.ACTIVE, 0, 3, PVV_A)
+_PLAIN = PreChecks(None, PinMode.NONE, b"", b"", None, None)
+
+
+def _boundaries(test: object) -> object:
+    """Exact boundaries random integers would rarely hit."""
+    cases = [
+        (Balance(1_000, 0), 1_000, 0, False),  # exactly the available balance
+        (Balance(1_000, 0), 1_001, 0, False),  # one over
+        (Balance(1_000, 0), 900, 100, False),  # amount plus fee exactly fits
+        (Balance(1_000, 0), 901, 100, True),  # partial: 900 left after the fee
+        (Balance(1_000, 900), 500, 100, True),  # partial: nothing left after the fee
+        (Balance(1_000, 1_000), 1, 0, True),  # partial with nothing available
+        (Balance(-50, 0), 1, 0, True),  # a negative balance (after an advice)
+    ]
+    for balance, amount, fee, partial in cases:
+        test = example(
+            card=_ACTIVE, balance=balance, pre=_PLAIN, amount=amount, fee=fee, partial=partial,
+            zero_value=False,
+        )(test)  # type: ignore[arg-type]  # fmt: skip
+    return test
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    card=cards,
+    balance=balances,
+    pre=prechecks,
+    amount=st.integers(1, 600_000),
+    fee=st.integers(0, 2_000),
+    partial=st.booleans(),
+    zero_value=st.booleans(),
+)
+@_boundaries
+def test_lua_agrees_with_the_model(
+    stores: Stores, card: CardState, balance: Balance | None, pre: PreChecks, amount: int,
+    fee: int, partial: bool, zero_value: bool,
+) -> None:  # fmt: skip
+    if zero_value:
+        amount, fee = 0, 0
+    expected = decide(
+        card, balance, pre, amount_minor=amount, fee_minor=fee, partial_allowed=partial,
+        zero_value=zero_value,
+    )  # fmt: skip
+    outcome, after_balance, after_card = asyncio.run(
+        _run(stores, card, balance, pre, amount, fee, partial, zero_value)
+    )
+    assert outcome.reason == expected.reason
+    assert outcome.approved_minor == expected.approved_minor
+    assert outcome.pin_blocked_now == expected.pin_blocked_now
+    assert after_balance == expected.balance
+    assert (after_card.pin_tries, after_card.pvv) == (expected.card.pin_tries, expected.card.pvv)
+    if expected.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value:
+        assert outcome.fee_minor == expected.fee_minor == fee
