@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -22,6 +23,9 @@ from authswitch.logs import configure_logging
 __all__ = ["main"]
 
 log = logging.getLogger("authswitch")
+
+# gRPC core prints informational lines (e.g. about fork()) to stderr outside our logs.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

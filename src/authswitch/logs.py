@@ -73,3 +73,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pgserver narrates every command it runs at INFO; its warnings are what matter.
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))
