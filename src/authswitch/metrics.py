@@ -11,6 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CACHE_LOADS",
+    "CLIENT_SECONDS",
     "COMMIT_BATCH_SECONDS",
     "COMMIT_BATCH_SIZE",
     "COMMIT_QUEUE_DEPTH",
@@ -20,6 +21,14 @@ __all__ = [
     "GRPC_HANDLED",
     "GRPC_HANDLING_SECONDS",
     "GRPC_STARTED",
+    "OUTBOX_DEAD_LETTERS",
+    "OUTBOX_DELIVERIES",
+    "OUTBOX_DEPTH",
+    "OUTBOX_OLDEST_AGE_SECONDS",
+    "RECONCILIATION_BREAKS",
+    "RECONCILIATION_DRIFT_MINOR",
+    "RECONCILIATION_LAST_RUN_SECONDS",
+    "STAND_INS",
     "STORE_ERRORS",
 ]
 
@@ -85,4 +94,50 @@ CACHE_LOADS = Counter(
     "authswitch_cache_loads_total",
     "Account states (or single cards) loaded into Redis from Postgres, by cause.",
     ["cause"],
+)
+
+STAND_INS = Counter(
+    "authswitch_stand_ins_total",
+    "Off-ledger decisions made by the stand-in policy instead of the client, by reason.",
+    ["reason", "policy"],
+)
+CLIENT_SECONDS = Histogram(
+    "authswitch_client_seconds",
+    "Latency of calls to off-ledger clients' DecisionService, by method and outcome.",
+    ["method", "outcome"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+OUTBOX_DEPTH = Gauge(
+    "authswitch_outbox_depth",
+    "Notifications waiting for delivery (pending or retrying), by sink.",
+    ["sink"],
+)
+OUTBOX_OLDEST_AGE_SECONDS = Gauge(
+    "authswitch_outbox_oldest_age_seconds",
+    "Age of the oldest undelivered notification, by sink.",
+    ["sink"],
+)
+OUTBOX_DELIVERIES = Counter(
+    "authswitch_outbox_deliveries_total",
+    "Notification delivery attempts, by sink and outcome.",
+    ["sink", "outcome"],
+)
+OUTBOX_DEAD_LETTERS = Gauge(
+    "authswitch_outbox_dead_letters",
+    "Notifications that exhausted their retry horizon and wait for an operator re-drive.",
+    ["sink"],
+)
+RECONCILIATION_BREAKS = Gauge(
+    "authswitch_reconciliation_breaks",
+    "Breaks found by the last reconciliation run, by check.",
+    ["check"],
+)
+RECONCILIATION_DRIFT_MINOR = Gauge(
+    "authswitch_reconciliation_drift_minor",
+    "Sum of absolute differences found by the last reconciliation run, in minor units, by check.",
+    ["check"],
+)
+RECONCILIATION_LAST_RUN_SECONDS = Gauge(
+    "authswitch_reconciliation_last_run_timestamp_seconds",
+    "Unix time of the last completed reconciliation run.",
 )
