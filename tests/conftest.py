@@ -42,6 +42,7 @@ def settings_for(stores: Stores, **overrides: object) -> Settings:
         "redis_key_prefix": stores.redis_prefix,
         "postgres_pool_max": 6,
         "shutdown_grace_s": 2.0,
+        "age_off_interval_s": 0.0,  # tests age holds off explicitly, by their own clock
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

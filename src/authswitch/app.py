@@ -36,9 +36,13 @@ from authswitch.service.authorization import AuthorizationService
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock, SystemClock
+from authswitch.service.jobs import PeriodicJob
+from authswitch.service.lifecycle import LifecycleService
 from authswitch.service.posting import Poster
 
 __all__ = ["Application", "State"]
+
+AGE_OFF_LOCK_KEY = 0x61676531  # "age1": one age-off sweep at a time across replicas
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +176,27 @@ class Application:
             keys=keys, store=store, catalog=catalog, sync=sync, poster=poster, clock=self.clock
         )
         self.poster = poster
+        self.lifecycle = LifecycleService(
+            keys=keys, catalog=catalog, store=store, poster=poster, clock=self.clock
+        )
+        self.jobs: list[PeriodicJob] = []
+        if settings.age_off_interval_s:
+            lifecycle = self.lifecycle
+            self.jobs.append(
+                PeriodicJob(
+                    "age_off",
+                    settings.age_off_interval_s,
+                    lambda: lifecycle.age_off(limit=settings.age_off_batch_max),
+                    self.pool,
+                    lock_key=AGE_OFF_LOCK_KEY,
+                )
+            )
+        for job in self.jobs:
+            job.start()
         self.server, self.grpc_port = build_server(
             settings,
-            AuthorizationServicer(self.authorization),
-            LedgerAdminServicer(self.admin),
+            AuthorizationServicer(self.authorization, self.lifecycle),
+            LedgerAdminServicer(self.admin, self.lifecycle),
             self.health,
         )
         await self.server.start()
@@ -199,6 +220,8 @@ class Application:
         self._stopped.set()
 
     async def _close(self) -> None:
+        for job in getattr(self, "jobs", []):
+            await job.stop()
         committer = getattr(self, "committer", None)
         if committer is not None:
             await committer.stop()

@@ -59,7 +59,9 @@ class Settings:
     # Idempotency markers in Redis (Postgres keeps every decision forever).
     idempotency_marker_ttl_s: int = 7 * 24 * 3600
     card_cache_entries_max: int = 200_000
-    hold_validity_days_default: int = 7
+    # How often expired holds are aged off; 0 turns the sweeper off (tests drive it).
+    age_off_interval_s: float = 60.0
+    age_off_batch_max: int = 1_000
 
     grpc_max_message_bytes: int = 64 * 1024
     grpc_max_concurrent_streams: int = 1_000
@@ -111,12 +113,14 @@ class Settings:
         positive = (
             "group_commit_batch_max", "group_commit_queue_max", "postgres_pool_max",
             "redis_pool_max", "redis_timeout_ms", "idempotency_marker_ttl_s",
-            "card_cache_entries_max", "hold_validity_days_default", "grpc_max_message_bytes",
+            "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
             "grpc_max_concurrent_streams", "postgres_statement_timeout_ms",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"AUTHSWITCH_{name.upper()} must be positive")
+        if self.age_off_interval_s < 0:
+            raise ConfigError("AUTHSWITCH_AGE_OFF_INTERVAL_S must not be negative")
         if self.group_commit_linger_us < 0:
             raise ConfigError("AUTHSWITCH_GROUP_COMMIT_LINGER_US must not be negative")
         if not 0 < self.postgres_pool_min <= self.postgres_pool_max:

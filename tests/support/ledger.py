@@ -188,3 +188,70 @@ class Ledger:
             merchant=authorization_pb2.Merchant(mcc=mcc, country="GB", name="Test shop"),
             channel=channel,  # type: ignore[arg-type]
         )
+
+    async def advise(
+        self, card: IssuedCard, amount_minor: int, asset: str = "GBP", *,
+        original_message_id: str = "", network_reference: str | None = None,
+        message_id: str | None = None, mcc: str = "5411",
+    ) -> authorization_pb2.AdviseResponse:  # fmt: skip
+        return await self.auth.Advise(
+            authorization_pb2.AdviseRequest(
+                source="visa",
+                message_id=message_id or str(uuid.uuid4()),
+                network_reference=network_reference or str(uuid.uuid4()),
+                transaction_type=common_pb2.TRANSACTION_TYPE_PURCHASE,
+                pan=card.pan,
+                billing_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+                merchant=authorization_pb2.Merchant(mcc=mcc, country="GB"),
+                original_message_id=original_message_id,
+            )
+        )
+
+    async def reverse(
+        self, original_message_id: str, amount_minor: int = 0, asset: str = "GBP", *,
+        message_id: str | None = None, pan: str = "",
+    ) -> authorization_pb2.ReverseResponse:  # fmt: skip
+        request = authorization_pb2.ReverseRequest(
+            source="visa",
+            message_id=message_id or str(uuid.uuid4()),
+            original_message_id=original_message_id,
+            pan=pan,
+        )
+        if amount_minor:
+            request.amount.CopyFrom(common_pb2.Money(amount_minor=amount_minor, asset=asset))
+        return await self.auth.Reverse(request)
+
+    async def clear(
+        self, card: IssuedCard, network_reference: str, amount_minor: int, asset: str = "GBP", *,
+        final: bool = True, message_id: str | None = None,
+    ) -> authorization_pb2.ClearResponse:  # fmt: skip
+        return await self.auth.Clear(
+            authorization_pb2.ClearRequest(
+                source="visa",
+                message_id=message_id or str(uuid.uuid4()),
+                network_reference=network_reference,
+                pan=card.pan,
+                billing_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+                final=final,
+                merchant=authorization_pb2.Merchant(mcc="5411", country="GB", name="Shop"),
+            )
+        )
+
+    async def refund(
+        self, card: IssuedCard, amount_minor: int, asset: str = "GBP", *,
+        message_id: str | None = None,
+    ) -> authorization_pb2.RefundResponse:  # fmt: skip
+        return await self.auth.Refund(
+            authorization_pb2.RefundRequest(
+                source="visa",
+                message_id=message_id or str(uuid.uuid4()),
+                network_reference=str(uuid.uuid4()),
+                pan=card.pan,
+                billing_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+            )
+        )
+
+    async def figures(self, account_id: str, asset: str = "GBP") -> tuple[int, int, int]:
+        """(actual, available, authorised) from Postgres."""
+        balance = await self.balance(account_id, asset)
+        return balance.actual_minor, balance.available_minor, balance.authorized_minor

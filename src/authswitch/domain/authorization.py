@@ -33,6 +33,7 @@ __all__ = [
     "ProductRules",
     "TransactionType",
     "decide",
+    "identifier_ok",
     "prechecks",
     "validate",
 ]
@@ -135,6 +136,8 @@ class AuthorizationRequest:
     mcc: str = ""
     merchant_country: str = ""
     channel: int = 0
+    incremental: bool = False
+    original_message_id: str = ""
 
     @property
     def type(self) -> TransactionType:
@@ -145,7 +148,8 @@ class AuthorizationRequest:
         return self.transaction_type in ZERO_VALUE_TYPES
 
 
-def _ident_ok(value: str, length_max: int, *, required: bool) -> bool:
+def identifier_ok(value: str, length_max: int, *, required: bool) -> bool:
+    """A source, message id or reference: printable ASCII without spaces, bounded."""
     if not value:
         return not required
     return len(value) <= length_max and bool(_IDENT.match(value))
@@ -157,11 +161,15 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
     Returns the decline reason, or None when the request is well formed. A well-formed
     request can still be declined by the later checks.
     """
-    if not _ident_ok(request.source, SOURCE_LEN_MAX, required=True):
+    if not identifier_ok(request.source, SOURCE_LEN_MAX, required=True):
         return Reason.FORMAT_ERROR
-    if not _ident_ok(request.message_id, MESSAGE_ID_LEN_MAX, required=True):
+    if not identifier_ok(request.message_id, MESSAGE_ID_LEN_MAX, required=True):
         return Reason.FORMAT_ERROR
-    if not _ident_ok(request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False):
+    if not identifier_ok(request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False):
+        return Reason.FORMAT_ERROR
+    if not identifier_ok(
+        request.original_message_id, MESSAGE_ID_LEN_MAX, required=request.incremental
+    ):
         return Reason.FORMAT_ERROR
     if request.transaction_type not in TransactionType.__members__.values():
         return Reason.FORMAT_ERROR

@@ -8,14 +8,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from authswitch.domain.ledger import BalanceChange
+from authswitch.domain.lifecycle import ReleasePlan
 
 __all__ = [
     "CardUpdate",
     "DecisionRecord",
     "HoldRecord",
+    "HoldRelease",
     "JournalEntry",
     "LedgerWrite",
     "Posting",
+    "Tombstone",
 ]
 
 
@@ -57,6 +60,31 @@ class HoldRecord:
     fee_minor: int
     expires_at: datetime
     created_at: datetime
+    kind: str = "AUTHORIZATION"  # AUTHORIZATION, INCREMENTAL, ADVICE
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRelease:
+    """Release part or all of an open hold, guarded: the write conflicts unless the hold is
+    still open at exactly ``plan.expected_minor``."""
+
+    plan: ReleasePlan
+    account_id: str
+    asset: str
+    at: datetime
+    reason: str  # what released it: REVERSAL, CLEARING, AGE_OFF, RELEASE, ADVICE
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A reversal whose original is unknown, left under the original's key so that the
+    original, if it ever arrives, holds only what was not reversed."""
+
+    source: str
+    message_id: str
+    reversed_minor: int
+    full: bool
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +135,8 @@ class LedgerWrite:
 
     decision: DecisionRecord
     holds: tuple[HoldRecord, ...] = ()
+    releases: tuple[HoldRelease, ...] = ()
+    tombstones: tuple[Tombstone, ...] = ()
     balance_changes: tuple[BalanceChange, ...] = ()
     entries: tuple[JournalEntry, ...] = ()
     card_updates: tuple[CardUpdate, ...] = ()

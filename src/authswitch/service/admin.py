@@ -23,7 +23,7 @@ from authswitch.domain.cards import (
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.ledger import Balance, BalanceChange
-from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
 from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.service.cache_sync import CacheSync
@@ -127,6 +127,7 @@ class AdminService:
         blocked_mccs: list[str],
         pin_tries_max: int,
         hold_validity_days: int,
+        hold_validity_by_mcc: dict[str, int],
         actor: str,
     ) -> str:
         account_types = account_types or ["SINGLE"]
@@ -143,8 +144,12 @@ class AdminService:
         pin_tries_max = pin_tries_max or 3
         if not 1 <= pin_tries_max <= 10:
             raise RequestError("pin_tries_max must be 1..10")
+        hold_validity_days = hold_validity_days or 7
         if not 1 <= hold_validity_days <= 90:
             raise RequestError("hold_validity_days must be 1..90")
+        for mcc, days in hold_validity_by_mcc.items():
+            if not (len(mcc) == 4 and mcc.isdigit()) or not 1 <= days <= 90:
+                raise RequestError("hold_validity_days_by_mcc maps four-digit MCCs to 1..90 days")
         product_id = str(uuid.uuid4())
         await self.store.create_product(
             product_id=product_id,
@@ -159,6 +164,7 @@ class AdminService:
                 pin_tries_max=pin_tries_max,
             ),
             hold_validity_days=hold_validity_days,
+            hold_validity_by_mcc=dict(hold_validity_by_mcc),
             actor=actor,
         )
         return product_id
@@ -172,9 +178,19 @@ class AdminService:
         name: str,
         reference: str,
         profile_id: str,
+        customer_ids: list[str],
         actor: str,
     ) -> str:
         product = await self.catalog.product(product_id)
+        if len(set(customer_ids)) != len(customer_ids):
+            raise RequestError("customer_ids must be distinct")
+        if customer_ids:
+            found = await self.store.customers_in_program(customer_ids, product.program_id)
+            unknown = sorted(set(customer_ids) - found)
+            if unknown:
+                raise PreconditionFailed(
+                    f"customers not in the product's program: {', '.join(unknown)}"
+                )
         account_type = account_type or "SINGLE"
         if account_type not in ACCOUNT_TYPES:
             raise RequestError("account_type must be SINGLE or MULTI_CURRENCY")
@@ -204,9 +220,36 @@ class AdminService:
             name=_name(name, "name", required=False),
             reference=_name(reference, "reference", required=False),
             profile_id=profile_id or None,
+            customer_ids=list(customer_ids),
             actor=actor,
         )
         return account_id
+
+    async def create_customer(
+        self, program_id: str, name: str, reference: str, *, actor: str
+    ) -> str:
+        customer_id = str(uuid.uuid4())
+        await self.store.create_customer(
+            customer_id,
+            program_id,
+            _name(name, "name", required=False),
+            _name(reference, "reference", required=False),
+            actor,
+        )
+        return customer_id
+
+    async def link_card_account(self, card_id: str, account_id: str, *, actor: str) -> None:
+        await self.store.link_card_account(card_id, account_id, actor)
+
+    async def register_asset(
+        self, code: str, category: str, exponent: int, numeric_code: str, *, actor: str
+    ) -> None:
+        try:
+            asset = Asset(code, AssetCategory(category), exponent, numeric_code)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        await self.store.register_asset(asset, actor)
+        await self.catalog.load()
 
     async def create_card(
         self,

@@ -36,6 +36,7 @@ from authswitch.domain.authorization import (
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.lifecycle import hold_validity_days
 from authswitch.domain.records import CardUpdate, DecisionRecord, HoldRecord, LedgerWrite
 from authswitch.errors import InternalError
 from authswitch.service.cache_sync import CacheSync
@@ -91,6 +92,13 @@ def response_for(
             )
         )
     return response
+
+
+@dataclass(frozen=True, slots=True)
+class _HoldPlan:
+    network_reference: str
+    kind: str
+    validity_days: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +200,25 @@ class AuthorizationService:
         product = await self.catalog.product(card.product_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
         partial = request.partial_allowed and request.type in PARTIAL_APPROVAL_TYPES
+        hold_plan = _HoldPlan(
+            network_reference=request.network_reference,
+            kind="AUTHORIZATION",
+            validity_days=hold_validity_days(
+                product.hold_validity_days, product.hold_validity_by_mcc, request.mcc
+            ),
+        )
+        if request.incremental:
+            # An increment joins its original's transaction, so that clearings of it
+            # release both; without an open original it is an authorisation of its own.
+            original = await self.store.hold_by_message(request.source, request.original_message_id)
+            if (
+                original is not None
+                and original.status == "OPEN"
+                and original.card_id == card.card_id
+            ):
+                hold_plan = _HoldPlan(
+                    original.network_reference, "INCREMENTAL", hold_plan.validity_days
+                )
 
         for _ in range(CACHE_ATTEMPTS_MAX):
             with self.sync.in_flight(card.account_id):
@@ -210,7 +237,7 @@ class AuthorizationService:
                         fingerprint=ctx.fingerprint,
                     )
                     if isinstance(result, AuthorizeOutcome):
-                        write = self._write_for(ctx, card, pre, result, product.hold_validity_days)
+                        write = self._write_for(ctx, card, pre, result, hold_plan)
                         return await self._commit(card, result, write)
                 except Exception:
                     # Whether Redis or Postgres failed, the cached state may now hold a
@@ -233,6 +260,14 @@ class AuthorizationService:
     ) -> StoredDecision:
         written = await self.committer.submit(write)
         if written.status is WriteStatus.COMMITTED:
+            if written.pre_reversed_minor:
+                # A reversal arrived before this authorisation: Postgres holds only what it
+                # did not reverse, and the cache must hold no more.
+                asset = write.decision.asset
+                assert asset is not None
+                await self.cache.adjust(
+                    card.account_id, result.epoch, asset, 0, -written.pre_reversed_minor
+                )
             return written.decision
         # Refused by Postgres (the cache was stale), or a duplicate that only Postgres knew
         # of: nothing of this request is durable, so its Redis effects must go.
@@ -269,7 +304,7 @@ class AuthorizationService:
         card: CardFacts,
         pre: PreChecks,
         result: AuthorizeOutcome,
-        validity_days: int,
+        plan: _HoldPlan,
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = str(uuid.uuid4())
@@ -296,11 +331,12 @@ class AuthorizationService:
                     card_id=card.card_id,
                     source=request.source,
                     message_id=request.message_id,
-                    network_reference=request.network_reference,
+                    network_reference=plan.network_reference,
                     amount_minor=result.held_minor,
                     fee_minor=result.fee_minor,
-                    expires_at=ctx.received + timedelta(days=validity_days),
+                    expires_at=ctx.received + timedelta(days=plan.validity_days),
                     created_at=ctx.received,
+                    kind=plan.kind,
                 ),
             )
             changes = (

@@ -33,6 +33,7 @@ class PostStatus(Enum):
     COMMITTED = "committed"
     DUPLICATE = "duplicate"  # ``decision`` is the earlier one; compare fingerprints
     REFUSED = "refused"  # Postgres refused the funds (stale cache); the refusal is durable
+    CONFLICT = "conflict"  # a hold it releases changed meanwhile; nothing written, re-plan
     INSUFFICIENT_FUNDS = "insufficient_funds"  # refused by the cache; nothing written
     NO_BALANCE = "no_balance"  # the account holds no balance in the asset; nothing written
 
@@ -118,7 +119,22 @@ class Poster:
         if written.status is WriteStatus.REFUSED:
             self._spawn(self.sync.refresh(change.account_id, "refused"))
             return Posted(PostStatus.REFUSED, written.decision)
+        if written.status is WriteStatus.CONFLICT:
+            await self.cache.forget_marker(
+                change.account_id, write.decision.source, write.decision.message_id
+            )
+            return Posted(PostStatus.CONFLICT, written.decision)
         return Posted(PostStatus.DUPLICATE, written.decision)
+
+    async def record(self, write: LedgerWrite) -> Posted:
+        """Commit a write that changes no cached balance (an acknowledgement, a tombstone)."""
+        written = await self.committer.submit(write)
+        status = {
+            WriteStatus.COMMITTED: PostStatus.COMMITTED,
+            WriteStatus.DUPLICATE: PostStatus.DUPLICATE,
+            WriteStatus.CONFLICT: PostStatus.CONFLICT,
+        }[written.status]
+        return Posted(status, written.decision)
 
     async def _undo(self, account_id: str, source: str, message_id: str) -> None:
         try:

@@ -105,6 +105,64 @@ REASON_SYSTEM_ERROR: Reason.ValueType  # 50
 REASON_DUPLICATE_MISMATCH: Reason.ValueType  # 51
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
+class _AdviceResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AdviceResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdviceResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ADVICE_RESULT_UNSPECIFIED: _AdviceResult.ValueType  # 0
+    ADVICE_RESULT_HOLD_POSTED: _AdviceResult.ValueType  # 1
+    """A new hold was posted."""
+    ADVICE_RESULT_HOLD_UPDATED: _AdviceResult.ValueType  # 2
+    """The original authorisation's hold was set to the advised amount."""
+    ADVICE_RESULT_RECORDED_UNKNOWN_CARD: _AdviceResult.ValueType  # 3
+    """The card is unknown: the advice is recorded, nothing is held."""
+    ADVICE_RESULT_RECORDED_NO_BALANCE: _AdviceResult.ValueType  # 4
+    """The card's account holds no balance in the advised asset: recorded, nothing is held."""
+
+class AdviceResult(_AdviceResult, metaclass=_AdviceResultEnumTypeWrapper): ...
+
+ADVICE_RESULT_UNSPECIFIED: AdviceResult.ValueType  # 0
+ADVICE_RESULT_HOLD_POSTED: AdviceResult.ValueType  # 1
+"""A new hold was posted."""
+ADVICE_RESULT_HOLD_UPDATED: AdviceResult.ValueType  # 2
+"""The original authorisation's hold was set to the advised amount."""
+ADVICE_RESULT_RECORDED_UNKNOWN_CARD: AdviceResult.ValueType  # 3
+"""The card is unknown: the advice is recorded, nothing is held."""
+ADVICE_RESULT_RECORDED_NO_BALANCE: AdviceResult.ValueType  # 4
+"""The card's account holds no balance in the advised asset: recorded, nothing is held."""
+Global___AdviceResult: _TypeAlias = AdviceResult  # noqa: Y015
+
+class _ReversalResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReversalResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReversalResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVERSAL_RESULT_UNSPECIFIED: _ReversalResult.ValueType  # 0
+    REVERSAL_RESULT_RELEASED: _ReversalResult.ValueType  # 1
+    """The hold was released, fully or in part."""
+    REVERSAL_RESULT_ORIGINAL_NOT_FOUND: _ReversalResult.ValueType  # 2
+    """The original is unknown: recorded, and applied if the original arrives."""
+    REVERSAL_RESULT_NOTHING_HELD: _ReversalResult.ValueType  # 3
+    """The original held nothing (it was declined, or was non-financial)."""
+    REVERSAL_RESULT_HOLD_ALREADY_ENDED: _ReversalResult.ValueType  # 4
+    """The hold had already ended (cleared, reversed or aged off): nothing more to release."""
+
+class ReversalResult(_ReversalResult, metaclass=_ReversalResultEnumTypeWrapper): ...
+
+REVERSAL_RESULT_UNSPECIFIED: ReversalResult.ValueType  # 0
+REVERSAL_RESULT_RELEASED: ReversalResult.ValueType  # 1
+"""The hold was released, fully or in part."""
+REVERSAL_RESULT_ORIGINAL_NOT_FOUND: ReversalResult.ValueType  # 2
+"""The original is unknown: recorded, and applied if the original arrives."""
+REVERSAL_RESULT_NOTHING_HELD: ReversalResult.ValueType  # 3
+"""The original held nothing (it was declined, or was non-financial)."""
+REVERSAL_RESULT_HOLD_ALREADY_ENDED: ReversalResult.ValueType  # 4
+"""The hold had already ended (cleared, reversed or aged off): nothing more to release."""
+Global___ReversalResult: _TypeAlias = ReversalResult  # noqa: Y015
+
 @_typing.final
 class AuthData(_message.Message):
     """Card authentication data carried by the request. In production the PIN arrives as a PIN
@@ -189,6 +247,8 @@ class AuthorizeRequest(_message.Message):
     PARTIAL_APPROVAL_ALLOWED_FIELD_NUMBER: _builtins.int
     MERCHANT_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
+    INCREMENTAL_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The caller's namespace for message ids (e.g. "visa", "mastercard", a gateway id)."""
     message_id: _builtins.str
@@ -203,6 +263,12 @@ class AuthorizeRequest(_message.Message):
     partial_approval_allowed: _builtins.bool
     """Whether the acquirer accepts a partial approval (response code 10)."""
     channel: _common_pb2.Channel.ValueType
+    incremental: _builtins.bool
+    """An incremental authorisation (hotel, car rental, tips): it adds a hold to the
+    transaction of original_message_id, which later clearings release together.
+    """
+    original_message_id: _builtins.str
+    """For an incremental authorisation: the message id of the authorisation it increases."""
     @_builtins.property
     def auth(self) -> Global___AuthData: ...
     @_builtins.property
@@ -229,10 +295,12 @@ class AuthorizeRequest(_message.Message):
         partial_approval_allowed: _builtins.bool = ...,
         merchant: Global___Merchant | None = ...,
         channel: _common_pb2.Channel.ValueType = ...,
+        incremental: _builtins.bool = ...,
+        original_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "channel", b"channel", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "partial_approval_allowed", b"partial_approval_allowed", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "channel", b"channel", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "partial_approval_allowed", b"partial_approval_allowed", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,3 +361,335 @@ class AuthorizeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeResponse: _TypeAlias = AuthorizeResponse  # noqa: Y015
+
+@_typing.final
+class AdviseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPE_FIELD_NUMBER: _builtins.int
+    PAN_FIELD_NUMBER: _builtins.int
+    TRANSACTION_AMOUNT_FIELD_NUMBER: _builtins.int
+    BILLING_AMOUNT_FIELD_NUMBER: _builtins.int
+    MERCHANT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_CODE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    network_reference: _builtins.str
+    transaction_type: _common_pb2.TransactionType.ValueType
+    pan: _builtins.str
+    channel: _common_pb2.Channel.ValueType
+    original_message_id: _builtins.str
+    """The authorisation this advice completes, if authswitch saw one (e.g. one that timed out
+    at the network): its hold is set to the advised amount instead of adding a second hold.
+    """
+    authorization_code: _builtins.str
+    """The approval code the network issued in stand-in."""
+    @_builtins.property
+    def transaction_amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def billing_amount(self) -> _common_pb2.Money:
+        """The amount the network approved, in the billing asset."""
+
+    @_builtins.property
+    def merchant(self) -> Global___Merchant: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        transaction_type: _common_pb2.TransactionType.ValueType = ...,
+        pan: _builtins.str = ...,
+        transaction_amount: _common_pb2.Money | None = ...,
+        billing_amount: _common_pb2.Money | None = ...,
+        merchant: Global___Merchant | None = ...,
+        channel: _common_pb2.Channel.ValueType = ...,
+        original_message_id: _builtins.str = ...,
+        authorization_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization_code", b"authorization_code", "billing_amount", b"billing_amount", "channel", b"channel", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdviseRequest: _TypeAlias = AdviseRequest  # noqa: Y015
+
+@_typing.final
+class AdviseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    """"00": acknowledged. Advices are never declined."""
+    result: Global___AdviceResult.ValueType
+    decision_id: _builtins.str
+    @_builtins.property
+    def held(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance: ...
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        result: Global___AdviceResult.ValueType = ...,
+        held: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+        decision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "held", b"held"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "held", b"held", "response_code", b"response_code", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdviseResponse: _TypeAlias = AdviseResponse  # noqa: Y015
+
+@_typing.final
+class ReverseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    PAN_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    original_message_id: _builtins.str
+    """The message id of the authorisation (or advice) being reversed, in the same source."""
+    network_reference: _builtins.str
+    pan: _builtins.str
+    """Optional: lets authswitch record the reversal against the card when the original is
+    unknown.
+    """
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The amount to release; zero or unset releases the whole remaining hold."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        original_message_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        network_reference: _builtins.str = ...,
+        pan: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "message_id", b"message_id", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseRequest: _TypeAlias = ReverseRequest  # noqa: Y015
+
+@_typing.final
+class ReverseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    result: Global___ReversalResult.ValueType
+    decision_id: _builtins.str
+    @_builtins.property
+    def released(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance: ...
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        result: Global___ReversalResult.ValueType = ...,
+        released: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+        decision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "released", b"released"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "released", b"released", "response_code", b"response_code", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseResponse: _TypeAlias = ReverseResponse  # noqa: Y015
+
+@_typing.final
+class ClearRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    PAN_FIELD_NUMBER: _builtins.int
+    BILLING_AMOUNT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_AMOUNT_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    MERCHANT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    network_reference: _builtins.str
+    """The transaction's lifecycle id, as carried by its authorisation."""
+    pan: _builtins.str
+    final: _builtins.bool
+    """The last clearing of the transaction: every remaining hold of it is released."""
+    transaction_type: _common_pb2.TransactionType.ValueType
+    @_builtins.property
+    def billing_amount(self) -> _common_pb2.Money:
+        """The cleared amount in the billing asset; posted to the actual balance."""
+
+    @_builtins.property
+    def transaction_amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def merchant(self) -> Global___Merchant: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        pan: _builtins.str = ...,
+        billing_amount: _common_pb2.Money | None = ...,
+        transaction_amount: _common_pb2.Money | None = ...,
+        final: _builtins.bool = ...,
+        merchant: Global___Merchant | None = ...,
+        transaction_type: _common_pb2.TransactionType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "final", b"final", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearRequest: _TypeAlias = ClearRequest  # noqa: Y015
+
+@_typing.final
+class ClearResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    POSTED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    matched: _builtins.bool
+    """Whether open holds of the transaction were found."""
+    decision_id: _builtins.str
+    entry_id: _builtins.str
+    @_builtins.property
+    def released(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def posted(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance: ...
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        matched: _builtins.bool = ...,
+        released: _common_pb2.Money | None = ...,
+        posted: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+        decision_id: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "posted", b"posted", "released", b"released"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "entry_id", b"entry_id", "matched", b"matched", "posted", b"posted", "released", b"released", "response_code", b"response_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearResponse: _TypeAlias = ClearResponse  # noqa: Y015
+
+@_typing.final
+class RefundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    PAN_FIELD_NUMBER: _builtins.int
+    BILLING_AMOUNT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_AMOUNT_FIELD_NUMBER: _builtins.int
+    MERCHANT_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    network_reference: _builtins.str
+    pan: _builtins.str
+    @_builtins.property
+    def billing_amount(self) -> _common_pb2.Money:
+        """The amount credited, in the billing asset."""
+
+    @_builtins.property
+    def transaction_amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def merchant(self) -> Global___Merchant: ...
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        pan: _builtins.str = ...,
+        billing_amount: _common_pb2.Money | None = ...,
+        transaction_amount: _common_pb2.Money | None = ...,
+        merchant: Global___Merchant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "source", b"source", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundRequest: _TypeAlias = RefundRequest  # noqa: Y015
+
+@_typing.final
+class RefundResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    CREDITED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    decision_id: _builtins.str
+    entry_id: _builtins.str
+    @_builtins.property
+    def credited(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance: ...
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        credited: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+        decision_id: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited", "decision_id", b"decision_id", "entry_id", b"entry_id", "response_code", b"response_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015

@@ -40,6 +40,26 @@ class AuthorizationServiceStub:
                 request_serializer=authswitch_dot_v1_dot_authorization__pb2.AuthorizeRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_authorization__pb2.AuthorizeResponse.FromString,
                 _registered_method=True)
+        self.Advise = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Advise',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.AdviseRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.AdviseResponse.FromString,
+                _registered_method=True)
+        self.Reverse = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Reverse',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.ReverseRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.ReverseResponse.FromString,
+                _registered_method=True)
+        self.Clear = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Clear',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.ClearRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.ClearResponse.FromString,
+                _registered_method=True)
+        self.Refund = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Refund',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.RefundRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.RefundResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -55,6 +75,39 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Advise(self, request, context):
+        """An authorisation the network already approved in stand-in (ISO 8583 0120): posted as a
+        hold even when it takes the available balance below zero; never declined. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reverse(self, request, context):
+        """Full or partial reversal of an earlier authorisation (0400/0420), by the original's
+        message id. A reversal whose original is unknown is acknowledged and recorded; if the
+        original arrives later, it holds only what was not reversed. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Clear(self, request, context):
+        """Clearing (presentment) of a transaction: matched to its open holds by network reference,
+        it releases them and posts the cleared amount; unmatched, it is posted directly.
+        Several partial clearings may precede the final one. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refund(self, request, context):
+        """A refund or other credit through the network: credits actual and available. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +115,26 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.Authorize,
                     request_deserializer=authswitch_dot_v1_dot_authorization__pb2.AuthorizeRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_authorization__pb2.AuthorizeResponse.SerializeToString,
+            ),
+            'Advise': grpc.unary_unary_rpc_method_handler(
+                    servicer.Advise,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.AdviseRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.AdviseResponse.SerializeToString,
+            ),
+            'Reverse': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reverse,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.ReverseRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.ReverseResponse.SerializeToString,
+            ),
+            'Clear': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clear,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.ClearRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.ClearResponse.SerializeToString,
+            ),
+            'Refund': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refund,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.RefundRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.RefundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +165,114 @@ class AuthorizationService:
             '/authswitch.v1.AuthorizationService/Authorize',
             authswitch_dot_v1_dot_authorization__pb2.AuthorizeRequest.SerializeToString,
             authswitch_dot_v1_dot_authorization__pb2.AuthorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Advise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Advise',
+            authswitch_dot_v1_dot_authorization__pb2.AdviseRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.AdviseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reverse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Reverse',
+            authswitch_dot_v1_dot_authorization__pb2.ReverseRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.ReverseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Clear(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Clear',
+            authswitch_dot_v1_dot_authorization__pb2.ClearRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.ClearResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Refund',
+            authswitch_dot_v1_dot_authorization__pb2.RefundRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.RefundResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,22 @@ class AuthorizationServiceStub:
     identical response forever; a different payload under the same id gets response code 94.
     A malformed request gets response code 30 (or 13 for a bad amount) and nothing is written.
     """
+    Advise: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.AdviseRequest, _authorization_pb2.AdviseResponse]
+    """An authorisation the network already approved in stand-in (ISO 8583 0120): posted as a
+    hold even when it takes the available balance below zero; never declined. Idempotent.
+    """
+    Reverse: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.ReverseRequest, _authorization_pb2.ReverseResponse]
+    """Full or partial reversal of an earlier authorisation (0400/0420), by the original's
+    message id. A reversal whose original is unknown is acknowledged and recorded; if the
+    original arrives later, it holds only what was not reversed. Idempotent.
+    """
+    Clear: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.ClearRequest, _authorization_pb2.ClearResponse]
+    """Clearing (presentment) of a transaction: matched to its open holds by network reference,
+    it releases them and posts the cleared amount; unmatched, it is posted directly.
+    Several partial clearings may precede the final one. Idempotent.
+    """
+    Refund: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]
+    """A refund or other credit through the network: credits actual and available. Idempotent."""
 
 @_typing.type_check_only
 class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
@@ -49,6 +65,22 @@ class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
     identical response forever; a different payload under the same id gets response code 94.
     A malformed request gets response code 30 (or 13 for a bad amount) and nothing is written.
     """
+    Advise: _aio.UnaryUnaryMultiCallable[_authorization_pb2.AdviseRequest, _authorization_pb2.AdviseResponse]  # type: ignore[assignment]
+    """An authorisation the network already approved in stand-in (ISO 8583 0120): posted as a
+    hold even when it takes the available balance below zero; never declined. Idempotent.
+    """
+    Reverse: _aio.UnaryUnaryMultiCallable[_authorization_pb2.ReverseRequest, _authorization_pb2.ReverseResponse]  # type: ignore[assignment]
+    """Full or partial reversal of an earlier authorisation (0400/0420), by the original's
+    message id. A reversal whose original is unknown is acknowledged and recorded; if the
+    original arrives later, it holds only what was not reversed. Idempotent.
+    """
+    Clear: _aio.UnaryUnaryMultiCallable[_authorization_pb2.ClearRequest, _authorization_pb2.ClearResponse]  # type: ignore[assignment]
+    """Clearing (presentment) of a transaction: matched to its open holds by network reference,
+    it releases them and posts the cleared amount; unmatched, it is posted directly.
+    Several partial clearings may precede the final one. Idempotent.
+    """
+    Refund: _aio.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]  # type: ignore[assignment]
+    """A refund or other credit through the network: credits actual and available. Idempotent."""
 
 class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Called by the card network gateway for every authorisation request (ISO 8583 0100)."""
@@ -63,5 +95,45 @@ class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
         identical response forever; a different payload under the same id gets response code 94.
         A malformed request gets response code 30 (or 13 for a bad amount) and nothing is written.
         """
+
+    @_abc_1.abstractmethod
+    def Advise(
+        self,
+        request: _authorization_pb2.AdviseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.AdviseResponse, _abc.Awaitable[_authorization_pb2.AdviseResponse]]:
+        """An authorisation the network already approved in stand-in (ISO 8583 0120): posted as a
+        hold even when it takes the available balance below zero; never declined. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def Reverse(
+        self,
+        request: _authorization_pb2.ReverseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.ReverseResponse, _abc.Awaitable[_authorization_pb2.ReverseResponse]]:
+        """Full or partial reversal of an earlier authorisation (0400/0420), by the original's
+        message id. A reversal whose original is unknown is acknowledged and recorded; if the
+        original arrives later, it holds only what was not reversed. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def Clear(
+        self,
+        request: _authorization_pb2.ClearRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.ClearResponse, _abc.Awaitable[_authorization_pb2.ClearResponse]]:
+        """Clearing (presentment) of a transaction: matched to its open holds by network reference,
+        it releases them and posts the cleared amount; unmatched, it is posted directly.
+        Several partial clearings may precede the final one. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def Refund(
+        self,
+        request: _authorization_pb2.RefundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.RefundResponse, _abc.Awaitable[_authorization_pb2.RefundResponse]]:
+        """A refund or other credit through the network: credits actual and available. Idempotent."""
 
 def add_AuthorizationServiceServicer_to_server(servicer: AuthorizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ from authswitch.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -51,6 +52,29 @@ ADJUSTMENT_PURPOSE_CREDIT_REVERSAL: AdjustmentPurpose.ValueType  # 7
 ADJUSTMENT_PURPOSE_WRITE_ON: AdjustmentPurpose.ValueType  # 8
 ADJUSTMENT_PURPOSE_UNLOAD: AdjustmentPurpose.ValueType  # 9
 Global___AdjustmentPurpose: _TypeAlias = AdjustmentPurpose  # noqa: Y015
+
+class _HoldStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_STATUS_UNSPECIFIED: _HoldStatus.ValueType  # 0
+    HOLD_STATUS_OPEN: _HoldStatus.ValueType  # 1
+    HOLD_STATUS_CLEARED: _HoldStatus.ValueType  # 2
+    HOLD_STATUS_REVERSED: _HoldStatus.ValueType  # 3
+    HOLD_STATUS_EXPIRED: _HoldStatus.ValueType  # 4
+    HOLD_STATUS_RELEASED: _HoldStatus.ValueType  # 5
+
+class HoldStatus(_HoldStatus, metaclass=_HoldStatusEnumTypeWrapper): ...
+
+HOLD_STATUS_UNSPECIFIED: HoldStatus.ValueType  # 0
+HOLD_STATUS_OPEN: HoldStatus.ValueType  # 1
+HOLD_STATUS_CLEARED: HoldStatus.ValueType  # 2
+HOLD_STATUS_REVERSED: HoldStatus.ValueType  # 3
+HOLD_STATUS_EXPIRED: HoldStatus.ValueType  # 4
+HOLD_STATUS_RELEASED: HoldStatus.ValueType  # 5
+Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
 
 @_typing.final
 class CreateClientRequest(_message.Message):
@@ -142,6 +166,26 @@ Global___CreateProgramResponse: _TypeAlias = CreateProgramResponse  # noqa: Y015
 class CreateProductRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class HoldValidityDaysByMccEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROGRAM_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     ACCOUNT_TYPES_FIELD_NUMBER: _builtins.int
@@ -150,10 +194,14 @@ class CreateProductRequest(_message.Message):
     ALLOWED_CHANNELS_FIELD_NUMBER: _builtins.int
     BLOCKED_MCCS_FIELD_NUMBER: _builtins.int
     PIN_TRIES_MAX_FIELD_NUMBER: _builtins.int
+    HOLD_VALIDITY_DAYS_FIELD_NUMBER: _builtins.int
+    HOLD_VALIDITY_DAYS_BY_MCC_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     name: _builtins.str
     pin_tries_max: _builtins.int
     """Wrong PIN entries before the card is PIN-blocked; default 3."""
+    hold_validity_days: _builtins.int
+    """Days an authorisation hold lives before it ages off; default 7."""
     @_builtins.property
     def account_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.AccountType.ValueType]:
         """Account types that may be opened on the product; empty means single only."""
@@ -174,6 +222,12 @@ class CreateProductRequest(_message.Message):
     def blocked_mccs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Merchant category codes the product refuses."""
 
+    @_builtins.property
+    def hold_validity_days_by_mcc(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per merchant category code, days a hold lives (e.g. {"7011": 30} for hotels). Lodging,
+        car rental and cruise categories default to 31 days.
+        """
+
     def __init__(
         self,
         *,
@@ -185,10 +239,12 @@ class CreateProductRequest(_message.Message):
         allowed_channels: _abc.Iterable[_common_pb2.Channel.ValueType] | None = ...,
         blocked_mccs: _abc.Iterable[_builtins.str] | None = ...,
         pin_tries_max: _builtins.int = ...,
+        hold_validity_days: _builtins.int = ...,
+        hold_validity_days_by_mcc: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_types", b"account_types", "allowed_channels", b"allowed_channels", "allowed_transaction_types", b"allowed_transaction_types", "assets", b"assets", "blocked_mccs", b"blocked_mccs", "name", b"name", "pin_tries_max", b"pin_tries_max", "program_id", b"program_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_types", b"account_types", "allowed_channels", b"allowed_channels", "allowed_transaction_types", b"allowed_transaction_types", "assets", b"assets", "blocked_mccs", b"blocked_mccs", "hold_validity_days", b"hold_validity_days", "hold_validity_days_by_mcc", b"hold_validity_days_by_mcc", "name", b"name", "pin_tries_max", b"pin_tries_max", "program_id", b"program_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +279,7 @@ class CreateAccountRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     PROFILE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     account_type: _common_pb2.AccountType.ValueType
     name: _builtins.str
@@ -234,6 +291,10 @@ class CreateAccountRequest(_message.Message):
     def assets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The balances to open; a single account takes exactly one asset. The first is the base."""
 
+    @_builtins.property
+    def customer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The customers who hold the account: one, or several for a joint account."""
+
     def __init__(
         self,
         *,
@@ -243,10 +304,11 @@ class CreateAccountRequest(_message.Message):
         name: _builtins.str = ...,
         reference: _builtins.str = ...,
         profile_id: _builtins.str = ...,
+        customer_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_type", b"account_type", "assets", b"assets", "name", b"name", "product_id", b"product_id", "profile_id", b"profile_id", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_type", b"account_type", "assets", b"assets", "customer_ids", b"customer_ids", "name", b"name", "product_id", b"product_id", "profile_id", b"profile_id", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,3 +639,498 @@ class GetBalancesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBalancesResponse: _TypeAlias = GetBalancesResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    reason: _builtins.str
+    idempotency_key: _builtins.str
+    """Idempotency key of the release."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldRequest: _TypeAlias = ReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def released(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance: ...
+    def __init__(
+        self,
+        *,
+        released: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "released", b"released"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
+class Hold(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    account_id: _builtins.str
+    card_id: _builtins.str
+    source: _builtins.str
+    message_id: _builtins.str
+    network_reference: _builtins.str
+    status: Global___HoldStatus.ValueType
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Still held."""
+
+    @_builtins.property
+    def original(self) -> _common_pb2.Money:
+        """Authorised in total."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        card_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        original: _common_pb2.Money | None = ...,
+        status: Global___HoldStatus.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "original", b"original"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "card_id", b"card_id", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "hold_id", b"hold_id", "message_id", b"message_id", "network_reference", b"network_reference", "original", b"original", "source", b"source", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    OPEN_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    open_only: _builtins.bool
+    """Only open holds."""
+    page_size: _builtins.int
+    """At most this many, newest first; default 100, at most 1000."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        open_only: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "open_only", b"open_only", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]: ...
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___Hold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015
+
+@_typing.final
+class HistoryEntry(_message.Message):
+    """One change to an account's balances."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    ACTUAL_DELTA_MINOR_FIELD_NUMBER: _builtins.int
+    AUTHORIZED_DELTA_MINOR_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """AUTHORIZATION, ADVICE, REVERSAL, CLEARING, AGE_OFF, RELEASE, REFUND, LOAD, FEE, ..."""
+    asset: _builtins.str
+    actual_delta_minor: _builtins.int
+    authorized_delta_minor: _builtins.int
+    reference: _builtins.str
+    """The hold id or journal entry id behind the change."""
+    description: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        asset: _builtins.str = ...,
+        actual_delta_minor: _builtins.int = ...,
+        authorized_delta_minor: _builtins.int = ...,
+        reference: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_delta_minor", b"actual_delta_minor", "asset", b"asset", "at", b"at", "authorized_delta_minor", b"authorized_delta_minor", "description", b"description", "kind", b"kind", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
+
+@_typing.final
+class ListAccountHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    page_size: _builtins.int
+    """Default 50, at most 500."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the newest page."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountHistoryRequest: _TypeAlias = ListAccountHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountHistoryResponse: _TypeAlias = ListAccountHistoryResponse  # noqa: Y015
+
+@_typing.final
+class CreateCustomerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    name: _builtins.str
+    reference: _builtins.str
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "program_id", b"program_id", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCustomerRequest: _TypeAlias = CreateCustomerRequest  # noqa: Y015
+
+@_typing.final
+class CreateCustomerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCustomerResponse: _TypeAlias = CreateCustomerResponse  # noqa: Y015
+
+@_typing.final
+class LinkCardAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    card_id: _builtins.str
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        card_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "card_id", b"card_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkCardAccountRequest: _TypeAlias = LinkCardAccountRequest  # noqa: Y015
+
+@_typing.final
+class LinkCardAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkCardAccountResponse: _TypeAlias = LinkCardAccountResponse  # noqa: Y015
+
+@_typing.final
+class GetCardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    card_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        card_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCardRequest: _TypeAlias = GetCardRequest  # noqa: Y015
+
+@_typing.final
+class GetCardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    BIN_FIELD_NUMBER: _builtins.int
+    LAST_FOUR_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SPEND_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    LINKED_ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    PIN_TRIES_FIELD_NUMBER: _builtins.int
+    card_id: _builtins.str
+    bin: _builtins.str
+    last_four: _builtins.str
+    expiry: _builtins.str
+    status: _common_pb2.CardStatus.ValueType
+    spend_account_id: _builtins.str
+    """The account card transactions draw on."""
+    pin_tries: _builtins.int
+    @_builtins.property
+    def linked_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further accounts linked to the card."""
+
+    def __init__(
+        self,
+        *,
+        card_id: _builtins.str = ...,
+        bin: _builtins.str = ...,
+        last_four: _builtins.str = ...,
+        expiry: _builtins.str = ...,
+        status: _common_pb2.CardStatus.ValueType = ...,
+        spend_account_id: _builtins.str = ...,
+        linked_account_ids: _abc.Iterable[_builtins.str] | None = ...,
+        pin_tries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin", b"bin", "card_id", b"card_id", "expiry", b"expiry", "last_four", b"last_four", "linked_account_ids", b"linked_account_ids", "pin_tries", b"pin_tries", "spend_account_id", b"spend_account_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCardResponse: _TypeAlias = GetCardResponse  # noqa: Y015
+
+@_typing.final
+class Asset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    EXPONENT_FIELD_NUMBER: _builtins.int
+    NUMERIC_CODE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    category: _common_pb2.AssetCategory.ValueType
+    exponent: _builtins.int
+    """Decimal places of the minor unit."""
+    numeric_code: _builtins.str
+    """ISO 4217 numeric code; required for fiat."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        category: _common_pb2.AssetCategory.ValueType = ...,
+        exponent: _builtins.int = ...,
+        numeric_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "code", b"code", "exponent", b"exponent", "numeric_code", b"numeric_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Asset: _TypeAlias = Asset  # noqa: Y015
+
+@_typing.final
+class RegisterAssetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def asset(self) -> Global___Asset: ...
+    def __init__(
+        self,
+        *,
+        asset: Global___Asset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset", b"asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterAssetRequest: _TypeAlias = RegisterAssetRequest  # noqa: Y015
+
+@_typing.final
+class RegisterAssetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterAssetResponse: _TypeAlias = RegisterAssetResponse  # noqa: Y015
+
+@_typing.final
+class ListAssetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAssetsRequest: _TypeAlias = ListAssetsRequest  # noqa: Y015
+
+@_typing.final
+class ListAssetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Asset]: ...
+    def __init__(
+        self,
+        *,
+        assets: _abc.Iterable[Global___Asset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assets", b"assets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAssetsResponse: _TypeAlias = ListAssetsResponse  # noqa: Y015

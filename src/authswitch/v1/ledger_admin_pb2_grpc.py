@@ -86,6 +86,46 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetBalancesRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetBalancesResponse.FromString,
                 _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ReleaseHold',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListHolds',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
+        self.ListAccountHistory = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListAccountHistory',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHistoryRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHistoryResponse.FromString,
+                _registered_method=True)
+        self.CreateCustomer = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/CreateCustomer',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateCustomerRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateCustomerResponse.FromString,
+                _registered_method=True)
+        self.LinkCardAccount = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/LinkCardAccount',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.LinkCardAccountRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.LinkCardAccountResponse.FromString,
+                _registered_method=True)
+        self.GetCard = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/GetCard',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetCardRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetCardResponse.FromString,
+                _registered_method=True)
+        self.RegisterAsset = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/RegisterAsset',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RegisterAssetRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RegisterAssetResponse.FromString,
+                _registered_method=True)
+        self.ListAssets = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListAssets',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerAdminServiceServicer:
@@ -155,6 +195,60 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseHold(self, request, context):
+        """Removes a stale hold by hand (seed 001: "the amount is manually removed").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHolds(self, request, context):
+        """Open and ended holds of an account, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountHistory(self, request, context):
+        """What moved an account's balances, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCustomer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LinkCardAccount(self, request, context):
+        """Links a further account (savings, a pot) to a card. Card transactions still draw on the
+        card's spend account only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterAsset(self, request, context):
+        """Adds an asset (fiat, crypto, commodity) with its exponent to the registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAssets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +301,46 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.GetBalances,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetBalancesRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetBalancesResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListHoldsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListHoldsResponse.SerializeToString,
+            ),
+            'ListAccountHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountHistory,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHistoryRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHistoryResponse.SerializeToString,
+            ),
+            'CreateCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCustomer,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateCustomerRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateCustomerResponse.SerializeToString,
+            ),
+            'LinkCardAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkCardAccount,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.LinkCardAccountRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.LinkCardAccountResponse.SerializeToString,
+            ),
+            'GetCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCard,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetCardRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetCardResponse.SerializeToString,
+            ),
+            'RegisterAsset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterAsset,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RegisterAssetRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RegisterAssetResponse.SerializeToString,
+            ),
+            'ListAssets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAssets,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +615,222 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/GetBalances',
             authswitch_dot_v1_dot_ledger__admin__pb2.GetBalancesRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.GetBalancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ReleaseHold',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ReleaseHoldRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListHolds',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListHoldsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListAccountHistory',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHistoryRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/CreateCustomer',
+            authswitch_dot_v1_dot_ledger__admin__pb2.CreateCustomerRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.CreateCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkCardAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/LinkCardAccount',
+            authswitch_dot_v1_dot_ledger__admin__pb2.LinkCardAccountRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.LinkCardAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/GetCard',
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetCardRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetCardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/RegisterAsset',
+            authswitch_dot_v1_dot_ledger__admin__pb2.RegisterAssetRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.RegisterAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAssets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListAssets',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,21 @@ class LedgerAdminServiceStub:
     DebitAccount: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.DebitAccountRequest, _ledger_admin_pb2.DebitAccountResponse]
     """Debits an account balance (fee, debit adjustment, credit reversal, write-on)."""
     GetBalances: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetBalancesRequest, _ledger_admin_pb2.GetBalancesResponse]
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ReleaseHoldRequest, _ledger_admin_pb2.ReleaseHoldResponse]
+    """Removes a stale hold by hand (seed 001: "the amount is manually removed")."""
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListHoldsRequest, _ledger_admin_pb2.ListHoldsResponse]
+    """Open and ended holds of an account, newest first."""
+    ListAccountHistory: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAccountHistoryRequest, _ledger_admin_pb2.ListAccountHistoryResponse]
+    """What moved an account's balances, newest first, a page at a time."""
+    CreateCustomer: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCustomerRequest, _ledger_admin_pb2.CreateCustomerResponse]
+    LinkCardAccount: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.LinkCardAccountRequest, _ledger_admin_pb2.LinkCardAccountResponse]
+    """Links a further account (savings, a pot) to a card. Card transactions still draw on the
+    card's spend account only.
+    """
+    GetCard: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetCardRequest, _ledger_admin_pb2.GetCardResponse]
+    RegisterAsset: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]
+    """Adds an asset (fiat, crypto, commodity) with its exponent to the registry."""
+    ListAssets: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAssetsRequest, _ledger_admin_pb2.ListAssetsResponse]
 
 @_typing.type_check_only
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
@@ -67,6 +82,21 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     DebitAccount: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.DebitAccountRequest, _ledger_admin_pb2.DebitAccountResponse]  # type: ignore[assignment]
     """Debits an account balance (fee, debit adjustment, credit reversal, write-on)."""
     GetBalances: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetBalancesRequest, _ledger_admin_pb2.GetBalancesResponse]  # type: ignore[assignment]
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ReleaseHoldRequest, _ledger_admin_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """Removes a stale hold by hand (seed 001: "the amount is manually removed")."""
+    ListHolds: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListHoldsRequest, _ledger_admin_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Open and ended holds of an account, newest first."""
+    ListAccountHistory: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAccountHistoryRequest, _ledger_admin_pb2.ListAccountHistoryResponse]  # type: ignore[assignment]
+    """What moved an account's balances, newest first, a page at a time."""
+    CreateCustomer: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCustomerRequest, _ledger_admin_pb2.CreateCustomerResponse]  # type: ignore[assignment]
+    LinkCardAccount: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.LinkCardAccountRequest, _ledger_admin_pb2.LinkCardAccountResponse]  # type: ignore[assignment]
+    """Links a further account (savings, a pot) to a card. Card transactions still draw on the
+    card's spend account only.
+    """
+    GetCard: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetCardRequest, _ledger_admin_pb2.GetCardResponse]  # type: ignore[assignment]
+    RegisterAsset: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]  # type: ignore[assignment]
+    """Adds an asset (fiat, crypto, commodity) with its exponent to the registry."""
+    ListAssets: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAssetsRequest, _ledger_admin_pb2.ListAssetsResponse]  # type: ignore[assignment]
 
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
@@ -144,5 +174,68 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.GetBalancesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.GetBalancesResponse, _abc.Awaitable[_ledger_admin_pb2.GetBalancesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _ledger_admin_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ReleaseHoldResponse, _abc.Awaitable[_ledger_admin_pb2.ReleaseHoldResponse]]:
+        """Removes a stale hold by hand (seed 001: "the amount is manually removed")."""
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _ledger_admin_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListHoldsResponse, _abc.Awaitable[_ledger_admin_pb2.ListHoldsResponse]]:
+        """Open and ended holds of an account, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListAccountHistory(
+        self,
+        request: _ledger_admin_pb2.ListAccountHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListAccountHistoryResponse, _abc.Awaitable[_ledger_admin_pb2.ListAccountHistoryResponse]]:
+        """What moved an account's balances, newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def CreateCustomer(
+        self,
+        request: _ledger_admin_pb2.CreateCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.CreateCustomerResponse, _abc.Awaitable[_ledger_admin_pb2.CreateCustomerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LinkCardAccount(
+        self,
+        request: _ledger_admin_pb2.LinkCardAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.LinkCardAccountResponse, _abc.Awaitable[_ledger_admin_pb2.LinkCardAccountResponse]]:
+        """Links a further account (savings, a pot) to a card. Card transactions still draw on the
+        card's spend account only.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCard(
+        self,
+        request: _ledger_admin_pb2.GetCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.GetCardResponse, _abc.Awaitable[_ledger_admin_pb2.GetCardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterAsset(
+        self,
+        request: _ledger_admin_pb2.RegisterAssetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.RegisterAssetResponse, _abc.Awaitable[_ledger_admin_pb2.RegisterAssetResponse]]:
+        """Adds an asset (fiat, crypto, commodity) with its exponent to the registry."""
+
+    @_abc_1.abstractmethod
+    def ListAssets(
+        self,
+        request: _ledger_admin_pb2.ListAssetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListAssetsResponse, _abc.Awaitable[_ledger_admin_pb2.ListAssetsResponse]]: ...
 
 def add_LedgerAdminServiceServicer_to_server(servicer: LedgerAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

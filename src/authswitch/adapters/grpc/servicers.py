@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from datetime import datetime
 from typing import Any
 
 import grpc
 
 from authswitch.adapters.grpc.errors import grpc_errors
+from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import AuthorizationRequest, CardStatus
 from authswitch.errors import RequestError
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
+from authswitch.service.lifecycle import LifecycleService
 from authswitch.v1 import (
     authorization_pb2,
     authorization_pb2_grpc,
@@ -58,6 +64,8 @@ def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationReque
         mcc=request.merchant.mcc,
         merchant_country=request.merchant.country,
         channel=request.channel,
+        incremental=request.incremental,
+        original_message_id=request.original_message_id,
     )
 
 
@@ -79,8 +87,9 @@ def _card_status(value: int, *, default: CardStatus | None = None) -> CardStatus
 
 
 class AuthorizationServicer(authorization_pb2_grpc.AuthorizationServiceServicer):
-    def __init__(self, service: AuthorizationService) -> None:
+    def __init__(self, service: AuthorizationService, lifecycle: LifecycleService) -> None:
         self.service = service
+        self.lifecycle = lifecycle
 
     async def Authorize(  # noqa: N802 - gRPC method name
         self, request: authorization_pb2.AuthorizeRequest, context: Context
@@ -89,10 +98,38 @@ class AuthorizationServicer(authorization_pb2_grpc.AuthorizationServiceServicer)
         canonical = request.SerializeToString(deterministic=True)
         return await self.service.authorize(to_domain(request), canonical)
 
+    # The network retries an unacknowledged advice, reversal or clearing, so a fault on
+    # these is a gRPC error (UNAVAILABLE) rather than a response code.
+
+    @grpc_errors
+    async def Advise(  # noqa: N802
+        self, request: authorization_pb2.AdviseRequest, context: Context
+    ) -> authorization_pb2.AdviseResponse:
+        return await self.lifecycle.advise(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
+    async def Reverse(  # noqa: N802
+        self, request: authorization_pb2.ReverseRequest, context: Context
+    ) -> authorization_pb2.ReverseResponse:
+        return await self.lifecycle.reverse(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
+    async def Clear(  # noqa: N802
+        self, request: authorization_pb2.ClearRequest, context: Context
+    ) -> authorization_pb2.ClearResponse:
+        return await self.lifecycle.clear(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
+    async def Refund(  # noqa: N802
+        self, request: authorization_pb2.RefundRequest, context: Context
+    ) -> authorization_pb2.RefundResponse:
+        return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
+
 
 class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
-    def __init__(self, service: AdminService) -> None:
+    def __init__(self, service: AdminService, lifecycle: LifecycleService) -> None:
         self.service = service
+        self.lifecycle = lifecycle
 
     @grpc_errors
     async def CreateClient(  # noqa: N802
@@ -127,7 +164,8 @@ class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
             allowed_channels=list(request.allowed_channels),
             blocked_mccs=list(request.blocked_mccs),
             pin_tries_max=request.pin_tries_max,
-            hold_validity_days=7,
+            hold_validity_days=request.hold_validity_days,
+            hold_validity_by_mcc=dict(request.hold_validity_days_by_mcc),
             actor=_actor(context),
         )
         return ledger_admin_pb2.CreateProductResponse(product_id=product_id)
@@ -146,6 +184,7 @@ class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
             name=request.name,
             reference=request.reference,
             profile_id=request.profile_id,
+            customer_ids=list(request.customer_ids),
             actor=_actor(context),
         )
         return ledger_admin_pb2.CreateAccountResponse(account_id=account_id)
@@ -237,3 +276,159 @@ class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
             account_id=request.account_id,
             balances=[balance_message(asset, b) for asset, b in balances.items()],
         )
+
+    @grpc_errors
+    async def ReleaseHold(  # noqa: N802
+        self, request: ledger_admin_pb2.ReleaseHoldRequest, context: Context
+    ) -> ledger_admin_pb2.ReleaseHoldResponse:
+        return await self.lifecycle.release_hold(
+            request.hold_id, request.reason, request.idempotency_key, actor=_actor(context)
+        )
+
+    @grpc_errors
+    async def ListHolds(  # noqa: N802
+        self, request: ledger_admin_pb2.ListHoldsRequest, context: Context
+    ) -> ledger_admin_pb2.ListHoldsResponse:
+        limit = _page_size(request.page_size, default=100, maximum=1_000)
+        rows = await self.service.store.holds_of_account(
+            request.account_id, open_only=request.open_only, limit=limit
+        )
+        return ledger_admin_pb2.ListHoldsResponse(holds=[_hold_message(h) for h in rows])
+
+    @grpc_errors
+    async def ListAccountHistory(  # noqa: N802
+        self, request: ledger_admin_pb2.ListAccountHistoryRequest, context: Context
+    ) -> ledger_admin_pb2.ListAccountHistoryResponse:
+        limit = _page_size(request.page_size, default=50, maximum=500)
+        before = _read_page_token(request.page_token) if request.page_token else None
+        rows = await self.service.store.history(request.account_id, before=before, limit=limit)
+        response = ledger_admin_pb2.ListAccountHistoryResponse()
+        for row in rows:
+            entry = response.entries.add(
+                kind=row["kind"],
+                asset=row["asset"] or "",
+                actual_delta_minor=row["actual_delta"],
+                authorized_delta_minor=row["authorized_delta"],
+                reference=row["reference"],
+                description=row["description"] or "",
+            )
+            entry.at.FromDatetime(row["at"])
+        if len(rows) == limit:
+            last = rows[-1]
+            response.next_page_token = _page_token(last["at"], last["reference"])
+        return response
+
+    @grpc_errors
+    async def CreateCustomer(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateCustomerRequest, context: Context
+    ) -> ledger_admin_pb2.CreateCustomerResponse:
+        customer_id = await self.service.create_customer(
+            request.program_id, request.name, request.reference, actor=_actor(context)
+        )
+        return ledger_admin_pb2.CreateCustomerResponse(customer_id=customer_id)
+
+    @grpc_errors
+    async def LinkCardAccount(  # noqa: N802
+        self, request: ledger_admin_pb2.LinkCardAccountRequest, context: Context
+    ) -> ledger_admin_pb2.LinkCardAccountResponse:
+        await self.service.link_card_account(
+            request.card_id, request.account_id, actor=_actor(context)
+        )
+        return ledger_admin_pb2.LinkCardAccountResponse()
+
+    @grpc_errors
+    async def GetCard(  # noqa: N802
+        self, request: ledger_admin_pb2.GetCardRequest, context: Context
+    ) -> ledger_admin_pb2.GetCardResponse:
+        card = await self.service.store.card(request.card_id)
+        return ledger_admin_pb2.GetCardResponse(
+            card_id=card["card_id"],
+            bin=card["bin"],
+            last_four=card["last_four"],
+            expiry=card["expiry_yymm"],
+            status=CardStatus[card["status"]].value,  # type: ignore[arg-type]
+            spend_account_id=card["account_id"],
+            linked_account_ids=list(card["linked"]),
+            pin_tries=card["pin_tries"],
+        )
+
+    @grpc_errors
+    async def RegisterAsset(  # noqa: N802
+        self, request: ledger_admin_pb2.RegisterAssetRequest, context: Context
+    ) -> ledger_admin_pb2.RegisterAssetResponse:
+        category = common_pb2.AssetCategory.Name(request.asset.category).removeprefix(
+            "ASSET_CATEGORY_"
+        )
+        await self.service.register_asset(
+            request.asset.code,
+            category,
+            request.asset.exponent,
+            request.asset.numeric_code,
+            actor=_actor(context),
+        )
+        return ledger_admin_pb2.RegisterAssetResponse()
+
+    @grpc_errors
+    async def ListAssets(  # noqa: N802
+        self, request: ledger_admin_pb2.ListAssetsRequest, context: Context
+    ) -> ledger_admin_pb2.ListAssetsResponse:
+        assets = sorted(self.service.catalog.assets.values(), key=lambda a: a.code)
+        return ledger_admin_pb2.ListAssetsResponse(
+            assets=[
+                ledger_admin_pb2.Asset(
+                    code=a.code,
+                    category=common_pb2.AssetCategory.Value(f"ASSET_CATEGORY_{a.category.value}"),
+                    exponent=a.exponent,
+                    numeric_code=a.numeric_code,
+                )
+                for a in assets
+            ]
+        )
+
+
+def _page_size(requested: int, *, default: int, maximum: int) -> int:
+    if requested < 0:
+        raise RequestError("page_size must not be negative")
+    return min(requested or default, maximum)
+
+
+def _page_token(at: datetime, reference: str) -> str:
+    raw = json.dumps([at.isoformat(), reference]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _read_page_token(token: str) -> tuple[datetime, str]:
+    try:
+        at, reference = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(at), str(reference)
+    except (ValueError, TypeError, binascii.Error):
+        raise RequestError("page_token is not one this server issued") from None
+
+
+_HOLD_STATUS = {
+    "OPEN": ledger_admin_pb2.HOLD_STATUS_OPEN,
+    "CLEARED": ledger_admin_pb2.HOLD_STATUS_CLEARED,
+    "REVERSED": ledger_admin_pb2.HOLD_STATUS_REVERSED,
+    "EXPIRED": ledger_admin_pb2.HOLD_STATUS_EXPIRED,
+    "RELEASED": ledger_admin_pb2.HOLD_STATUS_RELEASED,
+}
+
+
+def _hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
+    asset = hold.asset or ""
+    message = ledger_admin_pb2.Hold(
+        hold_id=hold.id,
+        account_id=hold.account_id or "",
+        card_id=hold.card_id or "",
+        source=hold.source,
+        message_id=hold.message_id,
+        network_reference=hold.network_reference,
+        amount=common_pb2.Money(amount_minor=hold.amount_minor, asset=asset),
+        original=common_pb2.Money(amount_minor=hold.original_minor, asset=asset),
+        status=_HOLD_STATUS[hold.status],
+    )
+    message.created_at.FromDatetime(hold.created_at)
+    message.expires_at.FromDatetime(hold.expires_at)
+    if hold.ended_at is not None:
+        message.ended_at.FromDatetime(hold.ended_at)
+    return message

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -43,6 +44,7 @@ class WriteStatus(Enum):
     COMMITTED = "committed"  # the write's own decision is durable
     REFUSED = "refused"  # Postgres refused the funds; the refusal decision is durable
     DUPLICATE = "duplicate"  # the message id already had a decision; nothing was written
+    CONFLICT = "conflict"  # a hold it releases changed meanwhile; nothing was written, retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ class StoredDecision:
 class WriteResult:
     status: WriteStatus
     decision: StoredDecision  # what is durable under the write's (source, message_id)
+    # Of the hold this write created, what an earlier reversal had already taken back
+    # (the hold was written over that reversal's tombstone); the cache must release it.
+    pre_reversed_minor: int = 0
 
 
 def _stored(record: DecisionRecord) -> StoredDecision:
@@ -230,11 +235,24 @@ def _row_to_stored(row: Any) -> StoredDecision:
     )
 
 
+@dataclass(slots=True)
+class _HoldState:
+    status: str
+    amount_minor: int
+    tombstone: bool
+
+
 async def write_batch(
     conn: Connection, writes: list[LedgerWrite]
 ) -> list[WriteResult | BaseException]:
-    """Write one batch inside the caller's transaction; returns a result per write."""
-    # 1. Within the batch, a second write under the same key is a duplicate of the first.
+    """Write one batch inside the caller's transaction; returns a result per write.
+
+    Phases: (1) a second write under a key already in the batch is its duplicate; (2) lock
+    the holds and balances the batch touches; replay the writes in order, and mark as
+    conflicts those whose hold releases no longer match, and as refused those whose funds
+    Postgres does not see; (3) record the decisions, where a key that already exists makes
+    its write a duplicate; (4) apply the effects of the rest.
+    """
     first_index: dict[tuple[str, str], int] = {}
     in_batch_duplicate: dict[int, int] = {}
     for index, write in enumerate(writes):
@@ -245,7 +263,9 @@ async def write_batch(
             first_index[key] = index
     candidates = [i for i in range(len(writes)) if i not in in_batch_duplicate]
 
-    # 2. Lock the balances the batch touches and let Postgres admit the funds in order.
+    conflicts = await _check_holds(conn, [(i, writes[i]) for i in candidates])
+    candidates = [i for i in candidates if i not in conflicts]
+
     keys = sorted({c.key for i in candidates for c in writes[i].balance_changes})
     balances: dict[tuple[str, str], Balance] = {}
     if keys:
@@ -261,15 +281,13 @@ async def write_batch(
         )
         balances = {(r[0], r[1]): Balance(r[2], r[3]) for r in rows}
     missing = {k for k in keys if k not in balances}
+    has_missing = {
+        i for i in candidates if any(c.key in missing for c in writes[i].balance_changes)
+    }
     refused, _ = admit_in_order(
-        balances,
-        (
-            (i, writes[i].balance_changes)
-            for i in candidates
-            if not any(c.key in missing for c in writes[i].balance_changes)
-        ),
+        balances, ((i, writes[i].balance_changes) for i in candidates if i not in has_missing)
     )
-    refused |= {i for i in candidates if any(c.key in missing for c in writes[i].balance_changes)}
+    refused |= has_missing
     records: dict[int, DecisionRecord] = {}
     for i in candidates:
         if i in refused:
@@ -279,39 +297,40 @@ async def write_batch(
         else:
             records[i] = writes[i].decision
 
-    # 3. Record the decisions; a key that already exists makes its write a duplicate.
     ordered = [records[i] for i in candidates]
-    inserted_rows = await conn.fetch(
-        """INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id,
-               account_id, asset, amount_minor, approved_minor, fee_minor, response_code,
-               reason, response, created_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bytea[],
-               $6::uuid[], $7::uuid[], $8::text[], $9::int8[], $10::int8[], $11::int8[],
-               $12::text[], $13::int2[], $14::bytea[], $15::timestamptz[])
-           ON CONFLICT (source, message_id) DO NOTHING
-           RETURNING source, message_id""",
-        [d.source for d in ordered],
-        [d.message_id for d in ordered],
-        [d.id for d in ordered],
-        [d.kind for d in ordered],
-        [d.fingerprint for d in ordered],
-        [d.card_id for d in ordered],
-        [d.account_id for d in ordered],
-        [d.asset for d in ordered],
-        [d.amount_minor for d in ordered],
-        [d.approved_minor for d in ordered],
-        [d.fee_minor for d in ordered],
-        [d.response_code for d in ordered],
-        [d.reason for d in ordered],
-        [d.response for d in ordered],
-        [d.created_at for d in ordered],
-    )
-    inserted = {(r[0], r[1]) for r in inserted_rows}
+    inserted: set[tuple[str, str]] = set()
+    if ordered:
+        inserted_rows = await conn.fetch(
+            """INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id,
+                   account_id, asset, amount_minor, approved_minor, fee_minor, response_code,
+                   reason, response, created_at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[],
+                   $5::bytea[], $6::uuid[], $7::uuid[], $8::text[], $9::int8[], $10::int8[],
+                   $11::int8[], $12::text[], $13::int2[], $14::bytea[], $15::timestamptz[])
+               ON CONFLICT (source, message_id) DO NOTHING
+               RETURNING source, message_id""",
+            [d.source for d in ordered],
+            [d.message_id for d in ordered],
+            [d.id for d in ordered],
+            [d.kind for d in ordered],
+            [d.fingerprint for d in ordered],
+            [d.card_id for d in ordered],
+            [d.account_id for d in ordered],
+            [d.asset for d in ordered],
+            [d.amount_minor for d in ordered],
+            [d.approved_minor for d in ordered],
+            [d.fee_minor for d in ordered],
+            [d.response_code for d in ordered],
+            [d.reason for d in ordered],
+            [d.response for d in ordered],
+            [d.created_at for d in ordered],
+        )
+        inserted = {(r[0], r[1]) for r in inserted_rows}
     duplicates = [i for i in candidates if records[i].key not in inserted]
     effective = [i for i in candidates if i not in refused and records[i].key in inserted]
 
-    # 4. The effects of the admitted, non-duplicate writes.
-    await _apply_effects(conn, [writes[i] for i in effective])
+    taken = await _apply_effects(conn, [writes[i] for i in effective])
+    pre_reversed = {effective[position]: amount for position, amount in taken.items()}
 
     existing: dict[tuple[str, str], StoredDecision] = {}
     if duplicates:
@@ -327,34 +346,155 @@ async def write_batch(
         key = write.decision.key
         original = in_batch_duplicate.get(index)
         if original is not None:
-            results.append(WriteResult(WriteStatus.DUPLICATE, _stored(records[original])))
+            first = records.get(original)
+            if first is None:  # the first conflicted: so does this one
+                results.append(WriteResult(WriteStatus.CONFLICT, _stored(write.decision)))
+            else:
+                results.append(WriteResult(WriteStatus.DUPLICATE, _stored(first)))
+        elif index in conflicts:
+            results.append(WriteResult(WriteStatus.CONFLICT, _stored(write.decision)))
         elif key not in inserted:
             stored = existing.get(key)
-            if stored is None:  # deleted meanwhile: cannot happen, decisions are never deleted
+            if stored is None:  # cannot happen: decisions are never deleted
                 results.append(StoreUnavailable("duplicate decision vanished"))
             else:
                 results.append(WriteResult(WriteStatus.DUPLICATE, stored))
         elif index in refused:
             results.append(WriteResult(WriteStatus.REFUSED, _stored(records[index])))
         else:
-            results.append(WriteResult(WriteStatus.COMMITTED, _stored(records[index])))
+            results.append(
+                WriteResult(
+                    WriteStatus.COMMITTED, _stored(records[index]), pre_reversed.get(index, 0)
+                )
+            )
     return results
 
 
-async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> None:
-    holds = [h for w in writes for h in w.holds]
-    if holds:
-        await conn.execute(
-            """INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
+async def _check_holds(conn: Connection, writes: list[tuple[int, LedgerWrite]]) -> set[int]:
+    """Lock the holds the batch releases or tombstones, replay the writes in order, and
+    return the indexes of writes that conflict (a hold moved on since it was read)."""
+    hold_ids = sorted({r.plan.hold_id for _, w in writes for r in w.releases})
+    tomb_keys = sorted({(t.source, t.message_id) for _, w in writes for t in w.tombstones})
+    if not hold_ids and not tomb_keys:
+        return set()
+    state: dict[str, _HoldState] = {}
+    if hold_ids:
+        rows = await conn.fetch(
+            """SELECT id::text, status, amount_minor, tombstone FROM holds
+               WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE""",
+            hold_ids,
+        )
+        state = {r[0]: _HoldState(r[1], r[2], r[3]) for r in rows}
+    tombs: dict[tuple[str, str], bool] = {}
+    if tomb_keys:
+        rows = await conn.fetch(
+            """SELECT h.source, h.message_id, h.tombstone FROM holds h
+               JOIN unnest($1::text[], $2::text[]) AS k(source, message_id)
+                 USING (source, message_id)
+               FOR UPDATE OF h""",
+            [k[0] for k in tomb_keys],
+            [k[1] for k in tomb_keys],
+        )
+        tombs = {(r[0], r[1]): r[2] for r in rows}
+    conflicts: set[int] = set()
+    released: set[str] = set()  # one release per hold per batch; a second one retries
+    for index, write in writes:
+        trial: dict[str, _HoldState] = {}
+        ok = True
+        for release in write.releases:
+            plan = release.plan
+            current = state.get(plan.hold_id)
+            if (
+                plan.hold_id in released
+                or plan.hold_id in trial
+                or current is None
+                or current.status != "OPEN"
+                or current.amount_minor != plan.expected_minor
+            ):
+                ok = False
+                break
+            remaining = current.amount_minor - plan.release_minor
+            trial[plan.hold_id] = _HoldState(
+                "OPEN" if remaining else plan.end.value, remaining, False
+            )
+        for tomb in write.tombstones:
+            if tombs.get((tomb.source, tomb.message_id)) is False:  # a real hold is there
+                ok = False
+        if ok:
+            state.update(trial)
+            released.update(trial)
+        else:
+            conflicts.add(index)
+    return conflicts
+
+
+async def _insert_hold_events(
+    conn: Connection, events: list[tuple[str, str, str, str, int, datetime]]
+) -> None:
+    await conn.execute(
+        """INSERT INTO hold_events (hold_id, account_id, asset, kind, amount_minor, at)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
+                                $6::timestamptz[])""",
+        [e[0] for e in events],
+        [e[1] for e in events],
+        [e[2] for e in events],
+        [e[3] for e in events],
+        [e[4] for e in events],
+        [e[5] for e in events],
+    )
+
+
+async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[int, int]:
+    """Apply the effects of admitted writes; returns, by position in ``writes``, what
+    tombstones had already reversed of the holds they create."""
+    deltas: dict[tuple[str, str], list[int]] = {}
+    for write in writes:
+        for change in write.balance_changes:
+            delta = deltas.setdefault(change.key, [0, 0])
+            delta[0] += change.actual_delta_minor
+            delta[1] += change.authorized_delta_minor
+
+    pre_reversed: dict[int, int] = {}
+    hold_owner = [(position, h) for position, w in enumerate(writes) for h in w.holds]
+    if hold_owner:
+        holds = [h for _, h in hold_owner]
+        rows = await conn.fetch(
+            """INSERT INTO holds AS t (id, account_id, asset, card_id, source, message_id,
                    network_reference, amount_minor, original_minor, fee_minor, status,
-                   expires_at, created_at)
+                   expires_at, created_at, kind)
                SELECT id, account_id, asset, card_id, source, message_id, network_reference,
-                      amount, amount, fee, 'OPEN', expires_at, created_at
+                      amount, amount, fee, 'OPEN', expires_at, created_at, kind
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],
                            $6::text[], $7::text[], $8::int8[], $9::int8[],
-                           $10::timestamptz[], $11::timestamptz[])
+                           $10::timestamptz[], $11::timestamptz[], $12::text[])
                     AS h(id, account_id, asset, card_id, source, message_id,
-                         network_reference, amount, fee, expires_at, created_at)""",
+                         network_reference, amount, fee, expires_at, created_at, kind)
+               ON CONFLICT (source, message_id) DO UPDATE SET
+                   kind = EXCLUDED.kind,
+                   id = EXCLUDED.id,
+                   account_id = EXCLUDED.account_id,
+                   asset = EXCLUDED.asset,
+                   card_id = EXCLUDED.card_id,
+                   network_reference = EXCLUDED.network_reference,
+                   original_minor = EXCLUDED.original_minor,
+                   fee_minor = EXCLUDED.fee_minor,
+                   amount_minor = CASE WHEN t.reversal_full THEN 0
+                       ELSE GREATEST(EXCLUDED.amount_minor - t.reversed_minor, 0) END,
+                   status = CASE
+                       WHEN t.reversal_full OR EXCLUDED.amount_minor <= t.reversed_minor
+                       THEN 'REVERSED' ELSE 'OPEN' END,
+                   ended_at = CASE
+                       WHEN t.reversal_full OR EXCLUDED.amount_minor <= t.reversed_minor
+                       THEN EXCLUDED.created_at END,
+                   end_reason = CASE
+                       WHEN t.reversal_full OR EXCLUDED.amount_minor <= t.reversed_minor
+                       THEN 'REVERSAL' ELSE '' END,
+                   reversed_minor = LEAST(t.reversed_minor, EXCLUDED.amount_minor),
+                   expires_at = EXCLUDED.expires_at,
+                   created_at = EXCLUDED.created_at,
+                   tombstone = false
+               WHERE t.tombstone
+               RETURNING t.source, t.message_id, t.amount_minor""",
             [h.id for h in holds],
             [h.account_id for h in holds],
             [h.asset for h in holds],
@@ -366,14 +506,79 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> None:
             [h.fee_minor for h in holds],
             [h.expires_at for h in holds],
             [h.created_at for h in holds],
+            [h.kind for h in holds],
+        )
+        assert len(rows) == len(holds), "a hold key was taken by a hold, not a tombstone"
+        final = {(r[0], r[1]): r[2] for r in rows}
+        early: list[tuple[str, str, str, int, datetime]] = []
+        for position, hold in hold_owner:
+            taken = hold.amount_minor - final[(hold.source, hold.message_id)]
+            if taken:
+                pre_reversed[position] = pre_reversed.get(position, 0) + taken
+                deltas[(hold.account_id, hold.asset)][1] -= taken
+                early.append((hold.id, hold.account_id, hold.asset, taken, hold.created_at))
+        if early:
+            await _insert_hold_events(conn, [(*e[:3], "REVERSAL", e[3], e[4]) for e in early])
+
+    releases = [r for w in writes for r in w.releases]
+    if releases:
+        status = await conn.execute(
+            """UPDATE holds h
+               SET amount_minor = h.amount_minor - r.release,
+                   reversed_minor = h.reversed_minor
+                       + CASE WHEN r.reason = 'REVERSAL' THEN r.release ELSE 0 END,
+                   cleared_minor = h.cleared_minor
+                       + CASE WHEN r.reason = 'CLEARING' THEN r.release ELSE 0 END,
+                   status = CASE WHEN h.amount_minor = r.release THEN r.end_status ELSE 'OPEN' END,
+                   ended_at = CASE WHEN h.amount_minor = r.release THEN r.at END,
+                   end_reason = CASE WHEN h.amount_minor = r.release THEN r.reason ELSE '' END
+               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+                           $6::timestamptz[])
+                    AS r(id, expected, release, end_status, reason, at)
+               WHERE h.id = r.id AND h.status = 'OPEN' AND h.amount_minor = r.expected""",
+            [r.plan.hold_id for r in releases],
+            [r.plan.expected_minor for r in releases],
+            [r.plan.release_minor for r in releases],
+            [r.plan.end.value for r in releases],
+            [r.reason for r in releases],
+            [r.at for r in releases],
+        )
+        # _check_holds lets one release per hold into a batch, so each row updates once.
+        assert status == f"UPDATE {len(releases)}", f"hold releases lost: {status}"
+        await _insert_hold_events(
+            conn,
+            [
+                (r.plan.hold_id, r.account_id, r.asset, r.reason, r.plan.release_minor, r.at)
+                for r in releases
+            ],
         )
 
-    deltas: dict[tuple[str, str], list[int]] = {}
-    for write in writes:
-        for change in write.balance_changes:
-            delta = deltas.setdefault(change.key, [0, 0])
-            delta[0] += change.actual_delta_minor
-            delta[1] += change.authorized_delta_minor
+    tombstones = [t for w in writes for t in w.tombstones]
+    if tombstones:
+        rows = await conn.fetch(
+            """INSERT INTO holds AS t (id, source, message_id, amount_minor, original_minor,
+                   status, expires_at, created_at, ended_at, end_reason, tombstone,
+                   reversed_minor, reversal_full)
+               SELECT gen_random_uuid(), source, message_id, 0, 0, 'REVERSED', at, at, at,
+                      'REVERSAL', true, reversed, full_
+               FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::timestamptz[])
+                    AS k(source, message_id, reversed, full_, at)
+               ON CONFLICT (source, message_id) DO UPDATE SET
+                   reversed_minor = t.reversed_minor + EXCLUDED.reversed_minor,
+                   reversal_full = t.reversal_full OR EXCLUDED.reversal_full
+               WHERE t.tombstone
+               RETURNING t.message_id""",
+            [t.source for t in tombstones],
+            [t.message_id for t in tombstones],
+            [t.reversed_minor for t in tombstones],
+            [t.full for t in tombstones],
+            [t.at for t in tombstones],
+        )
+        if len(rows) != len(tombstones):
+            # Another process wrote the original's hold after our check: abort the batch;
+            # every write in it is retried or answered 96, nothing half-done survives.
+            raise StoreUnavailable("a tombstone raced with its original's hold")
+
     deltas = {k: v for k, v in deltas.items() if v != [0, 0]}
     if deltas:
         status = await conn.execute(
@@ -442,3 +647,4 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> None:
             [u.pin_tries for u in updates],
             [u.pvv for u in updates],
         )
+    return pre_reversed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -15,10 +16,11 @@ from authswitch.adapters.postgres.committer import StoredDecision
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.authorization import CardFacts, CardState, CardStatus, ProductRules
 from authswitch.domain.ledger import Balance
+from authswitch.domain.lifecycle import OpenHold
 from authswitch.domain.money import Asset, AssetCategory
 from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed
 
-__all__ = ["AccountRow", "CatalogStore", "ProductRow", "ProgramRow"]
+__all__ = ["AccountRow", "CatalogStore", "HoldRow", "ProductRow", "ProgramRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,39 @@ class ProductRow:
     assets: tuple[str, ...]
     rules: ProductRules
     hold_validity_days: int
+    hold_validity_by_mcc: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    id: str
+    account_id: str | None
+    asset: str | None
+    card_id: str | None
+    source: str
+    message_id: str
+    network_reference: str
+    amount_minor: int
+    original_minor: int
+    status: str
+    tombstone: bool
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+
+    def open_hold(self) -> OpenHold:
+        return OpenHold(self.id, self.amount_minor, self.created_at)
+
+
+# A constant, formatted into the holds queries below (never a value: values are parameters).
+_HOLD_COLUMNS = """id::text, account_id::text, asset, card_id::text, source, message_id,
+    network_reference, amount_minor, original_minor, status, tombstone, created_at,
+    expires_at, ended_at"""
+
+
+def _holds_where(condition: str) -> str:
+    """A holds query; ``condition`` is always a literal of this module, never a value."""
+    return f"SELECT {_HOLD_COLUMNS} FROM holds WHERE {condition}"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +138,7 @@ class CatalogStore:
         row = await self.pool.fetchrow(
             """SELECT id::text, program_id::text, name, account_types, assets,
                       allowed_transaction_types, allowed_channels, blocked_mccs,
-                      pin_tries_max, hold_validity_days
+                      pin_tries_max, hold_validity_days, hold_validity_by_mcc
                FROM products WHERE id = $1""",
             _uuid(product_id, "product"),
         )
@@ -123,6 +158,7 @@ class CatalogStore:
             tuple(row["assets"]),
             rules,
             row["hold_validity_days"],
+            {k: int(v) for k, v in json.loads(row["hold_validity_by_mcc"]).items()},
         )
 
     async def account(self, account_id: str) -> AccountRow:
@@ -182,6 +218,105 @@ class CatalogStore:
             bytes(row["response"]),
             row["account_id"],
         )
+
+    async def hold_by_message(self, source: str, message_id: str) -> HoldRow | None:
+        row = await self.pool.fetchrow(
+            _holds_where("source = $1 AND message_id = $2"),
+            source,
+            message_id,
+        )
+        return None if row is None else HoldRow(*row)
+
+    async def hold(self, hold_id: str) -> HoldRow:
+        row = await self.pool.fetchrow(
+            _holds_where("id = $1"),
+            _uuid(hold_id, "hold"),
+        )
+        if row is None:
+            raise NotFound(f"hold {hold_id} does not exist")
+        return HoldRow(*row)
+
+    async def open_holds(self, card_id: str, network_reference: str, asset: str) -> list[HoldRow]:
+        """The open holds of one transaction of a card."""
+        rows = await self.pool.fetch(
+            _holds_where(
+                """card_id = $1 AND network_reference = $2 AND status = 'OPEN' AND asset = $3
+                   ORDER BY created_at, id"""
+            ),
+            card_id,
+            network_reference,
+            asset,
+        )
+        return [HoldRow(*r) for r in rows]
+
+    async def expired_holds(self, now: datetime, limit: int) -> list[HoldRow]:
+        rows = await self.pool.fetch(
+            _holds_where("status = 'OPEN' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"),
+            now,
+            limit,
+        )
+        return [HoldRow(*r) for r in rows]
+
+    async def holds_of_account(
+        self, account_id: str, *, open_only: bool, limit: int
+    ) -> list[HoldRow]:
+        await self.account(account_id)
+        rows = await self.pool.fetch(
+            _holds_where(
+                """account_id = $1 AND ($2 = false OR status = 'OPEN')
+                   ORDER BY created_at DESC, id DESC LIMIT $3"""
+            ),
+            account_id,
+            open_only,
+            limit,
+        )
+        return [HoldRow(*r) for r in rows]
+
+    async def decision_exists(self, source: str, message_id: str) -> bool:
+        found = await self.pool.fetchval(
+            "SELECT true FROM decisions WHERE source = $1 AND message_id = $2",
+            source,
+            message_id,
+        )
+        return bool(found)
+
+    async def history(
+        self, account_id: str, *, before: tuple[datetime, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Balance changes of an account, newest first: hold events and postings.
+
+        ``before`` is the (time, reference) of the last entry of the previous page.
+        """
+        await self.account(account_id)
+        cursor_at, cursor_ref = before or (None, "")
+        rows = await self.pool.fetch(
+            """
+            WITH events AS (
+                SELECT h.created_at AS at, h.kind, h.asset, 0::bigint AS actual_delta,
+                       h.original_minor AS authorized_delta, h.id::text AS reference,
+                       h.message_id AS description
+                FROM holds h WHERE h.account_id = $1 AND NOT h.tombstone
+                UNION ALL
+                SELECT v.at, v.kind, v.asset, 0, -v.amount_minor,
+                       v.hold_id::text || ':' || v.id, ''
+                FROM hold_events v WHERE v.account_id = $1
+                UNION ALL
+                SELECT p.created_at, e.kind, p.asset, p.amount_minor, 0, e.id::text,
+                       e.description
+                FROM postings p JOIN journal_entries e ON e.id = p.entry_id
+                WHERE p.account_id = $1
+            )
+            SELECT at, kind, asset, actual_delta, authorized_delta, reference, description
+            FROM events
+            WHERE $2::timestamptz IS NULL OR (at, reference) < ($2, $3)
+            ORDER BY at DESC, reference DESC
+            LIMIT $4""",
+            account_id,
+            cursor_at,
+            cursor_ref,
+            limit,
+        )
+        return [dict(r) for r in rows]
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
         await self.account(account_id)
@@ -249,6 +384,7 @@ class CatalogStore:
         assets: list[str],
         rules: ProductRules,
         hold_validity_days: int,
+        hold_validity_by_mcc: dict[str, int],
         actor: str,
     ) -> None:
         await self.program(program_id)
@@ -256,8 +392,8 @@ class CatalogStore:
             await conn.execute(
                 """INSERT INTO products (id, program_id, name, account_types, assets,
                        allowed_transaction_types, allowed_channels, blocked_mccs, pin_tries_max,
-                       hold_validity_days)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                       hold_validity_days, hold_validity_by_mcc)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
                 product_id,
                 program_id,
                 name,
@@ -268,6 +404,7 @@ class CatalogStore:
                 sorted(rules.blocked_mccs),
                 rules.pin_tries_max,
                 hold_validity_days,
+                json.dumps(hold_validity_by_mcc, sort_keys=True),
             )
             await _audit(
                 conn, actor, "create_product", product_id,
@@ -285,6 +422,7 @@ class CatalogStore:
         name: str,
         reference: str,
         profile_id: str | None,
+        customer_ids: list[str],
         actor: str,
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -304,6 +442,11 @@ class CatalogStore:
                 "INSERT INTO balances (account_id, asset, is_base) VALUES ($1, $2, $3)",
                 [(account_id, asset, index == 0) for index, asset in enumerate(assets)],
             )
+            if customer_ids:
+                await conn.executemany(
+                    "INSERT INTO account_holders (account_id, customer_id) VALUES ($1, $2)",
+                    [(account_id, customer_id) for customer_id in customer_ids],
+                )
             await _audit(
                 conn, actor, "create_account", account_id,
                 {"product_id": product.id, "account_type": account_type, "assets": assets},
@@ -395,6 +538,83 @@ class CatalogStore:
                 {"from": previous.name, "to": status.name, "reason": reason},
             )  # fmt: skip
         return previous, row["account_id"]
+
+    async def create_customer(
+        self, customer_id: str, program_id: str, name: str, reference: str, actor: str
+    ) -> None:
+        await self.program(program_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO customers (id, program_id, name, reference) VALUES ($1, $2, $3, $4)",
+                customer_id,
+                program_id,
+                name,
+                reference,
+            )
+            await _audit(conn, actor, "create_customer", customer_id, {"program_id": program_id})
+
+    async def customers_in_program(self, customer_ids: list[str], program_id: str) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT id::text FROM customers WHERE id = ANY($1::uuid[]) AND program_id = $2",
+            [_uuid(c, "customer") for c in customer_ids],
+            program_id,
+        )
+        return {r[0] for r in rows}
+
+    async def link_card_account(self, card_id: str, account_id: str, actor: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            card_program = await conn.fetchval(
+                "SELECT program_id::text FROM cards WHERE id = $1", _uuid(card_id, "card")
+            )
+            if card_program is None:
+                raise NotFound(f"card {card_id} does not exist")
+            account = await conn.fetchrow(
+                "SELECT program_id::text, kind FROM accounts WHERE id = $1",
+                _uuid(account_id, "account"),
+            )
+            if account is None:
+                raise NotFound(f"account {account_id} does not exist")
+            if account["program_id"] != card_program or account["kind"] != "CUSTOMER":
+                raise PreconditionFailed("a card links only to customer accounts of its program")
+            await conn.execute(
+                "INSERT INTO card_accounts (card_id, account_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                card_id,
+                account_id,
+            )
+            await _audit(conn, actor, "link_card_account", card_id, {"account_id": account_id})
+
+    async def card(self, card_id: str) -> dict[str, Any]:
+        row = await self.pool.fetchrow(
+            """SELECT c.id::text AS card_id, c.bin, c.last_four, c.expiry_yymm, c.status,
+                      c.account_id::text AS account_id, c.pin_tries,
+                      coalesce(array_agg(l.account_id::text ORDER BY l.created_at)
+                               FILTER (WHERE l.account_id IS NOT NULL), '{}') AS linked
+               FROM cards c LEFT JOIN card_accounts l ON l.card_id = c.id
+               WHERE c.id = $1 GROUP BY c.id""",
+            _uuid(card_id, "card"),
+        )
+        if row is None:
+            raise NotFound(f"card {card_id} does not exist")
+        return dict(row)
+
+    async def register_asset(self, asset: Asset, actor: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await conn.execute(
+                    """INSERT INTO assets (code, category, exponent, numeric_code)
+                       VALUES ($1, $2, $3, $4)""",
+                    asset.code,
+                    asset.category.value,
+                    asset.exponent,
+                    asset.numeric_code,
+                )
+            except asyncpg.UniqueViolationError:
+                raise AlreadyExists(f"asset {asset.code} is already registered") from None
+            await _audit(
+                conn, actor, "register_asset", asset.code,
+                {"category": asset.category.value, "exponent": asset.exponent},
+            )  # fmt: skip
 
     async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
         async with self.pool.acquire() as conn:

@@ -1,0 +1,632 @@
+"""The on-ledger transaction lifecycle after an authorisation (seed 001, DESIGN.md §1, §3):
+advices, reversals, clearings, refunds, manual hold removal and age-off.
+
+Every message is idempotent on (source, message_id) and acknowledged with "00" unless it is
+malformed (30 / 13, nothing written). Each changes balances the same way as an
+authorisation: one atomic Redis step, then the group commit, then the answer. A message that
+releases a hold is planned from the hold as read, and the commit is guarded on that hold
+being unchanged; if another message moved it first, the plan is made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.store import CatalogStore, HoldRow
+from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.domain.authorization import CardFacts, identifier_ok
+from authswitch.domain.cards import pan_valid
+from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.codes import Reason
+from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.lifecycle import (
+    HoldEnd,
+    ReleasePlan,
+    hold_validity_days,
+    plan_clearing,
+    plan_reduction,
+    plan_reversal,
+)
+from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.records import (
+    DecisionRecord,
+    HoldRecord,
+    HoldRelease,
+    JournalEntry,
+    LedgerWrite,
+    Posting,
+    Tombstone,
+)
+from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
+from authswitch.service.admin import ADMIN_SOURCE, balance_message
+from authswitch.service.catalog import Catalog
+from authswitch.service.clock import Clock
+from authswitch.service.posting import Posted, Poster, PostStatus
+from authswitch.v1 import authorization_pb2 as pb
+from authswitch.v1 import common_pb2, ledger_admin_pb2
+
+__all__ = ["SYSTEM_SOURCE", "LifecycleService"]
+
+log = logging.getLogger(__name__)
+
+# Work authswitch does by itself (age-off) is recorded under this source.
+SYSTEM_SOURCE = "system"
+# A message re-plans at most this many times when holds move under it.
+PLAN_ATTEMPTS_MAX = 5
+# Holds released concurrently by one age-off sweep.
+SWEEP_CONCURRENCY_MAX = 16
+
+
+class _Response(Protocol):
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+
+
+_R = TypeVar("_R", pb.AdviseResponse, pb.ReverseResponse, pb.ClearResponse, pb.RefundResponse)
+
+
+def _money(amount_minor: int, asset: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount_minor, asset=asset)
+
+
+def _release_response(asset: str) -> Callable[[int, Balance], _Response]:
+    def respond(released: int, balance: Balance) -> ledger_admin_pb2.ReleaseHoldResponse:
+        return ledger_admin_pb2.ReleaseHoldResponse(
+            released=_money(released, asset), balance=balance_message(asset, balance)
+        )
+
+    return respond
+
+
+class LifecycleService:
+    def __init__(
+        self,
+        *,
+        keys: CardKeys,
+        catalog: Catalog,
+        store: CatalogStore,
+        poster: Poster,
+        clock: Clock,
+    ) -> None:
+        self.keys = keys
+        self.catalog = catalog
+        self.store = store
+        self.poster = poster
+        self.clock = clock
+
+    # -- shared ---------------------------------------------------------------------------
+
+    def _format_error(
+        self, source: str, message_id: str, money: common_pb2.Money | None, *, pan: str = "",
+        pan_required: bool = False, amount_required: bool = False,
+    ) -> str | None:  # fmt: skip
+        """The response code of a malformed message (30 or 13), or None."""
+        if not identifier_ok(source, 64, required=True):
+            return "30"
+        if not identifier_ok(message_id, 128, required=True):
+            return "30"
+        if (pan or pan_required) and not pan_valid(pan):
+            return "30"
+        if money is not None:
+            if money.asset not in self.catalog.assets:
+                return "30"
+            if not 0 <= money.amount_minor <= AMOUNT_MAX_MINOR:
+                return "13"
+            if amount_required and money.amount_minor == 0:
+                return "13"
+        elif amount_required:
+            return "30"
+        return None
+
+    async def _card(self, pan: str) -> CardFacts | None:
+        return await self.catalog.card(self.keys.pan_hmac(pan)) if pan else None
+
+    @staticmethod
+    def _decision(
+        kind: str, source: str, message_id: str, fingerprint: bytes, response: _Response,
+        decision_id: str, now: datetime, *, card: CardFacts | None = None,
+        account_id: str | None = None, asset: str | None = None, amount_minor: int = 0,
+    ) -> DecisionRecord:  # fmt: skip
+        return DecisionRecord(
+            id=decision_id,
+            source=source,
+            message_id=message_id,
+            kind=kind,
+            fingerprint=fingerprint,
+            card_id=card.card_id if card else None,
+            account_id=account_id or (card.account_id if card else None),
+            asset=asset,
+            amount_minor=amount_minor,
+            approved_minor=amount_minor,
+            fee_minor=0,
+            response_code=getattr(response, "response_code", "00"),
+            reason=int(Reason.APPROVED),
+            response=response.SerializeToString(),
+            created_at=now,
+        )
+
+    @staticmethod
+    def _answer(posted: Posted, fingerprint: bytes, parse: Callable[[bytes], _R], empty: _R) -> _R:
+        stored: StoredDecision | None = posted.decision
+        assert stored is not None
+        if stored.fingerprint != fingerprint:
+            empty.response_code = "94"  # the message id was used for another message
+            return empty
+        return parse(stored.response)
+
+    # -- advice ---------------------------------------------------------------------------
+
+    async def advise(self, request: pb.AdviseRequest, canonical: bytes) -> pb.AdviseResponse:
+        bad = self._format_error(
+            request.source, request.message_id, request.billing_amount, pan=request.pan,
+            pan_required=True, amount_required=True,
+        )  # fmt: skip
+        if bad or not identifier_ok(request.original_message_id, 128, required=False):
+            return pb.AdviseResponse(response_code=bad or "30")
+        fingerprint = self.keys.fingerprint(canonical)
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        card = await self._card(request.pan)
+        if card is None:
+            decision_id = str(uuid.uuid4())
+            response = pb.AdviseResponse(
+                response_code="00",
+                result=pb.ADVICE_RESULT_RECORDED_UNKNOWN_CARD,
+                decision_id=decision_id,
+            )
+            record = self._decision(
+                "ADVICE", request.source, request.message_id, fingerprint, response,
+                decision_id, self.clock.now(), asset=asset, amount_minor=amount,
+            )  # fmt: skip
+            posted = await self.poster.record(LedgerWrite(decision=record))
+            return self._answer(
+                posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
+            )
+        product = await self.catalog.product(card.product_id)
+        now = self.clock.now()
+        validity = hold_validity_days(
+            product.hold_validity_days, product.hold_validity_by_mcc, request.merchant.mcc
+        )
+        for _ in range(PLAN_ATTEMPTS_MAX):
+            posted = await self._advise_once(request, card, fingerprint, validity, now)
+            if posted.status is not PostStatus.CONFLICT:
+                return self._answer(
+                    posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
+                )
+        raise InternalError("advice could not be planned: its hold kept changing")
+
+    async def _advise_once(
+        self, request: pb.AdviseRequest, card: CardFacts, fingerprint: bytes, validity: int,
+        now: datetime,
+    ) -> Posted:  # fmt: skip
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        original: HoldRow | None = None
+        held: list[HoldRow] = []
+        if request.original_message_id:
+            found = await self.store.hold_by_message(request.source, request.original_message_id)
+            if (
+                found is not None
+                and found.status == "OPEN"
+                and found.account_id == card.account_id
+                and found.asset == asset
+            ):
+                original = found
+                # The advised amount is the transaction's total: its original and any
+                # increments or earlier advices, all under the original's reference.
+                held = await self.store.open_holds(card.card_id, found.network_reference, asset)
+        decision_id = str(uuid.uuid4())
+        holds: tuple[HoldRecord, ...] = ()
+        releases: tuple[HoldRelease, ...] = ()
+        delta = amount - sum(h.amount_minor for h in held)
+        if delta > 0:
+            holds = (
+                HoldRecord(
+                    id=str(uuid.uuid4()),
+                    account_id=card.account_id,
+                    asset=asset,
+                    card_id=card.card_id,
+                    source=request.source,
+                    message_id=request.message_id,
+                    network_reference=(
+                        original.network_reference if original else request.network_reference
+                    ),
+                    amount_minor=delta,
+                    fee_minor=0,
+                    expires_at=now + timedelta(days=validity),
+                    created_at=now,
+                    kind="ADVICE",
+                ),
+            )
+        elif delta < 0:
+            releases = tuple(
+                HoldRelease(plan, card.account_id, asset, now, "ADVICE")
+                for plan in plan_reduction([h.open_hold() for h in held], -delta)
+            )
+        result = pb.ADVICE_RESULT_HOLD_POSTED if original is None else pb.ADVICE_RESULT_HOLD_UPDATED
+        # Never declined: the network has approved already, so no funds check.
+        change = BalanceChange(card.account_id, asset, authorized_delta_minor=delta)
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            assert applied.balance is not None
+            response = pb.AdviseResponse(
+                response_code="00",
+                result=result,
+                held=_money(delta, asset),
+                balance=balance_message(asset, applied.balance),
+                decision_id=decision_id,
+            )
+            record = self._decision(
+                "ADVICE", request.source, request.message_id, fingerprint, response,
+                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            )  # fmt: skip
+            return LedgerWrite(
+                decision=record, holds=holds, releases=releases, balance_changes=(change,)
+            )
+
+        posted = await self.poster.post(
+            change,
+            source=request.source,
+            message_id=request.message_id,
+            fingerprint=fingerprint,
+            build=build,
+        )
+        if posted.status is PostStatus.NO_BALANCE:
+            response = pb.AdviseResponse(
+                response_code="00",
+                result=pb.ADVICE_RESULT_RECORDED_NO_BALANCE,
+                decision_id=decision_id,
+            )
+            record = self._decision(
+                "ADVICE", request.source, request.message_id, fingerprint, response,
+                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            )  # fmt: skip
+            posted = await self.poster.record(LedgerWrite(decision=record))
+        return posted
+
+    # -- reversal -------------------------------------------------------------------------
+
+    async def reverse(self, request: pb.ReverseRequest, canonical: bytes) -> pb.ReverseResponse:
+        money = request.amount if request.HasField("amount") else None
+        bad = self._format_error(request.source, request.message_id, money, pan=request.pan)
+        if bad or not identifier_ok(request.original_message_id, 128, required=True):
+            return pb.ReverseResponse(response_code=bad or "30")
+        fingerprint = self.keys.fingerprint(canonical)
+        requested = money.amount_minor if money is not None else 0
+        for _ in range(PLAN_ATTEMPTS_MAX):
+            posted = await self._reverse_once(request, money, requested, fingerprint)
+            if posted is None:
+                return pb.ReverseResponse(
+                    response_code="30"
+                )  # the amount's asset is not the hold's
+            if posted.status is not PostStatus.CONFLICT:
+                return self._answer(
+                    posted, fingerprint, pb.ReverseResponse.FromString, pb.ReverseResponse()
+                )
+        raise InternalError("reversal could not be planned: its hold kept changing")
+
+    async def _reverse_once(
+        self, request: pb.ReverseRequest, money: common_pb2.Money | None, requested: int,
+        fingerprint: bytes,
+    ) -> Posted | None:  # fmt: skip
+        now = self.clock.now()
+        decision_id = str(uuid.uuid4())
+        hold = await self.store.hold_by_message(request.source, request.original_message_id)
+
+        def acknowledge(
+            result: pb.ReversalResult.ValueType, card: CardFacts | None = None
+        ) -> DecisionRecord:
+            response = pb.ReverseResponse(
+                response_code="00", result=result, decision_id=decision_id
+            )
+            return self._decision(
+                "REVERSAL", request.source, request.message_id, fingerprint, response,
+                decision_id, now, card=card, amount_minor=requested,
+            )  # fmt: skip
+
+        if hold is None or hold.tombstone:
+            if hold is None and await self.store.decision_exists(
+                request.source, request.original_message_id
+            ):
+                return await self.poster.record(
+                    LedgerWrite(decision=acknowledge(pb.REVERSAL_RESULT_NOTHING_HELD))
+                )
+            # The original is unknown (or only earlier reversals of it are): leave a
+            # tombstone, so that it holds only what was not reversed if it ever comes.
+            card = await self._card(request.pan)
+            tombstone = Tombstone(
+                request.source, request.original_message_id, requested, requested == 0, now
+            )
+            return await self.poster.record(
+                LedgerWrite(
+                    decision=acknowledge(pb.REVERSAL_RESULT_ORIGINAL_NOT_FOUND, card),
+                    tombstones=(tombstone,),
+                )
+            )
+        if hold.status != "OPEN":
+            return await self.poster.record(
+                LedgerWrite(decision=acknowledge(pb.REVERSAL_RESULT_HOLD_ALREADY_ENDED))
+            )
+        asset = hold.asset or ""
+        if money is not None and money.asset != asset:
+            return None
+
+        def respond(released: int, balance: Balance) -> pb.ReverseResponse:
+            return pb.ReverseResponse(
+                response_code="00",
+                result=pb.REVERSAL_RESULT_RELEASED,
+                released=_money(released, asset),
+                balance=balance_message(asset, balance),
+                decision_id=decision_id,
+            )
+
+        return await self._release(
+            hold, plan_reversal(hold.open_hold(), requested), "REVERSAL", request.source,
+            request.message_id, fingerprint, decision_id, now, respond,
+        )  # fmt: skip
+
+    async def _release(
+        self, hold: HoldRow, plan: ReleasePlan, reason: str, source: str, message_id: str,
+        fingerprint: bytes, decision_id: str, now: datetime,
+        respond: Callable[[int, Balance], _Response],
+    ) -> Posted:  # fmt: skip
+        """Release (part of) one hold; the write conflicts if the hold moved meanwhile."""
+        assert hold.account_id is not None
+        assert hold.asset is not None
+        account_id, asset = hold.account_id, hold.asset
+        change = BalanceChange(account_id, asset, authorized_delta_minor=-plan.release_minor)
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            assert applied.balance is not None
+            response = respond(plan.release_minor, applied.balance)
+            record = self._decision(
+                reason, source, message_id, fingerprint, response, decision_id, now,
+                account_id=account_id, asset=asset, amount_minor=plan.release_minor,
+            )  # fmt: skip
+            return LedgerWrite(
+                decision=record,
+                releases=(HoldRelease(plan, account_id, asset, now, reason),),
+                balance_changes=(change,),
+            )
+
+        return await self.poster.post(
+            change, source=source, message_id=message_id, fingerprint=fingerprint, build=build
+        )
+
+    # -- clearing and refund --------------------------------------------------------------
+
+    async def clear(self, request: pb.ClearRequest, canonical: bytes) -> pb.ClearResponse:
+        bad = self._format_error(
+            request.source, request.message_id, request.billing_amount, pan=request.pan,
+            pan_required=True,
+        )  # fmt: skip
+        if bad or not identifier_ok(request.network_reference, 128, required=False):
+            return pb.ClearResponse(response_code=bad or "30")
+        if not request.HasField("billing_amount"):
+            return pb.ClearResponse(response_code="30")
+        fingerprint = self.keys.fingerprint(canonical)
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        card = await self._card(request.pan)
+        if card is None:
+            return await self._unknown_card(
+                "CLEARING", request.source, request.message_id, fingerprint, asset, amount,
+                pb.ClearResponse, pb.ClearResponse.FromString,
+            )  # fmt: skip
+        program = await self.catalog.program(card.program_id)
+        for _ in range(PLAN_ATTEMPTS_MAX):
+            posted = await self._clear_once(
+                request, card, program.id, program.clearing_account_id, fingerprint
+            )
+            if posted.status is PostStatus.NO_BALANCE:
+                return pb.ClearResponse(response_code="51")  # no balance in the asset: unposted
+            if posted.status is not PostStatus.CONFLICT:
+                return self._answer(
+                    posted, fingerprint, pb.ClearResponse.FromString, pb.ClearResponse()
+                )
+        raise InternalError("clearing could not be planned: its holds kept changing")
+
+    async def _clear_once(
+        self, request: pb.ClearRequest, card: CardFacts, program_id: str,
+        clearing_account_id: str, fingerprint: bytes,
+    ) -> Posted:  # fmt: skip
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        now = self.clock.now()
+        holds = []
+        if request.network_reference:
+            holds = await self.store.open_holds(card.card_id, request.network_reference, asset)
+        plan = plan_clearing([h.open_hold() for h in holds], amount, final=request.final)
+        decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
+        change = BalanceChange(
+            card.account_id,
+            asset,
+            actual_delta_minor=-amount,
+            authorized_delta_minor=-plan.released_minor,
+        )
+        entries: tuple[JournalEntry, ...] = ()
+        if amount:
+            entries = (
+                JournalEntry(
+                    id=entry_id,
+                    program_id=program_id,
+                    kind="CLEARING",
+                    postings=(
+                        Posting(card.account_id, asset, -amount),
+                        Posting(clearing_account_id, asset, amount),
+                    ),
+                    created_at=now,
+                    source=request.source,
+                    message_id=request.message_id,
+                    description=request.merchant.name[:200],
+                ),
+            )
+        releases = tuple(
+            HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
+        )
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            assert applied.balance is not None
+            response = pb.ClearResponse(
+                response_code="00",
+                matched=plan.matched,
+                released=_money(plan.released_minor, asset),
+                posted=_money(amount, asset),
+                balance=balance_message(asset, applied.balance),
+                decision_id=decision_id,
+                entry_id=entry_id if entries else "",
+            )
+            record = self._decision(
+                "CLEARING", request.source, request.message_id, fingerprint, response,
+                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            )  # fmt: skip
+            return LedgerWrite(
+                decision=record, releases=releases, entries=entries, balance_changes=(change,)
+            )
+
+        return await self.poster.post(
+            change,
+            source=request.source,
+            message_id=request.message_id,
+            fingerprint=fingerprint,
+            build=build,
+        )
+
+    async def refund(self, request: pb.RefundRequest, canonical: bytes) -> pb.RefundResponse:
+        bad = self._format_error(
+            request.source, request.message_id, request.billing_amount, pan=request.pan,
+            pan_required=True, amount_required=True,
+        )  # fmt: skip
+        if bad:
+            return pb.RefundResponse(response_code=bad)
+        fingerprint = self.keys.fingerprint(canonical)
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        card = await self._card(request.pan)
+        if card is None:
+            return await self._unknown_card(
+                "REFUND", request.source, request.message_id, fingerprint, asset, amount,
+                pb.RefundResponse, pb.RefundResponse.FromString,
+            )  # fmt: skip
+        program = await self.catalog.program(card.program_id)
+        now = self.clock.now()
+        decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
+        change = BalanceChange(card.account_id, asset, actual_delta_minor=amount)
+        entry = JournalEntry(
+            id=entry_id,
+            program_id=program.id,
+            kind="REFUND",
+            postings=(
+                Posting(card.account_id, asset, amount),
+                Posting(program.clearing_account_id, asset, -amount),
+            ),
+            created_at=now,
+            source=request.source,
+            message_id=request.message_id,
+            description=request.merchant.name[:200],
+        )
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            assert applied.balance is not None
+            response = pb.RefundResponse(
+                response_code="00",
+                credited=_money(amount, asset),
+                balance=balance_message(asset, applied.balance),
+                decision_id=decision_id,
+                entry_id=entry_id,
+            )
+            record = self._decision(
+                "REFUND", request.source, request.message_id, fingerprint, response,
+                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            )  # fmt: skip
+            return LedgerWrite(decision=record, entries=(entry,), balance_changes=(change,))
+
+        posted = await self.poster.post(
+            change,
+            source=request.source,
+            message_id=request.message_id,
+            fingerprint=fingerprint,
+            build=build,
+        )
+        if posted.status is PostStatus.NO_BALANCE:
+            return pb.RefundResponse(response_code="51")
+        return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
+
+    async def _unknown_card(
+        self, kind: str, source: str, message_id: str, fingerprint: bytes, asset: str,
+        amount: int, cls: type[_R], parse: Callable[[bytes], _R],
+    ) -> _R:  # fmt: skip
+        """Record a settlement message for a card authswitch does not know: answered 14,
+        nothing posted, kept for the operators."""
+        decision_id = str(uuid.uuid4())
+        response = cls(response_code="14", decision_id=decision_id)
+        record = self._decision(
+            kind, source, message_id, fingerprint, response, decision_id, self.clock.now(),
+            asset=asset, amount_minor=amount,
+        )  # fmt: skip
+        posted = await self.poster.record(LedgerWrite(decision=record))
+        return self._answer(posted, fingerprint, parse, cls())
+
+    # -- hold removal: by an operator, and by age -----------------------------------------
+
+    async def release_hold(
+        self, hold_id: str, reason: str, idempotency_key: str, *, actor: str
+    ) -> ledger_admin_pb2.ReleaseHoldResponse:
+        """Remove a stale hold by hand (seed 001: "the amount is manually removed")."""
+        if not identifier_ok(idempotency_key, 128, required=True):
+            raise RequestError("idempotency_key is required (printable, up to 128 characters)")
+        fingerprint = self.keys.fingerprint(f"release:{hold_id}:{reason}".encode())
+        for _ in range(PLAN_ATTEMPTS_MAX):
+            hold = await self.store.hold(hold_id)
+            if hold.tombstone:
+                raise NotFound(f"hold {hold_id} does not exist")
+            if hold.status != "OPEN":
+                stored = await self.store.find_decision(ADMIN_SOURCE, idempotency_key)
+                if stored is not None and stored.fingerprint == fingerprint:
+                    return ledger_admin_pb2.ReleaseHoldResponse.FromString(stored.response)
+                raise PreconditionFailed(f"hold {hold_id} has already ended ({hold.status})")
+            plan = ReleasePlan(hold.id, hold.amount_minor, hold.amount_minor, HoldEnd.RELEASED)
+            posted = await self._release(
+                hold, plan, "RELEASE", ADMIN_SOURCE, idempotency_key, fingerprint,
+                str(uuid.uuid4()), self.clock.now(), _release_response(hold.asset or ""),
+            )  # fmt: skip
+            if posted.status is PostStatus.CONFLICT:
+                continue
+            stored = posted.decision
+            assert stored is not None
+            if stored.fingerprint != fingerprint:
+                raise PreconditionFailed("idempotency_key was used for another change")
+            await self.store.audit(
+                actor,
+                "release_hold",
+                hold_id,
+                {"reason": reason, "amount_minor": plan.release_minor},
+            )
+            return ledger_admin_pb2.ReleaseHoldResponse.FromString(stored.response)
+        raise InternalError("hold release could not be planned: the hold kept changing")
+
+    async def age_off(self, *, limit: int = 1_000) -> int:
+        """Release every hold whose validity has passed (by the injected clock); returns how
+        many were released. Each hold ages off at most once: its release is keyed
+        ("system", "ageoff:<hold>") and guarded on the hold still being open."""
+        now = self.clock.now()
+        holds = await self.store.expired_holds(now, limit)
+        gate = asyncio.Semaphore(SWEEP_CONCURRENCY_MAX)
+
+        async def expire(hold: HoldRow) -> bool:
+            async with gate:
+                plan = ReleasePlan(hold.id, hold.amount_minor, hold.amount_minor, HoldEnd.EXPIRED)
+                posted = await self._release(
+                    hold, plan, "AGE_OFF", SYSTEM_SOURCE, f"ageoff:{hold.id}",
+                    f"ageoff:{hold.id}".encode(), str(uuid.uuid4()), now,
+                    _release_response(hold.asset or ""),
+                )  # fmt: skip
+                return posted.status is PostStatus.COMMITTED
+
+        results = await asyncio.gather(*(expire(h) for h in holds), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            log.warning(
+                "age-off: some holds not released this time", extra={"failures": len(failures)}
+            )
+        return sum(1 for r in results if r is True)
