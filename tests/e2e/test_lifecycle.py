@@ -214,6 +214,20 @@ async def test_partial_then_final_clearings(ledger: Ledger) -> None:
     assert await ledger.figures(card.account_id) == (11_000, 11_000, 0)
 
 
+async def test_partial_clearing_releases_the_oldest_hold_first(ledger: Ledger) -> None:
+    card = await ledger.card(50_000)
+    first = await _authorized(ledger, card, 3_000)
+    increment = ledger.request(card, 2_000)
+    increment.incremental = True
+    increment.original_message_id = first.message_id
+    assert (await ledger.auth.Authorize(increment)).response_code == "00"
+    await ledger.clear(card, first.network_reference, 3_500, final=False)
+    holds = await ledger.admin.ListHolds(la.ListHoldsRequest(account_id=card.account_id))
+    by_message = {h.message_id: (h.status, h.amount.amount_minor) for h in holds.holds}
+    assert by_message[first.message_id] == (la.HOLD_STATUS_CLEARED, 0)
+    assert by_message[increment.message_id] == (la.HOLD_STATUS_OPEN, 1_500)
+
+
 async def test_clearing_after_reversal_is_unmatched(ledger: Ledger) -> None:
     card = await ledger.card(10_000)
     auth = await _authorized(ledger, card, 4_000)
