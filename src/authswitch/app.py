@@ -159,7 +159,7 @@ class Application:
         )
         self.committer.start()
         sync = CacheSync(
-            cache, store, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
+            cache, store, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
         )
         poster = Poster(store=store, cache=cache, sync=sync, committer=self.committer)
         self.cache, self.store, self.catalog, self.sync = cache, store, catalog, sync

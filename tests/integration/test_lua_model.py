@@ -13,7 +13,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from authswitch.adapters.redis.cache import AccountSnapshot, AuthorizeOutcome, LedgerCache
-from authswitch.domain.authorization import CardState, CardStatus, PinMode, PreChecks, decide
+from authswitch.domain.authorization import (
+    CardState,
+    CardStatus,
+    Charges,
+    CounterCheck,
+    FreeUseCheck,
+    PinMode,
+    PreChecks,
+    decide,
+)
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
 from tests.support.stores import Stores
@@ -39,6 +48,36 @@ prechecks = st.builds(
     cvv2_reason=st.sampled_from([None, None, None, Reason.CVV2_MISMATCH]),
     product_reason=st.sampled_from([None, None, None, Reason.TRANSACTION_NOT_PERMITTED]),
 )
+counters = st.builds(
+    CounterCheck,
+    key=st.sampled_from(["", "L:a", "L:b"]),
+    previous=st.sampled_from(["", "L:old"]),
+    amount_max_minor=st.sampled_from([-1, 0, 500, 5_000, 200_000]),
+    count_max=st.sampled_from([-1, 0, 1, 3]),
+)
+charges = st.builds(
+    Charges,
+    fixed_fee_minor=st.sampled_from([0, 0, 50, 250]),
+    decline_fee_minor=st.sampled_from([0, 0, 100]),
+    limits=st.lists(counters, max_size=2, unique_by=lambda c: c.key).map(tuple),
+    free_uses=st.lists(
+        st.builds(
+            FreeUseCheck,
+            counter=st.builds(
+                CounterCheck, key=st.sampled_from(["F:x", "F:y"]), previous=st.just("")
+            ),
+            free_uses=st.integers(0, 3),
+            fee_minor=st.sampled_from([100, 200]),
+        ),
+        max_size=2,
+        unique_by=lambda f: f.counter.key,
+    ).map(tuple),
+)
+usages = st.dictionaries(
+    st.sampled_from(["L:a", "L:b", "F:x", "F:y", "L:old"]),
+    st.tuples(st.integers(0, 10_000), st.integers(0, 4)),
+    max_size=5,
+)
 balances = st.one_of(
     st.none(),
     st.builds(Balance, st.integers(-10_000, 1_000_000), st.integers(0, 500_000)),
@@ -47,19 +86,21 @@ balances = st.one_of(
 
 async def _run(
     stores: Stores, card: CardState, balance: Balance | None, pre: PreChecks, amount: int,
-    fee: int, partial: bool, zero_value: bool,
-) -> tuple[AuthorizeOutcome, Balance | None, CardState]:  # fmt: skip
+    charges: Charges, usage: dict[str, tuple[int, int]], partial: bool, zero_value: bool,
+) -> tuple[AuthorizeOutcome, Balance | None, CardState, dict[str, tuple[int, int]]]:  # fmt: skip
     client = aioredis.Redis.from_url(stores.redis_url)
     try:
         cache = LedgerCache(client, stores.redis_prefix + "-lua", marker_ttl_s=60)
         cache.generation = 1
         account = secrets.token_hex(8)
         await cache.load(
-            AccountSnapshot(account, {"GBP": balance} if balance else {}, {"card": card})
+            AccountSnapshot(
+                account, {"GBP": balance} if balance else {}, {"card": card}, dict(usage)
+            )
         )
         outcome = await cache.authorize(
             account_id=account, card_id="card", asset="GBP", amount_minor=amount,
-            fee_minor=fee, partial_allowed=partial, zero_value=zero_value, pre=pre,
+            partial_allowed=partial, zero_value=zero_value, pre=pre, charges=charges,
             source="s", message_id=secrets.token_hex(8), fingerprint=b"f",
         )  # fmt: skip
         assert isinstance(outcome, AuthorizeOutcome)
@@ -70,8 +111,13 @@ async def _run(
         after_card = CardState(
             card.status, int(state[b"t:card"]), card.pin_tries_max, bytes(state[b"p:card"])
         )
+        after_usage = {
+            k[3:].decode(): (int(v), int(state[b"uc:" + k[3:]]))
+            for k, v in state.items()
+            if k.startswith(b"ua:")
+        }
         await client.delete(cache.keys.state(account))
-        return outcome, after_balance, after_card
+        return outcome, after_balance, after_card, after_usage
     finally:
         await client.aclose()
 
@@ -93,8 +139,8 @@ def _boundaries(test: object) -> object:
     ]
     for balance, amount, fee, partial in cases:
         test = example(
-            card=_ACTIVE, balance=balance, pre=_PLAIN, amount=amount, fee=fee, partial=partial,
-            zero_value=False,
+            card=_ACTIVE, balance=balance, pre=_PLAIN, amount=amount,
+            charges=Charges(fixed_fee_minor=fee), usage={}, partial=partial, zero_value=False,
         )(test)  # type: ignore[arg-type]  # fmt: skip
     return test
 
@@ -105,28 +151,37 @@ def _boundaries(test: object) -> object:
     balance=balances,
     pre=prechecks,
     amount=st.integers(1, 600_000),
-    fee=st.integers(0, 2_000),
+    charges=charges,
+    usage=usages,
     partial=st.booleans(),
     zero_value=st.booleans(),
 )
 @_boundaries
 def test_lua_agrees_with_the_model(
     stores: Stores, card: CardState, balance: Balance | None, pre: PreChecks, amount: int,
-    fee: int, partial: bool, zero_value: bool,
+    charges: Charges, usage: dict[str, tuple[int, int]], partial: bool, zero_value: bool,
 ) -> None:  # fmt: skip
     if zero_value:
-        amount, fee = 0, 0
+        amount = 0
     expected = decide(
-        card, balance, pre, amount_minor=amount, fee_minor=fee, partial_allowed=partial,
-        zero_value=zero_value,
+        card, balance, pre, amount_minor=amount, partial_allowed=partial,
+        zero_value=zero_value, charges=charges, usage=usage,
     )  # fmt: skip
-    outcome, after_balance, after_card = asyncio.run(
-        _run(stores, card, balance, pre, amount, fee, partial, zero_value)
+    outcome, after_balance, after_card, after_usage = asyncio.run(
+        _run(stores, card, balance, pre, amount, charges, usage, partial, zero_value)
     )
     assert outcome.reason == expected.reason
     assert outcome.approved_minor == expected.approved_minor
+    assert outcome.fee_minor == expected.fee_minor
+    assert outcome.fee_mode == expected.fee_mode
     assert outcome.pin_blocked_now == expected.pin_blocked_now
     assert after_balance == expected.balance
     assert (after_card.pin_tries, after_card.pvv) == (expected.card.pin_tries, expected.card.pvv)
-    if expected.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value:
-        assert outcome.fee_minor == expected.fee_minor == fee
+    # Every counter the model changed, as the script left it (previous periods dropped).
+    written = {k for k in after_usage if after_usage[k] != usage.get(k)}
+    assert written <= set(expected.usage)
+    for key, value in expected.usage.items():
+        assert after_usage.get(key, (0, 0)) == value, key
+    dropped = {c.previous for c in charges.limits if c.previous and c.key in expected.usage}
+    for key in dropped - set(expected.usage):
+        assert key not in after_usage

@@ -45,11 +45,17 @@ class Ledger:
         self.auth = authorization_pb2_grpc.AuthorizationServiceStub(channel)
         self.pans: list[str] = []
 
-    async def program(self, mode: int = common_pb2.LEDGER_MODE_ON_LEDGER) -> str:
+    async def program(
+        self, mode: int = common_pb2.LEDGER_MODE_ON_LEDGER, *, country: str = "GB",
+        time_zone: str = "Europe/London",
+    ) -> str:  # fmt: skip
         client = await self.admin.CreateClient(ledger_admin_pb2.CreateClientRequest(name="test"))
         program = await self.admin.CreateProgram(
-            ledger_admin_pb2.CreateProgramRequest(client_id=client.client_id, name="p", mode=mode)
-        )
+            ledger_admin_pb2.CreateProgramRequest(
+                client_id=client.client_id, name="p", mode=mode, country=country,
+                time_zone=time_zone,
+            )
+        )  # fmt: skip
         return program.program_id
 
     async def product(self, program_id: str | None = None, **kwargs: Any) -> str:
@@ -144,11 +150,12 @@ class Ledger:
         partial: bool = False,
         source: str = "visa",
         pan: str | None = None,
+        country: str = "GB",
     ) -> authorization_pb2.AuthorizeResponse:
         request = self.request(
             card, amount_minor, asset, transaction_type=transaction_type, message_id=message_id,
             pin=pin, cvv2=cvv2, expiry=expiry, new_pin=new_pin, mcc=mcc, channel=channel,
-            partial=partial, source=source, pan=pan,
+            partial=partial, source=source, pan=pan, country=country,
         )  # fmt: skip
         return await self.auth.Authorize(request)
 
@@ -169,6 +176,7 @@ class Ledger:
         partial: bool = False,
         source: str = "visa",
         pan: str | None = None,
+        country: str = "GB",
     ) -> authorization_pb2.AuthorizeRequest:
         return authorization_pb2.AuthorizeRequest(
             source=source,
@@ -185,7 +193,7 @@ class Ledger:
             transaction_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
             billing_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
             partial_approval_allowed=partial,
-            merchant=authorization_pb2.Merchant(mcc=mcc, country="GB", name="Test shop"),
+            merchant=authorization_pb2.Merchant(mcc=mcc, country=country, name="Test shop"),
             channel=channel,  # type: ignore[arg-type]
         )
 
@@ -255,3 +263,24 @@ class Ledger:
         """(actual, available, authorised) from Postgres."""
         balance = await self.balance(account_id, asset)
         return balance.actual_minor, balance.available_minor, balance.authorized_minor
+
+    async def fees(self, product_id: str, *rules: ledger_admin_pb2.FeeRule, **kw: Any) -> int:
+        response = await self.admin.SetFeeSchedule(
+            ledger_admin_pb2.SetFeeScheduleRequest(product_id=product_id, rules=list(rules), **kw)
+        )
+        return response.version
+
+    async def limit(self, product_id: str, **fields: Any) -> str:
+        fields.setdefault("asset", "GBP")
+        response = await self.admin.CreateLimit(
+            ledger_admin_pb2.CreateLimitRequest(
+                product_id=product_id, limit=ledger_admin_pb2.Limit(**fields)
+            )
+        )
+        return response.limit_id
+
+    async def usage(self, account_id: str) -> dict[str, tuple[int, int]]:
+        response = await self.admin.GetUsage(
+            ledger_admin_pb2.GetUsageRequest(account_id=account_id)
+        )
+        return {u.key: (u.amount_minor, u.count) for u in response.usage}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 from enum import Enum, IntEnum, unique
 
 from authswitch.domain.cards import expiry_valid_format, is_expired, pan_valid, pin_valid_format
@@ -20,6 +20,7 @@ from authswitch.domain.ledger import Balance
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset
 
 __all__ = [
+    "NO_CHARGES",
     "PARTIAL_APPROVAL_TYPES",
     "ZERO_VALUE_TYPES",
     "AuthorizationRequest",
@@ -27,11 +28,17 @@ __all__ = [
     "CardState",
     "CardStatus",
     "Channel",
+    "Charges",
+    "CounterCheck",
     "DecisionResult",
+    "FeeMode",
+    "FreeUseCheck",
     "PinMode",
     "PreChecks",
     "ProductRules",
     "TransactionType",
+    "Usage",
+    "counter_deltas",
     "decide",
     "identifier_ok",
     "prechecks",
@@ -305,14 +312,110 @@ class CardState:
     pvv: bytes  # empty when no PIN is set: every PIN is then wrong
 
 
+class FeeMode(IntEnum):
+    """What happened to the fee of a decision (numbers shared with authorize.lua)."""
+
+    NONE = 0
+    HELD = 1  # included in the hold of an approval
+    POSTED = 2  # debited from actual and available (zero-value or declined request)
+    NOT_APPLIED = 3  # the available balance did not cover it: not charged, notified
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCheck:
+    """A counter the decision reads (for a limit or a fee's free uses) and adds to."""
+
+    key: str  # empty: a per-transaction limit, nothing counted
+    previous: str
+    amount_max_minor: int = -1  # -1: no amount cap
+    count_max: int = -1  # -1: no count cap
+    expires_at: datetime | None = None  # when the counter's period is over
+
+
+@dataclass(frozen=True, slots=True)
+class FreeUseCheck:
+    """A fee charged only when its counter has used up ``free_uses``."""
+
+    counter: CounterCheck
+    free_uses: int
+    fee_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Charges:
+    """Fees and limits of one decision, computed before the atomic step."""
+
+    fixed_fee_minor: int = 0
+    decline_fee_minor: int = 0
+    limits: tuple[CounterCheck, ...] = ()
+    free_uses: tuple[FreeUseCheck, ...] = ()
+
+
+NO_CHARGES = Charges()
+
+Usage = Mapping[str, tuple[int, int]]  # counter key -> (amount used, count used)
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionResult:
     reason: Reason
     approved_minor: int  # amount held, excluding the fee
-    fee_minor: int
+    fee_minor: int  # the fee charged (held or posted); 0 when not applied
     card: CardState
     balance: Balance | None  # after the decision; None when the account has no such asset
     pin_blocked_now: bool = False  # this request used up the last PIN try
+    fee_mode: FeeMode = FeeMode.NONE
+    usage: Usage = field(default_factory=dict)  # counters after the decision (changed ones)
+
+
+# Declines after which a decline fee applies: the card and cardholder were verified.
+FEE_BEARING_DECLINES = frozenset(
+    {
+        Reason.TRANSACTION_NOT_PERMITTED,
+        Reason.AMOUNT_LIMIT_EXCEEDED,
+        Reason.COUNT_LIMIT_EXCEEDED,
+        Reason.INSUFFICIENT_FUNDS,
+    }
+)
+
+
+def counter_deltas(
+    reason: Reason,
+    *,
+    zero_value: bool,
+    approved_minor: int,
+    charged_minor: int,
+    fee_mode: FeeMode,
+    charges: Charges,
+) -> dict[str, tuple[int, int]]:
+    """What a decision adds to each counter (amount, uses), per seed 004: an approval adds its
+    amount and fee and one use; a zero-value approval adds its fee and one use; a declined
+    request that carries a fee adds the fee charged and one use; other declines add nothing.
+    Free-use counters count approvals only."""
+    deltas: dict[str, tuple[int, int]] = {}
+
+    def add(key: str, amount: int, uses: int) -> None:
+        if key:
+            before = deltas.get(key, (0, 0))
+            deltas[key] = (before[0] + amount, before[1] + uses)
+
+    if reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value:
+        for limit in charges.limits:
+            add(limit.key, approved_minor + charged_minor, 1)
+        for free in charges.free_uses:
+            add(free.counter.key, 0, 1)
+        return deltas
+    posted = fee_mode in (FeeMode.POSTED, FeeMode.NOT_APPLIED)
+    if posted:
+        for limit in charges.limits:
+            add(limit.key, charged_minor, 1)
+    if reason is Reason.APPROVED:
+        if not posted:
+            for limit in charges.limits:
+                add(limit.key, 0, 1)
+        for free in charges.free_uses:
+            add(free.counter.key, 0, 1)
+    return deltas
 
 
 def decide(
@@ -321,48 +424,90 @@ def decide(
     pre: PreChecks,
     *,
     amount_minor: int,
-    fee_minor: int,
     partial_allowed: bool,
     zero_value: bool,
+    charges: Charges = NO_CHARGES,
+    usage: Usage | None = None,
 ) -> DecisionResult:
     """Checks 3 to 10 in precedence order, and the resulting state. The reference for
-    ``authorize.lua``."""
-
-    def declined(reason: Reason, state: CardState = card, blocked: bool = False) -> DecisionResult:
-        return DecisionResult(reason, 0, 0, state, balance, blocked)
-
-    status_reason = card.status.decline_reason
-    if status_reason is not None:
-        return declined(status_reason)
-    if pre.expiry_reason is not None:
-        return declined(pre.expiry_reason)
-    if pre.pin_mode is not PinMode.NONE:
+    ``authorize.lua``: the two must agree on every input."""
+    usage = usage or {}
+    reason: Reason | None = card.status.decline_reason
+    blocked = False
+    if reason is None and pre.expiry_reason is not None:
+        reason = pre.expiry_reason
+    if reason is None and pre.pin_mode is not PinMode.NONE:
         if pre.pin_mode is not PinMode.UNBLOCK and card.pin_tries >= card.pin_tries_max:
-            return declined(Reason.PIN_TRIES_EXCEEDED)
-        if not card.pvv or pre.pvv != card.pvv:
+            reason = Reason.PIN_TRIES_EXCEEDED
+        elif not card.pvv or pre.pvv != card.pvv:
             tries = min(card.pin_tries + 1, card.pin_tries_max)
             blocked = tries >= card.pin_tries_max > card.pin_tries
-            return declined(Reason.INCORRECT_PIN, replace(card, pin_tries=tries), blocked)
-        card = replace(card, pin_tries=0)
-        if pre.pin_mode is PinMode.CHANGE:
-            card = replace(card, pvv=pre.new_pvv)
-    if pre.cvv2_reason is not None:
-        return declined(pre.cvv2_reason, card)
-    if pre.product_reason is not None:
-        return declined(pre.product_reason, card)
-    if balance is None:
-        return declined(Reason.NO_BALANCE_IN_ASSET, card)
-    available = balance.available_minor
-    if zero_value:
-        assert fee_minor == 0, "zero-value fees are posted, not held"
-        return DecisionResult(Reason.APPROVED, 0, 0, card, balance)
-    if amount_minor + fee_minor <= available:
-        return DecisionResult(
-            Reason.APPROVED, amount_minor, fee_minor, card, balance.hold(amount_minor + fee_minor)
-        )
-    if partial_allowed and available - fee_minor > 0:
-        approved = available - fee_minor
-        return DecisionResult(
-            Reason.PARTIALLY_APPROVED, approved, fee_minor, card, balance.hold(available)
-        )
-    return declined(Reason.INSUFFICIENT_FUNDS, card)
+            card = replace(card, pin_tries=tries)
+            reason = Reason.INCORRECT_PIN
+        else:
+            card = replace(card, pin_tries=0)
+            if pre.pin_mode is PinMode.CHANGE:
+                card = replace(card, pvv=pre.new_pvv)
+    if reason is None and pre.cvv2_reason is not None:
+        reason = pre.cvv2_reason
+    if reason is None and pre.product_reason is not None:
+        reason = pre.product_reason
+
+    fee = charges.fixed_fee_minor + sum(
+        f.fee_minor for f in charges.free_uses if usage.get(f.counter.key, (0, 0))[1] >= f.free_uses
+    )
+    if reason is None:
+        for limit in charges.limits:
+            used = usage.get(limit.key, (0, 0))[0] if limit.key else 0
+            if limit.amount_max_minor >= 0 and used + amount_minor + fee > limit.amount_max_minor:
+                reason = Reason.AMOUNT_LIMIT_EXCEEDED
+                break
+    if reason is None:
+        for limit in charges.limits:
+            if not limit.key:
+                continue
+            if limit.count_max >= 0 and usage.get(limit.key, (0, 0))[1] + 1 > limit.count_max:
+                reason = Reason.COUNT_LIMIT_EXCEEDED
+                break
+    if reason is None and balance is None:
+        reason = Reason.NO_BALANCE_IN_ASSET
+
+    approved = 0
+    if reason is None:
+        assert balance is not None
+        available = balance.available_minor
+        if zero_value:
+            reason = Reason.APPROVED
+        elif amount_minor + fee <= available:
+            reason, approved = Reason.APPROVED, amount_minor
+        elif partial_allowed and available - fee > 0:
+            reason, approved = Reason.PARTIALLY_APPROVED, available - fee
+        else:
+            reason = Reason.INSUFFICIENT_FUNDS
+
+    fee_mode = FeeMode.NONE
+    charged = 0
+    if reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value:
+        assert balance is not None
+        balance = balance.hold(approved + fee)
+        charged = fee
+        fee_mode = FeeMode.HELD if fee else FeeMode.NONE
+    else:
+        posting = fee if reason is Reason.APPROVED else 0
+        if reason in FEE_BEARING_DECLINES:
+            posting = charges.decline_fee_minor
+        if posting:
+            if balance is not None and posting <= balance.available_minor:
+                balance = balance.debit(posting)
+                charged, fee_mode = posting, FeeMode.POSTED
+            else:
+                fee_mode = FeeMode.NOT_APPLIED
+    deltas = counter_deltas(
+        reason, zero_value=zero_value, approved_minor=approved, charged_minor=charged,
+        fee_mode=fee_mode, charges=charges,
+    )  # fmt: skip
+    after = {
+        key: (usage.get(key, (0, 0))[0] + amount, usage.get(key, (0, 0))[1] + uses)
+        for key, (amount, uses) in deltas.items()
+    }
+    return DecisionResult(reason, approved, charged, card, balance, blocked, fee_mode, after)

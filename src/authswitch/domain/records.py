@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.lifecycle import ReleasePlan
@@ -17,8 +18,10 @@ __all__ = [
     "HoldRelease",
     "JournalEntry",
     "LedgerWrite",
+    "Notification",
     "Posting",
     "Tombstone",
+    "UsageChange",
 ]
 
 
@@ -61,6 +64,7 @@ class HoldRecord:
     expires_at: datetime
     created_at: datetime
     kind: str = "AUTHORIZATION"  # AUTHORIZATION, INCREMENTAL, ADVICE
+    usage_keys: tuple[str, ...] = ()  # the limit counters its amount was counted in
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,32 @@ class JournalEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageChange:
+    """Adds to a counter (a limit's or a fee rule's free uses) of an account."""
+
+    account_id: str
+    key: str
+    amount_minor: int
+    count: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A durable notification, written with the change it tells of and delivered to each of
+    ``sinks`` at least once, in order per account."""
+
+    id: str
+    program_id: str
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+    account_id: str | None = None
+    card_id: str | None = None
+    sinks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CardUpdate:
     """New values of a card's PIN state after a decision (None: unchanged)."""
 
@@ -140,4 +170,6 @@ class LedgerWrite:
     balance_changes: tuple[BalanceChange, ...] = ()
     entries: tuple[JournalEntry, ...] = ()
     card_updates: tuple[CardUpdate, ...] = ()
+    usage: tuple[UsageChange, ...] = ()
+    notifications: tuple[Notification, ...] = ()
     refusal: Callable[[], DecisionRecord] | None = field(default=None, repr=False)

@@ -9,6 +9,7 @@ import uuid
 import zoneinfo
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
@@ -22,7 +23,9 @@ from authswitch.domain.cards import (
 )
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.fees import FeeRule, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.limits import Limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
 from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
@@ -40,6 +43,7 @@ CREDIT_PURPOSES = frozenset({"LOAD", "CREDIT_ADJUSTMENT", "DEBIT_REVERSAL", "WRI
 DEBIT_PURPOSES = frozenset({"FEE", "DEBIT_ADJUSTMENT", "CREDIT_REVERSAL", "WRITE_ON", "UNLOAD"})
 ACCOUNT_TYPES = frozenset({"SINGLE", "MULTI_CURRENCY"})
 NAME_LEN_MAX = 200
+FEE_RULES_MAX = 100
 IDEMPOTENCY_KEY_LEN_MAX = 128
 
 
@@ -93,7 +97,7 @@ class AdminService:
         return client_id
 
     async def create_program(
-        self, client_id: str, name: str, mode: str, time_zone: str, *, actor: str
+        self, client_id: str, name: str, mode: str, time_zone: str, country: str = "", *, actor: str
     ) -> str:
         if mode not in ("ON_LEDGER", "OFF_LEDGER"):
             raise RequestError("mode must be ON_LEDGER or OFF_LEDGER")
@@ -102,6 +106,8 @@ class AdminService:
             zoneinfo.ZoneInfo(time_zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise RequestError(f"unknown time zone {time_zone!r}") from None
+        if country and not (len(country) == 2 and country.isalpha() and country.isupper()):
+            raise RequestError("country must be an ISO 3166-1 alpha-2 code such as GB")
         program_id = str(uuid.uuid4())
         await self.store.create_program(
             program_id=program_id,
@@ -109,6 +115,7 @@ class AdminService:
             name=_name(name, "name"),
             mode=mode,
             time_zone=time_zone,
+            country=country,
             clearing_account_id=str(uuid.uuid4()),
             fee_account_id=str(uuid.uuid4()),
             actor=actor,
@@ -240,6 +247,41 @@ class AdminService:
 
     async def link_card_account(self, card_id: str, account_id: str, *, actor: str) -> None:
         await self.store.link_card_account(card_id, account_id, actor)
+
+    async def set_fee_schedule(
+        self, product_id: str, effective_from: datetime | None, rules: list[FeeRule], *, actor: str
+    ) -> int:
+        """Add a version of the product's fee schedule; returns the version number."""
+        product = await self.catalog.product(product_id)
+        if len(rules) > FEE_RULES_MAX:
+            raise RequestError(f"a schedule has at most {FEE_RULES_MAX} rules")
+        for index, rule in enumerate(rules):
+            where = f"rule {index + 1}"
+            if rule.asset not in product.assets:
+                raise RequestError(f"{where}: the product has no asset {rule.asset!r}")
+            if rule.max_minor is not None and rule.max_minor < rule.min_minor:
+                raise RequestError(f"{where}: max_minor is below min_minor")
+            if any(not (len(m) == 4 and m.isdigit()) for m in rule.mccs):
+                raise RequestError(f"{where}: mccs must be four-digit codes")
+            if rule.free_uses and rule.stage is not Stage.AUTHORIZATION:
+                raise RequestError(f"{where}: free uses are counted at authorisation only")
+            if rule.free_uses and rule.on_decline:
+                raise RequestError(f"{where}: a decline fee has no free uses")
+            if rule.on_decline and rule.stage is not Stage.AUTHORIZATION:
+                raise RequestError(f"{where}: decline fees are charged at authorisation")
+        version = await self.store.add_fee_schedule(
+            product_id, effective_from or self.clock.now(), rules, actor
+        )
+        self.catalog.forget("product", product_id)
+        return version
+
+    async def create_limit(self, product_id: str, limit: Limit, *, actor: str) -> str:
+        product = await self.catalog.product(product_id)
+        if limit.asset not in product.assets:
+            raise RequestError(f"the product has no asset {limit.asset!r}")
+        await self.store.add_limit(product_id, limit, actor)
+        self.catalog.forget("product", product_id)
+        return limit.id
 
     async def register_asset(
         self, code: str, category: str, exponent: int, numeric_code: str, *, actor: str

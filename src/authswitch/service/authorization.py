@@ -23,13 +23,16 @@ from typing import Any
 
 from authswitch import metrics
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
-from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.postgres.store import CatalogStore, ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache
 from authswitch.domain.authorization import (
     PARTIAL_APPROVAL_TYPES,
     AuthorizationRequest,
     CardFacts,
+    Charges,
+    FeeMode,
     PreChecks,
+    counter_deltas,
     prechecks,
     validate,
 )
@@ -37,10 +40,19 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import hold_validity_days
-from authswitch.domain.records import CardUpdate, DecisionRecord, HoldRecord, LedgerWrite
+from authswitch.domain.records import (
+    CardUpdate,
+    DecisionRecord,
+    HoldRecord,
+    JournalEntry,
+    LedgerWrite,
+    Notification,
+    Posting,
+)
 from authswitch.errors import InternalError
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
+from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
@@ -127,6 +139,7 @@ class AuthorizationService:
         self.sync = sync
         self.committer = committer
         self.clock = clock
+        self.charges = ChargeCalculator(catalog)
         # Originals in flight in this process, by (source, message id): a retransmission
         # arriving meanwhile waits for the original's durable answer.
         self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
@@ -198,8 +211,16 @@ class AuthorizationService:
         if card is None:
             return await self._record_without_card(ctx, Reason.UNKNOWN_CARD)
         product = await self.catalog.product(card.product_id)
+        program = await self.catalog.program(card.program_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
         partial = request.partial_allowed and request.type in PARTIAL_APPROVAL_TYPES
+        charges = await self.charges.for_authorization(
+            product.id, program, card_id=card.card_id, account_id=card.account_id,
+            transaction_type=request.transaction_type, channel=request.channel,
+            mcc=request.mcc, merchant_country=request.merchant_country,
+            asset=request.billing_asset, amount_minor=request.billing_amount_minor,
+            at=ctx.received,
+        )  # fmt: skip
         hold_plan = _HoldPlan(
             network_reference=request.network_reference,
             kind="AUTHORIZATION",
@@ -228,16 +249,16 @@ class AuthorizationService:
                         card_id=card.card_id,
                         asset=request.billing_asset,
                         amount_minor=request.billing_amount_minor,
-                        fee_minor=0,
                         partial_allowed=partial,
                         zero_value=request.is_zero_value,
                         pre=pre,
                         source=request.source,
                         message_id=request.message_id,
                         fingerprint=ctx.fingerprint,
+                        charges=charges,
                     )
                     if isinstance(result, AuthorizeOutcome):
-                        write = self._write_for(ctx, card, pre, result, hold_plan)
+                        write = self._write_for(ctx, card, program, pre, result, hold_plan, charges)
                         return await self._commit(card, result, write)
                 except Exception:
                     # Whether Redis or Postgres failed, the cached state may now hold a
@@ -270,8 +291,15 @@ class AuthorizationService:
                 )
             return written.decision
         # Refused by Postgres (the cache was stale), or a duplicate that only Postgres knew
-        # of: nothing of this request is durable, so its Redis effects must go.
-        if written.status is WriteStatus.REFUSED or result.pin_tries_changed or result.pin_changed:
+        # of: nothing of this request is durable, so its Redis effects must go. A hold alone
+        # is taken back exactly; anything more (PIN state, a posted fee, counters) by a reload.
+        if (
+            written.status is WriteStatus.REFUSED
+            or result.pin_tries_changed
+            or result.pin_changed
+            or result.fee_mode is not FeeMode.NONE
+            or write.usage
+        ):
             log.warning("the cache disagreed with Postgres; reloading the account")
             self._spawn(self.sync.refresh(card.account_id, written.status.value))
         elif result.held_minor:
@@ -302,9 +330,11 @@ class AuthorizationService:
         self,
         ctx: _Context,
         card: CardFacts,
+        program: ProgramRow,
         pre: PreChecks,
         result: AuthorizeOutcome,
         plan: _HoldPlan,
+        charges: Charges,
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = str(uuid.uuid4())
@@ -337,6 +367,7 @@ class AuthorizationService:
                     expires_at=ctx.received + timedelta(days=plan.validity_days),
                     created_at=ctx.received,
                     kind=plan.kind,
+                    usage_keys=tuple(c.key for c in charges.limits if c.key),
                 ),
             )
             changes = (
@@ -356,6 +387,59 @@ class AuthorizationService:
                     ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None
                 )
 
+        entries: tuple[JournalEntry, ...] = ()
+        if result.posted_fee_minor:
+            # A zero-value or declined request's fee, taken from actual and available.
+            fee = result.posted_fee_minor
+            changes = (
+                BalanceChange(card.account_id, request.billing_asset, actual_delta_minor=-fee),
+            )
+            entries = (
+                JournalEntry(
+                    id=str(uuid.uuid4()),
+                    program_id=program.id,
+                    kind="FEE",
+                    postings=(
+                        Posting(card.account_id, request.billing_asset, -fee),
+                        Posting(program.fee_account_id, request.billing_asset, fee),
+                    ),
+                    created_at=ctx.received,
+                    source=request.source,
+                    message_id=request.message_id,
+                    description=f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
+                ),
+            )
+        notifications: tuple[Notification, ...] = ()
+        if result.fee_mode is not FeeMode.NONE:
+            kind = "FEE_NOT_APPLIED" if result.fee_mode is FeeMode.NOT_APPLIED else "FEE"
+            notifications = (
+                Notification(
+                    id=str(uuid.uuid4()),
+                    program_id=program.id,
+                    kind=kind,
+                    payload={
+                        "stage": "AUTHORIZATION",
+                        "source": request.source,
+                        "message_id": request.message_id,
+                        "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
+                        "response_code": outcome(result.reason).response_code,
+                        "fee_minor": result.fee_minor,
+                        "fee_mode": result.fee_mode.name,
+                        "asset": request.billing_asset,
+                        "amount_minor": request.billing_amount_minor,
+                    },
+                    created_at=ctx.received,
+                    account_id=card.account_id,
+                    card_id=card.card_id,
+                    sinks=program.sinks,
+                ),
+            )
+        deltas = counter_deltas(
+            result.reason, zero_value=request.is_zero_value,
+            approved_minor=result.approved_minor, charged_minor=result.fee_minor,
+            fee_mode=result.fee_mode, charges=charges,
+        )  # fmt: skip
+        usage = usage_changes(card.account_id, deltas, expiries_of(charges))
         updates: tuple[CardUpdate, ...] = ()
         if result.pin_tries_changed or result.pin_changed:
             updates = (
@@ -369,7 +453,10 @@ class AuthorizationService:
             decision=record,
             holds=holds,
             balance_changes=changes,
+            entries=entries,
             card_updates=updates,
+            usage=usage,
+            notifications=notifications,
             refusal=refusal,
         )
 

@@ -20,6 +20,7 @@ from authswitch import metrics
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import AccountSnapshot, LedgerCache
 from authswitch.errors import StoreUnavailable
+from authswitch.service.clock import Clock
 
 __all__ = ["CacheSync"]
 
@@ -27,9 +28,12 @@ log = logging.getLogger(__name__)
 
 
 class CacheSync:
-    def __init__(self, cache: LedgerCache, store: CatalogStore, *, drain_timeout_s: float) -> None:
+    def __init__(
+        self, cache: LedgerCache, store: CatalogStore, clock: Clock, *, drain_timeout_s: float
+    ) -> None:
         self.cache = cache
         self.store = store
+        self.clock = clock
         self._drain_timeout_s = drain_timeout_s
         self._in_flight: dict[str, int] = {}
         self._idle: dict[str, asyncio.Event] = {}
@@ -89,7 +93,7 @@ class CacheSync:
                 raise StoreUnavailable(
                     f"writes in flight on an account did not finish in {self._drain_timeout_s}s"
                 ) from None
-        balances, cards = await self.store.account_state(account_id)
-        await self.cache.load(AccountSnapshot(account_id, balances, cards))
+        balances, cards, usage = await self.store.account_state(account_id, self.clock.now())
+        await self.cache.load(AccountSnapshot(account_id, balances, cards, usage))
         metrics.CACHE_LOADS.labels(cause).inc()
         log.debug("cache loaded", extra={"cause": cause, "balances": len(balances)})

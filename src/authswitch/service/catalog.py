@@ -13,6 +13,8 @@ import time
 
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.domain.authorization import CardFacts
+from authswitch.domain.fees import FeeSchedule
+from authswitch.domain.limits import Limit
 from authswitch.domain.money import Asset
 
 __all__ = ["Catalog"]
@@ -28,6 +30,8 @@ class Catalog:
         self.assets: dict[str, Asset] = {}
         self._programs: dict[str, ProgramRow] = {}
         self._products: dict[str, ProductRow] = {}
+        self._fees: dict[str, list[FeeSchedule]] = {}
+        self._limits: dict[str, list[Limit]] = {}
         self._cards: collections.OrderedDict[bytes, CardFacts | float] = collections.OrderedDict()
         self._cards_max = cards_max
 
@@ -61,6 +65,18 @@ class Catalog:
             row = self._products[product_id] = await self.store.product(product_id)
         return row
 
+    async def fee_schedules(self, product_id: str) -> list[FeeSchedule]:
+        schedules = self._fees.get(product_id)
+        if schedules is None:
+            schedules = self._fees[product_id] = await self.store.fee_schedules(product_id)
+        return schedules
+
+    async def limits(self, product_id: str) -> list[Limit]:
+        limits = self._limits.get(product_id)
+        if limits is None:
+            limits = self._limits[product_id] = await self.store.limits(product_id)
+        return limits
+
     def forget_card(self, pan_hmac: bytes) -> None:
         self._cards.pop(pan_hmac, None)
 
@@ -68,6 +84,8 @@ class Catalog:
         """Drop every cached entry (another process changed the catalogue)."""
         self._programs.clear()
         self._products.clear()
+        self._fees.clear()
+        self._limits.clear()
         self._cards.clear()
 
     def forget(self, kind: str, ident: str) -> None:
@@ -75,6 +93,8 @@ class Catalog:
             self._programs.pop(ident, None)
         elif kind == "product":
             self._products.pop(ident, None)
+            self._fees.pop(ident, None)
+            self._limits.pop(ident, None)
         elif kind == "card":
             for key, facts in list(self._cards.items()):
                 if isinstance(facts, CardFacts) and facts.card_id == ident:

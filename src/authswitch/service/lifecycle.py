@@ -18,12 +18,13 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from authswitch.adapters.postgres.committer import StoredDecision
-from authswitch.adapters.postgres.store import CatalogStore, HoldRow
+from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardFacts, identifier_ok
+from authswitch.domain.authorization import CardFacts, TransactionType, identifier_ok
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
+from authswitch.domain.fees import FeeContext, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import (
     HoldEnd,
@@ -40,12 +41,15 @@ from authswitch.domain.records import (
     HoldRelease,
     JournalEntry,
     LedgerWrite,
+    Notification,
     Posting,
     Tombstone,
+    UsageChange,
 )
 from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
 from authswitch.service.admin import ADMIN_SOURCE, balance_message
 from authswitch.service.catalog import Catalog
+from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Posted, Poster, PostStatus
 from authswitch.v1 import authorization_pb2 as pb
@@ -98,6 +102,7 @@ class LifecycleService:
         self.store = store
         self.poster = poster
         self.clock = clock
+        self.charges = ChargeCalculator(catalog)
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -187,12 +192,13 @@ class LifecycleService:
                 posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
             )
         product = await self.catalog.product(card.product_id)
+        program = await self.catalog.program(card.program_id)
         now = self.clock.now()
         validity = hold_validity_days(
             product.hold_validity_days, product.hold_validity_by_mcc, request.merchant.mcc
         )
         for _ in range(PLAN_ATTEMPTS_MAX):
-            posted = await self._advise_once(request, card, fingerprint, validity, now)
+            posted = await self._advise_once(request, card, program, fingerprint, validity, now)
             if posted.status is not PostStatus.CONFLICT:
                 return self._answer(
                     posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
@@ -200,8 +206,8 @@ class LifecycleService:
         raise InternalError("advice could not be planned: its hold kept changing")
 
     async def _advise_once(
-        self, request: pb.AdviseRequest, card: CardFacts, fingerprint: bytes, validity: int,
-        now: datetime,
+        self, request: pb.AdviseRequest, card: CardFacts, program: ProgramRow,
+        fingerprint: bytes, validity: int, now: datetime,
     ) -> Posted:  # fmt: skip
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         original: HoldRow | None = None
@@ -263,9 +269,19 @@ class LifecycleService:
                 "ADVICE", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
             )  # fmt: skip
-            return LedgerWrite(
-                decision=record, holds=holds, releases=releases, balance_changes=(change,)
+            payload = {
+                "source": request.source, "message_id": request.message_id,
+                "network_reference": request.network_reference, "amount_minor": amount,
+                "held_minor": delta, "asset": asset,
+                "authorization_code": request.authorization_code,
+            }  # fmt: skip
+            note = self._notification(
+                "ADVICE", program, card.account_id, card.card_id, payload, now
             )
+            return LedgerWrite(
+                decision=record, holds=holds, releases=releases, balance_changes=(change,),
+                notifications=(note,),
+            )  # fmt: skip
 
         posted = await self.poster.post(
             change,
@@ -378,6 +394,11 @@ class LifecycleService:
         assert hold.asset is not None
         account_id, asset = hold.account_id, hold.asset
         change = BalanceChange(account_id, asset, authorized_delta_minor=-plan.release_minor)
+        # A reversal gives back to amount-based limits what it releases (counts stay).
+        usage: list[tuple[str, int, int]] = []
+        if reason == "REVERSAL" and plan.release_minor:
+            usage = [(key, -plan.release_minor, 0) for key in hold.usage_keys]
+        program = await self.catalog.program((await self.store.account(account_id)).program_id)
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -386,15 +407,25 @@ class LifecycleService:
                 reason, source, message_id, fingerprint, response, decision_id, now,
                 account_id=account_id, asset=asset, amount_minor=plan.release_minor,
             )  # fmt: skip
+            payload = {
+                "source": source, "message_id": message_id, "hold_id": hold.id,
+                "original_message_id": hold.message_id, "released_minor": plan.release_minor,
+                "asset": asset, "hold_ended": plan.ends,
+            }  # fmt: skip
             return LedgerWrite(
                 decision=record,
                 releases=(HoldRelease(plan, account_id, asset, now, reason),),
                 balance_changes=(change,),
+                usage=tuple(UsageChange(account_id, k, a, c, now) for k, a, c in usage),
+                notifications=(
+                    self._notification(reason, program, account_id, hold.card_id, payload, now),
+                ),
             )
 
         return await self.poster.post(
-            change, source=source, message_id=message_id, fingerprint=fingerprint, build=build
-        )
+            change, source=source, message_id=message_id, fingerprint=fingerprint, build=build,
+            usage=usage,
+        )  # fmt: skip
 
     # -- clearing and refund --------------------------------------------------------------
 
@@ -417,9 +448,7 @@ class LifecycleService:
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
         for _ in range(PLAN_ATTEMPTS_MAX):
-            posted = await self._clear_once(
-                request, card, program.id, program.clearing_account_id, fingerprint
-            )
+            posted = await self._clear_once(request, card, program, fingerprint)
             if posted.status is PostStatus.NO_BALANCE:
                 return pb.ClearResponse(response_code="51")  # no balance in the asset: unposted
             if posted.status is not PostStatus.CONFLICT:
@@ -429,42 +458,65 @@ class LifecycleService:
         raise InternalError("clearing could not be planned: its holds kept changing")
 
     async def _clear_once(
-        self, request: pb.ClearRequest, card: CardFacts, program_id: str,
-        clearing_account_id: str, fingerprint: bytes,
-    ) -> Posted:  # fmt: skip
+        self, request: pb.ClearRequest, card: CardFacts, program: ProgramRow, fingerprint: bytes
+    ) -> Posted:
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         now = self.clock.now()
         holds = []
         if request.network_reference:
             holds = await self.store.open_holds(card.card_id, request.network_reference, asset)
         plan = plan_clearing([h.open_hold() for h in holds], amount, final=request.final)
+        transaction_type = request.transaction_type or int(TransactionType.PURCHASE)
+        context = FeeContext(
+            Stage.CLEARING, transaction_type, request.channel, request.merchant.mcc,
+            is_international(program, request.merchant.country), asset, amount,
+        )  # fmt: skip
+        fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
         change = BalanceChange(
             card.account_id,
             asset,
-            actual_delta_minor=-amount,
+            actual_delta_minor=-(amount + fee),
             authorized_delta_minor=-plan.released_minor,
         )
-        entries: tuple[JournalEntry, ...] = ()
+        entries: list[JournalEntry] = []
         if amount:
-            entries = (
+            entries.append(
                 JournalEntry(
                     id=entry_id,
-                    program_id=program_id,
+                    program_id=program.id,
                     kind="CLEARING",
                     postings=(
                         Posting(card.account_id, asset, -amount),
-                        Posting(clearing_account_id, asset, amount),
+                        Posting(program.clearing_account_id, asset, amount),
                     ),
                     created_at=now,
                     source=request.source,
                     message_id=request.message_id,
                     description=request.merchant.name[:200],
-                ),
+                )
             )
+        if fee:
+            entries.append(self._fee_entry(program, card.account_id, asset, fee, now, request))
         releases = tuple(
             HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
         )
+        # Amount-based limits follow what settled; counts are never reduced at clearing.
+        # A matched clearing corrects the period of its first authorisation; an unmatched
+        # one counts in the current period.
+        settled = amount + fee
+        if plan.matched:
+            keys = next((h.usage_keys for h in holds if h.usage_keys), ())
+            usage = [(key, settled - plan.released_minor, 0) for key in keys]
+            expiry = dict.fromkeys(keys, now)  # the rows exist; their expiry is kept
+        else:
+            counters = await self.charges.limit_counters(
+                card.product_id, program, card_id=card.card_id, account_id=card.account_id,
+                transaction_type=transaction_type, asset=asset, at=now,
+            )  # fmt: skip
+            usage = [(c.key, settled, 0) for c in counters if c.key]
+            expiry = {c.key: c.expires_at or now for c in counters if c.key}
+        usage = [u for u in usage if u[1]]
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -475,14 +527,39 @@ class LifecycleService:
                 posted=_money(amount, asset),
                 balance=balance_message(asset, applied.balance),
                 decision_id=decision_id,
-                entry_id=entry_id if entries else "",
+                entry_id=entry_id if amount else "",
+                fee=_money(fee, asset),
             )
             record = self._decision(
                 "CLEARING", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
             )  # fmt: skip
+            payload = {
+                "source": request.source, "message_id": request.message_id,
+                "network_reference": request.network_reference, "matched": plan.matched,
+                "final": request.final, "amount_minor": amount, "released_minor":
+                plan.released_minor, "fee_minor": fee, "asset": asset,
+            }  # fmt: skip
+            notes = [
+                self._notification("CLEARING", program, card.account_id, card.card_id, payload, now)
+            ]
+            if fee:
+                notes.append(
+                    self._notification(
+                        "FEE", program, card.account_id, card.card_id,
+                        {**payload, "stage": "CLEARING", "fee_mode": "POSTED"}, now,
+                    )
+                )  # fmt: skip
             return LedgerWrite(
-                decision=record, releases=releases, entries=entries, balance_changes=(change,)
+                decision=record,
+                releases=releases,
+                entries=tuple(entries),
+                balance_changes=(change,),
+                usage=tuple(
+                    UsageChange(card.account_id, key, delta, uses, expiry[key])
+                    for key, delta, uses in usage
+                ),
+                notifications=tuple(notes),
             )
 
         return await self.poster.post(
@@ -491,6 +568,41 @@ class LifecycleService:
             message_id=request.message_id,
             fingerprint=fingerprint,
             build=build,
+            usage=usage,
+        )
+
+    def _fee_entry(
+        self, program: ProgramRow, account_id: str, asset: str, fee: int, now: datetime,
+        request: pb.ClearRequest,
+    ) -> JournalEntry:  # fmt: skip
+        return JournalEntry(
+            id=str(uuid.uuid4()),
+            program_id=program.id,
+            kind="FEE",
+            postings=(
+                Posting(account_id, asset, -fee),
+                Posting(program.fee_account_id, asset, fee),
+            ),
+            created_at=now,
+            source=request.source,
+            message_id=request.message_id,
+            description="clearing fee",
+        )
+
+    @staticmethod
+    def _notification(
+        kind: str, program: ProgramRow, account_id: str | None, card_id: str | None,
+        payload: dict[str, object], now: datetime,
+    ) -> Notification:  # fmt: skip
+        return Notification(
+            id=str(uuid.uuid4()),
+            program_id=program.id,
+            kind=kind,
+            payload=payload,
+            created_at=now,
+            account_id=account_id,
+            card_id=card_id,
+            sinks=program.sinks,
         )
 
     async def refund(self, request: pb.RefundRequest, canonical: bytes) -> pb.RefundResponse:
@@ -539,7 +651,17 @@ class LifecycleService:
                 "REFUND", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
             )  # fmt: skip
-            return LedgerWrite(decision=record, entries=(entry,), balance_changes=(change,))
+            payload = {
+                "source": request.source, "message_id": request.message_id,
+                "network_reference": request.network_reference, "amount_minor": amount,
+                "asset": asset,
+            }  # fmt: skip
+            note = self._notification(
+                "REFUND", program, card.account_id, card.card_id, payload, now
+            )
+            return LedgerWrite(
+                decision=record, entries=(entry,), balance_changes=(change,), notifications=(note,)
+            )
 
         posted = await self.poster.post(
             change,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -68,9 +68,10 @@ class Poster:
         message_id: str,
         fingerprint: bytes,
         build: Callable[[ApplyResult], LedgerWrite],
+        usage: Sequence[tuple[str, int, int]] = (),
     ) -> Posted:
-        """Apply ``change`` in Redis, then commit ``build(result)``; at most once per
-        (source, message_id)."""
+        """Apply ``change`` (and counter adjustments) in Redis, then commit
+        ``build(result)``; at most once per (source, message_id)."""
         for _ in range(CACHE_ATTEMPTS_MAX):
             with self.sync.in_flight(change.account_id):
                 try:
@@ -81,6 +82,7 @@ class Poster:
                         held_delta_minor=change.authorized_delta_minor,
                         requires_funds=change.requires_funds,
                         marker=(source, message_id, fingerprint),
+                        usage=usage,
                     )
                     if isinstance(result, ApplyResult):
                         if result.status == "NSF":
@@ -108,7 +110,10 @@ class Poster:
         written = await self.committer.submit(write)
         if written.status is WriteStatus.COMMITTED:
             return Posted(PostStatus.COMMITTED, written.decision, result.balance)
-        # Nothing of this change is durable: take it back out of the cache.
+        # Nothing of this change is durable: take it back out of the cache (counters, which
+        # the adjustment cannot reach, by a reload).
+        if write.usage:
+            self._spawn(self.sync.refresh(change.account_id, written.status.value))
         await self.cache.adjust(
             change.account_id,
             result.epoch,

@@ -541,6 +541,7 @@ class ClearRequest(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     MERCHANT_FIELD_NUMBER: _builtins.int
     TRANSACTION_TYPE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     message_id: _builtins.str
     network_reference: _builtins.str
@@ -549,6 +550,7 @@ class ClearRequest(_message.Message):
     final: _builtins.bool
     """The last clearing of the transaction: every remaining hold of it is released."""
     transaction_type: _common_pb2.TransactionType.ValueType
+    channel: _common_pb2.Channel.ValueType
     @_builtins.property
     def billing_amount(self) -> _common_pb2.Money:
         """The cleared amount in the billing asset; posted to the actual balance."""
@@ -569,10 +571,11 @@ class ClearRequest(_message.Message):
         final: _builtins.bool = ...,
         merchant: Global___Merchant | None = ...,
         transaction_type: _common_pb2.TransactionType.ValueType = ...,
+        channel: _common_pb2.Channel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "final", b"final", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "channel", b"channel", "final", b"final", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,6 +592,7 @@ class ClearResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
     response_code: _builtins.str
     matched: _builtins.bool
     """Whether open holds of the transaction were found."""
@@ -600,6 +604,10 @@ class ClearResponse(_message.Message):
     def posted(self) -> _common_pb2.Money: ...
     @_builtins.property
     def balance(self) -> _common_pb2.Balance: ...
+    @_builtins.property
+    def fee(self) -> _common_pb2.Money:
+        """The clearing fee, posted with the clearing (seed 004)."""
+
     def __init__(
         self,
         *,
@@ -610,10 +618,11 @@ class ClearResponse(_message.Message):
         balance: _common_pb2.Balance | None = ...,
         decision_id: _builtins.str = ...,
         entry_id: _builtins.str = ...,
+        fee: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "posted", b"posted", "released", b"released"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "fee", b"fee", "posted", b"posted", "released", b"released"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "entry_id", b"entry_id", "matched", b"matched", "posted", b"posted", "released", b"released", "response_code", b"response_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "entry_id", b"entry_id", "fee", b"fee", "matched", b"matched", "posted", b"posted", "released", b"released", "response_code", b"response_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -76,6 +76,82 @@ HOLD_STATUS_EXPIRED: HoldStatus.ValueType  # 4
 HOLD_STATUS_RELEASED: HoldStatus.ValueType  # 5
 Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
 
+class _FeeStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeeStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeeStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEE_STAGE_UNSPECIFIED: _FeeStage.ValueType  # 0
+    FEE_STAGE_AUTHORIZATION: _FeeStage.ValueType  # 1
+    FEE_STAGE_CLEARING: _FeeStage.ValueType  # 2
+
+class FeeStage(_FeeStage, metaclass=_FeeStageEnumTypeWrapper): ...
+
+FEE_STAGE_UNSPECIFIED: FeeStage.ValueType  # 0
+FEE_STAGE_AUTHORIZATION: FeeStage.ValueType  # 1
+FEE_STAGE_CLEARING: FeeStage.ValueType  # 2
+Global___FeeStage: _TypeAlias = FeeStage  # noqa: Y015
+
+class _FeeRegion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeeRegionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeeRegion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEE_REGION_UNSPECIFIED: _FeeRegion.ValueType  # 0
+    """Any merchant."""
+    FEE_REGION_DOMESTIC: _FeeRegion.ValueType  # 1
+    FEE_REGION_INTERNATIONAL: _FeeRegion.ValueType  # 2
+
+class FeeRegion(_FeeRegion, metaclass=_FeeRegionEnumTypeWrapper): ...
+
+FEE_REGION_UNSPECIFIED: FeeRegion.ValueType  # 0
+"""Any merchant."""
+FEE_REGION_DOMESTIC: FeeRegion.ValueType  # 1
+FEE_REGION_INTERNATIONAL: FeeRegion.ValueType  # 2
+Global___FeeRegion: _TypeAlias = FeeRegion  # noqa: Y015
+
+class _Period:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Period.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERIOD_UNSPECIFIED: _Period.ValueType  # 0
+    PERIOD_TRANSACTION: _Period.ValueType  # 1
+    PERIOD_DAY: _Period.ValueType  # 2
+    """A calendar day in the program's time zone."""
+    PERIOD_MONTH: _Period.ValueType  # 3
+    """A calendar month in the program's time zone."""
+
+class Period(_Period, metaclass=_PeriodEnumTypeWrapper): ...
+
+PERIOD_UNSPECIFIED: Period.ValueType  # 0
+PERIOD_TRANSACTION: Period.ValueType  # 1
+PERIOD_DAY: Period.ValueType  # 2
+"""A calendar day in the program's time zone."""
+PERIOD_MONTH: Period.ValueType  # 3
+"""A calendar month in the program's time zone."""
+Global___Period: _TypeAlias = Period  # noqa: Y015
+
+class _LimitSubject:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LimitSubjectEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LimitSubject.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIMIT_SUBJECT_UNSPECIFIED: _LimitSubject.ValueType  # 0
+    LIMIT_SUBJECT_CARD: _LimitSubject.ValueType  # 1
+    LIMIT_SUBJECT_ACCOUNT: _LimitSubject.ValueType  # 2
+
+class LimitSubject(_LimitSubject, metaclass=_LimitSubjectEnumTypeWrapper): ...
+
+LIMIT_SUBJECT_UNSPECIFIED: LimitSubject.ValueType  # 0
+LIMIT_SUBJECT_CARD: LimitSubject.ValueType  # 1
+LIMIT_SUBJECT_ACCOUNT: LimitSubject.ValueType  # 2
+Global___LimitSubject: _TypeAlias = LimitSubject  # noqa: Y015
+
 @_typing.final
 class CreateClientRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -122,11 +198,16 @@ class CreateProgramRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     name: _builtins.str
     mode: _common_pb2.LedgerMode.ValueType
     time_zone: _builtins.str
     """IANA time zone that daily and monthly periods of the program follow; default "UTC"."""
+    country: _builtins.str
+    """ISO 3166-1 alpha-2 home country: a merchant elsewhere makes a transaction international
+    for fee rules. Empty: every transaction is domestic.
+    """
     def __init__(
         self,
         *,
@@ -134,10 +215,11 @@ class CreateProgramRequest(_message.Message):
         name: _builtins.str = ...,
         mode: _common_pb2.LedgerMode.ValueType = ...,
         time_zone: _builtins.str = ...,
+        country: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "mode", b"mode", "name", b"name", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "country", b"country", "mode", b"mode", "name", b"name", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1134,3 +1216,400 @@ class ListAssetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAssetsResponse: _TypeAlias = ListAssetsResponse  # noqa: Y015
+
+@_typing.final
+class FeeRule(_message.Message):
+    """One fee rule. Every rule that matches a transaction applies; their fees add up. A fee is
+    flat_minor plus bps basis points of the amount (rounded half up to the minor unit), kept
+    within min_minor and max_minor.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPES_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    MCCS_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    FLAT_MINOR_FIELD_NUMBER: _builtins.int
+    BPS_FIELD_NUMBER: _builtins.int
+    MIN_MINOR_FIELD_NUMBER: _builtins.int
+    MAX_MINOR_FIELD_NUMBER: _builtins.int
+    ABOVE_MINOR_FIELD_NUMBER: _builtins.int
+    FREE_USES_FIELD_NUMBER: _builtins.int
+    FREE_PERIOD_FIELD_NUMBER: _builtins.int
+    ON_DECLINE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    stage: Global___FeeStage.ValueType
+    region: Global___FeeRegion.ValueType
+    asset: _builtins.str
+    """The rule charges in this asset, on transactions billed in it."""
+    flat_minor: _builtins.int
+    bps: _builtins.int
+    min_minor: _builtins.int
+    max_minor: _builtins.int
+    above_minor: _builtins.int
+    """Applies only to amounts above this."""
+    free_uses: _builtins.int
+    """Applies only after this many uses in free_period (per card)."""
+    free_period: Global___Period.ValueType
+    on_decline: _builtins.bool
+    """Charged on a declined request (declined for product, limits or funds) instead of an
+    approved one.
+    """
+    @_builtins.property
+    def transaction_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.TransactionType.ValueType]:
+        """Empty: every transaction type."""
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Channel.ValueType]:
+        """Empty: every channel."""
+
+    @_builtins.property
+    def mccs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every merchant category."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        stage: Global___FeeStage.ValueType = ...,
+        transaction_types: _abc.Iterable[_common_pb2.TransactionType.ValueType] | None = ...,
+        channels: _abc.Iterable[_common_pb2.Channel.ValueType] | None = ...,
+        region: Global___FeeRegion.ValueType = ...,
+        mccs: _abc.Iterable[_builtins.str] | None = ...,
+        asset: _builtins.str = ...,
+        flat_minor: _builtins.int = ...,
+        bps: _builtins.int = ...,
+        min_minor: _builtins.int = ...,
+        max_minor: _builtins.int | None = ...,
+        above_minor: _builtins.int | None = ...,
+        free_uses: _builtins.int = ...,
+        free_period: Global___Period.ValueType = ...,
+        on_decline: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_above_minor", b"_above_minor", "_max_minor", b"_max_minor", "above_minor", b"above_minor", "max_minor", b"max_minor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_above_minor", b"_above_minor", "_max_minor", b"_max_minor", "above_minor", b"above_minor", "asset", b"asset", "bps", b"bps", "channels", b"channels", "flat_minor", b"flat_minor", "free_period", b"free_period", "free_uses", b"free_uses", "max_minor", b"max_minor", "mccs", b"mccs", "min_minor", b"min_minor", "name", b"name", "on_decline", b"on_decline", "region", b"region", "stage", b"stage", "transaction_types", b"transaction_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__above_minor: _TypeAlias = _typing.Literal["above_minor"]  # noqa: Y015
+    _WhichOneofArgType__above_minor: _TypeAlias = _typing.Literal["_above_minor", b"_above_minor"]  # noqa: Y015
+    _WhichOneofReturnType__max_minor: _TypeAlias = _typing.Literal["max_minor"]  # noqa: Y015
+    _WhichOneofArgType__max_minor: _TypeAlias = _typing.Literal["_max_minor", b"_max_minor"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__above_minor) -> _WhichOneofReturnType__above_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_minor) -> _WhichOneofReturnType__max_minor | None: ...
+
+Global___FeeRule: _TypeAlias = FeeRule  # noqa: Y015
+
+@_typing.final
+class SetFeeScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """Default: now."""
+
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeeRule]: ...
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        rules: _abc.Iterable[Global___FeeRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "product_id", b"product_id", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFeeScheduleRequest: _TypeAlias = SetFeeScheduleRequest  # noqa: Y015
+
+@_typing.final
+class SetFeeScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFeeScheduleResponse: _TypeAlias = SetFeeScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ListFeeSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeeSchedulesRequest: _TypeAlias = ListFeeSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class FeeSchedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeeRule]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        rules: _abc.Iterable[Global___FeeRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "rules", b"rules", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeeSchedule: _TypeAlias = FeeSchedule  # noqa: Y015
+
+@_typing.final
+class ListFeeSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeeSchedule]: ...
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___FeeSchedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeeSchedulesResponse: _TypeAlias = ListFeeSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class Limit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPES_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    AMOUNT_MAX_MINOR_FIELD_NUMBER: _builtins.int
+    COUNT_MAX_FIELD_NUMBER: _builtins.int
+    limit_id: _builtins.str
+    subject: Global___LimitSubject.ValueType
+    period: Global___Period.ValueType
+    asset: _builtins.str
+    amount_max_minor: _builtins.int
+    """Declines 61 when exceeded (amounts include fees)."""
+    count_max: _builtins.int
+    """Declines 65 when exceeded; not for per-transaction limits."""
+    @_builtins.property
+    def transaction_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.TransactionType.ValueType]:
+        """Empty: every transaction type."""
+
+    def __init__(
+        self,
+        *,
+        limit_id: _builtins.str = ...,
+        subject: Global___LimitSubject.ValueType = ...,
+        period: Global___Period.ValueType = ...,
+        transaction_types: _abc.Iterable[_common_pb2.TransactionType.ValueType] | None = ...,
+        asset: _builtins.str = ...,
+        amount_max_minor: _builtins.int | None = ...,
+        count_max: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_count_max", b"_count_max", "amount_max_minor", b"amount_max_minor", "count_max", b"count_max"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_count_max", b"_count_max", "amount_max_minor", b"amount_max_minor", "asset", b"asset", "count_max", b"count_max", "limit_id", b"limit_id", "period", b"period", "subject", b"subject", "transaction_types", b"transaction_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_max_minor: _TypeAlias = _typing.Literal["amount_max_minor"]  # noqa: Y015
+    _WhichOneofArgType__amount_max_minor: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor"]  # noqa: Y015
+    _WhichOneofReturnType__count_max: _TypeAlias = _typing.Literal["count_max"]  # noqa: Y015
+    _WhichOneofArgType__count_max: _TypeAlias = _typing.Literal["_count_max", b"_count_max"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_max_minor) -> _WhichOneofReturnType__amount_max_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count_max) -> _WhichOneofReturnType__count_max | None: ...
+
+Global___Limit: _TypeAlias = Limit  # noqa: Y015
+
+@_typing.final
+class CreateLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    @_builtins.property
+    def limit(self) -> Global___Limit: ...
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        limit: Global___Limit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateLimitRequest: _TypeAlias = CreateLimitRequest  # noqa: Y015
+
+@_typing.final
+class CreateLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_ID_FIELD_NUMBER: _builtins.int
+    limit_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        limit_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_id", b"limit_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateLimitResponse: _TypeAlias = CreateLimitResponse  # noqa: Y015
+
+@_typing.final
+class ListLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLimitsRequest: _TypeAlias = ListLimitsRequest  # noqa: Y015
+
+@_typing.final
+class ListLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Limit]: ...
+    def __init__(
+        self,
+        *,
+        limits: _abc.Iterable[Global___Limit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLimitsResponse: _TypeAlias = ListLimitsResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """L:<limit>:<card or account>:<period> or F:<fee rule>:<card>:<period>."""
+    amount_minor: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        amount_minor: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "count", b"count", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___Usage]: ...
+    def __init__(
+        self,
+        *,
+        usage: _abc.Iterable[Global___Usage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015

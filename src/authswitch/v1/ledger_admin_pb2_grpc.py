@@ -126,6 +126,31 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsResponse.FromString,
                 _registered_method=True)
+        self.SetFeeSchedule = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetFeeSchedule',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFeeScheduleRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFeeScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListFeeSchedules = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListFeeSchedules',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFeeSchedulesRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFeeSchedulesResponse.FromString,
+                _registered_method=True)
+        self.CreateLimit = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/CreateLimit',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateLimitRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateLimitResponse.FromString,
+                _registered_method=True)
+        self.ListLimits = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListLimits',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListLimitsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListLimitsResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/GetUsage',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerAdminServiceServicer:
@@ -249,6 +274,39 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetFeeSchedule(self, request, context):
+        """Adds a version of a product's fee schedule, in force from effective_from (seed 004).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeeSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLimit(self, request, context):
+        """Adds an amount or count limit to a product's cards or accounts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """The live counters (limits, free uses) of an account and its cards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -341,6 +399,31 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.ListAssets,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsResponse.SerializeToString,
+            ),
+            'SetFeeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFeeSchedule,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFeeScheduleRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFeeScheduleResponse.SerializeToString,
+            ),
+            'ListFeeSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeeSchedules,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFeeSchedulesRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFeeSchedulesResponse.SerializeToString,
+            ),
+            'CreateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLimit,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateLimitRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateLimitResponse.SerializeToString,
+            ),
+            'ListLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLimits,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListLimitsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListLimitsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -831,6 +914,141 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/ListAssets',
             authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.ListAssetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFeeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetFeeSchedule',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetFeeScheduleRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetFeeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeeSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListFeeSchedules',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListFeeSchedulesRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListFeeSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/CreateLimit',
+            authswitch_dot_v1_dot_ledger__admin__pb2.CreateLimitRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.CreateLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListLimits',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListLimitsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/GetUsage',
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,14 @@ class LedgerAdminServiceStub:
     RegisterAsset: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]
     """Adds an asset (fiat, crypto, commodity) with its exponent to the registry."""
     ListAssets: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAssetsRequest, _ledger_admin_pb2.ListAssetsResponse]
+    SetFeeSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFeeScheduleRequest, _ledger_admin_pb2.SetFeeScheduleResponse]
+    """Adds a version of a product's fee schedule, in force from effective_from (seed 004)."""
+    ListFeeSchedules: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFeeSchedulesRequest, _ledger_admin_pb2.ListFeeSchedulesResponse]
+    CreateLimit: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateLimitRequest, _ledger_admin_pb2.CreateLimitResponse]
+    """Adds an amount or count limit to a product's cards or accounts."""
+    ListLimits: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]
+    """The live counters (limits, free uses) of an account and its cards."""
 
 @_typing.type_check_only
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
@@ -97,6 +105,14 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     RegisterAsset: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]  # type: ignore[assignment]
     """Adds an asset (fiat, crypto, commodity) with its exponent to the registry."""
     ListAssets: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAssetsRequest, _ledger_admin_pb2.ListAssetsResponse]  # type: ignore[assignment]
+    SetFeeSchedule: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFeeScheduleRequest, _ledger_admin_pb2.SetFeeScheduleResponse]  # type: ignore[assignment]
+    """Adds a version of a product's fee schedule, in force from effective_from (seed 004)."""
+    ListFeeSchedules: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFeeSchedulesRequest, _ledger_admin_pb2.ListFeeSchedulesResponse]  # type: ignore[assignment]
+    CreateLimit: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateLimitRequest, _ledger_admin_pb2.CreateLimitResponse]  # type: ignore[assignment]
+    """Adds an amount or count limit to a product's cards or accounts."""
+    ListLimits: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]  # type: ignore[assignment]
+    GetUsage: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """The live counters (limits, free uses) of an account and its cards."""
 
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
@@ -237,5 +253,43 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.ListAssetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.ListAssetsResponse, _abc.Awaitable[_ledger_admin_pb2.ListAssetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetFeeSchedule(
+        self,
+        request: _ledger_admin_pb2.SetFeeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetFeeScheduleResponse, _abc.Awaitable[_ledger_admin_pb2.SetFeeScheduleResponse]]:
+        """Adds a version of a product's fee schedule, in force from effective_from (seed 004)."""
+
+    @_abc_1.abstractmethod
+    def ListFeeSchedules(
+        self,
+        request: _ledger_admin_pb2.ListFeeSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListFeeSchedulesResponse, _abc.Awaitable[_ledger_admin_pb2.ListFeeSchedulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateLimit(
+        self,
+        request: _ledger_admin_pb2.CreateLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.CreateLimitResponse, _abc.Awaitable[_ledger_admin_pb2.CreateLimitResponse]]:
+        """Adds an amount or count limit to a product's cards or accounts."""
+
+    @_abc_1.abstractmethod
+    def ListLimits(
+        self,
+        request: _ledger_admin_pb2.ListLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListLimitsResponse, _abc.Awaitable[_ledger_admin_pb2.ListLimitsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _ledger_admin_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.GetUsageResponse, _abc.Awaitable[_ledger_admin_pb2.GetUsageResponse]]:
+        """The live counters (limits, free uses) of an account and its cards."""
 
 def add_LedgerAdminServiceServicer_to_server(servicer: LedgerAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -13,6 +14,9 @@ import grpc
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import AuthorizationRequest, CardStatus
+from authswitch.domain.fees import FeeRule, Region, Stage
+from authswitch.domain.limits import Limit, Period, Subject
+from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.errors import RequestError
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
@@ -146,8 +150,9 @@ class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
         if mode is None:
             raise RequestError("mode must be LEDGER_MODE_ON_LEDGER or LEDGER_MODE_OFF_LEDGER")
         program_id = await self.service.create_program(
-            request.client_id, request.name, mode, request.time_zone, actor=_actor(context)
-        )
+            request.client_id, request.name, mode, request.time_zone, request.country,
+            actor=_actor(context),
+        )  # fmt: skip
         return ledger_admin_pb2.CreateProgramResponse(program_id=program_id)
 
     @grpc_errors
@@ -384,6 +389,184 @@ class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
                 for a in assets
             ]
         )
+
+    @grpc_errors
+    async def SetFeeSchedule(  # noqa: N802
+        self, request: ledger_admin_pb2.SetFeeScheduleRequest, context: Context
+    ) -> ledger_admin_pb2.SetFeeScheduleResponse:
+        effective = None
+        if request.HasField("effective_from"):
+            effective = request.effective_from.ToDatetime(tzinfo=UTC)
+        version = await self.service.set_fee_schedule(
+            request.product_id,
+            effective,
+            [_fee_rule(rule) for rule in request.rules],
+            actor=_actor(context),
+        )
+        return ledger_admin_pb2.SetFeeScheduleResponse(version=version)
+
+    @grpc_errors
+    async def ListFeeSchedules(  # noqa: N802
+        self, request: ledger_admin_pb2.ListFeeSchedulesRequest, context: Context
+    ) -> ledger_admin_pb2.ListFeeSchedulesResponse:
+        await self.service.catalog.product(request.product_id)
+        response = ledger_admin_pb2.ListFeeSchedulesResponse()
+        for schedule in await self.service.store.fee_schedules(request.product_id):
+            entry = response.schedules.add(
+                version=schedule.version, rules=[_fee_rule_message(r) for r in schedule.rules]
+            )
+            entry.effective_from.FromDatetime(schedule.effective_from)
+        return response
+
+    @grpc_errors
+    async def CreateLimit(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateLimitRequest, context: Context
+    ) -> ledger_admin_pb2.CreateLimitResponse:
+        limit_id = await self.service.create_limit(
+            request.product_id, _limit(request.limit), actor=_actor(context)
+        )
+        return ledger_admin_pb2.CreateLimitResponse(limit_id=limit_id)
+
+    @grpc_errors
+    async def ListLimits(  # noqa: N802
+        self, request: ledger_admin_pb2.ListLimitsRequest, context: Context
+    ) -> ledger_admin_pb2.ListLimitsResponse:
+        await self.service.catalog.product(request.product_id)
+        limits = await self.service.store.limits(request.product_id)
+        return ledger_admin_pb2.ListLimitsResponse(limits=[_limit_message(x) for x in limits])
+
+    @grpc_errors
+    async def GetUsage(  # noqa: N802
+        self, request: ledger_admin_pb2.GetUsageRequest, context: Context
+    ) -> ledger_admin_pb2.GetUsageResponse:
+        rows = await self.service.store.usage(request.account_id, self.service.clock.now())
+        return ledger_admin_pb2.GetUsageResponse(
+            usage=[ledger_admin_pb2.Usage(key=k, amount_minor=a, count=c) for k, a, c in rows]
+        )
+
+
+def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:
+    """The domain rule of a wire rule; bad values are a RequestError."""
+    stage = {
+        ledger_admin_pb2.FEE_STAGE_AUTHORIZATION: Stage.AUTHORIZATION,
+        ledger_admin_pb2.FEE_STAGE_CLEARING: Stage.CLEARING,
+    }.get(message.stage)
+    if stage is None:
+        raise RequestError("a fee rule needs a stage")
+    region = {
+        ledger_admin_pb2.FEE_REGION_UNSPECIFIED: Region.ANY,
+        ledger_admin_pb2.FEE_REGION_DOMESTIC: Region.DOMESTIC,
+        ledger_admin_pb2.FEE_REGION_INTERNATIONAL: Region.INTERNATIONAL,
+    }.get(message.region)
+    free_period = {
+        ledger_admin_pb2.PERIOD_UNSPECIFIED: "",
+        ledger_admin_pb2.PERIOD_DAY: "DAY",
+        ledger_admin_pb2.PERIOD_MONTH: "MONTH",
+    }.get(message.free_period)
+    if region is None or free_period is None:
+        raise RequestError("a fee rule has an unknown region or free_period")
+    if (message.free_uses > 0) != bool(free_period):
+        raise RequestError("free_uses and free_period go together (a day or a month)")
+    numbers = (message.flat_minor, message.min_minor, message.free_uses)
+    if any(n < 0 for n in numbers) or not 0 <= message.bps <= 10_000:
+        raise RequestError("fee amounts must not be negative and bps must be 0..10000")
+    if message.flat_minor > AMOUNT_MAX_MINOR or message.min_minor > AMOUNT_MAX_MINOR:
+        raise RequestError("fee amounts are too large")
+    max_minor = message.max_minor if message.HasField("max_minor") else None
+    above_minor = message.above_minor if message.HasField("above_minor") else None
+    if (max_minor is not None and max_minor < 0) or (above_minor is not None and above_minor < 0):
+        raise RequestError("max_minor and above_minor must not be negative")
+    return FeeRule(
+        id=str(uuid.uuid4()),
+        stage=stage,
+        asset=message.asset,
+        flat_minor=message.flat_minor,
+        bps=message.bps,
+        min_minor=message.min_minor,
+        max_minor=max_minor,
+        above_minor=above_minor,
+        free_uses=message.free_uses,
+        free_period=free_period,
+        on_decline=message.on_decline,
+        transaction_types=frozenset(message.transaction_types),
+        channels=frozenset(message.channels),
+        region=region,
+        mccs=frozenset(message.mccs),
+        name=message.name[:200],
+    )
+
+
+def _fee_rule_message(rule: FeeRule) -> ledger_admin_pb2.FeeRule:
+    message = ledger_admin_pb2.FeeRule(
+        name=rule.name,
+        stage=ledger_admin_pb2.FeeStage.Value(f"FEE_STAGE_{rule.stage.value}"),
+        transaction_types=sorted(rule.transaction_types),  # type: ignore[arg-type]
+        channels=sorted(rule.channels),  # type: ignore[arg-type]
+        region={
+            Region.ANY: ledger_admin_pb2.FEE_REGION_UNSPECIFIED,
+            Region.DOMESTIC: ledger_admin_pb2.FEE_REGION_DOMESTIC,
+            Region.INTERNATIONAL: ledger_admin_pb2.FEE_REGION_INTERNATIONAL,
+        }[rule.region],
+        mccs=sorted(rule.mccs),
+        asset=rule.asset,
+        flat_minor=rule.flat_minor,
+        bps=rule.bps,
+        min_minor=rule.min_minor,
+        free_uses=rule.free_uses,
+        free_period=ledger_admin_pb2.Period.Value(f"PERIOD_{rule.free_period or 'UNSPECIFIED'}"),
+        on_decline=rule.on_decline,
+    )
+    if rule.max_minor is not None:
+        message.max_minor = rule.max_minor
+    if rule.above_minor is not None:
+        message.above_minor = rule.above_minor
+    return message
+
+
+def _limit(message: ledger_admin_pb2.Limit) -> Limit:
+    subject = {
+        ledger_admin_pb2.LIMIT_SUBJECT_CARD: Subject.CARD,
+        ledger_admin_pb2.LIMIT_SUBJECT_ACCOUNT: Subject.ACCOUNT,
+    }.get(message.subject)
+    period = {
+        ledger_admin_pb2.PERIOD_TRANSACTION: Period.TRANSACTION,
+        ledger_admin_pb2.PERIOD_DAY: Period.DAY,
+        ledger_admin_pb2.PERIOD_MONTH: Period.MONTH,
+    }.get(message.period)
+    if subject is None or period is None:
+        raise RequestError("a limit needs a subject (card or account) and a period")
+    amount_max = message.amount_max_minor if message.HasField("amount_max_minor") else None
+    count_max = message.count_max if message.HasField("count_max") else None
+    if amount_max is None and count_max is None:
+        raise RequestError("a limit caps an amount, a count, or both")
+    if (amount_max is not None and amount_max < 0) or (count_max is not None and count_max < 0):
+        raise RequestError("limit maxima must not be negative")
+    if period is Period.TRANSACTION and count_max is not None:
+        raise RequestError("a per-transaction limit caps the amount only")
+    return Limit(
+        id=str(uuid.uuid4()),
+        subject=subject,
+        period=period,
+        asset=message.asset,
+        amount_max_minor=amount_max,
+        count_max=count_max,
+        transaction_types=frozenset(message.transaction_types),
+    )
+
+
+def _limit_message(limit: Limit) -> ledger_admin_pb2.Limit:
+    message = ledger_admin_pb2.Limit(
+        limit_id=limit.id,
+        subject=ledger_admin_pb2.LimitSubject.Value(f"LIMIT_SUBJECT_{limit.subject.value}"),
+        period=ledger_admin_pb2.Period.Value(f"PERIOD_{limit.period.value}"),
+        transaction_types=sorted(limit.transaction_types),  # type: ignore[arg-type]
+        asset=limit.asset,
+    )
+    if limit.amount_max_minor is not None:
+        message.amount_max_minor = limit.amount_max_minor
+    if limit.count_max is not None:
+        message.count_max = limit.count_max
+    return message
 
 
 def _page_size(requested: int, *, default: int, maximum: int) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -32,7 +33,13 @@ import asyncpg
 from authswitch import metrics
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.ledger import Balance, admit_in_order
-from authswitch.domain.records import CardUpdate, DecisionRecord, LedgerWrite
+from authswitch.domain.records import (
+    CardUpdate,
+    DecisionRecord,
+    LedgerWrite,
+    Notification,
+    UsageChange,
+)
 from authswitch.errors import Overloaded, StoreUnavailable
 
 __all__ = ["GroupCommitter", "StoredDecision", "WriteResult", "WriteStatus"]
@@ -428,6 +435,62 @@ async def _check_holds(conn: Connection, writes: list[tuple[int, LedgerWrite]]) 
     return conflicts
 
 
+async def _write_usage(conn: Connection, changes: list[UsageChange]) -> None:
+    if not changes:
+        return
+    totals: dict[tuple[str, str], list[Any]] = {}
+    for change in changes:
+        total = totals.setdefault((change.account_id, change.key), [0, 0, change.expires_at])
+        total[0] += change.amount_minor
+        total[1] += change.count
+        total[2] = max(total[2], change.expires_at)
+    await conn.execute(
+        """INSERT INTO limit_usage AS u (account_id, key, amount_minor, count, expires_at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int4[],
+                                $5::timestamptz[])
+           ON CONFLICT (account_id, key) DO UPDATE SET
+               amount_minor = u.amount_minor + EXCLUDED.amount_minor,
+               count = u.count + EXCLUDED.count,
+               expires_at = GREATEST(u.expires_at, EXCLUDED.expires_at)""",
+        [k[0] for k in totals],
+        [k[1] for k in totals],
+        [v[0] for v in totals.values()],
+        [v[1] for v in totals.values()],
+        [v[2] for v in totals.values()],
+    )
+
+
+async def _write_notifications(conn: Connection, notifications: list[Notification]) -> None:
+    """The outbox rows, and one delivery per sink, ordered per account by ``seq``."""
+    if not notifications:
+        return
+    await conn.execute(
+        """INSERT INTO notifications (id, program_id, account_id, card_id, kind, payload,
+               created_at)
+           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                $6::jsonb[], $7::timestamptz[])""",
+        [n.id for n in notifications],
+        [n.program_id for n in notifications],
+        [n.account_id for n in notifications],
+        [n.card_id for n in notifications],
+        [n.kind for n in notifications],
+        [json.dumps(n.payload, sort_keys=True) for n in notifications],
+        [n.created_at for n in notifications],
+    )
+    deliveries = [(n, sink) for n in notifications for sink in n.sinks]
+    if deliveries:
+        await conn.execute(
+            """INSERT INTO notification_deliveries (notification_id, sink, program_id,
+                   ordering_key, seq, next_attempt_at)
+               SELECT n.id, d.sink, n.program_id, d.ordering_key, n.seq, n.created_at
+               FROM unnest($1::uuid[], $2::text[], $3::text[]) AS d(id, sink, ordering_key)
+               JOIN notifications n ON n.id = d.id""",
+            [n.id for n, _ in deliveries],
+            [sink for _, sink in deliveries],
+            [n.account_id or n.card_id or n.program_id for n, _ in deliveries],
+        )
+
+
 async def _insert_hold_events(
     conn: Connection, events: list[tuple[str, str, str, str, int, datetime]]
 ) -> None:
@@ -461,16 +524,19 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
         rows = await conn.fetch(
             """INSERT INTO holds AS t (id, account_id, asset, card_id, source, message_id,
                    network_reference, amount_minor, original_minor, fee_minor, status,
-                   expires_at, created_at, kind)
+                   expires_at, created_at, kind, usage_keys)
                SELECT id, account_id, asset, card_id, source, message_id, network_reference,
-                      amount, amount, fee, 'OPEN', expires_at, created_at, kind
+                      amount, amount, fee, 'OPEN', expires_at, created_at, kind,
+                      coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{}')
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],
                            $6::text[], $7::text[], $8::int8[], $9::int8[],
-                           $10::timestamptz[], $11::timestamptz[], $12::text[])
+                           $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[])
                     AS h(id, account_id, asset, card_id, source, message_id,
-                         network_reference, amount, fee, expires_at, created_at, kind)
+                         network_reference, amount, fee, expires_at, created_at, kind,
+                         usage_keys)
                ON CONFLICT (source, message_id) DO UPDATE SET
                    kind = EXCLUDED.kind,
+                   usage_keys = EXCLUDED.usage_keys,
                    id = EXCLUDED.id,
                    account_id = EXCLUDED.account_id,
                    asset = EXCLUDED.asset,
@@ -507,6 +573,8 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             [h.expires_at for h in holds],
             [h.created_at for h in holds],
             [h.kind for h in holds],
+            # text[][] cannot be unnested into rows of arrays: keys travel space-joined.
+            [" ".join(h.usage_keys) for h in holds],
         )
         assert len(rows) == len(holds), "a hold key was taken by a hold, not a tombstone"
         final = {(r[0], r[1]): r[2] for r in rows}
@@ -621,6 +689,9 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             [p.amount_minor for _, p in postings],
             [e.created_at for e, _ in postings],
         )
+
+    await _write_usage(conn, [u for w in writes for u in w.usage])
+    await _write_notifications(conn, [n for w in writes for n in w.notifications])
 
     merged: dict[str, CardUpdate] = {}
     for write in writes:

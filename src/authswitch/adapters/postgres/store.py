@@ -6,6 +6,7 @@ All SQL is parameterised; no value is ever formatted into a statement.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,8 +16,10 @@ import asyncpg
 from authswitch.adapters.postgres.committer import StoredDecision
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.authorization import CardFacts, CardState, CardStatus, ProductRules
+from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
 from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import OpenHold
+from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import Asset, AssetCategory
 from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed
 
@@ -32,6 +35,10 @@ class ProgramRow:
     time_zone: str
     clearing_account_id: str
     fee_account_id: str
+    country: str = ""
+    # Where the program's notifications go ("client", "webhook"); set by the off-ledger
+    # routing and notification settings of the program.
+    sinks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,7 @@ class HoldRow:
     created_at: datetime
     expires_at: datetime
     ended_at: datetime | None
+    usage_keys: tuple[str, ...] = ()
 
     def open_hold(self) -> OpenHold:
         return OpenHold(self.id, self.amount_minor, self.created_at)
@@ -70,7 +78,7 @@ class HoldRow:
 # A constant, formatted into the holds queries below (never a value: values are parameters).
 _HOLD_COLUMNS = """id::text, account_id::text, asset, card_id::text, source, message_id,
     network_reference, amount_minor, original_minor, status, tombstone, created_at,
-    expires_at, ended_at"""
+    expires_at, ended_at, usage_keys"""
 
 
 def _holds_where(condition: str) -> str:
@@ -89,8 +97,6 @@ class AccountRow:
 
 def _uuid(value: str, what: str) -> str:
     """Reject ids that are not UUIDs before they reach SQL (a clear NotFound, not a 500)."""
-    import uuid
-
     try:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):
@@ -123,7 +129,7 @@ class CatalogStore:
     async def program(self, program_id: str) -> ProgramRow:
         row = await self.pool.fetchrow(
             """SELECT p.id::text, p.client_id::text, p.name, p.mode, p.time_zone,
-                      c.id::text AS clearing, f.id::text AS fee
+                      c.id::text AS clearing, f.id::text AS fee, p.country
                FROM programs p
                JOIN accounts c ON c.program_id = p.id AND c.kind = 'CLEARING'
                JOIN accounts f ON f.program_id = p.id AND f.kind = 'FEE_INCOME'
@@ -172,9 +178,9 @@ class CatalogStore:
         return AccountRow(*row)
 
     async def account_state(
-        self, account_id: str
-    ) -> tuple[dict[str, Balance], dict[str, CardState]]:
-        """Balances and card states of an account, from one snapshot."""
+        self, account_id: str, now: datetime
+    ) -> tuple[dict[str, Balance], dict[str, CardState], dict[str, tuple[int, int]]]:
+        """Balances, card states and live counters of an account, from one snapshot."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             balance_rows = await conn.fetch(
                 "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
@@ -185,9 +191,16 @@ class CatalogStore:
                    FROM cards WHERE account_id = $1""",
                 account_id,
             )
+            usage_rows = await conn.fetch(
+                """SELECT key, amount_minor, count FROM limit_usage
+                   WHERE account_id = $1 AND expires_at > $2""",
+                account_id,
+                now,
+            )
         balances = {r[0]: Balance(r[1], r[2]) for r in balance_rows}
         cards = {r[0]: _card_state(r) for r in card_rows}
-        return balances, cards
+        usage = {r[0]: (r[1], r[2]) for r in usage_rows}
+        return balances, cards, usage
 
     async def card_state(self, card_id: str) -> tuple[str, CardState] | None:
         """(account id, state) of one card."""
@@ -225,7 +238,7 @@ class CatalogStore:
             source,
             message_id,
         )
-        return None if row is None else HoldRow(*row)
+        return None if row is None else _hold_row(row)
 
     async def hold(self, hold_id: str) -> HoldRow:
         row = await self.pool.fetchrow(
@@ -234,7 +247,7 @@ class CatalogStore:
         )
         if row is None:
             raise NotFound(f"hold {hold_id} does not exist")
-        return HoldRow(*row)
+        return _hold_row(row)
 
     async def open_holds(self, card_id: str, network_reference: str, asset: str) -> list[HoldRow]:
         """The open holds of one transaction of a card."""
@@ -247,7 +260,7 @@ class CatalogStore:
             network_reference,
             asset,
         )
-        return [HoldRow(*r) for r in rows]
+        return [_hold_row(r) for r in rows]
 
     async def expired_holds(self, now: datetime, limit: int) -> list[HoldRow]:
         rows = await self.pool.fetch(
@@ -255,7 +268,7 @@ class CatalogStore:
             now,
             limit,
         )
-        return [HoldRow(*r) for r in rows]
+        return [_hold_row(r) for r in rows]
 
     async def holds_of_account(
         self, account_id: str, *, open_only: bool, limit: int
@@ -270,7 +283,7 @@ class CatalogStore:
             open_only,
             limit,
         )
-        return [HoldRow(*r) for r in rows]
+        return [_hold_row(r) for r in rows]
 
     async def decision_exists(self, source: str, message_id: str) -> bool:
         found = await self.pool.fetchval(
@@ -342,6 +355,7 @@ class CatalogStore:
         name: str,
         mode: str,
         time_zone: str,
+        country: str,
         clearing_account_id: str,
         fee_account_id: str,
         actor: str,
@@ -353,13 +367,14 @@ class CatalogStore:
             if not exists:
                 raise NotFound(f"client {client_id} does not exist")
             await conn.execute(
-                """INSERT INTO programs (id, client_id, name, mode, time_zone)
-                   VALUES ($1, $2, $3, $4, $5)""",
+                """INSERT INTO programs (id, client_id, name, mode, time_zone, country)
+                   VALUES ($1, $2, $3, $4, $5, $6)""",
                 program_id,
                 client_id,
                 name,
                 mode,
                 time_zone,
+                country,
             )
             await conn.executemany(
                 """INSERT INTO accounts (id, program_id, kind, account_type, name)
@@ -616,9 +631,151 @@ class CatalogStore:
                 {"category": asset.category.value, "exponent": asset.exponent},
             )  # fmt: skip
 
+    async def fee_schedules(self, product_id: str) -> list[FeeSchedule]:
+        rows = await self.pool.fetch(
+            """SELECT s.version, s.effective_from, r.id::text AS rule_id, r.name, r.stage,
+                      r.transaction_types, r.channels, r.region, r.mccs, r.asset, r.flat_minor,
+                      r.bps, r.min_minor, r.max_minor, r.above_minor, r.free_uses,
+                      r.free_period, r.on_decline
+               FROM fee_schedules s LEFT JOIN fee_rules r ON r.schedule_id = s.id
+               WHERE s.product_id = $1
+               ORDER BY s.version, r.position""",
+            _uuid(product_id, "product"),
+        )
+        by_version: dict[int, tuple[datetime, list[FeeRule]]] = {}
+        for r in rows:
+            _, rules = by_version.setdefault(r["version"], (r["effective_from"], []))
+            if r["rule_id"] is None:
+                continue
+            rules.append(
+                FeeRule(
+                    id=r["rule_id"],
+                    stage=Stage(r["stage"]),
+                    asset=r["asset"],
+                    flat_minor=r["flat_minor"],
+                    bps=r["bps"],
+                    min_minor=r["min_minor"],
+                    max_minor=r["max_minor"],
+                    above_minor=r["above_minor"],
+                    free_uses=r["free_uses"],
+                    free_period=r["free_period"],
+                    on_decline=r["on_decline"],
+                    transaction_types=frozenset(r["transaction_types"]),
+                    channels=frozenset(r["channels"]),
+                    region=Region(r["region"]),
+                    mccs=frozenset(r["mccs"]),
+                    name=r["name"],
+                )
+            )
+        return [FeeSchedule(v, at, tuple(rules)) for v, (at, rules) in sorted(by_version.items())]
+
+    async def add_fee_schedule(
+        self, product_id: str, effective_from: datetime, rules: list[FeeRule], actor: str
+    ) -> int:
+        """Store a new version of the product's schedule; returns its version number."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM products WHERE id = $1 FOR UPDATE", _uuid(product_id, "product")
+            )
+            version = await conn.fetchval(
+                "SELECT coalesce(max(version), 0) + 1 FROM fee_schedules WHERE product_id = $1",
+                product_id,
+            )
+            schedule_id = str(uuid.uuid4())
+            await conn.execute(
+                """INSERT INTO fee_schedules (id, product_id, version, effective_from)
+                   VALUES ($1, $2, $3, $4)""",
+                schedule_id,
+                product_id,
+                version,
+                effective_from,
+            )
+            await conn.executemany(
+                """INSERT INTO fee_rules (id, schedule_id, position, name, stage,
+                       transaction_types, channels, region, mccs, asset, flat_minor, bps,
+                       min_minor, max_minor, above_minor, free_uses, free_period, on_decline)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                           $16, $17, $18)""",
+                [_fee_rule_row(rule, schedule_id, n) for n, rule in enumerate(rules)],
+            )
+            await _audit(
+                conn, actor, "add_fee_schedule", product_id,
+                {"version": version, "effective_from": effective_from.isoformat(),
+                 "rules": len(rules)},
+            )  # fmt: skip
+        return int(version)
+
+    async def limits(self, product_id: str) -> list[Limit]:
+        rows = await self.pool.fetch(
+            """SELECT id::text, subject, period, asset, amount_max_minor, count_max,
+                      transaction_types
+               FROM limits WHERE product_id = $1 ORDER BY created_at, id""",
+            _uuid(product_id, "product"),
+        )
+        return [
+            Limit(
+                id=r[0],
+                subject=Subject(r[1]),
+                period=Period(r[2]),
+                asset=r[3],
+                amount_max_minor=r[4],
+                count_max=r[5],
+                transaction_types=frozenset(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def add_limit(self, product_id: str, limit: Limit, actor: str) -> None:
+        await self.product(product_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO limits (id, product_id, subject, period, transaction_types, asset,
+                       amount_max_minor, count_max)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                limit.id,
+                product_id,
+                limit.subject.value,
+                limit.period.value,
+                sorted(limit.transaction_types),
+                limit.asset,
+                limit.amount_max_minor,
+                limit.count_max,
+            )
+            await _audit(
+                conn, actor, "add_limit", limit.id,
+                {"product_id": product_id, "subject": limit.subject.value,
+                 "period": limit.period.value, "amount_max_minor": limit.amount_max_minor,
+                 "count_max": limit.count_max},
+            )  # fmt: skip
+
+    async def usage(self, account_id: str, now: datetime) -> list[tuple[str, int, int]]:
+        await self.account(account_id)
+        rows = await self.pool.fetch(
+            """SELECT key, amount_minor, count FROM limit_usage
+               WHERE account_id = $1 AND expires_at > $2 ORDER BY key""",
+            account_id,
+            now,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
         async with self.pool.acquire() as conn:
             await _audit(conn, actor, action, subject_id, detail)
+
+
+def _hold_row(row: Any) -> HoldRow:
+    values = dict(row)
+    values["usage_keys"] = tuple(values["usage_keys"])
+    return HoldRow(**values)
+
+
+def _fee_rule_row(rule: FeeRule, schedule_id: str, position: int) -> tuple[Any, ...]:
+    return (
+        rule.id, schedule_id, position, rule.name, rule.stage.value,
+        sorted(rule.transaction_types), sorted(rule.channels), rule.region.value,
+        sorted(rule.mccs), rule.asset, rule.flat_minor, rule.bps, rule.min_minor,
+        rule.max_minor, rule.above_minor, rule.free_uses, rule.free_period, rule.on_decline,
+    )  # fmt: skip
 
 
 def _card_state(row: Any) -> CardState:

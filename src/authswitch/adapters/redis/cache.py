@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from authswitch.domain.authorization import CardState, PreChecks
+from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
 
@@ -84,13 +84,19 @@ class AuthorizeOutcome:
     pin_tries_changed: bool
     pin_blocked_now: bool
     pin_changed: bool
+    fee_mode: FeeMode = FeeMode.NONE
 
     @property
     def held_minor(self) -> int:
         """What the decision added to the authorised balance."""
         if self.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED):
-            return self.approved_minor + self.fee_minor
+            return self.approved_minor + (self.fee_minor if self.fee_mode is FeeMode.HELD else 0)
         return 0
+
+    @property
+    def posted_fee_minor(self) -> int:
+        """A fee debited from the actual balance (zero-value or declined request)."""
+        return self.fee_minor if self.fee_mode is FeeMode.POSTED else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,7 @@ class AccountSnapshot:
     account_id: str
     balances: dict[str, Balance]
     cards: dict[str, CardState]
+    usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # counter -> (amount, count)
 
 
 def _card_fields(card_id: str, card: CardState) -> list[bytes | str | int]:
@@ -162,13 +169,13 @@ class LedgerCache:
         card_id: str,
         asset: str,
         amount_minor: int,
-        fee_minor: int,
         partial_allowed: bool,
         zero_value: bool,
         pre: PreChecks,
         source: str,
         message_id: str,
         fingerprint: bytes,
+        charges: Charges = NO_CHARGES,
     ) -> AuthorizeOutcome | Miss | Duplicate:
         keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
         args: list[Any] = [
@@ -176,7 +183,7 @@ class LedgerCache:
             card_id,
             asset,
             amount_minor,
-            fee_minor,
+            charges.fixed_fee_minor,
             1 if partial_allowed else 0,
             1 if zero_value else 0,
             int(pre.expiry_reason or 0),
@@ -187,7 +194,14 @@ class LedgerCache:
             int(pre.product_reason or 0),
             fingerprint,
             self.marker_ttl_s,
+            charges.decline_fee_minor,
+            len(charges.limits),
         ]
+        for limit in charges.limits:
+            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
+        args.append(len(charges.free_uses))
+        for free in charges.free_uses:
+            args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
         reply: Sequence[Any] = await self._authorize(keys=keys, args=args)
         tag = reply[0]
         if tag == b"OK":
@@ -204,6 +218,7 @@ class LedgerCache:
                 blocked,
                 changed,
                 has,
+                fee_mode,
             ) = reply
             return AuthorizeOutcome(
                 reason=Reason(reason),
@@ -215,6 +230,7 @@ class LedgerCache:
                 pin_tries_changed=bool(tries_changed),
                 pin_blocked_now=bool(blocked),
                 pin_changed=bool(changed),
+                fee_mode=FeeMode(fee_mode),
             )
         if tag == b"DUP":
             return Duplicate(reply[1])
@@ -233,8 +249,10 @@ class LedgerCache:
         held_delta_minor: int,
         requires_funds: bool,
         marker: tuple[str, str, bytes] | None = None,
+        usage: Sequence[tuple[str, int, int]] = (),
     ) -> ApplyResult | Miss | Duplicate:
-        """Apply one balance change; ``marker`` is (source, message id, fingerprint)."""
+        """Apply one balance change and counter adjustments (key, amount, count);
+        ``marker`` is (source, message id, fingerprint)."""
         keys = [self.keys.state(account_id)]
         marker_value: bytes = b""
         if marker is not None:
@@ -248,7 +266,10 @@ class LedgerCache:
             1 if requires_funds else 0,
             marker_value,
             self.marker_ttl_s,
+            len(usage),
         ]
+        for key, amount, uses in usage:
+            args += [key, amount, uses]
         reply: Sequence[Any] = await self._apply(keys=keys, args=args)
         tag = reply[0]
         if tag == b"OK":
@@ -279,6 +300,8 @@ class LedgerCache:
             fields += [f"a:{asset}", balance.actual_minor, f"h:{asset}", balance.authorized_minor]
         for card_id, card in snapshot.cards.items():
             fields += _card_fields(card_id, card)
+        for key, (amount, uses) in snapshot.usage.items():
+            fields += [f"ua:{key}", amount, f"uc:{key}", uses]
         keys = [self.keys.state(snapshot.account_id)]
         await self._load(keys=keys, args=[self.generation, epoch, *fields])
         return epoch

@@ -4,6 +4,8 @@
 -- KEYS[1]  account state hash
 -- KEYS[2]  idempotency marker
 -- ARGV     gen asset actual_delta held_delta requires_funds(0|1) marker_value marker_ttl_s
+--          n_counters, then per counter: key amount_delta count_delta (adjusted only if the
+--          counter is cached: a counter of an earlier period is gone and stays gone)
 -- Returns  {'MISS'} | {'DUP', marker_value} | {'NOBALANCE'}
 --          {'NSF', actual, held}             refused: available would go below zero
 --          {'OK', epoch, actual, held}       the balance after the change
@@ -27,5 +29,14 @@ if ARGV[5] == '1' and actual_delta - held_delta < 0
 end
 if actual_delta ~= 0 then actual = redis.call('HINCRBY', state, 'a:' .. asset, actual_delta) end
 if held_delta ~= 0 then held = redis.call('HINCRBY', state, 'h:' .. asset, held_delta) end
+local i = 9
+for _ = 1, tonumber(ARGV[8] or '0') do
+  local key = ARGV[i]
+  if redis.call('HEXISTS', state, 'ua:' .. key) == 1 then
+    redis.call('HINCRBY', state, 'ua:' .. key, tonumber(ARGV[i + 1]))
+    redis.call('HINCRBY', state, 'uc:' .. key, tonumber(ARGV[i + 2]))
+  end
+  i = i + 3
+end
 if marker ~= nil and marker ~= '' then redis.call('SET', marker, ARGV[6], 'EX', ARGV[7]) end
 return {'OK', f[2], actual, held}

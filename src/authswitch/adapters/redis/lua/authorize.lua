@@ -1,31 +1,53 @@
--- Checks 3 to 10 of one authorisation and its reservation, as one atomic step.
+-- Checks 3 to 10 of one authorisation, its fees, limits and reservation, as one atomic step.
 -- Mirrors authswitch.domain.authorization.decide (a test runs both on the same inputs).
 -- Validates everything first and writes only at the end: Lua scripts have no rollback.
--- Time is never read here; periods and expiry arrive already computed.
+-- Time is never read here; periods, expiry and counter names arrive already computed.
 --
 -- KEYS[1]  account state hash   <prefix>:{<account>}:s
 -- KEYS[2]  idempotency marker    <prefix>:{<account>}:m:<source>:<message id>
--- ARGV     gen card asset amount fee partial(0|1) zero_value(0|1) expiry_reason pin_mode
---          pvv new_pvv cvv2_reason product_reason marker_value marker_ttl_s
+-- ARGV     1 gen  2 card  3 asset  4 amount  5 fixed_fee  6 partial(0|1)  7 zero_value(0|1)
+--          8 expiry_reason  9 pin_mode  10 pvv  11 new_pvv  12 cvv2_reason  13 product_reason
+--          14 marker_value  15 marker_ttl_s  16 decline_fee
+--          17 n_limits, then per limit: key previous amount_max count_max   (-1: no cap)
+--          then n_free, then per free-use fee: key previous free_uses fee
+--          Counters live in the state hash as ua:<key> (amount) and uc:<key> (count).
 -- Returns  {'MISS'}                      state not loaded (or loaded by an older generation)
 --          {'MISSCARD'}                  the card's fields are not loaded
 --          {'DUP', marker_value}         the message id was seen before
 --          {'OK', reason, approved, fee, actual, held, epoch, tries, tries_changed,
---           blocked_now, pin_changed, has_balance}
+--           blocked_now, pin_changed, has_balance, fee_mode}
 
--- Reason numbers of authswitch.domain.codes.Reason.
+-- Reason numbers of authswitch.domain.codes.Reason, FeeMode of domain.authorization.
 local APPROVED, PARTIALLY_APPROVED = 1, 2
 local PIN_TRIES_EXCEEDED, INCORRECT_PIN = 22, 23
+local TRANSACTION_NOT_PERMITTED = 25
+local AMOUNT_LIMIT_EXCEEDED, COUNT_LIMIT_EXCEEDED = 26, 27
 local INSUFFICIENT_FUNDS, NO_BALANCE_IN_ASSET = 28, 29
+local FEE_HELD, FEE_POSTED, FEE_NOT_APPLIED = 1, 2, 3
 
 local state, marker = KEYS[1], KEYS[2]
 local gen = tonumber(ARGV[1])
 local card, asset = ARGV[2], ARGV[3]
-local amount, fee = tonumber(ARGV[4]), tonumber(ARGV[5])
+local amount, fixed_fee = tonumber(ARGV[4]), tonumber(ARGV[5])
 local partial, zero_value = ARGV[6] == '1', ARGV[7] == '1'
 local expiry_reason = tonumber(ARGV[8])
 local pin_mode, pvv, new_pvv = ARGV[9], ARGV[10], ARGV[11]
 local cvv2_reason, product_reason = tonumber(ARGV[12]), tonumber(ARGV[13])
+local decline_fee = tonumber(ARGV[16])
+
+local limits, frees = {}, {}
+local i = 17
+for _ = 1, tonumber(ARGV[i]) do
+  limits[#limits + 1] = {key = ARGV[i + 1], previous = ARGV[i + 2],
+    amount_max = tonumber(ARGV[i + 3]), count_max = tonumber(ARGV[i + 4])}
+  i = i + 4
+end
+i = i + 1
+for _ = 1, tonumber(ARGV[i]) do
+  frees[#frees + 1] = {key = ARGV[i + 1], previous = ARGV[i + 2],
+    free_uses = tonumber(ARGV[i + 3]), fee = tonumber(ARGV[i + 4])}
+  i = i + 4
+end
 
 local f = redis.call('HMGET', state, 'g', 'e', 'c:' .. card, 't:' .. card, 'm:' .. card,
   'p:' .. card, 'a:' .. asset, 'h:' .. asset)
@@ -41,6 +63,13 @@ local stored_pvv = f[6] or ''
 local has_balance = f[7] and 1 or 0
 local actual, held = tonumber(f[7] or '0'), tonumber(f[8] or '0')
 
+-- Counters: what each has used so far.
+local function used(key)
+  if key == '' then return 0, 0 end
+  local v = redis.call('HMGET', state, 'ua:' .. key, 'uc:' .. key)
+  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
+end
+
 local reason, approved, blocked_now, pin_changed = 0, 0, 0, 0
 local new_tries = tries
 
@@ -48,53 +77,107 @@ if status_reason ~= 0 then
   reason = status_reason
 elseif expiry_reason ~= 0 then
   reason = expiry_reason
-else
-  if pin_mode ~= '' then
-    if pin_mode ~= 'unblock' and tries >= tries_max then
-      reason = PIN_TRIES_EXCEEDED
-    elseif stored_pvv == '' or stored_pvv ~= pvv then
-      new_tries = math.min(tries + 1, tries_max)
-      if new_tries >= tries_max and tries < tries_max then blocked_now = 1 end
-      reason = INCORRECT_PIN
-    else
-      new_tries = 0
-      if pin_mode == 'change' then pin_changed = 1 end
+end
+if reason == 0 and pin_mode ~= '' then
+  if pin_mode ~= 'unblock' and tries >= tries_max then
+    reason = PIN_TRIES_EXCEEDED
+  elseif stored_pvv == '' or stored_pvv ~= pvv then
+    new_tries = math.min(tries + 1, tries_max)
+    if new_tries >= tries_max and tries < tries_max then blocked_now = 1 end
+    reason = INCORRECT_PIN
+  else
+    new_tries = 0
+    if pin_mode == 'change' then pin_changed = 1 end
+  end
+end
+if reason == 0 and cvv2_reason ~= 0 then reason = cvv2_reason end
+if reason == 0 and product_reason ~= 0 then reason = product_reason end
+
+local fee = fixed_fee
+for _, free in ipairs(frees) do
+  local _, uses = used(free.key)
+  if uses >= free.free_uses then fee = fee + free.fee end
+end
+if reason == 0 then
+  for _, limit in ipairs(limits) do
+    local spent = used(limit.key)
+    if limit.amount_max >= 0 and spent + amount + fee > limit.amount_max then
+      reason = AMOUNT_LIMIT_EXCEEDED
+      break
     end
   end
-  if reason == 0 then
-    if cvv2_reason ~= 0 then
-      reason = cvv2_reason
-    elseif product_reason ~= 0 then
-      reason = product_reason
-    elseif has_balance == 0 then
-      reason = NO_BALANCE_IN_ASSET
-    else
-      local available = actual - held
-      if zero_value then
-        reason = APPROVED
-      elseif amount + fee <= available then
-        reason, approved = APPROVED, amount
-      elseif partial and available - fee > 0 then
-        reason, approved = PARTIALLY_APPROVED, available - fee
-      else
-        reason = INSUFFICIENT_FUNDS
+end
+if reason == 0 then
+  for _, limit in ipairs(limits) do
+    if limit.key ~= '' and limit.count_max >= 0 then
+      local _, uses = used(limit.key)
+      if uses + 1 > limit.count_max then
+        reason = COUNT_LIMIT_EXCEEDED
+        break
       end
     end
+  end
+end
+if reason == 0 and has_balance == 0 then reason = NO_BALANCE_IN_ASSET end
+if reason == 0 then
+  local available = actual - held
+  if zero_value then
+    reason = APPROVED
+  elseif amount + fee <= available then
+    reason, approved = APPROVED, amount
+  elseif partial and available - fee > 0 then
+    reason, approved = PARTIALLY_APPROVED, available - fee
+  else
+    reason = INSUFFICIENT_FUNDS
   end
 end
 
 -- Writes, all validation done.
 if new_tries ~= tries then redis.call('HSET', state, 't:' .. card, new_tries) end
 if pin_changed == 1 then redis.call('HSET', state, 'p:' .. card, new_pvv) end
-local hold = 0
-if (reason == APPROVED or reason == PARTIALLY_APPROVED) and not zero_value then
-  hold = approved + fee
+
+local function count(counter, add_amount, add_uses)
+  if counter.key == '' then return end
+  -- Both fields, always: a counter is cached as a pair, and apply.lua adjusts only those.
+  redis.call('HINCRBY', state, 'ua:' .. counter.key, add_amount)
+  redis.call('HINCRBY', state, 'uc:' .. counter.key, add_uses)
+  if counter.previous ~= '' and counter.previous ~= counter.key then
+    redis.call('HDEL', state, 'ua:' .. counter.previous, 'uc:' .. counter.previous)
+  end
 end
-if hold > 0 then held = redis.call('HINCRBY', state, 'h:' .. asset, hold) end
+
+local fee_mode, charged = 0, 0
+if (reason == APPROVED or reason == PARTIALLY_APPROVED) and not zero_value then
+  held = redis.call('HINCRBY', state, 'h:' .. asset, approved + fee)
+  charged = fee
+  if fee > 0 then fee_mode = FEE_HELD end
+  for _, limit in ipairs(limits) do count(limit, approved + fee, 1) end
+  for _, free in ipairs(frees) do count(free, 0, 1) end
+else
+  local posting = 0
+  if reason == APPROVED then posting = fee end
+  if reason == TRANSACTION_NOT_PERMITTED or reason == AMOUNT_LIMIT_EXCEEDED
+      or reason == COUNT_LIMIT_EXCEEDED or reason == INSUFFICIENT_FUNDS then
+    posting = decline_fee
+  end
+  if posting > 0 then
+    if has_balance == 1 and posting <= actual - held then
+      actual = redis.call('HINCRBY', state, 'a:' .. asset, -posting)
+      charged, fee_mode = posting, FEE_POSTED
+    else
+      fee_mode = FEE_NOT_APPLIED
+    end
+    for _, limit in ipairs(limits) do count(limit, charged, 1) end
+  end
+  if reason == APPROVED then
+    if posting == 0 then
+      for _, limit in ipairs(limits) do count(limit, 0, 1) end
+    end
+    for _, free in ipairs(frees) do count(free, 0, 1) end
+  end
+end
 redis.call('SET', marker, ARGV[14], 'EX', ARGV[15])
-local charged_fee = 0
-if hold > 0 then charged_fee = fee end
 local tries_changed = 0
 if new_tries ~= tries then tries_changed = 1 end
-return {'OK', reason, approved, charged_fee, actual, held, epoch, new_tries, tries_changed,
-  blocked_now, pin_changed, has_balance}
+return {'OK', reason, approved, charged, actual, held, epoch, new_tries, tries_changed,
+  blocked_now, pin_changed, has_balance, fee_mode}
