@@ -14,6 +14,7 @@ import asyncio
 import enum
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,8 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
+from authswitch.adapters.client.decision import ClientChannels
+from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
 from authswitch.adapters.postgres.committer import GroupCommitter
@@ -31,6 +34,7 @@ from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.config import Settings, load_card_keys
 from authswitch.domain.cardsec import CardKeys
 from authswitch.embedded import EmbeddedPostgres, EmbeddedRedis
+from authswitch.secrets import SecretStore
 from authswitch.service.admin import AdminService
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.cache_sync import CacheSync
@@ -38,11 +42,14 @@ from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock, SystemClock
 from authswitch.service.jobs import PeriodicJob
 from authswitch.service.lifecycle import LifecycleService
+from authswitch.service.offledger import OffLedgerService
+from authswitch.service.outbox import OutboxSettings, OutboxWorker
 from authswitch.service.posting import Poster
 
 __all__ = ["Application", "State"]
 
 AGE_OFF_LOCK_KEY = 0x61676531  # "age1": one age-off sweep at a time across replicas
+CARD_EXPIRY_LOCK_KEY = 0x65787031  # "exp1"
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +186,38 @@ class Application:
         self.lifecycle = LifecycleService(
             keys=keys, catalog=catalog, store=store, poster=poster, clock=self.clock
         )
+        secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
+        self.channels = ClientChannels(secrets)
+        self.webhook = WebhookSender(
+            timeout_s=settings.outbox_delivery_timeout_ms / 1000,
+            ca_file=Path(settings.webhook_ca_file) if settings.webhook_ca_file else None,
+        )
+        self.offledger = OffLedgerService(
+            authorization=self.authorization,
+            channels=self.channels,
+            cache=cache,
+            committer=self.committer,
+            clock=self.clock,
+        )
+        self.authorization.offledger = self.offledger
+        self.outbox = OutboxWorker(
+            self.pool,
+            catalog=catalog,
+            channels=self.channels,
+            webhook=self.webhook,
+            secrets=secrets,
+            clock=self.clock,
+            settings=OutboxSettings(
+                poll_ms=settings.outbox_poll_ms,
+                concurrency_max=settings.outbox_concurrency_max,
+                backoff_initial_ms=settings.outbox_backoff_initial_ms,
+                backoff_max_ms=settings.outbox_backoff_max_ms,
+                dead_after_s=settings.outbox_dead_after_s,
+                delivery_timeout_ms=settings.outbox_delivery_timeout_ms,
+            ),
+        )
+        self.committer.after_notifications = self.outbox.wake
+        self.outbox.start()
         self.jobs: list[PeriodicJob] = []
         if settings.age_off_interval_s:
             lifecycle = self.lifecycle
@@ -189,6 +228,17 @@ class Application:
                     lambda: lifecycle.age_off(limit=settings.age_off_batch_max),
                     self.pool,
                     lock_key=AGE_OFF_LOCK_KEY,
+                )
+            )
+        if settings.card_expiry_interval_s:
+            admin = self.admin
+            self.jobs.append(
+                PeriodicJob(
+                    "card_expiry",
+                    settings.card_expiry_interval_s,
+                    admin.expire_cards,
+                    self.pool,
+                    lock_key=CARD_EXPIRY_LOCK_KEY,
                 )
             )
         for job in self.jobs:
@@ -225,6 +275,12 @@ class Application:
         committer = getattr(self, "committer", None)
         if committer is not None:
             await committer.stop()
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            await outbox.stop()
+        for closing in (getattr(self, "channels", None), getattr(self, "webhook", None)):
+            if closing is not None:
+                await closing.close()
         for service in (getattr(self, "authorization", None), getattr(self, "poster", None)):
             if service is not None:
                 await service.drain()

@@ -3,6 +3,8 @@
 authswitch serve      run the gRPC server (embedded Postgres and Redis by default)
 authswitch migrate    apply the database migrations and exit
 authswitch demo       create a funded demo card on a running server and show how to use it
+authswitch reference-client
+                      run the reference off-ledger client (a DecisionService)
 """
 
 from __future__ import annotations
@@ -81,6 +83,36 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _reference_client(args: argparse.Namespace) -> int:
+    import signal
+
+    from authswitch.reference_client import (
+        ReferenceClient,
+        ReferenceLedger,
+        serve_reference_client,
+    )
+
+    if not 0 <= args.error_rate <= 1 or args.latency_ms < 0:
+        print("authswitch: --error-rate is 0..1 and --latency-ms not negative", file=sys.stderr)
+        return 2
+    token = os.environ.get(args.token_env, "") if args.token_env else ""
+    client = ReferenceClient(
+        ReferenceLedger(opening_minor=args.balance_minor),
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        token=token,
+    )
+    server, _ = await serve_reference_client(client, args.listen)
+    print(f"reference client serving DecisionService on {args.listen}", file=sys.stderr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(2)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="authswitch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"authswitch {__version__}")
@@ -89,6 +121,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply database migrations and exit")
     demo = commands.add_parser("demo", help="create a funded demo card on a running server")
     demo.add_argument("--target", help="host:port of the server (default AUTHSWITCH_GRPC_LISTEN)")
+    demo.add_argument(
+        "scenario", nargs="?", default="card", choices=("card", "lifecycle", "fees", "off-ledger"),
+        help="what to walk through (default: a funded demo card)",
+    )  # fmt: skip
+    reference = commands.add_parser(
+        "reference-client", help="run the reference off-ledger client (a DecisionService)"
+    )
+    reference.add_argument("--listen", default="127.0.0.1:50061", help="host:port to serve on")
+    reference.add_argument("--latency-ms", type=int, default=0, help="added to every answer")
+    reference.add_argument("--error-rate", type=float, default=0.0, help="share of calls failed")
+    reference.add_argument(
+        "--balance-minor", type=int, default=100_000, help="opening balance of every account"
+    )
+    reference.add_argument(
+        "--token-env", default="", help="environment variable holding the expected bearer token"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -106,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from authswitch.demo import run_demo
 
-            return _run(run_demo(args.target or settings.grpc_listen))
+            return _run(run_demo(args.target or settings.grpc_listen, args.scenario))
+        if args.command == "reference-client":
+            return _run(_reference_client(args))
     except ConfigError as exc:
         print(f"authswitch: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from authswitch.errors import ConfigError
 __all__ = ["Settings", "load_card_keys", "parse_listen"]
 
 PREFIX = "AUTHSWITCH_"
+SECRET_PREFIX = "AUTHSWITCH_SECRET_"  # noqa: S105 - a name prefix, not a secret
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -67,6 +68,23 @@ class Settings:
     grpc_max_concurrent_streams: int = 1_000
     shutdown_grace_s: float = 10.0
 
+    # Named secrets of programs (client tokens, TLS material, webhook keys) are read from
+    # AUTHSWITCH_SECRET_<NAME> or from the file <secrets_dir>/<name>.
+    secrets_dir: str = ""
+
+    # Notifications: how often the outbox is polled when idle, how many deliveries run at
+    # once, the backoff between attempts, and when a notification is given up (dead letter).
+    outbox_poll_ms: int = 200
+    outbox_concurrency_max: int = 16
+    outbox_backoff_initial_ms: int = 500
+    outbox_backoff_max_ms: int = 60_000
+    outbox_dead_after_s: int = 24 * 3600
+    outbox_delivery_timeout_ms: int = 5_000
+    # A CA bundle webhooks' certificates are checked against (empty: the system's).
+    webhook_ca_file: str = ""
+    # How often cards past their expiry month are set to EXPIRED; 0 turns the job off.
+    card_expiry_interval_s: float = 3600.0
+
     # Card keys, hex. Empty: read from *_FILE, or (development only) generated in data_dir.
     pan_key_hex: str = field(default="", repr=False)
     pin_key_hex: str = field(default="", repr=False)
@@ -89,7 +107,11 @@ class Settings:
         known |= {"PAN_KEY_FILE", "PIN_KEY_FILE", "CVV_KEY_FILE"}
         known |= {"TEST_POSTGRES_DSN", "TEST_REDIS_URL"}  # read by the test suite
         unknown = sorted(
-            name for name in env if name.startswith(PREFIX) and name[len(PREFIX) :] not in known
+            name
+            for name in env
+            if name.startswith(PREFIX)
+            and name[len(PREFIX) :] not in known
+            and not name.startswith(SECRET_PREFIX)
         )
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(unknown)}")
@@ -114,11 +136,15 @@ class Settings:
             "group_commit_batch_max", "group_commit_queue_max", "postgres_pool_max",
             "redis_pool_max", "redis_timeout_ms", "idempotency_marker_ttl_s",
             "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
-            "grpc_max_concurrent_streams", "postgres_statement_timeout_ms",
+            "grpc_max_concurrent_streams", "postgres_statement_timeout_ms", "outbox_poll_ms",
+            "outbox_concurrency_max", "outbox_backoff_initial_ms", "outbox_backoff_max_ms",
+            "outbox_dead_after_s", "outbox_delivery_timeout_ms",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"AUTHSWITCH_{name.upper()} must be positive")
+        if self.card_expiry_interval_s < 0:
+            raise ConfigError("AUTHSWITCH_CARD_EXPIRY_INTERVAL_S must not be negative")
         if self.age_off_interval_s < 0:
             raise ConfigError("AUTHSWITCH_AGE_OFF_INTERVAL_S must not be negative")
         if self.group_commit_linger_us < 0:

@@ -87,6 +87,7 @@ balances = st.one_of(
 async def _run(
     stores: Stores, card: CardState, balance: Balance | None, pre: PreChecks, amount: int,
     charges: Charges, usage: dict[str, tuple[int, int]], partial: bool, zero_value: bool,
+    checks_only: bool,
 ) -> tuple[AuthorizeOutcome, Balance | None, CardState, dict[str, tuple[int, int]]]:  # fmt: skip
     client = aioredis.Redis.from_url(stores.redis_url)
     try:
@@ -101,6 +102,7 @@ async def _run(
         outcome = await cache.authorize(
             account_id=account, card_id="card", asset="GBP", amount_minor=amount,
             partial_allowed=partial, zero_value=zero_value, pre=pre, charges=charges,
+            checks_only=checks_only,
             source="s", message_id=secrets.token_hex(8), fingerprint=b"f",
         )  # fmt: skip
         assert isinstance(outcome, AuthorizeOutcome)
@@ -141,6 +143,7 @@ def _boundaries(test: object) -> object:
         test = example(
             card=_ACTIVE, balance=balance, pre=_PLAIN, amount=amount,
             charges=Charges(fixed_fee_minor=fee), usage={}, partial=partial, zero_value=False,
+            checks_only=False,
         )(test)  # type: ignore[arg-type]  # fmt: skip
     return test
 
@@ -155,20 +158,22 @@ def _boundaries(test: object) -> object:
     usage=usages,
     partial=st.booleans(),
     zero_value=st.booleans(),
+    checks_only=st.booleans(),
 )
 @_boundaries
 def test_lua_agrees_with_the_model(
     stores: Stores, card: CardState, balance: Balance | None, pre: PreChecks, amount: int,
     charges: Charges, usage: dict[str, tuple[int, int]], partial: bool, zero_value: bool,
+    checks_only: bool,
 ) -> None:  # fmt: skip
     if zero_value:
         amount = 0
     expected = decide(
         card, balance, pre, amount_minor=amount, partial_allowed=partial,
-        zero_value=zero_value, charges=charges, usage=usage,
+        zero_value=zero_value, charges=charges, usage=usage, checks_only=checks_only,
     )  # fmt: skip
     outcome, after_balance, after_card, after_usage = asyncio.run(
-        _run(stores, card, balance, pre, amount, charges, usage, partial, zero_value)
+        _run(stores, card, balance, pre, amount, charges, usage, partial, zero_value, checks_only)
     )
     assert outcome.reason == expected.reason
     assert outcome.approved_minor == expected.approved_minor

@@ -428,6 +428,7 @@ def decide(
     zero_value: bool,
     charges: Charges = NO_CHARGES,
     usage: Usage | None = None,
+    checks_only: bool = False,
 ) -> DecisionResult:
     """Checks 3 to 10 in precedence order, and the resulting state. The reference for
     ``authorize.lua``: the two must agree on every input."""
@@ -452,6 +453,8 @@ def decide(
         reason = pre.cvv2_reason
     if reason is None and pre.product_reason is not None:
         reason = pre.product_reason
+    if checks_only:  # off-ledger: the client decides funds and limits
+        return DecisionResult(reason or Reason.APPROVED, 0, 0, card, balance, blocked)
 
     fee = charges.fixed_fee_minor + sum(
         f.fee_minor for f in charges.free_uses if usage.get(f.counter.key, (0, 0))[1] >= f.free_uses

@@ -13,6 +13,7 @@ from authswitch.domain.lifecycle import ReleasePlan
 
 __all__ = [
     "CardUpdate",
+    "ClientCall",
     "DecisionRecord",
     "HoldRecord",
     "HoldRelease",
@@ -147,6 +148,23 @@ class Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCall:
+    """What an off-ledger decision did: the client's answer, or the stand-in and why."""
+
+    source: str
+    message_id: str
+    program_id: str
+    outcome: str  # CLIENT or STAND_IN
+    created_at: datetime
+    stand_in_reason: str = ""
+    stand_in_policy: str = ""
+    client_decision: str = ""
+    client_response_code: str = ""
+    client_reason: str = ""
+    latency_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CardUpdate:
     """New values of a card's PIN state after a decision (None: unchanged)."""
 
@@ -172,4 +190,5 @@ class LedgerWrite:
     card_updates: tuple[CardUpdate, ...] = ()
     usage: tuple[UsageChange, ...] = ()
     notifications: tuple[Notification, ...] = ()
+    client_calls: tuple[ClientCall, ...] = ()
     refusal: Callable[[], DecisionRecord] | None = field(default=None, repr=False)

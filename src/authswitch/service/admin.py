@@ -27,8 +27,16 @@ from authswitch.domain.fees import FeeRule, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
-from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
+from authswitch.domain.offledger import ClientRouting, StandInPolicy
+from authswitch.domain.records import (
+    DecisionRecord,
+    JournalEntry,
+    LedgerWrite,
+    Notification,
+    Posting,
+)
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
+from authswitch.secrets import SecretStore
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
@@ -343,11 +351,89 @@ class AdminService:
     async def change_card_status(
         self, card_id: str, status: CardStatus, reason: str, *, actor: str
     ) -> CardStatus:
+        reason = _name(reason, "reason", required=False)
+        now = self.clock.now()
+        sinks: dict[str, tuple[str, ...]] = {}
+
+        def notify(program_id: str, account_id: str, previous: CardStatus) -> Notification:
+            return Notification(
+                id=str(uuid.uuid4()),
+                program_id=program_id,
+                kind="CARD_STATUS_CHANGED",
+                payload={"from": previous.name, "to": status.name, "reason": reason},
+                created_at=now,
+                account_id=account_id,
+                card_id=card_id,
+                sinks=sinks.get(program_id, ()),
+            )
+
+        program_id = await self.store.card_program(card_id)
+        sinks[program_id] = (await self.catalog.program(program_id)).sinks
         previous, account_id = await self.store.change_card_status(
-            card_id, status, _name(reason, "reason", required=False), actor
+            card_id, status, reason, actor, notify
         )
         await self.sync.refresh(account_id, "admin")
         return previous
+
+    async def expire_cards(self, *, limit: int = 1_000) -> int:
+        """Set cards past their expiry month to EXPIRED (seed 000: "automatically changing a
+        card to expired when the expiry date has passed"), notifying each."""
+        now = self.clock.now()
+        month = now.strftime("%y%m")
+        programs: dict[str, tuple[str, ...]] = {}
+
+        def notify(program_id: str, account_id: str, card_id: str) -> Notification:
+            return Notification(
+                id=str(uuid.uuid4()),
+                program_id=program_id,
+                kind="CARD_EXPIRED",
+                payload={"month": month},
+                created_at=now,
+                account_id=account_id,
+                card_id=card_id,
+                sinks=programs.get(program_id, ()),
+            )
+
+        for program_id in await self.store.programs_with_cards_to_expire(month):
+            programs[program_id] = (await self.catalog.program(program_id)).sinks
+        accounts = await self.store.expire_cards(month, notify, limit)
+        for account_id in accounts:
+            await self.sync.refresh(account_id, "admin")
+        return len(accounts)
+
+    async def set_routing(self, program_id: str, routing: ClientRouting, *, actor: str) -> None:
+        for name in (
+            routing.ca_secret,
+            routing.cert_secret,
+            routing.key_secret,
+            routing.token_secret,
+        ):
+            if name and not SecretStore.valid_name(name):
+                raise RequestError(f"invalid secret name {name!r}")
+        if routing.tls == "MTLS" and not (routing.cert_secret and routing.key_secret):
+            raise RequestError("mutual TLS needs cert_secret and key_secret")
+        approving = routing.stand_in is StandInPolicy.APPROVE
+        if approving and routing.stand_in_asset not in self.catalog.assets:
+            raise RequestError("an approving stand-in needs stand_in_asset")
+        await self.store.set_routing(program_id, routing, actor)
+        self.catalog.forget("program", program_id)
+
+    async def set_sink(
+        self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, *, actor: str
+    ) -> None:
+        if sink not in ("client", "webhook"):
+            raise RequestError("sink must be client or webhook")
+        if sink == "webhook" and not remove:
+            if not url.startswith(("https://", "http://")) or len(url) > 2_000:
+                raise RequestError("a webhook needs an http(s) URL")
+            if not SecretStore.valid_name(secret_name):
+                raise RequestError("a webhook needs the name of its signing secret")
+        if sink == "client" and not remove:
+            program = await self.catalog.program(program_id)
+            if program.routing is None:
+                raise PreconditionFailed("set the program's routing (its client target) first")
+        await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
+        self.catalog.forget("program", program_id)
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
         return await self.store.balances(account_id)

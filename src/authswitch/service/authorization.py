@@ -16,15 +16,15 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from authswitch import metrics
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
-from authswitch.adapters.postgres.store import CatalogStore, ProgramRow
-from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache
+from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
+from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain.authorization import (
     PARTIAL_APPROVAL_TYPES,
     AuthorizationRequest,
@@ -42,6 +42,7 @@ from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import hold_validity_days
 from authswitch.domain.records import (
     CardUpdate,
+    ClientCall,
     DecisionRecord,
     HoldRecord,
     JournalEntry,
@@ -57,7 +58,7 @@ from authswitch.service.clock import Clock
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
 
-__all__ = ["AuthorizationService", "response_for"]
+__all__ = ["AuthorizationService", "Job", "OffLedgerRouter", "StandIn", "response_for"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ CACHE_ATTEMPTS_MAX = 3
 # A retransmission whose original is in flight in another process waits at most this long
 # in total (the sum of these pauses) for the original's durable answer.
 REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
+
+
+class OffLedgerRouter(Protocol):
+    async def decide(self, job: Job) -> StoredDecision: ...
 
 
 def response_for(
@@ -107,10 +112,39 @@ def response_for(
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """One authorisation being decided, with what was looked up for it."""
+
+    ctx: _Context
+    card: CardFacts
+    product: ProductRow
+    program: ProgramRow
+    pre: PreChecks
+
+
+@dataclass(frozen=True, slots=True)
+class StandIn:
+    """An off-ledger decision made in authswitch instead of by the client."""
+
+    reason: int  # StandInReason number
+    call: ClientCall
+    notifications: tuple[Notification, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class _HoldPlan:
     network_reference: str
     kind: str
     validity_days: int
+
+
+class _Trace:
+    """What the metrics need to know of a decision once it is made."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self) -> None:
+        self.mode = "on_ledger"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +152,8 @@ class _Context:
     request: AuthorizationRequest
     fingerprint: bytes
     received: datetime
+    started: float = 0.0  # time.perf_counter() when the request arrived
+    trace: _Trace = field(default_factory=_Trace)
 
 
 class AuthorizationService:
@@ -140,6 +176,8 @@ class AuthorizationService:
         self.committer = committer
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
+        # Set by the application when off-ledger switching is wired (it needs this service).
+        self.offledger: OffLedgerRouter | None = None
         # Originals in flight in this process, by (source, message id): a retransmission
         # arriving meanwhile waits for the original's durable answer.
         self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
@@ -155,11 +193,14 @@ class AuthorizationService:
         """
         started = time.perf_counter()
         reason = validate(request, self.catalog.assets)
+        trace = _Trace()
         if reason in (Reason.FORMAT_ERROR, Reason.INVALID_AMOUNT):
             # A malformed request is answered and nothing is written.
             response = response_for(reason, detail=_FORMAT_DETAIL[reason])
         else:
-            ctx = _Context(request, self.keys.fingerprint(canonical), self.clock.now())
+            ctx = _Context(
+                request, self.keys.fingerprint(canonical), self.clock.now(), started, trace
+            )
             # Runs to completion even if the caller goes away: once Redis has reserved funds
             # the write must finish for the in-flight bookkeeping to hold.
             task = asyncio.ensure_future(self._answer(ctx, reason))
@@ -173,9 +214,9 @@ class AuthorizationService:
                 )
                 response = response_for(Reason.SYSTEM_ERROR, detail="internal error")
         metrics.DECISIONS.labels(
-            "on_ledger", _TYPE_LABELS.get(request.transaction_type, "other"), response.response_code
+            trace.mode, _TYPE_LABELS.get(request.transaction_type, "other"), response.response_code
         ).inc()
-        metrics.DECISION_SECONDS.labels("on_ledger").observe(time.perf_counter() - started)
+        metrics.DECISION_SECONDS.labels(trace.mode).observe(time.perf_counter() - started)
         return response
 
     async def _answer(self, ctx: _Context, early: Reason | None) -> pb.AuthorizeResponse:
@@ -213,6 +254,18 @@ class AuthorizationService:
         product = await self.catalog.product(card.product_id)
         program = await self.catalog.program(card.program_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
+        job = Job(ctx, card, product, program, pre)
+        if program.mode == "OFF_LEDGER":
+            assert self.offledger is not None, "off-ledger switching is not wired"
+            ctx.trace.mode = "off_ledger"
+            return await self.offledger.decide(job)
+        return await self.on_ledger(job)
+
+    async def on_ledger(self, job: Job, stand_in: StandIn | None = None) -> StoredDecision:
+        """Decide from the ledger in authswitch: the program's own (on-ledger), or the shadow
+        ledger of an off-ledger program whose client did not answer (``stand_in``)."""
+        ctx, card, product, program, pre = job.ctx, job.card, job.product, job.program, job.pre
+        request = ctx.request
         partial = request.partial_allowed and request.type in PARTIAL_APPROVAL_TYPES
         charges = await self.charges.for_authorization(
             product.id, program, card_id=card.card_id, account_id=card.account_id,
@@ -221,7 +274,32 @@ class AuthorizationService:
             asset=request.billing_asset, amount_minor=request.billing_amount_minor,
             at=ctx.received,
         )  # fmt: skip
-        hold_plan = _HoldPlan(
+        hold_plan = await self._hold_plan(job)
+
+        async def attempt() -> AuthorizeOutcome | Miss | Duplicate:
+            return await self.cache.authorize(
+                account_id=card.account_id,
+                card_id=card.card_id,
+                asset=request.billing_asset,
+                amount_minor=request.billing_amount_minor,
+                partial_allowed=partial,
+                zero_value=request.is_zero_value,
+                pre=pre,
+                source=request.source,
+                message_id=request.message_id,
+                fingerprint=ctx.fingerprint,
+                charges=charges,
+            )
+
+        async def finish(result: AuthorizeOutcome) -> StoredDecision:
+            write = self._write_for(ctx, card, program, pre, result, hold_plan, charges, stand_in)
+            return await self._commit(card, result, write)
+
+        return await self.redis_step(job, attempt, finish)
+
+    async def _hold_plan(self, job: Job) -> _HoldPlan:
+        request, product = job.ctx.request, job.product
+        plan = _HoldPlan(
             network_reference=request.network_reference,
             kind="AUTHORIZATION",
             validity_days=hold_validity_days(
@@ -235,31 +313,27 @@ class AuthorizationService:
             if (
                 original is not None
                 and original.status == "OPEN"
-                and original.card_id == card.card_id
+                and original.card_id == job.card.card_id
             ):
-                hold_plan = _HoldPlan(
-                    original.network_reference, "INCREMENTAL", hold_plan.validity_days
-                )
+                plan = _HoldPlan(original.network_reference, "INCREMENTAL", plan.validity_days)
+        return plan
 
+    async def redis_step(
+        self,
+        job: Job,
+        attempt: Callable[[], Awaitable[AuthorizeOutcome | Miss | Duplicate]],
+        finish: Callable[[AuthorizeOutcome], Awaitable[StoredDecision]],
+    ) -> StoredDecision:
+        """Run the atomic Redis step and make its outcome durable, with the in-flight
+        bookkeeping that keeps reloads exact: reload on a miss, replay on a duplicate, and
+        reload from Postgres after any failure."""
+        card, request = job.card, job.ctx.request
         for _ in range(CACHE_ATTEMPTS_MAX):
             with self.sync.in_flight(card.account_id):
                 try:
-                    result = await self.cache.authorize(
-                        account_id=card.account_id,
-                        card_id=card.card_id,
-                        asset=request.billing_asset,
-                        amount_minor=request.billing_amount_minor,
-                        partial_allowed=partial,
-                        zero_value=request.is_zero_value,
-                        pre=pre,
-                        source=request.source,
-                        message_id=request.message_id,
-                        fingerprint=ctx.fingerprint,
-                        charges=charges,
-                    )
+                    result = await attempt()
                     if isinstance(result, AuthorizeOutcome):
-                        write = self._write_for(ctx, card, program, pre, result, hold_plan, charges)
-                        return await self._commit(card, result, write)
+                        return await finish(result)
                 except Exception:
                     # Whether Redis or Postgres failed, the cached state may now hold a
                     # reservation with nothing durable behind it: reload it from Postgres
@@ -268,7 +342,7 @@ class AuthorizationService:
                     raise
             # Outside the in-flight mark: a reload waits for marked operations to finish.
             if isinstance(result, Duplicate):
-                return await self._stored_original(ctx, card)
+                return await self._stored_original(job.ctx, card)
             if result.card_only:
                 await self.sync.load_card(card.account_id, card.card_id)
             else:
@@ -335,6 +409,7 @@ class AuthorizationService:
         result: AuthorizeOutcome,
         plan: _HoldPlan,
         charges: Charges,
+        stand_in: StandIn | None = None,
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = str(uuid.uuid4())
@@ -348,7 +423,10 @@ class AuthorizationService:
             authorization_code=f"{secrets.randbelow(1_000_000):06d}" if approved else "",
             decision_id=decision_id,
         )
-        record = self._record(ctx, decision_id, result.reason, response, card, result)
+        if stand_in is not None:
+            response.stand_in = True
+            response.stand_in_reason = stand_in.reason  # type: ignore[assignment]
+        record = self.record(ctx, decision_id, result.reason, response, card, result)
         holds: tuple[HoldRecord, ...] = ()
         changes: tuple[BalanceChange, ...] = ()
         refusal: Callable[[], DecisionRecord] | None = None
@@ -383,7 +461,7 @@ class AuthorizationService:
                 declined = response_for(
                     Reason.INSUFFICIENT_FUNDS, asset=request.billing_asset, decision_id=decision_id
                 )
-                return self._record(
+                return self.record(
                     ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None
                 )
 
@@ -449,6 +527,23 @@ class AuthorizationService:
                     pvv=pre.new_pvv if result.pin_changed else None,
                 ),
             )
+        if result.pin_blocked_now:
+            notifications += (
+                Notification(
+                    id=str(uuid.uuid4()),
+                    program_id=program.id,
+                    kind="PIN_TRIES_EXCEEDED",
+                    payload={"source": request.source, "message_id": request.message_id},
+                    created_at=ctx.received,
+                    account_id=card.account_id,
+                    card_id=card.card_id,
+                    sinks=program.sinks,
+                ),
+            )
+        calls: tuple[ClientCall, ...] = ()
+        if stand_in is not None:
+            calls = (stand_in.call,)
+            notifications += stand_in.notifications
         return LedgerWrite(
             decision=record,
             holds=holds,
@@ -457,10 +552,11 @@ class AuthorizationService:
             card_updates=updates,
             usage=usage,
             notifications=notifications,
+            client_calls=calls,
             refusal=refusal,
         )
 
-    def _record(
+    def record(
         self,
         ctx: _Context,
         decision_id: str,
@@ -491,7 +587,7 @@ class AuthorizationService:
     async def _record_without_card(self, ctx: _Context, reason: Reason) -> StoredDecision:
         decision_id = str(uuid.uuid4())
         response = response_for(reason, decision_id=decision_id)
-        record = self._record(ctx, decision_id, reason, response, None, None)
+        record = self.record(ctx, decision_id, reason, response, None, None)
         written = await self.committer.submit(LedgerWrite(decision=record))
         return written.decision
 

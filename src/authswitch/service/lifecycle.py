@@ -35,6 +35,7 @@ from authswitch.domain.lifecycle import (
     plan_reversal,
 )
 from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.offledger import StandInPolicy
 from authswitch.domain.records import (
     DecisionRecord,
     HoldRecord,
@@ -193,6 +194,11 @@ class LifecycleService:
             )
         product = await self.catalog.product(card.product_id)
         program = await self.catalog.program(card.program_id)
+        if _forward_only(program):
+            return await self._forward(
+                "ADVICE", request.source, request.message_id, fingerprint, card, program,
+                _advice_fields(request), pb.AdviseResponse, pb.AdviseResponse.FromString,
+            )  # fmt: skip
         now = self.clock.now()
         validity = hold_validity_days(
             product.hold_validity_days, product.hold_validity_by_mcc, request.merchant.mcc
@@ -312,6 +318,21 @@ class LifecycleService:
             return pb.ReverseResponse(response_code=bad or "30")
         fingerprint = self.keys.fingerprint(canonical)
         requested = money.amount_minor if money is not None else 0
+        card = await self._card(request.pan) or await self._card_of_message(
+            request.source, request.original_message_id
+        )
+        if card is not None:
+            program = await self.catalog.program(card.program_id)
+            if _forward_only(program):
+                fields = {
+                    "original_message_id": request.original_message_id,
+                    "amount_minor": requested, "asset": money.asset if money else "",
+                    "full": requested == 0, "network_reference": request.network_reference,
+                }  # fmt: skip
+                return await self._forward(
+                    "REVERSAL", request.source, request.message_id, fingerprint, card, program,
+                    fields, pb.ReverseResponse, pb.ReverseResponse.FromString,
+                )  # fmt: skip
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._reverse_once(request, money, requested, fingerprint)
             if posted is None:
@@ -447,6 +468,16 @@ class LifecycleService:
                 pb.ClearResponse, pb.ClearResponse.FromString,
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
+        if _forward_only(program):
+            fields = {
+                "network_reference": request.network_reference, "amount_minor": amount,
+                "asset": asset, "final": request.final, "mcc": request.merchant.mcc,
+                "merchant": request.merchant.name,
+            }  # fmt: skip
+            return await self._forward(
+                "CLEARING", request.source, request.message_id, fingerprint, card, program,
+                fields, pb.ClearResponse, pb.ClearResponse.FromString,
+            )  # fmt: skip
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._clear_once(request, card, program, fingerprint)
             if posted.status is PostStatus.NO_BALANCE:
@@ -621,6 +652,15 @@ class LifecycleService:
                 pb.RefundResponse, pb.RefundResponse.FromString,
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
+        if _forward_only(program):
+            fields = {
+                "network_reference": request.network_reference, "amount_minor": amount,
+                "asset": asset, "merchant": request.merchant.name,
+            }  # fmt: skip
+            return await self._forward(
+                "REFUND", request.source, request.message_id, fingerprint, card, program,
+                fields, pb.RefundResponse, pb.RefundResponse.FromString,
+            )  # fmt: skip
         now = self.clock.now()
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
         change = BalanceChange(card.account_id, asset, actual_delta_minor=amount)
@@ -673,6 +713,33 @@ class LifecycleService:
         if posted.status is PostStatus.NO_BALANCE:
             return pb.RefundResponse(response_code="51")
         return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
+
+    async def _card_of_message(self, source: str, message_id: str) -> CardFacts | None:
+        """The card of an earlier message (a reversal may carry no PAN)."""
+        stored = await self.store.find_decision(source, message_id)
+        if stored is None or stored.account_id is None:
+            return None
+        return await self.store.card_of_decision(source, message_id)
+
+    async def _forward(
+        self, kind: str, source: str, message_id: str, fingerprint: bytes, card: CardFacts,
+        program: ProgramRow, fields: dict[str, object], cls: type[_R],
+        parse: Callable[[bytes], _R],
+    ) -> _R:  # fmt: skip
+        """Off-ledger: the client's ledger settles. Record the message, acknowledge it, and
+        queue it to the client as a notification, in the same transaction."""
+        now = self.clock.now()
+        decision_id = str(uuid.uuid4())
+        response = cls(response_code="00", decision_id=decision_id)
+        record = self._decision(
+            kind, source, message_id, fingerprint, response, decision_id, now, card=card,
+            asset=str(fields.get("asset", "")) or None,
+            amount_minor=int(str(fields.get("amount_minor", 0))),
+        )  # fmt: skip
+        payload = {"source": source, "message_id": message_id, **fields}
+        note = self._notification(kind, program, card.account_id, card.card_id, payload, now)
+        posted = await self.poster.record(LedgerWrite(decision=record, notifications=(note,)))
+        return self._answer(posted, fingerprint, parse, cls())
 
     async def _unknown_card(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, asset: str,
@@ -752,3 +819,22 @@ class LifecycleService:
                 "age-off: some holds not released this time", extra={"failures": len(failures)}
             )
         return sum(1 for r in results if r is True)
+
+
+def _forward_only(program: ProgramRow) -> bool:
+    """An off-ledger program without a shadow ledger: lifecycle messages are only recorded
+    and forwarded to the client."""
+    if program.mode != "OFF_LEDGER":
+        return False
+    return program.routing is None or program.routing.stand_in is not StandInPolicy.SHADOW
+
+
+def _advice_fields(request: pb.AdviseRequest) -> dict[str, object]:
+    return {
+        "network_reference": request.network_reference,
+        "original_message_id": request.original_message_id,
+        "amount_minor": request.billing_amount.amount_minor,
+        "asset": request.billing_amount.asset,
+        "authorization_code": request.authorization_code,
+        "mcc": request.merchant.mcc,
+    }

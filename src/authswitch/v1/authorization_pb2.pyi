@@ -105,6 +105,40 @@ REASON_SYSTEM_ERROR: Reason.ValueType  # 50
 REASON_DUPLICATE_MISMATCH: Reason.ValueType  # 51
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
+class _StandInReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StandInReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StandInReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAND_IN_REASON_UNSPECIFIED: _StandInReason.ValueType  # 0
+    STAND_IN_REASON_TIMEOUT: _StandInReason.ValueType  # 1
+    """The client did not answer within the program's deadline."""
+    STAND_IN_REASON_UNAVAILABLE: _StandInReason.ValueType  # 2
+    """The client could not be reached, or failed."""
+    STAND_IN_REASON_BREAKER_OPEN: _StandInReason.ValueType  # 3
+    """The circuit breaker is open after repeated failures: the client was not asked."""
+    STAND_IN_REASON_INVALID_ANSWER: _StandInReason.ValueType  # 4
+    """The client's answer was not valid and was not trusted."""
+    STAND_IN_REASON_NOT_CONFIGURED: _StandInReason.ValueType  # 5
+    """The program has no client endpoint configured."""
+
+class StandInReason(_StandInReason, metaclass=_StandInReasonEnumTypeWrapper):
+    """Why an off-ledger decision was made by the stand-in policy."""
+
+STAND_IN_REASON_UNSPECIFIED: StandInReason.ValueType  # 0
+STAND_IN_REASON_TIMEOUT: StandInReason.ValueType  # 1
+"""The client did not answer within the program's deadline."""
+STAND_IN_REASON_UNAVAILABLE: StandInReason.ValueType  # 2
+"""The client could not be reached, or failed."""
+STAND_IN_REASON_BREAKER_OPEN: StandInReason.ValueType  # 3
+"""The circuit breaker is open after repeated failures: the client was not asked."""
+STAND_IN_REASON_INVALID_ANSWER: StandInReason.ValueType  # 4
+"""The client's answer was not valid and was not trusted."""
+STAND_IN_REASON_NOT_CONFIGURED: StandInReason.ValueType  # 5
+"""The program has no client endpoint configured."""
+Global___StandInReason: _TypeAlias = StandInReason  # noqa: Y015
+
 class _AdviceResult:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -319,6 +353,8 @@ class AuthorizeResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    STAND_IN_FIELD_NUMBER: _builtins.int
+    STAND_IN_REASON_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     response_code: _builtins.str
     """ISO 8583 field 39: "00", "10", "51", "N7", ..."""
@@ -329,6 +365,9 @@ class AuthorizeResponse(_message.Message):
     """Stable identifier of the recorded decision."""
     detail: _builtins.str
     """Human-readable detail for operators; never contains card data."""
+    stand_in: _builtins.bool
+    """Off-ledger: authswitch answered by the program's stand-in policy, not the client."""
+    stand_in_reason: Global___StandInReason.ValueType
     @_builtins.property
     def approved_amount(self) -> _common_pb2.Money:
         """Amount approved in the billing asset (less than requested on a partial approval)."""
@@ -353,10 +392,12 @@ class AuthorizeResponse(_message.Message):
         balance: _common_pb2.Balance | None = ...,
         decision_id: _builtins.str = ...,
         detail: _builtins.str = ...,
+        stand_in: _builtins.bool = ...,
+        stand_in_reason: Global___StandInReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "balance", b"balance", "fee", b"fee"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "authorization_code", b"authorization_code", "balance", b"balance", "decision", b"decision", "decision_id", b"decision_id", "detail", b"detail", "fee", b"fee", "reason", b"reason", "response_code", b"response_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "authorization_code", b"authorization_code", "balance", b"balance", "decision", b"decision", "decision_id", b"decision_id", "detail", b"detail", "fee", b"fee", "reason", b"reason", "response_code", b"response_code", "stand_in", b"stand_in", "stand_in_reason", b"stand_in_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

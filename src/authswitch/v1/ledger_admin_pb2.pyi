@@ -152,6 +152,96 @@ LIMIT_SUBJECT_CARD: LimitSubject.ValueType  # 1
 LIMIT_SUBJECT_ACCOUNT: LimitSubject.ValueType  # 2
 Global___LimitSubject: _TypeAlias = LimitSubject  # noqa: Y015
 
+class _StandInPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StandInPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StandInPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAND_IN_POLICY_UNSPECIFIED: _StandInPolicy.ValueType  # 0
+    STAND_IN_POLICY_DECLINE: _StandInPolicy.ValueType  # 1
+    """Answer 91 (issuer unavailable)."""
+    STAND_IN_POLICY_APPROVE: _StandInPolicy.ValueType  # 2
+    """Approve within the per-transaction and per-day stand-in limits, else 91."""
+    STAND_IN_POLICY_SHADOW: _StandInPolicy.ValueType  # 3
+    """Decide from the on-ledger shadow balance of the card's account."""
+
+class StandInPolicy(_StandInPolicy, metaclass=_StandInPolicyEnumTypeWrapper): ...
+
+STAND_IN_POLICY_UNSPECIFIED: StandInPolicy.ValueType  # 0
+STAND_IN_POLICY_DECLINE: StandInPolicy.ValueType  # 1
+"""Answer 91 (issuer unavailable)."""
+STAND_IN_POLICY_APPROVE: StandInPolicy.ValueType  # 2
+"""Approve within the per-transaction and per-day stand-in limits, else 91."""
+STAND_IN_POLICY_SHADOW: StandInPolicy.ValueType  # 3
+"""Decide from the on-ledger shadow balance of the card's account."""
+Global___StandInPolicy: _TypeAlias = StandInPolicy  # noqa: Y015
+
+class _ClientTls:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClientTlsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClientTls.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLIENT_TLS_UNSPECIFIED: _ClientTls.ValueType  # 0
+    CLIENT_TLS_NONE: _ClientTls.ValueType  # 1
+    """Plain text (a client on a trusted network, or a local test)."""
+    CLIENT_TLS_TLS: _ClientTls.ValueType  # 2
+    CLIENT_TLS_MTLS: _ClientTls.ValueType  # 3
+    """TLS with a client certificate (mutual TLS)."""
+
+class ClientTls(_ClientTls, metaclass=_ClientTlsEnumTypeWrapper): ...
+
+CLIENT_TLS_UNSPECIFIED: ClientTls.ValueType  # 0
+CLIENT_TLS_NONE: ClientTls.ValueType  # 1
+"""Plain text (a client on a trusted network, or a local test)."""
+CLIENT_TLS_TLS: ClientTls.ValueType  # 2
+CLIENT_TLS_MTLS: ClientTls.ValueType  # 3
+"""TLS with a client certificate (mutual TLS)."""
+Global___ClientTls: _TypeAlias = ClientTls  # noqa: Y015
+
+class _NotificationSink:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationSinkEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationSink.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_SINK_UNSPECIFIED: _NotificationSink.ValueType  # 0
+    NOTIFICATION_SINK_CLIENT: _NotificationSink.ValueType  # 1
+    """The client's DecisionService.Notify (needs the program's routing target)."""
+    NOTIFICATION_SINK_WEBHOOK: _NotificationSink.ValueType  # 2
+    """An HTTPS webhook: JSON body signed with HMAC-SHA256 over timestamp and body."""
+
+class NotificationSink(_NotificationSink, metaclass=_NotificationSinkEnumTypeWrapper): ...
+
+NOTIFICATION_SINK_UNSPECIFIED: NotificationSink.ValueType  # 0
+NOTIFICATION_SINK_CLIENT: NotificationSink.ValueType  # 1
+"""The client's DecisionService.Notify (needs the program's routing target)."""
+NOTIFICATION_SINK_WEBHOOK: NotificationSink.ValueType  # 2
+"""An HTTPS webhook: JSON body signed with HMAC-SHA256 over timestamp and body."""
+Global___NotificationSink: _TypeAlias = NotificationSink  # noqa: Y015
+
+class _DeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATUS_UNSPECIFIED: _DeliveryStatus.ValueType  # 0
+    DELIVERY_STATUS_PENDING: _DeliveryStatus.ValueType  # 1
+    DELIVERY_STATUS_DELIVERED: _DeliveryStatus.ValueType  # 2
+    DELIVERY_STATUS_DEAD: _DeliveryStatus.ValueType  # 3
+    """Gave up after the retry horizon; waits for RedriveNotifications."""
+
+class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper): ...
+
+DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus.ValueType  # 0
+DELIVERY_STATUS_PENDING: DeliveryStatus.ValueType  # 1
+DELIVERY_STATUS_DELIVERED: DeliveryStatus.ValueType  # 2
+DELIVERY_STATUS_DEAD: DeliveryStatus.ValueType  # 3
+"""Gave up after the retry horizon; waits for RedriveNotifications."""
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
+
 @_typing.final
 class CreateClientRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1613,3 +1703,270 @@ class GetUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class SetProgramRoutingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
+    CA_SECRET_FIELD_NUMBER: _builtins.int
+    CERT_SECRET_FIELD_NUMBER: _builtins.int
+    KEY_SECRET_FIELD_NUMBER: _builtins.int
+    TOKEN_SECRET_FIELD_NUMBER: _builtins.int
+    DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    STAND_IN_FIELD_NUMBER: _builtins.int
+    STAND_IN_ASSET_FIELD_NUMBER: _builtins.int
+    STAND_IN_TRANSACTION_MAX_MINOR_FIELD_NUMBER: _builtins.int
+    STAND_IN_DAILY_MAX_MINOR_FIELD_NUMBER: _builtins.int
+    BREAKER_FAILURES_FIELD_NUMBER: _builtins.int
+    BREAKER_ERROR_RATE_PCT_FIELD_NUMBER: _builtins.int
+    BREAKER_WINDOW_FIELD_NUMBER: _builtins.int
+    BREAKER_OPEN_MS_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    target: _builtins.str
+    """host:port of the client's DecisionService."""
+    tls: Global___ClientTls.ValueType
+    ca_secret: _builtins.str
+    """Names of secrets held by authswitch (AUTHSWITCH_SECRET_<NAME> or a file in
+    AUTHSWITCH_SECRETS_DIR): the CA bundle to trust, the client certificate and key (mTLS),
+    the bearer token sent as "authorization: Bearer <token>".
+    """
+    cert_secret: _builtins.str
+    key_secret: _builtins.str
+    token_secret: _builtins.str
+    deadline_ms: _builtins.int
+    """Default 1000."""
+    stand_in: Global___StandInPolicy.ValueType
+    stand_in_asset: _builtins.str
+    """For STAND_IN_POLICY_APPROVE: the asset and limits of stand-in approvals."""
+    stand_in_transaction_max_minor: _builtins.int
+    stand_in_daily_max_minor: _builtins.int
+    breaker_failures: _builtins.int
+    """Circuit breaker: consecutive failures, or failure percentage over a window of calls,
+    that open it; how long it stays open before a probe. Defaults 5, 50, 20, 5000.
+    """
+    breaker_error_rate_pct: _builtins.int
+    breaker_window: _builtins.int
+    breaker_open_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        tls: Global___ClientTls.ValueType = ...,
+        ca_secret: _builtins.str = ...,
+        cert_secret: _builtins.str = ...,
+        key_secret: _builtins.str = ...,
+        token_secret: _builtins.str = ...,
+        deadline_ms: _builtins.int = ...,
+        stand_in: Global___StandInPolicy.ValueType = ...,
+        stand_in_asset: _builtins.str = ...,
+        stand_in_transaction_max_minor: _builtins.int = ...,
+        stand_in_daily_max_minor: _builtins.int = ...,
+        breaker_failures: _builtins.int = ...,
+        breaker_error_rate_pct: _builtins.int = ...,
+        breaker_window: _builtins.int = ...,
+        breaker_open_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_error_rate_pct", b"breaker_error_rate_pct", "breaker_failures", b"breaker_failures", "breaker_open_ms", b"breaker_open_ms", "breaker_window", b"breaker_window", "ca_secret", b"ca_secret", "cert_secret", b"cert_secret", "deadline_ms", b"deadline_ms", "key_secret", b"key_secret", "program_id", b"program_id", "stand_in", b"stand_in", "stand_in_asset", b"stand_in_asset", "stand_in_daily_max_minor", b"stand_in_daily_max_minor", "stand_in_transaction_max_minor", b"stand_in_transaction_max_minor", "target", b"target", "tls", b"tls", "token_secret", b"token_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProgramRoutingRequest: _TypeAlias = SetProgramRoutingRequest  # noqa: Y015
+
+@_typing.final
+class SetProgramRoutingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProgramRoutingResponse: _TypeAlias = SetProgramRoutingResponse  # noqa: Y015
+
+@_typing.final
+class SetNotificationSinkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    SINK_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    sink: Global___NotificationSink.ValueType
+    url: _builtins.str
+    """For a webhook: the URL (https://...)."""
+    secret_name: _builtins.str
+    """For a webhook: the name of the secret the signature is made with."""
+    remove: _builtins.bool
+    """Unsubscribe this sink instead."""
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        sink: Global___NotificationSink.ValueType = ...,
+        url: _builtins.str = ...,
+        secret_name: _builtins.str = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program_id", b"program_id", "remove", b"remove", "secret_name", b"secret_name", "sink", b"sink", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetNotificationSinkRequest: _TypeAlias = SetNotificationSinkRequest  # noqa: Y015
+
+@_typing.final
+class SetNotificationSinkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetNotificationSinkResponse: _TypeAlias = SetNotificationSinkResponse  # noqa: Y015
+
+@_typing.final
+class NotificationDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SINK_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    notification_id: _builtins.str
+    kind: _builtins.str
+    account_id: _builtins.str
+    sequence: _builtins.int
+    sink: Global___NotificationSink.ValueType
+    status: Global___DeliveryStatus.ValueType
+    attempts: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        notification_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        sink: Global___NotificationSink.ValueType = ...,
+        status: Global___DeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempts", b"attempts", "created_at", b"created_at", "kind", b"kind", "last_error", b"last_error", "notification_id", b"notification_id", "sequence", b"sequence", "sink", b"sink", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationDelivery: _TypeAlias = NotificationDelivery  # noqa: Y015
+
+@_typing.final
+class ListNotificationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    status: Global___DeliveryStatus.ValueType
+    """Only deliveries in this status; unspecified: all."""
+    page_size: _builtins.int
+    """Default 100, at most 1000."""
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        status: Global___DeliveryStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "program_id", b"program_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationsRequest: _TypeAlias = ListNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class ListNotificationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___NotificationDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationsResponse: _TypeAlias = ListNotificationsResponse  # noqa: Y015
+
+@_typing.final
+class RedriveNotificationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program_id", b"program_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveNotificationsRequest: _TypeAlias = RedriveNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class RedriveNotificationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDRIVEN_FIELD_NUMBER: _builtins.int
+    redriven: _builtins.int
+    def __init__(
+        self,
+        *,
+        redriven: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redriven", b"redriven"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveNotificationsResponse: _TypeAlias = RedriveNotificationsResponse  # noqa: Y015

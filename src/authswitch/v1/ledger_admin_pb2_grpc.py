@@ -151,6 +151,26 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.SetProgramRouting = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetProgramRouting',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingResponse.FromString,
+                _registered_method=True)
+        self.SetNotificationSink = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetNotificationSink',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.FromString,
+                _registered_method=True)
+        self.ListNotifications = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListNotifications',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsResponse.FromString,
+                _registered_method=True)
+        self.RedriveNotifications = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/RedriveNotifications',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerAdminServiceServicer:
@@ -307,6 +327,35 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetProgramRouting(self, request, context):
+        """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
+        circuit breaker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNotificationSink(self, request, context):
+        """Subscribes a program (on- or off-ledger) to notifications by a sink.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNotifications(self, request, context):
+        """Notifications and their delivery, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveNotifications(self, request, context):
+        """Puts dead-lettered notifications of a program back in the queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -424,6 +473,26 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'SetProgramRouting': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProgramRouting,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingResponse.SerializeToString,
+            ),
+            'SetNotificationSink': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNotificationSink,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.SerializeToString,
+            ),
+            'ListNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotifications,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsResponse.SerializeToString,
+            ),
+            'RedriveNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveNotifications,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1049,6 +1118,114 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/GetUsage',
             authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProgramRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetProgramRouting',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNotificationSink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetNotificationSink',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListNotifications',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/RedriveNotifications',
+            authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

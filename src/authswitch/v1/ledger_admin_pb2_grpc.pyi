@@ -70,6 +70,16 @@ class LedgerAdminServiceStub:
     ListLimits: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]
     GetUsage: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]
     """The live counters (limits, free uses) of an account and its cards."""
+    SetProgramRouting: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]
+    """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
+    circuit breaker.
+    """
+    SetNotificationSink: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetNotificationSinkRequest, _ledger_admin_pb2.SetNotificationSinkResponse]
+    """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+    ListNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]
+    """Notifications and their delivery, newest first."""
+    RedriveNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]
+    """Puts dead-lettered notifications of a program back in the queue."""
 
 @_typing.type_check_only
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
@@ -113,6 +123,16 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     ListLimits: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]  # type: ignore[assignment]
     GetUsage: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """The live counters (limits, free uses) of an account and its cards."""
+    SetProgramRouting: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]  # type: ignore[assignment]
+    """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
+    circuit breaker.
+    """
+    SetNotificationSink: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetNotificationSinkRequest, _ledger_admin_pb2.SetNotificationSinkResponse]  # type: ignore[assignment]
+    """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+    ListNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]  # type: ignore[assignment]
+    """Notifications and their delivery, newest first."""
+    RedriveNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]  # type: ignore[assignment]
+    """Puts dead-lettered notifications of a program back in the queue."""
 
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
@@ -291,5 +311,39 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.GetUsageResponse, _abc.Awaitable[_ledger_admin_pb2.GetUsageResponse]]:
         """The live counters (limits, free uses) of an account and its cards."""
+
+    @_abc_1.abstractmethod
+    def SetProgramRouting(
+        self,
+        request: _ledger_admin_pb2.SetProgramRoutingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetProgramRoutingResponse, _abc.Awaitable[_ledger_admin_pb2.SetProgramRoutingResponse]]:
+        """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
+        circuit breaker.
+        """
+
+    @_abc_1.abstractmethod
+    def SetNotificationSink(
+        self,
+        request: _ledger_admin_pb2.SetNotificationSinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetNotificationSinkResponse, _abc.Awaitable[_ledger_admin_pb2.SetNotificationSinkResponse]]:
+        """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+
+    @_abc_1.abstractmethod
+    def ListNotifications(
+        self,
+        request: _ledger_admin_pb2.ListNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListNotificationsResponse, _abc.Awaitable[_ledger_admin_pb2.ListNotificationsResponse]]:
+        """Notifications and their delivery, newest first."""
+
+    @_abc_1.abstractmethod
+    def RedriveNotifications(
+        self,
+        request: _ledger_admin_pb2.RedriveNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.RedriveNotificationsResponse, _abc.Awaitable[_ledger_admin_pb2.RedriveNotificationsResponse]]:
+        """Puts dead-lettered notifications of a program back in the queue."""
 
 def add_LedgerAdminServiceServicer_to_server(servicer: LedgerAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

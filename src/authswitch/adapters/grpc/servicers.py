@@ -17,6 +17,7 @@ from authswitch.domain.authorization import AuthorizationRequest, CardStatus
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.errors import RequestError
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
@@ -443,6 +444,86 @@ class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
         return ledger_admin_pb2.GetUsageResponse(
             usage=[ledger_admin_pb2.Usage(key=k, amount_minor=a, count=c) for k, a, c in rows]
         )
+
+    @grpc_errors
+    async def SetProgramRouting(  # noqa: N802
+        self, request: ledger_admin_pb2.SetProgramRoutingRequest, context: Context
+    ) -> ledger_admin_pb2.SetProgramRoutingResponse:
+        tls = {0: "NONE", 1: "NONE", 2: "TLS", 3: "MTLS"}.get(request.tls)
+        policy = {
+            0: StandInPolicy.DECLINE, 1: StandInPolicy.DECLINE, 2: StandInPolicy.APPROVE,
+            3: StandInPolicy.SHADOW,
+        }.get(request.stand_in)  # fmt: skip
+        if tls is None or policy is None:
+            raise RequestError("tls and stand_in must be known values")
+        if not 3 <= len(request.target) <= 255 or " " in request.target:
+            raise RequestError("target must be host:port")
+        deadline = request.deadline_ms or 1_000
+        if not 20 <= deadline <= 10_000:
+            raise RequestError("deadline_ms must be 20..10000")
+        if min(request.stand_in_transaction_max_minor, request.stand_in_daily_max_minor) < 0:
+            raise RequestError("stand-in limits must not be negative")
+        try:
+            breaker = BreakerConfig(
+                request.breaker_failures or 5, request.breaker_error_rate_pct or 50,
+                request.breaker_window or 20, request.breaker_open_ms or 5_000,
+            )  # fmt: skip
+        except AssertionError:
+            raise RequestError("breaker settings must be positive (error rate 1..100)") from None
+        routing = ClientRouting(
+            target=request.target, tls=tls, ca_secret=request.ca_secret,
+            cert_secret=request.cert_secret, key_secret=request.key_secret,
+            token_secret=request.token_secret, deadline_ms=deadline, stand_in=policy,
+            stand_in_asset=request.stand_in_asset,
+            stand_in_transaction_max_minor=request.stand_in_transaction_max_minor,
+            stand_in_daily_max_minor=request.stand_in_daily_max_minor, breaker=breaker,
+        )  # fmt: skip
+        await self.service.set_routing(request.program_id, routing, actor=_actor(context))
+        return ledger_admin_pb2.SetProgramRoutingResponse()
+
+    @grpc_errors
+    async def SetNotificationSink(  # noqa: N802
+        self, request: ledger_admin_pb2.SetNotificationSinkRequest, context: Context
+    ) -> ledger_admin_pb2.SetNotificationSinkResponse:
+        sink = {1: "client", 2: "webhook"}.get(request.sink, "")
+        await self.service.set_sink(
+            request.program_id, sink, request.url, request.secret_name, request.remove,
+            actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.SetNotificationSinkResponse()
+
+    @grpc_errors
+    async def ListNotifications(  # noqa: N802
+        self, request: ledger_admin_pb2.ListNotificationsRequest, context: Context
+    ) -> ledger_admin_pb2.ListNotificationsResponse:
+        status = {1: "PENDING", 2: "DELIVERED", 3: "DEAD"}.get(request.status)
+        limit = _page_size(request.page_size, default=100, maximum=1_000)
+        rows = await self.service.store.notification_deliveries(request.program_id, status, limit)
+        response = ledger_admin_pb2.ListNotificationsResponse()
+        for row in rows:
+            entry = response.deliveries.add(
+                notification_id=row["notification_id"],
+                kind=row["kind"],
+                account_id=row["account_id"],
+                sequence=row["seq"],
+                sink=ledger_admin_pb2.NOTIFICATION_SINK_CLIENT
+                if row["sink"] == "client"
+                else ledger_admin_pb2.NOTIFICATION_SINK_WEBHOOK,
+                status=ledger_admin_pb2.DeliveryStatus.Value(f"DELIVERY_STATUS_{row['status']}"),
+                attempts=row["attempts"],
+                last_error=row["last_error"],
+            )
+            entry.created_at.FromDatetime(row["created_at"])
+        return response
+
+    @grpc_errors
+    async def RedriveNotifications(  # noqa: N802
+        self, request: ledger_admin_pb2.RedriveNotificationsRequest, context: Context
+    ) -> ledger_admin_pb2.RedriveNotificationsResponse:
+        count = await self.service.store.redrive(
+            request.program_id, self.service.clock.now(), _actor(context)
+        )
+        return ledger_admin_pb2.RedriveNotificationsResponse(redriven=count)
 
 
 def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:

@@ -22,7 +22,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -35,6 +35,7 @@ from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.ledger import Balance, admit_in_order
 from authswitch.domain.records import (
     CardUpdate,
+    ClientCall,
     DecisionRecord,
     LedgerWrite,
     Notification,
@@ -42,7 +43,7 @@ from authswitch.domain.records import (
 )
 from authswitch.errors import Overloaded, StoreUnavailable
 
-__all__ = ["GroupCommitter", "StoredDecision", "WriteResult", "WriteStatus"]
+__all__ = ["GroupCommitter", "StoredDecision", "WriteResult", "WriteStatus", "write_notifications"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Called after a batch that wrote notifications has committed (wakes the outbox).
+        self.after_notifications: Callable[[], None] | None = None
 
     @property
     def depth(self) -> int:
@@ -185,6 +188,8 @@ class GroupCommitter:
             results = await self._recover(writes, exc)
         finally:
             metrics.COMMIT_BATCH_SECONDS.observe(time.perf_counter() - started)
+        if self.after_notifications is not None and any(w.notifications for w in writes):
+            self.after_notifications()
         for (_, future, _), result in zip(batch, results, strict=True):
             if future.done():  # the submitter was cancelled
                 continue
@@ -460,7 +465,31 @@ async def _write_usage(conn: Connection, changes: list[UsageChange]) -> None:
     )
 
 
-async def _write_notifications(conn: Connection, notifications: list[Notification]) -> None:
+async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None:
+    if not calls:
+        return
+    await conn.execute(
+        """INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
+               stand_in_policy, client_decision, client_response_code, client_reason,
+               latency_us, created_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                                $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[],
+                                $11::timestamptz[])""",
+        [k.source for k in calls],
+        [k.message_id for k in calls],
+        [k.program_id for k in calls],
+        [k.outcome for k in calls],
+        [k.stand_in_reason for k in calls],
+        [k.stand_in_policy for k in calls],
+        [k.client_decision for k in calls],
+        [k.client_response_code for k in calls],
+        [k.client_reason for k in calls],
+        [k.latency_us for k in calls],
+        [k.created_at for k in calls],
+    )
+
+
+async def write_notifications(conn: Connection, notifications: list[Notification]) -> None:
     """The outbox rows, and one delivery per sink, ordered per account by ``seq``."""
     if not notifications:
         return
@@ -691,7 +720,8 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
         )
 
     await _write_usage(conn, [u for w in writes for u in w.usage])
-    await _write_notifications(conn, [n for w in writes for n in w.notifications])
+    await _write_client_calls(conn, [k for w in writes for k in w.client_calls])
+    await write_notifications(conn, [n for w in writes for n in w.notifications])
 
     merged: dict[str, CardUpdate] = {}
     for write in writes:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.committer import StoredDecision, write_notifications
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.authorization import CardFacts, CardState, CardStatus, ProductRules
 from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
@@ -21,6 +22,8 @@ from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import OpenHold
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import Asset, AssetCategory
+from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
+from authswitch.domain.records import Notification
 from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed
 
 __all__ = ["AccountRow", "CatalogStore", "HoldRow", "ProductRow", "ProgramRow"]
@@ -36,9 +39,11 @@ class ProgramRow:
     clearing_account_id: str
     fee_account_id: str
     country: str = ""
-    # Where the program's notifications go ("client", "webhook"); set by the off-ledger
-    # routing and notification settings of the program.
+    # Where the program's notifications go ("client", "webhook").
     sinks: tuple[str, ...] = ()
+    routing: ClientRouting | None = None
+    webhook_url: str = ""
+    webhook_secret: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +143,48 @@ class CatalogStore:
         )
         if row is None:
             raise NotFound(f"program {program_id} does not exist")
-        return ProgramRow(*row)
+        routing_row = await self.pool.fetchrow(
+            """SELECT target, tls, ca_secret, cert_secret, key_secret, token_secret,
+                      deadline_ms, stand_in, stand_in_asset, stand_in_transaction_max_minor,
+                      stand_in_daily_max_minor, breaker_failures, breaker_error_rate_pct,
+                      breaker_window, breaker_open_ms
+               FROM program_routing WHERE program_id = $1""",
+            program_id,
+        )
+        routing = None
+        if routing_row is not None:
+            r = routing_row
+            routing = ClientRouting(
+                target=r["target"], tls=r["tls"], ca_secret=r["ca_secret"],
+                cert_secret=r["cert_secret"], key_secret=r["key_secret"],
+                token_secret=r["token_secret"], deadline_ms=r["deadline_ms"],
+                stand_in=StandInPolicy(r["stand_in"]), stand_in_asset=r["stand_in_asset"],
+                stand_in_transaction_max_minor=r["stand_in_transaction_max_minor"],
+                stand_in_daily_max_minor=r["stand_in_daily_max_minor"],
+                breaker=BreakerConfig(
+                    r["breaker_failures"], r["breaker_error_rate_pct"], r["breaker_window"],
+                    r["breaker_open_ms"],
+                ),
+            )  # fmt: skip
+        sinks = await self.pool.fetch(
+            "SELECT sink, url, secret_name FROM program_sinks WHERE program_id = $1 ORDER BY sink",
+            program_id,
+        )
+        webhook = next((s for s in sinks if s["sink"] == "webhook"), None)
+        return ProgramRow(
+            id=row[0],
+            client_id=row[1],
+            name=row[2],
+            mode=row[3],
+            time_zone=row[4],
+            clearing_account_id=row[5],
+            fee_account_id=row[6],
+            country=row[7],
+            sinks=tuple(s["sink"] for s in sinks),
+            routing=routing,
+            webhook_url=webhook["url"] if webhook else "",
+            webhook_secret=webhook["secret_name"] if webhook else "",
+        )
 
     async def product(self, product_id: str) -> ProductRow:
         row = await self.pool.fetchrow(
@@ -330,6 +376,17 @@ class CatalogStore:
             limit,
         )
         return [dict(r) for r in rows]
+
+    async def card_of_decision(self, source: str, message_id: str) -> CardFacts | None:
+        row = await self.pool.fetchrow(
+            """SELECT c.id::text, c.account_id::text, c.program_id::text, c.product_id::text,
+                      c.expiry_yymm
+               FROM decisions d JOIN cards c ON c.id = d.card_id
+               WHERE d.source = $1 AND d.message_id = $2""",
+            source,
+            message_id,
+        )
+        return None if row is None else CardFacts(*row)
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
         await self.account(account_id)
@@ -530,12 +587,20 @@ class CatalogStore:
         return str(account_id)
 
     async def change_card_status(
-        self, card_id: str, status: CardStatus, reason: str, actor: str
+        self,
+        card_id: str,
+        status: CardStatus,
+        reason: str,
+        actor: str,
+        notify: Callable[[str, str, CardStatus], Notification] | None = None,
     ) -> tuple[CardStatus, str]:
-        """Returns the previous status and the card's account id."""
+        """Returns the previous status and the card's account id. ``notify`` builds the
+        CARD_STATUS_CHANGED notification (from program id, account id and the previous
+        status), written in the same transaction."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT status, account_id::text FROM cards WHERE id = $1 FOR UPDATE",
+                """SELECT status, account_id::text, program_id::text FROM cards
+                   WHERE id = $1 FOR UPDATE""",
                 _uuid(card_id, "card"),
             )
             if row is None:
@@ -552,7 +617,49 @@ class CatalogStore:
                 conn, actor, "change_card_status", card_id,
                 {"from": previous.name, "to": status.name, "reason": reason},
             )  # fmt: skip
+            if notify is not None and previous is not status:
+                await write_notifications(
+                    conn, [notify(row["program_id"], row["account_id"], previous)]
+                )
         return previous, row["account_id"]
+
+    async def card_program(self, card_id: str) -> str:
+        value = await self.pool.fetchval(
+            "SELECT program_id::text FROM cards WHERE id = $1", _uuid(card_id, "card")
+        )
+        if value is None:
+            raise NotFound(f"card {card_id} does not exist")
+        return str(value)
+
+    async def programs_with_cards_to_expire(self, month: str) -> list[str]:
+        rows = await self.pool.fetch(
+            """SELECT DISTINCT program_id::text FROM cards
+               WHERE status NOT IN ('EXPIRED', 'CLOSED') AND expiry_yymm < $1""",
+            month,
+        )
+        return [r[0] for r in rows]
+
+    async def expire_cards(
+        self, month: str, notify: Callable[[str, str, str], Notification], limit: int
+    ) -> list[str]:
+        """Set to EXPIRED the cards whose expiry month (YYMM) is before ``month``, with a
+        CARD_EXPIRED notification each; returns their accounts (to reload)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """UPDATE cards SET status = 'EXPIRED', updated_at = now()
+                   WHERE id IN (
+                       SELECT id FROM cards
+                       WHERE status NOT IN ('EXPIRED', 'CLOSED') AND expiry_yymm < $1
+                       LIMIT $2 FOR UPDATE SKIP LOCKED)
+                   RETURNING id::text, account_id::text, program_id::text""",
+                month,
+                limit,
+            )
+            if rows:
+                await write_notifications(conn, [notify(r[2], r[1], r[0]) for r in rows])
+                for r in rows:
+                    await _audit(conn, "system", "expire_card", r[0], {"month": month})
+        return sorted({r[1] for r in rows})
 
     async def create_customer(
         self, customer_id: str, program_id: str, name: str, reference: str, actor: str
@@ -757,6 +864,99 @@ class CatalogStore:
             now,
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    async def set_routing(self, program_id: str, routing: ClientRouting, actor: str) -> None:
+        await self.program(program_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO program_routing (program_id, target, tls, ca_secret, cert_secret,
+                       key_secret, token_secret, deadline_ms, stand_in, stand_in_asset,
+                       stand_in_transaction_max_minor, stand_in_daily_max_minor,
+                       breaker_failures, breaker_error_rate_pct, breaker_window,
+                       breaker_open_ms, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                           $16, now())
+                   ON CONFLICT (program_id) DO UPDATE SET
+                       target = EXCLUDED.target, tls = EXCLUDED.tls,
+                       ca_secret = EXCLUDED.ca_secret, cert_secret = EXCLUDED.cert_secret,
+                       key_secret = EXCLUDED.key_secret, token_secret = EXCLUDED.token_secret,
+                       deadline_ms = EXCLUDED.deadline_ms, stand_in = EXCLUDED.stand_in,
+                       stand_in_asset = EXCLUDED.stand_in_asset,
+                       stand_in_transaction_max_minor = EXCLUDED.stand_in_transaction_max_minor,
+                       stand_in_daily_max_minor = EXCLUDED.stand_in_daily_max_minor,
+                       breaker_failures = EXCLUDED.breaker_failures,
+                       breaker_error_rate_pct = EXCLUDED.breaker_error_rate_pct,
+                       breaker_window = EXCLUDED.breaker_window,
+                       breaker_open_ms = EXCLUDED.breaker_open_ms, updated_at = now()""",
+                program_id, routing.target, routing.tls, routing.ca_secret, routing.cert_secret,
+                routing.key_secret, routing.token_secret, routing.deadline_ms,
+                routing.stand_in.value, routing.stand_in_asset,
+                routing.stand_in_transaction_max_minor, routing.stand_in_daily_max_minor,
+                routing.breaker.failures_max, routing.breaker.error_rate_pct,
+                routing.breaker.window, routing.breaker.open_ms,
+            )  # fmt: skip
+            await _audit(
+                conn, actor, "set_program_routing", program_id,
+                {"target": routing.target, "tls": routing.tls, "deadline_ms": routing.deadline_ms,
+                 "stand_in": routing.stand_in.value},
+            )  # fmt: skip
+
+    async def set_sink(
+        self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, actor: str
+    ) -> None:
+        await self.program(program_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if remove:
+                await conn.execute(
+                    "DELETE FROM program_sinks WHERE program_id = $1 AND sink = $2",
+                    program_id,
+                    sink,
+                )
+            else:
+                await conn.execute(
+                    """INSERT INTO program_sinks (program_id, sink, url, secret_name)
+                       VALUES ($1, $2, $3, $4)
+                       ON CONFLICT (program_id, sink) DO UPDATE SET
+                           url = EXCLUDED.url, secret_name = EXCLUDED.secret_name""",
+                    program_id,
+                    sink,
+                    url,
+                    secret_name,
+                )
+            await _audit(
+                conn, actor, "set_notification_sink", program_id,
+                {"sink": sink, "url": url, "remove": remove},
+            )  # fmt: skip
+
+    async def notification_deliveries(
+        self, program_id: str, status: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        await self.program(program_id)
+        rows = await self.pool.fetch(
+            """SELECT d.notification_id::text, n.kind,
+                      coalesce(n.account_id::text, '') AS account_id, d.seq, d.sink,
+                      d.status, d.attempts, d.last_error, n.created_at
+               FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+               WHERE d.program_id = $1 AND ($2::text IS NULL OR d.status = $2)
+               ORDER BY d.seq DESC LIMIT $3""",
+            program_id,
+            status,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def redrive(self, program_id: str, now: datetime, actor: str) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                """UPDATE notification_deliveries
+                   SET status = 'PENDING', attempts = 0, next_attempt_at = $2, last_error = ''
+                   WHERE program_id = $1 AND status = 'DEAD'""",
+                _uuid(program_id, "program"),
+                now,
+            )
+            count = int(status.split()[-1])
+            await _audit(conn, actor, "redrive_notifications", program_id, {"count": count})
+        return count
 
     async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
         async with self.pool.acquire() as conn:

@@ -144,6 +144,7 @@ class LedgerCache:
         self._adjust = _script(client, "adjust")
         self._load = _script(client, "load")
         self._load_card = _script(client, "load_card")
+        self._counter = _script(client, "counter")
 
     async def start_generation(self, floor: int) -> int:
         """Raise the shared generation to at least ``floor`` and adopt it.
@@ -176,6 +177,7 @@ class LedgerCache:
         message_id: str,
         fingerprint: bytes,
         charges: Charges = NO_CHARGES,
+        checks_only: bool = False,
     ) -> AuthorizeOutcome | Miss | Duplicate:
         keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
         args: list[Any] = [
@@ -185,7 +187,7 @@ class LedgerCache:
             amount_minor,
             charges.fixed_fee_minor,
             1 if partial_allowed else 0,
-            1 if zero_value else 0,
+            2 if checks_only else (1 if zero_value else 0),
             int(pre.expiry_reason or 0),
             pre.pin_mode.value,
             pre.pvv,
@@ -283,6 +285,18 @@ class LedgerCache:
         if tag == b"MISS":
             return Miss()
         raise AssertionError(f"apply.lua answered {tag!r}")
+
+    async def add_within(
+        self, account_id: str, key: str, previous: str, amount_minor: int, cap_minor: int
+    ) -> bool | Miss:
+        """Add to a counter if it stays within ``cap_minor``; whether it did."""
+        reply: Sequence[Any] = await self._counter(
+            keys=[self.keys.state(account_id)],
+            args=[self.generation, key, previous, amount_minor, cap_minor],
+        )
+        if reply[0] == b"MISS":
+            return Miss()
+        return bool(reply[0] == b"OK")
 
     async def adjust(
         self, account_id: str, epoch: bytes, asset: str, actual_delta: int, held_delta: int

@@ -5,7 +5,9 @@
 --
 -- KEYS[1]  account state hash   <prefix>:{<account>}:s
 -- KEYS[2]  idempotency marker    <prefix>:{<account>}:m:<source>:<message id>
--- ARGV     1 gen  2 card  3 asset  4 amount  5 fixed_fee  6 partial(0|1)  7 zero_value(0|1)
+-- ARGV     1 gen  2 card  3 asset  4 amount  5 fixed_fee  6 partial(0|1)
+--          7 mode: 0 financial, 1 zero-value, 2 core checks only (off-ledger: no funds, no
+--            limits, nothing held or counted; APPROVED means every check passed)
 --          8 expiry_reason  9 pin_mode  10 pvv  11 new_pvv  12 cvv2_reason  13 product_reason
 --          14 marker_value  15 marker_ttl_s  16 decline_fee
 --          17 n_limits, then per limit: key previous amount_max count_max   (-1: no cap)
@@ -29,7 +31,7 @@ local state, marker = KEYS[1], KEYS[2]
 local gen = tonumber(ARGV[1])
 local card, asset = ARGV[2], ARGV[3]
 local amount, fixed_fee = tonumber(ARGV[4]), tonumber(ARGV[5])
-local partial, zero_value = ARGV[6] == '1', ARGV[7] == '1'
+local partial, zero_value, checks_only = ARGV[6] == '1', ARGV[7] ~= '0', ARGV[7] == '2'
 local expiry_reason = tonumber(ARGV[8])
 local pin_mode, pvv, new_pvv = ARGV[9], ARGV[10], ARGV[11]
 local cvv2_reason, product_reason = tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -92,6 +94,17 @@ if reason == 0 and pin_mode ~= '' then
 end
 if reason == 0 and cvv2_reason ~= 0 then reason = cvv2_reason end
 if reason == 0 and product_reason ~= 0 then reason = product_reason end
+
+if checks_only then
+  if reason == 0 then reason = APPROVED end
+  if new_tries ~= tries then redis.call('HSET', state, 't:' .. card, new_tries) end
+  if pin_changed == 1 then redis.call('HSET', state, 'p:' .. card, new_pvv) end
+  redis.call('SET', marker, ARGV[14], 'EX', ARGV[15])
+  local changed = 0
+  if new_tries ~= tries then changed = 1 end
+  return {'OK', reason, 0, 0, actual, held, epoch, new_tries, changed, blocked_now,
+    pin_changed, has_balance, 0}
+end
 
 local fee = fixed_fee
 for _, free in ipairs(frees) do

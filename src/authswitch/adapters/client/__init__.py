@@ -1,0 +1,1 @@
+"""Clients' endpoints: their DecisionService over gRPC, and HTTPS webhooks."""

@@ -1,0 +1,19 @@
+-- Adds to one counter of an account if it stays within its cap (a stand-in's daily limit).
+--
+-- KEYS[1]  account state hash
+-- ARGV     gen key previous amount cap
+-- Returns  {'MISS'} | {'OVER', used} | {'OK', used_after}
+
+local state = KEYS[1]
+local g = redis.call('HGET', state, 'g')
+if not g or tonumber(g) < tonumber(ARGV[1]) then return {'MISS'} end
+local key, previous = ARGV[2], ARGV[3]
+local amount, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
+local used = tonumber(redis.call('HGET', state, 'ua:' .. key) or '0')
+if used + amount > cap then return {'OVER', used} end
+used = redis.call('HINCRBY', state, 'ua:' .. key, amount)
+redis.call('HINCRBY', state, 'uc:' .. key, 1)
+if previous ~= '' and previous ~= key then
+  redis.call('HDEL', state, 'ua:' .. previous, 'uc:' .. previous)
+end
+return {'OK', used}

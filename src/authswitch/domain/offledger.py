@@ -1,0 +1,188 @@
+"""Off-ledger rules (DESIGN.md §6), pure: the circuit breaker, the stand-in policy, and what
+counts as a valid answer from a client. Time is passed in as monotonic milliseconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from authswitch.domain.codes import Reason
+
+__all__ = [
+    "BreakerConfig",
+    "BreakerState",
+    "CircuitBreaker",
+    "ClientAnswer",
+    "ClientRouting",
+    "StandInPolicy",
+    "StandInReason",
+    "check_answer",
+]
+
+
+class StandInPolicy(Enum):
+    DECLINE = "DECLINE"  # answer 91
+    APPROVE = "APPROVE"  # approve within per-transaction and per-day stand-in limits
+    SHADOW = "SHADOW"  # decide from the on-ledger shadow balance
+
+
+class StandInReason(Enum):
+    """Why authswitch answered instead of the client (numbered as on the wire)."""
+
+    TIMEOUT = 1
+    UNAVAILABLE = 2
+    BREAKER_OPEN = 3
+    INVALID_ANSWER = 4
+    NOT_CONFIGURED = 5
+
+
+class BreakerState(Enum):
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls do not go through; stand-in answers at once
+    HALF_OPEN = "half_open"  # one probe call goes through to test the client
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failures_max: int = 5  # consecutive failures that open the breaker
+    error_rate_pct: int = 50  # or this share of failures among the last `window` calls
+    window: int = 20
+    open_ms: int = 5_000  # how long it stays open before a probe
+
+    def __post_init__(self) -> None:
+        assert self.failures_max >= 1
+        assert 1 <= self.error_rate_pct <= 100
+        assert self.window >= 1
+        assert self.open_ms >= 1
+
+
+class CircuitBreaker:
+    """Opens after ``failures_max`` consecutive failures, or when the failures among the
+    last ``window`` calls (once there are that many) reach ``error_rate_pct``; after
+    ``open_ms`` lets one probe through (half-open); closes when a probe succeeds and opens
+    again when it fails."""
+
+    def __init__(self, config: BreakerConfig) -> None:
+        self.config = config
+        self.state = BreakerState.CLOSED
+        self._consecutive = 0
+        self._recent: collections.deque[bool] = collections.deque(maxlen=config.window)
+        self._opened_at_ms = 0
+        self._probing = False
+
+    def allow(self, now_ms: int) -> bool:
+        """Whether a call may go to the client now (a half-open probe counts as one)."""
+        if self.state is BreakerState.OPEN:
+            if now_ms - self._opened_at_ms < self.config.open_ms:
+                return False
+            self.state = BreakerState.HALF_OPEN
+            self._probing = False
+        if self.state is BreakerState.HALF_OPEN:
+            if self._probing:
+                return False
+            self._probing = True
+            return True
+        return True
+
+    def record(self, success: bool, now_ms: int) -> None:
+        if self.state is BreakerState.HALF_OPEN:
+            self._probing = False
+            if success:
+                self._close()
+            else:
+                self._open(now_ms)
+            return
+        if self.state is BreakerState.OPEN:
+            return  # a late answer from before it opened changes nothing
+        self._recent.append(success)
+        self._consecutive = 0 if success else self._consecutive + 1
+        failures = sum(1 for ok in self._recent if not ok)
+        full = len(self._recent) == self.config.window
+        if self._consecutive >= self.config.failures_max or (
+            full and failures * 100 >= self.config.error_rate_pct * self.config.window
+        ):
+            self._open(now_ms)
+
+    def _open(self, now_ms: int) -> None:
+        self.state = BreakerState.OPEN
+        self._opened_at_ms = now_ms
+        self._consecutive = 0
+        self._recent.clear()
+
+    def _close(self) -> None:
+        self.state = BreakerState.CLOSED
+        self._consecutive = 0
+        self._recent.clear()
+
+
+_CODE = re.compile(r"^[0-9A-Z]{2}$")
+# Codes that mean approval: a client that declines with one of them is not believed.
+_APPROVAL_CODES = frozenset({"00", "08", "10", "11", "16", "85"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRouting:
+    """Where a program's DecisionService is and how to treat it."""
+
+    target: str
+    tls: str = "NONE"  # NONE, TLS, MTLS
+    ca_secret: str = ""
+    cert_secret: str = ""
+    key_secret: str = ""
+    token_secret: str = ""
+    deadline_ms: int = 1_000
+    stand_in: StandInPolicy = StandInPolicy.DECLINE
+    stand_in_asset: str = ""
+    stand_in_transaction_max_minor: int = 0
+    stand_in_daily_max_minor: int = 0
+    breaker: BreakerConfig = BreakerConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAnswer:
+    """A client's answer, checked: what authswitch will tell the network."""
+
+    reason: Reason  # APPROVED, PARTIALLY_APPROVED or CLIENT_DECLINED
+    approved_minor: int
+    response_code: str
+    authorization_code: str
+    client_reason: str
+
+
+def check_answer(
+    decision: int,
+    *,
+    approved_minor: int,
+    approved_asset: str,
+    response_code: str,
+    authorization_code: str,
+    client_reason: str,
+    requested_minor: int,
+    asset: str,
+    partial_allowed: bool,
+) -> ClientAnswer | None:
+    """The answer to give the network, or None when the client's answer is invalid (and
+    must not be trusted: the stand-in policy answers instead). ``decision`` is the wire
+    number of ``ClientDecision``: 1 approve, 2 partial, 3 decline."""
+    if authorization_code and not re.fullmatch(r"[0-9A-Za-z]{6}", authorization_code):
+        return None
+    reason_text = client_reason[:200]
+    if decision == 1:
+        return ClientAnswer(Reason.APPROVED, requested_minor, "00", authorization_code, reason_text)
+    if decision == 2:
+        if not partial_allowed or approved_asset != asset:
+            return None
+        if not 0 < approved_minor < requested_minor:
+            return None
+        return ClientAnswer(
+            Reason.PARTIALLY_APPROVED, approved_minor, "10", authorization_code, reason_text
+        )
+    if decision == 3:
+        code = response_code or "05"
+        if not _CODE.match(code) or code in _APPROVAL_CODES:
+            return None
+        return ClientAnswer(Reason.CLIENT_DECLINED, 0, code, "", reason_text)
+    return None
