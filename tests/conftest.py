@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
@@ -14,7 +14,7 @@ import uvloop
 from authswitch.app import Application
 from authswitch.config import Settings
 from authswitch.domain.cardsec import CardKeys
-from tests.support.ledger import Ledger
+from tests.support.ledger import ISSUED_PANS, Ledger
 from tests.support.stores import Stores, open_stores
 
 TEST_KEYS = CardKeys(b"p" * 32, b"i" * 32, b"c" * 32)
@@ -69,6 +69,34 @@ def ledger(channel: grpc.aio.Channel) -> Ledger:
     return Ledger(channel)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="authswitch")
+class _RawLogs(logging.Handler):
+    """Every log record of the session, as written by the code (before any redaction)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        parts = [record.getMessage(), " ".join(f"{k}={v}" for k, v in record.__dict__.items())]
+        if record.exc_info:
+            parts.append(logging.Formatter().formatException(record.exc_info))
+        self.texts.append(" ".join(parts))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_card_numbers_in_logs() -> Iterator[None]:
+    """Captures all logs of the session at DEBUG and fails the session if a PAN issued by a
+    test appears in any of them: the code never logs a PAN (redaction is only a backstop)."""
+    handler = _RawLogs()
+    logger = logging.getLogger("authswitch")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logger.setLevel(previous)
+    assert handler.texts, "no log line was captured: the capture is broken"
+    leaked = [(pan, text[:200]) for text in handler.texts for pan in ISSUED_PANS if pan in text]
+    assert not leaked, f"PANs in logs: {leaked[:3]}"

@@ -25,7 +25,11 @@ from grpc_health.v1 import health_pb2
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
-from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
+from authswitch.adapters.grpc.servicers import (
+    AuthorizationServicer,
+    LedgerAdminServicer,
+    Services,
+)
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.pool import create_pool
@@ -48,6 +52,7 @@ from authswitch.service.posting import Poster
 
 __all__ = ["Application", "State"]
 
+LIVENESS = "liveness"  # the health service name of the liveness probe
 AGE_OFF_LOCK_KEY = 0x61676531  # "age1": one age-off sweep at a time across replicas
 CARD_EXPIRY_LOCK_KEY = 0x65787031  # "exp1"
 
@@ -90,6 +95,7 @@ class Application:
         self.redis: aioredis.Redis | None = None
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
+        self.services = Services()
         self._stopped = asyncio.Event()
 
     def _move(self, to: State) -> None:
@@ -105,7 +111,22 @@ class Application:
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        # "liveness" is SERVING while the process runs, ready or not: a probe of it restarts
+        # a wedged process, never a starting, draining or store-less one.
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         try:
+            # The port opens first, answering NOT_SERVING (and UNAVAILABLE to calls) until
+            # Postgres, Redis and the catalogue are ready.
+            self.server, self.grpc_port = build_server(
+                settings,
+                AuthorizationServicer(self.services),
+                LedgerAdminServicer(self.services),
+                self.health,
+            )
+            await self.server.start()
+            log.info(
+                "gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port}
+            )
             await self._start_components(settings)
         except BaseException:
             await self._close()
@@ -243,14 +264,9 @@ class Application:
             )
         for job in self.jobs:
             job.start()
-        self.server, self.grpc_port = build_server(
-            settings,
-            AuthorizationServicer(self.authorization, self.lifecycle),
-            LedgerAdminServicer(self.admin, self.lifecycle),
-            self.health,
-        )
-        await self.server.start()
-        log.info("gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port})
+        self.services.authorization = self.authorization
+        self.services.lifecycle = self.lifecycle
+        self.services.admin = self.admin
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -270,6 +286,8 @@ class Application:
         self._stopped.set()
 
     async def _close(self) -> None:
+        if self.server is not None and self.state is State.STARTING:
+            await self.server.stop(0)  # a failed start: nothing is in flight
         for job in getattr(self, "jobs", []):
             await job.stop()
         committer = getattr(self, "committer", None)

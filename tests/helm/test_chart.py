@@ -685,8 +685,10 @@ def test_deployment_runs_the_server_hardened(chart: helm_python.Chart) -> None:
 @pytest.mark.timeout(60)
 def test_probes_are_native_grpc_health_checks(chart: helm_python.Chart) -> None:
     main = container(render(chart))
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert main[probe]["grpc"] == {"port": 50051, "service": ""}, probe
+    # Liveness asks the "liveness" service, SERVING while the process runs (authswitch.app).
+    assert main["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
     # A draining pod (NOT_SERVING) must leave the endpoints quickly but not be restarted.
     drain_s = 5 + 20
     liveness = main["livenessProbe"]

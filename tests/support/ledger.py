@@ -21,6 +21,8 @@ from authswitch.v1 import (
 
 EXPIRY = "3012"  # December 2030
 _counter = itertools.count()
+# Every PAN the tests issue: conftest searches all captured logs for them at the end.
+ISSUED_PANS: list[str] = []
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Ledger:
                 await self.credit(account_id, balance_minor, asset)
         pan = demo_pan("4" + f"{next(_counter) % 100_000:05d}" + "00")
         self.pans.append(pan)
+        ISSUED_PANS.append(pan)
         created = await self.admin.CreateCard(
             ledger_admin_pb2.CreateCardRequest(
                 account_id=account_id, pan=pan, expiry=expiry, status=status, pin=pin

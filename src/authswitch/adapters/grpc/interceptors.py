@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from authswitch import metrics
+from authswitch.logs import REQUEST_ID
 
 __all__ = ["MetricsInterceptor"]
+
+# Each RPC runs in its own task, so setting the context variable inside the call does not
+# leak into other calls.
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -33,6 +38,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def observed(request: Any, context: Any) -> Any:
             started.inc()
             begun = time.perf_counter()
+            # The request id of every log line of this call: the caller's, or a new one.
+            given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+            REQUEST_ID.set(str(given)[:64] if given else uuid.uuid4().hex[:16])
             code: Any = grpc.StatusCode.OK
             try:
                 return await behaviour(request, context)

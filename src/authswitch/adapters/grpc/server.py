@@ -40,6 +40,10 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Gateways hold connections for long: ending them every few minutes (after a grace
+        # for calls in flight) spreads load over replicas added since.
+        ("grpc.max_connection_age_ms", 300_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
     ]
 
 

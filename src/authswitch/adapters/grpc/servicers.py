@@ -18,7 +18,7 @@ from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
-from authswitch.errors import RequestError
+from authswitch.errors import RequestError, StoreUnavailable
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.lifecycle import LifecycleService
@@ -30,7 +30,7 @@ from authswitch.v1 import (
     ledger_admin_pb2_grpc,
 )
 
-__all__ = ["AuthorizationServicer", "LedgerAdminServicer", "to_domain"]
+__all__ = ["AuthorizationServicer", "LedgerAdminServicer", "Services", "to_domain"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -91,15 +91,46 @@ def _card_status(value: int, *, default: CardStatus | None = None) -> CardStatus
         raise RequestError("status must be a known card status") from None
 
 
-class AuthorizationServicer(authorization_pb2_grpc.AuthorizationServiceServicer):
-    def __init__(self, service: AuthorizationService, lifecycle: LifecycleService) -> None:
-        self.service = service
-        self.lifecycle = lifecycle
+class Services:
+    """The services the servicers call. Empty while the application starts: the port is
+    open (health answers NOT_SERVING) before the stores are, and calls get UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.authorization: AuthorizationService | None = None
+        self.lifecycle: LifecycleService | None = None
+        self.admin: AdminService | None = None
+
+    def ready(self) -> bool:
+        return self.authorization is not None
+
+
+class _Ready:
+    """Servicer access to the services, refused until they are ready."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def lifecycle(self) -> LifecycleService:
+        if self._services.lifecycle is None:
+            raise StoreUnavailable("starting")
+        return self._services.lifecycle
+
+
+class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceServicer):
+    @property
+    def service(self) -> AuthorizationService:
+        if self._services.authorization is None:
+            raise StoreUnavailable("starting")
+        return self._services.authorization
 
     async def Authorize(  # noqa: N802 - gRPC method name
         self, request: authorization_pb2.AuthorizeRequest, context: Context
     ) -> authorization_pb2.AuthorizeResponse:
-        # Never raises: every fault is answered with a response code (96 at worst).
+        # Never raises: every fault is answered with a response code (96 at worst). Before
+        # the server is ready the call is refused, so the gateway retries another replica.
+        if not self._services.ready():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
         canonical = request.SerializeToString(deterministic=True)
         return await self.service.authorize(to_domain(request), canonical)
 
@@ -131,10 +162,12 @@ class AuthorizationServicer(authorization_pb2_grpc.AuthorizationServiceServicer)
         return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
 
 
-class LedgerAdminServicer(ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
-    def __init__(self, service: AdminService, lifecycle: LifecycleService) -> None:
-        self.service = service
-        self.lifecycle = lifecycle
+class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
+    @property
+    def service(self) -> AdminService:
+        if self._services.admin is None:
+            raise StoreUnavailable("starting")
+        return self._services.admin
 
     @grpc_errors
     async def CreateClient(  # noqa: N802

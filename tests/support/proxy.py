@@ -1,0 +1,120 @@
+"""A TCP fault proxy between authswitch and a store, as asyncpg's adversity tests use: it
+forwards bytes both ways, and can delay new connections, stall traffic, or cut every
+connection, on command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+def target_of_dsn(dsn: str) -> tuple[str, int] | str:
+    """Where a Postgres DSN points: (host, port), or the path of a Unix socket."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(dsn)
+    socket_dir = parse_qs(parts.query).get("host", [""])[0]
+    port = parts.port or 5432
+    if socket_dir.startswith("/"):
+        return f"{socket_dir}/.s.PGSQL.{port}"
+    return (parts.hostname or "127.0.0.1", port)
+
+
+def target_of_redis_url(url: str) -> tuple[str, int] | str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return (parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+class FaultProxy:
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self.target = target
+        self.port = 0
+        self.connect_delay_s = 0.0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.refuse = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stall(self) -> None:
+        """Hold all traffic (connections stay open; nothing moves)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    async def cut(self) -> None:
+        """Close every open connection (the next ones are accepted again)."""
+        for client, upstream in list(self._pairs):
+            for writer in (client, upstream):
+                writer.transport.abort()
+        self._pairs.clear()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # owned, so that stop() can cancel a delayed accept
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self.refuse:
+            writer.transport.abort()
+            return
+        if self.connect_delay_s:
+            try:
+                await asyncio.sleep(self.connect_delay_s)
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
+        try:
+            if isinstance(self.target, str):
+                up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pipe(source, sink, pair))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+    ) -> None:
+        try:
+            while True:
+                data = await source.read(65536)
+                if not data:
+                    break
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._pairs.discard(pair)
+            with contextlib.suppress(Exception):
+                sink.transport.abort()
