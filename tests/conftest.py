@@ -43,6 +43,8 @@ def settings_for(stores: Stores, **overrides: object) -> Settings:
         "postgres_pool_max": 6,
         "shutdown_grace_s": 2.0,
         "age_off_interval_s": 0.0,  # tests age holds off explicitly, by their own clock
+        "card_expiry_interval_s": 0.0,
+        "reconcile_interval_s": 0.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
+from authswitch.adapters.sinks import DirectorySink
 from authswitch.config import Settings, load_card_keys
 from authswitch.domain.cardsec import CardKeys
 from authswitch.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -49,12 +50,16 @@ from authswitch.service.lifecycle import LifecycleService
 from authswitch.service.offledger import OffLedgerService
 from authswitch.service.outbox import OutboxSettings, OutboxWorker
 from authswitch.service.posting import Poster
+from authswitch.service.reconcile import Reconciler
+from authswitch.service.reports import ReportWriter, ScheduledReports
 
 __all__ = ["Application", "State"]
 
 LIVENESS = "liveness"  # the health service name of the liveness probe
 AGE_OFF_LOCK_KEY = 0x61676531  # "age1": one age-off sweep at a time across replicas
 CARD_EXPIRY_LOCK_KEY = 0x65787031  # "exp1"
+REPORT_LOCK_KEY = 0x72707431  # "rpt1"
+RECONCILE_LOCK_KEY = 0x72636E31  # "rcn1"
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +267,26 @@ class Application:
                     lock_key=CARD_EXPIRY_LOCK_KEY,
                 )
             )
+        reports_dir = Path(settings.reports_dir or settings.data_dir / "reports")
+        scheduled = ScheduledReports(
+            ReportWriter(self.pool), DirectorySink(reports_dir), self.clock,
+            settings.balance_report_at,
+        )  # fmt: skip
+        self.jobs.append(
+            PeriodicJob("balance_report", 60.0, scheduled.run_due, self.pool, REPORT_LOCK_KEY)
+        )
+        if settings.reconcile_interval_s:
+            reconciler = Reconciler(self.pool, cache, self.clock)
+
+            async def reconcile() -> int:
+                return len((await reconciler.run()).breaks)
+
+            self.jobs.append(
+                PeriodicJob(
+                    "reconcile", settings.reconcile_interval_s, reconcile, self.pool,
+                    RECONCILE_LOCK_KEY,
+                )
+            )  # fmt: skip
         for job in self.jobs:
             job.start()
         self.services.authorization = self.authorization

@@ -5,6 +5,13 @@ authswitch migrate    apply the database migrations and exit
 authswitch demo       create a funded demo card on a running server and show how to use it
 authswitch reference-client
                       run the reference off-ledger client (a DecisionService)
+authswitch report balances --client ID --prefix P --out DIR
+                      seed 003's daily account balance report of a client
+authswitch report subledger --program ID --date YYYY-MM-DD --out DIR
+authswitch report fbo --program ID --out DIR
+                      seed 002's subledger net-change and pooled FBO balance files
+authswitch reconcile [--program ID] [--fbo-csv FILE] [--json]
+                      check the ledger; exit 1 on any break
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 from authswitch import __version__
 from authswitch.config import Settings
-from authswitch.errors import ConfigError
+from authswitch.errors import ConfigError, RequestError
 from authswitch.logs import configure_logging
 
 __all__ = ["main"]
@@ -83,6 +93,90 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[Any]:
+    """A small pool on the configured Postgres (or the embedded one of the data directory)."""
+    from authswitch.adapters.postgres.pool import create_pool
+    from authswitch.embedded import EmbeddedPostgres
+
+    embedded = None
+    dsn = settings.postgres_dsn
+    if not dsn:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        dsn = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
+    pool = await create_pool(dsn, min_size=1, max_size=2, statement_timeout_ms=3_600_000)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from authswitch.adapters.sinks import DirectorySink
+    from authswitch.service.reports import ReportWriter
+
+    sink = DirectorySink(args.out)
+    now = datetime.now(UTC)
+    async with _database(settings) as pool:
+        writer = ReportWriter(pool)
+        if args.kind == "balances":
+            name, count = await writer.balance_report(
+                sink, client_id=args.client, prefix=args.prefix, at=now,
+                progress=lambda text: print(text, file=sys.stderr),
+            )  # fmt: skip
+        elif args.kind == "subledger":
+            try:
+                day = date.fromisoformat(args.date)
+            except ValueError:
+                raise RequestError("--date must be YYYY-MM-DD") from None
+            name, count = await writer.subledger_net_changes(sink, program_id=args.program, day=day)
+        else:
+            name, count = await writer.fbo_balances(sink, program_id=args.program, at=now)
+    print(f"wrote {args.out / name} ({count} records)", file=sys.stderr)
+    return 0
+
+
+async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from authswitch.service.clock import SystemClock
+    from authswitch.service.reconcile import Reconciler, read_fbo_file
+
+    async with _database(settings) as pool:
+        fbo = None
+        if args.fbo_csv is not None:
+            exponents = {r[0]: r[1] for r in await pool.fetch("SELECT code, exponent FROM assets")}
+            fbo = read_fbo_file(args.fbo_csv, exponents)
+        cache, client = await _cache_if_reachable(settings)
+        try:
+            report = await Reconciler(pool, cache, SystemClock()).run(
+                program_id=args.program, fbo=fbo
+            )
+        finally:
+            if client is not None:
+                await client.aclose()
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+async def _cache_if_reachable(settings: Settings) -> tuple[Any, Any]:
+    """The Redis cache to compare, when one answers (the embedded one runs with serve)."""
+    import redis.asyncio as aioredis
+
+    from authswitch.adapters.redis.cache import LedgerCache
+    from authswitch.embedded import EmbeddedRedis
+
+    url = settings.redis_url or EmbeddedRedis(settings.data_dir).url
+    client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except Exception:
+        await client.aclose()
+        print("authswitch: Redis not reachable, cache_equals_postgres skipped", file=sys.stderr)
+        return None, None
+    return LedgerCache(client, settings.redis_key_prefix, marker_ttl_s=60), client
+
+
 async def _reference_client(args: argparse.Namespace) -> int:
     import signal
 
@@ -137,6 +231,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference.add_argument(
         "--token-env", default="", help="environment variable holding the expected bearer token"
     )
+    report = commands.add_parser("report", help="write a report file")
+    kinds = report.add_subparsers(dest="kind", required=True)
+    balances = kinds.add_parser("balances", help="seed 003's account balance report")
+    balances.add_argument("--client", required=True, help="client id")
+    balances.add_argument(
+        "--prefix", required=True, help="file name prefix (1-15 of A-Z a-z 0-9 _)"
+    )
+    balances.add_argument("--out", required=True, type=Path, help="directory to write into")
+    subledger = kinds.add_parser("subledger", help="seed 002's daily subledger net changes")
+    subledger.add_argument("--program", required=True)
+    subledger.add_argument("--date", required=True, help="YYYY-MM-DD, in the program's time zone")
+    subledger.add_argument("--out", required=True, type=Path)
+    fbo = kinds.add_parser("fbo", help="seed 002's pooled FBO balance file")
+    fbo.add_argument("--program", required=True)
+    fbo.add_argument("--out", required=True, type=Path)
+    reconcile = commands.add_parser("reconcile", help="check the ledger; exit 1 on any break")
+    reconcile.add_argument("--program", help="only this program")
+    reconcile.add_argument("--fbo-csv", type=Path, help="the partner's pooled FBO balance file")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
 
     try:
@@ -157,8 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(run_demo(args.target or settings.grpc_listen, args.scenario))
         if args.command == "reference-client":
             return _run(_reference_client(args))
+        if args.command == "report":
+            return _run(_report(settings, args))
+        if args.command == "reconcile":
+            return _run(_reconcile(settings, args))
     except ConfigError as exc:
         print(f"authswitch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RequestError as exc:
+        print(f"authswitch: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"authswitch: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ Postgres and Redis under ``AUTHSWITCH_DATA_DIR``.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -85,6 +86,14 @@ class Settings:
     # How often cards past their expiry month are set to EXPIRED; 0 turns the job off.
     card_expiry_interval_s: float = 3600.0
 
+    # Reports: the daily account balance report of each subscribed client is written to
+    # reports_dir (empty: <data_dir>/reports) once a day after balance_report_at (HH:MM, UTC).
+    reports_dir: str = ""
+    balance_report_at: str = "01:05"
+    # How often the ledger reconciles itself (metrics only; `authswitch reconcile` prints);
+    # 0 turns it off.
+    reconcile_interval_s: float = 3600.0
+
     # Card keys, hex. Empty: read from *_FILE, or (development only) generated in data_dir.
     pan_key_hex: str = field(default="", repr=False)
     pin_key_hex: str = field(default="", repr=False)
@@ -143,6 +152,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"AUTHSWITCH_{name.upper()} must be positive")
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", self.balance_report_at):
+            raise ConfigError("AUTHSWITCH_BALANCE_REPORT_AT must be HH:MM")
+        if self.reconcile_interval_s < 0:
+            raise ConfigError("AUTHSWITCH_RECONCILE_INTERVAL_S must not be negative")
         if self.card_expiry_interval_s < 0:
             raise ConfigError("AUTHSWITCH_CARD_EXPIRY_INTERVAL_S must not be negative")
         if self.age_off_interval_s < 0:

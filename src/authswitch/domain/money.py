@@ -15,6 +15,7 @@ __all__ = [
     "format_signed",
     "format_unsigned",
     "is_int64",
+    "parse_decimal",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -79,3 +80,22 @@ def format_signed(amount_minor: int, exponent: int) -> str:
     """
     text = format_unsigned(amount_minor, exponent)
     return text if text.startswith("-") else "+" + text
+
+
+_DECIMAL = re.compile(r"^([+-]?)(\d{1,19})(?:\.(\d+))?$")
+
+
+def parse_decimal(text: str, exponent: int) -> int:
+    """``"+100.00", 2 -> 10000``; refuses anything that is not an exact amount of the
+    asset (more decimals than its exponent, exponents, spaces, thousands separators)."""
+    match = _DECIMAL.match(text.strip())
+    if match is None:
+        raise ValueError(f"not a decimal amount: {text!r}")
+    sign, whole, fraction = match[1], match[2], match[3] or ""
+    if len(fraction) > exponent:
+        raise ValueError(f"{text!r} has more than {exponent} decimals")
+    value: int = int(whole) * 10**exponent + int(fraction.ljust(exponent, "0") or "0")
+    value = -value if sign == "-" else value
+    if not is_int64(value):
+        raise ValueError(f"{text!r} is out of range")
+    return value

@@ -1970,3 +1970,45 @@ class RedriveNotificationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedriveNotificationsResponse: _TypeAlias = RedriveNotificationsResponse  # noqa: Y015
+
+@_typing.final
+class SetBalanceReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    prefix: _builtins.str
+    """The file name prefix agreed with the client: 1 to 15 letters, digits or underscores."""
+    enabled: _builtins.bool
+    """false: stop the daily report."""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "enabled", b"enabled", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceReportRequest: _TypeAlias = SetBalanceReportRequest  # noqa: Y015
+
+@_typing.final
+class SetBalanceReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetBalanceReportResponse: _TypeAlias = SetBalanceReportResponse  # noqa: Y015

@@ -171,6 +171,11 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsResponse.FromString,
                 _registered_method=True)
+        self.SetBalanceReport = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetBalanceReport',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerAdminServiceServicer:
@@ -356,6 +361,13 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBalanceReport(self, request, context):
+        """Subscribes a client to the daily account balance report (seed 003).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -493,6 +505,11 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.RedriveNotifications,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsResponse.SerializeToString,
+            ),
+            'SetBalanceReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBalanceReport,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1226,6 +1243,33 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/RedriveNotifications',
             authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.RedriveNotificationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBalanceReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetBalanceReport',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

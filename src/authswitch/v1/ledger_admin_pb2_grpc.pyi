@@ -80,6 +80,8 @@ class LedgerAdminServiceStub:
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]
     """Puts dead-lettered notifications of a program back in the queue."""
+    SetBalanceReport: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetBalanceReportRequest, _ledger_admin_pb2.SetBalanceReportResponse]
+    """Subscribes a client to the daily account balance report (seed 003)."""
 
 @_typing.type_check_only
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
@@ -133,6 +135,8 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]  # type: ignore[assignment]
     """Puts dead-lettered notifications of a program back in the queue."""
+    SetBalanceReport: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetBalanceReportRequest, _ledger_admin_pb2.SetBalanceReportResponse]  # type: ignore[assignment]
+    """Subscribes a client to the daily account balance report (seed 003)."""
 
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
@@ -345,5 +349,13 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.RedriveNotificationsResponse, _abc.Awaitable[_ledger_admin_pb2.RedriveNotificationsResponse]]:
         """Puts dead-lettered notifications of a program back in the queue."""
+
+    @_abc_1.abstractmethod
+    def SetBalanceReport(
+        self,
+        request: _ledger_admin_pb2.SetBalanceReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetBalanceReportResponse, _abc.Awaitable[_ledger_admin_pb2.SetBalanceReportResponse]]:
+        """Subscribes a client to the daily account balance report (seed 003)."""
 
 def add_LedgerAdminServiceServicer_to_server(servicer: LedgerAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

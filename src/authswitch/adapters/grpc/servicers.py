@@ -18,6 +18,7 @@ from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
+from authswitch.domain.reports import valid_prefix
 from authswitch.errors import RequestError, StoreUnavailable
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
@@ -557,6 +558,17 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             request.program_id, self.service.clock.now(), _actor(context)
         )
         return ledger_admin_pb2.RedriveNotificationsResponse(redriven=count)
+
+    @grpc_errors
+    async def SetBalanceReport(  # noqa: N802
+        self, request: ledger_admin_pb2.SetBalanceReportRequest, context: Context
+    ) -> ledger_admin_pb2.SetBalanceReportResponse:
+        if not valid_prefix(request.prefix):
+            raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
+        await self.service.store.set_report_subscription(
+            request.client_id, request.prefix, request.enabled, _actor(context)
+        )
+        return ledger_admin_pb2.SetBalanceReportResponse()
 
 
 def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:

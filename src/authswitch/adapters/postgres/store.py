@@ -958,6 +958,27 @@ class CatalogStore:
             await _audit(conn, actor, "redrive_notifications", program_id, {"count": count})
         return count
 
+    async def set_report_subscription(
+        self, client_id: str, prefix: str, enabled: bool, actor: str
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT true FROM clients WHERE id = $1", _uuid(client_id, "client")
+            ):
+                raise NotFound(f"client {client_id} does not exist")
+            await conn.execute(
+                """INSERT INTO report_subscriptions (client_id, prefix, enabled)
+                   VALUES ($1, $2, $3)
+                   ON CONFLICT (client_id) DO UPDATE SET prefix = EXCLUDED.prefix,
+                       enabled = EXCLUDED.enabled, updated_at = now()""",
+                client_id,
+                prefix,
+                enabled,
+            )
+            await _audit(
+                conn, actor, "set_balance_report", client_id, {"prefix": prefix, "enabled": enabled}
+            )
+
     async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
         async with self.pool.acquire() as conn:
             await _audit(conn, actor, action, subject_id, detail)

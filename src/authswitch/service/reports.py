@@ -1,0 +1,285 @@
+"""Report files: seed 003's daily account balance report and seed 002's sponsor-bank files
+(the subledger net-change file and the pooled FBO balance file).
+
+Each report is one consistent snapshot (a single repeatable-read, read-only transaction),
+streamed from a server-side cursor so that a million accounts never sit in memory at once,
+and written through a sink that only shows the file once it is complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from authswitch.adapters.sinks import ReportSink
+from authswitch.domain.money import format_signed
+from authswitch.domain.reports import (
+    BalanceRow,
+    balance_record,
+    balance_report_name,
+    file_date_and_time,
+    valid_prefix,
+)
+from authswitch.errors import NotFound, RequestError
+from authswitch.service.clock import Clock
+
+__all__ = ["ReportWriter", "ScheduledReports"]
+
+log = logging.getLogger(__name__)
+
+CURSOR_PREFETCH = 1_000
+PROGRESS_EVERY = 100_000
+
+_BALANCES = """
+    SELECT p.client_id::text, acc.program_id::text, acc.product_id::text,
+           coalesce(acc.profile_id::text, ''), acc.id::text, acc.account_type, acc.name,
+           acc.reference, b.asset, a.numeric_code, a.category, a.exponent,
+           p.mode = 'ON_LEDGER', b.is_base, b.actual_minor, b.authorized_minor
+    FROM balances b
+    JOIN accounts acc ON acc.id = b.account_id
+    JOIN programs p ON p.id = acc.program_id
+    JOIN assets a ON a.code = b.asset
+    WHERE p.client_id = $1 AND acc.kind = 'CUSTOMER'
+    ORDER BY acc.id, b.is_base DESC, b.asset
+"""
+
+
+class ReportWriter:
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self.pool = pool
+
+    async def _client_exists(self, conn: Any, client_id: str) -> None:
+        if not await conn.fetchval(
+            "SELECT true FROM clients WHERE id = $1", _uuid_or_404(client_id)
+        ):
+            raise NotFound(f"client {client_id} does not exist")
+
+    async def balance_report(
+        self,
+        sink: ReportSink,
+        *,
+        client_id: str,
+        prefix: str,
+        at: datetime,
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[str, int]:
+        """Write seed 003's account balance report of a client; returns (file name, records)."""
+        if not valid_prefix(prefix):
+            raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
+        name = balance_report_name(prefix, client_id, at)
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await self._client_exists(conn, client_id)
+            total = await conn.fetchval(
+                """SELECT count(*) FROM balances b JOIN accounts acc ON acc.id = b.account_id
+                   JOIN programs p ON p.id = acc.program_id
+                   WHERE p.client_id = $1 AND acc.kind = 'CUSTOMER'""",
+                client_id,
+            )
+            async with sink.open(name) as out:
+                header = {
+                    "file_date_and_time": file_date_and_time(at),
+                    "total_number_of_records": str(total),
+                }
+                out.write(json.dumps(header)[:-1].encode() + b', "account_balance": [')
+                written = 0
+                async for row in conn.cursor(_BALANCES, client_id, prefetch=CURSOR_PREFETCH):
+                    record = balance_record(BalanceRow(*row))
+                    out.write((b",\n  " if written else b"\n  ") + json.dumps(record).encode())
+                    written += 1
+                    if progress is not None and written % PROGRESS_EVERY == 0:
+                        progress(f"{written} of {total} records")
+                out.write(b"\n]}\n")
+                assert written == total, "the snapshot changed under the report"
+        return name, written
+
+    async def subledger_net_changes(
+        self, sink: ReportSink, *, program_id: str, day: date
+    ) -> tuple[str, int]:
+        """Seed 002's subledger sync: one net change per customer account (and asset) that
+        changed on ``day`` (in the program's time zone), each a book transfer against the
+        implicit clearing subledger, whose own line closes the file."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            program = await conn.fetchrow(
+                "SELECT name, time_zone FROM programs WHERE id = $1", _uuid_or_404(program_id)
+            )
+            if program is None:
+                raise NotFound(f"program {program_id} does not exist")
+            start, end = _day_bounds(day, program["time_zone"])
+            name = f"subledger-{program_id}-{day:%Y%m%d}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(["date", "subledger", "account_reference", "asset", "net_change",
+                               "direction"])  # fmt: skip
+                lines = 0
+                totals: dict[str, tuple[int, int]] = {}
+                async for row in conn.cursor(
+                    """SELECT p.account_id::text, acc.reference, p.asset, a.exponent,
+                              sum(p.amount_minor) AS net
+                       FROM postings p
+                       JOIN accounts acc ON acc.id = p.account_id
+                       JOIN assets a ON a.code = p.asset
+                       WHERE acc.program_id = $1 AND acc.kind = 'CUSTOMER'
+                         AND p.created_at >= $2 AND p.created_at < $3
+                       GROUP BY p.account_id, acc.reference, p.asset, a.exponent
+                       HAVING sum(p.amount_minor) <> 0
+                       ORDER BY p.account_id, p.asset""",
+                    program_id, start, end, prefetch=CURSOR_PREFETCH,
+                ):  # fmt: skip
+                    net = int(row["net"])
+                    text.writerow(
+                        [f"{day:%Y-%m-%d}", row[0], row[1], row[2], format_signed(net, row[3]),
+                         "CREDIT" if net > 0 else "DEBIT"]
+                    )  # fmt: skip
+                    total, exponent = totals.get(row[2], (0, row[3]))
+                    totals[row[2]] = (total + net, exponent)
+                    lines += 1
+                for asset, (total, exponent) in sorted(totals.items()):
+                    # The implicit subledger takes the other side of every book transfer.
+                    text.writerow(
+                        [f"{day:%Y-%m-%d}", "implicit-clearing", program["name"], asset,
+                         format_signed(-total, exponent), "CREDIT" if -total > 0 else "DEBIT"]
+                    )  # fmt: skip
+                _flush(text)
+        return name, lines
+
+    async def fbo_balances(
+        self, sink: ReportSink, *, program_id: str, at: datetime
+    ) -> tuple[str, int]:
+        """Seed 002's pooled FBO balance file: each beneficial owner's balance. An account is
+        listed once, under its holders (joint holders joined by '+'), or its own id when it
+        has none, so the file adds up to the FBO total."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            if not await conn.fetchval(
+                "SELECT true FROM programs WHERE id = $1", _uuid_or_404(program_id)
+            ):
+                raise NotFound(f"program {program_id} does not exist")
+            name = f"fbo-balances-{program_id}-{at:%Y%m%d-%H%M%S}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(["customer_id", "asset", "balance"])
+                lines = 0
+                async for row in conn.cursor(
+                    """SELECT coalesce(
+                              (SELECT string_agg(h.customer_id::text, '+' ORDER BY h.customer_id)
+                               FROM account_holders h WHERE h.account_id = acc.id),
+                              acc.id::text) AS owner,
+                              b.asset, a.exponent, b.actual_minor
+                       FROM balances b JOIN accounts acc ON acc.id = b.account_id
+                       JOIN assets a ON a.code = b.asset
+                       WHERE acc.program_id = $1 AND acc.kind = 'CUSTOMER'
+                       ORDER BY owner, b.asset""",
+                    program_id, prefetch=CURSOR_PREFETCH,
+                ):  # fmt: skip
+                    text.writerow([row[0], row[1], format_signed(row[3], row[2])])
+                    lines += 1
+                _flush(text)
+        return name, lines
+
+
+class _CsvOut:
+    """csv.writer over a binary file, in chunks."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\n")
+
+    def writerow(self, row: list[object]) -> None:
+        self.writer.writerow(row)
+        if self.buffer.tell() > 64 * 1024:
+            _flush(self)
+
+
+def _csv_writer(out: IO[bytes]) -> _CsvOut:
+    return _CsvOut(out)
+
+
+def _flush(text: _CsvOut) -> None:
+    text.out.write(text.buffer.getvalue().encode())
+    text.buffer.seek(0)
+    text.buffer.truncate()
+
+
+def _uuid_or_404(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise NotFound(f"{value!r} does not exist") from None
+
+
+def _day_bounds(day: date, time_zone: str) -> tuple[datetime, datetime]:
+    zone = ZoneInfo(time_zone)
+    start = datetime.combine(day, time.min, zone)
+    return start, datetime.combine(day + timedelta(days=1), time.min, zone)
+
+
+class ScheduledReports:
+    """Writes each subscribed client's daily balance report once a day, after ``at``
+    (HH:MM UTC). The run is claimed in ``report_runs`` first, so two replicas never both
+    write it, and a crash mid-way leaves it to be written again."""
+
+    def __init__(self, writer: ReportWriter, sink: ReportSink, clock: Clock, at: str) -> None:
+        self.writer = writer
+        self.sink = sink
+        self.clock = clock
+        hours, minutes = (int(part) for part in at.split(":"))
+        self.at = time(hours, minutes)
+
+    async def run_due(self) -> int:
+        now = self.clock.now()
+        if now.astimezone(UTC).time() < self.at:
+            return 0
+        day = now.astimezone(UTC).date()
+        pool = self.writer.pool
+        subscriptions = await pool.fetch(
+            "SELECT client_id::text, prefix FROM report_subscriptions WHERE enabled"
+        )
+        written = 0
+        for subscription in subscriptions:
+            client_id, prefix = subscription[0], subscription[1]
+            claimed = await pool.fetchval(
+                """INSERT INTO report_runs (kind, subject, day, started_at)
+                   VALUES ('balances', $1, $2, $3)
+                   ON CONFLICT (kind, subject, day) DO UPDATE SET started_at = EXCLUDED.started_at
+                   WHERE report_runs.finished_at IS NULL
+                     AND report_runs.started_at < EXCLUDED.started_at - interval '1 hour'
+                   RETURNING true""",
+                client_id,
+                day,
+                now,
+            )
+            if not claimed:
+                continue
+            name, records = await self.writer.balance_report(
+                self.sink, client_id=client_id, prefix=prefix, at=now
+            )
+            await pool.execute(
+                """UPDATE report_runs SET file_name = $3, records = $4, finished_at = $5
+                   WHERE kind = 'balances' AND subject = $1 AND day = $2""",
+                client_id,
+                day,
+                name,
+                records,
+                self.clock.now(),
+            )
+            log.info("balance report written", extra={"file": name, "records": records})
+            written += 1
+        return written
