@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
+from authswitch.adapters.grpc.access import AccessPolicy
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import (
     AuthorizationServicer,
@@ -122,11 +123,15 @@ class Application:
         try:
             # The port opens first, answering NOT_SERVING (and UNAVAILABLE to calls) until
             # Postgres, Redis and the catalogue are ready.
+            policy = AccessPolicy.from_settings(settings)
+            if not policy.enabled:
+                log.warning("no gateway or admin credentials configured: every caller may call")
             self.server, self.grpc_port = build_server(
                 settings,
                 AuthorizationServicer(self.services),
                 LedgerAdminServicer(self.services),
                 self.health,
+                policy,
             )
             await self.server.start()
             log.info(

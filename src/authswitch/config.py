@@ -65,6 +65,18 @@ class Settings:
     age_off_interval_s: float = 60.0
     age_off_batch_max: int = 1_000
 
+    # TLS on the gRPC port (both files, PEM); with a client CA too, mutual TLS is required.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Who may call what: AuthorizationService needs the gateway role, LedgerAdminService the
+    # admin role, proven by a client certificate's common name (comma-separated lists) or a
+    # bearer token (files of tokens, one per line, so they can be rotated). None set: open.
+    gateway_subjects: str = ""
+    admin_subjects: str = ""
+    gateway_token_file: str = ""
+    admin_token_file: str = ""
+
     grpc_max_message_bytes: int = 64 * 1024
     grpc_max_concurrent_streams: int = 1_000
     shutdown_grace_s: float = 10.0

@@ -9,9 +9,7 @@ sockets only. Used by ``authswitch serve`` without ``AUTHSWITCH_POSTGRES_DSN`` /
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import signal
 import socket
 import subprocess
 import time
@@ -24,14 +22,6 @@ __all__ = ["EmbeddedPostgres", "EmbeddedRedis"]
 log = logging.getLogger(__name__)
 
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM the child when its parent dies, so a killed serve leaves no
-    orphan Redis behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedPostgres:
@@ -100,10 +90,11 @@ class EmbeddedRedis:
             "--logfile", str(self.dir / "redis.log"),
             "--maxclients", "10000",
         ]  # fmt: skip
+        # No preexec_fn: running Python in a child forked from a threaded process (gRPC,
+        # the executor) can deadlock. A Redis orphaned by a killed parent is adopted by the
+        # next start instead (it answers on the same socket).
         self._process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
-            args,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            args, stdin=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout_s
         while not self._answers():

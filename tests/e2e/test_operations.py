@@ -20,7 +20,7 @@ from authswitch.app import Application
 from authswitch.metrics_http import start_metrics_server
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.support.ledger import Ledger
-from tests.support.proxy import FaultProxy, target_of_dsn
+from tests.support.proxy import FaultProxy, dsn_through, target_of_dsn
 from tests.support.server import ServerProcess
 from tests.support.stores import Stores
 
@@ -136,8 +136,7 @@ async def test_not_serving_until_the_stores_are_ready(stores: Stores, tmp_path: 
     proxy = FaultProxy(target_of_dsn(stores.postgres_dsn))
     await proxy.start()
     proxy.connect_delay_s = 2.0  # a Postgres that takes its time to accept
-    database = stores.postgres_dsn.rsplit("/", 1)[1].split("?")[0]
-    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}"
+    dsn = dsn_through(stores.postgres_dsn, proxy.port)
     server = ServerProcess(stores, tmp_path / "serve.log", postgres_dsn=dsn)
     server.start()
     try:
@@ -162,10 +161,9 @@ async def test_calls_before_ready_are_unavailable(stores: Stores, tmp_path: Path
     proxy = FaultProxy(target_of_dsn(stores.postgres_dsn))
     await proxy.start()
     proxy.connect_delay_s = 2.0
-    database = stores.postgres_dsn.rsplit("/", 1)[1].split("?")[0]
     server = ServerProcess(
         stores, tmp_path / "serve.log",
-        postgres_dsn=f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
+        postgres_dsn=dsn_through(stores.postgres_dsn, proxy.port),
     )  # fmt: skip
     server.start()
     try:

@@ -470,7 +470,7 @@ def _stand_in_secrets(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     for name, value in env.items():
         if value == "<secret>":
             result[name] = stand_ins.get(name, "ab" * 32)
-        elif name.endswith("_KEY_FILE"):
+        elif name in {f"{PREFIX}{k}_KEY_FILE" for k in ("PAN", "PIN", "CVV")}:
             # A mounted card key: a file with a key in it.
             key_file = tmp_path / Path(value).name
             key_file.write_text("cd" * 32)

@@ -305,6 +305,28 @@ def test_ledger_state_machine(server: tuple[ThreadedApp, ManualClock]) -> None:
             for hold in [h for h in self.model.holds.values() if h.expires_at <= now]:
                 self.model.release(hold, hold.amount)
 
+        # -- faults: the model does not change, the invariants must still hold -------------
+
+        @rule()
+        def cache_flushed(self) -> None:
+            """Every key of this application gone from Redis (FLUSHALL, for it)."""
+
+            async def flush() -> None:
+                assert app.redis is not None
+                async for key in app.redis.scan_iter(match=f"{app.cache.keys.prefix}:*"):
+                    await app.redis.delete(key)
+
+            threaded.call(flush())
+
+        @rule()
+        def scripts_flushed(self) -> None:
+            assert app.redis is not None
+            threaded.call(app.redis.script_flush())
+
+        @rule()
+        def account_evicted(self) -> None:
+            threaded.call(app.cache.invalidate(self.account_id))
+
         # -- what must hold after every step ----------------------------------------------
 
         @invariant()

@@ -20,6 +20,14 @@ def target_of_dsn(dsn: str) -> tuple[str, int] | str:
     return (parts.hostname or "127.0.0.1", port)
 
 
+def dsn_through(dsn: str, port: int) -> str:
+    """The DSN of the same database, reached at 127.0.0.1:``port`` (a proxy)."""
+    from urllib.parse import urlsplit
+
+    database = urlsplit(dsn).path.lstrip("/") or "postgres"
+    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+
 def target_of_redis_url(url: str) -> tuple[str, int] | str:
     from urllib.parse import urlsplit
 

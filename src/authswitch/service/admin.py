@@ -78,6 +78,8 @@ def _name(value: str, what: str, *, required: bool = True) -> str:
         raise RequestError(f"{what} is required")
     if len(value) > NAME_LEN_MAX:
         raise RequestError(f"{what} is longer than {NAME_LEN_MAX} characters")
+    if any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in value):
+        raise RequestError(f"{what} has control characters")
     return value
 
 

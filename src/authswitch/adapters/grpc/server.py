@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authswitch.adapters.grpc.interceptors import MetricsInterceptor
+from authswitch.adapters.grpc.access import AccessPolicy, server_credentials
+from authswitch.adapters.grpc.interceptors import CallInterceptor
 from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
 from authswitch.config import Settings
-from authswitch.v1 import (
-    authorization_pb2,
-    authorization_pb2_grpc,
-    ledger_admin_pb2,
-    ledger_admin_pb2_grpc,
-)
+from authswitch.v1 import authorization_pb2, ledger_admin_pb2
 
-__all__ = ["SERVICE_NAMES", "HealthServicer", "build_server"]
+__all__ = ["SERVICE_NAMES", "HealthServicer", "add_service", "build_server"]
 
 # grpcio-health-checking's asyncio servicer (its stubs do not declare the ``aio`` module).
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
@@ -47,27 +47,79 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+class Malformed:
+    """A request whose bytes did not parse (bad wire format, invalid UTF-8 in a string)."""
+
+    __slots__ = ()
+
+
+MALFORMED = Malformed()
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return MALFORMED
+
+    return deserialize
+
+
+def _refusing_malformed(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request does not parse")
+        return await behaviour(request, context)
+
+    return handle
+
+
+def add_service(server: grpc.aio.Server, servicer: object, descriptor: ServiceDescriptor) -> None:
+    """Register ``servicer`` for ``descriptor``'s unary methods, answering INVALID_ARGUMENT
+    to a request that does not parse (grpcio's generated registration would say INTERNAL)."""
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = GetMessageClass(method.input_type)
+        response_type = GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _refusing_malformed(getattr(servicer, method.name)),
+            request_deserializer=_lenient(request_type.FromString),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+
+
 def build_server(
     settings: Settings,
     authorization: AuthorizationServicer,
     admin: LedgerAdminServicer,
     health_servicer: Any,
+    policy: AccessPolicy | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A server with every service added and its port bound; returns it and the port."""
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor()],
+        interceptors=[CallInterceptor(policy or AccessPolicy())],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_streams,
     )
-    authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(authorization, server)
-    ledger_admin_pb2_grpc.add_LedgerAdminServiceServicer_to_server(admin, server)
+    add_service(
+        server, authorization, authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"]
+    )
+    add_service(server, admin, ledger_admin_pb2.DESCRIPTOR.services_by_name["LedgerAdminService"])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
         server,
     )  # fmt: skip
-    port = server.add_insecure_port(settings.grpc_listen)
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.grpc_listen)
+    else:
+        port = server.add_secure_port(settings.grpc_listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_listen}")
     return server, port

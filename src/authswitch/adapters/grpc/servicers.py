@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import AuthorizationRequest, CardStatus
@@ -76,11 +77,13 @@ def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationReque
 
 
 def _actor(context: Context) -> str:
-    """Who made an admin call, for the audit log (the authenticated identity, when known)."""
+    """Who made an admin call, for the audit log: the authenticated caller, and the person
+    the calling tool says it acts for (x-authswitch-actor), which only adds detail."""
+    caller = CALLER.get()
     for key, value in context.invocation_metadata() or ():
         if key == "x-authswitch-actor" and isinstance(value, str):
-            return value[:64]
-    return "admin"
+            return f"{caller}/{value[:64]}"
+    return caller
 
 
 def _card_status(value: int, *, default: CardStatus | None = None) -> CardStatus:
