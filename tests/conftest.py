@@ -45,6 +45,7 @@ def settings_for(stores: Stores, **overrides: object) -> Settings:
         "age_off_interval_s": 0.0,  # tests age holds off explicitly, by their own clock
         "card_expiry_interval_s": 0.0,
         "reconcile_interval_s": 0.0,
+        "file_delivery_interval_s": 0.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ from authswitch.adapters.grpc.servicers import (
     Services,
 )
 from authswitch.adapters.postgres.committer import GroupCommitter
+from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.store import CatalogStore
@@ -46,6 +47,8 @@ from authswitch.service.authorization import AuthorizationService
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock, SystemClock
+from authswitch.service.disputes import DisputeService
+from authswitch.service.files import FileDeliveries, FileSchedules
 from authswitch.service.jobs import PeriodicJob
 from authswitch.service.lifecycle import LifecycleService
 from authswitch.service.offledger import OffLedgerService
@@ -61,6 +64,7 @@ AGE_OFF_LOCK_KEY = 0x61676531  # "age1": one age-off sweep at a time across repl
 CARD_EXPIRY_LOCK_KEY = 0x65787031  # "exp1"
 REPORT_LOCK_KEY = 0x72707431  # "rpt1"
 RECONCILE_LOCK_KEY = 0x72636E31  # "rcn1"
+FILES_LOCK_KEY = 0x66696C31  # "fil1"
 
 log = logging.getLogger(__name__)
 
@@ -292,11 +296,28 @@ class Application:
                     RECONCILE_LOCK_KEY,
                 )
             )  # fmt: skip
+        self.disputes = DisputeService(
+            keys=keys, catalog=catalog, disputes=DisputeStore(self.pool), poster=poster,
+            clock=self.clock,
+        )  # fmt: skip
+        self.files = FileSchedules(self.pool, self.clock)
+        self.deliveries = FileDeliveries(
+            self.pool, ReportWriter(self.pool), secrets, self.clock, settings.data_dir / "spool"
+        )
+        if settings.file_delivery_interval_s:
+            self.jobs.append(
+                PeriodicJob(
+                    "file_delivery", settings.file_delivery_interval_s, self.deliveries.run_due,
+                    self.pool, FILES_LOCK_KEY,
+                )
+            )  # fmt: skip
         for job in self.jobs:
             job.start()
         self.services.authorization = self.authorization
         self.services.lifecycle = self.lifecycle
         self.services.admin = self.admin
+        self.services.disputes = self.disputes
+        self.services.files = self.files
 
     # -- shutdown ---------------------------------------------------------------------------
 

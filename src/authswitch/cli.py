@@ -10,6 +10,14 @@ authswitch report balances --client ID --prefix P --out DIR
 authswitch report subledger --program ID --date YYYY-MM-DD --out DIR
 authswitch report fbo --program ID --out DIR
                       seed 002's subledger net-change and pooled FBO balance files
+authswitch report transactions|chargebacks --program ID --date YYYY-MM-DD --out DIR
+                      the sponsor bank's daily transaction and chargeback files
+authswitch files run [--schedule ID]
+                      deliver the scheduled files that are due now (each at most once)
+authswitch files schedule --kind K (--program ID | --client ID) --cron "30 2 * * *"
+                      (--directory DIR | --sftp USER@HOST[:PORT][/DIR] --key-secret NAME
+                      --known-hosts-secret NAME)       schedule a file on a running server
+authswitch files list [--program ID | --client ID]
 authswitch reconcile [--program ID] [--fbo-csv FILE] [--json]
                       check the ledger; exit 1 on any break
 """
@@ -29,6 +37,7 @@ from typing import Any
 
 from authswitch import __version__
 from authswitch.config import Settings
+from authswitch.demo import SCENARIOS
 from authswitch.errors import ConfigError, RequestError
 from authswitch.logs import configure_logging
 
@@ -126,15 +135,112 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
                 sink, client_id=args.client, prefix=args.prefix, at=now,
                 progress=lambda text: print(text, file=sys.stderr),
             )  # fmt: skip
-        elif args.kind == "subledger":
+        elif args.kind in ("subledger", "transactions", "chargebacks"):
             try:
                 day = date.fromisoformat(args.date)
             except ValueError:
                 raise RequestError("--date must be YYYY-MM-DD") from None
-            name, count = await writer.subledger_net_changes(sink, program_id=args.program, day=day)
+            write = {
+                "subledger": writer.subledger_net_changes, "transactions": writer.transactions,
+                "chargebacks": writer.chargebacks,
+            }[args.kind]  # fmt: skip
+            name, count = await write(sink, program_id=args.program, day=day)
         else:
             name, count = await writer.fbo_balances(sink, program_id=args.program, at=now)
     print(f"wrote {args.out / name} ({count} records)", file=sys.stderr)
+    return 0
+
+
+async def _files(settings: Settings, args: argparse.Namespace) -> int:
+    """Deliver what is due now, as the server's job does; a rerun sends nothing twice."""
+    from authswitch.secrets import SecretStore
+    from authswitch.service.clock import SystemClock
+    from authswitch.service.files import FileDeliveries
+    from authswitch.service.reports import ReportWriter
+
+    secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
+    async with _database(settings) as pool:
+        deliveries = FileDeliveries(
+            pool, ReportWriter(pool), secrets, SystemClock(), settings.data_dir / "spool"
+        )
+        delivered = await deliveries.run_due(schedule_id=args.schedule)
+        failed = await pool.fetch(
+            """SELECT f.schedule_id::text, f.due_at, f.attempts, f.last_error
+               FROM file_deliveries f
+               WHERE f.delivered_at IS NULL AND f.last_error <> ''
+                 AND ($1::uuid IS NULL OR f.schedule_id = $1)
+               ORDER BY f.due_at""",
+            args.schedule,
+        )
+    print(f"delivered {delivered} file(s)", file=sys.stderr)
+    for row in failed:
+        print(
+            f"pending: schedule {row[0]} due {row[1]:%Y-%m-%d %H:%M %Z} after {row[2]} "
+            f"attempt(s): {row[3]}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _sftp_destination(text: str, key_secret: str, known_hosts_secret: str) -> Any:
+    """USER@HOST[:PORT][/REMOTE_DIR] as an SftpDestination."""
+    import re
+
+    from authswitch.v1 import ledger_admin_pb2
+
+    match = re.fullmatch(r"([^@/:]+)@([^@/:]+)(?::(\d{1,5}))?(?:/(.*))?", text)
+    if match is None:
+        raise RequestError("--sftp must be USER@HOST[:PORT][/REMOTE_DIR]")
+    user, host, port, remote = match.groups()
+    return ledger_admin_pb2.SftpDestination(
+        host=host, port=int(port or 22), username=user, key_secret=key_secret,
+        known_hosts_secret=known_hosts_secret, remote_dir=remote or ".",
+    )  # fmt: skip
+
+
+async def _file_schedules(target: str, args: argparse.Namespace) -> int:
+    import grpc
+
+    from authswitch.v1 import ledger_admin_pb2, ledger_admin_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        admin = ledger_admin_pb2_grpc.LedgerAdminServiceStub(channel)
+        try:
+            if args.action == "list":
+                listed = await admin.ListFileSchedules(
+                    ledger_admin_pb2.ListFileSchedulesRequest(
+                        program_id=args.program, client_id=args.client
+                    )
+                )
+                schedules = list(listed.schedules)
+            else:
+                schedule = ledger_admin_pb2.FileSchedule(
+                    kind=ledger_admin_pb2.FileKind.Value(f"FILE_KIND_{args.kind.upper()}"),
+                    program_id=args.program or "", client_id=args.client or "",
+                    cron=args.cron, time_zone=args.time_zone, prefix=args.prefix,
+                )  # fmt: skip
+                if args.directory:
+                    schedule.directory = args.directory
+                else:
+                    schedule.sftp.CopyFrom(
+                        _sftp_destination(args.sftp, args.key_secret, args.known_hosts_secret)
+                    )
+                created = await admin.CreateFileSchedule(
+                    ledger_admin_pb2.CreateFileScheduleRequest(schedule=schedule)
+                )
+                schedules = [created.schedule]
+        except grpc.aio.AioRpcError as exc:
+            print(f"authswitch: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2 if exc.code() != grpc.StatusCode.UNAVAILABLE else 1
+    for s in schedules:
+        where = s.directory or (
+            f"sftp://{s.sftp.username}@{s.sftp.host}:{s.sftp.port}/{s.sftp.remote_dir}"
+        )
+        kind = ledger_admin_pb2.FileKind.Name(s.kind).removeprefix("FILE_KIND_").lower()
+        print(
+            f"{s.schedule_id}  {kind:<12} {s.program_id or s.client_id}  {s.cron!r} "
+            f"{s.time_zone}  -> {where}{'' if s.enabled else '  (disabled)'}"
+        )
     return 0
 
 
@@ -216,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="create a funded demo card on a running server")
     demo.add_argument("--target", help="host:port of the server (default AUTHSWITCH_GRPC_LISTEN)")
     demo.add_argument(
-        "scenario", nargs="?", default="card", choices=("card", "lifecycle", "fees", "off-ledger"),
+        "scenario", nargs="?", default="card", choices=SCENARIOS,
         help="what to walk through (default: a funded demo card)",
     )  # fmt: skip
     reference = commands.add_parser(
@@ -239,13 +345,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--prefix", required=True, help="file name prefix (1-15 of A-Z a-z 0-9 _)"
     )
     balances.add_argument("--out", required=True, type=Path, help="directory to write into")
-    subledger = kinds.add_parser("subledger", help="seed 002's daily subledger net changes")
-    subledger.add_argument("--program", required=True)
-    subledger.add_argument("--date", required=True, help="YYYY-MM-DD, in the program's time zone")
-    subledger.add_argument("--out", required=True, type=Path)
+    for kind, text in (
+        ("subledger", "seed 002's daily subledger net changes"),
+        ("transactions", "the daily transaction file (docs/files.md)"),
+        ("chargebacks", "the daily chargeback file (docs/files.md)"),
+    ):
+        daily = kinds.add_parser(kind, help=text)
+        daily.add_argument("--program", required=True)
+        daily.add_argument("--date", required=True, help="YYYY-MM-DD, in the program's time zone")
+        daily.add_argument("--out", required=True, type=Path)
     fbo = kinds.add_parser("fbo", help="seed 002's pooled FBO balance file")
     fbo.add_argument("--program", required=True)
     fbo.add_argument("--out", required=True, type=Path)
+    files = commands.add_parser("files", help="scheduled file delivery")
+    actions = files.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="deliver the due files now; exit 1 if any is pending")
+    run.add_argument("--schedule", help="only this schedule (its due files, enabled or not)")
+    schedule = actions.add_parser("schedule", help="schedule a file on a running server")
+    schedule.add_argument(
+        "--target", help="host:port of the server (default AUTHSWITCH_GRPC_LISTEN)"
+    )
+    schedule.add_argument(
+        "--kind", required=True,
+        choices=("balances", "transactions", "chargebacks", "subledger", "fbo"),
+    )  # fmt: skip
+    owner = schedule.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--program", help="program id (every file but balances)")
+    owner.add_argument("--client", help="client id (balances)")
+    schedule.add_argument("--cron", required=True, help='five fields, e.g. "30 2 * * *"')
+    schedule.add_argument("--time-zone", default="", help="IANA zone (default: the program's)")
+    schedule.add_argument("--prefix", default="", help="balance report file name prefix")
+    where = schedule.add_mutually_exclusive_group(required=True)
+    where.add_argument("--directory", help="an absolute directory on the server")
+    where.add_argument("--sftp", help="USER@HOST[:PORT][/REMOTE_DIR]")
+    schedule.add_argument("--key-secret", default="", help="secret holding the SFTP private key")
+    schedule.add_argument(
+        "--known-hosts-secret", default="", help="secret holding the server's known_hosts lines"
+    )
+    listing = actions.add_parser("list", help="list the file schedules of a running server")
+    listing.add_argument(
+        "--target", help="host:port of the server (default AUTHSWITCH_GRPC_LISTEN)"
+    )
+    listing.add_argument("--program", default="")
+    listing.add_argument("--client", default="")
     reconcile = commands.add_parser("reconcile", help="check the ledger; exit 1 on any break")
     reconcile.add_argument("--program", help="only this program")
     reconcile.add_argument("--fbo-csv", type=Path, help="the partner's pooled FBO balance file")
@@ -274,6 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_report(settings, args))
         if args.command == "reconcile":
             return _run(_reconcile(settings, args))
+        if args.command == "files" and args.action == "run":
+            return _run(_files(settings, args))
+        if args.command == "files":
+            if getattr(args, "directory", None):
+                args.directory = str(Path(args.directory).resolve())  # the server's view
+            return _run(_file_schedules(args.target or settings.grpc_listen, args))
     except ConfigError as exc:
         print(f"authswitch: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -105,6 +105,9 @@ class Settings:
     # How often the ledger reconciles itself (metrics only; `authswitch reconcile` prints);
     # 0 turns it off.
     reconcile_interval_s: float = 3600.0
+    # How often scheduled files (admin CreateFileSchedule) are checked and the due ones
+    # delivered; 0 turns deliveries off.
+    file_delivery_interval_s: float = 60.0
 
     # Card keys, hex. Empty: read from *_FILE, or (development only) generated in data_dir.
     pan_key_hex: str = field(default="", repr=False)
@@ -168,6 +171,8 @@ class Settings:
             raise ConfigError("AUTHSWITCH_BALANCE_REPORT_AT must be HH:MM")
         if self.reconcile_interval_s < 0:
             raise ConfigError("AUTHSWITCH_RECONCILE_INTERVAL_S must not be negative")
+        if self.file_delivery_interval_s < 0:
+            raise ConfigError("AUTHSWITCH_FILE_DELIVERY_INTERVAL_S must not be negative")
         if self.card_expiry_interval_s < 0:
             raise ConfigError("AUTHSWITCH_CARD_EXPIRY_INTERVAL_S must not be negative")
         if self.age_off_interval_s < 0:

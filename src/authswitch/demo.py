@@ -31,7 +31,7 @@ from authswitch.v1 import (
 
 __all__ = ["SCENARIOS", "demo_pan", "run_demo"]
 
-SCENARIOS = ("card", "lifecycle", "fees", "off-ledger")
+SCENARIOS = ("card", "lifecycle", "fees", "off-ledger", "dispute")
 
 
 def demo_pan(bin_: str = "99999900") -> str:
@@ -163,6 +163,8 @@ async def run_demo(target: str, scenario: str = "card") -> int:
             await _fees(demo)
         elif scenario == "off-ledger":
             await _off_ledger(demo)
+        elif scenario == "dispute":
+            await _dispute(demo)
         else:
             await _card(demo, target)
     return 0
@@ -194,7 +196,7 @@ async def main():
 asyncio.run(main())
 PY
 
-More walkthroughs: authswitch demo lifecycle | fees | off-ledger"""
+More walkthroughs: authswitch demo lifecycle | fees | off-ledger | dispute"""
     )
 
 
@@ -233,6 +235,65 @@ async def _lifecycle(demo: _Demo) -> None:
         ledger_admin_pb2.ListAccountHistoryRequest(account_id=card.account_id)
     )
     print("  history, newest first: " + ", ".join(e.kind for e in history.entries))
+
+
+async def _dispute(demo: _Demo) -> None:
+    print("A disputed purchase: provisional credit, chargeback, representment, merchant wins:")
+    card = await demo.card()
+    await demo.show(card, "loaded 100.00")
+    purchase = demo.request(card, 6_000)
+    await demo.auth.Authorize(purchase)
+    clearing_id = str(uuid.uuid4())
+    await demo.auth.Clear(
+        authorization_pb2.ClearRequest(
+            source="demo", message_id=clearing_id, network_reference=purchase.network_reference,
+            pan=card.pan, billing_amount=common_pb2.Money(amount_minor=6_000, asset="GBP"),
+            final=True, merchant=authorization_pb2.Merchant(mcc="5732", name="Demo TVs"),
+        )
+    )  # fmt: skip
+    await demo.show(card, "bought a 60.00 television (cleared)")
+    opened = await demo.admin.OpenDispute(
+        ledger_admin_pb2.OpenDisputeRequest(
+            clearing_source="demo", clearing_message_id=clearing_id, reason_code="13.1",
+            amount=common_pb2.Money(amount_minor=6_000, asset="GBP"), provisional_credit=True,
+            idempotency_key=str(uuid.uuid4()),
+        )
+    )  # fmt: skip
+    dispute = opened.dispute
+    await demo.show(card, "disputed: not received (provisional credit)")
+    await demo.auth.Chargeback(
+        authorization_pb2.ChargebackRequest(
+            source="demo", message_id=str(uuid.uuid4()), dispute_id=dispute.dispute_id,
+            amount=dispute.amount, reason_code="13.1",
+        )
+    )  # fmt: skip
+    await demo.show(card, "chargeback accepted by the network")
+    await demo.auth.Authorize(demo.request(card, 8_000))
+    await demo.show(card, "spent 80.00 meanwhile")
+    await demo.auth.Represent(
+        authorization_pb2.RepresentRequest(
+            source="demo",
+            message_id=str(uuid.uuid4()),
+            dispute_id=dispute.dispute_id,
+            amount=dispute.amount,
+        )
+    )
+    await demo.show(card, "merchant re-presented (proof of delivery)")
+    await demo.admin.ResolveDispute(
+        ledger_admin_pb2.ResolveDisputeRequest(
+            dispute_id=dispute.dispute_id, outcome=ledger_admin_pb2.DISPUTE_OUTCOME_MERCHANT_WON,
+            idempotency_key=str(uuid.uuid4()),
+        )
+    )  # fmt: skip
+    await demo.show(card, "merchant won: provisional credit taken back")
+    got = await demo.admin.GetDispute(
+        ledger_admin_pb2.GetDisputeRequest(dispute_id=dispute.dispute_id)
+    )
+    print(f"  dispute {dispute.dispute_id}: " + " -> ".join(e.step for e in got.events))
+    print(
+        "  today's files: authswitch report transactions|chargebacks "
+        f"--program {card.program_id} --date {datetime.now(UTC):%Y-%m-%d} --out reports/"
+    )
 
 
 async def _fees(demo: _Demo) -> None:

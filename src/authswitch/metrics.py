@@ -18,6 +18,8 @@ __all__ = [
     "COMMIT_QUEUE_WAIT_SECONDS",
     "DECISIONS",
     "DECISION_SECONDS",
+    "FILE_DELIVERIES",
+    "FILE_DELIVERIES_PENDING",
     "GRPC_HANDLED",
     "GRPC_HANDLING_SECONDS",
     "GRPC_STARTED",
@@ -140,4 +142,14 @@ RECONCILIATION_DRIFT_MINOR = Gauge(
 RECONCILIATION_LAST_RUN_SECONDS = Gauge(
     "authswitch_reconciliation_last_run_timestamp_seconds",
     "Unix time of the last completed reconciliation run.",
+)
+FILE_DELIVERIES = Counter(
+    "authswitch_file_deliveries_total",
+    "Scheduled file delivery attempts, by file kind and outcome (delivered, failed).",
+    ["kind", "outcome"],
+)
+FILE_DELIVERIES_PENDING = Gauge(
+    "authswitch_file_deliveries_pending",
+    "Due files not yet delivered (claimed, or failed and waiting to be retried), by kind.",
+    ["kind"],
 )

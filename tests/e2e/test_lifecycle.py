@@ -15,7 +15,7 @@ from authswitch.service.clock import ManualClock
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
-from tests.conftest import TEST_KEYS, settings_for
+from tests.support.clocked import clocked_app
 from tests.support.ledger import Ledger
 from tests.support.stores import Stores
 
@@ -318,18 +318,8 @@ async def test_journal_entries_balance_and_derive_balances(
 
 @pytest.fixture(scope="module")
 async def clocked(stores: Stores) -> AsyncIterator[tuple[Application, Ledger, ManualClock]]:
-    clock = ManualClock()
-    app = Application(
-        settings_for(stores, redis_key_prefix=stores.redis_prefix + "c"),
-        clock=clock,
-        keys=TEST_KEYS,
-    )
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-            yield app, Ledger(channel), clock
-    finally:
-        await app.stop()
+    async with clocked_app(stores, "c") as opened:
+        yield opened
 
 
 async def test_age_off_never_early_never_twice(

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +18,7 @@ from authswitch.service.reconcile import Reconciler, read_fbo_file
 from authswitch.service.reports import ReportWriter, ScheduledReports
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
-from tests.conftest import TEST_KEYS
+from tests.support.cli import run_cli
 from tests.support.ledger import Ledger
 from tests.support.stores import Stores
 
@@ -120,27 +117,11 @@ async def test_golden_balance_report(ledger: Ledger, app: Application, tmp_path:
     assert coins["debit_reservation"] == "0.00000000"
 
 
-def _cli(stores: Stores, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSWITCH_")}
-    env |= {
-        "AUTHSWITCH_POSTGRES_DSN": stores.postgres_dsn,
-        "AUTHSWITCH_REDIS_URL": stores.redis_url,
-        "AUTHSWITCH_REDIS_KEY_PREFIX": stores.redis_prefix,
-        "AUTHSWITCH_PAN_KEY_HEX": TEST_KEYS.pan_key.hex(),
-        "AUTHSWITCH_PIN_KEY_HEX": TEST_KEYS.pin_key.hex(),
-        "AUTHSWITCH_CVV_KEY_HEX": TEST_KEYS.cvv_key.hex(),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "authswitch", *args], env=env, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
-
-
 async def test_report_command_and_its_errors(
     ledger: Ledger, stores: Stores, tmp_path: Path
 ) -> None:
     ids = await small_ledger(ledger)
-    done = _cli(stores, "report", "balances", "--client", ids["client"], "--prefix", "ACME",
+    done = run_cli(stores, "report", "balances", "--client", ids["client"], "--prefix", "ACME",
                 "--out", str(tmp_path / "ok"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     (written,) = (tmp_path / "ok").iterdir()
@@ -152,7 +133,7 @@ async def test_report_command_and_its_errors(
         (["--client", ids["client"], "--prefix", "bad-dash"], "prefix"),
     ):
         out = tmp_path / "bad"
-        failed = _cli(stores, "report", "balances", *args, "--out", str(out))
+        failed = run_cli(stores, "report", "balances", *args, "--out", str(out))
         assert failed.returncode == 2
         assert message in failed.stderr
         assert not out.exists() or not any(out.iterdir())  # no partial file
@@ -261,12 +242,12 @@ async def test_each_break_is_detected(ledger: Ledger, app: Application, inject: 
 
 async def test_reconcile_command(ledger: Ledger, stores: Stores, tmp_path: Path) -> None:
     ids = await small_ledger(ledger)
-    ok = _cli(stores, "reconcile", "--program", ids["program"], "--json")
+    ok = run_cli(stores, "reconcile", "--program", ids["program"], "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
     good = tmp_path / "fbo.csv"
     good.write_text("customer_id,asset,balance\nsomeone,GBP,+1.00\n")
-    broken = _cli(stores, "reconcile", "--program", ids["program"], "--fbo-csv", str(good))
+    broken = run_cli(stores, "reconcile", "--program", ids["program"], "--fbo-csv", str(good))
     assert broken.returncode == 1
     assert "fbo_matches" in broken.stdout
     for content, message in (
@@ -277,10 +258,10 @@ async def test_reconcile_command(ledger: Ledger, stores: Stores, tmp_path: Path)
     ):
         path = tmp_path / "bad.csv"
         path.write_bytes(content)
-        failed = _cli(stores, "reconcile", "--program", ids["program"], "--fbo-csv", str(path))
+        failed = run_cli(stores, "reconcile", "--program", ids["program"], "--fbo-csv", str(path))
         assert failed.returncode == 2, failed.stderr
         assert message in failed.stderr
-    missing = _cli(stores, "reconcile", "--fbo-csv", str(tmp_path / "nope.csv"))
+    missing = run_cli(stores, "reconcile", "--fbo-csv", str(tmp_path / "nope.csv"))
     assert missing.returncode == 2
 
 

@@ -287,3 +287,68 @@ class Ledger:
             ledger_admin_pb2.GetUsageRequest(account_id=account_id)
         )
         return {u.key: (u.amount_minor, u.count) for u in response.usage}
+
+    # -- disputes ---------------------------------------------------------------------------
+
+    async def cleared(
+        self, card: IssuedCard, amount_minor: int, asset: str = "GBP"
+    ) -> tuple[str, authorization_pb2.ClearResponse]:
+        """Authorise and clear ``amount_minor``; returns the clearing's message id."""
+        request = self.request(card, amount_minor, asset)
+        assert (await self.auth.Authorize(request)).response_code == "00"
+        message_id = str(uuid.uuid4())
+        response = await self.clear(
+            card, request.network_reference, amount_minor, asset, message_id=message_id
+        )
+        assert response.response_code == "00", response
+        return message_id, response
+
+    async def open_dispute(
+        self, clearing_message_id: str, amount_minor: int, asset: str = "GBP", *,
+        provisional: bool = False, reason_code: str = "13.1", key: str | None = None,
+    ) -> ledger_admin_pb2.OpenDisputeResponse:  # fmt: skip
+        return await self.admin.OpenDispute(
+            ledger_admin_pb2.OpenDisputeRequest(
+                clearing_source="visa", clearing_message_id=clearing_message_id,
+                reason_code=reason_code,
+                amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
+                provisional_credit=provisional, idempotency_key=key or str(uuid.uuid4()),
+            )
+        )  # fmt: skip
+
+    async def resolve_dispute(
+        self, dispute_id: str, outcome: int, *, key: str | None = None
+    ) -> ledger_admin_pb2.ResolveDisputeResponse:
+        return await self.admin.ResolveDispute(
+            ledger_admin_pb2.ResolveDisputeRequest(
+                dispute_id=dispute_id, outcome=outcome,  # type: ignore[arg-type]
+                idempotency_key=key or str(uuid.uuid4()),
+            )
+        )  # fmt: skip
+
+    async def chargeback(
+        self, dispute: ledger_admin_pb2.Dispute, *, message_id: str | None = None,
+        amount_minor: int | None = None,
+    ) -> authorization_pb2.ChargebackResponse:  # fmt: skip
+        return await self.auth.Chargeback(
+            authorization_pb2.ChargebackRequest(
+                source="visa", message_id=message_id or str(uuid.uuid4()),
+                dispute_id=dispute.dispute_id, network_reference="CB" + dispute.dispute_id[:8],
+                amount=common_pb2.Money(
+                    amount_minor=dispute.amount.amount_minor if amount_minor is None
+                    else amount_minor, asset=dispute.amount.asset,
+                ),
+                reason_code=dispute.reason_code,
+            )
+        )  # fmt: skip
+
+    async def represent(
+        self, dispute: ledger_admin_pb2.Dispute, *, message_id: str | None = None
+    ) -> authorization_pb2.RepresentResponse:
+        return await self.auth.Represent(
+            authorization_pb2.RepresentRequest(
+                source="visa", message_id=message_id or str(uuid.uuid4()),
+                dispute_id=dispute.dispute_id, network_reference="RP" + dispute.dispute_id[:8],
+                amount=dispute.amount, reason_code="2700",
+            )
+        )  # fmt: skip

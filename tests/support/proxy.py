@@ -48,6 +48,9 @@ class FaultProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.refuse = False
+        self._cut_after_bytes = 0
+        self._cuts_left = 0
+        self.cuts = 0  # connections cut by cut_after
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -66,6 +69,15 @@ class FaultProxy:
             for writer in (client, upstream):
                 writer.transport.abort()
         self._pairs.clear()
+
+    def cut_after(self, n_bytes: int, *, times: int = 1) -> None:
+        """Cut a connection when ``n_bytes`` would have passed on it from client to server
+        (at most that many are forwarded), for the next ``times`` connections that get that
+        far; the others flow untouched."""
+        assert n_bytes >= 0
+        assert times >= 0
+        self._cut_after_bytes = n_bytes
+        self._cuts_left = times
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -101,8 +113,8 @@ class FaultProxy:
             return
         pair = (writer, up_writer)
         self._pairs.add(pair)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pipe(source, sink, pair))
+        for source, sink, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.ensure_future(self._pipe(source, sink, pair, upstream=upstream))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -111,13 +123,27 @@ class FaultProxy:
         source: asyncio.StreamReader,
         sink: asyncio.StreamWriter,
         pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        *,
+        upstream: bool = False,
     ) -> None:
+        passed_bytes = 0  # client to server, on this connection
         try:
             while True:
                 data = await source.read(65536)
                 if not data:
                     break
                 await self._flowing.wait()
+                if (
+                    upstream
+                    and self._cuts_left
+                    and passed_bytes + len(data) >= (self._cut_after_bytes)
+                ):
+                    self._cuts_left -= 1
+                    self.cuts += 1
+                    for writer in pair:
+                        writer.transport.abort()
+                    break
+                passed_bytes += len(data)
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, OSError):

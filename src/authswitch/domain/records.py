@@ -15,6 +15,8 @@ __all__ = [
     "CardUpdate",
     "ClientCall",
     "DecisionRecord",
+    "DisputeChange",
+    "DisputeOpening",
     "HoldRecord",
     "HoldRelease",
     "JournalEntry",
@@ -111,6 +113,8 @@ class JournalEntry:
     source: str = ""
     message_id: str = ""
     description: str = ""
+    network_reference: str = ""
+    card_id: str | None = None
 
     def __post_init__(self) -> None:
         totals: dict[str, int] = defaultdict(int)
@@ -174,6 +178,42 @@ class CardUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class DisputeOpening:
+    """A new dispute; the write conflicts if the clearing's disputes (but those the merchant
+    won) would then claim more than ``cleared_minor``."""
+
+    program_id: str
+    account_id: str
+    card_id: str | None
+    clearing_source: str
+    clearing_message_id: str
+    network_reference: str
+    asset: str
+    reason_code: str
+    on_ledger: bool
+    cleared_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeChange:
+    """One step of a dispute, guarded: the write conflicts unless the dispute is still in
+    ``from_status`` (None: it does not exist yet and ``opening`` creates it)."""
+
+    dispute_id: str
+    step: str
+    from_status: str | None
+    to_status: str
+    amount_minor: int
+    provisional_minor: int
+    source: str
+    message_id: str
+    at: datetime
+    entry_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    opening: DisputeOpening | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerWrite:
     """One unit of work for the group committer: all of it is committed, or none.
 
@@ -191,4 +231,5 @@ class LedgerWrite:
     usage: tuple[UsageChange, ...] = ()
     notifications: tuple[Notification, ...] = ()
     client_calls: tuple[ClientCall, ...] = ()
+    disputes: tuple[DisputeChange, ...] = ()
     refusal: Callable[[], DecisionRecord] | None = field(default=None, repr=False)

@@ -128,6 +128,7 @@ class AdminService:
             country=country,
             clearing_account_id=str(uuid.uuid4()),
             fee_account_id=str(uuid.uuid4()),
+            dispute_account_id=str(uuid.uuid4()),
             actor=actor,
         )
         return program_id

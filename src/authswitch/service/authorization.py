@@ -485,6 +485,8 @@ class AuthorizationService:
                     source=request.source,
                     message_id=request.message_id,
                     description=f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
+                    network_reference=request.network_reference,
+                    card_id=card.card_id,
                 ),
             )
         notifications: tuple[Notification, ...] = ()

@@ -525,10 +525,12 @@ class LifecycleService:
                     source=request.source,
                     message_id=request.message_id,
                     description=request.merchant.name[:200],
+                    network_reference=request.network_reference,
+                    card_id=card.card_id,
                 )
             )
         if fee:
-            entries.append(self._fee_entry(program, card.account_id, asset, fee, now, request))
+            entries.append(self._fee_entry(program, card, asset, fee, now, request))
         releases = tuple(
             HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
         )
@@ -603,7 +605,7 @@ class LifecycleService:
         )
 
     def _fee_entry(
-        self, program: ProgramRow, account_id: str, asset: str, fee: int, now: datetime,
+        self, program: ProgramRow, card: CardFacts, asset: str, fee: int, now: datetime,
         request: pb.ClearRequest,
     ) -> JournalEntry:  # fmt: skip
         return JournalEntry(
@@ -611,13 +613,15 @@ class LifecycleService:
             program_id=program.id,
             kind="FEE",
             postings=(
-                Posting(account_id, asset, -fee),
+                Posting(card.account_id, asset, -fee),
                 Posting(program.fee_account_id, asset, fee),
             ),
             created_at=now,
             source=request.source,
             message_id=request.message_id,
             description="clearing fee",
+            network_reference=request.network_reference,
+            card_id=card.card_id,
         )
 
     @staticmethod
@@ -676,6 +680,8 @@ class LifecycleService:
             source=request.source,
             message_id=request.message_id,
             description=request.merchant.name[:200],
+            network_reference=request.network_reference,
+            card_id=card.card_id,
         )
 
         def build(applied: ApplyResult) -> LedgerWrite:

@@ -1,5 +1,6 @@
 """Report files: seed 003's daily account balance report and seed 002's sponsor-bank files
-(the subledger net-change file and the pooled FBO balance file).
+(the subledger net-change file, the pooled FBO balance file, and the daily transaction and
+chargeback files every partner-managed program owes; formats in docs/files.md).
 
 Each report is one consistent snapshot (a single repeatable-read, read-only transaction),
 streamed from a server-side cursor so that a million accounts never sit in memory at once,
@@ -13,7 +14,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Any
 from zoneinfo import ZoneInfo
@@ -193,6 +194,111 @@ class ReportWriter:
                 _flush(text)
         return name, lines
 
+    async def transactions(
+        self, sink: ReportSink, *, program_id: str, day: date
+    ) -> tuple[str, int]:
+        """The daily transaction file: every posting of every journal entry the program
+        posted on ``day`` (in its time zone), fee lines and dispute steps included, each
+        entry's lines summing to zero per asset. Returns (file name, lines)."""
+
+        def line(row: Any, business_date: str) -> list[object]:
+            amount = int(row[9])
+            return [
+                row[0], _iso(row[1]), business_date, row[2], row[3], row[4], row[5], row[6],
+                row[7], format_signed(amount, row[8]), amount,
+                "CREDIT" if amount >= 0 else "DEBIT", row[10], row[11], row[12], row[13],
+            ]  # fmt: skip
+
+        return await self._day_file(
+            sink, "transactions", program_id, day, TRANSACTION_HEADER, line,
+            """SELECT e.id::text, e.created_at, e.kind, p.account_id::text, acc.kind,
+                      acc.reference, coalesce(c.last_four, ''), p.asset, a.exponent,
+                      p.amount_minor, e.source, e.message_id, e.network_reference,
+                      e.description
+               FROM journal_entries e
+               JOIN postings p ON p.entry_id = e.id
+               JOIN accounts acc ON acc.id = p.account_id
+               JOIN assets a ON a.code = p.asset
+               LEFT JOIN cards c ON c.id = e.card_id
+               WHERE e.program_id = $1 AND e.created_at >= $2 AND e.created_at < $3
+               ORDER BY e.created_at, e.source, e.message_id, e.kind = 'FEE', e.id,
+                        acc.kind <> 'CUSTOMER', acc.kind, p.account_id, p.asset""",
+        )  # fmt: skip
+
+    async def chargebacks(self, sink: ReportSink, *, program_id: str, day: date) -> tuple[str, int]:
+        """The daily chargeback file: every step any dispute of the program took on ``day``
+        (in its time zone). Returns (file name, lines)."""
+
+        def line(row: Any, business_date: str) -> list[object]:
+            return [
+                row[0], _iso(row[1]), business_date, row[2], row[3], row[4], row[5], row[6],
+                format_signed(row[8], row[7]), row[8], *row[9:],
+            ]  # fmt: skip
+
+        return await self._day_file(
+            sink, "chargebacks", program_id, day, CHARGEBACK_HEADER, line,
+            """SELECT ev.id, ev.created_at, d.id::text, ev.step, ev.from_status,
+                      ev.to_status, d.reason_code, a.exponent, ev.amount_minor, d.asset,
+                      d.account_id::text, coalesce(c.last_four, ''), d.clearing_source,
+                      d.clearing_message_id, d.network_reference,
+                      coalesce(ev.entry_id::text, ''), ev.source, ev.message_id
+               FROM dispute_events ev
+               JOIN disputes d ON d.id = ev.dispute_id
+               JOIN assets a ON a.code = d.asset
+               LEFT JOIN cards c ON c.id = d.card_id
+               WHERE d.program_id = $1 AND ev.created_at >= $2 AND ev.created_at < $3
+               ORDER BY ev.created_at, ev.id""",
+        )  # fmt: skip
+
+    async def _day_file(
+        self, sink: ReportSink, kind: str, program_id: str, day: date, header: list[str],
+        line: Callable[[Any, str], list[object]], query: str,
+    ) -> tuple[str, int]:  # fmt: skip
+        """A CSV of one program-local day: ``query`` takes (program, start, end) and each of
+        its rows becomes ``line(row, business date)``; one snapshot, streamed."""
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            program = await conn.fetchrow(
+                "SELECT time_zone FROM programs WHERE id = $1", _uuid_or_404(program_id)
+            )
+            if program is None:
+                raise NotFound(f"program {program_id} does not exist")
+            zone = ZoneInfo(program["time_zone"])
+            start, end = _day_bounds(day, program["time_zone"])
+            name = f"{kind}-{program_id}-{day:%Y%m%d}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(header)
+                lines = 0
+                async for row in conn.cursor(
+                    query, program_id, start, end, prefetch=CURSOR_PREFETCH
+                ):
+                    text.writerow(line(row, f"{row[1].astimezone(zone):%Y-%m-%d}"))
+                    lines += 1
+                _flush(text)
+        return name, lines
+
+
+# The columns of the daily files (docs/files.md describes each).
+TRANSACTION_HEADER = [
+    "entry_id", "posted_at", "business_date", "entry_type", "account_id", "account_kind",
+    "account_reference", "card_last_four", "asset", "amount", "amount_minor", "direction",
+    "source", "message_id", "network_reference", "description",
+]  # fmt: skip
+CHARGEBACK_HEADER = [
+    "event_id", "occurred_at", "business_date", "dispute_id", "step", "from_status",
+    "to_status", "reason_code", "amount", "amount_minor", "asset", "account_id",
+    "card_last_four", "clearing_source", "clearing_message_id", "network_reference",
+    "entry_id", "source", "message_id",
+]  # fmt: skip
+
+
+def _iso(at: datetime) -> str:
+    """UTC, millisecond precision: 2026-11-23T14:05:09.123Z."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 class _CsvOut:
     """csv.writer over a binary file, in chunks."""
@@ -202,7 +308,7 @@ class _CsvOut:
         self.buffer = io.StringIO()
         self.writer = csv.writer(self.buffer, lineterminator="\n")
 
-    def writerow(self, row: list[object]) -> None:
+    def writerow(self, row: Sequence[object]) -> None:
         self.writer.writerow(row)
         if self.buffer.tell() > 64 * 1024:
             _flush(self)

@@ -743,3 +743,143 @@ class RefundResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015
+
+@_typing.final
+class ChargebackRequest(_message.Message):
+    """A network message about a dispute. Response codes: 00 recorded; 25 no such dispute; 12 the
+    dispute's state does not allow the step (the response carries the state); 13 the amount
+    is not the dispute's; 30 malformed; 94 the message id was used for another message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    dispute_id: _builtins.str
+    """authswitch's dispute id, which the issuer's chargeback carries as its reference."""
+    network_reference: _builtins.str
+    """The network's reference of the chargeback."""
+    reason_code: _builtins.str
+    """The network's reason code (e.g. Visa 13.1, Mastercard 4853)."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The charged-back amount: the dispute's amount and asset."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        reason_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "dispute_id", b"dispute_id", "message_id", b"message_id", "network_reference", b"network_reference", "reason_code", b"reason_code", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargebackRequest: _TypeAlias = ChargebackRequest  # noqa: Y015
+
+@_typing.final
+class ChargebackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    status: _common_pb2.DisputeStatus.ValueType
+    entry_id: _builtins.str
+    """The journal entry of the step, when it moved money."""
+    decision_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        status: _common_pb2.DisputeStatus.ValueType = ...,
+        entry_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "entry_id", b"entry_id", "response_code", b"response_code", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargebackResponse: _TypeAlias = ChargebackResponse  # noqa: Y015
+
+@_typing.final
+class RepresentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    dispute_id: _builtins.str
+    network_reference: _builtins.str
+    reason_code: _builtins.str
+    """The acquirer's rebuttal, as received."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The re-presented amount: the dispute's amount and asset."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        reason_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "dispute_id", b"dispute_id", "message_id", b"message_id", "network_reference", b"network_reference", "reason_code", b"reason_code", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepresentRequest: _TypeAlias = RepresentRequest  # noqa: Y015
+
+@_typing.final
+class RepresentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    status: _common_pb2.DisputeStatus.ValueType
+    entry_id: _builtins.str
+    decision_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        status: _common_pb2.DisputeStatus.ValueType = ...,
+        entry_id: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "entry_id", b"entry_id", "response_code", b"response_code", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepresentResponse: _TypeAlias = RepresentResponse  # noqa: Y015

@@ -60,6 +60,16 @@ class AuthorizationServiceStub:
                 request_serializer=authswitch_dot_v1_dot_authorization__pb2.RefundRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_authorization__pb2.RefundResponse.FromString,
                 _registered_method=True)
+        self.Chargeback = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Chargeback',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.ChargebackRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.ChargebackResponse.FromString,
+                _registered_method=True)
+        self.Represent = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Represent',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.RepresentRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.RepresentResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizationServiceServicer:
@@ -108,6 +118,24 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Chargeback(self, request, context):
+        """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
+        owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
+        amount from the clearing account to the disputes account. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Represent(self, request, context):
+        """The acquirer re-presented a charged-back transaction (second presentment): the amount is
+        owed to the network again. Moves the dispute from CHARGEBACK_SENT to REPRESENTED.
+        Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +163,16 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.Refund,
                     request_deserializer=authswitch_dot_v1_dot_authorization__pb2.RefundRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_authorization__pb2.RefundResponse.SerializeToString,
+            ),
+            'Chargeback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Chargeback,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.ChargebackRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.ChargebackResponse.SerializeToString,
+            ),
+            'Represent': grpc.unary_unary_rpc_method_handler(
+                    servicer.Represent,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.RepresentRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.RepresentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +311,60 @@ class AuthorizationService:
             '/authswitch.v1.AuthorizationService/Refund',
             authswitch_dot_v1_dot_authorization__pb2.RefundRequest.SerializeToString,
             authswitch_dot_v1_dot_authorization__pb2.RefundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chargeback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Chargeback',
+            authswitch_dot_v1_dot_authorization__pb2.ChargebackRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.ChargebackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Represent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Represent',
+            authswitch_dot_v1_dot_authorization__pb2.RepresentRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.RepresentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,16 @@ class AuthorizationServiceStub:
     """
     Refund: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]
     """A refund or other credit through the network: credits actual and available. Idempotent."""
+    Chargeback: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.ChargebackRequest, _authorization_pb2.ChargebackResponse]
+    """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
+    owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
+    amount from the clearing account to the disputes account. Idempotent.
+    """
+    Represent: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.RepresentRequest, _authorization_pb2.RepresentResponse]
+    """The acquirer re-presented a charged-back transaction (second presentment): the amount is
+    owed to the network again. Moves the dispute from CHARGEBACK_SENT to REPRESENTED.
+    Idempotent.
+    """
 
 @_typing.type_check_only
 class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
@@ -81,6 +91,16 @@ class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
     """
     Refund: _aio.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]  # type: ignore[assignment]
     """A refund or other credit through the network: credits actual and available. Idempotent."""
+    Chargeback: _aio.UnaryUnaryMultiCallable[_authorization_pb2.ChargebackRequest, _authorization_pb2.ChargebackResponse]  # type: ignore[assignment]
+    """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
+    owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
+    amount from the clearing account to the disputes account. Idempotent.
+    """
+    Represent: _aio.UnaryUnaryMultiCallable[_authorization_pb2.RepresentRequest, _authorization_pb2.RepresentResponse]  # type: ignore[assignment]
+    """The acquirer re-presented a charged-back transaction (second presentment): the amount is
+    owed to the network again. Moves the dispute from CHARGEBACK_SENT to REPRESENTED.
+    Idempotent.
+    """
 
 class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Called by the card network gateway for every authorisation request (ISO 8583 0100)."""
@@ -135,5 +155,27 @@ class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_authorization_pb2.RefundResponse, _abc.Awaitable[_authorization_pb2.RefundResponse]]:
         """A refund or other credit through the network: credits actual and available. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def Chargeback(
+        self,
+        request: _authorization_pb2.ChargebackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.ChargebackResponse, _abc.Awaitable[_authorization_pb2.ChargebackResponse]]:
+        """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
+        owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
+        amount from the clearing account to the disputes account. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def Represent(
+        self,
+        request: _authorization_pb2.RepresentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.RepresentResponse, _abc.Awaitable[_authorization_pb2.RepresentResponse]]:
+        """The acquirer re-presented a charged-back transaction (second presentment): the amount is
+        owed to the network again. Moves the dispute from CHARGEBACK_SENT to REPRESENTED.
+        Idempotent.
+        """
 
 def add_AuthorizationServiceServicer_to_server(servicer: AuthorizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

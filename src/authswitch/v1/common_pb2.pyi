@@ -17,6 +17,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DisputeStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisputeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisputeStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPUTE_STATUS_UNSPECIFIED: _DisputeStatus.ValueType  # 0
+    DISPUTE_STATUS_OPEN: _DisputeStatus.ValueType  # 1
+    DISPUTE_STATUS_CHARGEBACK_SENT: _DisputeStatus.ValueType  # 2
+    DISPUTE_STATUS_REPRESENTED: _DisputeStatus.ValueType  # 3
+    DISPUTE_STATUS_CARDHOLDER_WON: _DisputeStatus.ValueType  # 4
+    DISPUTE_STATUS_MERCHANT_WON: _DisputeStatus.ValueType  # 5
+
+class DisputeStatus(_DisputeStatus, metaclass=_DisputeStatusEnumTypeWrapper):
+    """Where a dispute of a cleared transaction stands. OPEN goes to CHARGEBACK_SENT (the network
+    accepted the issuer's chargeback), CARDHOLDER_WON or MERCHANT_WON; CHARGEBACK_SENT to
+    REPRESENTED (the acquirer re-presented) or CARDHOLDER_WON; REPRESENTED to either outcome.
+    The two outcomes are final.
+    """
+
+DISPUTE_STATUS_UNSPECIFIED: DisputeStatus.ValueType  # 0
+DISPUTE_STATUS_OPEN: DisputeStatus.ValueType  # 1
+DISPUTE_STATUS_CHARGEBACK_SENT: DisputeStatus.ValueType  # 2
+DISPUTE_STATUS_REPRESENTED: DisputeStatus.ValueType  # 3
+DISPUTE_STATUS_CARDHOLDER_WON: DisputeStatus.ValueType  # 4
+DISPUTE_STATUS_MERCHANT_WON: DisputeStatus.ValueType  # 5
+Global___DisputeStatus: _TypeAlias = DisputeStatus  # noqa: Y015
+
 class _TransactionType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

@@ -242,6 +242,56 @@ DELIVERY_STATUS_DEAD: DeliveryStatus.ValueType  # 3
 """Gave up after the retry horizon; waits for RedriveNotifications."""
 Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
 
+class _DisputeOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisputeOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisputeOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPUTE_OUTCOME_UNSPECIFIED: _DisputeOutcome.ValueType  # 0
+    DISPUTE_OUTCOME_CARDHOLDER_WON: _DisputeOutcome.ValueType  # 1
+    DISPUTE_OUTCOME_MERCHANT_WON: _DisputeOutcome.ValueType  # 2
+
+class DisputeOutcome(_DisputeOutcome, metaclass=_DisputeOutcomeEnumTypeWrapper): ...
+
+DISPUTE_OUTCOME_UNSPECIFIED: DisputeOutcome.ValueType  # 0
+DISPUTE_OUTCOME_CARDHOLDER_WON: DisputeOutcome.ValueType  # 1
+DISPUTE_OUTCOME_MERCHANT_WON: DisputeOutcome.ValueType  # 2
+Global___DisputeOutcome: _TypeAlias = DisputeOutcome  # noqa: Y015
+
+class _FileKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FileKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILE_KIND_UNSPECIFIED: _FileKind.ValueType  # 0
+    FILE_KIND_BALANCES: _FileKind.ValueType  # 1
+    """Seed 003's account balance report of a client."""
+    FILE_KIND_TRANSACTIONS: _FileKind.ValueType  # 2
+    """The sponsor bank's daily transaction file of a program."""
+    FILE_KIND_CHARGEBACKS: _FileKind.ValueType  # 3
+    """The sponsor bank's daily chargeback file of a program."""
+    FILE_KIND_SUBLEDGER: _FileKind.ValueType  # 4
+    """Seed 002's daily subledger net changes of a program."""
+    FILE_KIND_FBO: _FileKind.ValueType  # 5
+    """Seed 002's pooled FBO balance file of a program."""
+
+class FileKind(_FileKind, metaclass=_FileKindEnumTypeWrapper): ...
+
+FILE_KIND_UNSPECIFIED: FileKind.ValueType  # 0
+FILE_KIND_BALANCES: FileKind.ValueType  # 1
+"""Seed 003's account balance report of a client."""
+FILE_KIND_TRANSACTIONS: FileKind.ValueType  # 2
+"""The sponsor bank's daily transaction file of a program."""
+FILE_KIND_CHARGEBACKS: FileKind.ValueType  # 3
+"""The sponsor bank's daily chargeback file of a program."""
+FILE_KIND_SUBLEDGER: FileKind.ValueType  # 4
+"""Seed 002's daily subledger net changes of a program."""
+FILE_KIND_FBO: FileKind.ValueType  # 5
+"""Seed 002's pooled FBO balance file of a program."""
+Global___FileKind: _TypeAlias = FileKind  # noqa: Y015
+
 @_typing.final
 class CreateClientRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -2012,3 +2062,479 @@ class SetBalanceReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetBalanceReportResponse: _TypeAlias = SetBalanceReportResponse  # noqa: Y015
+
+@_typing.final
+class OpenDisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARING_SOURCE_FIELD_NUMBER: _builtins.int
+    CLEARING_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_CREDIT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    clearing_source: _builtins.str
+    """The disputed clearing, by its message key."""
+    clearing_message_id: _builtins.str
+    reason_code: _builtins.str
+    """The network's dispute reason code (e.g. Visa 13.1, Mastercard 4853)."""
+    provisional_credit: _builtins.bool
+    """Credit the amount to the cardholder now, before the outcome is known."""
+    idempotency_key: _builtins.str
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """In the clearing's asset; at most the cleared amount less what its other disputes claim."""
+
+    def __init__(
+        self,
+        *,
+        clearing_source: _builtins.str = ...,
+        clearing_message_id: _builtins.str = ...,
+        reason_code: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        provisional_credit: _builtins.bool = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "clearing_message_id", b"clearing_message_id", "clearing_source", b"clearing_source", "idempotency_key", b"idempotency_key", "provisional_credit", b"provisional_credit", "reason_code", b"reason_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDisputeRequest: _TypeAlias = OpenDisputeRequest  # noqa: Y015
+
+@_typing.final
+class OpenDisputeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispute(self) -> Global___Dispute: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance:
+        """The cardholder account's balance after the step (on-ledger programs)."""
+
+    def __init__(
+        self,
+        *,
+        dispute: Global___Dispute | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "dispute", b"dispute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "dispute", b"dispute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDisputeResponse: _TypeAlias = OpenDisputeResponse  # noqa: Y015
+
+@_typing.final
+class ResolveDisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    outcome: Global___DisputeOutcome.ValueType
+    idempotency_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+        outcome: Global___DisputeOutcome.ValueType = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute_id", b"dispute_id", "idempotency_key", b"idempotency_key", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDisputeRequest: _TypeAlias = ResolveDisputeRequest  # noqa: Y015
+
+@_typing.final
+class ResolveDisputeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispute(self) -> Global___Dispute: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance: ...
+    def __init__(
+        self,
+        *,
+        dispute: Global___Dispute | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "dispute", b"dispute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "dispute", b"dispute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDisputeResponse: _TypeAlias = ResolveDisputeResponse  # noqa: Y015
+
+@_typing.final
+class GetDisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute_id", b"dispute_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDisputeRequest: _TypeAlias = GetDisputeRequest  # noqa: Y015
+
+@_typing.final
+class GetDisputeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispute(self) -> Global___Dispute: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DisputeEvent]: ...
+    def __init__(
+        self,
+        *,
+        dispute: Global___Dispute | None = ...,
+        events: _abc.Iterable[Global___DisputeEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispute", b"dispute", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDisputeResponse: _TypeAlias = GetDisputeResponse  # noqa: Y015
+
+@_typing.final
+class Dispute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    CLEARING_SOURCE_FIELD_NUMBER: _builtins.int
+    CLEARING_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PROVISIONAL_CREDIT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    program_id: _builtins.str
+    account_id: _builtins.str
+    card_id: _builtins.str
+    clearing_source: _builtins.str
+    clearing_message_id: _builtins.str
+    network_reference: _builtins.str
+    reason_code: _builtins.str
+    status: _common_pb2.DisputeStatus.ValueType
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def provisional_credit(self) -> _common_pb2.Money:
+        """Credited provisionally and not taken back."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+        program_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        card_id: _builtins.str = ...,
+        clearing_source: _builtins.str = ...,
+        clearing_message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        reason_code: _builtins.str = ...,
+        status: _common_pb2.DisputeStatus.ValueType = ...,
+        provisional_credit: _common_pb2.Money | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "provisional_credit", b"provisional_credit", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "card_id", b"card_id", "clearing_message_id", b"clearing_message_id", "clearing_source", b"clearing_source", "created_at", b"created_at", "dispute_id", b"dispute_id", "network_reference", b"network_reference", "program_id", b"program_id", "provisional_credit", b"provisional_credit", "reason_code", b"reason_code", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispute: _TypeAlias = Dispute  # noqa: Y015
+
+@_typing.final
+class DisputeEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    FROM_STATUS_FIELD_NUMBER: _builtins.int
+    TO_STATUS_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    step: _builtins.str
+    """OPEN, CHARGEBACK, REPRESENTMENT, CARDHOLDER_WON or MERCHANT_WON."""
+    from_status: _common_pb2.DisputeStatus.ValueType
+    to_status: _common_pb2.DisputeStatus.ValueType
+    entry_id: _builtins.str
+    """The journal entry of the step; empty when it moved no money."""
+    source: _builtins.str
+    message_id: _builtins.str
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        step: _builtins.str = ...,
+        from_status: _common_pb2.DisputeStatus.ValueType = ...,
+        to_status: _common_pb2.DisputeStatus.ValueType = ...,
+        amount: _common_pb2.Money | None = ...,
+        entry_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "entry_id", b"entry_id", "from_status", b"from_status", "message_id", b"message_id", "source", b"source", "step", b"step", "to_status", b"to_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeEvent: _TypeAlias = DisputeEvent  # noqa: Y015
+
+@_typing.final
+class SftpDestination(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    KEY_SECRET_FIELD_NUMBER: _builtins.int
+    KNOWN_HOSTS_SECRET_FIELD_NUMBER: _builtins.int
+    REMOTE_DIR_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    port: _builtins.int
+    """Default 22."""
+    username: _builtins.str
+    key_secret: _builtins.str
+    """Names of secrets (see docs/operations.md): the private key, and the known_hosts lines
+    of the server's host key. The values never pass through this API.
+    """
+    known_hosts_secret: _builtins.str
+    remote_dir: _builtins.str
+    """Default "."."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        username: _builtins.str = ...,
+        key_secret: _builtins.str = ...,
+        known_hosts_secret: _builtins.str = ...,
+        remote_dir: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "key_secret", b"key_secret", "known_hosts_secret", b"known_hosts_secret", "port", b"port", "remote_dir", b"remote_dir", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SftpDestination: _TypeAlias = SftpDestination  # noqa: Y015
+
+@_typing.final
+class FileSchedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    SFTP_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    kind: Global___FileKind.ValueType
+    client_id: _builtins.str
+    """A balance report belongs to a client; every other file to a program."""
+    program_id: _builtins.str
+    cron: _builtins.str
+    """Five-field cron expression ("5 1 * * *": 01:05 every day) in time_zone."""
+    time_zone: _builtins.str
+    """IANA zone; default the program's (UTC for a client's balance report)."""
+    prefix: _builtins.str
+    """Balance report file name prefix (seed 003)."""
+    directory: _builtins.str
+    """A directory on the server's file system."""
+    enabled: _builtins.bool
+    @_builtins.property
+    def sftp(self) -> Global___SftpDestination: ...
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        kind: Global___FileKind.ValueType = ...,
+        client_id: _builtins.str = ...,
+        program_id: _builtins.str = ...,
+        cron: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        directory: _builtins.str = ...,
+        sftp: Global___SftpDestination | None = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "directory", b"directory", "sftp", b"sftp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "cron", b"cron", "destination", b"destination", "directory", b"directory", "enabled", b"enabled", "kind", b"kind", "prefix", b"prefix", "program_id", b"program_id", "schedule_id", b"schedule_id", "sftp", b"sftp", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_destination: _TypeAlias = _typing.Literal["directory", "sftp"]  # noqa: Y015
+    _WhichOneofArgType_destination: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_destination) -> _WhichOneofReturnType_destination | None: ...
+
+Global___FileSchedule: _TypeAlias = FileSchedule  # noqa: Y015
+
+@_typing.final
+class CreateFileScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___FileSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___FileSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFileScheduleRequest: _TypeAlias = CreateFileScheduleRequest  # noqa: Y015
+
+@_typing.final
+class CreateFileScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedule(self) -> Global___FileSchedule: ...
+    def __init__(
+        self,
+        *,
+        schedule: Global___FileSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateFileScheduleResponse: _TypeAlias = CreateFileScheduleResponse  # noqa: Y015
+
+@_typing.final
+class ListFileSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    """Empty: all."""
+    client_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "program_id", b"program_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFileSchedulesRequest: _TypeAlias = ListFileSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListFileSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileSchedule]: ...
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___FileSchedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFileSchedulesResponse: _TypeAlias = ListFileSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class SetFileScheduleEnabledRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "schedule_id", b"schedule_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFileScheduleEnabledRequest: _TypeAlias = SetFileScheduleEnabledRequest  # noqa: Y015
+
+@_typing.final
+class SetFileScheduleEnabledResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFileScheduleEnabledResponse: _TypeAlias = SetFileScheduleEnabledResponse  # noqa: Y015

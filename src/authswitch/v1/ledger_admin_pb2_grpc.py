@@ -176,6 +176,36 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportResponse.FromString,
                 _registered_method=True)
+        self.OpenDispute = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/OpenDispute',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.OpenDisputeRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.OpenDisputeResponse.FromString,
+                _registered_method=True)
+        self.ResolveDispute = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ResolveDispute',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ResolveDisputeRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ResolveDisputeResponse.FromString,
+                _registered_method=True)
+        self.GetDispute = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/GetDispute',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetDisputeRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetDisputeResponse.FromString,
+                _registered_method=True)
+        self.CreateFileSchedule = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/CreateFileSchedule',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateFileScheduleRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateFileScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListFileSchedules = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListFileSchedules',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFileSchedulesRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFileSchedulesResponse.FromString,
+                _registered_method=True)
+        self.SetFileScheduleEnabled = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetFileScheduleEnabled',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerAdminServiceServicer:
@@ -368,6 +398,49 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenDispute(self, request, context):
+        """Opens a cardholder's dispute of a cleared transaction, optionally crediting the amount
+        provisionally to actual and available. Idempotent on idempotency_key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveDispute(self, request, context):
+        """Ends a dispute: the cardholder wins (any provisional credit becomes final; without one,
+        the amount is credited now) or the merchant wins (a provisional credit is taken back,
+        even below zero available). Idempotent on idempotency_key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDispute(self, request, context):
+        """A dispute and every step of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateFileSchedule(self, request, context):
+        """Schedules a report or sponsor-bank file for delivery: cron, time zone, directory or SFTP.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFileSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFileScheduleEnabled(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -510,6 +583,36 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.SetBalanceReport,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportResponse.SerializeToString,
+            ),
+            'OpenDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenDispute,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.OpenDisputeRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.OpenDisputeResponse.SerializeToString,
+            ),
+            'ResolveDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDispute,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ResolveDisputeRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ResolveDisputeResponse.SerializeToString,
+            ),
+            'GetDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDispute,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetDisputeRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetDisputeResponse.SerializeToString,
+            ),
+            'CreateFileSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFileSchedule,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateFileScheduleRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateFileScheduleResponse.SerializeToString,
+            ),
+            'ListFileSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFileSchedules,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFileSchedulesRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFileSchedulesResponse.SerializeToString,
+            ),
+            'SetFileScheduleEnabled': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFileScheduleEnabled,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1270,6 +1373,168 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/SetBalanceReport',
             authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.SetBalanceReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/OpenDispute',
+            authswitch_dot_v1_dot_ledger__admin__pb2.OpenDisputeRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.OpenDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ResolveDispute',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ResolveDisputeRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ResolveDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/GetDispute',
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetDisputeRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetDisputeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFileSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/CreateFileSchedule',
+            authswitch_dot_v1_dot_ledger__admin__pb2.CreateFileScheduleRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.CreateFileScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFileSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListFileSchedules',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListFileSchedulesRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListFileSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFileScheduleEnabled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetFileScheduleEnabled',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledResponse.FromString,
             options,
             channel_credentials,
             insecure,

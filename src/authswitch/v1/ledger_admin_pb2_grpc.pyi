@@ -82,6 +82,21 @@ class LedgerAdminServiceStub:
     """Puts dead-lettered notifications of a program back in the queue."""
     SetBalanceReport: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetBalanceReportRequest, _ledger_admin_pb2.SetBalanceReportResponse]
     """Subscribes a client to the daily account balance report (seed 003)."""
+    OpenDispute: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.OpenDisputeRequest, _ledger_admin_pb2.OpenDisputeResponse]
+    """Opens a cardholder's dispute of a cleared transaction, optionally crediting the amount
+    provisionally to actual and available. Idempotent on idempotency_key.
+    """
+    ResolveDispute: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ResolveDisputeRequest, _ledger_admin_pb2.ResolveDisputeResponse]
+    """Ends a dispute: the cardholder wins (any provisional credit becomes final; without one,
+    the amount is credited now) or the merchant wins (a provisional credit is taken back,
+    even below zero available). Idempotent on idempotency_key.
+    """
+    GetDispute: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetDisputeRequest, _ledger_admin_pb2.GetDisputeResponse]
+    """A dispute and every step of it."""
+    CreateFileSchedule: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateFileScheduleRequest, _ledger_admin_pb2.CreateFileScheduleResponse]
+    """Schedules a report or sponsor-bank file for delivery: cron, time zone, directory or SFTP."""
+    ListFileSchedules: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFileSchedulesRequest, _ledger_admin_pb2.ListFileSchedulesResponse]
+    SetFileScheduleEnabled: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFileScheduleEnabledRequest, _ledger_admin_pb2.SetFileScheduleEnabledResponse]
 
 @_typing.type_check_only
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
@@ -137,6 +152,21 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """Puts dead-lettered notifications of a program back in the queue."""
     SetBalanceReport: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetBalanceReportRequest, _ledger_admin_pb2.SetBalanceReportResponse]  # type: ignore[assignment]
     """Subscribes a client to the daily account balance report (seed 003)."""
+    OpenDispute: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.OpenDisputeRequest, _ledger_admin_pb2.OpenDisputeResponse]  # type: ignore[assignment]
+    """Opens a cardholder's dispute of a cleared transaction, optionally crediting the amount
+    provisionally to actual and available. Idempotent on idempotency_key.
+    """
+    ResolveDispute: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ResolveDisputeRequest, _ledger_admin_pb2.ResolveDisputeResponse]  # type: ignore[assignment]
+    """Ends a dispute: the cardholder wins (any provisional credit becomes final; without one,
+    the amount is credited now) or the merchant wins (a provisional credit is taken back,
+    even below zero available). Idempotent on idempotency_key.
+    """
+    GetDispute: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetDisputeRequest, _ledger_admin_pb2.GetDisputeResponse]  # type: ignore[assignment]
+    """A dispute and every step of it."""
+    CreateFileSchedule: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateFileScheduleRequest, _ledger_admin_pb2.CreateFileScheduleResponse]  # type: ignore[assignment]
+    """Schedules a report or sponsor-bank file for delivery: cron, time zone, directory or SFTP."""
+    ListFileSchedules: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFileSchedulesRequest, _ledger_admin_pb2.ListFileSchedulesResponse]  # type: ignore[assignment]
+    SetFileScheduleEnabled: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFileScheduleEnabledRequest, _ledger_admin_pb2.SetFileScheduleEnabledResponse]  # type: ignore[assignment]
 
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
@@ -357,5 +387,56 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.SetBalanceReportResponse, _abc.Awaitable[_ledger_admin_pb2.SetBalanceReportResponse]]:
         """Subscribes a client to the daily account balance report (seed 003)."""
+
+    @_abc_1.abstractmethod
+    def OpenDispute(
+        self,
+        request: _ledger_admin_pb2.OpenDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.OpenDisputeResponse, _abc.Awaitable[_ledger_admin_pb2.OpenDisputeResponse]]:
+        """Opens a cardholder's dispute of a cleared transaction, optionally crediting the amount
+        provisionally to actual and available. Idempotent on idempotency_key.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveDispute(
+        self,
+        request: _ledger_admin_pb2.ResolveDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ResolveDisputeResponse, _abc.Awaitable[_ledger_admin_pb2.ResolveDisputeResponse]]:
+        """Ends a dispute: the cardholder wins (any provisional credit becomes final; without one,
+        the amount is credited now) or the merchant wins (a provisional credit is taken back,
+        even below zero available). Idempotent on idempotency_key.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDispute(
+        self,
+        request: _ledger_admin_pb2.GetDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.GetDisputeResponse, _abc.Awaitable[_ledger_admin_pb2.GetDisputeResponse]]:
+        """A dispute and every step of it."""
+
+    @_abc_1.abstractmethod
+    def CreateFileSchedule(
+        self,
+        request: _ledger_admin_pb2.CreateFileScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.CreateFileScheduleResponse, _abc.Awaitable[_ledger_admin_pb2.CreateFileScheduleResponse]]:
+        """Schedules a report or sponsor-bank file for delivery: cron, time zone, directory or SFTP."""
+
+    @_abc_1.abstractmethod
+    def ListFileSchedules(
+        self,
+        request: _ledger_admin_pb2.ListFileSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListFileSchedulesResponse, _abc.Awaitable[_ledger_admin_pb2.ListFileSchedulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetFileScheduleEnabled(
+        self,
+        request: _ledger_admin_pb2.SetFileScheduleEnabledRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetFileScheduleEnabledResponse, _abc.Awaitable[_ledger_admin_pb2.SetFileScheduleEnabledResponse]]: ...
 
 def add_LedgerAdminServiceServicer_to_server(servicer: LedgerAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

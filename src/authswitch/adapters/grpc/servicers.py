@@ -23,6 +23,8 @@ from authswitch.domain.reports import valid_prefix
 from authswitch.errors import RequestError, StoreUnavailable
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
+from authswitch.service.disputes import DisputeService
+from authswitch.service.files import FileSchedules
 from authswitch.service.lifecycle import LifecycleService
 from authswitch.v1 import (
     authorization_pb2,
@@ -103,6 +105,8 @@ class Services:
         self.authorization: AuthorizationService | None = None
         self.lifecycle: LifecycleService | None = None
         self.admin: AdminService | None = None
+        self.disputes: DisputeService | None = None
+        self.files: FileSchedules | None = None
 
     def ready(self) -> bool:
         return self.authorization is not None
@@ -119,6 +123,18 @@ class _Ready:
         if self._services.lifecycle is None:
             raise StoreUnavailable("starting")
         return self._services.lifecycle
+
+    @property
+    def disputes(self) -> DisputeService:
+        if self._services.disputes is None:
+            raise StoreUnavailable("starting")
+        return self._services.disputes
+
+    @property
+    def files(self) -> FileSchedules:
+        if self._services.files is None:
+            raise StoreUnavailable("starting")
+        return self._services.files
 
 
 class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceServicer):
@@ -164,6 +180,20 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         self, request: authorization_pb2.RefundRequest, context: Context
     ) -> authorization_pb2.RefundResponse:
         return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
+    async def Chargeback(  # noqa: N802
+        self, request: authorization_pb2.ChargebackRequest, context: Context
+    ) -> authorization_pb2.ChargebackResponse:
+        return await self.disputes.chargeback(
+            request, request.SerializeToString(deterministic=True)
+        )
+
+    @grpc_errors
+    async def Represent(  # noqa: N802
+        self, request: authorization_pb2.RepresentRequest, context: Context
+    ) -> authorization_pb2.RepresentResponse:
+        return await self.disputes.represent(request, request.SerializeToString(deterministic=True))
 
 
 class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
@@ -572,6 +602,47 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             request.client_id, request.prefix, request.enabled, _actor(context)
         )
         return ledger_admin_pb2.SetBalanceReportResponse()
+
+    @grpc_errors
+    async def OpenDispute(  # noqa: N802
+        self, request: ledger_admin_pb2.OpenDisputeRequest, context: Context
+    ) -> ledger_admin_pb2.OpenDisputeResponse:
+        return await self.disputes.open(request, actor=_actor(context))
+
+    @grpc_errors
+    async def ResolveDispute(  # noqa: N802
+        self, request: ledger_admin_pb2.ResolveDisputeRequest, context: Context
+    ) -> ledger_admin_pb2.ResolveDisputeResponse:
+        return await self.disputes.resolve(request, actor=_actor(context))
+
+    @grpc_errors
+    async def GetDispute(  # noqa: N802
+        self, request: ledger_admin_pb2.GetDisputeRequest, context: Context
+    ) -> ledger_admin_pb2.GetDisputeResponse:
+        return await self.disputes.get(request.dispute_id)
+
+    @grpc_errors
+    async def CreateFileSchedule(  # noqa: N802
+        self, request: ledger_admin_pb2.CreateFileScheduleRequest, context: Context
+    ) -> ledger_admin_pb2.CreateFileScheduleResponse:
+        schedule = await self.files.create(request.schedule, actor=_actor(context))
+        return ledger_admin_pb2.CreateFileScheduleResponse(schedule=schedule)
+
+    @grpc_errors
+    async def ListFileSchedules(  # noqa: N802
+        self, request: ledger_admin_pb2.ListFileSchedulesRequest, context: Context
+    ) -> ledger_admin_pb2.ListFileSchedulesResponse:
+        schedules = await self.files.list(
+            program_id=request.program_id, client_id=request.client_id
+        )
+        return ledger_admin_pb2.ListFileSchedulesResponse(schedules=schedules)
+
+    @grpc_errors
+    async def SetFileScheduleEnabled(  # noqa: N802
+        self, request: ledger_admin_pb2.SetFileScheduleEnabledRequest, context: Context
+    ) -> ledger_admin_pb2.SetFileScheduleEnabledResponse:
+        await self.files.set_enabled(request.schedule_id, request.enabled, actor=_actor(context))
+        return ledger_admin_pb2.SetFileScheduleEnabledResponse()
 
 
 def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:

@@ -37,6 +37,7 @@ from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
     DecisionRecord,
+    DisputeChange,
     LedgerWrite,
     Notification,
     UsageChange,
@@ -276,6 +277,9 @@ async def write_batch(
     candidates = [i for i in range(len(writes)) if i not in in_batch_duplicate]
 
     conflicts = await _check_holds(conn, [(i, writes[i]) for i in candidates])
+    conflicts |= await _check_disputes(
+        conn, [(i, writes[i]) for i in candidates if i not in conflicts]
+    )
     candidates = [i for i in candidates if i not in conflicts]
 
     keys = sorted({c.key for i in candidates for c in writes[i].balance_changes})
@@ -438,6 +442,140 @@ async def _check_holds(conn: Connection, writes: list[tuple[int, LedgerWrite]]) 
         else:
             conflicts.add(index)
     return conflicts
+
+
+async def _check_disputes(conn: Connection, writes: list[tuple[int, LedgerWrite]]) -> set[int]:
+    """Lock the disputes the batch moves (and, for new disputes, the clearings they dispute),
+    replay the steps in order, and return the indexes of writes that conflict: a dispute
+    that moved on, or a clearing whose disputes would claim more than was cleared."""
+    changes = [(i, c) for i, w in writes for c in w.disputes]
+    if not changes:
+        return set()
+    status: dict[str, str] = {}
+    existing = sorted({c.dispute_id for _, c in changes if c.opening is None})
+    if existing:
+        rows = await conn.fetch(
+            """SELECT id::text, status FROM disputes WHERE id = ANY($1::uuid[])
+               ORDER BY id FOR UPDATE""",
+            existing,
+        )
+        status = {r[0]: r[1] for r in rows}
+    openings = sorted(
+        {(c.opening.clearing_source, c.opening.clearing_message_id) for _, c in changes
+         if c.opening is not None}
+    )  # fmt: skip
+    claimed: dict[tuple[str, str], int] = {}
+    if openings:
+        sources, message_ids = [k[0] for k in openings], [k[1] for k in openings]
+        await conn.execute(
+            """SELECT 1 FROM decisions d JOIN unnest($1::text[], $2::text[])
+                 AS k(source, message_id) USING (source, message_id)
+               ORDER BY d.source, d.message_id FOR UPDATE OF d""",
+            sources,
+            message_ids,
+        )
+        rows = await conn.fetch(
+            """SELECT d.clearing_source, d.clearing_message_id, sum(d.amount_minor)
+               FROM disputes d JOIN unnest($1::text[], $2::text[])
+                 AS k(clearing_source, clearing_message_id)
+                 USING (clearing_source, clearing_message_id)
+               WHERE d.status <> 'MERCHANT_WON'
+               GROUP BY d.clearing_source, d.clearing_message_id""",
+            sources,
+            message_ids,
+        )
+        claimed = {(r[0], r[1]): int(r[2]) for r in rows}
+    conflicts: set[int] = set()
+    for index, write in writes:
+        trial_status: dict[str, str] = {}
+        trial_claimed: dict[tuple[str, str], int] = {}
+        ok = True
+        for change in write.disputes:
+            current = trial_status.get(change.dispute_id, status.get(change.dispute_id))
+            if change.opening is not None:
+                key = (change.opening.clearing_source, change.opening.clearing_message_id)
+                total = trial_claimed.get(key, claimed.get(key, 0)) + change.amount_minor
+                if current is not None or total > change.opening.cleared_minor:
+                    ok = False
+                    break
+                trial_claimed[key] = total
+            elif current != change.from_status:
+                ok = False
+                break
+            trial_status[change.dispute_id] = change.to_status
+        if ok:
+            status.update(trial_status)
+            claimed.update(trial_claimed)
+        else:
+            conflicts.add(index)
+    return conflicts
+
+
+async def _write_disputes(conn: Connection, changes: list[DisputeChange]) -> None:
+    if not changes:
+        return
+    openings = [(c, c.opening) for c in changes if c.opening is not None]
+    if openings:
+        await conn.execute(
+            """INSERT INTO disputes (id, program_id, account_id, card_id, clearing_source,
+                   clearing_message_id, network_reference, asset, amount_minor, reason_code,
+                   status, provisional_minor, on_ledger, created_at, updated_at)
+               SELECT id, program_id, account_id, card_id, clearing_source,
+                      clearing_message_id, network_reference, asset, amount, reason_code,
+                      status, provisional, on_ledger, at, at
+               FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[],
+                           $11::text[], $12::int8[], $13::bool[], $14::timestamptz[])
+                 AS n(id, program_id, account_id, card_id, clearing_source,
+                      clearing_message_id, network_reference, asset, amount, reason_code,
+                      status, provisional, on_ledger, at)""",
+            [c.dispute_id for c, _ in openings],
+            [o.program_id for _, o in openings],
+            [o.account_id for _, o in openings],
+            [o.card_id for _, o in openings],
+            [o.clearing_source for _, o in openings],
+            [o.clearing_message_id for _, o in openings],
+            [o.network_reference for _, o in openings],
+            [o.asset for _, o in openings],
+            [c.amount_minor for c, _ in openings],
+            [o.reason_code for _, o in openings],
+            [c.to_status for c, _ in openings],
+            [c.provisional_minor for c, _ in openings],
+            [o.on_ledger for _, o in openings],
+            [c.at for c, _ in openings],
+        )
+    # Several steps of one dispute in a batch were replayed in order: the last one stands.
+    latest = {c.dispute_id: c for c in changes if c.opening is None}
+    if latest:
+        steps = list(latest.values())
+        await conn.execute(
+            """UPDATE disputes d SET status = u.status, provisional_minor = u.provisional,
+                   updated_at = u.at
+               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[])
+                 AS u(id, status, provisional, at)
+               WHERE d.id = u.id""",
+            [c.dispute_id for c in steps],
+            [c.to_status for c in steps],
+            [c.provisional_minor for c in steps],
+            [c.at for c in steps],
+        )
+    await conn.execute(
+        """INSERT INTO dispute_events (dispute_id, step, from_status, to_status, amount_minor,
+               entry_id, source, message_id, detail, created_at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                $6::uuid[], $7::text[], $8::text[], $9::jsonb[],
+                                $10::timestamptz[])""",
+        [c.dispute_id for c in changes],
+        [c.step for c in changes],
+        [c.from_status or "" for c in changes],
+        [c.to_status for c in changes],
+        [c.amount_minor for c in changes],
+        [c.entry_id for c in changes],
+        [c.source for c in changes],
+        [c.message_id for c in changes],
+        [json.dumps(c.detail) for c in changes],
+        [c.at for c in changes],
+    )
 
 
 async def _write_usage(conn: Connection, changes: list[UsageChange]) -> None:
@@ -696,9 +834,9 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
     if entries:
         await conn.execute(
             """INSERT INTO journal_entries (id, program_id, kind, source, message_id,
-                   description, created_at)
+                   description, created_at, network_reference, card_id)
                SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::timestamptz[])""",
+                                    $6::text[], $7::timestamptz[], $8::text[], $9::uuid[])""",
             [e.id for e in entries],
             [e.program_id for e in entries],
             [e.kind for e in entries],
@@ -706,6 +844,8 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             [e.message_id for e in entries],
             [e.description for e in entries],
             [e.created_at for e in entries],
+            [e.network_reference for e in entries],
+            [e.card_id for e in entries],
         )
         postings = [(e, p) for e in entries for p in e.postings]
         await conn.execute(
@@ -722,6 +862,7 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
     await _write_usage(conn, [u for w in writes for u in w.usage])
     await _write_client_calls(conn, [k for w in writes for k in w.client_calls])
     await write_notifications(conn, [n for w in writes for n in w.notifications])
+    await _write_disputes(conn, [d for w in writes for d in w.disputes])
 
     merged: dict[str, CardUpdate] = {}
     for write in writes:

@@ -39,6 +39,8 @@ class ProgramRow:
     clearing_account_id: str
     fee_account_id: str
     country: str = ""
+    # The other side of dispute steps (created with the program; see domain/disputes.py).
+    dispute_account_id: str = ""
     # Where the program's notifications go ("client", "webhook").
     sinks: tuple[str, ...] = ()
     routing: ClientRouting | None = None
@@ -134,10 +136,12 @@ class CatalogStore:
     async def program(self, program_id: str) -> ProgramRow:
         row = await self.pool.fetchrow(
             """SELECT p.id::text, p.client_id::text, p.name, p.mode, p.time_zone,
-                      c.id::text AS clearing, f.id::text AS fee, p.country
+                      c.id::text AS clearing, f.id::text AS fee, p.country,
+                      d.id::text AS disputes
                FROM programs p
                JOIN accounts c ON c.program_id = p.id AND c.kind = 'CLEARING'
                JOIN accounts f ON f.program_id = p.id AND f.kind = 'FEE_INCOME'
+               JOIN accounts d ON d.program_id = p.id AND d.kind = 'DISPUTES'
                WHERE p.id = $1""",
             _uuid(program_id, "program"),
         )
@@ -180,6 +184,7 @@ class CatalogStore:
             clearing_account_id=row[5],
             fee_account_id=row[6],
             country=row[7],
+            dispute_account_id=row[8],
             sinks=tuple(s["sink"] for s in sinks),
             routing=routing,
             webhook_url=webhook["url"] if webhook else "",
@@ -402,7 +407,7 @@ class CatalogStore:
     async def create_client(self, client_id: str, name: str, actor: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("INSERT INTO clients (id, name) VALUES ($1, $2)", client_id, name)
-            await _audit(conn, actor, "create_client", client_id, {"name": name})
+            await audit(conn, actor, "create_client", client_id, {"name": name})
 
     async def create_program(
         self,
@@ -415,6 +420,7 @@ class CatalogStore:
         country: str,
         clearing_account_id: str,
         fee_account_id: str,
+        dispute_account_id: str,
         actor: str,
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -439,9 +445,10 @@ class CatalogStore:
                 [
                     (clearing_account_id, program_id, "CLEARING", f"{name} clearing"),
                     (fee_account_id, program_id, "FEE_INCOME", f"{name} fee income"),
+                    (dispute_account_id, program_id, "DISPUTES", f"{name} disputes"),
                 ],
             )
-            await _audit(
+            await audit(
                 conn, actor, "create_program", program_id,
                 {"client_id": client_id, "name": name, "mode": mode, "time_zone": time_zone},
             )  # fmt: skip
@@ -478,7 +485,7 @@ class CatalogStore:
                 hold_validity_days,
                 json.dumps(hold_validity_by_mcc, sort_keys=True),
             )
-            await _audit(
+            await audit(
                 conn, actor, "create_product", product_id,
                 {"program_id": program_id, "name": name, "account_types": account_types,
                  "assets": assets},
@@ -519,7 +526,7 @@ class CatalogStore:
                     "INSERT INTO account_holders (account_id, customer_id) VALUES ($1, $2)",
                     [(account_id, customer_id) for customer_id in customer_ids],
                 )
-            await _audit(
+            await audit(
                 conn, actor, "create_account", account_id,
                 {"product_id": product.id, "account_type": account_type, "assets": assets},
             )  # fmt: skip
@@ -558,7 +565,7 @@ class CatalogStore:
                 )
             except asyncpg.UniqueViolationError:
                 raise AlreadyExists("a card with this PAN already exists") from None
-            await _audit(
+            await audit(
                 conn, actor, "create_card", card_id,
                 {"account_id": account.id, "bin": bin_, "last_four": last_four,
                  "status": status.name},
@@ -583,7 +590,7 @@ class CatalogStore:
             )
             if account_id is None:
                 raise NotFound(f"card {card_id} does not exist")
-            await _audit(conn, actor, "set_card_pin", card_id, {})
+            await audit(conn, actor, "set_card_pin", card_id, {})
         return str(account_id)
 
     async def change_card_status(
@@ -613,7 +620,7 @@ class CatalogStore:
                 card_id,
                 status.name,
             )
-            await _audit(
+            await audit(
                 conn, actor, "change_card_status", card_id,
                 {"from": previous.name, "to": status.name, "reason": reason},
             )  # fmt: skip
@@ -658,7 +665,7 @@ class CatalogStore:
             if rows:
                 await write_notifications(conn, [notify(r[2], r[1], r[0]) for r in rows])
                 for r in rows:
-                    await _audit(conn, "system", "expire_card", r[0], {"month": month})
+                    await audit(conn, "system", "expire_card", r[0], {"month": month})
         return sorted({r[1] for r in rows})
 
     async def create_customer(
@@ -673,7 +680,7 @@ class CatalogStore:
                 name,
                 reference,
             )
-            await _audit(conn, actor, "create_customer", customer_id, {"program_id": program_id})
+            await audit(conn, actor, "create_customer", customer_id, {"program_id": program_id})
 
     async def customers_in_program(self, customer_ids: list[str], program_id: str) -> set[str]:
         rows = await self.pool.fetch(
@@ -704,7 +711,7 @@ class CatalogStore:
                 card_id,
                 account_id,
             )
-            await _audit(conn, actor, "link_card_account", card_id, {"account_id": account_id})
+            await audit(conn, actor, "link_card_account", card_id, {"account_id": account_id})
 
     async def card(self, card_id: str) -> dict[str, Any]:
         row = await self.pool.fetchrow(
@@ -733,7 +740,7 @@ class CatalogStore:
                 )
             except asyncpg.UniqueViolationError:
                 raise AlreadyExists(f"asset {asset.code} is already registered") from None
-            await _audit(
+            await audit(
                 conn, actor, "register_asset", asset.code,
                 {"category": asset.category.value, "exponent": asset.exponent},
             )  # fmt: skip
@@ -805,7 +812,7 @@ class CatalogStore:
                            $16, $17, $18)""",
                 [_fee_rule_row(rule, schedule_id, n) for n, rule in enumerate(rules)],
             )
-            await _audit(
+            await audit(
                 conn, actor, "add_fee_schedule", product_id,
                 {"version": version, "effective_from": effective_from.isoformat(),
                  "rules": len(rules)},
@@ -848,7 +855,7 @@ class CatalogStore:
                 limit.amount_max_minor,
                 limit.count_max,
             )
-            await _audit(
+            await audit(
                 conn, actor, "add_limit", limit.id,
                 {"product_id": product_id, "subject": limit.subject.value,
                  "period": limit.period.value, "amount_max_minor": limit.amount_max_minor,
@@ -895,7 +902,7 @@ class CatalogStore:
                 routing.breaker.failures_max, routing.breaker.error_rate_pct,
                 routing.breaker.window, routing.breaker.open_ms,
             )  # fmt: skip
-            await _audit(
+            await audit(
                 conn, actor, "set_program_routing", program_id,
                 {"target": routing.target, "tls": routing.tls, "deadline_ms": routing.deadline_ms,
                  "stand_in": routing.stand_in.value},
@@ -923,7 +930,7 @@ class CatalogStore:
                     url,
                     secret_name,
                 )
-            await _audit(
+            await audit(
                 conn, actor, "set_notification_sink", program_id,
                 {"sink": sink, "url": url, "remove": remove},
             )  # fmt: skip
@@ -955,7 +962,7 @@ class CatalogStore:
                 now,
             )
             count = int(status.split()[-1])
-            await _audit(conn, actor, "redrive_notifications", program_id, {"count": count})
+            await audit(conn, actor, "redrive_notifications", program_id, {"count": count})
         return count
 
     async def set_report_subscription(
@@ -975,13 +982,13 @@ class CatalogStore:
                 prefix,
                 enabled,
             )
-            await _audit(
+            await audit(
                 conn, actor, "set_balance_report", client_id, {"prefix": prefix, "enabled": enabled}
             )
 
     async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
         async with self.pool.acquire() as conn:
-            await _audit(conn, actor, action, subject_id, detail)
+            await audit(conn, actor, action, subject_id, detail)
 
 
 def _hold_row(row: Any) -> HoldRow:
@@ -1008,7 +1015,7 @@ def _card_state(row: Any) -> CardState:
     )
 
 
-async def _audit(
+async def audit(
     conn: Connection, actor: str, action: str, subject_id: str, detail: dict[str, Any]
 ) -> None:
     await conn.execute(

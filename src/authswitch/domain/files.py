@@ -1,0 +1,75 @@
+"""When scheduled files are due and what each covers (pure: the caller passes the time).
+
+A schedule is a five-field cron expression read in the schedule's time zone. A day file
+(transactions, chargebacks, subledger net changes) due at a time covers the local day
+before it, so "30 2 * * *" delivers yesterday's file at 02:30 every day; a missed day is
+caught up, up to ``CATCH_UP_MAX`` due times back. A snapshot (balances, FBO balances) is
+taken when it is delivered; only the latest due time counts, since a snapshot taken now
+cannot stand for an earlier one.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from enum import Enum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+__all__ = ["CATCH_UP_MAX", "FileKind", "covered_day", "due_times", "valid_cron", "valid_zone"]
+
+CATCH_UP_MAX = 31
+
+
+class FileKind(Enum):
+    BALANCES = "balances"
+    TRANSACTIONS = "transactions"
+    CHARGEBACKS = "chargebacks"
+    SUBLEDGER = "subledger"
+    FBO = "fbo"
+
+    @property
+    def daily(self) -> bool:
+        """Covers one past day (rather than a snapshot of now)."""
+        return self in (FileKind.TRANSACTIONS, FileKind.CHARGEBACKS, FileKind.SUBLEDGER)
+
+    @property
+    def of_client(self) -> bool:
+        return self is FileKind.BALANCES
+
+
+def valid_cron(expression: str) -> bool:
+    """Five fields (minute hour day month weekday), as cron has them."""
+    return len(expression.split()) == 5 and croniter.is_valid(expression)
+
+
+def valid_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def due_times(
+    expression: str, zone: str, *, now: datetime, since: datetime, limit: int
+) -> list[datetime]:
+    """The due times after ``since`` and at or before ``now``, at most the ``limit`` latest,
+    oldest first."""
+    assert limit > 0
+    # get_prev is strictly before its start, and ``now`` itself counts when it is due.
+    start = now.astimezone(ZoneInfo(zone)).replace(microsecond=0) + timedelta(seconds=1)
+    iterator = croniter(expression, start)
+    times: list[datetime] = []
+    while len(times) < limit:
+        previous = iterator.get_prev(datetime)
+        assert isinstance(previous, datetime)
+        if previous <= since:
+            break
+        times.append(previous)
+    return sorted(t for t in times if t > since)
+
+
+def covered_day(due: datetime, zone: str) -> date:
+    """The local day a day file due at ``due`` covers: the one before."""
+    return due.astimezone(ZoneInfo(zone)).date() - timedelta(days=1)
