@@ -175,12 +175,17 @@ class Application:
             async with self.pool.acquire() as conn:
                 await migrate(conn, progress=log.info)
         timeout_s = settings.redis_timeout_ms / 1000
-        self.redis = aioredis.Redis.from_url(
-            redis_url,
-            max_connections=settings.redis_pool_max,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=30,
+        # A burst beyond the pool waits for a free connection (up to the Redis timeout)
+        # rather than failing at once: redis-py's default pool raises when it is exhausted.
+        self.redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=settings.redis_pool_max,
+                timeout=timeout_s,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                health_check_interval=30,
+            )
         )
         await self.redis.ping()
 

@@ -181,7 +181,8 @@ def test_generated_requests_never_break_the_server(threaded: ThreadedApp) -> Non
         assert response.response_code in {"00", "10", "13", "14", "30", "51", "05", "91", "94"}
         if response.response_code in ("30", "13"):
             assert not response.decision_id
-            if request.source and request.message_id:
+            key = request.source + request.message_id  # with a NUL it cannot be stored
+            if request.source and request.message_id and "\x00" not in key:
                 written = threaded.call(
                     app.pool.fetchval(  # type: ignore[union-attr]
                         "SELECT count(*) FROM decisions WHERE source = $1 AND message_id = $2",
