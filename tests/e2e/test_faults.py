@@ -189,6 +189,7 @@ async def test_redis_flushed_and_restarted_under_load(
 async def _redis_chaos(server: EmbeddedRedis) -> None:
     client = aioredis.Redis.from_url(server.url)
     rounds = 0
+    restart: asyncio.Future[None] | None = None
     try:
         while True:
             await asyncio.sleep(random.uniform(0.005, 0.03))
@@ -198,17 +199,25 @@ async def _redis_chaos(server: EmbeddedRedis) -> None:
                     await client.script_flush()
                 elif rounds == 20:
                     await client.aclose()
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(None, server.stop)
-                    await asyncio.sleep(0.2)
-                    await loop.run_in_executor(None, server.start)
+                    # Shielded: cancelling the chaos must never leave Redis stopped.
+                    restart = asyncio.ensure_future(_restart(server))
+                    await asyncio.shield(restart)
                     client = aioredis.Redis.from_url(server.url)
                 else:
                     await client.flushall()
             except (OSError, aioredis.ConnectionError):
                 continue
     finally:
+        if restart is not None:
+            await restart
         await client.aclose()
+
+
+async def _restart(server: EmbeddedRedis) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, server.stop)
+    await asyncio.sleep(0.2)
+    await loop.run_in_executor(None, server.start)
 
 
 # -- Postgres: dropped, stalled and refused connections ---------------------------------------
