@@ -19,7 +19,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
 from authswitch.adapters.client.decision import ClientChannels
@@ -34,9 +33,11 @@ from authswitch.adapters.grpc.servicers import (
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.migrations import migrate
+from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
+from authswitch.adapters.redis.client import RedisClient, connect
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.config import Settings, load_card_keys
 from authswitch.domain.cardsec import CardKeys
@@ -53,6 +54,7 @@ from authswitch.service.jobs import PeriodicJob
 from authswitch.service.lifecycle import LifecycleService
 from authswitch.service.offledger import OffLedgerService
 from authswitch.service.outbox import OutboxSettings, OutboxWorker
+from authswitch.service.partitions import PartitionMaintenance
 from authswitch.service.posting import Poster
 from authswitch.service.reconcile import Reconciler
 from authswitch.service.reports import ReportWriter, ScheduledReports
@@ -65,6 +67,8 @@ CARD_EXPIRY_LOCK_KEY = 0x65787031  # "exp1"
 REPORT_LOCK_KEY = 0x72707431  # "rpt1"
 RECONCILE_LOCK_KEY = 0x72636E31  # "rcn1"
 FILES_LOCK_KEY = 0x66696C31  # "fil1"
+PARTITIONS_LOCK_KEY = 0x70727431  # "prt1": partitions made ahead
+RETENTION_LOCK_KEY = 0x72657431  # "ret1": old partitions dropped
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,10 @@ class Application:
         self._embedded_pg: EmbeddedPostgres | None = None
         self._embedded_redis: EmbeddedRedis | None = None
         self.pool: asyncpg.Pool[Any] | None = None
-        self.redis: aioredis.Redis | None = None
+        # Where reports and reconciliation read (AUTHSWITCH_REPORTS_POSTGRES_DSN), when not
+        # the main pool.
+        self.reports_pool: asyncpg.Pool[Any] | None = None
+        self.redis: RedisClient | None = None  # one server, or a Redis Cluster
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self.services = Services()
@@ -170,24 +177,28 @@ class Application:
             min_size=settings.postgres_pool_min,
             max_size=settings.postgres_pool_max,
             statement_timeout_ms=settings.postgres_statement_timeout_ms,
+            pgbouncer=settings.postgres_pgbouncer,
         )
+        if settings.reports_postgres_dsn:
+            self.reports_pool = await create_pool(
+                settings.reports_postgres_dsn,
+                min_size=1,
+                max_size=settings.reports_postgres_pool_max,
+                statement_timeout_ms=settings.postgres_statement_timeout_ms,
+                pgbouncer=settings.postgres_pgbouncer,
+                application_name="authswitch-reports",
+                read_only=True,
+            )
+        reports_pool = self.reports_pool or self.pool
         if settings.migrate_on_start:
             async with self.pool.acquire() as conn:
                 await migrate(conn, progress=log.info)
-        timeout_s = settings.redis_timeout_ms / 1000
-        # A burst beyond the pool waits for a free connection (up to the Redis timeout)
-        # rather than failing at once: redis-py's default pool raises when it is exhausted.
-        self.redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                redis_url,
-                max_connections=settings.redis_pool_max,
-                timeout=timeout_s,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                health_check_interval=30,
-            )
+        # One server or a Redis Cluster (redis+cluster://...), by the URL: adapters/redis/client.py
+        self.redis = await connect(
+            redis_url,
+            pool_max=settings.redis_pool_max,
+            timeout_s=settings.redis_timeout_ms / 1000,
         )
-        await self.redis.ping()
 
         store = CatalogStore(self.pool)
         cache = LedgerCache(
@@ -259,6 +270,7 @@ class Application:
         self.committer.after_notifications = self.outbox.wake
         self.outbox.start()
         self.jobs: list[PeriodicJob] = []
+        lease = settings.postgres_pgbouncer  # behind pgbouncer, jobs take leases (jobs.py)
         if settings.age_off_interval_s:
             lifecycle = self.lifecycle
             self.jobs.append(
@@ -268,6 +280,7 @@ class Application:
                     lambda: lifecycle.age_off(limit=settings.age_off_batch_max),
                     self.pool,
                     lock_key=AGE_OFF_LOCK_KEY,
+                    lease=lease,
                 )
             )
         if settings.card_expiry_interval_s:
@@ -279,18 +292,21 @@ class Application:
                     admin.expire_cards,
                     self.pool,
                     lock_key=CARD_EXPIRY_LOCK_KEY,
+                    lease=lease,
                 )
             )
         reports_dir = Path(settings.reports_dir or settings.data_dir / "reports")
         scheduled = ScheduledReports(
-            ReportWriter(self.pool), DirectorySink(reports_dir), self.clock,
+            ReportWriter(reports_pool, primary=self.pool), DirectorySink(reports_dir), self.clock,
             settings.balance_report_at,
         )  # fmt: skip
         self.jobs.append(
-            PeriodicJob("balance_report", 60.0, scheduled.run_due, self.pool, REPORT_LOCK_KEY)
+            PeriodicJob(
+                "balance_report", 60.0, scheduled.run_due, self.pool, REPORT_LOCK_KEY, lease=lease
+            )
         )
         if settings.reconcile_interval_s:
-            reconciler = Reconciler(self.pool, cache, self.clock)
+            reconciler = Reconciler(self.pool, cache, self.clock, snapshot_pool=reports_pool)
 
             async def reconcile() -> int:
                 return len((await reconciler.run()).breaks)
@@ -298,7 +314,7 @@ class Application:
             self.jobs.append(
                 PeriodicJob(
                     "reconcile", settings.reconcile_interval_s, reconcile, self.pool,
-                    RECONCILE_LOCK_KEY,
+                    RECONCILE_LOCK_KEY, lease=lease,
                 )
             )  # fmt: skip
         self.disputes = DisputeService(
@@ -307,15 +323,38 @@ class Application:
         )  # fmt: skip
         self.files = FileSchedules(self.pool, self.clock)
         self.deliveries = FileDeliveries(
-            self.pool, ReportWriter(self.pool), secrets, self.clock, settings.data_dir / "spool"
+            self.pool,
+            ReportWriter(reports_pool, primary=self.pool),
+            secrets,
+            self.clock,
+            settings.data_dir / "spool",
         )
         if settings.file_delivery_interval_s:
             self.jobs.append(
                 PeriodicJob(
                     "file_delivery", settings.file_delivery_interval_s, self.deliveries.run_due,
-                    self.pool, FILES_LOCK_KEY,
+                    self.pool, FILES_LOCK_KEY, lease=lease,
                 )
             )  # fmt: skip
+        self.partitions = PartitionMaintenance(
+            PartitionStore(self.pool), self.clock,
+            months_ahead=settings.partition_months_ahead,
+            retention_months=settings.partition_retention_months,
+        )  # fmt: skip
+        if settings.partition_maintenance_interval_s:
+            self.jobs.append(
+                PeriodicJob(
+                    "partitions", settings.partition_maintenance_interval_s,
+                    self.partitions.create_ahead, self.pool, PARTITIONS_LOCK_KEY, lease=lease,
+                )
+            )  # fmt: skip
+            if settings.partition_retention_months:
+                self.jobs.append(
+                    PeriodicJob(
+                        "retention", settings.partition_maintenance_interval_s,
+                        self.partitions.retire, self.pool, RETENTION_LOCK_KEY, lease=lease,
+                    )
+                )  # fmt: skip
         for job in self.jobs:
             job.start()
         self.services.authorization = self.authorization
@@ -361,6 +400,9 @@ class Application:
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None
+        if self.reports_pool is not None:
+            await self.reports_pool.close()
+            self.reports_pool = None
         if self.pool is not None:
             await self.pool.close()
             self.pool = None

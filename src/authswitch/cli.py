@@ -90,7 +90,10 @@ async def _migrate(settings: Settings) -> int:
     if not dsn:
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
-    pool = await create_pool(dsn, min_size=1, max_size=1, statement_timeout_ms=600_000)
+    pool = await create_pool(
+        dsn, min_size=1, max_size=1, statement_timeout_ms=600_000,
+        pgbouncer=settings.postgres_pgbouncer,
+    )  # fmt: skip
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn, progress=lambda text: print(text, file=sys.stderr))
@@ -103,8 +106,10 @@ async def _migrate(settings: Settings) -> int:
 
 
 @asynccontextmanager
-async def _database(settings: Settings) -> AsyncIterator[Any]:
-    """A small pool on the configured Postgres (or the embedded one of the data directory)."""
+async def _databases(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
+    """Small pools on the configured Postgres (or the embedded one of the data directory):
+    the main one, and the one reports read (AUTHSWITCH_REPORTS_POSTGRES_DSN, a read replica;
+    without it, the main one again)."""
     from authswitch.adapters.postgres.pool import create_pool
     from authswitch.embedded import EmbeddedPostgres
 
@@ -113,11 +118,23 @@ async def _database(settings: Settings) -> AsyncIterator[Any]:
     if not dsn:
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
-    pool = await create_pool(dsn, min_size=1, max_size=2, statement_timeout_ms=3_600_000)
+    pool = reports = None
     try:
-        yield pool
+        pool = await create_pool(
+            dsn, min_size=1, max_size=2, statement_timeout_ms=3_600_000,
+            pgbouncer=settings.postgres_pgbouncer,
+        )  # fmt: skip
+        if settings.reports_postgres_dsn:
+            reports = await create_pool(
+                settings.reports_postgres_dsn, min_size=1, max_size=2,
+                statement_timeout_ms=3_600_000, pgbouncer=settings.postgres_pgbouncer,
+                application_name="authswitch-reports", read_only=True,
+            )  # fmt: skip
+        yield pool, reports or pool
     finally:
-        await pool.close()
+        for opened in (reports, pool):
+            if opened is not None:
+                await opened.close()
         if embedded is not None:
             embedded.stop()
 
@@ -128,8 +145,8 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
 
     sink = DirectorySink(args.out)
     now = datetime.now(UTC)
-    async with _database(settings) as pool:
-        writer = ReportWriter(pool)
+    async with _databases(settings) as (pool, reports):
+        writer = ReportWriter(reports, primary=pool)
         if args.kind == "balances":
             name, count = await writer.balance_report(
                 sink, client_id=args.client, prefix=args.prefix, at=now,
@@ -159,10 +176,11 @@ async def _files(settings: Settings, args: argparse.Namespace) -> int:
     from authswitch.service.reports import ReportWriter
 
     secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
-    async with _database(settings) as pool:
+    async with _databases(settings) as (pool, reports):
         deliveries = FileDeliveries(
-            pool, ReportWriter(pool), secrets, SystemClock(), settings.data_dir / "spool"
-        )
+            pool, ReportWriter(reports, primary=pool), secrets, SystemClock(),
+            settings.data_dir / "spool",
+        )  # fmt: skip
         delivered = await deliveries.run_due(schedule_id=args.schedule)
         failed = await pool.fetch(
             """SELECT f.schedule_id::text, f.due_at, f.attempts, f.last_error
@@ -248,14 +266,14 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from authswitch.service.clock import SystemClock
     from authswitch.service.reconcile import Reconciler, read_fbo_file
 
-    async with _database(settings) as pool:
+    async with _databases(settings) as (pool, reports):
         fbo = None
         if args.fbo_csv is not None:
             exponents = {r[0]: r[1] for r in await pool.fetch("SELECT code, exponent FROM assets")}
             fbo = read_fbo_file(args.fbo_csv, exponents)
         cache, client = await _cache_if_reachable(settings)
         try:
-            report = await Reconciler(pool, cache, SystemClock()).run(
+            report = await Reconciler(pool, cache, SystemClock(), snapshot_pool=reports).run(
                 program_id=args.program, fbo=fbo
             )
         finally:
@@ -267,17 +285,14 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _cache_if_reachable(settings: Settings) -> tuple[Any, Any]:
     """The Redis cache to compare, when one answers (the embedded one runs with serve)."""
-    import redis.asyncio as aioredis
-
     from authswitch.adapters.redis.cache import LedgerCache
+    from authswitch.adapters.redis.client import connect
     from authswitch.embedded import EmbeddedRedis
 
     url = settings.redis_url or EmbeddedRedis(settings.data_dir).url
-    client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        await client.ping()
+        client = await connect(url, pool_max=4, timeout_s=2.0)  # one server or a cluster
     except Exception:
-        await client.aclose()
         print("authswitch: Redis not reachable, cache_equals_postgres skipped", file=sys.stderr)
         return None, None
     return LedgerCache(client, settings.redis_key_prefix, marker_ttl_s=60), client

@@ -39,7 +39,8 @@ class Settings:
     grpc_listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
     postgres_dsn: str = field(default="", repr=False)  # empty: embedded Postgres
-    redis_url: str = field(default="", repr=False)  # empty: embedded Redis
+    # Empty: embedded Redis. A Redis Cluster: redis+cluster://host:port,host:port (seeds).
+    redis_url: str = field(default="", repr=False)
     data_dir: Path = Path(".authswitch")
     redis_key_prefix: str = "as"
     migrate_on_start: bool = True
@@ -55,6 +56,21 @@ class Settings:
     postgres_pool_min: int = 2
     postgres_pool_max: int = 10
     postgres_statement_timeout_ms: int = 5_000
+    # The Postgres DSNs are pgbouncers in transaction pooling mode: no prepared statement
+    # cache, settings per transaction, leases instead of session locks (docs/scaling.md).
+    postgres_pgbouncer: bool = False
+    # Where reports, daily files and reconciliation read their snapshots (a read replica);
+    # empty: the main DSN. Its pool holds at most reports_postgres_pool_max connections.
+    reports_postgres_dsn: str = field(default="", repr=False)
+    reports_postgres_pool_max: int = 4
+    # Monthly partitions of the journal, holds and outbox: this many months ahead are made
+    # every partition_maintenance_interval_s (0 turns maintenance and retention off), and
+    # months older than partition_retention_months are dropped once nothing in them is
+    # needed (0: kept forever).
+    partition_months_ahead: int = 3
+    partition_maintenance_interval_s: float = 3600.0
+    partition_retention_months: int = 0
+    # Connections to Redis; on a cluster, commands in flight and connections per node.
     redis_pool_max: int = 64
     redis_timeout_ms: int = 2_000
 
@@ -130,6 +146,7 @@ class Settings:
         known = {f.name.upper() for f in fields(cls)}
         known |= {"PAN_KEY_FILE", "PIN_KEY_FILE", "CVV_KEY_FILE"}
         known |= {"TEST_POSTGRES_DSN", "TEST_REDIS_URL"}  # read by the test suite
+        known |= {"TEST_REQUIRE_ENGINES"}  # the test suite: fail, not skip, without pgbouncer
         unknown = sorted(
             name
             for name in env
@@ -162,7 +179,8 @@ class Settings:
             "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
             "grpc_max_concurrent_streams", "postgres_statement_timeout_ms", "outbox_poll_ms",
             "outbox_concurrency_max", "outbox_backoff_initial_ms", "outbox_backoff_max_ms",
-            "outbox_dead_after_s", "outbox_delivery_timeout_ms",
+            "outbox_dead_after_s", "outbox_delivery_timeout_ms", "reports_postgres_pool_max",
+            "partition_months_ahead",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -177,6 +195,10 @@ class Settings:
             raise ConfigError("AUTHSWITCH_CARD_EXPIRY_INTERVAL_S must not be negative")
         if self.age_off_interval_s < 0:
             raise ConfigError("AUTHSWITCH_AGE_OFF_INTERVAL_S must not be negative")
+        if self.partition_maintenance_interval_s < 0:
+            raise ConfigError("AUTHSWITCH_PARTITION_MAINTENANCE_INTERVAL_S must not be negative")
+        if self.partition_retention_months < 0:
+            raise ConfigError("AUTHSWITCH_PARTITION_RETENTION_MONTHS must not be negative")
         if self.group_commit_linger_us < 0:
             raise ConfigError("AUTHSWITCH_GROUP_COMMIT_LINGER_US must not be negative")
         if not 0 < self.postgres_pool_min <= self.postgres_pool_max:

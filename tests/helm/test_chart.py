@@ -846,6 +846,20 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(chart: helm_python.
 
 
 @pytest.mark.timeout(60)
+def test_the_migration_job_connects_like_the_server_behind_pgbouncer(
+    chart: helm_python.Chart,
+) -> None:
+    """Behind pgbouncer the migration Job must say so too: pgbouncer refuses the session
+    settings a direct connection sends at connect time."""
+    objects = render(chart, {"config": {"postgresPgbouncer": True}})
+    job_env = env_of(container(objects, "Job"))
+    assert job_env["AUTHSWITCH_POSTGRES_PGBOUNCER"]["value"] == "true"
+    config_map = only(objects, "ConfigMap", FULLNAME)
+    assert config_map["data"]["AUTHSWITCH_POSTGRES_PGBOUNCER"] == "true"
+    assert "AUTHSWITCH_POSTGRES_PGBOUNCER" not in env_of(container(render(chart), "Job"))
+
+
+@pytest.mark.timeout(60)
 def test_report_cronjob(chart: helm_python.Chart) -> None:
     assert "CronJob" not in kinds(render(chart))
     values = {"report": {"enabled": True, "client": "acme", "prefix": "ACME"}}

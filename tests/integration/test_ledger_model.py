@@ -353,7 +353,7 @@ def test_ledger_state_machine(server: tuple[ThreadedApp, ManualClock]) -> None:
                               coalesce(sum(e.amount_minor), 0) AS released,
                               count(e.*) FILTER (WHERE e.kind IN ('AGE_OFF', 'RELEASE')) AS ends
                        FROM holds h LEFT JOIN hold_events e ON e.hold_id = h.id
-                       WHERE h.account_id = $1 GROUP BY h.id""",
+                       WHERE h.account_id = $1 GROUP BY h.id, h.created_at""",
                     self.account_id,
                 )
             )

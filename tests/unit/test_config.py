@@ -51,11 +51,33 @@ def test_secrets_are_not_in_repr() -> None:
         {"AUTHSWITCH_GROUP_COMMIT_BATCH_MAX": "many"},
         {"AUTHSWITCH_MIGRATE_ON_START": "perhaps"},
         {"AUTHSWITCH_LOG_FORMAT": "xml"},
+        {"AUTHSWITCH_POSTGRES_PGBOUNCER": "perhaps"},
+        {"AUTHSWITCH_PARTITION_MONTHS_AHEAD": "0"},
+        {"AUTHSWITCH_PARTITION_RETENTION_MONTHS": "-1"},
+        {"AUTHSWITCH_PARTITION_MAINTENANCE_INTERVAL_S": "-1"},
+        {"AUTHSWITCH_REPORTS_POSTGRES_POOL_MAX": "0"},
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         Settings.from_env(env)
+
+
+def test_postgres_in_production_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "AUTHSWITCH_POSTGRES_PGBOUNCER": "true",
+            "AUTHSWITCH_REPORTS_POSTGRES_DSN": "postgresql://r:hunter3@replica/y",
+            "AUTHSWITCH_PARTITION_RETENTION_MONTHS": "13",
+            "AUTHSWITCH_TEST_REQUIRE_ENGINES": "1",  # the test suite's, not an unknown setting
+        }
+    )
+    assert settings.postgres_pgbouncer is True
+    assert settings.partition_retention_months == 13
+    assert "hunter3" not in repr(settings)
+    defaults = Settings()
+    assert (defaults.postgres_pgbouncer, defaults.reports_postgres_dsn) == (False, "")
+    assert defaults.partition_retention_months == 0  # kept forever unless asked
 
 
 def test_parse_listen() -> None:

@@ -54,14 +54,17 @@ class OutboxSettings:
         return self.delivery_timeout_ms / 1000 * 2 + 1
 
 
+# Deliveries are partitioned by their notification's created_at (migration 0007): every
+# statement on one names it, so that it reads one partition rather than probe them all.
 _CLAIM = """
     WITH heads AS (
-        SELECT DISTINCT ON (sink, ordering_key) notification_id, sink, next_attempt_at, seq
+        SELECT DISTINCT ON (sink, ordering_key) notification_id, sink, next_attempt_at, seq,
+               created_at
         FROM notification_deliveries
         WHERE status = 'PENDING'
         ORDER BY sink, ordering_key, seq
     ), due AS (
-        SELECT notification_id, sink FROM heads
+        SELECT notification_id, sink, created_at FROM heads
         WHERE next_attempt_at <= $1
         ORDER BY seq
         LIMIT $2
@@ -70,8 +73,9 @@ _CLAIM = """
     SET next_attempt_at = $3, attempts = d.attempts + 1
     FROM due
     WHERE d.notification_id = due.notification_id AND d.sink = due.sink
+      AND d.created_at = due.created_at
       AND d.status = 'PENDING' AND d.next_attempt_at <= $1
-    RETURNING d.notification_id::text, d.sink, d.attempts, d.seq
+    RETURNING d.notification_id::text, d.sink, d.attempts, d.seq, d.created_at
 """
 
 
@@ -81,6 +85,7 @@ class _Claim:
     sink: str
     attempt: int
     seq: int
+    created_at: datetime
 
 
 class OutboxWorker:
@@ -144,7 +149,7 @@ class OutboxWorker:
         now = self.clock.now()
         lease_until = now + timedelta(seconds=self.settings.lease_s)
         rows = await self.pool.fetch(_CLAIM, now, self.settings.concurrency_max, lease_until)
-        claims = [_Claim(r[0], r[1], r[2], r[3]) for r in rows]
+        claims = [_Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
         if claims:
             await asyncio.gather(*(self._deliver(c) for c in claims))
         return len(claims)
@@ -153,8 +158,9 @@ class OutboxWorker:
         row = await self.pool.fetchrow(
             """SELECT id::text, program_id::text, coalesce(account_id::text, '') AS account_id,
                       coalesce(card_id::text, '') AS card_id, kind, payload, created_at, seq
-               FROM notifications WHERE id = $1""",
+               FROM notifications WHERE id = $1 AND created_at = $2""",
             claim.notification_id,
+            claim.created_at,
         )
         assert row is not None, "a delivery without its notification"
         started = time.perf_counter()
@@ -171,7 +177,7 @@ class OutboxWorker:
         metrics.CLIENT_SECONDS.labels(f"notify_{claim.sink}", outcome).observe(
             time.perf_counter() - started
         )
-        await self._record(claim, row["created_at"], error)
+        await self._record(claim, error)
 
     async def _to_client(self, row: Any, attempt: int) -> None:
         program = await self.catalog.program(row["program_id"])
@@ -221,26 +227,28 @@ class OutboxWorker:
             attempt=attempt,
         )
 
-    async def _record(self, claim: _Claim, created_at: datetime, error: str) -> None:
+    async def _record(self, claim: _Claim, error: str) -> None:
         now = self.clock.now()
         if not error:
             await self.pool.execute(
                 """UPDATE notification_deliveries
                    SET status = 'DELIVERED', delivered_at = $3, last_error = ''
-                   WHERE notification_id = $1 AND sink = $2""",
+                   WHERE notification_id = $1 AND sink = $2 AND created_at = $4""",
                 claim.notification_id,
                 claim.sink,
                 now,
+                claim.created_at,
             )
             return
-        if (now - created_at).total_seconds() >= self.settings.dead_after_s:
+        if (now - claim.created_at).total_seconds() >= self.settings.dead_after_s:
             log.warning("notification dead-lettered", extra={"sink": claim.sink, "error": error})
             await self.pool.execute(
                 """UPDATE notification_deliveries SET status = 'DEAD', last_error = $3
-                   WHERE notification_id = $1 AND sink = $2""",
+                   WHERE notification_id = $1 AND sink = $2 AND created_at = $4""",
                 claim.notification_id,
                 claim.sink,
                 error,
+                claim.created_at,
             )
             return
         pause = backoff_ms(
@@ -251,11 +259,12 @@ class OutboxWorker:
         )
         await self.pool.execute(
             """UPDATE notification_deliveries SET next_attempt_at = $3, last_error = $4
-               WHERE notification_id = $1 AND sink = $2""",
+               WHERE notification_id = $1 AND sink = $2 AND created_at = $5""",
             claim.notification_id,
             claim.sink,
             now + timedelta(milliseconds=pause),
             error,
+            claim.created_at,
         )
 
     async def _update_gauges(self) -> None:
@@ -265,8 +274,8 @@ class OutboxWorker:
         rows = await self.pool.fetch(
             """SELECT d.sink, count(*) FILTER (WHERE d.status = 'PENDING') AS pending,
                       count(*) FILTER (WHERE d.status = 'DEAD') AS dead,
-                      min(n.created_at) FILTER (WHERE d.status = 'PENDING') AS oldest
-               FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+                      min(d.created_at) FILTER (WHERE d.status = 'PENDING') AS oldest
+               FROM notification_deliveries d
                WHERE d.status <> 'DELIVERED'
                GROUP BY d.sink"""
         )

@@ -14,7 +14,10 @@ Checks, each reporting its breaks:
   balance, and the total, equal authswitch's.
 
 Aggregations run in Postgres and return only the breaks, so the run's memory does not grow
-with the ledger.
+with the ledger. The checks of the ledger read one snapshot, which may be a read replica's
+(``snapshot_pool``: every invariant holds in every committed state); the cache is compared
+with the primary, which is what Redis follows. Months of postings dropped by retention count
+through ``posting_archive_totals``, what they summed to.
 """
 
 from __future__ import annotations
@@ -141,10 +144,18 @@ def read_fbo_file(path: Path, exponents: Mapping[str, int]) -> dict[tuple[str, s
 
 
 class Reconciler:
-    def __init__(self, pool: asyncpg.Pool[Any], cache: LedgerCache | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        cache: LedgerCache | None,
+        clock: Clock,
+        *,
+        snapshot_pool: asyncpg.Pool[Any] | None = None,
+    ) -> None:
         self.pool = pool
         self.cache = cache
         self.clock = clock
+        self.snapshot_pool = snapshot_pool or pool
 
     async def run(
         self,
@@ -154,7 +165,7 @@ class Reconciler:
     ) -> ReconciliationReport:
         report = ReconciliationReport(started_at=self.clock.now())
         async with (
-            self.pool.acquire() as conn,
+            self.snapshot_pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             await self._journal(conn, report, program_id)
@@ -198,7 +209,11 @@ class Reconciler:
                       coalesce(s.total, 0) AS posted
                FROM balances b JOIN accounts a ON a.id = b.account_id
                LEFT JOIN (SELECT account_id, asset, sum(amount_minor) AS total
-                          FROM postings GROUP BY account_id, asset) s
+                          FROM (SELECT account_id, asset, amount_minor FROM postings
+                                UNION ALL
+                                SELECT account_id, asset, amount_minor
+                                FROM posting_archive_totals) kept_and_dropped
+                          GROUP BY account_id, asset) s
                  ON s.account_id = b.account_id AND s.asset = b.asset
                WHERE ($1::uuid IS NULL OR a.program_id = $1)
                  AND b.actual_minor <> coalesce(s.total, 0)""",
@@ -241,7 +256,10 @@ class Reconciler:
             """SELECT a.program_id::text, p.asset,
                       sum(p.amount_minor) FILTER (WHERE a.kind = 'CUSTOMER') AS customers,
                       sum(p.amount_minor) AS total
-               FROM postings p JOIN accounts a ON a.id = p.account_id
+               FROM (SELECT account_id, asset, amount_minor FROM postings
+                     UNION ALL
+                     SELECT account_id, asset, amount_minor FROM posting_archive_totals) p
+               JOIN accounts a ON a.id = p.account_id
                WHERE $1::uuid IS NULL OR a.program_id = $1
                GROUP BY a.program_id, p.asset""",
             program_id,

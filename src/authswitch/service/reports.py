@@ -5,17 +5,26 @@ chargeback files every partner-managed program owes; formats in docs/files.md).
 Each report is one consistent snapshot (a single repeatable-read, read-only transaction),
 streamed from a server-side cursor so that a million accounts never sit in memory at once,
 and written through a sink that only shows the file once it is complete.
+
+Reports may read from a replica (``AUTHSWITCH_REPORTS_POSTGRES_DSN``): the writer's ``pool``
+is then the replica's and ``primary`` the main one. A replica lags, and a day file written
+from a snapshot that misses the day's last commits would be wrong for good, so before each
+snapshot the writer waits until the replica has replayed the primary's WAL as of the moment
+the report began (when the replica is a hot standby; any other DSN is taken as current).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
@@ -30,7 +39,7 @@ from authswitch.domain.reports import (
     file_date_and_time,
     valid_prefix,
 )
-from authswitch.errors import NotFound, RequestError
+from authswitch.errors import NotFound, RequestError, StoreUnavailable
 from authswitch.service.clock import Clock
 
 __all__ = ["ReportWriter", "ScheduledReports"]
@@ -39,6 +48,10 @@ log = logging.getLogger(__name__)
 
 CURSOR_PREFETCH = 1_000
 PROGRESS_EVERY = 100_000
+# How long a report waits for a replica to catch up with the primary before it fails (and is
+# retried by its job); and how often it looks.
+REPLICA_CATCH_UP_MAX_S = 60.0
+REPLICA_POLL_S = 0.1
 
 _BALANCES = """
     SELECT p.client_id::text, acc.program_id::text, acc.product_id::text,
@@ -55,8 +68,39 @@ _BALANCES = """
 
 
 class ReportWriter:
-    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+    """Writes report files from snapshots of ``pool``; ``primary`` (default: the same pool)
+    is where the writes happen, when ``pool`` is a read replica."""
+
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, primary: asyncpg.Pool[Any] | None = None
+    ) -> None:
         self.pool = pool
+        self.primary = primary or pool
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Any]:
+        """A connection in a repeatable-read, read-only transaction that sees at least every
+        commit the primary had made when it was asked for."""
+        async with self.pool.acquire() as conn:
+            if self.primary is not self.pool:
+                await self._caught_up(conn)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield conn
+
+    async def _caught_up(self, conn: Any) -> None:
+        if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+            return  # not a standby: what it shows is current
+        target = await self.primary.fetchval("SELECT pg_current_wal_lsn()::text")
+        deadline = monotonic() + REPLICA_CATCH_UP_MAX_S
+        while not await conn.fetchval(
+            "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)", target
+        ):
+            if monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"the reports replica has not replayed the primary's WAL up to {target} "
+                    f"within {REPLICA_CATCH_UP_MAX_S:.0f}s"
+                )
+            await asyncio.sleep(REPLICA_POLL_S)
 
     async def _client_exists(self, conn: Any, client_id: str) -> None:
         if not await conn.fetchval(
@@ -77,10 +121,7 @@ class ReportWriter:
         if not valid_prefix(prefix):
             raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
         name = balance_report_name(prefix, client_id, at)
-        async with (
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self.snapshot() as conn:
             await self._client_exists(conn, client_id)
             total = await conn.fetchval(
                 """SELECT count(*) FROM balances b JOIN accounts acc ON acc.id = b.account_id
@@ -111,10 +152,7 @@ class ReportWriter:
         """Seed 002's subledger sync: one net change per customer account (and asset) that
         changed on ``day`` (in the program's time zone), each a book transfer against the
         implicit clearing subledger, whose own line closes the file."""
-        async with (
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self.snapshot() as conn:
             program = await conn.fetchrow(
                 "SELECT name, time_zone FROM programs WHERE id = $1", _uuid_or_404(program_id)
             )
@@ -164,10 +202,7 @@ class ReportWriter:
         """Seed 002's pooled FBO balance file: each beneficial owner's balance. An account is
         listed once, under its holders (joint holders joined by '+'), or its own id when it
         has none, so the file adds up to the FBO total."""
-        async with (
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self.snapshot() as conn:
             if not await conn.fetchval(
                 "SELECT true FROM programs WHERE id = $1", _uuid_or_404(program_id)
             ):
@@ -256,10 +291,7 @@ class ReportWriter:
     ) -> tuple[str, int]:  # fmt: skip
         """A CSV of one program-local day: ``query`` takes (program, start, end) and each of
         its rows becomes ``line(row, business date)``; one snapshot, streamed."""
-        async with (
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self.snapshot() as conn:
             program = await conn.fetchrow(
                 "SELECT time_zone FROM programs WHERE id = $1", _uuid_or_404(program_id)
             )
@@ -354,7 +386,7 @@ class ScheduledReports:
         if now.astimezone(UTC).time() < self.at:
             return 0
         day = now.astimezone(UTC).date()
-        pool = self.writer.pool
+        pool = self.writer.primary  # the claims are writes
         subscriptions = await pool.fetch(
             "SELECT client_id::text, prefix FROM report_subscriptions WHERE enabled"
         )

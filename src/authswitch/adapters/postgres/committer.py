@@ -396,17 +396,19 @@ async def _check_holds(conn: Connection, writes: list[tuple[int, LedgerWrite]]) 
     state: dict[str, _HoldState] = {}
     if hold_ids:
         rows = await conn.fetch(
-            """SELECT id::text, status, amount_minor, tombstone FROM holds
+            """SELECT id::text, status, amount_minor FROM holds
                WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE""",
             hold_ids,
         )
-        state = {r[0]: _HoldState(r[1], r[2], r[3]) for r in rows}
+        state = {r[0]: _HoldState(r[1], r[2], False) for r in rows}
     tombs: dict[tuple[str, str], bool] = {}
     if tomb_keys:
+        # A key with a hold is no tombstone's: the reversal's original has come meanwhile.
         rows = await conn.fetch(
-            """SELECT h.source, h.message_id, h.tombstone FROM holds h
+            """SELECT h.source, h.message_id, h.hold_id IS NULL FROM hold_keys h
                JOIN unnest($1::text[], $2::text[]) AS k(source, message_id)
                  USING (source, message_id)
+               ORDER BY h.source, h.message_id
                FOR UPDATE OF h""",
             [k[0] for k in tomb_keys],
             [k[1] for k in tomb_keys],
@@ -631,11 +633,21 @@ async def write_notifications(conn: Connection, notifications: list[Notification
     """The outbox rows, and one delivery per sink, ordered per account by ``seq``."""
     if not notifications:
         return
+    deliveries = [(n, sink) for n in notifications for sink in n.sinks]
+    # One statement: the notifications, and their deliveries with the seq each was given.
     await conn.execute(
-        """INSERT INTO notifications (id, program_id, account_id, card_id, kind, payload,
-               created_at)
-           SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                $6::jsonb[], $7::timestamptz[])""",
+        """WITH n AS (
+               INSERT INTO notifications (id, program_id, account_id, card_id, kind, payload,
+                   created_at)
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                    $6::jsonb[], $7::timestamptz[])
+               RETURNING id, program_id, seq, created_at
+           )
+           INSERT INTO notification_deliveries (notification_id, sink, program_id,
+               ordering_key, seq, next_attempt_at, created_at)
+           SELECT n.id, d.sink, n.program_id, d.ordering_key, n.seq, n.created_at, n.created_at
+           FROM unnest($8::uuid[], $9::text[], $10::text[]) AS d(id, sink, ordering_key)
+           JOIN n ON n.id = d.id""",
         [n.id for n in notifications],
         [n.program_id for n in notifications],
         [n.account_id for n in notifications],
@@ -643,19 +655,10 @@ async def write_notifications(conn: Connection, notifications: list[Notification
         [n.kind for n in notifications],
         [json.dumps(n.payload, sort_keys=True) for n in notifications],
         [n.created_at for n in notifications],
+        [n.id for n, _ in deliveries],
+        [sink for _, sink in deliveries],
+        [n.account_id or n.card_id or n.program_id for n, _ in deliveries],
     )
-    deliveries = [(n, sink) for n in notifications for sink in n.sinks]
-    if deliveries:
-        await conn.execute(
-            """INSERT INTO notification_deliveries (notification_id, sink, program_id,
-                   ordering_key, seq, next_attempt_at)
-               SELECT n.id, d.sink, n.program_id, d.ordering_key, n.seq, n.created_at
-               FROM unnest($1::uuid[], $2::text[], $3::text[]) AS d(id, sink, ordering_key)
-               JOIN notifications n ON n.id = d.id""",
-            [n.id for n, _ in deliveries],
-            [sink for _, sink in deliveries],
-            [n.account_id or n.card_id or n.program_id for n, _ in deliveries],
-        )
 
 
 async def _insert_hold_events(
@@ -688,46 +691,46 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
     hold_owner = [(position, h) for position, w in enumerate(writes) for h in w.holds]
     if hold_owner:
         holds = [h for _, h in hold_owner]
+        # One statement: the hold's key goes into hold_keys (the global arbiter of hold keys:
+        # holds is partitioned, so it cannot have a unique key on them), taking over a
+        # tombstone an earlier reversal left there, and the hold is written already reduced
+        # by what that reversal took.
         rows = await conn.fetch(
-            """INSERT INTO holds AS t (id, account_id, asset, card_id, source, message_id,
-                   network_reference, amount_minor, original_minor, fee_minor, status,
-                   expires_at, created_at, kind, usage_keys)
+            """WITH h AS (
+                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[],
+                                        $5::text[], $6::text[], $7::text[], $8::int8[],
+                                        $9::int8[], $10::timestamptz[], $11::timestamptz[],
+                                        $12::text[], $13::text[])
+                       AS h(id, account_id, asset, card_id, source, message_id,
+                            network_reference, amount, fee, expires_at, created_at, kind,
+                            usage_keys)
+               ), k AS (
+                   INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
+                   SELECT source, message_id, id, created_at FROM h
+                   ON CONFLICT (source, message_id) DO UPDATE SET
+                       hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
+                   WHERE t.hold_id IS NULL
+                   RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
+                             t.tombstone_at IS NOT NULL AS early
+               ), w AS (
+                   SELECT h.*, LEAST(k.reversed_minor, h.amount) AS reversed,
+                          k.early AND (k.reversal_full OR h.amount <= k.reversed_minor)
+                            AS ended,
+                          CASE WHEN k.reversal_full THEN h.amount
+                               ELSE LEAST(k.reversed_minor, h.amount) END AS taken
+                   FROM h JOIN k USING (source, message_id)
+               )
+               INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
+                   network_reference, amount_minor, original_minor, reversed_minor, fee_minor,
+                   status, expires_at, created_at, ended_at, end_reason, kind, usage_keys)
                SELECT id, account_id, asset, card_id, source, message_id, network_reference,
-                      amount, amount, fee, 'OPEN', expires_at, created_at, kind,
+                      amount - taken, amount, reversed, fee,
+                      CASE WHEN ended THEN 'REVERSED' ELSE 'OPEN' END, expires_at,
+                      created_at, CASE WHEN ended THEN created_at END,
+                      CASE WHEN ended THEN 'REVERSAL' ELSE '' END, kind,
                       coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{}')
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],
-                           $6::text[], $7::text[], $8::int8[], $9::int8[],
-                           $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[])
-                    AS h(id, account_id, asset, card_id, source, message_id,
-                         network_reference, amount, fee, expires_at, created_at, kind,
-                         usage_keys)
-               ON CONFLICT (source, message_id) DO UPDATE SET
-                   kind = EXCLUDED.kind,
-                   usage_keys = EXCLUDED.usage_keys,
-                   id = EXCLUDED.id,
-                   account_id = EXCLUDED.account_id,
-                   asset = EXCLUDED.asset,
-                   card_id = EXCLUDED.card_id,
-                   network_reference = EXCLUDED.network_reference,
-                   original_minor = EXCLUDED.original_minor,
-                   fee_minor = EXCLUDED.fee_minor,
-                   amount_minor = CASE WHEN t.reversal_full THEN 0
-                       ELSE GREATEST(EXCLUDED.amount_minor - t.reversed_minor, 0) END,
-                   status = CASE
-                       WHEN t.reversal_full OR EXCLUDED.amount_minor <= t.reversed_minor
-                       THEN 'REVERSED' ELSE 'OPEN' END,
-                   ended_at = CASE
-                       WHEN t.reversal_full OR EXCLUDED.amount_minor <= t.reversed_minor
-                       THEN EXCLUDED.created_at END,
-                   end_reason = CASE
-                       WHEN t.reversal_full OR EXCLUDED.amount_minor <= t.reversed_minor
-                       THEN 'REVERSAL' ELSE '' END,
-                   reversed_minor = LEAST(t.reversed_minor, EXCLUDED.amount_minor),
-                   expires_at = EXCLUDED.expires_at,
-                   created_at = EXCLUDED.created_at,
-                   tombstone = false
-               WHERE t.tombstone
-               RETURNING t.source, t.message_id, t.amount_minor""",
+               FROM w
+               RETURNING source, message_id, amount_minor""",
             [h.id for h in holds],
             [h.account_id for h in holds],
             [h.asset for h in holds],
@@ -791,17 +794,15 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
     tombstones = [t for w in writes for t in w.tombstones]
     if tombstones:
         rows = await conn.fetch(
-            """INSERT INTO holds AS t (id, source, message_id, amount_minor, original_minor,
-                   status, expires_at, created_at, ended_at, end_reason, tombstone,
-                   reversed_minor, reversal_full)
-               SELECT gen_random_uuid(), source, message_id, 0, 0, 'REVERSED', at, at, at,
-                      'REVERSAL', true, reversed, full_
+            """INSERT INTO hold_keys AS t (source, message_id, reversed_minor, reversal_full,
+                   tombstone_at)
+               SELECT source, message_id, reversed, full_, at
                FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::timestamptz[])
                     AS k(source, message_id, reversed, full_, at)
                ON CONFLICT (source, message_id) DO UPDATE SET
                    reversed_minor = t.reversed_minor + EXCLUDED.reversed_minor,
                    reversal_full = t.reversal_full OR EXCLUDED.reversal_full
-               WHERE t.tombstone
+               WHERE t.hold_id IS NULL
                RETURNING t.message_id""",
             [t.source for t in tombstones],
             [t.message_id for t in tombstones],

@@ -1,7 +1,12 @@
 """Versioned, forward-only SQL migrations, recorded in ``schema_migrations``.
 
 Files are ``migrations/NNNN_name.sql``; each is applied in its own transaction, in order,
-under an advisory lock so that several processes starting together apply each once.
+under a transaction-scoped advisory lock so that several processes starting together apply
+each once. The lock lives and dies with the transaction, so this works the same directly
+against Postgres and through pgbouncer in transaction pooling mode (where a session lock
+would stay behind on a server connection other clients then use). A large migration (0007
+moves every row of the journal, holds and outbox) is better run directly against Postgres,
+where no pgbouncer timeout applies to it.
 """
 
 from __future__ import annotations
@@ -48,29 +53,33 @@ async def applied_versions(conn: Connection) -> set[int]:
 
 async def migrate(conn: Connection, *, progress: Any = None) -> list[Migration]:
     """Apply every migration not yet applied; returns those applied now."""
-    done: list[Migration] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version     integer PRIMARY KEY,
                    name        text NOT NULL,
                    applied_at  timestamptz NOT NULL DEFAULT now())"""
         )
-        applied = await applied_versions(conn)
-        for migration in discover():
-            if migration.version in applied:
+    applied = await applied_versions(conn)
+    done: list[Migration] = []
+    for migration in discover():
+        if migration.version in applied:
+            continue
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            # Read after the lock: another process may have applied it meanwhile.
+            if await conn.fetchval(
+                "SELECT true FROM schema_migrations WHERE version = $1", migration.version
+            ):
                 continue
             if progress is not None:
                 progress(f"applying migration {migration.version:04d}_{migration.name}")
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
-                )
-            done.append(migration)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        done.append(migration)
     return done

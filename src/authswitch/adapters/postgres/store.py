@@ -83,8 +83,9 @@ class HoldRow:
 
 
 # A constant, formatted into the holds queries below (never a value: values are parameters).
+# Tombstones live in hold_keys, not in holds (migration 0007): no row of holds is one.
 _HOLD_COLUMNS = """id::text, account_id::text, asset, card_id::text, source, message_id,
-    network_reference, amount_minor, original_minor, status, tombstone, created_at,
+    network_reference, amount_minor, original_minor, status, false AS tombstone, created_at,
     expires_at, ended_at, usage_keys"""
 
 
@@ -284,12 +285,34 @@ class CatalogStore:
         )
 
     async def hold_by_message(self, source: str, message_id: str) -> HoldRow | None:
+        """The hold under a message key; a tombstone (``tombstone=True``, nothing held) when
+        only reversals of that message have come; None when neither is known (or the hold's
+        month was dropped by retention)."""
         row = await self.pool.fetchrow(
-            _holds_where("source = $1 AND message_id = $2"),
+            """SELECT k.hold_id IS NULL AS is_tombstone, k.tombstone_at, h.id::text,
+                      h.account_id::text, h.asset, h.card_id::text, h.source, h.message_id,
+                      h.network_reference, h.amount_minor, h.original_minor, h.status,
+                      false AS tombstone, h.created_at, h.expires_at, h.ended_at, h.usage_keys
+               FROM hold_keys k
+               LEFT JOIN holds h ON h.id = k.hold_id AND h.created_at = k.created_at
+               WHERE k.source = $1 AND k.message_id = $2""",
             source,
             message_id,
         )
-        return None if row is None else _hold_row(row)
+        if row is None:
+            return None
+        if row["is_tombstone"]:
+            at = row["tombstone_at"]
+            return HoldRow(
+                id="", account_id=None, asset=None, card_id=None, source=source,
+                message_id=message_id, network_reference="", amount_minor=0, original_minor=0,
+                status="REVERSED", tombstone=True, created_at=at, expires_at=at, ended_at=at,
+            )  # fmt: skip
+        if row["id"] is None:
+            return None
+        values = dict(row)
+        del values["is_tombstone"], values["tombstone_at"]
+        return _hold_row(values)
 
     async def hold(self, hold_id: str) -> HoldRow:
         row = await self.pool.fetchrow(
@@ -359,7 +382,7 @@ class CatalogStore:
                 SELECT h.created_at AS at, h.kind, h.asset, 0::bigint AS actual_delta,
                        h.original_minor AS authorized_delta, h.id::text AS reference,
                        h.message_id AS description
-                FROM holds h WHERE h.account_id = $1 AND NOT h.tombstone
+                FROM holds h WHERE h.account_id = $1
                 UNION ALL
                 SELECT v.at, v.kind, v.asset, 0, -v.amount_minor,
                        v.hold_id::text || ':' || v.id, ''
@@ -943,7 +966,8 @@ class CatalogStore:
             """SELECT d.notification_id::text, n.kind,
                       coalesce(n.account_id::text, '') AS account_id, d.seq, d.sink,
                       d.status, d.attempts, d.last_error, n.created_at
-               FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+               FROM notification_deliveries d
+               JOIN notifications n ON n.id = d.notification_id AND n.created_at = d.created_at
                WHERE d.program_id = $1 AND ($2::text IS NULL OR d.status = $2)
                ORDER BY d.seq DESC LIMIT $3""",
             program_id,

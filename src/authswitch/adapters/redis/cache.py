@@ -9,25 +9,42 @@ Key layout (``<p>`` is the configured prefix)::
     <p>:{<account>}:s                    hash: g (generation), e (epoch of this load),
                                          a:<ASSET> actual, h:<ASSET> held (authorised),
                                          c:<card> status decline reason (0 = active),
-                                         t:<card> PIN tries, m:<card> tries max, p:<card> PVV
+                                         t:<card> PIN tries, m:<card> tries max, p:<card> PVV,
+                                         r (cluster only) the data set it was loaded into
     <p>:{<account>}:m:<source>:<msg id>  idempotency marker: the request's fingerprint
     <p>:gen                              the generation every process must load at or above
 
 The generation is raised when a process starts: every account is then reloaded from Postgres
 on its next use, so state left by a crashed process never decides anything.
+
+On a Redis Cluster (:mod:`authswitch.adapters.redis.client`) the state hash also records, as
+``r``, the data set it was loaded into: the replication id of the primary that ran the load.
+Every script compares it with the replication id of the node it runs on and treats a
+different one as not loaded, so the account is reloaded from Postgres before its next
+decision. A replica gets a new replication id when it is promoted, so after a failover no
+state the old primary wrote — possibly missing its last writes, lost by asynchronous
+replication — decides anything on the new one; the same holds after a fail-back and for an
+account whose slot was migrated to another node. Every process learns of it from the data
+itself, with no extra round trip, and nothing depends on the generation key (which lives on
+one node and may itself lose a write: each process keeps its own generation as a floor, and a
+starting one raises it at least to the clock in milliseconds). Postgres still refuses an
+overspend at commit (``admit_in_order``); this makes the cache right before it is used. Cost:
+``INFO replication`` inside each script, a few microseconds; one server skips it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
+from authswitch.adapters.redis.client import ClusterClient, RedisClient
 from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
@@ -43,6 +60,14 @@ __all__ = [
 ]
 
 MARKER_TTL_S_DEFAULT = 7 * 24 * 3600
+
+log = logging.getLogger(__name__)
+
+# Prepended to every script: NODE names the data set the script runs on (see the module doc).
+_NODE_CLUSTER = (
+    "local NODE = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')\n"
+)
+_NODE_SINGLE = "local NODE = ''\n"
 
 
 class RedisKeys:
@@ -126,25 +151,43 @@ def _card_fields(card_id: str, card: CardState) -> list[bytes | str | int]:
     ]  # fmt: skip
 
 
-def _script(client: aioredis.Redis, name: str) -> AsyncScript:
-    source = resources.files("authswitch.adapters.redis").joinpath("lua", f"{name}.lua")
-    return client.register_script(source.read_bytes())
+class _Script:
+    """One Lua script, run by EVALSHA; where the server does not know it (NOSCRIPT: after a
+    SCRIPT FLUSH or a restart, on a promoted replica, on the target of a migrated slot), by
+    EVAL of its source, which also caches it there. EVAL goes where the keys live, so it
+    needs one round trip and no node but the key's own."""
+
+    def __init__(self, client: RedisClient, name: str, prelude: str) -> None:
+        body = resources.files("authswitch.adapters.redis").joinpath("lua", f"{name}.lua")
+        self.client = client
+        self.source = prelude.encode() + body.read_bytes()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        run = self.client.execute_command  # redis-py leaves Redis.execute_command untyped
+        try:
+            return await run("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            return await run("EVAL", self.source, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
 
 
 class LedgerCache:
     """Typed access to the scripts; every method is one round trip."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, *, marker_ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str, *, marker_ttl_s: int) -> None:
         self.client = client
         self.keys = RedisKeys(prefix)
         self.marker_ttl_s = marker_ttl_s
         self.generation = 0
-        self._authorize = _script(client, "authorize")
-        self._apply = _script(client, "apply")
-        self._adjust = _script(client, "adjust")
-        self._load = _script(client, "load")
-        self._load_card = _script(client, "load_card")
-        self._counter = _script(client, "counter")
+        self.cluster = isinstance(client, ClusterClient)
+        prelude = _NODE_CLUSTER if self.cluster else _NODE_SINGLE
+        self._authorize = _Script(client, "authorize", prelude)
+        self._apply = _Script(client, "apply", prelude)
+        self._adjust = _Script(client, "adjust", prelude)
+        self._load = _Script(client, "load", prelude)
+        self._load_card = _Script(client, "load_card", prelude)
+        self._counter = _Script(client, "counter", prelude)
+        self._read = _Script(client, "read", prelude)
 
     async def start_generation(self, floor: int) -> int:
         """Raise the shared generation to at least ``floor`` and adopt it.
@@ -158,8 +201,17 @@ class LedgerCache:
         return generation
 
     async def refresh_generation(self) -> int:
-        """Adopt a newer generation raised by another process, if any."""
-        current = int(await self.client.get(self.keys.generation) or 0)
+        """Adopt a newer generation raised by another process, if any.
+
+        Only an optimisation (state loaded under a lower generation is reloaded by the
+        processes above it), so an unreachable generation key — on a cluster, a node in
+        failover while the account's own node answers — keeps the current one.
+        """
+        try:
+            current = int(await self.client.get(self.keys.generation) or 0)
+        except RedisError as exc:
+            log.debug("generation not read", extra={"error": type(exc).__name__})
+            return self.generation
         self.generation = max(self.generation, current)
         return self.generation
 
@@ -204,7 +256,7 @@ class LedgerCache:
         args.append(len(charges.free_uses))
         for free in charges.free_uses:
             args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
-        reply: Sequence[Any] = await self._authorize(keys=keys, args=args)
+        reply: Sequence[Any] = await self._authorize(keys, args)
         tag = reply[0]
         if tag == b"OK":
             (
@@ -272,7 +324,7 @@ class LedgerCache:
         ]
         for key, amount, uses in usage:
             args += [key, amount, uses]
-        reply: Sequence[Any] = await self._apply(keys=keys, args=args)
+        reply: Sequence[Any] = await self._apply(keys, args)
         tag = reply[0]
         if tag == b"OK":
             return ApplyResult("OK", Balance(reply[2], reply[3]), reply[1])
@@ -291,8 +343,8 @@ class LedgerCache:
     ) -> bool | Miss:
         """Add to a counter if it stays within ``cap_minor``; whether it did."""
         reply: Sequence[Any] = await self._counter(
-            keys=[self.keys.state(account_id)],
-            args=[self.generation, key, previous, amount_minor, cap_minor],
+            [self.keys.state(account_id)],
+            [self.generation, key, previous, amount_minor, cap_minor],
         )
         if reply[0] == b"MISS":
             return Miss()
@@ -303,7 +355,7 @@ class LedgerCache:
     ) -> bool:
         """Apply a delta only if the state is still at ``epoch`` (an undo after a refusal)."""
         keys = [self.keys.state(account_id)]
-        applied = await self._adjust(keys=keys, args=[epoch, asset, actual_delta, held_delta])
+        applied = await self._adjust(keys, [epoch, asset, actual_delta, held_delta])
         return bool(applied)
 
     async def load(self, snapshot: AccountSnapshot) -> bytes:
@@ -317,13 +369,13 @@ class LedgerCache:
         for key, (amount, uses) in snapshot.usage.items():
             fields += [f"ua:{key}", amount, f"uc:{key}", uses]
         keys = [self.keys.state(snapshot.account_id)]
-        await self._load(keys=keys, args=[self.generation, epoch, *fields])
+        await self._load(keys, [self.generation, epoch, *fields])
         return epoch
 
     async def load_card(self, account_id: str, card_id: str, card: CardState) -> bool:
         keys = [self.keys.state(account_id)]
         args: list[Any] = [self.generation, *_card_fields(card_id, card)]
-        return bool(await self._load_card(keys=keys, args=args))
+        return bool(await self._load_card(keys, args))
 
     async def invalidate(self, account_id: str) -> None:
         """Drop the account's state; the next use reloads it from Postgres."""
@@ -335,9 +387,10 @@ class LedgerCache:
 
     async def read_balances(self, account_id: str) -> dict[str, Balance] | None:
         """The cached balances of an account, or None when not loaded (for reconciliation)."""
-        raw: dict[Any, Any] = await self.client.hgetall(self.keys.state(account_id))
-        if not raw or int(raw.get(b"g", b"0")) < self.generation:
+        flat: Sequence[bytes] = await self._read([self.keys.state(account_id)], [self.generation])
+        if not flat:
             return None
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         actual = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"a:")}
         held = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"h:")}
         return {asset: Balance(value, held.get(asset, 0)) for asset, value in actual.items()}

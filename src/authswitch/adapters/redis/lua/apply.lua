@@ -6,6 +6,7 @@
 -- ARGV     gen asset actual_delta held_delta requires_funds(0|1) marker_value marker_ttl_s
 --          n_counters, then per counter: key amount_delta count_delta (adjusted only if the
 --          counter is cached: a counter of an earlier period is gone and stays gone)
+-- NODE     (prepended by cache.py) the data set this runs on; see authorize.lua
 -- Returns  {'MISS'} | {'DUP', marker_value} | {'NOBALANCE'}
 --          {'NSF', actual, held}             refused: available would go below zero
 --          {'OK', epoch, actual, held}       the balance after the change
@@ -15,8 +16,8 @@ local gen = tonumber(ARGV[1])
 local asset = ARGV[2]
 local actual_delta, held_delta = tonumber(ARGV[3]), tonumber(ARGV[4])
 
-local f = redis.call('HMGET', state, 'g', 'e', 'a:' .. asset, 'h:' .. asset)
-if not f[1] or tonumber(f[1]) < gen then return {'MISS'} end
+local f = redis.call('HMGET', state, 'g', 'e', 'a:' .. asset, 'h:' .. asset, 'r')
+if not f[1] or tonumber(f[1]) < gen or (f[5] or '') ~= NODE then return {'MISS'} end
 if marker ~= nil and marker ~= '' then
   local prior = redis.call('GET', marker)
   if prior then return {'DUP', prior} end

@@ -13,7 +13,11 @@
 --          17 n_limits, then per limit: key previous amount_max count_max   (-1: no cap)
 --          then n_free, then per free-use fee: key previous free_uses fee
 --          Counters live in the state hash as ua:<key> (amount) and uc:<key> (count).
--- Returns  {'MISS'}                      state not loaded (or loaded by an older generation)
+-- NODE     (prepended by cache.py) the data set this runs on: '' on one server; on a
+--          cluster the node's replication id, which state written on another data set
+--          does not carry (a promoted replica, a migrated slot): such state is a MISS
+-- Returns  {'MISS'}                      state not loaded (or loaded by an older generation,
+--                                        or on another data set)
 --          {'MISSCARD'}                  the card's fields are not loaded
 --          {'DUP', marker_value}         the message id was seen before
 --          {'OK', reason, approved, fee, actual, held, epoch, tries, tries_changed,
@@ -52,8 +56,8 @@ for _ = 1, tonumber(ARGV[i]) do
 end
 
 local f = redis.call('HMGET', state, 'g', 'e', 'c:' .. card, 't:' .. card, 'm:' .. card,
-  'p:' .. card, 'a:' .. asset, 'h:' .. asset)
-if not f[1] or tonumber(f[1]) < gen then return {'MISS'} end
+  'p:' .. card, 'a:' .. asset, 'h:' .. asset, 'r')
+if not f[1] or tonumber(f[1]) < gen or (f[9] or '') ~= NODE then return {'MISS'} end
 if not f[3] then return {'MISSCARD'} end
 local prior = redis.call('GET', marker)
 if prior then return {'DUP', prior} end

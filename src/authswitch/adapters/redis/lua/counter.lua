@@ -2,11 +2,14 @@
 --
 -- KEYS[1]  account state hash
 -- ARGV     gen key previous amount cap
+-- NODE     (prepended by cache.py) the data set this runs on; see authorize.lua
 -- Returns  {'MISS'} | {'OVER', used} | {'OK', used_after}
 
 local state = KEYS[1]
-local g = redis.call('HGET', state, 'g')
-if not g or tonumber(g) < tonumber(ARGV[1]) then return {'MISS'} end
+local f = redis.call('HMGET', state, 'g', 'r')
+if not f[1] or tonumber(f[1]) < tonumber(ARGV[1]) or (f[2] or '') ~= NODE then
+  return {'MISS'}
+end
 local key, previous = ARGV[2], ARGV[3]
 local amount, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local used = tonumber(redis.call('HGET', state, 'ua:' .. key) or '0')

@@ -2,9 +2,10 @@
 --
 -- KEYS[1]  account state hash
 -- ARGV     gen field value [field value ...]
+-- NODE     (prepended by cache.py) the data set this runs on; see authorize.lua
 -- Returns  1 when written, 0 when the account state is not loaded (load it first)
 
-local g = redis.call('HGET', KEYS[1], 'g')
-if not g or tonumber(g) < tonumber(ARGV[1]) then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'g', 'r')
+if not f[1] or tonumber(f[1]) < tonumber(ARGV[1]) or (f[2] or '') ~= NODE then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
