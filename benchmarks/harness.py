@@ -1,0 +1,490 @@
+"""Runs scenarios identically: fresh stores, free ports, the server started and stopped by
+pid, a warm-up, then the measured phases with the CPU of every process involved."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import Binaries, Card, Workload, run_loadgen, write_params
+from benchmarks.process import ServerProcess, ServerSpec, split_listen
+from benchmarks.profiles import Profile
+from benchmarks.profiling import start_py_spy, summarize
+from benchmarks.scenarios import Scenario, ScenarioContext
+from benchmarks.stores import PostgresCluster, delete_prefix, fresh_database
+from benchmarks.system import (
+    MachineTimes,
+    all_processes_cpu_s,
+    cpu_speed_probe,
+    machine_times,
+    port_is_free,
+    proc_times,
+)
+
+__all__ = ["Harness", "Phase"]
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    name: str
+    mode: str  # closed | open
+    duration_s: float
+    concurrency: int = 0
+    rate_per_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    at: float
+    server_s: float
+    postgres: Any  # PostgresSample | None
+    redis_s: float
+    machine: MachineTimes
+    everything_s: float
+
+
+def _ms(us: float) -> float:
+    return round(us / 1000, 3)
+
+
+class Harness:
+    def __init__(
+        self,
+        *,
+        profile: Profile,
+        binaries: Binaries,
+        postgres_dsn: str,
+        redis_url: str,
+        postgres: PostgresCluster | None,
+        redis_pid: int | None,
+        workdir: Path,
+        say: Callable[[str], None],
+        base_port: int = 50151,
+        seed: int = 20_240_601,
+        py_spy: Path | None = None,
+    ) -> None:
+        self.profile = profile
+        self.binaries = binaries
+        self.postgres_dsn = postgres_dsn
+        self.redis_url = redis_url
+        self.postgres = postgres
+        self.redis_pid = redis_pid
+        self.workdir = workdir
+        self.say = say
+        self._next_port = base_port
+        self.seed = seed
+        self.py_spy = py_spy
+
+    # -- ports ------------------------------------------------------------------------------
+
+    def _free_listen(self) -> str:
+        """The next free port from the base; a taken one is reported and skipped."""
+        for _ in range(200):
+            port, self._next_port = self._next_port, self._next_port + 1
+            if port_is_free(HOST, port):
+                return f"{HOST}:{port}"
+            self.say(f"  port {port} is in use (left over from another run?): skipping it")
+        raise RuntimeError("no free port found")
+
+    # -- CPU accounting ---------------------------------------------------------------------
+
+    async def _sample(self, server_pid: int, database: str) -> _Sample:
+        server = proc_times(server_pid)
+        redis = proc_times(self.redis_pid) if self.redis_pid else None
+        pg = await self.postgres.sample(database) if self.postgres else None
+        return _Sample(
+            time.monotonic(),
+            server.own_s + server.reaped_s if server else 0.0,
+            pg,
+            redis.own_s if redis else 0.0,
+            machine_times(),
+            all_processes_cpu_s(),
+        )
+
+    def _phase_result(
+        self, phase: Phase, report: dict[str, Any], before: _Sample, after: _Sample
+    ) -> dict[str, Any]:
+        cpu: dict[str, float | None] = {
+            "server": after.server_s - before.server_s,
+            "postgres": None,
+            "postgres_other_databases": None,
+            "redis": after.redis_s - before.redis_s if self.redis_pid else None,
+            "loadgen": float(report["cpu_s"]["total"]),
+        }
+        if self.postgres is not None:
+            ours, foreign = PostgresCluster.delta(before.postgres, after.postgres)
+            cpu["postgres"], cpu["postgres_other_databases"] = ours, foreign
+        # Everything else that ran meanwhile (a neighbour, the harness itself), from the
+        # exact per-process times of all processes.
+        accounted = sum(v for k, v in cpu.items() if v and k != "postgres_other_databases")
+        everything = after.everything_s - before.everything_s
+        cpu["all_processes"] = everything
+        cpu["other_processes"] = max(everything - accounted, 0.0)
+        cpu["steal"] = (after.machine - before.machine).steal_s
+        completed = int(report["completed"])
+        per_decision = {
+            k: round(v / completed * 1e6, 1)
+            for k, v in cpu.items()
+            if v is not None and k in ("server", "postgres", "redis", "loadgen")
+        }
+        per_decision["total"] = round(sum(per_decision.values()), 1)
+        wall = after.at - before.at
+        latency = report["latency_us"]
+        return {
+            "phase": phase.name,
+            "mode": phase.mode,
+            "concurrency": phase.concurrency or None,
+            "rate_per_s": phase.rate_per_s or None,
+            "duration_s": report["window_s"],
+            "sampled_wall_s": round(wall, 3),
+            "sent": report["sent"],
+            "completed": completed,
+            "throughput_per_s": round(float(report["throughput_per_s"]), 1),
+            "ok": report["ok"],
+            "errors": int(report["rpc_errors"]) + int(report["bad_codes"]),
+            "rpc_errors": report["rpc_errors"],
+            "rpc_errors_by_status": report["rpc_errors_by_status"],
+            "non_00_codes": report["bad_codes"],
+            "response_codes": report["response_codes"],
+            "first_rpc_error": report["first_rpc_error"] or None,
+            "p50_ms": _ms(latency["p50"]),
+            "p90_ms": _ms(latency["p90"]),
+            "p99_ms": _ms(latency["p99"]),
+            "p999_ms": _ms(latency["p999"]),
+            "max_ms": _ms(latency["max"]),
+            "late_sends": report["late_sends"],
+            "max_send_lag_ms": _ms(float(report["max_send_lag_us"])),
+            "cpu_s": {k: None if v is None else round(v, 3) for k, v in cpu.items()},
+            "cpu_us_per_decision": per_decision,
+            "cores_busy": {
+                k: round(v / wall, 3) for k, v in cpu.items() if v is not None and wall > 0
+            },
+            "histogram_us": latency["buckets"],
+        }
+
+    async def _background_cores(
+        self, server_pid: int, window_s: float = 1.0
+    ) -> tuple[float, float]:
+        """Cores busy over ``window_s`` outside the (idle) server under test, and the idle
+        server's own."""
+        server_before, before = proc_times(server_pid), all_processes_cpu_s()
+        await asyncio.sleep(window_s)
+        server_after, after = proc_times(server_pid), all_processes_cpu_s()
+        server_s = (
+            server_after.own_s - server_before.own_s if server_after and server_before else 0.0
+        )
+        return max(after - before - server_s, 0.0) / window_s, server_s / window_s
+
+    async def _await_quiet(self, server_pid: int) -> tuple[float, float]:
+        """Wait (up to the profile's limit) for a quiet machine; returns the background
+        load and the idle server's load, in cores, just before the phase."""
+        profile = self.profile
+        deadline = time.monotonic() + profile.quiet_wait_s
+        background, idle = await self._background_cores(server_pid, profile.quiet_sample_s)
+        waited_from, first = time.monotonic(), True
+        while background > profile.quiet_cores and time.monotonic() < deadline:
+            if first:
+                self.say(f"  waiting for a quiet machine ({background:.2f} cores busy elsewhere)")
+                first = False
+            await asyncio.sleep(2.0)
+            background, idle = await self._background_cores(server_pid)
+        waited = time.monotonic() - waited_from
+        if waited > 1:
+            self.say(f"  waited {waited:.0f} s; {background:.2f} cores busy elsewhere now")
+        return background, idle
+
+    async def _run_phase(
+        self,
+        scenario: Scenario,
+        ctx: ScenarioContext,
+        server: ServerProcess,
+        params: Path,
+        phase: Phase,
+        asset: str,
+    ) -> dict[str, Any]:
+        """Run ``phase``; run it again (at most ``noisy_retries`` times) when other processes
+        took more than ``noisy_cores`` during it, keeping the discarded attempts' figures."""
+        discarded: list[dict[str, Any]] = []
+        while True:
+            result = await self._run_phase_once(scenario, ctx, server, params, phase, asset)
+            other = float(result["cores_busy"].get("other_processes", 0.0))
+            if (
+                phase.name == "warmup"
+                or other <= self.profile.noisy_cores
+                or len(discarded) >= self.profile.noisy_retries
+            ):
+                break
+            self.say(f"  {phase.name}: other processes took {other:.2f} cores: running it again")
+            discarded.append(
+                {k: result[k] for k in ("throughput_per_s", "p50_ms", "p99_ms", "errors")}
+                | {"other_processes_cores": other}
+            )
+        result["discarded_noisy_attempts"] = discarded
+        return result
+
+    async def _run_phase_once(
+        self,
+        scenario: Scenario,
+        ctx: ScenarioContext,
+        server: ServerProcess,
+        params: Path,
+        phase: Phase,
+        asset: str,
+    ) -> dict[str, Any]:
+        await scenario.between_phases(ctx)
+        quiet = await self._await_quiet(server.pid) if phase.name != "warmup" else None
+        speed = cpu_speed_probe()
+        xid_before = await self.postgres.next_xid() if self.postgres else 0
+        before = await self._sample(server.pid, ctx.database)
+        profiler, raw = None, ctx.workdir / f"{phase.name}.py-spy.txt"
+        if self.py_spy is not None and phase.mode == "closed" and phase.name != "warmup":
+            profiler = await start_py_spy(self.py_spy, server.pid, phase.duration_s, raw)
+        report = await run_loadgen(
+            self.binaries.loadgen,
+            target=server.listen,
+            params=params,
+            prefix=f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}",
+            mode=phase.mode,
+            duration_s=phase.duration_s,
+            concurrency=phase.concurrency,
+            rate_per_s=phase.rate_per_s,
+            channels=self.profile.channels,
+            asset=asset,
+        )
+        after = await self._sample(server.pid, ctx.database)
+        xid_after = await self.postgres.next_xid() if self.postgres else 0
+        result = self._phase_result(phase, report, before, after)
+        if self.postgres is not None:
+            # Transactions that wrote, on the whole cluster (another database's writers
+            # would count too: see postgres_other_databases in cpu_s).
+            writes = xid_after - xid_before
+            result["postgres_write_transactions"] = writes
+            result["decisions_per_commit"] = (
+                round(result["completed"] / writes, 2) if writes else None
+            )
+        result["cpu_speed_probe_ms"] = speed
+        if quiet is not None:
+            result["background_cores_before"] = round(quiet[0], 2)
+            result["server_idle_cores_before"] = round(quiet[1], 3)
+        if profiler is not None:
+            await profiler.wait()
+            result["py_spy"] = summarize(raw) if raw.exists() else {"samples": 0}
+        self.say(
+            f"  {phase.name:>10}: {result['throughput_per_s']:>8.1f}/s  "
+            f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+            f"errors {result['errors']}  CPU/decision {result['cpu_us_per_decision']}  "
+            f"decisions/commit {result.get('decisions_per_commit')}"
+        )
+        return result
+
+    # -- the generator's own ceiling ---------------------------------------------------------
+
+    async def calibrate(self) -> dict[str, Any]:
+        """The generator against a trivial C++ server: what it can drive, at what CPU."""
+        self.say("generator ceiling: loadgen against the C++ echo server")
+        listen = self._free_listen()
+        spec = ServerSpec([str(self.binaries.echo_server), "--listen", listen], health=False)
+        server = ServerProcess("echo_server", spec, listen, self.workdir / "echo_server.log")
+        params = self.workdir / "echo.params"
+        write_params(Workload([Card("9999990000000000", "3012", "000")], [(0, 100)]), params)
+        results = []
+        await server.start()
+        try:
+            seconds, quick = self.profile.calibration_s, self.profile.name == "quick"
+            phases = [
+                Phase(f"closed_{c}", "closed", seconds, concurrency=c)
+                for c in ((self.profile.concurrency,) if quick else (self.profile.concurrency, 256))
+            ] + [
+                Phase(f"open_{r}", "open", seconds, rate_per_s=r)
+                for r in ((1000,) if quick else (1000, 4000))
+            ]
+            for phase in phases:
+                before_server = proc_times(server.pid)
+                started = time.monotonic()
+                report = await run_loadgen(
+                    self.binaries.loadgen,
+                    target=listen,
+                    params=params,
+                    prefix=f"cal-{phase.name}-{secrets.token_hex(4)}",
+                    mode=phase.mode,
+                    duration_s=phase.duration_s,
+                    concurrency=phase.concurrency,
+                    rate_per_s=phase.rate_per_s,
+                    channels=self.profile.channels,
+                )
+                wall = time.monotonic() - started
+                after_server = proc_times(server.pid)
+                completed = int(report["completed"])
+                echo_s = (
+                    after_server.own_s - before_server.own_s
+                    if after_server and before_server
+                    else 0.0
+                )
+                loadgen_s = float(report["cpu_s"]["total"])
+                result = {
+                    "phase": phase.name,
+                    "throughput_per_s": round(float(report["throughput_per_s"]), 1),
+                    "errors": int(report["rpc_errors"]) + int(report["bad_codes"]),
+                    "p50_ms": _ms(report["latency_us"]["p50"]),
+                    "p99_ms": _ms(report["latency_us"]["p99"]),
+                    "late_sends": report["late_sends"],
+                    "loadgen_cpu_us_per_call": round(loadgen_s / completed * 1e6, 1),
+                    "loadgen_cores_busy": round(loadgen_s / wall, 3),
+                    "echo_server_cpu_us_per_call": round(echo_s / completed * 1e6, 1),
+                }
+                results.append(result)
+                self.say(
+                    f"  {phase.name:>10}: {result['throughput_per_s']:>8.1f}/s  "
+                    f"loadgen {result['loadgen_cpu_us_per_call']} µs/call  "
+                    f"p50 {result['p50_ms']:.2f} ms"
+                )
+        finally:
+            server.stop()
+        return {
+            "server": "benchmarks/loadgen/echo_server.cc (C++ callback API, answers 00 at once)",
+            "channels": self.profile.channels,
+            "phases": results,
+        }
+
+    # -- one scenario -----------------------------------------------------------------------
+
+    async def run_scenario(self, scenario: Scenario, index: int) -> dict[str, Any]:
+        base: dict[str, Any] = {"name": scenario.name, "description": scenario.description}
+        reason = scenario.unavailable()
+        if reason is not None:
+            self.say(f"{scenario.name}: {reason}")
+            return {**base, **_empty_figures(), "status": "not available yet", "note": reason}
+        self.say(f"{scenario.name}")
+        started = time.monotonic()
+        prefix = f"bench{secrets.token_hex(3)}"
+        workdir = self.workdir / scenario.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        log_path = workdir / "server.log"
+        try:
+            async with fresh_database(self.postgres_dsn, scenario.name[:20]) as (dsn, database):
+                ctx = ScenarioContext(
+                    profile=self.profile,
+                    postgres_dsn=dsn,
+                    database=database,
+                    redis_url=self.redis_url,
+                    redis_prefix=prefix,
+                    grpc_listen=self._free_listen(),
+                    metrics_listen=self._free_listen(),
+                    workdir=workdir,
+                    rng=random.Random(self.seed + index),
+                    say=self.say,
+                )
+                try:
+                    result = await self._run(scenario, ctx, log_path)
+                finally:
+                    await scenario.teardown(ctx)
+                    await delete_prefix(self.redis_url, prefix)
+        except Exception as exc:
+            self.say(f"  FAILED: {type(exc).__name__}: {exc}")
+            return {
+                **base,
+                **_empty_figures(),
+                "status": "failed",
+                "note": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+                "server_log": str(log_path),
+            }
+        result["elapsed_s"] = round(time.monotonic() - started, 1)
+        return {**base, **result}
+
+    async def _run(
+        self, scenario: Scenario, ctx: ScenarioContext, log_path: Path
+    ) -> dict[str, Any]:
+        profile = self.profile
+        await scenario.setup(ctx)
+        server = ServerProcess(scenario.name, scenario.server(ctx), ctx.grpc_listen, log_path)
+        t0 = time.monotonic()
+        await server.start()
+        start_s = time.monotonic() - t0
+        phases: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        try:
+            t0 = time.monotonic()
+            workload = await scenario.workload(ctx)
+            fixtures_s = time.monotonic() - t0
+            params = ctx.workdir / "requests.params"
+            write_params(workload, params)
+            ctx.say(
+                f"  server up in {start_s:.1f} s, fixtures in {fixtures_s:.1f} s; "
+                f"warm-up {profile.warmup_s:g} s"
+            )
+            c = profile.concurrency
+            warmup_phase = Phase("warmup", "closed", profile.warmup_s, concurrency=c)
+            closed_phase = Phase(f"closed_{c}", "closed", profile.closed_s, concurrency=c)
+            warmup = await self._run_phase(
+                scenario, ctx, server, params, warmup_phase, workload.asset
+            )
+            closed = await self._run_phase(
+                scenario, ctx, server, params, closed_phase, workload.asset
+            )
+            phases.append(closed)
+            capacity = float(closed["throughput_per_s"])
+            for rate in profile.open_rates:
+                if rate > capacity * profile.open_rate_max_share:
+                    note = (
+                        f"skipped: {rate}/s is over {profile.open_rate_max_share:.0%} of the "
+                        f"closed-loop maximum ({capacity:.0f}/s); it would only measure a "
+                        "growing queue"
+                    )
+                    ctx.say(f"  open_{rate}: {note}")
+                    skipped.append({"phase": f"open_{rate}", "rate_per_s": rate, "note": note})
+                    continue
+                phase = Phase(f"open_{rate}", "open", profile.open_s, rate_per_s=rate)
+                phases.append(
+                    await self._run_phase(scenario, ctx, server, params, phase, workload.asset)
+                )
+        finally:
+            exit_code = server.stop()
+        open_phases = [p for p in phases if p["mode"] == "open"]
+        latency = next(
+            (p for p in open_phases if p["rate_per_s"] == profile.summary_rate),
+            open_phases[0] if open_phases else None,
+        )
+        return {
+            "status": "ok",
+            "note": None,
+            "throughput_per_s": closed["throughput_per_s"],
+            "latency_phase": latency["phase"] if latency else None,
+            "p50_ms": latency["p50_ms"] if latency else None,
+            "p90_ms": latency["p90_ms"] if latency else None,
+            "p99_ms": latency["p99_ms"] if latency else None,
+            "p999_ms": latency["p999_ms"] if latency else None,
+            "errors": sum(p["errors"] for p in phases),
+            "warmup_errors": warmup["errors"],
+            "cpu_us_per_decision": closed["cpu_us_per_decision"],
+            "cards": len(workload.cards),
+            "server_start_s": round(start_s, 2),
+            "fixtures_s": round(fixtures_s, 2),
+            "server_exit_code": exit_code,
+            "server_log": str(log_path),
+            "listen": ctx.grpc_listen,
+            "port": split_listen(ctx.grpc_listen)[1],
+            "phases": phases,
+            "skipped_phases": skipped,
+        }
+
+
+def _empty_figures() -> dict[str, Any]:
+    return {
+        "throughput_per_s": None,
+        "p50_ms": None,
+        "p90_ms": None,
+        "p99_ms": None,
+        "p999_ms": None,
+        "errors": None,
+        "phases": [],
+    }

@@ -1,0 +1,20 @@
+"""The scenarios, in the order they run. Add one by listing an instance here (see base.py)."""
+
+from __future__ import annotations
+
+from benchmarks.scenarios.base import Scenario, ScenarioContext
+from benchmarks.scenarios.ceiling import GrpcRedisCeiling
+from benchmarks.scenarios.naive import NaivePostgres
+from benchmarks.scenarios.off_ledger import OffLedgerForward, StandIn
+from benchmarks.scenarios.on_ledger import OnLedgerHotAccount, OnLedgerSpread
+
+__all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]
+
+SCENARIOS: tuple[Scenario, ...] = (
+    GrpcRedisCeiling(),
+    NaivePostgres(),
+    OnLedgerHotAccount(),
+    OnLedgerSpread(),
+    OffLedgerForward(),
+    StandIn(),
+)

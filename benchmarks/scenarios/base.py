@@ -1,0 +1,94 @@
+"""The plug-in point: a scenario is a small class with four steps.
+
+    setup(ctx)           before its server starts: schema, fixtures written directly
+    server(ctx)          the server's command line and environment (a ServerSpec)
+    workload(ctx)        once the server answers: fixtures through its API, and what the
+                         load generator sends (cards, and a sequence of card and amount)
+    between_phases(ctx)  before every measured phase: reset or VACUUM so that phases and
+                         scenarios start from comparable table sizes
+    teardown(ctx)        after its server stopped
+
+The harness (benchmarks/run.py) owns everything else, identically for every scenario: a
+fresh database and Redis key prefix, free ports, starting and stopping the server by pid,
+warm-up, the closed- and open-loop phases, and the CPU accounting. A scenario that cannot
+run yet returns the reason from ``unavailable()`` and is reported as such.
+
+To add one: subclass ``Scenario`` (or ``AuthswitchScenario`` for the real server), give
+it a ``name`` and ``description``, and list an instance in ``benchmarks/scenarios/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import asyncpg
+
+from benchmarks.loadgen import Workload
+from benchmarks.process import ServerSpec
+from benchmarks.profiles import Profile
+
+__all__ = ["Scenario", "ScenarioContext", "base_env"]
+
+
+@dataclass(frozen=True)
+class ScenarioContext:
+    """What the harness gives a scenario for one run."""
+
+    profile: Profile
+    postgres_dsn: str  # a fresh database of its own, dropped after the scenario
+    database: str
+    redis_url: str
+    redis_prefix: str  # unique; every key under it is deleted after the scenario
+    grpc_listen: str  # host:port, checked free
+    metrics_listen: str  # host:port, checked free
+    workdir: Path
+    rng: random.Random
+    say: Callable[[str], None]
+    python: str = sys.executable
+
+
+def base_env() -> dict[str, str]:
+    """The harness's environment without any AUTHSWITCH_* variable (authswitch refuses
+    unknown ones, and a stray setting would change what is measured)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSWITCH_")}
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
+    return env
+
+
+class Scenario:
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def unavailable(self) -> str | None:
+        """Why this scenario cannot run here (reported instead of figures), or None."""
+        return None
+
+    async def setup(self, ctx: ScenarioContext) -> None:
+        """Before the server starts."""
+
+    def server(self, ctx: ScenarioContext) -> ServerSpec:
+        raise NotImplementedError
+
+    async def workload(self, ctx: ScenarioContext) -> Workload:
+        """Once the server answers: create fixtures and say what to send."""
+        raise NotImplementedError
+
+    async def between_phases(self, ctx: ScenarioContext) -> None:
+        """Before each measured phase. By default VACUUM ANALYZE and CHECKPOINT the
+        scenario's database, so dead rows and dirty pages of one phase do not land on
+        the next."""
+        conn = await asyncpg.connect(ctx.postgres_dsn)
+        try:
+            await conn.execute("VACUUM (ANALYZE)")
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
+    async def teardown(self, ctx: ScenarioContext) -> None:
+        """After the server stopped (the harness drops the database and Redis keys)."""

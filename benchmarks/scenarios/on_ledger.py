@@ -1,0 +1,75 @@
+"""The real server, ``authswitch serve``, deciding on-ledger."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from benchmarks.fixtures import AdminFixtures, hot_sequence, zipf_sequence
+from benchmarks.loadgen import Workload
+from benchmarks.process import ServerSpec
+from benchmarks.scenarios.base import Scenario, ScenarioContext, base_env
+
+__all__ = ["AuthswitchScenario", "OnLedgerHotAccount", "OnLedgerSpread"]
+
+HOT_BALANCE_MINOR = 10**15  # the most one credit may carry: nothing declines for funds
+SPREAD_BALANCE_MINOR = 10**12
+ZIPF_S = 1.1
+
+
+def authswitch_env(ctx: ScenarioContext, **settings: str) -> dict[str, str]:
+    """``authswitch serve`` on the scenario's database and Redis prefix, with fresh card
+    keys; ``settings`` adds AUTHSWITCH_<NAME> variables."""
+    env = base_env()
+    env.update(
+        {
+            "AUTHSWITCH_GRPC_LISTEN": ctx.grpc_listen,
+            "AUTHSWITCH_METRICS_LISTEN": ctx.metrics_listen,
+            "AUTHSWITCH_POSTGRES_DSN": ctx.postgres_dsn,
+            "AUTHSWITCH_REDIS_URL": ctx.redis_url,
+            "AUTHSWITCH_REDIS_KEY_PREFIX": ctx.redis_prefix,
+            "AUTHSWITCH_PAN_KEY_HEX": secrets.token_hex(32),
+            "AUTHSWITCH_PIN_KEY_HEX": secrets.token_hex(32),
+            "AUTHSWITCH_CVV_KEY_HEX": secrets.token_hex(32),
+            "AUTHSWITCH_LOG_LEVEL": "WARNING",
+            "AUTHSWITCH_DATA_DIR": str(ctx.workdir / "data"),
+        }
+    )
+    env.update({f"AUTHSWITCH_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+class AuthswitchScenario(Scenario):
+    """Runs the real server; subclasses say what to create and send."""
+
+    def server(self, ctx: ScenarioContext) -> ServerSpec:
+        authswitch = Path(ctx.python).with_name("authswitch")
+        return ServerSpec([str(authswitch), "serve"], authswitch_env(ctx))
+
+
+class OnLedgerHotAccount(AuthswitchScenario):
+    name = "on_ledger_hot_account"
+    description = (
+        "The real `authswitch serve`: every request on ONE account funded with 10^15 minor "
+        "units (card lookup, checks, one Redis Lua step, group commit to Postgres)."
+    )
+
+    async def workload(self, ctx: ScenarioContext) -> Workload:
+        fixtures = AdminFixtures(ctx.grpc_listen, ctx.say)
+        cards = await fixtures.issue(1, balance_minor=HOT_BALANCE_MINOR, one_account=True)
+        return Workload(cards, hot_sequence(ctx.rng, ctx.profile.sequence_length))
+
+
+class OnLedgerSpread(AuthswitchScenario):
+    name = "on_ledger_spread"
+    description = (
+        "The real `authswitch serve`: many funded accounts with one card each (10,000 in the "
+        f"full run), the card of each request chosen Zipf-distributed (s={ZIPF_S})."
+    )
+
+    async def workload(self, ctx: ScenarioContext) -> Workload:
+        count = ctx.profile.spread_accounts
+        ctx.say(f"  creating {count:,} funded accounts and cards through the admin API")
+        fixtures = AdminFixtures(ctx.grpc_listen, ctx.say)
+        cards = await fixtures.issue(count, balance_minor=SPREAD_BALANCE_MINOR)
+        return Workload(cards, zipf_sequence(ctx.rng, count, ctx.profile.sequence_length, s=ZIPF_S))
