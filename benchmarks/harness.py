@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import Binaries, Card, Workload, run_loadgen, write_params
-from benchmarks.process import ServerProcess, ServerSpec, split_listen
+from benchmarks.process import ServerGroup, ServerProcess, ServerSpec, split_listen
 from benchmarks.profiles import Profile
 from benchmarks.profiling import start_py_spy, summarize
 from benchmarks.scenarios import Scenario, ScenarioContext
@@ -97,13 +97,13 @@ class Harness:
 
     # -- CPU accounting ---------------------------------------------------------------------
 
-    async def _sample(self, server_pid: int, database: str) -> _Sample:
-        server = proc_times(server_pid)
+    async def _sample(self, server_pids: list[int], database: str) -> _Sample:
+        servers = [proc_times(pid) for pid in server_pids]
         redis = proc_times(self.redis_pid) if self.redis_pid else None
         pg = await self.postgres.sample(database) if self.postgres else None
         return _Sample(
             time.monotonic(),
-            server.own_s + server.reaped_s if server else 0.0,
+            sum(s.own_s + s.reaped_s for s in servers if s is not None),
             pg,
             redis.own_s if redis else 0.0,
             machine_times(),
@@ -172,31 +172,33 @@ class Harness:
         }
 
     async def _background_cores(
-        self, server_pid: int, window_s: float = 1.0
+        self, server_pids: list[int], window_s: float = 1.0
     ) -> tuple[float, float]:
-        """Cores busy over ``window_s`` outside the (idle) server under test, and the idle
-        server's own."""
-        server_before, before = proc_times(server_pid), all_processes_cpu_s()
+        """Cores busy over ``window_s`` outside the (idle) servers under test, and the idle
+        servers' own."""
+
+        def servers_s() -> float:
+            return sum(t.own_s for t in map(proc_times, server_pids) if t is not None)
+
+        server_before, before = servers_s(), all_processes_cpu_s()
         await asyncio.sleep(window_s)
-        server_after, after = proc_times(server_pid), all_processes_cpu_s()
-        server_s = (
-            server_after.own_s - server_before.own_s if server_after and server_before else 0.0
-        )
+        server_after, after = servers_s(), all_processes_cpu_s()
+        server_s = server_after - server_before
         return max(after - before - server_s, 0.0) / window_s, server_s / window_s
 
-    async def _await_quiet(self, server_pid: int) -> tuple[float, float]:
+    async def _await_quiet(self, server_pids: list[int]) -> tuple[float, float]:
         """Wait (up to the profile's limit) for a quiet machine; returns the background
         load and the idle server's load, in cores, just before the phase."""
         profile = self.profile
         deadline = time.monotonic() + profile.quiet_wait_s
-        background, idle = await self._background_cores(server_pid, profile.quiet_sample_s)
+        background, idle = await self._background_cores(server_pids, profile.quiet_sample_s)
         waited_from, first = time.monotonic(), True
         while background > profile.quiet_cores and time.monotonic() < deadline:
             if first:
                 self.say(f"  waiting for a quiet machine ({background:.2f} cores busy elsewhere)")
                 first = False
             await asyncio.sleep(2.0)
-            background, idle = await self._background_cores(server_pid)
+            background, idle = await self._background_cores(server_pids)
         waited = time.monotonic() - waited_from
         if waited > 1:
             self.say(f"  waited {waited:.0f} s; {background:.2f} cores busy elsewhere now")
@@ -206,7 +208,7 @@ class Harness:
         self,
         scenario: Scenario,
         ctx: ScenarioContext,
-        server: ServerProcess,
+        server: ServerGroup,
         params: Path,
         phase: Phase,
         asset: str,
@@ -235,19 +237,20 @@ class Harness:
         self,
         scenario: Scenario,
         ctx: ScenarioContext,
-        server: ServerProcess,
+        server: ServerGroup,
         params: Path,
         phase: Phase,
         asset: str,
     ) -> dict[str, Any]:
         await scenario.between_phases(ctx)
-        quiet = await self._await_quiet(server.pid) if phase.name != "warmup" else None
+        quiet = await self._await_quiet(server.pids) if phase.name != "warmup" else None
         speed = cpu_speed_probe()
         xid_before = await self.postgres.next_xid() if self.postgres else 0
-        before = await self._sample(server.pid, ctx.database)
+        before = await self._sample(server.pids, ctx.database)
         profiler, raw = None, ctx.workdir / f"{phase.name}.py-spy.txt"
         if self.py_spy is not None and phase.mode == "closed" and phase.name != "warmup":
-            profiler = await start_py_spy(self.py_spy, server.pid, phase.duration_s, raw)
+            # The first replica's: one process is enough to see where time goes.
+            profiler = await start_py_spy(self.py_spy, server.pids[0], phase.duration_s, raw)
         report = await run_loadgen(
             self.binaries.loadgen,
             target=server.listen,
@@ -260,7 +263,7 @@ class Harness:
             channels=self.profile.channels,
             asset=asset,
         )
-        after = await self._sample(server.pid, ctx.database)
+        after = await self._sample(server.pids, ctx.database)
         xid_after = await self.postgres.next_xid() if self.postgres else 0
         result = self._phase_result(phase, report, before, after)
         if self.postgres is not None:
@@ -406,7 +409,7 @@ class Harness:
     ) -> dict[str, Any]:
         profile = self.profile
         await scenario.setup(ctx)
-        server = ServerProcess(scenario.name, scenario.server(ctx), ctx.grpc_listen, log_path)
+        server = ServerGroup(scenario.name, scenario.servers(ctx), ctx.grpc_listen, ctx.workdir)
         t0 = time.monotonic()
         await server.start()
         start_s = time.monotonic() - t0
@@ -470,6 +473,7 @@ class Harness:
             "server_start_s": round(start_s, 2),
             "fixtures_s": round(fixtures_s, 2),
             "server_exit_code": exit_code,
+            "server_processes": len(server.servers),
             "server_log": str(log_path),
             "listen": ctx.grpc_listen,
             "port": split_listen(ctx.grpc_listen)[1],

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.system import port_is_free
 
-__all__ = ["PortTaken", "ServerProcess", "ServerSpec", "split_listen"]
+__all__ = ["PortTaken", "ServerGroup", "ServerProcess", "ServerSpec", "split_listen"]
 
 
 class PortTaken(RuntimeError):
@@ -34,6 +34,9 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Whether it answers grpc.health.v1; otherwise readiness is an accepted connection.
     health: bool = True
+    # Set: ready once its output shows this line too (a replica sharing the port with
+    # others, where the port's answer may come from another one).
+    ready_line: str = ""
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -55,9 +58,10 @@ class ServerProcess:
         assert self._process is not None
         return self._process.pid
 
-    async def start(self, timeout_s: float = 120.0) -> None:
+    async def start(self, timeout_s: float = 120.0, *, shared: bool = False) -> None:
+        """``shared``: the port is already held by the other replicas of a group."""
         host, port = split_listen(self.listen)
-        if not port_is_free(host, port):
+        if not shared and not port_is_free(host, port):
             raise PortTaken(
                 f"{self.listen} is in use before starting {self.name}: a server left from an "
                 "earlier run? (grpcio's SO_REUSEPORT would let it share the port silently)"
@@ -84,6 +88,8 @@ class ServerProcess:
             await asyncio.sleep(0.1)
 
     async def _ready(self) -> bool:
+        if self.spec.ready_line and self.spec.ready_line not in self._tail(200):
+            return False
         host, port = split_listen(self.listen)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.settimeout(0.5)
@@ -121,3 +127,42 @@ class ServerProcess:
             self._log.close()
             self._log = None
         return process.returncode
+
+
+class ServerGroup:
+    """One server or several replicas on one port (SO_REUSEPORT): started one after
+    another, stopped together; their CPU is the sum of their processes'."""
+
+    def __init__(self, name: str, specs: list[ServerSpec], listen: str, workdir: Path) -> None:
+        assert specs
+        self.listen = listen
+        self.servers = [
+            ServerProcess(
+                name if i == 0 else f"{name} replica {i + 1}",
+                spec,
+                listen,
+                workdir / ("server.log" if i == 0 else f"server-{i + 1}.log"),
+            )
+            for i, spec in enumerate(specs)
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [server.pid for server in self.servers]
+
+    @property
+    def log_path(self) -> Path:
+        return self.servers[0].log_path
+
+    async def start(self) -> None:
+        try:
+            for i, server in enumerate(self.servers):
+                await server.start(shared=i > 0)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> int | None:
+        """Stops every replica; the first non-zero exit code, else the first one's."""
+        codes = [server.stop() for server in self.servers]
+        return next((code for code in codes if code), codes[0])

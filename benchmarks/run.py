@@ -264,6 +264,8 @@ async def _run(
         for index, scenario in enumerate(SCENARIOS):
             if args.only and scenario.name not in args.only:
                 continue
+            if not args.only and args.quick and not scenario.in_quick:
+                continue  # the smoke run keeps under a minute: variants only in full runs
             run["scenarios"].append(await harness.run_scenario(scenario, index))
     finally:
         if postgres is not None:

@@ -14,6 +14,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     GrpcRedisCeiling(),
     NaivePostgres(),
     OnLedgerHotAccount(),
+    OnLedgerHotAccount(processes=2),
+    OnLedgerHotAccount(processes=3),
     OnLedgerSpread(),
     OffLedgerForward(),
     StandIn(),

@@ -64,6 +64,7 @@ def base_env() -> dict[str, str]:
 class Scenario:
     name: ClassVar[str]
     description: ClassVar[str]
+    in_quick: bool = True  # part of the quick (smoke) run unless named with --only
 
     def unavailable(self) -> str | None:
         """Why this scenario cannot run here (reported instead of figures), or None."""
@@ -74,6 +75,11 @@ class Scenario:
 
     def server(self, ctx: ScenarioContext) -> ServerSpec:
         raise NotImplementedError
+
+    def servers(self, ctx: ScenarioContext) -> list[ServerSpec]:
+        """The processes serving ``ctx.grpc_listen``: one by default; replicas sharing the
+        port (SO_REUSEPORT) when a scenario says so."""
+        return [self.server(ctx)]
 
     async def workload(self, ctx: ScenarioContext) -> Workload:
         """Once the server answers: create fixtures and say what to send."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 
@@ -40,11 +41,39 @@ def authswitch_env(ctx: ScenarioContext, **settings: str) -> dict[str, str]:
 
 
 class AuthswitchScenario(Scenario):
-    """Runs the real server; subclasses say what to create and send."""
+    """Runs the real server; subclasses say what to create and send.
+
+    With ``processes`` > 1, that many ``authswitch serve`` replicas share the gRPC port
+    (AUTHSWITCH_GRPC_REUSEPORT; the kernel spreads the load generator's connections over
+    them), each with its own group committer, on the same Postgres and Redis.
+    """
+
+    processes = 1
+
+    def __init__(self, processes: int = 1) -> None:
+        assert processes >= 1
+        if processes > 1:
+            self.processes = processes
+            self.in_quick = False  # the same code as one process: full runs only
+            self.name = f"{type(self).name}_{processes}proc"  # type: ignore[misc]
+            self.description = (  # type: ignore[misc]
+                f"{type(self).description} {processes} server processes on one port (SO_REUSEPORT)."
+            )
 
     def server(self, ctx: ScenarioContext) -> ServerSpec:
         authswitch = Path(ctx.python).with_name("authswitch")
         return ServerSpec([str(authswitch), "serve"], authswitch_env(ctx))
+
+    def servers(self, ctx: ScenarioContext) -> list[ServerSpec]:
+        first = self.server(ctx)
+        if self.processes == 1:
+            return [first]
+        specs = [dataclasses.replace(first, env={**first.env, "AUTHSWITCH_GRPC_REUSEPORT": "true"})]
+        for _ in range(1, self.processes):
+            env = {**specs[0].env, "AUTHSWITCH_METRICS_LISTEN": "127.0.0.1:0"}
+            # Ready when it says it serves: the port may answer from another replica.
+            specs.append(dataclasses.replace(first, env=env, ready_line="serving gRPC on"))
+        return specs
 
 
 class OnLedgerHotAccount(AuthswitchScenario):

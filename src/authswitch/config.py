@@ -95,6 +95,10 @@ class Settings:
 
     grpc_max_message_bytes: int = 64 * 1024
     grpc_max_concurrent_streams: int = 1_000
+    # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
+    # the kernel spreads new connections over them, so one host's cores all decide. Each
+    # process is a replica (its own metrics port). Off: a taken port fails loudly.
+    grpc_reuseport: bool = False
     shutdown_grace_s: float = 10.0
 
     # Named secrets of programs (client tokens, TLS material, webhook keys) are read from

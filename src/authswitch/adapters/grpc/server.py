@@ -35,8 +35,9 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         # grpcio sets SO_REUSEPORT by default, which lets a second server silently share
-        # the port with a forgotten first one. Off: a taken port fails loudly.
-        ("grpc.so_reuseport", 0),
+        # the port with a forgotten first one. Off (unless AUTHSWITCH_GRPC_REUSEPORT asks for
+        # several processes on one port): a taken port fails loudly.
+        ("grpc.so_reuseport", 1 if settings.grpc_reuseport else 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
