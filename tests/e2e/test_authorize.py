@@ -10,7 +10,7 @@ import pytest
 from authswitch.app import Application
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2 as c
-from tests.support.ledger import Ledger
+from tests.support.ledger import Ledger, TransactionKind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,7 +68,9 @@ async def test_approval_is_durable_before_the_answer(ledger: Ledger, app: Applic
         (c.CARD_STATUS_EXPIRED, "54", pb.REASON_CARD_EXPIRED),
     ],
 )
-async def test_card_status_declines(ledger: Ledger, status: int, code: str, reason: int) -> None:
+async def test_card_status_declines(
+    ledger: Ledger, status: c.CardStatus.ValueType, code: str, reason: int
+) -> None:
     card = await ledger.card(10_000, status=status)
     response = await ledger.authorize(card, 100)
     assert (response.response_code, response.reason) == (code, reason)
@@ -101,7 +103,10 @@ async def test_expiry_declines(ledger: Ledger) -> None:
 
 async def test_pin_checks_block_after_three_wrong_pins(ledger: Ledger, app: Application) -> None:
     card = await ledger.card(10_000, pin="4321")
-    atm = {"transaction_type": c.TRANSACTION_TYPE_CASH_WITHDRAWAL, "channel": c.CHANNEL_ATM}
+    atm: TransactionKind = {
+        "transaction_type": c.TRANSACTION_TYPE_CASH_WITHDRAWAL,
+        "channel": c.CHANNEL_ATM,
+    }
     assert (await ledger.authorize(card, 100, pin="4321", **atm)).response_code == "00"
     for _ in range(3):
         response = await ledger.authorize(card, 100, pin="0000", **atm)

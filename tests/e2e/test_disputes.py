@@ -227,7 +227,7 @@ async def test_disputes_never_claim_more_than_was_cleared(app: Application, ledg
 async def test_bad_dispute_requests_write_nothing(app: Application, ledger: Ledger) -> None:
     card, books, clearing = await _setup(app, ledger)
     refund = await ledger.refund(card, 500)
-    cases = [
+    cases: list[tuple[dict[str, object], grpc.StatusCode]] = [
         ({"clearing_message_id": str(uuid.uuid4())}, grpc.StatusCode.NOT_FOUND),
         ({"amount": 0}, grpc.StatusCode.INVALID_ARGUMENT),
         ({"asset": "EUR"}, grpc.StatusCode.INVALID_ARGUMENT),
@@ -269,5 +269,6 @@ async def test_the_ledger_reconciles_after_disputes(app: Application, ledger: Le
     account = await app.pool.fetchrow(
         "SELECT program_id::text FROM accounts WHERE id = $1", card.account_id
     )
+    assert account is not None
     report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=account[0])
     assert report.ok, report.to_text()

@@ -45,12 +45,14 @@ async def _durability(dsn: str, account_id: str, approved: set[str]) -> None:
             "WHERE h.account_id = $1 AND d.message_id IS NULL",
             account_id,
         )
-        authorized, open_holds, actual = await conn.fetchrow(
+        row = await conn.fetchrow(
             "SELECT b.authorized_minor, (SELECT coalesce(sum(amount_minor), 0) FROM holds "
             "WHERE account_id = $1 AND status = 'OPEN'), b.actual_minor "
             "FROM balances b WHERE b.account_id = $1",
             account_id,
         )
+        assert row is not None
+        authorized, open_holds, actual = row
     finally:
         await conn.close()
     assert approved <= held, f"{len(approved - held)} approvals the caller saw are not durable"

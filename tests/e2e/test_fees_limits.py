@@ -18,7 +18,7 @@ from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.support.clocked import clocked_app
-from tests.support.ledger import IssuedCard, Ledger
+from tests.support.ledger import IssuedCard, Ledger, TransactionKind
 from tests.support.stores import Stores
 
 pytestmark = pytest.mark.timeout(90)
@@ -94,7 +94,7 @@ async def test_three_free_atm_withdrawals_a_month(ledger: Ledger, app: Applicati
         ledger, 100_000,
         rule(flat_minor=200, transaction_types=[ATM], free_uses=3, free_period=la.PERIOD_MONTH),
     )  # fmt: skip
-    atm = {"transaction_type": ATM, "channel": c.CHANNEL_ATM}
+    atm: TransactionKind = {"transaction_type": ATM, "channel": c.CHANNEL_ATM}
     fees = [(await ledger.authorize(card, 1_000, **atm)).fee.amount_minor for _ in range(5)]
     assert fees == [0, 0, 0, 200, 200]
     purchase = await ledger.authorize(card, 1_000)  # not in the rule's scope
@@ -261,7 +261,7 @@ async def test_daily_count_limit_by_transaction_type_is_65(ledger: Ledger) -> No
         product_id, subject=la.LIMIT_SUBJECT_CARD, period=la.PERIOD_DAY, count_max=2,
         transaction_types=[ATM],
     )  # fmt: skip
-    atm = {"transaction_type": ATM, "channel": c.CHANNEL_ATM}
+    atm: TransactionKind = {"transaction_type": ATM, "channel": c.CHANNEL_ATM}
     assert (await ledger.authorize(card, 100, **atm)).response_code == "00"
     assert (await ledger.authorize(card, 100, **atm)).response_code == "00"
     third = await ledger.authorize(card, 100, **atm)

@@ -307,6 +307,7 @@ async def test_directory_delivery_once_per_due_time_with_catch_up(
            WHERE schedule_id = $1""",
         schedule.schedule_id,
     )
+    assert row is not None
     assert tuple(row) == (len(days), len(days), len(days))
     # Another process (the CLI, by the real clock) finds nothing left to send.
     result = run_cli(
@@ -340,6 +341,7 @@ async def test_a_failed_delivery_is_retried_after_backoff(
            WHERE schedule_id = $1""",
         schedule.schedule_id,
     )
+    assert row is not None
     assert row["attempts"] == 1
     assert row["delivered_at"] is None
     assert "NotADirectoryError" in row["last_error"] or "FileExistsError" in row["last_error"]
@@ -429,6 +431,7 @@ async def test_sftp_delivery_survives_a_failing_server_and_sends_once(
                    WHERE schedule_id = $1""",
                 schedule.schedule_id,
             )
+            assert row is not None
             assert row["attempts"] == 1
             assert "DeliveryError" in row["last_error"]
             assert "bank-key" not in row["last_error"]

@@ -6,7 +6,7 @@ stays up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -83,7 +83,7 @@ async def test_absurd_and_unknown_values(ledger: Ledger, app: Application) -> No
     card = await ledger.card(1_000)
     before = await _decisions(app)
     cases: list[pb.AuthorizeRequest] = []
-    for mutate in (
+    mutations: tuple[Callable[[pb.AuthorizeRequest], None], ...] = (
         lambda r: setattr(r, "message_id", "m" * 10_000),
         lambda r: setattr(r, "source", "s" * 65),
         lambda r: setattr(r, "transaction_type", 12345),
@@ -96,7 +96,8 @@ async def test_absurd_and_unknown_values(ledger: Ledger, app: Application) -> No
         lambda r: setattr(r.auth, "pin", "12345678901234567890"),
         lambda r: setattr(r.merchant, "mcc", "\u0000\u0000\u0000\u0000"),
         lambda r: setattr(r.merchant, "country", "😀"),
-    ):
+    )
+    for mutate in mutations:
         request = ledger.request(card, 100)
         mutate(request)
         cases.append(request)

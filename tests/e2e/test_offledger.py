@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import grpc
 import pytest
@@ -143,24 +144,33 @@ def w(world: World) -> World:
     return world
 
 
+class StandInLimits(TypedDict, total=False):
+    """The stand-in limits of a program's routing (SetProgramRoutingRequest fields)."""
+
+    stand_in_asset: str
+    stand_in_transaction_max_minor: int
+    stand_in_daily_max_minor: int
+
+
 async def off_ledger_card(
-    w: World, *, stand_in: int = la.STAND_IN_POLICY_DECLINE, deadline_ms: int = 400,
-    breaker_failures: int = 3, sinks: tuple[int, ...] = (la.NOTIFICATION_SINK_CLIENT,),
-    balance_minor: int = 0, **routing: object,
+    w: World, *, stand_in: la.StandInPolicy.ValueType = la.STAND_IN_POLICY_DECLINE,
+    deadline_ms: int = 400, breaker_failures: int = 3,
+    sinks: tuple[la.NotificationSink.ValueType, ...] = (la.NOTIFICATION_SINK_CLIENT,),
+    balance_minor: int = 0, **routing: Unpack[StandInLimits],
 ) -> IssuedCard:  # fmt: skip
     program_id = await w.ledger.program(c.LEDGER_MODE_OFF_LEDGER)
     await w.ledger.admin.SetProgramRouting(
         la.SetProgramRoutingRequest(
             program_id=program_id, target=w.client_target, tls=la.CLIENT_TLS_NONE,
-            token_secret="client-token", deadline_ms=deadline_ms, stand_in=stand_in,  # type: ignore[arg-type]
-            breaker_failures=breaker_failures, breaker_open_ms=5_000, **routing,  # type: ignore[arg-type]
+            token_secret="client-token", deadline_ms=deadline_ms, stand_in=stand_in,
+            breaker_failures=breaker_failures, breaker_open_ms=5_000, **routing,
         )
     )  # fmt: skip
     for sink in sinks:
         await w.ledger.admin.SetNotificationSink(
             la.SetNotificationSinkRequest(
                 program_id=program_id, sink=sink, url=w.webhook.url, secret_name="webhook-key"
-            )  # type: ignore[arg-type]
+            )
         )
     product_id = await w.ledger.product(program_id)
     account_id = await w.ledger.account(product_id)

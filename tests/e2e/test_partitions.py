@@ -268,6 +268,7 @@ async def test_an_existing_database_migrates(stores: Stores) -> None:
             hold = await conn.fetchrow(
                 "SELECT tableoid::regclass::text AS part, * FROM holds WHERE id = $1", ids["hold"]
             )
+            assert hold is not None
             assert hold["part"] == "holds_p202512"
             assert (hold["amount_minor"], hold["reversed_minor"]) == (700, 300)
             assert await conn.fetchval("SELECT count(*) FROM holds") == 1  # no tombstone

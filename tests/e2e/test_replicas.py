@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import grpc
@@ -19,6 +19,7 @@ from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.reference_client import ReferenceClient, serve_reference_client
 from authswitch.service.clock import SystemClock
 from authswitch.service.reconcile import Reconciler
+from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.support.ledger import Ledger
@@ -31,10 +32,10 @@ REPLICAS = 3
 TOKEN = "replica-client-token"
 
 
-async def _eventually(check: object, timeout_s: float = 30.0) -> None:
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        if await check():  # type: ignore[operator]
+        if await check():
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"not so within {timeout_s}s")
@@ -81,7 +82,7 @@ async def replicas(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> 
         assert [await s.wait_exit() for s in servers] == [0] * REPLICAS
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)  # no grace, as the default (grpc-stubs has none)
         for server in servers:
             server.kill()
 
@@ -119,7 +120,7 @@ async def test_no_overspend_and_each_hold_ages_off_once(
     )
 
     async def all_aged_off() -> bool:
-        left = await pool.fetchval(
+        left: int = await pool.fetchval(
             "SELECT count(*) FROM holds WHERE account_id = $1 AND status = 'OPEN'",
             card.account_id,
         )
@@ -174,14 +175,13 @@ async def test_each_notification_is_delivered_once_under_its_id(
     product_id = await ledger.product(program_id)
     card = await ledger.card(account_id=await ledger.account(product_id))
     # Clearings and refunds through all three replicas: each becomes a notification.
-    sent = await asyncio.gather(
-        *(
-            replicas[i % REPLICAS].clear(card, str(uuid.uuid4()), 100 + i)
-            if i % 2
-            else replicas[i % REPLICAS].refund(card, 100 + i)
-            for i in range(60)
-        )
-    )
+    calls: list[Awaitable[pb.ClearResponse | pb.RefundResponse]] = [
+        replicas[i % REPLICAS].clear(card, str(uuid.uuid4()), 100 + i)
+        if i % 2
+        else replicas[i % REPLICAS].refund(card, 100 + i)
+        for i in range(60)
+    ]
+    sent = await asyncio.gather(*calls)
     assert {r.response_code for r in sent} == {"00"}
     expected = {
         r[0]

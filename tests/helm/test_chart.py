@@ -179,14 +179,18 @@ def kinds(objects: Objects) -> set[str]:
 
 def container(objects: Objects, kind: str = "Deployment") -> dict[str, Any]:
     pod = pod_spec(only(objects, kind))
+    main: dict[str, Any]
     (main,) = pod["containers"]
     return main
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any]
     if workload["kind"] == "CronJob":
-        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return workload["spec"]["template"]["spec"]
+        spec = workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    else:
+        spec = workload["spec"]["template"]["spec"]
+    return spec
 
 
 def env_of(main: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -1005,7 +1009,8 @@ def test_latency_thresholds_are_bucket_bounds() -> None:
     latency = schema["properties"]["prometheusRule"]["properties"]["slo"]["properties"]["latency"]
     # The parent's bounds (prometheus_client keeps them there): no child series is created.
     upper_bounds = metrics.DECISION_SECONDS._upper_bounds
-    bounds = [floatToGoString(b) for b in upper_bounds[:-1]]  # without +Inf
+    # Without +Inf. (prometheus_client ships py.typed but leaves floatToGoString unannotated.)
+    bounds = [floatToGoString(b) for b in upper_bounds[:-1]]  # type: ignore[no-untyped-call]
     assert latency["properties"]["thresholdSeconds"]["enum"] == bounds
 
 

@@ -320,8 +320,13 @@ def test_ledger_state_machine(server: tuple[ThreadedApp, ManualClock]) -> None:
 
         @rule()
         def scripts_flushed(self) -> None:
-            assert app.redis is not None
-            threaded.call(app.redis.script_flush())
+            redis = app.redis
+            assert redis is not None
+
+            async def flush() -> None:
+                await redis.script_flush()
+
+            threaded.call(flush())
 
         @rule()
         def account_evicted(self) -> None:

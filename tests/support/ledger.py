@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 
@@ -23,6 +23,13 @@ EXPIRY = "3012"  # December 2030
 _counter = itertools.count()
 # Every PAN the tests issue: conftest searches all captured logs for them at the end.
 ISSUED_PANS: list[str] = []
+
+
+class TransactionKind(TypedDict):
+    """What kind of message an authorisation is: ``**kind`` for ``Ledger.authorize``."""
+
+    transaction_type: common_pb2.TransactionType.ValueType
+    channel: common_pb2.Channel.ValueType
 
 
 @dataclass
@@ -48,8 +55,8 @@ class Ledger:
         self.pans: list[str] = []
 
     async def program(
-        self, mode: int = common_pb2.LEDGER_MODE_ON_LEDGER, *, country: str = "GB",
-        time_zone: str = "Europe/London",
+        self, mode: common_pb2.LedgerMode.ValueType = common_pb2.LEDGER_MODE_ON_LEDGER, *,
+        country: str = "GB", time_zone: str = "Europe/London",
     ) -> str:  # fmt: skip
         client = await self.admin.CreateClient(ledger_admin_pb2.CreateClientRequest(name="test"))
         program = await self.admin.CreateProgram(
@@ -105,7 +112,7 @@ class Ledger:
         *,
         account_id: str | None = None,
         product_kwargs: dict[str, Any] | None = None,
-        status: int = common_pb2.CARD_STATUS_ACTIVE,
+        status: common_pb2.CardStatus.ValueType = common_pb2.CARD_STATUS_ACTIVE,
         pin: str = "1234",
         expiry: str = EXPIRY,
     ) -> IssuedCard:
@@ -142,14 +149,16 @@ class Ledger:
         amount_minor: int,
         asset: str = "GBP",
         *,
-        transaction_type: int = common_pb2.TRANSACTION_TYPE_PURCHASE,
+        transaction_type: common_pb2.TransactionType.ValueType = (
+            common_pb2.TRANSACTION_TYPE_PURCHASE
+        ),
         message_id: str | None = None,
         pin: str | None = None,
         cvv2: str | None = None,
         expiry: str | None = None,
         new_pin: str = "",
         mcc: str = "5411",
-        channel: int = common_pb2.CHANNEL_ECOMMERCE,
+        channel: common_pb2.Channel.ValueType = common_pb2.CHANNEL_ECOMMERCE,
         partial: bool = False,
         source: str = "visa",
         pan: str | None = None,
@@ -168,14 +177,16 @@ class Ledger:
         amount_minor: int,
         asset: str = "GBP",
         *,
-        transaction_type: int = common_pb2.TRANSACTION_TYPE_PURCHASE,
+        transaction_type: common_pb2.TransactionType.ValueType = (
+            common_pb2.TRANSACTION_TYPE_PURCHASE
+        ),
         message_id: str | None = None,
         pin: str | None = None,
         cvv2: str | None = None,
         expiry: str | None = None,
         new_pin: str = "",
         mcc: str = "5411",
-        channel: int = common_pb2.CHANNEL_ECOMMERCE,
+        channel: common_pb2.Channel.ValueType = common_pb2.CHANNEL_ECOMMERCE,
         partial: bool = False,
         source: str = "visa",
         pan: str | None = None,
@@ -185,7 +196,7 @@ class Ledger:
             source=source,
             message_id=message_id or str(uuid.uuid4()),
             network_reference=str(uuid.uuid4()),
-            transaction_type=transaction_type,  # type: ignore[arg-type]
+            transaction_type=transaction_type,
             pan=card.pan if pan is None else pan,
             auth=authorization_pb2.AuthData(
                 pin=pin or "",
@@ -197,7 +208,7 @@ class Ledger:
             billing_amount=common_pb2.Money(amount_minor=amount_minor, asset=asset),
             partial_approval_allowed=partial,
             merchant=authorization_pb2.Merchant(mcc=mcc, country=country, name="Test shop"),
-            channel=channel,  # type: ignore[arg-type]
+            channel=channel,
         )
 
     async def advise(
@@ -317,11 +328,15 @@ class Ledger:
         )  # fmt: skip
 
     async def resolve_dispute(
-        self, dispute_id: str, outcome: int, *, key: str | None = None
+        self,
+        dispute_id: str,
+        outcome: ledger_admin_pb2.DisputeOutcome.ValueType,
+        *,
+        key: str | None = None,
     ) -> ledger_admin_pb2.ResolveDisputeResponse:
         return await self.admin.ResolveDispute(
             ledger_admin_pb2.ResolveDisputeRequest(
-                dispute_id=dispute_id, outcome=outcome,  # type: ignore[arg-type]
+                dispute_id=dispute_id, outcome=outcome,
                 idempotency_key=key or str(uuid.uuid4()),
             )
         )  # fmt: skip
