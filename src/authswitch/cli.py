@@ -77,6 +77,7 @@ async def _serve(settings: Settings) -> int:
         if app.state.value != "stopped":
             await app.stop()
         metrics_server.shutdown()
+        metrics_server.server_close()
     return 0
 
 

@@ -16,6 +16,8 @@ class MetricsServer(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def server_close(self) -> None: ...
+
 
 def start_metrics_server(listen: str) -> MetricsServer:
     """Serve ``/metrics`` from a daemon thread; ``listen`` may use port 0 (any free port)."""
