@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -98,7 +99,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip measuring the load generator against the C++ echo server",
     )
+    parser.add_argument(
+        "--rates",
+        metavar="N[,N]",
+        help="open-loop rates (requests/s) instead of the profile's, e.g. 100,200",
+    )
     args = parser.parse_args(argv)
+    if args.rates:
+        try:
+            args.rates = tuple(int(r) for r in args.rates.split(","))
+        except ValueError:
+            parser.error("--rates: whole numbers separated by commas")
+        if not args.rates or min(args.rates) < 1:
+            parser.error("--rates: each rate at least 1/s")
     if args.only:
         wanted = {n.strip() for n in args.only.split(",") if n.strip()}
         unknown = wanted - set(names)
@@ -183,6 +196,8 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, task.cancel)
     started = time.monotonic()
     profile = QUICK if args.quick else FULL
+    if args.rates:
+        profile = dataclasses.replace(profile, open_rates=args.rates)
     say(f"authswitch benchmarks: {profile.name} run")
     t0 = time.monotonic()
     binaries = ensure_built(say)
@@ -212,6 +227,8 @@ async def _run(
     started: float,
 ) -> int:
     profile = QUICK if args.quick else FULL
+    if args.rates:
+        profile = dataclasses.replace(profile, open_rates=args.rates)
     postgres = await PostgresCluster.open(args.postgres_dsn)
     if postgres is None:
         say("  the Postgres cluster's processes are not visible here: no Postgres CPU figures")
