@@ -46,6 +46,9 @@ def settings_for(stores: Stores, **overrides: object) -> Settings:
         "card_expiry_interval_s": 0.0,
         "reconcile_interval_s": 0.0,
         "file_delivery_interval_s": 0.0,
+        # Tests fire bursts of hundreds of calls at once, and each must be answered:
+        # admission past the limit has its own test (tests/e2e/test_admission.py).
+        "authorize_in_flight_max": 1_000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

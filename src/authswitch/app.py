@@ -139,7 +139,9 @@ class Application:
                 log.warning("no gateway or admin credentials configured: every caller may call")
             self.server, self.grpc_port = build_server(
                 settings,
-                AuthorizationServicer(self.services),
+                AuthorizationServicer(
+                    self.services, in_flight_max=settings.authorize_in_flight_max
+                ),
                 LedgerAdminServicer(self.services),
                 self.health,
                 policy,

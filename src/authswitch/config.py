@@ -95,6 +95,9 @@ class Settings:
 
     grpc_max_message_bytes: int = 64 * 1024
     grpc_max_concurrent_streams: int = 1_000
+    # Authorisations in flight in this process; past it a new one is refused at once with
+    # RESOURCE_EXHAUSTED (overload: latency stays about this over the throughput).
+    authorize_in_flight_max: int = 256
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.
@@ -181,7 +184,8 @@ class Settings:
             "group_commit_batch_max", "group_commit_queue_max", "postgres_pool_max",
             "redis_pool_max", "redis_timeout_ms", "idempotency_marker_ttl_s",
             "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
-            "grpc_max_concurrent_streams", "postgres_statement_timeout_ms", "outbox_poll_ms",
+            "grpc_max_concurrent_streams", "authorize_in_flight_max",
+            "postgres_statement_timeout_ms", "outbox_poll_ms",
             "outbox_concurrency_max", "outbox_backoff_initial_ms", "outbox_backoff_max_ms",
             "outbox_dead_after_s", "outbox_delivery_timeout_ms", "reports_postgres_pool_max",
             "partition_months_ahead",

@@ -30,6 +30,7 @@ __all__ = [
     "RECONCILIATION_BREAKS",
     "RECONCILIATION_DRIFT_MINOR",
     "RECONCILIATION_LAST_RUN_SECONDS",
+    "SHED",
     "STAND_INS",
     "STORE_ERRORS",
 ]
@@ -152,4 +153,10 @@ FILE_DELIVERIES_PENDING = Gauge(
     "authswitch_file_deliveries_pending",
     "Due files not yet delivered (claimed, or failed and waiting to be retried), by kind.",
     ["kind"],
+)
+
+SHED = Counter(
+    "authswitch_authorizations_shed_total",
+    "Authorisations refused RESOURCE_EXHAUSTED on arrival: AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX "
+    "were in flight (overload)",
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.postgres.store import HoldRow
@@ -138,6 +139,12 @@ class _Ready:
 
 
 class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceServicer):
+    def __init__(self, services: Services, *, in_flight_max: int = 256) -> None:
+        super().__init__(services)
+        assert in_flight_max > 0
+        self._in_flight = 0
+        self._in_flight_max = in_flight_max
+
     @property
     def service(self) -> AuthorizationService:
         if self._services.authorization is None:
@@ -151,8 +158,21 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         # the server is ready the call is refused, so the gateway retries another replica.
         if not self._services.ready():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
-        canonical = request.SerializeToString(deterministic=True)
-        return await self.service.authorize(to_domain(request), canonical)
+        # Admission: past the limit a call is refused at once, before any work, so that
+        # under overload the calls taken in are answered in bounded time (the limit over
+        # the throughput) instead of every call waiting in an ever longer queue, and the
+        # gateway can try another replica or stand in while there is time.
+        if self._in_flight >= self._in_flight_max:
+            metrics.SHED.inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded: too many authorisations in flight"
+            )
+        self._in_flight += 1
+        try:
+            canonical = request.SerializeToString(deterministic=True)
+            return await self.service.authorize(to_domain(request), canonical)
+        finally:
+            self._in_flight -= 1
 
     # The network retries an unacknowledged advice, reversal or clearing, so a fault on
     # these is a gRPC error (UNAVAILABLE) rather than a response code.
