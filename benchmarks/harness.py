@@ -18,6 +18,7 @@ from benchmarks.process import ServerGroup, ServerProcess, ServerSpec, split_lis
 from benchmarks.profiles import Profile
 from benchmarks.profiling import start_py_spy, summarize
 from benchmarks.scenarios import Scenario, ScenarioContext
+from benchmarks.scenarios.base import LatencyTarget
 from benchmarks.stores import PostgresCluster, delete_prefix, fresh_database
 from benchmarks.system import (
     MachineTimes,
@@ -50,6 +51,13 @@ class _Sample:
     redis_s: float
     machine: MachineTimes
     everything_s: float
+    helpers_s: dict[str, float]  # the scenario's helper processes (an off-ledger client...)
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU seconds with its reaped children's (0 when it is gone)."""
+    times = proc_times(pid)
+    return times.own_s + times.reaped_s if times else 0.0
 
 
 def _ms(us: float) -> float:
@@ -97,7 +105,9 @@ class Harness:
 
     # -- CPU accounting ---------------------------------------------------------------------
 
-    async def _sample(self, server_pids: list[int], database: str) -> _Sample:
+    async def _sample(
+        self, server_pids: list[int], database: str, helpers: dict[str, int]
+    ) -> _Sample:
         servers = [proc_times(pid) for pid in server_pids]
         redis = proc_times(self.redis_pid) if self.redis_pid else None
         pg = await self.postgres.sample(database) if self.postgres else None
@@ -108,6 +118,7 @@ class Harness:
             redis.own_s if redis else 0.0,
             machine_times(),
             all_processes_cpu_s(),
+            {name: _cpu_s(pid) for name, pid in helpers.items()},
         )
 
     def _phase_result(
@@ -120,6 +131,8 @@ class Harness:
             "redis": after.redis_s - before.redis_s if self.redis_pid else None,
             "loadgen": float(report["cpu_s"]["total"]),
         }
+        for name, seconds in after.helpers_s.items():
+            cpu[name] = seconds - before.helpers_s.get(name, seconds)
         if self.postgres is not None:
             ours, foreign = PostgresCluster.delta(before.postgres, after.postgres)
             cpu["postgres"], cpu["postgres_other_databases"] = ours, foreign
@@ -134,7 +147,7 @@ class Harness:
         per_decision = {
             k: round(v / completed * 1e6, 1)
             for k, v in cpu.items()
-            if v is not None and k in ("server", "postgres", "redis", "loadgen")
+            if v is not None and k in ("server", "postgres", "redis", "loadgen", *after.helpers_s)
         }
         per_decision["total"] = round(sum(per_decision.values()), 1)
         wall = after.at - before.at
@@ -243,10 +256,14 @@ class Harness:
         asset: str,
     ) -> dict[str, Any]:
         await scenario.between_phases(ctx)
-        quiet = await self._await_quiet(server.pids) if phase.name != "warmup" else None
+        helpers = scenario.helper_pids()
+        # The helpers (an off-ledger client) count with the servers: idle, not background.
+        own_pids = [*server.pids, *helpers.values()]
+        quiet = await self._await_quiet(own_pids) if phase.name != "warmup" else None
         speed = cpu_speed_probe()
         xid_before = await self.postgres.next_xid() if self.postgres else 0
-        before = await self._sample(server.pids, ctx.database)
+        before = await self._sample(server.pids, ctx.database, helpers)
+        prefix = f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}"
         profiler, raw = None, ctx.workdir / f"{phase.name}.py-spy.txt"
         if self.py_spy is not None and phase.mode == "closed" and phase.name != "warmup":
             # The first replica's: one process is enough to see where time goes.
@@ -255,7 +272,7 @@ class Harness:
             self.binaries.loadgen,
             target=server.listen,
             params=params,
-            prefix=f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}",
+            prefix=prefix,
             mode=phase.mode,
             duration_s=phase.duration_s,
             concurrency=phase.concurrency,
@@ -263,9 +280,10 @@ class Harness:
             channels=self.profile.channels,
             asset=asset,
         )
-        after = await self._sample(server.pids, ctx.database)
+        after = await self._sample(server.pids, ctx.database, helpers)
         xid_after = await self.postgres.next_xid() if self.postgres else 0
         result = self._phase_result(phase, report, before, after)
+        result.update(await scenario.after_phase(ctx, prefix))
         if self.postgres is not None:
             # Transactions that wrote, on the whole cluster (another database's writers
             # would count too: see postgres_other_databases in cpu_s).
@@ -385,6 +403,8 @@ class Harness:
                     workdir=workdir,
                     rng=random.Random(self.seed + index),
                     say=self.say,
+                    binaries=self.binaries,
+                    free_listen=self._free_listen,
                 )
                 try:
                     result = await self._run(scenario, ctx, log_path)
@@ -435,16 +455,27 @@ class Harness:
                 scenario, ctx, server, params, closed_phase, workload.asset
             )
             phases.append(closed)
-            capacity = float(closed["throughput_per_s"])
+            capacity = scenario.open_loop_capacity(closed)
+            basis = (
+                "closed-loop maximum"
+                if capacity == float(closed["throughput_per_s"])
+                else "capacity estimated by the scenario"
+            )
             for rate in profile.open_rates:
-                if rate > capacity * profile.open_rate_max_share:
+                if capacity is not None and rate > capacity * profile.open_rate_max_share:
                     note = (
                         f"skipped: {rate}/s is over {profile.open_rate_max_share:.0%} of the "
-                        f"closed-loop maximum ({capacity:.0f}/s); it would only measure a "
-                        "growing queue"
+                        f"{basis} ({capacity:.0f}/s); it would only measure a growing queue"
                     )
                     ctx.say(f"  open_{rate}: {note}")
-                    skipped.append({"phase": f"open_{rate}", "rate_per_s": rate, "note": note})
+                    skipped.append(
+                        {
+                            "phase": f"open_{rate}",
+                            "rate_per_s": rate,
+                            "note": note,
+                            "capacity_per_s": round(capacity, 1),
+                        }
+                    )
                     continue
                 phase = Phase(f"open_{rate}", "open", profile.open_s, rate_per_s=rate)
                 phases.append(
@@ -479,7 +510,53 @@ class Harness:
             "port": split_listen(ctx.grpc_listen)[1],
             "phases": phases,
             "skipped_phases": skipped,
+            **({"target": _target_result(scenario.target, open_phases)} if scenario.target else {}),
         }
+
+
+def _p99_floor_ms(phase: dict[str, Any]) -> float:
+    """The lower bound of the histogram bucket holding the p99 (``p99_ms`` is its upper
+    bound: above 256 µs a bucket spans 1/128 of its power of two, 4 ms around 1 s)."""
+    buckets = phase["histogram_us"]
+    total = sum(count for _, _, count in buckets)
+    rank = min(max(int(0.99 * total + 0.5), 1), total)
+    seen = 0
+    for lower, _, count in buckets:
+        seen += count
+        if seen >= rank:
+            return round(min(float(lower) / 1000, float(phase["p99_ms"])), 3)
+    return float(phase["p99_ms"])
+
+
+def _target_result(target: LatencyTarget, open_phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The target checked against each open-loop phase: what its p99 adds to the baseline.
+    ``met`` is True when even the p99's bucket upper bound is within the budget, False when
+    its lower bound is already over, None when the budget falls inside the bucket."""
+    checked = []
+    for p in open_phases:
+        if not p["histogram_us"]:
+            continue
+        added = round(p["p99_ms"] - target.baseline_ms, 3)
+        added_floor = round(_p99_floor_ms(p) - target.baseline_ms, 3)
+        met = True if added <= target.budget_ms else None
+        if added_floor > target.budget_ms:
+            met = False
+        checked.append(
+            {
+                "phase": p["phase"],
+                "rate_per_s": p["rate_per_s"],
+                "p99_ms": p["p99_ms"],
+                "added_ms": added,
+                "added_floor_ms": added_floor,
+                "met": met,
+            }
+        )
+    return {
+        "text": target.text,
+        "baseline_ms": target.baseline_ms,
+        "budget_ms": target.budget_ms,
+        "phases": checked,
+    }
 
 
 def _empty_figures() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The C++ load generator (benchmarks/loadgen/): building it, feeding it, running it.
+"""The C++ load generator (benchmarks/loadgen/): building it, feeding it, running it. The
+same build makes the echo server (the generator's calibration) and the off-ledger client stub.
 
 The generator is compiled against Debian's gRPC and protobuf; the Debian packages are
 installed (as root, with apt-get, saying so) when missing. Python only pre-generates the
@@ -45,6 +46,7 @@ APT_PACKAGES = (
 class Binaries:
     loadgen: Path
     echo_server: Path
+    decision_stub: Path  # the off-ledger client of the off-ledger scenarios
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ def ensure_built(say: Callable[[str], None]) -> Binaries:
     if result.returncode != 0:
         raise RuntimeError(f"building the load generator failed:\n{result.stdout}{result.stderr}")
     build = LOADGEN_DIR / "build"
-    return Binaries(build / "loadgen", build / "echo_server")
+    return Binaries(build / "loadgen", build / "echo_server", build / "decision_stub")
 
 
 def write_params(workload: Workload, path: Path) -> None:

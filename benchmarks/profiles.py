@@ -16,6 +16,7 @@ class Profile:
     open_rates: tuple[int, ...]  # requests/s of the open-loop phases
     open_s: float  # length of each open-loop phase
     spread_accounts: int  # funded accounts (one card each) of on_ledger_spread
+    off_ledger_programs: int  # off-ledger programs (one account and card each)
     sequence_length: int  # pre-generated (card, amount) pairs, used cyclically
     calibration_s: float  # the generator against the C++ echo server
     channels: int = 2  # HTTP/2 connections of the generator
@@ -46,6 +47,7 @@ FULL = Profile(
     open_rates=(100, 500, 1000),
     open_s=20,
     spread_accounts=10_000,
+    off_ledger_programs=64,
     sequence_length=200_000,
     calibration_s=10,
     quiet_wait_s=120,
@@ -60,6 +62,7 @@ QUICK = Profile(
     open_rates=(500,),
     open_s=2.5,
     spread_accounts=200,
+    off_ledger_programs=8,
     sequence_length=20_000,
     calibration_s=1.5,
     quiet_sample_s=0.25,

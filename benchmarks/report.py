@@ -63,20 +63,20 @@ def markdown(run: dict[str, Any]) -> str:
         f"## Closed loop: {profile['concurrency']} calls in flight for {profile['closed_s']:g} s "
         f"(after {profile['warmup_s']:g} s of warm-up)",
         "",
-        "| scenario | decisions/s | errors | server µs | Postgres µs | Redis µs "
+        "| scenario | decisions/s | errors | server µs | Postgres µs | Redis µs | client µs "
         "| loadgen µs | total µs | decisions per Postgres commit | other processes (cores) "
         "| speed probe ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for s in run["scenarios"]:
         closed = next((p for p in s["phases"] if p["mode"] == "closed"), None)
         if closed is None:
-            lines.append(f"| {s['name']} | {s['status']} | | | | | | | | | |")
+            lines.append(f"| {s['name']} | {s['status']} | | | | | | | | | | |")
             continue
         lines.append(
             f"| {s['name']} | {_num(closed['throughput_per_s'])} | {closed['errors']} "
             f"| {_cpu(closed, 'server')} | {_cpu(closed, 'postgres')} | {_cpu(closed, 'redis')} "
-            f"| {_cpu(closed, 'loadgen')} | {_cpu(closed, 'total')} "
+            f"| {_cpu(closed, 'client')} | {_cpu(closed, 'loadgen')} | {_cpu(closed, 'total')} "
             f"| {_commits(closed)} | {_num(closed['cores_busy'].get('other_processes'), 2)} "
             f"| {_num(closed.get('cpu_speed_probe_ms'), 1)} |"
         )
@@ -106,10 +106,13 @@ def markdown(run: dict[str, Any]) -> str:
                 f"| {_cpu(p, 'server')} | {_cpu(p, 'total')} | {_commits(p)} |"
             )
         for skipped in s.get("skipped_phases", []):
+            capacity = skipped.get("capacity_per_s", s["throughput_per_s"])
+            basis = "closed-loop max" if capacity == s["throughput_per_s"] else "estimated"
             lines.append(
-                f"| {s['name']} | {_num(skipped['rate_per_s'])} | over capacity (closed-loop max "
-                f"{_num(s['throughput_per_s'])}/s): skipped | | | | | | | | | |"
+                f"| {s['name']} | {_num(skipped['rate_per_s'])} | over capacity ({basis} "
+                f"{_num(capacity)}/s): skipped | | | | | | | | | |"
             )
+    lines += _targets(run)
     gen = run.get("generator")
     if gen:
         lines += [
@@ -148,6 +151,58 @@ def markdown(run: dict[str, Any]) -> str:
     if notes:
         lines += ["", "## Notes", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _decided_by(phase: dict[str, Any]) -> str:
+    """Who decided a phase's requests, from what authswitch recorded of its client calls."""
+    parts = []
+    for group in phase.get("client_calls") or []:
+        who = "the client" if group["outcome"] == "CLIENT" else "stand-in"
+        if group["stand_in_reason"]:
+            who += f" ({group['stand_in_reason']})"
+        parts.append(
+            f"{_num(group['calls'])} by {who}, the call to the client taking p50 "
+            f"{_num(group['latency_p50_ms'], 2)} ms, p99 {_num(group['latency_p99_ms'], 2)} ms"
+        )
+    return "; ".join(parts) if parts else "no client call recorded"
+
+
+def _targets(run: dict[str, Any]) -> list[str]:
+    """A line per open-loop phase of each scenario with a latency target: met or not."""
+    lines = []
+    for s in run["scenarios"]:
+        target = s.get("target")
+        if not target:
+            continue
+        phases = {p["phase"]: p for p in s["phases"]}
+        for checked in target["phases"]:
+            verdict = {True: "met", False: "**not met**"}.get(
+                checked["met"], "undecided (the budget is within the p99's histogram bucket)"
+            )
+            added = _num(checked["added_ms"], 2)
+            if checked.get("added_floor_ms", checked["added_ms"]) != checked["added_ms"]:
+                added = f"{_num(checked['added_floor_ms'], 2)} to {added}"
+            lines.append(
+                f"* {s['name']}, {_num(checked['rate_per_s'])}/s: {target['text']}: p99 "
+                f"{_num(checked['p99_ms'], 2)} ms - {_num(target['baseline_ms'], 0)} ms = "
+                f"{added} ms added (budget {_num(target['budget_ms'], 0)} ms): {verdict}. "
+                f"Decided: {_decided_by(phases.get(checked['phase'], {}))}."
+            )
+        if not target["phases"]:
+            lines.append(f"* {s['name']}: {target['text']}: no open-loop phase was run")
+    if not lines:
+        return []
+    return [
+        "",
+        "## Targets",
+        "",
+        "From the open-loop phases: what each p99 adds to the latency the scenario has by "
+        "design (the client's own, or the deadline), from the lower to the upper bound of the "
+        "p99's histogram bucket when they differ; who decided, and the call to the client as "
+        "authswitch timed it (`client_calls`).",
+        "",
+        *lines,
+    ]
 
 
 _NUMBER_TRIPLE = re.compile(r"\[\s*(\d+),\s*(\d+),\s*(\d+)\s*\]")

@@ -263,6 +263,7 @@ async def _run(
             "open_rates": list(profile.open_rates),
             "open_s": profile.open_s,
             "spread_accounts": profile.spread_accounts,
+            "off_ledger_programs": profile.off_ledger_programs,
             "channels": profile.channels,
             "noisy_cores": profile.noisy_cores,
             "noisy_retries": profile.noisy_retries,

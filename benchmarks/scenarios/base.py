@@ -8,6 +8,11 @@
                          scenarios start from comparable table sizes
     teardown(ctx)        after its server stopped
 
+and, optionally: ``helper_pids`` (helper processes it started, such as an off-ledger
+client, whose CPU is measured with the server's), ``open_loop_capacity`` (the rate above
+which an open-loop phase is skipped), ``after_phase`` (figures of its own for each phase) and
+``target`` (a latency target checked against every open-loop phase).
+
 The harness (benchmarks/run.py) owns everything else, identically for every scenario: a
 fresh database and Redis key prefix, free ports, starting and stopping the server by pid,
 warm-up, the closed- and open-loop phases, and the CPU accounting. A scenario that cannot
@@ -25,15 +30,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 
-from benchmarks.loadgen import Workload
+from benchmarks.loadgen import Binaries, Workload
 from benchmarks.process import ServerSpec
 from benchmarks.profiles import Profile
 
-__all__ = ["Scenario", "ScenarioContext", "base_env"]
+__all__ = ["LatencyTarget", "Scenario", "ScenarioContext", "base_env"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,20 @@ class ScenarioContext:
     workdir: Path
     rng: random.Random
     say: Callable[[str], None]
+    binaries: Binaries  # the C++ builds: the generator, the echo server, the decision stub
+    free_listen: Callable[[], str]  # another host:port, checked free (for a helper server)
     python: str = sys.executable
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyTarget:
+    """A target on each open-loop phase's p99: at most ``baseline_ms + budget_ms``, where
+    the baseline is what the scenario waits by design (a client's own latency, a deadline)
+    and the budget what the switch may add to it."""
+
+    text: str  # the target as stated, for the report
+    baseline_ms: float
+    budget_ms: float
 
 
 def base_env() -> dict[str, str]:
@@ -64,6 +82,7 @@ def base_env() -> dict[str, str]:
 class Scenario:
     name: ClassVar[str]
     description: ClassVar[str]
+    target: ClassVar[LatencyTarget | None] = None
     in_quick: bool = True  # part of the quick (smoke) run unless named with --only
 
     def unavailable(self) -> str | None:
@@ -98,3 +117,19 @@ class Scenario:
 
     async def teardown(self, ctx: ScenarioContext) -> None:
         """After the server stopped (the harness drops the database and Redis keys)."""
+
+    def helper_pids(self) -> dict[str, int]:
+        """Processes this scenario started besides the server (a client it calls, say), by
+        the name of their CPU column: measured over each phase like the server."""
+        return {}
+
+    def open_loop_capacity(self, closed: dict[str, Any]) -> float | None:
+        """The rate (requests/s) whose open-loop phases would only measure a queue, from the
+        closed-loop phase's result: by default its throughput. None runs every rate (for a
+        closed loop bound by a fixed wait rather than by the server)."""
+        return float(closed["throughput_per_s"])
+
+    async def after_phase(self, ctx: ScenarioContext, message_id_prefix: str) -> dict[str, Any]:
+        """Figures of this scenario's own for the phase just measured, whose requests' message
+        ids all start with ``message_id_prefix``; added to the phase's result."""
+        return {}
