@@ -95,8 +95,8 @@ class Settings:
 
     grpc_max_message_bytes: int = 64 * 1024
     grpc_max_concurrent_streams: int = 1_000
-    # Authorisations in flight in this process; past it a new one is refused at once with
-    # RESOURCE_EXHAUSTED (overload: latency stays about this over the throughput).
+    # Authorisations in flight in this process's handlers (most waiting on Postgres or
+    # Redis); past it a new one is refused at once with RESOURCE_EXHAUSTED, nothing written.
     authorize_in_flight_max: int = 256
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each

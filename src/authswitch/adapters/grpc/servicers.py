@@ -159,9 +159,9 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         if not self._services.ready():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
         # Admission: past the limit a call is refused at once, before any work, so that
-        # under overload the calls taken in are answered in bounded time (the limit over
-        # the throughput) instead of every call waiting in an ever longer queue, and the
-        # gateway can try another replica or stand in while there is time.
+        # calls piling up on a slow store are bounded and the gateway can try another
+        # replica or stand in while there is time. (Under CPU overload calls queue before
+        # a handler runs, in grpcio's transport, where this cannot see them.)
         if self._in_flight >= self._in_flight_max:
             metrics.SHED.inc()
             await context.abort(
