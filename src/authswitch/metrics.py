@@ -158,5 +158,5 @@ FILE_DELIVERIES_PENDING = Gauge(
 SHED = Counter(
     "authswitch_authorizations_shed_total",
     "Authorisations refused RESOURCE_EXHAUSTED on arrival: AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX "
-    "were in flight (overload)",
+    "were in flight in the handlers (typically waiting on a slow store)",
 )
