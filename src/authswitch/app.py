@@ -37,7 +37,7 @@ from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
-from authswitch.adapters.redis.client import RedisClient, connect
+from authswitch.adapters.redis.client import RedisClient, RedisClients, connect_clients
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.config import Settings, load_card_keys
 from authswitch.domain.cardsec import CardKeys
@@ -110,6 +110,7 @@ class Application:
         # the main pool.
         self.reports_pool: asyncpg.Pool[Any] | None = None
         self.redis: RedisClient | None = None  # one server, or a Redis Cluster
+        self.redis_clients: RedisClients | None = None
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self.services = Services()
@@ -196,15 +197,18 @@ class Application:
             async with self.pool.acquire() as conn:
                 await migrate(conn, progress=log.info)
         # One server or a Redis Cluster (redis+cluster://...), by the URL: adapters/redis/client.py
-        self.redis = await connect(
+        self.redis_clients = await connect_clients(
             redis_url,
             pool_max=settings.redis_pool_max,
             timeout_s=settings.redis_timeout_ms / 1000,
         )
+        self.redis = self.redis_clients.admin
 
         store = CatalogStore(self.pool)
         cache = LedgerCache(
-            self.redis, settings.redis_key_prefix, marker_ttl_s=settings.idempotency_marker_ttl_s
+            self.redis_clients.ledger,
+            settings.redis_key_prefix,
+            marker_ttl_s=settings.idempotency_marker_ttl_s,
         )
         # A new generation: every account is reloaded from Postgres before its next
         # decision, so nothing a crashed process left in Redis decides anything.
@@ -399,8 +403,9 @@ class Application:
         for service in (getattr(self, "authorization", None), getattr(self, "poster", None)):
             if service is not None:
                 await service.drain()
-        if self.redis is not None:
-            await self.redis.aclose()
+        if self.redis_clients is not None:
+            await self.redis_clients.aclose()
+            self.redis_clients = None
             self.redis = None
         if self.reports_pool is not None:
             await self.reports_pool.close()

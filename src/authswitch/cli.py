@@ -287,16 +287,16 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
 async def _cache_if_reachable(settings: Settings) -> tuple[Any, Any]:
     """The Redis cache to compare, when one answers (the embedded one runs with serve)."""
     from authswitch.adapters.redis.cache import LedgerCache
-    from authswitch.adapters.redis.client import connect
+    from authswitch.adapters.redis.client import connect_clients
     from authswitch.embedded import EmbeddedRedis
 
     url = settings.redis_url or EmbeddedRedis(settings.data_dir).url
     try:
-        client = await connect(url, pool_max=4, timeout_s=2.0)  # one server or a cluster
+        clients = await connect_clients(url, pool_max=4, timeout_s=2.0)  # one or a cluster
     except Exception:
         print("authswitch: Redis not reachable, cache_equals_postgres skipped", file=sys.stderr)
         return None, None
-    return LedgerCache(client, settings.redis_key_prefix, marker_ttl_s=60), client
+    return LedgerCache(clients.ledger, settings.redis_key_prefix, marker_ttl_s=60), clients
 
 
 async def _reference_client(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from authswitch.adapters.redis.pipeline import PipelinedRedis, address_from_url
 from authswitch.app import Application
 from authswitch.embedded import EmbeddedRedis
 from authswitch.service.reconcile import Reconciler
@@ -117,7 +118,7 @@ async def test_sigkill_mid_load_then_restart(stores: Stores, tmp_path: Path) -> 
 
 async def _cache_equals_postgres(stores: Stores, card: IssuedCard) -> None:
     pool = await asyncpg.create_pool(stores.postgres_dsn, min_size=1, max_size=2)
-    client = aioredis.Redis.from_url(stores.redis_url)
+    client = PipelinedRedis(address_from_url(stores.redis_url), timeout_s=5.0)
     try:
         from authswitch.adapters.redis.cache import LedgerCache
         from authswitch.service.clock import SystemClock

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
 from authswitch.adapters.redis.cache import LedgerCache
+from authswitch.adapters.redis.pipeline import PipelinedRedis, address_from_url
 from authswitch.reference_client import ReferenceClient, serve_reference_client
 from authswitch.service.clock import SystemClock
 from authswitch.service.reconcile import Reconciler
@@ -142,7 +142,7 @@ async def test_no_overspend_and_each_hold_ages_off_once(
     assert ended == approved
     assert await replicas[2].figures(card.account_id) == (10_000, 10_000, 0)
     # Redis agrees with Postgres for that account, whichever replica loaded it last.
-    redis = aioredis.Redis.from_url(stores.redis_url)
+    redis = PipelinedRedis(address_from_url(stores.redis_url), timeout_s=5.0)
     try:
         cache = LedgerCache(redis, stores.redis_prefix + "r3", marker_ttl_s=60)
         account = await pool.fetchval(

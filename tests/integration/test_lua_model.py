@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from authswitch.adapters.redis.cache import AccountSnapshot, AuthorizeOutcome, LedgerCache
+from authswitch.adapters.redis.pipeline import PipelinedRedis, address_from_url
 from authswitch.domain.authorization import (
     CardState,
     CardStatus,
@@ -98,8 +99,9 @@ async def _run(
     checks_only: bool,
 ) -> tuple[AuthorizeOutcome, Balance | None, CardState, dict[str, tuple[int, int]]]:  # fmt: skip
     client = aioredis.Redis.from_url(stores.redis_url)
+    ledger = PipelinedRedis(address_from_url(stores.redis_url), timeout_s=5.0)
     try:
-        cache = LedgerCache(client, stores.redis_prefix + "-lua", marker_ttl_s=60)
+        cache = LedgerCache(ledger, stores.redis_prefix + "-lua", marker_ttl_s=60)
         cache.generation = 1
         account = secrets.token_hex(8)
         await cache.load(
@@ -132,6 +134,7 @@ async def _run(
         await client.delete(cache.keys.state(account))
         return outcome, after_balance, after_card, after_usage
     finally:
+        await ledger.aclose()
         await client.aclose()
 
 

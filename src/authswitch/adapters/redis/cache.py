@@ -34,6 +34,7 @@ overspend at commit (``admit_in_order``); this makes the cache right before it i
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -44,10 +45,11 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
-from authswitch.adapters.redis.client import ClusterClient, RedisClient
+from authswitch.adapters.redis.pipeline import Pipelined, PipelinedCluster, Reply
 from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
+from authswitch.futures import Detached, outlive_cancel
 
 __all__ = [
     "AccountSnapshot",
@@ -157,30 +159,69 @@ class _Script:
     EVAL of its source, which also caches it there. EVAL goes where the keys live, so it
     needs one round trip and no node but the key's own."""
 
-    def __init__(self, client: RedisClient, name: str, prelude: str) -> None:
+    def __init__(self, client: Pipelined, name: str, prelude: str) -> None:
         body = resources.files("authswitch.adapters.redis").joinpath("lua", f"{name}.lua")
         self.client = client
         self.source = prelude.encode() + body.read_bytes()
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        run = self.client.execute_command  # redis-py leaves Redis.execute_command untyped
-        try:
-            return await run("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-        except NoScriptError:
-            return await run("EVAL", self.source, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+    def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Reply]:
+        """Run the script on the node of ``keys[0]``; the future of its reply
+        (:class:`~authswitch.futures.Detached`: a cancelled caller never abandons it)."""
+        client, first = self.client, keys[0]
+        tried = client.keyed(first, "EVALSHA", self.sha, len(keys), *keys, *args)
+        outer: asyncio.Future[Reply] = Detached(loop=asyncio.get_running_loop())
+
+        def settle(done: asyncio.Future[Reply]) -> None:
+            error = done.exception()
+            if error is None:
+                outer.set_result(done.result())
+                return
+            if not isinstance(error, NoScriptError):
+                outer.set_exception(error)
+                return
+            try:  # not run: the server does not know the script
+                again = client.keyed(first, "EVAL", self.source, len(keys), *keys, *args)
+            except RedisError as exc:
+                outer.set_exception(exc)
+                return
+            again.add_done_callback(_copy_to(outer))
+
+        tried.add_done_callback(settle)
+        return outer
+
+
+def _copy_to(outer: asyncio.Future[Reply]) -> Any:
+    def copy(done: asyncio.Future[Reply]) -> None:
+        error = done.exception()
+        if error is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(done.result())
+
+    return copy
 
 
 class LedgerCache:
     """Typed access to the scripts; every method is one round trip."""
 
-    def __init__(self, client: RedisClient, prefix: str, *, marker_ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: Pipelined,
+        prefix: str,
+        *,
+        marker_ttl_s: int,
+        fenced: bool | None = None,
+    ) -> None:
+        """``fenced``: whether scripts check the data set they run on (module doc); by
+        default on a Redis Cluster only."""
         self.client = client
         self.keys = RedisKeys(prefix)
         self.marker_ttl_s = marker_ttl_s
         self.generation = 0
-        self.cluster = isinstance(client, ClusterClient)
-        prelude = _NODE_CLUSTER if self.cluster else _NODE_SINGLE
+        self.cluster = isinstance(client, PipelinedCluster)
+        self.fenced = self.cluster if fenced is None else fenced
+        prelude = _NODE_CLUSTER if self.fenced else _NODE_SINGLE
         self._authorize = _Script(client, "authorize", prelude)
         self._apply = _Script(client, "apply", prelude)
         self._adjust = _Script(client, "adjust", prelude)
@@ -194,9 +235,10 @@ class LedgerCache:
 
         Every account loaded under an older generation is reloaded on its next use.
         """
-        current = await self.client.get(self.keys.generation)
+        key = self.keys.generation
+        current = await self.client.keyed(key, "GET", key)
         generation = max(int(current or 0) + 1, floor)
-        await self.client.set(self.keys.generation, generation)
+        await self.client.keyed(key, "SET", key, generation)
         self.generation = generation
         return generation
 
@@ -208,7 +250,8 @@ class LedgerCache:
         failover while the account's own node answers — keeps the current one.
         """
         try:
-            current = int(await self.client.get(self.keys.generation) or 0)
+            key = self.keys.generation
+            current = int(await self.client.keyed(key, "GET", key) or 0)
         except RedisError as exc:
             log.debug("generation not read", extra={"error": type(exc).__name__})
             return self.generation
@@ -256,7 +299,9 @@ class LedgerCache:
         args.append(len(charges.free_uses))
         for free in charges.free_uses:
             args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
-        reply: Sequence[Any] = await self._authorize(keys, args)
+        # Once sent, the step's outcome must be known: a cancelled caller still makes it
+        # durable or undoes it (futures.py).
+        reply: Sequence[Any] = await outlive_cancel(self._authorize(keys, args))
         tag = reply[0]
         if tag == b"OK":
             (
@@ -324,7 +369,7 @@ class LedgerCache:
         ]
         for key, amount, uses in usage:
             args += [key, amount, uses]
-        reply: Sequence[Any] = await self._apply(keys, args)
+        reply: Sequence[Any] = await outlive_cancel(self._apply(keys, args))
         tag = reply[0]
         if tag == b"OK":
             return ApplyResult("OK", Balance(reply[2], reply[3]), reply[1])
@@ -379,11 +424,13 @@ class LedgerCache:
 
     async def invalidate(self, account_id: str) -> None:
         """Drop the account's state; the next use reloads it from Postgres."""
-        await self.client.delete(self.keys.state(account_id))
+        key = self.keys.state(account_id)
+        await self.client.keyed(key, "DEL", key)
 
     async def forget_marker(self, account_id: str, source: str, message_id: str) -> None:
         """Remove an idempotency marker of a request that left nothing durable (a 96)."""
-        await self.client.delete(self.keys.marker(account_id, source, message_id))
+        key = self.keys.marker(account_id, source, message_id)
+        await self.client.keyed(key, "DEL", key)
 
     async def read_balances(self, account_id: str) -> dict[str, Balance] | None:
         """The cached balances of an account, or None when not loaded (for reconciliation)."""

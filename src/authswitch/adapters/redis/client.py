@@ -32,6 +32,8 @@ connections" error.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
@@ -43,13 +45,21 @@ from redis.exceptions import ClusterDownError, ClusterError, RedisError, SlotNot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from authswitch.adapters.redis.pipeline import (
+    Pipelined,
+    PipelinedCluster,
+    PipelinedRedis,
+    address_from_url,
+)
 from authswitch.errors import ConfigError
 
 __all__ = [
     "CLUSTER_SCHEMES",
     "ClusterClient",
     "RedisClient",
+    "RedisClients",
     "connect",
+    "connect_clients",
     "is_cluster_url",
     "open_client",
 ]
@@ -202,3 +212,41 @@ async def connect(url: str, *, pool_max: int, timeout_s: float) -> RedisClient:
         await client.aclose()
         raise
     return client
+
+
+@dataclass(frozen=True, slots=True)
+class RedisClients:
+    """Both clients of one Redis deployment: redis-py's (administration, and a cluster's
+    topology), and the pipelined one the ledger's scripts run on (``pipeline.py``)."""
+
+    admin: RedisClient
+    ledger: Pipelined
+
+    async def aclose(self) -> None:
+        try:
+            await self.ledger.aclose()
+        finally:
+            await self.admin.aclose()
+
+
+async def connect_clients(url: str, *, pool_max: int, timeout_s: float) -> RedisClients:
+    """Both clients for ``url``, connected (a cluster: its topology learnt)."""
+    admin = await connect(url, pool_max=pool_max, timeout_s=timeout_s)
+    ledger: PipelinedRedis | PipelinedCluster
+    try:
+        if isinstance(admin, ClusterClient):
+            login = _cluster_kwargs(url)
+            ledger = PipelinedCluster(
+                admin,
+                timeout_s=timeout_s,
+                username=login["username"],
+                password=login["password"],
+                tls=ssl.create_default_context() if login["ssl"] else None,
+            )
+        else:
+            ledger = PipelinedRedis(address_from_url(url), timeout_s=timeout_s)
+        await ledger.connect()
+    except BaseException:
+        await admin.aclose()
+        raise
+    return RedisClients(admin, ledger)
