@@ -18,6 +18,7 @@ __all__ = [
     "COMMIT_QUEUE_WAIT_SECONDS",
     "DECISIONS",
     "DECISION_SECONDS",
+    "EXPIRED",
     "FILE_DELIVERIES",
     "FILE_DELIVERIES_PENDING",
     "GRPC_HANDLED",
@@ -159,4 +160,9 @@ SHED = Counter(
     "authswitch_authorizations_shed_total",
     "Authorisations refused RESOURCE_EXHAUSTED on arrival: AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX "
     "were in flight in the handlers (typically waiting on a slow store)",
+)
+EXPIRED = Counter(
+    "authswitch_authorizations_expired_total",
+    "Authorisations refused DEADLINE_EXCEEDED on arrival, undecided: their gRPC deadline had "
+    "passed while they queued (the caller had given up on them).",
 )

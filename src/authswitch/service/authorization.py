@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -49,12 +47,15 @@ from authswitch.domain.records import (
     LedgerWrite,
     Notification,
     Posting,
+    UsageChange,
 )
 from authswitch.errors import InternalError
+from authswitch.futures import Detached
 from authswitch.service.cache_sync import CacheSync
-from authswitch.service.catalog import Catalog
+from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
+from authswitch.service.ids import authorization_code, new_id
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
 
@@ -138,22 +139,25 @@ class _HoldPlan:
     validity_days: int
 
 
-class _Trace:
-    """What the metrics need to know of a decision once it is made."""
-
-    __slots__ = ("mode",)
-
-    def __init__(self) -> None:
-        self.mode = "on_ledger"
-
-
-@dataclass(frozen=True, slots=True)
 class _Context:
-    request: AuthorizationRequest
-    fingerprint: bytes
-    received: datetime
-    started: float = 0.0  # time.perf_counter() when the request arrived
-    trace: _Trace = field(default_factory=_Trace)
+    """One authorisation being decided: the request, and what was derived from it on arrival."""
+
+    __slots__ = ("deadline_s", "fingerprint", "mode", "received", "request", "started")
+
+    def __init__(
+        self,
+        request: AuthorizationRequest,
+        fingerprint: bytes,
+        received: datetime,
+        started: float = 0.0,
+        deadline_s: float | None = None,
+    ) -> None:
+        self.request = request
+        self.fingerprint = fingerprint
+        self.received = received
+        self.started = started  # time.perf_counter() when the request arrived
+        self.deadline_s = deadline_s  # time.monotonic() when its caller gives up, if known
+        self.mode = "on_ledger"  # for the metrics: who decided
 
 
 class AuthorizationService:
@@ -182,65 +186,87 @@ class AuthorizationService:
         # arriving meanwhile waits for the original's durable answer.
         self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Metric children by (mode, transaction type, response code).
+        self._counted: dict[tuple[str, int, str], tuple[Any, Any]] = {}
 
     async def authorize(
-        self, request: AuthorizationRequest, canonical: bytes
-    ) -> pb.AuthorizeResponse:
-        """Decide one authorisation; never raises for a fault, which is answered 96.
+        self,
+        request: AuthorizationRequest,
+        canonical: bytes,
+        *,
+        deadline_s: float | None = None,
+    ) -> bytes:
+        """Decide one authorisation; the response's bytes. Never raises for a fault, which
+        is answered 96.
 
         ``canonical`` is the request's deterministic encoding, the payload compared for
-        idempotency.
+        idempotency; ``deadline_s`` (``time.monotonic()``) when the caller gives up.
+
+        Runs in the caller's task, with no task of its own: once Redis has been asked to
+        reserve funds, a cancellation of the caller waits for that step and the commit to
+        finish (``futures.py``), so the in-flight bookkeeping always holds.
         """
         started = time.perf_counter()
         reason = validate(request, self.catalog.assets)
-        trace = _Trace()
-        if reason in (Reason.FORMAT_ERROR, Reason.INVALID_AMOUNT):
+        mode = "on_ledger"
+        if reason is Reason.FORMAT_ERROR or reason is Reason.INVALID_AMOUNT:
             # A malformed request is answered and nothing is written.
-            response = response_for(reason, detail=_FORMAT_DETAIL[reason])
+            response = _FORMAT_RESPONSES[reason]
+            code = outcome(reason).response_code
         else:
             ctx = _Context(
-                request, self.keys.fingerprint(canonical), self.clock.now(), started, trace
+                request, self.keys.fingerprint(canonical), self.clock.now(), started, deadline_s
             )
-            # Runs to completion even if the caller goes away: once Redis has reserved funds
-            # the write must finish for the in-flight bookkeeping to hold.
-            task = asyncio.ensure_future(self._answer(ctx, reason))
             try:
-                response = await asyncio.shield(task)
+                stored = await self._answer(ctx, reason)
             except Exception as exc:
                 log.error(
                     "authorisation failed, answered 96",
                     extra={"error": type(exc).__name__, "message_id": request.message_id},
                     exc_info=not isinstance(exc, InternalError),
                 )
-                response = response_for(Reason.SYSTEM_ERROR, detail="internal error")
-        metrics.DECISIONS.labels(
-            trace.mode, _TYPE_LABELS.get(request.transaction_type, "other"), response.response_code
-        ).inc()
-        metrics.DECISION_SECONDS.labels(trace.mode).observe(time.perf_counter() - started)
+                response, code = _SYSTEM_ERROR_RESPONSE, _SYSTEM_ERROR_CODE
+            else:
+                if stored.fingerprint != ctx.fingerprint:
+                    response, code = _MISMATCH_RESPONSE, _MISMATCH_CODE
+                else:
+                    response, code = stored.response, stored.response_code
+            mode = ctx.mode
+        counted = self._counted.get((mode, request.transaction_type, code))
+        if counted is None:
+            counted = self._count(mode, request.transaction_type, code)
+        counted[0].inc()
+        counted[1].observe(time.perf_counter() - started)
         return response
 
-    async def _answer(self, ctx: _Context, early: Reason | None) -> pb.AuthorizeResponse:
+    def _count(self, mode: str, transaction_type: int, code: str) -> tuple[Any, Any]:
+        """The metric children of a decision's labels, bound once (bounded sets)."""
+        children = (
+            metrics.DECISIONS.labels(mode, _TYPE_LABELS.get(transaction_type, "other"), code),
+            metrics.DECISION_SECONDS.labels(mode),
+        )
+        self._counted[(mode, transaction_type, code)] = children
+        return children
+
+    async def _answer(self, ctx: _Context, early: Reason | None) -> StoredDecision:
         request = ctx.request
         key = (request.source, request.message_id)
         original = self._originals.get(key)
         if original is not None:  # a retransmission while the original is in flight here
-            stored = await asyncio.shield(original)
+            return await original
+        future: asyncio.Future[StoredDecision] = Detached(loop=asyncio.get_running_loop())
+        self._originals[key] = future
+        try:
+            stored = await self._decide(ctx, early)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: waiters re-raise it themselves
+            raise
         else:
-            future: asyncio.Future[StoredDecision] = asyncio.get_running_loop().create_future()
-            self._originals[key] = future
-            try:
-                stored = await self._decide(ctx, early)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # marked retrieved: waiters re-raise it themselves
-                raise
-            else:
-                future.set_result(stored)
-            finally:
-                del self._originals[key]
-        if stored.fingerprint != ctx.fingerprint:
-            return response_for(Reason.DUPLICATE_MISMATCH, detail="message id reused")
-        return pb.AuthorizeResponse.FromString(stored.response)
+            future.set_result(stored)
+        finally:
+            del self._originals[key]
+        return stored
 
     async def _decide(self, ctx: _Context, early: Reason | None) -> StoredDecision:
         """Decide and make durable; returns what is durable under the message id."""
@@ -248,16 +274,20 @@ class AuthorizationService:
         if early is not None:  # the PAN failed its form check: declined 14 without a lookup
             return await self._record_without_card(ctx, early)
         pan_hmac = self.keys.pan_hmac(request.pan)
-        card = await self.catalog.card(pan_hmac)
+        catalog = self.catalog
+        # The catalogue is cached in process: a hit costs no await.
+        card = catalog.peek_card(pan_hmac)
+        if card is NOT_CACHED:
+            card = await catalog.card(pan_hmac)
         if card is None:
             return await self._record_without_card(ctx, Reason.UNKNOWN_CARD)
-        product = await self.catalog.product(card.product_id)
-        program = await self.catalog.program(card.program_id)
+        product = catalog.peek_product(card.product_id) or await catalog.product(card.product_id)
+        program = catalog.peek_program(card.program_id) or await catalog.program(card.program_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
         job = Job(ctx, card, product, program, pre)
         if program.mode == "OFF_LEDGER":
             assert self.offledger is not None, "off-ledger switching is not wired"
-            ctx.trace.mode = "off_ledger"
+            ctx.mode = "off_ledger"
             return await self.offledger.decide(job)
         return await self.on_ledger(job)
 
@@ -266,15 +296,20 @@ class AuthorizationService:
         ledger of an off-ledger program whose client did not answer (``stand_in``)."""
         ctx, card, product, program, pre = job.ctx, job.card, job.product, job.program, job.pre
         request = ctx.request
-        partial = request.partial_allowed and request.type in PARTIAL_APPROVAL_TYPES
-        charges = await self.charges.for_authorization(
+        partial = request.partial_allowed and request.transaction_type in PARTIAL_APPROVAL_TYPES
+        charges = self.charges.peek_for_authorization(
+            product.id, program, request, card_id=card.card_id, account_id=card.account_id,
+            at=ctx.received,
+        ) or await self.charges.for_authorization(
             product.id, program, card_id=card.card_id, account_id=card.account_id,
             transaction_type=request.transaction_type, channel=request.channel,
             mcc=request.mcc, merchant_country=request.merchant_country,
             asset=request.billing_asset, amount_minor=request.billing_amount_minor,
             at=ctx.received,
         )  # fmt: skip
-        hold_plan = await self._hold_plan(job)
+        hold_plan = self._plain_hold_plan(job)
+        if request.incremental:
+            hold_plan = await self._incremental_hold_plan(job, hold_plan)
 
         async def attempt() -> AuthorizeOutcome | Miss | Duplicate:
             return await self.cache.authorize(
@@ -297,25 +332,34 @@ class AuthorizationService:
 
         return await self.redis_step(job, attempt, finish)
 
-    async def _hold_plan(self, job: Job) -> _HoldPlan:
+    def _plain_hold_plan(self, job: Job) -> _HoldPlan:
         request, product = job.ctx.request, job.product
-        plan = _HoldPlan(
+        return _HoldPlan(
             network_reference=request.network_reference,
             kind="AUTHORIZATION",
             validity_days=hold_validity_days(
                 product.hold_validity_days, product.hold_validity_by_mcc, request.mcc
             ),
         )
-        if request.incremental:
-            # An increment joins its original's transaction, so that clearings of it
-            # release both; without an open original it is an authorisation of its own.
-            original = await self.store.hold_by_message(request.source, request.original_message_id)
-            if (
-                original is not None
-                and original.status == "OPEN"
-                and original.card_id == job.card.card_id
-            ):
-                plan = _HoldPlan(original.network_reference, "INCREMENTAL", plan.validity_days)
+
+    async def _incremental_hold_plan(self, job: Job, plan: _HoldPlan) -> _HoldPlan:
+        """An increment joins its original's transaction, so that clearings of it release
+        both; without an open original it is an authorisation of its own."""
+        request = job.ctx.request
+        original = await self.store.hold_by_message(request.source, request.original_message_id)
+        if (
+            original is not None
+            and original.status == "OPEN"
+            and original.card_id == job.card.card_id
+        ):
+            return _HoldPlan(original.network_reference, "INCREMENTAL", plan.validity_days)
+        return plan
+
+    async def hold_plan(self, job: Job) -> _HoldPlan:
+        """Where a hold of ``job`` belongs (its transaction, kind and validity)."""
+        plan = self._plain_hold_plan(job)
+        if job.ctx.request.incremental:
+            plan = await self._incremental_hold_plan(job, plan)
         return plan
 
     async def redis_step(
@@ -412,28 +456,30 @@ class AuthorizationService:
         stand_in: StandIn | None = None,
     ) -> LedgerWrite:
         request = ctx.request
-        decision_id = str(uuid.uuid4())
-        approved = result.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED)
+        decision_id = new_id()
+        approved = result.reason is Reason.APPROVED or result.reason is Reason.PARTIALLY_APPROVED
         response = response_for(
             result.reason,
             asset=request.billing_asset,
             approved_minor=result.approved_minor,
             fee_minor=result.fee_minor,
             balance=result.balance if approved else None,
-            authorization_code=f"{secrets.randbelow(1_000_000):06d}" if approved else "",
+            authorization_code=authorization_code() if approved else "",
             decision_id=decision_id,
         )
         if stand_in is not None:
             response.stand_in = True
             response.stand_in_reason = stand_in.reason  # type: ignore[assignment]
-        record = self.record(ctx, decision_id, result.reason, response, card, result)
+        record = self.record(
+            ctx, decision_id, result.reason, response.SerializeToString(), card, result
+        )
         holds: tuple[HoldRecord, ...] = ()
         changes: tuple[BalanceChange, ...] = ()
         refusal: Callable[[], DecisionRecord] | None = None
         if result.held_minor:
             holds = (
                 HoldRecord(
-                    id=str(uuid.uuid4()),
+                    id=new_id(),
                     account_id=card.account_id,
                     asset=request.billing_asset,
                     card_id=card.card_id,
@@ -460,7 +506,7 @@ class AuthorizationService:
             def refusal() -> DecisionRecord:
                 declined = response_for(
                     Reason.INSUFFICIENT_FUNDS, asset=request.billing_asset, decision_id=decision_id
-                )
+                ).SerializeToString()
                 return self.record(
                     ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None
                 )
@@ -474,7 +520,7 @@ class AuthorizationService:
             )
             entries = (
                 JournalEntry(
-                    id=str(uuid.uuid4()),
+                    id=new_id(),
                     program_id=program.id,
                     kind="FEE",
                     postings=(
@@ -494,7 +540,7 @@ class AuthorizationService:
             kind = "FEE_NOT_APPLIED" if result.fee_mode is FeeMode.NOT_APPLIED else "FEE"
             notifications = (
                 Notification(
-                    id=str(uuid.uuid4()),
+                    id=new_id(),
                     program_id=program.id,
                     kind=kind,
                     payload={
@@ -514,12 +560,14 @@ class AuthorizationService:
                     sinks=program.sinks,
                 ),
             )
-        deltas = counter_deltas(
-            result.reason, zero_value=request.is_zero_value,
-            approved_minor=result.approved_minor, charged_minor=result.fee_minor,
-            fee_mode=result.fee_mode, charges=charges,
-        )  # fmt: skip
-        usage = usage_changes(card.account_id, deltas, expiries_of(charges))
+        usage: tuple[UsageChange, ...] = ()
+        if charges.limits or charges.free_uses:
+            deltas = counter_deltas(
+                result.reason, zero_value=request.is_zero_value,
+                approved_minor=result.approved_minor, charged_minor=result.fee_minor,
+                fee_mode=result.fee_mode, charges=charges,
+            )  # fmt: skip
+            usage = usage_changes(card.account_id, deltas, expiries_of(charges))
         updates: tuple[CardUpdate, ...] = ()
         if result.pin_tries_changed or result.pin_changed:
             updates = (
@@ -532,7 +580,7 @@ class AuthorizationService:
         if result.pin_blocked_now:
             notifications += (
                 Notification(
-                    id=str(uuid.uuid4()),
+                    id=new_id(),
                     program_id=program.id,
                     kind="PIN_TRIES_EXCEEDED",
                     payload={"source": request.source, "message_id": request.message_id},
@@ -563,7 +611,7 @@ class AuthorizationService:
         ctx: _Context,
         decision_id: str,
         reason: Reason,
-        response: pb.AuthorizeResponse,
+        response: bytes,
         card: CardFacts | None,
         result: AuthorizeOutcome | None,
     ) -> DecisionRecord:
@@ -582,13 +630,13 @@ class AuthorizationService:
             fee_minor=result.fee_minor if result else 0,
             response_code=outcome(reason).response_code,
             reason=int(reason),
-            response=response.SerializeToString(),
+            response=response,
             created_at=ctx.received,
         )
 
     async def _record_without_card(self, ctx: _Context, reason: Reason) -> StoredDecision:
-        decision_id = str(uuid.uuid4())
-        response = response_for(reason, decision_id=decision_id)
+        decision_id = new_id()
+        response = response_for(reason, decision_id=decision_id).SerializeToString()
         record = self.record(ctx, decision_id, reason, response, None, None)
         written = await self.committer.submit(LedgerWrite(decision=record))
         return written.decision
@@ -615,6 +663,19 @@ _FORMAT_DETAIL = {
         "invalid amount: missing, negative, too large, or not zero for a non-financial request"
     ),
 }
+# Answers that depend on nothing but their reason, serialised once.
+_FORMAT_RESPONSES = {
+    reason: response_for(reason, detail=detail).SerializeToString()
+    for reason, detail in _FORMAT_DETAIL.items()
+}
+_SYSTEM_ERROR_RESPONSE = response_for(
+    Reason.SYSTEM_ERROR, detail="internal error"
+).SerializeToString()
+_SYSTEM_ERROR_CODE = outcome(Reason.SYSTEM_ERROR).response_code
+_MISMATCH_RESPONSE = response_for(
+    Reason.DUPLICATE_MISMATCH, detail="message id reused"
+).SerializeToString()
+_MISMATCH_CODE = outcome(Reason.DUPLICATE_MISMATCH).response_code
 
 _TYPE_LABELS = {
     1: "purchase", 2: "cash_withdrawal", 3: "balance_enquiry", 4: "account_verification",

@@ -9,7 +9,9 @@ at once; other processes drop them through Postgres NOTIFY (``catalog_changed``)
 from __future__ import annotations
 
 import collections
+import enum
 import time
+from typing import Literal
 
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.domain.authorization import CardFacts
@@ -17,10 +19,18 @@ from authswitch.domain.fees import FeeSchedule
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import Asset
 
-__all__ = ["Catalog"]
+__all__ = ["NOT_CACHED", "Catalog"]
 
 # An unknown PAN is remembered briefly so that a flood of them does not each cost a query.
 UNKNOWN_CARD_TTL_S = 5.0
+
+
+class _NotCached(enum.Enum):
+    NOT_CACHED = "not cached"
+
+
+# What ``Catalog.peek_card`` says of a card this process has not looked up (recently).
+NOT_CACHED: Literal[_NotCached.NOT_CACHED] = _NotCached.NOT_CACHED
 
 
 class Catalog:
@@ -37,6 +47,33 @@ class Catalog:
 
     async def load(self) -> None:
         self.assets = await self.store.assets()
+
+    def peek_card(self, pan_hmac: bytes) -> CardFacts | Literal[_NotCached.NOT_CACHED] | None:
+        """The cached card (None: known not to exist), or NOT_CACHED; no I/O."""
+        entry = self._cards.get(pan_hmac)
+        if isinstance(entry, CardFacts):
+            self._cards.move_to_end(pan_hmac)
+            return entry
+        if entry is not None and time.monotonic() < entry:
+            return None
+        return NOT_CACHED
+
+    def peek_program(self, program_id: str) -> ProgramRow | None:
+        """The cached program, or None when not cached; no I/O."""
+        return self._programs.get(program_id)
+
+    def peek_product(self, product_id: str) -> ProductRow | None:
+        """The cached product, or None when not cached; no I/O."""
+        return self._products.get(product_id)
+
+    def peek_fees_and_limits(self, product_id: str) -> tuple[list[FeeSchedule], list[Limit]] | None:
+        """The cached fee schedules and limits of a product, or None when either is not
+        cached; no I/O."""
+        fees = self._fees.get(product_id)
+        limits = self._limits.get(product_id)
+        if fees is None or limits is None:
+            return None
+        return fees, limits
 
     async def card(self, pan_hmac: bytes) -> CardFacts | None:
         entry = self._cards.get(pan_hmac)

@@ -7,9 +7,22 @@ from __future__ import annotations
 from datetime import datetime
 
 from authswitch.adapters.postgres.store import ProgramRow
-from authswitch.domain.authorization import Charges, CounterCheck, FreeUseCheck
-from authswitch.domain.fees import FeeContext, FeeQuote, Stage, quote, schedule_in_force
-from authswitch.domain.limits import counter_for_limit, free_use_counter
+from authswitch.domain.authorization import (
+    NO_CHARGES,
+    AuthorizationRequest,
+    Charges,
+    CounterCheck,
+    FreeUseCheck,
+)
+from authswitch.domain.fees import (
+    FeeContext,
+    FeeQuote,
+    FeeSchedule,
+    Stage,
+    quote,
+    schedule_in_force,
+)
+from authswitch.domain.limits import Limit, counter_for_limit, free_use_counter
 from authswitch.domain.records import UsageChange
 from authswitch.service.catalog import Catalog
 
@@ -43,39 +56,82 @@ class ChargeCalculator:
         self, product_id: str, program: ProgramRow, *, card_id: str, account_id: str,
         transaction_type: int, asset: str, at: datetime,
     ) -> tuple[CounterCheck, ...]:  # fmt: skip
-        checks: list[CounterCheck] = []
-        for limit in await self.catalog.limits(product_id):
-            if not limit.applies(transaction_type, asset):
-                continue
-            counter = counter_for_limit(limit, card_id, account_id, at, program.time_zone)
-            checks.append(
-                CounterCheck(
-                    counter.key, counter.previous, counter.amount_max_minor, counter.count_max,
-                    counter.expires_at,
-                )
-            )  # fmt: skip
-        return tuple(checks)
+        return _limit_counters(
+            await self.catalog.limits(product_id), program, card_id=card_id,
+            account_id=account_id, transaction_type=transaction_type, asset=asset, at=at,
+        )  # fmt: skip
+
+    def peek_for_authorization(
+        self, product_id: str, program: ProgramRow, request: AuthorizationRequest, *,
+        card_id: str, account_id: str, at: datetime,
+    ) -> Charges | None:  # fmt: skip
+        """The charges of an authorisation when the product's fees and limits are cached
+        (no I/O), else None."""
+        cached = self.catalog.peek_fees_and_limits(product_id)
+        if cached is None:
+            return None
+        schedules, limits = cached
+        if not schedules and not limits:
+            return NO_CHARGES
+        return _charges(
+            schedules, limits, program, card_id=card_id, account_id=account_id,
+            transaction_type=request.transaction_type, channel=request.channel,
+            mcc=request.mcc, merchant_country=request.merchant_country,
+            asset=request.billing_asset, amount_minor=request.billing_amount_minor, at=at,
+        )  # fmt: skip
 
     async def for_authorization(
         self, product_id: str, program: ProgramRow, *, card_id: str, account_id: str,
         transaction_type: int, channel: int, mcc: str, merchant_country: str, asset: str,
         amount_minor: int, at: datetime,
     ) -> Charges:  # fmt: skip
-        context = FeeContext(
-            Stage.AUTHORIZATION, transaction_type, channel, mcc,
-            is_international(program, merchant_country), asset, amount_minor,
+        return _charges(
+            await self.catalog.fee_schedules(product_id), await self.catalog.limits(product_id),
+            program, card_id=card_id, account_id=account_id, transaction_type=transaction_type,
+            channel=channel, mcc=mcc, merchant_country=merchant_country, asset=asset,
+            amount_minor=amount_minor, at=at,
         )  # fmt: skip
-        fees = await self.fee_quote(product_id, at, context)
-        free_uses = []
-        for fee in fees.after_free_uses:
-            counter = free_use_counter(fee.rule_id, fee.free_period, card_id, at, program.time_zone)
-            check = CounterCheck(counter.key, counter.previous, expires_at=counter.expires_at)
-            free_uses.append(FreeUseCheck(check, fee.free_uses, fee.fee_minor))
-        limits = await self.limit_counters(
-            product_id, program, card_id=card_id, account_id=account_id,
-            transaction_type=transaction_type, asset=asset, at=at,
+
+
+def _limit_counters(
+    limits: list[Limit], program: ProgramRow, *, card_id: str, account_id: str,
+    transaction_type: int, asset: str, at: datetime,
+) -> tuple[CounterCheck, ...]:  # fmt: skip
+    checks: list[CounterCheck] = []
+    for limit in limits:
+        if not limit.applies(transaction_type, asset):
+            continue
+        counter = counter_for_limit(limit, card_id, account_id, at, program.time_zone)
+        checks.append(
+            CounterCheck(
+                counter.key, counter.previous, counter.amount_max_minor, counter.count_max,
+                counter.expires_at,
+            )
         )  # fmt: skip
-        return Charges(fees.fixed_minor, fees.on_decline_minor, limits, tuple(free_uses))
+    return tuple(checks)
+
+
+def _charges(
+    schedules: list[FeeSchedule], limits: list[Limit], program: ProgramRow, *, card_id: str,
+    account_id: str, transaction_type: int, channel: int, mcc: str, merchant_country: str,
+    asset: str, amount_minor: int, at: datetime,
+) -> Charges:  # fmt: skip
+    """The fees and limits of an authorisation, from its product's schedules and limits."""
+    context = FeeContext(
+        Stage.AUTHORIZATION, transaction_type, channel, mcc,
+        is_international(program, merchant_country), asset, amount_minor,
+    )  # fmt: skip
+    fees = quote(schedule_in_force(schedules, at), context)
+    free_uses = []
+    for fee in fees.after_free_uses:
+        counter = free_use_counter(fee.rule_id, fee.free_period, card_id, at, program.time_zone)
+        check = CounterCheck(counter.key, counter.previous, expires_at=counter.expires_at)
+        free_uses.append(FreeUseCheck(check, fee.free_uses, fee.fee_minor))
+    checks = _limit_counters(
+        limits, program, card_id=card_id, account_id=account_id,
+        transaction_type=transaction_type, asset=asset, at=at,
+    )  # fmt: skip
+    return Charges(fees.fixed_minor, fees.on_decline_minor, checks, tuple(free_uses))
 
 
 def expiries_of(charges: Charges) -> dict[str, datetime]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-import uuid
 from datetime import timedelta
 
 import grpc
@@ -55,6 +54,7 @@ from authswitch.service.authorization import (
 )
 from authswitch.service.charges import is_international
 from authswitch.service.clock import Clock
+from authswitch.service.ids import new_id
 from authswitch.v1 import common_pb2, decision_pb2
 
 __all__ = ["OffLedgerService"]
@@ -126,9 +126,11 @@ class OffLedgerService:
 
     def _declined_by_checks(self, job: Job, checks: AuthorizeOutcome) -> LedgerWrite:
         ctx, card = job.ctx, job.card
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         response = response_for(checks.reason, decision_id=decision_id)
-        record = self.auth.record(ctx, decision_id, checks.reason, response, card, None)
+        record = self.auth.record(
+            ctx, decision_id, checks.reason, response.SerializeToString(), card, None
+        )
         return LedgerWrite(
             decision=record,
             card_updates=self._card_updates(job, checks),
@@ -158,7 +160,7 @@ class OffLedgerService:
         request = ctx.request
         routing = program.routing
         fee = await self._fee(job)
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         if routing is None:
             return await self._stand_in(job, checks, StandInReason.NOT_CONFIGURED, None, fee)
         breaker = self.breaker(program.id, routing)
@@ -238,7 +240,9 @@ class OffLedgerService:
             decision_id=decision_id,
         )
         response.response_code = answer.response_code
-        record = self.auth.record(ctx, decision_id, answer.reason, response, card, None)
+        record = self.auth.record(
+            ctx, decision_id, answer.reason, response.SerializeToString(), card, None
+        )
         call = ClientCall(
             source=request.source,
             message_id=request.message_id,
@@ -281,9 +285,9 @@ class OffLedgerService:
             # decision; the reload brings the shadow ledger back in step with Postgres.
             await self.auth.sync.refresh(card.account_id, "shadow")
             return await self._commit_plain(write)
-        plan = await self.auth._hold_plan(job)
+        plan = await self.auth.hold_plan(job)
         hold = HoldRecord(
-            id=str(uuid.uuid4()),
+            id=new_id(),
             account_id=card.account_id,
             asset=request.billing_asset,
             card_id=card.card_id,
@@ -349,7 +353,7 @@ class OffLedgerService:
             stand_in = StandIn(reason.value, call, (advice,))
             return await self.auth.on_ledger(job, stand_in)
 
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         approved = False
         usage: tuple[UsageChange, ...] = ()
         if policy is StandInPolicy.APPROVE and routing is not None:
@@ -365,7 +369,9 @@ class OffLedgerService:
         )
         response.stand_in = True
         response.stand_in_reason = reason.value  # type: ignore[assignment]
-        record = self.auth.record(ctx, decision_id, reason_code, response, card, None)
+        record = self.auth.record(
+            ctx, decision_id, reason_code, response.SerializeToString(), card, None
+        )
         notifications = self._pin_notification(job, checks)
         if approved:
             payload = _advice_payload(job, reason, policy)
@@ -427,7 +433,7 @@ def _auth_code() -> str:
 
 def _notification(job: Job, kind: str, payload: dict[str, object]) -> Notification:
     return Notification(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         program_id=job.program.id,
         kind=kind,
         payload=payload,

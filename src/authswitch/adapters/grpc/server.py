@@ -9,16 +9,16 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from authswitch.adapters.grpc.access import AccessPolicy, server_credentials
-from authswitch.adapters.grpc.interceptors import CallInterceptor
+from authswitch.adapters.grpc.calls import Behaviour, observed
 from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
 from authswitch.config import Settings
 from authswitch.v1 import authorization_pb2, ledger_admin_pb2
 
-__all__ = ["SERVICE_NAMES", "HealthServicer", "add_service", "build_server"]
+__all__ = ["SERVICE_NAMES", "HealthServicer", "add_health", "add_service", "build_server"]
 
 # grpcio-health-checking's asyncio servicer (its stubs do not declare the ``aio`` module).
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
@@ -76,21 +76,55 @@ def _refusing_malformed(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Any:
     return handle
 
 
-def add_service(server: grpc.aio.Server, servicer: object, descriptor: ServiceDescriptor) -> None:
-    """Register ``servicer`` for ``descriptor``'s unary methods, answering INVALID_ARGUMENT
-    to a request that does not parse (grpcio's generated registration would say INTERNAL)."""
+def add_service(
+    server: grpc.aio.Server,
+    servicer: object,
+    descriptor: ServiceDescriptor,
+    policy: AccessPolicy,
+    *,
+    raw: dict[str, Behaviour] | None = None,
+) -> None:
+    """Register ``servicer`` for ``descriptor``'s unary methods, each :func:`observed`, and
+    answering INVALID_ARGUMENT to a request that does not parse (grpcio's generated
+    registration would say INTERNAL). Methods named in ``raw`` take the request's bytes and
+    return the response's bytes themselves (the decision path parses once and serialises
+    once)."""
     handlers = {}
     for method in descriptor.methods:
+        full_method = f"/{descriptor.full_name}/{method.name}"
+        if raw and method.name in raw:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                observed(raw[method.name], full_method, policy)
+            )
+            continue
         request_type = GetMessageClass(method.input_type)
         response_type = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _refusing_malformed(getattr(servicer, method.name)),
+            observed(_refusing_malformed(getattr(servicer, method.name)), full_method, policy),
             request_deserializer=_lenient(request_type.FromString),
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
     )
+
+
+def add_health(server: grpc.aio.Server, servicer: Any, policy: AccessPolicy) -> None:
+    """grpc.health.v1 with its unary Check counted like every other RPC."""
+    service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    handlers = {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            observed(servicer.Check, f"/{service}/Check", policy),
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            servicer.Watch,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 def build_server(
@@ -101,16 +135,22 @@ def build_server(
     policy: AccessPolicy | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A server with every service added and its port bound; returns it and the port."""
+    policy = policy or AccessPolicy()
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(policy or AccessPolicy())],
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_streams,
     )
     add_service(
-        server, authorization, authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"]
+        server,
+        authorization,
+        authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"],
+        policy,
+        raw={"Authorize": authorization.authorize_wire},
     )
-    add_service(server, admin, ledger_admin_pb2.DESCRIPTOR.services_by_name["LedgerAdminService"])
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_service(
+        server, admin, ledger_admin_pb2.DESCRIPTOR.services_by_name["LedgerAdminService"], policy
+    )
+    add_health(server, health_servicer, policy)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),

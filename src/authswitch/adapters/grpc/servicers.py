@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
@@ -22,6 +25,7 @@ from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.domain.reports import valid_prefix
 from authswitch.errors import RequestError, StoreUnavailable
+from authswitch.futures import cancel_requested
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.disputes import DisputeService
@@ -154,25 +158,54 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
     async def Authorize(  # noqa: N802 - gRPC method name
         self, request: authorization_pb2.AuthorizeRequest, context: Context
     ) -> authorization_pb2.AuthorizeResponse:
-        # Never raises: every fault is answered with a response code (96 at worst). Before
-        # the server is ready the call is refused, so the gateway retries another replica.
-        if not self._services.ready():
+        """The message-level form of :meth:`authorize_wire` (the server registers that)."""
+        wire = await self.authorize_wire(request.SerializeToString(), context)
+        return authorization_pb2.AuthorizeResponse.FromString(wire)
+
+    async def authorize_wire(self, data: bytes, context: Context) -> bytes:
+        """Authorize, bytes in and bytes out: the request is parsed once here, and the
+        response goes back as the bytes stored with the decision (never parsed back).
+
+        Never raises for a fault: every fault is answered with a response code (96 at
+        worst). Before the server is ready the call is refused UNAVAILABLE, so the gateway
+        retries another replica."""
+        service = self._services.authorization
+        if service is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
+            raise AssertionError("unreachable")  # abort raises
         # Admission: past the limit a call is refused at once, before any work, so that
         # calls piling up on a slow store are bounded and the gateway can try another
-        # replica or stand in while there is time. (Under CPU overload calls queue before
-        # a handler runs, in grpcio's transport, where this cannot see them.)
+        # replica or stand in while there is time.
         if self._in_flight >= self._in_flight_max:
             metrics.SHED.inc()
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded: too many authorisations in flight"
             )
+        # A call whose deadline has passed is never decided: its caller has given up, and
+        # whatever it retries with will be decided instead.
+        remaining_s = context.time_remaining()
+        if remaining_s is not None and remaining_s <= 0:
+            metrics.EXPIRED.inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before a decision"
+            )
+        try:
+            request = authorization_pb2.AuthorizeRequest.FromString(data)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request does not parse")
+            raise AssertionError("unreachable") from None
         self._in_flight += 1
         try:
-            canonical = request.SerializeToString(deterministic=True)
-            return await self.service.authorize(to_domain(request), canonical)
+            response = await service.authorize(
+                to_domain(request),
+                request.SerializeToString(deterministic=True),
+                deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
+            )
         finally:
             self._in_flight -= 1
+        if cancel_requested():  # the caller went away; its decision was made regardless
+            raise asyncio.CancelledError
+        return response
 
     # The network retries an unacknowledged advice, reversal or clearing, so a fault on
     # these is a gRPC error (UNAVAILABLE) rather than a response code.

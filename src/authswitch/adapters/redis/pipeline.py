@@ -634,9 +634,7 @@ class PipelinedCluster:
                     inner = self._node(where).send(packed)
                 elif isinstance(error, AskError):
                     where = (error.host, int(error.port))
-                    asking, inner = self._node(where).send_many(
-                        (pack(("ASKING",)), packed)
-                    )
+                    asking, inner = self._node(where).send_many((pack(("ASKING",)), packed))
                     with contextlib.suppress(RedisError):
                         await asking
                 elif isinstance(error, TryAgainError):
