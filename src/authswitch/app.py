@@ -220,6 +220,7 @@ class Application:
             batch_max=settings.group_commit_batch_max,
             queue_max=settings.group_commit_queue_max,
             linger_us=settings.group_commit_linger_us,
+            one_statement=not settings.postgres_pgbouncer,
         )
         self.committer.start()
         sync = CacheSync(

@@ -16,6 +16,7 @@ __all__ = [
     "COMMIT_BATCH_SIZE",
     "COMMIT_QUEUE_DEPTH",
     "COMMIT_QUEUE_WAIT_SECONDS",
+    "COMMIT_REPLAYS",
     "DECISIONS",
     "DECISION_SECONDS",
     "EXPIRED",
@@ -165,4 +166,9 @@ EXPIRED = Counter(
     "authswitch_authorizations_expired_total",
     "Authorisations refused DEADLINE_EXCEEDED on arrival, undecided: their gRPC deadline had "
     "passed while they queued (the caller had given up on them).",
+)
+COMMIT_REPLAYS = Counter(
+    "authswitch_group_commit_replays_total",
+    "Batches whose one-statement write refused itself (Postgres saw other funds than the "
+    "cache, or a lock cycle) and were replayed write by write in a transaction.",
 )

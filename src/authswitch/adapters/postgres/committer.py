@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from authswitch import metrics
+from authswitch.adapters.postgres.onestatement import BatchRefused, suits, write_at_once
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.ledger import Balance, admit_in_order
 from authswitch.domain.records import (
@@ -110,7 +111,10 @@ class GroupCommitter:
         batch_max: int,
         queue_max: int,
         linger_us: int = 0,
+        one_statement: bool = True,
     ) -> None:
+        """``one_statement``: write a batch that suits it in one statement
+        (``onestatement.py``); off behind pgbouncer, where statements are not prepared."""
         assert batch_max > 0
         assert queue_max > 0
         assert linger_us >= 0
@@ -118,6 +122,7 @@ class GroupCommitter:
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._linger_s = linger_us / 1_000_000
+        self._one_statement = one_statement
         self._queue: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -245,12 +250,50 @@ class GroupCommitter:
     async def _write_batch(self, writes: list[LedgerWrite]) -> list[WriteResult | BaseException]:
         if self._conn is None:
             self._conn = await self._pool.acquire()
+        conn = self._conn
         try:
-            async with self._conn.transaction():
-                return await write_batch(self._conn, writes)
+            if self._one_statement and suits(writes):
+                try:
+                    return await _written_at_once(conn, writes)
+                except BatchRefused:
+                    # Nothing was written: replay it write by write, which refuses exactly
+                    # what Postgres must refuse (the cache was stale, or a lock cycle).
+                    metrics.COMMIT_REPLAYS.inc()
+            async with conn.transaction():
+                return await write_batch(conn, writes)
         except BaseException:
             await self._give_back_connection()
             raise
+
+
+async def _written_at_once(
+    conn: Connection, writes: list[LedgerWrite]
+) -> list[WriteResult | BaseException]:
+    done = await write_at_once(conn, writes)
+    existing: dict[tuple[str, str], StoredDecision] = {}
+    duplicates = [w.decision for i, w in enumerate(writes) if i not in done.inserted]
+    if duplicates:  # decided before, by another process: what is durable under their keys
+        rows = await conn.fetch(
+            _SELECT_DECISIONS, [d.source for d in duplicates], [d.message_id for d in duplicates]
+        )
+        existing = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+    results: list[WriteResult | BaseException] = []
+    for index, write in enumerate(writes):
+        if index in done.inserted:
+            results.append(
+                WriteResult(
+                    WriteStatus.COMMITTED,
+                    _stored(write.decision),
+                    done.pre_reversed.get(index, 0),
+                )
+            )
+            continue
+        stored = existing.get(write.decision.key)
+        if stored is None:  # cannot happen: decisions are never deleted
+            results.append(StoreUnavailable("duplicate decision vanished"))
+        else:
+            results.append(WriteResult(WriteStatus.DUPLICATE, stored))
+    return results
 
 
 def _row_to_stored(row: Any) -> StoredDecision:
