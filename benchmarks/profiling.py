@@ -27,12 +27,12 @@ def find_py_spy() -> Path | None:
 async def start_py_spy(
     binary: Path, pid: int, duration_s: float, output: Path
 ) -> asyncio.subprocess.Process:
-    """Sample every thread of ``pid`` at 100 Hz for ``duration_s``, without pausing it."""
+    """Sample every thread of ``pid`` at 250 Hz for ``duration_s``, without pausing it."""
     return await asyncio.create_subprocess_exec(
         str(binary), "record",
         "--pid", str(pid),
         "--duration", str(max(int(duration_s), 1)),
-        "--rate", "100",
+        "--rate", "250",
         "--nonblocking",
         "--format", "raw",
         "--output", str(output),

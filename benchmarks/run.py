@@ -100,6 +100,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="skip measuring the load generator against the C++ echo server",
     )
     parser.add_argument(
+        "--closed-s", type=float, help="length of the closed-loop phase instead of the profile's"
+    )
+    parser.add_argument(
+        "--open-s", type=float, help="length of each open-loop phase instead of the profile's"
+    )
+    parser.add_argument(
         "--rates",
         metavar="N[,N]",
         help="open-loop rates (requests/s) instead of the profile's, e.g. 100,200",
@@ -119,6 +125,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
         args.only = wanted
     return args
+
+
+def _profile(args: argparse.Namespace) -> Any:
+    profile = QUICK if args.quick else FULL
+    if args.rates:
+        profile = dataclasses.replace(profile, open_rates=args.rates)
+    if args.closed_s:
+        profile = dataclasses.replace(profile, closed_s=args.closed_s)
+    if args.open_s:
+        profile = dataclasses.replace(profile, open_s=args.open_s)
+    return profile
 
 
 def _source_version() -> dict[str, Any]:
@@ -195,9 +212,7 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     started = time.monotonic()
-    profile = QUICK if args.quick else FULL
-    if args.rates:
-        profile = dataclasses.replace(profile, open_rates=args.rates)
+    profile = _profile(args)
     say(f"authswitch benchmarks: {profile.name} run")
     t0 = time.monotonic()
     binaries = ensure_built(say)
@@ -226,9 +241,7 @@ async def _run(
     stores: dict[str, Any],
     started: float,
 ) -> int:
-    profile = QUICK if args.quick else FULL
-    if args.rates:
-        profile = dataclasses.replace(profile, open_rates=args.rates)
+    profile = _profile(args)
     postgres = await PostgresCluster.open(args.postgres_dsn)
     if postgres is None:
         say("  the Postgres cluster's processes are not visible here: no Postgres CPU figures")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pytest
@@ -68,3 +69,20 @@ def test_card_valid_through_end_of_expiry_month() -> None:
     assert not is_expired("2612", date(2026, 12, 31))
     assert is_expired("2612", date(2027, 1, 1))
     assert not is_expired("2701", date(2026, 11, 23))
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=30))
+def test_identifiers_are_printable_ascii_without_spaces(value: str) -> None:
+    from authswitch.domain.authorization import identifier_ok
+
+    expected = bool(re.fullmatch(r"[\x21-\x7e]+", value)) and len(value) <= 20
+    assert identifier_ok(value, 20, required=True) is expected
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=19))
+def test_luhn_agrees_with_the_textbook_loop(digits: str) -> None:
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if index % 2 else 1)
+        total += value - 9 if value > 9 else value
+    assert luhn_valid(digits) is (total % 10 == 0)

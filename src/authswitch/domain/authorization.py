@@ -111,17 +111,19 @@ ZERO_VALUE_TYPES = frozenset(
 # Requests an acquirer may partially approve (ISO 8583 response code 10).
 PARTIAL_APPROVAL_TYPES = frozenset({TransactionType.PURCHASE, TransactionType.PRE_AUTHORIZATION})
 
+_TRANSACTION_TYPES = frozenset(int(t) for t in TransactionType)
+_CHANNELS = frozenset(int(c) for c in Channel)
+
 # Limits on identifiers: they become Postgres keys and Redis key names.
 SOURCE_LEN_MAX = 64
 MESSAGE_ID_LEN_MAX = 128
 NETWORK_REFERENCE_LEN_MAX = 128
-_IDENT = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 _MCC = re.compile(r"^\d{4}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CVV2 = re.compile(r"^\d{3,4}$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthorizationRequest:
     """An authorisation request as the domain sees it. Holds card secrets: never log it
     (``repr`` redacts them)."""
@@ -159,7 +161,10 @@ def identifier_ok(value: str, length_max: int, *, required: bool) -> bool:
     """A source, message id or reference: printable ASCII without spaces, bounded."""
     if not value:
         return not required
-    return len(value) <= length_max and bool(_IDENT.match(value))
+    # Printable ASCII is 0x20-0x7e: without the space, [\x21-\x7e]+ (faster than a regex).
+    return (
+        len(value) <= length_max and value.isascii() and value.isprintable() and (" " not in value)
+    )
 
 
 def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reason | None:
@@ -178,9 +183,10 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
         request.original_message_id, MESSAGE_ID_LEN_MAX, required=request.incremental
     ):
         return Reason.FORMAT_ERROR
-    if request.transaction_type not in TransactionType.__members__.values():
+    transaction_type = request.transaction_type
+    if transaction_type not in _TRANSACTION_TYPES:
         return Reason.FORMAT_ERROR
-    if request.channel and request.channel not in Channel.__members__.values():
+    if request.channel and request.channel not in _CHANNELS:
         return Reason.FORMAT_ERROR
     if request.billing_asset not in assets:
         return Reason.FORMAT_ERROR
@@ -196,16 +202,16 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
         return Reason.FORMAT_ERROR
     if request.cvv2 and not _CVV2.match(request.cvv2):
         return Reason.FORMAT_ERROR
-    if request.type is TransactionType.PIN_CHANGE and not (
+    if transaction_type == TransactionType.PIN_CHANGE and not (
         request.pin and pin_valid_format(request.new_pin)
     ):
         return Reason.FORMAT_ERROR
-    if request.type is TransactionType.PIN_UNBLOCK and not request.pin:
+    if transaction_type == TransactionType.PIN_UNBLOCK and not request.pin:
         return Reason.FORMAT_ERROR
     for amount in (request.billing_amount_minor, request.transaction_amount_minor):
         if not 0 <= amount <= AMOUNT_MAX_MINOR:
             return Reason.INVALID_AMOUNT
-    if request.is_zero_value:
+    if transaction_type in ZERO_VALUE_TYPES:
         if request.billing_amount_minor != 0:
             return Reason.INVALID_AMOUNT
     elif request.billing_amount_minor == 0:
@@ -252,7 +258,7 @@ class PinMode(Enum):
     CHANGE = "change"  # the correct PIN is replaced by the new one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreChecks:
     """The stateless parts of checks 4 to 8, computed before the atomic step.
 
@@ -288,9 +294,9 @@ def prechecks(
     if request.pin:
         pvv = keys.pin_verification_value(pan_hmac, request.pin)
         pin_mode = PinMode.VERIFY
-        if request.type is TransactionType.PIN_UNBLOCK:
+        if request.transaction_type == TransactionType.PIN_UNBLOCK:
             pin_mode = PinMode.UNBLOCK
-        elif request.type is TransactionType.PIN_CHANGE:
+        elif request.transaction_type == TransactionType.PIN_CHANGE:
             pin_mode = PinMode.CHANGE
             new_pvv = keys.pin_verification_value(pan_hmac, request.new_pin)
 

@@ -20,17 +20,15 @@ _EXPIRY = re.compile(r"^\d{2}(0[1-9]|1[0-2])$")
 _PIN = re.compile(r"^\d{4,12}$")
 
 
+# Each digit of the doubled positions, replaced by the digit sum of its double.
+_DOUBLED = str.maketrans("0123456789", "0246813579")
+
+
 def luhn_valid(digits: str) -> bool:
-    """ISO/IEC 7812 check digit."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+    """ISO/IEC 7812 check digit (``digits`` all decimal digits)."""
+    kept = sum(map(int, digits[-1::-2]))
+    doubled = sum(map(int, digits[-2::-2].translate(_DOUBLED)))
+    return (kept + doubled) % 10 == 0
 
 
 def pan_valid(pan: str) -> bool:

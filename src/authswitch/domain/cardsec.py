@@ -10,7 +10,7 @@ inputs: no I/O, no clock.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 
 __all__ = ["KEY_BYTES_MIN", "CardKeys"]
@@ -25,6 +25,10 @@ class CardKeys:
     pan_key: bytes
     pin_key: bytes
     cvv_key: bytes
+    # HMAC states keyed once: each digest copies one instead of keying from scratch.
+    _pan: hmac.HMAC = field(init=False, repr=False, compare=False)
+    _pin: hmac.HMAC = field(init=False, repr=False, compare=False)
+    _cvv: hmac.HMAC = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("pan_key", "pin_key", "cvv_key"):
@@ -32,13 +36,16 @@ class CardKeys:
                 raise ValueError(f"{name} must be at least {KEY_BYTES_MIN} bytes")
         if len({self.pan_key, self.pin_key, self.cvv_key}) != 3:
             raise ValueError("the PAN, PIN and CVV keys must differ")
+        object.__setattr__(self, "_pan", hmac.new(self.pan_key, digestmod=sha256))
+        object.__setattr__(self, "_pin", hmac.new(self.pin_key, digestmod=sha256))
+        object.__setattr__(self, "_cvv", hmac.new(self.cvv_key, digestmod=sha256))
 
     def __repr__(self) -> str:
         return "CardKeys(<redacted>)"
 
     def pan_hmac(self, pan: str) -> bytes:
         """The lookup key of a card: HMAC-SHA256(pan_key, PAN)."""
-        return hmac.digest(self.pan_key, b"pan:" + pan.encode(), sha256)
+        return _digest(self._pan, b"pan:" + pan.encode())
 
     def pin_verification_value(self, pan_hmac: bytes, pin: str) -> bytes:
         """16 bytes that verify a PIN for this card without storing the PIN.
@@ -46,11 +53,11 @@ class CardKeys:
         Derived from the card's PAN HMAC rather than the PAN, so that an operator can set a
         PIN knowing only the card id, and the PAN never has to be available again.
         """
-        return hmac.digest(self.pin_key, b"pvv:" + pan_hmac + b":" + pin.encode(), sha256)[:16]
+        return _digest(self._pin, b"pvv:" + pan_hmac + b":" + pin.encode())[:16]
 
     def cvv2(self, pan: str, expiry_yymm: str) -> str:
         """The three-digit CVV2 of a card (service code 000, as for CVV2)."""
-        mac = hmac.digest(self.cvv_key, f"cvv2:{pan}:{expiry_yymm}:000".encode(), sha256)
+        mac = _digest(self._cvv, f"cvv2:{pan}:{expiry_yymm}:000".encode())
         return f"{int.from_bytes(mac[:8], 'big') % 1000:03d}"
 
     def cvv2_matches(self, pan: str, expiry_yymm: str, cvv2: str) -> bool:
@@ -62,4 +69,10 @@ class CardKeys:
         Keyed, because the payload contains the PAN and an unkeyed hash of a PAN can be
         reversed by enumeration.
         """
-        return hmac.digest(self.pan_key, b"fp:" + canonical_request, sha256)[:16]
+        return _digest(self._pan, b"fp:" + canonical_request)[:16]
+
+
+def _digest(keyed: hmac.HMAC, message: bytes) -> bytes:
+    mac = keyed.copy()
+    mac.update(message)
+    return mac.digest()

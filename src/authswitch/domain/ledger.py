@@ -67,7 +67,7 @@ class Balance:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BalanceChange:
     """A change to one balance. ``requires_funds`` marks changes that must not take the
     available balance below zero (approvals, ordinary debits); advices and clearings, which

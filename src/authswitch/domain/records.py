@@ -1,4 +1,9 @@
-"""What a decision leaves behind: the plain records the group committer makes durable."""
+"""What a decision leaves behind: the plain records the group committer makes durable.
+
+Treat them as values: never change one after it is built. They are not frozen dataclasses
+only because every decision builds several, and a frozen dataclass costs about seven times
+as much to build (each field set through ``object.__setattr__``).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecisionRecord:
     """The durable outcome of one message, keyed by (source, message_id)."""
 
@@ -53,7 +58,7 @@ class DecisionRecord:
         return (self.source, self.message_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HoldRecord:
     id: str
     account_id: str
@@ -70,7 +75,7 @@ class HoldRecord:
     usage_keys: tuple[str, ...] = ()  # the limit counters its amount was counted in
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HoldRelease:
     """Release part or all of an open hold, guarded: the write conflicts unless the hold is
     still open at exactly ``plan.expected_minor``."""
@@ -82,7 +87,7 @@ class HoldRelease:
     reason: str  # what released it: REVERSAL, CLEARING, AGE_OFF, RELEASE, ADVICE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tombstone:
     """A reversal whose original is unknown, left under the original's key so that the
     original, if it ever arrives, holds only what was not reversed."""
@@ -94,7 +99,7 @@ class Tombstone:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Posting:
     """A positive amount increases the account's balance."""
 
@@ -103,7 +108,7 @@ class Posting:
     amount_minor: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JournalEntry:
     id: str
     program_id: str
@@ -125,7 +130,7 @@ class JournalEntry:
             raise ValueError(f"journal entry {self.id} does not balance: {unbalanced}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageChange:
     """Adds to a counter (a limit's or a fee rule's free uses) of an account."""
 
@@ -136,7 +141,7 @@ class UsageChange:
     expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notification:
     """A durable notification, written with the change it tells of and delivered to each of
     ``sinks`` at least once, in order per account."""
@@ -151,7 +156,7 @@ class Notification:
     sinks: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientCall:
     """What an off-ledger decision did: the client's answer, or the stand-in and why."""
 
@@ -168,7 +173,7 @@ class ClientCall:
     latency_us: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CardUpdate:
     """New values of a card's PIN state after a decision (None: unchanged)."""
 
@@ -177,7 +182,7 @@ class CardUpdate:
     pvv: bytes | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DisputeOpening:
     """A new dispute; the write conflicts if the clearing's disputes (but those the merchant
     won) would then claim more than ``cleared_minor``."""
@@ -194,7 +199,7 @@ class DisputeOpening:
     cleared_minor: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DisputeChange:
     """One step of a dispute, guarded: the write conflicts unless the dispute is still in
     ``from_status`` (None: it does not exist yet and ``opening`` creates it)."""
@@ -213,7 +218,7 @@ class DisputeChange:
     opening: DisputeOpening | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LedgerWrite:
     """One unit of work for the group committer: all of it is committed, or none.
 

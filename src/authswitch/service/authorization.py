@@ -112,7 +112,7 @@ def response_for(
     return response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
     """One authorisation being decided, with what was looked up for it."""
 
@@ -123,7 +123,7 @@ class Job:
     pre: PreChecks
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StandIn:
     """An off-ledger decision made in authswitch instead of by the client."""
 
@@ -132,7 +132,7 @@ class StandIn:
     notifications: tuple[Notification, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _HoldPlan:
     network_reference: str
     kind: str

@@ -57,7 +57,7 @@ class WriteStatus(Enum):
     CONFLICT = "conflict"  # a hold it releases changed meanwhile; nothing was written, retry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredDecision:
     """A durable decision as read back from Postgres."""
 
@@ -71,7 +71,7 @@ class StoredDecision:
     account_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WriteResult:
     status: WriteStatus
     decision: StoredDecision  # what is durable under the write's (source, message_id)

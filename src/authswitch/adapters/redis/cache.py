@@ -100,7 +100,7 @@ class Duplicate:
     fingerprint: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthorizeOutcome:
     reason: Reason
     approved_minor: int
@@ -126,7 +126,7 @@ class AuthorizeOutcome:
         return self.fee_minor if self.fee_mode is FeeMode.POSTED else 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ApplyResult:
     status: str  # "OK", "NSF", "NOBALANCE"
     balance: Balance | None
