@@ -1,5 +1,5 @@
-# ruff: noqa: S608 - the SQL is assembled from this module's fixed text and numbered
-# placeholders only; every value travels as a bound parameter.
+# ruff: noqa: S608 - the SQL is assembled from this module's fixed text only; every value
+# travels in the one bound parameter.
 """A batch of writes in ONE statement: the group committer's common case.
 
 A batch of authorisations is decisions, holds, balance changes, and now and then counters,
@@ -27,6 +27,7 @@ those rows: a batch with any of them is not written here (:func:`suits`).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,405 +54,335 @@ class OneStatementResult:
 
 
 def suits(writes: Sequence[LedgerWrite]) -> bool:
-    """Whether a batch can be written in one statement."""
+    """Whether a batch can be written in one statement: no hold releases, tombstones or
+    dispute steps, each key once, and each hold under its write's decision's key, account,
+    asset, card and time (as every hold an authorisation or advice creates is)."""
     keys = set()
     for write in writes:
         if write.releases or write.tombstones or write.disputes:
             return False
-        keys.add(write.decision.key)
+        d = write.decision
+        for h in write.holds:
+            if (h.source, h.message_id, h.account_id, h.asset, h.card_id, h.created_at) != (
+                d.source,
+                d.message_id,
+                d.account_id,
+                d.asset,
+                d.card_id,
+                d.created_at,
+            ):
+                return False
+        keys.add(d.key)
     return len(keys) == len(writes)  # a key twice in a batch: the general way's rules
 
 
-class _Statement:
-    """The SQL text (by the parts a batch has) and its arguments."""
+# The batch travels as ONE json parameter, {"part": [row, ...], ...}: asyncpg encodes each
+# array parameter with a fixed cost that, for batches of a few writes, outweighs its values
+# (16 arrays of 5 values cost about twice what one json text does), and json.dumps is C.
+# Postgres reads each part with json_to_recordset; bytes travel as hex, times as ISO text.
 
-    def __init__(self) -> None:
-        self.ctes: list[str] = []
-        self.args: list[Any] = []
-        self.guards: list[str] = []
-
-    def arg(self, values: list[Any], sql_type: str) -> str:
-        self.args.append(values)
-        return f"${len(self.args)}::{sql_type}[]"
-
-    def unnest(self, columns: list[tuple[str, str, list[Any]]]) -> str:
-        """``unnest($1::t1[], $2::t2[], ...) AS alias(c1, c2, ...)`` text for ``columns``."""
-        params = ", ".join(self.arg(values, sql_type) for _, sql_type, values in columns)
-        names = ", ".join(name for name, _, _ in columns)
-        return f"unnest({params}) AS x({names})"
-
-
-def _decisions(st: _Statement, writes: Sequence[LedgerWrite]) -> None:
-    records = [w.decision for w in writes]
-    source = st.arg([d.source for d in records], "text")
-    message_id = st.arg([d.message_id for d in records], "text")
-    rest = ", ".join(
-        st.arg(values, sql_type)
-        for values, sql_type in (
-            ([d.id for d in records], "uuid"),
-            ([d.kind for d in records], "text"),
-            ([d.fingerprint for d in records], "bytea"),
-            ([d.card_id for d in records], "uuid"),
-            ([d.account_id for d in records], "uuid"),
-            ([d.asset for d in records], "text"),
-            ([d.amount_minor for d in records], "int8"),
-            ([d.approved_minor for d in records], "int8"),
-            ([d.fee_minor for d in records], "int8"),
-            ([d.response_code for d in records], "text"),
-            ([d.reason for d in records], "int2"),
-            ([d.response for d in records], "bytea"),
-            ([d.created_at for d in records], "timestamptz"),
-        )
-    )
-    st.ctes.append(
-        f"""ins AS (
-            INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id,
-                account_id, asset, amount_minor, approved_minor, fee_minor, response_code,
-                reason, response, created_at)
-            SELECT * FROM unnest({source}, {message_id}, {rest})
-            ON CONFLICT (source, message_id) DO NOTHING
-            RETURNING source, message_id
-        ), done AS (
-            SELECT w.i - 1 AS i
-            FROM unnest({source}, {message_id}) WITH ORDINALITY AS w(source, message_id, i)
-            JOIN ins USING (source, message_id)
-        )"""
-    )
+_PART_COLUMNS = {
+    "d": "i int8, source text, message_id text, id uuid, kind text, fingerprint text, "
+    "card_id uuid, account_id uuid, asset text, amount_minor int8, approved_minor int8, "
+    "fee_minor int8, response_code text, reason int2, response text, created_at timestamptz",
+    # A hold shares its write's decision's key, account, asset, card and time (suits()).
+    "h": "i int8, id uuid, network_reference text, amount int8, fee int8, "
+    "expires_at timestamptz, kind text, usage_keys text[]",
+    "c": "i int8, account_id uuid, asset text, actual int8, authorized int8, needs_funds bool",
+    "e": "i int8, id uuid, program_id uuid, kind text, source text, message_id text, "
+    "description text, created_at timestamptz, network_reference text, card_id uuid",
+    "p": "entry_id uuid, account_id uuid, asset text, amount int8, created_at timestamptz",
+    "u": "i int8, account_id uuid, key text, amount int8, count int4, expires_at timestamptz",
+    "k": "i int8, source text, message_id text, program_id uuid, outcome text, "
+    "stand_in_reason text, stand_in_policy text, client_decision text, "
+    "client_response_code text, client_reason text, latency_us int4, created_at timestamptz",
+    "n": "i int8, id uuid, program_id uuid, account_id uuid, card_id uuid, kind text, "
+    "payload jsonb, created_at timestamptz",
+    "s": "id uuid, sink text, ordering_key text",
+    "q": "i int8, card_id uuid, pin_tries int2, pvv text",
+}
 
 
-def _holds(st: _Statement, writes: Sequence[LedgerWrite]) -> bool:
-    owned = [(i, h) for i, w in enumerate(writes) for h in w.holds]
-    if not owned:
-        return False
-    table = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("id", "uuid", [h.id for _, h in owned]),
-            ("account_id", "uuid", [h.account_id for _, h in owned]),
-            ("asset", "text", [h.asset for _, h in owned]),
-            ("card_id", "uuid", [h.card_id for _, h in owned]),
-            ("source", "text", [h.source for _, h in owned]),
-            ("message_id", "text", [h.message_id for _, h in owned]),
-            ("network_reference", "text", [h.network_reference for _, h in owned]),
-            ("amount", "int8", [h.amount_minor for _, h in owned]),
-            ("fee", "int8", [h.fee_minor for _, h in owned]),
-            ("expires_at", "timestamptz", [h.expires_at for _, h in owned]),
-            ("created_at", "timestamptz", [h.created_at for _, h in owned]),
-            ("kind", "text", [h.kind for _, h in owned]),
-            # text[][] cannot be unnested into rows of arrays: keys travel space-joined.
-            ("usage_keys", "text", [" ".join(h.usage_keys) for _, h in owned]),
-        ]
-    )
-    # As committer._apply_effects: the hold's key goes into hold_keys (the global arbiter),
-    # taking over a tombstone an earlier reversal left there, and the hold is written
-    # already reduced by what that reversal took.
-    st.ctes.append(
-        f"""h AS (
-            SELECT x.* FROM {table} JOIN done USING (i)
-        ), k AS (
-            INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
-            SELECT source, message_id, id, created_at FROM h
-            ON CONFLICT (source, message_id) DO UPDATE SET
-                hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
-            WHERE t.hold_id IS NULL
-            RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
-                      t.tombstone_at IS NOT NULL AS early
-        ), hw AS (
-            SELECT h.*, LEAST(k.reversed_minor, h.amount) AS reversed,
-                   k.early AND (k.reversal_full OR h.amount <= k.reversed_minor) AS ended,
-                   CASE WHEN k.reversal_full THEN h.amount
-                        ELSE LEAST(k.reversed_minor, h.amount) END AS taken
-            FROM h JOIN k USING (source, message_id)
-        ), hi AS (
-            INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
-                network_reference, amount_minor, original_minor, reversed_minor, fee_minor,
-                status, expires_at, created_at, ended_at, end_reason, kind, usage_keys)
-            SELECT id, account_id, asset, card_id, source, message_id, network_reference,
-                   amount - taken, amount, reversed, fee,
-                   CASE WHEN ended THEN 'REVERSED' ELSE 'OPEN' END, expires_at, created_at,
-                   CASE WHEN ended THEN created_at END,
-                   CASE WHEN ended THEN 'REVERSAL' ELSE '' END, kind,
-                   coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{{}}')
-            FROM hw
-            RETURNING 1
-        ), he AS (
-            INSERT INTO hold_events (hold_id, account_id, asset, kind, amount_minor, at)
-            SELECT id, account_id, asset, 'REVERSAL', taken, created_at FROM hw WHERE taken > 0
-            RETURNING 1
-        )"""
-    )
-    st.guards.append("(SELECT count(*) FROM hi) = (SELECT count(*) FROM h)")
-    return True
+def _rows(part: str) -> str:
+    return f"json_to_recordset($1::json -> '{part}') AS x({_PART_COLUMNS[part]})"
 
 
-def _balances(st: _Statement, writes: Sequence[LedgerWrite], holds: bool) -> None:
-    owned = [(i, c) for i, w in enumerate(writes) for c in w.balance_changes]
-    if not owned and not holds:
-        return
-    table = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("account_id", "uuid", [c.account_id for _, c in owned]),
-            ("asset", "text", [c.asset for _, c in owned]),
-            ("actual", "int8", [c.actual_delta_minor for _, c in owned]),
-            ("authorized", "int8", [c.authorized_delta_minor for _, c in owned]),
-            ("needs_funds", "bool", [c.requires_funds for _, c in owned]),
-        ]
-    )
-    # What tombstones took of the new holds is released at once (see _holds).
-    taken = (
-        "UNION ALL SELECT account_id, asset, 0, -taken, false FROM hw WHERE taken > 0"
-        if holds
-        else ""
-    )
-    st.ctes.append(
-        f"""c AS (
-            SELECT x.account_id, x.asset, x.actual, x.authorized, x.needs_funds
-            FROM {table} JOIN done USING (i)
-            {taken}
-        ), d AS (
-            SELECT account_id, asset, sum(actual)::int8 AS actual,
-                   sum(authorized)::int8 AS authorized, bool_or(needs_funds) AS needs_funds,
-                   sum(LEAST(actual - authorized, 0))::int8 AS debits
-            FROM c GROUP BY account_id, asset
-        ), lk AS MATERIALIZED (
-            SELECT b.account_id, b.asset FROM balances b JOIN d USING (account_id, asset)
-            ORDER BY b.account_id, b.asset
-            FOR UPDATE OF b
-        ), upd AS (
-            UPDATE balances b
-            SET actual_minor = b.actual_minor + d.actual,
-                authorized_minor = b.authorized_minor + d.authorized
-            FROM lk JOIN d USING (account_id, asset)
-            WHERE b.account_id = lk.account_id AND b.asset = lk.asset
-              AND (NOT d.needs_funds OR b.actual_minor - b.authorized_minor + d.debits >= 0)
-            RETURNING 1
-        )"""
-    )
-    st.guards.append("(SELECT count(*) FROM upd) = (SELECT count(*) FROM d)")
+_DECISIONS = f"""dw AS MATERIALIZED (
+        SELECT * FROM {_rows("d")}
+    ), ins AS (
+        INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id, account_id,
+            asset, amount_minor, approved_minor, fee_minor, response_code, reason, response,
+            created_at)
+        SELECT source, message_id, id, kind, decode(fingerprint, 'hex'), card_id, account_id,
+               asset, amount_minor, approved_minor, fee_minor, response_code, reason,
+               decode(response, 'hex'), created_at
+        FROM dw
+        ON CONFLICT (source, message_id) DO NOTHING
+        RETURNING source, message_id
+    ), done AS (
+        SELECT dw.i, dw.source, dw.message_id, dw.account_id, dw.asset, dw.card_id, dw.created_at
+        FROM dw JOIN ins USING (source, message_id)
+    )"""
+
+# As committer._apply_effects: the hold's key goes into hold_keys (the global arbiter),
+# taking over a tombstone an earlier reversal left there, and the hold is written already
+# reduced by what that reversal took.
+_HOLDS = f"""h AS (
+        SELECT x.i, x.id, done.account_id, done.asset, done.card_id, done.source,
+               done.message_id, x.network_reference, x.amount, x.fee, x.expires_at,
+               done.created_at, x.kind, x.usage_keys
+        FROM {_rows("h")} JOIN done USING (i)
+    ), k AS (
+        INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
+        SELECT source, message_id, id, created_at FROM h
+        ON CONFLICT (source, message_id) DO UPDATE SET
+            hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
+        WHERE t.hold_id IS NULL
+        RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
+                  t.tombstone_at IS NOT NULL AS early
+    ), hw AS (
+        SELECT h.*, LEAST(k.reversed_minor, h.amount) AS reversed,
+               k.early AND (k.reversal_full OR h.amount <= k.reversed_minor) AS ended,
+               CASE WHEN k.reversal_full THEN h.amount
+                    ELSE LEAST(k.reversed_minor, h.amount) END AS taken
+        FROM h JOIN k USING (source, message_id)
+    ), hi AS (
+        INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
+            network_reference, amount_minor, original_minor, reversed_minor, fee_minor,
+            status, expires_at, created_at, ended_at, end_reason, kind, usage_keys)
+        SELECT id, account_id, asset, card_id, source, message_id, network_reference,
+               amount - taken, amount, reversed, fee,
+               CASE WHEN ended THEN 'REVERSED' ELSE 'OPEN' END, expires_at, created_at,
+               CASE WHEN ended THEN created_at END,
+               CASE WHEN ended THEN 'REVERSAL' ELSE '' END, kind, usage_keys
+        FROM hw
+        RETURNING 1
+    ), he AS (
+        INSERT INTO hold_events (hold_id, account_id, asset, kind, amount_minor, at)
+        SELECT id, account_id, asset, 'REVERSAL', taken, created_at FROM hw WHERE taken > 0
+        RETURNING 1
+    )"""
+_HOLDS_GUARD = "(SELECT count(*) FROM hi) = (SELECT count(*) FROM h)"
+
+# Postgres's last word on funds: a row is updated only if the batch's debits on it leave
+# its available balance at or above zero before any of its credits (module doc). Rows are
+# locked in key order first, as the write-by-write transaction locks them.
+_BALANCES = """c AS (
+        SELECT x.account_id, x.asset, x.actual, x.authorized, x.needs_funds
+        FROM {rows} JOIN done USING (i)
+        {taken}
+    ), d AS (
+        SELECT account_id, asset, sum(actual)::int8 AS actual,
+               sum(authorized)::int8 AS authorized, bool_or(needs_funds) AS needs_funds,
+               sum(LEAST(actual - authorized, 0))::int8 AS debits
+        FROM c GROUP BY account_id, asset
+    ), lk AS MATERIALIZED (
+        SELECT b.account_id, b.asset FROM balances b JOIN d USING (account_id, asset)
+        ORDER BY b.account_id, b.asset
+        FOR UPDATE OF b
+    ), upd AS (
+        UPDATE balances b
+        SET actual_minor = b.actual_minor + d.actual,
+            authorized_minor = b.authorized_minor + d.authorized
+        FROM lk JOIN d USING (account_id, asset)
+        WHERE b.account_id = lk.account_id AND b.asset = lk.asset
+          AND (NOT d.needs_funds OR b.actual_minor - b.authorized_minor + d.debits >= 0)
+        RETURNING 1
+    )"""
+# What tombstones took of the new holds is released at once (see _HOLDS).
+_TAKEN = "UNION ALL SELECT account_id, asset, 0, -taken, false FROM hw WHERE taken > 0"
+_BALANCES_GUARD = "(SELECT count(*) FROM upd) = (SELECT count(*) FROM d)"
+
+_ENTRIES = f"""je AS (
+        INSERT INTO journal_entries (id, program_id, kind, source, message_id, description,
+            created_at, network_reference, card_id)
+        SELECT x.id, x.program_id, x.kind, x.source, x.message_id, x.description,
+               x.created_at, x.network_reference, x.card_id
+        FROM {_rows("e")} JOIN done USING (i)
+        RETURNING id
+    ), jp AS (
+        INSERT INTO postings (entry_id, account_id, asset, amount_minor, created_at)
+        SELECT x.entry_id, x.account_id, x.asset, x.amount, x.created_at
+        FROM {_rows("p")} JOIN je ON je.id = x.entry_id
+        RETURNING 1
+    )"""
+
+_USAGE = f"""lu AS (
+        INSERT INTO limit_usage AS t (account_id, key, amount_minor, count, expires_at)
+        SELECT x.account_id, x.key, sum(x.amount)::int8, sum(x.count)::int4, max(x.expires_at)
+        FROM {_rows("u")} JOIN done USING (i)
+        GROUP BY x.account_id, x.key
+        ON CONFLICT (account_id, key) DO UPDATE SET
+            amount_minor = t.amount_minor + EXCLUDED.amount_minor,
+            count = t.count + EXCLUDED.count,
+            expires_at = GREATEST(t.expires_at, EXCLUDED.expires_at)
+        RETURNING 1
+    )"""
+
+_CLIENT_CALLS = f"""cc AS (
+        INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
+            stand_in_policy, client_decision, client_response_code, client_reason, latency_us,
+            created_at)
+        SELECT x.source, x.message_id, x.program_id, x.outcome, x.stand_in_reason,
+               x.stand_in_policy, x.client_decision, x.client_response_code, x.client_reason,
+               x.latency_us, x.created_at
+        FROM {_rows("k")} JOIN done USING (i)
+        RETURNING 1
+    )"""
+
+# As committer.write_notifications: the outbox rows, and one delivery per sink, in order per
+# account by the notification's seq.
+_NOTIFICATIONS = f"""nn AS (
+        INSERT INTO notifications (id, program_id, account_id, card_id, kind, payload,
+            created_at)
+        SELECT x.id, x.program_id, x.account_id, x.card_id, x.kind, x.payload, x.created_at
+        FROM {_rows("n")} JOIN done USING (i)
+        RETURNING id, program_id, seq, created_at
+    ), nd AS (
+        INSERT INTO notification_deliveries (notification_id, sink, program_id, ordering_key,
+            seq, next_attempt_at, created_at)
+        SELECT nn.id, x.sink, nn.program_id, x.ordering_key, nn.seq, nn.created_at,
+               nn.created_at
+        FROM {_rows("s")} JOIN nn ON nn.id = x.id
+        RETURNING 1
+    )"""
+
+# As committer._apply_effects: per card, the latest write's values that are set.
+_CARD_UPDATES = f"""cu AS (
+        UPDATE cards c
+        SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
+            pvv = COALESCE(decode(u.pvv, 'hex'), c.pvv),
+            updated_at = now()
+        FROM (
+            SELECT x.card_id,
+                   (array_agg(x.pin_tries ORDER BY x.i DESC)
+                       FILTER (WHERE x.pin_tries IS NOT NULL))[1] AS pin_tries,
+                   (array_agg(x.pvv ORDER BY x.i DESC)
+                       FILTER (WHERE x.pvv IS NOT NULL))[1] AS pvv
+            FROM {_rows("q")} JOIN done USING (i)
+            GROUP BY x.card_id
+        ) u
+        WHERE c.id = u.card_id
+        RETURNING 1
+    )"""
 
 
-def _entries(st: _Statement, writes: Sequence[LedgerWrite]) -> None:
-    owned = [(i, e) for i, w in enumerate(writes) for e in w.entries]
-    if not owned:
-        return
-    entries = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("id", "uuid", [e.id for _, e in owned]),
-            ("program_id", "uuid", [e.program_id for _, e in owned]),
-            ("kind", "text", [e.kind for _, e in owned]),
-            ("source", "text", [e.source for _, e in owned]),
-            ("message_id", "text", [e.message_id for _, e in owned]),
-            ("description", "text", [e.description for _, e in owned]),
-            ("created_at", "timestamptz", [e.created_at for _, e in owned]),
-            ("network_reference", "text", [e.network_reference for _, e in owned]),
-            ("card_id", "uuid", [e.card_id for _, e in owned]),
-        ]
-    )
-    postings = [(e, p) for _, e in owned for p in e.postings]
-    lines = st.unnest(
-        [
-            ("entry_id", "uuid", [e.id for e, _ in postings]),
-            ("account_id", "uuid", [p.account_id for _, p in postings]),
-            ("asset", "text", [p.asset for _, p in postings]),
-            ("amount", "int8", [p.amount_minor for _, p in postings]),
-            ("created_at", "timestamptz", [e.created_at for e, _ in postings]),
-        ]
-    )
-    st.ctes.append(
-        f"""je AS (
-            INSERT INTO journal_entries (id, program_id, kind, source, message_id,
-                description, created_at, network_reference, card_id)
-            SELECT x.id, x.program_id, x.kind, x.source, x.message_id, x.description,
-                   x.created_at, x.network_reference, x.card_id
-            FROM {entries} JOIN done USING (i)
-            RETURNING id
-        ), jp AS (
-            INSERT INTO postings (entry_id, account_id, asset, amount_minor, created_at)
-            SELECT x.entry_id, x.account_id, x.asset, x.amount, x.created_at
-            FROM {lines} JOIN je ON je.id = x.entry_id
-            RETURNING 1
-        )"""
-    )
-
-
-def _usage(st: _Statement, writes: Sequence[LedgerWrite]) -> None:
-    owned = [(i, u) for i, w in enumerate(writes) for u in w.usage]
-    if not owned:
-        return
-    table = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("account_id", "uuid", [u.account_id for _, u in owned]),
-            ("key", "text", [u.key for _, u in owned]),
-            ("amount", "int8", [u.amount_minor for _, u in owned]),
-            ("count", "int4", [u.count for _, u in owned]),
-            ("expires_at", "timestamptz", [u.expires_at for _, u in owned]),
-        ]
-    )
-    st.ctes.append(
-        f"""lu AS (
-            INSERT INTO limit_usage AS t (account_id, key, amount_minor, count, expires_at)
-            SELECT x.account_id, x.key, sum(x.amount)::int8, sum(x.count)::int4,
-                   max(x.expires_at)
-            FROM {table} JOIN done USING (i)
-            GROUP BY x.account_id, x.key
-            ON CONFLICT (account_id, key) DO UPDATE SET
-                amount_minor = t.amount_minor + EXCLUDED.amount_minor,
-                count = t.count + EXCLUDED.count,
-                expires_at = GREATEST(t.expires_at, EXCLUDED.expires_at)
-            RETURNING 1
-        )"""
-    )
-
-
-def _client_calls(st: _Statement, writes: Sequence[LedgerWrite]) -> None:
-    owned = [(i, k) for i, w in enumerate(writes) for k in w.client_calls]
-    if not owned:
-        return
-    table = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("source", "text", [k.source for _, k in owned]),
-            ("message_id", "text", [k.message_id for _, k in owned]),
-            ("program_id", "uuid", [k.program_id for _, k in owned]),
-            ("outcome", "text", [k.outcome for _, k in owned]),
-            ("stand_in_reason", "text", [k.stand_in_reason for _, k in owned]),
-            ("stand_in_policy", "text", [k.stand_in_policy for _, k in owned]),
-            ("client_decision", "text", [k.client_decision for _, k in owned]),
-            ("client_response_code", "text", [k.client_response_code for _, k in owned]),
-            ("client_reason", "text", [k.client_reason for _, k in owned]),
-            ("latency_us", "int4", [k.latency_us for _, k in owned]),
-            ("created_at", "timestamptz", [k.created_at for _, k in owned]),
-        ]
-    )
-    st.ctes.append(
-        f"""cc AS (
-            INSERT INTO client_calls (source, message_id, program_id, outcome,
-                stand_in_reason, stand_in_policy, client_decision, client_response_code,
-                client_reason, latency_us, created_at)
-            SELECT x.source, x.message_id, x.program_id, x.outcome, x.stand_in_reason,
-                   x.stand_in_policy, x.client_decision, x.client_response_code,
-                   x.client_reason, x.latency_us, x.created_at
-            FROM {table} JOIN done USING (i)
-            RETURNING 1
-        )"""
-    )
-
-
-def _notifications(st: _Statement, writes: Sequence[LedgerWrite]) -> None:
-    owned = [(i, n) for i, w in enumerate(writes) for n in w.notifications]
-    if not owned:
-        return
-    table = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("id", "uuid", [n.id for _, n in owned]),
-            ("program_id", "uuid", [n.program_id for _, n in owned]),
-            ("account_id", "uuid", [n.account_id for _, n in owned]),
-            ("card_id", "uuid", [n.card_id for _, n in owned]),
-            ("kind", "text", [n.kind for _, n in owned]),
-            ("payload", "jsonb", [json.dumps(n.payload, sort_keys=True) for _, n in owned]),
-            ("created_at", "timestamptz", [n.created_at for _, n in owned]),
-        ]
-    )
-    deliveries = [(n, sink) for _, n in owned for sink in n.sinks]
-    sinks = st.unnest(
-        [
-            ("id", "uuid", [n.id for n, _ in deliveries]),
-            ("sink", "text", [sink for _, sink in deliveries]),
-            (
-                "ordering_key",
-                "text",
-                [n.account_id or n.card_id or n.program_id for n, _ in deliveries],
-            ),
-        ]
-    )
-    # As committer.write_notifications: the outbox rows, and one delivery per sink, in order
-    # per account by the notification's seq.
-    st.ctes.append(
-        f"""nn AS (
-            INSERT INTO notifications (id, program_id, account_id, card_id, kind, payload,
-                created_at)
-            SELECT x.id, x.program_id, x.account_id, x.card_id, x.kind, x.payload, x.created_at
-            FROM {table} JOIN done USING (i)
-            RETURNING id, program_id, seq, created_at
-        ), nd AS (
-            INSERT INTO notification_deliveries (notification_id, sink, program_id,
-                ordering_key, seq, next_attempt_at, created_at)
-            SELECT nn.id, x.sink, nn.program_id, x.ordering_key, nn.seq, nn.created_at,
-                   nn.created_at
-            FROM {sinks} JOIN nn ON nn.id = x.id
-            RETURNING 1
-        )"""
-    )
-
-
-def _card_updates(st: _Statement, writes: Sequence[LedgerWrite]) -> None:
-    owned = [(i, u) for i, w in enumerate(writes) for u in w.card_updates]
-    if not owned:
-        return
-    table = st.unnest(
-        [
-            ("i", "int8", [i for i, _ in owned]),
-            ("card_id", "uuid", [u.card_id for _, u in owned]),
-            ("pin_tries", "int2", [u.pin_tries for _, u in owned]),
-            ("pvv", "bytea", [u.pvv for _, u in owned]),
-        ]
-    )
-    # As committer._apply_effects: per card, the latest write's values that are set.
-    st.ctes.append(
-        f"""cu AS (
-            UPDATE cards c
-            SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
-                pvv = COALESCE(u.pvv, c.pvv),
-                updated_at = now()
-            FROM (
-                SELECT x.card_id,
-                       (array_agg(x.pin_tries ORDER BY x.i DESC)
-                           FILTER (WHERE x.pin_tries IS NOT NULL))[1] AS pin_tries,
-                       (array_agg(x.pvv ORDER BY x.i DESC)
-                           FILTER (WHERE x.pvv IS NOT NULL))[1] AS pvv
-                FROM {table} JOIN done USING (i)
-                GROUP BY x.card_id
-            ) u
-            WHERE c.id = u.card_id
-            RETURNING 1
-        )"""
-    )
-
-
-def statement(writes: Sequence[LedgerWrite]) -> tuple[str, list[Any]]:
-    """The one statement writing ``writes`` (which :func:`suits`), and its arguments."""
-    st = _Statement()
-    _decisions(st, writes)
-    holds = _holds(st, writes)
-    _balances(st, writes, holds)
-    _entries(st, writes)
-    _usage(st, writes)
-    _client_calls(st, writes)
-    _notifications(st, writes)
-    _card_updates(st, writes)
-    guard = " AND ".join(st.guards) or "true"
+@functools.cache
+def statement_text(parts: frozenset[str]) -> str:
+    """The statement for a batch with ``parts`` (keys of its json parameter)."""
+    ctes = [_DECISIONS]
+    guards = []
+    holds = "h" in parts
+    if holds:
+        ctes.append(_HOLDS)
+        guards.append(_HOLDS_GUARD)
+    if "c" in parts or holds:
+        ctes.append(_BALANCES.format(rows=_rows("c"), taken=_TAKEN if holds else ""))
+        guards.append(_BALANCES_GUARD)
+    if "e" in parts:
+        ctes.append(_ENTRIES)
+    if "u" in parts:
+        ctes.append(_USAGE)
+    if "k" in parts:
+        ctes.append(_CLIENT_CALLS)
+    if "n" in parts:
+        ctes.append(_NOTIFICATIONS)
+    if "q" in parts:
+        ctes.append(_CARD_UPDATES)
+    guard = " AND ".join(guards) or "true"
     taken = (
         "(SELECT array_agg(i) FROM hw WHERE taken > 0), "
         "(SELECT array_agg(taken) FROM hw WHERE taken > 0)"
         if holds
         else "NULL::int8[], NULL::int8[]"
     )
-    sql = (
-        "WITH "
-        + ",\n".join(st.ctes)
-        + f""",
-        guard AS (
-            SELECT CASE WHEN {guard} THEN true
-                        ELSE authswitch_batch_refused('funds, a balance row or a hold key')
-                   END AS ok
-        )
-        SELECT (SELECT ok FROM guard), (SELECT array_agg(i) FROM done), {taken}"""
+    return f"""WITH {", ".join(ctes)}, guard AS (
+        SELECT CASE WHEN {guard} THEN true
+                    ELSE authswitch_batch_refused('funds, a balance row or a hold key')
+               END AS ok
     )
-    return sql, st.args
+    SELECT (SELECT ok FROM guard), (SELECT array_agg(i) FROM done), {taken}"""
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
+    """The json parameter of ``writes``: their rows by part."""
+    decisions: list[dict[str, Any]] = []
+    parts: dict[str, list[dict[str, Any]]] = {"d": decisions}
+    for i, write in enumerate(writes):
+        d = write.decision
+        decisions.append({
+            "i": i, "source": d.source, "message_id": d.message_id, "id": d.id,
+            "kind": d.kind, "fingerprint": d.fingerprint.hex(), "card_id": d.card_id,
+            "account_id": d.account_id, "asset": d.asset, "amount_minor": d.amount_minor,
+            "approved_minor": d.approved_minor, "fee_minor": d.fee_minor,
+            "response_code": d.response_code, "reason": d.reason,
+            "response": d.response.hex(), "created_at": d.created_at.isoformat(),
+        })  # fmt: skip
+        for h in write.holds:
+            parts.setdefault("h", []).append({
+                "i": i, "id": h.id, "network_reference": h.network_reference,
+                "amount": h.amount_minor, "fee": h.fee_minor,
+                "expires_at": h.expires_at.isoformat(), "kind": h.kind,
+                "usage_keys": list(h.usage_keys),
+            })  # fmt: skip
+        for c in write.balance_changes:
+            parts.setdefault("c", []).append({
+                "i": i, "account_id": c.account_id, "asset": c.asset,
+                "actual": c.actual_delta_minor, "authorized": c.authorized_delta_minor,
+                "needs_funds": c.requires_funds,
+            })  # fmt: skip
+        for e in write.entries:
+            created = e.created_at.isoformat()
+            parts.setdefault("e", []).append({
+                "i": i, "id": e.id, "program_id": e.program_id, "kind": e.kind,
+                "source": e.source, "message_id": e.message_id,
+                "description": e.description, "created_at": created,
+                "network_reference": e.network_reference, "card_id": e.card_id,
+            })  # fmt: skip
+            for p in e.postings:
+                parts.setdefault("p", []).append({
+                    "entry_id": e.id, "account_id": p.account_id, "asset": p.asset,
+                    "amount": p.amount_minor, "created_at": created,
+                })  # fmt: skip
+        for u in write.usage:
+            parts.setdefault("u", []).append({
+                "i": i, "account_id": u.account_id, "key": u.key, "amount": u.amount_minor,
+                "count": u.count, "expires_at": u.expires_at.isoformat(),
+            })  # fmt: skip
+        for k in write.client_calls:
+            parts.setdefault("k", []).append({
+                "i": i, "source": k.source, "message_id": k.message_id,
+                "program_id": k.program_id, "outcome": k.outcome,
+                "stand_in_reason": k.stand_in_reason, "stand_in_policy": k.stand_in_policy,
+                "client_decision": k.client_decision,
+                "client_response_code": k.client_response_code,
+                "client_reason": k.client_reason, "latency_us": k.latency_us,
+                "created_at": k.created_at.isoformat(),
+            })  # fmt: skip
+        for n in write.notifications:
+            parts.setdefault("n", []).append({
+                "i": i, "id": n.id, "program_id": n.program_id, "account_id": n.account_id,
+                "card_id": n.card_id, "kind": n.kind, "payload": n.payload,
+                "created_at": n.created_at.isoformat(),
+            })  # fmt: skip
+            ordering_key = n.account_id or n.card_id or n.program_id
+            for sink in n.sinks:
+                parts.setdefault("s", []).append(
+                    {"id": n.id, "sink": sink, "ordering_key": ordering_key}
+                )
+        for q in write.card_updates:
+            parts.setdefault("q", []).append(
+                {"i": i, "card_id": q.card_id, "pin_tries": q.pin_tries, "pvv": _hex(q.pvv)}
+            )
+    if "e" in parts:
+        parts.setdefault("p", [])
+    if "n" in parts:
+        parts.setdefault("s", [])
+    return parts
 
 
 async def write_at_once(conn: Connection, writes: Sequence[LedgerWrite]) -> OneStatementResult:
@@ -461,9 +392,10 @@ async def write_at_once(conn: Connection, writes: Sequence[LedgerWrite]) -> OneS
     other error is a failure of the statement (nothing written either, unless the
     connection broke after the commit: the caller reads back what is durable).
     """
-    sql, args = statement(writes)
+    parts = parameter(writes)
+    sql = statement_text(frozenset(parts))
     try:
-        row = await conn.fetchrow(sql, *args)
+        row = await conn.fetchrow(sql, json.dumps(parts, separators=(",", ":")))
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == REFUSED_SQLSTATE or isinstance(exc, asyncpg.DeadlockDetectedError):
             raise BatchRefused(str(exc)) from exc
