@@ -97,14 +97,24 @@ class Application:
         *,
         clock: Clock | None = None,
         keys: CardKeys | None = None,
+        run_jobs: bool = True,
+        listen_early: bool = True,
     ) -> None:
+        """``run_jobs``: run the periodic jobs here (one worker of a host runs them).
+        ``listen_early``: open the gRPC port before the stores are reached, answering
+        NOT_SERVING until they are (one process behind a readiness probe); else open it only
+        once ready (one of several workers on a shared port: new connections then go to
+        workers that can serve them)."""
         self.settings = settings
+        self.run_jobs = run_jobs
+        self.listen_early = listen_early
         self.clock = clock or SystemClock()
         self._keys = keys
         self.state = State.CREATED
         self.grpc_port = 0
         self._embedded_pg: EmbeddedPostgres | None = None
         self._embedded_redis: EmbeddedRedis | None = None
+        self._dsn = self._redis_url = ""  # of the embedded stores, once started
         self.pool: asyncpg.Pool[Any] | None = None
         # Where reports and reconciliation read (AUTHSWITCH_REPORTS_POSTGRES_DSN), when not
         # the main pool.
@@ -133,25 +143,18 @@ class Application:
         # a wedged process, never a starting, draining or store-less one.
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         try:
-            # The port opens first, answering NOT_SERVING (and UNAVAILABLE to calls) until
-            # Postgres, Redis and the catalogue are ready.
-            policy = AccessPolicy.from_settings(settings)
-            if not policy.enabled:
-                log.warning("no gateway or admin credentials configured: every caller may call")
-            self.server, self.grpc_port = build_server(
-                settings,
-                AuthorizationServicer(
-                    self.services, in_flight_max=settings.authorize_in_flight_max
-                ),
-                LedgerAdminServicer(self.services),
-                self.health,
-                policy,
-            )
-            await self.server.start()
-            log.info(
-                "gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port}
-            )
-            await self._start_components(settings)
+            # Embedded stores are child processes: they start before the gRPC server
+            # exists, because a fork() taken once grpc's threads run is unsafe (it aborted
+            # the embedded Postgres). `authswitch serve` starts them in its supervisor.
+            await self._start_embedded(settings)
+            if self.listen_early:
+                # The port opens next, answering NOT_SERVING (and UNAVAILABLE to calls)
+                # until Postgres, Redis and the catalogue are ready.
+                await self._listen(settings)
+                await self._start_components(settings)
+            else:
+                await self._start_components(settings)
+                await self._listen(settings)
         except BaseException:
             await self._close()
             self.state = State.STOPPED
@@ -160,20 +163,37 @@ class Application:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def _start_components(self, settings: Settings) -> None:
+    async def _listen(self, settings: Settings) -> None:
+        policy = AccessPolicy.from_settings(settings)
+        if not policy.enabled:
+            log.warning("no gateway or admin credentials configured: every caller may call")
+        self.server, self.grpc_port = build_server(
+            settings,
+            AuthorizationServicer(self.services, in_flight_max=settings.authorize_in_flight_max),
+            LedgerAdminServicer(self.services),
+            self.health,
+            policy,
+        )
+        await self.server.start()
+        log.info("gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port})
+
+    async def _start_embedded(self, settings: Settings) -> None:
         loop = asyncio.get_running_loop()
+        if not settings.postgres_dsn:
+            self._embedded_pg = EmbeddedPostgres(settings.data_dir)
+            self._dsn = await loop.run_in_executor(None, self._embedded_pg.start)
+        if not settings.redis_url:
+            self._embedded_redis = EmbeddedRedis(settings.data_dir)
+            self._redis_url = await loop.run_in_executor(None, self._embedded_redis.start)
+
+    async def _start_components(self, settings: Settings) -> None:
         keys = self._keys
         if keys is None:
             keys, generated = load_card_keys(settings)
             if generated:
                 log.warning("using development card keys from the data directory")
-        dsn, redis_url = settings.postgres_dsn, settings.redis_url
-        if not dsn:
-            self._embedded_pg = EmbeddedPostgres(settings.data_dir)
-            dsn = await loop.run_in_executor(None, self._embedded_pg.start)
-        if not redis_url:
-            self._embedded_redis = EmbeddedRedis(settings.data_dir)
-            redis_url = await loop.run_in_executor(None, self._embedded_redis.start)
+        dsn = settings.postgres_dsn or self._dsn
+        redis_url = settings.redis_url or self._redis_url
 
         self.pool = await create_pool(
             dsn,
@@ -362,6 +382,8 @@ class Application:
                         self.partitions.retire, self.pool, RETENTION_LOCK_KEY, lease=lease,
                     )
                 )  # fmt: skip
+        if not self.run_jobs:  # another worker of this host runs them
+            self.jobs = []
         for job in self.jobs:
             job.start()
         self.services.authorization = self.authorization

@@ -58,29 +58,6 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return 130
 
 
-async def _serve(settings: Settings) -> int:
-    from authswitch.app import Application
-    from authswitch.metrics_http import start_metrics_server
-
-    app = Application(settings)
-    metrics_server = start_metrics_server(settings.metrics_listen)
-    try:
-        await app.start()
-        print(
-            f"authswitch {__version__} serving gRPC on {settings.grpc_listen} "
-            f"(metrics on {settings.metrics_listen}); Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
-        await app.run_until_signalled()
-    finally:
-        if app.state.value != "stopped":
-            await app.stop()
-        metrics_server.shutdown()
-        metrics_server.server_close()
-    return 0
-
-
 async def _migrate(settings: Settings) -> int:
     from authswitch.adapters.postgres.migrations import migrate
     from authswitch.adapters.postgres.pool import create_pool
@@ -333,7 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="authswitch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"authswitch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the gRPC server")
+    serving = commands.add_parser("serve", help="run the gRPC server")
+    serving.add_argument(
+        "--workers", type=int, default=0,
+        help="worker processes sharing the gRPC port (default AUTHSWITCH_WORKERS, or one per "
+        "core)",
+    )  # fmt: skip
     commands.add_parser("migrate", help="apply database migrations and exit")
     demo = commands.add_parser("demo", help="create a funded demo card on a running server")
     demo.add_argument("--target", help="host:port of the server (default AUTHSWITCH_GRPC_LISTEN)")
@@ -419,7 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            return _run(_serve(settings))
+            from authswitch.supervisor import serve
+
+            workers = args.workers or settings.workers or os.cpu_count() or 1
+            return serve(settings, workers=workers)
         if args.command == "migrate":
             return _run(_migrate(settings))
         if args.command == "demo":

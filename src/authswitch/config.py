@@ -102,6 +102,8 @@ class Settings:
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.
     grpc_reuseport: bool = False
+    # Worker processes of `authswitch serve` sharing the gRPC port; 0: one per core.
+    workers: int = 0
     shutdown_grace_s: float = 10.0
 
     # Named secrets of programs (client tokens, TLS material, webhook keys) are read from
@@ -154,6 +156,8 @@ class Settings:
         known |= {"PAN_KEY_FILE", "PIN_KEY_FILE", "CVV_KEY_FILE"}
         known |= {"TEST_POSTGRES_DSN", "TEST_REDIS_URL"}  # read by the test suite
         known |= {"TEST_REQUIRE_ENGINES"}  # the test suite: fail, not skip, without pgbouncer
+        # Set by `authswitch serve` for its workers (authswitch/worker.py), not by people.
+        known |= {"WORKER_INDEX", "WORKER_READY_FD", "WORKER_SUPERVISOR_PID", "WORKER_COUNT"}
         unknown = sorted(
             name
             for name in env
@@ -207,6 +211,8 @@ class Settings:
             raise ConfigError("AUTHSWITCH_PARTITION_MAINTENANCE_INTERVAL_S must not be negative")
         if self.partition_retention_months < 0:
             raise ConfigError("AUTHSWITCH_PARTITION_RETENTION_MONTHS must not be negative")
+        if self.workers < 0:
+            raise ConfigError("AUTHSWITCH_WORKERS must not be negative (0: one per core)")
         if self.group_commit_linger_us < 0:
             raise ConfigError("AUTHSWITCH_GROUP_COMMIT_LINGER_US must not be negative")
         if not 0 < self.postgres_pool_min <= self.postgres_pool_max:

@@ -2,7 +2,12 @@
 an account id or a message id).
 
 The series are module-level, in the default registry, so every part of the process counts
-into the same ones; ``authswitch serve`` exposes them on ``AUTHSWITCH_METRICS_LISTEN``.
+into the same ones. ``authswitch serve`` runs worker processes, which write their series to
+files (prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``); its supervisor
+serves the sum on ``AUTHSWITCH_METRICS_LISTEN``. Each gauge says how workers' values
+combine (``multiprocess_mode``): a per-process quantity is summed over live workers, a
+figure of the whole ledger (read from Postgres by whichever worker ran the job) is the
+latest or the largest.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ COMMIT_QUEUE_WAIT_SECONDS = Histogram(
 COMMIT_QUEUE_DEPTH = Gauge(
     "authswitch_group_commit_queue_depth",
     "Writes waiting for the group committer.",
+    multiprocess_mode="livesum",
 )
 STORE_ERRORS = Counter(
     "authswitch_store_errors_total",
@@ -116,11 +122,13 @@ OUTBOX_DEPTH = Gauge(
     "authswitch_outbox_depth",
     "Notifications waiting for delivery (pending or retrying), by sink.",
     ["sink"],
+    multiprocess_mode="livemax",
 )
 OUTBOX_OLDEST_AGE_SECONDS = Gauge(
     "authswitch_outbox_oldest_age_seconds",
     "Age of the oldest undelivered notification, by sink.",
     ["sink"],
+    multiprocess_mode="livemax",
 )
 OUTBOX_DELIVERIES = Counter(
     "authswitch_outbox_deliveries_total",
@@ -131,20 +139,24 @@ OUTBOX_DEAD_LETTERS = Gauge(
     "authswitch_outbox_dead_letters",
     "Notifications that exhausted their retry horizon and wait for an operator re-drive.",
     ["sink"],
+    multiprocess_mode="livemax",
 )
 RECONCILIATION_BREAKS = Gauge(
     "authswitch_reconciliation_breaks",
     "Breaks found by the last reconciliation run, by check.",
     ["check"],
+    multiprocess_mode="mostrecent",
 )
 RECONCILIATION_DRIFT_MINOR = Gauge(
     "authswitch_reconciliation_drift_minor",
     "Sum of absolute differences found by the last reconciliation run, in minor units, by check.",
     ["check"],
+    multiprocess_mode="mostrecent",
 )
 RECONCILIATION_LAST_RUN_SECONDS = Gauge(
     "authswitch_reconciliation_last_run_timestamp_seconds",
     "Unix time of the last completed reconciliation run.",
+    multiprocess_mode="mostrecent",
 )
 FILE_DELIVERIES = Counter(
     "authswitch_file_deliveries_total",
@@ -155,6 +167,7 @@ FILE_DELIVERIES_PENDING = Gauge(
     "authswitch_file_deliveries_pending",
     "Due files not yet delivered (claimed, or failed and waiting to be retried), by kind.",
     ["kind"],
+    multiprocess_mode="mostrecent",
 )
 
 SHED = Counter(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from authswitch.config import parse_listen
 
@@ -19,8 +19,9 @@ class MetricsServer(Protocol):
     def server_close(self) -> None: ...
 
 
-def start_metrics_server(listen: str) -> MetricsServer:
-    """Serve ``/metrics`` from a daemon thread; ``listen`` may use port 0 (any free port)."""
+def start_metrics_server(listen: str, *, registry: Any = REGISTRY) -> MetricsServer:
+    """Serve ``/metrics`` of ``registry`` from a daemon thread; ``listen`` may use port 0
+    (any free port)."""
     host, port = parse_listen(listen)
-    server, _thread = start_http_server(port, addr=host)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

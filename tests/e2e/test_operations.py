@@ -137,7 +137,9 @@ async def test_not_serving_until_the_stores_are_ready(stores: Stores, tmp_path: 
     await proxy.start()
     proxy.connect_delay_s = 2.0  # a Postgres that takes its time to accept
     dsn = dsn_through(stores.postgres_dsn, proxy.port)
-    server = ServerProcess(stores, tmp_path / "serve.log", postgres_dsn=dsn)
+    # One worker, as in a pod behind its probes (several workers open the port only once
+    # ready: tests/e2e/test_workers.py).
+    server = ServerProcess(stores, tmp_path / "serve.log", postgres_dsn=dsn, workers="1")
     server.start()
     try:
         seen: list[int | None] = []
@@ -163,7 +165,7 @@ async def test_calls_before_ready_are_unavailable(stores: Stores, tmp_path: Path
     proxy.connect_delay_s = 2.0
     server = ServerProcess(
         stores, tmp_path / "serve.log",
-        postgres_dsn=dsn_through(stores.postgres_dsn, proxy.port),
+        postgres_dsn=dsn_through(stores.postgres_dsn, proxy.port), workers="1",
     )  # fmt: skip
     server.start()
     try:

@@ -538,6 +538,7 @@ def test_only_set_settings_are_rendered(chart: helm_python.Chart) -> None:
         "AUTHSWITCH_GRPC_LISTEN": "0.0.0.0:50051",
         "AUTHSWITCH_METRICS_LISTEN": "0.0.0.0:9464",
         "AUTHSWITCH_SHUTDOWN_GRACE_S": "20",
+        "AUTHSWITCH_WORKERS": "1",  # one process per pod: pods scale, not processes
     }
 
 

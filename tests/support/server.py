@@ -52,6 +52,10 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def metrics_listen(self) -> str:
+        return self.env["AUTHSWITCH_METRICS_LISTEN"]
+
     def start(self) -> None:
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
