@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from authswitch.adapters.postgres.ownership import OWNER_BALANCES
 from authswitch.adapters.sinks import ReportSink
 from authswitch.domain.money import format_signed
 from authswitch.domain.reports import (
@@ -199,9 +200,10 @@ class ReportWriter:
     async def fbo_balances(
         self, sink: ReportSink, *, program_id: str, at: datetime
     ) -> tuple[str, int]:
-        """Seed 002's pooled FBO balance file: each beneficial owner's balance. An account is
-        listed once, under its holders (joint holders joined by '+'), or its own id when it
-        has none, so the file adds up to the FBO total."""
+        """Seed 002's pooled FBO balance file: each beneficial owner's balance per asset, the
+        sum of their share of every account they hold (a joint account split by its holders'
+        shares, equal unless set; an account without holders under its own id), in whole
+        minor units that add up to the FBO total (domain/holders.py)."""
         async with self.snapshot() as conn:
             if not await conn.fetchval(
                 "SELECT true FROM programs WHERE id = $1", _uuid_or_404(program_id)
@@ -212,18 +214,7 @@ class ReportWriter:
                 text = _csv_writer(out)
                 text.writerow(["customer_id", "asset", "balance"])
                 lines = 0
-                async for row in conn.cursor(
-                    """SELECT coalesce(
-                              (SELECT string_agg(h.customer_id::text, '+' ORDER BY h.customer_id)
-                               FROM account_holders h WHERE h.account_id = acc.id),
-                              acc.id::text) AS owner,
-                              b.asset, a.exponent, b.actual_minor
-                       FROM balances b JOIN accounts acc ON acc.id = b.account_id
-                       JOIN assets a ON a.code = b.asset
-                       WHERE acc.program_id = $1 AND acc.kind = 'CUSTOMER'
-                       ORDER BY owner, b.asset""",
-                    program_id, prefetch=CURSOR_PREFETCH,
-                ):  # fmt: skip
+                async for row in conn.cursor(OWNER_BALANCES, program_id, prefetch=CURSOR_PREFETCH):
                     text.writerow([row[0], row[1], format_signed(row[3], row[2])])
                     lines += 1
                 _flush(text)
