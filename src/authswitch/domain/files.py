@@ -1,11 +1,11 @@
 """When scheduled files are due and what each covers (pure: the caller passes the time).
 
 A schedule is a five-field cron expression read in the schedule's time zone. A day file
-(transactions, chargebacks, subledger net changes) due at a time covers the local day
-before it, so "30 2 * * *" delivers yesterday's file at 02:30 every day; a missed day is
-caught up, up to ``CATCH_UP_MAX`` due times back. A snapshot (balances, FBO balances) is
-taken when it is delivered; only the latest due time counts, since a snapshot taken now
-cannot stand for an earlier one.
+(transactions, chargebacks, subledger net changes, settlement position) due at a time
+covers the local day before it, so "30 2 * * *" delivers yesterday's file at 02:30 every
+day; a missed day is caught up, up to ``CATCH_UP_MAX`` due times back. A snapshot
+(balances, FBO balances) is taken when it is delivered; only the latest due time counts,
+since a snapshot taken now cannot stand for an earlier one.
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ class FileKind(Enum):
     CHARGEBACKS = "chargebacks"
     SUBLEDGER = "subledger"
     FBO = "fbo"
+    SETTLEMENT = "settlement"
 
     @property
     def daily(self) -> bool:
         """Covers one past day (rather than a snapshot of now)."""
-        return self in (FileKind.TRANSACTIONS, FileKind.CHARGEBACKS, FileKind.SUBLEDGER)
+        return self in (
+            FileKind.TRANSACTIONS,
+            FileKind.CHARGEBACKS,
+            FileKind.SUBLEDGER,
+            FileKind.SETTLEMENT,
+        )
 
     @property
     def of_client(self) -> bool:

@@ -52,6 +52,7 @@ _KINDS = {
     ledger_admin_pb2.FILE_KIND_CHARGEBACKS: FileKind.CHARGEBACKS,
     ledger_admin_pb2.FILE_KIND_SUBLEDGER: FileKind.SUBLEDGER,
     ledger_admin_pb2.FILE_KIND_FBO: FileKind.FBO,
+    ledger_admin_pb2.FILE_KIND_SETTLEMENT: FileKind.SETTLEMENT,
 }
 _WIRE_KINDS = {kind: wire for wire, kind in _KINDS.items()}
 ERROR_TEXT_MAX = 500
@@ -384,6 +385,8 @@ class FileDeliveries:
             return await writer.transactions(spool, program_id=program_id, day=day)
         if kind is FileKind.CHARGEBACKS:
             return await writer.chargebacks(spool, program_id=program_id, day=day)
+        if kind is FileKind.SETTLEMENT:
+            return await writer.settlement(spool, program_id=program_id, day=day)
         return await writer.subledger_net_changes(spool, program_id=program_id, day=day)
 
     async def _measure(self) -> None:

@@ -40,6 +40,7 @@ from authswitch.domain.reports import (
     file_date_and_time,
     valid_prefix,
 )
+from authswitch.domain.settlement import Line, MessageTotal, settlement_rows
 from authswitch.errors import NotFound, RequestError, StoreUnavailable
 from authswitch.service.clock import Clock
 
@@ -303,12 +304,113 @@ class ReportWriter:
                 _flush(text)
         return name, lines
 
+    async def settlement(self, sink: ReportSink, *, program_id: str, day: date) -> tuple[str, int]:
+        """The daily settlement position of a program per network and asset, reconciled to
+        its clearing account when authswitch keeps its ledger (domain/settlement.py,
+        docs/files.md). Returns (file name, lines)."""
+        async with self.snapshot() as conn:
+            program = await conn.fetchrow(
+                """SELECT p.time_zone,
+                          p.mode = 'ON_LEDGER' OR coalesce(r.stand_in = 'SHADOW', false),
+                          (SELECT id FROM accounts WHERE program_id = p.id AND kind = 'CLEARING'),
+                          (SELECT id FROM accounts WHERE program_id = p.id AND kind = 'FEE_INCOME')
+                   FROM programs p LEFT JOIN program_routing r ON r.program_id = p.id
+                   WHERE p.id = $1""",
+                _uuid_or_404(program_id),
+            )
+            if program is None:
+                raise NotFound(f"program {program_id} does not exist")
+            zone, ledger_kept, clearing, fee_account = program
+            start, end = _day_bounds(day, zone)
+            cleared = await conn.fetch(
+                """SELECT d.source, d.asset, d.kind, count(*), sum(d.amount_minor)
+                   FROM decisions d JOIN accounts acc ON acc.id = d.account_id
+                   WHERE d.kind IN ('CLEARING', 'REFUND') AND d.response_code = '00'
+                     AND d.created_at >= $2 AND d.created_at < $3
+                     AND acc.program_id = $1 AND d.asset IS NOT NULL
+                   GROUP BY d.source, d.asset, d.kind""",
+                program_id, start, end,
+            )  # fmt: skip
+            disputed = await conn.fetch(
+                """SELECT d.clearing_source, d.asset,
+                          CASE WHEN ev.step = 'CARDHOLDER_WON' THEN 'ARBITRATION'
+                               ELSE ev.step END,
+                          count(*), sum(ev.amount_minor)
+                   FROM dispute_events ev JOIN disputes d ON d.id = ev.dispute_id
+                   WHERE d.program_id = $1 AND ev.created_at >= $2 AND ev.created_at < $3
+                     AND (ev.step IN ('CHARGEBACK', 'REPRESENTMENT')
+                          OR (ev.step = 'CARDHOLDER_WON' AND ev.from_status = 'REPRESENTED'))
+                   GROUP BY 1, 2, 3""",
+                program_id, start, end,
+            )  # fmt: skip
+            charged = await conn.fetch(_ACCOUNT_DAY, fee_account, program_id, start, end, "source")
+            messages = [
+                MessageTotal(_MESSAGE_LINES[r[2]], r[0], r[1], int(r[3]), int(r[4]))
+                for r in cleared
+            ] + [
+                MessageTotal(_DISPUTE_LINES[r[2]], r[0], r[1], int(r[3]), int(r[4]))
+                for r in disputed
+            ]
+            fees = [MessageTotal(Line.FEES, r[0], r[1], int(r[2]), int(r[3])) for r in charged]
+            by_kind: dict[tuple[str, str], tuple[int, int]] | None = None
+            closing: dict[str, int] | None = None
+            if ledger_kept:
+                moved = await conn.fetch(_ACCOUNT_DAY, clearing, program_id, start, end, "kind")
+                by_kind = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in moved}
+                # The clearing account's balance at the end of the day: its postings so far
+                # (and what months dropped by retention summed to).
+                balance = await conn.fetch(
+                    """SELECT asset, sum(amount_minor) FROM (
+                           SELECT asset, amount_minor FROM postings
+                           WHERE account_id = $1 AND created_at < $2
+                           UNION ALL
+                           SELECT asset, amount_minor FROM posting_archive_totals
+                           WHERE account_id = $1) t
+                       GROUP BY asset""",
+                    clearing, end,
+                )  # fmt: skip
+                closing = {r[0]: int(r[1]) for r in balance}
+            rows = settlement_rows(
+                messages, fees, clearing_by_kind=by_kind, clearing_closing=closing
+            )
+            exponents = {r[0]: r[1] for r in await conn.fetch("SELECT code, exponent FROM assets")}
+            name = f"settlement-{program_id}-{day:%Y%m%d}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(SETTLEMENT_HEADER)
+                for row in rows:
+                    text.writerow(
+                        [f"{day:%Y-%m-%d}", row.network, row.asset, row.line.value, row.detail,
+                         row.count, format_signed(row.amount_minor, exponents[row.asset]),
+                         row.amount_minor]
+                    )  # fmt: skip
+                _flush(text)
+        return name, len(rows)
+
+
+# One account's postings of a day, by the entry's source or kind ($5), and asset.
+_ACCOUNT_DAY = """
+    SELECT CASE WHEN $5 = 'kind' THEN e.kind ELSE e.source END, p.asset, count(*),
+           sum(p.amount_minor)
+    FROM postings p JOIN journal_entries e ON e.id = p.entry_id
+    WHERE p.account_id = $1 AND e.program_id = $2
+      AND p.created_at >= $3 AND p.created_at < $4 AND e.created_at >= $3 AND e.created_at < $4
+    GROUP BY 1, 2"""
+_MESSAGE_LINES = {"CLEARING": Line.CLEARED_PURCHASES, "REFUND": Line.REFUNDS}
+_DISPUTE_LINES = {
+    "CHARGEBACK": Line.CHARGEBACKS, "REPRESENTMENT": Line.REPRESENTMENTS,
+    "ARBITRATION": Line.DISPUTE_ARBITRATION,
+}  # fmt: skip
+
 
 # The columns of the daily files (docs/files.md describes each).
 TRANSACTION_HEADER = [
     "entry_id", "posted_at", "business_date", "entry_type", "account_id", "account_kind",
     "account_reference", "card_last_four", "asset", "amount", "amount_minor", "direction",
     "source", "message_id", "network_reference", "description",
+]  # fmt: skip
+SETTLEMENT_HEADER = [
+    "business_date", "network", "asset", "line", "detail", "count", "amount", "amount_minor",
 ]  # fmt: skip
 CHARGEBACK_HEADER = [
     "event_id", "occurred_at", "business_date", "dispute_id", "step", "from_status",
