@@ -385,7 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     schedule.add_argument(
         "--kind", required=True,
-        choices=("balances", "transactions", "chargebacks", "subledger", "fbo", "settlement"),
+        choices=(
+            "balances", "transactions", "chargebacks", "subledger", "fbo", "settlement",
+            "subledger_sync",
+        ),
     )  # fmt: skip
     owner = schedule.add_mutually_exclusive_group(required=True)
     owner.add_argument("--program", help="program id (every file but balances)")

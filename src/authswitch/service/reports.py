@@ -198,6 +198,72 @@ class ReportWriter:
                 _flush(text)
         return name, lines
 
+    async def subledger_sync(
+        self, sink: ReportSink, *, schedule_id: str, program_id: str, window_end: datetime
+    ) -> tuple[str, int]:
+        """One file of an intraday subledger sync (seed 002: "high volume programs may need
+        multiple syncs per day"): the net change of every customer account (and asset) since
+        the schedule's previous file, each a book transfer against the implicit clearing
+        subledger, whose own line closes the file.
+
+        A file holds the postings made before ``window_end`` that its snapshot sees and the
+        previous file's did not (migration 0012): one that committed late, after the file of
+        its time was taken, goes into the next file. The snapshot is stored with the window
+        the first time the file is written, so a retry writes the same file. The previous
+        window must be delivered first (the caller delivers a schedule's windows in order)."""
+        windows = self.primary  # the windows are written on the primary
+        async with self.snapshot() as conn:
+            program = await conn.fetchrow(
+                "SELECT name FROM programs WHERE id = $1", _uuid_or_404(program_id)
+            )
+            if program is None:
+                raise NotFound(f"program {program_id} does not exist")
+            previous = await windows.fetchrow(
+                """SELECT window_end, snapshot::text FROM subledger_sync_windows
+                   WHERE schedule_id = $1 AND window_end < $2
+                   ORDER BY window_end DESC LIMIT 1""",
+                schedule_id, window_end,
+            )  # fmt: skip
+            if previous is None:
+                raise NotFound(f"subledger sync schedule {schedule_id} has no first window")
+            taken = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            snapshot = await windows.fetchval(
+                """INSERT INTO subledger_sync_windows (schedule_id, window_end, snapshot, taken_at)
+                   VALUES ($1, $2, $3::text::pg_snapshot, now())
+                   ON CONFLICT (schedule_id, window_end)
+                   DO UPDATE SET taken_at = subledger_sync_windows.taken_at
+                   RETURNING snapshot::text""",
+                schedule_id, window_end, taken,
+            )  # fmt: skip
+            start, since = previous[0], previous[1]
+            name = f"subledger-sync-{program_id}-{window_end.astimezone(UTC):%Y%m%dT%H%M%SZ}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(["window_start", "window_end", "subledger", "account_reference",
+                               "asset", "net_change", "direction"])  # fmt: skip
+                bounds = [_iso(start), _iso(window_end)]
+                lines = 0
+                totals: dict[str, tuple[int, int]] = {}
+                async for row in conn.cursor(
+                    _SYNC_NET_CHANGES, program_id, start - SYNC_LATE_COMMIT_MAX, window_end,
+                    snapshot, start, since, prefetch=CURSOR_PREFETCH,
+                ):  # fmt: skip
+                    net = int(row["net"])
+                    text.writerow(
+                        [*bounds, row[0], row[1], row[2], format_signed(net, row[3]),
+                         "CREDIT" if net > 0 else "DEBIT"]
+                    )  # fmt: skip
+                    total, exponent = totals.get(row[2], (0, row[3]))
+                    totals[row[2]] = (total + net, exponent)
+                    lines += 1
+                for asset, (total, exponent) in sorted(totals.items()):
+                    text.writerow(
+                        [*bounds, "implicit-clearing", program["name"], asset,
+                         format_signed(-total, exponent), "CREDIT" if -total > 0 else "DEBIT"]
+                    )  # fmt: skip
+                _flush(text)
+        return name, lines
+
     async def fbo_balances(
         self, sink: ReportSink, *, program_id: str, at: datetime
     ) -> tuple[str, int]:
@@ -388,6 +454,28 @@ class ReportWriter:
         return name, len(rows)
 
 
+# A posting that commits this long after the time it carries may be missed by a subledger
+# sync (a group commit takes milliseconds; a stalled one fails long before this).
+SYNC_LATE_COMMIT_MAX = timedelta(hours=24)
+# The customer postings of a sync window ($1 program): posted from $2 (the previous window's
+# end, less SYNC_LATE_COMMIT_MAX) to before $3 (this window's end), visible in this window's
+# snapshot $4 and not in the previous file, which held those before $5 visible in $6.
+# Postings written before migration 0012 have no transaction id: older than any snapshot.
+_SYNC_NET_CHANGES = """
+    SELECT p.account_id::text, acc.reference, p.asset, a.exponent,
+           sum(p.amount_minor) AS net
+    FROM journal_entries e
+    JOIN postings p ON p.entry_id = e.id AND p.created_at = e.created_at
+    JOIN accounts acc ON acc.id = p.account_id
+    JOIN assets a ON a.code = p.asset
+    WHERE e.program_id = $1 AND e.created_at >= $2 AND e.created_at < $3
+      AND acc.kind = 'CUSTOMER'
+      AND coalesce(pg_visible_in_snapshot(p.xact, $4::text::pg_snapshot), true)
+      AND NOT (p.created_at < $5
+               AND coalesce(pg_visible_in_snapshot(p.xact, $6::text::pg_snapshot), true))
+    GROUP BY p.account_id, acc.reference, p.asset, a.exponent
+    HAVING sum(p.amount_minor) <> 0
+    ORDER BY p.account_id, p.asset"""
 # One account's postings of a day, by the entry's source or kind ($5), and asset.
 _ACCOUNT_DAY = """
     SELECT CASE WHEN $5 = 'kind' THEN e.kind ELSE e.source END, p.asset, count(*),

@@ -62,7 +62,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "outbox": ("notifications", "notification_deliveries"),
 }
 # The daily files that read the journal (domain/files.py FileKind.daily).
-_DAILY_FILE_KINDS = ["transactions", "subledger", "chargebacks", "settlement"]
+_DAILY_FILE_KINDS = ["transactions", "subledger", "chargebacks", "settlement", "subledger_sync"]
 _NAME = re.compile(r"^([a-z_]+)_p(\d{4})(\d{2})$")
 LOCK_ATTEMPTS_MAX = 40
 LOCK_PAUSE_S = 0.05
