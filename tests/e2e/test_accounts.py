@@ -69,7 +69,8 @@ async def test_a_transfer_to_a_pot_is_one_balanced_entry_the_pot_can_spend(
     main = await _account(ledger, product_id, customer)
     pot = await _account(ledger, product_id, customer)
     await ledger.credit(main, 10_000)
-    request = _transfer(main, pot, 3_000, key="pot-1")
+    key = f"pot-{uuid.uuid4()}"
+    request = _transfer(main, pot, 3_000, key=key)
     moved = await ledger.admin.Transfer(request)
     assert (moved.from_balance.actual_minor, moved.from_balance.available_minor) == (7_000, 7_000)
     assert await ledger.figures(main) == (7_000, 7_000, 0)
@@ -90,7 +91,7 @@ async def test_a_transfer_to_a_pot_is_one_balanced_entry_the_pot_can_spend(
     # A retry is the same transfer; the same key for another transfer is refused.
     assert await ledger.admin.Transfer(request) == moved
     assert await ledger.figures(main) == (7_000, 7_000, 0)
-    other = _transfer(main, pot, 3_001, key="pot-1")
+    other = _transfer(main, pot, 3_001, key=key)
     assert await _code_of(ledger.admin.Transfer(other)) == grpc.StatusCode.ALREADY_EXISTS
     # Back from the pot's remaining money: nothing left once the card's hold is counted.
     back = _transfer(pot, main, 1)

@@ -10,6 +10,7 @@ import json
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -646,7 +647,9 @@ async def test_the_reference_client_keeps_the_shadow_ledger_exactly(w: World) ->
     )
     advice_hold = next(h for h in holds.holds if h.original.amount_minor == 1_500)
     await w.ledger.admin.ReleaseHold(
-        la.ReleaseHoldRequest(hold_id=advice_hold.hold_id, reason="stale", idempotency_key="r1")
+        la.ReleaseHoldRequest(
+            hold_id=advice_hold.hold_id, reason="stale", idempotency_key=str(uuid.uuid4())
+        )
     )
     await step("manual release")
     # Every kind of money notification was applied, each once.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -32,6 +33,7 @@ from tests.support.stores import Stores
 pytestmark = pytest.mark.timeout(120)
 
 DAY = (datetime.now(UTC) - timedelta(days=3)).date()
+K = f"st-{uuid.uuid4().hex[:8]}-"  # message ids of this module, unique in the session's database
 HEADER = ["business_date", "network", "asset", "line", "detail", "count", "amount",
           "amount_minor"]  # fmt: skip
 
@@ -88,21 +90,21 @@ async def settled_day(stores: Stores) -> AsyncIterator[SettledDay]:
         clock.set(at(DAY, 9))
         await ledger.credit(account_id, 1_000)
         clock.set(at(DAY, 10))
-        request = ledger.request(card, 4_000, message_id="auth-1")
+        request = ledger.request(card, 4_000, message_id=f"{K}auth-1")
         request.network_reference = "NR1"
         assert (await ledger.auth.Authorize(request)).response_code == "00"
         clock.set(at(DAY, 11))
-        cleared = await _clear(ledger, card, 4_000, source="visa", message_id="clr-1",
+        cleared = await _clear(ledger, card, 4_000, source="visa", message_id=f"{K}clr-1",
                                reference="NR1")  # fmt: skip
         assert cleared.response_code == "00"
         clock.set(at(DAY, 11, 30))
-        unmatched = await _clear(ledger, card, 700, source="mastercard", message_id="mc-1",
+        unmatched = await _clear(ledger, card, 700, source="mastercard", message_id=f"{K}mc-1",
                                  reference="MC1")  # fmt: skip
         assert unmatched.response_code == "00"
         clock.set(at(DAY, 12))
-        await _refund(ledger, card, 500, "ref-1")
+        await _refund(ledger, card, 500, f"{K}ref-1")
         clock.set(at(DAY, 13))
-        dispute = (await ledger.open_dispute("clr-1", 4_000, provisional=True)).dispute
+        dispute = (await ledger.open_dispute(f"{K}clr-1", 4_000, provisional=True)).dispute
         clock.set(at(DAY, 14))
         assert (await ledger.chargeback(dispute)).response_code == "00"
         clock.set(at(DAY, 15))
@@ -114,12 +116,12 @@ async def settled_day(stores: Stores) -> AsyncIterator[SettledDay]:
         off_product = await ledger.product(off_program_id)
         off_card = await ledger.card(account_id=await ledger.account(off_product))
         clock.set(at(DAY, 17))
-        forwarded = await _clear(ledger, off_card, 2_000, source="visa", message_id="off-clr-1",
+        forwarded = await _clear(ledger, off_card, 2_000, source="visa", message_id=f"{K}off-clr-1",
                                  reference="OFF1")  # fmt: skip
         assert forwarded.response_code == "00"
-        await _refund(ledger, off_card, 300, "off-ref-1")
+        await _refund(ledger, off_card, 300, f"{K}off-ref-1")
         clock.set(at(DAY + timedelta(days=1), 9))  # the next day: not in the file
-        next_day = await _clear(ledger, card, 100, source="visa", message_id="clr-2",
+        next_day = await _clear(ledger, card, 100, source="visa", message_id=f"{K}clr-2",
                                 reference="NR3")  # fmt: skip
         assert next_day.response_code == "00"
         yield SettledDay(app, ledger, clock, program_id, off_program_id)
