@@ -93,9 +93,23 @@ async def test_a_transfer_to_a_pot_is_one_balanced_entry_the_pot_can_spend(
     assert await ledger.figures(main) == (7_000, 7_000, 0)
     other = _transfer(main, pot, 3_001, key=key)
     assert await _code_of(ledger.admin.Transfer(other)) == grpc.StatusCode.ALREADY_EXISTS
-    # Back from the pot's remaining money: nothing left once the card's hold is counted.
+    # Back from the pot: nothing is left once the card's hold is counted.
     back = _transfer(pot, main, 1)
-    assert await _code_of(ledger.admin.Transfer(back)) == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as short:
+        await ledger.admin.Transfer(back)
+    assert short.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "insufficient" in (short.value.details() or "")
+    # A retry gets its first answer forever: even once the accounts share no holder.
+    partner = await _customer(ledger, program_id)
+    await ledger.admin.AddAccountHolder(
+        la.AddAccountHolderRequest(account_id=pot, customer_id=partner)
+    )
+    await ledger.admin.RemoveAccountHolder(
+        la.RemoveAccountHolderRequest(account_id=pot, customer_id=customer)
+    )
+    assert await ledger.admin.Transfer(request) == moved
+    fresh = _transfer(main, pot, 100)
+    assert await _code_of(ledger.admin.Transfer(fresh)) == grpc.StatusCode.FAILED_PRECONDITION
     report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=program_id)
     assert report.ok, report.to_text()
 

@@ -60,6 +60,15 @@ class AccountService:
             raise RequestError(f"description: printable, up to {DESCRIPTION_LEN_MAX} characters")
         if request.from_account_id == request.to_account_id:
             raise RequestError("from_account_id and to_account_id are the same account")
+        stored = await store.find_decision(ADMIN_SOURCE, key)
+        if stored is not None:
+            # A retry gets the first answer, whatever changed since (holders, balances).
+            if stored.fingerprint != fingerprint:
+                raise AlreadyExists("idempotency_key was used for another change")
+            if stored.reason != Reason.APPROVED:
+                raise PreconditionFailed("insufficient available balance in the source account")
+            await self._reload(request.to_account_id)
+            return ledger_admin_pb2.TransferResponse.FromString(stored.response)
         source = await store.account(request.from_account_id)
         target = await store.account(request.to_account_id)
         if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":
@@ -123,10 +132,20 @@ class AccountService:
             raise AlreadyExists("idempotency_key was used for another change")
         if decision.reason != Reason.APPROVED:
             raise PreconditionFailed("insufficient available balance in the source account")
-        # The destination's cache learns of the credit from Postgres (after a retry too: a
-        # transfer whose reload failed is answered with an error, and its retry reloads).
+        if posted.status is PostStatus.COMMITTED:
+            await store.audit(
+                actor, "transfer", source.id,
+                {"to_account_id": target.id, "asset": asset, "amount_minor": amount,
+                 "idempotency_key": key, "entry_id": entry_id},
+            )  # fmt: skip
+        await self._reload(target.id)
+        return ledger_admin_pb2.TransferResponse.FromString(decision.response)
+
+    async def _reload(self, account_id: str) -> None:
+        """The destination's cache learns of the credit from Postgres. A transfer whose
+        reload failed is answered with an error, and its retry (same key) reloads again."""
         try:
-            await admin.sync.refresh(target.id, "transfer")
+            await self.admin.sync.refresh(account_id, "transfer")
         except Exception as exc:
             metrics.STORE_ERRORS.labels("redis", "transfer").inc()
             log.warning(
@@ -134,13 +153,6 @@ class AccountService:
                 extra={"error": type(exc).__name__},
             )
             raise
-        if posted.status is PostStatus.COMMITTED:
-            await store.audit(
-                actor, "transfer", source.id,
-                {"to_account_id": target.id, "asset": asset, "amount_minor": amount,
-                 "idempotency_key": key, "entry_id": entry_id},
-            )  # fmt: skip
-        return ledger_admin_pb2.TransferResponse.FromString(decision.response)
 
     # -- joint holders --------------------------------------------------------------------
 
