@@ -162,7 +162,7 @@ class FileSchedules:
                 )
         else:
             raise RequestError("a schedule needs a destination: directory or sftp")
-        schedule_id = str(uuid.uuid4())
+        schedule_id, created_at = str(uuid.uuid4()), self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             if kind.of_client:
                 zone = schedule.time_zone or "UTC"
@@ -186,7 +186,7 @@ class FileSchedules:
                 None if kind.of_client else owner, schedule.cron, zone, schedule.prefix,
                 destination, schedule.directory, sftp.host, sftp.port or 22, sftp.username,
                 sftp.key_secret, sftp.known_hosts_secret, sftp.remote_dir or ".",
-                self.clock.now(),
+                created_at,
             )  # fmt: skip
             if kind.chained:
                 # The anchor of the chain: the first file covers what is posted from now on.
@@ -194,7 +194,7 @@ class FileSchedules:
                     """INSERT INTO subledger_sync_windows (schedule_id, window_end, snapshot,
                            taken_at)
                        VALUES ($1, $2, pg_current_snapshot(), now())""",
-                    schedule_id, self.clock.now(),
+                    schedule_id, created_at,
                 )  # fmt: skip
             await audit(
                 conn, actor, "create_file_schedule", schedule_id,
