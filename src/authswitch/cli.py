@@ -10,8 +10,9 @@ authswitch report balances --client ID --prefix P --out DIR
 authswitch report subledger --program ID --date YYYY-MM-DD --out DIR
 authswitch report fbo --program ID --out DIR
                       seed 002's subledger net-change and pooled FBO balance files
-authswitch report transactions|chargebacks --program ID --date YYYY-MM-DD --out DIR
-                      the sponsor bank's daily transaction and chargeback files
+authswitch report transactions|chargebacks|settlement --program ID --date YYYY-MM-DD --out DIR
+                      the sponsor bank's daily transaction and chargeback files, and the
+                      daily settlement position per network
 authswitch files run [--schedule ID]
                       deliver the scheduled files that are due now (each at most once)
 authswitch files schedule --kind K (--program ID | --client ID) --cron "30 2 * * *"
@@ -130,14 +131,14 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
                 sink, client_id=args.client, prefix=args.prefix, at=now,
                 progress=lambda text: print(text, file=sys.stderr),
             )  # fmt: skip
-        elif args.kind in ("subledger", "transactions", "chargebacks"):
+        elif args.kind in ("subledger", "transactions", "chargebacks", "settlement"):
             try:
                 day = date.fromisoformat(args.date)
             except ValueError:
                 raise RequestError("--date must be YYYY-MM-DD") from None
             write = {
                 "subledger": writer.subledger_net_changes, "transactions": writer.transactions,
-                "chargebacks": writer.chargebacks,
+                "chargebacks": writer.chargebacks, "settlement": writer.settlement,
             }[args.kind]  # fmt: skip
             name, count = await write(sink, program_id=args.program, day=day)
         else:
@@ -347,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("subledger", "seed 002's daily subledger net changes"),
         ("transactions", "the daily transaction file (docs/files.md)"),
         ("chargebacks", "the daily chargeback file (docs/files.md)"),
+        ("settlement", "the daily settlement position per network (docs/files.md)"),
     ):
         daily = kinds.add_parser(kind, help=text)
         daily.add_argument("--program", required=True)
@@ -365,7 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     schedule.add_argument(
         "--kind", required=True,
-        choices=("balances", "transactions", "chargebacks", "subledger", "fbo"),
+        choices=(
+            "balances", "transactions", "chargebacks", "subledger", "fbo", "settlement",
+            "subledger_sync",
+        ),
     )  # fmt: skip
     owner = schedule.add_mutually_exclusive_group(required=True)
     owner.add_argument("--program", help="program id (every file but balances)")

@@ -257,7 +257,7 @@ async def test_an_existing_database_migrates(stores: Stores) -> None:
             )
             ids = await _old_rows(conn, at)
             applied = await migrate(conn)
-            assert [m.version for m in applied] == list(range(7, len(discover()) + 1))
+            assert [m.version for m in applied] == [m.version for m in discover()[6:]]
 
             for table in PARTITIONED_TABLES:
                 assert await conn.fetchval(

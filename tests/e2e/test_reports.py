@@ -176,8 +176,9 @@ async def test_fbo_file_and_reconciliation(
         DirectorySink(tmp_path), program_id=ids["program"], at=AT
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
-    owners = [r["customer_id"] for r in rows if r["balance"] == "+12.34"]
-    assert owners == ["+".join(sorted([customer.customer_id, partner.customer_id]))]  # once
+    # Each joint holder is listed with their half of the joint account (equal shares).
+    owners = sorted(r["customer_id"] for r in rows if r["balance"] == "+6.17")
+    assert owners == sorted([customer.customer_id, partner.customer_id])
     exponents = {"GBP": 2, "EUR": 2, "BTC": 8}
     fbo = read_fbo_file(tmp_path / name, exponents)
     reconciler = Reconciler(app.pool, app.cache, app.clock)

@@ -1,9 +1,11 @@
 """When scheduled files are due and what each covers (pure: the caller passes the time).
 
 A schedule is a five-field cron expression read in the schedule's time zone. A day file
-(transactions, chargebacks, subledger net changes) due at a time covers the local day
-before it, so "30 2 * * *" delivers yesterday's file at 02:30 every day; a missed day is
-caught up, up to ``CATCH_UP_MAX`` due times back. A snapshot (balances, FBO balances) is
+(transactions, chargebacks, subledger net changes, settlement position) due at a time
+covers the local day before it, so "30 2 * * *" delivers yesterday's file at 02:30 every
+day; a missed day is caught up, up to ``CATCH_UP_MAX`` due times back. A subledger sync
+file due at a time covers what changed from the previous due time up to it, whatever the
+day, so a schedule may run several times a day. A snapshot (balances, FBO balances) is
 taken when it is delivered; only the latest due time counts, since a snapshot taken now
 cannot stand for an earlier one.
 """
@@ -27,11 +29,25 @@ class FileKind(Enum):
     CHARGEBACKS = "chargebacks"
     SUBLEDGER = "subledger"
     FBO = "fbo"
+    SETTLEMENT = "settlement"
+    SUBLEDGER_SYNC = "subledger_sync"
 
     @property
     def daily(self) -> bool:
-        """Covers one past day (rather than a snapshot of now)."""
-        return self in (FileKind.TRANSACTIONS, FileKind.CHARGEBACKS, FileKind.SUBLEDGER)
+        """Covers a past span, a day or a sync window (rather than a snapshot of now)."""
+        return self in (
+            FileKind.TRANSACTIONS,
+            FileKind.CHARGEBACKS,
+            FileKind.SUBLEDGER,
+            FileKind.SETTLEMENT,
+            FileKind.SUBLEDGER_SYNC,
+        )
+
+    @property
+    def chained(self) -> bool:
+        """Each file covers what changed since the previous one of its schedule (rather
+        than a day): the files are delivered in order, none skipped."""
+        return self is FileKind.SUBLEDGER_SYNC
 
     @property
     def of_client(self) -> bool:

@@ -389,7 +389,9 @@ class DisputeService:
             "from_status": step.from_status.value if step.from_status else "",
             "to_status": dispute.status, "amount_minor": amount, "asset": dispute.asset,
             "provisional_minor": dispute.provisional_minor,
-            "customer_minor": plan.customer_minor if dispute.on_ledger else 0,
+            # What the step does to the cardholder's balance, wherever that is kept: an
+            # off-ledger client applies it to its own ledger (docs/client-contract.md).
+            "customer_minor": plan.customer_minor,
             "reason_code": dispute.reason_code, "network_reference": dispute.network_reference,
             "clearing_source": dispute.clearing_source,
             "clearing_message_id": dispute.clearing_message_id, "entry_id": entry_id or "",

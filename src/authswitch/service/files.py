@@ -52,6 +52,8 @@ _KINDS = {
     ledger_admin_pb2.FILE_KIND_CHARGEBACKS: FileKind.CHARGEBACKS,
     ledger_admin_pb2.FILE_KIND_SUBLEDGER: FileKind.SUBLEDGER,
     ledger_admin_pb2.FILE_KIND_FBO: FileKind.FBO,
+    ledger_admin_pb2.FILE_KIND_SETTLEMENT: FileKind.SETTLEMENT,
+    ledger_admin_pb2.FILE_KIND_SUBLEDGER_SYNC: FileKind.SUBLEDGER_SYNC,
 }
 _WIRE_KINDS = {kind: wire for wire, kind in _KINDS.items()}
 ERROR_TEXT_MAX = 500
@@ -160,7 +162,7 @@ class FileSchedules:
                 )
         else:
             raise RequestError("a schedule needs a destination: directory or sftp")
-        schedule_id = str(uuid.uuid4())
+        schedule_id, created_at = str(uuid.uuid4()), self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             if kind.of_client:
                 zone = schedule.time_zone or "UTC"
@@ -184,8 +186,16 @@ class FileSchedules:
                 None if kind.of_client else owner, schedule.cron, zone, schedule.prefix,
                 destination, schedule.directory, sftp.host, sftp.port or 22, sftp.username,
                 sftp.key_secret, sftp.known_hosts_secret, sftp.remote_dir or ".",
-                self.clock.now(),
+                created_at,
             )  # fmt: skip
+            if kind.chained:
+                # The anchor of the chain: the first file covers what is posted from now on.
+                await conn.execute(
+                    """INSERT INTO subledger_sync_windows (schedule_id, window_end, snapshot,
+                           taken_at)
+                       VALUES ($1, $2, pg_current_snapshot(), now())""",
+                    schedule_id, created_at,
+                )  # fmt: skip
             await audit(
                 conn, actor, "create_file_schedule", schedule_id,
                 {"kind": kind.value, "cron": schedule.cron, "sink": destination},
@@ -294,6 +304,16 @@ class FileDeliveries:
                 schedule.cron, schedule.time_zone, now=now, since=schedule.created_at,
                 limit=CATCH_UP_MAX if kind.daily else 1,
             )  # fmt: skip
+            if kind.chained:
+                # A chain's files go out in order, each starting where the one before ended:
+                # a window still pending (failed, backing off, or being delivered elsewhere)
+                # holds back the ones after it, even once past the catch-up horizon.
+                pending = await self.pool.fetch(
+                    """SELECT due_at FROM file_deliveries
+                       WHERE schedule_id = $1 AND delivered_at IS NULL AND due_at <= $2""",
+                    schedule.id, now,
+                )  # fmt: skip
+                due = sorted(set(due) | {r[0] for r in pending})
             if not due:
                 continue
             done = {
@@ -306,8 +326,12 @@ class FileDeliveries:
                 )
             }
             for due_at in due:
-                if due_at not in done and await self._deliver(schedule, due_at, now):
+                if due_at in done:
+                    continue
+                if await self._deliver(schedule, due_at, now):
                     delivered += 1
+                elif kind.chained:
+                    break
         await self._measure()
         return delivered
 
@@ -384,6 +408,12 @@ class FileDeliveries:
             return await writer.transactions(spool, program_id=program_id, day=day)
         if kind is FileKind.CHARGEBACKS:
             return await writer.chargebacks(spool, program_id=program_id, day=day)
+        if kind is FileKind.SETTLEMENT:
+            return await writer.settlement(spool, program_id=program_id, day=day)
+        if kind is FileKind.SUBLEDGER_SYNC:
+            return await writer.subledger_sync(
+                spool, schedule_id=schedule.id, program_id=program_id, window_end=due_at
+            )
         return await writer.subledger_net_changes(spool, program_id=program_id, day=day)
 
     async def _measure(self) -> None:

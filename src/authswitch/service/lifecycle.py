@@ -277,7 +277,8 @@ class LifecycleService:
             )  # fmt: skip
             payload = {
                 "source": request.source, "message_id": request.message_id,
-                "network_reference": request.network_reference, "amount_minor": amount,
+                "network_reference": request.network_reference,
+                "original_message_id": request.original_message_id, "amount_minor": amount,
                 "held_minor": delta, "asset": asset,
                 "authorization_code": request.authorization_code,
             }  # fmt: skip

@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 
 from authswitch import metrics
+from authswitch.adapters.postgres.ownership import OWNER_BALANCES
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.domain.money import parse_decimal
 from authswitch.errors import RequestError
@@ -282,16 +283,8 @@ class Reconciler:
         fbo: Mapping[tuple[str, str], int],
     ) -> None:
         ours: dict[tuple[str, str], int] = {}
-        async for row in conn.cursor(
-            """SELECT coalesce(
-                      (SELECT string_agg(h.customer_id::text, '+' ORDER BY h.customer_id)
-                       FROM account_holders h WHERE h.account_id = acc.id),
-                      acc.id::text) AS owner, b.asset, sum(b.actual_minor) AS balance
-               FROM balances b JOIN accounts acc ON acc.id = b.account_id
-               WHERE acc.program_id = $1 AND acc.kind = 'CUSTOMER'
-               GROUP BY owner, b.asset""",
-            program_id,
-        ):
+        # Each beneficial owner's share of every account they hold, as the FBO file has it.
+        async for row in conn.cursor(OWNER_BALANCES, program_id):
             ours[(row["owner"], row["asset"])] = int(row["balance"])
         report.checked["fbo_matches"] = len(set(ours) | set(fbo))
         for key in sorted(set(ours) | set(fbo)):

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from authswitch.adapters.postgres.ownership import OWNER_BALANCES
 from authswitch.adapters.sinks import ReportSink
 from authswitch.domain.money import format_signed
 from authswitch.domain.reports import (
@@ -39,6 +40,7 @@ from authswitch.domain.reports import (
     file_date_and_time,
     valid_prefix,
 )
+from authswitch.domain.settlement import Line, MessageTotal, settlement_rows
 from authswitch.errors import NotFound, RequestError, StoreUnavailable
 from authswitch.service.clock import Clock
 
@@ -196,12 +198,79 @@ class ReportWriter:
                 _flush(text)
         return name, lines
 
+    async def subledger_sync(
+        self, sink: ReportSink, *, schedule_id: str, program_id: str, window_end: datetime
+    ) -> tuple[str, int]:
+        """One file of an intraday subledger sync (seed 002: "high volume programs may need
+        multiple syncs per day"): the net change of every customer account (and asset) since
+        the schedule's previous file, each a book transfer against the implicit clearing
+        subledger, whose own line closes the file.
+
+        A file holds the postings made before ``window_end`` that its snapshot sees and the
+        previous file's did not (migration 0012): one that committed late, after the file of
+        its time was taken, goes into the next file. The snapshot is stored with the window
+        the first time the file is written, so a retry writes the same file. The previous
+        window must be delivered first (the caller delivers a schedule's windows in order)."""
+        windows = self.primary  # the windows are written on the primary
+        async with self.snapshot() as conn:
+            program = await conn.fetchrow(
+                "SELECT name FROM programs WHERE id = $1", _uuid_or_404(program_id)
+            )
+            if program is None:
+                raise NotFound(f"program {program_id} does not exist")
+            previous = await windows.fetchrow(
+                """SELECT window_end, snapshot::text FROM subledger_sync_windows
+                   WHERE schedule_id = $1 AND window_end < $2
+                   ORDER BY window_end DESC LIMIT 1""",
+                schedule_id, window_end,
+            )  # fmt: skip
+            if previous is None:
+                raise NotFound(f"subledger sync schedule {schedule_id} has no first window")
+            taken = await conn.fetchval("SELECT pg_current_snapshot()::text")
+            snapshot = await windows.fetchval(
+                """INSERT INTO subledger_sync_windows (schedule_id, window_end, snapshot, taken_at)
+                   VALUES ($1, $2, $3::text::pg_snapshot, now())
+                   ON CONFLICT (schedule_id, window_end)
+                   DO UPDATE SET taken_at = subledger_sync_windows.taken_at
+                   RETURNING snapshot::text""",
+                schedule_id, window_end, taken,
+            )  # fmt: skip
+            start, since = previous[0], previous[1]
+            name = f"subledger-sync-{program_id}-{window_end.astimezone(UTC):%Y%m%dT%H%M%SZ}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(["window_start", "window_end", "subledger", "account_reference",
+                               "asset", "net_change", "direction"])  # fmt: skip
+                bounds = [_iso(start), _iso(window_end)]
+                lines = 0
+                totals: dict[str, tuple[int, int]] = {}
+                async for row in conn.cursor(
+                    _SYNC_NET_CHANGES, program_id, start - SYNC_LATE_COMMIT_MAX, window_end,
+                    snapshot, start, since, prefetch=CURSOR_PREFETCH,
+                ):  # fmt: skip
+                    net = int(row["net"])
+                    text.writerow(
+                        [*bounds, row[0], row[1], row[2], format_signed(net, row[3]),
+                         "CREDIT" if net > 0 else "DEBIT"]
+                    )  # fmt: skip
+                    total, exponent = totals.get(row[2], (0, row[3]))
+                    totals[row[2]] = (total + net, exponent)
+                    lines += 1
+                for asset, (total, exponent) in sorted(totals.items()):
+                    text.writerow(
+                        [*bounds, "implicit-clearing", program["name"], asset,
+                         format_signed(-total, exponent), "CREDIT" if -total > 0 else "DEBIT"]
+                    )  # fmt: skip
+                _flush(text)
+        return name, lines
+
     async def fbo_balances(
         self, sink: ReportSink, *, program_id: str, at: datetime
     ) -> tuple[str, int]:
-        """Seed 002's pooled FBO balance file: each beneficial owner's balance. An account is
-        listed once, under its holders (joint holders joined by '+'), or its own id when it
-        has none, so the file adds up to the FBO total."""
+        """Seed 002's pooled FBO balance file: each beneficial owner's balance per asset, the
+        sum of their share of every account they hold (a joint account split by its holders'
+        shares, equal unless set; an account without holders under its own id), in whole
+        minor units that add up to the FBO total (domain/holders.py)."""
         async with self.snapshot() as conn:
             if not await conn.fetchval(
                 "SELECT true FROM programs WHERE id = $1", _uuid_or_404(program_id)
@@ -212,18 +281,7 @@ class ReportWriter:
                 text = _csv_writer(out)
                 text.writerow(["customer_id", "asset", "balance"])
                 lines = 0
-                async for row in conn.cursor(
-                    """SELECT coalesce(
-                              (SELECT string_agg(h.customer_id::text, '+' ORDER BY h.customer_id)
-                               FROM account_holders h WHERE h.account_id = acc.id),
-                              acc.id::text) AS owner,
-                              b.asset, a.exponent, b.actual_minor
-                       FROM balances b JOIN accounts acc ON acc.id = b.account_id
-                       JOIN assets a ON a.code = b.asset
-                       WHERE acc.program_id = $1 AND acc.kind = 'CUSTOMER'
-                       ORDER BY owner, b.asset""",
-                    program_id, prefetch=CURSOR_PREFETCH,
-                ):  # fmt: skip
+                async for row in conn.cursor(OWNER_BALANCES, program_id, prefetch=CURSOR_PREFETCH):
                     text.writerow([row[0], row[1], format_signed(row[3], row[2])])
                     lines += 1
                 _flush(text)
@@ -312,12 +370,135 @@ class ReportWriter:
                 _flush(text)
         return name, lines
 
+    async def settlement(self, sink: ReportSink, *, program_id: str, day: date) -> tuple[str, int]:
+        """The daily settlement position of a program per network and asset, reconciled to
+        its clearing account when authswitch keeps its ledger (domain/settlement.py,
+        docs/files.md). Returns (file name, lines)."""
+        async with self.snapshot() as conn:
+            program = await conn.fetchrow(
+                """SELECT p.time_zone,
+                          p.mode = 'ON_LEDGER' OR coalesce(r.stand_in = 'SHADOW', false),
+                          (SELECT id FROM accounts WHERE program_id = p.id AND kind = 'CLEARING'),
+                          (SELECT id FROM accounts WHERE program_id = p.id AND kind = 'FEE_INCOME')
+                   FROM programs p LEFT JOIN program_routing r ON r.program_id = p.id
+                   WHERE p.id = $1""",
+                _uuid_or_404(program_id),
+            )
+            if program is None:
+                raise NotFound(f"program {program_id} does not exist")
+            zone, ledger_kept, clearing, fee_account = program
+            start, end = _day_bounds(day, zone)
+            cleared = await conn.fetch(
+                """SELECT d.source, d.asset, d.kind, count(*), sum(d.amount_minor)
+                   FROM decisions d JOIN accounts acc ON acc.id = d.account_id
+                   WHERE d.kind IN ('CLEARING', 'REFUND') AND d.response_code = '00'
+                     AND d.created_at >= $2 AND d.created_at < $3
+                     AND acc.program_id = $1 AND d.asset IS NOT NULL
+                   GROUP BY d.source, d.asset, d.kind""",
+                program_id, start, end,
+            )  # fmt: skip
+            disputed = await conn.fetch(
+                """SELECT d.clearing_source, d.asset,
+                          CASE WHEN ev.step = 'CARDHOLDER_WON' THEN 'ARBITRATION'
+                               ELSE ev.step END,
+                          count(*), sum(ev.amount_minor)
+                   FROM dispute_events ev JOIN disputes d ON d.id = ev.dispute_id
+                   WHERE d.program_id = $1 AND ev.created_at >= $2 AND ev.created_at < $3
+                     AND (ev.step IN ('CHARGEBACK', 'REPRESENTMENT')
+                          OR (ev.step = 'CARDHOLDER_WON' AND ev.from_status = 'REPRESENTED'))
+                   GROUP BY 1, 2, 3""",
+                program_id, start, end,
+            )  # fmt: skip
+            charged = await conn.fetch(_ACCOUNT_DAY, fee_account, program_id, start, end, "source")
+            messages = [
+                MessageTotal(_MESSAGE_LINES[r[2]], r[0], r[1], int(r[3]), int(r[4]))
+                for r in cleared
+            ] + [
+                MessageTotal(_DISPUTE_LINES[r[2]], r[0], r[1], int(r[3]), int(r[4]))
+                for r in disputed
+            ]
+            fees = [MessageTotal(Line.FEES, r[0], r[1], int(r[2]), int(r[3])) for r in charged]
+            by_kind: dict[tuple[str, str], tuple[int, int]] | None = None
+            closing: dict[str, int] | None = None
+            if ledger_kept:
+                moved = await conn.fetch(_ACCOUNT_DAY, clearing, program_id, start, end, "kind")
+                by_kind = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in moved}
+                # The clearing account's balance at the end of the day: its postings so far
+                # (and what months dropped by retention summed to).
+                balance = await conn.fetch(
+                    """SELECT asset, sum(amount_minor) FROM (
+                           SELECT asset, amount_minor FROM postings
+                           WHERE account_id = $1 AND created_at < $2
+                           UNION ALL
+                           SELECT asset, amount_minor FROM posting_archive_totals
+                           WHERE account_id = $1) t
+                       GROUP BY asset""",
+                    clearing, end,
+                )  # fmt: skip
+                closing = {r[0]: int(r[1]) for r in balance}
+            rows = settlement_rows(
+                messages, fees, clearing_by_kind=by_kind, clearing_closing=closing
+            )
+            exponents = {r[0]: r[1] for r in await conn.fetch("SELECT code, exponent FROM assets")}
+            name = f"settlement-{program_id}-{day:%Y%m%d}.csv"
+            async with sink.open(name) as out:
+                text = _csv_writer(out)
+                text.writerow(SETTLEMENT_HEADER)
+                for row in rows:
+                    text.writerow(
+                        [f"{day:%Y-%m-%d}", row.network, row.asset, row.line.value, row.detail,
+                         row.count, format_signed(row.amount_minor, exponents[row.asset]),
+                         row.amount_minor]
+                    )  # fmt: skip
+                _flush(text)
+        return name, len(rows)
+
+
+# A posting that commits this long after the time it carries may be missed by a subledger
+# sync (a group commit takes milliseconds; a stalled one fails long before this).
+SYNC_LATE_COMMIT_MAX = timedelta(hours=24)
+# The customer postings of a sync window ($1 program): posted from $2 (the previous window's
+# end, less SYNC_LATE_COMMIT_MAX) to before $3 (this window's end), visible in this window's
+# snapshot $4 and not in the previous file, which held those before $5 visible in $6.
+# Postings written before migration 0012 have no transaction id: older than any snapshot.
+_SYNC_NET_CHANGES = """
+    SELECT p.account_id::text, acc.reference, p.asset, a.exponent,
+           sum(p.amount_minor) AS net
+    FROM journal_entries e
+    JOIN postings p ON p.entry_id = e.id AND p.created_at = e.created_at
+    JOIN accounts acc ON acc.id = p.account_id
+    JOIN assets a ON a.code = p.asset
+    WHERE e.program_id = $1 AND e.created_at >= $2 AND e.created_at < $3
+      AND acc.kind = 'CUSTOMER'
+      AND coalesce(pg_visible_in_snapshot(p.xact, $4::text::pg_snapshot), true)
+      AND NOT (p.created_at < $5
+               AND coalesce(pg_visible_in_snapshot(p.xact, $6::text::pg_snapshot), true))
+    GROUP BY p.account_id, acc.reference, p.asset, a.exponent
+    HAVING sum(p.amount_minor) <> 0
+    ORDER BY p.account_id, p.asset"""
+# One account's postings of a day, by the entry's source or kind ($5), and asset.
+_ACCOUNT_DAY = """
+    SELECT CASE WHEN $5 = 'kind' THEN e.kind ELSE e.source END, p.asset, count(*),
+           sum(p.amount_minor)
+    FROM postings p JOIN journal_entries e ON e.id = p.entry_id
+    WHERE p.account_id = $1 AND e.program_id = $2
+      AND p.created_at >= $3 AND p.created_at < $4 AND e.created_at >= $3 AND e.created_at < $4
+    GROUP BY 1, 2"""
+_MESSAGE_LINES = {"CLEARING": Line.CLEARED_PURCHASES, "REFUND": Line.REFUNDS}
+_DISPUTE_LINES = {
+    "CHARGEBACK": Line.CHARGEBACKS, "REPRESENTMENT": Line.REPRESENTMENTS,
+    "ARBITRATION": Line.DISPUTE_ARBITRATION,
+}  # fmt: skip
+
 
 # The columns of the daily files (docs/files.md describes each).
 TRANSACTION_HEADER = [
     "entry_id", "posted_at", "business_date", "entry_type", "account_id", "account_kind",
     "account_reference", "card_last_four", "asset", "amount", "amount_minor", "direction",
     "source", "message_id", "network_reference", "description",
+]  # fmt: skip
+SETTLEMENT_HEADER = [
+    "business_date", "network", "asset", "line", "detail", "count", "amount", "amount_minor",
 ]  # fmt: skip
 CHARGEBACK_HEADER = [
     "event_id", "occurred_at", "business_date", "dispute_id", "step", "from_status",

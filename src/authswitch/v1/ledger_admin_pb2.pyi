@@ -276,6 +276,12 @@ class _FileKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileKind.Val
     """Seed 002's daily subledger net changes of a program."""
     FILE_KIND_FBO: _FileKind.ValueType  # 5
     """Seed 002's pooled FBO balance file of a program."""
+    FILE_KIND_SETTLEMENT: _FileKind.ValueType  # 6
+    """The daily settlement position of a program per network (seed 002, seed 003; issue 17)."""
+    FILE_KIND_SUBLEDGER_SYNC: _FileKind.ValueType  # 7
+    """Seed 002's subledger sync, several times a day if need be: each file the net changes
+    since the previous one (issue 17).
+    """
 
 class FileKind(_FileKind, metaclass=_FileKindEnumTypeWrapper): ...
 
@@ -290,6 +296,12 @@ FILE_KIND_SUBLEDGER: FileKind.ValueType  # 4
 """Seed 002's daily subledger net changes of a program."""
 FILE_KIND_FBO: FileKind.ValueType  # 5
 """Seed 002's pooled FBO balance file of a program."""
+FILE_KIND_SETTLEMENT: FileKind.ValueType  # 6
+"""The daily settlement position of a program per network (seed 002, seed 003; issue 17)."""
+FILE_KIND_SUBLEDGER_SYNC: FileKind.ValueType  # 7
+"""Seed 002's subledger sync, several times a day if need be: each file the net changes
+since the previous one (issue 17).
+"""
 Global___FileKind: _TypeAlias = FileKind  # noqa: Y015
 
 @_typing.final
@@ -2538,3 +2550,330 @@ class SetFileScheduleEnabledResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetFileScheduleEnabledResponse: _TypeAlias = SetFileScheduleEnabledResponse  # noqa: Y015
+
+@_typing.final
+class TransferRequest(_message.Message):
+    """-- Accounts of a customer (issue 17): pots and joint holders --------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TO_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    from_account_id: _builtins.str
+    to_account_id: _builtins.str
+    idempotency_key: _builtins.str
+    """Idempotency key of the transfer; a retry with the same key and payload is a no-op."""
+    description: _builtins.str
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Both accounts hold a balance in this asset."""
+
+    def __init__(
+        self,
+        *,
+        from_account_id: _builtins.str = ...,
+        to_account_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        idempotency_key: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "from_account_id", b"from_account_id", "idempotency_key", b"idempotency_key", "to_account_id", b"to_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRequest: _TypeAlias = TransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    FROM_BALANCE_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    @_builtins.property
+    def from_balance(self) -> _common_pb2.Balance:
+        """The source account's balance in the asset right after the transfer."""
+
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        from_balance: _common_pb2.Balance | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_balance", b"from_balance"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_id", b"entry_id", "from_balance", b"from_balance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferResponse: _TypeAlias = TransferResponse  # noqa: Y015
+
+@_typing.final
+class AccountHolder(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SHARE_BPS_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    share_bps: _builtins.int
+    """The holder's share of the account in basis points; 0 when shares are not set (equal)."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        share_bps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "share_bps", b"share_bps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountHolder: _TypeAlias = AccountHolder  # noqa: Y015
+
+@_typing.final
+class AddAccountHolderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SharesBpsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SHARES_BPS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    customer_id: _builtins.str
+    @_builtins.property
+    def shares_bps(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every holder's share after the change (basis points, summing to 10,000); empty: equal
+        shares.
+        """
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        shares_bps: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "customer_id", b"customer_id", "shares_bps", b"shares_bps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddAccountHolderRequest: _TypeAlias = AddAccountHolderRequest  # noqa: Y015
+
+@_typing.final
+class AddAccountHolderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountHolder]: ...
+    def __init__(
+        self,
+        *,
+        holders: _abc.Iterable[Global___AccountHolder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddAccountHolderResponse: _TypeAlias = AddAccountHolderResponse  # noqa: Y015
+
+@_typing.final
+class RemoveAccountHolderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SharesBpsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    SHARES_BPS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    customer_id: _builtins.str
+    @_builtins.property
+    def shares_bps(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """As for AddAccountHolder: the remaining holders' shares, or empty for equal shares."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        shares_bps: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "customer_id", b"customer_id", "shares_bps", b"shares_bps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveAccountHolderRequest: _TypeAlias = RemoveAccountHolderRequest  # noqa: Y015
+
+@_typing.final
+class RemoveAccountHolderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountHolder]: ...
+    def __init__(
+        self,
+        *,
+        holders: _abc.Iterable[Global___AccountHolder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveAccountHolderResponse: _TypeAlias = RemoveAccountHolderResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountHolderSharesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SharesBpsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SHARES_BPS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def shares_bps(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every holder's share (basis points, summing to 10,000); empty: equal shares."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        shares_bps: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "shares_bps", b"shares_bps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountHolderSharesRequest: _TypeAlias = SetAccountHolderSharesRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountHolderSharesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountHolder]: ...
+    def __init__(
+        self,
+        *,
+        holders: _abc.Iterable[Global___AccountHolder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountHolderSharesResponse: _TypeAlias = SetAccountHolderSharesResponse  # noqa: Y015
+
+@_typing.final
+class ListAccountHoldersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountHoldersRequest: _TypeAlias = ListAccountHoldersRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountHoldersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holders(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountHolder]: ...
+    def __init__(
+        self,
+        *,
+        holders: _abc.Iterable[Global___AccountHolder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holders", b"holders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountHoldersResponse: _TypeAlias = ListAccountHoldersResponse  # noqa: Y015

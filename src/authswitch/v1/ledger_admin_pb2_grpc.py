@@ -206,6 +206,31 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledResponse.FromString,
                 _registered_method=True)
+        self.Transfer = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/Transfer',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.TransferRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.TransferResponse.FromString,
+                _registered_method=True)
+        self.AddAccountHolder = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/AddAccountHolder',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.AddAccountHolderRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.AddAccountHolderResponse.FromString,
+                _registered_method=True)
+        self.RemoveAccountHolder = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/RemoveAccountHolder',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RemoveAccountHolderRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RemoveAccountHolderResponse.FromString,
+                _registered_method=True)
+        self.SetAccountHolderShares = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetAccountHolderShares',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetAccountHolderSharesRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetAccountHolderSharesResponse.FromString,
+                _registered_method=True)
+        self.ListAccountHolders = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListAccountHolders',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHoldersRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHoldersResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerAdminServiceServicer:
@@ -441,6 +466,45 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transfer(self, request, context):
+        """-- Accounts of a customer (issue 17): pots and joint holders ----------------------------
+        Moves money between two accounts of the same customer (main, savings, wallets, spending
+        pots: seed 001) as one balanced journal entry; the source must cover it. On-ledger
+        programs only. Idempotent on idempotency_key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddAccountHolder(self, request, context):
+        """Adds a holder to an account (a joint account: seed 000). Adding a holder again changes
+        nothing but the shares given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAccountHolder(self, request, context):
+        """Removes a holder; the last holder stays. Removing one who is not a holder changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountHolderShares(self, request, context):
+        """Sets each holder's share of the account (all of them, summing to 10,000 basis points), or
+        clears them back to equal shares.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountHolders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -613,6 +677,31 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.SetFileScheduleEnabled,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledResponse.SerializeToString,
+            ),
+            'Transfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transfer,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.TransferRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.TransferResponse.SerializeToString,
+            ),
+            'AddAccountHolder': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddAccountHolder,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.AddAccountHolderRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.AddAccountHolderResponse.SerializeToString,
+            ),
+            'RemoveAccountHolder': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAccountHolder,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.RemoveAccountHolderRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.RemoveAccountHolderResponse.SerializeToString,
+            ),
+            'SetAccountHolderShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountHolderShares,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetAccountHolderSharesRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetAccountHolderSharesResponse.SerializeToString,
+            ),
+            'ListAccountHolders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountHolders,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHoldersRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHoldersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1535,6 +1624,141 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/SetFileScheduleEnabled',
             authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.SetFileScheduleEnabledResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/Transfer',
+            authswitch_dot_v1_dot_ledger__admin__pb2.TransferRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.TransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddAccountHolder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/AddAccountHolder',
+            authswitch_dot_v1_dot_ledger__admin__pb2.AddAccountHolderRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.AddAccountHolderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAccountHolder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/RemoveAccountHolder',
+            authswitch_dot_v1_dot_ledger__admin__pb2.RemoveAccountHolderRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.RemoveAccountHolderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountHolderShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetAccountHolderShares',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetAccountHolderSharesRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetAccountHolderSharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountHolders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListAccountHolders',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHoldersRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListAccountHoldersResponse.FromString,
             options,
             channel_credentials,
             insecure,

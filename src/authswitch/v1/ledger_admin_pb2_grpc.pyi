@@ -97,6 +97,23 @@ class LedgerAdminServiceStub:
     """Schedules a report or sponsor-bank file for delivery: cron, time zone, directory or SFTP."""
     ListFileSchedules: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFileSchedulesRequest, _ledger_admin_pb2.ListFileSchedulesResponse]
     SetFileScheduleEnabled: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFileScheduleEnabledRequest, _ledger_admin_pb2.SetFileScheduleEnabledResponse]
+    Transfer: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.TransferRequest, _ledger_admin_pb2.TransferResponse]
+    """-- Accounts of a customer (issue 17): pots and joint holders ----------------------------
+    Moves money between two accounts of the same customer (main, savings, wallets, spending
+    pots: seed 001) as one balanced journal entry; the source must cover it. On-ledger
+    programs only. Idempotent on idempotency_key.
+    """
+    AddAccountHolder: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.AddAccountHolderRequest, _ledger_admin_pb2.AddAccountHolderResponse]
+    """Adds a holder to an account (a joint account: seed 000). Adding a holder again changes
+    nothing but the shares given.
+    """
+    RemoveAccountHolder: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RemoveAccountHolderRequest, _ledger_admin_pb2.RemoveAccountHolderResponse]
+    """Removes a holder; the last holder stays. Removing one who is not a holder changes nothing."""
+    SetAccountHolderShares: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetAccountHolderSharesRequest, _ledger_admin_pb2.SetAccountHolderSharesResponse]
+    """Sets each holder's share of the account (all of them, summing to 10,000 basis points), or
+    clears them back to equal shares.
+    """
+    ListAccountHolders: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAccountHoldersRequest, _ledger_admin_pb2.ListAccountHoldersResponse]
 
 @_typing.type_check_only
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
@@ -167,6 +184,23 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """Schedules a report or sponsor-bank file for delivery: cron, time zone, directory or SFTP."""
     ListFileSchedules: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFileSchedulesRequest, _ledger_admin_pb2.ListFileSchedulesResponse]  # type: ignore[assignment]
     SetFileScheduleEnabled: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFileScheduleEnabledRequest, _ledger_admin_pb2.SetFileScheduleEnabledResponse]  # type: ignore[assignment]
+    Transfer: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.TransferRequest, _ledger_admin_pb2.TransferResponse]  # type: ignore[assignment]
+    """-- Accounts of a customer (issue 17): pots and joint holders ----------------------------
+    Moves money between two accounts of the same customer (main, savings, wallets, spending
+    pots: seed 001) as one balanced journal entry; the source must cover it. On-ledger
+    programs only. Idempotent on idempotency_key.
+    """
+    AddAccountHolder: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.AddAccountHolderRequest, _ledger_admin_pb2.AddAccountHolderResponse]  # type: ignore[assignment]
+    """Adds a holder to an account (a joint account: seed 000). Adding a holder again changes
+    nothing but the shares given.
+    """
+    RemoveAccountHolder: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RemoveAccountHolderRequest, _ledger_admin_pb2.RemoveAccountHolderResponse]  # type: ignore[assignment]
+    """Removes a holder; the last holder stays. Removing one who is not a holder changes nothing."""
+    SetAccountHolderShares: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetAccountHolderSharesRequest, _ledger_admin_pb2.SetAccountHolderSharesResponse]  # type: ignore[assignment]
+    """Sets each holder's share of the account (all of them, summing to 10,000 basis points), or
+    clears them back to equal shares.
+    """
+    ListAccountHolders: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListAccountHoldersRequest, _ledger_admin_pb2.ListAccountHoldersResponse]  # type: ignore[assignment]
 
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
@@ -438,5 +472,52 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.SetFileScheduleEnabledRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.SetFileScheduleEnabledResponse, _abc.Awaitable[_ledger_admin_pb2.SetFileScheduleEnabledResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Transfer(
+        self,
+        request: _ledger_admin_pb2.TransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.TransferResponse, _abc.Awaitable[_ledger_admin_pb2.TransferResponse]]:
+        """-- Accounts of a customer (issue 17): pots and joint holders ----------------------------
+        Moves money between two accounts of the same customer (main, savings, wallets, spending
+        pots: seed 001) as one balanced journal entry; the source must cover it. On-ledger
+        programs only. Idempotent on idempotency_key.
+        """
+
+    @_abc_1.abstractmethod
+    def AddAccountHolder(
+        self,
+        request: _ledger_admin_pb2.AddAccountHolderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.AddAccountHolderResponse, _abc.Awaitable[_ledger_admin_pb2.AddAccountHolderResponse]]:
+        """Adds a holder to an account (a joint account: seed 000). Adding a holder again changes
+        nothing but the shares given.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveAccountHolder(
+        self,
+        request: _ledger_admin_pb2.RemoveAccountHolderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.RemoveAccountHolderResponse, _abc.Awaitable[_ledger_admin_pb2.RemoveAccountHolderResponse]]:
+        """Removes a holder; the last holder stays. Removing one who is not a holder changes nothing."""
+
+    @_abc_1.abstractmethod
+    def SetAccountHolderShares(
+        self,
+        request: _ledger_admin_pb2.SetAccountHolderSharesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetAccountHolderSharesResponse, _abc.Awaitable[_ledger_admin_pb2.SetAccountHolderSharesResponse]]:
+        """Sets each holder's share of the account (all of them, summing to 10,000 basis points), or
+        clears them back to equal shares.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccountHolders(
+        self,
+        request: _ledger_admin_pb2.ListAccountHoldersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListAccountHoldersResponse, _abc.Awaitable[_ledger_admin_pb2.ListAccountHoldersResponse]]: ...
 
 def add_LedgerAdminServiceServicer_to_server(servicer: LedgerAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

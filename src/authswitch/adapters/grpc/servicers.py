@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.errors import grpc_errors
+from authswitch.adapters.postgres.ownership import Holder
 from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import AuthorizationRequest, CardStatus
 from authswitch.domain.fees import FeeRule, Region, Stage
@@ -26,6 +27,7 @@ from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPol
 from authswitch.domain.reports import valid_prefix
 from authswitch.errors import RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
+from authswitch.service.accounts import AccountService
 from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.disputes import DisputeService
@@ -696,6 +698,66 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.SetFileScheduleEnabledResponse:
         await self.files.set_enabled(request.schedule_id, request.enabled, actor=_actor(context))
         return ledger_admin_pb2.SetFileScheduleEnabledResponse()
+
+    # -- accounts of a customer (issue 17): pots and joint holders ------------------------
+
+    @property
+    def accounts(self) -> AccountService:
+        admin = self.service
+        built: AccountService | None = getattr(self, "_accounts", None)
+        if built is None or built.admin is not admin:
+            built = self._accounts = AccountService(admin)
+        return built
+
+    @grpc_errors
+    async def Transfer(  # noqa: N802
+        self, request: ledger_admin_pb2.TransferRequest, context: Context
+    ) -> ledger_admin_pb2.TransferResponse:
+        fingerprint = self.service.keys.fingerprint(request.SerializeToString(deterministic=True))
+        return await self.accounts.transfer(request, fingerprint=fingerprint, actor=_actor(context))
+
+    @grpc_errors
+    async def AddAccountHolder(  # noqa: N802
+        self, request: ledger_admin_pb2.AddAccountHolderRequest, context: Context
+    ) -> ledger_admin_pb2.AddAccountHolderResponse:
+        holders = await self.accounts.add_holder(
+            request.account_id, request.customer_id, dict(request.shares_bps),
+            actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.AddAccountHolderResponse(holders=_holder_messages(holders))
+
+    @grpc_errors
+    async def RemoveAccountHolder(  # noqa: N802
+        self, request: ledger_admin_pb2.RemoveAccountHolderRequest, context: Context
+    ) -> ledger_admin_pb2.RemoveAccountHolderResponse:
+        holders = await self.accounts.remove_holder(
+            request.account_id, request.customer_id, dict(request.shares_bps),
+            actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.RemoveAccountHolderResponse(holders=_holder_messages(holders))
+
+    @grpc_errors
+    async def SetAccountHolderShares(  # noqa: N802
+        self, request: ledger_admin_pb2.SetAccountHolderSharesRequest, context: Context
+    ) -> ledger_admin_pb2.SetAccountHolderSharesResponse:
+        holders = await self.accounts.set_shares(
+            request.account_id, dict(request.shares_bps), actor=_actor(context)
+        )
+        return ledger_admin_pb2.SetAccountHolderSharesResponse(holders=_holder_messages(holders))
+
+    @grpc_errors
+    async def ListAccountHolders(  # noqa: N802
+        self, request: ledger_admin_pb2.ListAccountHoldersRequest, context: Context
+    ) -> ledger_admin_pb2.ListAccountHoldersResponse:
+        holders = await self.accounts.list_holders(request.account_id)
+        return ledger_admin_pb2.ListAccountHoldersResponse(holders=_holder_messages(holders))
+
+
+def _holder_messages(holders: list[Holder]) -> list[ledger_admin_pb2.AccountHolder]:
+    return [
+        ledger_admin_pb2.AccountHolder(customer_id=h.customer_id, share_bps=h.share_bps or 0)
+        for h in holders
+    ]
 
 
 def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:

@@ -7,9 +7,9 @@ Three families of partitions, each dropped whole, month by month (UTC months of
 * ``holds`` (``holds_pYYYYMM``): kept while any hold in it is OPEN; when dropped, its holds'
   keys leave ``hold_keys`` too (a later message under one of them finds its decision);
 * ``journal`` (``journal_entries_pYYYYMM`` with ``postings_pYYYYMM``): kept while a daily
-  sponsor-bank file (transactions, subledger, chargebacks) that may cover a day of the month
-  is not delivered, or a daily schedule made before the month ended has not yet delivered a
-  file due after it; when dropped, what its postings summed to per account and asset is
+  sponsor-bank file (transactions, subledger, chargebacks, settlement) that may cover a day
+  of the month is not delivered, or a daily schedule made before the month ended has not yet
+  delivered a file due after it; when dropped, what its postings summed to per account and asset is
   added to ``posting_archive_totals``, so balances still equal their postings;
 * ``outbox`` (``notifications_pYYYYMM`` with ``notification_deliveries_pYYYYMM``): kept while
   any delivery in it is not DELIVERED (pending, or dead-lettered and waiting for a re-drive).
@@ -62,7 +62,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "outbox": ("notifications", "notification_deliveries"),
 }
 # The daily files that read the journal (domain/files.py FileKind.daily).
-_DAILY_FILE_KINDS = ["transactions", "subledger", "chargebacks"]
+_DAILY_FILE_KINDS = ["transactions", "subledger", "chargebacks", "settlement", "subledger_sync"]
 _NAME = re.compile(r"^([a-z_]+)_p(\d{4})(\d{2})$")
 LOCK_ATTEMPTS_MAX = 40
 LOCK_PAUSE_S = 0.05

@@ -1,0 +1,179 @@
+"""A customer's accounts (issue 17): transfers between them (pots: seed 001's "main,
+savings, wallets, spending pots") and their joint holders (seed 000).
+
+A transfer is made like an admin adjustment (service/admin.py): the source's debit is the
+one atomic Redis step (funds, change, idempotency marker), then the group commit writes the
+decision, the balanced journal entry (source -x, destination +x: nothing touches the
+clearing account, so the program's funding total does not move) and both balance changes,
+Postgres re-checking the source's funds. The destination's cached state is then reloaded
+from Postgres, which already holds the credit: until then its cached balance is lower than
+the truth, never higher.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from authswitch import metrics
+from authswitch.adapters.postgres.ownership import Holder, HolderStore
+from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.domain.authorization import identifier_ok
+from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.ledger import BalanceChange
+from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
+from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
+from authswitch.service.admin import ADMIN_SOURCE, AdminService, balance_message
+from authswitch.service.posting import PostStatus
+from authswitch.v1 import ledger_admin_pb2
+
+__all__ = ["KIND_TRANSFER", "AccountService"]
+
+log = logging.getLogger(__name__)
+
+KIND_TRANSFER = "TRANSFER"
+DESCRIPTION_LEN_MAX = 200
+
+
+class AccountService:
+    """Built on the admin service's stores, cache and poster."""
+
+    def __init__(self, admin: AdminService) -> None:
+        self.admin = admin
+        self.holders = HolderStore(admin.store.pool)
+
+    async def transfer(
+        self, request: ledger_admin_pb2.TransferRequest, *, fingerprint: bytes, actor: str
+    ) -> ledger_admin_pb2.TransferResponse:
+        admin, store = self.admin, self.admin.store
+        asset, amount = request.amount.asset, request.amount.amount_minor
+        key = request.idempotency_key
+        if not identifier_ok(key, 128, required=True):
+            raise RequestError("idempotency_key is required (printable, up to 128 characters)")
+        if not 0 < amount <= AMOUNT_MAX_MINOR:
+            raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
+        if asset not in admin.catalog.assets:
+            raise RequestError(f"unknown asset {asset!r}")
+        description = request.description.strip()
+        if len(description) > DESCRIPTION_LEN_MAX or not description.isprintable():
+            raise RequestError(f"description: printable, up to {DESCRIPTION_LEN_MAX} characters")
+        if request.from_account_id == request.to_account_id:
+            raise RequestError("from_account_id and to_account_id are the same account")
+        stored = await store.find_decision(ADMIN_SOURCE, key)
+        if stored is not None:
+            # A retry gets the first answer, whatever changed since (holders, balances).
+            if stored.fingerprint != fingerprint:
+                raise AlreadyExists("idempotency_key was used for another change")
+            if stored.reason != Reason.APPROVED:
+                raise PreconditionFailed("insufficient available balance in the source account")
+            await self._reload(request.to_account_id)
+            return ledger_admin_pb2.TransferResponse.FromString(stored.response)
+        source = await store.account(request.from_account_id)
+        target = await store.account(request.to_account_id)
+        if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":
+            raise PreconditionFailed("transfers are between customer accounts")
+        if source.program_id != target.program_id:
+            raise PreconditionFailed("transfers stay within one program")
+        program = await admin.catalog.program(source.program_id)
+        if program.mode != "ON_LEDGER":
+            raise PreconditionFailed(
+                "an off-ledger program's balances are in the client's ledger: it moves money "
+                "between its accounts itself"
+            )
+        if not await self.holders.common_holders(source.id, target.id):
+            raise PreconditionFailed("transfers are between accounts of the same customer")
+        if asset not in await store.balances(target.id):
+            raise PreconditionFailed(f"account {target.id} holds no {asset} balance")
+
+        debit = BalanceChange(source.id, asset, actual_delta_minor=-amount, requires_funds=True)
+        credit = BalanceChange(target.id, asset, actual_delta_minor=amount)
+        now = admin.clock.now()
+        decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
+
+        def record(reason: Reason, response: bytes) -> DecisionRecord:
+            return DecisionRecord(
+                id=decision_id, source=ADMIN_SOURCE, message_id=key, kind=KIND_TRANSFER,
+                fingerprint=fingerprint, card_id=None, account_id=source.id, asset=asset,
+                amount_minor=amount,
+                approved_minor=amount if reason is Reason.APPROVED else 0, fee_minor=0,
+                response_code=outcome(reason).response_code, reason=int(reason),
+                response=response, created_at=now,
+            )  # fmt: skip
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            assert applied.balance is not None
+            response = ledger_admin_pb2.TransferResponse(
+                entry_id=entry_id, from_balance=balance_message(asset, applied.balance)
+            )
+            entry = JournalEntry(
+                id=entry_id, program_id=program.id, kind=KIND_TRANSFER,
+                postings=(Posting(source.id, asset, -amount), Posting(target.id, asset, amount)),
+                created_at=now, source=ADMIN_SOURCE, message_id=key,
+                description=description or f"transfer to {target.id}",
+            )  # fmt: skip
+            return LedgerWrite(
+                decision=record(Reason.APPROVED, response.SerializeToString()),
+                balance_changes=(debit, credit),
+                entries=(entry,),
+                refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
+            )
+
+        posted = await admin.poster.post(
+            debit, source=ADMIN_SOURCE, message_id=key, fingerprint=fingerprint, build=build
+        )
+        if posted.status is PostStatus.NO_BALANCE:
+            raise PreconditionFailed(f"account {source.id} holds no {asset} balance")
+        if posted.status is PostStatus.INSUFFICIENT_FUNDS:
+            raise PreconditionFailed("insufficient available balance in the source account")
+        decision = posted.decision
+        assert decision is not None
+        if decision.fingerprint != fingerprint:
+            raise AlreadyExists("idempotency_key was used for another change")
+        if decision.reason != Reason.APPROVED:
+            raise PreconditionFailed("insufficient available balance in the source account")
+        if posted.status is PostStatus.COMMITTED:
+            await store.audit(
+                actor, "transfer", source.id,
+                {"to_account_id": target.id, "asset": asset, "amount_minor": amount,
+                 "idempotency_key": key, "entry_id": entry_id},
+            )  # fmt: skip
+        await self._reload(target.id)
+        return ledger_admin_pb2.TransferResponse.FromString(decision.response)
+
+    async def _reload(self, account_id: str) -> None:
+        """The destination's cache learns of the credit from Postgres. A transfer whose
+        reload failed is answered with an error, and its retry (same key) reloads again."""
+        try:
+            await self.admin.sync.refresh(account_id, "transfer")
+        except Exception as exc:
+            metrics.STORE_ERRORS.labels("redis", "transfer").inc()
+            log.warning(
+                "transfer committed; the destination's cache was not reloaded",
+                extra={"error": type(exc).__name__},
+            )
+            raise
+
+    # -- joint holders --------------------------------------------------------------------
+
+    async def list_holders(self, account_id: str) -> list[Holder]:
+        return await self.holders.holders(account_id)
+
+    async def add_holder(
+        self, account_id: str, customer_id: str, shares_bps: dict[str, int], *, actor: str
+    ) -> list[Holder]:
+        return await self.holders.change(
+            account_id, add=customer_id, shares_bps=shares_bps, actor=actor
+        )
+
+    async def remove_holder(
+        self, account_id: str, customer_id: str, shares_bps: dict[str, int], *, actor: str
+    ) -> list[Holder]:
+        return await self.holders.change(
+            account_id, remove=customer_id, shares_bps=shares_bps, actor=actor
+        )
+
+    async def set_shares(
+        self, account_id: str, shares_bps: dict[str, int], *, actor: str
+    ) -> list[Holder]:
+        return await self.holders.change(account_id, shares_bps=shares_bps, actor=actor)
