@@ -220,9 +220,15 @@ def _sftp_destination(text: str, key_secret: str, known_hosts_secret: str) -> An
 async def _file_schedules(target: str, args: argparse.Namespace) -> int:
     import grpc
 
+    from authswitch.adapters.grpc.client import ServerUnreachable, connect
     from authswitch.v1 import ledger_admin_pb2, ledger_admin_pb2_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    try:
+        channel = await connect(target)
+    except ServerUnreachable as exc:
+        print(f"authswitch: {exc}", file=sys.stderr)
+        return 1
+    async with channel:
         admin = ledger_admin_pb2_grpc.LedgerAdminServiceStub(channel)
         try:
             if args.action == "list":

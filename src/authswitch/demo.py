@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from authswitch.adapters.grpc.client import ServerUnreachable, connect
 from authswitch.domain.cards import luhn_valid
 from authswitch.domain.money import format_unsigned
 from authswitch.v1 import (
@@ -150,23 +151,27 @@ class _Demo:
 
 
 async def run_demo(target: str, scenario: str = "card") -> int:
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            await channel.channel_ready()
-        except grpc.aio.AioRpcError:
-            print(f"no authswitch server at {target}: start one with `make serve`", file=sys.stderr)
-            return 1
+    try:
+        channel = await connect(target)
+    except ServerUnreachable as exc:
+        print(f"authswitch: {exc}: start one with `make serve`", file=sys.stderr)
+        return 1
+    async with channel:
         demo = _Demo(channel)
-        if scenario == "lifecycle":
-            await _lifecycle(demo)
-        elif scenario == "fees":
-            await _fees(demo)
-        elif scenario == "off-ledger":
-            await _off_ledger(demo)
-        elif scenario == "dispute":
-            await _dispute(demo)
-        else:
-            await _card(demo, target)
+        try:
+            if scenario == "lifecycle":
+                await _lifecycle(demo)
+            elif scenario == "fees":
+                await _fees(demo)
+            elif scenario == "off-ledger":
+                await _off_ledger(demo)
+            elif scenario == "dispute":
+                await _dispute(demo)
+            else:
+                await _card(demo, target)
+        except grpc.aio.AioRpcError as exc:
+            print(f"authswitch: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 
 from authswitch.app import Application
@@ -34,3 +40,30 @@ async def test_walkthrough(
     out = " ".join(capsys.readouterr().out.split())
     for line in expected:
         assert line in out, out
+
+
+def _demo_without_server(target: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSWITCH_")}
+    started = time.monotonic()
+    finished = subprocess.run(
+        [sys.executable, "-m", "authswitch", "demo", "--target", target],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return time.monotonic() - started, finished
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["refused", "silent"])
+def test_demo_without_a_server_says_so_within_5_s(listening: bool) -> None:
+    """Nothing on the port (refused at once), or a socket that accepts and never answers
+    (the readiness deadline): either way a non-zero exit within 5 s, naming the target."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if listening:
+            sock.listen(8)
+        target = f"127.0.0.1:{sock.getsockname()[1]}"
+        elapsed_s, finished = _demo_without_server(target)
+    assert finished.returncode != 0
+    assert f"no authswitch server at {target}" in finished.stderr, finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert finished.stdout == ""
+    assert elapsed_s < 5.0, f"took {elapsed_s:.1f} s"
