@@ -232,12 +232,18 @@ async def _file_schedules(target: str, args: argparse.Namespace) -> int:
         admin = ledger_admin_pb2_grpc.LedgerAdminServiceStub(channel)
         try:
             if args.action == "list":
-                listed = await admin.ListFileSchedules(
-                    ledger_admin_pb2.ListFileSchedulesRequest(
-                        program_id=args.program, client_id=args.client
+                schedules: list[ledger_admin_pb2.FileSchedule] = []
+                token = ""
+                while True:  # every page
+                    listed = await admin.ListFileSchedules(
+                        ledger_admin_pb2.ListFileSchedulesRequest(
+                            program_id=args.program, client_id=args.client, page_token=token
+                        )
                     )
-                )
-                schedules = list(listed.schedules)
+                    schedules.extend(listed.schedules)
+                    token = listed.next_page_token
+                    if not token:
+                        break
             else:
                 schedule = ledger_admin_pb2.FileSchedule(
                     kind=ledger_admin_pb2.FileKind.Value(f"FILE_KIND_{args.kind.upper()}"),
