@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from authswitch import __version__
-from authswitch.config import Settings
+from authswitch.config import PREFIX, Settings
 from authswitch.demo import SCENARIOS
 from authswitch.errors import ConfigError, RequestError
 from authswitch.logs import configure_logging
@@ -98,7 +98,7 @@ async def _migrate(settings: Settings) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn, progress=lambda text: print(text, file=sys.stderr))
-        print(f"{len(applied)} migration(s) applied; the schema is current", file=sys.stderr)
+        print(f"{len(applied)} migration(s) applied; the schema is current")
     finally:
         await pool.close()
         if embedded is not None:
@@ -165,7 +165,7 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
             name, count = await write(sink, program_id=args.program, day=day)
         else:
             name, count = await writer.fbo_balances(sink, program_id=args.program, at=now)
-    print(f"wrote {args.out / name} ({count} records)", file=sys.stderr)
+    print(f"wrote {args.out / name} ({count} records)")
     return 0
 
 
@@ -191,12 +191,11 @@ async def _files(settings: Settings, args: argparse.Namespace) -> int:
                ORDER BY f.due_at""",
             args.schedule,
         )
-    print(f"delivered {delivered} file(s)", file=sys.stderr)
+    print(f"delivered {delivered} file(s)")
     for row in failed:
         print(
             f"pending: schedule {row[0]} due {row[1]:%Y-%m-%d %H:%M %Z} after {row[2]} "
-            f"attempt(s): {row[3]}",
-            file=sys.stderr,
+            f"attempt(s): {row[3]}"
         )
     return 1 if failed else 0
 
@@ -427,7 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"authswitch: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if args.command not in ("serve", "reference-client") and PREFIX + "LOG_LEVEL" not in os.environ:
+        # A one-shot command's output is its result (on stdout); its progress logs are not
+        # news unless asked for with AUTHSWITCH_LOG_LEVEL. Warnings and errors still show.
+        level = "WARNING"
+    configure_logging(level, settings.log_format)
 
     try:
         if args.command == "serve":
