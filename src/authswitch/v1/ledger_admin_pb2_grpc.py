@@ -421,14 +421,16 @@ class LedgerAdminServiceServicer:
 
     def SetProgramRouting(self, request, context):
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-        circuit breaker.
+        circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetNotificationSink(self, request, context):
-        """Subscribes a program (on- or off-ledger) to notifications by a sink.
+        """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+        Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+        endpoint); what could never deliver is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

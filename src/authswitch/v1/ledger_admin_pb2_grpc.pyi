@@ -84,10 +84,13 @@ class LedgerAdminServiceStub:
     """The live counters (limits, free uses) of an account and its cards."""
     SetProgramRouting: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-    circuit breaker.
+    circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
     """
     SetNotificationSink: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetNotificationSinkRequest, _ledger_admin_pb2.SetNotificationSinkResponse]
-    """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+    """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+    Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+    endpoint); what could never deliver is refused.
+    """
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]
@@ -166,10 +169,13 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """The live counters (limits, free uses) of an account and its cards."""
     SetProgramRouting: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]  # type: ignore[assignment]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-    circuit breaker.
+    circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
     """
     SetNotificationSink: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetNotificationSinkRequest, _ledger_admin_pb2.SetNotificationSinkResponse]  # type: ignore[assignment]
-    """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+    """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+    Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+    endpoint); what could never deliver is refused.
+    """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]  # type: ignore[assignment]
@@ -413,7 +419,7 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.SetProgramRoutingResponse, _abc.Awaitable[_ledger_admin_pb2.SetProgramRoutingResponse]]:
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-        circuit breaker.
+        circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
         """
 
     @_abc_1.abstractmethod
@@ -422,7 +428,10 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.SetNotificationSinkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.SetNotificationSinkResponse, _abc.Awaitable[_ledger_admin_pb2.SetNotificationSinkResponse]]:
-        """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+        """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+        Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+        endpoint); what could never deliver is refused.
+        """
 
     @_abc_1.abstractmethod
     def ListNotifications(
