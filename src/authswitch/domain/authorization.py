@@ -115,6 +115,7 @@ PARTIAL_APPROVAL_TYPES = frozenset({TransactionType.PURCHASE, TransactionType.PR
 SOURCE_LEN_MAX = 64
 MESSAGE_ID_LEN_MAX = 128
 NETWORK_REFERENCE_LEN_MAX = 128
+NEW_PIN_LEN_MAX = 12
 _IDENT = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
 _MCC = re.compile(r"^\d{4}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -193,6 +194,8 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
     if request.expiry_yymm and not expiry_valid_format(request.expiry_yymm):
         return Reason.FORMAT_ERROR
     if request.pin and not pin_valid_format(request.pin):
+        return Reason.FORMAT_ERROR
+    if len(request.new_pin) > NEW_PIN_LEN_MAX:  # read for PIN changes only, bounded always
         return Reason.FORMAT_ERROR
     if request.cvv2 and not _CVV2.match(request.cvv2):
         return Reason.FORMAT_ERROR

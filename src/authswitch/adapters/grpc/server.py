@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authswitch.adapters.grpc.access import AccessPolicy, server_credentials
+from authswitch.adapters.grpc.bounded import bounded
 from authswitch.adapters.grpc.interceptors import CallInterceptor
 from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
 from authswitch.config import Settings
@@ -76,15 +77,23 @@ def _refusing_malformed(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Any:
     return handle
 
 
+# Authorize checks string bounds on its hot path (authswitch.domain.bounds.authorize_too_long).
+_BOUNDED_ON_ITS_OWN_PATH = frozenset({"Authorize"})
+
+
 def add_service(server: grpc.aio.Server, servicer: object, descriptor: ServiceDescriptor) -> None:
     """Register ``servicer`` for ``descriptor``'s unary methods, answering INVALID_ARGUMENT
-    to a request that does not parse (grpcio's generated registration would say INTERNAL)."""
+    to a request that does not parse (grpcio's generated registration would say INTERNAL),
+    and refusing one with a string over its maximum (adapters/grpc/bounded.py)."""
     handlers = {}
     for method in descriptor.methods:
         request_type = GetMessageClass(method.input_type)
         response_type = GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        if method.name not in _BOUNDED_ON_ITS_OWN_PATH:
+            behaviour = bounded(behaviour, response_type)  # over-long strings: 30 / INVALID
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _refusing_malformed(getattr(servicer, method.name)),
+            _refusing_malformed(behaviour),
             request_deserializer=_lenient(request_type.FromString),
             response_serializer=response_type.SerializeToString,
         )
