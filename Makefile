@@ -9,46 +9,55 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two stamps per pyproject.toml version: what serving needs (make serve, make demo), and the
+# development tools on top (tests, linters, type checker, proto generator, chart tests).
+HASH        := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SERVE_STAMP := $(VENV)/.installed-serve-$(HASH)
+DEV_STAMP   := $(VENV)/.installed-dev-$(HASH)
+PIP         := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: serve test check lint typecheck pytest demo proto bench bench-quick clean venv
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "authswitch needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@rm -f $(VENV)/.installed-* && touch $@
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	@rm -f $(VENV)/.installed-serve-* && touch $@
 
-venv: $(STAMP)
+$(DEV_STAMP): $(SERVE_STAMP)
+	$(PIP) -e '.[dev]'
+	@rm -f $(VENV)/.installed-dev-* && touch $@
 
-serve: $(STAMP)
+venv: $(DEV_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/authswitch serve
 
-demo: $(STAMP)
+demo: $(SERVE_STAMP)
 	$(BIN)/authswitch demo
 
 test: check pytest
 
 check: lint typecheck
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests tools benchmarks
 	$(BIN)/ruff format --check src tests tools benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	$(BIN)/python tools/gen_protos.py
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
 clean:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.access import AccessPolicy
+from authswitch.adapters.grpc.health_port import start_health_port
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import (
     AuthorizationServicer,
@@ -122,6 +123,7 @@ class Application:
         self.redis: RedisClient | None = None  # one server, or a Redis Cluster
         self.redis_clients: RedisClients | None = None
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None  # AUTHSWITCH_HEALTH_LISTEN
         self.health = HealthServicer()
         self.services = Services()
         self._stopped = asyncio.Event()
@@ -175,6 +177,7 @@ class Application:
             policy,
         )
         await self.server.start()
+        self.health_server = await start_health_port(settings.health_listen, self.health)
         log.info("gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port})
 
     async def _start_embedded(self, settings: Settings) -> None:
@@ -406,12 +409,16 @@ class Application:
             # Stops accepting, lets in-flight RPCs finish for up to ``grace`` seconds.
             await self.server.stop(grace)
         await self._close()
+        if self.health_server is not None:  # last: probes see NOT_SERVING through the drain
+            await self.health_server.stop(0)
         self._move(State.STOPPED)
         self._stopped.set()
 
     async def _close(self) -> None:
         if self.server is not None and self.state is State.STARTING:
             await self.server.stop(0)  # a failed start: nothing is in flight
+            if self.health_server is not None:
+                await self.health_server.stop(0)
         for job in getattr(self, "jobs", []):
             await job.stop()
         committer = getattr(self, "committer", None)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from authswitch import __version__
-from authswitch.config import Settings
+from authswitch.config import PREFIX, Settings
 from authswitch.demo import SCENARIOS
 from authswitch.errors import ConfigError, RequestError
 from authswitch.logs import configure_logging
@@ -76,7 +76,7 @@ async def _migrate(settings: Settings) -> int:
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn, progress=lambda text: print(text, file=sys.stderr))
-        print(f"{len(applied)} migration(s) applied; the schema is current", file=sys.stderr)
+        print(f"{len(applied)} migration(s) applied; the schema is current")
     finally:
         await pool.close()
         if embedded is not None:
@@ -143,7 +143,7 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
             name, count = await write(sink, program_id=args.program, day=day)
         else:
             name, count = await writer.fbo_balances(sink, program_id=args.program, at=now)
-    print(f"wrote {args.out / name} ({count} records)", file=sys.stderr)
+    print(f"wrote {args.out / name} ({count} records)")
     return 0
 
 
@@ -169,12 +169,11 @@ async def _files(settings: Settings, args: argparse.Namespace) -> int:
                ORDER BY f.due_at""",
             args.schedule,
         )
-    print(f"delivered {delivered} file(s)", file=sys.stderr)
+    print(f"delivered {delivered} file(s)")
     for row in failed:
         print(
             f"pending: schedule {row[0]} due {row[1]:%Y-%m-%d %H:%M %Z} after {row[2]} "
-            f"attempt(s): {row[3]}",
-            file=sys.stderr,
+            f"attempt(s): {row[3]}"
         )
     return 1 if failed else 0
 
@@ -198,18 +197,30 @@ def _sftp_destination(text: str, key_secret: str, known_hosts_secret: str) -> An
 async def _file_schedules(target: str, args: argparse.Namespace) -> int:
     import grpc
 
+    from authswitch.adapters.grpc.client import ServerUnreachable, connect
     from authswitch.v1 import ledger_admin_pb2, ledger_admin_pb2_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    try:
+        channel = await connect(target)
+    except ServerUnreachable as exc:
+        print(f"authswitch: {exc}", file=sys.stderr)
+        return 1
+    async with channel:
         admin = ledger_admin_pb2_grpc.LedgerAdminServiceStub(channel)
         try:
             if args.action == "list":
-                listed = await admin.ListFileSchedules(
-                    ledger_admin_pb2.ListFileSchedulesRequest(
-                        program_id=args.program, client_id=args.client
+                schedules: list[ledger_admin_pb2.FileSchedule] = []
+                token = ""
+                while True:  # every page
+                    listed = await admin.ListFileSchedules(
+                        ledger_admin_pb2.ListFileSchedulesRequest(
+                            program_id=args.program, client_id=args.client, page_token=token
+                        )
                     )
-                )
-                schedules = list(listed.schedules)
+                    schedules.extend(listed.schedules)
+                    token = listed.next_page_token
+                    if not token:
+                        break
             else:
                 schedule = ledger_admin_pb2.FileSchedule(
                     kind=ledger_admin_pb2.FileKind.Value(f"FILE_KIND_{args.kind.upper()}"),
@@ -402,7 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"authswitch: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if args.command not in ("serve", "reference-client") and PREFIX + "LOG_LEVEL" not in os.environ:
+        # A one-shot command's output is its result (on stdout); its progress logs are not
+        # news unless asked for with AUTHSWITCH_LOG_LEVEL. Warnings and errors still show.
+        level = "WARNING"
+    configure_logging(level, settings.log_format)
 
     try:
         if args.command == "serve":

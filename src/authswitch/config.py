@@ -139,6 +139,10 @@ class Settings:
     pin_key_hex: str = field(default="", repr=False)
     cvv_key_hex: str = field(default="", repr=False)
 
+    # A plaintext host:port serving grpc.health.v1 only, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes) when the gRPC port has TLS; empty: off.
+    health_listen: str = ""
+
     @property
     def embedded_postgres(self) -> bool:
         return not self.postgres_dsn

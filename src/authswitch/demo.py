@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from authswitch.adapters.grpc.client import ServerUnreachable, connect
 from authswitch.domain.cards import luhn_valid
 from authswitch.domain.money import format_unsigned
 from authswitch.v1 import (
@@ -54,6 +55,7 @@ def _gbp(minor: int) -> str:
 
 @dataclass
 class _Card:
+    client_id: str
     program_id: str
     product_id: str
     account_id: str
@@ -117,8 +119,8 @@ class _Demo:
             )
         )
         return _Card(
-            program.program_id, product.product_id, account.account_id, card.card_id, pan,
-            expiry, card.cvv2,
+            client.client_id, program.program_id, product.product_id, account.account_id,
+            card.card_id, pan, expiry, card.cvv2,
         )  # fmt: skip
 
     def request(
@@ -137,6 +139,14 @@ class _Demo:
             **fields,  # type: ignore[arg-type]
         )
 
+    @staticmethod
+    def ids(card: _Card) -> None:
+        """The ids the walkthrough created, for the reports and admin calls that take them."""
+        print(
+            f"  client {card.client_id}  programme {card.program_id}\n"
+            f"  account {card.account_id}  card {card.card_id}"
+        )
+
     async def show(self, card: _Card, step: str) -> None:
         response = await self.admin.GetBalances(
             ledger_admin_pb2.GetBalancesRequest(account_id=card.account_id)
@@ -150,23 +160,27 @@ class _Demo:
 
 
 async def run_demo(target: str, scenario: str = "card") -> int:
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            await channel.channel_ready()
-        except grpc.aio.AioRpcError:
-            print(f"no authswitch server at {target}: start one with `make serve`", file=sys.stderr)
-            return 1
+    try:
+        channel = await connect(target)
+    except ServerUnreachable as exc:
+        print(f"authswitch: {exc}: start one with `make serve`", file=sys.stderr)
+        return 1
+    async with channel:
         demo = _Demo(channel)
-        if scenario == "lifecycle":
-            await _lifecycle(demo)
-        elif scenario == "fees":
-            await _fees(demo)
-        elif scenario == "off-ledger":
-            await _off_ledger(demo)
-        elif scenario == "dispute":
-            await _dispute(demo)
-        else:
-            await _card(demo, target)
+        try:
+            if scenario == "lifecycle":
+                await _lifecycle(demo)
+            elif scenario == "fees":
+                await _fees(demo)
+            elif scenario == "off-ledger":
+                await _off_ledger(demo)
+            elif scenario == "dispute":
+                await _dispute(demo)
+            else:
+                await _card(demo, target)
+        except grpc.aio.AioRpcError as exc:
+            print(f"authswitch: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -174,6 +188,7 @@ async def _card(demo: _Demo, target: str) -> None:
     card = await demo.card()
     print(
         f"""Demo card ready on {target}
+  client    {card.client_id}
   programme {card.program_id} (on-ledger)
   account   {card.account_id}  balance GBP 100.00
   card      {card.card_id}
@@ -195,6 +210,12 @@ async def main():
         print(r)
 asyncio.run(main())
 PY
+
+The client's balance report, and today's transaction file of the programme:
+
+  .venv/bin/authswitch report balances --client {card.client_id} --prefix DEMO --out reports/
+  .venv/bin/authswitch report transactions --program {card.program_id} \\
+      --date {datetime.now(UTC):%Y-%m-%d} --out reports/
 
 More walkthroughs: authswitch demo lifecycle | fees | off-ledger | dispute"""
     )
@@ -235,6 +256,7 @@ async def _lifecycle(demo: _Demo) -> None:
         ledger_admin_pb2.ListAccountHistoryRequest(account_id=card.account_id)
     )
     print("  history, newest first: " + ", ".join(e.kind for e in history.entries))
+    demo.ids(card)
 
 
 async def _dispute(demo: _Demo) -> None:
@@ -294,6 +316,7 @@ async def _dispute(demo: _Demo) -> None:
         "  today's files: authswitch report transactions|chargebacks "
         f"--program {card.program_id} --date {datetime.now(UTC):%Y-%m-%d} --out reports/"
     )
+    demo.ids(card)
 
 
 async def _fees(demo: _Demo) -> None:
@@ -340,6 +363,7 @@ async def _fees(demo: _Demo) -> None:
     )
     over = await demo.auth.Authorize(demo.request(card, 2_000))
     await demo.show(card, f"20.00 more: declined {over.response_code} (daily limit)")
+    demo.ids(card)
 
 
 async def _off_ledger(demo: _Demo) -> None:
@@ -369,3 +393,4 @@ async def _off_ledger(demo: _Demo) -> None:
         )
     print("  the client also receives notifications: stop it and authorise again to see")
     print("  stand-in approvals (up to 25.00) and their advices delivered when it is back.")
+    demo.ids(card)

@@ -315,7 +315,7 @@ async def test_directory_delivery_once_per_due_time_with_catch_up(
         env={"AUTHSWITCH_DATA_DIR": str(tmp_path / "cli")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "delivered 0 file(s)" in result.stderr
+    assert "delivered 0 file(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == days
 
 

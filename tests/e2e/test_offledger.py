@@ -170,7 +170,9 @@ async def off_ledger_card(
     )  # fmt: skip
     for sink in sinks:
         await w.ledger.admin.SetNotificationSink(
-            la.SetNotificationSinkRequest(
+            la.SetNotificationSinkRequest(program_id=program_id, sink=sink)
+            if sink == la.NOTIFICATION_SINK_CLIENT
+            else la.SetNotificationSinkRequest(
                 program_id=program_id, sink=sink, url=w.webhook.url, secret_name="webhook-key"
             )
         )

@@ -134,7 +134,11 @@ def _all_settings_values() -> dict[str, Any]:
     config: dict[str, Any] = {
         _camel(f.name): _json_value(getattr(defaults, f.name)) for f in PLAIN_FIELDS
     }
-    config |= {"grpcListen": "0.0.0.0:50051", "metricsListen": "0.0.0.0:9464"}
+    config |= {
+        "grpcListen": "0.0.0.0:50051",
+        "metricsListen": "0.0.0.0:9464",
+        "healthListen": "0.0.0.0:8086",
+    }
     config["shutdownGraceS"] = 20
     # migrateOnStart is the server's to decide only without the migration Job.
     return {"config": config, "migration": {"enabled": False}}
@@ -514,6 +518,7 @@ def test_rendered_settings_are_known_and_load(
                 Settings(),
                 grpc_listen="0.0.0.0:50051",
                 metrics_listen="0.0.0.0:9464",
+                health_listen="0.0.0.0:8086",
                 shutdown_grace_s=20.0,
                 **{f.name: getattr(settings, f.name) for f in SECRET_FIELDS},
             )
@@ -537,6 +542,7 @@ def test_only_set_settings_are_rendered(chart: helm_python.Chart) -> None:
     assert data == {
         "AUTHSWITCH_GRPC_LISTEN": "0.0.0.0:50051",
         "AUTHSWITCH_METRICS_LISTEN": "0.0.0.0:9464",
+        "AUTHSWITCH_HEALTH_LISTEN": "0.0.0.0:8086",
         "AUTHSWITCH_SHUTDOWN_GRACE_S": "20",
         "AUTHSWITCH_WORKERS": "1",  # one process per pod: pods scale, not processes
     }
@@ -657,6 +663,7 @@ def test_deployment_runs_the_server_hardened(chart: helm_python.Chart) -> None:
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
         "grpc": 50051,
         "metrics": 9464,
+        "health": 8086,
     }
     assert main["envFrom"] == [{"configMapRef": {"name": FULLNAME}}]
     assert env_of(main)["AUTHSWITCH_MIGRATE_ON_START"]["value"] == "false"
@@ -690,10 +697,13 @@ def test_deployment_runs_the_server_hardened(chart: helm_python.Chart) -> None:
 @pytest.mark.timeout(60)
 def test_probes_are_native_grpc_health_checks(chart: helm_python.Chart) -> None:
     main = container(render(chart))
+    # On the plaintext health-only port (config.healthListen), so TLS on the gRPC port
+    # never breaks them.
     for probe in ("startupProbe", "readinessProbe"):
-        assert main[probe]["grpc"] == {"port": 50051, "service": ""}, probe
+        assert main[probe]["grpc"] == {"port": 8086, "service": ""}, probe
     # Liveness asks the "liveness" service, SERVING while the process runs (authswitch.app).
-    assert main["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+    assert main["livenessProbe"]["grpc"] == {"port": 8086, "service": "liveness"}
+    assert {"name": "health", "containerPort": 8086, "protocol": "TCP"} in main["ports"]
     # A draining pod (NOT_SERVING) must leave the endpoints quickly but not be restarted.
     drain_s = 5 + 20
     liveness = main["livenessProbe"]
@@ -704,10 +714,83 @@ def test_probes_are_native_grpc_health_checks(chart: helm_python.Chart) -> None:
 
 @pytest.mark.timeout(60)
 def test_listen_ports_follow_the_settings(chart: helm_python.Chart) -> None:
-    values = {"config": {"grpcListen": "[::]:7000", "metricsListen": "0.0.0.0:7001"}}
+    values = {
+        "config": {
+            "grpcListen": "[::]:7000", "metricsListen": "0.0.0.0:7001", "healthListen": "[::]:7002"
+        }
+    }  # fmt: skip
     main = container(render(chart, values))
-    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"grpc": 7000, "metrics": 7001}
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
+        "grpc": 7000,
+        "metrics": 7001,
+        "health": 7002,
+    }
+    assert main["readinessProbe"]["grpc"]["port"] == 7002
+    # Without a health port the probes check the gRPC port.
+    values["config"]["healthListen"] = ""
+    main = container(render(chart, values))
+    assert "health" not in {p["name"] for p in main["ports"]}
     assert main["readinessProbe"]["grpc"]["port"] == 7000
+
+
+TLS_ON: dict[str, Any] = {
+    "config": {
+        "tlsCertFile": "/var/run/secrets/authswitch-tls/tls.crt",
+        "tlsKeyFile": "/var/run/secrets/authswitch-tls/tls.key",
+        "tlsClientCaFile": "/var/run/secrets/authswitch-tls/ca.crt",
+    },
+    "tls": {"secretName": "authswitch-tls"},
+}
+
+
+@pytest.mark.timeout(60)
+def test_with_tls_the_secret_is_mounted_and_the_probes_stay_plaintext(
+    chart: helm_python.Chart,
+) -> None:
+    objects = render(chart, TLS_ON)
+    pod = pod_spec(only(objects, "Deployment"))
+    main = container(objects)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "authswitch-tls"
+    (mount,) = [m for m in main["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {
+        "name": "tls",
+        "mountPath": "/var/run/secrets/authswitch-tls",
+        "readOnly": True,
+    }
+    settings = _rendered_settings(objects)
+    for key in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"):
+        assert settings[PREFIX + key].startswith(mount["mountPath"] + "/"), key
+    # kubelet's gRPC probes speak plaintext: they go to the health-only port, not to TLS.
+    health_port = int(settings[PREFIX + "HEALTH_LISTEN"].rsplit(":", 1)[1])
+    assert health_port != _port(objects, "grpc")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["grpc"]["port"] == health_port, probe
+    assert _port(objects, "health") == health_port
+    for kube_version in KUBE_VERSIONS:
+        for obj in objects:
+            if obj["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": TLS_ON["config"]}, "tls.secretName"),
+        ({**TLS_ON, "config": {**TLS_ON["config"], "healthListen": ""}}, "healthListen"),
+        (
+            {**TLS_ON, "config": {**TLS_ON["config"], "tlsKeyFile": "/etc/tls.key"}},
+            "must be a file under tls.mountPath",
+        ),
+    ],
+    ids=["no-secret", "no-health-port", "file-elsewhere"],
+)
+def test_tls_that_could_not_work_fails_the_render(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=message):
+        render(chart, values)
 
 
 @pytest.mark.timeout(60)
@@ -992,6 +1075,20 @@ def test_monitoring_objects_are_switchable(chart: helm_python.Chart) -> None:
     assert only(objects, "PrometheusRule")["metadata"]["labels"]["release"] == (
         "kube-prometheus-stack"
     )
+
+
+@pytest.mark.timeout(60)
+def test_readme_turns_the_monitoring_objects_on(chart: helm_python.Chart) -> None:
+    """The README says the monitoring objects are off by default and shows the values that
+    turn them on: those values render all three."""
+    readme = (ROOT / "README.md").read_text()
+    assert "monitoring objects are off by default" in readme
+    block = readme.split("# values-monitoring.yaml", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    objects = render(chart, yaml.safe_load(block))
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds(objects)
+    assert f"{FULLNAME}-dashboard" in {
+        o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"
+    }
 
 
 @pytest.mark.timeout(60)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class Stores:
     redis_url: str
     redis_prefix: str
     embedded: bool
+    # The session's scratch directory (the embedded servers' data); removed at its end.
+    scratch_dir: Path
 
 
 def _with_database(dsn: str, database: str) -> str:
@@ -54,28 +57,36 @@ async def test_database(server_dsn: str) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def open_stores() -> AsyncIterator[Stores]:
+    """The session's stores. The scratch directory (the embedded servers' data, tens of MB)
+    is removed at the end, whether the session passed, failed or was interrupted."""
     pg_dsn = os.environ.get("AUTHSWITCH_TEST_POSTGRES_DSN", "")
     redis_url = os.environ.get("AUTHSWITCH_TEST_REDIS_URL", "")
     tmp = Path(tempfile.mkdtemp(prefix="authswitch-test-"))
-    embedded_pg = embedded_redis = None
-    if not pg_dsn:
-        embedded_pg = EmbeddedPostgres(tmp)
-        pg_dsn = embedded_pg.start()
-    if not redis_url:
-        embedded_redis = EmbeddedRedis(tmp)
-        redis_url = embedded_redis.start()
-    prefix = f"t{secrets.token_hex(3)}"
+    embedded_pg: EmbeddedPostgres | None = None
+    embedded_redis: EmbeddedRedis | None = None
     try:
-        async with test_database(pg_dsn) as dsn:
-            yield Stores(dsn, redis_url, prefix, embedded_pg is not None)
-    finally:
-        client = aioredis.Redis.from_url(redis_url)
+        if not pg_dsn:
+            embedded_pg = EmbeddedPostgres(tmp)
+            pg_dsn = embedded_pg.start()
+        if not redis_url:
+            embedded_redis = EmbeddedRedis(tmp)
+            redis_url = embedded_redis.start()
+        prefix = f"t{secrets.token_hex(3)}"
         try:
-            async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-                await client.delete(key)
+            async with test_database(pg_dsn) as dsn:
+                yield Stores(dsn, redis_url, prefix, embedded_pg is not None, tmp)
         finally:
-            await client.aclose()
-        if embedded_redis is not None:
-            embedded_redis.stop()
-        if embedded_pg is not None:
-            embedded_pg.stop()
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                    await client.delete(key)
+            finally:
+                await client.aclose()
+    finally:
+        try:
+            if embedded_redis is not None:
+                embedded_redis.stop()
+        finally:
+            if embedded_pg is not None:
+                embedded_pg.stop()
+            shutil.rmtree(tmp, ignore_errors=True)

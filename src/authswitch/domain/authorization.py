@@ -118,6 +118,7 @@ _CHANNELS = frozenset(int(c) for c in Channel)
 SOURCE_LEN_MAX = 64
 MESSAGE_ID_LEN_MAX = 128
 NETWORK_REFERENCE_LEN_MAX = 128
+NEW_PIN_LEN_MAX = 12
 _MCC = re.compile(r"^\d{4}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _CVV2 = re.compile(r"^\d{3,4}$")
@@ -199,6 +200,8 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
     if request.expiry_yymm and not expiry_valid_format(request.expiry_yymm):
         return Reason.FORMAT_ERROR
     if request.pin and not pin_valid_format(request.pin):
+        return Reason.FORMAT_ERROR
+    if len(request.new_pin) > NEW_PIN_LEN_MAX:  # read for PIN changes only, bounded always
         return Reason.FORMAT_ERROR
     if request.cvv2 and not _CVV2.match(request.cvv2):
         return Reason.FORMAT_ERROR

@@ -51,7 +51,13 @@ CREDIT_PURPOSES = frozenset({"LOAD", "CREDIT_ADJUSTMENT", "DEBIT_REVERSAL", "WRI
 DEBIT_PURPOSES = frozenset({"FEE", "DEBIT_ADJUSTMENT", "CREDIT_REVERSAL", "WRITE_ON", "UNLOAD"})
 ACCOUNT_TYPES = frozenset({"SINGLE", "MULTI_CURRENCY"})
 NAME_LEN_MAX = 200
+# Notification sinks an on-ledger programme can deliver to. The client sink calls the
+# programme's DecisionService, which only off-ledger programmes have; a webhook delivers the
+# notifications on-ledger programmes emit (clearings, refunds, fees, card status changes,
+# disputes). Add "client" here once on-ledger programmes can have a client endpoint.
+ON_LEDGER_SINKS = frozenset({"webhook"})
 FEE_RULES_MAX = 100
+WEBHOOK_URL_LEN_MAX = 2_000
 IDEMPOTENCY_KEY_LEN_MAX = 128
 
 
@@ -405,6 +411,30 @@ class AdminService:
         return len(accounts)
 
     async def set_routing(self, program_id: str, routing: ClientRouting, *, actor: str) -> None:
+        """Point an off-ledger programme at its client's DecisionService. What could never take
+        effect is refused, naming the field: routing of an on-ledger programme, TLS material
+        without TLS, stand-in limits without an approving stand-in."""
+        tls_secrets = (routing.ca_secret, routing.cert_secret, routing.key_secret)
+        if routing.tls == "NONE" and any(tls_secrets):
+            raise RequestError(
+                "ca_secret, cert_secret and key_secret are used with tls CLIENT_TLS_TLS or "
+                "CLIENT_TLS_MTLS only; with CLIENT_TLS_NONE they would never be read"
+            )
+        if routing.tls == "TLS" and (routing.cert_secret or routing.key_secret):
+            raise RequestError(
+                "cert_secret and key_secret are a client certificate for tls CLIENT_TLS_MTLS; "
+                "with CLIENT_TLS_TLS none is sent"
+            )
+        stand_in = (
+            routing.stand_in_asset,
+            routing.stand_in_transaction_max_minor,
+            routing.stand_in_daily_max_minor,
+        )
+        if routing.stand_in is not StandInPolicy.APPROVE and any(stand_in):
+            raise RequestError(
+                "stand_in_asset, stand_in_transaction_max_minor and stand_in_daily_max_minor "
+                "apply to stand_in STAND_IN_POLICY_APPROVE only"
+            )
         for name in (
             routing.ca_secret,
             routing.cert_secret,
@@ -418,22 +448,46 @@ class AdminService:
         approving = routing.stand_in is StandInPolicy.APPROVE
         if approving and routing.stand_in_asset not in self.catalog.assets:
             raise RequestError("an approving stand-in needs stand_in_asset")
+        program = await self.catalog.program(program_id)
+        if program.mode != "OFF_LEDGER":
+            raise PreconditionFailed(
+                f"target: program {program_id} is on-ledger and decides from its own ledger; "
+                "a DecisionService (SetProgramRouting) is only ever called for off-ledger "
+                "programs"
+            )
         await self.store.set_routing(program_id, routing, actor)
         self.catalog.forget("program", program_id)
 
     async def set_sink(
         self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, *, actor: str
     ) -> None:
+        """Subscribe (or, with ``remove``, unsubscribe) a programme to a notification sink.
+        Refused, naming the field, when it could never deliver: a webhook that is not HTTPS,
+        a client sink of an on-ledger programme or of one without routing."""
         if sink not in ("client", "webhook"):
-            raise RequestError("sink must be client or webhook")
+            raise RequestError("sink must be NOTIFICATION_SINK_CLIENT or NOTIFICATION_SINK_WEBHOOK")
         if sink == "webhook" and not remove:
-            if not url.startswith(("https://", "http://")) or len(url) > 2_000:
-                raise RequestError("a webhook needs an http(s) URL")
+            if not url.startswith("https://") or len(url) > WEBHOOK_URL_LEN_MAX:
+                raise RequestError(
+                    f"url: a webhook URL must be https:// (at most {WEBHOOK_URL_LEN_MAX} "
+                    "characters); notifications are signed but not encrypted, so they go over "
+                    "TLS only"
+                )
             if not SecretStore.valid_name(secret_name):
-                raise RequestError("a webhook needs the name of its signing secret")
-        if sink == "client" and not remove:
+                raise RequestError("secret_name: a webhook needs the name of its signing secret")
+        if sink == "client" and (url or secret_name):
+            raise RequestError(
+                "url and secret_name are for a webhook; the client sink uses the program's routing"
+            )
+        if not remove:
             program = await self.catalog.program(program_id)
-            if program.routing is None:
+            if program.mode != "OFF_LEDGER" and sink not in ON_LEDGER_SINKS:
+                raise PreconditionFailed(
+                    f"sink: program {program_id} is on-ledger: it has no DecisionService, so "
+                    "NOTIFICATION_SINK_CLIENT could never deliver; use "
+                    "NOTIFICATION_SINK_WEBHOOK"
+                )
+            if sink == "client" and program.routing is None:
                 raise PreconditionFailed("set the program's routing (its client target) first")
         await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)

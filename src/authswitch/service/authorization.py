@@ -239,6 +239,17 @@ class AuthorizationService:
         counted[1].observe(time.perf_counter() - started)
         return response
 
+    def format_error(self, transaction_type: int) -> bytes:
+        """The answer to a request malformed in a way only its wire form shows (a string
+        over its maximum): 30, nothing written."""
+        code = outcome(Reason.FORMAT_ERROR).response_code
+        counted = self._counted.get(("on_ledger", transaction_type, code))
+        if counted is None:
+            counted = self._count("on_ledger", transaction_type, code)
+        counted[0].inc()
+        counted[1].observe(0.0)
+        return _FORMAT_RESPONSES[Reason.FORMAT_ERROR]
+
     def _count(self, mode: str, transaction_type: int, code: str) -> tuple[Any, Any]:
         """The metric children of a decision's labels, bound once (bounded sets)."""
         children = (

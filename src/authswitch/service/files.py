@@ -214,20 +214,34 @@ class FileSchedules:
         return ScheduleRow(*row)
 
     async def list(
-        self, *, program_id: str = "", client_id: str = ""
-    ) -> list[ledger_admin_pb2.FileSchedule]:
+        self,
+        *,
+        program_id: str = "",
+        client_id: str = "",
+        limit: int = 1_000,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[tuple[ledger_admin_pb2.FileSchedule, datetime]]:
+        """Oldest first, each with its creation time; ``after`` is the (created_at, id) of
+        the last schedule of the previous page."""
         for value in (program_id, client_id):
             if value and parse_id(value) is None:
                 raise RequestError(f"{value!r} is not an id")
+        cursor_at, cursor_id = after or (None, None)
         rows = await self.pool.fetch(
             _SCHEDULE
             + """ WHERE ($1::uuid IS NULL OR program_id = $1)
                               AND ($2::uuid IS NULL OR client_id = $2)
-                            ORDER BY created_at, id""",
+                              AND ($3::timestamptz IS NULL
+                                   OR (created_at, id) > ($3, $4::uuid))
+                            ORDER BY created_at, id LIMIT $5""",
             program_id or None,
             client_id or None,
+            cursor_at,
+            cursor_id,
+            limit,
         )
-        return [schedule_message(ScheduleRow(*r)) for r in rows]
+        listed = [ScheduleRow(*r) for r in rows]
+        return [(schedule_message(row), row.created_at) for row in listed]
 
     async def set_enabled(self, schedule_id: str, enabled: bool, *, actor: str) -> None:
         await self.get(schedule_id)

@@ -31,6 +31,7 @@ from authswitch.domain.fees import FeeContext, Stage
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.limits import Period, period_bounds
 from authswitch.domain.offledger import (
+    BreakerState,
     CircuitBreaker,
     ClientAnswer,
     ClientRouting,
@@ -177,7 +178,8 @@ class OffLedgerService:
         answer: ClientAnswer | None = None
         wire: decision_pb2.DecideResponse | None = None
         try:
-            connection = await self.channels.connection(program.id, routing)
+            probe = breaker.state is BreakerState.HALF_OPEN
+            connection = await self.channels.connection(program.id, routing, probe=probe)
             wire = await connection.decide(call, timeout_s=left_ms / 1000)
         except grpc.aio.AioRpcError as exc:
             timed_out = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED

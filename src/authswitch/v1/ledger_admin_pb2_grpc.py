@@ -28,6 +28,11 @@ if _version_not_supported:
 class LedgerAdminServiceStub:
     """Programme operators' API: the client, program, product, account and card catalogue, and
     balance adjustments. Every mutating call is audited.
+
+    Every List RPC returns a page at a time: a response ends at page_size items or before it
+    would outgrow 60 KiB (the server's messages are at most 64 KiB), whichever comes first, and
+    carries next_page_token while more remain. Pass it back as page_token, with the same
+    other fields, for the next page; each item is listed exactly once across the pages.
     """
 
     def __init__(self, channel):
@@ -40,6 +45,21 @@ class LedgerAdminServiceStub:
                 '/authswitch.v1.LedgerAdminService/CreateClient',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateClientRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateClientResponse.FromString,
+                _registered_method=True)
+        self.ListClients = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListClients',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListClientsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListClientsResponse.FromString,
+                _registered_method=True)
+        self.GetClient = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/GetClient',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetClientRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetClientResponse.FromString,
+                _registered_method=True)
+        self.ListPrograms = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListPrograms',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListProgramsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListProgramsResponse.FromString,
                 _registered_method=True)
         self.CreateProgram = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/CreateProgram',
@@ -55,6 +75,11 @@ class LedgerAdminServiceStub:
                 '/authswitch.v1.LedgerAdminService/CreateAccount',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateAccountRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateAccountResponse.FromString,
+                _registered_method=True)
+        self.GetAccount = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/GetAccount',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetAccountRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetAccountResponse.FromString,
                 _registered_method=True)
         self.CreateCard = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/CreateCard',
@@ -236,10 +261,35 @@ class LedgerAdminServiceStub:
 class LedgerAdminServiceServicer:
     """Programme operators' API: the client, program, product, account and card catalogue, and
     balance adjustments. Every mutating call is audited.
+
+    Every List RPC returns a page at a time: a response ends at page_size items or before it
+    would outgrow 60 KiB (the server's messages are at most 64 KiB), whichever comes first, and
+    carries next_page_token while more remain. Pass it back as page_token, with the same
+    other fields, for the next page; each item is listed exactly once across the pages.
     """
 
     def CreateClient(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClients(self, request, context):
+        """Clients, oldest first. Every id the balance report and the file schedules need.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClient(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPrograms(self, request, context):
+        """Programmes, oldest first; of one client, or all.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -258,6 +308,13 @@ class LedgerAdminServiceServicer:
 
     def CreateAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccount(self, request, context):
+        """An account: whose it is (client, programme, product), its names and its balances.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -389,14 +446,16 @@ class LedgerAdminServiceServicer:
 
     def SetProgramRouting(self, request, context):
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-        circuit breaker.
+        circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetNotificationSink(self, request, context):
-        """Subscribes a program (on- or off-ledger) to notifications by a sink.
+        """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+        Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+        endpoint); what could never deliver is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -513,6 +572,21 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateClientRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateClientResponse.SerializeToString,
             ),
+            'ListClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClients,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListClientsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListClientsResponse.SerializeToString,
+            ),
+            'GetClient': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClient,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetClientRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetClientResponse.SerializeToString,
+            ),
+            'ListPrograms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPrograms,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListProgramsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListProgramsResponse.SerializeToString,
+            ),
             'CreateProgram': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateProgram,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateProgramRequest.FromString,
@@ -527,6 +601,11 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.CreateAccount,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateAccountRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.CreateAccountResponse.SerializeToString,
+            ),
+            'GetAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccount,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetAccountRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetAccountResponse.SerializeToString,
             ),
             'CreateCard': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCard,
@@ -714,6 +793,11 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
 class LedgerAdminService:
     """Programme operators' API: the client, program, product, account and card catalogue, and
     balance adjustments. Every mutating call is audited.
+
+    Every List RPC returns a page at a time: a response ends at page_size items or before it
+    would outgrow 60 KiB (the server's messages are at most 64 KiB), whichever comes first, and
+    carries next_page_token while more remain. Pass it back as page_token, with the same
+    other fields, for the next page; each item is listed exactly once across the pages.
     """
 
     @staticmethod
@@ -733,6 +817,87 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/CreateClient',
             authswitch_dot_v1_dot_ledger__admin__pb2.CreateClientRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.CreateClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListClients',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListClientsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListClientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/GetClient',
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetClientRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetClientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPrograms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListPrograms',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListProgramsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListProgramsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -814,6 +979,33 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/CreateAccount',
             authswitch_dot_v1_dot_ledger__admin__pb2.CreateAccountRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.CreateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/GetAccount',
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetAccountRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.GetAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,11 @@ GRPC_VERSION: str
 class LedgerAdminServiceStub:
     """Programme operators' API: the client, program, product, account and card catalogue, and
     balance adjustments. Every mutating call is audited.
+
+    Every List RPC returns a page at a time: a response ends at page_size items or before it
+    would outgrow 60 KiB (the server's messages are at most 64 KiB), whichever comes first, and
+    carries next_page_token while more remain. Pass it back as page_token, with the same
+    other fields, for the next page; each item is listed exactly once across the pages.
     """
 
     @_typing.overload
@@ -36,9 +41,16 @@ class LedgerAdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerAdminServiceAsyncStub: ...
     CreateClient: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateClientRequest, _ledger_admin_pb2.CreateClientResponse]
+    ListClients: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListClientsRequest, _ledger_admin_pb2.ListClientsResponse]
+    """Clients, oldest first. Every id the balance report and the file schedules need."""
+    GetClient: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetClientRequest, _ledger_admin_pb2.GetClientResponse]
+    ListPrograms: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListProgramsRequest, _ledger_admin_pb2.ListProgramsResponse]
+    """Programmes, oldest first; of one client, or all."""
     CreateProgram: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateProgramRequest, _ledger_admin_pb2.CreateProgramResponse]
     CreateProduct: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateProductRequest, _ledger_admin_pb2.CreateProductResponse]
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateAccountRequest, _ledger_admin_pb2.CreateAccountResponse]
+    GetAccount: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetAccountRequest, _ledger_admin_pb2.GetAccountResponse]
+    """An account: whose it is (client, programme, product), its names and its balances."""
     CreateCard: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCardRequest, _ledger_admin_pb2.CreateCardResponse]
     SetCardPin: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetCardPinRequest, _ledger_admin_pb2.SetCardPinResponse]
     ChangeCardStatus: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ChangeCardStatusRequest, _ledger_admin_pb2.ChangeCardStatusResponse]
@@ -72,10 +84,13 @@ class LedgerAdminServiceStub:
     """The live counters (limits, free uses) of an account and its cards."""
     SetProgramRouting: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-    circuit breaker.
+    circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
     """
     SetNotificationSink: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetNotificationSinkRequest, _ledger_admin_pb2.SetNotificationSinkResponse]
-    """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+    """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+    Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+    endpoint); what could never deliver is refused.
+    """
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]
@@ -119,13 +134,25 @@ class LedgerAdminServiceStub:
 class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """Programme operators' API: the client, program, product, account and card catalogue, and
     balance adjustments. Every mutating call is audited.
+
+    Every List RPC returns a page at a time: a response ends at page_size items or before it
+    would outgrow 60 KiB (the server's messages are at most 64 KiB), whichever comes first, and
+    carries next_page_token while more remain. Pass it back as page_token, with the same
+    other fields, for the next page; each item is listed exactly once across the pages.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateClient: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateClientRequest, _ledger_admin_pb2.CreateClientResponse]  # type: ignore[assignment]
+    ListClients: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListClientsRequest, _ledger_admin_pb2.ListClientsResponse]  # type: ignore[assignment]
+    """Clients, oldest first. Every id the balance report and the file schedules need."""
+    GetClient: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetClientRequest, _ledger_admin_pb2.GetClientResponse]  # type: ignore[assignment]
+    ListPrograms: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListProgramsRequest, _ledger_admin_pb2.ListProgramsResponse]  # type: ignore[assignment]
+    """Programmes, oldest first; of one client, or all."""
     CreateProgram: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateProgramRequest, _ledger_admin_pb2.CreateProgramResponse]  # type: ignore[assignment]
     CreateProduct: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateProductRequest, _ledger_admin_pb2.CreateProductResponse]  # type: ignore[assignment]
     CreateAccount: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateAccountRequest, _ledger_admin_pb2.CreateAccountResponse]  # type: ignore[assignment]
+    GetAccount: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetAccountRequest, _ledger_admin_pb2.GetAccountResponse]  # type: ignore[assignment]
+    """An account: whose it is (client, programme, product), its names and its balances."""
     CreateCard: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCardRequest, _ledger_admin_pb2.CreateCardResponse]  # type: ignore[assignment]
     SetCardPin: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetCardPinRequest, _ledger_admin_pb2.SetCardPinResponse]  # type: ignore[assignment]
     ChangeCardStatus: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ChangeCardStatusRequest, _ledger_admin_pb2.ChangeCardStatusResponse]  # type: ignore[assignment]
@@ -159,10 +186,13 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """The live counters (limits, free uses) of an account and its cards."""
     SetProgramRouting: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]  # type: ignore[assignment]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-    circuit breaker.
+    circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
     """
     SetNotificationSink: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetNotificationSinkRequest, _ledger_admin_pb2.SetNotificationSinkResponse]  # type: ignore[assignment]
-    """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+    """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+    Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+    endpoint); what could never deliver is refused.
+    """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]  # type: ignore[assignment]
@@ -205,6 +235,11 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
 class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Programme operators' API: the client, program, product, account and card catalogue, and
     balance adjustments. Every mutating call is audited.
+
+    Every List RPC returns a page at a time: a response ends at page_size items or before it
+    would outgrow 60 KiB (the server's messages are at most 64 KiB), whichever comes first, and
+    carries next_page_token while more remain. Pass it back as page_token, with the same
+    other fields, for the next page; each item is listed exactly once across the pages.
     """
 
     @_abc_1.abstractmethod
@@ -213,6 +248,29 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.CreateClientRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.CreateClientResponse, _abc.Awaitable[_ledger_admin_pb2.CreateClientResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListClients(
+        self,
+        request: _ledger_admin_pb2.ListClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListClientsResponse, _abc.Awaitable[_ledger_admin_pb2.ListClientsResponse]]:
+        """Clients, oldest first. Every id the balance report and the file schedules need."""
+
+    @_abc_1.abstractmethod
+    def GetClient(
+        self,
+        request: _ledger_admin_pb2.GetClientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.GetClientResponse, _abc.Awaitable[_ledger_admin_pb2.GetClientResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPrograms(
+        self,
+        request: _ledger_admin_pb2.ListProgramsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListProgramsResponse, _abc.Awaitable[_ledger_admin_pb2.ListProgramsResponse]]:
+        """Programmes, oldest first; of one client, or all."""
 
     @_abc_1.abstractmethod
     def CreateProgram(
@@ -234,6 +292,14 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.CreateAccountResponse, _abc.Awaitable[_ledger_admin_pb2.CreateAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAccount(
+        self,
+        request: _ledger_admin_pb2.GetAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.GetAccountResponse, _abc.Awaitable[_ledger_admin_pb2.GetAccountResponse]]:
+        """An account: whose it is (client, programme, product), its names and its balances."""
 
     @_abc_1.abstractmethod
     def CreateCard(
@@ -387,7 +453,7 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.SetProgramRoutingResponse, _abc.Awaitable[_ledger_admin_pb2.SetProgramRoutingResponse]]:
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
-        circuit breaker.
+        circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
         """
 
     @_abc_1.abstractmethod
@@ -396,7 +462,10 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.SetNotificationSinkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.SetNotificationSinkResponse, _abc.Awaitable[_ledger_admin_pb2.SetNotificationSinkResponse]]:
-        """Subscribes a program (on- or off-ledger) to notifications by a sink."""
+        """Subscribes a program to notifications by a sink: an off-ledger program by its client's
+        Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
+        endpoint); what could never deliver is refused.
+        """
 
     @_abc_1.abstractmethod
     def ListNotifications(

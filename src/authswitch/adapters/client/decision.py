@@ -49,13 +49,19 @@ class ClientChannels:
         self._connections: dict[str, ClientConnection] = {}
         self._lock = asyncio.Lock()
 
-    async def connection(self, program_id: str, routing: ClientRouting) -> ClientConnection:
+    async def connection(
+        self, program_id: str, routing: ClientRouting, *, probe: bool = False
+    ) -> ClientConnection:
+        """The program's connection. For a circuit breaker's probe (``probe``), a channel
+        that is waiting out its reconnect backoff after a failure is replaced by a fresh one,
+        which connects at once: a client that has come back is not kept out by the backoff
+        for longer than the breaker's probe interval."""
         found = self._connections.get(program_id)
-        if found is not None and found.routing == routing:
+        if found is not None and found.routing == routing and not (probe and _failed(found)):
             return found
         async with self._lock:
             found = self._connections.get(program_id)
-            if found is not None and found.routing == routing:
+            if found is not None and found.routing == routing and not (probe and _failed(found)):
                 return found
             if found is not None:
                 await found.channel.close(grace=1.0)
@@ -70,6 +76,10 @@ class ClientChannels:
             # Fail fast while the client is down rather than queueing calls.
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            # A channel of its own connection: a replacement channel (see ``connection``)
+            # must not share the failed one's subchannel and its backoff, as channels to
+            # the same target do by default.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if routing.tls == "NONE":
             channel = grpc.aio.insecure_channel(routing.target, options=options)
@@ -92,3 +102,9 @@ class ClientChannels:
         for connection in self._connections.values():
             await connection.channel.close(grace=1.0)
         self._connections.clear()
+
+
+def _failed(connection: ClientConnection) -> bool:
+    """Whether the channel's last connection attempt failed (it is backing off)."""
+    state = connection.channel.get_state(try_to_connect=False)
+    return state is grpc.ChannelConnectivity.TRANSIENT_FAILURE

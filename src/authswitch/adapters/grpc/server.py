@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from authswitch.adapters.grpc.access import AccessPolicy, server_credentials
+from authswitch.adapters.grpc.bounded import bounded
 from authswitch.adapters.grpc.calls import Behaviour, observed
 from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdminServicer
 from authswitch.config import Settings
@@ -88,7 +89,8 @@ def add_service(
     answering INVALID_ARGUMENT to a request that does not parse (grpcio's generated
     registration would say INTERNAL). Methods named in ``raw`` take the request's bytes and
     return the response's bytes themselves (the decision path parses once and serialises
-    once)."""
+    once), and check their strings' bounds themselves (the others are refused here, by
+    adapters/grpc/bounded.py, when a string is over its maximum)."""
     handlers = {}
     for method in descriptor.methods:
         full_method = f"/{descriptor.full_name}/{method.name}"
@@ -99,8 +101,10 @@ def add_service(
             continue
         request_type = GetMessageClass(method.input_type)
         response_type = GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        behaviour = bounded(behaviour, response_type)  # over-long strings: 30 / INVALID
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            observed(_refusing_malformed(getattr(servicer, method.name)), full_method, policy),
+            observed(_refusing_malformed(behaviour), full_method, policy),
             request_deserializer=_lenient(request_type.FromString),
             response_serializer=response_type.SerializeToString,
         )

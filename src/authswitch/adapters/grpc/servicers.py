@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,9 +14,11 @@ from google.protobuf.message import DecodeError
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.errors import grpc_errors
+from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
 from authswitch.adapters.postgres.ownership import Holder
 from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import AuthorizationRequest, CardStatus
+from authswitch.domain.bounds import merchant_too_long
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
@@ -196,6 +195,8 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         except DecodeError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request does not parse")
             raise AssertionError("unreachable") from None
+        if merchant_too_long(request.merchant) is not None:  # the other strings: validate()
+            return service.format_error(request.transaction_type)
         self._in_flight += 1
         try:
             response = await service.authorize(
@@ -266,6 +267,47 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         return ledger_admin_pb2.CreateClientResponse(client_id=client_id)
 
     @grpc_errors
+    async def ListClients(  # noqa: N802
+        self, request: ledger_admin_pb2.ListClientsRequest, context: Context
+    ) -> ledger_admin_pb2.ListClientsResponse:
+        limit = page_size(request.page_size, default=100, maximum=1_000)
+        after = _time_key(request.page_token, "clients")
+        rows = await self.service.store.clients(limit=limit + 1, after=after)
+        response = ledger_admin_pb2.ListClientsResponse()
+        items = [(_client_message(r), (r["created_at"].isoformat(), r["client_id"])) for r in rows]
+        response.next_page_token = fill_page(response.clients, items, limit=limit, kind="clients")
+        return response
+
+    @grpc_errors
+    async def GetClient(  # noqa: N802
+        self, request: ledger_admin_pb2.GetClientRequest, context: Context
+    ) -> ledger_admin_pb2.GetClientResponse:
+        row = await self.service.store.client(request.client_id)
+        return ledger_admin_pb2.GetClientResponse(client=_client_message(row))
+
+    @grpc_errors
+    async def ListPrograms(  # noqa: N802
+        self, request: ledger_admin_pb2.ListProgramsRequest, context: Context
+    ) -> ledger_admin_pb2.ListProgramsResponse:
+        limit = page_size(request.page_size, default=100, maximum=1_000)
+        after = _time_key(request.page_token, "programs")
+        rows = await self.service.store.programs(
+            client_id=request.client_id, limit=limit + 1, after=after
+        )
+        items = []
+        for row in rows:
+            message = ledger_admin_pb2.Program(
+                program_id=row["program_id"], client_id=row["client_id"], name=row["name"],
+                mode=common_pb2.LedgerMode.Value(f"LEDGER_MODE_{row['mode']}"),
+                time_zone=row["time_zone"], country=row["country"],
+            )  # fmt: skip
+            message.created_at.FromDatetime(row["created_at"])
+            items.append((message, (row["created_at"].isoformat(), row["program_id"])))
+        response = ledger_admin_pb2.ListProgramsResponse()
+        response.next_page_token = fill_page(response.programs, items, limit=limit, kind="programs")
+        return response
+
+    @grpc_errors
     async def CreateProgram(  # noqa: N802
         self, request: ledger_admin_pb2.CreateProgramRequest, context: Context
     ) -> ledger_admin_pb2.CreateProgramResponse:
@@ -316,6 +358,22 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             actor=_actor(context),
         )
         return ledger_admin_pb2.CreateAccountResponse(account_id=account_id)
+
+    @grpc_errors
+    async def GetAccount(  # noqa: N802
+        self, request: ledger_admin_pb2.GetAccountRequest, context: Context
+    ) -> ledger_admin_pb2.GetAccountResponse:
+        row = await self.service.store.account_details(request.account_id)
+        balances = await self.service.balances(request.account_id)
+        response = ledger_admin_pb2.GetAccountResponse(
+            account_id=row["account_id"], client_id=row["client_id"],
+            program_id=row["program_id"], product_id=row["product_id"], kind=row["kind"],
+            account_type=common_pb2.AccountType.Value(f"ACCOUNT_TYPE_{row['account_type']}"),
+            name=row["name"], reference=row["reference"], profile_id=row["profile_id"],
+            balances=[balance_message(asset, b) for asset, b in balances.items()],
+        )  # fmt: skip
+        response.created_at.FromDatetime(row["created_at"])
+        return response
 
     @grpc_errors
     async def CreateCard(  # noqa: N802
@@ -417,22 +475,26 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def ListHolds(  # noqa: N802
         self, request: ledger_admin_pb2.ListHoldsRequest, context: Context
     ) -> ledger_admin_pb2.ListHoldsResponse:
-        limit = _page_size(request.page_size, default=100, maximum=1_000)
+        limit = page_size(request.page_size, default=100, maximum=1_000)
         rows = await self.service.store.holds_of_account(
-            request.account_id, open_only=request.open_only, limit=limit
-        )
-        return ledger_admin_pb2.ListHoldsResponse(holds=[_hold_message(h) for h in rows])
+            request.account_id, open_only=request.open_only, limit=limit + 1,
+            before=_time_key(request.page_token, "holds"),
+        )  # fmt: skip
+        response = ledger_admin_pb2.ListHoldsResponse()
+        items = [(_hold_message(h), (h.created_at.isoformat(), h.id)) for h in rows]
+        response.next_page_token = fill_page(response.holds, items, limit=limit, kind="holds")
+        return response
 
     @grpc_errors
     async def ListAccountHistory(  # noqa: N802
         self, request: ledger_admin_pb2.ListAccountHistoryRequest, context: Context
     ) -> ledger_admin_pb2.ListAccountHistoryResponse:
-        limit = _page_size(request.page_size, default=50, maximum=500)
-        before = _read_page_token(request.page_token) if request.page_token else None
-        rows = await self.service.store.history(request.account_id, before=before, limit=limit)
-        response = ledger_admin_pb2.ListAccountHistoryResponse()
+        limit = page_size(request.page_size, default=50, maximum=500)
+        before = _time_key(request.page_token, "history")
+        rows = await self.service.store.history(request.account_id, before=before, limit=limit + 1)
+        items = []
         for row in rows:
-            entry = response.entries.add(
+            entry = ledger_admin_pb2.HistoryEntry(
                 kind=row["kind"],
                 asset=row["asset"] or "",
                 actual_delta_minor=row["actual_delta"],
@@ -441,9 +503,9 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
                 description=row["description"] or "",
             )
             entry.at.FromDatetime(row["at"])
-        if len(rows) == limit:
-            last = rows[-1]
-            response.next_page_token = _page_token(last["at"], last["reference"])
+            items.append((entry, (row["at"].isoformat(), row["reference"])))
+        response = ledger_admin_pb2.ListAccountHistoryResponse()
+        response.next_page_token = fill_page(response.entries, items, limit=limit, kind="history")
         return response
 
     @grpc_errors
@@ -478,6 +540,9 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             spend_account_id=card["account_id"],
             linked_account_ids=list(card["linked"]),
             pin_tries=card["pin_tries"],
+            client_id=card["client_id"],
+            program_id=card["program_id"],
+            product_id=card["product_id"],
         )
 
     @grpc_errors
@@ -500,18 +565,27 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def ListAssets(  # noqa: N802
         self, request: ledger_admin_pb2.ListAssetsRequest, context: Context
     ) -> ledger_admin_pb2.ListAssetsResponse:
-        assets = sorted(self.service.catalog.assets.values(), key=lambda a: a.code)
-        return ledger_admin_pb2.ListAssetsResponse(
-            assets=[
+        limit = page_size(request.page_size, default=100, maximum=1_000)
+        after = read_page_token(request.page_token, "assets", 1)[0] if request.page_token else ""
+        assets = sorted(
+            (a for a in self.service.catalog.assets.values() if a.code > str(after)),
+            key=lambda a: a.code,
+        )[: limit + 1]
+        items = [
+            (
                 ledger_admin_pb2.Asset(
                     code=a.code,
                     category=common_pb2.AssetCategory.Value(f"ASSET_CATEGORY_{a.category.value}"),
                     exponent=a.exponent,
                     numeric_code=a.numeric_code,
-                )
-                for a in assets
-            ]
-        )
+                ),
+                (a.code,),
+            )
+            for a in assets
+        ]
+        response = ledger_admin_pb2.ListAssetsResponse()
+        response.next_page_token = fill_page(response.assets, items, limit=limit, kind="assets")
+        return response
 
     @grpc_errors
     async def SetFeeSchedule(  # noqa: N802
@@ -532,13 +606,26 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def ListFeeSchedules(  # noqa: N802
         self, request: ledger_admin_pb2.ListFeeSchedulesRequest, context: Context
     ) -> ledger_admin_pb2.ListFeeSchedulesResponse:
+        limit = page_size(request.page_size, default=10, maximum=100)
+        after = 0
+        if request.page_token:
+            (after,) = read_page_token(request.page_token, "fee_schedules", 1)
+            if not isinstance(after, int):
+                raise RequestError("page_token is not one this server issued for this list")
         await self.service.catalog.product(request.product_id)
-        response = ledger_admin_pb2.ListFeeSchedulesResponse()
-        for schedule in await self.service.store.fee_schedules(request.product_id):
-            entry = response.schedules.add(
+        # The catalogue holds every version in memory for decisions; a page is a slice.
+        schedules = await self.service.store.fee_schedules(request.product_id)
+        items = []
+        for schedule in [s for s in schedules if s.version > after][: limit + 1]:
+            entry = ledger_admin_pb2.FeeSchedule(
                 version=schedule.version, rules=[_fee_rule_message(r) for r in schedule.rules]
             )
             entry.effective_from.FromDatetime(schedule.effective_from)
+            items.append((entry, (schedule.version,)))
+        response = ledger_admin_pb2.ListFeeSchedulesResponse()
+        response.next_page_token = fill_page(
+            response.schedules, items, limit=limit, kind="fee_schedules"
+        )
         return response
 
     @grpc_errors
@@ -554,9 +641,22 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def ListLimits(  # noqa: N802
         self, request: ledger_admin_pb2.ListLimitsRequest, context: Context
     ) -> ledger_admin_pb2.ListLimitsResponse:
+        limit = page_size(request.page_size, default=100, maximum=1_000)
         await self.service.catalog.product(request.product_id)
+        # Limits are never removed, and come in creation order: a page starts after the
+        # limit its token names.
         limits = await self.service.store.limits(request.product_id)
-        return ledger_admin_pb2.ListLimitsResponse(limits=[_limit_message(x) for x in limits])
+        start = 0
+        if request.page_token:
+            (after,) = read_page_token(request.page_token, "limits", 1)
+            ids = [x.id for x in limits]
+            if after not in ids:
+                raise RequestError("page_token is not one this server issued for this list")
+            start = ids.index(str(after)) + 1
+        items = [(_limit_message(x), (x.id,)) for x in limits[start : start + limit + 1]]
+        response = ledger_admin_pb2.ListLimitsResponse()
+        response.next_page_token = fill_page(response.limits, items, limit=limit, kind="limits")
+        return response
 
     @grpc_errors
     async def GetUsage(  # noqa: N802
@@ -619,11 +719,19 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         self, request: ledger_admin_pb2.ListNotificationsRequest, context: Context
     ) -> ledger_admin_pb2.ListNotificationsResponse:
         status = {1: "PENDING", 2: "DELIVERED", 3: "DEAD"}.get(request.status)
-        limit = _page_size(request.page_size, default=100, maximum=1_000)
-        rows = await self.service.store.notification_deliveries(request.program_id, status, limit)
-        response = ledger_admin_pb2.ListNotificationsResponse()
+        limit = page_size(request.page_size, default=100, maximum=1_000)
+        before = None
+        if request.page_token:
+            seq, sink = read_page_token(request.page_token, "notifications", 2)
+            if not isinstance(seq, int):
+                raise RequestError("page_token is not one this server issued for this list")
+            before = (seq, str(sink))
+        rows = await self.service.store.notification_deliveries(
+            request.program_id, status, limit + 1, before
+        )
+        items = []
         for row in rows:
-            entry = response.deliveries.add(
+            entry = ledger_admin_pb2.NotificationDelivery(
                 notification_id=row["notification_id"],
                 kind=row["kind"],
                 account_id=row["account_id"],
@@ -636,6 +744,11 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
                 last_error=row["last_error"],
             )
             entry.created_at.FromDatetime(row["created_at"])
+            items.append((entry, (row["seq"], row["sink"])))
+        response = ledger_admin_pb2.ListNotificationsResponse()
+        response.next_page_token = fill_page(
+            response.deliveries, items, limit=limit, kind="notifications"
+        )
         return response
 
     @grpc_errors
@@ -687,10 +800,17 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def ListFileSchedules(  # noqa: N802
         self, request: ledger_admin_pb2.ListFileSchedulesRequest, context: Context
     ) -> ledger_admin_pb2.ListFileSchedulesResponse:
-        schedules = await self.files.list(
-            program_id=request.program_id, client_id=request.client_id
+        limit = page_size(request.page_size, default=100, maximum=1_000)
+        listed = await self.files.list(
+            program_id=request.program_id, client_id=request.client_id, limit=limit + 1,
+            after=_time_key(request.page_token, "file_schedules"),
+        )  # fmt: skip
+        items = [(s, (at.isoformat(), s.schedule_id)) for s, at in listed]
+        response = ledger_admin_pb2.ListFileSchedulesResponse()
+        response.next_page_token = fill_page(
+            response.schedules, items, limit=limit, kind="file_schedules"
         )
-        return ledger_admin_pb2.ListFileSchedulesResponse(schedules=schedules)
+        return response
 
     @grpc_errors
     async def SetFileScheduleEnabled(  # noqa: N802
@@ -758,6 +878,12 @@ def _holder_messages(holders: list[Holder]) -> list[ledger_admin_pb2.AccountHold
         ledger_admin_pb2.AccountHolder(customer_id=h.customer_id, share_bps=h.share_bps or 0)
         for h in holders
     ]
+
+
+def _client_message(row: dict[str, Any]) -> ledger_admin_pb2.Client:
+    message = ledger_admin_pb2.Client(client_id=row["client_id"], name=row["name"])
+    message.created_at.FromDatetime(row["created_at"])
+    return message
 
 
 def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:
@@ -884,23 +1010,15 @@ def _limit_message(limit: Limit) -> ledger_admin_pb2.Limit:
     return message
 
 
-def _page_size(requested: int, *, default: int, maximum: int) -> int:
-    if requested < 0:
-        raise RequestError("page_size must not be negative")
-    return min(requested or default, maximum)
-
-
-def _page_token(at: datetime, reference: str) -> str:
-    raw = json.dumps([at.isoformat(), reference]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _read_page_token(token: str) -> tuple[datetime, str]:
+def _time_key(token: str, kind: str) -> tuple[datetime, str] | None:
+    """The (time, id) cursor of a page token of ``kind``; None for the first page."""
+    if not token:
+        return None
+    at, ident = read_page_token(token, kind, 2)
     try:
-        at, reference = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(at), str(reference)
-    except (ValueError, TypeError, binascii.Error):
-        raise RequestError("page_token is not one this server issued") from None
+        return datetime.fromisoformat(str(at)), str(ident)
+    except ValueError:
+        raise RequestError("page_token is not one this server issued for this list") from None
 
 
 _HOLD_STATUS = {

@@ -345,17 +345,28 @@ class CatalogStore:
         return [_hold_row(r) for r in rows]
 
     async def holds_of_account(
-        self, account_id: str, *, open_only: bool, limit: int
+        self,
+        account_id: str,
+        *,
+        open_only: bool,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
     ) -> list[HoldRow]:
+        """Newest first; ``before`` is the (created_at, id) of the last hold of the previous
+        page."""
         await self.account(account_id)
+        cursor_at, cursor_id = before or (None, None)
         rows = await self.pool.fetch(
             _holds_where(
                 """account_id = $1 AND ($2 = false OR status = 'OPEN')
+                   AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
                    ORDER BY created_at DESC, id DESC LIMIT $3"""
             ),
             account_id,
             open_only,
             limit,
+            cursor_at,
+            cursor_id,
         )
         return [_hold_row(r) for r in rows]
 
@@ -415,6 +426,66 @@ class CatalogStore:
             message_id,
         )
         return None if row is None else CardFacts(*row)
+
+    async def account_details(self, account_id: str) -> dict[str, Any]:
+        """An account with whose it is: its client, programme and product."""
+        row = await self.pool.fetchrow(
+            """SELECT a.id::text AS account_id, p.client_id::text AS client_id,
+                      a.program_id::text AS program_id,
+                      coalesce(a.product_id::text, '') AS product_id, a.kind, a.account_type,
+                      a.name, a.reference, coalesce(a.profile_id::text, '') AS profile_id,
+                      a.created_at
+               FROM accounts a JOIN programs p ON p.id = a.program_id WHERE a.id = $1""",
+            _uuid(account_id, "account"),
+        )
+        if row is None:
+            raise NotFound(f"account {account_id} does not exist")
+        return dict(row)
+
+    async def client(self, client_id: str) -> dict[str, Any]:
+        row = await self.pool.fetchrow(
+            "SELECT id::text AS client_id, name, created_at FROM clients WHERE id = $1",
+            _uuid(client_id, "client"),
+        )
+        if row is None:
+            raise NotFound(f"client {client_id} does not exist")
+        return dict(row)
+
+    async def clients(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first; ``after`` is the (created_at, id) of the last of the previous page."""
+        cursor_at, cursor_id = after or (None, None)
+        rows = await self.pool.fetch(
+            """SELECT id::text AS client_id, name, created_at FROM clients
+               WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1, $2::uuid)
+               ORDER BY created_at, id LIMIT $3""",
+            cursor_at,
+            cursor_id,
+            limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def programs(
+        self, *, client_id: str, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Oldest first, of one client or (``client_id`` empty) all; ``after`` as above."""
+        if client_id:
+            await self.client(client_id)
+        cursor_at, cursor_id = after or (None, None)
+        rows = await self.pool.fetch(
+            """SELECT id::text AS program_id, client_id::text AS client_id, name, mode,
+                      time_zone, country, created_at
+               FROM programs
+               WHERE ($1::uuid IS NULL OR client_id = $1)
+                 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
+               ORDER BY created_at, id LIMIT $4""",
+            client_id or None,
+            cursor_at,
+            cursor_id,
+            limit,
+        )
+        return [dict(r) for r in rows]
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
         await self.account(account_id)
@@ -741,9 +812,12 @@ class CatalogStore:
             """SELECT c.id::text AS card_id, c.bin, c.last_four, c.expiry_yymm, c.status,
                       c.account_id::text AS account_id, c.pin_tries,
                       coalesce(array_agg(l.account_id::text ORDER BY l.created_at)
-                               FILTER (WHERE l.account_id IS NOT NULL), '{}') AS linked
-               FROM cards c LEFT JOIN card_accounts l ON l.card_id = c.id
-               WHERE c.id = $1 GROUP BY c.id""",
+                               FILTER (WHERE l.account_id IS NOT NULL), '{}') AS linked,
+                      p.client_id::text AS client_id, c.program_id::text AS program_id,
+                      c.product_id::text AS product_id
+               FROM cards c JOIN programs p ON p.id = c.program_id
+               LEFT JOIN card_accounts l ON l.card_id = c.id
+               WHERE c.id = $1 GROUP BY c.id, p.client_id""",
             _uuid(card_id, "card"),
         )
         if row is None:
@@ -959,9 +1033,16 @@ class CatalogStore:
             )  # fmt: skip
 
     async def notification_deliveries(
-        self, program_id: str, status: str | None, limit: int
+        self,
+        program_id: str,
+        status: str | None,
+        limit: int,
+        before: tuple[int, str] | None = None,
     ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the (seq, sink) of the last delivery of the previous
+        page."""
         await self.program(program_id)
+        cursor_seq, cursor_sink = before or (None, None)
         rows = await self.pool.fetch(
             """SELECT d.notification_id::text, n.kind,
                       coalesce(n.account_id::text, '') AS account_id, d.seq, d.sink,
@@ -969,10 +1050,13 @@ class CatalogStore:
                FROM notification_deliveries d
                JOIN notifications n ON n.id = d.notification_id AND n.created_at = d.created_at
                WHERE d.program_id = $1 AND ($2::text IS NULL OR d.status = $2)
-               ORDER BY d.seq DESC LIMIT $3""",
+                 AND ($4::bigint IS NULL OR (d.seq, d.sink) < ($4, $5::text))
+               ORDER BY d.seq DESC, d.sink DESC LIMIT $3""",
             program_id,
             status,
             limit,
+            cursor_seq,
+            cursor_sink,
         )
         return [dict(r) for r in rows]
 
