@@ -47,8 +47,10 @@ def settings_for(stores: Stores, **overrides: object) -> Settings:
         "reconcile_interval_s": 0.0,
         "file_delivery_interval_s": 0.0,
         # Tests fire bursts of hundreds of calls at once, and each must be answered:
-        # admission past the limit has its own test (tests/e2e/test_admission.py).
+        # admission past the limits has its own test (tests/e2e/test_admission.py).
         "authorize_in_flight_max": 1_000,
+        "authorize_latency_target_ms": 0,
+        "grpc_pending_calls_max": 10_000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.access import AccessPolicy
+from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.health_port import start_health_port
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import (
@@ -171,7 +172,14 @@ class Application:
             log.warning("no gateway or admin credentials configured: every caller may call")
         self.server, self.grpc_port = build_server(
             settings,
-            AuthorizationServicer(self.services, in_flight_max=settings.authorize_in_flight_max),
+            AuthorizationServicer(
+                self.services,
+                admission=Admission(
+                    ceiling=settings.authorize_in_flight_max,
+                    floor=min(settings.authorize_in_flight_min, settings.authorize_in_flight_max),
+                    latency_target_s=settings.authorize_latency_target_ms / 1000,
+                ),
+            ),
             LedgerAdminServicer(self.services),
             self.health,
             policy,
@@ -279,6 +287,7 @@ class Application:
             cache=cache,
             committer=self.committer,
             clock=self.clock,
+            answer_reserve_ms=settings.off_ledger_answer_reserve_ms,
         )
         self.authorization.offledger = self.offledger
         self.outbox = OutboxWorker(

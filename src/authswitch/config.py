@@ -98,6 +98,15 @@ class Settings:
     # Authorisations in flight in this process's handlers (most waiting on Postgres or
     # Redis); past it a new one is refused at once with RESOURCE_EXHAUSTED, nothing written.
     authorize_in_flight_max: int = 256
+    # Below that ceiling, the limit follows the rate decisions complete: as many in flight
+    # as complete within authorize_latency_target_ms (0: the ceiling, fixed), and never
+    # fewer than authorize_in_flight_min (bursts and batching need room).
+    authorize_latency_target_ms: int = 50
+    authorize_in_flight_min: int = 64
+    # Calls that wait in gRPC's core for this process to take them: beyond half of this some
+    # are refused at random, beyond it all, at once (the caller sees CANCELLED; nothing was
+    # decided). It bounds the wait before a call reaches the admission limit above.
+    grpc_pending_calls_max: int = 256
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.
@@ -109,6 +118,12 @@ class Settings:
     # Named secrets of programs (client tokens, TLS material, webhook keys) are read from
     # AUTHSWITCH_SECRET_<NAME> or from the file <secrets_dir>/<name>.
     secrets_dir: str = ""
+
+    # Off-ledger: of a programme's deadline, what is kept back from the client for answering
+    # without it (the stand-in decision and its durable record), so that the answer to a
+    # silent client still goes back within the deadline. The client is told what it has
+    # (DecideRequest.time_left_ms).
+    off_ledger_answer_reserve_ms: int = 50
 
     # Notifications: how often the outbox is polled when idle, how many deliveries run at
     # once, the backoff between attempts, and when a notification is given up (dead letter).
@@ -192,7 +207,8 @@ class Settings:
             "group_commit_batch_max", "group_commit_queue_max", "postgres_pool_max",
             "redis_pool_max", "redis_timeout_ms", "idempotency_marker_ttl_s",
             "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
-            "grpc_max_concurrent_streams", "authorize_in_flight_max",
+            "grpc_max_concurrent_streams", "authorize_in_flight_max", "authorize_in_flight_min",
+            "grpc_pending_calls_max",
             "postgres_statement_timeout_ms", "outbox_poll_ms",
             "outbox_concurrency_max", "outbox_backoff_initial_ms", "outbox_backoff_max_ms",
             "outbox_dead_after_s", "outbox_delivery_timeout_ms", "reports_postgres_pool_max",
@@ -215,6 +231,10 @@ class Settings:
             raise ConfigError("AUTHSWITCH_PARTITION_MAINTENANCE_INTERVAL_S must not be negative")
         if self.partition_retention_months < 0:
             raise ConfigError("AUTHSWITCH_PARTITION_RETENTION_MONTHS must not be negative")
+        if self.off_ledger_answer_reserve_ms < 0:
+            raise ConfigError("AUTHSWITCH_OFF_LEDGER_ANSWER_RESERVE_MS must not be negative")
+        if self.authorize_latency_target_ms < 0:
+            raise ConfigError("AUTHSWITCH_AUTHORIZE_LATENCY_TARGET_MS must not be negative")
         if self.workers < 0:
             raise ConfigError("AUTHSWITCH_WORKERS must not be negative (0: one per core)")
         if self.group_commit_linger_us < 0:

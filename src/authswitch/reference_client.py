@@ -309,6 +309,8 @@ class ReferenceClient(decision_pb2_grpc.DecisionServiceServicer):
         self.error_rate = error_rate
         self.outage = False
         self.token = token
+        # Every Decide request, answered or not (the latest last); ``decisions``: those answered.
+        self.received: list[decision_pb2.DecideRequest] = []
         self.decisions: list[decision_pb2.DecideRequest] = []
         self.notifications: list[decision_pb2.NotifyRequest] = []  # every delivery received
         self.applied: dict[str, decision_pb2.NotifyRequest] = {}  # first delivery of each id
@@ -333,6 +335,7 @@ class ReferenceClient(decision_pb2_grpc.DecisionServiceServicer):
         self, request: decision_pb2.DecideRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> decision_pb2.DecideResponse:
         started = time.monotonic()
+        self.received.append(request)
         await self._gate(context)
         self.decisions.append(request)
         if self.answer_override is not None:

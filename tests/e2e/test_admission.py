@@ -1,9 +1,11 @@
-"""Overload: past AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX an authorisation is refused at once,
-with nothing written, and the process goes on deciding."""
+"""Overload: past the admission limit an authorisation is refused at once, with nothing
+written, and the process goes on deciding; a call whose deadline passed while it queued is
+never decided."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 import grpc
@@ -14,6 +16,7 @@ from authswitch.app import Application
 from authswitch.v1 import authorization_pb2 as pb
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.ledger import Ledger
+from tests.support.proxy import FaultProxy, dsn_through, target_of_dsn
 from tests.support.stores import Stores
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,6 +55,95 @@ async def test_authorisations_past_the_limit_are_refused_with_nothing_written(
                 await conn.close()
             assert stored == len(answered)
             # The limit counts calls in flight, not calls ever made: it decides on.
+            assert (await ledger.authorize(card, 100)).response_code == "00"
+    finally:
+        await app.stop()
+
+
+async def test_a_stalled_store_fills_the_handlers_and_the_rest_is_refused_at_once(
+    stores: Stores,
+) -> None:
+    """Postgres stops answering: the calls taken in wait on the commit, the next ones are
+    refused RESOURCE_EXHAUSTED at once (not queued behind them), and once Postgres answers
+    again every call that was taken in is decided and durable."""
+    proxy = FaultProxy(target_of_dsn(stores.postgres_dsn))
+    await proxy.start()
+    app = Application(
+        settings_for(
+            stores, postgres_dsn=dsn_through(stores.postgres_dsn, proxy.port),
+            authorize_in_flight_max=8, postgres_statement_timeout_ms=30_000,
+        ),
+        keys=TEST_KEYS,
+    )  # fmt: skip
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            card = await ledger.card(1_000_000)
+            proxy.stall()
+            taken = [ledger.request(card, 100) for _ in range(8)]
+            waiting = [asyncio.ensure_future(ledger.auth.Authorize(r, timeout=30)) for r in taken]
+            await asyncio.sleep(0.5)  # they reached the handlers and wait on the commit
+            assert not any(w.done() for w in waiting)
+            loop = asyncio.get_running_loop()
+            refused_in = []
+            for request in [ledger.request(card, 100) for _ in range(20)]:
+                started = loop.time()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await ledger.auth.Authorize(request, timeout=30)
+                assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                refused_in.append(loop.time() - started)
+            # Refused without waiting for the store (generously: a loaded test machine).
+            assert max(refused_in) < 2.0, refused_in
+            proxy.resume()
+            answers = await asyncio.gather(*waiting)
+            assert {a.response_code for a in answers} == {"00"}
+            conn = await asyncpg.connect(stores.postgres_dsn)
+            try:
+                stored = await conn.fetchval(
+                    "SELECT count(*) FROM decisions WHERE message_id = ANY($1::text[])",
+                    [r.message_id for r in taken],
+                )
+            finally:
+                await conn.close()
+            assert stored == len(taken)
+    finally:
+        proxy.resume()
+        await app.stop()
+        await proxy.stop()
+
+
+async def test_a_call_whose_deadline_passed_while_it_queued_is_not_decided(
+    stores: Stores,
+) -> None:
+    """Calls wait while the server cannot take them (its event loop busy): those whose
+    deadline has passed by then are never decided, and nothing of them is written."""
+    app = Application(settings_for(stores), keys=TEST_KEYS)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            card = await ledger.card(1_000_000)
+            late = [ledger.request(card, 100) for _ in range(20)]
+            calls = [asyncio.ensure_future(ledger.auth.Authorize(r, timeout=0.2)) for r in late]
+            await asyncio.sleep(0)  # sent
+            time.sleep(0.5)  # noqa: ASYNC251 - the server's loop too is busy past the deadlines
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(
+                isinstance(r, grpc.aio.AioRpcError)
+                and r.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                for r in results
+            ), results
+            await asyncio.sleep(0.5)  # whatever the server still had of them is finished
+            conn = await asyncpg.connect(stores.postgres_dsn)
+            try:
+                stored = await conn.fetchval(
+                    "SELECT count(*) FROM decisions WHERE message_id = ANY($1::text[])",
+                    [r.message_id for r in late],
+                )
+            finally:
+                await conn.close()
+            assert stored == 0
             assert (await ledger.authorize(card, 100)).response_code == "00"
     finally:
         await app.stop()

@@ -271,6 +271,29 @@ async def test_a_slow_client_is_stood_in_for_within_the_deadline(w: World) -> No
     assert (await client_call(w, request.message_id))["stand_in_reason"] == "TIMEOUT"
 
 
+async def test_the_client_gets_the_deadline_less_the_answer_reserve(w: World) -> None:
+    """The client is told how long it has: what is left of the programme's deadline, or of
+    the gateway's own when that is shorter, less the reserve authswitch keeps for answering
+    without it (AUTHSWITCH_OFF_LEDGER_ANSWER_RESERVE_MS)."""
+    reserve_ms = w.app.settings.off_ledger_answer_reserve_ms
+    card = await off_ledger_card(w, deadline_ms=3_000)
+    w.client.latency_ms = 5_000
+    for gateway_timeout_s, bound_ms in ((10.0, 3_000), (1.0, 1_000)):
+        request = w.ledger.request(card, 100)
+        call = asyncio.ensure_future(w.ledger.auth.Authorize(request, timeout=gateway_timeout_s))
+        for _ in range(100):
+            seen = [r for r in w.client.received if r.message_id == request.message_id]
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen, "the client was not asked"
+        # Slack for the gateway's deadline as the server learns it (grpc-timeout is sent
+        # rounded up, and the two clocks are read a moment apart).
+        assert 0 < seen[0].time_left_ms <= bound_ms - reserve_ms + 20
+        response = await call
+        assert (response.response_code, response.stand_in) == ("91", True)
+
+
 async def test_breaker_opens_on_failures_then_closes_on_recovery(w: World) -> None:
     card = await off_ledger_card(w, breaker_failures=3)
     w.client.outage = True

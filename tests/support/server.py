@@ -44,6 +44,10 @@ class ServerProcess:
             "AUTHSWITCH_SHUTDOWN_GRACE_S": "5",
             "AUTHSWITCH_AGE_OFF_INTERVAL_S": "0",
             "AUTHSWITCH_CARD_EXPIRY_INTERVAL_S": "0",
+            # Bursts of hundreds of calls must all be taken (admission: test_admission.py).
+            "AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX": "1000",
+            "AUTHSWITCH_AUTHORIZE_LATENCY_TARGET_MS": "0",
+            "AUTHSWITCH_GRPC_PENDING_CALLS_MAX": "10000",
         }
         self.env.update({f"AUTHSWITCH_{k.upper()}": v for k, v in settings.items()})
         self.process: subprocess.Popen[bytes] | None = None

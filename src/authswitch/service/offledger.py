@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from datetime import timedelta
+from typing import Any
 
 import grpc
 
@@ -78,8 +79,14 @@ class OffLedgerService:
         cache: LedgerCache,
         committer: GroupCommitter,
         clock: Clock,
+        answer_reserve_ms: int = 50,
     ) -> None:
+        """``answer_reserve_ms``: of the programme's deadline, what is kept back for
+        deciding without the client and making that durable, so that a silent client's
+        stand-in still answers within the deadline."""
+        assert answer_reserve_ms >= 0
         self.auth = authorization
+        self.answer_reserve_ms = answer_reserve_ms
         self.channels = channels
         self.cache = cache
         self.committer = committer
@@ -167,8 +174,7 @@ class OffLedgerService:
         breaker = self.breaker(program.id, routing)
         if not breaker.allow(self._now_ms()):
             return await self._stand_in(job, checks, StandInReason.BREAKER_OPEN, None, fee)
-        elapsed_ms = (time.perf_counter() - ctx.started) * 1000
-        left_ms = int(routing.deadline_ms - elapsed_ms)
+        left_ms = self._client_budget_ms(ctx, routing.deadline_ms)
         if left_ms <= 0:
             breaker.record(False, self._now_ms())
             return await self._stand_in(job, checks, StandInReason.TIMEOUT, 0, fee)
@@ -213,6 +219,15 @@ class OffLedgerService:
                 job, checks, failure or StandInReason.INVALID_ANSWER, latency_us, fee, wire
             )
         return await self._answered(job, checks, answer, latency_us, fee, decision_id)
+
+    def _client_budget_ms(self, ctx: Any, deadline_ms: int) -> int:
+        """How long the client may take: what is left of the programme's deadline (or of
+        the gateway's own, when shorter), less the reserve for answering without it."""
+        now = time.perf_counter()
+        left_ms = deadline_ms - (now - ctx.started) * 1000
+        if ctx.deadline_s is not None:
+            left_ms = min(left_ms, (ctx.deadline_s - time.monotonic()) * 1000)
+        return int(left_ms - self.answer_reserve_ms)
 
     async def _fee(self, job: Job) -> int:
         """The authorisation fee, sent to the client to apply (off-ledger fees are only

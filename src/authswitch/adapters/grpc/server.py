@@ -35,6 +35,12 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        # Calls not yet taken by the event loop wait in gRPC's core: bounded, so that under
+        # overload a call is refused there at once rather than queued for seconds (random
+        # refusals from half of the bound, every call beyond it; gRPC core's
+        # RandomEarlyDetection). The caller then sees CANCELLED, and nothing was decided.
+        ("grpc.server.max_pending_requests", max(settings.grpc_pending_calls_max // 2, 1)),
+        ("grpc.server.max_pending_requests_hard_limit", settings.grpc_pending_calls_max),
         # grpcio sets SO_REUSEPORT by default, which lets a second server silently share
         # the port with a forgotten first one. Off (unless AUTHSWITCH_GRPC_REUSEPORT asks for
         # several processes on one port): a taken port fails loudly.

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
+from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
 from authswitch.adapters.postgres.ownership import Holder
@@ -144,11 +145,9 @@ class _Ready:
 
 
 class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceServicer):
-    def __init__(self, services: Services, *, in_flight_max: int = 256) -> None:
+    def __init__(self, services: Services, *, admission: Admission | None = None) -> None:
         super().__init__(services)
-        assert in_flight_max > 0
-        self._in_flight = 0
-        self._in_flight_max = in_flight_max
+        self.admission = admission or Admission(ceiling=256, floor=64, latency_target_s=0)
 
     @property
     def service(self) -> AuthorizationService:
@@ -177,35 +176,36 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         # Admission: past the limit a call is refused at once, before any work, so that
         # calls piling up on a slow store are bounded and the gateway can try another
         # replica or stand in while there is time.
-        if self._in_flight >= self._in_flight_max:
+        admission = self.admission
+        if not admission.try_enter():
             metrics.SHED.inc()
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded: too many authorisations in flight"
             )
         # A call whose deadline has passed is never decided: its caller has given up, and
         # whatever it retries with will be decided instead.
-        remaining_s = context.time_remaining()
-        if remaining_s is not None and remaining_s <= 0:
-            metrics.EXPIRED.inc()
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before a decision"
-            )
         try:
-            request = authorization_pb2.AuthorizeRequest.FromString(data)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request does not parse")
-            raise AssertionError("unreachable") from None
-        if merchant_too_long(request.merchant) is not None:  # the other strings: validate()
-            return service.format_error(request.transaction_type)
-        self._in_flight += 1
-        try:
+            remaining_s = context.time_remaining()
+            if remaining_s is not None and remaining_s <= 0:
+                metrics.EXPIRED.inc()
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the call's deadline passed before a decision",
+                )
+            try:
+                request = authorization_pb2.AuthorizeRequest.FromString(data)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request does not parse")
+                raise AssertionError("unreachable") from None
+            if merchant_too_long(request.merchant) is not None:  # the others: validate()
+                return service.format_error(request.transaction_type)
             response = await service.authorize(
                 to_domain(request),
                 request.SerializeToString(deterministic=True),
                 deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
             )
         finally:
-            self._in_flight -= 1
+            admission.leave()
         if cancel_requested():  # the caller went away; its decision was made regardless
             raise asyncio.CancelledError
         return response

@@ -1,0 +1,84 @@
+"""Admission of authorisations: how many may be in flight in this process's handlers.
+
+A decision's time in the handler is, by Little's law, the number in flight divided by the rate
+they complete. Under overload the number in flight climbs to whatever limit there is, so a
+fixed limit is a fixed latency only at one speed of machine. Here the limit follows the rate:
+enough calls in flight to keep the process busy for ``latency_target_s``, and no more —
+between a floor (bursts on an idle process, and batching, need room) and a ceiling
+(``AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX``). A call beyond it is refused at once,
+RESOURCE_EXHAUSTED, with nothing written, while there is still time for the gateway to try
+another replica or stand in.
+
+Calls also wait before any handler runs: in gRPC's core, until this process's event loop
+takes them. That queue is bounded by the server options (``server_options``:
+``grpc.server.max_pending_requests``), where gRPC itself refuses calls beyond it.
+
+The rate is measured over windows of ``window_s`` and smoothed; no clock is read per call
+but once per window's end, on a completion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["Admission", "limit_for"]
+
+WINDOW_S = 0.25
+SMOOTHING = 0.5  # weight of the newest window's rate
+
+
+def limit_for(rate_per_s: float, latency_target_s: float, floor: int, ceiling: int) -> int:
+    """Calls in flight that the process completes within ``latency_target_s`` at
+    ``rate_per_s``, within [floor, ceiling]."""
+    return max(floor, min(ceiling, int(rate_per_s * latency_target_s)))
+
+
+class Admission:
+    """Counts authorisations in flight and says whether one more may start."""
+
+    def __init__(
+        self,
+        *,
+        ceiling: int,
+        floor: int,
+        latency_target_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = WINDOW_S,
+    ) -> None:
+        assert 0 < floor <= ceiling
+        assert latency_target_s >= 0
+        self.ceiling = ceiling
+        self.floor = floor
+        self.latency_target_s = latency_target_s
+        self._clock = clock
+        self._window_s = window_s
+        self.in_flight = 0
+        # From the ceiling down, once completions show the rate (never, without a target).
+        self.limit = ceiling
+        self.rate_per_s = 0.0
+        self._completed = 0
+        self._window_ends = clock() + window_s
+
+    def try_enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self._completed += 1
+        if self.latency_target_s == 0 or self._completed < 16:
+            return
+        now = self._clock()
+        if now < self._window_ends:
+            return
+        elapsed = now - self._window_ends + self._window_s
+        rate = self._completed / elapsed
+        self.rate_per_s = (
+            rate if self.rate_per_s == 0 else (SMOOTHING * rate + (1 - SMOOTHING) * self.rate_per_s)
+        )
+        self.limit = limit_for(self.rate_per_s, self.latency_target_s, self.floor, self.ceiling)
+        self._completed = 0
+        self._window_ends = now + self._window_s

@@ -1,0 +1,47 @@
+"""The admission limit follows the rate decisions complete (Little's law), within bounds."""
+
+from __future__ import annotations
+
+from authswitch.adapters.grpc.admission import Admission, limit_for
+
+
+def test_limit_is_what_completes_within_the_target() -> None:
+    assert limit_for(1_000, 0.05, 16, 256) == 50
+    assert limit_for(100, 0.05, 16, 256) == 16  # the floor: bursts and batching need room
+    assert limit_for(100_000, 0.05, 16, 256) == 256  # the ceiling
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_limit_starts_at_the_ceiling_and_follows_the_measured_rate() -> None:
+    clock = _Clock()
+    admission = Admission(ceiling=256, floor=16, latency_target_s=0.05, clock=clock)
+    assert admission.limit == 256
+    # 2,000 decisions a second for a second: 100 in flight complete within 50 ms.
+    for _ in range(2_000):
+        assert admission.try_enter()
+        clock.now += 0.0005
+        admission.leave()
+    assert 90 <= admission.limit <= 110, admission.limit
+    # Full: the next call is refused, and nothing is counted for it.
+    for _ in range(admission.limit):
+        assert admission.try_enter()
+    assert not admission.try_enter()
+    assert admission.in_flight == admission.limit
+
+
+def test_without_a_target_the_limit_is_the_ceiling() -> None:
+    clock = _Clock()
+    admission = Admission(ceiling=8, floor=4, latency_target_s=0, clock=clock)
+    for _ in range(1_000):
+        admission.try_enter()
+        clock.now += 0.001
+        admission.leave()
+    assert admission.limit == 8
+    assert [admission.try_enter() for _ in range(9)] == [True] * 8 + [False]
