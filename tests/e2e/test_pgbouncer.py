@@ -123,6 +123,10 @@ async def test_the_switch_behind_pgbouncer(
         async with clocked_app(
             stores, "pgb", clock, postgres_dsn=bouncer.dsn, postgres_pgbouncer=True,
             postgres_pool_max=CLIENT_CONNECTIONS, outbox_poll_ms=50,
+            # Three server connections shared by decisions, a streamed report and a
+            # reconciliation: on a loaded test machine a statement may queue for seconds
+            # behind them, which is not what this test is about.
+            postgres_statement_timeout_ms=30_000,
         ) as (app, ledger, _):  # fmt: skip
             assert app.pool is not None
             await _the_switch_behind_pgbouncer(app, ledger, clock, reference, client_port, tmp_path)
