@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2
 
+from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.access import AccessPolicy
@@ -63,6 +64,7 @@ from authswitch.service.reports import ReportWriter, ScheduledReports
 
 __all__ = ["Application", "State"]
 
+METRICS_FLUSH_S = 1.0
 LIVENESS = "liveness"  # the health service name of the liveness probe
 AGE_OFF_LOCK_KEY = 0x61676531  # "age1": one age-off sweep at a time across replicas
 CARD_EXPIRY_LOCK_KEY = 0x65787031  # "exp1"
@@ -398,11 +400,21 @@ class Application:
             self.jobs = []
         for job in self.jobs:
             job.start()
+        metrics.declare_known_series()
+        self._flush_metrics()
         self.services.authorization = self.authorization
         self.services.lifecycle = self.lifecycle
         self.services.admin = self.admin
         self.services.disputes = self.disputes
         self.services.files = self.files
+
+    def _flush_metrics(self) -> None:
+        """The decision path's counts into their series, once a second (metrics.py): a
+        worker's series are read by its supervisor from files, not scraped from it."""
+        metrics.flush_hot()
+        if self.state in (State.STARTING, State.SERVING):
+            loop = asyncio.get_running_loop()
+            self._metrics_flush = loop.call_later(METRICS_FLUSH_S, self._flush_metrics)
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -424,6 +436,10 @@ class Application:
         self._stopped.set()
 
     async def _close(self) -> None:
+        flush = getattr(self, "_metrics_flush", None)
+        if flush is not None:
+            flush.cancel()
+        metrics.flush_hot()
         if self.server is not None and self.state is State.STARTING:
             await self.server.stop(0)  # a failed start: nothing is in flight
             if self.health_server is not None:

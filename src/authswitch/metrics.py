@@ -8,14 +8,30 @@ serves the sum on ``AUTHSWITCH_METRICS_LISTEN``. Each gauge says how workers' va
 combine (``multiprocess_mode``): a per-process quantity is summed over live workers, a
 figure of the whole ledger (read from Postgres by whichever worker ran the job) is the
 latest or the largest.
+
+On the decision path a series is not touched per call: prometheus_client takes a lock per
+increment (and, across workers, writes a memory-mapped file), several microseconds each.
+:class:`HotCounter` and :class:`HotHistogram` count in plain integers instead and fold the
+counts into their series in :func:`flush_hot`, which runs before every scrape of this
+process and once a second in a worker (whose series the supervisor reads from the files).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import bisect
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.registry import Collector
+
+# No *_created series: they double the series count, and rate() needs none of them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "CACHE_LOADS",
+    "declare_known_series",
     "CLIENT_SECONDS",
     "COMMIT_BATCH_SECONDS",
     "COMMIT_BATCH_SIZE",
@@ -40,7 +56,86 @@ __all__ = [
     "SHED",
     "STAND_INS",
     "STORE_ERRORS",
+    "HotCounter",
+    "HotHistogram",
+    "flush_hot",
 ]
+
+_HOT: list[HotCounter | HotHistogram] = []
+_FLUSH_LOCK = threading.Lock()
+
+
+class HotCounter:
+    """A counter's child for the decision path: ``inc`` adds to a plain integer (the event
+    loop's thread is its only writer); :func:`flush_hot` adds what is new to the series."""
+
+    __slots__ = ("_child", "_flushed", "count")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.count = 0
+        self._flushed = 0
+        _HOT.append(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.count += amount
+
+    def _flush(self) -> None:
+        count = self.count
+        if count != self._flushed:
+            self._child.inc(count - self._flushed)
+            self._flushed = count
+
+
+class HotHistogram:
+    """A histogram's child for the decision path: ``observe`` counts into plain per-bucket
+    integers; :func:`flush_hot` adds what is new to the series' buckets and sum (the
+    buckets prometheus_client keeps, non-cumulative, one per upper bound)."""
+
+    __slots__ = ("_bounds", "_child", "_flushed", "_flushed_total", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self._bounds)
+        self._flushed = [0] * len(self._bounds)
+        self.total = 0.0
+        self._flushed_total = 0.0
+        _HOT.append(self)
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose upper bound is at least the amount, as observe() finds it.
+        self.counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self.total += amount
+
+    def _flush(self) -> None:
+        buckets = self._child._buckets
+        for index, count in enumerate(self.counts):
+            if count != self._flushed[index]:
+                buckets[index].inc(count - self._flushed[index])
+                self._flushed[index] = count
+        total = self.total
+        if total != self._flushed_total:
+            self._child._sum.inc(total - self._flushed_total)
+            self._flushed_total = total
+
+
+def flush_hot() -> None:
+    """Fold the decision path's counts into their series (any thread; rare)."""
+    with _FLUSH_LOCK:
+        for instrument in list(_HOT):
+            instrument._flush()
+
+
+class _FlushFirst(Collector):
+    """Registered before every series, so a scrape of this process sees every count."""
+
+    def collect(self) -> Iterable[Any]:
+        flush_hot()
+        return ()
+
+
+REGISTRY.register(_FlushFirst())
 
 # Millisecond-range buckets: a decision takes about a millisecond; the network allows seconds.
 _LATENCY_BUCKETS_S = (
@@ -185,3 +280,30 @@ COMMIT_REPLAYS = Counter(
     "Batches whose one-statement write refused itself (Postgres saw other funds than the "
     "cache, or a lock cycle) and were replayed write by write in a transaction.",
 )
+
+
+# Label values known in advance: their series exist (at zero) from the first scrape, so a
+# dashboard or an alert never sees "no data" for a count that is merely zero.
+_KNOWN_STORE_ERRORS = (
+    ("postgres", "group_commit"), ("postgres", "group_commit_recover"), ("postgres", "outbox"),
+    ("redis", "undo"), ("redis", "transfer"),
+)  # fmt: skip
+_STAND_IN_REASONS = ("timeout", "unavailable", "breaker_open", "invalid_answer", "not_configured")
+_STAND_IN_POLICIES = ("decline", "approve", "shadow")
+_CACHE_LOAD_CAUSES = (
+    "miss", "card", "card_moved", "failure", "refused", "admin", "shadow", "duplicate",
+    "conflict", "transfer",
+)  # fmt: skip
+
+
+def declare_known_series() -> None:
+    """Create the children of every label set known in advance (at zero)."""
+    for store, operation in _KNOWN_STORE_ERRORS:
+        STORE_ERRORS.labels(store, operation)
+    for reason in _STAND_IN_REASONS:
+        for policy in _STAND_IN_POLICIES:
+            STAND_INS.labels(reason, policy)
+        CLIENT_SECONDS.labels("decide", reason)
+    CLIENT_SECONDS.labels("decide", "ok")
+    for cause in _CACHE_LOAD_CAUSES:
+        CACHE_LOADS.labels(cause)

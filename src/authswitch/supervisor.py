@@ -69,6 +69,8 @@ class _Slot:
     started_at: float = 0.0
     pause_s: float = RESTART_PAUSE_MIN_S
     restarts: int = 0
+    # Reads the worker's "ready" line (held here: the loop keeps only a weak reference).
+    reader: asyncio.Task[None] | None = None
 
 
 def _check_free(listen: str, what: str, setting: str) -> None:
@@ -199,7 +201,7 @@ class Supervisor:
         finally:
             os.close(write_fd)
         slot.started_at = time.monotonic()
-        asyncio.get_running_loop().create_task(self._read_ready(slot, read_fd))
+        slot.reader = asyncio.get_running_loop().create_task(self._read_ready(slot, read_fd))
 
     async def _read_ready(self, slot: _Slot, read_fd: int) -> None:
         loop = asyncio.get_running_loop()

@@ -66,13 +66,37 @@ async def test_metrics_are_exposed_with_bounded_labels(ledger: Ledger, app: Appl
         "authswitch_group_commit_batch_size_bucket",
         "authswitch_group_commit_wait_seconds_bucket",
         "authswitch_cache_loads_total",
+        # Declared series are there before their first event.
+        'authswitch_store_errors_total{operation="group_commit",store="postgres"} 0.0',
+        'authswitch_stand_ins_total{policy="decline",reason="timeout"} 0.0',
+        'authswitch_client_seconds_count{method="decide",outcome="ok"}',
     ):
         assert series in text, series
+    assert "_created" not in text  # they would double the series count
     for metric in REGISTRY.collect():
         for sample in metric.samples:
             for name, value in sample.labels.items():
                 assert not _UUID.search(value), (sample.name, name, value)
                 assert not _LONG_DIGITS.search(value), (sample.name, name, value)
+
+
+async def test_an_oversize_call_is_counted_like_any_other(ledger: Ledger, app: Application) -> None:
+    def handled() -> float:
+        value = REGISTRY.get_sample_value(
+            "grpc_server_handled_total",
+            {"grpc_type": "unary", "grpc_service": "authswitch.v1.AuthorizationService",
+             "grpc_method": "Authorize", "grpc_code": "RESOURCE_EXHAUSTED"},
+        )  # fmt: skip
+        return value or 0.0
+
+    before = handled()
+    card = await ledger.card(1_000)
+    request = ledger.request(card, 100)
+    request.merchant.name = "x" * 70_000  # over the 64 KiB limit
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ledger.auth.Authorize(request)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert handled() == before + 1
 
 
 async def test_sigterm_drains_in_flight_decisions_and_exits_zero(

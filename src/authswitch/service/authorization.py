@@ -188,6 +188,7 @@ class AuthorizationService:
         self._background: set[asyncio.Task[None]] = set()
         # Metric children by (mode, transaction type, response code).
         self._counted: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._seconds: dict[str, metrics.HotHistogram] = {}
 
     async def authorize(
         self,
@@ -252,9 +253,13 @@ class AuthorizationService:
 
     def _count(self, mode: str, transaction_type: int, code: str) -> tuple[Any, Any]:
         """The metric children of a decision's labels, bound once (bounded sets)."""
+        label = _TYPE_LABELS.get(transaction_type, "other")
         children = (
-            metrics.DECISIONS.labels(mode, _TYPE_LABELS.get(transaction_type, "other"), code),
-            metrics.DECISION_SECONDS.labels(mode),
+            metrics.HotCounter(metrics.DECISIONS.labels(mode, label, code)),
+            self._seconds.get(mode)
+            or self._seconds.setdefault(
+                mode, metrics.HotHistogram(metrics.DECISION_SECONDS.labels(mode))
+            ),
         )
         self._counted[(mode, transaction_type, code)] = children
         return children

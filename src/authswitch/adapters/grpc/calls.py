@@ -39,15 +39,17 @@ def observed(behaviour: Behaviour, full_method: str, policy: AccessPolicy) -> Be
     """``behaviour`` with the caller checked (when access control is on), the request id set
     for its logs, and counted in the grpc_server_* series under its service and method."""
     service, _, method = full_method.lstrip("/").rpartition("/")
-    started = metrics.GRPC_STARTED.labels("unary", service, method)
-    seconds = metrics.GRPC_HANDLING_SECONDS.labels("unary", service, method)
-    handled: dict[Any, Any] = {}
+    started = metrics.HotCounter(metrics.GRPC_STARTED.labels("unary", service, method))
+    seconds = metrics.HotHistogram(metrics.GRPC_HANDLING_SECONDS.labels("unary", service, method))
+    handled: dict[Any, metrics.HotCounter] = {}
 
-    def handled_child(code: Any) -> Any:
+    def handled_child(code: Any) -> metrics.HotCounter:
         child = handled.get(code)
         if child is None:
             name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-            child = handled[code] = metrics.GRPC_HANDLED.labels("unary", service, method, name)
+            child = handled[code] = metrics.HotCounter(
+                metrics.GRPC_HANDLED.labels("unary", service, method, name)
+            )
         return child
 
     ok = handled_child(grpc.StatusCode.OK)

@@ -32,7 +32,12 @@ SERVICE_NAMES = (
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        # The handlers refuse (and count) a message over the limit; only far over it does gRPC
+        # core refuse it without a handler (CORE_MESSAGE_BYTES_FACTOR).
+        (
+            "grpc.max_receive_message_length",
+            settings.grpc_max_message_bytes * CORE_MESSAGE_BYTES_FACTOR,
+        ),
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         # Calls not yet taken by the event loop wait in gRPC's core: bounded, so that under
@@ -55,17 +60,31 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
+# gRPC core refuses a message over this many times the limit itself (uncounted, unseen by the
+# handlers); between the limit and this, the handlers refuse it, counted like any call.
+CORE_MESSAGE_BYTES_FACTOR = 4
+
+
 class Malformed:
     """A request whose bytes did not parse (bad wire format, invalid UTF-8 in a string)."""
 
     __slots__ = ()
 
 
+class Oversize:
+    """A request over AUTHSWITCH_GRPC_MAX_MESSAGE_BYTES."""
+
+    __slots__ = ()
+
+
 MALFORMED = Malformed()
+OVERSIZE = Oversize()
 
 
-def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _lenient(parse: Callable[[bytes], Any], size_max: int) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
+        if len(data) > size_max:
+            return OVERSIZE
         try:
             return parse(data)
         except DecodeError:
@@ -74,10 +93,14 @@ def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _refusing_malformed(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+def _refusing_malformed(behaviour: Callable[[Any, Any], Awaitable[Any]], size_max: int) -> Any:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request is MALFORMED:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request does not parse")
+        if request is OVERSIZE or (isinstance(request, bytes) and len(request) > size_max):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"the request is over {size_max} bytes"
+            )
         return await behaviour(request, context)
 
     return handle
@@ -89,6 +112,7 @@ def add_service(
     descriptor: ServiceDescriptor,
     policy: AccessPolicy,
     *,
+    size_max: int,
     raw: dict[str, Behaviour] | None = None,
 ) -> None:
     """Register ``servicer`` for ``descriptor``'s unary methods, each :func:`observed`, and
@@ -102,7 +126,7 @@ def add_service(
         full_method = f"/{descriptor.full_name}/{method.name}"
         if raw and method.name in raw:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                observed(raw[method.name], full_method, policy)
+                observed(_refusing_malformed(raw[method.name], size_max), full_method, policy)
             )
             continue
         request_type = GetMessageClass(method.input_type)
@@ -110,8 +134,8 @@ def add_service(
         behaviour = getattr(servicer, method.name)
         behaviour = bounded(behaviour, response_type)  # over-long strings: 30 / INVALID
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            observed(_refusing_malformed(behaviour), full_method, policy),
-            request_deserializer=_lenient(request_type.FromString),
+            observed(_refusing_malformed(behaviour, size_max), full_method, policy),
+            request_deserializer=_lenient(request_type.FromString, size_max),
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers(
@@ -155,10 +179,15 @@ def build_server(
         authorization,
         authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"],
         policy,
+        size_max=settings.grpc_max_message_bytes,
         raw={"Authorize": authorization.authorize_wire},
     )
     add_service(
-        server, admin, ledger_admin_pb2.DESCRIPTOR.services_by_name["LedgerAdminService"], policy
+        server,
+        admin,
+        ledger_admin_pb2.DESCRIPTOR.services_by_name["LedgerAdminService"],
+        policy,
+        size_max=settings.grpc_max_message_bytes,
     )
     add_health(server, health_servicer, policy)
     reflection.enable_server_reflection(

@@ -44,6 +44,7 @@ from authswitch.domain.records import (
     UsageChange,
 )
 from authswitch.errors import Overloaded, StoreUnavailable
+from authswitch.futures import Detached, outlive_cancel
 
 __all__ = ["GroupCommitter", "StoredDecision", "WriteResult", "WriteStatus", "write_notifications"]
 
@@ -123,6 +124,9 @@ class GroupCommitter:
         self._queue_max = queue_max
         self._linger_s = linger_us / 1_000_000
         self._one_statement = one_statement
+        self._waited = metrics.HotHistogram(metrics.COMMIT_QUEUE_WAIT_SECONDS)
+        self._sizes = metrics.HotHistogram(metrics.COMMIT_BATCH_SIZE)
+        self._durations = metrics.HotHistogram(metrics.COMMIT_BATCH_SECONDS)
         self._queue: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -155,16 +159,19 @@ class GroupCommitter:
 
         Raises :class:`Overloaded` when the queue is full or the committer is stopping, and
         :class:`StoreUnavailable` when Postgres failed and the write is known not committed.
+
+        Once queued, the write's outcome is awaited even if the caller is cancelled (the
+        cancellation stays pending on its task: futures.py): what it obliges the caller to
+        do afterwards (end its in-flight mark, undo a refused reservation) is then done.
         """
         if self._stopping:
             raise Overloaded("the group committer is stopping")
         if len(self._queue) >= self._queue_max:
             raise Overloaded(f"group-commit queue full ({self._queue_max} writes)")
-        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[WriteResult] = Detached(loop=asyncio.get_running_loop())
         self._queue.append((write, future, time.perf_counter()))
-        metrics.COMMIT_QUEUE_DEPTH.set(len(self._queue))
         self._wake.set()
-        return await future
+        return await outlive_cancel(future)
 
     async def _run(self) -> None:
         try:
@@ -191,9 +198,10 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
+        waited = self._waited
         for _, _, queued in batch:
-            metrics.COMMIT_QUEUE_WAIT_SECONDS.observe(started - queued)
-        metrics.COMMIT_BATCH_SIZE.observe(len(batch))
+            waited.observe(started - queued)
+        self._sizes.observe(len(batch))
         writes = [write for write, _, _ in batch]
         try:
             results: Sequence[WriteResult | BaseException] = await self._write_batch(writes)
@@ -205,7 +213,7 @@ class GroupCommitter:
             )  # fmt: skip
             results = await self._recover(writes, exc)
         finally:
-            metrics.COMMIT_BATCH_SECONDS.observe(time.perf_counter() - started)
+            self._durations.observe(time.perf_counter() - started)
         if self.after_notifications is not None and any(w.notifications for w in writes):
             self.after_notifications()
         for (_, future, _), result in zip(batch, results, strict=True):
