@@ -31,7 +31,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "CACHE_LOADS",
-    "declare_known_series",
     "CLIENT_SECONDS",
     "COMMIT_BATCH_SECONDS",
     "COMMIT_BATCH_SIZE",
@@ -58,6 +57,7 @@ __all__ = [
     "STORE_ERRORS",
     "HotCounter",
     "HotHistogram",
+    "declare_known_series",
     "flush_hot",
 ]
 
