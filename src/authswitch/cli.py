@@ -322,7 +322,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="authswitch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"authswitch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serving = commands.add_parser("serve", help="run the gRPC server")
+    from authswitch.config import settings_help
+
+    serving = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server: a supervisor and its worker processes, on the "
+        "embedded Postgres and Redis unless AUTHSWITCH_POSTGRES_DSN and AUTHSWITCH_REDIS_URL "
+        "name yours. Settings come from the environment:",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serving.add_argument(
         "--workers", type=int, default=0,
         help="worker processes sharing the gRPC port (default AUTHSWITCH_WORKERS, or one per "

@@ -8,6 +8,7 @@ Postgres and Redis under ``AUTHSWITCH_DATA_DIR``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
@@ -18,7 +19,7 @@ from pathlib import Path
 from authswitch.domain.cardsec import KEY_BYTES_MIN, CardKeys
 from authswitch.errors import ConfigError
 
-__all__ = ["Settings", "load_card_keys", "parse_listen"]
+__all__ = ["HELP", "Settings", "load_card_keys", "parse_listen", "settings_help"]
 
 PREFIX = "AUTHSWITCH_"
 SECRET_PREFIX = "AUTHSWITCH_SECRET_"  # noqa: S105 - a name prefix, not a secret
@@ -185,7 +186,7 @@ class Settings:
             and not name.startswith(SECRET_PREFIX)
         )
         if unknown:
-            raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+            raise ConfigError("unknown settings: " + "; ".join(_suggest(n, known) for n in unknown))
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = env.get(PREFIX + f.name.upper())
@@ -245,6 +246,121 @@ class Settings:
             raise ConfigError("AUTHSWITCH_LOG_FORMAT must be json or text")
         if not self.redis_key_prefix or "{" in self.redis_key_prefix:
             raise ConfigError("AUTHSWITCH_REDIS_KEY_PREFIX must be non-empty, without braces")
+
+
+# What each setting does, in plain words: `authswitch serve --help` lists them with their
+# defaults and units (a unit test keeps this in step with the fields).
+HELP: dict[str, str] = {
+    "grpc_listen": "host:port the gRPC server listens on",
+    "metrics_listen": "host:port of the Prometheus /metrics endpoint",
+    "postgres_dsn": "Postgres to use, e.g. postgresql://user@db:5432/authswitch (empty: an "
+    "embedded Postgres in the data directory)",
+    "redis_url": "Redis to use: redis://host:port/db, rediss:// with TLS, unix:///path, or "
+    "redis+cluster://host:port,host:port for a cluster (empty: an embedded Redis)",
+    "data_dir": "where the embedded Postgres and Redis, development card keys and reports are kept",
+    "redis_key_prefix": "prefix of every Redis key, so several deployments can share one Redis",
+    "migrate_on_start": "apply database migrations when the server starts",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "json (one object per line) or text",
+    "group_commit_batch_max": "most decisions written to Postgres in one transaction",
+    "group_commit_linger_us": "how long a batch waits for more decisions once the previous "
+    "one has committed",
+    "group_commit_queue_max": "most decisions waiting to be written; beyond it a decision is "
+    "answered 96",
+    "postgres_pool_min": "Postgres connections kept open per process",
+    "postgres_pool_max": "most Postgres connections per process",
+    "postgres_statement_timeout_ms": "how long one Postgres statement may run",
+    "postgres_pgbouncer": "the Postgres DSNs point at pgbouncer in transaction pooling mode",
+    "reports_postgres_dsn": "a read replica for reports, files and reconciliation (empty: the "
+    "main Postgres)",
+    "reports_postgres_pool_max": "most connections to the reports replica",
+    "partition_months_ahead": "monthly partitions made ahead of time",
+    "partition_maintenance_interval_s": "how often partitions are made and old ones dropped "
+    "(0: never)",
+    "partition_retention_months": "months of journal, holds and outbox kept (0: all)",
+    "redis_pool_max": "most Redis connections for administration (decisions share one "
+    "pipelined connection per node)",
+    "redis_timeout_ms": "how long a Redis command may take before the connection is given up",
+    "idempotency_marker_ttl_s": "how long Redis remembers a message id (Postgres keeps every "
+    "decision forever)",
+    "card_cache_entries_max": "cards remembered in each process",
+    "age_off_interval_s": "how often expired holds are released (0: never)",
+    "age_off_batch_max": "most holds released in one sweep",
+    "tls_cert_file": "PEM certificate of the gRPC port (with tls_key_file: TLS)",
+    "tls_key_file": "PEM private key of the gRPC port",
+    "tls_client_ca_file": "PEM CA of client certificates (set: mutual TLS required)",
+    "gateway_subjects": "client certificate names allowed to call AuthorizationService, "
+    "comma-separated",
+    "admin_subjects": "client certificate names allowed to call LedgerAdminService, "
+    "comma-separated",
+    "gateway_token_file": "file of bearer tokens (one per line) of the gateway role",
+    "admin_token_file": "file of bearer tokens (one per line) of the admin role",
+    "grpc_max_message_bytes": "largest request accepted",
+    "grpc_max_concurrent_streams": "most calls at once on one connection",
+    "authorize_in_flight_max": "most authorisations in flight in one process; beyond it a "
+    "call is refused at once (RESOURCE_EXHAUSTED)",
+    "authorize_latency_target_ms": "below that ceiling, as many authorisations in flight as "
+    "the process completes in this time (0: the ceiling, fixed)",
+    "authorize_in_flight_min": "... but never fewer than this many",
+    "grpc_pending_calls_max": "calls waiting for a process to take them; beyond it they are "
+    "refused at once (CANCELLED)",
+    "grpc_reuseport": "let several processes share the gRPC port (serve --workers does it itself)",
+    "workers": "worker processes sharing the gRPC port (0: one per core)",
+    "shutdown_grace_s": "how long calls in flight get to finish after SIGTERM",
+    "secrets_dir": "directory of named secrets (files), besides AUTHSWITCH_SECRET_<NAME>",
+    "off_ledger_answer_reserve_ms": "of an off-ledger programme's deadline, the time kept back "
+    "for answering without the client",
+    "outbox_poll_ms": "how often the notification outbox is checked when idle",
+    "outbox_concurrency_max": "most notifications being delivered at once",
+    "outbox_backoff_initial_ms": "first pause before a failed delivery is retried",
+    "outbox_backoff_max_ms": "longest pause between retries",
+    "outbox_dead_after_s": "a notification undelivered this long is set aside (dead letter)",
+    "outbox_delivery_timeout_ms": "how long one delivery may take",
+    "webhook_ca_file": "PEM CA bundle webhook certificates are checked against (empty: the "
+    "system's)",
+    "card_expiry_interval_s": "how often cards past their expiry month are set to expired "
+    "(0: never)",
+    "reports_dir": "where the daily balance reports are written (empty: <data_dir>/reports)",
+    "balance_report_at": "time of day (HH:MM, UTC) after which the daily balance reports are "
+    "written",
+    "reconcile_interval_s": "how often the ledger reconciles itself (0: never)",
+    "file_delivery_interval_s": "how often due scheduled files are delivered (0: never)",
+    "pan_key_hex": "the PAN key, hex, at least 32 bytes (or AUTHSWITCH_PAN_KEY_FILE)",
+    "pin_key_hex": "the PIN verification key, hex (or AUTHSWITCH_PIN_KEY_FILE)",
+    "cvv_key_hex": "the card verification key, hex (or AUTHSWITCH_CVV_KEY_FILE)",
+    "health_listen": "a plaintext host:port serving only grpc.health.v1, for probes that "
+    "cannot speak TLS (empty: off)",
+}
+
+_UNITS = (
+    ("_ms", "milliseconds"), ("_us", "microseconds"), ("_s", "seconds"), ("_bytes", "bytes"),
+    ("_months", "months"),
+)  # fmt: skip
+
+
+def settings_help() -> str:
+    """Every setting: its variable, default and unit, and what it does."""
+    lines = []
+    defaults = Settings()
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        shown = (
+            "(empty)"
+            if default == ""
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
+        unit = next((u for suffix, u in _UNITS if f.name.endswith(suffix)), "")
+        lines.append(f"  {PREFIX}{f.name.upper()}  [{shown}{' ' + unit if unit else ''}]")
+        lines.append(f"      {HELP[f.name]}")
+    return "\n".join(lines)
+
+
+def _suggest(name: str, known: set[str]) -> str:
+    """``name``, and the setting it was probably meant to be."""
+    close = difflib.get_close_matches(name[len(PREFIX) :], sorted(known), n=1, cutoff=0.75)
+    return f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name
 
 
 def _convert(name: str, raw: str, default: object) -> object:

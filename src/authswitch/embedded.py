@@ -24,6 +24,18 @@ log = logging.getLogger(__name__)
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 
 
+LOG_TAIL_LINES = 10
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a store's own log (for an error message), or why there are none."""
+    try:
+        text = path.read_text(errors="replace").rstrip()
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
 class EmbeddedPostgres:
     """pgserver's PostgreSQL under ``<data_dir>/postgres``; stopped when the last process
     using it exits."""
@@ -31,6 +43,10 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.path = (data_dir / "postgres").resolve()
         self._server: Any = None
+
+    def log_tail(self) -> str:
+        """The last lines of its server log (pgserver keeps it in the data directory)."""
+        return _tail(self.path / "log")
 
     def start(self) -> str:
         """Initialise (first time) and start the server; returns its DSN. Blocking."""
@@ -65,6 +81,9 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
+
+    def log_tail(self) -> str:
+        return _tail(self.dir / "redis.log")
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Start the server (or adopt one already answering on the socket); returns its URL."""

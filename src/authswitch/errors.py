@@ -35,6 +35,7 @@ __all__ = [
     "PreconditionFailed",
     "RequestError",
     "StoreUnavailable",
+    "unreachable",
 ]
 
 
@@ -72,3 +73,22 @@ class StoreUnavailable(InternalError):
 
 class Overloaded(InternalError):
     pass
+
+
+def unreachable(store: str, address: str, setting: str, cause: BaseException) -> str:
+    """One line saying which store could not be reached, where, and why: "Postgres at
+    db:5432 (AUTHSWITCH_POSTGRES_DSN): connection refused". Never the address's
+    credentials."""
+    from urllib.parse import urlsplit
+
+    where = address
+    if "://" in address:
+        parts = urlsplit(address.split(",", maxsplit=1)[0])
+        if parts.scheme == "unix" or not parts.hostname:
+            where = parts.path or address
+        else:
+            where = f"{parts.hostname}:{parts.port or ''}".rstrip(":")
+    reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+    if isinstance(cause, TimeoutError) and not str(cause):
+        reason = "timed out"
+    return f"{store} at {where} ({setting}): {str(reason).lower()}"

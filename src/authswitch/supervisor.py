@@ -40,9 +40,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+from redis.exceptions import RedisError
+
 from authswitch import __version__
 from authswitch.config import Settings, load_card_keys, parse_listen
-from authswitch.errors import ConfigError
+from authswitch.embedded import EmbeddedPostgres, EmbeddedRedis
+from authswitch.errors import ConfigError, unreachable
 from authswitch.metrics_http import MetricsServer, start_metrics_server
 from authswitch.worker import COUNT_ENV, INDEX_ENV, READY_FD_ENV, SUPERVISOR_ENV
 
@@ -98,7 +102,7 @@ class Supervisor:
         self._env: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._metrics_dir: Path | None = None
-        self._embedded: list[object] = []
+        self._embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
 
     # -- start ------------------------------------------------------------------------------
 
@@ -146,21 +150,25 @@ class Supervisor:
             env["AUTHSWITCH_CVV_KEY_HEX"] = keys.cvv_key.hex()
         dsn, redis_url = settings.postgres_dsn, settings.redis_url
         if not dsn:
-            from authswitch.embedded import EmbeddedPostgres
-
             postgres = EmbeddedPostgres(settings.data_dir)
             self._embedded.append(postgres)
-            dsn = await loop.run_in_executor(None, _named_start, postgres.start, "Postgres")
+            dsn = await loop.run_in_executor(None, _named_start, postgres, "Postgres")
             env["AUTHSWITCH_POSTGRES_DSN"] = dsn
         if not redis_url:
-            from authswitch.embedded import EmbeddedRedis
-
             redis = EmbeddedRedis(settings.data_dir)
             self._embedded.append(redis)
-            redis_url = await loop.run_in_executor(None, _named_start, redis.start, "Redis")
+            redis_url = await loop.run_in_executor(None, _named_start, redis, "Redis")
             env["AUTHSWITCH_REDIS_URL"] = redis_url
-        if settings.migrate_on_start:
-            await _migrate(dsn, settings)
+        await _reach_redis(redis_url, settings)
+        try:
+            if settings.migrate_on_start:
+                await _migrate(dsn, settings)
+            else:
+                await _reach_postgres(dsn, settings)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StartupError(
+                unreachable("Postgres", dsn, "AUTHSWITCH_POSTGRES_DSN", exc)
+            ) from None
         env["AUTHSWITCH_MIGRATE_ON_START"] = "false"
         if self.workers > 1:
             env["AUTHSWITCH_GRPC_REUSEPORT"] = "true"
@@ -304,16 +312,37 @@ class Supervisor:
     async def _stop_stores(self) -> None:
         loop = asyncio.get_running_loop()
         for store in reversed(self._embedded):
-            await loop.run_in_executor(None, store.stop)  # type: ignore[attr-defined]
+            await loop.run_in_executor(None, store.stop)
         self._embedded.clear()
 
 
-def _named_start(start: object, name: str) -> str:
-    """Start an embedded store; a failure names the store and its log's last lines."""
+def _named_start(store: EmbeddedPostgres | EmbeddedRedis, name: str) -> str:
+    """Start an embedded store; a failure names the store and its own log's last lines."""
     try:
-        return start()  # type: ignore[operator, no-any-return]
+        return store.start()
     except Exception as exc:
-        raise StartupError(f"the embedded {name} did not start: {exc}") from exc
+        raise StartupError(
+            f"the embedded {name} did not start ({type(exc).__name__}: {exc}); the last lines "
+            f"of its log:\n{store.log_tail()}"
+        ) from exc
+
+
+async def _reach_postgres(dsn: str, settings: Settings) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    await conn.close()
+
+
+async def _reach_redis(url: str, settings: Settings) -> None:
+    """Fail before any worker starts when Redis does not answer."""
+    from authswitch.adapters.redis.client import connect_clients
+
+    try:
+        clients = await connect_clients(
+            url, pool_max=1, timeout_s=max(settings.redis_timeout_ms / 1000, 2.0)
+        )
+    except (OSError, TimeoutError, RedisError) as exc:
+        raise StartupError(unreachable("Redis", url, "AUTHSWITCH_REDIS_URL", exc)) from None
+    await clients.aclose()
 
 
 async def _migrate(dsn: str, settings: Settings) -> None:
