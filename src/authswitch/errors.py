@@ -14,6 +14,8 @@ The mapping to the wire lives in one place: ``authswitch.adapters.grpc.errors``.
 
     AuthswitchError
     ├── ConfigError                    settings that cannot work; the process exits
+    ├── Expired                        the caller's deadline passed before a decision:
+    │                                  nothing decided, nothing written
     ├── RequestError                   bad input; nothing was written
     │   ├── NotFound
     │   ├── AlreadyExists              includes an idempotency key reused with another payload
@@ -29,6 +31,7 @@ __all__ = [
     "AlreadyExists",
     "AuthswitchError",
     "ConfigError",
+    "Expired",
     "InternalError",
     "NotFound",
     "Overloaded",
@@ -45,6 +48,11 @@ class AuthswitchError(Exception):
 
 class ConfigError(AuthswitchError):
     pass
+
+
+class Expired(AuthswitchError):
+    """The call's deadline passed before it was decided (it queued while the process was
+    overloaded): its caller has given up, so nothing is decided and nothing written."""
 
 
 class RequestError(AuthswitchError):

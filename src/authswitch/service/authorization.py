@@ -49,7 +49,7 @@ from authswitch.domain.records import (
     Posting,
     UsageChange,
 )
-from authswitch.errors import InternalError
+from authswitch.errors import Expired, InternalError
 from authswitch.futures import Detached
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import NOT_CACHED, Catalog
@@ -220,6 +220,9 @@ class AuthorizationService:
             )
             try:
                 stored = await self._answer(ctx, reason)
+            except Expired:
+                metrics.EXPIRED.inc()
+                raise
             except Exception as exc:
                 log.error(
                     "authorisation failed, answered 96",
@@ -388,6 +391,10 @@ class AuthorizationService:
         bookkeeping that keeps reloads exact: reload on a miss, replay on a duplicate, and
         reload from Postgres after any failure."""
         card, request = job.card, job.ctx.request
+        deadline_s = job.ctx.deadline_s
+        if deadline_s is not None and time.monotonic() >= deadline_s:
+            # Its caller has given up (a lookup took long): decide nothing.
+            raise Expired("the call's deadline passed before a decision")
         for _ in range(CACHE_ATTEMPTS_MAX):
             with self.sync.in_flight(card.account_id):
                 try:

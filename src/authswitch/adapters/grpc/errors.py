@@ -38,6 +38,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         for kind, code in _REQUEST_CODES:
             if isinstance(exc, kind):
                 return code, str(exc)
+    if isinstance(exc, errors.Expired):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, errors.Overloaded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded, retry later"
     if isinstance(

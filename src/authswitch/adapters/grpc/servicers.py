@@ -25,7 +25,7 @@ from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.domain.reports import valid_prefix
-from authswitch.errors import RequestError, StoreUnavailable
+from authswitch.errors import Expired, RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
 from authswitch.service.accounts import AccountService
 from authswitch.service.admin import AdminService, balance_message
@@ -199,11 +199,15 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
                 raise AssertionError("unreachable") from None
             if merchant_too_long(request.merchant) is not None:  # the others: validate()
                 return service.format_error(request.transaction_type)
-            response = await service.authorize(
-                to_domain(request),
-                request.SerializeToString(deterministic=True),
-                deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
-            )
+            try:
+                response = await service.authorize(
+                    to_domain(request),
+                    request.SerializeToString(deterministic=True),
+                    deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
+                )
+            except Expired as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+                raise AssertionError("unreachable") from None
         finally:
             admission.leave()
         if cancel_requested():  # the caller went away; its decision was made regardless
