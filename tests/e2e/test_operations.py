@@ -67,8 +67,8 @@ async def test_metrics_are_exposed_with_bounded_labels(ledger: Ledger, app: Appl
         "authswitch_group_commit_wait_seconds_bucket",
         "authswitch_cache_loads_total",
         # Declared series are there before their first event.
-        'authswitch_store_errors_total{operation="group_commit",store="postgres"} 0.0',
-        'authswitch_stand_ins_total{policy="decline",reason="timeout"} 0.0',
+        'authswitch_store_errors_total{operation="group_commit",store="postgres"}',
+        'authswitch_stand_ins_total{policy="decline",reason="timeout"}',
         'authswitch_client_seconds_count{method="decide",outcome="ok"}',
     ):
         assert series in text, series

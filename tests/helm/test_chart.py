@@ -1027,7 +1027,10 @@ def _known_series() -> set[str]:
     }
     names: set[str] = set()
     for attribute in metrics.__all__:
-        for family in getattr(metrics, attribute).describe():
+        series = getattr(metrics, attribute)
+        if not hasattr(series, "describe"):  # the hot-path helpers beside the series
+            continue
+        for family in series.describe():
             names |= {family.name + suffix for suffix in suffixes[family.type]}
     return names
 
