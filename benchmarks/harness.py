@@ -27,6 +27,8 @@ from benchmarks.system import (
     machine_times,
     port_is_free,
     proc_times,
+    process_tree,
+    tree_cpu_s,
 )
 
 __all__ = ["Harness", "Phase"]
@@ -47,6 +49,9 @@ class Phase:
 class _Sample:
     at: float
     server_s: float
+    # Each server process's CPU seconds (with what it reaped), by pid: the supervisor and
+    # workers of `authswitch serve`, say.
+    server_processes_s: dict[int, float]
     postgres: Any  # PostgresSample | None
     redis_s: float
     machine: MachineTimes
@@ -108,12 +113,15 @@ class Harness:
     async def _sample(
         self, server_pids: list[int], database: str, helpers: dict[str, int]
     ) -> _Sample:
-        servers = [proc_times(pid) for pid in server_pids]
+        # Each server with every live descendant (authswitch's workers), each with what it
+        # reaped: a worker that exited is in its supervisor's reaped time.
+        trees = [process_tree(pid) for pid in server_pids]
         redis = proc_times(self.redis_pid) if self.redis_pid else None
         pg = await self.postgres.sample(database) if self.postgres else None
         return _Sample(
             time.monotonic(),
-            sum(s.own_s + s.reaped_s for s in servers if s is not None),
+            sum(tree_cpu_s(tree) for tree in trees),
+            {pid: t.own_s + t.reaped_s for tree in trees for pid, t in tree.items()},
             pg,
             redis.own_s if redis else 0.0,
             machine_times(),
@@ -182,6 +190,20 @@ class Harness:
                 k: round(v / wall, 3) for k, v in cpu.items() if v is not None and wall > 0
             },
             "histogram_us": latency["buckets"],
+            **self._server_processes(before, after, wall),
+        }
+
+    @staticmethod
+    def _server_processes(before: _Sample, after: _Sample, wall: float) -> dict[str, Any]:
+        """With several server processes (a supervisor and its workers), the cores each one
+        kept busy: shows how evenly the kernel spread the connections."""
+        if len(after.server_processes_s) < 2 or wall <= 0:
+            return {}
+        return {
+            "server_processes_cores_busy": {
+                str(pid): round((seconds - before.server_processes_s.get(pid, 0.0)) / wall, 3)
+                for pid, seconds in sorted(after.server_processes_s.items())
+            }
         }
 
     async def _background_cores(
@@ -191,7 +213,7 @@ class Harness:
         servers' own."""
 
         def servers_s() -> float:
-            return sum(t.own_s for t in map(proc_times, server_pids) if t is not None)
+            return sum(tree_cpu_s(process_tree(pid)) for pid in server_pids)
 
         server_before, before = servers_s(), all_processes_cpu_s()
         await asyncio.sleep(window_s)
@@ -266,7 +288,7 @@ class Harness:
         prefix = f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}"
         profiler, raw = None, ctx.workdir / f"{phase.name}.py-spy.txt"
         if self.py_spy is not None and phase.mode == "closed" and phase.name != "warmup":
-            # The first replica's: one process is enough to see where time goes.
+            # The first server's, with its subprocesses (authswitch's workers).
             profiler = await start_py_spy(self.py_spy, server.pids[0], phase.duration_s, raw)
         report = await run_loadgen(
             self.binaries.loadgen,
@@ -277,7 +299,7 @@ class Harness:
             duration_s=phase.duration_s,
             concurrency=phase.concurrency,
             rate_per_s=phase.rate_per_s,
-            channels=self.profile.channels,
+            channels=scenario.channels or self.profile.channels,
             asset=asset,
         )
         after = await self._sample(server.pids, ctx.database, helpers)
@@ -505,6 +527,7 @@ class Harness:
             "fixtures_s": round(fixtures_s, 2),
             "server_exit_code": exit_code,
             "server_processes": len(server.servers),
+            "channels": scenario.channels or profile.channels,
             "server_log": str(log_path),
             "listen": ctx.grpc_listen,
             "port": split_listen(ctx.grpc_listen)[1],

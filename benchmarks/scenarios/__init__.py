@@ -6,7 +6,11 @@ from benchmarks.scenarios.base import Scenario, ScenarioContext
 from benchmarks.scenarios.ceiling import GrpcRedisCeiling
 from benchmarks.scenarios.naive import NaivePostgres
 from benchmarks.scenarios.off_ledger import OffLedgerForward, StandIn
-from benchmarks.scenarios.on_ledger import OnLedgerHotAccount, OnLedgerSpread
+from benchmarks.scenarios.on_ledger import (
+    OnLedgerHotAccount,
+    OnLedgerHotAccountWorkers,
+    OnLedgerSpread,
+)
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]
 
@@ -14,8 +18,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     GrpcRedisCeiling(),
     NaivePostgres(),
     OnLedgerHotAccount(),
-    OnLedgerHotAccount(processes=2),
-    OnLedgerHotAccount(processes=3),
+    OnLedgerHotAccountWorkers(),
     OnLedgerSpread(),
     OffLedgerForward(),
     StandIn(),

@@ -83,7 +83,10 @@ class Scenario:
     name: ClassVar[str]
     description: ClassVar[str]
     target: ClassVar[LatencyTarget | None] = None
-    in_quick: bool = True  # part of the quick (smoke) run unless named with --only
+    in_quick: ClassVar[bool] = True  # part of the quick (smoke) run unless named with --only
+    # HTTP/2 connections of the load generator; None: the profile's. Several server
+    # processes sharing a port need enough of them for the kernel to spread.
+    channels: ClassVar[int | None] = None
 
     def unavailable(self) -> str | None:
         """Why this scenario cannot run here (reported instead of figures), or None."""
