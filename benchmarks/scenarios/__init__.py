@@ -11,10 +11,12 @@ from benchmarks.scenarios.on_ledger import (
     OnLedgerHotAccountWorkers,
     OnLedgerSpread,
 )
+from benchmarks.scenarios.trivial import TrivialHandler
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]
 
 SCENARIOS: tuple[Scenario, ...] = (
+    TrivialHandler(),
     GrpcRedisCeiling(),
     NaivePostgres(),
     OnLedgerHotAccount(),
