@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import Binaries, Card, Workload, run_loadgen, write_params
+from benchmarks.loadgen import (
+    DEFAULT_DEADLINE_MS,
+    Binaries,
+    Card,
+    Workload,
+    run_loadgen,
+    write_params,
+)
 from benchmarks.process import ServerGroup, ServerProcess, ServerSpec, split_listen
 from benchmarks.profiles import Profile
 from benchmarks.profiling import start_py_spy, summarize
@@ -43,6 +50,7 @@ class Phase:
     duration_s: float
     concurrency: int = 0
     rate_per_s: int = 0
+    deadline_ms: int = DEFAULT_DEADLINE_MS  # every call's gRPC deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,23 @@ def _cpu_s(pid: int) -> float:
 
 def _ms(us: float) -> float:
     return round(us / 1000, 3)
+
+
+def _by_status(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Latency of the calls ending with each gRPC status, measured like the answers' (from
+    the intended send time); the histogram for every status but OK (``histogram_us``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for status, h in report.get("latency_by_status_us", {}).items():
+        found[status] = {
+            "count": h["count"],
+            "p50_ms": _ms(h["p50"]),
+            "p90_ms": _ms(h["p90"]),
+            "p99_ms": _ms(h["p99"]),
+            "p999_ms": _ms(h["p999"]),
+            "max_ms": _ms(h["max"]),
+            **({} if status == "OK" else {"histogram_us": h["buckets"]}),
+        }
+    return found
 
 
 class Harness:
@@ -165,6 +190,7 @@ class Harness:
             "mode": phase.mode,
             "concurrency": phase.concurrency or None,
             "rate_per_s": phase.rate_per_s or None,
+            "deadline_ms": phase.deadline_ms,
             "duration_s": report["window_s"],
             "sampled_wall_s": round(wall, 3),
             "sent": report["sent"],
@@ -190,6 +216,7 @@ class Harness:
                 k: round(v / wall, 3) for k, v in cpu.items() if v is not None and wall > 0
             },
             "histogram_us": latency["buckets"],
+            "latency_by_status": _by_status(report),
             **self._server_processes(before, after, wall),
         }
 
@@ -301,6 +328,7 @@ class Harness:
             rate_per_s=phase.rate_per_s,
             channels=scenario.channels or self.profile.channels,
             asset=asset,
+            deadline_ms=phase.deadline_ms,
         )
         after = await self._sample(server.pids, ctx.database, helpers)
         xid_after = await self.postgres.next_xid() if self.postgres else 0

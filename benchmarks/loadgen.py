@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "APT_PACKAGES",
+    "DEFAULT_DEADLINE_MS",
     "LOADGEN_DIR",
     "Binaries",
     "Card",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 LOADGEN_DIR = Path(__file__).resolve().parent / "loadgen"
+DEFAULT_DEADLINE_MS = 10_000  # every call's gRPC deadline unless a phase says otherwise
 APT_PACKAGES = (
     "libgrpc++-dev",
     "protobuf-compiler-grpc",
@@ -132,7 +134,7 @@ async def run_loadgen(
     rate_per_s: float = 0.0,
     channels: int = 2,
     asset: str = "GBP",
-    deadline_ms: int = 10_000,
+    deadline_ms: int = DEFAULT_DEADLINE_MS,
 ) -> dict[str, Any]:
     """Run the generator once and return its JSON report."""
     argv = [
