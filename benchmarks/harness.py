@@ -65,6 +65,7 @@ class _Sample:
     machine: MachineTimes
     everything_s: float
     helpers_s: dict[str, float]  # the scenario's helper processes (an off-ledger client...)
+    xid: int  # the Postgres cluster's next transaction id (0 without a cluster)
 
 
 def _cpu_s(pid: int) -> float:
@@ -152,11 +153,19 @@ class Harness:
             machine_times(),
             all_processes_cpu_s(),
             {name: _cpu_s(pid) for name, pid in helpers.items()},
+            await self.postgres.next_xid() if self.postgres else 0,
         )
 
     def _phase_result(
-        self, phase: Phase, report: dict[str, Any], before: _Sample, after: _Sample
+        self,
+        phase: Phase,
+        report: dict[str, Any],
+        before: _Sample,
+        after: _Sample,
+        calls_for_cpu: int | None = None,
     ) -> dict[str, Any]:
+        """One phase's figures; CPU per decision is per call completed (or per
+        ``calls_for_cpu``, when the CPU window is not the generator's)."""
         cpu: dict[str, float | None] = {
             "server": after.server_s - before.server_s,
             "postgres": None,
@@ -177,8 +186,9 @@ class Harness:
         cpu["other_processes"] = max(everything - accounted, 0.0)
         cpu["steal"] = (after.machine - before.machine).steal_s
         completed = int(report["completed"])
+        calls = max(completed if calls_for_cpu is None else calls_for_cpu, 1)
         per_decision = {
-            k: round(v / completed * 1e6, 1)
+            k: round(v / calls * 1e6, 1)
             for k, v in cpu.items()
             if v is not None and k in ("server", "postgres", "redis", "loadgen", *after.helpers_s)
         }
@@ -349,13 +359,19 @@ class Harness:
         if profiler is not None:
             await profiler.wait()
             result["py_spy"] = summarize(raw) if raw.exists() else {"samples": 0}
+        self._say_phase(result)
+        return result
+
+    def _say_phase(self, result: dict[str, Any]) -> None:
+        errors = f"errors {result['errors']}"
+        if result["rpc_errors_by_status"]:
+            errors += f" {result['rpc_errors_by_status']}"
         self.say(
-            f"  {phase.name:>10}: {result['throughput_per_s']:>8.1f}/s  "
+            f"  {result['phase']:>10}: {result['throughput_per_s']:>8.1f}/s  "
             f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
-            f"errors {result['errors']}  CPU/decision {result['cpu_us_per_decision']}  "
+            f"{errors}  CPU/decision {result['cpu_us_per_decision']}  "
             f"decisions/commit {result.get('decisions_per_commit')}"
         )
-        return result
 
     # -- the generator's own ceiling ---------------------------------------------------------
 
@@ -474,6 +490,157 @@ class Harness:
         result["elapsed_s"] = round(time.monotonic() - started, 1)
         return {**base, **result}
 
+    def _open_plan(
+        self, scenario: Scenario, closed: dict[str, Any]
+    ) -> tuple[list[Phase], list[dict[str, Any]]]:
+        """The open-loop phases to run after ``closed``, by rate, and those skipped: the
+        profile's rates (unless over capacity), and the scenario's shares of its own
+        closed-loop maximum."""
+        profile = self.profile
+        maximum = float(closed["throughput_per_s"])
+        capacity = scenario.open_loop_capacity(closed)
+        basis = (
+            "closed-loop maximum" if capacity == maximum else "capacity estimated by the scenario"
+        )
+        plan: list[Phase] = []
+        skipped: list[dict[str, Any]] = []
+        for rate in profile.open_rates if scenario.profile_open_rates else ():
+            if capacity is not None and rate > capacity * profile.open_rate_max_share:
+                note = (
+                    f"skipped: {rate}/s is over {profile.open_rate_max_share:.0%} of the "
+                    f"{basis} ({capacity:.0f}/s); it would only measure a growing queue"
+                )
+                skipped.append(
+                    {
+                        "phase": f"open_{rate}",
+                        "rate_per_s": rate,
+                        "note": note,
+                        "capacity_per_s": round(capacity, 1),
+                    }
+                )
+                continue
+            plan.append(Phase(f"open_{rate}", "open", profile.open_s, rate_per_s=rate))
+        for share in scenario.open_shares:
+            name, rate = f"open_{share:g}x", round(share * maximum)
+            if rate < 1:
+                note = (
+                    f"skipped: {share:g} times a closed-loop maximum of {maximum:.0f}/s is no rate"
+                )
+                skipped.append({"phase": name, "rate_per_s": rate, "note": note})
+                continue
+            plan.append(Phase(name, "open", profile.open_s, rate_per_s=rate))
+        plan.sort(key=lambda phase: phase.rate_per_s)
+        return plan, skipped
+
+    async def _run_overload(
+        self,
+        scenario: Scenario,
+        ctx: ScenarioContext,
+        server: ServerGroup,
+        params: Path,
+        closed: dict[str, Any],
+        asset: str,
+    ) -> list[dict[str, Any]]:
+        """An open loop over capacity, then, from the instant it stops sending, one under
+        it (``Overload``). Two generators: the second starts sending at the instant planned
+        for the first to stop, while the first still collects its late answers. The CPU of
+        the overload phase is over its sending window, per call answered in it; the
+        recovery's from then on, per call answered meanwhile (its own and the overload's
+        late ones)."""
+        overload = scenario.overload
+        assert overload is not None
+        profile = self.profile
+        maximum = float(closed["throughput_per_s"])
+        if maximum <= 0:
+            raise RuntimeError("the closed loop completed nothing: no capacity to overload")
+        first = Phase(
+            f"overload_{overload.share:g}x",
+            "open",
+            profile.open_s,
+            rate_per_s=max(round(overload.share * maximum), 1),
+            deadline_ms=overload.deadline_ms,
+        )
+        then = Phase(
+            f"recovery_{overload.recovery_share:g}x",
+            "open",
+            profile.recovery_s,
+            rate_per_s=max(round(overload.recovery_share * maximum), 1),
+            deadline_ms=overload.deadline_ms,
+        )
+        await scenario.between_phases(ctx)
+        helpers = scenario.helper_pids()
+        quiet = await self._await_quiet([*server.pids, *helpers.values()])
+        speed = cpu_speed_probe()
+        channels = scenario.channels or profile.channels
+        start_ns = time.monotonic_ns() + int(profile.handover_lead_s * 1e9)
+        handover_ns = start_ns + int(first.duration_s * 1e9)
+
+        def generate(phase: Phase, at_ns: int) -> Any:
+            return run_loadgen(
+                self.binaries.loadgen,
+                target=server.listen,
+                params=params,
+                prefix=f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}",
+                mode="open",
+                duration_s=phase.duration_s,
+                rate_per_s=phase.rate_per_s,
+                channels=channels,
+                asset=asset,
+                deadline_ms=phase.deadline_ms,
+                start_at_ns=at_ns,
+            )
+
+        async def sample_at(at_ns: int) -> _Sample:
+            await asyncio.sleep(max(at_ns - time.monotonic_ns(), 0) / 1e9)
+            return await self._sample(server.pids, ctx.database, helpers)
+
+        overloading = asyncio.ensure_future(generate(first, start_ns))
+        recovering = asyncio.ensure_future(generate(then, handover_ns))
+        try:
+            before = await sample_at(start_ns)
+            handover = await sample_at(handover_ns)
+            first_report, then_report = await asyncio.gather(overloading, recovering)
+        except BaseException:
+            overloading.cancel()
+            recovering.cancel()
+            await asyncio.gather(overloading, recovering, return_exceptions=True)
+            raise
+        after = await self._sample(server.pids, ctx.database, helpers)
+        late = int(first_report["completed"]) - int(first_report["completed_in_window"])
+        results = [
+            self._phase_result(
+                first, first_report, before, handover, int(first_report["completed_in_window"])
+            ),
+            self._phase_result(
+                then, then_report, handover, after, int(then_report["completed"]) + late
+            ),
+        ]
+        results[0]["cpu_note"] = "over its sending window, per call answered within it"
+        results[1]["cpu_note"] = (
+            f"from the handover on, per call answered meanwhile: its own and {late} late "
+            f"answers of {first.name}"
+        )
+        results[1]["overload_answers_after_handover"] = late
+        for result, (start, end, calls) in zip(
+            results,
+            (
+                (before, handover, int(first_report["completed_in_window"])),
+                (handover, after, int(then_report["completed"]) + late),
+            ),
+            strict=True,
+        ):
+            if self.postgres is not None:
+                writes = end.xid - start.xid
+                result["postgres_write_transactions"] = writes
+                result["decisions_per_commit"] = round(calls / writes, 2) if writes else None
+        for result, report in ((results[0], first_report), (results[1], then_report)):
+            result["start_late_ms"] = report.get("start_late_ms")
+            result["cpu_speed_probe_ms"] = speed
+            result["background_cores_before"] = round(quiet[0], 2)
+            result["server_idle_cores_before"] = round(quiet[1], 3)
+            self._say_phase(result)
+        return results
+
     async def _run(
         self, scenario: Scenario, ctx: ScenarioContext, log_path: Path
     ) -> dict[str, Any]:
@@ -505,31 +672,16 @@ class Harness:
                 scenario, ctx, server, params, closed_phase, workload.asset
             )
             phases.append(closed)
-            capacity = scenario.open_loop_capacity(closed)
-            basis = (
-                "closed-loop maximum"
-                if capacity == float(closed["throughput_per_s"])
-                else "capacity estimated by the scenario"
-            )
-            for rate in profile.open_rates:
-                if capacity is not None and rate > capacity * profile.open_rate_max_share:
-                    note = (
-                        f"skipped: {rate}/s is over {profile.open_rate_max_share:.0%} of the "
-                        f"{basis} ({capacity:.0f}/s); it would only measure a growing queue"
-                    )
-                    ctx.say(f"  open_{rate}: {note}")
-                    skipped.append(
-                        {
-                            "phase": f"open_{rate}",
-                            "rate_per_s": rate,
-                            "note": note,
-                            "capacity_per_s": round(capacity, 1),
-                        }
-                    )
-                    continue
-                phase = Phase(f"open_{rate}", "open", profile.open_s, rate_per_s=rate)
+            plan, skipped = self._open_plan(scenario, closed)
+            for p in skipped:
+                ctx.say(f"  {p['phase']}: {p['note']}")
+            for phase in plan:
                 phases.append(
                     await self._run_phase(scenario, ctx, server, params, phase, workload.asset)
+                )
+            if scenario.overload is not None:
+                phases += await self._run_overload(
+                    scenario, ctx, server, params, closed, workload.asset
                 )
         finally:
             exit_code = server.stop()

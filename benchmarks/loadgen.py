@@ -135,8 +135,10 @@ async def run_loadgen(
     channels: int = 2,
     asset: str = "GBP",
     deadline_ms: int = DEFAULT_DEADLINE_MS,
+    start_at_ns: int = 0,
 ) -> dict[str, Any]:
-    """Run the generator once and return its JSON report."""
+    """Run the generator once and return its JSON report. ``start_at_ns``: when to start
+    sending, on ``time.monotonic_ns()``'s clock (CLOCK_MONOTONIC); 0: once connected."""
     argv = [
         str(binary),
         "--target", target,
@@ -148,6 +150,8 @@ async def run_loadgen(
         "--asset", asset,
         "--deadline-ms", str(deadline_ms),
     ]  # fmt: skip
+    if start_at_ns:
+        argv += ["--start-at-ns", str(start_at_ns)]
     if mode == "closed":
         argv += ["--concurrency", str(concurrency)]
     else:

@@ -8,6 +8,8 @@
 //       one call every 1/R s on a fixed schedule, whatever the server does; latency is
 //       measured from the *intended* send time, so a slow server cannot hide its queue
 //       (no coordinated omission).
+//   --start-at-ns T: start sending at T (CLOCK_MONOTONIC, ns) rather than once connected,
+//       so that two generators can take over from each other at a planned instant.
 //
 // The parameters file (written by benchmarks/loadgen.py):
 //   cards <N>            then N lines "<pan> <expiry YYMM> <cvv2>"
@@ -128,13 +130,14 @@ struct Options {
   int channels = 2;
   int deadline_ms = 10'000;
   double late_us = 1'000;
+  int64_t start_at_ns = 0;  // CLOCK_MONOTONIC; 0: as soon as connected
 };
 
 void usage() {
   std::cerr << "usage: loadgen --params FILE [--target HOST:PORT] [--mode closed|open]\n"
                "               [--concurrency C] [--rate R] [--duration S] [--channels K]\n"
                "               [--prefix ID] [--source S] [--asset A] [--deadline-ms D]\n"
-               "               [--out FILE]\n";
+               "               [--start-at-ns T] [--out FILE]\n";
 }
 
 bool parse(int argc, char** argv, Options* o) {
@@ -161,6 +164,7 @@ bool parse(int argc, char** argv, Options* o) {
     else if (a == "--channels") o->channels = std::stoi(v);
     else if (a == "--deadline-ms") o->deadline_ms = std::stoi(v);
     else if (a == "--late-us") o->late_us = std::stod(v);
+    else if (a == "--start-at-ns") o->start_at_ns = std::stoll(v);
     else {
       std::cerr << "unknown option " << a << "\n";
       return false;
@@ -236,7 +240,13 @@ class Generator {
   void run() {
     closed_ = o_.mode == "closed";
     const int64_t duration_ns = static_cast<int64_t>(o_.duration_s * 1e9);
-    start_ns_ = now_ns() + 5'000'000;  // a moment to settle after connecting
+    const int64_t connected_ns = now_ns();
+    start_ns_ = connected_ns + 5'000'000;  // a moment to settle after connecting
+    if (o_.start_at_ns > 0) {
+      // Planned: late only if connecting took longer than the caller allowed for.
+      start_late_ns_ = connected_ns > o_.start_at_ns ? connected_ns - o_.start_at_ns : 0;
+      start_ns_ = o_.start_at_ns + start_late_ns_;
+    }
     end_ns_ = start_ns_ + duration_ns;
     sleep_until_ns(start_ns_);
     if (closed_) {
@@ -300,6 +310,7 @@ class Generator {
     j << ",\"late_sends\":" << late_sends_
       << ",\"max_send_lag_us\":" << static_cast<double>(max_send_lag_ns_) / 1e3
       << ",\"deadline_ms\":" << o_.deadline_ms
+      << ",\"start_late_ms\":" << static_cast<double>(start_late_ns_) / 1e6
       << ",\"latency_us\":" << histogram_json(*by_status_[0]) << ",\"latency_by_status_us\":{";
     bool first_status = true;
     for (int code = 0; code < kStatusCodes; ++code) {
@@ -387,7 +398,7 @@ class Generator {
   const std::vector<Item> items_;
   std::vector<std::unique_ptr<pb::AuthorizationService::Stub>> stubs_;
   bool closed_ = true;
-  int64_t start_ns_ = 0, end_ns_ = 0, finished_ns_ = 0;
+  int64_t start_ns_ = 0, end_ns_ = 0, finished_ns_ = 0, start_late_ns_ = 0;
   int64_t max_send_lag_ns_ = 0;
   uint64_t late_sends_ = 0;
   std::atomic<uint64_t> seq_{0}, sent_{0}, ok_{0}, bad_code_{0}, rpc_errors_{0};

@@ -10,6 +10,7 @@ from benchmarks.scenarios.on_ledger import (
     OnLedgerHotAccount,
     OnLedgerHotAccountWorkers,
     OnLedgerSpread,
+    Overload2x,
 )
 from benchmarks.scenarios.trivial import TrivialHandler
 
@@ -24,4 +25,5 @@ SCENARIOS: tuple[Scenario, ...] = (
     OnLedgerSpread(),
     OffLedgerForward(),
     StandIn(),
+    Overload2x(),
 )

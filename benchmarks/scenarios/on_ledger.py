@@ -10,13 +10,14 @@ from typing import ClassVar
 from benchmarks.fixtures import AdminFixtures, hot_sequence, zipf_sequence
 from benchmarks.loadgen import Workload
 from benchmarks.process import ServerSpec
-from benchmarks.scenarios.base import Scenario, ScenarioContext, base_env
+from benchmarks.scenarios.base import Overload, Scenario, ScenarioContext, base_env
 
 __all__ = [
     "AuthswitchScenario",
     "OnLedgerHotAccount",
     "OnLedgerHotAccountWorkers",
     "OnLedgerSpread",
+    "Overload2x",
     "authswitch_env",
 ]
 
@@ -68,6 +69,7 @@ class OnLedgerHotAccount(AuthswitchScenario):
         "The real `authswitch serve`: every request on ONE account funded with 10^15 minor "
         "units (card lookup, checks, one Redis Lua step, group commit to Postgres)."
     )
+    open_shares: ClassVar[tuple[float, ...]] = (0.5,)
 
     async def workload(self, ctx: ScenarioContext) -> Workload:
         fixtures = AdminFixtures(ctx.grpc_listen, ctx.say)
@@ -79,11 +81,27 @@ class OnLedgerHotAccountWorkers(OnLedgerHotAccount):
     name = "on_ledger_hot_account_workers"
     workers = os.cpu_count() or 1
     channels = 8
+    open_shares = ()
     description = (
         f"As on_ledger_hot_account, with as many worker processes as cores ({workers} "
         "here; AUTHSWITCH_WORKERS) sharing the port, each with its own group committer; the "
         f"load generator opens {channels} connections so that the kernel spreads them over "
         "the workers. CPU is the supervisor's and every worker's."
+    )
+
+
+class Overload2x(OnLedgerHotAccount):
+    name = "overload_2x"
+    overload = Overload(share=2.0, recovery_share=0.5)
+    profile_open_rates = False
+    open_shares = ()
+    description = (
+        "As on_ledger_hot_account (one worker), measuring its closed-loop maximum, then an "
+        "open loop at twice that maximum for the open-loop length (20 s in the full run), "
+        "then at once an open loop at half of it (5 s full): the calls answered (status OK) "
+        "and those refused (RESOURCE_EXHAUSTED) or ended otherwise (DEADLINE_EXCEEDED, "
+        "CANCELLED, UNAVAILABLE) reported apart, each with its latency from its intended "
+        "send time; every call with the generator's default 10 s deadline."
     )
 
 
