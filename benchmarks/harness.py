@@ -24,6 +24,7 @@ from benchmarks.loadgen import (
 from benchmarks.process import ServerGroup, ServerProcess, ServerSpec, split_listen
 from benchmarks.profiles import Profile
 from benchmarks.profiling import start_py_spy, summarize
+from benchmarks.remote_postgres import RemotePostgres, RemoteUnavailable
 from benchmarks.scenarios import Scenario, ScenarioContext
 from benchmarks.scenarios.base import LatencyTarget
 from benchmarks.stores import PostgresCluster, delete_prefix, fresh_database
@@ -110,12 +111,18 @@ class Harness:
         base_port: int = 50151,
         seed: int = 20_240_601,
         py_spy: Path | None = None,
+        remote: RemotePostgres | None = None,
     ) -> None:
         self.profile = profile
         self.binaries = binaries
-        self.postgres_dsn = postgres_dsn
+        self.local_postgres_dsn = postgres_dsn
         self.redis_url = redis_url
+        self.local_postgres = postgres
+        # The cluster of the scenario running (scenarios run one at a time): the machine's,
+        # or the remote rows' own; its CPU and transaction ids are sampled around phases.
         self.postgres = postgres
+        self.remote = remote
+        self._remote_failure: str | None = None
         self.redis_pid = redis_pid
         self.workdir = workdir
         self.say = say
@@ -315,7 +322,7 @@ class Harness:
         asset: str,
     ) -> dict[str, Any]:
         await scenario.between_phases(ctx)
-        helpers = scenario.helper_pids()
+        helpers = self._helpers(scenario)
         # The helpers (an off-ledger client) count with the servers: idle, not background.
         own_pids = [*server.pids, *helpers.values()]
         quiet = await self._await_quiet(own_pids) if phase.name != "warmup" else None
@@ -444,12 +451,55 @@ class Harness:
 
     # -- one scenario -----------------------------------------------------------------------
 
+    def _helpers(self, scenario: Scenario) -> dict[str, int]:
+        """Processes measured with the server: the scenario's, and the delay proxy of the
+        remote Postgres when a remote row goes through it."""
+        helpers = scenario.helper_pids()
+        if scenario.remote_postgres and self.remote and self.remote.proxy_pid:
+            helpers["delay_proxy"] = self.remote.proxy_pid
+        return helpers
+
+    async def _remote_postgres(self) -> str | None:
+        """Start the remote rows' Postgres on first use; why it cannot be, or None."""
+        if self.remote is None:
+            return "the remote Postgres is turned off (--remote-postgres off)"
+        if self._remote_failure is None and not self.remote.dsn:
+            self.say("building the remote Postgres (1 ms each way)")
+            try:
+                await self.remote.start()
+            except RemoteUnavailable as exc:
+                self._remote_failure = str(exc)
+            except Exception as exc:  # never fails the run: the rows say why instead
+                self._remote_failure = f"{type(exc).__name__}: {exc}"
+        return self._remote_failure
+
     async def run_scenario(self, scenario: Scenario, index: int) -> dict[str, Any]:
         base: dict[str, Any] = {"name": scenario.name, "description": scenario.description}
         reason = scenario.unavailable()
         if reason is not None:
             self.say(f"{scenario.name}: {reason}")
             return {**base, **_empty_figures(), "status": "not available yet", "note": reason}
+        if scenario.remote_postgres:
+            reason = await self._remote_postgres()
+            if reason is not None:
+                self.say(f"{scenario.name}: unavailable: {reason}")
+                return {**base, **_empty_figures(), "status": "unavailable", "note": reason}
+            assert self.remote is not None
+            server_dsn = self.remote.dsn
+            base["remote_postgres"] = self.remote.describe()
+            self.postgres = await PostgresCluster.open(server_dsn)
+        else:
+            server_dsn, self.postgres = self.local_postgres_dsn, self.local_postgres
+        try:
+            return await self._run_scenario(scenario, index, base, server_dsn)
+        finally:
+            if self.postgres is not self.local_postgres and self.postgres is not None:
+                await self.postgres.close()
+            self.postgres = self.local_postgres
+
+    async def _run_scenario(
+        self, scenario: Scenario, index: int, base: dict[str, Any], server_dsn: str
+    ) -> dict[str, Any]:
         self.say(f"{scenario.name}")
         started = time.monotonic()
         prefix = f"bench{secrets.token_hex(3)}"
@@ -457,7 +507,7 @@ class Harness:
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "server.log"
         try:
-            async with fresh_database(self.postgres_dsn, scenario.name[:20]) as (dsn, database):
+            async with fresh_database(server_dsn, scenario.name[:20]) as (dsn, database):
                 ctx = ScenarioContext(
                     profile=self.profile,
                     postgres_dsn=dsn,
@@ -568,7 +618,7 @@ class Harness:
             deadline_ms=overload.deadline_ms,
         )
         await scenario.between_phases(ctx)
-        helpers = scenario.helper_pids()
+        helpers = self._helpers(scenario)
         quiet = await self._await_quiet([*server.pids, *helpers.values()])
         speed = cpu_speed_probe()
         channels = scenario.channels or profile.channels

@@ -1,5 +1,6 @@
 """The C++ load generator (benchmarks/loadgen/): building it, feeding it, running it. The
-same build makes the echo server (the generator's calibration) and the off-ledger client stub.
+same build makes the echo server (the generator's calibration), the off-ledger client stub
+and the delay proxy of the remote-Postgres rows.
 
 The generator is compiled against Debian's gRPC and protobuf; the Debian packages are
 installed (as root, with apt-get, saying so) when missing. Python only pre-generates the
@@ -49,6 +50,7 @@ class Binaries:
     loadgen: Path
     echo_server: Path
     decision_stub: Path  # the off-ledger client of the off-ledger scenarios
+    delay_proxy: Path  # the remote rows' delay, where the kernel has no netem
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,9 @@ def ensure_built(say: Callable[[str], None]) -> Binaries:
     if result.returncode != 0:
         raise RuntimeError(f"building the load generator failed:\n{result.stdout}{result.stderr}")
     build = LOADGEN_DIR / "build"
-    return Binaries(build / "loadgen", build / "echo_server", build / "decision_stub")
+    return Binaries(
+        build / "loadgen", build / "echo_server", build / "decision_stub", build / "delay_proxy"
+    )
 
 
 def write_params(workload: Workload, path: Path) -> None:

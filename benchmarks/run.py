@@ -36,6 +36,7 @@ from benchmarks.harness import Harness
 from benchmarks.loadgen import Binaries, ensure_built
 from benchmarks.profiles import FULL, QUICK
 from benchmarks.profiling import find_py_spy
+from benchmarks.remote_postgres import RemotePostgres
 from benchmarks.report import write_results
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.stores import PostgresCluster, redis_pid
@@ -98,6 +99,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-generator-ceiling",
         action="store_true",
         help="skip measuring the load generator against the C++ echo server",
+    )
+    parser.add_argument(
+        "--remote-postgres",
+        choices=("auto", "netem", "proxy", "off"),
+        default="auto",
+        help="how the remote rows put 1 ms between the server and their Postgres: tc netem "
+        "in a network namespace, the C++ delay proxy, netem when the kernel has it (default), "
+        "or not at all (the rows are reported unavailable)",
     )
     parser.add_argument(
         "--closed-s", type=float, help="length of the closed-loop phase instead of the profile's"
@@ -254,6 +263,20 @@ async def _run(
         if py_spy is None:
             raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     workdir = Path(tempfile.mkdtemp(prefix="authswitch-bench-"))
+    wanted = [
+        s
+        for s in SCENARIOS
+        if ((s.name in args.only) if args.only else (s.in_quick or not args.quick))
+    ]
+    remote = None
+    if args.remote_postgres != "off" and any(s.remote_postgres for s in wanted):
+        remote = RemotePostgres(
+            mode=args.remote_postgres,
+            local_dsn=args.postgres_dsn,
+            proxy_binary=binaries.delay_proxy,
+            workdir=workdir,
+            say=say,
+        )
     harness = Harness(
         profile=profile,
         binaries=binaries,
@@ -265,6 +288,7 @@ async def _run(
         say=say,
         base_port=args.base_port,
         py_spy=py_spy,
+        remote=remote,
     )
     run: dict[str, Any] = {
         "machine": machine_info(),
@@ -292,13 +316,13 @@ async def _run(
     try:
         if not args.no_generator_ceiling:
             run["generator"] = await harness.calibrate()
-        for index, scenario in enumerate(SCENARIOS):
-            if args.only and scenario.name not in args.only:
-                continue
-            if not args.only and args.quick and not scenario.in_quick:
-                continue  # the smoke run keeps under a minute: variants only in full runs
+        for scenario in wanted:  # the quick run leaves out the full-run-only variants
+            index = SCENARIOS.index(scenario)
             run["scenarios"].append(await harness.run_scenario(scenario, index))
     finally:
+        if remote is not None:
+            run["stores"]["remote_postgres"] = remote.describe() | {"mode": args.remote_postgres}
+            remote.stop()
         if postgres is not None:
             await postgres.close()
     run["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from benchmarks.scenarios.base import Scenario, ScenarioContext
 from benchmarks.scenarios.ceiling import GrpcRedisCeiling
-from benchmarks.scenarios.naive import NaivePostgres
+from benchmarks.scenarios.naive import NaivePostgres, NaivePostgresRemote
 from benchmarks.scenarios.off_ledger import OffLedgerForward, StandIn
 from benchmarks.scenarios.on_ledger import (
     OnLedgerHotAccount,
+    OnLedgerHotAccountRemote,
     OnLedgerHotAccountWorkers,
     OnLedgerSpread,
     Overload2x,
@@ -26,4 +27,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     OffLedgerForward(),
     StandIn(),
     Overload2x(),
+    NaivePostgresRemote(),
+    OnLedgerHotAccountRemote(),
 )

@@ -105,6 +105,9 @@ class Scenario:
     open_shares: ClassVar[tuple[float, ...]] = ()
     # Set: the overload phases (above) after the other open-loop phases.
     overload: ClassVar[Overload | None] = None
+    # On the remote rows' Postgres (benchmarks/remote_postgres.py: a cluster of the
+    # benchmark's own, 1 ms away each way) instead of the machine's.
+    remote_postgres: ClassVar[bool] = False
 
     def unavailable(self) -> str | None:
         """Why this scenario cannot run here (reported instead of figures), or None."""

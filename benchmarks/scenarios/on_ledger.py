@@ -15,6 +15,7 @@ from benchmarks.scenarios.base import Overload, Scenario, ScenarioContext, base_
 __all__ = [
     "AuthswitchScenario",
     "OnLedgerHotAccount",
+    "OnLedgerHotAccountRemote",
     "OnLedgerHotAccountWorkers",
     "OnLedgerSpread",
     "Overload2x",
@@ -88,6 +89,18 @@ class OnLedgerHotAccountWorkers(OnLedgerHotAccount):
         f"load generator opens {channels} connections so that the kernel spreads them over "
         "the workers. CPU is the supervisor's and every worker's."
     )
+
+
+class OnLedgerHotAccountRemote(OnLedgerHotAccount):
+    name = "on_ledger_hot_account_remote"
+    description = (
+        "As on_ledger_hot_account (one worker), on a Postgres cluster of the benchmark's own "
+        "reached through 1 ms of delay each way (the shape of Postgres on another host); "
+        "Redis stays on loopback."
+    )
+    open_shares = ()
+    remote_postgres = True
+    in_quick = False
 
 
 class Overload2x(OnLedgerHotAccount):
