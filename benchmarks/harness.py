@@ -757,6 +757,7 @@ class Harness:
             "fixtures_s": round(fixtures_s, 2),
             "server_exit_code": exit_code,
             "server_processes": len(server.servers),
+            "server_workers": getattr(scenario, "workers", None),
             "channels": scenario.channels or profile.channels,
             "server_log": str(log_path),
             "listen": ctx.grpc_listen,

@@ -41,6 +41,7 @@ from benchmarks.report import write_results
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.stores import PostgresCluster, redis_pid
 from benchmarks.system import machine_info
+from benchmarks.targets import check_targets
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -326,6 +327,7 @@ async def _run(
         if postgres is not None:
             await postgres.close()
     run["elapsed_s"] = round(time.monotonic() - started, 1)
+    run["targets"] = check_targets(run)
     json_path, md_path = write_results(run, args.results)
     failed = [s["name"] for s in run["scenarios"] if s["status"] == "failed"]
     if args.keep_workdir or failed or args.profile:
