@@ -1,7 +1,7 @@
 """The benchmark suite: every scenario side by side in one run.
 
-    python -m benchmarks.run            full run (about 10 minutes)
-    python -m benchmarks.run --quick    CI smoke run (under a minute once the generator
+    python -m benchmarks.run            full run (about 18 minutes on a quiet machine)
+    python -m benchmarks.run --quick    CI smoke run (about two minutes once the generator
                                         is built); no timing assertions anywhere
 
 Writes benchmarks/results/latest.json and latest.md. Runs on the machine's Postgres and Redis
@@ -57,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.run",
         description="authswitch benchmark suite (docs/benchmarks.md)",
     )
-    parser.add_argument("--quick", action="store_true", help="CI smoke mode, under a minute")
+    parser.add_argument("--quick", action="store_true", help="CI smoke mode, about two minutes")
     names = [s.name for s in SCENARIOS]
     parser.add_argument(
         "--only",
@@ -116,6 +116,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--open-s", type=float, help="length of each open-loop phase instead of the profile's"
     )
     parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        help="wait at most this long for a quiet machine before each phase instead of the "
+        "profile's (0: do not wait)",
+    )
+    parser.add_argument(
         "--rates",
         metavar="N[,N]",
         help="open-loop rates (requests/s) instead of the profile's, e.g. 100,200",
@@ -145,6 +151,8 @@ def _profile(args: argparse.Namespace) -> Any:
         profile = dataclasses.replace(profile, closed_s=args.closed_s)
     if args.open_s:
         profile = dataclasses.replace(profile, open_s=args.open_s)
+    if args.quiet_wait_s is not None:
+        profile = dataclasses.replace(profile, quiet_wait_s=args.quiet_wait_s)
     return profile
 
 
@@ -300,6 +308,8 @@ async def _run(
             "concurrency": profile.concurrency,
             "open_rates": list(profile.open_rates),
             "open_s": profile.open_s,
+            "recovery_s": profile.recovery_s,
+            "quiet_wait_s": profile.quiet_wait_s,
             "spread_accounts": profile.spread_accounts,
             "off_ledger_programs": profile.off_ledger_programs,
             "channels": profile.channels,

@@ -83,6 +83,7 @@ class OnLedgerHotAccountWorkers(OnLedgerHotAccount):
     workers = os.cpu_count() or 1
     channels = 8
     open_shares = ()
+    in_quick = False  # the same code as one worker: full runs (or --only) only
     description = (
         f"As on_ledger_hot_account, with as many worker processes as cores ({workers} "
         "here; AUTHSWITCH_WORKERS) sharing the port, each with its own group committer; the "
