@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import Binaries, Card, Workload, run_loadgen, write_params
+from benchmarks.loadgen import (
+    DEFAULT_DEADLINE_MS,
+    Binaries,
+    Card,
+    Workload,
+    run_loadgen,
+    write_params,
+)
 from benchmarks.process import ServerGroup, ServerProcess, ServerSpec, split_listen
 from benchmarks.profiles import Profile
 from benchmarks.profiling import start_py_spy, summarize
+from benchmarks.remote_postgres import RemotePostgres, RemoteUnavailable
 from benchmarks.scenarios import Scenario, ScenarioContext
 from benchmarks.scenarios.base import LatencyTarget
 from benchmarks.stores import PostgresCluster, delete_prefix, fresh_database
@@ -27,6 +35,8 @@ from benchmarks.system import (
     machine_times,
     port_is_free,
     proc_times,
+    process_tree,
+    tree_cpu_s,
 )
 
 __all__ = ["Harness", "Phase"]
@@ -41,17 +51,22 @@ class Phase:
     duration_s: float
     concurrency: int = 0
     rate_per_s: int = 0
+    deadline_ms: int = DEFAULT_DEADLINE_MS  # every call's gRPC deadline
 
 
 @dataclass(frozen=True, slots=True)
 class _Sample:
     at: float
     server_s: float
+    # Each server process's CPU seconds (with what it reaped), by pid: the supervisor and
+    # workers of `authswitch serve`, say.
+    server_processes_s: dict[int, float]
     postgres: Any  # PostgresSample | None
     redis_s: float
     machine: MachineTimes
     everything_s: float
     helpers_s: dict[str, float]  # the scenario's helper processes (an off-ledger client...)
+    xid: int  # the Postgres cluster's next transaction id (0 without a cluster)
 
 
 def _cpu_s(pid: int) -> float:
@@ -62,6 +77,23 @@ def _cpu_s(pid: int) -> float:
 
 def _ms(us: float) -> float:
     return round(us / 1000, 3)
+
+
+def _by_status(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Latency of the calls ending with each gRPC status, measured like the answers' (from
+    the intended send time); the histogram for every status but OK (``histogram_us``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for status, h in report.get("latency_by_status_us", {}).items():
+        found[status] = {
+            "count": h["count"],
+            "p50_ms": _ms(h["p50"]),
+            "p90_ms": _ms(h["p90"]),
+            "p99_ms": _ms(h["p99"]),
+            "p999_ms": _ms(h["p999"]),
+            "max_ms": _ms(h["max"]),
+            **({} if status == "OK" else {"histogram_us": h["buckets"]}),
+        }
+    return found
 
 
 class Harness:
@@ -79,12 +111,18 @@ class Harness:
         base_port: int = 50151,
         seed: int = 20_240_601,
         py_spy: Path | None = None,
+        remote: RemotePostgres | None = None,
     ) -> None:
         self.profile = profile
         self.binaries = binaries
-        self.postgres_dsn = postgres_dsn
+        self.local_postgres_dsn = postgres_dsn
         self.redis_url = redis_url
+        self.local_postgres = postgres
+        # The cluster of the scenario running (scenarios run one at a time): the machine's,
+        # or the remote rows' own; its CPU and transaction ids are sampled around phases.
         self.postgres = postgres
+        self.remote = remote
+        self._remote_failure: str | None = None
         self.redis_pid = redis_pid
         self.workdir = workdir
         self.say = say
@@ -108,22 +146,33 @@ class Harness:
     async def _sample(
         self, server_pids: list[int], database: str, helpers: dict[str, int]
     ) -> _Sample:
-        servers = [proc_times(pid) for pid in server_pids]
+        # Each server with every live descendant (authswitch's workers), each with what it
+        # reaped: a worker that exited is in its supervisor's reaped time.
+        trees = [process_tree(pid) for pid in server_pids]
         redis = proc_times(self.redis_pid) if self.redis_pid else None
         pg = await self.postgres.sample(database) if self.postgres else None
         return _Sample(
             time.monotonic(),
-            sum(s.own_s + s.reaped_s for s in servers if s is not None),
+            sum(tree_cpu_s(tree) for tree in trees),
+            {pid: t.own_s + t.reaped_s for tree in trees for pid, t in tree.items()},
             pg,
             redis.own_s if redis else 0.0,
             machine_times(),
             all_processes_cpu_s(),
             {name: _cpu_s(pid) for name, pid in helpers.items()},
+            await self.postgres.next_xid() if self.postgres else 0,
         )
 
     def _phase_result(
-        self, phase: Phase, report: dict[str, Any], before: _Sample, after: _Sample
+        self,
+        phase: Phase,
+        report: dict[str, Any],
+        before: _Sample,
+        after: _Sample,
+        calls_for_cpu: int | None = None,
     ) -> dict[str, Any]:
+        """One phase's figures; CPU per decision is per call completed (or per
+        ``calls_for_cpu``, when the CPU window is not the generator's)."""
         cpu: dict[str, float | None] = {
             "server": after.server_s - before.server_s,
             "postgres": None,
@@ -144,8 +193,9 @@ class Harness:
         cpu["other_processes"] = max(everything - accounted, 0.0)
         cpu["steal"] = (after.machine - before.machine).steal_s
         completed = int(report["completed"])
+        calls = max(completed if calls_for_cpu is None else calls_for_cpu, 1)
         per_decision = {
-            k: round(v / completed * 1e6, 1)
+            k: round(v / calls * 1e6, 1)
             for k, v in cpu.items()
             if v is not None and k in ("server", "postgres", "redis", "loadgen", *after.helpers_s)
         }
@@ -157,6 +207,7 @@ class Harness:
             "mode": phase.mode,
             "concurrency": phase.concurrency or None,
             "rate_per_s": phase.rate_per_s or None,
+            "deadline_ms": phase.deadline_ms,
             "duration_s": report["window_s"],
             "sampled_wall_s": round(wall, 3),
             "sent": report["sent"],
@@ -182,6 +233,21 @@ class Harness:
                 k: round(v / wall, 3) for k, v in cpu.items() if v is not None and wall > 0
             },
             "histogram_us": latency["buckets"],
+            "latency_by_status": _by_status(report),
+            **self._server_processes(before, after, wall),
+        }
+
+    @staticmethod
+    def _server_processes(before: _Sample, after: _Sample, wall: float) -> dict[str, Any]:
+        """With several server processes (a supervisor and its workers), the cores each one
+        kept busy: shows how evenly the kernel spread the connections."""
+        if len(after.server_processes_s) < 2 or wall <= 0:
+            return {}
+        return {
+            "server_processes_cores_busy": {
+                str(pid): round((seconds - before.server_processes_s.get(pid, 0.0)) / wall, 3)
+                for pid, seconds in sorted(after.server_processes_s.items())
+            }
         }
 
     async def _background_cores(
@@ -191,7 +257,7 @@ class Harness:
         servers' own."""
 
         def servers_s() -> float:
-            return sum(t.own_s for t in map(proc_times, server_pids) if t is not None)
+            return sum(tree_cpu_s(process_tree(pid)) for pid in server_pids)
 
         server_before, before = servers_s(), all_processes_cpu_s()
         await asyncio.sleep(window_s)
@@ -256,7 +322,7 @@ class Harness:
         asset: str,
     ) -> dict[str, Any]:
         await scenario.between_phases(ctx)
-        helpers = scenario.helper_pids()
+        helpers = self._helpers(scenario)
         # The helpers (an off-ledger client) count with the servers: idle, not background.
         own_pids = [*server.pids, *helpers.values()]
         quiet = await self._await_quiet(own_pids) if phase.name != "warmup" else None
@@ -266,7 +332,7 @@ class Harness:
         prefix = f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}"
         profiler, raw = None, ctx.workdir / f"{phase.name}.py-spy.txt"
         if self.py_spy is not None and phase.mode == "closed" and phase.name != "warmup":
-            # The first replica's: one process is enough to see where time goes.
+            # The first server's, with its subprocesses (authswitch's workers).
             profiler = await start_py_spy(self.py_spy, server.pids[0], phase.duration_s, raw)
         report = await run_loadgen(
             self.binaries.loadgen,
@@ -277,8 +343,9 @@ class Harness:
             duration_s=phase.duration_s,
             concurrency=phase.concurrency,
             rate_per_s=phase.rate_per_s,
-            channels=self.profile.channels,
+            channels=scenario.channels or self.profile.channels,
             asset=asset,
+            deadline_ms=phase.deadline_ms,
         )
         after = await self._sample(server.pids, ctx.database, helpers)
         xid_after = await self.postgres.next_xid() if self.postgres else 0
@@ -299,13 +366,19 @@ class Harness:
         if profiler is not None:
             await profiler.wait()
             result["py_spy"] = summarize(raw) if raw.exists() else {"samples": 0}
+        self._say_phase(result)
+        return result
+
+    def _say_phase(self, result: dict[str, Any]) -> None:
+        errors = f"errors {result['errors']}"
+        if result["rpc_errors_by_status"]:
+            errors += f" {result['rpc_errors_by_status']}"
         self.say(
-            f"  {phase.name:>10}: {result['throughput_per_s']:>8.1f}/s  "
+            f"  {result['phase']:>10}: {result['throughput_per_s']:>8.1f}/s  "
             f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
-            f"errors {result['errors']}  CPU/decision {result['cpu_us_per_decision']}  "
+            f"{errors}  CPU/decision {result['cpu_us_per_decision']}  "
             f"decisions/commit {result.get('decisions_per_commit')}"
         )
-        return result
 
     # -- the generator's own ceiling ---------------------------------------------------------
 
@@ -378,12 +451,55 @@ class Harness:
 
     # -- one scenario -----------------------------------------------------------------------
 
+    def _helpers(self, scenario: Scenario) -> dict[str, int]:
+        """Processes measured with the server: the scenario's, and the delay proxy of the
+        remote Postgres when a remote row goes through it."""
+        helpers = scenario.helper_pids()
+        if scenario.remote_postgres and self.remote and self.remote.proxy_pid:
+            helpers["delay_proxy"] = self.remote.proxy_pid
+        return helpers
+
+    async def _remote_postgres(self) -> str | None:
+        """Start the remote rows' Postgres on first use; why it cannot be, or None."""
+        if self.remote is None:
+            return "the remote Postgres is turned off (--remote-postgres off)"
+        if self._remote_failure is None and not self.remote.dsn:
+            self.say("building the remote Postgres (1 ms each way)")
+            try:
+                await self.remote.start()
+            except RemoteUnavailable as exc:
+                self._remote_failure = str(exc)
+            except Exception as exc:  # never fails the run: the rows say why instead
+                self._remote_failure = f"{type(exc).__name__}: {exc}"
+        return self._remote_failure
+
     async def run_scenario(self, scenario: Scenario, index: int) -> dict[str, Any]:
         base: dict[str, Any] = {"name": scenario.name, "description": scenario.description}
         reason = scenario.unavailable()
         if reason is not None:
             self.say(f"{scenario.name}: {reason}")
             return {**base, **_empty_figures(), "status": "not available yet", "note": reason}
+        if scenario.remote_postgres:
+            reason = await self._remote_postgres()
+            if reason is not None:
+                self.say(f"{scenario.name}: unavailable: {reason}")
+                return {**base, **_empty_figures(), "status": "unavailable", "note": reason}
+            assert self.remote is not None
+            server_dsn = self.remote.dsn
+            base["remote_postgres"] = self.remote.describe()
+            self.postgres = await PostgresCluster.open(server_dsn)
+        else:
+            server_dsn, self.postgres = self.local_postgres_dsn, self.local_postgres
+        try:
+            return await self._run_scenario(scenario, index, base, server_dsn)
+        finally:
+            if self.postgres is not self.local_postgres and self.postgres is not None:
+                await self.postgres.close()
+            self.postgres = self.local_postgres
+
+    async def _run_scenario(
+        self, scenario: Scenario, index: int, base: dict[str, Any], server_dsn: str
+    ) -> dict[str, Any]:
         self.say(f"{scenario.name}")
         started = time.monotonic()
         prefix = f"bench{secrets.token_hex(3)}"
@@ -391,7 +507,7 @@ class Harness:
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / "server.log"
         try:
-            async with fresh_database(self.postgres_dsn, scenario.name[:20]) as (dsn, database):
+            async with fresh_database(server_dsn, scenario.name[:20]) as (dsn, database):
                 ctx = ScenarioContext(
                     profile=self.profile,
                     postgres_dsn=dsn,
@@ -424,6 +540,157 @@ class Harness:
         result["elapsed_s"] = round(time.monotonic() - started, 1)
         return {**base, **result}
 
+    def _open_plan(
+        self, scenario: Scenario, closed: dict[str, Any]
+    ) -> tuple[list[Phase], list[dict[str, Any]]]:
+        """The open-loop phases to run after ``closed``, by rate, and those skipped: the
+        profile's rates (unless over capacity), and the scenario's shares of its own
+        closed-loop maximum."""
+        profile = self.profile
+        maximum = float(closed["throughput_per_s"])
+        capacity = scenario.open_loop_capacity(closed)
+        basis = (
+            "closed-loop maximum" if capacity == maximum else "capacity estimated by the scenario"
+        )
+        plan: list[Phase] = []
+        skipped: list[dict[str, Any]] = []
+        for rate in profile.open_rates if scenario.profile_open_rates else ():
+            if capacity is not None and rate > capacity * profile.open_rate_max_share:
+                note = (
+                    f"skipped: {rate}/s is over {profile.open_rate_max_share:.0%} of the "
+                    f"{basis} ({capacity:.0f}/s); it would only measure a growing queue"
+                )
+                skipped.append(
+                    {
+                        "phase": f"open_{rate}",
+                        "rate_per_s": rate,
+                        "note": note,
+                        "capacity_per_s": round(capacity, 1),
+                    }
+                )
+                continue
+            plan.append(Phase(f"open_{rate}", "open", profile.open_s, rate_per_s=rate))
+        for share in scenario.open_shares:
+            name, rate = f"open_{share:g}x", round(share * maximum)
+            if rate < 1:
+                note = (
+                    f"skipped: {share:g} times a closed-loop maximum of {maximum:.0f}/s is no rate"
+                )
+                skipped.append({"phase": name, "rate_per_s": rate, "note": note})
+                continue
+            plan.append(Phase(name, "open", profile.open_s, rate_per_s=rate))
+        plan.sort(key=lambda phase: phase.rate_per_s)
+        return plan, skipped
+
+    async def _run_overload(
+        self,
+        scenario: Scenario,
+        ctx: ScenarioContext,
+        server: ServerGroup,
+        params: Path,
+        closed: dict[str, Any],
+        asset: str,
+    ) -> list[dict[str, Any]]:
+        """An open loop over capacity, then, from the instant it stops sending, one under
+        it (``Overload``). Two generators: the second starts sending at the instant planned
+        for the first to stop, while the first still collects its late answers. The CPU of
+        the overload phase is over its sending window, per call answered in it; the
+        recovery's from then on, per call answered meanwhile (its own and the overload's
+        late ones)."""
+        overload = scenario.overload
+        assert overload is not None
+        profile = self.profile
+        maximum = float(closed["throughput_per_s"])
+        if maximum <= 0:
+            raise RuntimeError("the closed loop completed nothing: no capacity to overload")
+        first = Phase(
+            f"overload_{overload.share:g}x",
+            "open",
+            profile.open_s,
+            rate_per_s=max(round(overload.share * maximum), 1),
+            deadline_ms=overload.deadline_ms,
+        )
+        then = Phase(
+            f"recovery_{overload.recovery_share:g}x",
+            "open",
+            profile.recovery_s,
+            rate_per_s=max(round(overload.recovery_share * maximum), 1),
+            deadline_ms=overload.deadline_ms,
+        )
+        await scenario.between_phases(ctx)
+        helpers = self._helpers(scenario)
+        quiet = await self._await_quiet([*server.pids, *helpers.values()])
+        speed = cpu_speed_probe()
+        channels = scenario.channels or profile.channels
+        start_ns = time.monotonic_ns() + int(profile.handover_lead_s * 1e9)
+        handover_ns = start_ns + int(first.duration_s * 1e9)
+
+        def generate(phase: Phase, at_ns: int) -> Any:
+            return run_loadgen(
+                self.binaries.loadgen,
+                target=server.listen,
+                params=params,
+                prefix=f"{scenario.name}-{phase.name}-{secrets.token_hex(4)}",
+                mode="open",
+                duration_s=phase.duration_s,
+                rate_per_s=phase.rate_per_s,
+                channels=channels,
+                asset=asset,
+                deadline_ms=phase.deadline_ms,
+                start_at_ns=at_ns,
+            )
+
+        async def sample_at(at_ns: int) -> _Sample:
+            await asyncio.sleep(max(at_ns - time.monotonic_ns(), 0) / 1e9)
+            return await self._sample(server.pids, ctx.database, helpers)
+
+        overloading = asyncio.ensure_future(generate(first, start_ns))
+        recovering = asyncio.ensure_future(generate(then, handover_ns))
+        try:
+            before = await sample_at(start_ns)
+            handover = await sample_at(handover_ns)
+            first_report, then_report = await asyncio.gather(overloading, recovering)
+        except BaseException:
+            overloading.cancel()
+            recovering.cancel()
+            await asyncio.gather(overloading, recovering, return_exceptions=True)
+            raise
+        after = await self._sample(server.pids, ctx.database, helpers)
+        late = int(first_report["completed"]) - int(first_report["completed_in_window"])
+        results = [
+            self._phase_result(
+                first, first_report, before, handover, int(first_report["completed_in_window"])
+            ),
+            self._phase_result(
+                then, then_report, handover, after, int(then_report["completed"]) + late
+            ),
+        ]
+        results[0]["cpu_note"] = "over its sending window, per call answered within it"
+        results[1]["cpu_note"] = (
+            f"from the handover on, per call answered meanwhile: its own and {late} late "
+            f"answers of {first.name}"
+        )
+        results[1]["overload_answers_after_handover"] = late
+        for result, (start, end, calls) in zip(
+            results,
+            (
+                (before, handover, int(first_report["completed_in_window"])),
+                (handover, after, int(then_report["completed"]) + late),
+            ),
+            strict=True,
+        ):
+            if self.postgres is not None:
+                writes = end.xid - start.xid
+                result["postgres_write_transactions"] = writes
+                result["decisions_per_commit"] = round(calls / writes, 2) if writes else None
+        for result, report in ((results[0], first_report), (results[1], then_report)):
+            result["start_late_ms"] = report.get("start_late_ms")
+            result["cpu_speed_probe_ms"] = speed
+            result["background_cores_before"] = round(quiet[0], 2)
+            result["server_idle_cores_before"] = round(quiet[1], 3)
+            self._say_phase(result)
+        return results
+
     async def _run(
         self, scenario: Scenario, ctx: ScenarioContext, log_path: Path
     ) -> dict[str, Any]:
@@ -455,31 +722,16 @@ class Harness:
                 scenario, ctx, server, params, closed_phase, workload.asset
             )
             phases.append(closed)
-            capacity = scenario.open_loop_capacity(closed)
-            basis = (
-                "closed-loop maximum"
-                if capacity == float(closed["throughput_per_s"])
-                else "capacity estimated by the scenario"
-            )
-            for rate in profile.open_rates:
-                if capacity is not None and rate > capacity * profile.open_rate_max_share:
-                    note = (
-                        f"skipped: {rate}/s is over {profile.open_rate_max_share:.0%} of the "
-                        f"{basis} ({capacity:.0f}/s); it would only measure a growing queue"
-                    )
-                    ctx.say(f"  open_{rate}: {note}")
-                    skipped.append(
-                        {
-                            "phase": f"open_{rate}",
-                            "rate_per_s": rate,
-                            "note": note,
-                            "capacity_per_s": round(capacity, 1),
-                        }
-                    )
-                    continue
-                phase = Phase(f"open_{rate}", "open", profile.open_s, rate_per_s=rate)
+            plan, skipped = self._open_plan(scenario, closed)
+            for p in skipped:
+                ctx.say(f"  {p['phase']}: {p['note']}")
+            for phase in plan:
                 phases.append(
                     await self._run_phase(scenario, ctx, server, params, phase, workload.asset)
+                )
+            if scenario.overload is not None:
+                phases += await self._run_overload(
+                    scenario, ctx, server, params, closed, workload.asset
                 )
         finally:
             exit_code = server.stop()
@@ -505,6 +757,8 @@ class Harness:
             "fixtures_s": round(fixtures_s, 2),
             "server_exit_code": exit_code,
             "server_processes": len(server.servers),
+            "server_workers": getattr(scenario, "workers", None),
+            "channels": scenario.channels or profile.channels,
             "server_log": str(log_path),
             "listen": ctx.grpc_listen,
             "port": split_listen(ctx.grpc_listen)[1],

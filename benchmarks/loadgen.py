@@ -1,5 +1,6 @@
 """The C++ load generator (benchmarks/loadgen/): building it, feeding it, running it. The
-same build makes the echo server (the generator's calibration) and the off-ledger client stub.
+same build makes the echo server (the generator's calibration), the off-ledger client stub
+and the delay proxy of the remote-Postgres rows.
 
 The generator is compiled against Debian's gRPC and protobuf; the Debian packages are
 installed (as root, with apt-get, saying so) when missing. Python only pre-generates the
@@ -21,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "APT_PACKAGES",
+    "DEFAULT_DEADLINE_MS",
     "LOADGEN_DIR",
     "Binaries",
     "Card",
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 LOADGEN_DIR = Path(__file__).resolve().parent / "loadgen"
+DEFAULT_DEADLINE_MS = 10_000  # every call's gRPC deadline unless a phase says otherwise
 APT_PACKAGES = (
     "libgrpc++-dev",
     "protobuf-compiler-grpc",
@@ -47,6 +50,7 @@ class Binaries:
     loadgen: Path
     echo_server: Path
     decision_stub: Path  # the off-ledger client of the off-ledger scenarios
+    delay_proxy: Path  # the remote rows' delay, where the kernel has no netem
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,9 @@ def ensure_built(say: Callable[[str], None]) -> Binaries:
     if result.returncode != 0:
         raise RuntimeError(f"building the load generator failed:\n{result.stdout}{result.stderr}")
     build = LOADGEN_DIR / "build"
-    return Binaries(build / "loadgen", build / "echo_server", build / "decision_stub")
+    return Binaries(
+        build / "loadgen", build / "echo_server", build / "decision_stub", build / "delay_proxy"
+    )
 
 
 def write_params(workload: Workload, path: Path) -> None:
@@ -132,9 +138,11 @@ async def run_loadgen(
     rate_per_s: float = 0.0,
     channels: int = 2,
     asset: str = "GBP",
-    deadline_ms: int = 10_000,
+    deadline_ms: int = DEFAULT_DEADLINE_MS,
+    start_at_ns: int = 0,
 ) -> dict[str, Any]:
-    """Run the generator once and return its JSON report."""
+    """Run the generator once and return its JSON report. ``start_at_ns``: when to start
+    sending, on ``time.monotonic_ns()``'s clock (CLOCK_MONOTONIC); 0: once connected."""
     argv = [
         str(binary),
         "--target", target,
@@ -146,6 +154,8 @@ async def run_loadgen(
         "--asset", asset,
         "--deadline-ms", str(deadline_ms),
     ]  # fmt: skip
+    if start_at_ns:
+        argv += ["--start-at-ns", str(start_at_ns)]
     if mode == "closed":
         argv += ["--concurrency", str(concurrency)]
     else:

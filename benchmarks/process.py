@@ -1,5 +1,7 @@
 """Servers under test as child processes: started on a port checked to be free, awaited
-until they answer grpc.health.v1 (or accept connections), stopped by their own pid."""
+until they answer grpc.health.v1 (or accept connections), stopped by their own pid. A server
+may start processes of its own (``authswitch serve``: a supervisor and its workers); stopping
+it stops them, and any of them still alive once it has exited is killed by its pid."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.system import port_is_free
+from benchmarks.system import port_is_free, process_tree, start_ticks
 
 __all__ = ["PortTaken", "ServerGroup", "ServerProcess", "ServerSpec", "split_listen"]
 
@@ -111,11 +113,16 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM to our own pid (never by name), SIGKILL if it does not exit in time."""
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM to our own pid (never by name), SIGKILL if it does not exit in time
+        (authswitch's supervisor drains its workers within 20 s); then SIGKILL to any of its
+        descendants still alive, each by its pid and start time."""
         process, self._process = self._process, None
         if process is None:
             return None
+        descendants = {
+            pid: start_ticks(pid) for pid in process_tree(process.pid) if pid != process.pid
+        }
         if process.poll() is None:
             os.kill(process.pid, signal.SIGTERM)
             try:
@@ -123,7 +130,14 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
+        left = [pid for pid, ticks in descendants.items() if ticks and start_ticks(pid) == ticks]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self._log is not None:
+            if left:
+                note = f"\n[benchmark] killed {len(left)} process(es) left after exit: {left}\n"
+                self._log.write(note.encode())
             self._log.close()
             self._log = None
         return process.returncode
@@ -131,7 +145,7 @@ class ServerProcess:
 
 class ServerGroup:
     """One server or several replicas on one port (SO_REUSEPORT): started one after
-    another, stopped together; their CPU is the sum of their processes'."""
+    another, stopped together; their CPU is the sum of their process trees'."""
 
     def __init__(self, name: str, specs: list[ServerSpec], listen: str, workdir: Path) -> None:
         assert specs

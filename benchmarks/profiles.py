@@ -19,6 +19,7 @@ class Profile:
     off_ledger_programs: int  # off-ledger programs (one account and card each)
     sequence_length: int  # pre-generated (card, amount) pairs, used cyclically
     calibration_s: float  # the generator against the C++ echo server
+    recovery_s: float  # the phase at half capacity right after an overload (overload_2x)
     channels: int = 2  # HTTP/2 connections of the generator
     # Before each measured phase, wait up to this long for the machine to be quiet (other
     # processes below ``quiet_cores`` of CPU), so a neighbour's burst does not land on one
@@ -37,6 +38,9 @@ class Profile:
     # The open-loop rate whose latencies are the scenario's headline p50/p99 (the lowest
     # rate run when this one was not).
     summary_rate: int = 500
+    # Between an overload and its recovery phase: the generators connect before the
+    # instant planned for the handover, started this long ahead of it.
+    handover_lead_s: float = 1.0
 
 
 FULL = Profile(
@@ -44,12 +48,13 @@ FULL = Profile(
     warmup_s=5,
     closed_s=20,
     concurrency=64,
-    open_rates=(100, 500, 1000),
+    open_rates=(100, 200, 500, 1000),
     open_s=20,
     spread_accounts=10_000,
     off_ledger_programs=64,
     sequence_length=200_000,
     calibration_s=10,
+    recovery_s=5,
     quiet_wait_s=120,
     noisy_retries=2,
 )
@@ -59,11 +64,12 @@ QUICK = Profile(
     warmup_s=1,
     closed_s=2.5,
     concurrency=64,
-    open_rates=(500,),
+    open_rates=(200,),
     open_s=2.5,
     spread_accounts=200,
     off_ledger_programs=8,
     sequence_length=20_000,
     calibration_s=1.5,
+    recovery_s=1.5,
     quiet_sample_s=0.25,
 )

@@ -27,10 +27,12 @@ def find_py_spy() -> Path | None:
 async def start_py_spy(
     binary: Path, pid: int, duration_s: float, output: Path
 ) -> asyncio.subprocess.Process:
-    """Sample every thread of ``pid`` at 250 Hz for ``duration_s``, without pausing it."""
+    """Sample every thread of ``pid`` and of its subprocesses (authswitch's workers) at
+    250 Hz for ``duration_s``, without pausing them."""
     return await asyncio.create_subprocess_exec(
         str(binary), "record",
         "--pid", str(pid),
+        "--subprocesses",
         "--duration", str(max(int(duration_s), 1)),
         "--rate", "250",
         "--nonblocking",

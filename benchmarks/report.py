@@ -49,6 +49,7 @@ def markdown(run: dict[str, Any]) -> str:
         f"Stores ({run['stores']['kind']}): {run['stores']['postgres']} "
         f"({_settings(run['stores'].get('postgres_settings', {}))}), {run['stores']['redis']}. "
         f"Run took {run['elapsed_s']:.0f} s. {_source(run.get('source') or {})}",
+        *_remote(run["stores"].get("remote_postgres")),
         "",
         "Every process shares the same cores: CPU is per decision (µs), for each process "
         "involved, measured from /proc over each phase. Compare rows of this run only. "
@@ -64,19 +65,20 @@ def markdown(run: dict[str, Any]) -> str:
         f"(after {profile['warmup_s']:g} s of warm-up)",
         "",
         "| scenario | decisions/s | errors | server µs | Postgres µs | Redis µs | client µs "
-        "| loadgen µs | total µs | decisions per Postgres commit | other processes (cores) "
-        "| speed probe ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| delay proxy µs | loadgen µs | total µs | decisions per Postgres commit "
+        "| other processes (cores) | speed probe ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for s in run["scenarios"]:
         closed = next((p for p in s["phases"] if p["mode"] == "closed"), None)
         if closed is None:
-            lines.append(f"| {s['name']} | {s['status']} | | | | | | | | | | |")
+            lines.append(f"| {s['name']} | {s['status']} | | | | | | | | | | | |")
             continue
         lines.append(
             f"| {s['name']} | {_num(closed['throughput_per_s'])} | {closed['errors']} "
             f"| {_cpu(closed, 'server')} | {_cpu(closed, 'postgres')} | {_cpu(closed, 'redis')} "
-            f"| {_cpu(closed, 'client')} | {_cpu(closed, 'loadgen')} | {_cpu(closed, 'total')} "
+            f"| {_cpu(closed, 'client')} | {_cpu(closed, 'delay_proxy')} "
+            f"| {_cpu(closed, 'loadgen')} | {_cpu(closed, 'total')} "
             f"| {_commits(closed)} | {_num(closed['cores_busy'].get('other_processes'), 2)} "
             f"| {_num(closed.get('cpu_speed_probe_ms'), 1)} |"
         )
@@ -97,7 +99,7 @@ def markdown(run: dict[str, Any]) -> str:
             lines.append(f"| {s['name']} | {s['status']} | | | | | | | | | | |")
             continue
         for p in s["phases"]:
-            if p["mode"] != "open":
+            if p["mode"] != "open" or p["phase"].startswith(("overload_", "recovery_")):
                 continue
             lines.append(
                 f"| {s['name']} | {_num(p['rate_per_s'])} | {_num(p['throughput_per_s'])} "
@@ -112,6 +114,7 @@ def markdown(run: dict[str, Any]) -> str:
                 f"| {s['name']} | {_num(skipped['rate_per_s'])} | over capacity ({basis} "
                 f"{_num(capacity)}/s): skipped | | | | | | | | | |"
             )
+    lines += _overload(run)
     lines += _targets(run)
     gen = run.get("generator")
     if gen:
@@ -167,9 +170,91 @@ def _decided_by(phase: dict[str, Any]) -> str:
     return "; ".join(parts) if parts else "no client call recorded"
 
 
-def _targets(run: dict[str, Any]) -> list[str]:
-    """A line per open-loop phase of each scenario with a latency target: met or not."""
+def _remote(remote: dict[str, Any] | None) -> list[str]:
+    """How the remote rows' Postgres was 1 ms away, when a remote row was run."""
+    if not remote or not remote.get("delay"):
+        return []
+    trips = remote.get("select_1_round_trip_ms") or {}
+    how = {
+        "netem": "tc netem on a veth pair into a network namespace",
+        "proxy": "benchmarks/loadgen/delay_proxy (its CPU in the delay proxy column)",
+    }.get(remote["delay"], remote["delay"])
+    why = f" (no netem: {remote['why_not_netem']})" if remote.get("why_not_netem") else ""
+    return [
+        "",
+        f"Remote rows: a Postgres cluster of the benchmark's own, "
+        f"{_num(remote['delay_ms_each_way'], 0)} ms away each way through {how}{why}; "
+        f"SELECT 1 round trip min {_num(trips.get('min'), 2)} ms, p50 "
+        f"{_num(trips.get('p50'), 2)} ms (the machine's Postgres on loopback: p50 "
+        f"{_num(trips.get('loopback_p50'), 2)} ms).",
+    ]
+
+
+def _overload(run: dict[str, Any]) -> list[str]:
+    """Each overload and recovery phase, its calls by gRPC status with their latency."""
     lines = []
+    for s in run["scenarios"]:
+        for p in s["phases"]:
+            if not p["phase"].startswith(("overload_", "recovery_")):
+                continue
+            for status, figures in sorted(
+                p.get("latency_by_status", {}).items(), key=lambda kv: -kv[1]["count"]
+            ):
+                lines.append(
+                    f"| {s['name']} | {p['phase']} | {_num(p['rate_per_s'])} "
+                    f"| {_num(p['throughput_per_s'])} | {status} | {_num(figures['count'])} "
+                    f"| {_num(figures['p50_ms'], 2)} | {_num(figures['p99_ms'], 2)} "
+                    f"| {_num(figures['max_ms'], 2)} | {_cpu(p, 'server')} |"
+                )
+    if not lines:
+        return []
+    return [
+        "",
+        "## Overload",
+        "",
+        "An open loop at twice the scenario's closed-loop maximum, then, from the instant it "
+        "stops sending, one at half of it (its late answers still arriving): every call by "
+        "how it ended, latency from its intended send time. achieved/s counts all calls "
+        "completed in the phase's window, refusals included.",
+        "",
+        "| scenario | phase | rate/s | achieved/s | status | calls | p50 ms | p99 ms | max ms "
+        "| server µs |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|",
+        *lines,
+    ]
+
+
+def _verdict(met: bool | None) -> str:
+    if met is None:
+        return "not measured"
+    return "met" if met else "**not met**"
+
+
+def _targets(run: dict[str, Any]) -> list[str]:
+    """The issue's targets, met or not, from this run's rows; then each latency target
+    phase by phase."""
+    targets = run.get("targets") or []
+    lines = []
+    if targets:
+        lines += [
+            "",
+            "## Targets",
+            "",
+            f"Issue 15's targets, from this run's rows only ({run['profile']['name']} run). "
+            "Latencies are the generator's percentiles (a histogram bucket's upper bound).",
+            "",
+            "| target | this run | target | verdict |",
+            "|---|--:|--:|---|",
+        ]
+        for t in targets:
+            value = "-" if t["value"] is None else f"{_num(t['value'], 2)} {t['unit']}"
+            sign = "≤" if t["comparison"] == "<=" else "≥"
+            lines.append(
+                f"| {t['name']} | {value} | {sign} {_num(t['threshold'], 1)} {t['unit']} "
+                f"| {_verdict(t['met'])} |"
+            )
+        lines += ["", *(f"* {t['name']}: {t['figures']}." for t in targets)]
+    by_phase = []
     for s in run["scenarios"]:
         target = s.get("target")
         if not target:
@@ -182,27 +267,27 @@ def _targets(run: dict[str, Any]) -> list[str]:
             added = _num(checked["added_ms"], 2)
             if checked.get("added_floor_ms", checked["added_ms"]) != checked["added_ms"]:
                 added = f"{_num(checked['added_floor_ms'], 2)} to {added}"
-            lines.append(
+            by_phase.append(
                 f"* {s['name']}, {_num(checked['rate_per_s'])}/s: {target['text']}: p99 "
                 f"{_num(checked['p99_ms'], 2)} ms - {_num(target['baseline_ms'], 0)} ms = "
                 f"{added} ms added (budget {_num(target['budget_ms'], 0)} ms): {verdict}. "
                 f"Decided: {_decided_by(phases.get(checked['phase'], {}))}."
             )
         if not target["phases"]:
-            lines.append(f"* {s['name']}: {target['text']}: no open-loop phase was run")
-    if not lines:
-        return []
-    return [
-        "",
-        "## Targets",
-        "",
-        "From the open-loop phases: what each p99 adds to the latency the scenario has by "
-        "design (the client's own, or the deadline), from the lower to the upper bound of the "
-        "p99's histogram bucket when they differ; who decided, and the call to the client as "
-        "authswitch timed it (`client_calls`).",
-        "",
-        *lines,
-    ]
+            by_phase.append(f"* {s['name']}: {target['text']}: no open-loop phase was run")
+    if by_phase:
+        lines += [
+            "",
+            "### Latency targets, phase by phase" if targets else "## Targets",
+            "",
+            "From the open-loop phases: what each p99 adds to the latency the scenario has by "
+            "design (the client's own, or the deadline), from the lower to the upper bound of "
+            "the p99's histogram bucket when they differ; who decided, and the call to the "
+            "client as authswitch timed it (`client_calls`).",
+            "",
+            *by_phase,
+        ]
+    return lines
 
 
 _NUMBER_TRIPLE = re.compile(r"\[\s*(\d+),\s*(\d+),\s*(\d+)\s*\]")

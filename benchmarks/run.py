@@ -1,7 +1,7 @@
 """The benchmark suite: every scenario side by side in one run.
 
-    python -m benchmarks.run            full run (about 10 minutes)
-    python -m benchmarks.run --quick    CI smoke run (under a minute once the generator
+    python -m benchmarks.run            full run (about 18 minutes on a quiet machine)
+    python -m benchmarks.run --quick    CI smoke run (about two minutes once the generator
                                         is built); no timing assertions anywhere
 
 Writes benchmarks/results/latest.json and latest.md. Runs on the machine's Postgres and Redis
@@ -36,10 +36,12 @@ from benchmarks.harness import Harness
 from benchmarks.loadgen import Binaries, ensure_built
 from benchmarks.profiles import FULL, QUICK
 from benchmarks.profiling import find_py_spy
+from benchmarks.remote_postgres import RemotePostgres
 from benchmarks.report import write_results
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.stores import PostgresCluster, redis_pid
 from benchmarks.system import machine_info
+from benchmarks.targets import check_targets
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -55,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.run",
         description="authswitch benchmark suite (docs/benchmarks.md)",
     )
-    parser.add_argument("--quick", action="store_true", help="CI smoke mode, under a minute")
+    parser.add_argument("--quick", action="store_true", help="CI smoke mode, about two minutes")
     names = [s.name for s in SCENARIOS]
     parser.add_argument(
         "--only",
@@ -100,10 +102,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="skip measuring the load generator against the C++ echo server",
     )
     parser.add_argument(
+        "--remote-postgres",
+        choices=("auto", "netem", "proxy", "off"),
+        default="auto",
+        help="how the remote rows put 1 ms between the server and their Postgres: tc netem "
+        "in a network namespace, the C++ delay proxy, netem when the kernel has it (default), "
+        "or not at all (the rows are reported unavailable)",
+    )
+    parser.add_argument(
         "--closed-s", type=float, help="length of the closed-loop phase instead of the profile's"
     )
     parser.add_argument(
         "--open-s", type=float, help="length of each open-loop phase instead of the profile's"
+    )
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        help="wait at most this long for a quiet machine before each phase instead of the "
+        "profile's (0: do not wait)",
     )
     parser.add_argument(
         "--rates",
@@ -135,6 +151,8 @@ def _profile(args: argparse.Namespace) -> Any:
         profile = dataclasses.replace(profile, closed_s=args.closed_s)
     if args.open_s:
         profile = dataclasses.replace(profile, open_s=args.open_s)
+    if args.quiet_wait_s is not None:
+        profile = dataclasses.replace(profile, quiet_wait_s=args.quiet_wait_s)
     return profile
 
 
@@ -254,6 +272,20 @@ async def _run(
         if py_spy is None:
             raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     workdir = Path(tempfile.mkdtemp(prefix="authswitch-bench-"))
+    wanted = [
+        s
+        for s in SCENARIOS
+        if ((s.name in args.only) if args.only else (s.in_quick or not args.quick))
+    ]
+    remote = None
+    if args.remote_postgres != "off" and any(s.remote_postgres for s in wanted):
+        remote = RemotePostgres(
+            mode=args.remote_postgres,
+            local_dsn=args.postgres_dsn,
+            proxy_binary=binaries.delay_proxy,
+            workdir=workdir,
+            say=say,
+        )
     harness = Harness(
         profile=profile,
         binaries=binaries,
@@ -265,6 +297,7 @@ async def _run(
         say=say,
         base_port=args.base_port,
         py_spy=py_spy,
+        remote=remote,
     )
     run: dict[str, Any] = {
         "machine": machine_info(),
@@ -275,6 +308,8 @@ async def _run(
             "concurrency": profile.concurrency,
             "open_rates": list(profile.open_rates),
             "open_s": profile.open_s,
+            "recovery_s": profile.recovery_s,
+            "quiet_wait_s": profile.quiet_wait_s,
             "spread_accounts": profile.spread_accounts,
             "off_ledger_programs": profile.off_ledger_programs,
             "channels": profile.channels,
@@ -292,16 +327,17 @@ async def _run(
     try:
         if not args.no_generator_ceiling:
             run["generator"] = await harness.calibrate()
-        for index, scenario in enumerate(SCENARIOS):
-            if args.only and scenario.name not in args.only:
-                continue
-            if not args.only and args.quick and not scenario.in_quick:
-                continue  # the smoke run keeps under a minute: variants only in full runs
+        for scenario in wanted:  # the quick run leaves out the full-run-only variants
+            index = SCENARIOS.index(scenario)
             run["scenarios"].append(await harness.run_scenario(scenario, index))
     finally:
+        if remote is not None:
+            run["stores"]["remote_postgres"] = remote.describe() | {"mode": args.remote_postgres}
+            remote.stop()
         if postgres is not None:
             await postgres.close()
     run["elapsed_s"] = round(time.monotonic() - started, 1)
+    run["targets"] = check_targets(run)
     json_path, md_path = write_results(run, args.results)
     failed = [s["name"] for s in run["scenarios"] if s["status"] == "failed"]
     if args.keep_workdir or failed or args.profile:

@@ -24,6 +24,9 @@ __all__ = [
     "machine_times",
     "port_is_free",
     "proc_times",
+    "process_tree",
+    "start_ticks",
+    "tree_cpu_s",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,6 +53,48 @@ def proc_times(pid: int) -> ProcTimes | None:
     # fields[0] is field 3 (state): ppid is field 4, utime..cstime are fields 14..17.
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
     return ProcTimes(int(fields[1]), (utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK)
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, field 22 of /proc/<pid>/stat): with the
+    pid, it names one process even after the pid is reused. None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[19])
+
+
+def process_tree(root: int) -> dict[int, ProcTimes]:
+    """``root`` and every live descendant (children, their children...), with CPU times,
+    from one scan of /proc; empty when ``root`` is gone."""
+    everyone: dict[int, ProcTimes] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            times = proc_times(int(entry.name))
+            if times is not None:
+                everyone[int(entry.name)] = times
+    if root not in everyone:
+        return {}
+    children: dict[int, list[int]] = {}
+    for pid, times in everyone.items():
+        children.setdefault(times.ppid, []).append(pid)
+    tree: dict[int, ProcTimes] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in tree:
+            continue
+        tree[pid] = everyone[pid]
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_s(tree: dict[int, ProcTimes]) -> float:
+    """CPU seconds of a process tree: each live process's own time and what it reaped. A
+    child that exits is reaped by its parent, so its time moves from its own entry into
+    its parent's reaped time: the sum carries on across exits (a worker restarted, say)."""
+    return sum(t.own_s + t.reaped_s for t in tree.values())
 
 
 def all_processes_cpu_s() -> float:

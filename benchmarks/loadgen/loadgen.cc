@@ -8,17 +8,23 @@
 //       one call every 1/R s on a fixed schedule, whatever the server does; latency is
 //       measured from the *intended* send time, so a slow server cannot hide its queue
 //       (no coordinated omission).
+//   --start-at-ns T: start sending at T (CLOCK_MONOTONIC, ns) rather than once connected,
+//       so that two generators can take over from each other at a planned instant.
 //
 // The parameters file (written by benchmarks/loadgen.py):
 //   cards <N>            then N lines "<pan> <expiry YYMM> <cvv2>"
 //   requests <M>         then M lines "<card index> <amount minor>"   (used cyclically)
 //
 // Prints one JSON object (to --out, or stdout): counts, errors by kind, latency percentiles
-// and the histogram (µs), and the generator's own CPU time.
+// and the histogram (µs) of the calls answered (status OK, "latency_us"), the same for every
+// gRPC status seen ("latency_by_status_us": OK, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED...,
+// each measured like the answers, from the intended send time), and the generator's own CPU
+// time. Every call has a deadline of --deadline-ms (10 s unless told).
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 #include <time.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -98,6 +104,18 @@ std::string json_escape(const std::string& s) {
   return out;
 }
 
+// A histogram's count, percentiles, max and non-empty buckets, as a JSON object.
+std::string histogram_json(const loadgen::Histogram& h) {
+  std::ostringstream j;
+  j << "{\"count\":" << h.total() << ",\"p50\":" << h.quantile(0.50)
+    << ",\"p90\":" << h.quantile(0.90) << ",\"p99\":" << h.quantile(0.99)
+    << ",\"p999\":" << h.quantile(0.999) << ",\"max\":" << h.max()
+    << ",\"buckets\":" << h.buckets_json() << "}";
+  return j.str();
+}
+
+constexpr int kStatusCodes = 17;  // grpc::StatusCode OK (0) .. UNAUTHENTICATED (16)
+
 struct Options {
   std::string target = "127.0.0.1:50051";
   std::string params;
@@ -112,13 +130,14 @@ struct Options {
   int channels = 2;
   int deadline_ms = 10'000;
   double late_us = 1'000;
+  int64_t start_at_ns = 0;  // CLOCK_MONOTONIC; 0: as soon as connected
 };
 
 void usage() {
   std::cerr << "usage: loadgen --params FILE [--target HOST:PORT] [--mode closed|open]\n"
                "               [--concurrency C] [--rate R] [--duration S] [--channels K]\n"
                "               [--prefix ID] [--source S] [--asset A] [--deadline-ms D]\n"
-               "               [--out FILE]\n";
+               "               [--start-at-ns T] [--out FILE]\n";
 }
 
 bool parse(int argc, char** argv, Options* o) {
@@ -145,6 +164,7 @@ bool parse(int argc, char** argv, Options* o) {
     else if (a == "--channels") o->channels = std::stoi(v);
     else if (a == "--deadline-ms") o->deadline_ms = std::stoi(v);
     else if (a == "--late-us") o->late_us = std::stod(v);
+    else if (a == "--start-at-ns") o->start_at_ns = std::stoll(v);
     else {
       std::cerr << "unknown option " << a << "\n";
       return false;
@@ -195,7 +215,9 @@ struct Call {
 class Generator {
  public:
   Generator(const Options& o, std::vector<Card> cards, std::vector<Item> items)
-      : o_(o), cards_(std::move(cards)), items_(std::move(items)) {}
+      : o_(o), cards_(std::move(cards)), items_(std::move(items)) {
+    for (auto& h : by_status_) h = std::make_unique<loadgen::Histogram>();
+  }
 
   bool connect() {
     auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(10);
@@ -218,7 +240,13 @@ class Generator {
   void run() {
     closed_ = o_.mode == "closed";
     const int64_t duration_ns = static_cast<int64_t>(o_.duration_s * 1e9);
-    start_ns_ = now_ns() + 5'000'000;  // a moment to settle after connecting
+    const int64_t connected_ns = now_ns();
+    start_ns_ = connected_ns + 5'000'000;  // a moment to settle after connecting
+    if (o_.start_at_ns > 0) {
+      // Planned: late only if connecting took longer than the caller allowed for.
+      start_late_ns_ = connected_ns > o_.start_at_ns ? connected_ns - o_.start_at_ns : 0;
+      start_ns_ = o_.start_at_ns + start_late_ns_;
+    }
     end_ns_ = start_ns_ + duration_ns;
     sleep_until_ns(start_ns_);
     if (closed_) {
@@ -281,11 +309,18 @@ class Generator {
     }
     j << ",\"late_sends\":" << late_sends_
       << ",\"max_send_lag_us\":" << static_cast<double>(max_send_lag_ns_) / 1e3
-      << ",\"latency_us\":{\"count\":" << hist_.total() << ",\"p50\":" << hist_.quantile(0.50)
-      << ",\"p90\":" << hist_.quantile(0.90) << ",\"p99\":" << hist_.quantile(0.99)
-      << ",\"p999\":" << hist_.quantile(0.999) << ",\"max\":" << hist_.max()
-      << ",\"buckets\":" << hist_.buckets_json() << "}"
-      << ",\"cpu_s\":{\"user\":" << user << ",\"system\":" << sys << ",\"total\":" << user + sys
+      << ",\"deadline_ms\":" << o_.deadline_ms
+      << ",\"start_late_ms\":" << static_cast<double>(start_late_ns_) / 1e6
+      << ",\"latency_us\":" << histogram_json(*by_status_[0]) << ",\"latency_by_status_us\":{";
+    bool first_status = true;
+    for (int code = 0; code < kStatusCodes; ++code) {
+      const loadgen::Histogram& h = *by_status_[code];
+      if (h.total() == 0) continue;
+      j << (first_status ? "" : ",") << "\""
+        << status_name(static_cast<grpc::StatusCode>(code)) << "\":" << histogram_json(h);
+      first_status = false;
+    }
+    j << "},\"cpu_s\":{\"user\":" << user << ",\"system\":" << sys << ",\"total\":" << user + sys
       << "}}";
     return j.str();
   }
@@ -332,8 +367,10 @@ class Generator {
 
   void done(Call* call, const grpc::Status& status) {
     const int64_t t = now_ns();
+    int code = static_cast<int>(status.error_code());
+    if (code < 0 || code >= kStatusCodes) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
+    by_status_[code]->record(static_cast<uint64_t>((t - call->intended_ns) / 1000));
     if (status.ok()) {
-      hist_.record(static_cast<uint64_t>((t - call->intended_ns) / 1000));
       if (call->resp.response_code() == "00") {
         ok_.fetch_add(1, std::memory_order_relaxed);
       } else {
@@ -361,13 +398,14 @@ class Generator {
   const std::vector<Item> items_;
   std::vector<std::unique_ptr<pb::AuthorizationService::Stub>> stubs_;
   bool closed_ = true;
-  int64_t start_ns_ = 0, end_ns_ = 0, finished_ns_ = 0;
+  int64_t start_ns_ = 0, end_ns_ = 0, finished_ns_ = 0, start_late_ns_ = 0;
   int64_t max_send_lag_ns_ = 0;
   uint64_t late_sends_ = 0;
   std::atomic<uint64_t> seq_{0}, sent_{0}, ok_{0}, bad_code_{0}, rpc_errors_{0};
   std::atomic<uint64_t> completed_in_window_{0};
   std::atomic<int64_t> outstanding_{0};
-  loadgen::Histogram hist_;
+  // Latency of the calls that ended with each gRPC status, indexed by its code.
+  std::array<std::unique_ptr<loadgen::Histogram>, kStatusCodes> by_status_;
   mutable std::mutex err_mu_;
   std::map<std::string, uint64_t> rpc_errors_by_status_, codes_;
   std::string first_rpc_error_;

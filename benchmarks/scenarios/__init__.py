@@ -4,19 +4,29 @@ from __future__ import annotations
 
 from benchmarks.scenarios.base import Scenario, ScenarioContext
 from benchmarks.scenarios.ceiling import GrpcRedisCeiling
-from benchmarks.scenarios.naive import NaivePostgres
+from benchmarks.scenarios.naive import NaivePostgres, NaivePostgresRemote
 from benchmarks.scenarios.off_ledger import OffLedgerForward, StandIn
-from benchmarks.scenarios.on_ledger import OnLedgerHotAccount, OnLedgerSpread
+from benchmarks.scenarios.on_ledger import (
+    OnLedgerHotAccount,
+    OnLedgerHotAccountRemote,
+    OnLedgerHotAccountWorkers,
+    OnLedgerSpread,
+    Overload2x,
+)
+from benchmarks.scenarios.trivial import TrivialHandler
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]
 
 SCENARIOS: tuple[Scenario, ...] = (
+    TrivialHandler(),
     GrpcRedisCeiling(),
     NaivePostgres(),
     OnLedgerHotAccount(),
-    OnLedgerHotAccount(processes=2),
-    OnLedgerHotAccount(processes=3),
+    OnLedgerHotAccountWorkers(),
     OnLedgerSpread(),
     OffLedgerForward(),
     StandIn(),
+    Overload2x(),
+    NaivePostgresRemote(),
+    OnLedgerHotAccountRemote(),
 )

@@ -34,11 +34,11 @@ from typing import Any, ClassVar
 
 import asyncpg
 
-from benchmarks.loadgen import Binaries, Workload
+from benchmarks.loadgen import DEFAULT_DEADLINE_MS, Binaries, Workload
 from benchmarks.process import ServerSpec
 from benchmarks.profiles import Profile
 
-__all__ = ["LatencyTarget", "Scenario", "ScenarioContext", "base_env"]
+__all__ = ["LatencyTarget", "Overload", "Scenario", "ScenarioContext", "base_env"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,18 @@ class LatencyTarget:
     budget_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class Overload:
+    """After the closed loop: an open loop at ``share`` times the closed-loop maximum for the
+    profile's open-loop length, and, from the instant it stops sending, an open loop at
+    ``recovery_share`` times that maximum for the profile's ``recovery_s`` (the first one's
+    late answers still arriving meanwhile): does throughput come back at once?"""
+
+    share: float = 2.0
+    recovery_share: float = 0.5
+    deadline_ms: int = DEFAULT_DEADLINE_MS  # every call's, in both phases
+
+
 def base_env() -> dict[str, str]:
     """The harness's environment without any AUTHSWITCH_* variable (authswitch refuses
     unknown ones, and a stray setting would change what is measured)."""
@@ -83,7 +95,19 @@ class Scenario:
     name: ClassVar[str]
     description: ClassVar[str]
     target: ClassVar[LatencyTarget | None] = None
-    in_quick: bool = True  # part of the quick (smoke) run unless named with --only
+    in_quick: ClassVar[bool] = True  # part of the quick (smoke) run unless named with --only
+    # HTTP/2 connections of the load generator; None: the profile's. Several server
+    # processes sharing a port need enough of them for the kernel to spread.
+    channels: ClassVar[int | None] = None
+    # Open-loop phases: the profile's rates (``profile_open_rates``), and one at each of
+    # ``open_shares`` times this scenario's own closed-loop maximum (named ``open_0.5x``...).
+    profile_open_rates: ClassVar[bool] = True
+    open_shares: ClassVar[tuple[float, ...]] = ()
+    # Set: the overload phases (above) after the other open-loop phases.
+    overload: ClassVar[Overload | None] = None
+    # On the remote rows' Postgres (benchmarks/remote_postgres.py: a cluster of the
+    # benchmark's own, 1 ms away each way) instead of the machine's.
+    remote_postgres: ClassVar[bool] = False
 
     def unavailable(self) -> str | None:
         """Why this scenario cannot run here (reported instead of figures), or None."""

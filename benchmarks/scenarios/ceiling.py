@@ -17,6 +17,7 @@ class GrpcRedisCeiling(Scenario):
         "ONE Redis Lua reservation per request on one hot account; nothing durable, no card "
         "checks. The ceiling of this stack on this machine."
     )
+    open_shares = (0.5,)
 
     def server(self, ctx: ScenarioContext) -> ServerSpec:
         argv = [

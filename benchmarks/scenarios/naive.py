@@ -10,7 +10,7 @@ from benchmarks.process import ServerSpec
 from benchmarks.scenarios.base import Scenario, ScenarioContext, base_env
 from benchmarks.servers import naive
 
-__all__ = ["NaivePostgres"]
+__all__ = ["NaivePostgres", "NaivePostgresRemote"]
 
 BALANCE_MINOR = 10**15
 
@@ -54,3 +54,14 @@ class NaivePostgres(Scenario):
         finally:
             await conn.close()
         await super().between_phases(ctx)
+
+
+class NaivePostgresRemote(NaivePostgres):
+    name = "naive_postgres_remote"
+    description = (
+        "As naive_postgres, on a Postgres cluster of the benchmark's own reached through "
+        "1 ms of delay each way (the shape of Postgres on another host): each request holds "
+        "the hot row's lock for the round trips of its transaction."
+    )
+    remote_postgres = True
+    in_quick = False

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import secrets
 from pathlib import Path
+from typing import ClassVar
 
 from benchmarks.fixtures import AdminFixtures, hot_sequence, zipf_sequence
 from benchmarks.loadgen import Workload
 from benchmarks.process import ServerSpec
-from benchmarks.scenarios.base import Scenario, ScenarioContext, base_env
+from benchmarks.scenarios.base import Overload, Scenario, ScenarioContext, base_env
 
-__all__ = ["AuthswitchScenario", "OnLedgerHotAccount", "OnLedgerSpread"]
+__all__ = [
+    "AuthswitchScenario",
+    "OnLedgerHotAccount",
+    "OnLedgerHotAccountRemote",
+    "OnLedgerHotAccountWorkers",
+    "OnLedgerSpread",
+    "Overload2x",
+    "authswitch_env",
+]
 
 HOT_BALANCE_MINOR = 10**15  # the most one credit may carry: nothing declines for funds
 SPREAD_BALANCE_MINOR = 10**12
@@ -20,7 +29,8 @@ ZIPF_S = 1.1
 
 def authswitch_env(ctx: ScenarioContext, **settings: str) -> dict[str, str]:
     """``authswitch serve`` on the scenario's database and Redis prefix, with fresh card
-    keys; ``settings`` adds AUTHSWITCH_<NAME> variables."""
+    keys and ONE worker process; ``settings`` adds or overrides AUTHSWITCH_<NAME>
+    variables (``workers="2"``...)."""
     env = base_env()
     env.update(
         {
@@ -34,6 +44,7 @@ def authswitch_env(ctx: ScenarioContext, **settings: str) -> dict[str, str]:
             "AUTHSWITCH_CVV_KEY_HEX": secrets.token_hex(32),
             "AUTHSWITCH_LOG_LEVEL": "WARNING",
             "AUTHSWITCH_DATA_DIR": str(ctx.workdir / "data"),
+            "AUTHSWITCH_WORKERS": "1",
         }
     )
     env.update({f"AUTHSWITCH_{name.upper()}": value for name, value in settings.items()})
@@ -41,39 +52,16 @@ def authswitch_env(ctx: ScenarioContext, **settings: str) -> dict[str, str]:
 
 
 class AuthswitchScenario(Scenario):
-    """Runs the real server; subclasses say what to create and send.
+    """Runs the real server, ``authswitch serve``: a supervisor and ``workers`` worker
+    processes (one unless a subclass says otherwise) sharing the gRPC port; subclasses say
+    what to create and send. Ready once the supervisor says every worker serves."""
 
-    With ``processes`` > 1, that many ``authswitch serve`` replicas share the gRPC port
-    (AUTHSWITCH_GRPC_REUSEPORT; the kernel spreads the load generator's connections over
-    them), each with its own group committer, on the same Postgres and Redis.
-    """
-
-    processes = 1
-
-    def __init__(self, processes: int = 1) -> None:
-        assert processes >= 1
-        if processes > 1:
-            self.processes = processes
-            self.in_quick = False  # the same code as one process: full runs only
-            self.name = f"{type(self).name}_{processes}proc"  # type: ignore[misc]
-            self.description = (  # type: ignore[misc]
-                f"{type(self).description} {processes} server processes on one port (SO_REUSEPORT)."
-            )
+    workers: ClassVar[int] = 1
 
     def server(self, ctx: ScenarioContext) -> ServerSpec:
         authswitch = Path(ctx.python).with_name("authswitch")
-        return ServerSpec([str(authswitch), "serve"], authswitch_env(ctx))
-
-    def servers(self, ctx: ScenarioContext) -> list[ServerSpec]:
-        first = self.server(ctx)
-        if self.processes == 1:
-            return [first]
-        specs = [dataclasses.replace(first, env={**first.env, "AUTHSWITCH_GRPC_REUSEPORT": "true"})]
-        for _ in range(1, self.processes):
-            env = {**specs[0].env, "AUTHSWITCH_METRICS_LISTEN": "127.0.0.1:0"}
-            # Ready when it says it serves: the port may answer from another replica.
-            specs.append(dataclasses.replace(first, env=env, ready_line="serving gRPC on"))
-        return specs
+        env = authswitch_env(ctx, workers=str(self.workers))
+        return ServerSpec([str(authswitch), "serve"], env, ready_line="serving gRPC on")
 
 
 class OnLedgerHotAccount(AuthswitchScenario):
@@ -82,11 +70,53 @@ class OnLedgerHotAccount(AuthswitchScenario):
         "The real `authswitch serve`: every request on ONE account funded with 10^15 minor "
         "units (card lookup, checks, one Redis Lua step, group commit to Postgres)."
     )
+    open_shares: ClassVar[tuple[float, ...]] = (0.5,)
 
     async def workload(self, ctx: ScenarioContext) -> Workload:
         fixtures = AdminFixtures(ctx.grpc_listen, ctx.say)
         cards = await fixtures.issue(1, balance_minor=HOT_BALANCE_MINOR, one_account=True)
         return Workload(cards, hot_sequence(ctx.rng, ctx.profile.sequence_length))
+
+
+class OnLedgerHotAccountWorkers(OnLedgerHotAccount):
+    name = "on_ledger_hot_account_workers"
+    workers = os.cpu_count() or 1
+    channels = 8
+    open_shares = ()
+    in_quick = False  # the same code as one worker: full runs (or --only) only
+    description = (
+        f"As on_ledger_hot_account, with as many worker processes as cores ({workers} "
+        "here; AUTHSWITCH_WORKERS) sharing the port, each with its own group committer; the "
+        f"load generator opens {channels} connections so that the kernel spreads them over "
+        "the workers. CPU is the supervisor's and every worker's."
+    )
+
+
+class OnLedgerHotAccountRemote(OnLedgerHotAccount):
+    name = "on_ledger_hot_account_remote"
+    description = (
+        "As on_ledger_hot_account (one worker), on a Postgres cluster of the benchmark's own "
+        "reached through 1 ms of delay each way (the shape of Postgres on another host); "
+        "Redis stays on loopback."
+    )
+    open_shares = ()
+    remote_postgres = True
+    in_quick = False
+
+
+class Overload2x(OnLedgerHotAccount):
+    name = "overload_2x"
+    overload = Overload(share=2.0, recovery_share=0.5)
+    profile_open_rates = False
+    open_shares = ()
+    description = (
+        "As on_ledger_hot_account (one worker), measuring its closed-loop maximum, then an "
+        "open loop at twice that maximum for the open-loop length (20 s in the full run), "
+        "then at once an open loop at half of it (5 s full): the calls answered (status OK) "
+        "and those refused (RESOURCE_EXHAUSTED) or ended otherwise (DEADLINE_EXCEEDED, "
+        "CANCELLED, UNAVAILABLE) reported apart, each with its latency from its intended "
+        "send time; every call with the generator's default 10 s deadline."
+    )
 
 
 class OnLedgerSpread(AuthswitchScenario):

@@ -1,0 +1,285 @@
+"""The targets of issue 15, checked against one run's rows only (ratios between rows of
+the same run: figures from two runs on these machines are not comparable).
+
+Each target is a dict: ``name``, ``value`` (this run's figure, None when a row it needs did
+not run), ``threshold``, ``comparison`` ("<=" or ">="), ``unit``, ``met`` (True, False, or
+None when it could not be decided), ``figures`` (what the value was computed from) and
+``rows`` (the scenarios it reads). Latencies are the generator's percentiles: a
+histogram bucket's upper bound, never optimistic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["TARGET_ROWS", "check_targets"]
+
+CEILING = "grpc_redis_ceiling"
+NAIVE = "naive_postgres"
+HOT = "on_ledger_hot_account"
+WORKERS = "on_ledger_hot_account_workers"
+NAIVE_REMOTE = "naive_postgres_remote"
+HOT_REMOTE = "on_ledger_hot_account_remote"
+OVERLOAD = "overload_2x"
+OFF_LEDGER = "off_ledger_forward"
+STAND_IN = "stand_in"
+TARGET_ROWS = (
+    CEILING,
+    NAIVE,
+    HOT,
+    WORKERS,
+    NAIVE_REMOTE,
+    HOT_REMOTE,
+    OVERLOAD,
+    OFF_LEDGER,
+    STAND_IN,
+)
+
+REFUSED = "RESOURCE_EXHAUSTED"
+TIMES = "\N{MULTIPLICATION SIGN}"  # the unit of a ratio
+
+
+class _Missing(Exception):
+    """A row or phase a target needs is not in this run (the message says which)."""
+
+
+def _num(value: float, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}"
+
+
+class _Run:
+    def __init__(self, run: dict[str, Any]) -> None:
+        self.rows = {s["name"]: s for s in run["scenarios"]}
+
+    def row(self, name: str) -> dict[str, Any]:
+        row: dict[str, Any] | None = self.rows.get(name)
+        if row is None:
+            raise _Missing(f"{name} was not run")
+        if row["status"] != "ok":
+            raise _Missing(f"{name} {row['status']}: {row.get('note') or ''}".rstrip(": "))
+        return row
+
+    def closed(self, name: str) -> dict[str, Any]:
+        phase: dict[str, Any] | None = next(
+            (p for p in self.row(name)["phases"] if p["mode"] == "closed"), None
+        )
+        if phase is None:
+            raise _Missing(f"{name} has no closed-loop phase")
+        return phase
+
+    def phase(self, name: str, phase: str) -> dict[str, Any]:
+        row = self.row(name)
+        found: dict[str, Any] | None = next((p for p in row["phases"] if p["phase"] == phase), None)
+        if found is None:
+            skipped = next((p for p in row.get("skipped_phases", []) if p["phase"] == phase), None)
+            why = f": {skipped['note']}" if skipped else ""
+            raise _Missing(f"{name} has no {phase} phase{why}")
+        return found
+
+    def throughput(self, name: str) -> float:
+        value = float(self.closed(name)["throughput_per_s"])
+        if value <= 0:
+            raise _Missing(f"{name} completed nothing in its closed loop")
+        return value
+
+    def server_cpu_us(self, name: str) -> float:
+        value = self.closed(name)["cpu_us_per_decision"].get("server")
+        if not value:
+            raise _Missing(f"{name} has no server CPU figure")
+        return float(value)
+
+
+def _target(
+    name: str,
+    threshold: float,
+    comparison: str,
+    unit: str,
+    rows: tuple[str, ...],
+    compute: Any,
+) -> dict[str, Any]:
+    """``compute()`` returns (value, figures) or (value, figures, met) to override the
+    comparison; raising _Missing leaves the target undecided."""
+    base = {
+        "name": name,
+        "threshold": threshold,
+        "comparison": comparison,
+        "unit": unit,
+        "rows": list(rows),
+    }
+    try:
+        outcome = compute()
+    except _Missing as missing:
+        return {**base, "value": None, "met": None, "figures": f"not measured: {missing}"}
+    value, figures = outcome[0], outcome[1]
+    if len(outcome) > 2:
+        met = outcome[2]
+    elif value is None:
+        met = None
+    else:
+        met = value <= threshold if comparison == "<=" else value >= threshold
+    return {
+        **base,
+        "value": None if value is None else round(value, 3),
+        "met": met,
+        "figures": figures,
+    }
+
+
+def _ratio(run: _Run, top: str, bottom: str, what: str) -> tuple[float, str]:
+    a, b = run.throughput(top), run.throughput(bottom)
+    return a / b, f"{top} {_num(a, 0)}/s ÷ {bottom} {_num(b, 0)}/s ({what}, closed loop)"
+
+
+def _latency_target(run: _Run, name: str) -> tuple[float | None, str, bool | None]:
+    """The worst phase of a scenario's LatencyTarget (checked by the harness on every
+    open-loop phase): its added p99, met only when every phase met it."""
+    target = run.row(name).get("target")
+    if not target or not target["phases"]:
+        raise _Missing(f"{name} ran no open-loop phase")
+    phases = target["phases"]
+    worst = max(phases, key=lambda p: p["added_ms"])
+    verdicts = [p["met"] for p in phases]
+    met = False if False in verdicts else None if None in verdicts else True
+    figures = "; ".join(
+        f"{p['rate_per_s']}/s: p99 {_num(p['p99_ms'])} ms - {_num(target['baseline_ms'], 0)} ms"
+        f" = {_num(p['added_floor_ms'])} to {_num(p['added_ms'])} ms"
+        + ("" if p["met"] is not None else " (undecided: the budget is inside the p99's bucket)")
+        for p in phases
+    )
+    return float(worst["added_ms"]), figures, met
+
+
+def _overload(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    row = run.row(OVERLOAD)
+    phases = [p for p in row["phases"] if p["phase"].startswith("overload_")]
+    if not phases:
+        raise _Missing(f"{OVERLOAD} has no overload phase")
+    return phases[0], next((p for p in row["phases"] if p["phase"].startswith("recovery_")), {})
+
+
+def _overload_figures(run: _Run) -> str:
+    phase, recovery = _overload(run)
+    statuses = phase["latency_by_status"]
+    parts = [
+        f"{status} {s['count']:,} (p50 {_num(s['p50_ms'])}, p99 {_num(s['p99_ms'])}, "
+        f"max {_num(s['max_ms'])} ms)"
+        for status, s in sorted(statuses.items(), key=lambda kv: -kv[1]["count"])
+    ]
+    text = f"offered {phase['rate_per_s']:,}/s for {phase['duration_s']:g} s: " + "; ".join(parts)
+    if recovery:
+        text += (
+            f"; then {recovery['rate_per_s']:,}/s for {recovery['duration_s']:g} s: "
+            f"{_num(recovery['throughput_per_s'], 0)}/s answered in its window, p99 "
+            f"{_num(recovery['p99_ms'])} ms"
+        )
+    return text
+
+
+def _answered_p99(run: _Run) -> tuple[float | None, str]:
+    phase, _ = _overload(run)
+    ok = phase["latency_by_status"].get("OK")
+    return (float(ok["p99_ms"]) if ok else None), _overload_figures(run)
+
+
+def _refusal_p99(run: _Run) -> tuple[float | None, str, bool | None]:
+    """The refusals' p99, met only when every call not answered was refused (no deadline
+    passed, no cancellation, nothing unavailable)."""
+    phase, _ = _overload(run)
+    statuses = phase["latency_by_status"]
+    refused = statuses.get(REFUSED)
+    others = {k: v["count"] for k, v in statuses.items() if k not in ("OK", REFUSED)}
+    figures = f"offered {phase['rate_per_s']:,}/s: " + (
+        f"{refused['count']:,} refused, p50 {_num(refused['p50_ms'])}, p99 "
+        f"{_num(refused['p99_ms'])}, max {_num(refused['max_ms'])} ms"
+        if refused
+        else "none refused"
+    )
+    if others:
+        figures += "; calls neither answered nor refused: " + ", ".join(
+            f"{k} {n:,}" for k, n in others.items()
+        )
+    if refused is None:
+        return None, figures, not others
+    value = float(refused["p99_ms"])
+    return value, figures, value <= 10.0 and not others
+
+
+def check_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
+    r = _Run(run)
+
+    def cpu_ratio() -> tuple[float, str]:
+        hot, ceiling = r.server_cpu_us(HOT), r.server_cpu_us(CEILING)
+        return hot / ceiling, (
+            f"{HOT} {_num(hot, 0)} µs ÷ {CEILING} {_num(ceiling, 0)} µs of server CPU per "
+            "decision (closed loop)"
+        )
+
+    def half_max_p99() -> tuple[float, str]:
+        hot = r.phase(HOT, "open_0.5x")
+        text = f"{HOT} at {hot['rate_per_s']:,}/s: p99 {_num(hot['p99_ms'])} ms"
+        try:
+            ceiling = r.phase(CEILING, "open_0.5x")
+            text += (
+                f" (the ceiling at half its own maximum, {ceiling['rate_per_s']:,}/s: "
+                f"p99 {_num(ceiling['p99_ms'])} ms)"
+            )
+        except _Missing:
+            pass
+        return float(hot["p99_ms"]), text
+
+    def p50_200() -> tuple[float, str]:
+        hot, ceiling = r.phase(HOT, "open_200"), r.phase(CEILING, "open_200")
+        return float(hot["p50_ms"]) / float(ceiling["p50_ms"]), (
+            f"{HOT} p50 {_num(hot['p50_ms'])} ms ÷ {CEILING} p50 {_num(ceiling['p50_ms'])} ms "
+            "at 200/s"
+        )
+
+    return [
+        _target(
+            "hot-account server CPU per decision ÷ the ceiling's",
+            1.3, "<=", TIMES, (HOT, CEILING), cpu_ratio,
+        ),
+        _target(
+            "hot ÷ ceiling, decisions/s, one process",
+            0.8, ">=", TIMES, (HOT, CEILING), lambda: _ratio(r, HOT, CEILING, "one worker each"),
+        ),
+        _target(
+            "hot ÷ naive, local Postgres",
+            1.8, ">=", TIMES, (HOT, NAIVE), lambda: _ratio(r, HOT, NAIVE, "the machine's Postgres"),
+        ),
+        _target(
+            "hot ÷ naive, remote Postgres (1 ms each way)",
+            12.0, ">=", TIMES, (HOT_REMOTE, NAIVE_REMOTE),
+            lambda: _ratio(r, HOT_REMOTE, NAIVE_REMOTE, "Postgres 1 ms away"),
+        ),
+        _target(
+            "workers = cores ÷ one process, hot account",
+            1.5, ">=", TIMES, (WORKERS, HOT),
+            lambda: _ratio(r, WORKERS, HOT, f"{r.row(WORKERS).get('server_workers', '?')} "
+                           "workers against one"),
+        ),
+        _target(
+            "open loop at half its own maximum, p99 (hot account)",
+            5.0, "<=", "ms", (HOT, CEILING), half_max_p99,
+        ),
+        _target(
+            "p50 at 200/s open loop ÷ the ceiling's p50",
+            2.0, "<=", TIMES, (HOT, CEILING), p50_200,
+        ),
+        _target(
+            f"overload 2{TIMES}: answered p99",
+            100.0, "<=", "ms", (OVERLOAD,), lambda: _answered_p99(r),
+        ),
+        _target(
+            f"overload 2{TIMES}: refusal p99 (every call not answered refused)",
+            10.0, "<=", "ms", (OVERLOAD,), lambda: _refusal_p99(r),
+        ),
+        _target(
+            "off-ledger added latency p99 (over the client's own 5 ms)",
+            2.0, "<=", "ms", (OFF_LEDGER,), lambda: _latency_target(r, OFF_LEDGER),
+        ),
+        _target(
+            "stand-in answer p99 over the deadline (1,000 ms)",
+            0.0, "<=", "ms", (STAND_IN,), lambda: _latency_target(r, STAND_IN),
+        ),
+    ]  # fmt: skip
