@@ -10,14 +10,15 @@ Key layout (``<p>`` is the configured prefix)::
                                          a:<ASSET> actual, h:<ASSET> held (authorised),
                                          c:<card> status decline reason (0 = active),
                                          t:<card> PIN tries, m:<card> tries max, p:<card> PVV,
-                                         r (cluster only) the data set it was loaded into
+                                         r (cluster, sentinel) the data set it was loaded into
     <p>:{<account>}:m:<source>:<msg id>  idempotency marker: the request's fingerprint
     <p>:gen                              the generation every process must load at or above
 
 The generation is raised when a process starts: every account is then reloaded from Postgres
 on its next use, so state left by a crashed process never decides anything.
 
-On a Redis Cluster (:mod:`authswitch.adapters.redis.client`) the state hash also records, as
+On a Redis Cluster, and behind Sentinel (:mod:`authswitch.adapters.redis.client`,
+``needs_node_fence``), the state hash also records, as
 ``r``, the data set it was loaded into: the replication id of the primary that ran the load.
 Every script compares it with the replication id of the node it runs on and treats a
 different one as not loaded, so the account is reloaded from Postgres before its next
@@ -44,7 +45,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
-from authswitch.adapters.redis.client import ClusterClient, RedisClient
+from authswitch.adapters.redis.client import ClusterClient, RedisClient, needs_node_fence
 from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
@@ -180,7 +181,7 @@ class LedgerCache:
         self.marker_ttl_s = marker_ttl_s
         self.generation = 0
         self.cluster = isinstance(client, ClusterClient)
-        prelude = _NODE_CLUSTER if self.cluster else _NODE_SINGLE
+        prelude = _NODE_CLUSTER if needs_node_fence(client) else _NODE_SINGLE
         self._authorize = _Script(client, "authorize", prelude)
         self._apply = _Script(client, "apply", prelude)
         self._adjust = _Script(client, "adjust", prelude)
