@@ -118,6 +118,10 @@ class ReferenceClient(decision_pb2_grpc.DecisionServiceServicer):
         self.decisions.append(request)
         if self.answer_override is not None:
             return self.answer_override
+        # A Decide for a message id seen before is its retransmission after authswitch
+        # answered 96 and recorded nothing: decided afresh, its earlier hold replaced, not
+        # counted against it (docs/client-contract.md, "Retransmitting after a 96").
+        self.ledger.holds.pop(request.message_id, None)
         amount = request.billing_amount.amount_minor + request.fee.amount_minor
         available = self.ledger.available(request.account_id)
         reference = request.network_reference
