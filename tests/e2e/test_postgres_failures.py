@@ -246,7 +246,12 @@ class Failover:
         self.primary = await self.cluster.primary(**primary_settings)
         self.proxy = FaultProxy(("127.0.0.1", self.primary.port))
         await self.proxy.start()
-        self.standby = await self.cluster.standby(self.primary, via_port=self.proxy.port)
+        # Promoted, the standby commits alone: it has no standby of its own to wait for (a
+        # failover manager, Patroni's non-strict synchronous mode say, sets this on the new
+        # primary; left at '*', every commit would wait for a standby that does not exist).
+        self.standby = await self.cluster.standby(
+            self.primary, via_port=self.proxy.port, synchronous_standby_names=""
+        )
         await wait_streaming(self.primary)
         self.dsn = _failover_dsn(self.primary, self.standby)
         self.server = self.serve("serve.log")
