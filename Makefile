@@ -5,13 +5,15 @@
 #   make demo         create a funded demo card on the running server
 #   make proto        regenerate the Python code of protos/
 #   make bench        the benchmark suite;  make bench-quick: its CI smoke mode (< 60 s)
+#   make soak         30 minutes at half of capacity; fails if anything keeps growing
+#                     (not in CI; SOAK_ARGS="--minutes 3" for a short run)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: serve test check lint typecheck pytest demo proto bench bench-quick clean venv
+.PHONY: serve test check lint typecheck pytest demo proto bench bench-quick soak clean venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "authswitch needs Python 3.11 or newer")'
@@ -50,6 +52,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
