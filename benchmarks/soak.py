@@ -325,8 +325,9 @@ class FollowUp:
 
 class Driver:
     """Builds and sends the mix. ``transaction()`` starts one cardholder transaction (an
-    authorisation, or a refund); approvals get a follow-up that ``follow_ups()`` sends when
-    due, or that the age-off path hands to ``expire()``."""
+    authorisation, or a refund); an approval gets a follow-up (clearing, reversal) that the
+    open loop sends once ``due_follow_ups()`` returns it, or is queued in ``to_expire`` for
+    the age-off feeder."""
 
     def __init__(self, channel: grpc.aio.Channel, cards: list[SoakCard], seed: int) -> None:
         self.stub = pb_grpc.AuthorizationServiceStub(channel)
