@@ -757,7 +757,7 @@ async def _soak(args: argparse.Namespace) -> int:
                     feeder = asyncio.ensure_future(_age_off_feeder(driver, dsn, stop))
                     samples: list[dict[str, Any]] = []
                     cpu = _CpuMeter({"server": server.pid, "driver": os.getpid()})
-                    t0 = time.monotonic()
+                    t0 = last_sample = time.monotonic()
                     end = t0 + total_minutes * 60
                     try:
                         while time.monotonic() < end:
@@ -765,6 +765,10 @@ async def _soak(args: argparse.Namespace) -> int:
                             if loop_task.done():
                                 loop_task.result()  # raises what stopped it
                             minute, driver.minute = driver.minute, Minute()
+                            interval_s, last_sample = (
+                                time.monotonic() - last_sample,
+                                time.monotonic(),
+                            )
                             sample: dict[str, Any] = await _sample(
                                 server_pid=server.pid, client_pid=reference.pid,
                                 metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", dsn=dsn,
@@ -774,9 +778,7 @@ async def _soak(args: argparse.Namespace) -> int:
                             sample |= {f"{name}_cpu_pct": pct for name, pct in cpu.read().items()}
                             sample |= {
                                 "minute": round(elapsed_min, 2),
-                                "messages_per_s": round(
-                                    sum(minute.sent.values()) / args.sample_s, 1
-                                ),
+                                "messages_per_s": round(sum(minute.sent.values()) / interval_s, 1),
                                 "auth_p50_ms": round(_percentile(minute.latencies_ms, 0.5), 2),
                                 "auth_p99_ms": round(_percentile(minute.latencies_ms, 0.99), 2),
                                 "skipped": minute.skipped,
