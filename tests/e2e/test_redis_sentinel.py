@@ -15,7 +15,12 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from authswitch.adapters.redis.client import SentinelClient, needs_node_fence, open_client
+from authswitch.adapters.redis.client import (
+    SentinelClient,
+    connect,
+    needs_node_fence,
+    open_client,
+)
 from authswitch.app import Application
 from authswitch.errors import ConfigError
 from authswitch.service.reconcile import Reconciler
@@ -134,6 +139,16 @@ async def _program_of(app: Application, card: IssuedCard) -> str:
             "SELECT program_id::text FROM accounts WHERE id = $1", card.account_id
         )
     )
+
+
+async def test_a_burst_beyond_the_pool_waits_for_a_connection(group: SentinelGroup) -> None:
+    client = await connect(group.url(), pool_max=2, timeout_s=5)
+    try:
+        await asyncio.gather(*(client.incr("burst") for _ in range(50)))
+        assert int(await client.get("burst") or 0) == 50
+        assert await group.primary.cmd("GET", "burst") == b"50"  # the primary, found
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.slow
