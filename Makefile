@@ -5,6 +5,8 @@
 #   make demo         create a funded demo card on the running server
 #   make proto        regenerate the Python code of protos/
 #   make bench        the benchmark suite;  make bench-quick: its CI smoke mode (< 60 s)
+#   make soak         30 minutes at half of capacity; fails if anything keeps growing
+#                     (not in CI; SOAK_ARGS="--minutes 3" for a short run)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +18,7 @@ SERVE_STAMP := $(VENV)/.installed-serve-$(HASH)
 DEV_STAMP   := $(VENV)/.installed-dev-$(HASH)
 PIP         := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: serve test check lint typecheck pytest demo proto bench bench-quick clean venv
+.PHONY: serve test check lint typecheck pytest demo proto bench bench-quick soak clean venv
 
 $(SERVE_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "authswitch needs Python 3.11 or newer")'
@@ -59,6 +61,9 @@ bench: $(DEV_STAMP)
 
 bench-quick: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -242,6 +242,7 @@ class Application:
             self.redis_clients.ledger,
             settings.redis_key_prefix,
             marker_ttl_s=settings.idempotency_marker_ttl_s,
+            fenced=self.redis_clients.fenced,
         )
         # A new generation: every account is reloaded from Postgres before its next
         # decision, so nothing a crashed process left in Redis decides anything.

@@ -285,7 +285,10 @@ async def _cache_if_reachable(settings: Settings) -> tuple[Any, Any]:
     except Exception:
         print("authswitch: Redis not reachable, cache_equals_postgres skipped", file=sys.stderr)
         return None, None
-    return LedgerCache(clients.ledger, settings.redis_key_prefix, marker_ttl_s=60), clients
+    cache = LedgerCache(
+        clients.ledger, settings.redis_key_prefix, marker_ttl_s=60, fenced=clients.fenced
+    )
+    return cache, clients
 
 
 async def _reference_client(args: argparse.Namespace) -> int:

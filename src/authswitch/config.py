@@ -41,6 +41,7 @@ class Settings:
     metrics_listen: str = "127.0.0.1:9464"
     postgres_dsn: str = field(default="", repr=False)  # empty: embedded Postgres
     # Empty: embedded Redis. A Redis Cluster: redis+cluster://host:port,host:port (seeds).
+    # Behind Sentinel: redis+sentinel://sentinel:26379,sentinel:26379/master-name[/db].
     redis_url: str = field(default="", repr=False)
     data_dir: Path = Path(".authswitch")
     redis_key_prefix: str = "as"

@@ -341,6 +341,10 @@ class ReferenceClient(decision_pb2_grpc.DecisionServiceServicer):
         if self.answer_override is not None:
             return self.answer_override
         ledger = self.ledger
+        # A Decide for a message id seen before is its retransmission after authswitch
+        # answered 96 and recorded nothing: decided afresh, its earlier hold replaced, not
+        # counted against it (docs/client-contract.md, "Retransmitting after a 96").
+        ledger.holds.pop(request.message_id, None)
         asset, account = request.billing_amount.asset, request.account_id
         requested, fee = request.billing_amount.amount_minor, request.fee.amount_minor
         available = ledger.available(account, asset)

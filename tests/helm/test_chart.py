@@ -110,8 +110,11 @@ NO_AUTOSCALING: dict[str, Any] = {
     "networkPolicy": {"enabled": False},
     "serviceAccount": {"create": False, "name": "payments-sa"},
 }
+# The deployment that loses no approval in a failover (docs/operations.md), as shipped.
+ZERO_LOSS: dict[str, Any] = yaml.safe_load((CHART / "values-zero-loss.yaml").read_text())
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "zero-loss": ZERO_LOSS,
     "everything-on": EVERYTHING_ON,
     "hpa-custom-metric": HPA_CUSTOM_METRIC,
     "existing-secret-custom-keys": EXISTING_SECRET_CUSTOM_KEYS,
@@ -1065,6 +1068,18 @@ def _run_promtool(*args: str) -> str:
 
 
 @pytest.mark.timeout(60)
+def test_zero_loss_values_reach_postgres_and_the_sentinels(chart: helm_python.Chart) -> None:
+    objects = render(chart, ZERO_LOSS)
+    policy = only(objects, "NetworkPolicy", FULLNAME)
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {5432, 6379, 26379} <= ports
+    config = only(objects, "ConfigMap", FULLNAME)["data"]
+    assert config[f"{PREFIX}POSTGRES_STATEMENT_TIMEOUT_MS"] == "5000"
+    env = env_of(container(objects))
+    assert env[f"{PREFIX}POSTGRES_DSN"]["valueFrom"]["secretKeyRef"]["key"] == "postgres-dsn"
+    assert env[f"{PREFIX}REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
+
+
 def test_monitoring_objects_are_switchable(chart: helm_python.Chart) -> None:
     defaults = kinds(render(chart))
     assert not defaults & {"ServiceMonitor", "PrometheusRule"}

@@ -133,6 +133,8 @@ class FaultProxy:
                 if not data:
                     break
                 await self._flowing.wait()
+                if sink.transport.is_closing():  # cut while the traffic was held
+                    break
                 if (
                     upstream
                     and self._cuts_left

@@ -103,6 +103,11 @@ _SELECT_DECISIONS = """
     JOIN unnest($1::text[], $2::text[]) AS k(source, message_id) USING (source, message_id)
 """
 
+# A commit that writes (so that, with a synchronous standby, it waits for it: a transaction
+# that writes no WAL does not): its acknowledgement covers every commit before it.
+_REPLICATION_BARRIER = "UPDATE replication_barrier SET touched_at = clock_timestamp()"
+RECOVER_TIMEOUT_S = 2.0  # each step of the read-back after a failed commit
+
 
 class GroupCommitter:
     def __init__(
@@ -229,15 +234,25 @@ class GroupCommitter:
     ) -> list[WriteResult | BaseException]:
         """After a failed commit, read back which writes are durable anyway (a connection
         lost during COMMIT can hide a successful commit). What cannot be confirmed is
-        reported as not committed: the caller answers 96 and reloads the cache."""
+        reported as not committed: the caller answers 96 and reloads the cache.
+
+        A commit found on the primary is confirmed only once a later commit has been
+        acknowledged (the replication barrier): with a synchronous standby, a COMMIT whose
+        wait for the standby was cancelled (our command timeout) is durable on the primary
+        alone, and an approval for it would be lost if the primary failed over. The barrier's
+        own commit waits for the standby to have everything before it, so it confirms the
+        decisions read; if the standby does not answer in time, nothing is confirmed."""
         unavailable = StoreUnavailable(f"Postgres commit failed: {type(cause).__name__}")
         try:
-            async with self._pool.acquire(timeout=2.0) as conn:
+            async with self._pool.acquire(timeout=RECOVER_TIMEOUT_S) as conn:
                 rows = await conn.fetch(
                     _SELECT_DECISIONS,
                     [w.decision.source for w in writes],
                     [w.decision.message_id for w in writes],
+                    timeout=RECOVER_TIMEOUT_S,
                 )
+                if rows:
+                    await conn.execute(_REPLICATION_BARRIER, timeout=RECOVER_TIMEOUT_S)
         except Exception:
             metrics.STORE_ERRORS.labels("postgres", "group_commit_recover").inc()
             return [unavailable] * len(writes)

@@ -10,14 +10,15 @@ Key layout (``<p>`` is the configured prefix)::
                                          a:<ASSET> actual, h:<ASSET> held (authorised),
                                          c:<card> status decline reason (0 = active),
                                          t:<card> PIN tries, m:<card> tries max, p:<card> PVV,
-                                         r (cluster only) the data set it was loaded into
+                                         r (cluster, sentinel) the data set it was loaded into
     <p>:{<account>}:m:<source>:<msg id>  idempotency marker: the request's fingerprint
     <p>:gen                              the generation every process must load at or above
 
 The generation is raised when a process starts: every account is then reloaded from Postgres
 on its next use, so state left by a crashed process never decides anything.
 
-On a Redis Cluster (:mod:`authswitch.adapters.redis.client`) the state hash also records, as
+On a Redis Cluster, and behind Sentinel (:mod:`authswitch.adapters.redis.client`,
+``needs_node_fence``), the state hash also records, as
 ``r``, the data set it was loaded into: the replication id of the primary that ran the load.
 Every script compares it with the replication id of the node it runs on and treats a
 different one as not loaded, so the account is reloaded from Postgres before its next
@@ -214,7 +215,8 @@ class LedgerCache:
         fenced: bool | None = None,
     ) -> None:
         """``fenced``: whether scripts check the data set they run on (module doc); by
-        default on a Redis Cluster only."""
+        default on a Redis Cluster only; behind Sentinel the caller asks for it
+        (``RedisClients.fenced``)."""
         self.client = client
         self.keys = RedisKeys(prefix)
         self.marker_ttl_s = marker_ttl_s

@@ -1,4 +1,5 @@
-"""Connecting to Redis: one server, or a Redis Cluster, named by ``AUTHSWITCH_REDIS_URL``.
+"""Connecting to Redis: one server, a Redis Cluster, or a primary that Redis Sentinel
+watches, named by ``AUTHSWITCH_REDIS_URL``.
 
 URL forms::
 
@@ -6,9 +7,20 @@ URL forms::
     unix:///path/to/redis.sock                   one server on a Unix socket
     redis+cluster://[user:password@]host:port[,host:port...]
                                                  a Redis Cluster (rediss+cluster:// with TLS)
+    redis+sentinel://[user:password@]host:port[,host:port...]/master-name[/db]
+                  [?sentinel_username=...&sentinel_password=...]
+                                                 the primary that these Sentinels call
+                                                 master-name (rediss+sentinel:// with TLS)
 
 The hosts of a cluster URL are seeds: any one that answers tells the client the whole
 topology, so name several. A cluster has one database (no ``/db``, or ``/0``).
+
+The hosts of a sentinel URL are the Sentinels (port 26379 by default), not the Redis
+servers: the client asks them for the current primary of ``master-name`` and connects to
+it; ``db`` defaults to 0. ``user:password@`` are the Redis servers' credentials; the
+Sentinels themselves are reached without any, unless ``sentinel_username`` /
+``sentinel_password`` are given (percent-encoded, like the password). Those are the only
+options a sentinel URL takes.
 
 One server: a blocking pool, so a burst beyond ``pool_max`` connections waits (up to the
 timeout) instead of failing.
@@ -27,25 +39,37 @@ failover is answered, not 96.
 Commands in flight per process are limited to ``pool_max`` (waiting up to the timeout), and
 each node gets at most that many connections, so a burst never meets redis-py's "too many
 connections" error.
+
+Sentinel (redis-py's ``Sentinel.master_for``): every new connection asks a Sentinel for the
+current primary; a connection to a primary that has died fails, and one to a primary that
+was demoted to a replica fails on its first write (READONLY), so a failover surfaces as
+errors — answered 96, never retried — until Sentinel has promoted a replica, and then the
+next connection goes to it. Asynchronous replication can lose the last writes of the old
+primary, so the same node fence as on a cluster applies (:func:`needs_node_fence`): every
+account is reloaded from Postgres before its next decision on the promoted replica, whose
+replication id is new. Connections are a blocking pool, as for one server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ClusterDownError, ClusterError, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from authswitch.adapters.redis.pipeline import (
+    Address,
     Pipelined,
     PipelinedCluster,
     PipelinedRedis,
@@ -55,16 +79,23 @@ from authswitch.errors import ConfigError
 
 __all__ = [
     "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
     "ClusterClient",
     "RedisClient",
     "RedisClients",
+    "SentinelClient",
     "connect",
     "connect_clients",
     "is_cluster_url",
+    "is_sentinel_url",
+    "needs_node_fence",
     "open_client",
 ]
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT_DEFAULT = 26379
+SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 CLUSTER_RETRIES_MAX = 3  # retries of a refused (never run) command on a fresh topology
 CLUSTER_SEEDS_MAX = 64
 # A call refused by every redirection redis-py follows (TRYAGAIN while its slot migrates) is
@@ -75,6 +106,10 @@ HEALTH_CHECK_INTERVAL_S = 30
 
 def is_cluster_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
 
 
 class ClusterClient(RedisCluster):
@@ -138,7 +173,68 @@ class ClusterClient(RedisCluster):
         return node is not None and node.name != failed
 
 
+class _Sentinels(Sentinel):
+    """redis-py's ``Sentinel`` with discovery serialised. Its ``discover_master`` moves the
+    Sentinel that answered to the front of its list by an index taken before an await, so
+    concurrent discoveries (every new connection runs one, and a failover opens many at
+    once) swap the wrong entries: one Sentinel ends up listed twice and another dropped —
+    never asked again, and never closed. One discovery at a time keeps the list a
+    permutation; it costs nothing while connections are reused."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], **kwargs: Any) -> None:
+        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        self._discovery = asyncio.Lock()
+
+    async def discover_master(self, service_name: str) -> Any:
+        async with self._discovery:
+            return await super().discover_master(service_name)
+
+
+class SentinelClient(aioredis.Redis):
+    """A client of the primary that Sentinel names; closing it closes its Sentinel
+    connections too."""
+
+    sentinels: _Sentinels | None = None  # (``sentinel`` is a Redis command method)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (connections to the current primary) that waits for a free
+    connection, up to its timeout, instead of failing when all are in use."""
+
+
 RedisClient: TypeAlias = aioredis.Redis | ClusterClient
+
+
+def needs_node_fence(client: RedisClient) -> bool:
+    """Whether ``client`` can meet a promoted replica that missed writes (a cluster or a
+    Sentinel failover): the cache then records and checks the node's replication id
+    (``cache.py``, the node fence). One server needs no fence: a restarted one is empty."""
+    return isinstance(client, ClusterClient | SentinelClient)
+
+
+def _hosts(hosts: str, default_port: int) -> list[tuple[str, int]]:
+    """``host[:port],...`` as (host, port) pairs; IPv6 addresses in brackets."""
+    found: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, port = item, str(default_port)
+        if item.startswith("["):  # [::1]:7000
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":") or port
+        elif ":" in item:
+            host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"AUTHSWITCH_REDIS_URL: expected host:port, got {item!r}")
+        found.append((host, int(port)))
+    if len(found) > CLUSTER_SEEDS_MAX:
+        raise ConfigError(f"AUTHSWITCH_REDIS_URL: at most {CLUSTER_SEEDS_MAX} hosts")
+    return found
 
 
 def _cluster_kwargs(url: str) -> dict[str, Any]:
@@ -149,19 +245,7 @@ def _cluster_kwargs(url: str) -> dict[str, Any]:
         raise ConfigError("AUTHSWITCH_REDIS_URL: a Redis Cluster has only database 0")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
-    seeds: list[tuple[str, int]] = []
-    for seed in hosts.split(","):
-        host, port = seed, "6379"
-        if seed.startswith("["):  # [::1]:7000
-            host, _, rest = seed[1:].partition("]")
-            port = rest.removeprefix(":") or port
-        elif ":" in seed:
-            host, _, port = seed.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"AUTHSWITCH_REDIS_URL: expected host:port, got {seed!r}")
-        seeds.append((host, int(port)))
-    if len(seeds) > CLUSTER_SEEDS_MAX:
-        raise ConfigError(f"AUTHSWITCH_REDIS_URL: at most {CLUSTER_SEEDS_MAX} seed nodes")
+    seeds = _hosts(hosts, 6379)
     return {
         "startup_nodes": [ClusterNode(host, port) for host, port in seeds],
         "username": unquote(username) or None,
@@ -170,8 +254,63 @@ def _cluster_kwargs(url: str) -> dict[str, Any]:
     }
 
 
+def _sentinel_client(url: str, *, pool_max: int, timeout_s: float) -> SentinelClient:
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise ConfigError("AUTHSWITCH_REDIS_URL: a sentinel URL takes no #fragment")
+    try:
+        options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ConfigError("AUTHSWITCH_REDIS_URL: malformed ?options") from None
+    unknown = sorted(set(options) - set(SENTINEL_OPTIONS))
+    if unknown or any(len(values) != 1 for values in options.values()):
+        raise ConfigError(
+            f"AUTHSWITCH_REDIS_URL: a sentinel URL takes only {', '.join(SENTINEL_OPTIONS)}"
+            f" once each (got {', '.join(unknown) or 'a repeated option'})"
+        )
+    path = [unquote(p) for p in parts.path.split("/")[1:]]
+    if path and path[-1] == "" and len(path) > 1:
+        path.pop()  # a trailing slash
+    if not 1 <= len(path) <= 2 or not path[0] or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError(
+            "AUTHSWITCH_REDIS_URL: a sentinel URL ends in /master-name or /master-name/db"
+        )
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    tls = parts.scheme.lower() == "rediss+sentinel"
+    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    sentinel_kwargs: dict[str, Any] = {
+        **timeouts,
+        "username": unquote(options.get("sentinel_username", [""])[0]) or None,
+        "password": unquote(options.get("sentinel_password", [""])[0]) or None,
+    }
+    if tls:
+        sentinel_kwargs["ssl"] = True
+    sentinel = _Sentinels(
+        _hosts(hosts, SENTINEL_PORT_DEFAULT), sentinel_kwargs=sentinel_kwargs, **timeouts
+    )
+    client = sentinel.master_for(
+        path[0],
+        redis_class=SentinelClient,
+        connection_pool_class=_BlockingSentinelPool,
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=tls,
+        max_connections=pool_max,
+        timeout=timeout_s,  # the wait for a free connection
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+    )
+    assert isinstance(client, SentinelClient)
+    client.sentinels = sentinel
+    return client
+
+
 def open_client(url: str, *, pool_max: int, timeout_s: float) -> RedisClient:
-    """A client for ``url``, not yet connected. Raises ConfigError for a bad cluster URL."""
+    """A client for ``url``, not yet connected. Raises ConfigError for a bad cluster or
+    sentinel URL."""
+    if is_sentinel_url(url):
+        return _sentinel_client(url, pool_max=pool_max, timeout_s=timeout_s)
     if not is_cluster_url(url):
         # A burst beyond the pool waits for a free connection (up to the Redis timeout)
         # rather than failing at once: redis-py's default pool raises when it is exhausted.
@@ -201,7 +340,8 @@ def open_client(url: str, *, pool_max: int, timeout_s: float) -> RedisClient:
 
 
 async def connect(url: str, *, pool_max: int, timeout_s: float) -> RedisClient:
-    """A client for ``url`` that has reached the server (a cluster: learnt its topology)."""
+    """A client for ``url`` that has reached the server (a cluster: learnt its topology;
+    Sentinel: found the primary)."""
     client = open_client(url, pool_max=pool_max, timeout_s=timeout_s)
     try:
         if isinstance(client, ClusterClient):
@@ -221,6 +361,7 @@ class RedisClients:
 
     admin: RedisClient
     ledger: Pipelined
+    fenced: bool  # whether the cache checks the data set it runs on (needs_node_fence)
 
     async def aclose(self) -> None:
         try:
@@ -243,10 +384,38 @@ async def connect_clients(url: str, *, pool_max: int, timeout_s: float) -> Redis
                 password=login["password"],
                 tls=ssl.create_default_context() if login["ssl"] else None,
             )
+        elif isinstance(admin, SentinelClient):
+            ledger = PipelinedRedis(_sentinel_primary(admin), timeout_s=timeout_s)
         else:
             ledger = PipelinedRedis(address_from_url(url), timeout_s=timeout_s)
         await ledger.connect()
     except BaseException:
         await admin.aclose()
         raise
-    return RedisClients(admin, ledger)
+    return RedisClients(admin, ledger, needs_node_fence(admin))
+
+
+def _sentinel_primary(client: SentinelClient) -> Callable[[], Awaitable[Address]]:
+    """Where the pipelined connection goes behind Sentinel: the primary the Sentinels name
+    now, asked again on every new connection (after a lost one, or a READONLY reply from a
+    demoted primary), with the data nodes' login of ``client``."""
+    assert client.sentinels is not None
+    sentinels = client.sentinels
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    login = pool.connection_kwargs
+    tls = ssl.create_default_context() if login.get("ssl") else None
+    service: str = pool.service_name
+
+    async def primary() -> Address:
+        host, port = await sentinels.discover_master(service)
+        return Address(
+            host=host,
+            port=int(port),
+            username=login.get("username"),
+            password=login.get("password"),
+            db=int(login.get("db") or 0),
+            tls=tls,
+        )
+
+    return primary

@@ -233,7 +233,14 @@ class _Connection(asyncio.Protocol):
             if future.done():  # failed by an abort while its reply was on the way
                 continue
             if isinstance(reply, ResponseError):
-                future.set_exception(_error(reply))
+                error = _error(reply)
+                future.set_exception(error)
+                if isinstance(error, ReadOnlyError):
+                    # A primary demoted to a replica (a Sentinel failover): the commands
+                    # behind this one fail too, and the next connects to where the primary
+                    # is now (the node's resolver asks again).
+                    self.abort(RedisConnectionError(f"Redis at {self.name} is a replica now"))
+                    return
             else:
                 future.set_result(reply)
 
