@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import signal
@@ -40,6 +41,23 @@ def _die_with_supervisor(supervisor_pid: int) -> None:
         sys.exit(1)
 
 
+# Young objects collected once this many more have been allocated than freed (Python's
+# default: 700). A decision allocates a few hundred objects and frees nearly all of them by
+# reference counting; with 64 or more in flight, the default runs a collection every few
+# decisions, each traversing everything still in flight (measured: 4-5% of a worker's CPU).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    """Once the worker has loaded everything it keeps (catalogue, compiled statements,
+    protobuf descriptors), move those objects out of the collector's sight (``gc.freeze``):
+    the cyclic collector then only traverses what decisions allocate, and less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def main() -> int:
     index = int(os.environ[INDEX_ENV])
     workers = int(os.environ[COUNT_ENV])
@@ -62,6 +80,7 @@ def main() -> int:
         app = Application(settings, run_jobs=index == 0, listen_early=workers == 1)
         try:
             await app.start()
+            _tune_gc()
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
             await app.run_until_signalled()
