@@ -28,12 +28,12 @@ those rows: a batch with any of them is not written here (:func:`suits`).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.records import LedgerWrite
@@ -78,8 +78,13 @@ def suits(writes: Sequence[LedgerWrite]) -> bool:
 
 # The batch travels as ONE json parameter, {"part": [row, ...], ...}: asyncpg encodes each
 # array parameter with a fixed cost that, for batches of a few writes, outweighs its values
-# (16 arrays of 5 values cost about twice what one json text does), and json.dumps is C.
-# Postgres reads each part with json_to_recordset; bytes travel as hex, times as ISO text.
+# (16 arrays of 5 values cost about twice what one json text does). orjson encodes it
+# (about 2 µs a decision, where the standard json module took 40). Postgres reads each part
+# with json_to_recordset; bytes travel as hex, times as ISO text.
+
+# A notification's payload may carry keys that are not strings (json.dumps would have
+# written them as strings too).
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 _PART_COLUMNS = {
     "d": "i int8, source text, message_id text, id uuid, kind text, fingerprint text, "
@@ -395,7 +400,7 @@ async def write_at_once(conn: Connection, writes: Sequence[LedgerWrite]) -> OneS
     parts = parameter(writes)
     sql = statement_text(frozenset(parts))
     try:
-        row = await conn.fetchrow(sql, json.dumps(parts, separators=(",", ":")))
+        row = await conn.fetchrow(sql, orjson.dumps(parts, option=_JSON_OPTIONS).decode())
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == REFUSED_SQLSTATE or isinstance(exc, asyncpg.DeadlockDetectedError):
             raise BatchRefused(str(exc)) from exc
