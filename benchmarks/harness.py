@@ -193,7 +193,10 @@ class Harness:
         cpu["other_processes"] = max(everything - accounted, 0.0)
         cpu["steal"] = (after.machine - before.machine).steal_s
         completed = int(report["completed"])
-        calls = max(completed if calls_for_cpu is None else calls_for_cpu, 1)
+        # Per decision: the calls answered (a refused call is no decision; its cost is
+        # carried by the decisions made meanwhile).
+        answered = int(report["ok"]) + int(report["bad_codes"])
+        calls = max(answered if calls_for_cpu is None else calls_for_cpu, 1)
         per_decision = {
             k: round(v / calls * 1e6, 1)
             for k, v in cpu.items()
@@ -213,6 +216,7 @@ class Harness:
             "sent": report["sent"],
             "completed": completed,
             "throughput_per_s": round(float(report["throughput_per_s"]), 1),
+            "completed_per_s": round(float(report["completed_per_s"]), 1),
             "ok": report["ok"],
             "errors": int(report["rpc_errors"]) + int(report["bad_codes"]),
             "rpc_errors": report["rpc_errors"],

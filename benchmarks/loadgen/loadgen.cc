@@ -288,7 +288,11 @@ class Generator {
       << ",\"window_s\":" << window_s << ",\"elapsed_s\":" << elapsed_s
       << ",\"sent\":" << sent_.load() << ",\"completed\":" << completed
       << ",\"completed_in_window\":" << completed_in_window_.load()
-      << ",\"throughput_per_s\":" << static_cast<double>(completed_in_window_.load()) / window_s
+      << ",\"completed_per_s\":" << static_cast<double>(completed_in_window_.load()) / window_s
+      << ",\"answered_in_window\":" << answered_in_window_.load()
+      // Decisions per second: calls answered (status OK) in the window; a refusal or any
+      // other gRPC error is no decision and is not counted.
+      << ",\"throughput_per_s\":" << static_cast<double>(answered_in_window_.load()) / window_s
       << ",\"ok\":" << ok_.load() << ",\"rpc_errors\":" << rpc_errors_.load()
       << ",\"bad_codes\":" << bad_code_.load();
     {
@@ -384,7 +388,10 @@ class Generator {
       ++rpc_errors_by_status_[status_name(status.error_code())];
       if (first_rpc_error_.empty()) first_rpc_error_ = status.error_message();
     }
-    if (t <= end_ns_) completed_in_window_.fetch_add(1, std::memory_order_relaxed);
+    if (t <= end_ns_) {
+      completed_in_window_.fetch_add(1, std::memory_order_relaxed);
+      if (status.ok()) answered_in_window_.fetch_add(1, std::memory_order_relaxed);
+    }
     delete call;
     if (closed_ && t < end_ns_) issue(t);  // the slot goes straight back to work
     if (outstanding_.fetch_sub(1) == 1) {
@@ -402,7 +409,7 @@ class Generator {
   int64_t max_send_lag_ns_ = 0;
   uint64_t late_sends_ = 0;
   std::atomic<uint64_t> seq_{0}, sent_{0}, ok_{0}, bad_code_{0}, rpc_errors_{0};
-  std::atomic<uint64_t> completed_in_window_{0};
+  std::atomic<uint64_t> completed_in_window_{0}, answered_in_window_{0};
   std::atomic<int64_t> outstanding_{0};
   // Latency of the calls that ended with each gRPC status, indexed by its code.
   std::array<std::unique_ptr<loadgen::Histogram>, kStatusCodes> by_status_;

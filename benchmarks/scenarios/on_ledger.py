@@ -48,6 +48,11 @@ def authswitch_env(ctx: ScenarioContext, **settings: str) -> dict[str, str]:
         }
     )
     env.update({f"AUTHSWITCH_{name.upper()}": value for name, value in settings.items()})
+    # Experiments: BENCH_SERVER_SETTINGS="grpc_pending_calls_max=32,workers=2" overrides
+    # settings of every authswitch row (docs/benchmarks.md, "Trying a setting").
+    for item in filter(None, os.environ.get("BENCH_SERVER_SETTINGS", "").split(",")):
+        name, _, value = item.partition("=")
+        env[f"AUTHSWITCH_{name.strip().upper()}"] = value.strip()
     return env
 
 
