@@ -41,10 +41,11 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         # Calls not yet taken by the event loop wait in gRPC's core: bounded, so that under
-        # overload a call is refused there at once rather than queued for seconds (random
-        # refusals from half of the bound, every call beyond it; gRPC core's
-        # RandomEarlyDetection). The caller then sees CANCELLED, and nothing was decided.
-        ("grpc.server.max_pending_requests", max(settings.grpc_pending_calls_max // 2, 1)),
+        # overload a call is refused there at once rather than queued for seconds. The same
+        # bound for gRPC core's random early refusals and its hard limit: random refusals
+        # below it would refuse calls of a gateway that keeps no more than that many in
+        # flight. The caller then sees CANCELLED, and nothing was decided.
+        ("grpc.server.max_pending_requests", settings.grpc_pending_calls_max),
         ("grpc.server.max_pending_requests_hard_limit", settings.grpc_pending_calls_max),
         # grpcio sets SO_REUSEPORT by default, which lets a second server silently share
         # the port with a forgotten first one. Off (unless AUTHSWITCH_GRPC_REUSEPORT asks for
