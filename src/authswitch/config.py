@@ -105,10 +105,12 @@ class Settings:
     # fewer than authorize_in_flight_min (bursts and batching need room).
     authorize_latency_target_ms: int = 50
     authorize_in_flight_min: int = 64
-    # Calls that wait in gRPC's core for this process to take them: beyond half of this some
-    # are refused at random, beyond it all, at once (the caller sees CANCELLED; nothing was
-    # decided). It bounds the wait before a call reaches the admission limit above.
-    grpc_pending_calls_max: int = 256
+    # Calls that wait in gRPC's core for this process to take them: near this many some are
+    # refused at random, beyond it all, at once (the caller sees CANCELLED; nothing was
+    # decided). It bounds the wait before a call reaches the admission limit above: a
+    # process takes a few hundred calls a second from that queue when it is saturated, so
+    # 64 waiting is already ~100 ms (docs/operations.md, "Overload").
+    grpc_pending_calls_max: int = 64
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.
