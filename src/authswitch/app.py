@@ -125,6 +125,7 @@ class Application:
         self.reports_pool: asyncpg.Pool[Any] | None = None
         self.redis: RedisClient | None = None  # one server, or a Redis Cluster
         self.redis_clients: RedisClients | None = None
+        self.admission: Admission | None = None  # the authorisations admitted, once listening
         self.server: grpc.aio.Server | None = None
         self.health_server: grpc.aio.Server | None = None  # AUTHSWITCH_HEALTH_LISTEN
         self.health = HealthServicer()
@@ -172,16 +173,15 @@ class Application:
         policy = AccessPolicy.from_settings(settings)
         if not policy.enabled:
             log.warning("no gateway or admin credentials configured: every caller may call")
+        self.admission = Admission(
+            ceiling=settings.authorize_in_flight_max,
+            floor=min(settings.authorize_in_flight_min, settings.authorize_in_flight_max),
+            latency_target_s=settings.authorize_latency_target_ms / 1000,
+            waiting_max=settings.client_waiting_max,
+        )
         self.server, self.grpc_port = build_server(
             settings,
-            AuthorizationServicer(
-                self.services,
-                admission=Admission(
-                    ceiling=settings.authorize_in_flight_max,
-                    floor=min(settings.authorize_in_flight_min, settings.authorize_in_flight_max),
-                    latency_target_s=settings.authorize_latency_target_ms / 1000,
-                ),
-            ),
+            AuthorizationServicer(self.services, admission=self.admission),
             LedgerAdminServicer(self.services),
             self.health,
             policy,

@@ -105,6 +105,10 @@ class Settings:
     # fewer than authorize_in_flight_min (bursts and batching need room).
     authorize_latency_target_ms: int = 50
     authorize_in_flight_min: int = 64
+    # Off-ledger calls waiting on their client's answer do not count above (they cost memory,
+    # not CPU, for up to the programme's deadline); at most this many wait at once in one
+    # process, and beyond it the programme's stand-in answers without asking.
+    client_waiting_max: int = 1_000
     # Calls that wait in gRPC's core for this process to take them: near this many some are
     # refused at random, beyond it all, at once (the caller sees CANCELLED; nothing was
     # decided). It bounds the wait before a call reaches the admission limit above: a
@@ -212,7 +216,7 @@ class Settings:
             "redis_pool_max", "redis_timeout_ms", "idempotency_marker_ttl_s",
             "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
             "grpc_max_concurrent_streams", "authorize_in_flight_max", "authorize_in_flight_min",
-            "grpc_pending_calls_max",
+            "grpc_pending_calls_max", "client_waiting_max",
             "postgres_statement_timeout_ms", "outbox_poll_ms",
             "outbox_concurrency_max", "outbox_backoff_initial_ms", "outbox_backoff_max_ms",
             "outbox_dead_after_s", "outbox_delivery_timeout_ms", "reports_postgres_pool_max",
@@ -305,6 +309,8 @@ HELP: dict[str, str] = {
     "authorize_latency_target_ms": "below that ceiling, as many authorisations in flight as "
     "the process completes in this time (0: the ceiling, fixed)",
     "authorize_in_flight_min": "... but never fewer than this many",
+    "client_waiting_max": "most off-ledger calls waiting on their clients at once in one "
+    "process (not counted in flight); beyond it the stand-in answers without asking",
     "grpc_pending_calls_max": "calls waiting for a process to take them; beyond it they are "
     "refused at once (CANCELLED)",
     "grpc_reuseport": "let several processes share the gRPC port (serve --workers does it itself)",

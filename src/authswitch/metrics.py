@@ -288,7 +288,9 @@ _KNOWN_STORE_ERRORS = (
     ("postgres", "group_commit"), ("postgres", "group_commit_recover"), ("postgres", "outbox"),
     ("redis", "undo"), ("redis", "transfer"),
 )  # fmt: skip
-_STAND_IN_REASONS = ("timeout", "unavailable", "breaker_open", "invalid_answer", "not_configured")
+_STAND_IN_REASONS = (
+    "timeout", "unavailable", "breaker_open", "invalid_answer", "not_configured", "overloaded",
+)  # fmt: skip
 _STAND_IN_POLICIES = ("decline", "approve", "shadow")
 _CACHE_LOAD_CAUSES = (
     "miss", "card", "card_moved", "failure", "refused", "admin", "shadow", "duplicate",

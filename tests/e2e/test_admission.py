@@ -13,7 +13,10 @@ import pytest
 
 from authswitch import metrics
 from authswitch.app import Application
+from authswitch.reference_client import ReferenceClient, ReferenceLedger, serve_reference_client
 from authswitch.v1 import authorization_pb2 as pb
+from authswitch.v1 import common_pb2 as c
+from authswitch.v1 import ledger_admin_pb2 as la
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.ledger import Ledger
 from tests.support.proxy import FaultProxy, dsn_through, target_of_dsn
@@ -147,3 +150,61 @@ async def test_a_call_whose_deadline_passed_while_it_queued_is_not_decided(
             assert (await ledger.authorize(card, 100)).response_code == "00"
     finally:
         await app.stop()
+
+
+async def test_calls_waiting_on_a_slow_client_are_not_counted_in_flight(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off-ledger calls waiting on their client leave the admission count (it measures the
+    process's own work): with 2 allowed in flight, 6 calls wait on a slow client at once and
+    are answered by it; past AUTHSWITCH_CLIENT_WAITING_MAX the stand-in answers at once,
+    without asking the client (OVERLOADED). None is refused RESOURCE_EXHAUSTED."""
+    monkeypatch.setenv("AUTHSWITCH_SECRET_CLIENT_TOKEN", "client-token")
+    client = ReferenceClient(ReferenceLedger(opening_minor=1_000_000), token="client-token")
+    client.latency_ms = 1_500
+    client_server, client_port = await serve_reference_client(client, "127.0.0.1:0")
+    app = Application(
+        settings_for(
+            stores, authorize_in_flight_max=2, authorize_in_flight_min=2, client_waiting_max=6,
+            redis_key_prefix=stores.redis_prefix + "wait",
+        ),
+        keys=TEST_KEYS,
+    )  # fmt: skip
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            program_id = await ledger.program(c.LEDGER_MODE_OFF_LEDGER)
+            await ledger.admin.SetProgramRouting(
+                la.SetProgramRoutingRequest(
+                    program_id=program_id, target=f"127.0.0.1:{client_port}",
+                    tls=la.CLIENT_TLS_NONE, token_secret="client-token", deadline_ms=10_000,
+                    stand_in=la.STAND_IN_POLICY_DECLINE, breaker_failures=3,
+                    breaker_open_ms=5_000,
+                )
+            )  # fmt: skip
+            account_id = await ledger.account(await ledger.product(program_id))
+            card = await ledger.card(account_id=account_id)
+            waiting: list[asyncio.Future[pb.AuthorizeResponse]] = []
+            for n in range(6):
+                request = ledger.request(card, 100)
+                waiting.append(asyncio.ensure_future(ledger.auth.Authorize(request, timeout=20)))
+                while not any(r.message_id == request.message_id for r in client.received):
+                    if waiting[-1].done():  # answered (or refused) without the client
+                        raise AssertionError(f"call {n} never reached the client: {waiting[-1]}")
+                    await asyncio.sleep(0.01)  # the call is with the client: the next one
+            assert app.admission is not None
+            assert app.admission.waiting == 6
+            # Six wait on the client: the next calls are stood in for at once, not asked.
+            for _ in range(2):
+                request = ledger.request(card, 100)
+                response = await ledger.auth.Authorize(request, timeout=5)
+                assert (response.response_code, response.stand_in) == ("91", True)
+                assert response.stand_in_reason == pb.STAND_IN_REASON_OVERLOADED
+                assert all(r.message_id != request.message_id for r in client.received)
+            answered = await asyncio.gather(*waiting)
+            assert [(r.response_code, r.stand_in) for r in answered] == [("00", False)] * 6
+            assert (app.admission.waiting, app.admission.in_flight) == (0, 0)
+    finally:
+        await app.stop()
+        await client_server.stop(1)

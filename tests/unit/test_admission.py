@@ -45,3 +45,33 @@ def test_without_a_target_the_limit_is_the_ceiling() -> None:
         admission.leave()
     assert admission.limit == 8
     assert [admission.try_enter() for _ in range(9)] == [True] * 8 + [False]
+
+
+def test_a_call_waiting_on_a_client_leaves_the_count_in_flight_and_comes_back() -> None:
+    admission = Admission(ceiling=2, floor=2, latency_target_s=0, waiting_max=3)
+    assert admission.try_enter()
+    assert admission.try_enter()
+    assert not admission.try_enter()
+    # Both start waiting on their clients: two more calls may start.
+    assert admission.park()
+    assert admission.park()
+    assert (admission.in_flight, admission.waiting) == (0, 2)
+    assert admission.try_enter()
+    assert admission.try_enter()
+    assert admission.park()
+    assert admission.try_enter()
+    # Three wait already: the fourth may not (and nothing changes for it).
+    assert not admission.park()
+    assert (admission.in_flight, admission.waiting) == (2, 3)
+    # Back from the client, a call is counted again, above the limit if need be: it was
+    # admitted, and it is never refused half-way.
+    admission.unpark()
+    assert (admission.in_flight, admission.waiting) == (3, 2)
+    assert not admission.try_enter()
+    for _ in range(3):
+        admission.leave()
+    admission.unpark()
+    admission.unpark()
+    for _ in range(2):
+        admission.leave()
+    assert (admission.in_flight, admission.waiting) == (0, 0)

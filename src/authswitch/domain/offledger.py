@@ -37,6 +37,7 @@ class StandInReason(Enum):
     BREAKER_OPEN = 3
     INVALID_ANSWER = 4
     NOT_CONFIGURED = 5
+    OVERLOADED = 6  # too many calls already waiting on clients: the client was not asked
 
 
 class BreakerState(Enum):

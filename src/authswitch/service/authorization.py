@@ -75,6 +75,32 @@ class OffLedgerRouter(Protocol):
     async def decide(self, job: Job) -> StoredDecision: ...
 
 
+class Waits(Protocol):
+    """Where a call waiting on something outside the process (an off-ledger client) stops
+    counting as the process's work while it waits (the inbound admission)."""
+
+    def park(self) -> bool:
+        """Start waiting; False when too many calls already wait (then nothing changed)."""
+        ...
+
+    def unpark(self) -> None:
+        """Back from a wait that ``park`` allowed."""
+        ...
+
+
+class _Unbounded:
+    """Waits with no bound, for callers without an admission (tests, tools)."""
+
+    def park(self) -> bool:
+        return True
+
+    def unpark(self) -> None:
+        return None
+
+
+UNBOUNDED_WAITS: Waits = _Unbounded()
+
+
 def response_for(
     reason: Reason,
     *,
@@ -142,7 +168,7 @@ class _HoldPlan:
 class _Context:
     """One authorisation being decided: the request, and what was derived from it on arrival."""
 
-    __slots__ = ("deadline_s", "fingerprint", "mode", "received", "request", "started")
+    __slots__ = ("deadline_s", "fingerprint", "mode", "received", "request", "started", "waits")
 
     def __init__(
         self,
@@ -151,6 +177,7 @@ class _Context:
         received: datetime,
         started: float = 0.0,
         deadline_s: float | None = None,
+        waits: Waits = UNBOUNDED_WAITS,
     ) -> None:
         self.request = request
         self.fingerprint = fingerprint
@@ -158,6 +185,7 @@ class _Context:
         self.started = started  # time.perf_counter() when the request arrived
         self.deadline_s = deadline_s  # time.monotonic() when its caller gives up, if known
         self.mode = "on_ledger"  # for the metrics: who decided
+        self.waits = waits  # where a wait on an off-ledger client is counted
 
 
 class AuthorizationService:
@@ -196,12 +224,14 @@ class AuthorizationService:
         canonical: bytes,
         *,
         deadline_s: float | None = None,
+        waits: Waits = UNBOUNDED_WAITS,
     ) -> bytes:
         """Decide one authorisation; the response's bytes. Never raises for a fault, which
         is answered 96.
 
         ``canonical`` is the request's deterministic encoding, the payload compared for
-        idempotency; ``deadline_s`` (``time.monotonic()``) when the caller gives up.
+        idempotency; ``deadline_s`` (``time.monotonic()``) when the caller gives up;
+        ``waits`` counts the time an off-ledger call waits on its client apart.
 
         Runs in the caller's task, with no task of its own: once Redis has been asked to
         reserve funds, a cancellation of the caller waits for that step and the commit to
@@ -216,7 +246,12 @@ class AuthorizationService:
             code = outcome(reason).response_code
         else:
             ctx = _Context(
-                request, self.keys.fingerprint(canonical), self.clock.now(), started, deadline_s
+                request,
+                self.keys.fingerprint(canonical),
+                self.clock.now(),
+                started,
+                deadline_s,
+                waits,
             )
             try:
                 stored = await self._answer(ctx, reason)

@@ -178,6 +178,10 @@ class OffLedgerService:
         if left_ms <= 0:
             breaker.record(False, self._now_ms())
             return await self._stand_in(job, checks, StandInReason.TIMEOUT, 0, fee)
+        if not ctx.waits.park():
+            # As many calls as the process lets wait on clients already do: stand in now,
+            # without asking (the breaker is not told: the client did nothing wrong).
+            return await self._stand_in(job, checks, StandInReason.OVERLOADED, None, fee)
         call = _decide_request(job, decision_id, fee, left_ms)
         started = time.perf_counter()
         failure: StandInReason | None = None
@@ -195,6 +199,8 @@ class OffLedgerService:
         except Exception as exc:  # a client we cannot even connect to (bad secrets, ...)
             log.warning("client call failed", extra={"error": type(exc).__name__})
             failure = StandInReason.UNAVAILABLE
+        finally:
+            ctx.waits.unpark()
         latency_us = int((time.perf_counter() - started) * 1_000_000)
         if wire is not None:
             answer = check_answer(

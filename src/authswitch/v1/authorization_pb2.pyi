@@ -122,6 +122,10 @@ class _StandInReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StandIn
     """The client's answer was not valid and was not trusted."""
     STAND_IN_REASON_NOT_CONFIGURED: _StandInReason.ValueType  # 5
     """The program has no client endpoint configured."""
+    STAND_IN_REASON_OVERLOADED: _StandInReason.ValueType  # 6
+    """Too many calls of this process were already waiting on clients
+    (AUTHSWITCH_CLIENT_WAITING_MAX): the client was not asked.
+    """
 
 class StandInReason(_StandInReason, metaclass=_StandInReasonEnumTypeWrapper):
     """Why an off-ledger decision was made by the stand-in policy."""
@@ -137,6 +141,10 @@ STAND_IN_REASON_INVALID_ANSWER: StandInReason.ValueType  # 4
 """The client's answer was not valid and was not trusted."""
 STAND_IN_REASON_NOT_CONFIGURED: StandInReason.ValueType  # 5
 """The program has no client endpoint configured."""
+STAND_IN_REASON_OVERLOADED: StandInReason.ValueType  # 6
+"""Too many calls of this process were already waiting on clients
+(AUTHSWITCH_CLIENT_WAITING_MAX): the client was not asked.
+"""
 Global___StandInReason: _TypeAlias = StandInReason  # noqa: Y015
 
 class _AdviceResult:

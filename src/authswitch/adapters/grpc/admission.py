@@ -9,6 +9,13 @@ between a floor (bursts on an idle process, and batching, need room) and a ceili
 RESOURCE_EXHAUSTED, with nothing written, while there is still time for the gateway to try
 another replica or stand in.
 
+A call waiting on an off-ledger client's answer is not the process's work: it costs memory,
+not CPU, and for as long as the client takes (up to the programme's deadline). While it waits
+it leaves the count above (``park``) and is counted apart, up to ``waiting_max``; it comes
+back, never refused, when the answer (or the deadline) arrives (``unpark``). So a slow client
+neither has its calls refused by the rate of the process's own decisions nor crowds out the
+on-ledger calls; past ``waiting_max`` the programme's stand-in answers without asking.
+
 Calls also wait before any handler runs: in gRPC's core, until this process's event loop
 takes them. That queue is bounded by the server options (``server_options``:
 ``grpc.server.max_pending_requests``), where gRPC itself refuses calls beyond it.
@@ -43,17 +50,21 @@ class Admission:
         ceiling: int,
         floor: int,
         latency_target_s: float,
+        waiting_max: int = 1_000,
         clock: Callable[[], float] = time.monotonic,
         window_s: float = WINDOW_S,
     ) -> None:
         assert 0 < floor <= ceiling
         assert latency_target_s >= 0
+        assert waiting_max >= 0
         self.ceiling = ceiling
         self.floor = floor
         self.latency_target_s = latency_target_s
         self._clock = clock
         self._window_s = window_s
         self.in_flight = 0
+        self.waiting_max = waiting_max
+        self.waiting = 0  # admitted calls waiting on an off-ledger client, not in in_flight
         # From the ceiling down, once completions show the rate (never, without a target).
         self.limit = ceiling
         self.rate_per_s = 0.0
@@ -65,6 +76,20 @@ class Admission:
             return False
         self.in_flight += 1
         return True
+
+    def park(self) -> bool:
+        """An admitted call starts waiting on a client: it no longer counts in flight.
+        False (and nothing changes) when ``waiting_max`` calls already wait."""
+        if self.waiting >= self.waiting_max:
+            return False
+        self.waiting += 1
+        self.in_flight -= 1
+        return True
+
+    def unpark(self) -> None:
+        """The parked call is back to finish its decision, whatever the limit now is."""
+        self.waiting -= 1
+        self.in_flight += 1
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -204,6 +204,7 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
                     to_domain(request),
                     request.SerializeToString(deterministic=True),
                     deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
+                    waits=admission,
                 )
             except Expired as exc:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
