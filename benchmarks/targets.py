@@ -21,6 +21,8 @@ WORKERS = "on_ledger_hot_account_workers"
 NAIVE_REMOTE = "naive_postgres_remote"
 HOT_REMOTE = "on_ledger_hot_account_remote"
 OVERLOAD = "overload_2x"
+TRIVIAL = "trivial_handler"
+TRIVIAL_OVERLOAD = "trivial_handler_overload_2x"
 OFF_LEDGER = "off_ledger_forward"
 STAND_IN = "stand_in"
 TARGET_ROWS = (
@@ -146,15 +148,48 @@ def _latency_target(run: _Run, name: str) -> tuple[float | None, str, bool | Non
         + ("" if p["met"] is not None else " (undecided: the budget is inside the p99's bucket)")
         for p in phases
     )
+    if name == OFF_LEDGER:
+        figures += _floors_at(run, [int(p["rate_per_s"]) for p in phases])
     return float(worst["added_ms"]), figures, met
 
 
-def _overload(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
-    row = run.row(OVERLOAD)
+def _floors_at(run: _Run, rates: list[int]) -> str:
+    """At the same open-loop rates, the p99 of the stack answering a constant and of the
+    ceiling (one Redis call): what any answer costs before the client is even asked."""
+    found = []
+    for rate in rates:
+        for name in (TRIVIAL, CEILING):
+            try:
+                p99 = run.phase(name, f"open_{rate}")["p99_ms"]
+            except _Missing:
+                continue
+            found.append(f"{name} {rate}/s p99 {_num(p99)} ms")
+    return (". Beside it, with no client at all: " + ", ".join(found)) if found else ""
+
+
+def _overload(run: _Run, name: str = OVERLOAD) -> tuple[dict[str, Any], dict[str, Any]]:
+    row = run.row(name)
     phases = [p for p in row["phases"] if p["phase"].startswith("overload_")]
     if not phases:
-        raise _Missing(f"{OVERLOAD} has no overload phase")
+        raise _Missing(f"{name} has no overload phase")
     return phases[0], next((p for p in row["phases"] if p["phase"].startswith("recovery_")), {})
+
+
+def _stack_floor(run: _Run) -> str:
+    """The same overload against grpc.aio answering a constant, when it ran: the part of
+    the latencies that is the stack's own."""
+    try:
+        phase, _ = _overload(run, TRIVIAL_OVERLOAD)
+    except _Missing:
+        return ""
+    parts = [
+        f"{status} {s['count']:,} (p50 {_num(s['p50_ms'])}, p99 {_num(s['p99_ms'])} ms)"
+        for status, s in sorted(phase["latency_by_status"].items(), key=lambda kv: -kv[1]["count"])
+    ]
+    return (
+        f". The stack's floor, {TRIVIAL_OVERLOAD} (a constant answer, no admission limit) "
+        f"offered {phase['rate_per_s']:,}/s: " + "; ".join(parts)
+    )
 
 
 def _overload_figures(run: _Run) -> str:
@@ -172,7 +207,7 @@ def _overload_figures(run: _Run) -> str:
             f"{_num(recovery['throughput_per_s'], 0)}/s answered in its window, p99 "
             f"{_num(recovery['p99_ms'])} ms"
         )
-    return text
+    return text + _stack_floor(run)
 
 
 def _answered_p99(run: _Run) -> tuple[float | None, str]:
@@ -198,6 +233,7 @@ def _refusal_p99(run: _Run) -> tuple[float | None, str, bool | None]:
         figures += "; calls neither answered nor refused: " + ", ".join(
             f"{k} {n:,}" for k, n in others.items()
         )
+    figures += _stack_floor(run)
     if refused is None:
         return None, figures, not others
     value = float(refused["p99_ms"])

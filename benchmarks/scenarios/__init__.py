@@ -13,7 +13,7 @@ from benchmarks.scenarios.on_ledger import (
     OnLedgerSpread,
     Overload2x,
 )
-from benchmarks.scenarios.trivial import TrivialHandler
+from benchmarks.scenarios.trivial import TrivialHandler, TrivialHandlerOverload2x
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]
 
@@ -27,6 +27,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     OffLedgerForward(),
     StandIn(),
     Overload2x(),
+    TrivialHandlerOverload2x(),
     NaivePostgresRemote(),
     OnLedgerHotAccountRemote(),
 )
