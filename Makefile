@@ -62,7 +62,7 @@ bench: $(DEV_STAMP)
 bench-quick: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:

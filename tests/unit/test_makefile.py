@@ -42,3 +42,11 @@ def test_serving_installs_no_development_extras(target: str, tmp_path: Path) -> 
 def test_development_targets_install_the_extras(target: str, tmp_path: Path) -> None:
     installs = _installs(_planned(target, tmp_path / "venv"))
     assert installs[-1].endswith(" -e '.[dev]'"), installs
+
+
+@pytest.mark.parametrize("target", ["test", "bench", "bench-quick", "soak"])
+def test_tool_targets_install_what_they_run_with(target: str, tmp_path: Path) -> None:
+    """On a fresh clone these targets first make the virtualenv with the development
+    extras (the benchmark and soak tools import them); none assumes one is there."""
+    commands = _planned(target, tmp_path / "venv")
+    assert any("[dev]" in c for c in _installs(commands)), commands
