@@ -415,12 +415,19 @@ async def test_admin_notifications(w: World) -> None:
 
     await eventually(
         lambda: kinds() == ["CARD_STATUS_CHANGED", "CARD_STATUS_CHANGED", "PIN_TRIES_EXCEEDED",
-                            "CARD_EXPIRED"],
+                            "CARD_STATUS_CHANGED", "CARD_EXPIRED"],
         "admin notifications",
     )  # fmt: skip
     expired = next(n for n in w.client.applied.values() if n.kind == "CARD_EXPIRED"
                    and n.account_id == card.account_id)  # fmt: skip
     assert expired.card_id == old.card_id
+    # The PIN tries blocked the card (the product's default, BLOCK_CARD), and the client's
+    # ledger knows the card as blocked, and why.
+    blocked = [n for n in w.client.applied.values() if n.account_id == card.account_id
+               and n.kind == "CARD_STATUS_CHANGED"][-1]  # fmt: skip
+    assert blocked.payload["reason"] == "PIN_TRIES_EXCEEDED"
+    assert w.client.ledger.card_status[card.card_id] == "BLOCKED"
+    assert (await w.ledger.authorize(card, 100)).response_code == "62"
 
 
 async def test_webhook_deliveries_are_signed(w: World) -> None:

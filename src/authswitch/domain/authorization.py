@@ -34,6 +34,7 @@ __all__ = [
     "FeeMode",
     "FreeUseCheck",
     "PinMode",
+    "PinTriesExceededAction",
     "PreChecks",
     "ProductRules",
     "TransactionType",
@@ -224,6 +225,14 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
     return None
 
 
+class PinTriesExceededAction(Enum):
+    """What a product does when a wrong PIN uses up the last try (stored by name; numbered
+    on the wire as ``authswitch.v1.PinTriesExceededAction``)."""
+
+    BLOCK_CARD = 1  # seed 000: the card is blocked (62 for every later request)
+    BLOCK_PIN = 2  # only PIN requests are refused (75) until a PIN unblock or a new PIN
+
+
 @dataclass(frozen=True, slots=True)
 class ProductRules:
     """What a product permits (check 8)."""
@@ -232,6 +241,7 @@ class ProductRules:
     allowed_channels: frozenset[int] = frozenset()  # empty: all
     blocked_mccs: frozenset[str] = frozenset()
     pin_tries_max: int = 3
+    pin_tries_exceeded_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD
 
     def permits(self, request: AuthorizationRequest) -> bool:
         if self.allowed_types and request.transaction_type not in self.allowed_types:

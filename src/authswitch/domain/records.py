@@ -175,11 +175,14 @@ class ClientCall:
 
 @dataclass(slots=True)
 class CardUpdate:
-    """New values of a card's PIN state after a decision (None: unchanged)."""
+    """New values of a card's PIN state after a decision (None: unchanged). ``blocked``: the
+    PIN tries were used up on a BLOCK_CARD product, so an ACTIVE card becomes BLOCKED (a card
+    an operator has meanwhile set to another status keeps it)."""
 
     card_id: str
     pin_tries: int | None = None
     pvv: bytes | None = field(default=None, repr=False)
+    blocked: bool = False
 
 
 @dataclass(slots=True)

@@ -13,7 +13,12 @@ from datetime import datetime
 
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardStatus, ProductRules, TransactionType
+from authswitch.domain.authorization import (
+    CardStatus,
+    PinTriesExceededAction,
+    ProductRules,
+    TransactionType,
+)
 from authswitch.domain.cards import (
     bin_of,
     expiry_valid_format,
@@ -151,6 +156,7 @@ class AdminService:
         blocked_mccs: list[str],
         pin_tries_max: int,
         hold_validity_days: int,
+        pin_tries_exceeded_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD,
         hold_validity_by_mcc: dict[str, int],
         actor: str,
     ) -> str:
@@ -186,6 +192,7 @@ class AdminService:
                 allowed_channels=frozenset(allowed_channels),
                 blocked_mccs=frozenset(blocked_mccs),
                 pin_tries_max=pin_tries_max,
+                pin_tries_exceeded_action=pin_tries_exceeded_action,
             ),
             hold_validity_days=hold_validity_days,
             hold_validity_by_mcc=dict(hold_validity_by_mcc),

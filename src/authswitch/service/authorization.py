@@ -29,6 +29,7 @@ from authswitch.domain.authorization import (
     CardFacts,
     Charges,
     FeeMode,
+    PinTriesExceededAction,
     PreChecks,
     counter_deltas,
     prechecks,
@@ -56,6 +57,7 @@ from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
 from authswitch.service.ids import authorization_code, new_id
+from authswitch.service.pinblock import pin_effects
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
 
@@ -346,7 +348,10 @@ class AuthorizationService:
             )
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
-            write = self._write_for(ctx, card, program, pre, result, hold_plan, charges, stand_in)
+            write = self._write_for(
+                ctx, card, program, pre, result, hold_plan, charges, stand_in,
+                product.rules.pin_tries_exceeded_action,
+            )  # fmt: skip
             return await self._commit(card, result, write)
 
         return await self.redis_step(job, attempt, finish)
@@ -400,7 +405,9 @@ class AuthorizationService:
                 try:
                     result = await attempt()
                     if isinstance(result, AuthorizeOutcome):
-                        return await finish(result)
+                        stored = await finish(result)
+                        if not result.pin_blocked_now:
+                            return stored
                 except Exception:
                     # Whether Redis or Postgres failed, the cached state may now hold a
                     # reservation with nothing durable behind it: reload it from Postgres
@@ -408,6 +415,9 @@ class AuthorizationService:
                     self._spawn(self._undo(card.account_id, request))
                     raise
             # Outside the in-flight mark: a reload waits for marked operations to finish.
+            if isinstance(result, AuthorizeOutcome):  # it used up the card's PIN tries
+                await self._reload_blocked_card(job)
+                return stored
             if isinstance(result, Duplicate):
                 return await self._stored_original(job.ctx, card)
             if result.card_only:
@@ -449,6 +459,20 @@ class AuthorizationService:
             await self.cache.adjust(card.account_id, result.epoch, asset, 0, -result.held_minor)
         return written.decision
 
+    async def _reload_blocked_card(self, job: Job) -> None:
+        """After a decision that used up the PIN tries: the card's cached state from
+        Postgres, so that a BLOCK_CARD product's next request sees the card blocked."""
+        card = job.card
+        try:
+            await self.sync.load_card(card.account_id, card.card_id)
+        except Exception as exc:  # durable already; the next reload brings the status
+            metrics.STORE_ERRORS.labels("redis", "load_card").inc()
+            log.warning(
+                "the blocked card's cached state was not reloaded",
+                extra={"error": type(exc).__name__},
+            )
+            self._spawn(self.sync.refresh(card.account_id, "pin_blocked"))
+
     async def _undo(self, account_id: str, request: AuthorizationRequest) -> None:
         try:
             await self.cache.forget_marker(account_id, request.source, request.message_id)
@@ -477,6 +501,7 @@ class AuthorizationService:
         plan: _HoldPlan,
         charges: Charges,
         stand_in: StandIn | None = None,
+        pin_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD,
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = new_id()
@@ -593,26 +618,13 @@ class AuthorizationService:
             usage = usage_changes(card.account_id, deltas, expiries_of(charges))
         updates: tuple[CardUpdate, ...] = ()
         if result.pin_tries_changed or result.pin_changed:
-            updates = (
-                CardUpdate(
-                    card.card_id,
-                    pin_tries=result.pin_tries,
-                    pvv=pre.new_pvv if result.pin_changed else None,
-                ),
-            )
-        if result.pin_blocked_now:
-            notifications += (
-                Notification(
-                    id=new_id(),
-                    program_id=program.id,
-                    kind="PIN_TRIES_EXCEEDED",
-                    payload={"source": request.source, "message_id": request.message_id},
-                    created_at=ctx.received,
-                    account_id=card.account_id,
-                    card_id=card.card_id,
-                    sinks=program.sinks,
-                ),
-            )
+            updates, pin_notes = pin_effects(
+                request=request, card=card, program=program, action=pin_action,
+                received=ctx.received, pin_tries=result.pin_tries,
+                pin_tries_changed=result.pin_tries_changed, pin_changed=result.pin_changed,
+                pin_blocked_now=result.pin_blocked_now, new_pvv=pre.new_pvv,
+            )  # fmt: skip
+            notifications += pin_notes
         calls: tuple[ClientCall, ...] = ()
         if stand_in is not None:
             calls = (stand_in.call,)

@@ -57,6 +57,7 @@ from authswitch.service.authorization import (
 from authswitch.service.charges import is_international
 from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
+from authswitch.service.pinblock import pin_effects
 from authswitch.v1 import common_pb2, decision_pb2
 
 __all__ = ["OffLedgerService"]
@@ -146,21 +147,10 @@ class OffLedgerService:
         )
 
     def _card_updates(self, job: Job, checks: AuthorizeOutcome) -> tuple[CardUpdate, ...]:
-        if not (checks.pin_tries_changed or checks.pin_changed):
-            return ()
-        pvv = job.pre.new_pvv if checks.pin_changed else None
-        return (CardUpdate(job.card.card_id, pin_tries=checks.pin_tries, pvv=pvv),)
+        return _pin_effects(job, checks)[0]
 
     def _pin_notification(self, job: Job, checks: AuthorizeOutcome) -> tuple[Notification, ...]:
-        if not checks.pin_blocked_now:
-            return ()
-        request = job.ctx.request
-        return (
-            _notification(
-                job, "PIN_TRIES_EXCEEDED",
-                {"source": request.source, "message_id": request.message_id},
-            ),
-        )  # fmt: skip
+        return _pin_effects(job, checks)[1]
 
     async def _ask(self, job: Job, checks: AuthorizeOutcome) -> StoredDecision:
         """Every core check passed: ask the client, or stand in."""
@@ -442,6 +432,18 @@ class OffLedgerService:
 
     async def _commit_plain(self, write: LedgerWrite) -> StoredDecision:
         return (await self.committer.submit(write)).decision
+
+
+def _pin_effects(
+    job: Job, checks: AuthorizeOutcome
+) -> tuple[tuple[CardUpdate, ...], tuple[Notification, ...]]:
+    return pin_effects(
+        request=job.ctx.request, card=job.card, program=job.program,
+        action=job.product.rules.pin_tries_exceeded_action, received=job.ctx.received,
+        pin_tries=checks.pin_tries, pin_tries_changed=checks.pin_tries_changed,
+        pin_changed=checks.pin_changed, pin_blocked_now=checks.pin_blocked_now,
+        new_pvv=job.pre.new_pvv,
+    )  # fmt: skip
 
 
 def _auth_code() -> str:

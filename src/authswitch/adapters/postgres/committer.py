@@ -960,6 +960,7 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
                     update.card_id,
                     update.pin_tries if update.pin_tries is not None else before.pin_tries,
                     update.pvv if update.pvv is not None else before.pvv,
+                    update.blocked or before.blocked,
                 )
     if merged:
         updates = list(merged.values())
@@ -967,11 +968,15 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             """UPDATE cards c
                SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
                    pvv = COALESCE(u.pvv, c.pvv),
+                   status = CASE WHEN u.blocked AND c.status = 'ACTIVE' THEN 'BLOCKED'
+                                 ELSE c.status END,
                    updated_at = now()
-               FROM unnest($1::uuid[], $2::int2[], $3::bytea[]) AS u(id, pin_tries, pvv)
+               FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::bool[])
+                    AS u(id, pin_tries, pvv, blocked)
                WHERE c.id = u.id""",
             [u.card_id for u in updates],
             [u.pin_tries for u in updates],
             [u.pvv for u in updates],
+            [u.blocked for u in updates],
         )
     return pre_reversed

@@ -104,7 +104,7 @@ _PART_COLUMNS = {
     "n": "i int8, id uuid, program_id uuid, account_id uuid, card_id uuid, kind text, "
     "payload jsonb, created_at timestamptz",
     "s": "id uuid, sink text, ordering_key text",
-    "q": "i int8, card_id uuid, pin_tries int2, pvv text",
+    "q": "i int8, card_id uuid, pin_tries int2, pvv text, blocked bool",
 }
 
 
@@ -257,13 +257,16 @@ _CARD_UPDATES = f"""cu AS (
         UPDATE cards c
         SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
             pvv = COALESCE(decode(u.pvv, 'hex'), c.pvv),
+            status = CASE WHEN u.blocked AND c.status = 'ACTIVE' THEN 'BLOCKED'
+                          ELSE c.status END,
             updated_at = now()
         FROM (
             SELECT x.card_id,
                    (array_agg(x.pin_tries ORDER BY x.i DESC)
                        FILTER (WHERE x.pin_tries IS NOT NULL))[1] AS pin_tries,
                    (array_agg(x.pvv ORDER BY x.i DESC)
-                       FILTER (WHERE x.pvv IS NOT NULL))[1] AS pvv
+                       FILTER (WHERE x.pvv IS NOT NULL))[1] AS pvv,
+                   bool_or(COALESCE(x.blocked, false)) AS blocked
             FROM {_rows("q")} JOIN done USING (i)
             GROUP BY x.card_id
         ) u
@@ -381,8 +384,9 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
                 )
         for q in write.card_updates:
             parts.setdefault("q", []).append(
-                {"i": i, "card_id": q.card_id, "pin_tries": q.pin_tries, "pvv": _hex(q.pvv)}
-            )
+                {"i": i, "card_id": q.card_id, "pin_tries": q.pin_tries, "pvv": _hex(q.pvv),
+                 "blocked": q.blocked}
+            )  # fmt: skip
     if "e" in parts:
         parts.setdefault("p", [])
     if "n" in parts:

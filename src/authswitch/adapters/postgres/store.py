@@ -16,7 +16,13 @@ import asyncpg
 
 from authswitch.adapters.postgres.committer import StoredDecision, write_notifications
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.domain.authorization import CardFacts, CardState, CardStatus, ProductRules
+from authswitch.domain.authorization import (
+    CardFacts,
+    CardState,
+    CardStatus,
+    PinTriesExceededAction,
+    ProductRules,
+)
 from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
 from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import OpenHold
@@ -196,7 +202,8 @@ class CatalogStore:
         row = await self.pool.fetchrow(
             """SELECT id::text, program_id::text, name, account_types, assets,
                       allowed_transaction_types, allowed_channels, blocked_mccs,
-                      pin_tries_max, hold_validity_days, hold_validity_by_mcc
+                      pin_tries_max, hold_validity_days, hold_validity_by_mcc,
+                      pin_tries_exceeded_action
                FROM products WHERE id = $1""",
             _uuid(product_id, "product"),
         )
@@ -207,6 +214,7 @@ class CatalogStore:
             allowed_channels=frozenset(row["allowed_channels"]),
             blocked_mccs=frozenset(row["blocked_mccs"]),
             pin_tries_max=row["pin_tries_max"],
+            pin_tries_exceeded_action=PinTriesExceededAction[row["pin_tries_exceeded_action"]],
         )
         return ProductRow(
             row["id"],
@@ -565,8 +573,8 @@ class CatalogStore:
             await conn.execute(
                 """INSERT INTO products (id, program_id, name, account_types, assets,
                        allowed_transaction_types, allowed_channels, blocked_mccs, pin_tries_max,
-                       hold_validity_days, hold_validity_by_mcc)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                       hold_validity_days, hold_validity_by_mcc, pin_tries_exceeded_action)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
                 product_id,
                 program_id,
                 name,
@@ -578,6 +586,7 @@ class CatalogStore:
                 rules.pin_tries_max,
                 hold_validity_days,
                 json.dumps(hold_validity_by_mcc, sort_keys=True),
+                rules.pin_tries_exceeded_action.name,
             )
             await audit(
                 conn, actor, "create_product", product_id,
@@ -709,8 +718,13 @@ class CatalogStore:
             previous = CardStatus[row["status"]]
             if previous is CardStatus.CLOSED and status is not CardStatus.CLOSED:
                 raise PreconditionFailed("a closed card cannot be reopened")
+            # Unblocking resets the PIN tries (a card blocked for its PIN tries would
+            # otherwise stay PIN-blocked once active again).
             await conn.execute(
-                "UPDATE cards SET status = $2, updated_at = now() WHERE id = $1",
+                """UPDATE cards SET status = $2, updated_at = now(),
+                       pin_tries = CASE WHEN $2 = 'ACTIVE' AND status = 'BLOCKED' THEN 0
+                                        ELSE pin_tries END
+                   WHERE id = $1""",
                 card_id,
                 status.name,
             )
