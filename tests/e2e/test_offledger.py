@@ -359,7 +359,8 @@ async def test_shadow_stand_in_decides_from_the_shadow_balance(w: World) -> None
         w, stand_in=la.STAND_IN_POLICY_SHADOW, balance_minor=2_000, breaker_failures=100
     )
     w.client.outage = True
-    first = await w.ledger.authorize(card, 1_500)
+    first_request = w.ledger.request(card, 1_500)
+    first = await w.ledger.auth.Authorize(first_request)
     assert (first.response_code, first.stand_in) == ("00", True)
     assert (await w.ledger.authorize(card, 600)).response_code == "51"
     assert await w.ledger.figures(card.account_id) == (2_000, 500, 1_500)
@@ -367,6 +368,26 @@ async def test_shadow_stand_in_decides_from_the_shadow_balance(w: World) -> None
     w.client.outage = False
     assert (await w.ledger.authorize(card, 300)).stand_in is False
     assert await w.ledger.figures(card.account_id) == (2_000, 200, 1_800)
+    # The stand-in approval was advised with what was decided; the 51 was not advised
+    # (the contract: every stand-in approval is advised, a decline holds nothing).
+    w.clock.advance(timedelta(minutes=5))  # past the failed deliveries' backoff
+
+    def advices() -> list[dict[str, object]]:
+        return [dict(n.payload) for n in w.client.applied.values()
+                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+
+    await eventually(lambda: len(advices()) == 1, "the stand-in approval advised")
+    [advice] = advices()
+    assert advice["message_id"] == first_request.message_id
+    assert (advice["response_code"], advice["approved_minor"], advice["amount_minor"]) == (
+        "00", 1_500, 1_500,
+    )  # fmt: skip
+    assert advice["authorization_code"] == first.authorization_code
+    assert w.app.pool is not None
+    kinds = await w.app.pool.fetch(
+        "SELECT kind FROM notifications WHERE account_id = $1 ORDER BY seq", card.account_id
+    )
+    assert [r["kind"] for r in kinds].count("STAND_IN_ADVICE") == 1
 
 
 # -- notifications ---------------------------------------------------------------------------
@@ -695,11 +716,6 @@ async def test_the_reference_client_keeps_the_shadow_ledger_exactly(w: World) ->
     assert actual == 20_000 - 2_010 - 3_110 - 2_010 + 500 + 1_000 + 800
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17 item 5 (hot path): a shadow stand-in advice carries the requested amount "
-    "and no response code, so a partial approval is advised as the whole amount",
-)
 async def test_a_partial_shadow_stand_in_is_followed_exactly(w: World) -> None:
     card, program_id = await _shadow_program(w, opening_minor=2_000)
     w.client.outage = True
@@ -708,3 +724,18 @@ async def test_a_partial_shadow_stand_in_is_followed_exactly(w: World) -> None:
     w.client.outage = False
     w.clock.advance(timedelta(minutes=5))
     await _in_step(w, card, program_id, "partial stand-in approval")
+    [advice] = [n.payload for n in w.client.applied.values()
+                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+    assert (advice["response_code"], advice["amount_minor"]) == ("10", 5_000)
+    assert advice["approved_minor"] == partial.approved_amount.amount_minor < 5_000
+    assert advice["fee_minor"] == partial.fee.amount_minor == 25
+    # A decline in stand-in is not advised, and the client stays in step.
+    w.client.outage = True
+    declined = await w.ledger.authorize(card, 1_000)
+    assert (declined.response_code, declined.stand_in) == ("51", True)
+    w.client.outage = False
+    w.clock.advance(timedelta(minutes=5))
+    await _in_step(w, card, program_id, "a declined stand-in")
+    advised = [n for n in w.client.applied.values()
+               if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+    assert len(advised) == 1

@@ -125,13 +125,22 @@ class Job:
     pre: PreChecks
 
 
+# What a stand-in decision advises the client of, from what was decided: (reason, approved
+# amount, fee, authorisation code) -> its notifications (none for a decline).
+Advise = Callable[[Reason, int, int, str], tuple[Notification, ...]]
+
+
+def _advise_nothing(reason: Reason, approved: int, fee: int, code: str) -> tuple[()]:
+    return ()
+
+
 @dataclass(slots=True)
 class StandIn:
     """An off-ledger decision made in authswitch instead of by the client."""
 
     reason: int  # StandInReason number
     call: ClientCall
-    notifications: tuple[Notification, ...] = ()
+    advise: Advise = _advise_nothing
 
 
 @dataclass(slots=True)
@@ -628,7 +637,10 @@ class AuthorizationService:
         calls: tuple[ClientCall, ...] = ()
         if stand_in is not None:
             calls = (stand_in.call,)
-            notifications += stand_in.notifications
+            notifications += stand_in.advise(
+                result.reason, result.approved_minor, result.fee_minor,
+                response.authorization_code,
+            )  # fmt: skip
         return LedgerWrite(
             decision=record,
             holds=holds,

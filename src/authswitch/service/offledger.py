@@ -27,7 +27,7 @@ from authswitch.adapters.redis.cache import (
     LedgerCache,
     Miss,
 )
-from authswitch.domain.codes import Check, Reason
+from authswitch.domain.codes import Check, Reason, outcome
 from authswitch.domain.fees import FeeContext, Stage
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.limits import Period, period_bounds
@@ -69,6 +69,7 @@ _CORE_CHECKS = (
     Check.CVV2, Check.PRODUCT,
 )  # fmt: skip
 _STAND_IN_LABELS = {r: r.name.lower() for r in StandInReason}
+_APPROVALS = frozenset({Reason.APPROVED, Reason.PARTIALLY_APPROVED})
 
 
 class OffLedgerService:
@@ -356,9 +357,22 @@ class OffLedgerService:
             # Decide from the shadow ledger, as an on-ledger program would. The core checks
             # already ran, and marked the message: that mark is this decision's own.
             await self.cache.forget_marker(card.account_id, request.source, request.message_id)
-            advice = _notification(job, "STAND_IN_ADVICE", _advice_payload(job, reason, policy))
-            stand_in = StandIn(reason.value, call, (advice,))
-            return await self.auth.on_ledger(job, stand_in)
+
+            def advise(
+                decided: Reason, approved_minor: int, fee_minor: int, code: str
+            ) -> tuple[Notification, ...]:
+                # What the shadow ledger decided: an approval (full or partial) is advised
+                # with its code and amounts; a decline holds nothing and is not advised.
+                if decided not in _APPROVALS:
+                    return ()
+                payload = _advice_payload(job, reason, policy)
+                payload.update(
+                    response_code=outcome(decided).response_code,
+                    approved_minor=approved_minor, fee_minor=fee_minor, authorization_code=code,
+                )  # fmt: skip
+                return (_notification(job, "STAND_IN_ADVICE", payload),)
+
+            return await self.auth.on_ledger(job, StandIn(reason.value, call, advise))
 
         decision_id = new_id()
         approved = False
@@ -382,7 +396,10 @@ class OffLedgerService:
         notifications = self._pin_notification(job, checks)
         if approved:
             payload = _advice_payload(job, reason, policy)
-            payload["authorization_code"] = response.authorization_code
+            payload.update(
+                response_code=response.response_code, approved_minor=request.billing_amount_minor,
+                fee_minor=fee, authorization_code=response.authorization_code,
+            )  # fmt: skip
             notifications += (_notification(job, "STAND_IN_ADVICE", payload),)
             notifications += self._fee_notification(job, fee, True)
         write = LedgerWrite(
