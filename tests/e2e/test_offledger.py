@@ -11,11 +11,11 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import pytest
@@ -158,7 +158,8 @@ async def off_ledger_card(
     w: World, *, stand_in: la.StandInPolicy.ValueType = la.STAND_IN_POLICY_DECLINE,
     deadline_ms: int = 400, breaker_failures: int = 3,
     sinks: tuple[la.NotificationSink.ValueType, ...] = (la.NOTIFICATION_SINK_CLIENT,),
-    balance_minor: int = 0, **routing: Unpack[StandInLimits],
+    balance_minor: int = 0, limits: Sequence[dict[str, Any]] = (),
+    **routing: Unpack[StandInLimits],
 ) -> IssuedCard:  # fmt: skip
     program_id = await w.ledger.program(c.LEDGER_MODE_OFF_LEDGER)
     await w.ledger.admin.SetProgramRouting(
@@ -177,6 +178,8 @@ async def off_ledger_card(
             )
         )
     product_id = await w.ledger.product(program_id)
+    for limit in limits:
+        await w.ledger.limit(product_id, **limit)
     account_id = await w.ledger.account(product_id)
     if balance_minor:
         await w.ledger.credit(account_id, balance_minor)
@@ -388,6 +391,115 @@ async def test_shadow_stand_in_decides_from_the_shadow_balance(w: World) -> None
         "SELECT kind FROM notifications WHERE account_id = $1 ORDER BY seq", card.account_id
     )
     assert [r["kind"] for r in kinds].count("STAND_IN_ADVICE") == 1
+
+
+# -- limits and counters (issue 17 item 2) ---------------------------------------------------
+
+DAY_LIMIT = {"subject": la.LIMIT_SUBJECT_CARD, "period": la.PERIOD_DAY}
+
+
+def _asked(w: World, message_id: str) -> bool:
+    return any(r.message_id == message_id for r in w.client.received)
+
+
+async def _used(w: World, card: IssuedCard) -> tuple[int, int]:
+    """(amount, count) of the card's one daily limit counter."""
+    usage = await w.ledger.usage(card.account_id)
+    found = [v for k, v in usage.items() if k.startswith("L:")]
+    assert len(found) <= 1, usage
+    return found[0] if found else (0, 0)
+
+
+async def test_off_ledger_limits_apply_before_the_client_is_asked(w: World) -> None:
+    """Seed 004 for off-ledger programmes: a product's limits decline 61 (amount) and 65
+    (count) before the client is asked, as on-ledger."""
+    card = await off_ledger_card(w, limits=[
+        {"subject": la.LIMIT_SUBJECT_CARD, "period": la.PERIOD_TRANSACTION,
+         "amount_max_minor": 500},
+        {**DAY_LIMIT, "count_max": 2},
+    ])  # fmt: skip
+    # The issue's own case: 10.00 against a 5.00 per-transaction limit.
+    over = w.ledger.request(card, 1_000)
+    response = await w.ledger.auth.Authorize(over)
+    assert (response.response_code, response.reason) == ("61", pb.REASON_AMOUNT_LIMIT_EXCEEDED)
+    assert not _asked(w, over.message_id)
+    for _ in range(2):
+        assert (await w.ledger.authorize(card, 500)).response_code == "00"
+    third = w.ledger.request(card, 100)
+    response = await w.ledger.auth.Authorize(third)
+    assert (response.response_code, response.reason) == ("65", pb.REASON_COUNT_LIMIT_EXCEEDED)
+    assert not _asked(w, third.message_id)
+    assert await _used(w, card) == (1_000, 2)
+    # A retransmission of the 65 replays it; nothing more is counted.
+    assert (await w.ledger.auth.Authorize(third)).response_code == "65"
+    assert await _used(w, card) == (1_000, 2)
+
+
+async def test_off_ledger_counters_follow_the_answer_and_reversals(w: World) -> None:
+    """The amount counted before asking becomes what the client approved: all of it, part
+    of it, or nothing for a decline; a reversal forwarded to the client gives back what it
+    reverses (once, however often retransmitted), counts stay."""
+    card = await off_ledger_card(w, limits=[{**DAY_LIMIT, "amount_max_minor": 20_000}])
+    first = w.ledger.request(card, 3_000)
+    assert (await w.ledger.auth.Authorize(first)).response_code == "00"
+    assert await _used(w, card) == (3_000, 1)
+    # The client holds 10,000 for a new account: 7,000 left; 9,000 asked, 7,000 approved.
+    partial = await w.ledger.authorize(card, 9_000, partial=True)
+    assert (partial.response_code, partial.approved_amount.amount_minor) == ("10", 7_000)
+    assert await _used(w, card) == (10_000, 2)
+    declined = await w.ledger.authorize(card, 1_000)  # nothing left at the client
+    assert (declined.response_code, declined.reason) == ("51", pb.REASON_CLIENT_DECLINED)
+    assert await _used(w, card) == (10_000, 2)
+    # Reversals of the first: 1,000, then the rest (2,000), then the rest again (nothing).
+    assert (await w.ledger.reverse(first.message_id, 1_000)).response_code == "00"
+    assert await _used(w, card) == (9_000, 2)
+    full = str(uuid.uuid4())
+    assert (await w.ledger.reverse(first.message_id, message_id=full)).response_code == "00"
+    assert await _used(w, card) == (7_000, 2)
+    retransmitted = await w.ledger.reverse(first.message_id, message_id=full)
+    assert retransmitted.response_code == "00"
+    assert (await w.ledger.reverse(first.message_id)).response_code == "00"  # another one
+    assert await _used(w, card) == (7_000, 2)
+    # The cache agrees with Postgres: 13,000 more fits the 20,000, 13,001 does not (61).
+    assert (await w.ledger.authorize(card, 13_001)).response_code == "61"
+    w.client.ledger.open_account(card.account_id, "GBP", 100_000)
+    assert (await w.ledger.authorize(card, 13_000)).response_code == "00"
+    assert await _used(w, card) == (20_000, 3)
+
+
+async def test_off_ledger_limits_in_stand_in(w: World) -> None:
+    """A stand-in approval counts as a client approval; a stand-in decline (91) counts
+    nothing; the shadow stand-in counts once, as on-ledger."""
+    card = await off_ledger_card(
+        w, stand_in=la.STAND_IN_POLICY_APPROVE, stand_in_asset="GBP",
+        stand_in_transaction_max_minor=2_000, stand_in_daily_max_minor=5_000,
+        breaker_failures=100, limits=[{**DAY_LIMIT, "amount_max_minor": 4_000}],
+    )  # fmt: skip
+    w.client.outage = True
+    assert (await w.ledger.authorize(card, 1_500)).response_code == "00"
+    assert await _used(w, card) == (1_500, 1)
+    assert (await w.ledger.authorize(card, 2_001)).response_code == "91"  # stand-in limit
+    assert await _used(w, card) == (1_500, 1)
+    assert (await w.ledger.authorize(card, 2_501)).response_code == "61"  # product limit
+    assert await _used(w, card) == (1_500, 1)
+
+    shadow = await off_ledger_card(
+        w, stand_in=la.STAND_IN_POLICY_SHADOW, balance_minor=10_000, breaker_failures=100,
+        limits=[{**DAY_LIMIT, "amount_max_minor": 3_000, "count_max": 5}],
+    )  # fmt: skip
+    assert (await w.ledger.authorize(shadow, 2_000)).response_code == "00"
+    assert await _used(w, shadow) == (2_000, 1)
+    assert (await w.ledger.authorize(shadow, 1_001)).response_code == "61"
+    assert await _used(w, shadow) == (2_000, 1)
+    w.client.outage = False
+    # The client approves; the shadow ledger mirrors the hold with its counters, so the
+    # reversal (through the shadow ledger) gives the amount back.
+    approved = w.ledger.request(shadow, 1_000)
+    response = await w.ledger.auth.Authorize(approved)
+    assert (response.response_code, response.stand_in) == ("00", False)
+    assert await _used(w, shadow) == (3_000, 2)
+    assert (await w.ledger.reverse(approved.message_id)).response_code == "00"
+    assert await _used(w, shadow) == (2_000, 2)
 
 
 # -- notifications ---------------------------------------------------------------------------

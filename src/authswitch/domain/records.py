@@ -171,6 +171,9 @@ class ClientCall:
     client_response_code: str = ""
     client_reason: str = ""
     latency_us: int | None = None
+    # The limit counters an approval added to, and how much (given back by reversals).
+    usage_keys: tuple[str, ...] = ()
+    usage_minor: int = 0
 
 
 @dataclass(slots=True)

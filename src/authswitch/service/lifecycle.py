@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.offledger_usage import return_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardFacts, TransactionType, identifier_ok
+from authswitch.domain.authorization import CardFacts, CounterCheck, TransactionType, identifier_ok
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
@@ -330,10 +331,16 @@ class LifecycleService:
                     "amount_minor": requested, "asset": money.asset if money else "",
                     "full": requested == 0, "network_reference": request.network_reference,
                 }  # fmt: skip
-                return await self._forward(
+                forwarded = await self._forward(
                     "REVERSAL", request.source, request.message_id, fingerprint, card, program,
                     fields, pb.ReverseResponse, pb.ReverseResponse.FromString,
                 )  # fmt: skip
+                if forwarded.response_code == "00":
+                    await self._return_off_ledger_usage(
+                        card.account_id, request.source, request.original_message_id,
+                        f"{request.source}:{request.message_id}", requested or None,
+                    )  # fmt: skip
+                return forwarded
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._reverse_once(request, money, requested, fingerprint)
             if posted is None:
@@ -345,6 +352,30 @@ class LifecycleService:
                     posted, fingerprint, pb.ReverseResponse.FromString, pb.ReverseResponse()
                 )
         raise InternalError("reversal could not be planned: its hold kept changing")
+
+    async def _return_off_ledger_usage(
+        self, account_id: str, source: str, original_message_id: str, reversal: str,
+        requested_minor: int | None,
+    ) -> None:  # fmt: skip
+        """A reversal forwarded to an off-ledger client gives back to the amount-based limits
+        what its authorisation counted (counts stay, as on-ledger); once per reversal, also
+        when a retransmission finds the reversal already recorded. Postgres first, then the
+        cached counters, inside the account's in-flight mark so a reload sees both or
+        neither."""
+        sync, cache = self.poster.sync, self.poster.cache
+        with sync.in_flight(account_id):
+            try:
+                returned = await return_usage(
+                    self.store.pool, source=source, original_message_id=original_message_id,
+                    reversal=reversal, requested_minor=requested_minor,
+                )  # fmt: skip
+                if returned is not None:
+                    _, keys, amount = returned
+                    counters = [CounterCheck(key, "") for key in keys]
+                    await cache.count_limits(account_id, counters, -amount, 0, check=False)
+            except Exception:
+                self.poster.spawn_refresh(account_id, "failure")
+                raise
 
     async def _reverse_once(
         self, request: pb.ReverseRequest, money: common_pb2.Money | None, requested: int,

@@ -57,6 +57,7 @@ from authswitch.service.authorization import (
 from authswitch.service.charges import is_international
 from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
+from authswitch.service.offledger_limits import Counted, OffLedgerLimits
 from authswitch.service.pinblock import pin_effects
 from authswitch.v1 import common_pb2, decision_pb2
 
@@ -93,6 +94,9 @@ class OffLedgerService:
         self.cache = cache
         self.committer = committer
         self.clock = clock
+        self.limits = OffLedgerLimits(
+            cache=cache, sync=authorization.sync, charges=authorization.charges
+        )
         self._breakers: dict[str, tuple[object, CircuitBreaker]] = {}
 
     def breaker(self, program_id: str, routing: ClientRouting) -> CircuitBreaker:
@@ -134,12 +138,17 @@ class OffLedgerService:
 
         return await self.auth.redis_step(job, attempt, finish)
 
-    def _declined_by_checks(self, job: Job, checks: AuthorizeOutcome) -> LedgerWrite:
+    def _declined_by_checks(
+        self, job: Job, checks: AuthorizeOutcome, reason: Reason | None = None
+    ) -> LedgerWrite:
+        """A decline by the core checks, or (``reason``) by a limit before the client is
+        asked."""
         ctx, card = job.ctx, job.card
+        reason = reason or checks.reason
         decision_id = new_id()
-        response = response_for(checks.reason, decision_id=decision_id)
+        response = response_for(reason, decision_id=decision_id)
         record = self.auth.record(
-            ctx, decision_id, checks.reason, response.SerializeToString(), card, None
+            ctx, decision_id, reason, response.SerializeToString(), card, None
         )
         return LedgerWrite(
             decision=record,
@@ -159,16 +168,29 @@ class OffLedgerService:
         request = ctx.request
         routing = program.routing
         fee = await self._fee(job)
+        # Check 9, before the client is asked: the product's limits (counted at once).
+        counted = await self.limits.count(
+            product_id=job.product.id, program=program, card_id=job.card.card_id,
+            account_id=job.card.account_id, transaction_type=request.transaction_type,
+            asset=request.billing_asset, amount_minor=request.billing_amount_minor + fee,
+            at=ctx.received,
+        )  # fmt: skip
+        if isinstance(counted, Reason):
+            return await self._commit(job, checks, self._declined_by_checks(job, checks, counted))
         decision_id = new_id()
         if routing is None:
-            return await self._stand_in(job, checks, StandInReason.NOT_CONFIGURED, None, fee)
+            return await self._stand_in(
+                job, checks, StandInReason.NOT_CONFIGURED, None, fee, counted=counted
+            )
         breaker = self.breaker(program.id, routing)
         if not breaker.allow(self._now_ms()):
-            return await self._stand_in(job, checks, StandInReason.BREAKER_OPEN, None, fee)
+            return await self._stand_in(
+                job, checks, StandInReason.BREAKER_OPEN, None, fee, counted=counted
+            )
         left_ms = self._client_budget_ms(ctx, routing.deadline_ms)
         if left_ms <= 0:
             breaker.record(False, self._now_ms())
-            return await self._stand_in(job, checks, StandInReason.TIMEOUT, 0, fee)
+            return await self._stand_in(job, checks, StandInReason.TIMEOUT, 0, fee, counted=counted)
         call = _decide_request(job, decision_id, fee, left_ms)
         started = time.perf_counter()
         failure: StandInReason | None = None
@@ -207,9 +229,15 @@ class OffLedgerService:
         breaker.record(failure is None, self._now_ms())
         if failure is not None or answer is None:
             return await self._stand_in(
-                job, checks, failure or StandInReason.INVALID_ANSWER, latency_us, fee, wire
+                job,
+                checks,
+                failure or StandInReason.INVALID_ANSWER,
+                latency_us,
+                fee,
+                wire,
+                counted=counted,
             )
-        return await self._answered(job, checks, answer, latency_us, fee, decision_id)
+        return await self._answered(job, checks, answer, latency_us, fee, decision_id, counted)
 
     def _client_budget_ms(self, ctx: Any, deadline_ms: int) -> int:
         """How long the client may take: what is left of the programme's deadline (or of
@@ -234,11 +262,17 @@ class OffLedgerService:
 
     async def _answered(
         self, job: Job, checks: AuthorizeOutcome, answer: ClientAnswer, latency_us: int,
-        fee: int, decision_id: str,
+        fee: int, decision_id: str, counted: Counted | None,
     ) -> StoredDecision:  # fmt: skip
         ctx, card, program = job.ctx, job.card, job.program
         request = ctx.request
         approved = answer.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED)
+        usage: tuple[UsageChange, ...] = ()
+        if counted is not None and approved:  # a partial approval counts what it approved
+            await self.limits.adjust(counted, answer.approved_minor + fee - counted.amount_minor, 0)
+            usage = counted.usage(counted.amount_minor)
+        elif counted is not None:
+            await self.limits.take_back(counted)
         response = response_for(
             answer.reason,
             asset=request.billing_asset,
@@ -262,12 +296,15 @@ class OffLedgerService:
             client_reason=answer.client_reason,
             latency_us=latency_us,
         )
+        if usage and counted is not None:
+            call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
         notifications = self._pin_notification(job, checks) + self._fee_notification(
             job, fee, approved
         )
         write = LedgerWrite(
             decision=record,
             card_updates=self._card_updates(job, checks),
+            usage=usage,
             notifications=notifications,
             client_calls=(call,),
         )
@@ -307,11 +344,14 @@ class OffLedgerService:
             expires_at=ctx.received + timedelta(days=plan.validity_days),
             created_at=ctx.received,
             kind=plan.kind,
+            # A reversal or clearing of the hold adjusts the limits it counted.
+            usage_keys=tuple(k for c in write.client_calls for k in c.usage_keys),
         )
         mirrored = LedgerWrite(
             decision=write.decision,
             holds=(hold,),
             balance_changes=(change,),
+            usage=write.usage,
             card_updates=write.card_updates,
             notifications=write.notifications,
             client_calls=write.client_calls,
@@ -334,7 +374,8 @@ class OffLedgerService:
 
     async def _stand_in(
         self, job: Job, checks: AuthorizeOutcome, reason: StandInReason, latency_us: int | None,
-        fee: int, wire: decision_pb2.DecideResponse | None = None,
+        fee: int, wire: decision_pb2.DecideResponse | None = None, *,
+        counted: Counted | None = None,
     ) -> StoredDecision:  # fmt: skip
         ctx, card, program = job.ctx, job.card, job.program
         request = ctx.request
@@ -355,7 +396,9 @@ class OffLedgerService:
         )
         if policy is StandInPolicy.SHADOW:
             # Decide from the shadow ledger, as an on-ledger program would. The core checks
-            # already ran, and marked the message: that mark is this decision's own.
+            # already ran, and marked the message: that mark is this decision's own. The
+            # limits are checked and counted there again: what was counted here goes.
+            await self.limits.take_back(counted)
             await self.cache.forget_marker(card.account_id, request.source, request.message_id)
 
             def advise(
@@ -379,6 +422,11 @@ class OffLedgerService:
         usage: tuple[UsageChange, ...] = ()
         if policy is StandInPolicy.APPROVE and routing is not None:
             approved, usage = await self._within_stand_in_limits(job, routing)
+        if counted is not None and approved:
+            usage += counted.usage(counted.amount_minor)
+            call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
+        elif counted is not None:
+            await self.limits.take_back(counted)
         reason_code = Reason.APPROVED if approved else Reason.CLIENT_UNAVAILABLE
         response = response_for(
             reason_code,

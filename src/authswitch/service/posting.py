@@ -149,6 +149,10 @@ class Poster:
             metrics.STORE_ERRORS.labels("redis", "undo").inc()
             log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
 
+    def spawn_refresh(self, account_id: str, cause: str) -> None:
+        """Reload the account's cached state from Postgres, in the background."""
+        self._spawn(self.sync.refresh(account_id, cause))
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)

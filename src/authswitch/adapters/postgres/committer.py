@@ -695,10 +695,13 @@ async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None
     await conn.execute(
         """INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
                stand_in_policy, client_decision, client_response_code, client_reason,
-               latency_us, created_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                                $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[],
-                                $11::timestamptz[])""",
+               latency_us, created_at, usage_minor, usage_keys)
+           SELECT s, m, p, o, r, sp, cd, cr, cx, l, t, um,
+                  coalesce(string_to_array(nullif(uk, ''), ' '), '{}')
+           FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[],
+                       $11::timestamptz[], $12::int8[], $13::text[])
+                AS u(s, m, p, o, r, sp, cd, cr, cx, l, t, um, uk)""",
         [k.source for k in calls],
         [k.message_id for k in calls],
         [k.program_id for k in calls],
@@ -710,6 +713,8 @@ async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None
         [k.client_reason for k in calls],
         [k.latency_us for k in calls],
         [k.created_at for k in calls],
+        [k.usage_minor for k in calls],
+        [" ".join(k.usage_keys) for k in calls],
     )
 
 

@@ -100,7 +100,8 @@ _PART_COLUMNS = {
     "u": "i int8, account_id uuid, key text, amount int8, count int4, expires_at timestamptz",
     "k": "i int8, source text, message_id text, program_id uuid, outcome text, "
     "stand_in_reason text, stand_in_policy text, client_decision text, "
-    "client_response_code text, client_reason text, latency_us int4, created_at timestamptz",
+    "client_response_code text, client_reason text, latency_us int4, created_at timestamptz, "
+    "usage_minor int8, usage_keys text[]",
     "n": "i int8, id uuid, program_id uuid, account_id uuid, card_id uuid, kind text, "
     "payload jsonb, created_at timestamptz",
     "s": "id uuid, sink text, ordering_key text",
@@ -227,10 +228,11 @@ _USAGE = f"""lu AS (
 _CLIENT_CALLS = f"""cc AS (
         INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
             stand_in_policy, client_decision, client_response_code, client_reason, latency_us,
-            created_at)
+            created_at, usage_minor, usage_keys)
         SELECT x.source, x.message_id, x.program_id, x.outcome, x.stand_in_reason,
                x.stand_in_policy, x.client_decision, x.client_response_code, x.client_reason,
-               x.latency_us, x.created_at
+               x.latency_us, x.created_at, coalesce(x.usage_minor, 0),
+               coalesce(x.usage_keys, '{{}}')
         FROM {_rows("k")} JOIN done USING (i)
         RETURNING 1
     )"""
@@ -369,7 +371,8 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
                 "client_decision": k.client_decision,
                 "client_response_code": k.client_response_code,
                 "client_reason": k.client_reason, "latency_us": k.latency_us,
-                "created_at": k.created_at.isoformat(),
+                "created_at": k.created_at.isoformat(), "usage_minor": k.usage_minor,
+                "usage_keys": list(k.usage_keys),
             })  # fmt: skip
         for n in write.notifications:
             parts.setdefault("n", []).append({

@@ -47,7 +47,14 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from authswitch.adapters.redis.pipeline import Pipelined, PipelinedCluster, Reply
-from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
+from authswitch.domain.authorization import (
+    NO_CHARGES,
+    CardState,
+    Charges,
+    CounterCheck,
+    FeeMode,
+    PreChecks,
+)
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
 from authswitch.futures import Detached, outlive_cancel
@@ -230,6 +237,7 @@ class LedgerCache:
         self._load = _Script(client, "load", prelude)
         self._load_card = _Script(client, "load_card", prelude)
         self._counter = _Script(client, "counter", prelude)
+        self._limits = _Script(client, "limits", prelude)
         self._read = _Script(client, "read", prelude)
 
     async def start_generation(self, floor: int) -> int:
@@ -396,6 +404,34 @@ class LedgerCache:
         if reply[0] == b"MISS":
             return Miss()
         return bool(reply[0] == b"OK")
+
+    async def count_limits(
+        self,
+        account_id: str,
+        limits: Sequence[CounterCheck],
+        amount_minor: int,
+        uses: int,
+        *,
+        check: bool,
+    ) -> str | Miss:
+        """Off-ledger limits (``limits.lua``): with ``check``, refuse ("AMOUNT", "COUNT") or
+        count ``amount_minor`` and ``uses`` on every counter ("OK"); without, add them to the
+        counters still cached (an adjustment of what was counted)."""
+        args: list[Any] = [
+            self.generation,
+            "check" if check else "adjust",
+            amount_minor,
+            uses,
+            len(limits),
+        ]
+        for limit in limits:
+            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
+        reply: Sequence[Any] = await outlive_cancel(
+            self._limits([self.keys.state(account_id)], args)
+        )
+        if reply[0] == b"MISS":
+            return Miss()
+        return str(reply[0].decode())
 
     async def adjust(
         self, account_id: str, epoch: bytes, asset: str, actual_delta: int, held_delta: int
