@@ -30,7 +30,7 @@ from authswitch.v1 import decision_pb2 as dpb
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.certs import TestCA
-from tests.support.ledger import IssuedCard, Ledger
+from tests.support.ledger import IssuedCard, Ledger, TransactionKind
 from tests.support.stores import Stores
 
 pytestmark = pytest.mark.timeout(120)
@@ -159,6 +159,7 @@ async def off_ledger_card(
     deadline_ms: int = 400, breaker_failures: int = 3,
     sinks: tuple[la.NotificationSink.ValueType, ...] = (la.NOTIFICATION_SINK_CLIENT,),
     balance_minor: int = 0, limits: Sequence[dict[str, Any]] = (),
+    fees: Sequence[la.FeeRule] = (), product: dict[str, Any] | None = None,
     **routing: Unpack[StandInLimits],
 ) -> IssuedCard:  # fmt: skip
     program_id = await w.ledger.program(c.LEDGER_MODE_OFF_LEDGER)
@@ -177,9 +178,11 @@ async def off_ledger_card(
                 program_id=program_id, sink=sink, url=w.webhook.url, secret_name="webhook-key"
             )
         )
-    product_id = await w.ledger.product(program_id)
+    product_id = await w.ledger.product(program_id, **(product or {}))
     for limit in limits:
         await w.ledger.limit(product_id, **limit)
+    if fees:
+        await w.ledger.fees(product_id, *fees)
     account_id = await w.ledger.account(product_id)
     if balance_minor:
         await w.ledger.credit(account_id, balance_minor)
@@ -502,6 +505,136 @@ async def test_off_ledger_limits_in_stand_in(w: World) -> None:
     assert await _used(w, shadow) == (2_000, 2)
 
 
+# -- fees (issue 17 item 1) -------------------------------------------------------------------
+
+PURCHASE, ATM, ENQUIRY = (
+    c.TRANSACTION_TYPE_PURCHASE, c.TRANSACTION_TYPE_CASH_WITHDRAWAL,
+    c.TRANSACTION_TYPE_BALANCE_ENQUIRY,
+)  # fmt: skip
+DECLINE_FEE = la.FeeRule(
+    name="decline", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP", flat_minor=30,
+    on_decline=True,
+)  # fmt: skip
+
+
+def _fees_of(w: World, card: IssuedCard) -> list[dict[str, Any]]:
+    kinds = ("FEE", "FEE_NOT_APPLIED")
+    return [dict(n.payload) for n in w.client.applied.values()
+            if n.kind in kinds and n.account_id == card.account_id]  # fmt: skip
+
+
+async def test_every_fee_rule_reaches_an_off_ledger_client(w: World) -> None:
+    """Seed 004 for off-ledger programmes: percentage, threshold, free uses, decline,
+    zero-value and clearing fees are computed as on-ledger and sent as FEE notifications
+    naming their rules, amount and transaction."""
+    rules = [
+        la.FeeRule(name="purchase", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[PURCHASE], flat_minor=25, bps=100),
+        la.FeeRule(name="big purchase", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[PURCHASE], flat_minor=50, above_minor=5_000),
+        la.FeeRule(name="atm", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[ATM], flat_minor=100, free_uses=2,
+                   free_period=la.PERIOD_DAY),
+        la.FeeRule(name="enquiry", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[ENQUIRY], flat_minor=50),
+        DECLINE_FEE,
+        la.FeeRule(name="clearing", stage=la.FEE_STAGE_CLEARING, asset="GBP",
+                   transaction_types=[PURCHASE], flat_minor=10),
+    ]  # fmt: skip
+    card = await off_ledger_card(w, fees=rules, product={"blocked_mccs": ["7995"]})
+    first = w.ledger.request(card, 4_000)  # 0.25 + 1%
+    answer = await w.ledger.auth.Authorize(first)
+    assert (answer.response_code, answer.fee.amount_minor) == ("00", 65)
+    assert w.client.decisions[-1].fee.amount_minor == 65  # the client was told in Decide
+    big = await w.ledger.authorize(card, 5_100)  # 0.25 + 1%, and 0.50 above 50.00
+    assert (big.response_code, big.fee.amount_minor) == ("00", 126)
+    atm: TransactionKind = {"transaction_type": ATM, "channel": c.CHANNEL_ATM}
+    withdrawals = [await w.ledger.authorize(card, 100, **atm) for _ in range(3)]
+    assert [(r.response_code, r.fee.amount_minor) for r in withdrawals] == [
+        ("00", 0), ("00", 0), ("00", 100),
+    ]  # fmt: skip
+    declined = await w.ledger.authorize(card, 1_000)  # the client has 309 left
+    assert (declined.response_code, declined.fee.amount_minor) == ("51", 30)
+    not_permitted = await w.ledger.authorize(card, 100, mcc="7995")
+    assert (not_permitted.response_code, not_permitted.fee.amount_minor) == ("57", 30)
+    enquiry = await w.ledger.authorize(card, 0, transaction_type=ENQUIRY, channel=c.CHANNEL_ATM)
+    assert (enquiry.response_code, enquiry.fee.amount_minor) == ("00", 50)
+    assert (await w.ledger.clear(card, first.network_reference, 4_000)).response_code == "00"
+
+    await eventually(lambda: len(_fees_of(w, card)) == 7, "seven fee notifications")
+    fees = _fees_of(w, card)
+    summary = [
+        (f["stage"], f["fee_minor"], f["fee_mode"], f["on_decline"],
+         [(r["name"], r["fee_minor"]) for r in f["rules"]])
+        for f in fees
+    ]  # fmt: skip
+    assert summary == [
+        ("AUTHORIZATION", 65, "NOTIFIED", False, [("purchase", 65)]),
+        ("AUTHORIZATION", 126, "NOTIFIED", False, [("purchase", 76), ("big purchase", 50)]),
+        ("AUTHORIZATION", 100, "NOTIFIED", False, [("atm", 100)]),
+        ("AUTHORIZATION", 30, "NOTIFIED", True, [("decline", 30)]),
+        ("AUTHORIZATION", 30, "NOTIFIED", True, [("decline", 30)]),
+        ("AUTHORIZATION", 50, "NOTIFIED", False, [("enquiry", 50)]),
+        ("CLEARING", 10, "NOTIFIED", False, [("clearing", 10)]),
+    ]
+    # Each names the transaction it belongs to.
+    assert fees[0]["message_id"] == first.message_id
+    assert fees[-1]["network_reference"] == first.network_reference
+    assert [f["response_code"] for f in fees[:6]] == ["00", "00", "00", "51", "57", "00"]
+    # The reference client applied them: the decline fees were posted, the rest held with
+    # their approvals (and the first's released by its clearing, which posted 40.10).
+    ledger = w.client.ledger
+    assert ledger.actual(card.account_id) == 10_000 - 30 - 30 - 4_000 - 10
+
+
+async def test_the_shadow_ledger_charges_a_client_declines_fee(w: World) -> None:
+    """A SHADOW programme's client declines: the decline fee is posted in the shadow ledger
+    when available covers it (POSTED), else not applied (FEE_NOT_APPLIED), and the client's
+    ledger stays where the shadow ledger is."""
+    card, program_id = await _shadow_program(w, opening_minor=1_000, rules=[DECLINE_FEE])
+    declined = await w.ledger.authorize(card, 2_000)
+    assert (declined.response_code, declined.fee.amount_minor) == ("51", 30)
+    assert await w.ledger.figures(card.account_id) == (970, 970, 0)
+    await _in_step(w, card, program_id, "decline fee posted")
+    poor, poor_program = await _shadow_program(w, opening_minor=10, rules=[DECLINE_FEE])
+    assert (await w.ledger.authorize(poor, 2_000)).response_code == "51"
+    assert await w.ledger.figures(poor.account_id) == (10, 10, 0)
+    await _in_step(w, poor, poor_program, "decline fee not applied")
+    assert [f["fee_mode"] for f in _fees_of(w, card)] == ["POSTED"]
+    assert [(f["fee_mode"], f["fee_minor"]) for f in _fees_of(w, poor)] == [("NOT_APPLIED", 30)]
+    # In stand-in the shadow ledger decides, and charges, as on-ledger: the decline fee of
+    # its own 51 is posted there too, and the client follows.
+    w.client.outage = True
+    assert (await w.ledger.authorize(card, 5_000)).response_code == "51"
+    w.client.outage = False
+    w.clock.advance(timedelta(minutes=5))
+    assert await w.ledger.figures(card.account_id) == (940, 940, 0)
+    await _in_step(w, card, program_id, "stand-in decline fee")
+
+
+async def test_an_approve_stand_in_charges_the_fee_as_the_client_would(w: World) -> None:
+    """The APPROVE stand-in prices the approval as the client would have been told: the
+    fee is in the answer, the advice and its FEE notification (with its rules)."""
+    rule = la.FeeRule(name="purchase", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                      transaction_types=[PURCHASE], flat_minor=25, bps=100)  # fmt: skip
+    card = await off_ledger_card(
+        w, stand_in=la.STAND_IN_POLICY_APPROVE, stand_in_asset="GBP",
+        stand_in_transaction_max_minor=5_000, stand_in_daily_max_minor=5_000,
+        breaker_failures=100, fees=[rule],
+    )  # fmt: skip
+    w.client.outage = True
+    answer = await w.ledger.authorize(card, 2_000)
+    assert (answer.response_code, answer.stand_in, answer.fee.amount_minor) == ("00", True, 45)
+    w.client.outage = False
+    w.clock.advance(timedelta(minutes=5))
+    await eventually(lambda: len(_fees_of(w, card)) == 1, "the stand-in's fee")
+    [fee] = _fees_of(w, card)
+    assert (fee["fee_minor"], [r["name"] for r in fee["rules"]]) == (45, ["purchase"])
+    [advice] = [n.payload for n in w.client.applied.values()
+                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+    assert (advice["approved_minor"], advice["fee_minor"]) == (2_000, 45)
+
+
 # -- notifications ---------------------------------------------------------------------------
 
 
@@ -700,7 +833,9 @@ async def test_unconfigured_off_ledger_program_stands_in(w: World) -> None:
 # -- the reference client's ledger follows authswitch's shadow ledger exactly ----------------
 
 
-async def _shadow_program(w: World, *, opening_minor: int) -> tuple[IssuedCard, str]:
+async def _shadow_program(
+    w: World, *, opening_minor: int, rules: Sequence[la.FeeRule] = ()
+) -> tuple[IssuedCard, str]:
     """A SHADOW program with a 0.25 authorisation fee and a 0.10 clearing fee on purchases,
     a card whose account holds ``opening_minor`` in authswitch and at the client."""
     program_id = await w.ledger.program(c.LEDGER_MODE_OFF_LEDGER)
@@ -722,6 +857,7 @@ async def _shadow_program(w: World, *, opening_minor: int) -> tuple[IssuedCard, 
                    transaction_types=purchases),
         la.FeeRule(name="clearing", stage=la.FEE_STAGE_CLEARING, asset="GBP", flat_minor=10,
                    transaction_types=purchases),
+        *rules,
     )  # fmt: skip
     account_id = await w.ledger.account(product_id)
     await w.ledger.credit(account_id, opening_minor)

@@ -21,7 +21,13 @@ from authswitch.adapters.postgres.committer import StoredDecision
 from authswitch.adapters.postgres.offledger_usage import return_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardFacts, CounterCheck, TransactionType, identifier_ok
+from authswitch.domain.authorization import (
+    CardFacts,
+    Charges,
+    CounterCheck,
+    TransactionType,
+    identifier_ok,
+)
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
@@ -371,8 +377,10 @@ class LifecycleService:
                 )  # fmt: skip
                 if returned is not None:
                     _, keys, amount = returned
-                    counters = [CounterCheck(key, "") for key in keys]
-                    await cache.count_limits(account_id, counters, -amount, 0, check=False)
+                    counters = tuple(CounterCheck(key, "") for key in keys)
+                    await cache.count_charges(
+                        account_id, Charges(limits=counters), -amount, 0, check=False
+                    )
             except Exception:
                 self.poster.spawn_refresh(account_id, "failure")
                 raise
@@ -501,14 +509,29 @@ class LifecycleService:
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
         if _forward_only(program):
+            # The clearing fee is computed as on-ledger and sent for the client to apply
+            # (seed 004: "fees are communicated to you via webhook").
+            context = FeeContext(
+                Stage.CLEARING, request.transaction_type or int(TransactionType.PURCHASE),
+                request.channel, request.merchant.mcc,
+                is_international(program, request.merchant.country), asset, amount,
+            )  # fmt: skip
+            quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
             fields = {
                 "network_reference": request.network_reference, "amount_minor": amount,
                 "asset": asset, "final": request.final, "mcc": request.merchant.mcc,
-                "merchant": request.merchant.name,
+                "merchant": request.merchant.name, "fee_minor": quote.fixed_minor,
             }  # fmt: skip
+            fee: dict[str, object] | None = None
+            if quote.fixed_minor:
+                lines = quote.charged_lines(declined=False, free_charged=frozenset())
+                fee = {
+                    "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
+                    "rules": [line.payload() for line in lines],
+                }  # fmt: skip
             return await self._forward(
                 "CLEARING", request.source, request.message_id, fingerprint, card, program,
-                fields, pb.ClearResponse, pb.ClearResponse.FromString,
+                fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
             )  # fmt: skip
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._clear_once(request, card, program, fingerprint)
@@ -762,10 +785,11 @@ class LifecycleService:
     async def _forward(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, card: CardFacts,
         program: ProgramRow, fields: dict[str, object], cls: type[_R],
-        parse: Callable[[bytes], _R],
+        parse: Callable[[bytes], _R], fee: dict[str, object] | None = None,
     ) -> _R:  # fmt: skip
         """Off-ledger: the client's ledger settles. Record the message, acknowledge it, and
-        queue it to the client as a notification, in the same transaction."""
+        queue it to the client as a notification, in the same transaction; ``fee``: the
+        details of a FEE notification to follow it (the message's fields are added)."""
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
         response = cls(response_code="00", decision_id=decision_id)
@@ -775,8 +799,16 @@ class LifecycleService:
             amount_minor=int(str(fields.get("amount_minor", 0))),
         )  # fmt: skip
         payload = {"source": source, "message_id": message_id, **fields}
-        note = self._notification(kind, program, card.account_id, card.card_id, payload, now)
-        posted = await self.poster.record(LedgerWrite(decision=record, notifications=(note,)))
+        notes: tuple[Notification, ...] = (
+            self._notification(kind, program, card.account_id, card.card_id, payload, now),
+        )
+        if fee is not None:
+            notes += (
+                self._notification(
+                    "FEE", program, card.account_id, card.card_id, {**payload, **fee}, now
+                ),
+            )
+        posted = await self.poster.record(LedgerWrite(decision=record, notifications=notes))
         return self._answer(posted, fingerprint, parse, cls())
 
     async def _unknown_card(
