@@ -499,6 +499,23 @@ class AdminService:
         await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)
 
+    async def set_movements(self, program_id: str, enabled: bool, *, actor: str) -> None:
+        """Subscribe (or unsubscribe) an on-ledger programme to MOVEMENT notifications
+        (service/movements.py)."""
+        program = await self.catalog.program(program_id)
+        if enabled and program.mode != "ON_LEDGER":
+            raise PreconditionFailed(
+                f"program_id: program {program_id} is off-ledger: its client is notified of "
+                "every message already, and its balances are the client's"
+            )
+        if enabled and not program.sinks:
+            raise PreconditionFailed(
+                "program_id: set a notification sink (SetNotificationSink) first: movements "
+                "would have nowhere to go"
+            )
+        await self.store.set_movements(program_id, enabled, actor)
+        self.catalog.forget("program", program_id)
+
     async def balances(self, account_id: str) -> dict[str, Balance]:
         return await self.store.balances(account_id)
 
@@ -601,6 +618,13 @@ class AdminService:
             message_id=idempotency_key,
             fingerprint=fingerprint,
             build=build,
+            program=program,
+            movement=_ADJUSTMENT_MOVEMENTS.get(purpose, "ADJUSTMENT"),
+            movement_details={
+                "purpose": purpose,
+                "entry_id": entry_id,
+                "description": description,
+            },
         )
         if posted.status is PostStatus.NO_BALANCE:
             raise PreconditionFailed(f"account holds no {asset} balance")
@@ -618,6 +642,10 @@ class AdminService:
              "idempotency_key": idempotency_key, "entry_id": entry_id},
         )  # fmt: skip
         return response_type.FromString(decision.response)
+
+
+# The movement an adjustment is, by its purpose (the rest are ADJUSTMENT).
+_ADJUSTMENT_MOVEMENTS = {"LOAD": "LOAD", "FEE": "FEE"}
 
 
 def _check_assets(assets: list[str], known: Collection[str]) -> None:

@@ -57,6 +57,7 @@ from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
 from authswitch.service.ids import authorization_code, new_id
+from authswitch.service.movements import authorization_movement
 from authswitch.service.pinblock import pin_effects
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
@@ -634,6 +635,21 @@ class AuthorizationService:
                 pin_blocked_now=result.pin_blocked_now, new_pvv=pre.new_pvv,
             )  # fmt: skip
             notifications += pin_notes
+        if program.movements:  # subscribed to movements (service/movements.py)
+            notifications += authorization_movement(
+                program, account_id=card.account_id, card_id=card.card_id,
+                asset=request.billing_asset, held_minor=result.held_minor,
+                posted_fee_minor=result.posted_fee_minor, balance_after=result.balance,
+                created_at=ctx.received, source=request.source, message_id=request.message_id,
+                details={
+                    "decision_id": decision_id, "response_code": response.response_code,
+                    "network_reference": plan.network_reference,
+                    "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
+                    "amount_minor": request.billing_amount_minor,
+                    "approved_minor": result.approved_minor, "fee_minor": result.fee_minor,
+                    "fee_mode": result.fee_mode.name,
+                },
+            )  # fmt: skip
         calls: tuple[ClientCall, ...] = ()
         if stand_in is not None:
             calls = (stand_in.call,)

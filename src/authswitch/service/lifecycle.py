@@ -303,6 +303,7 @@ class LifecycleService:
             message_id=request.message_id,
             fingerprint=fingerprint,
             build=build,
+            program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
             response = pb.AdviseResponse(
@@ -485,7 +486,7 @@ class LifecycleService:
 
         return await self.poster.post(
             change, source=source, message_id=message_id, fingerprint=fingerprint, build=build,
-            usage=usage,
+            usage=usage, program=program,
         )  # fmt: skip
 
     # -- clearing and refund --------------------------------------------------------------
@@ -657,6 +658,7 @@ class LifecycleService:
             fingerprint=fingerprint,
             build=build,
             usage=usage,
+            program=program,
         )
 
     def _fee_entry(
@@ -770,6 +772,7 @@ class LifecycleService:
             message_id=request.message_id,
             fingerprint=fingerprint,
             build=build,
+            program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
             return pb.RefundResponse(response_code="51")

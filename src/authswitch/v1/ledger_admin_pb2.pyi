@@ -2267,6 +2267,43 @@ class SetNotificationSinkResponse(_message.Message):
 Global___SetNotificationSinkResponse: _TypeAlias = SetNotificationSinkResponse  # noqa: Y015
 
 @_typing.final
+class SetMovementSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "program_id", b"program_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMovementSubscriptionRequest: _TypeAlias = SetMovementSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class SetMovementSubscriptionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMovementSubscriptionResponse: _TypeAlias = SetMovementSubscriptionResponse  # noqa: Y015
+
+@_typing.final
 class NotificationDelivery(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

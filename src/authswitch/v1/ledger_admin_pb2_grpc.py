@@ -186,6 +186,11 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.FromString,
                 _registered_method=True)
+        self.SetMovementSubscription = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetMovementSubscription',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionResponse.FromString,
+                _registered_method=True)
         self.ListNotifications = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/ListNotifications',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsRequest.SerializeToString,
@@ -461,6 +466,17 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMovementSubscription(self, request, context):
+        """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+        balance movement, with the balance after it, through its notification sinks (seed 000:
+        movements "sent to client platform in near real time"). Refused for an off-ledger
+        program (FAILED_PRECONDITION: its client is told of every message already) and for a
+        program without a sink.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNotifications(self, request, context):
         """Notifications and their delivery, newest first.
         """
@@ -711,6 +727,11 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.SetNotificationSink,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.SerializeToString,
+            ),
+            'SetMovementSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMovementSubscription,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionResponse.SerializeToString,
             ),
             'ListNotifications': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNotifications,
@@ -1573,6 +1594,33 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/SetNotificationSink',
             authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMovementSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetMovementSubscription',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -91,6 +91,13 @@ class LedgerAdminServiceStub:
     Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
     endpoint); what could never deliver is refused.
     """
+    SetMovementSubscription: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetMovementSubscriptionRequest, _ledger_admin_pb2.SetMovementSubscriptionResponse]
+    """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+    balance movement, with the balance after it, through its notification sinks (seed 000:
+    movements "sent to client platform in near real time"). Refused for an off-ledger
+    program (FAILED_PRECONDITION: its client is told of every message already) and for a
+    program without a sink.
+    """
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]
     """Notifications and their delivery, newest first."""
     RedriveNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RedriveNotificationsRequest, _ledger_admin_pb2.RedriveNotificationsResponse]
@@ -192,6 +199,13 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """Subscribes a program to notifications by a sink: an off-ledger program by its client's
     Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
     endpoint); what could never deliver is refused.
+    """
+    SetMovementSubscription: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetMovementSubscriptionRequest, _ledger_admin_pb2.SetMovementSubscriptionResponse]  # type: ignore[assignment]
+    """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+    balance movement, with the balance after it, through its notification sinks (seed 000:
+    movements "sent to client platform in near real time"). Refused for an off-ledger
+    program (FAILED_PRECONDITION: its client is told of every message already) and for a
+    program without a sink.
     """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """Notifications and their delivery, newest first."""
@@ -465,6 +479,19 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Subscribes a program to notifications by a sink: an off-ledger program by its client's
         Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
         endpoint); what could never deliver is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def SetMovementSubscription(
+        self,
+        request: _ledger_admin_pb2.SetMovementSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetMovementSubscriptionResponse, _abc.Awaitable[_ledger_admin_pb2.SetMovementSubscriptionResponse]]:
+        """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+        balance movement, with the balance after it, through its notification sinks (seed 000:
+        movements "sent to client platform in near real time"). Refused for an off-ledger
+        program (FAILED_PRECONDITION: its client is told of every message already) and for a
+        program without a sink.
         """
 
     @_abc_1.abstractmethod

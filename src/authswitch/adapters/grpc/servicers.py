@@ -733,6 +733,13 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         return ledger_admin_pb2.SetNotificationSinkResponse()
 
     @grpc_errors
+    async def SetMovementSubscription(  # noqa: N802
+        self, request: ledger_admin_pb2.SetMovementSubscriptionRequest, context: Context
+    ) -> ledger_admin_pb2.SetMovementSubscriptionResponse:
+        await self.service.set_movements(request.program_id, request.enabled, actor=_actor(context))
+        return ledger_admin_pb2.SetMovementSubscriptionResponse()
+
+    @grpc_errors
     async def ListNotifications(  # noqa: N802
         self, request: ledger_admin_pb2.ListNotificationsRequest, context: Context
     ) -> ledger_admin_pb2.ListNotificationsResponse:

@@ -52,6 +52,8 @@ class ProgramRow:
     routing: ClientRouting | None = None
     webhook_url: str = ""
     webhook_secret: str = ""
+    # Subscribed to MOVEMENT notifications (on-ledger; service/movements.py).
+    movements: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ class CatalogStore:
         row = await self.pool.fetchrow(
             """SELECT p.id::text, p.client_id::text, p.name, p.mode, p.time_zone,
                       c.id::text AS clearing, f.id::text AS fee, p.country,
-                      d.id::text AS disputes
+                      d.id::text AS disputes, p.movements
                FROM programs p
                JOIN accounts c ON c.program_id = p.id AND c.kind = 'CLEARING'
                JOIN accounts f ON f.program_id = p.id AND f.kind = 'FEE_INCOME'
@@ -196,6 +198,7 @@ class CatalogStore:
             routing=routing,
             webhook_url=webhook["url"] if webhook else "",
             webhook_secret=webhook["secret_name"] if webhook else "",
+            movements=row["movements"],
         )
 
     async def product(self, product_id: str) -> ProductRow:
@@ -737,6 +740,17 @@ class CatalogStore:
                     conn, [notify(row["program_id"], row["account_id"], previous)]
                 )
         return previous, row["account_id"]
+
+    async def set_movements(self, program_id: str, enabled: bool, actor: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                "UPDATE programs SET movements = $2 WHERE id = $1",
+                _uuid(program_id, "program"),
+                enabled,
+            )
+            if updated == "UPDATE 0":
+                raise NotFound(f"program {program_id} does not exist")
+            await audit(conn, actor, "set_movement_subscription", program_id, {"enabled": enabled})
 
     async def card_program(self, card_id: str) -> str:
         value = await self.pool.fetchval(
