@@ -86,6 +86,19 @@ def test_repr_never_shows_card_secrets() -> None:
     assert "1234" not in text
 
 
+def test_a_card_spends_a_currency_from_the_first_linked_account_holding_it() -> None:
+    card = CardFacts(
+        "card", "main", "prog", "prod", "2612",
+        (("EUR", "wallet"), ("USD", "dollars"), ("EUR", "later wallet")),
+    )  # fmt: skip
+    assert card.spending("GBP") is card  # its own account's currency (or none linked holds)
+    assert card.spending("EUR").account_id == "wallet"
+    assert card.spending("USD").account_id == "dollars"
+    spent = card.spending("EUR")
+    assert (spent.card_id, spent.expiry_yymm, spent.spend_accounts) == ("card", "2612", ())
+    assert CardFacts("card", "main", "prog", "prod", "2612").spending("EUR").account_id == "main"
+
+
 def test_prechecks_compute_stateless_failures() -> None:
     card = CardFacts("card", "acct", "prog", "prod", "2612")
     rules = ProductRules(blocked_mccs=frozenset({"7995"}))

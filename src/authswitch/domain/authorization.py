@@ -260,6 +260,19 @@ class CardFacts:
     program_id: str
     product_id: str
     expiry_yymm: str
+    # (asset, account id): linked accounts holding an asset the card's own account does not
+    # hold, in the order they were linked (seed 001: a GBP main account, a EUR wallet).
+    spend_accounts: tuple[tuple[str, str], ...] = ()
+
+    def spending(self, asset: str) -> CardFacts:
+        """The card as it spends ``asset``: from the first linked account that holds it when
+        the card's own account does not, else from its own account."""
+        for held, account_id in self.spend_accounts:
+            if held == asset:
+                return CardFacts(
+                    self.card_id, account_id, self.program_id, self.product_id, self.expiry_yymm
+                )
+        return self
 
 
 class PinMode(Enum):

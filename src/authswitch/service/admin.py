@@ -271,6 +271,8 @@ class AdminService:
 
     async def link_card_account(self, card_id: str, account_id: str, *, actor: str) -> None:
         await self.store.link_card_account(card_id, account_id, actor)
+        # The card's cached facts name the linked accounts it spends from.
+        self.catalog.forget("card", card_id)
 
     async def set_fee_schedule(
         self, product_id: str, effective_from: datetime | None, rules: list[FeeRule], *, actor: str
@@ -389,6 +391,9 @@ class AdminService:
             card_id, status, reason, actor, notify
         )
         await self.sync.refresh(account_id, "admin")
+        # Accounts the card spends from keep a copy of its status (service/linked.py).
+        for linked in await self.store.linked_accounts(card_id):
+            await self.sync.refresh(linked, "admin")
         return previous
 
     async def expire_cards(self, *, limit: int = 1_000) -> int:

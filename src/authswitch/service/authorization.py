@@ -78,6 +78,10 @@ class OffLedgerRouter(Protocol):
     async def decide(self, job: Job) -> StoredDecision: ...
 
 
+class LinkedRouter(Protocol):
+    async def decide(self, job: Job, spend_account_id: str) -> StoredDecision: ...
+
+
 def response_for(
     reason: Reason,
     *,
@@ -194,6 +198,8 @@ class AuthorizationService:
         self.charges = ChargeCalculator(catalog)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
+        # Set by the application: a card spending from a linked account (service/linked.py).
+        self.linked: LinkedRouter | None = None
         # Originals in flight in this process, by (source, message id): a retransmission
         # arriving meanwhile waits for the original's durable answer.
         self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
@@ -320,6 +326,11 @@ class AuthorizationService:
             assert self.offledger is not None, "off-ledger switching is not wired"
             ctx.mode = "off_ledger"
             return await self.offledger.decide(job)
+        if card.spend_accounts:  # linked accounts holding assets its own account does not
+            spend = card.spending(request.billing_asset)
+            if spend is not card:
+                assert self.linked is not None, "linked accounts are not wired"
+                return await self.linked.decide(job, spend.account_id)
         return await self.on_ledger(job)
 
     async def on_ledger(self, job: Job, stand_in: StandIn | None = None) -> StoredDecision:
@@ -482,6 +493,13 @@ class AuthorizationService:
                 extra={"error": type(exc).__name__},
             )
             self._spawn(self.sync.refresh(card.account_id, "pin_blocked"))
+
+    # For the decision paths built on this one (service/linked.py).
+    commit = _commit
+
+    def spawn_refresh(self, account_id: str, cause: str) -> None:
+        """Reload an account's cached state from Postgres, in the background."""
+        self._spawn(self.sync.refresh(account_id, cause))
 
     async def _undo(self, account_id: str, request: AuthorizationRequest) -> None:
         try:
@@ -668,6 +686,8 @@ class AuthorizationService:
             client_calls=calls,
             refusal=refusal,
         )
+
+    write_for = _write_for  # for service/linked.py
 
     def record(
         self,

@@ -201,6 +201,8 @@ class LifecycleService:
             )
         product = await self.catalog.product(card.product_id)
         program = await self.catalog.program(card.program_id)
+        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
         if _forward_only(program):
             return await self._forward(
                 "ADVICE", request.source, request.message_id, fingerprint, card, program,
@@ -509,6 +511,8 @@ class LifecycleService:
                 pb.ClearResponse, pb.ClearResponse.FromString,
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
+        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
         if _forward_only(program):
             # The clearing fee is computed as on-ledger and sent for the client to apply
             # (seed 004: "fees are communicated to you via webhook").
@@ -713,6 +717,8 @@ class LifecycleService:
                 pb.RefundResponse, pb.RefundResponse.FromString,
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
+        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
         if _forward_only(program):
             fields = {
                 "network_reference": request.network_reference, "amount_minor": amount,

@@ -390,8 +390,9 @@ class LedgerAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LinkCardAccount(self, request, context):
-        """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-        card's spend account only.
+        """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+        transaction in an asset the card's own account does not hold draws on the first linked
+        account that holds it (a GBP main account and a EUR wallet behind one card).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

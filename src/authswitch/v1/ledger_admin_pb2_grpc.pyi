@@ -67,8 +67,9 @@ class LedgerAdminServiceStub:
     """What moved an account's balances, newest first, a page at a time."""
     CreateCustomer: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCustomerRequest, _ledger_admin_pb2.CreateCustomerResponse]
     LinkCardAccount: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.LinkCardAccountRequest, _ledger_admin_pb2.LinkCardAccountResponse]
-    """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-    card's spend account only.
+    """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+    transaction in an asset the card's own account does not hold draws on the first linked
+    account that holds it (a GBP main account and a EUR wallet behind one card).
     """
     GetCard: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetCardRequest, _ledger_admin_pb2.GetCardResponse]
     RegisterAsset: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]
@@ -176,8 +177,9 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """What moved an account's balances, newest first, a page at a time."""
     CreateCustomer: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCustomerRequest, _ledger_admin_pb2.CreateCustomerResponse]  # type: ignore[assignment]
     LinkCardAccount: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.LinkCardAccountRequest, _ledger_admin_pb2.LinkCardAccountResponse]  # type: ignore[assignment]
-    """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-    card's spend account only.
+    """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+    transaction in an asset the card's own account does not hold draws on the first linked
+    account that holds it (a GBP main account and a EUR wallet behind one card).
     """
     GetCard: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetCardRequest, _ledger_admin_pb2.GetCardResponse]  # type: ignore[assignment]
     RegisterAsset: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]  # type: ignore[assignment]
@@ -396,8 +398,9 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.LinkCardAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.LinkCardAccountResponse, _abc.Awaitable[_ledger_admin_pb2.LinkCardAccountResponse]]:
-        """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-        card's spend account only.
+        """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+        transaction in an asset the card's own account does not hold draws on the first linked
+        account that holds it (a GBP main account and a EUR wallet behind one card).
         """
 
     @_abc_1.abstractmethod

@@ -135,12 +135,26 @@ class CatalogStore:
         }
 
     async def card_by_pan_hmac(self, pan_hmac: bytes) -> CardFacts | None:
+        # With the linked accounts that hold an asset the card's own account does not (what
+        # a transaction in that asset spends from), oldest link first.
         row = await self.pool.fetchrow(
-            """SELECT id::text, account_id::text, program_id::text, product_id::text, expiry_yymm
-               FROM cards WHERE pan_hmac = $1""",
+            """SELECT c.id::text, c.account_id::text, c.program_id::text, c.product_id::text,
+                      c.expiry_yymm,
+                      coalesce((
+                          SELECT array_agg(b.asset || ' ' || b.account_id::text
+                                           ORDER BY l.created_at, l.account_id, b.asset)
+                          FROM card_accounts l JOIN balances b ON b.account_id = l.account_id
+                          WHERE l.card_id = c.id AND NOT EXISTS (
+                              SELECT 1 FROM balances o
+                              WHERE o.account_id = c.account_id AND o.asset = b.asset)
+                      ), '{}') AS linked
+               FROM cards c WHERE c.pan_hmac = $1""",
             pan_hmac,
         )
-        return None if row is None else CardFacts(*row)
+        if row is None:
+            return None
+        linked = tuple((pair.split(" ")[0], pair.split(" ")[1]) for pair in row["linked"])
+        return CardFacts(row[0], row[1], row[2], row[3], row[4], linked)
 
     async def program(self, program_id: str) -> ProgramRow:
         row = await self.pool.fetchrow(
@@ -249,9 +263,15 @@ class CatalogStore:
                 "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
                 account_id,
             )
+            # The account's own cards, and those that spend from it as a linked account
+            # (their status is checked on their own account first; see service/linked.py).
             card_rows = await conn.fetch(
                 """SELECT id::text, status, pin_tries, pin_tries_max, pvv
-                   FROM cards WHERE account_id = $1""",
+                   FROM cards WHERE account_id = $1
+                   UNION ALL
+                   SELECT c.id::text, c.status, c.pin_tries, c.pin_tries_max, c.pvv
+                   FROM card_accounts l JOIN cards c ON c.id = l.card_id
+                   WHERE l.account_id = $1 AND c.account_id <> $1""",
                 account_id,
             )
             usage_rows = await conn.fetch(
@@ -834,6 +854,12 @@ class CatalogStore:
                 account_id,
             )
             await audit(conn, actor, "link_card_account", card_id, {"account_id": account_id})
+
+    async def linked_accounts(self, card_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT account_id::text FROM card_accounts WHERE card_id = $1", card_id
+        )
+        return [r[0] for r in rows]
 
     async def card(self, card_id: str) -> dict[str, Any]:
         row = await self.pool.fetchrow(
