@@ -311,7 +311,7 @@ class OffLedgerService:
                 return await self._mirror(job, write, answer.approved_minor + fee)
         elif shadow and assessed.decline_fee_minor:
             # The shadow ledger charges the decline fee as an on-ledger programme would.
-            return await self._post_decline_fee(job, write, assessed, answer.reason, code)
+            return await self._post_decline_fee(job, checks, write, assessed, answer.reason, code)
         else:
             write.notifications += self._fee_notifications(
                 job, assessed, answer.reason, response_code=code
@@ -333,7 +333,7 @@ class OffLedgerService:
         if not (isinstance(applied, ApplyResult) and applied.status == "OK"):
             # No shadow balance in this asset, or the state is not loaded: record the
             # decision; the reload brings the shadow ledger back in step with Postgres.
-            await self.auth.sync.refresh(card.account_id, "shadow")
+            self.auth.spawn_refresh(card.account_id, "shadow")
             return await self._commit_plain(write)
         plan = await self.auth.hold_plan(job)
         hold = HoldRecord(
@@ -363,7 +363,7 @@ class OffLedgerService:
         )
         written = await self.committer.submit(mirrored)
         if written.status is not WriteStatus.COMMITTED or written.pre_reversed_minor:
-            await self.auth.sync.refresh(card.account_id, "shadow")
+            self.auth.spawn_refresh(card.account_id, "shadow")
         return written.decision
 
     def _fee_notifications(
@@ -391,8 +391,9 @@ class OffLedgerService:
         return (_notification(job, kind, payload),)
 
     async def _post_decline_fee(
-        self, job: Job, write: LedgerWrite, assessed: Assessed, decided: Reason, code: str
-    ) -> StoredDecision:
+        self, job: Job, checks: AuthorizeOutcome, write: LedgerWrite, assessed: Assessed,
+        decided: Reason, code: str,
+    ) -> StoredDecision:  # fmt: skip
         """A client's decline on a SHADOW programme: the decline fee is taken from the
         shadow ledger's actual and available balance when available covers it, else not
         applied (seed 004), and the client is told which."""
@@ -409,7 +410,7 @@ class OffLedgerService:
             write.notifications += self._fee_notifications(
                 job, assessed, decided, "NOT_APPLIED", code
             )
-            return await self._commit_plain(write)
+            return await self._commit(job, checks, write)
         write.notifications += self._fee_notifications(job, assessed, decided, "POSTED", code)
         write.balance_changes = (
             BalanceChange(card.account_id, request.billing_asset, actual_delta_minor=-fee),
@@ -429,6 +430,8 @@ class OffLedgerService:
         written = await self.committer.submit(write)
         if written.status is not WriteStatus.COMMITTED:  # nothing durable: take it back
             await self.cache.adjust(card.account_id, applied.epoch, request.billing_asset, fee, 0)
+            if checks.pin_tries_changed or checks.pin_changed or write.usage:
+                self.auth.spawn_refresh(card.account_id, written.status.value)
         return written.decision
 
     async def _stand_in(
@@ -553,7 +556,7 @@ class OffLedgerService:
         if written.status is not WriteStatus.COMMITTED and (
             checks.pin_tries_changed or checks.pin_changed or write.usage
         ):
-            await self.auth.sync.refresh(job.card.account_id, written.status.value)
+            self.auth.spawn_refresh(job.card.account_id, written.status.value)
         return written.decision
 
     async def _commit_plain(self, write: LedgerWrite) -> StoredDecision:
