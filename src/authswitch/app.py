@@ -55,6 +55,7 @@ from authswitch.service.disputes import DisputeService
 from authswitch.service.files import FileDeliveries, FileSchedules
 from authswitch.service.jobs import PeriodicJob
 from authswitch.service.lifecycle import LifecycleService
+from authswitch.service.linked import LinkedSpend
 from authswitch.service.offledger import OffLedgerService
 from authswitch.service.outbox import OutboxSettings, OutboxWorker
 from authswitch.service.partitions import PartitionMaintenance
@@ -293,6 +294,7 @@ class Application:
             answer_reserve_ms=settings.off_ledger_answer_reserve_ms,
         )
         self.authorization.offledger = self.offledger
+        self.authorization.linked = LinkedSpend(self.authorization)
         self.outbox = OutboxWorker(
             self.pool,
             catalog=catalog,

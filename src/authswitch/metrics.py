@@ -286,7 +286,7 @@ COMMIT_REPLAYS = Counter(
 # dashboard or an alert never sees "no data" for a count that is merely zero.
 _KNOWN_STORE_ERRORS = (
     ("postgres", "group_commit"), ("postgres", "group_commit_recover"), ("postgres", "outbox"),
-    ("redis", "undo"), ("redis", "transfer"),
+    ("redis", "undo"), ("redis", "transfer"), ("redis", "load_card"),
 )  # fmt: skip
 _STAND_IN_REASONS = (
     "timeout", "unavailable", "breaker_open", "invalid_answer", "not_configured", "overloaded",
@@ -294,7 +294,7 @@ _STAND_IN_REASONS = (
 _STAND_IN_POLICIES = ("decline", "approve", "shadow")
 _CACHE_LOAD_CAUSES = (
     "miss", "card", "card_moved", "failure", "refused", "admin", "shadow", "duplicate",
-    "conflict", "transfer",
+    "conflict", "transfer", "pin_blocked",
 )  # fmt: skip
 
 

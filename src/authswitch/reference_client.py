@@ -249,8 +249,9 @@ class ReferenceLedger:
             self.card_status[card_id] = str(payload.get("to", ""))
         elif kind == "CARD_EXPIRED":
             self.card_status[card_id] = "EXPIRED"
-        elif kind == "PIN_TRIES_EXCEEDED":
-            self.card_status.setdefault(card_id, "ACTIVE")
+        elif kind == "PIN_TRIES_EXCEEDED":  # BLOCK_CARD products block the card too
+            status = payload.get("card_status") or self.card_status.get(card_id, "ACTIVE")
+            self.card_status[card_id] = str(status)
         elif kind != "FEE_NOT_APPLIED":
             log.info("reference client: notification kind %s has no effect", kind)
 

@@ -18,7 +18,7 @@ from authswitch.service.reconcile import Reconciler, read_fbo_file
 from authswitch.service.reports import ReportWriter
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
-from tests.support.ledger import Ledger
+from tests.support.ledger import IssuedCard, Ledger, TransactionKind
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -327,3 +327,91 @@ async def test_the_fbo_file_gives_each_customer_their_share(
     report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=program_id, fbo=fbo)
     assert report.ok, report.to_text()
     assert sum(v for (_, asset), v in fbo.items() if asset == "GBP") == 10_001 * 2 + 100 - 7 + 500
+
+
+# -- a card spends from the linked account holding the billing currency ----------------------
+
+
+async def _main_and_wallet(ledger: Ledger) -> tuple[IssuedCard, str]:
+    """A GBP main account (100.00) with a card, and a EUR wallet (50.00) linked to it."""
+    program_id = await ledger.program()
+    product_id = await ledger.product(program_id)
+    customer = await _customer(ledger, program_id)
+    main = await _account(ledger, product_id, customer)
+    wallet = await _account(ledger, product_id, customer, assets=("EUR",))
+    await ledger.credit(main, 10_000)
+    await ledger.credit(wallet, 5_000, "EUR")
+    card = await ledger.card(account_id=main, pin="4321")
+    await ledger.admin.LinkCardAccount(
+        la.LinkCardAccountRequest(card_id=card.card_id, account_id=wallet)
+    )
+    return card, wallet
+
+
+async def test_a_card_spends_from_the_linked_account_holding_the_currency(
+    ledger: Ledger, app: Application
+) -> None:
+    """Seed 001 (issue 17 item 7): a GBP main account and a EUR wallet behind one card; a
+    GBP purchase draws on the main account, a EUR one on the wallet, and the wallet's
+    clearings, refunds and reversals stay on the wallet."""
+    card, wallet = await _main_and_wallet(ledger)
+    gbp = await ledger.authorize(card, 4_000)
+    assert (gbp.response_code, gbp.balance.available_minor) == ("00", 6_000)
+    eur = ledger.request(card, 2_000, "EUR")
+    answer = await ledger.auth.Authorize(eur)
+    assert (answer.response_code, answer.balance.asset) == ("00", "EUR")
+    assert answer.balance.available_minor == 3_000
+    assert await ledger.figures(card.account_id) == (10_000, 6_000, 4_000)
+    assert await ledger.figures(wallet, "EUR") == (5_000, 3_000, 2_000)
+    # The retransmission is answered as stored, nothing held twice.
+    assert await ledger.auth.Authorize(eur) == answer
+    assert await ledger.figures(wallet, "EUR") == (5_000, 3_000, 2_000)
+    # The wallet's funds decide: 30.01 more is refused, 30.00 is not.
+    assert (await ledger.authorize(card, 3_001, "EUR")).response_code == "51"
+    partial_request = ledger.request(card, 3_500, "EUR", partial=True)
+    partial = await ledger.auth.Authorize(partial_request)
+    assert (partial.response_code, partial.approved_amount.amount_minor) == ("10", 3_000)
+    # A currency neither account holds is declined (no FX in the switch).
+    assert (await ledger.authorize(card, 100, "USD")).response_code == "51"
+    # Settlement in EUR stays on the wallet.
+    cleared = await ledger.clear(card, eur.network_reference, 2_000, "EUR")
+    assert (cleared.response_code, cleared.matched) == ("00", True)
+    assert (await ledger.refund(card, 500, "EUR")).response_code == "00"
+    assert await ledger.figures(wallet, "EUR") == (3_500, 500, 3_000)
+    holds = await ledger.admin.ListHolds(la.ListHoldsRequest(account_id=wallet, open_only=True))
+    assert [h.original.amount_minor for h in holds.holds] == [3_000]
+    reversed_ = await ledger.reverse(partial_request.message_id)
+    assert (reversed_.response_code, reversed_.released.amount_minor) == ("00", 3_000)
+    assert await ledger.figures(wallet, "EUR") == (3_500, 3_500, 0)
+    assert await ledger.figures(card.account_id) == (10_000, 6_000, 4_000)
+    # Every journal entry still balances, and the cache agrees with Postgres.
+    assert app.pool is not None
+    assert not await app.pool.fetchval(
+        """SELECT count(*) FROM (SELECT entry_id FROM postings GROUP BY entry_id
+           HAVING sum(amount_minor) <> 0) x"""
+    )
+
+
+async def test_the_card_has_one_set_of_pin_tries_whichever_account_it_spends(
+    ledger: Ledger,
+) -> None:
+    """The card's status and PIN tries live with the card, not with the account a
+    transaction spends from: wrong PINs in EUR and GBP count together, the block applies to
+    both, and unblocking the card reopens both."""
+    card, wallet = await _main_and_wallet(ledger)
+    atm: TransactionKind = {
+        "channel": c.CHANNEL_ATM,
+        "transaction_type": c.TRANSACTION_TYPE_CASH_WITHDRAWAL,
+    }
+    assert (await ledger.authorize(card, 100, "EUR", pin="0000", **atm)).response_code == "55"
+    assert (await ledger.authorize(card, 100, "GBP", pin="0000", **atm)).response_code == "55"
+    assert (await ledger.authorize(card, 100, "EUR", pin="0000", **atm)).response_code == "55"
+    # The third wrong PIN blocked the card (BLOCK_CARD, the default): in both currencies.
+    assert (await ledger.authorize(card, 100, "GBP")).response_code == "62"
+    assert (await ledger.authorize(card, 100, "EUR")).response_code == "62"
+    await ledger.admin.ChangeCardStatus(
+        la.ChangeCardStatusRequest(card_id=card.card_id, status=c.CARD_STATUS_ACTIVE)
+    )
+    assert (await ledger.authorize(card, 100, "EUR", pin="4321", **atm)).response_code == "00"
+    assert (await ledger.authorize(card, 100, "GBP", pin="4321", **atm)).response_code == "00"
+    assert await ledger.figures(wallet, "EUR") == (5_000, 4_900, 100)

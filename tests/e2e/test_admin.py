@@ -184,11 +184,26 @@ async def test_bad_credits_are_refused_and_write_nothing(
 
 
 async def test_set_pin_resets_tries(ledger: Ledger) -> None:
-    card = await ledger.card(10_000, pin="4321")
+    block_pin = {"pin_tries_exceeded_action": la.PIN_TRIES_EXCEEDED_ACTION_BLOCK_PIN}
+    card = await ledger.card(10_000, pin="4321", product_kwargs=block_pin)
     for _ in range(3):
         await ledger.authorize(card, 100, pin="0000")
     assert (await ledger.authorize(card, 100, pin="4321")).response_code == "75"
     await ledger.admin.SetCardPin(la.SetCardPinRequest(card_id=card.card_id, pin="5555"))
+    assert (await ledger.authorize(card, 100, pin="5555")).response_code == "00"
+
+
+async def test_a_new_pin_does_not_unblock_a_blocked_card(ledger: Ledger) -> None:
+    """On a BLOCK_CARD product (the default) the card stays blocked until an operator
+    changes its status: a new PIN is not an unblock."""
+    card = await ledger.card(10_000, pin="4321")
+    for _ in range(3):
+        await ledger.authorize(card, 100, pin="0000")
+    await ledger.admin.SetCardPin(la.SetCardPinRequest(card_id=card.card_id, pin="5555"))
+    assert (await ledger.authorize(card, 100, pin="5555")).response_code == "62"
+    await ledger.admin.ChangeCardStatus(
+        la.ChangeCardStatusRequest(card_id=card.card_id, status=c.CARD_STATUS_ACTIVE)
+    )
     assert (await ledger.authorize(card, 100, pin="5555")).response_code == "00"
 
 

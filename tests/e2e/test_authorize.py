@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from typing import Any
 
 import pytest
 
 from authswitch.app import Application
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2 as c
+from authswitch.v1 import ledger_admin_pb2 as la
 from tests.support.ledger import Ledger, TransactionKind
 
 pytestmark = pytest.mark.timeout(60)
@@ -101,8 +104,11 @@ async def test_expiry_declines(ledger: Ledger) -> None:
     assert (response.response_code, response.reason) == ("54", pb.REASON_CARD_EXPIRED)
 
 
-async def test_pin_checks_block_after_three_wrong_pins(ledger: Ledger, app: Application) -> None:
-    card = await ledger.card(10_000, pin="4321")
+async def test_block_pin_refuses_pin_requests_after_three_wrong_pins(
+    ledger: Ledger, app: Application
+) -> None:
+    block_pin = {"pin_tries_exceeded_action": la.PIN_TRIES_EXCEEDED_ACTION_BLOCK_PIN}
+    card = await ledger.card(10_000, pin="4321", product_kwargs=block_pin)
     atm: TransactionKind = {
         "transaction_type": c.TRANSACTION_TYPE_CASH_WITHDRAWAL,
         "channel": c.CHANNEL_ATM,
@@ -125,6 +131,83 @@ async def test_pin_checks_block_after_three_wrong_pins(ledger: Ledger, app: Appl
     )
     assert unblock.response_code == "00"
     assert (await ledger.authorize(card, 100, pin="4321", **atm)).response_code == "00"
+
+
+async def _notifications(app: Application, card_id: str) -> list[tuple[str, dict[str, Any]]]:
+    assert app.pool is not None
+    rows = await app.pool.fetch(
+        "SELECT kind, payload FROM notifications WHERE card_id = $1 ORDER BY seq", card_id
+    )
+    return [
+        (r["kind"], r["payload"] if isinstance(r["payload"], dict) else json.loads(r["payload"]))
+        for r in rows
+    ]
+
+
+async def test_pin_tries_exceeded_blocks_the_card(ledger: Ledger, app: Application) -> None:
+    """Seed 000 (issue 17 item 4): the default product blocks the card when the last PIN try
+    is used up; every later request gets the card-status code, with or without a PIN, and
+    the admin notification says why. Unblocking (ChangeCardStatus ACTIVE) resets the tries."""
+    card = await ledger.card(10_000, pin="4321")
+    atm: TransactionKind = {
+        "transaction_type": c.TRANSACTION_TYPE_CASH_WITHDRAWAL,
+        "channel": c.CHANNEL_ATM,
+    }
+    for _ in range(3):
+        response = await ledger.authorize(card, 100, pin="0000", **atm)
+        assert (response.response_code, response.reason) == ("55", pb.REASON_INCORRECT_PIN)
+    assert app.pool is not None
+    row = await app.pool.fetchrow("SELECT status, pin_tries FROM cards WHERE id = $1", card.card_id)
+    assert row is not None
+    assert tuple(row) == ("BLOCKED", 3)
+    # Every later request, the right PIN, no PIN, or a PIN unblock: the card is blocked (62).
+    for response in (
+        await ledger.authorize(card, 100, pin="4321", **atm),
+        await ledger.authorize(card, 100),
+        await ledger.authorize(
+            card, 0, pin="4321", transaction_type=c.TRANSACTION_TYPE_PIN_UNBLOCK,
+            channel=c.CHANNEL_ATM,
+        ),
+    ):  # fmt: skip
+        assert (response.response_code, response.reason) == ("62", pb.REASON_CARD_BLOCKED)
+    got = await ledger.admin.GetCard(la.GetCardRequest(card_id=card.card_id))
+    assert got.status == c.CARD_STATUS_BLOCKED
+    notes = await _notifications(app, card.card_id)
+    assert [kind for kind, _ in notes] == ["PIN_TRIES_EXCEEDED", "CARD_STATUS_CHANGED"]
+    assert notes[0][1]["action"] == "BLOCK_CARD"
+    assert notes[0][1]["card_status"] == "BLOCKED"
+    assert notes[1][1] == {"from": "ACTIVE", "to": "BLOCKED", "reason": "PIN_TRIES_EXCEEDED"}
+    # Nothing was held for the refused requests.
+    assert (await ledger.balance(card.account_id)).available_minor == 10_000
+
+    # The operator unblocks the card: the tries start again from zero.
+    await ledger.admin.ChangeCardStatus(
+        la.ChangeCardStatusRequest(
+            card_id=card.card_id, status=c.CARD_STATUS_ACTIVE, reason="customer verified"
+        )
+    )
+    assert await app.pool.fetchval("SELECT pin_tries FROM cards WHERE id = $1", card.card_id) == 0
+    assert (await ledger.authorize(card, 100, pin="4321", **atm)).response_code == "00"
+    # Two wrong PINs do not block it again (the tries were reset, not left at three).
+    for _ in range(2):
+        assert (await ledger.authorize(card, 100, pin="0000", **atm)).response_code == "55"
+    assert (await ledger.authorize(card, 100)).response_code == "00"
+
+
+async def test_an_operator_status_set_meanwhile_is_kept(ledger: Ledger, app: Application) -> None:
+    """A card an operator reported lost is not turned into a blocked one by a PIN block."""
+    card = await ledger.card(10_000, pin="4321")
+    for _ in range(2):
+        assert (await ledger.authorize(card, 100, pin="0000")).response_code == "55"
+    await ledger.admin.ChangeCardStatus(
+        la.ChangeCardStatusRequest(card_id=card.card_id, status=c.CARD_STATUS_LOST)
+    )
+    # The lost card is declined 41 before its PIN is even looked at: no third try counted.
+    assert (await ledger.authorize(card, 100, pin="0000")).response_code == "41"
+    assert app.pool is not None
+    row = await app.pool.fetchrow("SELECT status, pin_tries FROM cards WHERE id = $1", card.card_id)
+    assert row is not None
+    assert tuple(row) == ("LOST", 2)
 
 
 async def test_a_correct_pin_resets_the_tries(ledger: Ledger, app: Application) -> None:

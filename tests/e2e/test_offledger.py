@@ -11,11 +11,11 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import pytest
@@ -30,7 +30,7 @@ from authswitch.v1 import decision_pb2 as dpb
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.certs import TestCA
-from tests.support.ledger import IssuedCard, Ledger
+from tests.support.ledger import IssuedCard, Ledger, TransactionKind
 from tests.support.stores import Stores
 
 pytestmark = pytest.mark.timeout(120)
@@ -158,7 +158,9 @@ async def off_ledger_card(
     w: World, *, stand_in: la.StandInPolicy.ValueType = la.STAND_IN_POLICY_DECLINE,
     deadline_ms: int = 400, breaker_failures: int = 3,
     sinks: tuple[la.NotificationSink.ValueType, ...] = (la.NOTIFICATION_SINK_CLIENT,),
-    balance_minor: int = 0, **routing: Unpack[StandInLimits],
+    balance_minor: int = 0, limits: Sequence[dict[str, Any]] = (),
+    fees: Sequence[la.FeeRule] = (), product: dict[str, Any] | None = None,
+    **routing: Unpack[StandInLimits],
 ) -> IssuedCard:  # fmt: skip
     program_id = await w.ledger.program(c.LEDGER_MODE_OFF_LEDGER)
     await w.ledger.admin.SetProgramRouting(
@@ -176,7 +178,11 @@ async def off_ledger_card(
                 program_id=program_id, sink=sink, url=w.webhook.url, secret_name="webhook-key"
             )
         )
-    product_id = await w.ledger.product(program_id)
+    product_id = await w.ledger.product(program_id, **(product or {}))
+    for limit in limits:
+        await w.ledger.limit(product_id, **limit)
+    if fees:
+        await w.ledger.fees(product_id, *fees)
     account_id = await w.ledger.account(product_id)
     if balance_minor:
         await w.ledger.credit(account_id, balance_minor)
@@ -359,7 +365,8 @@ async def test_shadow_stand_in_decides_from_the_shadow_balance(w: World) -> None
         w, stand_in=la.STAND_IN_POLICY_SHADOW, balance_minor=2_000, breaker_failures=100
     )
     w.client.outage = True
-    first = await w.ledger.authorize(card, 1_500)
+    first_request = w.ledger.request(card, 1_500)
+    first = await w.ledger.auth.Authorize(first_request)
     assert (first.response_code, first.stand_in) == ("00", True)
     assert (await w.ledger.authorize(card, 600)).response_code == "51"
     assert await w.ledger.figures(card.account_id) == (2_000, 500, 1_500)
@@ -367,6 +374,265 @@ async def test_shadow_stand_in_decides_from_the_shadow_balance(w: World) -> None
     w.client.outage = False
     assert (await w.ledger.authorize(card, 300)).stand_in is False
     assert await w.ledger.figures(card.account_id) == (2_000, 200, 1_800)
+    # The stand-in approval was advised with what was decided; the 51 was not advised
+    # (the contract: every stand-in approval is advised, a decline holds nothing).
+    w.clock.advance(timedelta(minutes=5))  # past the failed deliveries' backoff
+
+    def advices() -> list[dict[str, object]]:
+        return [dict(n.payload) for n in w.client.applied.values()
+                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+
+    await eventually(lambda: len(advices()) == 1, "the stand-in approval advised")
+    [advice] = advices()
+    assert advice["message_id"] == first_request.message_id
+    assert (advice["response_code"], advice["approved_minor"], advice["amount_minor"]) == (
+        "00", 1_500, 1_500,
+    )  # fmt: skip
+    assert advice["authorization_code"] == first.authorization_code
+    assert w.app.pool is not None
+    kinds = await w.app.pool.fetch(
+        "SELECT kind FROM notifications WHERE account_id = $1 ORDER BY seq", card.account_id
+    )
+    assert [r["kind"] for r in kinds].count("STAND_IN_ADVICE") == 1
+
+
+# -- limits and counters (issue 17 item 2) ---------------------------------------------------
+
+DAY_LIMIT = {"subject": la.LIMIT_SUBJECT_CARD, "period": la.PERIOD_DAY}
+
+
+def _asked(w: World, message_id: str) -> bool:
+    return any(r.message_id == message_id for r in w.client.received)
+
+
+async def _used(w: World, card: IssuedCard) -> tuple[int, int]:
+    """(amount, count) of the card's one daily limit counter."""
+    usage = await w.ledger.usage(card.account_id)
+    found = [v for k, v in usage.items() if k.startswith("L:")]
+    assert len(found) <= 1, usage
+    return found[0] if found else (0, 0)
+
+
+async def test_off_ledger_limits_apply_before_the_client_is_asked(w: World) -> None:
+    """Seed 004 for off-ledger programmes: a product's limits decline 61 (amount) and 65
+    (count) before the client is asked, as on-ledger."""
+    card = await off_ledger_card(w, limits=[
+        {"subject": la.LIMIT_SUBJECT_CARD, "period": la.PERIOD_TRANSACTION,
+         "amount_max_minor": 500},
+        {**DAY_LIMIT, "count_max": 2},
+    ])  # fmt: skip
+    # The issue's own case: 10.00 against a 5.00 per-transaction limit.
+    over = w.ledger.request(card, 1_000)
+    response = await w.ledger.auth.Authorize(over)
+    assert (response.response_code, response.reason) == ("61", pb.REASON_AMOUNT_LIMIT_EXCEEDED)
+    assert not _asked(w, over.message_id)
+    for _ in range(2):
+        assert (await w.ledger.authorize(card, 500)).response_code == "00"
+    third = w.ledger.request(card, 100)
+    response = await w.ledger.auth.Authorize(third)
+    assert (response.response_code, response.reason) == ("65", pb.REASON_COUNT_LIMIT_EXCEEDED)
+    assert not _asked(w, third.message_id)
+    assert await _used(w, card) == (1_000, 2)
+    # A retransmission of the 65 replays it; nothing more is counted.
+    assert (await w.ledger.auth.Authorize(third)).response_code == "65"
+    assert await _used(w, card) == (1_000, 2)
+
+
+async def test_off_ledger_counters_follow_the_answer_and_reversals(w: World) -> None:
+    """The amount counted before asking becomes what the client approved: all of it, part
+    of it, or nothing for a decline; a reversal forwarded to the client gives back what it
+    reverses (once, however often retransmitted), counts stay."""
+    card = await off_ledger_card(w, limits=[{**DAY_LIMIT, "amount_max_minor": 20_000}])
+    first = w.ledger.request(card, 3_000)
+    assert (await w.ledger.auth.Authorize(first)).response_code == "00"
+    assert await _used(w, card) == (3_000, 1)
+    # The client holds 10,000 for a new account: 7,000 left; 9,000 asked, 7,000 approved.
+    partial = await w.ledger.authorize(card, 9_000, partial=True)
+    assert (partial.response_code, partial.approved_amount.amount_minor) == ("10", 7_000)
+    assert await _used(w, card) == (10_000, 2)
+    declined = await w.ledger.authorize(card, 1_000)  # nothing left at the client
+    assert (declined.response_code, declined.reason) == ("51", pb.REASON_CLIENT_DECLINED)
+    assert await _used(w, card) == (10_000, 2)
+    # Reversals of the first: 1,000, then the rest (2,000), then the rest again (nothing).
+    assert (await w.ledger.reverse(first.message_id, 1_000)).response_code == "00"
+    assert await _used(w, card) == (9_000, 2)
+    full = str(uuid.uuid4())
+    assert (await w.ledger.reverse(first.message_id, message_id=full)).response_code == "00"
+    assert await _used(w, card) == (7_000, 2)
+    retransmitted = await w.ledger.reverse(first.message_id, message_id=full)
+    assert retransmitted.response_code == "00"
+    assert (await w.ledger.reverse(first.message_id)).response_code == "00"  # another one
+    assert await _used(w, card) == (7_000, 2)
+    # The cache agrees with Postgres: 13,000 more fits the 20,000, 13,001 does not (61).
+    assert (await w.ledger.authorize(card, 13_001)).response_code == "61"
+    w.client.ledger.open_account(card.account_id, "GBP", 100_000)
+    assert (await w.ledger.authorize(card, 13_000)).response_code == "00"
+    assert await _used(w, card) == (20_000, 3)
+
+
+async def test_off_ledger_limits_in_stand_in(w: World) -> None:
+    """A stand-in approval counts as a client approval; a stand-in decline (91) counts
+    nothing; the shadow stand-in counts once, as on-ledger."""
+    card = await off_ledger_card(
+        w, stand_in=la.STAND_IN_POLICY_APPROVE, stand_in_asset="GBP",
+        stand_in_transaction_max_minor=2_000, stand_in_daily_max_minor=5_000,
+        breaker_failures=100, limits=[{**DAY_LIMIT, "amount_max_minor": 4_000}],
+    )  # fmt: skip
+    w.client.outage = True
+    assert (await w.ledger.authorize(card, 1_500)).response_code == "00"
+    assert await _used(w, card) == (1_500, 1)
+    assert (await w.ledger.authorize(card, 2_001)).response_code == "91"  # stand-in limit
+    assert await _used(w, card) == (1_500, 1)
+    assert (await w.ledger.authorize(card, 2_501)).response_code == "61"  # product limit
+    assert await _used(w, card) == (1_500, 1)
+
+    shadow = await off_ledger_card(
+        w, stand_in=la.STAND_IN_POLICY_SHADOW, balance_minor=10_000, breaker_failures=100,
+        limits=[{**DAY_LIMIT, "amount_max_minor": 3_000, "count_max": 5}],
+    )  # fmt: skip
+    assert (await w.ledger.authorize(shadow, 2_000)).response_code == "00"
+    assert await _used(w, shadow) == (2_000, 1)
+    assert (await w.ledger.authorize(shadow, 1_001)).response_code == "61"
+    assert await _used(w, shadow) == (2_000, 1)
+    w.client.outage = False
+    # The client approves; the shadow ledger mirrors the hold with its counters, so the
+    # reversal (through the shadow ledger) gives the amount back.
+    approved = w.ledger.request(shadow, 1_000)
+    response = await w.ledger.auth.Authorize(approved)
+    assert (response.response_code, response.stand_in) == ("00", False)
+    assert await _used(w, shadow) == (3_000, 2)
+    assert (await w.ledger.reverse(approved.message_id)).response_code == "00"
+    assert await _used(w, shadow) == (2_000, 2)
+
+
+# -- fees (issue 17 item 1) -------------------------------------------------------------------
+
+PURCHASE, ATM, ENQUIRY = (
+    c.TRANSACTION_TYPE_PURCHASE, c.TRANSACTION_TYPE_CASH_WITHDRAWAL,
+    c.TRANSACTION_TYPE_BALANCE_ENQUIRY,
+)  # fmt: skip
+DECLINE_FEE = la.FeeRule(
+    name="decline", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP", flat_minor=30,
+    on_decline=True,
+)  # fmt: skip
+
+
+def _fees_of(w: World, card: IssuedCard) -> list[dict[str, Any]]:
+    kinds = ("FEE", "FEE_NOT_APPLIED")
+    return [dict(n.payload) for n in w.client.applied.values()
+            if n.kind in kinds and n.account_id == card.account_id]  # fmt: skip
+
+
+async def test_every_fee_rule_reaches_an_off_ledger_client(w: World) -> None:
+    """Seed 004 for off-ledger programmes: percentage, threshold, free uses, decline,
+    zero-value and clearing fees are computed as on-ledger and sent as FEE notifications
+    naming their rules, amount and transaction."""
+    rules = [
+        la.FeeRule(name="purchase", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[PURCHASE], flat_minor=25, bps=100),
+        la.FeeRule(name="big purchase", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[PURCHASE], flat_minor=50, above_minor=5_000),
+        la.FeeRule(name="atm", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[ATM], flat_minor=100, free_uses=2,
+                   free_period=la.PERIOD_DAY),
+        la.FeeRule(name="enquiry", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                   transaction_types=[ENQUIRY], flat_minor=50),
+        DECLINE_FEE,
+        la.FeeRule(name="clearing", stage=la.FEE_STAGE_CLEARING, asset="GBP",
+                   transaction_types=[PURCHASE], flat_minor=10),
+    ]  # fmt: skip
+    card = await off_ledger_card(w, fees=rules, product={"blocked_mccs": ["7995"]})
+    first = w.ledger.request(card, 4_000)  # 0.25 + 1%
+    answer = await w.ledger.auth.Authorize(first)
+    assert (answer.response_code, answer.fee.amount_minor) == ("00", 65)
+    assert w.client.decisions[-1].fee.amount_minor == 65  # the client was told in Decide
+    big = await w.ledger.authorize(card, 5_100)  # 0.25 + 1%, and 0.50 above 50.00
+    assert (big.response_code, big.fee.amount_minor) == ("00", 126)
+    atm: TransactionKind = {"transaction_type": ATM, "channel": c.CHANNEL_ATM}
+    withdrawals = [await w.ledger.authorize(card, 100, **atm) for _ in range(3)]
+    assert [(r.response_code, r.fee.amount_minor) for r in withdrawals] == [
+        ("00", 0), ("00", 0), ("00", 100),
+    ]  # fmt: skip
+    declined = await w.ledger.authorize(card, 1_000)  # the client has 309 left
+    assert (declined.response_code, declined.fee.amount_minor) == ("51", 30)
+    not_permitted = await w.ledger.authorize(card, 100, mcc="7995")
+    assert (not_permitted.response_code, not_permitted.fee.amount_minor) == ("57", 30)
+    enquiry = await w.ledger.authorize(card, 0, transaction_type=ENQUIRY, channel=c.CHANNEL_ATM)
+    assert (enquiry.response_code, enquiry.fee.amount_minor) == ("00", 50)
+    assert (await w.ledger.clear(card, first.network_reference, 4_000)).response_code == "00"
+
+    await eventually(lambda: len(_fees_of(w, card)) == 7, "seven fee notifications")
+    fees = _fees_of(w, card)
+    summary = [
+        (f["stage"], f["fee_minor"], f["fee_mode"], f["on_decline"],
+         [(r["name"], r["fee_minor"]) for r in f["rules"]])
+        for f in fees
+    ]  # fmt: skip
+    assert summary == [
+        ("AUTHORIZATION", 65, "NOTIFIED", False, [("purchase", 65)]),
+        ("AUTHORIZATION", 126, "NOTIFIED", False, [("purchase", 76), ("big purchase", 50)]),
+        ("AUTHORIZATION", 100, "NOTIFIED", False, [("atm", 100)]),
+        ("AUTHORIZATION", 30, "NOTIFIED", True, [("decline", 30)]),
+        ("AUTHORIZATION", 30, "NOTIFIED", True, [("decline", 30)]),
+        ("AUTHORIZATION", 50, "NOTIFIED", False, [("enquiry", 50)]),
+        ("CLEARING", 10, "NOTIFIED", False, [("clearing", 10)]),
+    ]
+    # Each names the transaction it belongs to.
+    assert fees[0]["message_id"] == first.message_id
+    assert fees[-1]["network_reference"] == first.network_reference
+    assert [f["response_code"] for f in fees[:6]] == ["00", "00", "00", "51", "57", "00"]
+    # The reference client applied them: the decline fees were posted, the rest held with
+    # their approvals (and the first's released by its clearing, which posted 40.10).
+    ledger = w.client.ledger
+    assert ledger.actual(card.account_id) == 10_000 - 30 - 30 - 4_000 - 10
+
+
+async def test_the_shadow_ledger_charges_a_client_declines_fee(w: World) -> None:
+    """A SHADOW programme's client declines: the decline fee is posted in the shadow ledger
+    when available covers it (POSTED), else not applied (FEE_NOT_APPLIED), and the client's
+    ledger stays where the shadow ledger is."""
+    card, program_id = await _shadow_program(w, opening_minor=1_000, rules=[DECLINE_FEE])
+    declined = await w.ledger.authorize(card, 2_000)
+    assert (declined.response_code, declined.fee.amount_minor) == ("51", 30)
+    assert await w.ledger.figures(card.account_id) == (970, 970, 0)
+    await _in_step(w, card, program_id, "decline fee posted")
+    poor, poor_program = await _shadow_program(w, opening_minor=10, rules=[DECLINE_FEE])
+    assert (await w.ledger.authorize(poor, 2_000)).response_code == "51"
+    assert await w.ledger.figures(poor.account_id) == (10, 10, 0)
+    await _in_step(w, poor, poor_program, "decline fee not applied")
+    assert [f["fee_mode"] for f in _fees_of(w, card)] == ["POSTED"]
+    assert [(f["fee_mode"], f["fee_minor"]) for f in _fees_of(w, poor)] == [("NOT_APPLIED", 30)]
+    # In stand-in the shadow ledger decides, and charges, as on-ledger: the decline fee of
+    # its own 51 is posted there too, and the client follows.
+    w.client.outage = True
+    assert (await w.ledger.authorize(card, 5_000)).response_code == "51"
+    w.client.outage = False
+    w.clock.advance(timedelta(minutes=5))
+    assert await w.ledger.figures(card.account_id) == (940, 940, 0)
+    await _in_step(w, card, program_id, "stand-in decline fee")
+
+
+async def test_an_approve_stand_in_charges_the_fee_as_the_client_would(w: World) -> None:
+    """The APPROVE stand-in prices the approval as the client would have been told: the
+    fee is in the answer, the advice and its FEE notification (with its rules)."""
+    rule = la.FeeRule(name="purchase", stage=la.FEE_STAGE_AUTHORIZATION, asset="GBP",
+                      transaction_types=[PURCHASE], flat_minor=25, bps=100)  # fmt: skip
+    card = await off_ledger_card(
+        w, stand_in=la.STAND_IN_POLICY_APPROVE, stand_in_asset="GBP",
+        stand_in_transaction_max_minor=5_000, stand_in_daily_max_minor=5_000,
+        breaker_failures=100, fees=[rule],
+    )  # fmt: skip
+    w.client.outage = True
+    answer = await w.ledger.authorize(card, 2_000)
+    assert (answer.response_code, answer.stand_in, answer.fee.amount_minor) == ("00", True, 45)
+    w.client.outage = False
+    w.clock.advance(timedelta(minutes=5))
+    await eventually(lambda: len(_fees_of(w, card)) == 1, "the stand-in's fee")
+    [fee] = _fees_of(w, card)
+    assert (fee["fee_minor"], [r["name"] for r in fee["rules"]]) == (45, ["purchase"])
+    [advice] = [n.payload for n in w.client.applied.values()
+                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+    assert (advice["approved_minor"], advice["fee_minor"]) == (2_000, 45)
 
 
 # -- notifications ---------------------------------------------------------------------------
@@ -415,12 +681,19 @@ async def test_admin_notifications(w: World) -> None:
 
     await eventually(
         lambda: kinds() == ["CARD_STATUS_CHANGED", "CARD_STATUS_CHANGED", "PIN_TRIES_EXCEEDED",
-                            "CARD_EXPIRED"],
+                            "CARD_STATUS_CHANGED", "CARD_EXPIRED"],
         "admin notifications",
     )  # fmt: skip
     expired = next(n for n in w.client.applied.values() if n.kind == "CARD_EXPIRED"
                    and n.account_id == card.account_id)  # fmt: skip
     assert expired.card_id == old.card_id
+    # The PIN tries blocked the card (the product's default, BLOCK_CARD), and the client's
+    # ledger knows the card as blocked, and why.
+    blocked = [n for n in w.client.applied.values() if n.account_id == card.account_id
+               and n.kind == "CARD_STATUS_CHANGED"][-1]  # fmt: skip
+    assert blocked.payload["reason"] == "PIN_TRIES_EXCEEDED"
+    assert w.client.ledger.card_status[card.card_id] == "BLOCKED"
+    assert (await w.ledger.authorize(card, 100)).response_code == "62"
 
 
 async def test_webhook_deliveries_are_signed(w: World) -> None:
@@ -560,7 +833,9 @@ async def test_unconfigured_off_ledger_program_stands_in(w: World) -> None:
 # -- the reference client's ledger follows authswitch's shadow ledger exactly ----------------
 
 
-async def _shadow_program(w: World, *, opening_minor: int) -> tuple[IssuedCard, str]:
+async def _shadow_program(
+    w: World, *, opening_minor: int, rules: Sequence[la.FeeRule] = ()
+) -> tuple[IssuedCard, str]:
     """A SHADOW program with a 0.25 authorisation fee and a 0.10 clearing fee on purchases,
     a card whose account holds ``opening_minor`` in authswitch and at the client."""
     program_id = await w.ledger.program(c.LEDGER_MODE_OFF_LEDGER)
@@ -582,6 +857,7 @@ async def _shadow_program(w: World, *, opening_minor: int) -> tuple[IssuedCard, 
                    transaction_types=purchases),
         la.FeeRule(name="clearing", stage=la.FEE_STAGE_CLEARING, asset="GBP", flat_minor=10,
                    transaction_types=purchases),
+        *rules,
     )  # fmt: skip
     account_id = await w.ledger.account(product_id)
     await w.ledger.credit(account_id, opening_minor)
@@ -688,11 +964,6 @@ async def test_the_reference_client_keeps_the_shadow_ledger_exactly(w: World) ->
     assert actual == 20_000 - 2_010 - 3_110 - 2_010 + 500 + 1_000 + 800
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17 item 5 (hot path): a shadow stand-in advice carries the requested amount "
-    "and no response code, so a partial approval is advised as the whole amount",
-)
 async def test_a_partial_shadow_stand_in_is_followed_exactly(w: World) -> None:
     card, program_id = await _shadow_program(w, opening_minor=2_000)
     w.client.outage = True
@@ -701,3 +972,18 @@ async def test_a_partial_shadow_stand_in_is_followed_exactly(w: World) -> None:
     w.client.outage = False
     w.clock.advance(timedelta(minutes=5))
     await _in_step(w, card, program_id, "partial stand-in approval")
+    [advice] = [n.payload for n in w.client.applied.values()
+                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+    assert (advice["response_code"], advice["amount_minor"]) == ("10", 5_000)
+    assert advice["approved_minor"] == partial.approved_amount.amount_minor < 5_000
+    assert advice["fee_minor"] == partial.fee.amount_minor == 25
+    # A decline in stand-in is not advised, and the client stays in step.
+    w.client.outage = True
+    declined = await w.ledger.authorize(card, 1_000)
+    assert (declined.response_code, declined.stand_in) == ("51", True)
+    w.client.outage = False
+    w.clock.advance(timedelta(minutes=5))
+    await _in_step(w, card, program_id, "a declined stand-in")
+    advised = [n for n in w.client.applied.values()
+               if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
+    assert len(advised) == 1

@@ -29,6 +29,7 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Check, Reason, outcome
 from authswitch.domain.fees import (
     FeeContext,
+    FeeLine,
     FeeRule,
     FeeSchedule,
     Region,
@@ -83,6 +84,19 @@ def test_repr_never_shows_card_secrets() -> None:
     assert PAN not in text
     assert "987" not in text
     assert "1234" not in text
+
+
+def test_a_card_spends_a_currency_from_the_first_linked_account_holding_it() -> None:
+    card = CardFacts(
+        "card", "main", "prog", "prod", "2612",
+        (("EUR", "wallet"), ("USD", "dollars"), ("EUR", "later wallet")),
+    )  # fmt: skip
+    assert card.spending("GBP") is card  # its own account's currency (or none linked holds)
+    assert card.spending("EUR").account_id == "wallet"
+    assert card.spending("USD").account_id == "dollars"
+    spent = card.spending("EUR")
+    assert (spent.card_id, spent.expiry_yymm, spent.spend_accounts) == ("card", "2612", ())
+    assert CardFacts("card", "main", "prog", "prod", "2612").spending("EUR").account_id == "main"
 
 
 def test_prechecks_compute_stateless_failures() -> None:
@@ -201,6 +215,44 @@ def test_quote_sums_matching_rules_and_splits_conditional_ones() -> None:
     q = quote(schedule, ctx)
     assert (q.fixed_minor, q.on_decline_minor) == (400, 50)
     assert [(f.rule_id, f.fee_minor) for f in q.after_free_uses] == [("atm", 200)]
+
+    # The lines name each rule's part (what an off-ledger FEE notification lists).
+    def parts(lines: list[FeeLine]) -> list[tuple[str, int]]:
+        return [(line.rule_id, line.fee_minor) for line in lines]
+
+    assert parts(q.charged_lines(declined=False, free_charged=frozenset())) == [
+        ("flat", 100), ("fx", 300),
+    ]  # fmt: skip
+    assert parts(q.charged_lines(declined=False, free_charged=frozenset({"atm"}))) == [
+        ("flat", 100), ("atm", 200), ("fx", 300),
+    ]  # fmt: skip
+    assert parts(q.charged_lines(declined=True, free_charged=frozenset({"atm"}))) == [
+        ("decline", 50),
+    ]  # fmt: skip
+
+
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 500), st.booleans(),
+                          st.booleans()), max_size=6), st.integers(0, 10**9))  # fmt: skip
+def test_the_lines_of_a_quote_add_up_to_its_fees(
+    specs: list[tuple[int, int, bool, bool]], amount: int
+) -> None:
+    rules = tuple(
+        FeeRule(f"r{i}", Stage.AUTHORIZATION, "GBP", flat_minor=flat, bps=bps,
+                on_decline=decline, free_uses=2 if free and not decline else 0,
+                free_period="DAY" if free and not decline else "")
+        for i, (flat, bps, decline, free) in enumerate(specs)
+    )  # fmt: skip
+    q = quote(
+        FeeSchedule(1, datetime(2026, 1, 1, tzinfo=UTC), rules),
+        FeeContext(Stage.AUTHORIZATION, 1, 1, "5411", False, "GBP", amount),
+    )
+    every_free = frozenset(f.rule_id for f in q.after_free_uses)
+    approved = q.charged_lines(declined=False, free_charged=every_free)
+    assert sum(line.fee_minor for line in approved) == q.total_if(
+        {f.rule_id: f.free_uses for f in q.after_free_uses}
+    )
+    declined = q.charged_lines(declined=True, free_charged=every_free)
+    assert sum(line.fee_minor for line in declined) == q.on_decline_minor
 
 
 @given(

@@ -34,6 +34,7 @@ __all__ = [
     "FeeMode",
     "FreeUseCheck",
     "PinMode",
+    "PinTriesExceededAction",
     "PreChecks",
     "ProductRules",
     "TransactionType",
@@ -224,6 +225,14 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
     return None
 
 
+class PinTriesExceededAction(Enum):
+    """What a product does when a wrong PIN uses up the last try (stored by name; numbered
+    on the wire as ``authswitch.v1.PinTriesExceededAction``)."""
+
+    BLOCK_CARD = 1  # seed 000: the card is blocked (62 for every later request)
+    BLOCK_PIN = 2  # only PIN requests are refused (75) until a PIN unblock or a new PIN
+
+
 @dataclass(frozen=True, slots=True)
 class ProductRules:
     """What a product permits (check 8)."""
@@ -232,6 +241,7 @@ class ProductRules:
     allowed_channels: frozenset[int] = frozenset()  # empty: all
     blocked_mccs: frozenset[str] = frozenset()
     pin_tries_max: int = 3
+    pin_tries_exceeded_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD
 
     def permits(self, request: AuthorizationRequest) -> bool:
         if self.allowed_types and request.transaction_type not in self.allowed_types:
@@ -250,6 +260,19 @@ class CardFacts:
     program_id: str
     product_id: str
     expiry_yymm: str
+    # (asset, account id): linked accounts holding an asset the card's own account does not
+    # hold, in the order they were linked (seed 001: a GBP main account, a EUR wallet).
+    spend_accounts: tuple[tuple[str, str], ...] = ()
+
+    def spending(self, asset: str) -> CardFacts:
+        """The card as it spends ``asset``: from the first linked account that holds it when
+        the card's own account does not, else from its own account."""
+        for held, account_id in self.spend_accounts:
+            if held == asset:
+                return CardFacts(
+                    self.card_id, account_id, self.program_id, self.product_id, self.expiry_yymm
+                )
+        return self
 
 
 class PinMode(Enum):

@@ -26,6 +26,7 @@ from enum import Enum
 
 __all__ = [
     "FeeContext",
+    "FeeLine",
     "FeeQuote",
     "FeeRule",
     "FeeSchedule",
@@ -123,6 +124,19 @@ class FreeUseFee:
 
 
 @dataclass(frozen=True, slots=True)
+class FeeLine:
+    """One rule's part of a quote: what a FEE notification names (rule, amount)."""
+
+    rule_id: str
+    name: str
+    fee_minor: int
+    kind: str  # "fixed", "free_uses" (only once the free uses are used up), "on_decline"
+
+    def payload(self) -> dict[str, object]:
+        return {"rule_id": self.rule_id, "name": self.name, "fee_minor": self.fee_minor}
+
+
+@dataclass(frozen=True, slots=True)
 class FeeQuote:
     """The fees of one transaction: charged unconditionally, charged after free uses, and
     charged if the request is declined."""
@@ -131,6 +145,17 @@ class FeeQuote:
     after_free_uses: tuple[FreeUseFee, ...] = ()
     on_decline_minor: int = 0
     rule_ids: tuple[str, ...] = field(default=())
+    lines: tuple[FeeLine, ...] = field(default=())
+
+    def charged_lines(self, *, declined: bool, free_charged: frozenset[str]) -> list[FeeLine]:
+        """The rules a decision charged: the decline fees of a decline; else the fixed ones
+        and the free-use ones whose free uses were used up (``free_charged``)."""
+        if declined:
+            return [line for line in self.lines if line.kind == "on_decline"]
+        return [
+            line for line in self.lines
+            if line.kind == "fixed" or (line.kind == "free_uses" and line.rule_id in free_charged)
+        ]  # fmt: skip
 
     def total_if(self, used: dict[str, int]) -> int:
         """The approval fee given the uses so far of each free-use rule."""
@@ -163,6 +188,7 @@ def quote(schedule: FeeSchedule | None, ctx: FeeContext) -> FeeQuote:
     fixed = on_decline = 0
     after: list[FreeUseFee] = []
     applied: list[str] = []
+    lines: list[FeeLine] = []
     for rule in schedule.rules:
         if not _matches(rule, ctx):
             continue
@@ -170,8 +196,12 @@ def quote(schedule: FeeSchedule | None, ctx: FeeContext) -> FeeQuote:
         fee = rule.charge(ctx.amount_minor)
         if rule.on_decline:
             on_decline += fee
+            kind = "on_decline"
         elif rule.free_uses:
             after.append(FreeUseFee(rule.id, rule.free_uses, rule.free_period, fee))
+            kind = "free_uses"
         else:
             fixed += fee
-    return FeeQuote(fixed, tuple(after), on_decline, tuple(applied))
+            kind = "fixed"
+        lines.append(FeeLine(rule.id, rule.name, fee, kind))
+    return FeeQuote(fixed, tuple(after), on_decline, tuple(applied), tuple(lines))

@@ -171,15 +171,21 @@ class ClientCall:
     client_response_code: str = ""
     client_reason: str = ""
     latency_us: int | None = None
+    # The limit counters an approval added to, and how much (given back by reversals).
+    usage_keys: tuple[str, ...] = ()
+    usage_minor: int = 0
 
 
 @dataclass(slots=True)
 class CardUpdate:
-    """New values of a card's PIN state after a decision (None: unchanged)."""
+    """New values of a card's PIN state after a decision (None: unchanged). ``blocked``: the
+    PIN tries were used up on a BLOCK_CARD product, so an ACTIVE card becomes BLOCKED (a card
+    an operator has meanwhile set to another status keeps it)."""
 
     card_id: str
     pin_tries: int | None = None
     pvv: bytes | None = field(default=None, repr=False)
+    blocked: bool = False
 
 
 @dataclass(slots=True)

@@ -120,7 +120,12 @@ class AccountService:
             )
 
         posted = await admin.poster.post(
-            debit, source=ADMIN_SOURCE, message_id=key, fingerprint=fingerprint, build=build
+            debit,
+            source=ADMIN_SOURCE,
+            message_id=key,
+            fingerprint=fingerprint,
+            build=build,
+            program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
             raise PreconditionFailed(f"account {source.id} holds no {asset} balance")

@@ -13,7 +13,12 @@ from datetime import datetime
 
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardStatus, ProductRules, TransactionType
+from authswitch.domain.authorization import (
+    CardStatus,
+    PinTriesExceededAction,
+    ProductRules,
+    TransactionType,
+)
 from authswitch.domain.cards import (
     bin_of,
     expiry_valid_format,
@@ -151,6 +156,7 @@ class AdminService:
         blocked_mccs: list[str],
         pin_tries_max: int,
         hold_validity_days: int,
+        pin_tries_exceeded_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD,
         hold_validity_by_mcc: dict[str, int],
         actor: str,
     ) -> str:
@@ -186,6 +192,7 @@ class AdminService:
                 allowed_channels=frozenset(allowed_channels),
                 blocked_mccs=frozenset(blocked_mccs),
                 pin_tries_max=pin_tries_max,
+                pin_tries_exceeded_action=pin_tries_exceeded_action,
             ),
             hold_validity_days=hold_validity_days,
             hold_validity_by_mcc=dict(hold_validity_by_mcc),
@@ -264,6 +271,8 @@ class AdminService:
 
     async def link_card_account(self, card_id: str, account_id: str, *, actor: str) -> None:
         await self.store.link_card_account(card_id, account_id, actor)
+        # The card's cached facts name the linked accounts it spends from.
+        self.catalog.forget("card", card_id)
 
     async def set_fee_schedule(
         self, product_id: str, effective_from: datetime | None, rules: list[FeeRule], *, actor: str
@@ -382,6 +391,9 @@ class AdminService:
             card_id, status, reason, actor, notify
         )
         await self.sync.refresh(account_id, "admin")
+        # Accounts the card spends from keep a copy of its status (service/linked.py).
+        for linked in await self.store.linked_accounts(card_id):
+            await self.sync.refresh(linked, "admin")
         return previous
 
     async def expire_cards(self, *, limit: int = 1_000) -> int:
@@ -492,6 +504,23 @@ class AdminService:
         await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)
 
+    async def set_movements(self, program_id: str, enabled: bool, *, actor: str) -> None:
+        """Subscribe (or unsubscribe) an on-ledger programme to MOVEMENT notifications
+        (service/movements.py)."""
+        program = await self.catalog.program(program_id)
+        if enabled and program.mode != "ON_LEDGER":
+            raise PreconditionFailed(
+                f"program_id: program {program_id} is off-ledger: its client is notified of "
+                "every message already, and its balances are the client's"
+            )
+        if enabled and not program.sinks:
+            raise PreconditionFailed(
+                "program_id: set a notification sink (SetNotificationSink) first: movements "
+                "would have nowhere to go"
+            )
+        await self.store.set_movements(program_id, enabled, actor)
+        self.catalog.forget("program", program_id)
+
     async def balances(self, account_id: str) -> dict[str, Balance]:
         return await self.store.balances(account_id)
 
@@ -594,6 +623,13 @@ class AdminService:
             message_id=idempotency_key,
             fingerprint=fingerprint,
             build=build,
+            program=program,
+            movement=_ADJUSTMENT_MOVEMENTS.get(purpose, "ADJUSTMENT"),
+            movement_details={
+                "purpose": purpose,
+                "entry_id": entry_id,
+                "description": description,
+            },
         )
         if posted.status is PostStatus.NO_BALANCE:
             raise PreconditionFailed(f"account holds no {asset} balance")
@@ -611,6 +647,10 @@ class AdminService:
              "idempotency_key": idempotency_key, "entry_id": entry_id},
         )  # fmt: skip
         return response_type.FromString(decision.response)
+
+
+# The movement an adjustment is, by its purpose (the rest are ADJUSTMENT).
+_ADJUSTMENT_MOVEMENTS = {"LOAD": "LOAD", "FEE": "FEE"}
 
 
 def _check_assets(assets: list[str], known: Collection[str]) -> None:

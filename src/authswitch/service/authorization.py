@@ -29,6 +29,7 @@ from authswitch.domain.authorization import (
     CardFacts,
     Charges,
     FeeMode,
+    PinTriesExceededAction,
     PreChecks,
     counter_deltas,
     prechecks,
@@ -56,6 +57,8 @@ from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
 from authswitch.service.ids import authorization_code, new_id
+from authswitch.service.movements import authorization_movement
+from authswitch.service.pinblock import pin_effects
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
 
@@ -99,6 +102,10 @@ class _Unbounded:
 
 
 UNBOUNDED_WAITS: Waits = _Unbounded()
+
+
+class LinkedRouter(Protocol):
+    async def decide(self, job: Job, spend_account_id: str) -> StoredDecision: ...
 
 
 def response_for(
@@ -149,13 +156,22 @@ class Job:
     pre: PreChecks
 
 
+# What a stand-in decision advises the client of, from what was decided: (reason, approved
+# amount, fee, authorisation code) -> its notifications (none for a decline).
+Advise = Callable[[Reason, int, int, str], tuple[Notification, ...]]
+
+
+def _advise_nothing(reason: Reason, approved: int, fee: int, code: str) -> tuple[()]:
+    return ()
+
+
 @dataclass(slots=True)
 class StandIn:
     """An off-ledger decision made in authswitch instead of by the client."""
 
     reason: int  # StandInReason number
     call: ClientCall
-    notifications: tuple[Notification, ...] = ()
+    advise: Advise = _advise_nothing
 
 
 @dataclass(slots=True)
@@ -210,6 +226,8 @@ class AuthorizationService:
         self.charges = ChargeCalculator(catalog)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
+        # Set by the application: a card spending from a linked account (service/linked.py).
+        self.linked: LinkedRouter | None = None
         # Originals in flight in this process, by (source, message id): a retransmission
         # arriving meanwhile waits for the original's durable answer.
         self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
@@ -343,6 +361,11 @@ class AuthorizationService:
             assert self.offledger is not None, "off-ledger switching is not wired"
             ctx.mode = "off_ledger"
             return await self.offledger.decide(job)
+        if card.spend_accounts:  # linked accounts holding assets its own account does not
+            spend = card.spending(request.billing_asset)
+            if spend is not card:
+                assert self.linked is not None, "linked accounts are not wired"
+                return await self.linked.decide(job, spend.account_id)
         return await self.on_ledger(job)
 
     async def on_ledger(self, job: Job, stand_in: StandIn | None = None) -> StoredDecision:
@@ -381,7 +404,10 @@ class AuthorizationService:
             )
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
-            write = self._write_for(ctx, card, program, pre, result, hold_plan, charges, stand_in)
+            write = self._write_for(
+                ctx, card, program, pre, result, hold_plan, charges, stand_in,
+                product.rules.pin_tries_exceeded_action,
+            )  # fmt: skip
             return await self._commit(card, result, write)
 
         return await self.redis_step(job, attempt, finish)
@@ -435,7 +461,9 @@ class AuthorizationService:
                 try:
                     result = await attempt()
                     if isinstance(result, AuthorizeOutcome):
-                        return await finish(result)
+                        stored = await finish(result)
+                        if not result.pin_blocked_now:
+                            return stored
                 except Exception:
                     # Whether Redis or Postgres failed, the cached state may now hold a
                     # reservation with nothing durable behind it: reload it from Postgres
@@ -443,6 +471,9 @@ class AuthorizationService:
                     self._spawn(self._undo(card.account_id, request))
                     raise
             # Outside the in-flight mark: a reload waits for marked operations to finish.
+            if isinstance(result, AuthorizeOutcome):  # it used up the card's PIN tries
+                await self._reload_blocked_card(job)
+                return stored
             if isinstance(result, Duplicate):
                 return await self._stored_original(job.ctx, card)
             if result.card_only:
@@ -484,6 +515,27 @@ class AuthorizationService:
             await self.cache.adjust(card.account_id, result.epoch, asset, 0, -result.held_minor)
         return written.decision
 
+    async def _reload_blocked_card(self, job: Job) -> None:
+        """After a decision that used up the PIN tries: the card's cached state from
+        Postgres, so that a BLOCK_CARD product's next request sees the card blocked."""
+        card = job.card
+        try:
+            await self.sync.load_card(card.account_id, card.card_id)
+        except Exception as exc:  # durable already; the next reload brings the status
+            metrics.STORE_ERRORS.labels("redis", "load_card").inc()
+            log.warning(
+                "the blocked card's cached state was not reloaded",
+                extra={"error": type(exc).__name__},
+            )
+            self._spawn(self.sync.refresh(card.account_id, "pin_blocked"))
+
+    # For the decision paths built on this one (service/linked.py).
+    commit = _commit
+
+    def spawn_refresh(self, account_id: str, cause: str) -> None:
+        """Reload an account's cached state from Postgres, in the background."""
+        self._spawn(self.sync.refresh(account_id, cause))
+
     async def _undo(self, account_id: str, request: AuthorizationRequest) -> None:
         try:
             await self.cache.forget_marker(account_id, request.source, request.message_id)
@@ -512,6 +564,7 @@ class AuthorizationService:
         plan: _HoldPlan,
         charges: Charges,
         stand_in: StandIn | None = None,
+        pin_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD,
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = new_id()
@@ -628,30 +681,35 @@ class AuthorizationService:
             usage = usage_changes(card.account_id, deltas, expiries_of(charges))
         updates: tuple[CardUpdate, ...] = ()
         if result.pin_tries_changed or result.pin_changed:
-            updates = (
-                CardUpdate(
-                    card.card_id,
-                    pin_tries=result.pin_tries,
-                    pvv=pre.new_pvv if result.pin_changed else None,
-                ),
-            )
-        if result.pin_blocked_now:
-            notifications += (
-                Notification(
-                    id=new_id(),
-                    program_id=program.id,
-                    kind="PIN_TRIES_EXCEEDED",
-                    payload={"source": request.source, "message_id": request.message_id},
-                    created_at=ctx.received,
-                    account_id=card.account_id,
-                    card_id=card.card_id,
-                    sinks=program.sinks,
-                ),
-            )
+            updates, pin_notes = pin_effects(
+                request=request, card=card, program=program, action=pin_action,
+                received=ctx.received, pin_tries=result.pin_tries,
+                pin_tries_changed=result.pin_tries_changed, pin_changed=result.pin_changed,
+                pin_blocked_now=result.pin_blocked_now, new_pvv=pre.new_pvv,
+            )  # fmt: skip
+            notifications += pin_notes
+        if program.movements:  # subscribed to movements (service/movements.py)
+            notifications += authorization_movement(
+                program, account_id=card.account_id, card_id=card.card_id,
+                asset=request.billing_asset, held_minor=result.held_minor,
+                posted_fee_minor=result.posted_fee_minor, balance_after=result.balance,
+                created_at=ctx.received, source=request.source, message_id=request.message_id,
+                details={
+                    "decision_id": decision_id, "response_code": response.response_code,
+                    "network_reference": plan.network_reference,
+                    "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
+                    "amount_minor": request.billing_amount_minor,
+                    "approved_minor": result.approved_minor, "fee_minor": result.fee_minor,
+                    "fee_mode": result.fee_mode.name,
+                },
+            )  # fmt: skip
         calls: tuple[ClientCall, ...] = ()
         if stand_in is not None:
             calls = (stand_in.call,)
-            notifications += stand_in.notifications
+            notifications += stand_in.advise(
+                result.reason, result.approved_minor, result.fee_minor,
+                response.authorization_code,
+            )  # fmt: skip
         return LedgerWrite(
             decision=record,
             holds=holds,
@@ -663,6 +721,8 @@ class AuthorizationService:
             client_calls=calls,
             refusal=refusal,
         )
+
+    write_for = _write_for  # for service/linked.py
 
     def record(
         self,

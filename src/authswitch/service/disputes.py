@@ -437,7 +437,7 @@ class DisputeService:
 
             posted = await self.poster.post(
                 change_of_balance, source=step.source, message_id=step.message_id,
-                fingerprint=step.fingerprint, build=build_applied,
+                fingerprint=step.fingerprint, build=build_applied, program=program,
             )  # fmt: skip
             if posted.status is PostStatus.NO_BALANCE:
                 raise PreconditionFailed(

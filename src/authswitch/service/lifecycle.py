@@ -18,9 +18,16 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.offledger_usage import return_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardFacts, TransactionType, identifier_ok
+from authswitch.domain.authorization import (
+    CardFacts,
+    Charges,
+    CounterCheck,
+    TransactionType,
+    identifier_ok,
+)
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
@@ -194,6 +201,8 @@ class LifecycleService:
             )
         product = await self.catalog.product(card.product_id)
         program = await self.catalog.program(card.program_id)
+        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
         if _forward_only(program):
             return await self._forward(
                 "ADVICE", request.source, request.message_id, fingerprint, card, program,
@@ -296,6 +305,7 @@ class LifecycleService:
             message_id=request.message_id,
             fingerprint=fingerprint,
             build=build,
+            program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
             response = pb.AdviseResponse(
@@ -330,10 +340,16 @@ class LifecycleService:
                     "amount_minor": requested, "asset": money.asset if money else "",
                     "full": requested == 0, "network_reference": request.network_reference,
                 }  # fmt: skip
-                return await self._forward(
+                forwarded = await self._forward(
                     "REVERSAL", request.source, request.message_id, fingerprint, card, program,
                     fields, pb.ReverseResponse, pb.ReverseResponse.FromString,
                 )  # fmt: skip
+                if forwarded.response_code == "00":
+                    await self._return_off_ledger_usage(
+                        card.account_id, request.source, request.original_message_id,
+                        f"{request.source}:{request.message_id}", requested or None,
+                    )  # fmt: skip
+                return forwarded
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._reverse_once(request, money, requested, fingerprint)
             if posted is None:
@@ -345,6 +361,32 @@ class LifecycleService:
                     posted, fingerprint, pb.ReverseResponse.FromString, pb.ReverseResponse()
                 )
         raise InternalError("reversal could not be planned: its hold kept changing")
+
+    async def _return_off_ledger_usage(
+        self, account_id: str, source: str, original_message_id: str, reversal: str,
+        requested_minor: int | None,
+    ) -> None:  # fmt: skip
+        """A reversal forwarded to an off-ledger client gives back to the amount-based limits
+        what its authorisation counted (counts stay, as on-ledger); once per reversal, also
+        when a retransmission finds the reversal already recorded. Postgres first, then the
+        cached counters, inside the account's in-flight mark so a reload sees both or
+        neither."""
+        sync, cache = self.poster.sync, self.poster.cache
+        with sync.in_flight(account_id):
+            try:
+                returned = await return_usage(
+                    self.store.pool, source=source, original_message_id=original_message_id,
+                    reversal=reversal, requested_minor=requested_minor,
+                )  # fmt: skip
+                if returned is not None:
+                    _, keys, amount = returned
+                    counters = tuple(CounterCheck(key, "") for key in keys)
+                    await cache.count_charges(
+                        account_id, Charges(limits=counters), -amount, 0, check=False
+                    )
+            except Exception:
+                self.poster.spawn_refresh(account_id, "failure")
+                raise
 
     async def _reverse_once(
         self, request: pb.ReverseRequest, money: common_pb2.Money | None, requested: int,
@@ -446,7 +488,7 @@ class LifecycleService:
 
         return await self.poster.post(
             change, source=source, message_id=message_id, fingerprint=fingerprint, build=build,
-            usage=usage,
+            usage=usage, program=program,
         )  # fmt: skip
 
     # -- clearing and refund --------------------------------------------------------------
@@ -469,15 +511,32 @@ class LifecycleService:
                 pb.ClearResponse, pb.ClearResponse.FromString,
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
+        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
         if _forward_only(program):
+            # The clearing fee is computed as on-ledger and sent for the client to apply
+            # (seed 004: "fees are communicated to you via webhook").
+            context = FeeContext(
+                Stage.CLEARING, request.transaction_type or int(TransactionType.PURCHASE),
+                request.channel, request.merchant.mcc,
+                is_international(program, request.merchant.country), asset, amount,
+            )  # fmt: skip
+            quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
             fields = {
                 "network_reference": request.network_reference, "amount_minor": amount,
                 "asset": asset, "final": request.final, "mcc": request.merchant.mcc,
-                "merchant": request.merchant.name,
+                "merchant": request.merchant.name, "fee_minor": quote.fixed_minor,
             }  # fmt: skip
+            fee: dict[str, object] | None = None
+            if quote.fixed_minor:
+                lines = quote.charged_lines(declined=False, free_charged=frozenset())
+                fee = {
+                    "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
+                    "rules": [line.payload() for line in lines],
+                }  # fmt: skip
             return await self._forward(
                 "CLEARING", request.source, request.message_id, fingerprint, card, program,
-                fields, pb.ClearResponse, pb.ClearResponse.FromString,
+                fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
             )  # fmt: skip
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._clear_once(request, card, program, fingerprint)
@@ -603,6 +662,7 @@ class LifecycleService:
             fingerprint=fingerprint,
             build=build,
             usage=usage,
+            program=program,
         )
 
     def _fee_entry(
@@ -657,6 +717,8 @@ class LifecycleService:
                 pb.RefundResponse, pb.RefundResponse.FromString,
             )  # fmt: skip
         program = await self.catalog.program(card.program_id)
+        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
         if _forward_only(program):
             fields = {
                 "network_reference": request.network_reference, "amount_minor": amount,
@@ -716,6 +778,7 @@ class LifecycleService:
             message_id=request.message_id,
             fingerprint=fingerprint,
             build=build,
+            program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
             return pb.RefundResponse(response_code="51")
@@ -731,10 +794,11 @@ class LifecycleService:
     async def _forward(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, card: CardFacts,
         program: ProgramRow, fields: dict[str, object], cls: type[_R],
-        parse: Callable[[bytes], _R],
+        parse: Callable[[bytes], _R], fee: dict[str, object] | None = None,
     ) -> _R:  # fmt: skip
         """Off-ledger: the client's ledger settles. Record the message, acknowledge it, and
-        queue it to the client as a notification, in the same transaction."""
+        queue it to the client as a notification, in the same transaction; ``fee``: the
+        details of a FEE notification to follow it (the message's fields are added)."""
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
         response = cls(response_code="00", decision_id=decision_id)
@@ -744,8 +808,16 @@ class LifecycleService:
             amount_minor=int(str(fields.get("amount_minor", 0))),
         )  # fmt: skip
         payload = {"source": source, "message_id": message_id, **fields}
-        note = self._notification(kind, program, card.account_id, card.card_id, payload, now)
-        posted = await self.poster.record(LedgerWrite(decision=record, notifications=(note,)))
+        notes: tuple[Notification, ...] = (
+            self._notification(kind, program, card.account_id, card.card_id, payload, now),
+        )
+        if fee is not None:
+            notes += (
+                self._notification(
+                    "FEE", program, card.account_id, card.card_id, {**payload, **fee}, now
+                ),
+            )
+        posted = await self.poster.record(LedgerWrite(decision=record, notifications=notes))
         return self._answer(posted, fingerprint, parse, cls())
 
     async def _unknown_card(

@@ -27,8 +27,7 @@ from authswitch.adapters.redis.cache import (
     LedgerCache,
     Miss,
 )
-from authswitch.domain.codes import Check, Reason
-from authswitch.domain.fees import FeeContext, Stage
+from authswitch.domain.codes import Check, Reason, outcome
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.limits import Period, period_bounds
 from authswitch.domain.offledger import (
@@ -44,8 +43,10 @@ from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
     HoldRecord,
+    JournalEntry,
     LedgerWrite,
     Notification,
+    Posting,
     UsageChange,
 )
 from authswitch.service.authorization import (
@@ -54,9 +55,10 @@ from authswitch.service.authorization import (
     StandIn,
     response_for,
 )
-from authswitch.service.charges import is_international
 from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
+from authswitch.service.offledger_limits import Assessed, OffLedgerCharges
+from authswitch.service.pinblock import pin_effects
 from authswitch.v1 import common_pb2, decision_pb2
 
 __all__ = ["OffLedgerService"]
@@ -68,6 +70,7 @@ _CORE_CHECKS = (
     Check.CVV2, Check.PRODUCT,
 )  # fmt: skip
 _STAND_IN_LABELS = {r: r.name.lower() for r in StandInReason}
+_APPROVALS = frozenset({Reason.APPROVED, Reason.PARTIALLY_APPROVED})
 
 
 class OffLedgerService:
@@ -91,6 +94,7 @@ class OffLedgerService:
         self.cache = cache
         self.committer = committer
         self.clock = clock
+        self.charges = OffLedgerCharges(cache=cache, charges=authorization.charges)
         self._breakers: dict[str, tuple[object, CircuitBreaker]] = {}
 
     def breaker(self, program_id: str, routing: ClientRouting) -> CircuitBreaker:
@@ -126,62 +130,85 @@ class OffLedgerService:
             )
 
         async def finish(checks: AuthorizeOutcome) -> StoredDecision:
+            if checks.reason is Reason.TRANSACTION_NOT_PERMITTED:  # it may carry a decline fee
+                assessed = await self.charges.assess_decline(**self._pricing(job))
+                write = self._declined_by_checks(job, checks, assessed=assessed)
+                return await self._commit(job, checks, write)
             if checks.reason is not Reason.APPROVED:
                 return await self._commit(job, checks, self._declined_by_checks(job, checks))
             return await self._ask(job, checks)
 
         return await self.auth.redis_step(job, attempt, finish)
 
-    def _declined_by_checks(self, job: Job, checks: AuthorizeOutcome) -> LedgerWrite:
+    def _pricing(self, job: Job) -> dict[str, Any]:
+        request = job.ctx.request
+        return {
+            "product_id": job.product.id, "program": job.program, "card_id": job.card.card_id,
+            "account_id": job.card.account_id, "transaction_type": request.transaction_type,
+            "channel": request.channel, "mcc": request.mcc,
+            "merchant_country": request.merchant_country, "asset": request.billing_asset,
+            "amount_minor": request.billing_amount_minor, "at": job.ctx.received,
+        }  # fmt: skip
+
+    def _declined_by_checks(
+        self, job: Job, checks: AuthorizeOutcome, *, assessed: Assessed | None = None
+    ) -> LedgerWrite:
+        """A decline by the core checks, or (``assessed.declined``) by the product or a
+        limit before the client is asked, with its decline fee if any."""
         ctx, card = job.ctx, job.card
+        reason = assessed.declined if assessed and assessed.declined else checks.reason
         decision_id = new_id()
-        response = response_for(checks.reason, decision_id=decision_id)
-        record = self.auth.record(
-            ctx, decision_id, checks.reason, response.SerializeToString(), card, None
+        fee = assessed.decline_fee_minor if assessed else 0
+        response = response_for(
+            reason, asset=ctx.request.billing_asset, fee_minor=fee, decision_id=decision_id
         )
+        record = self.auth.record(
+            ctx, decision_id, reason, response.SerializeToString(), card, None
+        )
+        notifications = self._pin_notification(job, checks)
+        usage: tuple[UsageChange, ...] = ()
+        if assessed is not None:
+            notifications += self._fee_notifications(job, assessed, reason, "NOTIFIED")
+            usage = assessed.counted.usage() if assessed.counted else ()
         return LedgerWrite(
             decision=record,
             card_updates=self._card_updates(job, checks),
-            notifications=self._pin_notification(job, checks),
+            usage=usage,
+            notifications=notifications,
         )
 
     def _card_updates(self, job: Job, checks: AuthorizeOutcome) -> tuple[CardUpdate, ...]:
-        if not (checks.pin_tries_changed or checks.pin_changed):
-            return ()
-        pvv = job.pre.new_pvv if checks.pin_changed else None
-        return (CardUpdate(job.card.card_id, pin_tries=checks.pin_tries, pvv=pvv),)
+        return _pin_effects(job, checks)[0]
 
     def _pin_notification(self, job: Job, checks: AuthorizeOutcome) -> tuple[Notification, ...]:
-        if not checks.pin_blocked_now:
-            return ()
-        request = job.ctx.request
-        return (
-            _notification(
-                job, "PIN_TRIES_EXCEEDED",
-                {"source": request.source, "message_id": request.message_id},
-            ),
-        )  # fmt: skip
+        return _pin_effects(job, checks)[1]
 
     async def _ask(self, job: Job, checks: AuthorizeOutcome) -> StoredDecision:
         """Every core check passed: ask the client, or stand in."""
         ctx, program = job.ctx, job.program
         request = ctx.request
         routing = program.routing
-        fee = await self._fee(job)
+        # The fees, as on-ledger, and check 9 before the client is asked: the product's
+        # limits, counted at once (service/offledger_limits.py).
+        assessed = await self.charges.assess(**self._pricing(job))
+        if assessed.declined is not None:
+            write = self._declined_by_checks(job, checks, assessed=assessed)
+            return await self._commit(job, checks, write)
+        fee = assessed.fee_minor
         decision_id = new_id()
         if routing is None:
-            return await self._stand_in(job, checks, StandInReason.NOT_CONFIGURED, None, fee)
+            return await self._stand_in(job, checks, StandInReason.NOT_CONFIGURED, None, assessed)
         breaker = self.breaker(program.id, routing)
         if not breaker.allow(self._now_ms()):
-            return await self._stand_in(job, checks, StandInReason.BREAKER_OPEN, None, fee)
+            return await self._stand_in(job, checks, StandInReason.BREAKER_OPEN, None, assessed)
         left_ms = self._client_budget_ms(ctx, routing.deadline_ms)
         if left_ms <= 0:
             breaker.record(False, self._now_ms())
-            return await self._stand_in(job, checks, StandInReason.TIMEOUT, 0, fee)
+            return await self._stand_in(job, checks, StandInReason.TIMEOUT, 0, assessed)
         if not ctx.waits.park():
             # As many calls as the process lets wait on clients already do: stand in now,
             # without asking (the breaker is not told: the client did nothing wrong).
-            return await self._stand_in(job, checks, StandInReason.OVERLOADED, None, fee)
+            return await self._stand_in(job, checks, StandInReason.OVERLOADED, None, assessed)
         call = _decide_request(job, decision_id, fee, left_ms)
         started = time.perf_counter()
         failure: StandInReason | None = None
@@ -222,9 +249,9 @@ class OffLedgerService:
         breaker.record(failure is None, self._now_ms())
         if failure is not None or answer is None:
             return await self._stand_in(
-                job, checks, failure or StandInReason.INVALID_ANSWER, latency_us, fee, wire
+                job, checks, failure or StandInReason.INVALID_ANSWER, latency_us, assessed, wire
             )
-        return await self._answered(job, checks, answer, latency_us, fee, decision_id)
+        return await self._answered(job, checks, answer, latency_us, assessed, decision_id)
 
     def _client_budget_ms(self, ctx: Any, deadline_ms: int) -> int:
         """How long the client may take: what is left of the programme's deadline (or of
@@ -235,30 +262,24 @@ class OffLedgerService:
             left_ms = min(left_ms, (ctx.deadline_s - time.monotonic()) * 1000)
         return int(left_ms - self.answer_reserve_ms)
 
-    async def _fee(self, job: Job) -> int:
-        """The authorisation fee, sent to the client to apply (off-ledger fees are only
-        notified)."""
-        request = job.ctx.request
-        context = FeeContext(
-            Stage.AUTHORIZATION, request.transaction_type, request.channel, request.mcc,
-            is_international(job.program, request.merchant_country), request.billing_asset,
-            request.billing_amount_minor,
-        )  # fmt: skip
-        quote = await self.auth.charges.fee_quote(job.product.id, job.ctx.received, context)
-        return quote.fixed_minor
-
     async def _answered(
         self, job: Job, checks: AuthorizeOutcome, answer: ClientAnswer, latency_us: int,
-        fee: int, decision_id: str,
+        assessed: Assessed, decision_id: str,
     ) -> StoredDecision:  # fmt: skip
         ctx, card, program = job.ctx, job.card, job.program
         request = ctx.request
         approved = answer.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED)
+        counted, fee = assessed.counted, assessed.fee_minor
+        if approved:  # a partial approval counts what it approved
+            await self.charges.approve(counted, answer.approved_minor + fee)
+        else:  # a decline counts its decline fee only
+            await self.charges.decline(counted, assessed.decline_fee_minor)
+        usage = counted.usage() if counted is not None else ()
         response = response_for(
             answer.reason,
             asset=request.billing_asset,
             approved_minor=answer.approved_minor,
-            fee_minor=fee if approved else 0,
+            fee_minor=fee if approved else assessed.decline_fee_minor,
             authorization_code=(answer.authorization_code or _auth_code()) if approved else "",
             decision_id=decision_id,
         )
@@ -277,18 +298,30 @@ class OffLedgerService:
             client_reason=answer.client_reason,
             latency_us=latency_us,
         )
-        notifications = self._pin_notification(job, checks) + self._fee_notification(
-            job, fee, approved
-        )
+        if approved and counted is not None:
+            call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
+        shadow = program.routing is not None and program.routing.stand_in is StandInPolicy.SHADOW
         write = LedgerWrite(
             decision=record,
             card_updates=self._card_updates(job, checks),
-            notifications=notifications,
+            usage=usage,
+            notifications=self._pin_notification(job, checks),
             client_calls=(call,),
         )
-        shadow = program.routing is not None and program.routing.stand_in is StandInPolicy.SHADOW
-        if approved and shadow:
-            return await self._mirror(job, write, answer.approved_minor + fee)
+        code = answer.response_code
+        if approved:
+            write.notifications += self._fee_notifications(
+                job, assessed, answer.reason, response_code=code
+            )
+            if shadow:
+                return await self._mirror(job, write, answer.approved_minor + fee)
+        elif shadow and assessed.decline_fee_minor:
+            # The shadow ledger charges the decline fee as an on-ledger programme would.
+            return await self._post_decline_fee(job, checks, write, assessed, answer.reason, code)
+        else:
+            write.notifications += self._fee_notifications(
+                job, assessed, answer.reason, response_code=code
+            )
         return await self._commit(job, checks, write)
 
     async def _mirror(self, job: Job, write: LedgerWrite, amount_minor: int) -> StoredDecision:
@@ -306,7 +339,7 @@ class OffLedgerService:
         if not (isinstance(applied, ApplyResult) and applied.status == "OK"):
             # No shadow balance in this asset, or the state is not loaded: record the
             # decision; the reload brings the shadow ledger back in step with Postgres.
-            await self.auth.sync.refresh(card.account_id, "shadow")
+            self.auth.spawn_refresh(card.account_id, "shadow")
             return await self._commit_plain(write)
         plan = await self.auth.hold_plan(job)
         hold = HoldRecord(
@@ -322,34 +355,94 @@ class OffLedgerService:
             expires_at=ctx.received + timedelta(days=plan.validity_days),
             created_at=ctx.received,
             kind=plan.kind,
+            # A reversal or clearing of the hold adjusts the limits it counted.
+            usage_keys=tuple(k for c in write.client_calls for k in c.usage_keys),
         )
         mirrored = LedgerWrite(
             decision=write.decision,
             holds=(hold,),
             balance_changes=(change,),
+            usage=write.usage,
             card_updates=write.card_updates,
             notifications=write.notifications,
             client_calls=write.client_calls,
         )
         written = await self.committer.submit(mirrored)
         if written.status is not WriteStatus.COMMITTED or written.pre_reversed_minor:
-            await self.auth.sync.refresh(card.account_id, "shadow")
+            self.auth.spawn_refresh(card.account_id, "shadow")
         return written.decision
 
-    def _fee_notification(self, job: Job, fee: int, approved: bool) -> tuple[Notification, ...]:
-        if not fee or not approved:
+    def _fee_notifications(
+        self, job: Job, assessed: Assessed, decided: Reason, mode: str = "NOTIFIED",
+        response_code: str = "",
+    ) -> tuple[Notification, ...]:  # fmt: skip
+        """The FEE notification of a decision (seed 004: "fees are communicated to you via
+        webhook"): the fee of an approval, or the decline fee of a decline, with the rules
+        that make it up and the transaction it belongs to. ``mode``: NOTIFIED (the client
+        applies it), or what the shadow ledger did (POSTED, NOT_APPLIED)."""
+        declined = decided not in _APPROVALS
+        fee = assessed.decline_fee_minor if declined else assessed.fee_minor
+        if not fee:
             return ()
         request = job.ctx.request
         payload = {
             "stage": "AUTHORIZATION", "source": request.source,
-            "message_id": request.message_id, "fee_minor": fee, "asset": request.billing_asset,
-            "fee_mode": "NOTIFIED",
+            "message_id": request.message_id, "network_reference": request.network_reference,
+            "response_code": response_code or outcome(decided).response_code, "fee_minor": fee,
+            "asset": request.billing_asset, "amount_minor": request.billing_amount_minor,
+            "fee_mode": mode, "on_decline": declined,
+            "rules": [line.payload() for line in assessed.lines(declined=declined)],
         }  # fmt: skip
-        return (_notification(job, "FEE", payload),)
+        kind = "FEE_NOT_APPLIED" if mode == "NOT_APPLIED" else "FEE"
+        return (_notification(job, kind, payload),)
+
+    async def _post_decline_fee(
+        self, job: Job, checks: AuthorizeOutcome, write: LedgerWrite, assessed: Assessed,
+        decided: Reason, code: str,
+    ) -> StoredDecision:  # fmt: skip
+        """A client's decline on a SHADOW programme: the decline fee is taken from the
+        shadow ledger's actual and available balance when available covers it, else not
+        applied (seed 004), and the client is told which."""
+        ctx, card, program = job.ctx, job.card, job.program
+        request = ctx.request
+        fee = assessed.decline_fee_minor
+        applied = await self.cache.apply(
+            account_id=card.account_id, asset=request.billing_asset, actual_delta_minor=-fee,
+            held_delta_minor=0, requires_funds=True,
+        )  # fmt: skip
+        if not isinstance(applied, ApplyResult) or applied.status != "OK":
+            # Not covered (or the state is not loaded, or holds no such asset): nothing
+            # changed in the shadow ledger, and the client is told the fee was not applied.
+            write.notifications += self._fee_notifications(
+                job, assessed, decided, "NOT_APPLIED", code
+            )
+            return await self._commit(job, checks, write)
+        write.notifications += self._fee_notifications(job, assessed, decided, "POSTED", code)
+        write.balance_changes = (
+            BalanceChange(card.account_id, request.billing_asset, actual_delta_minor=-fee),
+        )
+        write.entries = (
+            JournalEntry(
+                id=new_id(), program_id=program.id, kind="FEE",
+                postings=(
+                    Posting(card.account_id, request.billing_asset, -fee),
+                    Posting(program.fee_account_id, request.billing_asset, fee),
+                ),
+                created_at=ctx.received, source=request.source, message_id=request.message_id,
+                description="decline fee", network_reference=request.network_reference,
+                card_id=card.card_id,
+            ),
+        )  # fmt: skip
+        written = await self.committer.submit(write)
+        if written.status is not WriteStatus.COMMITTED:  # nothing durable: take it back
+            await self.cache.adjust(card.account_id, applied.epoch, request.billing_asset, fee, 0)
+            if checks.pin_tries_changed or checks.pin_changed or write.usage:
+                self.auth.spawn_refresh(card.account_id, written.status.value)
+        return written.decision
 
     async def _stand_in(
         self, job: Job, checks: AuthorizeOutcome, reason: StandInReason, latency_us: int | None,
-        fee: int, wire: decision_pb2.DecideResponse | None = None,
+        assessed: Assessed, wire: decision_pb2.DecideResponse | None = None,
     ) -> StoredDecision:  # fmt: skip
         ctx, card, program = job.ctx, job.card, job.program
         request = ctx.request
@@ -370,17 +463,40 @@ class OffLedgerService:
         )
         if policy is StandInPolicy.SHADOW:
             # Decide from the shadow ledger, as an on-ledger program would. The core checks
-            # already ran, and marked the message: that mark is this decision's own.
+            # already ran, and marked the message: that mark is this decision's own. The
+            # limits are checked and counted there again: what was counted here goes.
+            await self.charges.decline(assessed.counted, 0)
             await self.cache.forget_marker(card.account_id, request.source, request.message_id)
-            advice = _notification(job, "STAND_IN_ADVICE", _advice_payload(job, reason, policy))
-            stand_in = StandIn(reason.value, call, (advice,))
-            return await self.auth.on_ledger(job, stand_in)
+
+            def advise(
+                decided: Reason, approved_minor: int, fee_minor: int, code: str
+            ) -> tuple[Notification, ...]:
+                # What the shadow ledger decided: an approval (full or partial) is advised
+                # with its code and amounts; a decline holds nothing and is not advised.
+                if decided not in _APPROVALS:
+                    return ()
+                payload = _advice_payload(job, reason, policy)
+                payload.update(
+                    response_code=outcome(decided).response_code,
+                    approved_minor=approved_minor, fee_minor=fee_minor, authorization_code=code,
+                )  # fmt: skip
+                return (_notification(job, "STAND_IN_ADVICE", payload),)
+
+            return await self.auth.on_ledger(job, StandIn(reason.value, call, advise))
 
         decision_id = new_id()
         approved = False
         usage: tuple[UsageChange, ...] = ()
         if policy is StandInPolicy.APPROVE and routing is not None:
             approved, usage = await self._within_stand_in_limits(job, routing)
+        counted, fee = assessed.counted, assessed.fee_minor
+        if approved:
+            await self.charges.approve(counted, request.billing_amount_minor + fee)
+            if counted is not None:
+                usage += counted.usage()
+                call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
+        else:  # 91: the issuer was unavailable, no decline fee
+            await self.charges.decline(counted, 0)
         reason_code = Reason.APPROVED if approved else Reason.CLIENT_UNAVAILABLE
         response = response_for(
             reason_code,
@@ -398,9 +514,12 @@ class OffLedgerService:
         notifications = self._pin_notification(job, checks)
         if approved:
             payload = _advice_payload(job, reason, policy)
-            payload["authorization_code"] = response.authorization_code
+            payload.update(
+                response_code=response.response_code, approved_minor=request.billing_amount_minor,
+                fee_minor=fee, authorization_code=response.authorization_code,
+            )  # fmt: skip
             notifications += (_notification(job, "STAND_IN_ADVICE", payload),)
-            notifications += self._fee_notification(job, fee, True)
+            notifications += self._fee_notifications(job, assessed, reason_code)
         write = LedgerWrite(
             decision=record,
             card_updates=self._card_updates(job, checks),
@@ -443,11 +562,23 @@ class OffLedgerService:
         if written.status is not WriteStatus.COMMITTED and (
             checks.pin_tries_changed or checks.pin_changed or write.usage
         ):
-            await self.auth.sync.refresh(job.card.account_id, written.status.value)
+            self.auth.spawn_refresh(job.card.account_id, written.status.value)
         return written.decision
 
     async def _commit_plain(self, write: LedgerWrite) -> StoredDecision:
         return (await self.committer.submit(write)).decision
+
+
+def _pin_effects(
+    job: Job, checks: AuthorizeOutcome
+) -> tuple[tuple[CardUpdate, ...], tuple[Notification, ...]]:
+    return pin_effects(
+        request=job.ctx.request, card=job.card, program=job.program,
+        action=job.product.rules.pin_tries_exceeded_action, received=job.ctx.received,
+        pin_tries=checks.pin_tries, pin_tries_changed=checks.pin_tries_changed,
+        pin_changed=checks.pin_changed, pin_blocked_now=checks.pin_blocked_now,
+        new_pvv=job.pre.new_pvv,
+    )  # fmt: skip
 
 
 def _auth_code() -> str:

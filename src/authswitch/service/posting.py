@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from authswitch import metrics
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
-from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.postgres.store import CatalogStore, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, Duplicate, LedgerCache
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.records import LedgerWrite
 from authswitch.errors import InternalError
 from authswitch.service.cache_sync import CacheSync
+from authswitch.service.movements import with_movement
 
 __all__ = ["PostStatus", "Posted", "Poster"]
 
@@ -69,9 +70,14 @@ class Poster:
         fingerprint: bytes,
         build: Callable[[ApplyResult], LedgerWrite],
         usage: Sequence[tuple[str, int, int]] = (),
+        program: ProgramRow | None = None,
+        movement: str = "",
+        movement_details: Mapping[str, object] | None = None,
     ) -> Posted:
         """Apply ``change`` (and counter adjustments) in Redis, then commit
-        ``build(result)``; at most once per (source, message_id)."""
+        ``build(result)``; at most once per (source, message_id). ``program``: the
+        account's, whose movement subscription adds a MOVEMENT notification (``movement``:
+        its kind, by default the decision's)."""
         for _ in range(CACHE_ATTEMPTS_MAX):
             with self.sync.in_flight(change.account_id):
                 try:
@@ -89,7 +95,11 @@ class Poster:
                             return Posted(PostStatus.INSUFFICIENT_FUNDS, balance=result.balance)
                         if result.status == "NOBALANCE":
                             return Posted(PostStatus.NO_BALANCE)
-                        return await self._commit(change, result, build(result))
+                        write = with_movement(
+                            build(result), program, change, result.balance, movement,
+                            movement_details,
+                        )  # fmt: skip
+                        return await self._commit(change, result, write)
                 except Exception:
                     self._spawn(self._undo(change.account_id, source, message_id))
                     raise
@@ -148,6 +158,10 @@ class Poster:
         except Exception as exc:
             metrics.STORE_ERRORS.labels("redis", "undo").inc()
             log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
+
+    def spawn_refresh(self, account_id: str, cause: str) -> None:
+        """Reload the account's cached state from Postgres, in the background."""
+        self._spawn(self.sync.refresh(account_id, cause))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)

@@ -21,6 +21,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PinTriesExceededAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PinTriesExceededActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PinTriesExceededAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PIN_TRIES_EXCEEDED_ACTION_UNSPECIFIED: _PinTriesExceededAction.ValueType  # 0
+    """BLOCK_CARD."""
+    PIN_TRIES_EXCEEDED_ACTION_BLOCK_CARD: _PinTriesExceededAction.ValueType  # 1
+    """The card's status becomes BLOCKED: every later request is declined 62 until an operator
+    changes the status back (ChangeCardStatus to ACTIVE, which also resets the tries).
+    """
+    PIN_TRIES_EXCEEDED_ACTION_BLOCK_PIN: _PinTriesExceededAction.ValueType  # 2
+    """Only the PIN is blocked: PIN requests are declined 75 until a PIN unblock or SetCardPin;
+    requests without a PIN still pass.
+    """
+
+class PinTriesExceededAction(_PinTriesExceededAction, metaclass=_PinTriesExceededActionEnumTypeWrapper):
+    """What a product does when the PIN tries are used up (seed 000: "blocking of a card if the
+    number of online PIN tries are exceeded").
+    """
+
+PIN_TRIES_EXCEEDED_ACTION_UNSPECIFIED: PinTriesExceededAction.ValueType  # 0
+"""BLOCK_CARD."""
+PIN_TRIES_EXCEEDED_ACTION_BLOCK_CARD: PinTriesExceededAction.ValueType  # 1
+"""The card's status becomes BLOCKED: every later request is declined 62 until an operator
+changes the status back (ChangeCardStatus to ACTIVE, which also resets the tries).
+"""
+PIN_TRIES_EXCEEDED_ACTION_BLOCK_PIN: PinTriesExceededAction.ValueType  # 2
+"""Only the PIN is blocked: PIN requests are declined 75 until a PIN unblock or SetCardPin;
+requests without a PIN still pass.
+"""
+Global___PinTriesExceededAction: _TypeAlias = PinTriesExceededAction  # noqa: Y015
+
 class _AdjustmentPurpose:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -631,12 +665,15 @@ class CreateProductRequest(_message.Message):
     PIN_TRIES_MAX_FIELD_NUMBER: _builtins.int
     HOLD_VALIDITY_DAYS_FIELD_NUMBER: _builtins.int
     HOLD_VALIDITY_DAYS_BY_MCC_FIELD_NUMBER: _builtins.int
+    PIN_TRIES_EXCEEDED_ACTION_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     name: _builtins.str
     pin_tries_max: _builtins.int
     """Wrong PIN entries before the card is PIN-blocked; default 3."""
     hold_validity_days: _builtins.int
     """Days an authorisation hold lives before it ages off; default 7."""
+    pin_tries_exceeded_action: Global___PinTriesExceededAction.ValueType
+    """What happens when a wrong PIN uses up the last try; default BLOCK_CARD."""
     @_builtins.property
     def account_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.AccountType.ValueType]:
         """Account types that may be opened on the product; empty means single only."""
@@ -676,10 +713,11 @@ class CreateProductRequest(_message.Message):
         pin_tries_max: _builtins.int = ...,
         hold_validity_days: _builtins.int = ...,
         hold_validity_days_by_mcc: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        pin_tries_exceeded_action: Global___PinTriesExceededAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_types", b"account_types", "allowed_channels", b"allowed_channels", "allowed_transaction_types", b"allowed_transaction_types", "assets", b"assets", "blocked_mccs", b"blocked_mccs", "hold_validity_days", b"hold_validity_days", "hold_validity_days_by_mcc", b"hold_validity_days_by_mcc", "name", b"name", "pin_tries_max", b"pin_tries_max", "program_id", b"program_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_types", b"account_types", "allowed_channels", b"allowed_channels", "allowed_transaction_types", b"allowed_transaction_types", "assets", b"assets", "blocked_mccs", b"blocked_mccs", "hold_validity_days", b"hold_validity_days", "hold_validity_days_by_mcc", b"hold_validity_days_by_mcc", "name", b"name", "pin_tries_exceeded_action", b"pin_tries_exceeded_action", "pin_tries_max", b"pin_tries_max", "program_id", b"program_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2227,6 +2265,43 @@ class SetNotificationSinkResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetNotificationSinkResponse: _TypeAlias = SetNotificationSinkResponse  # noqa: Y015
+
+@_typing.final
+class SetMovementSubscriptionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "program_id", b"program_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMovementSubscriptionRequest: _TypeAlias = SetMovementSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class SetMovementSubscriptionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMovementSubscriptionResponse: _TypeAlias = SetMovementSubscriptionResponse  # noqa: Y015
 
 @_typing.final
 class NotificationDelivery(_message.Message):

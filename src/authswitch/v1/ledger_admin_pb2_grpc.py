@@ -186,6 +186,11 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.FromString,
                 _registered_method=True)
+        self.SetMovementSubscription = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetMovementSubscription',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionResponse.FromString,
+                _registered_method=True)
         self.ListNotifications = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/ListNotifications',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListNotificationsRequest.SerializeToString,
@@ -385,8 +390,9 @@ class LedgerAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LinkCardAccount(self, request, context):
-        """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-        card's spend account only.
+        """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+        transaction in an asset the card's own account does not hold draws on the first linked
+        account that holds it (a GBP main account and a EUR wallet behind one card).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -456,6 +462,17 @@ class LedgerAdminServiceServicer:
         """Subscribes a program to notifications by a sink: an off-ledger program by its client's
         Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
         endpoint); what could never deliver is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMovementSubscription(self, request, context):
+        """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+        balance movement, with the balance after it, through its notification sinks (seed 000:
+        movements "sent to client platform in near real time"). Refused for an off-ledger
+        program (FAILED_PRECONDITION: its client is told of every message already) and for a
+        program without a sink.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -711,6 +728,11 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.SetNotificationSink,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.SerializeToString,
+            ),
+            'SetMovementSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMovementSubscription,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionResponse.SerializeToString,
             ),
             'ListNotifications': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNotifications,
@@ -1573,6 +1595,33 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/SetNotificationSink',
             authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.SetNotificationSinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMovementSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetMovementSubscription',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetMovementSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,8 +67,9 @@ class LedgerAdminServiceStub:
     """What moved an account's balances, newest first, a page at a time."""
     CreateCustomer: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCustomerRequest, _ledger_admin_pb2.CreateCustomerResponse]
     LinkCardAccount: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.LinkCardAccountRequest, _ledger_admin_pb2.LinkCardAccountResponse]
-    """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-    card's spend account only.
+    """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+    transaction in an asset the card's own account does not hold draws on the first linked
+    account that holds it (a GBP main account and a EUR wallet behind one card).
     """
     GetCard: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetCardRequest, _ledger_admin_pb2.GetCardResponse]
     RegisterAsset: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]
@@ -90,6 +91,13 @@ class LedgerAdminServiceStub:
     """Subscribes a program to notifications by a sink: an off-ledger program by its client's
     Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
     endpoint); what could never deliver is refused.
+    """
+    SetMovementSubscription: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetMovementSubscriptionRequest, _ledger_admin_pb2.SetMovementSubscriptionResponse]
+    """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+    balance movement, with the balance after it, through its notification sinks (seed 000:
+    movements "sent to client platform in near real time"). Refused for an off-ledger
+    program (FAILED_PRECONDITION: its client is told of every message already) and for a
+    program without a sink.
     """
     ListNotifications: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]
     """Notifications and their delivery, newest first."""
@@ -169,8 +177,9 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """What moved an account's balances, newest first, a page at a time."""
     CreateCustomer: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.CreateCustomerRequest, _ledger_admin_pb2.CreateCustomerResponse]  # type: ignore[assignment]
     LinkCardAccount: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.LinkCardAccountRequest, _ledger_admin_pb2.LinkCardAccountResponse]  # type: ignore[assignment]
-    """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-    card's spend account only.
+    """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+    transaction in an asset the card's own account does not hold draws on the first linked
+    account that holds it (a GBP main account and a EUR wallet behind one card).
     """
     GetCard: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetCardRequest, _ledger_admin_pb2.GetCardResponse]  # type: ignore[assignment]
     RegisterAsset: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.RegisterAssetRequest, _ledger_admin_pb2.RegisterAssetResponse]  # type: ignore[assignment]
@@ -192,6 +201,13 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """Subscribes a program to notifications by a sink: an off-ledger program by its client's
     Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
     endpoint); what could never deliver is refused.
+    """
+    SetMovementSubscription: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetMovementSubscriptionRequest, _ledger_admin_pb2.SetMovementSubscriptionResponse]  # type: ignore[assignment]
+    """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+    balance movement, with the balance after it, through its notification sinks (seed 000:
+    movements "sent to client platform in near real time"). Refused for an off-ledger
+    program (FAILED_PRECONDITION: its client is told of every message already) and for a
+    program without a sink.
     """
     ListNotifications: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListNotificationsRequest, _ledger_admin_pb2.ListNotificationsResponse]  # type: ignore[assignment]
     """Notifications and their delivery, newest first."""
@@ -382,8 +398,9 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_admin_pb2.LinkCardAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.LinkCardAccountResponse, _abc.Awaitable[_ledger_admin_pb2.LinkCardAccountResponse]]:
-        """Links a further account (savings, a pot) to a card. Card transactions still draw on the
-        card's spend account only.
+        """Links a further account (a wallet, savings, a pot) to a card. An on-ledger card
+        transaction in an asset the card's own account does not hold draws on the first linked
+        account that holds it (a GBP main account and a EUR wallet behind one card).
         """
 
     @_abc_1.abstractmethod
@@ -465,6 +482,19 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Subscribes a program to notifications by a sink: an off-ledger program by its client's
         Notify or an HTTPS webhook, an on-ledger program by an HTTPS webhook (it has no client
         endpoint); what could never deliver is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def SetMovementSubscription(
+        self,
+        request: _ledger_admin_pb2.SetMovementSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetMovementSubscriptionResponse, _abc.Awaitable[_ledger_admin_pb2.SetMovementSubscriptionResponse]]:
+        """Subscribes (or unsubscribes) an on-ledger program to MOVEMENT notifications: every
+        balance movement, with the balance after it, through its notification sinks (seed 000:
+        movements "sent to client platform in near real time"). Refused for an off-ledger
+        program (FAILED_PRECONDITION: its client is told of every message already) and for a
+        program without a sink.
         """
 
     @_abc_1.abstractmethod

@@ -18,7 +18,11 @@ from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
 from authswitch.adapters.postgres.ownership import Holder
 from authswitch.adapters.postgres.store import HoldRow
-from authswitch.domain.authorization import AuthorizationRequest, CardStatus
+from authswitch.domain.authorization import (
+    AuthorizationRequest,
+    CardStatus,
+    PinTriesExceededAction,
+)
 from authswitch.domain.bounds import merchant_too_long
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
@@ -93,6 +97,15 @@ def _actor(context: Context) -> str:
         if key == "x-authswitch-actor" and isinstance(value, str):
             return f"{caller}/{value[:64]}"
     return caller
+
+
+def _pin_tries_exceeded_action(value: int) -> PinTriesExceededAction:
+    if value == 0:
+        return PinTriesExceededAction.BLOCK_CARD
+    try:
+        return PinTriesExceededAction(value)
+    except ValueError:
+        raise RequestError("pin_tries_exceeded_action must be a known action") from None
 
 
 def _card_status(value: int, *, default: CardStatus | None = None) -> CardStatus:
@@ -340,6 +353,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             blocked_mccs=list(request.blocked_mccs),
             pin_tries_max=request.pin_tries_max,
             hold_validity_days=request.hold_validity_days,
+            pin_tries_exceeded_action=_pin_tries_exceeded_action(request.pin_tries_exceeded_action),
             hold_validity_by_mcc=dict(request.hold_validity_days_by_mcc),
             actor=_actor(context),
         )
@@ -718,6 +732,13 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             actor=_actor(context),
         )  # fmt: skip
         return ledger_admin_pb2.SetNotificationSinkResponse()
+
+    @grpc_errors
+    async def SetMovementSubscription(  # noqa: N802
+        self, request: ledger_admin_pb2.SetMovementSubscriptionRequest, context: Context
+    ) -> ledger_admin_pb2.SetMovementSubscriptionResponse:
+        await self.service.set_movements(request.program_id, request.enabled, actor=_actor(context))
+        return ledger_admin_pb2.SetMovementSubscriptionResponse()
 
     @grpc_errors
     async def ListNotifications(  # noqa: N802

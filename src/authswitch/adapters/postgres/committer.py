@@ -695,10 +695,13 @@ async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None
     await conn.execute(
         """INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
                stand_in_policy, client_decision, client_response_code, client_reason,
-               latency_us, created_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                                $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[],
-                                $11::timestamptz[])""",
+               latency_us, created_at, usage_minor, usage_keys)
+           SELECT s, m, p, o, r, sp, cd, cr, cx, l, t, um,
+                  coalesce(string_to_array(nullif(uk, ''), ' '), '{}')
+           FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[],
+                       $11::timestamptz[], $12::int8[], $13::text[])
+                AS u(s, m, p, o, r, sp, cd, cr, cx, l, t, um, uk)""",
         [k.source for k in calls],
         [k.message_id for k in calls],
         [k.program_id for k in calls],
@@ -710,6 +713,8 @@ async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None
         [k.client_reason for k in calls],
         [k.latency_us for k in calls],
         [k.created_at for k in calls],
+        [k.usage_minor for k in calls],
+        [" ".join(k.usage_keys) for k in calls],
     )
 
 
@@ -960,6 +965,7 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
                     update.card_id,
                     update.pin_tries if update.pin_tries is not None else before.pin_tries,
                     update.pvv if update.pvv is not None else before.pvv,
+                    update.blocked or before.blocked,
                 )
     if merged:
         updates = list(merged.values())
@@ -967,11 +973,15 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             """UPDATE cards c
                SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
                    pvv = COALESCE(u.pvv, c.pvv),
+                   status = CASE WHEN u.blocked AND c.status = 'ACTIVE' THEN 'BLOCKED'
+                                 ELSE c.status END,
                    updated_at = now()
-               FROM unnest($1::uuid[], $2::int2[], $3::bytea[]) AS u(id, pin_tries, pvv)
+               FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::bool[])
+                    AS u(id, pin_tries, pvv, blocked)
                WHERE c.id = u.id""",
             [u.card_id for u in updates],
             [u.pin_tries for u in updates],
             [u.pvv for u in updates],
+            [u.blocked for u in updates],
         )
     return pre_reversed

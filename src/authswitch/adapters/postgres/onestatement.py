@@ -100,11 +100,12 @@ _PART_COLUMNS = {
     "u": "i int8, account_id uuid, key text, amount int8, count int4, expires_at timestamptz",
     "k": "i int8, source text, message_id text, program_id uuid, outcome text, "
     "stand_in_reason text, stand_in_policy text, client_decision text, "
-    "client_response_code text, client_reason text, latency_us int4, created_at timestamptz",
+    "client_response_code text, client_reason text, latency_us int4, created_at timestamptz, "
+    "usage_minor int8, usage_keys text[]",
     "n": "i int8, id uuid, program_id uuid, account_id uuid, card_id uuid, kind text, "
     "payload jsonb, created_at timestamptz",
     "s": "id uuid, sink text, ordering_key text",
-    "q": "i int8, card_id uuid, pin_tries int2, pvv text",
+    "q": "i int8, card_id uuid, pin_tries int2, pvv text, blocked bool",
 }
 
 
@@ -227,10 +228,11 @@ _USAGE = f"""lu AS (
 _CLIENT_CALLS = f"""cc AS (
         INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
             stand_in_policy, client_decision, client_response_code, client_reason, latency_us,
-            created_at)
+            created_at, usage_minor, usage_keys)
         SELECT x.source, x.message_id, x.program_id, x.outcome, x.stand_in_reason,
                x.stand_in_policy, x.client_decision, x.client_response_code, x.client_reason,
-               x.latency_us, x.created_at
+               x.latency_us, x.created_at, coalesce(x.usage_minor, 0),
+               coalesce(x.usage_keys, '{{}}')
         FROM {_rows("k")} JOIN done USING (i)
         RETURNING 1
     )"""
@@ -257,13 +259,16 @@ _CARD_UPDATES = f"""cu AS (
         UPDATE cards c
         SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
             pvv = COALESCE(decode(u.pvv, 'hex'), c.pvv),
+            status = CASE WHEN u.blocked AND c.status = 'ACTIVE' THEN 'BLOCKED'
+                          ELSE c.status END,
             updated_at = now()
         FROM (
             SELECT x.card_id,
                    (array_agg(x.pin_tries ORDER BY x.i DESC)
                        FILTER (WHERE x.pin_tries IS NOT NULL))[1] AS pin_tries,
                    (array_agg(x.pvv ORDER BY x.i DESC)
-                       FILTER (WHERE x.pvv IS NOT NULL))[1] AS pvv
+                       FILTER (WHERE x.pvv IS NOT NULL))[1] AS pvv,
+                   bool_or(COALESCE(x.blocked, false)) AS blocked
             FROM {_rows("q")} JOIN done USING (i)
             GROUP BY x.card_id
         ) u
@@ -366,7 +371,8 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
                 "client_decision": k.client_decision,
                 "client_response_code": k.client_response_code,
                 "client_reason": k.client_reason, "latency_us": k.latency_us,
-                "created_at": k.created_at.isoformat(),
+                "created_at": k.created_at.isoformat(), "usage_minor": k.usage_minor,
+                "usage_keys": list(k.usage_keys),
             })  # fmt: skip
         for n in write.notifications:
             parts.setdefault("n", []).append({
@@ -381,8 +387,9 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
                 )
         for q in write.card_updates:
             parts.setdefault("q", []).append(
-                {"i": i, "card_id": q.card_id, "pin_tries": q.pin_tries, "pvv": _hex(q.pvv)}
-            )
+                {"i": i, "card_id": q.card_id, "pin_tries": q.pin_tries, "pvv": _hex(q.pvv),
+                 "blocked": q.blocked}
+            )  # fmt: skip
     if "e" in parts:
         parts.setdefault("p", [])
     if "n" in parts:

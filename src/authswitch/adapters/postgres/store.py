@@ -16,7 +16,13 @@ import asyncpg
 
 from authswitch.adapters.postgres.committer import StoredDecision, write_notifications
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.domain.authorization import CardFacts, CardState, CardStatus, ProductRules
+from authswitch.domain.authorization import (
+    CardFacts,
+    CardState,
+    CardStatus,
+    PinTriesExceededAction,
+    ProductRules,
+)
 from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
 from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import OpenHold
@@ -46,6 +52,8 @@ class ProgramRow:
     routing: ClientRouting | None = None
     webhook_url: str = ""
     webhook_secret: str = ""
+    # Subscribed to MOVEMENT notifications (on-ledger; service/movements.py).
+    movements: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +135,32 @@ class CatalogStore:
         }
 
     async def card_by_pan_hmac(self, pan_hmac: bytes) -> CardFacts | None:
+        # With the linked accounts that hold an asset the card's own account does not (what
+        # a transaction in that asset spends from), oldest link first.
         row = await self.pool.fetchrow(
-            """SELECT id::text, account_id::text, program_id::text, product_id::text, expiry_yymm
-               FROM cards WHERE pan_hmac = $1""",
+            """SELECT c.id::text, c.account_id::text, c.program_id::text, c.product_id::text,
+                      c.expiry_yymm,
+                      coalesce((
+                          SELECT array_agg(b.asset || ' ' || b.account_id::text
+                                           ORDER BY l.created_at, l.account_id, b.asset)
+                          FROM card_accounts l JOIN balances b ON b.account_id = l.account_id
+                          WHERE l.card_id = c.id AND NOT EXISTS (
+                              SELECT 1 FROM balances o
+                              WHERE o.account_id = c.account_id AND o.asset = b.asset)
+                      ), '{}') AS linked
+               FROM cards c WHERE c.pan_hmac = $1""",
             pan_hmac,
         )
-        return None if row is None else CardFacts(*row)
+        if row is None:
+            return None
+        linked = tuple((pair.split(" ")[0], pair.split(" ")[1]) for pair in row["linked"])
+        return CardFacts(row[0], row[1], row[2], row[3], row[4], linked)
 
     async def program(self, program_id: str) -> ProgramRow:
         row = await self.pool.fetchrow(
             """SELECT p.id::text, p.client_id::text, p.name, p.mode, p.time_zone,
                       c.id::text AS clearing, f.id::text AS fee, p.country,
-                      d.id::text AS disputes
+                      d.id::text AS disputes, p.movements
                FROM programs p
                JOIN accounts c ON c.program_id = p.id AND c.kind = 'CLEARING'
                JOIN accounts f ON f.program_id = p.id AND f.kind = 'FEE_INCOME'
@@ -190,13 +212,15 @@ class CatalogStore:
             routing=routing,
             webhook_url=webhook["url"] if webhook else "",
             webhook_secret=webhook["secret_name"] if webhook else "",
+            movements=row["movements"],
         )
 
     async def product(self, product_id: str) -> ProductRow:
         row = await self.pool.fetchrow(
             """SELECT id::text, program_id::text, name, account_types, assets,
                       allowed_transaction_types, allowed_channels, blocked_mccs,
-                      pin_tries_max, hold_validity_days, hold_validity_by_mcc
+                      pin_tries_max, hold_validity_days, hold_validity_by_mcc,
+                      pin_tries_exceeded_action
                FROM products WHERE id = $1""",
             _uuid(product_id, "product"),
         )
@@ -207,6 +231,7 @@ class CatalogStore:
             allowed_channels=frozenset(row["allowed_channels"]),
             blocked_mccs=frozenset(row["blocked_mccs"]),
             pin_tries_max=row["pin_tries_max"],
+            pin_tries_exceeded_action=PinTriesExceededAction[row["pin_tries_exceeded_action"]],
         )
         return ProductRow(
             row["id"],
@@ -238,9 +263,15 @@ class CatalogStore:
                 "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
                 account_id,
             )
+            # The account's own cards, and those that spend from it as a linked account
+            # (their status is checked on their own account first; see service/linked.py).
             card_rows = await conn.fetch(
                 """SELECT id::text, status, pin_tries, pin_tries_max, pvv
-                   FROM cards WHERE account_id = $1""",
+                   FROM cards WHERE account_id = $1
+                   UNION ALL
+                   SELECT c.id::text, c.status, c.pin_tries, c.pin_tries_max, c.pvv
+                   FROM card_accounts l JOIN cards c ON c.id = l.card_id
+                   WHERE l.account_id = $1 AND c.account_id <> $1""",
                 account_id,
             )
             usage_rows = await conn.fetch(
@@ -565,8 +596,8 @@ class CatalogStore:
             await conn.execute(
                 """INSERT INTO products (id, program_id, name, account_types, assets,
                        allowed_transaction_types, allowed_channels, blocked_mccs, pin_tries_max,
-                       hold_validity_days, hold_validity_by_mcc)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                       hold_validity_days, hold_validity_by_mcc, pin_tries_exceeded_action)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
                 product_id,
                 program_id,
                 name,
@@ -578,6 +609,7 @@ class CatalogStore:
                 rules.pin_tries_max,
                 hold_validity_days,
                 json.dumps(hold_validity_by_mcc, sort_keys=True),
+                rules.pin_tries_exceeded_action.name,
             )
             await audit(
                 conn, actor, "create_product", product_id,
@@ -709,8 +741,13 @@ class CatalogStore:
             previous = CardStatus[row["status"]]
             if previous is CardStatus.CLOSED and status is not CardStatus.CLOSED:
                 raise PreconditionFailed("a closed card cannot be reopened")
+            # Unblocking resets the PIN tries (a card blocked for its PIN tries would
+            # otherwise stay PIN-blocked once active again).
             await conn.execute(
-                "UPDATE cards SET status = $2, updated_at = now() WHERE id = $1",
+                """UPDATE cards SET status = $2, updated_at = now(),
+                       pin_tries = CASE WHEN $2 = 'ACTIVE' AND status = 'BLOCKED' THEN 0
+                                        ELSE pin_tries END
+                   WHERE id = $1""",
                 card_id,
                 status.name,
             )
@@ -723,6 +760,17 @@ class CatalogStore:
                     conn, [notify(row["program_id"], row["account_id"], previous)]
                 )
         return previous, row["account_id"]
+
+    async def set_movements(self, program_id: str, enabled: bool, actor: str) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                "UPDATE programs SET movements = $2 WHERE id = $1",
+                _uuid(program_id, "program"),
+                enabled,
+            )
+            if updated == "UPDATE 0":
+                raise NotFound(f"program {program_id} does not exist")
+            await audit(conn, actor, "set_movement_subscription", program_id, {"enabled": enabled})
 
     async def card_program(self, card_id: str) -> str:
         value = await self.pool.fetchval(
@@ -806,6 +854,12 @@ class CatalogStore:
                 account_id,
             )
             await audit(conn, actor, "link_card_account", card_id, {"account_id": account_id})
+
+    async def linked_accounts(self, card_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT account_id::text FROM card_accounts WHERE card_id = $1", card_id
+        )
+        return [r[0] for r in rows]
 
     async def card(self, card_id: str) -> dict[str, Any]:
         row = await self.pool.fetchrow(

@@ -47,7 +47,13 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from authswitch.adapters.redis.pipeline import Pipelined, PipelinedCluster, Reply
-from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
+from authswitch.domain.authorization import (
+    NO_CHARGES,
+    CardState,
+    Charges,
+    FeeMode,
+    PreChecks,
+)
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
 from authswitch.futures import Detached, outlive_cancel
@@ -230,6 +236,7 @@ class LedgerCache:
         self._load = _Script(client, "load", prelude)
         self._load_card = _Script(client, "load_card", prelude)
         self._counter = _Script(client, "counter", prelude)
+        self._limits = _Script(client, "limits", prelude)
         self._read = _Script(client, "read", prelude)
 
     async def start_generation(self, floor: int) -> int:
@@ -396,6 +403,41 @@ class LedgerCache:
         if reply[0] == b"MISS":
             return Miss()
         return bool(reply[0] == b"OK")
+
+    async def count_charges(
+        self,
+        account_id: str,
+        charges: Charges,
+        amount_minor: int,
+        uses: int,
+        *,
+        check: bool,
+        free_delta: int = 0,
+        decline: bool = False,
+    ) -> tuple[str, int, tuple[int, ...]] | Miss:
+        """Off-ledger limits and free-use fees (``limits.lua``). With ``check``: the fee
+        (fixed, plus each free-use fee whose free uses are used up), then "AMOUNT" or
+        "COUNT" when ``amount_minor`` and the fee would exceed a limit, else "OK" with
+        everything counted; returns (outcome, fee, indexes of the free-use fees charged).
+        Without: ``amount_minor`` and ``uses`` added to the limit counters still cached, and
+        ``free_delta`` uses to the free-use ones (an adjustment of what was counted).
+        ``decline``: the decline fee and one use counted on every limit."""
+        mode = "decline" if decline else ("check" if check else "adjust")
+        args: list[Any] = [
+            self.generation, mode, amount_minor, uses,
+            charges.fixed_fee_minor, charges.decline_fee_minor, free_delta, len(charges.limits),
+        ]  # fmt: skip
+        for limit in charges.limits:
+            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
+        args.append(len(charges.free_uses))
+        for free in charges.free_uses:
+            args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
+        reply: Sequence[Any] = await outlive_cancel(
+            self._limits([self.keys.state(account_id)], args)
+        )
+        if reply[0] == b"MISS":
+            return Miss()
+        return reply[0].decode(), int(reply[1]), tuple(int(x) for x in reply[2:])
 
     async def adjust(
         self, account_id: str, epoch: bytes, asset: str, actual_delta: int, held_delta: int

@@ -1,0 +1,141 @@
+"""A card spends from the linked account that holds the billing currency (seed 001:
+"multiple accounts associated to one or multiple customer and cards e.g. main, savings,
+wallets, spending pots"; issue 17 item 7).
+
+A card draws on its own account (``CreateCard.account_id``). When its own account holds no
+balance in a transaction's billing asset and an account linked to the card
+(``LinkCardAccount``) does, an on-ledger programme's authorisation spends from that linked
+account instead: a GBP main account and a EUR wallet behind one card, the EUR purchase
+held on the wallet. The first linked account holding the asset wins (the oldest link).
+
+The card's own state (status, PIN tries, PIN) stays where it lives, in its own account's
+cached state, so it has one truth: the decision takes **two** atomic Redis steps, only for
+such a transaction:
+
+1. on the card's own account, the core checks and the idempotency marker, as an off-ledger
+   decision's first step (status, expiry, PIN tries and PIN, CVV2, product): a wrong PIN
+   counts against the card's one set of tries, whichever currency it was for;
+2. on the linked account, limits, fees, funds and the hold, as any on-ledger authorisation
+   (with the stateless checks already passed: nothing about the PIN is checked again).
+
+The decision, the hold (on the linked account) and any change to the card's PIN state are
+then one write of the group commit. Clearings, refunds and advices in that asset post to the
+same linked account (:meth:`CardFacts.spending`); reversals follow the hold.
+"""
+
+from __future__ import annotations
+
+from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
+from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, Miss
+from authswitch.domain.authorization import PARTIAL_APPROVAL_TYPES, PinMode, PreChecks
+from authswitch.domain.codes import Reason
+from authswitch.domain.records import CardUpdate, LedgerWrite, Notification
+from authswitch.service.authorization import AuthorizationService, Job, response_for
+from authswitch.service.ids import new_id
+from authswitch.service.pinblock import pin_effects
+
+__all__ = ["LinkedSpend"]
+
+# The second step's stateless checks: all passed in the first.
+_PASSED = PreChecks(None, PinMode.NONE, b"", b"", None, None)
+
+
+class LinkedSpend:
+    def __init__(self, authorization: AuthorizationService) -> None:
+        self.auth = authorization
+
+    async def decide(self, job: Job, spend_account_id: str) -> StoredDecision:
+        auth = self.auth
+        ctx, card, pre = job.ctx, job.card, job.pre
+        request = ctx.request
+
+        async def checks() -> AuthorizeOutcome | Miss | Duplicate:
+            # Step 1, on the card's own account: the core checks and the marker.
+            return await auth.cache.authorize(
+                account_id=card.account_id, card_id=card.card_id, asset=request.billing_asset,
+                amount_minor=request.billing_amount_minor, partial_allowed=False,
+                zero_value=True, pre=pre, source=request.source, message_id=request.message_id,
+                fingerprint=ctx.fingerprint, checks_only=True,
+            )  # fmt: skip
+
+        async def after_checks(outcome: AuthorizeOutcome) -> StoredDecision:
+            if outcome.reason is not Reason.APPROVED:
+                return await self._declined(job, outcome)
+            return await self._spend(job, outcome, spend_account_id)
+
+        return await auth.redis_step(job, checks, after_checks)
+
+    async def _declined(self, job: Job, outcome: AuthorizeOutcome) -> StoredDecision:
+        ctx, card = job.ctx, job.card
+        decision_id = new_id()
+        response = response_for(outcome.reason, decision_id=decision_id).SerializeToString()
+        updates, notes = _pin_effects(job, outcome)
+        write = LedgerWrite(
+            decision=self.auth.record(ctx, decision_id, outcome.reason, response, card, None),
+            card_updates=updates,
+            notifications=notes,
+        )
+        written = await self.auth.committer.submit(write)
+        if written.status is not WriteStatus.COMMITTED and updates:
+            # The card's PIN state in the cache is ahead of Postgres: reload it (after this
+            # decision's in-flight mark ends).
+            self.auth.spawn_refresh(card.account_id, written.status.value)
+        return written.decision
+
+    async def _spend(
+        self, job: Job, outcome: AuthorizeOutcome, spend_account_id: str
+    ) -> StoredDecision:
+        """Step 2, on the linked account; the card's PIN state changes of step 1 join its
+        write."""
+        auth = self.auth
+        ctx, program, product = job.ctx, job.program, job.product
+        request = ctx.request
+        card = job.card.spending(request.billing_asset)
+        assert card.account_id == spend_account_id
+        spend_job = Job(ctx, card, product, program, _PASSED)
+        partial = request.partial_allowed and request.transaction_type in PARTIAL_APPROVAL_TYPES
+        charges = await auth.charges.for_authorization(
+            product.id, program, card_id=card.card_id, account_id=card.account_id,
+            transaction_type=request.transaction_type, channel=request.channel,
+            mcc=request.mcc, merchant_country=request.merchant_country,
+            asset=request.billing_asset, amount_minor=request.billing_amount_minor,
+            at=ctx.received,
+        )  # fmt: skip
+        plan = await auth.hold_plan(spend_job)
+        updates, notes = _pin_effects(job, outcome)
+
+        async def attempt() -> AuthorizeOutcome | Miss | Duplicate:
+            return await auth.cache.authorize(
+                account_id=card.account_id, card_id=card.card_id, asset=request.billing_asset,
+                amount_minor=request.billing_amount_minor, partial_allowed=partial,
+                zero_value=request.is_zero_value, pre=_PASSED, source=request.source,
+                message_id=request.message_id, fingerprint=ctx.fingerprint, charges=charges,
+            )  # fmt: skip
+
+        async def finish(result: AuthorizeOutcome) -> StoredDecision:
+            write = auth.write_for(
+                ctx, card, program, _PASSED, result, plan, charges, None,
+                product.rules.pin_tries_exceeded_action,
+            )  # fmt: skip
+            write.card_updates = updates
+            write.notifications = (*notes, *write.notifications)
+            stored = await auth.commit(card, result, write)
+            if updates and (
+                stored.id != write.decision.id or stored.reason != write.decision.reason
+            ):  # the card's PIN state did not commit (a refusal or a duplicate)
+                auth.spawn_refresh(job.card.account_id, "refused")
+            return stored
+
+        return await auth.redis_step(spend_job, attempt, finish)
+
+
+def _pin_effects(
+    job: Job, outcome: AuthorizeOutcome
+) -> tuple[tuple[CardUpdate, ...], tuple[Notification, ...]]:
+    return pin_effects(
+        request=job.ctx.request, card=job.card, program=job.program,
+        action=job.product.rules.pin_tries_exceeded_action, received=job.ctx.received,
+        pin_tries=outcome.pin_tries, pin_tries_changed=outcome.pin_tries_changed,
+        pin_changed=outcome.pin_changed, pin_blocked_now=outcome.pin_blocked_now,
+        new_pvv=job.pre.new_pvv,
+    )  # fmt: skip
