@@ -470,6 +470,36 @@ async def test_off_ledger_counters_follow_the_answer_and_reversals(w: World) -> 
     assert await _used(w, card) == (20_000, 3)
 
 
+async def test_off_ledger_clearings_move_the_counters_to_what_settled(w: World) -> None:
+    """Seed 004 at clearing: the amount-based counters follow what settled (the amount and
+    the clearing fee), counts stay; a retransmitted clearing changes nothing."""
+    clearing_fee = la.FeeRule(
+        name="clearing", stage=la.FEE_STAGE_CLEARING, asset="GBP", flat_minor=10
+    )
+    card = await off_ledger_card(
+        w, limits=[{**DAY_LIMIT, "amount_max_minor": 20_000}], fees=[clearing_fee]
+    )
+    first = w.ledger.request(card, 3_000)
+    assert (await w.ledger.auth.Authorize(first)).response_code == "00"
+    assert await _used(w, card) == (3_000, 1)
+    # A partial clearing of 1,000 settles 1,010 against 1,000 of what was counted.
+    partial = await w.ledger.clear(card, first.network_reference, 1_000, final=False)
+    assert partial.response_code == "00"
+    assert await _used(w, card) == (3_010, 1)
+    # The final one, 2,500: 2,510 settled against the 2,000 still counted.
+    final_id = str(uuid.uuid4())
+    final = await w.ledger.clear(card, first.network_reference, 2_500, message_id=final_id)
+    assert final.response_code == "00"
+    assert await _used(w, card) == (3_520, 1)
+    again = await w.ledger.clear(card, first.network_reference, 2_500, message_id=final_id)
+    assert again.response_code == "00"
+    # Nothing is left to give back: a late reversal changes nothing either.
+    assert (await w.ledger.reverse(first.message_id)).response_code == "00"
+    assert await _used(w, card) == (3_520, 1)
+    # The cache agrees: 16,480 more fits the 20,000, 16,481 does not.
+    assert (await w.ledger.authorize(card, 16_481)).response_code == "61"
+
+
 async def test_off_ledger_limits_in_stand_in(w: World) -> None:
     """A stand-in approval counts as a client approval; a stand-in decline (91) counts
     nothing; the shadow stand-in counts once, as on-ledger."""

@@ -174,6 +174,7 @@ class ClientCall:
     # The limit counters an approval added to, and how much (given back by reversals).
     usage_keys: tuple[str, ...] = ()
     usage_minor: int = 0
+    network_reference: str = ""  # of an approval that counted (its clearings adjust it)
 
 
 @dataclass(slots=True)

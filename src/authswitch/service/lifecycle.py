@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from authswitch.adapters.postgres.committer import StoredDecision
-from authswitch.adapters.postgres.offledger_usage import return_usage
+from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain.authorization import (
@@ -388,6 +388,31 @@ class LifecycleService:
                 self.poster.spawn_refresh(account_id, "failure")
                 raise
 
+    async def _settle_off_ledger_usage(
+        self, account_id: str, card_id: str, network_reference: str, clearing: str,
+        amount_minor: int, settled_minor: int, final: bool,
+    ) -> None:  # fmt: skip
+        """A clearing forwarded to an off-ledger client: the amount-based limits its
+        transaction counted follow what settled (seed 004; counts stay). As
+        :meth:`_return_off_ledger_usage`: Postgres, then the cached counters."""
+        sync, cache = self.poster.sync, self.poster.cache
+        with sync.in_flight(account_id):
+            try:
+                settled = await settle_usage(
+                    self.store.pool, card_id=card_id, network_reference=network_reference,
+                    clearing=clearing, amount_minor=amount_minor, settled_minor=settled_minor,
+                    final=final,
+                )  # fmt: skip
+                if settled is not None and settled[2]:
+                    _, keys, change = settled
+                    counters = tuple(CounterCheck(key, "") for key in keys)
+                    await cache.count_charges(
+                        account_id, Charges(limits=counters), change, 0, check=False
+                    )
+            except Exception:
+                self.poster.spawn_refresh(account_id, "failure")
+                raise
+
     async def _reverse_once(
         self, request: pb.ReverseRequest, money: common_pb2.Money | None, requested: int,
         fingerprint: bytes,
@@ -534,10 +559,17 @@ class LifecycleService:
                     "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
                     "rules": [line.payload() for line in lines],
                 }  # fmt: skip
-            return await self._forward(
+            forwarded = await self._forward(
                 "CLEARING", request.source, request.message_id, fingerprint, card, program,
                 fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
             )  # fmt: skip
+            if forwarded.response_code == "00" and request.network_reference:
+                await self._settle_off_ledger_usage(
+                    card.account_id, card.card_id, request.network_reference,
+                    f"{request.source}:{request.message_id}", amount,
+                    amount + quote.fixed_minor, request.final,
+                )  # fmt: skip
+            return forwarded
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._clear_once(request, card, program, fingerprint)
             if posted.status is PostStatus.NO_BALANCE:

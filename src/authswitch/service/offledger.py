@@ -300,6 +300,7 @@ class OffLedgerService:
         )
         if approved and counted is not None:
             call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
+            call.network_reference = request.network_reference
         shadow = program.routing is not None and program.routing.stand_in is StandInPolicy.SHADOW
         write = LedgerWrite(
             decision=record,
@@ -495,6 +496,7 @@ class OffLedgerService:
             if counted is not None:
                 usage += counted.usage()
                 call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
+                call.network_reference = request.network_reference
         else:  # 91: the issuer was unavailable, no decline fee
             await self.charges.decline(counted, 0)
         reason_code = Reason.APPROVED if approved else Reason.CLIENT_UNAVAILABLE

@@ -695,13 +695,13 @@ async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None
     await conn.execute(
         """INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
                stand_in_policy, client_decision, client_response_code, client_reason,
-               latency_us, created_at, usage_minor, usage_keys)
+               latency_us, created_at, usage_minor, usage_keys, network_reference)
            SELECT s, m, p, o, r, sp, cd, cr, cx, l, t, um,
-                  coalesce(string_to_array(nullif(uk, ''), ' '), '{}')
+                  coalesce(string_to_array(nullif(uk, ''), ' '), '{}'), nr
            FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
                        $6::text[], $7::text[], $8::text[], $9::text[], $10::int4[],
-                       $11::timestamptz[], $12::int8[], $13::text[])
-                AS u(s, m, p, o, r, sp, cd, cr, cx, l, t, um, uk)""",
+                       $11::timestamptz[], $12::int8[], $13::text[], $14::text[])
+                AS u(s, m, p, o, r, sp, cd, cr, cx, l, t, um, uk, nr)""",
         [k.source for k in calls],
         [k.message_id for k in calls],
         [k.program_id for k in calls],
@@ -715,6 +715,7 @@ async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None
         [k.created_at for k in calls],
         [k.usage_minor for k in calls],
         [" ".join(k.usage_keys) for k in calls],
+        [k.network_reference for k in calls],
     )
 
 

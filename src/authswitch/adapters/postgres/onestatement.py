@@ -101,7 +101,7 @@ _PART_COLUMNS = {
     "k": "i int8, source text, message_id text, program_id uuid, outcome text, "
     "stand_in_reason text, stand_in_policy text, client_decision text, "
     "client_response_code text, client_reason text, latency_us int4, created_at timestamptz, "
-    "usage_minor int8, usage_keys text[]",
+    "usage_minor int8, usage_keys text[], network_reference text",
     "n": "i int8, id uuid, program_id uuid, account_id uuid, card_id uuid, kind text, "
     "payload jsonb, created_at timestamptz",
     "s": "id uuid, sink text, ordering_key text",
@@ -228,11 +228,11 @@ _USAGE = f"""lu AS (
 _CLIENT_CALLS = f"""cc AS (
         INSERT INTO client_calls (source, message_id, program_id, outcome, stand_in_reason,
             stand_in_policy, client_decision, client_response_code, client_reason, latency_us,
-            created_at, usage_minor, usage_keys)
+            created_at, usage_minor, usage_keys, network_reference)
         SELECT x.source, x.message_id, x.program_id, x.outcome, x.stand_in_reason,
                x.stand_in_policy, x.client_decision, x.client_response_code, x.client_reason,
                x.latency_us, x.created_at, coalesce(x.usage_minor, 0),
-               coalesce(x.usage_keys, '{{}}')
+               coalesce(x.usage_keys, '{{}}'), coalesce(x.network_reference, '')
         FROM {_rows("k")} JOIN done USING (i)
         RETURNING 1
     )"""
@@ -372,7 +372,7 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
                 "client_response_code": k.client_response_code,
                 "client_reason": k.client_reason, "latency_us": k.latency_us,
                 "created_at": k.created_at.isoformat(), "usage_minor": k.usage_minor,
-                "usage_keys": list(k.usage_keys),
+                "usage_keys": list(k.usage_keys), "network_reference": k.network_reference,
             })  # fmt: skip
         for n in write.notifications:
             parts.setdefault("n", []).append({
