@@ -701,3 +701,34 @@ async def test_a_partial_shadow_stand_in_is_followed_exactly(w: World) -> None:
     w.client.outage = False
     w.clock.advance(timedelta(minutes=5))
     await _in_step(w, card, program_id, "partial stand-in approval")
+
+
+async def test_the_client_receives_the_network_data(w: World) -> None:
+    """Issue 18, item 4: the point-of-sale, 3-D Secure and risk data reach the client's
+    DecideRequest as the network sent them."""
+    card = await off_ledger_card(w)
+    request = w.ledger.request(card, 1_500)
+    request.merchant.merchant_id = "MID000123"
+    request.network_data.CopyFrom(
+        pb.NetworkData(
+            pos_entry_mode=pb.POS_ENTRY_MODE_CREDENTIAL_ON_FILE,
+            terminal_type=pb.TERMINAL_TYPE_ECOMMERCE,
+            card_present=pb.PRESENCE_NOT_PRESENT,
+            cardholder_present=pb.PRESENCE_NOT_PRESENT,
+            three_ds=pb.ThreeDSecure(result=pb.THREE_DS_RESULT_ATTEMPTED, eci="06"),
+            recurring=True,
+            card_on_file=True,
+            merchant_initiated=True,
+            avs_result=pb.AVS_RESULT_POSTAL_CODE_ONLY,
+        )
+    )
+    request.network_data.network_risk_score = 0
+    assert (await w.ledger.auth.Authorize(request)).response_code == "00"
+    sent = next(d for d in w.client.decisions if d.message_id == request.message_id)
+    assert sent.network_data == request.network_data
+    assert sent.network_data.HasField("network_risk_score")
+    assert sent.merchant.merchant_id == "MID000123"
+    plain = w.ledger.request(card, 100)
+    assert (await w.ledger.auth.Authorize(plain)).response_code == "00"
+    sent = next(d for d in w.client.decisions if d.message_id == plain.message_id)
+    assert not sent.HasField("network_data")

@@ -18,6 +18,7 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset
+from authswitch.domain.networkdata import NetworkData, network_data_reason
 
 __all__ = [
     "NO_CHARGES",
@@ -148,6 +149,8 @@ class AuthorizationRequest:
     channel: int = 0
     incremental: bool = False
     original_message_id: str = ""
+    merchant_id: str = ""
+    network: NetworkData | None = None  # None: the network sent no point-of-sale data
 
     @property
     def type(self) -> TransactionType:
@@ -219,6 +222,15 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
             return Reason.INVALID_AMOUNT
     elif request.billing_amount_minor == 0:
         return Reason.INVALID_AMOUNT
+    if request.network is not None:
+        reason = network_data_reason(
+            request.network,
+            transaction_type=transaction_type,
+            billing_amount_minor=request.billing_amount_minor,
+            billing_asset=request.billing_asset,
+        )
+        if reason is not None:
+            return reason
     if not pan_valid(request.pan):
         return Reason.INVALID_PAN
     return None

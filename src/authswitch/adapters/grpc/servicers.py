@@ -23,6 +23,7 @@ from authswitch.domain.bounds import merchant_too_long
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.networkdata import NetworkData
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.domain.reports import valid_prefix
 from authswitch.errors import Expired, RequestError, StoreUnavailable
@@ -41,7 +42,13 @@ from authswitch.v1 import (
     ledger_admin_pb2_grpc,
 )
 
-__all__ = ["AuthorizationServicer", "LedgerAdminServicer", "Services", "to_domain"]
+__all__ = [
+    "AuthorizationServicer",
+    "LedgerAdminServicer",
+    "Services",
+    "network_data",
+    "to_domain",
+]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -61,7 +68,16 @@ _PURPOSES = {
 
 
 def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationRequest:
-    """The domain view of an authorisation request; validation happens in the domain."""
+    """The domain view of an authorisation request; validation happens in the domain.
+
+    A purchase with cash back is approved in full or not at all (partial approval is
+    withdrawn from it): a partial approval cannot say whether the cash was given."""
+    network = None
+    partial_allowed = request.partial_approval_allowed
+    if request.HasField("network_data"):  # one cheap check when the network sent none
+        network = network_data(request.network_data)
+        if network.cashback_minor:
+            partial_allowed = False
     return AuthorizationRequest(
         source=request.source,
         message_id=request.message_id,
@@ -76,12 +92,37 @@ def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationReque
         transaction_asset=request.transaction_amount.asset,
         billing_amount_minor=request.billing_amount.amount_minor,
         billing_asset=request.billing_amount.asset,
-        partial_allowed=request.partial_approval_allowed,
+        partial_allowed=partial_allowed,
         mcc=request.merchant.mcc,
         merchant_country=request.merchant.country,
         channel=request.channel,
         incremental=request.incremental,
         original_message_id=request.original_message_id,
+        merchant_id=request.merchant.merchant_id,
+        network=network,
+    )
+
+
+def network_data(data: authorization_pb2.NetworkData) -> NetworkData:
+    """The domain view of a request's network data (validated by the domain)."""
+    return NetworkData(
+        pos_entry_mode=data.pos_entry_mode,
+        terminal_type=data.terminal_type,
+        card_present=data.card_present,
+        cardholder_present=data.cardholder_present,
+        three_ds_result=data.three_ds.result,
+        eci=data.three_ds.eci,
+        recurring=data.recurring,
+        card_on_file=data.card_on_file,
+        merchant_initiated=data.merchant_initiated,
+        avs_result=data.avs_result,
+        cashback_minor=data.cashback_amount.amount_minor,
+        cashback_asset=data.cashback_amount.asset,
+        atm_surcharge_minor=data.atm_surcharge.amount_minor,
+        atm_surcharge_asset=data.atm_surcharge.asset,
+        network_risk_score=(
+            data.network_risk_score if data.HasField("network_risk_score") else None
+        ),
     )
 
 
