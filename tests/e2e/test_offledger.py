@@ -732,3 +732,23 @@ async def test_the_client_receives_the_network_data(w: World) -> None:
     assert (await w.ledger.auth.Authorize(plain)).response_code == "00"
     sent = next(d for d in w.client.decisions if d.message_id == plain.message_id)
     assert not sent.HasField("network_data")
+
+
+async def test_spend_controls_decline_before_the_client_is_asked(w: World) -> None:
+    """Issue 18, item 1: a card's stateless spend controls are core checks off-ledger too
+    (57, naming the control); the client is not asked."""
+    card = await off_ledger_card(w)
+    await w.ledger.admin.SetSpendControls(
+        la.SetSpendControlsRequest(
+            subject=la.CONTROL_SUBJECT_CARD, subject_id=card.card_id,
+            controls=la.SpendControls(blocked_mccs=["7995"]),
+        )
+    )  # fmt: skip
+    asked = len(w.client.received)
+    declined = await w.ledger.authorize(card, 1_000, mcc="7995")
+    assert (declined.response_code, declined.detail) == (
+        "57", "card spend control: merchant category 7995 is blocked",
+    )  # fmt: skip
+    assert len(w.client.received) == asked
+    assert (await w.ledger.authorize(card, 1_000)).response_code == "00"
+    assert len(w.client.received) == asked + 1

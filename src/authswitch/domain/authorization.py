@@ -262,6 +262,9 @@ class CardFacts:
     program_id: str
     product_id: str
     expiry_yymm: str
+    # The card or its account has spend controls (any version): only then are they looked
+    # up, so a card without any costs nothing more (service/controls.py).
+    controlled: bool = False
 
 
 class PinMode(Enum):

@@ -57,6 +57,14 @@ FIELD_LEN_MAX: Mapping[str, int] = MappingProxyType(
         "country": 2,
         # The 3-D Secure electronic commerce indicator: two digits.
         "eci": 2,
+        # Spend controls (ledger_admin.proto SpendControls).
+        "allowed_mccs": 4,
+        "from_mcc": 4,
+        "to_mcc": 4,
+        "allowed_countries": 2,
+        "blocked_countries": 2,
+        "allowed_merchant_ids": 15,
+        "blocked_merchant_ids": 15,
         # DE38 (approval code); a network's dispute reason code ("13.1", "4853").
         "authorization_code": 6,
         "reason_code": 8,
@@ -81,6 +89,7 @@ FIELD_LEN_MAX: Mapping[str, int] = MappingProxyType(
         "customer_id": _UUID,
         "from_account_id": _UUID,
         "to_account_id": _UUID,
+        "subject_id": _UUID,
         # Operators' text.
         "name": 200,
         "reference": 200,

@@ -11,9 +11,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import CardStatus, ProductRules, TransactionType
+from authswitch.domain.authorization import CardStatus, Channel, ProductRules, TransactionType
 from authswitch.domain.cards import (
     bin_of,
     expiry_valid_format,
@@ -23,10 +24,13 @@ from authswitch.domain.cards import (
 )
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
+from authswitch.domain.controls import problem as controls_problem
 from authswitch.domain.fees import FeeRule, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
+from authswitch.domain.networkdata import PosEntryMode
 from authswitch.domain.offledger import ClientRouting, StandInPolicy
 from authswitch.domain.records import (
     DecisionRecord,
@@ -299,6 +303,36 @@ class AdminService:
         await self.store.add_limit(product_id, limit, actor)
         self.catalog.forget("product", product_id)
         return limit.id
+
+    async def set_spend_controls(
+        self, subject: ControlSubject, subject_id: str, controls: SpendControls,
+        effective_from: datetime | None, *, actor: str,
+    ) -> int:  # fmt: skip
+        """Add a version of a card's or an account's spend controls; returns its number."""
+        if subject is ControlSubject.CARD:
+            product_id = (await self.store.card(subject_id))["product_id"]
+        else:
+            product_id = (await self.store.account_details(subject_id))["product_id"]
+            if not product_id:
+                raise RequestError("only a customer account of a product has spend controls")
+        product = await self.catalog.product(product_id)
+        error = controls_problem(
+            controls, frozenset(product.assets),
+            channels=frozenset(int(c) for c in Channel),
+            transaction_types=frozenset(int(t) for t in TransactionType),
+            entry_modes=frozenset(int(m) for m in PosEntryMode if m),
+        )  # fmt: skip
+        if error is not None:
+            raise RequestError(error)
+        version = await ControlStore(self.store.pool).add_version(
+            subject, subject_id, effective_from or self.clock.now(), controls, actor
+        )
+        self.catalog.forget(subject.value.lower(), subject_id)
+        return version
+
+    async def spend_controls(self, subject_id: str) -> list[ControlVersion]:
+        """Every version of a card's or an account's spend controls, oldest first."""
+        return await ControlStore(self.store.pool).versions(subject_id)
 
     async def register_asset(
         self, code: str, category: str, exponent: int, numeric_code: str, *, actor: str

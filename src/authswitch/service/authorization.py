@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from authswitch import metrics
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain.authorization import (
@@ -55,6 +56,7 @@ from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
+from authswitch.service.controls import ControlPlan, SpendControlService
 from authswitch.service.ids import authorization_code, new_id
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
@@ -121,6 +123,7 @@ class Job:
     product: ProductRow
     program: ProgramRow
     pre: PreChecks
+    controls: ControlPlan | None = None  # the card's spend controls in force, if any
 
 
 @dataclass(slots=True)
@@ -180,6 +183,7 @@ class AuthorizationService:
         self.committer = committer
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
+        self.controls = SpendControlService(catalog, ControlStore(store.pool), cache, self.charges)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
         # Originals in flight in this process, by (source, message id): a retransmission
@@ -304,6 +308,8 @@ class AuthorizationService:
         program = catalog.peek_program(card.program_id) or await catalog.program(card.program_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
         job = Job(ctx, card, product, program, pre)
+        if card.controlled:  # spend controls: looked up only for a card that has some
+            job.controls = await self.controls.plan(card, program, request, pre, ctx.received)
         if program.mode == "OFF_LEDGER":
             assert self.offledger is not None, "off-ledger switching is not wired"
             ctx.mode = "off_ledger"
@@ -326,6 +332,11 @@ class AuthorizationService:
             asset=request.billing_asset, amount_minor=request.billing_amount_minor,
             at=ctx.received,
         )  # fmt: skip
+        if job.controls is not None:
+            charges = await self.controls.charges(
+                job.controls, charges, product_id=product.id, program=program,
+                request=request, card=card, at=ctx.received,
+            )  # fmt: skip
         hold_plan = self._plain_hold_plan(job)
         if request.incremental:
             hold_plan = await self._incremental_hold_plan(job, hold_plan)
@@ -346,7 +357,14 @@ class AuthorizationService:
             )
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
-            write = self._write_for(ctx, card, program, pre, result, hold_plan, charges, stand_in)
+            detail = ""
+            if job.controls is not None:
+                detail = await self.controls.detail(
+                    job.controls, result, charges, account_id=card.account_id, request=request
+                )
+            write = self._write_for(
+                ctx, card, program, pre, result, hold_plan, charges, stand_in, detail
+            )
             return await self._commit(card, result, write)
 
         return await self.redis_step(job, attempt, finish)
@@ -477,6 +495,7 @@ class AuthorizationService:
         plan: _HoldPlan,
         charges: Charges,
         stand_in: StandIn | None = None,
+        detail: str = "",
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = new_id()
@@ -489,6 +508,7 @@ class AuthorizationService:
             balance=result.balance if approved else None,
             authorization_code=authorization_code() if approved else "",
             decision_id=decision_id,
+            detail=detail,
         )
         if stand_in is not None:
             response.stand_in = True

@@ -136,7 +136,12 @@ class OffLedgerService:
     def _declined_by_checks(self, job: Job, checks: AuthorizeOutcome) -> LedgerWrite:
         ctx, card = job.ctx, job.card
         decision_id = new_id()
-        response = response_for(checks.reason, decision_id=decision_id)
+        detail = ""
+        plan = job.controls
+        if checks.reason is Reason.TRANSACTION_NOT_PERMITTED and plan and plan.applied:
+            assert plan.violation is not None
+            detail = plan.violation.detail  # a spend control declined it
+        response = response_for(checks.reason, decision_id=decision_id, detail=detail)
         record = self.auth.record(
             ctx, decision_id, checks.reason, response.SerializeToString(), card, None
         )

@@ -176,6 +176,16 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.SetSpendControls = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetSpendControls',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsResponse.FromString,
+                _registered_method=True)
+        self.ListSpendControls = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListSpendControls',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
+                _registered_method=True)
         self.SetProgramRouting = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/SetProgramRouting',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingRequest.SerializeToString,
@@ -444,6 +454,23 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSpendControls(self, request, context):
+        """Adds a version of a card's or an account's spend controls, in force from
+        effective_from: they narrow what the product permits (declined 57), and add amount and
+        count limits (61, 65) that may replace product limits for that card or account.
+        docs/controls.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpendControls(self, request, context):
+        """Every version of a card's or an account's spend controls, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetProgramRouting(self, request, context):
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
         circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -701,6 +728,16 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'SetSpendControls': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpendControls,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsResponse.SerializeToString,
+            ),
+            'ListSpendControls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpendControls,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.SerializeToString,
             ),
             'SetProgramRouting': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProgramRouting,
@@ -1519,6 +1556,60 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/GetUsage',
             authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpendControls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetSpendControls',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpendControls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListSpendControls',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,14 @@ class LedgerAdminServiceStub:
     ListLimits: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]
     GetUsage: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]
     """The live counters (limits, free uses) of an account and its cards."""
+    SetSpendControls: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetSpendControlsRequest, _ledger_admin_pb2.SetSpendControlsResponse]
+    """Adds a version of a card's or an account's spend controls, in force from
+    effective_from: they narrow what the product permits (declined 57), and add amount and
+    count limits (61, 65) that may replace product limits for that card or account.
+    docs/controls.md.
+    """
+    ListSpendControls: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]
+    """Every version of a card's or an account's spend controls, oldest first."""
     SetProgramRouting: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
     circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -184,6 +192,14 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     ListLimits: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]  # type: ignore[assignment]
     GetUsage: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """The live counters (limits, free uses) of an account and its cards."""
+    SetSpendControls: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetSpendControlsRequest, _ledger_admin_pb2.SetSpendControlsResponse]  # type: ignore[assignment]
+    """Adds a version of a card's or an account's spend controls, in force from
+    effective_from: they narrow what the product permits (declined 57), and add amount and
+    count limits (61, 65) that may replace product limits for that card or account.
+    docs/controls.md.
+    """
+    ListSpendControls: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]  # type: ignore[assignment]
+    """Every version of a card's or an account's spend controls, oldest first."""
     SetProgramRouting: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]  # type: ignore[assignment]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
     circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -445,6 +461,26 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.GetUsageResponse, _abc.Awaitable[_ledger_admin_pb2.GetUsageResponse]]:
         """The live counters (limits, free uses) of an account and its cards."""
+
+    @_abc_1.abstractmethod
+    def SetSpendControls(
+        self,
+        request: _ledger_admin_pb2.SetSpendControlsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetSpendControlsResponse, _abc.Awaitable[_ledger_admin_pb2.SetSpendControlsResponse]]:
+        """Adds a version of a card's or an account's spend controls, in force from
+        effective_from: they narrow what the product permits (declined 57), and add amount and
+        count limits (61, 65) that may replace product limits for that card or account.
+        docs/controls.md.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSpendControls(
+        self,
+        request: _ledger_admin_pb2.ListSpendControlsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListSpendControlsResponse, _abc.Awaitable[_ledger_admin_pb2.ListSpendControlsResponse]]:
+        """Every version of a card's or an account's spend controls, oldest first."""
 
     @_abc_1.abstractmethod
     def SetProgramRouting(

@@ -14,12 +14,18 @@ from google.protobuf.message import DecodeError
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
+from authswitch.adapters.grpc.controls import (
+    control_subject,
+    controls_from_message,
+    version_message,
+)
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
 from authswitch.adapters.postgres.ownership import Holder
 from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import AuthorizationRequest, CardStatus
 from authswitch.domain.bounds import merchant_too_long
+from authswitch.domain.controls import in_force, next_scheduled
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
@@ -576,7 +582,15 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         self, request: ledger_admin_pb2.GetCardRequest, context: Context
     ) -> ledger_admin_pb2.GetCardResponse:
         card = await self.service.store.card(request.card_id)
+        now = self.service.clock.now()
+        controls = []
+        for subject_id in (card["card_id"], card["account_id"]):
+            versions = await self.service.spend_controls(subject_id)
+            for shown in (in_force(versions, now), next_scheduled(versions, now)):
+                if shown is not None:
+                    controls.append(version_message(shown))
         return ledger_admin_pb2.GetCardResponse(
+            spend_controls=controls,
             card_id=card["card_id"],
             bin=card["bin"],
             last_four=card["last_four"],
@@ -701,6 +715,42 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         items = [(_limit_message(x), (x.id,)) for x in limits[start : start + limit + 1]]
         response = ledger_admin_pb2.ListLimitsResponse()
         response.next_page_token = fill_page(response.limits, items, limit=limit, kind="limits")
+        return response
+
+    @grpc_errors
+    async def SetSpendControls(  # noqa: N802
+        self, request: ledger_admin_pb2.SetSpendControlsRequest, context: Context
+    ) -> ledger_admin_pb2.SetSpendControlsResponse:
+        effective_from = (
+            request.effective_from.ToDatetime(tzinfo=UTC)
+            if request.HasField("effective_from")
+            else None
+        )
+        version = await self.service.set_spend_controls(
+            control_subject(request.subject), request.subject_id,
+            controls_from_message(request.controls), effective_from, actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.SetSpendControlsResponse(version=version)
+
+    @grpc_errors
+    async def ListSpendControls(  # noqa: N802
+        self, request: ledger_admin_pb2.ListSpendControlsRequest, context: Context
+    ) -> ledger_admin_pb2.ListSpendControlsResponse:
+        control_subject(request.subject)
+        limit = page_size(request.page_size, default=10, maximum=100)
+        after = 0
+        if request.page_token:
+            (after,) = read_page_token(request.page_token, "spend_controls", 1)
+            if not isinstance(after, int):
+                raise RequestError("page_token is not one this server issued for this list")
+        versions = await self.service.spend_controls(request.subject_id)
+        items = [(version_message(v), (v.version,)) for v in versions if v.version > after][
+            : limit + 1
+        ]
+        response = ledger_admin_pb2.ListSpendControlsResponse()
+        response.next_page_token = fill_page(
+            response.versions, items, limit=limit, kind="spend_controls"
+        )
         return response
 
     @grpc_errors

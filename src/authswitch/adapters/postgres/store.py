@@ -128,7 +128,9 @@ class CatalogStore:
 
     async def card_by_pan_hmac(self, pan_hmac: bytes) -> CardFacts | None:
         row = await self.pool.fetchrow(
-            """SELECT id::text, account_id::text, program_id::text, product_id::text, expiry_yymm
+            """SELECT id::text, account_id::text, program_id::text, product_id::text, expiry_yymm,
+                      EXISTS (SELECT 1 FROM spend_controls s
+                              WHERE s.subject_id IN (cards.id, cards.account_id)) AS controlled
                FROM cards WHERE pan_hmac = $1""",
             pan_hmac,
         )
@@ -419,7 +421,9 @@ class CatalogStore:
     async def card_of_decision(self, source: str, message_id: str) -> CardFacts | None:
         row = await self.pool.fetchrow(
             """SELECT c.id::text, c.account_id::text, c.program_id::text, c.product_id::text,
-                      c.expiry_yymm
+                      c.expiry_yymm,
+                      EXISTS (SELECT 1 FROM spend_controls s
+                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled
                FROM decisions d JOIN cards c ON c.id = d.card_id
                WHERE d.source = $1 AND d.message_id = $2""",
             source,

@@ -429,6 +429,18 @@ class LedgerCache:
         key = self.keys.state(account_id)
         await self.client.keyed(key, "DEL", key)
 
+    async def usage(self, account_id: str, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """What the account's cached counters of ``keys`` have used (amount, count); a
+        counter not cached reads (0, 0). A read for explanations only, not for decisions."""
+        state = self.keys.state(account_id)
+        fields = [field for key in keys for field in (f"ua:{key}", f"uc:{key}")]
+        if not fields:
+            return {}
+        reply = await self.client.keyed(state, "HMGET", state, *fields)
+        return {
+            key: (int(reply[2 * n] or 0), int(reply[2 * n + 1] or 0)) for n, key in enumerate(keys)
+        }
+
     async def forget_marker(self, account_id: str, source: str, message_id: str) -> None:
         """Remove an idempotency marker of a request that left nothing durable (a 96)."""
         key = self.keys.marker(account_id, source, message_id)
