@@ -95,3 +95,16 @@ def test_counters_are_named_by_subject_and_limit_not_version() -> None:
     assert (life.key, life.previous, life.expires_at.year) == ("S:card:l:life", "", 9999)
     each = limit_counter(SpendLimit("t", ControlPeriod.TRANSACTION, "GBP", 1), "card", T0, "UTC")
     assert each.key == ""
+
+
+def test_a_velocity_window_is_never_shorter_than_stated() -> None:
+    from authswitch.domain.controls import VelocityRule, velocity_check
+
+    rule = VelocityRule("v", 600, approvals_max=1)
+    check_ = velocity_check(rule, "card", T0, "GBP")
+    width_s = 600 // 20
+    first_start = check_.first_bucket * width_s
+    assert T0.timestamp() - first_start >= 600
+    assert T0.timestamp() - first_start < 600 + width_s
+    assert check_.expires_at.timestamp() == (check_.last_bucket + 21) * width_s
+    assert velocity_check(rule, "card", T0, "EUR").amount_max_minor == -1

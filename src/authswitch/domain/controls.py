@@ -40,12 +40,16 @@ __all__ = [
     "MccRange",
     "SpendControls",
     "SpendLimit",
+    "VelocityCheck",
+    "VelocityRule",
     "Violation",
     "check",
     "in_force",
     "limit_counter",
     "next_scheduled",
     "problem",
+    "velocity_check",
+    "velocity_usage",
 ]
 
 # Bounds on one control set (so that a set, and a card listing its controls, fit a message).
@@ -56,6 +60,12 @@ LIMIT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _MCC = re.compile(r"^\d{4}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 MERCHANT_ID_LEN_MAX = 15
+# Velocity windows: a rolling window is counted in this many buckets of window/20 each, and
+# a decision reads the current bucket and the 20 before it: an event counts for at least
+# the window and at most a twentieth longer (never less: the rule is never looser).
+VELOCITY_BUCKETS = 20
+VELOCITY_WINDOW_S_MIN = 60
+VELOCITY_WINDOW_S_MAX = 7 * 86_400
 # A lifetime counter never runs out; its durable row carries this expiry.
 LIFETIME_EXPIRES_AT = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -175,6 +185,73 @@ class _Request(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class VelocityRule:
+    """Over a rolling window: more than ``approvals_max`` approvals (65) or more than
+    ``amount_max_minor`` approved (61, fees included, in ``asset``) declines; more than
+    ``declines_max`` declines blocks the card (62 from then on) and notifies."""
+
+    name: str
+    window_s: int
+    approvals_max: int | None = None
+    amount_max_minor: int | None = None
+    asset: str = ""
+    declines_max: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VelocityCheck:
+    """One velocity rule as the atomic step reads it (-1: no maximum)."""
+
+    approvals_prefix: str
+    declines_prefix: str
+    first_bucket: int
+    last_bucket: int
+    approvals_max: int
+    amount_max_minor: int
+    declines_max: int
+    expires_at: datetime  # when the current bucket stops counting
+
+
+def velocity_check(rule: VelocityRule, subject_id: str, now: datetime, asset: str) -> VelocityCheck:
+    """The buckets of ``rule`` at ``now`` (time is passed in; bucket numbers count
+    window/20-second steps since the epoch). A rule in another asset than the request's
+    caps no amount."""
+    width_s = rule.window_s // VELOCITY_BUCKETS
+    bucket = int(now.timestamp()) // width_s
+    amount_max = -1
+    if rule.amount_max_minor is not None and rule.asset == asset:
+        amount_max = rule.amount_max_minor
+    base = f"{subject_id}:{rule.name}:{rule.window_s}:"
+    return VelocityCheck(
+        approvals_prefix=f"VA:{base}",
+        declines_prefix=f"VD:{base}",
+        first_bucket=bucket - VELOCITY_BUCKETS,
+        last_bucket=bucket,
+        approvals_max=-1 if rule.approvals_max is None else rule.approvals_max,
+        amount_max_minor=amount_max,
+        declines_max=-1 if rule.declines_max is None else rule.declines_max,
+        expires_at=datetime.fromtimestamp((bucket + VELOCITY_BUCKETS + 1) * width_s, tz=UTC),
+    )
+
+
+def velocity_usage(
+    checks: Sequence[VelocityCheck], *, approved: bool, counted_decline: bool, amount_minor: int
+) -> list[tuple[str, int, int, datetime]]:
+    """What a decision adds to the velocity buckets (key, amount, count, expiry), as the
+    atomic step did: an approval its amount and one approval to every rule, a counted
+    decline one decline to every rule with a decline maximum."""
+    added: list[tuple[str, int, int, datetime]] = []
+    for check_ in checks:
+        if approved:
+            key = f"{check_.approvals_prefix}{check_.last_bucket}"
+            added.append((key, amount_minor, 1, check_.expires_at))
+        elif counted_decline and check_.declines_max >= 0:
+            key = f"{check_.declines_prefix}{check_.last_bucket}"
+            added.append((key, 0, 1, check_.expires_at))
+    return added
+
+
+@dataclass(frozen=True, slots=True)
 class SpendControls:
     allowed_mccs: frozenset[str] = frozenset()
     allowed_mcc_ranges: tuple[MccRange, ...] = ()
@@ -189,6 +266,7 @@ class SpendControls:
     limits: tuple[SpendLimit, ...] = ()
     decline_rules: tuple[DeclineRule, ...] = ()
     replace_product_limits: bool = False
+    velocity_rules: tuple[VelocityRule, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The stored form (jsonb); :meth:`from_json` reads it back."""
@@ -225,6 +303,14 @@ class SpendControls:
                 for r in self.decline_rules
             ],
             "replace_product_limits": self.replace_product_limits,
+            "velocity_rules": [
+                {
+                    "name": v.name, "window_s": v.window_s, "approvals_max": v.approvals_max,
+                    "amount_max_minor": v.amount_max_minor, "asset": v.asset,
+                    "declines_max": v.declines_max,
+                }
+                for v in self.velocity_rules
+            ],
         }  # fmt: skip
 
     @classmethod
@@ -262,6 +348,14 @@ class SpendControls:
                 for r in data["decline_rules"]
             ),
             replace_product_limits=data["replace_product_limits"],
+            velocity_rules=tuple(
+                VelocityRule(
+                    name=v["name"], window_s=v["window_s"], approvals_max=v["approvals_max"],
+                    amount_max_minor=v["amount_max_minor"], asset=v["asset"],
+                    declines_max=v["declines_max"],
+                )
+                for v in data.get("velocity_rules", ())
+            ),
         )  # fmt: skip
 
 
@@ -432,4 +526,28 @@ def problem(
             return f"{where}: unknown channel or transaction type"
         if not rule.pos_entry_modes <= entry_modes:
             return f"{where}: unknown POS entry mode"
+    if len(controls.velocity_rules) > RULES_MAX:
+        return f"at most {RULES_MAX} velocity rules"
+    names: set[str] = set()
+    for velocity in controls.velocity_rules:
+        where = f"velocity rule {velocity.name!r}"
+        if not LIMIT_NAME.match(velocity.name) or velocity.name in names:
+            return f"{where}: a unique name of 1 to 40 letters, digits, '-' or '_'"
+        names.add(velocity.name)
+        if not VELOCITY_WINDOW_S_MIN <= velocity.window_s <= VELOCITY_WINDOW_S_MAX or (
+            velocity.window_s % VELOCITY_BUCKETS
+        ):
+            return (
+                f"{where}: window_s is {VELOCITY_WINDOW_S_MIN} to {VELOCITY_WINDOW_S_MAX}, "
+                f"a multiple of {VELOCITY_BUCKETS}"
+            )
+        maxima = (velocity.approvals_max, velocity.amount_max_minor, velocity.declines_max)
+        if all(m is None for m in maxima):
+            return f"{where}: set approvals_max, amount_max_minor or declines_max"
+        if any(m is not None and m < 0 for m in maxima):
+            return f"{where}: maxima must not be negative"
+        if (velocity.amount_max_minor is None) != (not velocity.asset):
+            return f"{where}: amount_max_minor and asset go together"
+        if velocity.asset and velocity.asset not in assets:
+            return f"{where}: the product has no asset {velocity.asset!r}"
     return None

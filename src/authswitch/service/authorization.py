@@ -354,7 +354,10 @@ class AuthorizationService:
                 message_id=request.message_id,
                 fingerprint=ctx.fingerprint,
                 charges=charges,
+                velocity=velocity,
             )
+
+        velocity = () if job.controls is None else job.controls.velocity_checks
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
             detail = ""
@@ -365,7 +368,14 @@ class AuthorizationService:
             write = self._write_for(
                 ctx, card, program, pre, result, hold_plan, charges, stand_in, detail
             )
-            return await self._commit(card, result, write)
+            if velocity:
+                assert job.controls is not None
+                write.usage += self.controls.velocity_usage(job.controls, result, card.account_id)
+            stored = await self._commit(card, result, write)
+            if result.velocity_blocked:
+                assert job.controls is not None
+                await self.controls.block(job.controls, result, card, program, ctx.received)
+            return stored
 
         return await self.redis_step(job, attempt, finish)
 

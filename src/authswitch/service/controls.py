@@ -21,6 +21,7 @@ counter the detail may name a limit the next request filled).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -30,6 +31,7 @@ from authswitch.adapters.redis.cache import AuthorizeOutcome, LedgerCache
 from authswitch.domain.authorization import (
     AuthorizationRequest,
     CardFacts,
+    CardStatus,
     Charges,
     CounterCheck,
     PreChecks,
@@ -40,15 +42,23 @@ from authswitch.domain.controls import (
     ControlSubject,
     ControlVersion,
     SpendLimit,
+    VelocityCheck,
+    VelocityRule,
     Violation,
     check,
     in_force,
     limit_counter,
+    velocity_check,
+    velocity_usage,
 )
 from authswitch.domain.limits import Limit, Subject
 from authswitch.domain.money import format_unsigned
+from authswitch.domain.records import Notification, UsageChange
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator
+from authswitch.service.ids import new_id
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ControlPlan", "SpendControlService"]
 
@@ -61,6 +71,11 @@ class ControlPlan:
     applied: bool  # the violation is the request's product-check outcome (not the product's)
     limits: tuple[tuple[ControlSubject, SpendLimit, CounterCheck], ...]
     replaced: frozenset[Subject]  # the product limits of these subjects do not apply
+    velocity: tuple[tuple[ControlSubject, VelocityRule, VelocityCheck], ...] = ()
+
+    @property
+    def velocity_checks(self) -> tuple[VelocityCheck, ...]:
+        return tuple(check_ for _, _, check_ in self.velocity)
 
 
 class SpendControlService:
@@ -97,6 +112,7 @@ class SpendControlService:
         violation: Violation | None = None
         limits: list[tuple[ControlSubject, SpendLimit, CounterCheck]] = []
         replaced: set[Subject] = set()
+        velocity: list[tuple[ControlSubject, VelocityRule, VelocityCheck]] = []
         found = False
         for subject, subject_id in subjects:
             version = in_force(await self.versions(subject_id), at)
@@ -117,13 +133,17 @@ class SpendControlService:
                 limits.append((subject, limit, checked))
             if controls.replace_product_limits:
                 replaced.add(Subject(subject.value))
+            for rule in controls.velocity_rules:
+                velocity.append(
+                    (subject, rule, velocity_check(rule, subject_id, at, request.billing_asset))
+                )
         if not found:
             return None
         applied = False
         if violation is not None and pre.product_reason is None:
             pre.product_reason = violation.reason
             applied = True
-        return ControlPlan(violation, applied, tuple(limits), frozenset(replaced))
+        return ControlPlan(violation, applied, tuple(limits), frozenset(replaced), tuple(velocity))
 
     async def charges(
         self,
@@ -163,6 +183,17 @@ class SpendControlService:
     ) -> str:
         """The decline's detail when a control declined it, else empty."""
         reason = result.reason
+        if result.velocity_rule:
+            subject, rule, _ = plan.velocity[result.velocity_rule - 1]
+            what = (
+                f"{rule.amount_max_minor} {rule.asset} minor units"
+                if reason is Reason.AMOUNT_LIMIT_EXCEEDED
+                else f"{rule.approvals_max} approvals"
+            )
+            return (
+                f"{subject.value.lower()} velocity rule {rule.name!r} "
+                f"({what} in {rule.window_s} s) exceeded"
+            )
         if reason is Reason.TRANSACTION_NOT_PERMITTED:
             return plan.violation.detail if plan.applied and plan.violation else ""
         if reason not in (Reason.AMOUNT_LIMIT_EXCEEDED, Reason.COUNT_LIMIT_EXCEEDED):
@@ -196,9 +227,64 @@ class SpendControlService:
                 )
         return ""
 
+    def velocity_usage(
+        self, plan: ControlPlan, result: AuthorizeOutcome, account_id: str
+    ) -> tuple[UsageChange, ...]:
+        """The durable counterpart of what the atomic step added to the velocity buckets
+        (so that a cache rebuilt from Postgres has them)."""
+        added = velocity_usage(
+            plan.velocity_checks,
+            approved=result.held_minor > 0,
+            counted_decline=_counted_decline(result.reason),
+            amount_minor=result.held_minor,
+        )
+        return tuple(
+            UsageChange(account_id, key, amount, count, expires_at)
+            for key, amount, count, expires_at in added
+        )
+
+    async def block(
+        self, plan: ControlPlan, result: AuthorizeOutcome, card: CardFacts, program: ProgramRow,
+        at: datetime,
+    ) -> None:  # fmt: skip
+        """Make a velocity block durable: the atomic step has blocked the card in the cache;
+        this sets it BLOCKED in Postgres and notifies (CARD_STATUS_CHANGED), in one
+        transaction. A failure is logged: the cache keeps the card blocked meanwhile."""
+        subject, rule, _ = plan.velocity[result.velocity_blocked - 1]
+        reason = (
+            f"velocity: {subject.value.lower()} rule {rule.name!r}, more than "
+            f"{rule.declines_max} declines in {rule.window_s} s"
+        )
+
+        def notify(program_id: str, account_id: str, previous: CardStatus) -> Notification:
+            return Notification(
+                id=new_id(), program_id=program_id, kind="CARD_STATUS_CHANGED",
+                payload={"from": previous.name, "to": CardStatus.BLOCKED.name, "reason": reason,
+                         "velocity_rule": rule.name},
+                created_at=at, account_id=account_id, card_id=card.card_id, sinks=program.sinks,
+            )  # fmt: skip
+
+        try:
+            await self.catalog.store.change_card_status(
+                card.card_id, CardStatus.BLOCKED, reason, "velocity", notify
+            )
+        except Exception as exc:
+            log.error(
+                "a velocity block was not made durable",
+                extra={"error": type(exc).__name__, "card_id": card.card_id},
+            )
+        else:
+            log.warning("card blocked by a velocity rule", extra={"card_id": card.card_id})
+
     def _exponent(self, asset: str) -> int:
         found = self.catalog.assets.get(asset)
         return found.exponent if found is not None else 0
+
+
+def _counted_decline(reason: Reason) -> bool:
+    """A decline a velocity rule counts: after the card's status was found good (checks 4
+    to 10), as the atomic step counts them."""
+    return Reason.CARD_EXPIRED <= reason <= Reason.NO_BALANCE_IN_ASSET
 
 
 _PERIOD_LABEL = {

@@ -3447,6 +3447,7 @@ class SpendControls(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     DECLINE_RULES_FIELD_NUMBER: _builtins.int
     REPLACE_PRODUCT_LIMITS_FIELD_NUMBER: _builtins.int
+    VELOCITY_RULES_FIELD_NUMBER: _builtins.int
     card_presence: Global___CardPresenceControl.ValueType
     replace_product_limits: _builtins.bool
     """The product's limits of this subject (its CARD limits for a card's controls, its
@@ -3484,6 +3485,10 @@ class SpendControls(_message.Message):
     def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendLimit]: ...
     @_builtins.property
     def decline_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeclineRule]: ...
+    @_builtins.property
+    def velocity_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___VelocityRule]:
+        """Rolling-window rules (at most 20), evaluated in the same atomic step."""
+
     def __init__(
         self,
         *,
@@ -3500,14 +3505,73 @@ class SpendControls(_message.Message):
         limits: _abc.Iterable[Global___SpendLimit] | None = ...,
         decline_rules: _abc.Iterable[Global___DeclineRule] | None = ...,
         replace_product_limits: _builtins.bool = ...,
+        velocity_rules: _abc.Iterable[Global___VelocityRule] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_channels", b"allowed_channels", "allowed_countries", b"allowed_countries", "allowed_mcc_ranges", b"allowed_mcc_ranges", "allowed_mccs", b"allowed_mccs", "allowed_merchant_ids", b"allowed_merchant_ids", "blocked_countries", b"blocked_countries", "blocked_mcc_ranges", b"blocked_mcc_ranges", "blocked_mccs", b"blocked_mccs", "blocked_merchant_ids", b"blocked_merchant_ids", "card_presence", b"card_presence", "decline_rules", b"decline_rules", "limits", b"limits", "replace_product_limits", b"replace_product_limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_channels", b"allowed_channels", "allowed_countries", b"allowed_countries", "allowed_mcc_ranges", b"allowed_mcc_ranges", "allowed_mccs", b"allowed_mccs", "allowed_merchant_ids", b"allowed_merchant_ids", "blocked_countries", b"blocked_countries", "blocked_mcc_ranges", b"blocked_mcc_ranges", "blocked_mccs", b"blocked_mccs", "blocked_merchant_ids", b"blocked_merchant_ids", "card_presence", b"card_presence", "decline_rules", b"decline_rules", "limits", b"limits", "replace_product_limits", b"replace_product_limits", "velocity_rules", b"velocity_rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpendControls: _TypeAlias = SpendControls  # noqa: Y015
+
+@_typing.final
+class VelocityRule(_message.Message):
+    """A velocity rule over a rolling window (not a calendar period): more than approvals_max
+    approvals, or more than amount_max_minor approved (fees included), within the last
+    window_s seconds declines (65, 61); more than declines_max declines within it blocks the
+    card (BLOCKED: 62 from then on) and notifies CARD_STATUS_CHANGED. A card's rule counts
+    the card, an account's rule every card of the account. docs/controls.md, "Velocity".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    APPROVALS_MAX_FIELD_NUMBER: _builtins.int
+    AMOUNT_MAX_MINOR_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    DECLINES_MAX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Letters, digits, '-' and '_', at most 40; unique in the set."""
+    window_s: _builtins.int
+    """60 to 604800, a multiple of 20 (the window is counted in twenty buckets)."""
+    approvals_max: _builtins.int
+    amount_max_minor: _builtins.int
+    asset: _builtins.str
+    """The asset of amount_max_minor (set both, or neither)."""
+    declines_max: _builtins.int
+    """Declines counted: those after the card's status was found good (expiry, PIN, CVV2,
+    product and control, limits, funds).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        window_s: _builtins.int = ...,
+        approvals_max: _builtins.int | None = ...,
+        amount_max_minor: _builtins.int | None = ...,
+        asset: _builtins.str = ...,
+        declines_max: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_approvals_max", b"_approvals_max", "_declines_max", b"_declines_max", "amount_max_minor", b"amount_max_minor", "approvals_max", b"approvals_max", "declines_max", b"declines_max"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_approvals_max", b"_approvals_max", "_declines_max", b"_declines_max", "amount_max_minor", b"amount_max_minor", "approvals_max", b"approvals_max", "asset", b"asset", "declines_max", b"declines_max", "name", b"name", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_max_minor: _TypeAlias = _typing.Literal["amount_max_minor"]  # noqa: Y015
+    _WhichOneofArgType__amount_max_minor: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor"]  # noqa: Y015
+    _WhichOneofReturnType__approvals_max: _TypeAlias = _typing.Literal["approvals_max"]  # noqa: Y015
+    _WhichOneofArgType__approvals_max: _TypeAlias = _typing.Literal["_approvals_max", b"_approvals_max"]  # noqa: Y015
+    _WhichOneofReturnType__declines_max: _TypeAlias = _typing.Literal["declines_max"]  # noqa: Y015
+    _WhichOneofArgType__declines_max: _TypeAlias = _typing.Literal["_declines_max", b"_declines_max"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_max_minor) -> _WhichOneofReturnType__amount_max_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__approvals_max) -> _WhichOneofReturnType__approvals_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__declines_max) -> _WhichOneofReturnType__declines_max | None: ...
+
+Global___VelocityRule: _TypeAlias = VelocityRule  # noqa: Y015
 
 @_typing.final
 class SetSpendControlsRequest(_message.Message):

@@ -13,6 +13,7 @@ from authswitch.domain.controls import (
     MccRange,
     SpendControls,
     SpendLimit,
+    VelocityRule,
 )
 from authswitch.errors import RequestError
 from authswitch.v1 import ledger_admin_pb2 as la
@@ -90,6 +91,16 @@ def controls_from_message(message: la.SpendControls) -> SpendControls:
         limits=tuple(limits),
         decline_rules=tuple(rules),
         replace_product_limits=message.replace_product_limits,
+        velocity_rules=tuple(
+            VelocityRule(
+                name=v.name, window_s=v.window_s,
+                approvals_max=v.approvals_max if v.HasField("approvals_max") else None,
+                amount_max_minor=v.amount_max_minor if v.HasField("amount_max_minor") else None,
+                asset=v.asset,
+                declines_max=v.declines_max if v.HasField("declines_max") else None,
+            )
+            for v in message.velocity_rules
+        ),
     )  # fmt: skip
 
 
@@ -136,6 +147,14 @@ def controls_message(controls: SpendControls) -> la.SpendControls:
             rule.amount_above_minor = r.amount_above_minor
         if r.network_risk_score_min is not None:
             rule.network_risk_score_min = r.network_risk_score_min
+    for v in controls.velocity_rules:
+        rule_message = message.velocity_rules.add(name=v.name, window_s=v.window_s, asset=v.asset)
+        if v.approvals_max is not None:
+            rule_message.approvals_max = v.approvals_max
+        if v.amount_max_minor is not None:
+            rule_message.amount_max_minor = v.amount_max_minor
+        if v.declines_max is not None:
+            rule_message.declines_max = v.declines_max
     return message
 
 

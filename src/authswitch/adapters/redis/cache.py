@@ -49,6 +49,7 @@ from redis.exceptions import NoScriptError, RedisError
 from authswitch.adapters.redis.pipeline import Pipelined, PipelinedCluster, Reply
 from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
 from authswitch.domain.codes import Reason
+from authswitch.domain.controls import VelocityCheck
 from authswitch.domain.ledger import Balance
 from authswitch.futures import Detached, outlive_cancel
 
@@ -113,6 +114,8 @@ class AuthorizeOutcome:
     pin_blocked_now: bool
     pin_changed: bool
     fee_mode: FeeMode = FeeMode.NONE
+    velocity_rule: int = 0  # with velocity rules: the 1-based rule that declined, 0: none
+    velocity_blocked: int = 0  # the rule whose decline count blocked the card, 0: none
 
     @property
     def held_minor(self) -> int:
@@ -275,6 +278,7 @@ class LedgerCache:
         fingerprint: bytes,
         charges: Charges = NO_CHARGES,
         checks_only: bool = False,
+        velocity: Sequence[VelocityCheck] = (),
     ) -> AuthorizeOutcome | Miss | Duplicate:
         keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
         args: list[Any] = [
@@ -301,11 +305,22 @@ class LedgerCache:
         args.append(len(charges.free_uses))
         for free in charges.free_uses:
             args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
+        if velocity:  # spend controls' rolling windows; absent (not 0) without them
+            args.append(len(velocity))
+            for v in velocity:
+                args += [
+                    v.approvals_prefix, v.declines_prefix, v.first_bucket, v.last_bucket,
+                    v.approvals_max, v.amount_max_minor, v.declines_max,
+                ]  # fmt: skip
         # Once sent, the step's outcome must be known: a cancelled caller still makes it
         # durable or undoes it (futures.py).
         reply: Sequence[Any] = await outlive_cancel(self._authorize(keys, args))
         tag = reply[0]
         if tag == b"OK":
+            if len(reply) > 13:  # with velocity rules
+                outcome = self._outcome(reply[:13])
+                outcome.velocity_rule, outcome.velocity_blocked = reply[13], reply[14]
+                return outcome
             (
                 _,
                 reason,
@@ -340,6 +355,17 @@ class LedgerCache:
         if tag == b"MISSCARD":
             return Miss(card_only=True)
         raise AssertionError(f"authorize.lua answered {tag!r}")
+
+    @staticmethod
+    def _outcome(reply: Sequence[Any]) -> AuthorizeOutcome:
+        (_, reason, approved, fee, actual, held, epoch, tries, tries_changed, blocked, changed,
+         has, fee_mode) = reply  # fmt: skip
+        return AuthorizeOutcome(
+            reason=Reason(reason), approved_minor=approved, fee_minor=fee,
+            balance=Balance(actual, held) if has else None, epoch=epoch, pin_tries=tries,
+            pin_tries_changed=bool(tries_changed), pin_blocked_now=bool(blocked),
+            pin_changed=bool(changed), fee_mode=FeeMode(fee_mode),
+        )  # fmt: skip
 
     async def apply(
         self,
