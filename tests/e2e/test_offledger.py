@@ -752,3 +752,22 @@ async def test_spend_controls_decline_before_the_client_is_asked(w: World) -> No
     assert len(w.client.received) == asked
     assert (await w.ledger.authorize(card, 1_000)).response_code == "00"
     assert len(w.client.received) == asked + 1
+
+
+async def test_an_original_credit_reaches_the_client_as_a_notification(w: World) -> None:
+    """Issue 18, item 6: off-ledger, an original credit is acknowledged and forwarded (kind
+    CREDIT); the reference client credits its ledger."""
+    card = await off_ledger_card(w)
+    before = w.client.ledger.available(card.account_id, "GBP")
+    response = await w.ledger.auth.Credit(
+        pb.CreditRequest(
+            source="visa", message_id=str(uuid.uuid4()), pan=card.pan,
+            billing_amount=c.Money(amount_minor=700, asset="GBP"),
+            credit_type=pb.CREDIT_TYPE_DISBURSEMENT,
+        )
+    )  # fmt: skip
+    assert response.response_code == "00"
+    await eventually(
+        lambda: w.client.ledger.available(card.account_id, "GBP") == before + 700,
+        "the client credits its ledger",
+    )

@@ -65,6 +65,8 @@ FIELD_LEN_MAX: Mapping[str, int] = MappingProxyType(
         "blocked_countries": 2,
         "allowed_merchant_ids": 15,
         "blocked_merchant_ids": 15,
+        # An original credit's sender (Visa's sender name).
+        "sender_name": 30,
         # DE38 (approval code); a network's dispute reason code ("13.1", "4853").
         "authorization_code": 6,
         "reason_code": 8,

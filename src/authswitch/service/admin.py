@@ -26,6 +26,7 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
 from authswitch.domain.controls import problem as controls_problem
+from authswitch.domain.credits import ORIGINAL_CREDIT
 from authswitch.domain.fees import FeeRule, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.limits import Limit
@@ -162,7 +163,7 @@ class AdminService:
         if not set(account_types) <= ACCOUNT_TYPES or len(set(account_types)) != len(account_types):
             raise RequestError("account_types must be distinct SINGLE / MULTI_CURRENCY")
         _check_assets(assets, self.catalog.assets.keys())
-        known_types = set(TransactionType.__members__.values())
+        known_types = {*TransactionType.__members__.values(), ORIGINAL_CREDIT}
         if not set(allowed_transaction_types) <= known_types:
             raise RequestError("allowed_transaction_types has an unknown transaction type")
         if not set(allowed_channels) <= {1, 2, 3, 4}:

@@ -363,6 +363,40 @@ REVERSAL_RESULT_HOLD_ALREADY_ENDED: ReversalResult.ValueType  # 4
 """The hold had already ended (cleared, reversed or aged off): nothing more to release."""
 Global___ReversalResult: _TypeAlias = ReversalResult  # noqa: Y015
 
+class _CreditType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CreditTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CreditType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDIT_TYPE_UNSPECIFIED: _CreditType.ValueType  # 0
+    CREDIT_TYPE_PERSON_TO_PERSON: _CreditType.ValueType  # 1
+    """A person-to-person payment (BAI PP)."""
+    CREDIT_TYPE_ACCOUNT_TO_ACCOUNT: _CreditType.ValueType  # 2
+    """A transfer between the cardholder's own accounts (AA)."""
+    CREDIT_TYPE_DISBURSEMENT: _CreditType.ValueType  # 3
+    """A business's payout: wages, insurance claims, marketplace earnings (BB, MD)."""
+    CREDIT_TYPE_GAMBLING_PAYOUT: _CreditType.ValueType  # 4
+    """A gambling or lottery payout (GP)."""
+    CREDIT_TYPE_TOP_UP: _CreditType.ValueType  # 5
+    """A top-up of a prepaid card (TU, WT)."""
+
+class CreditType(_CreditType, metaclass=_CreditTypeEnumTypeWrapper):
+    """What an original credit transaction pays (Visa's business application identifier)."""
+
+CREDIT_TYPE_UNSPECIFIED: CreditType.ValueType  # 0
+CREDIT_TYPE_PERSON_TO_PERSON: CreditType.ValueType  # 1
+"""A person-to-person payment (BAI PP)."""
+CREDIT_TYPE_ACCOUNT_TO_ACCOUNT: CreditType.ValueType  # 2
+"""A transfer between the cardholder's own accounts (AA)."""
+CREDIT_TYPE_DISBURSEMENT: CreditType.ValueType  # 3
+"""A business's payout: wages, insurance claims, marketplace earnings (BB, MD)."""
+CREDIT_TYPE_GAMBLING_PAYOUT: CreditType.ValueType  # 4
+"""A gambling or lottery payout (GP)."""
+CREDIT_TYPE_TOP_UP: CreditType.ValueType  # 5
+"""A top-up of a prepaid card (TU, WT)."""
+Global___CreditType: _TypeAlias = CreditType  # noqa: Y015
+
 @_typing.final
 class AuthData(_message.Message):
     """Card authentication data carried by the request. In production the PIN arrives as a PIN
@@ -1159,3 +1193,107 @@ class RepresentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RepresentResponse: _TypeAlias = RepresentResponse  # noqa: Y015
+
+@_typing.final
+class CreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    PAN_FIELD_NUMBER: _builtins.int
+    BILLING_AMOUNT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_AMOUNT_FIELD_NUMBER: _builtins.int
+    CREDIT_TYPE_FIELD_NUMBER: _builtins.int
+    MERCHANT_FIELD_NUMBER: _builtins.int
+    SENDER_NAME_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    """The idempotency key with source."""
+    network_reference: _builtins.str
+    pan: _builtins.str
+    credit_type: Global___CreditType.ValueType
+    sender_name: _builtins.str
+    """Who sent the funds, as the network gives it (at most 30 characters, Visa's sender
+    name); recorded, never checked.
+    """
+    @_builtins.property
+    def billing_amount(self) -> _common_pb2.Money:
+        """The amount credited, in the card account's asset (more than zero)."""
+
+    @_builtins.property
+    def transaction_amount(self) -> _common_pb2.Money:
+        """The amount the originator sent, for the record."""
+
+    @_builtins.property
+    def merchant(self) -> Global___Merchant:
+        """The originator (its MCC, country, name and id)."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        pan: _builtins.str = ...,
+        billing_amount: _common_pb2.Money | None = ...,
+        transaction_amount: _common_pb2.Money | None = ...,
+        credit_type: Global___CreditType.ValueType = ...,
+        merchant: Global___Merchant | None = ...,
+        sender_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "credit_type", b"credit_type", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "sender_name", b"sender_name", "source", b"source", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditRequest: _TypeAlias = CreditRequest  # noqa: Y015
+
+@_typing.final
+class CreditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREDITED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    """"00" credited; a decline by DESIGN.md's precedence: 14, 41, 43, 62, 57 (the product
+    does not take this credit, or the account holds no balance in the asset), 61, 65 (the
+    product's credit limits); 30 / 13 malformed; 94 the message id was used for another
+    message.
+    """
+    reason: Global___Reason.ValueType
+    decision_id: _builtins.str
+    entry_id: _builtins.str
+    """The journal entry of the credit, on approval."""
+    detail: _builtins.str
+    """Human-readable detail for operators; never contains card data."""
+    @_builtins.property
+    def credited(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance:
+        """The balance after the credit, on approval."""
+
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        reason: Global___Reason.ValueType = ...,
+        credited: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+        decision_id: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited", "decision_id", b"decision_id", "detail", b"detail", "entry_id", b"entry_id", "reason", b"reason", "response_code", b"response_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditResponse: _TypeAlias = CreditResponse  # noqa: Y015

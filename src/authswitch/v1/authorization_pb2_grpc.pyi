@@ -54,6 +54,13 @@ class AuthorizationServiceStub:
     """
     Refund: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]
     """A refund or other credit through the network: credits actual and available. Idempotent."""
+    Credit: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.CreditRequest, _authorization_pb2.CreditResponse]
+    """An account-funding credit: the network's original credit transaction (OCT: push to
+    card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+    the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+    atomic step; approved, it credits actual and available as one balanced journal entry
+    and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+    """
     Chargeback: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.ChargebackRequest, _authorization_pb2.ChargebackResponse]
     """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
     owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
@@ -91,6 +98,13 @@ class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
     """
     Refund: _aio.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]  # type: ignore[assignment]
     """A refund or other credit through the network: credits actual and available. Idempotent."""
+    Credit: _aio.UnaryUnaryMultiCallable[_authorization_pb2.CreditRequest, _authorization_pb2.CreditResponse]  # type: ignore[assignment]
+    """An account-funding credit: the network's original credit transaction (OCT: push to
+    card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+    the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+    atomic step; approved, it credits actual and available as one balanced journal entry
+    and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+    """
     Chargeback: _aio.UnaryUnaryMultiCallable[_authorization_pb2.ChargebackRequest, _authorization_pb2.ChargebackResponse]  # type: ignore[assignment]
     """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
     owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
@@ -155,6 +169,19 @@ class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_authorization_pb2.RefundResponse, _abc.Awaitable[_authorization_pb2.RefundResponse]]:
         """A refund or other credit through the network: credits actual and available. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def Credit(
+        self,
+        request: _authorization_pb2.CreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.CreditResponse, _abc.Awaitable[_authorization_pb2.CreditResponse]]:
+        """An account-funding credit: the network's original credit transaction (OCT: push to
+        card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+        the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+        atomic step; approved, it credits actual and available as one balanced journal entry
+        and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+        """
 
     @_abc_1.abstractmethod
     def Chargeback(

@@ -289,6 +289,12 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
 
     @grpc_errors
+    async def Credit(  # noqa: N802
+        self, request: authorization_pb2.CreditRequest, context: Context
+    ) -> authorization_pb2.CreditResponse:
+        return await self.lifecycle.credit(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
     async def Chargeback(  # noqa: N802
         self, request: authorization_pb2.ChargebackRequest, context: Context
     ) -> authorization_pb2.ChargebackResponse:

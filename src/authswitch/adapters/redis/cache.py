@@ -47,7 +47,14 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from authswitch.adapters.redis.pipeline import Pipelined, PipelinedCluster, Reply
-from authswitch.domain.authorization import NO_CHARGES, CardState, Charges, FeeMode, PreChecks
+from authswitch.domain.authorization import (
+    NO_CHARGES,
+    CardState,
+    Charges,
+    CounterCheck,
+    FeeMode,
+    PreChecks,
+)
 from authswitch.domain.codes import Reason
 from authswitch.domain.controls import VelocityCheck
 from authswitch.domain.ledger import Balance
@@ -100,6 +107,15 @@ class Duplicate:
     """The message id was seen before; ``fingerprint`` is what the first request stored."""
 
     fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CreditOutcome:
+    """An account-funding credit's atomic step: its reason, and the balance after it."""
+
+    reason: Reason
+    epoch: bytes
+    balance: Balance | None  # None without a balance in the asset
 
 
 @dataclass(slots=True)
@@ -234,6 +250,7 @@ class LedgerCache:
         self._load_card = _Script(client, "load_card", prelude)
         self._counter = _Script(client, "counter", prelude)
         self._read = _Script(client, "read", prelude)
+        self._credit = _Script(client, "credit", prelude)
 
     async def start_generation(self, floor: int) -> int:
         """Raise the shared generation to at least ``floor`` and adopt it.
@@ -355,6 +372,32 @@ class LedgerCache:
         if tag == b"MISSCARD":
             return Miss(card_only=True)
         raise AssertionError(f"authorize.lua answered {tag!r}")
+
+    async def credit(
+        self, *, account_id: str, card_id: str, asset: str, amount_minor: int,
+        product_reason: Reason | None, limits: Sequence[CounterCheck], source: str,
+        message_id: str, fingerprint: bytes,
+    ) -> CreditOutcome | Miss | Duplicate:  # fmt: skip
+        """An account-funding credit's atomic step (``credit.lua``)."""
+        keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
+        args: list[Any] = [
+            self.generation, card_id, asset, amount_minor, int(product_reason or 0),
+            fingerprint, self.marker_ttl_s, len(limits),
+        ]  # fmt: skip
+        for limit in limits:
+            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
+        reply: Sequence[Any] = await outlive_cancel(self._credit(keys, args))
+        tag = reply[0]
+        if tag == b"OK":
+            _, reason, epoch, actual, held, has = reply
+            return CreditOutcome(Reason(reason), epoch, Balance(actual, held) if has else None)
+        if tag == b"DUP":
+            return Duplicate(reply[1])
+        if tag == b"MISS":
+            return Miss()
+        if tag == b"MISSCARD":
+            return Miss(card_only=True)
+        raise AssertionError(f"credit.lua answered {tag!r}")
 
     @staticmethod
     def _outcome(reply: Sequence[Any]) -> AuthorizeOutcome:
