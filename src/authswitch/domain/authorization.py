@@ -151,6 +151,7 @@ class AuthorizationRequest:
     original_message_id: str = ""
     merchant_id: str = ""
     network: NetworkData | None = None  # None: the network sent no point-of-sale data
+    token: str = field(default="", repr=False)  # a network token (DPAN) instead of pan
 
     @property
     def type(self) -> TransactionType:
@@ -231,6 +232,12 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
         )
         if reason is not None:
             return reason
+    if request.token:  # a network token instead of the PAN: no CVV2 with it
+        if request.pan or request.cvv2:
+            return Reason.FORMAT_ERROR
+        if not pan_valid(request.token):
+            return Reason.INVALID_PAN
+        return None
     if not pan_valid(request.pan):
         return Reason.INVALID_PAN
     return None

@@ -65,6 +65,12 @@ FIELD_LEN_MAX: Mapping[str, int] = MappingProxyType(
         "blocked_countries": 2,
         "allowed_merchant_ids": 15,
         "blocked_merchant_ids": 15,
+        # Network tokens: a DPAN is a PAN (DE2), its expiry YYMM; a token requestor id has
+        # 11 digits.
+        "token": 19,
+        "token_expiry": 4,
+        "token_requestor_id": 11,
+        "token_id": _UUID,
         # An original credit's sender (Visa's sender name).
         "sender_name": 30,
         # DE38 (approval code); a network's dispute reason code ("13.1", "4853").
@@ -216,6 +222,7 @@ _MERCHANT_NAME_MAX = FIELD_LEN_MAX_BY_MESSAGE["authswitch.v1.Merchant.name"]
 _MERCHANT_ID_MAX = FIELD_LEN_MAX["merchant_id"]
 _TERMINAL_ID_MAX = FIELD_LEN_MAX["terminal_id"]
 _ECI_MAX = FIELD_LEN_MAX["eci"]
+_TOKEN_MAX = FIELD_LEN_MAX["token"]
 
 
 def authorize_too_long(request: Message) -> str | None:
@@ -229,6 +236,7 @@ def authorize_too_long(request: Message) -> str | None:
         (r.network_reference, _REFERENCE_MAX, "network_reference"),
         (r.original_message_id, _ORIGINAL_MAX, "original_message_id"),
         (r.pan, _PAN_MAX, "pan"),
+        (r.token, _TOKEN_MAX, "token"),
         (auth.pin, _PIN_MAX, "auth.pin"),
         (auth.new_pin, _NEW_PIN_MAX, "auth.new_pin"),
         (auth.expiry, _EXPIRY_MAX, "auth.expiry"),

@@ -46,6 +46,7 @@ from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Poster, PostStatus
+from authswitch.service.tokens import TokenService
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 
 __all__ = ["ADMIN_SOURCE", "AdminService", "CreatedCard", "balance_message"]
@@ -111,6 +112,7 @@ class AdminService:
         self.sync = sync
         self.poster = poster
         self.clock = clock
+        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
 
     async def create_client(self, name: str, *, actor: str) -> str:
         client_id = str(uuid.uuid4())

@@ -58,6 +58,7 @@ from authswitch.service.charges import ChargeCalculator, expiries_of, usage_chan
 from authswitch.service.clock import Clock
 from authswitch.service.controls import ControlPlan, SpendControlService
 from authswitch.service.ids import authorization_code, new_id
+from authswitch.service.tokens import TokenService
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
 
@@ -184,6 +185,7 @@ class AuthorizationService:
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
         self.controls = SpendControlService(catalog, ControlStore(store.pool), cache, self.charges)
+        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
         # Originals in flight in this process, by (source, message id): a retransmission
@@ -296,7 +298,14 @@ class AuthorizationService:
         request = ctx.request
         if early is not None:  # the PAN failed its form check: declined 14 without a lookup
             return await self._record_without_card(ctx, early)
-        pan_hmac = self.keys.pan_hmac(request.pan)
+        token = None
+        if request.token:  # a network token (docs/tokens.md): resolved to its card
+            token = await self.tokens.resolve(request.token)
+            if token is None:
+                return await self._record_without_card(ctx, Reason.UNKNOWN_CARD)
+            pan_hmac = token.card_pan_hmac
+        else:
+            pan_hmac = self.keys.pan_hmac(request.pan)
         catalog = self.catalog
         # The catalogue is cached in process: a hit costs no await.
         card = catalog.peek_card(pan_hmac)
@@ -307,6 +316,10 @@ class AuthorizationService:
         product = catalog.peek_product(card.product_id) or await catalog.product(card.product_id)
         program = catalog.peek_program(card.program_id) or await catalog.program(card.program_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
+        if token is not None:
+            self.tokens.apply(
+                token, pre, card.expiry_yymm, request.expiry_yymm, ctx.received.date()
+            )
         job = Job(ctx, card, product, program, pre)
         if card.controlled:  # spend controls: looked up only for a card that has some
             job.controls = await self.controls.plan(card, program, request, pre, ctx.received)

@@ -232,6 +232,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     REASON_COUNT_LIMIT_EXCEEDED: _Reason.ValueType  # 27
     REASON_INSUFFICIENT_FUNDS: _Reason.ValueType  # 28
     REASON_NO_BALANCE_IN_ASSET: _Reason.ValueType  # 29
+    REASON_TOKEN_NOT_ACTIVE: _Reason.ValueType  # 30
+    """The network token of the request is not ACTIVE (suspended, deactivated, or awaiting
+    step-up); applied right after the card's status (check 3), so response code 62.
+    """
     REASON_CLIENT_DECLINED: _Reason.ValueType  # 40
     REASON_CLIENT_UNAVAILABLE: _Reason.ValueType  # 41
     REASON_SYSTEM_ERROR: _Reason.ValueType  # 50
@@ -265,6 +269,10 @@ REASON_AMOUNT_LIMIT_EXCEEDED: Reason.ValueType  # 26
 REASON_COUNT_LIMIT_EXCEEDED: Reason.ValueType  # 27
 REASON_INSUFFICIENT_FUNDS: Reason.ValueType  # 28
 REASON_NO_BALANCE_IN_ASSET: Reason.ValueType  # 29
+REASON_TOKEN_NOT_ACTIVE: Reason.ValueType  # 30
+"""The network token of the request is not ACTIVE (suspended, deactivated, or awaiting
+step-up); applied right after the card's status (check 3), so response code 62.
+"""
 REASON_CLIENT_DECLINED: Reason.ValueType  # 40
 REASON_CLIENT_UNAVAILABLE: Reason.ValueType  # 41
 REASON_SYSTEM_ERROR: Reason.ValueType  # 50
@@ -397,6 +405,56 @@ CREDIT_TYPE_TOP_UP: CreditType.ValueType  # 5
 """A top-up of a prepaid card (TU, WT)."""
 Global___CreditType: _TypeAlias = CreditType  # noqa: Y015
 
+class _TokenDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TokenDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOKEN_DECISION_UNSPECIFIED: _TokenDecision.ValueType  # 0
+    TOKEN_DECISION_APPROVE: _TokenDecision.ValueType  # 1
+    TOKEN_DECISION_DECLINE: _TokenDecision.ValueType  # 2
+    TOKEN_DECISION_REQUIRE_STEP_UP: _TokenDecision.ValueType  # 3
+    """Provision, but inactive until the cardholder passes step-up authentication (an OTP,
+    a call to the issuer: the "yellow path").
+    """
+
+class TokenDecision(_TokenDecision, metaclass=_TokenDecisionEnumTypeWrapper): ...
+
+TOKEN_DECISION_UNSPECIFIED: TokenDecision.ValueType  # 0
+TOKEN_DECISION_APPROVE: TokenDecision.ValueType  # 1
+TOKEN_DECISION_DECLINE: TokenDecision.ValueType  # 2
+TOKEN_DECISION_REQUIRE_STEP_UP: TokenDecision.ValueType  # 3
+"""Provision, but inactive until the cardholder passes step-up authentication (an OTP,
+a call to the issuer: the "yellow path").
+"""
+Global___TokenDecision: _TypeAlias = TokenDecision  # noqa: Y015
+
+class _TokenStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TokenStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOKEN_STATUS_UNSPECIFIED: _TokenStatus.ValueType  # 0
+    TOKEN_STATUS_ACTIVE: _TokenStatus.ValueType  # 1
+    TOKEN_STATUS_INACTIVE: _TokenStatus.ValueType  # 2
+    """Provisioned with step-up, not yet activated."""
+    TOKEN_STATUS_SUSPENDED: _TokenStatus.ValueType  # 3
+    TOKEN_STATUS_DEACTIVATED: _TokenStatus.ValueType  # 4
+    """Final."""
+
+class TokenStatus(_TokenStatus, metaclass=_TokenStatusEnumTypeWrapper): ...
+
+TOKEN_STATUS_UNSPECIFIED: TokenStatus.ValueType  # 0
+TOKEN_STATUS_ACTIVE: TokenStatus.ValueType  # 1
+TOKEN_STATUS_INACTIVE: TokenStatus.ValueType  # 2
+"""Provisioned with step-up, not yet activated."""
+TOKEN_STATUS_SUSPENDED: TokenStatus.ValueType  # 3
+TOKEN_STATUS_DEACTIVATED: TokenStatus.ValueType  # 4
+"""Final."""
+Global___TokenStatus: _TypeAlias = TokenStatus  # noqa: Y015
+
 @_typing.final
 class AuthData(_message.Message):
     """Card authentication data carried by the request. In production the PIN arrives as a PIN
@@ -484,6 +542,7 @@ class AuthorizeRequest(_message.Message):
     INCREMENTAL_FIELD_NUMBER: _builtins.int
     ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     NETWORK_DATA_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The caller's namespace for message ids (e.g. "visa", "mastercard", a gateway id)."""
     message_id: _builtins.str
@@ -504,6 +563,11 @@ class AuthorizeRequest(_message.Message):
     """
     original_message_id: _builtins.str
     """For an incremental authorisation: the message id of the authorisation it increases."""
+    token: _builtins.str
+    """A network token (device wallet DPAN) instead of pan: resolved to its card, declined
+    62 (REASON_TOKEN_NOT_ACTIVE) unless the token is ACTIVE; expiry is then the token's,
+    and cvv2 is not sent (30). docs/tokens.md.
+    """
     @_builtins.property
     def auth(self) -> Global___AuthData: ...
     @_builtins.property
@@ -541,10 +605,11 @@ class AuthorizeRequest(_message.Message):
         incremental: _builtins.bool = ...,
         original_message_id: _builtins.str = ...,
         network_data: Global___NetworkData | None = ...,
+        token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "merchant", b"merchant", "network_data", b"network_data", "transaction_amount", b"transaction_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "channel", b"channel", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_data", b"network_data", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "partial_approval_allowed", b"partial_approval_allowed", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "channel", b"channel", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_data", b"network_data", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "partial_approval_allowed", b"partial_approval_allowed", "source", b"source", "token", b"token", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1297,3 +1362,79 @@ class CreditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreditResponse: _TypeAlias = CreditResponse  # noqa: Y015
+
+@_typing.final
+class ProvisionTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAN_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    CVV2_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRY_FIELD_NUMBER: _builtins.int
+    TOKEN_REQUESTOR_ID_FIELD_NUMBER: _builtins.int
+    WALLET_RISK_SCORE_FIELD_NUMBER: _builtins.int
+    pan: _builtins.str
+    """The card to tokenise, as the cardholder entered it into the wallet."""
+    expiry: _builtins.str
+    cvv2: _builtins.str
+    """Optional; checked when sent."""
+    token: _builtins.str
+    """The token number (DPAN) the token service assigned, 12 to 19 digits, and its expiry."""
+    token_expiry: _builtins.str
+    token_requestor_id: _builtins.str
+    """The wallet (token requestor id, 11 digits: Apple Pay, Google Pay, a merchant)."""
+    wallet_risk_score: _builtins.int
+    """The wallet's or network's risk score of the device and account, 0 to 99; unset when
+    none was sent.
+    """
+    def __init__(
+        self,
+        *,
+        pan: _builtins.str = ...,
+        expiry: _builtins.str = ...,
+        cvv2: _builtins.str = ...,
+        token: _builtins.str = ...,
+        token_expiry: _builtins.str = ...,
+        token_requestor_id: _builtins.str = ...,
+        wallet_risk_score: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_wallet_risk_score", b"_wallet_risk_score", "wallet_risk_score", b"wallet_risk_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_wallet_risk_score", b"_wallet_risk_score", "cvv2", b"cvv2", "expiry", b"expiry", "pan", b"pan", "token", b"token", "token_expiry", b"token_expiry", "token_requestor_id", b"token_requestor_id", "wallet_risk_score", b"wallet_risk_score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__wallet_risk_score: _TypeAlias = _typing.Literal["wallet_risk_score"]  # noqa: Y015
+    _WhichOneofArgType__wallet_risk_score: _TypeAlias = _typing.Literal["_wallet_risk_score", b"_wallet_risk_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wallet_risk_score) -> _WhichOneofReturnType__wallet_risk_score | None: ...
+
+Global___ProvisionTokenRequest: _TypeAlias = ProvisionTokenRequest  # noqa: Y015
+
+@_typing.final
+class ProvisionTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    decision: Global___TokenDecision.ValueType
+    detail: _builtins.str
+    """Why, for operators (never card data)."""
+    token_id: _builtins.str
+    """The token's id in authswitch (empty when declined)."""
+    status: Global___TokenStatus.ValueType
+    def __init__(
+        self,
+        *,
+        decision: Global___TokenDecision.ValueType = ...,
+        detail: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        status: Global___TokenStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "detail", b"detail", "status", b"status", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvisionTokenResponse: _TypeAlias = ProvisionTokenResponse  # noqa: Y015

@@ -3719,3 +3719,192 @@ class ListSpendControlsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSpendControlsResponse: _TypeAlias = ListSpendControlsResponse  # noqa: Y015
+
+@_typing.final
+class SetTokenPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_ALLOWED_FIELD_NUMBER: _builtins.int
+    STEP_UP_ALWAYS_FIELD_NUMBER: _builtins.int
+    STEP_UP_DECLINES_MIN_FIELD_NUMBER: _builtins.int
+    DECLINE_DECLINES_MIN_FIELD_NUMBER: _builtins.int
+    STEP_UP_RISK_SCORE_MIN_FIELD_NUMBER: _builtins.int
+    DECLINE_RISK_SCORE_MIN_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    tokens_allowed: _builtins.bool
+    """False: every provisioning request is declined."""
+    step_up_always: _builtins.bool
+    """Every token needs step-up authentication."""
+    step_up_declines_min: _builtins.int
+    """Step-up when the card has had at least this many declined authorisations in the last
+    24 hours (0: never for this reason).
+    """
+    decline_declines_min: _builtins.int
+    """Decline when it has had at least this many (0: never for this reason)."""
+    step_up_risk_score_min: _builtins.int
+    """Step-up (decline) when the wallet risk score is at least this."""
+    decline_risk_score_min: _builtins.int
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        tokens_allowed: _builtins.bool = ...,
+        step_up_always: _builtins.bool = ...,
+        step_up_declines_min: _builtins.int = ...,
+        decline_declines_min: _builtins.int = ...,
+        step_up_risk_score_min: _builtins.int | None = ...,
+        decline_risk_score_min: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decline_risk_score_min", b"_decline_risk_score_min", "_step_up_risk_score_min", b"_step_up_risk_score_min", "decline_risk_score_min", b"decline_risk_score_min", "step_up_risk_score_min", b"step_up_risk_score_min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decline_risk_score_min", b"_decline_risk_score_min", "_step_up_risk_score_min", b"_step_up_risk_score_min", "decline_declines_min", b"decline_declines_min", "decline_risk_score_min", b"decline_risk_score_min", "product_id", b"product_id", "step_up_always", b"step_up_always", "step_up_declines_min", b"step_up_declines_min", "step_up_risk_score_min", b"step_up_risk_score_min", "tokens_allowed", b"tokens_allowed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__decline_risk_score_min: _TypeAlias = _typing.Literal["decline_risk_score_min"]  # noqa: Y015
+    _WhichOneofArgType__decline_risk_score_min: _TypeAlias = _typing.Literal["_decline_risk_score_min", b"_decline_risk_score_min"]  # noqa: Y015
+    _WhichOneofReturnType__step_up_risk_score_min: _TypeAlias = _typing.Literal["step_up_risk_score_min"]  # noqa: Y015
+    _WhichOneofArgType__step_up_risk_score_min: _TypeAlias = _typing.Literal["_step_up_risk_score_min", b"_step_up_risk_score_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__decline_risk_score_min) -> _WhichOneofReturnType__decline_risk_score_min | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step_up_risk_score_min) -> _WhichOneofReturnType__step_up_risk_score_min | None: ...
+
+Global___SetTokenPolicyRequest: _TypeAlias = SetTokenPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetTokenPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenPolicyResponse: _TypeAlias = SetTokenPolicyResponse  # noqa: Y015
+
+@_typing.final
+class SetTokenStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    status: _authorization_pb2.TokenStatus.ValueType
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        status: _authorization_pb2.TokenStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "status", b"status", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenStatusRequest: _TypeAlias = SetTokenStatusRequest  # noqa: Y015
+
+@_typing.final
+class SetTokenStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    previous: _authorization_pb2.TokenStatus.ValueType
+    def __init__(
+        self,
+        *,
+        previous: _authorization_pb2.TokenStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenStatusResponse: _TypeAlias = SetTokenStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListCardTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    card_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        card_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCardTokensRequest: _TypeAlias = ListCardTokensRequest  # noqa: Y015
+
+@_typing.final
+class NetworkToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    LAST_FOUR_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    TOKEN_REQUESTOR_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    card_id: _builtins.str
+    last_four: _builtins.str
+    expiry: _builtins.str
+    token_requestor_id: _builtins.str
+    status: _authorization_pb2.TokenStatus.ValueType
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        card_id: _builtins.str = ...,
+        last_four: _builtins.str = ...,
+        expiry: _builtins.str = ...,
+        token_requestor_id: _builtins.str = ...,
+        status: _authorization_pb2.TokenStatus.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "created_at", b"created_at", "expiry", b"expiry", "last_four", b"last_four", "status", b"status", "token_id", b"token_id", "token_requestor_id", b"token_requestor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkToken: _TypeAlias = NetworkToken  # noqa: Y015
+
+@_typing.final
+class ListCardTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkToken]:
+        """At most 100 (a card has few tokens: one per device and wallet)."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___NetworkToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCardTokensResponse: _TypeAlias = ListCardTokensResponse  # noqa: Y015

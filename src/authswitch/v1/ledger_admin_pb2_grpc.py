@@ -186,6 +186,21 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
                 _registered_method=True)
+        self.SetTokenPolicy = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetTokenPolicy',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyResponse.FromString,
+                _registered_method=True)
+        self.SetTokenStatus = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetTokenStatus',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusResponse.FromString,
+                _registered_method=True)
+        self.ListCardTokens = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListCardTokens',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensResponse.FromString,
+                _registered_method=True)
         self.SetProgramRouting = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/SetProgramRouting',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingRequest.SerializeToString,
@@ -471,6 +486,28 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTokenPolicy(self, request, context):
+        """A product's network token provisioning policy (docs/tokens.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTokenStatus(self, request, context):
+        """Changes a network token's status, independently of its card (suspend, resume, activate
+        after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCardTokens(self, request, context):
+        """The network tokens of a card.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetProgramRouting(self, request, context):
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
         circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -738,6 +775,21 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.ListSpendControls,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.SerializeToString,
+            ),
+            'SetTokenPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenPolicy,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyResponse.SerializeToString,
+            ),
+            'SetTokenStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenStatus,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusResponse.SerializeToString,
+            ),
+            'ListCardTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCardTokens,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensResponse.SerializeToString,
             ),
             'SetProgramRouting': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProgramRouting,
@@ -1610,6 +1662,87 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/ListSpendControls',
             authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetTokenPolicy',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetTokenStatus',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCardTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListCardTokens',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,14 @@ class LedgerAdminServiceStub:
     """
     ListSpendControls: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]
     """Every version of a card's or an account's spend controls, oldest first."""
+    SetTokenPolicy: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenPolicyRequest, _ledger_admin_pb2.SetTokenPolicyResponse]
+    """A product's network token provisioning policy (docs/tokens.md)."""
+    SetTokenStatus: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenStatusRequest, _ledger_admin_pb2.SetTokenStatusResponse]
+    """Changes a network token's status, independently of its card (suspend, resume, activate
+    after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+    """
+    ListCardTokens: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListCardTokensRequest, _ledger_admin_pb2.ListCardTokensResponse]
+    """The network tokens of a card."""
     SetProgramRouting: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
     circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -200,6 +208,14 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """
     ListSpendControls: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]  # type: ignore[assignment]
     """Every version of a card's or an account's spend controls, oldest first."""
+    SetTokenPolicy: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenPolicyRequest, _ledger_admin_pb2.SetTokenPolicyResponse]  # type: ignore[assignment]
+    """A product's network token provisioning policy (docs/tokens.md)."""
+    SetTokenStatus: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenStatusRequest, _ledger_admin_pb2.SetTokenStatusResponse]  # type: ignore[assignment]
+    """Changes a network token's status, independently of its card (suspend, resume, activate
+    after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+    """
+    ListCardTokens: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListCardTokensRequest, _ledger_admin_pb2.ListCardTokensResponse]  # type: ignore[assignment]
+    """The network tokens of a card."""
     SetProgramRouting: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]  # type: ignore[assignment]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
     circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -481,6 +497,32 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.ListSpendControlsResponse, _abc.Awaitable[_ledger_admin_pb2.ListSpendControlsResponse]]:
         """Every version of a card's or an account's spend controls, oldest first."""
+
+    @_abc_1.abstractmethod
+    def SetTokenPolicy(
+        self,
+        request: _ledger_admin_pb2.SetTokenPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetTokenPolicyResponse, _abc.Awaitable[_ledger_admin_pb2.SetTokenPolicyResponse]]:
+        """A product's network token provisioning policy (docs/tokens.md)."""
+
+    @_abc_1.abstractmethod
+    def SetTokenStatus(
+        self,
+        request: _ledger_admin_pb2.SetTokenStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetTokenStatusResponse, _abc.Awaitable[_ledger_admin_pb2.SetTokenStatusResponse]]:
+        """Changes a network token's status, independently of its card (suspend, resume, activate
+        after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCardTokens(
+        self,
+        request: _ledger_admin_pb2.ListCardTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListCardTokensResponse, _abc.Awaitable[_ledger_admin_pb2.ListCardTokensResponse]]:
+        """The network tokens of a card."""
 
     @_abc_1.abstractmethod
     def SetProgramRouting(

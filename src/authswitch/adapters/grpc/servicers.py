@@ -32,6 +32,7 @@ from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.networkdata import NetworkData
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.domain.reports import valid_prefix
+from authswitch.domain.tokens import TokenPolicy, TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
 from authswitch.service.accounts import AccountService
@@ -106,6 +107,7 @@ def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationReque
         original_message_id=request.original_message_id,
         merchant_id=request.merchant.merchant_id,
         network=network,
+        token=request.token,
     )
 
 
@@ -287,6 +289,12 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         self, request: authorization_pb2.RefundRequest, context: Context
     ) -> authorization_pb2.RefundResponse:
         return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
+    async def ProvisionToken(  # noqa: N802
+        self, request: authorization_pb2.ProvisionTokenRequest, context: Context
+    ) -> authorization_pb2.ProvisionTokenResponse:
+        return await self.service.tokens.provision(request)
 
     @grpc_errors
     async def Credit(  # noqa: N802
@@ -757,6 +765,52 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         response.next_page_token = fill_page(
             response.versions, items, limit=limit, kind="spend_controls"
         )
+        return response
+
+    @grpc_errors
+    async def SetTokenPolicy(  # noqa: N802
+        self, request: ledger_admin_pb2.SetTokenPolicyRequest, context: Context
+    ) -> ledger_admin_pb2.SetTokenPolicyResponse:
+        step_up = request.step_up_risk_score_min
+        decline = request.decline_risk_score_min
+        policy = TokenPolicy(
+            tokens_allowed=request.tokens_allowed,
+            step_up_always=request.step_up_always,
+            step_up_declines_min=request.step_up_declines_min,
+            decline_declines_min=request.decline_declines_min,
+            step_up_risk_score_min=step_up if request.HasField("step_up_risk_score_min") else None,
+            decline_risk_score_min=decline if request.HasField("decline_risk_score_min") else None,
+        )
+        await self.service.tokens.set_policy(request.product_id, policy, actor=_actor(context))
+        return ledger_admin_pb2.SetTokenPolicyResponse()
+
+    @grpc_errors
+    async def SetTokenStatus(  # noqa: N802
+        self, request: ledger_admin_pb2.SetTokenStatusRequest, context: Context
+    ) -> ledger_admin_pb2.SetTokenStatusResponse:
+        try:
+            status = TokenStatus(request.status)
+        except ValueError:
+            raise RequestError("status must be a known token status") from None
+        previous = await self.service.tokens.set_status(
+            request.token_id, status, request.reason, actor=_actor(context)
+        )
+        return ledger_admin_pb2.SetTokenStatusResponse(
+            previous=previous.value  # type: ignore[arg-type]
+        )
+
+    @grpc_errors
+    async def ListCardTokens(  # noqa: N802
+        self, request: ledger_admin_pb2.ListCardTokensRequest, context: Context
+    ) -> ledger_admin_pb2.ListCardTokensResponse:
+        response = ledger_admin_pb2.ListCardTokensResponse()
+        for row in await self.service.tokens.of_card(request.card_id):
+            token = response.tokens.add(
+                token_id=row.token_id, card_id=row.card_id, last_four=row.last_four,
+                expiry=row.expiry_yymm, token_requestor_id=row.token_requestor_id,
+                status=row.status.value,
+            )  # fmt: skip
+            token.created_at.FromDatetime(row.created_at)
         return response
 
     @grpc_errors
