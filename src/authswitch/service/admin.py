@@ -44,6 +44,7 @@ from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.secrets import SecretStore
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
+from authswitch.service.catalog_watch import note_change
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Poster, PostStatus
 from authswitch.service.tokens import TokenService
@@ -297,6 +298,7 @@ class AdminService:
             product_id, effective_from or self.clock.now(), rules, actor
         )
         self.catalog.forget("product", product_id)
+        await note_change(self.store.pool, "product", product_id)
         return version
 
     async def create_limit(self, product_id: str, limit: Limit, *, actor: str) -> str:
@@ -305,6 +307,7 @@ class AdminService:
             raise RequestError(f"the product has no asset {limit.asset!r}")
         await self.store.add_limit(product_id, limit, actor)
         self.catalog.forget("product", product_id)
+        await note_change(self.store.pool, "product", product_id)
         return limit.id
 
     async def set_spend_controls(
@@ -331,6 +334,7 @@ class AdminService:
             subject, subject_id, effective_from or self.clock.now(), controls, actor
         )
         self.catalog.forget(subject.value.lower(), subject_id)
+        await note_change(self.store.pool, subject.value.lower(), subject_id)
         return version
 
     async def spend_controls(self, subject_id: str) -> list[ControlVersion]:
@@ -494,6 +498,7 @@ class AdminService:
             )
         await self.store.set_routing(program_id, routing, actor)
         self.catalog.forget("program", program_id)
+        await note_change(self.store.pool, "program", program_id)
 
     async def set_sink(
         self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, *, actor: str
@@ -528,6 +533,7 @@ class AdminService:
                 raise PreconditionFailed("set the program's routing (its client target) first")
         await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)
+        await note_change(self.store.pool, "program", program_id)
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
         return await self.store.balances(account_id)

@@ -3,7 +3,8 @@
 Catalogue rows change rarely and are read on every decision, so they are cached here. What
 must be exact at decision time (card status, PIN tries, balances) is not cached here but in
 Redis, where decisions change it atomically. Admin changes invalidate entries in this process
-at once; other processes drop them through Postgres NOTIFY (``catalog_changed``).
+at once; other processes drop them within AUTHSWITCH_CATALOG_POLL_MS, from the
+``catalog_changes`` rows the change adds (``catalog_watch.py``).
 """
 
 from __future__ import annotations
