@@ -11,6 +11,7 @@ being unchanged; if another message moved it first, the plan is made again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -118,6 +119,9 @@ class LifecycleService:
         self.poster = poster
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
+        # Credits in flight in this process by (source, message id): a retransmission that
+        # arrives meanwhile waits for the original instead of racing it.
+        self._credits: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -753,6 +757,21 @@ class LifecycleService:
             bad = "30"
         if bad:
             return _credit_response(Reason.FORMAT_ERROR if bad == "30" else Reason.INVALID_AMOUNT)
+        key = (request.source, request.message_id)
+        original = self._credits.get(key)
+        if original is not None:  # a retransmission while the original is in flight here
+            with contextlib.suppress(Exception):
+                await asyncio.shield(original)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._credits[key] = future
+        try:
+            return await self._credit(request, canonical)
+        finally:
+            if self._credits.get(key) is future:
+                del self._credits[key]
+            future.set_result(None)
+
+    async def _credit(self, request: pb.CreditRequest, canonical: bytes) -> pb.CreditResponse:
         fingerprint = self.keys.fingerprint(canonical)
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         card = await self._card(request.pan)
@@ -813,12 +832,17 @@ class LifecycleService:
                     poster.undo_later(card.account_id, request.source, request.message_id)
                     raise
             if isinstance(result, Duplicate):
-                stored = await self.store.find_decision(request.source, request.message_id)
-                if stored is not None:
-                    return self._answer(
-                        Posted(PostStatus.DUPLICATE, stored), fingerprint,
-                        pb.CreditResponse.FromString, pb.CreditResponse(),
-                    )  # fmt: skip
+                # The original's durable answer; it may be committing in another process.
+                for pause_s in (*CREDIT_REPLAY_PAUSES_S, None):
+                    stored = await self.store.find_decision(request.source, request.message_id)
+                    if stored is not None:
+                        return self._answer(
+                            Posted(PostStatus.DUPLICATE, stored), fingerprint,
+                            pb.CreditResponse.FromString, pb.CreditResponse(),
+                        )  # fmt: skip
+                    if pause_s is not None:
+                        await asyncio.sleep(pause_s)
+                # A marker with nothing durable behind it: its attempt failed.
                 await cache.forget_marker(card.account_id, request.source, request.message_id)
                 continue
             if result.card_only:
@@ -987,6 +1011,9 @@ class LifecycleService:
 
 
 CREDIT_ATTEMPTS_MAX = 3
+# A credit whose marker is set but whose decision is not yet durable (committing in another
+# process) is waited for this long in total before its marker is taken as a failed attempt's.
+CREDIT_REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
 SENDER_NAME_LEN_MAX = 30
 _CREDIT_TYPES = frozenset(int(t) for t in CreditType)
 _CREDIT_DECLINE_DETAIL = {
