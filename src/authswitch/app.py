@@ -50,6 +50,7 @@ from authswitch.service.admin import AdminService
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
+from authswitch.service.catalog_watch import CatalogWatch
 from authswitch.service.clock import Clock, SystemClock
 from authswitch.service.disputes import DisputeService
 from authswitch.service.files import FileDeliveries, FileSchedules
@@ -250,6 +251,8 @@ class Application:
         await cache.start_generation(int(self.clock.now().timestamp() * 1000))
         catalog = Catalog(store, cards_max=settings.card_cache_entries_max)
         await catalog.load()
+        self.catalog_watch = CatalogWatch(self.pool, catalog, poll_ms=settings.catalog_poll_ms)
+        await self.catalog_watch.start()
         self.committer = GroupCommitter(
             self.pool,
             batch_max=settings.group_commit_batch_max,
@@ -449,6 +452,9 @@ class Application:
                 await self.health_server.stop(0)
         for job in getattr(self, "jobs", []):
             await job.stop()
+        watch = getattr(self, "catalog_watch", None)
+        if watch is not None:
+            await watch.stop()
         committer = getattr(self, "committer", None)
         if committer is not None:
             await committer.stop()

@@ -136,6 +136,9 @@ class Settings:
     # Notifications: how often the outbox is polled when idle, how many deliveries run at
     # once, the backoff between attempts, and when a notification is given up (dead letter).
     outbox_poll_ms: int = 200
+    # How often a process reads the catalogue changes other processes made (fee schedules,
+    # limits, spend controls...): a change applies everywhere within this.
+    catalog_poll_ms: int = 500
     outbox_concurrency_max: int = 16
     outbox_backoff_initial_ms: int = 500
     outbox_backoff_max_ms: int = 60_000
@@ -217,7 +220,7 @@ class Settings:
             "card_cache_entries_max", "age_off_batch_max", "grpc_max_message_bytes",
             "grpc_max_concurrent_streams", "authorize_in_flight_max", "authorize_in_flight_min",
             "grpc_pending_calls_max", "client_waiting_max",
-            "postgres_statement_timeout_ms", "outbox_poll_ms",
+            "postgres_statement_timeout_ms", "outbox_poll_ms", "catalog_poll_ms",
             "outbox_concurrency_max", "outbox_backoff_initial_ms", "outbox_backoff_max_ms",
             "outbox_dead_after_s", "outbox_delivery_timeout_ms", "reports_postgres_pool_max",
             "partition_months_ahead",
@@ -320,6 +323,8 @@ HELP: dict[str, str] = {
     "off_ledger_answer_reserve_ms": "of an off-ledger programme's deadline, the time kept back "
     "for answering without the client",
     "outbox_poll_ms": "how often the notification outbox is checked when idle",
+    "catalog_poll_ms": "how often the catalogue changes of other processes are read (a fee "
+    "schedule, limit or spend control applies everywhere within this)",
     "outbox_concurrency_max": "most notifications being delivered at once",
     "outbox_backoff_initial_ms": "first pause before a failed delivery is retried",
     "outbox_backoff_max_ms": "longest pause between retries",

@@ -18,6 +18,7 @@ REVERSAL           releases what was reversed (all of it for a full reversal); o
 CLEARING           debits the cleared amount; releases the transaction's holds: all of
                    them when final, else oldest first up to the cleared amount
 REFUND             credits the amount
+CREDIT             an original credit (push to card, payout): credits the amount
 FEE                HELD or an authorisation fee to apply: added to the message's hold;
                    POSTED or a clearing fee: debited; one it charged itself already
                    (in Decide) is not charged twice
@@ -237,7 +238,7 @@ class ReferenceLedger:
                 to_release = None if final else amount("amount_minor")
             self.release_oldest_first(account_id, asset, reference, to_release)
             self.post(account_id, asset, -amount("amount_minor"))
-        elif kind == "REFUND":
+        elif kind in ("REFUND", "CREDIT"):  # CREDIT: an original credit (push to card)
             self.post(account_id, asset, amount("amount_minor"))
         elif kind == "FEE":
             self._fee(account_id, asset, message_id, payload)

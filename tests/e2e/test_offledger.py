@@ -1017,3 +1017,73 @@ async def test_a_partial_shadow_stand_in_is_followed_exactly(w: World) -> None:
     advised = [n for n in w.client.applied.values()
                if n.kind == "STAND_IN_ADVICE" and n.account_id == card.account_id]  # fmt: skip
     assert len(advised) == 1
+
+
+async def test_the_client_receives_the_network_data(w: World) -> None:
+    """Issue 18, item 4: the point-of-sale, 3-D Secure and risk data reach the client's
+    DecideRequest as the network sent them."""
+    card = await off_ledger_card(w)
+    request = w.ledger.request(card, 1_500)
+    request.merchant.merchant_id = "MID000123"
+    request.network_data.CopyFrom(
+        pb.NetworkData(
+            pos_entry_mode=pb.POS_ENTRY_MODE_CREDENTIAL_ON_FILE,
+            terminal_type=pb.TERMINAL_TYPE_ECOMMERCE,
+            card_present=pb.PRESENCE_NOT_PRESENT,
+            cardholder_present=pb.PRESENCE_NOT_PRESENT,
+            three_ds=pb.ThreeDSecure(result=pb.THREE_DS_RESULT_ATTEMPTED, eci="06"),
+            recurring=True,
+            card_on_file=True,
+            merchant_initiated=True,
+            avs_result=pb.AVS_RESULT_POSTAL_CODE_ONLY,
+        )
+    )
+    request.network_data.network_risk_score = 0
+    assert (await w.ledger.auth.Authorize(request)).response_code == "00"
+    sent = next(d for d in w.client.decisions if d.message_id == request.message_id)
+    assert sent.network_data == request.network_data
+    assert sent.network_data.HasField("network_risk_score")
+    assert sent.merchant.merchant_id == "MID000123"
+    plain = w.ledger.request(card, 100)
+    assert (await w.ledger.auth.Authorize(plain)).response_code == "00"
+    sent = next(d for d in w.client.decisions if d.message_id == plain.message_id)
+    assert not sent.HasField("network_data")
+
+
+async def test_spend_controls_decline_before_the_client_is_asked(w: World) -> None:
+    """Issue 18, item 1: a card's stateless spend controls are core checks off-ledger too
+    (57, naming the control); the client is not asked."""
+    card = await off_ledger_card(w)
+    await w.ledger.admin.SetSpendControls(
+        la.SetSpendControlsRequest(
+            subject=la.CONTROL_SUBJECT_CARD, subject_id=card.card_id,
+            controls=la.SpendControls(blocked_mccs=["7995"]),
+        )
+    )  # fmt: skip
+    asked = len(w.client.received)
+    declined = await w.ledger.authorize(card, 1_000, mcc="7995")
+    assert (declined.response_code, declined.detail) == (
+        "57", "card spend control: merchant category 7995 is blocked",
+    )  # fmt: skip
+    assert len(w.client.received) == asked
+    assert (await w.ledger.authorize(card, 1_000)).response_code == "00"
+    assert len(w.client.received) == asked + 1
+
+
+async def test_an_original_credit_reaches_the_client_as_a_notification(w: World) -> None:
+    """Issue 18, item 6: off-ledger, an original credit is acknowledged and forwarded (kind
+    CREDIT); the reference client credits its ledger."""
+    card = await off_ledger_card(w)
+    before = w.client.ledger.available(card.account_id, "GBP")
+    response = await w.ledger.auth.Credit(
+        pb.CreditRequest(
+            source="visa", message_id=str(uuid.uuid4()), pan=card.pan,
+            billing_amount=c.Money(amount_minor=700, asset="GBP"),
+            credit_type=pb.CREDIT_TYPE_DISBURSEMENT,
+        )
+    )  # fmt: skip
+    assert response.response_code == "00"
+    await eventually(
+        lambda: w.client.ledger.available(card.account_id, "GBP") == before + 700,
+        "the client credits its ledger",
+    )

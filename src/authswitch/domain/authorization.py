@@ -18,6 +18,7 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
 from authswitch.domain.ledger import Balance
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset
+from authswitch.domain.networkdata import NetworkData, network_data_reason
 
 __all__ = [
     "NO_CHARGES",
@@ -149,6 +150,9 @@ class AuthorizationRequest:
     channel: int = 0
     incremental: bool = False
     original_message_id: str = ""
+    merchant_id: str = ""
+    network: NetworkData | None = None  # None: the network sent no point-of-sale data
+    token: str = field(default="", repr=False)  # a network token (DPAN) instead of pan
 
     @property
     def type(self) -> TransactionType:
@@ -220,6 +224,21 @@ def validate(request: AuthorizationRequest, assets: Mapping[str, Asset]) -> Reas
             return Reason.INVALID_AMOUNT
     elif request.billing_amount_minor == 0:
         return Reason.INVALID_AMOUNT
+    if request.network is not None:
+        reason = network_data_reason(
+            request.network,
+            transaction_type=transaction_type,
+            billing_amount_minor=request.billing_amount_minor,
+            billing_asset=request.billing_asset,
+        )
+        if reason is not None:
+            return reason
+    if request.token:  # a network token instead of the PAN: no CVV2 with it
+        if request.pan or request.cvv2:
+            return Reason.FORMAT_ERROR
+        if not pan_valid(request.token):
+            return Reason.INVALID_PAN
+        return None
     if not pan_valid(request.pan):
         return Reason.INVALID_PAN
     return None
@@ -263,6 +282,9 @@ class CardFacts:
     # (asset, account id): linked accounts holding an asset the card's own account does not
     # hold, in the order they were linked (seed 001: a GBP main account, a EUR wallet).
     spend_accounts: tuple[tuple[str, str], ...] = ()
+    # The card or its account has spend controls (any version): only then are they looked
+    # up, so a card without any costs nothing more (service/controls.py).
+    controlled: bool = False
 
     def spending(self, asset: str) -> CardFacts:
         """The card as it spends ``asset``: from the first linked account that holds it when
@@ -270,7 +292,12 @@ class CardFacts:
         for held, account_id in self.spend_accounts:
             if held == asset:
                 return CardFacts(
-                    self.card_id, account_id, self.program_id, self.product_id, self.expiry_yymm
+                    self.card_id,
+                    account_id,
+                    self.program_id,
+                    self.product_id,
+                    self.expiry_yymm,
+                    controlled=self.controlled,
                 )
         return self
 

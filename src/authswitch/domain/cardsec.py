@@ -47,6 +47,11 @@ class CardKeys:
         """The lookup key of a card: HMAC-SHA256(pan_key, PAN)."""
         return _digest(self._pan, b"pan:" + pan.encode())
 
+    def token_hmac(self, token: str) -> bytes:
+        """The lookup key of a network token (DPAN): HMAC-SHA256(pan_key, "token:" + DPAN),
+        apart from every PAN's."""
+        return _digest(self._pan, b"token:" + token.encode())
+
     def pin_verification_value(self, pan_hmac: bytes, pin: str) -> bytes:
         """16 bytes that verify a PIN for this card without storing the PIN.
 

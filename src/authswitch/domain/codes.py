@@ -70,6 +70,7 @@ class Reason(IntEnum):
     COUNT_LIMIT_EXCEEDED = 27
     INSUFFICIENT_FUNDS = 28
     NO_BALANCE_IN_ASSET = 29
+    TOKEN_NOT_ACTIVE = 30
     CLIENT_DECLINED = 40
     CLIENT_UNAVAILABLE = 41
     SYSTEM_ERROR = 50
@@ -112,6 +113,9 @@ _OUTCOMES: dict[Reason, Outcome] = {
         Outcome(Reason.COUNT_LIMIT_EXCEEDED, "65", _D, Check.LIMITS),
         Outcome(Reason.INSUFFICIENT_FUNDS, "51", _D, Check.FUNDS),
         Outcome(Reason.NO_BALANCE_IN_ASSET, "51", _D, Check.FUNDS),
+        # A network token's own status: applied right after the card's (check 3), numbered
+        # after the checks' reasons because it came later (docs/tokens.md).
+        Outcome(Reason.TOKEN_NOT_ACTIVE, "62", _D, None),
         Outcome(Reason.CLIENT_DECLINED, "05", _D, None),
         Outcome(Reason.CLIENT_UNAVAILABLE, "91", _D, None),
         Outcome(Reason.SYSTEM_ERROR, "96", _D, None),

@@ -11,10 +11,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain.authorization import (
     CardStatus,
+    Channel,
     PinTriesExceededAction,
     ProductRules,
     TransactionType,
@@ -28,10 +30,14 @@ from authswitch.domain.cards import (
 )
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
+from authswitch.domain.controls import problem as controls_problem
+from authswitch.domain.credits import ORIGINAL_CREDIT
 from authswitch.domain.fees import FeeRule, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
+from authswitch.domain.networkdata import PosEntryMode
 from authswitch.domain.offledger import ClientRouting, StandInPolicy
 from authswitch.domain.records import (
     DecisionRecord,
@@ -44,8 +50,10 @@ from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.secrets import SecretStore
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
+from authswitch.service.catalog_watch import note_change
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Poster, PostStatus
+from authswitch.service.tokens import TokenService
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 
 __all__ = ["ADMIN_SOURCE", "AdminService", "CreatedCard", "balance_message"]
@@ -111,6 +119,7 @@ class AdminService:
         self.sync = sync
         self.poster = poster
         self.clock = clock
+        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
 
     async def create_client(self, name: str, *, actor: str) -> str:
         client_id = str(uuid.uuid4())
@@ -164,7 +173,7 @@ class AdminService:
         if not set(account_types) <= ACCOUNT_TYPES or len(set(account_types)) != len(account_types):
             raise RequestError("account_types must be distinct SINGLE / MULTI_CURRENCY")
         _check_assets(assets, self.catalog.assets.keys())
-        known_types = set(TransactionType.__members__.values())
+        known_types = {*TransactionType.__members__.values(), ORIGINAL_CREDIT}
         if not set(allowed_transaction_types) <= known_types:
             raise RequestError("allowed_transaction_types has an unknown transaction type")
         if not set(allowed_channels) <= {1, 2, 3, 4}:
@@ -299,6 +308,7 @@ class AdminService:
             product_id, effective_from or self.clock.now(), rules, actor
         )
         self.catalog.forget("product", product_id)
+        await note_change(self.store.pool, "product", product_id)
         return version
 
     async def create_limit(self, product_id: str, limit: Limit, *, actor: str) -> str:
@@ -307,7 +317,39 @@ class AdminService:
             raise RequestError(f"the product has no asset {limit.asset!r}")
         await self.store.add_limit(product_id, limit, actor)
         self.catalog.forget("product", product_id)
+        await note_change(self.store.pool, "product", product_id)
         return limit.id
+
+    async def set_spend_controls(
+        self, subject: ControlSubject, subject_id: str, controls: SpendControls,
+        effective_from: datetime | None, *, actor: str,
+    ) -> int:  # fmt: skip
+        """Add a version of a card's or an account's spend controls; returns its number."""
+        if subject is ControlSubject.CARD:
+            product_id = (await self.store.card(subject_id))["product_id"]
+        else:
+            product_id = (await self.store.account_details(subject_id))["product_id"]
+            if not product_id:
+                raise RequestError("only a customer account of a product has spend controls")
+        product = await self.catalog.product(product_id)
+        error = controls_problem(
+            controls, frozenset(product.assets),
+            channels=frozenset(int(c) for c in Channel),
+            transaction_types=frozenset(int(t) for t in TransactionType),
+            entry_modes=frozenset(int(m) for m in PosEntryMode if m),
+        )  # fmt: skip
+        if error is not None:
+            raise RequestError(error)
+        version = await ControlStore(self.store.pool).add_version(
+            subject, subject_id, effective_from or self.clock.now(), controls, actor
+        )
+        self.catalog.forget(subject.value.lower(), subject_id)
+        await note_change(self.store.pool, subject.value.lower(), subject_id)
+        return version
+
+    async def spend_controls(self, subject_id: str) -> list[ControlVersion]:
+        """Every version of a card's or an account's spend controls, oldest first."""
+        return await ControlStore(self.store.pool).versions(subject_id)
 
     async def register_asset(
         self, code: str, category: str, exponent: int, numeric_code: str, *, actor: str
@@ -469,6 +511,7 @@ class AdminService:
             )
         await self.store.set_routing(program_id, routing, actor)
         self.catalog.forget("program", program_id)
+        await note_change(self.store.pool, "program", program_id)
 
     async def set_sink(
         self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, *, actor: str
@@ -503,6 +546,7 @@ class AdminService:
                 raise PreconditionFailed("set the program's routing (its client target) first")
         await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)
+        await note_change(self.store.pool, "program", program_id)
 
     async def set_movements(self, program_id: str, enabled: bool, *, actor: str) -> None:
         """Subscribe (or unsubscribe) an on-ledger programme to MOVEMENT notifications

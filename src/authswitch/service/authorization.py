@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from authswitch import metrics
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain.authorization import (
@@ -56,9 +57,11 @@ from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
+from authswitch.service.controls import ControlPlan, SpendControlService
 from authswitch.service.ids import authorization_code, new_id
 from authswitch.service.movements import authorization_movement
 from authswitch.service.pinblock import pin_effects
+from authswitch.service.tokens import TokenService
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
 
@@ -154,6 +157,7 @@ class Job:
     product: ProductRow
     program: ProgramRow
     pre: PreChecks
+    controls: ControlPlan | None = None  # the card's spend controls in force, if any
 
 
 # What a stand-in decision advises the client of, from what was decided: (reason, approved
@@ -224,6 +228,8 @@ class AuthorizationService:
         self.committer = committer
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
+        self.controls = SpendControlService(catalog, ControlStore(store.pool), cache, self.charges)
+        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
         # Set by the application: a card spending from a linked account (service/linked.py).
@@ -345,7 +351,14 @@ class AuthorizationService:
         request = ctx.request
         if early is not None:  # the PAN failed its form check: declined 14 without a lookup
             return await self._record_without_card(ctx, early)
-        pan_hmac = self.keys.pan_hmac(request.pan)
+        token = None
+        if request.token:  # a network token (docs/tokens.md): resolved to its card
+            token = await self.tokens.resolve(request.token)
+            if token is None:
+                return await self._record_without_card(ctx, Reason.UNKNOWN_CARD)
+            pan_hmac = token.card_pan_hmac
+        else:
+            pan_hmac = self.keys.pan_hmac(request.pan)
         catalog = self.catalog
         # The catalogue is cached in process: a hit costs no await.
         card = catalog.peek_card(pan_hmac)
@@ -356,7 +369,13 @@ class AuthorizationService:
         product = catalog.peek_product(card.product_id) or await catalog.product(card.product_id)
         program = catalog.peek_program(card.program_id) or await catalog.program(card.program_id)
         pre = prechecks(request, pan_hmac, card, product.rules, self.keys, ctx.received.date())
+        if token is not None:
+            self.tokens.apply(
+                token, pre, card.expiry_yymm, request.expiry_yymm, ctx.received.date()
+            )
         job = Job(ctx, card, product, program, pre)
+        if card.controlled:  # spend controls: looked up only for a card that has some
+            job.controls = await self.controls.plan(card, program, request, pre, ctx.received)
         if program.mode == "OFF_LEDGER":
             assert self.offledger is not None, "off-ledger switching is not wired"
             ctx.mode = "off_ledger"
@@ -384,6 +403,11 @@ class AuthorizationService:
             asset=request.billing_asset, amount_minor=request.billing_amount_minor,
             at=ctx.received,
         )  # fmt: skip
+        if job.controls is not None:
+            charges = await self.controls.charges(
+                job.controls, charges, product_id=product.id, program=program,
+                request=request, card=card, at=ctx.received,
+            )  # fmt: skip
         hold_plan = self._plain_hold_plan(job)
         if request.incremental:
             hold_plan = await self._incremental_hold_plan(job, hold_plan)
@@ -401,14 +425,29 @@ class AuthorizationService:
                 message_id=request.message_id,
                 fingerprint=ctx.fingerprint,
                 charges=charges,
+                velocity=velocity,
             )
 
+        velocity = () if job.controls is None else job.controls.velocity_checks
+
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
+            detail = ""
+            if job.controls is not None:
+                detail = await self.controls.detail(
+                    job.controls, result, charges, account_id=card.account_id, request=request
+                )
             write = self._write_for(
                 ctx, card, program, pre, result, hold_plan, charges, stand_in,
-                product.rules.pin_tries_exceeded_action,
+                product.rules.pin_tries_exceeded_action, detail,
             )  # fmt: skip
-            return await self._commit(card, result, write)
+            if velocity:
+                assert job.controls is not None
+                write.usage += self.controls.velocity_usage(job.controls, result, card.account_id)
+            stored = await self._commit(card, result, write)
+            if result.velocity_blocked:
+                assert job.controls is not None
+                await self.controls.block(job.controls, result, card, program, ctx.received)
+            return stored
 
         return await self.redis_step(job, attempt, finish)
 
@@ -565,6 +604,7 @@ class AuthorizationService:
         charges: Charges,
         stand_in: StandIn | None = None,
         pin_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD,
+        detail: str = "",
     ) -> LedgerWrite:
         request = ctx.request
         decision_id = new_id()
@@ -577,6 +617,7 @@ class AuthorizationService:
             balance=result.balance if approved else None,
             authorization_code=authorization_code() if approved else "",
             decision_id=decision_id,
+            detail=detail,
         )
         if stand_in is not None:
             response.stand_in = True

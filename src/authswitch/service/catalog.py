@@ -3,7 +3,8 @@
 Catalogue rows change rarely and are read on every decision, so they are cached here. What
 must be exact at decision time (card status, PIN tries, balances) is not cached here but in
 Redis, where decisions change it atomically. Admin changes invalidate entries in this process
-at once; other processes drop them through Postgres NOTIFY (``catalog_changed``).
+at once; other processes drop them within AUTHSWITCH_CATALOG_POLL_MS, from the
+``catalog_changes`` rows the change adds (``catalog_watch.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal
 
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.domain.authorization import CardFacts
+from authswitch.domain.controls import ControlVersion
 from authswitch.domain.fees import FeeSchedule
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import Asset
@@ -42,6 +44,8 @@ class Catalog:
         self._products: dict[str, ProductRow] = {}
         self._fees: dict[str, list[FeeSchedule]] = {}
         self._limits: dict[str, list[Limit]] = {}
+        # Spend control versions by card or account id (cards with controls only).
+        self._controls: dict[str, list[ControlVersion]] = {}
         self._cards: collections.OrderedDict[bytes, CardFacts | float] = collections.OrderedDict()
         self._cards_max = cards_max
 
@@ -114,6 +118,15 @@ class Catalog:
             limits = self._limits[product_id] = await self.store.limits(product_id)
         return limits
 
+    def peek_controls(self, subject_id: str) -> list[ControlVersion] | None:
+        """The cached spend control versions of a card or an account, or None; no I/O."""
+        return self._controls.get(subject_id)
+
+    def keep_controls(self, subject_id: str, versions: list[ControlVersion]) -> None:
+        if len(self._controls) >= self._cards_max:  # bounded like the cards
+            self._controls.pop(next(iter(self._controls)))
+        self._controls[subject_id] = versions
+
     def forget_card(self, pan_hmac: bytes) -> None:
         self._cards.pop(pan_hmac, None)
 
@@ -123,6 +136,7 @@ class Catalog:
         self._products.clear()
         self._fees.clear()
         self._limits.clear()
+        self._controls.clear()
         self._cards.clear()
 
     def forget(self, kind: str, ident: str) -> None:
@@ -133,8 +147,14 @@ class Catalog:
             self._fees.pop(ident, None)
             self._limits.pop(ident, None)
         elif kind == "card":
+            self._controls.pop(ident, None)
             for key, facts in list(self._cards.items()):
                 if isinstance(facts, CardFacts) and facts.card_id == ident:
+                    del self._cards[key]
+        elif kind == "account":  # an account's spend controls: its cards' flags change
+            self._controls.pop(ident, None)
+            for key, facts in list(self._cards.items()):
+                if isinstance(facts, CardFacts) and facts.account_id == ident:
                     del self._cards[key]
         else:
             self.forget_all()

@@ -4,6 +4,7 @@ Pure rules live in domain.fees and domain.limits; this module only gathers their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from authswitch.adapters.postgres.store import ProgramRow
@@ -77,6 +78,20 @@ class ChargeCalculator:
             schedules, limits, program, card_id=card_id, account_id=account_id,
             transaction_type=request.transaction_type, channel=request.channel,
             mcc=request.mcc, merchant_country=request.merchant_country,
+            asset=request.billing_asset, amount_minor=request.billing_amount_minor, at=at,
+        )  # fmt: skip
+
+    async def with_product_limits(
+        self, product_id: str, program: ProgramRow, request: AuthorizationRequest, *,
+        card_id: str, account_id: str, at: datetime, keep: Callable[[Limit], bool],
+    ) -> Charges:  # fmt: skip
+        """The charges of an authorisation counting only the product limits ``keep``
+        accepts (spend controls that replace the product's limits)."""
+        limits = [x for x in await self.catalog.limits(product_id) if keep(x)]
+        return _charges(
+            await self.catalog.fee_schedules(product_id), limits, program, card_id=card_id,
+            account_id=account_id, transaction_type=request.transaction_type,
+            channel=request.channel, mcc=request.mcc, merchant_country=request.merchant_country,
             asset=request.billing_asset, amount_minor=request.billing_amount_minor, at=at,
         )  # fmt: skip
 

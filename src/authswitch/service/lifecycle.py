@@ -11,16 +11,17 @@ being unchanged; if another message moved it first, the plan is made again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
-from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
 from authswitch.domain.authorization import (
     CardFacts,
     Charges,
@@ -30,7 +31,8 @@ from authswitch.domain.authorization import (
 )
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
-from authswitch.domain.codes import Reason
+from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.credits import ORIGINAL_CREDIT, CreditType, credit_limits
 from authswitch.domain.fees import FeeContext, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import (
@@ -41,6 +43,7 @@ from authswitch.domain.lifecycle import (
     plan_reduction,
     plan_reversal,
 )
+from authswitch.domain.limits import counter_for_limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
 from authswitch.domain.records import (
@@ -79,7 +82,14 @@ class _Response(Protocol):
     def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
 
 
-_R = TypeVar("_R", pb.AdviseResponse, pb.ReverseResponse, pb.ClearResponse, pb.RefundResponse)
+_R = TypeVar(
+    "_R",
+    pb.AdviseResponse,
+    pb.ReverseResponse,
+    pb.ClearResponse,
+    pb.RefundResponse,
+    pb.CreditResponse,
+)
 
 
 def _money(amount_minor: int, asset: str) -> common_pb2.Money:
@@ -111,6 +121,9 @@ class LifecycleService:
         self.poster = poster
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
+        # Credits in flight in this process by (source, message id): a retransmission that
+        # arrives meanwhile waits for the original instead of racing it.
+        self._credits: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -816,6 +829,170 @@ class LifecycleService:
             return pb.RefundResponse(response_code="51")
         return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
 
+    # -- account-funding credits (issue 18, item 6) ----------------------------------------
+
+    async def credit(self, request: pb.CreditRequest, canonical: bytes) -> pb.CreditResponse:
+        """An original credit transaction: decided (status, product, credit limits) and, when
+        approved, credited as one balanced journal entry, in one atomic Redis step and the
+        group commit, at most once per (source, message id). docs/credits.md."""
+        bad = self._format_error(
+            request.source, request.message_id, request.billing_amount, pan=request.pan,
+            pan_required=True, amount_required=True,
+        )  # fmt: skip
+        if not bad and (
+            not identifier_ok(request.network_reference, 128, required=False)
+            or request.credit_type not in _CREDIT_TYPES
+            or len(request.sender_name) > SENDER_NAME_LEN_MAX
+        ):
+            bad = "30"
+        if bad:
+            return _credit_response(Reason.FORMAT_ERROR if bad == "30" else Reason.INVALID_AMOUNT)
+        key = (request.source, request.message_id)
+        original = self._credits.get(key)
+        if original is not None:  # a retransmission while the original is in flight here
+            with contextlib.suppress(Exception):
+                await asyncio.shield(original)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._credits[key] = future
+        try:
+            return await self._credit(request, canonical)
+        finally:
+            if self._credits.get(key) is future:
+                del self._credits[key]
+            future.set_result(None)
+
+    async def _credit(self, request: pb.CreditRequest, canonical: bytes) -> pb.CreditResponse:
+        fingerprint = self.keys.fingerprint(canonical)
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        card = await self._card(request.pan)
+        if card is None:
+            return await self._unknown_card(
+                "CREDIT", request.source, request.message_id, fingerprint, asset, amount,
+                pb.CreditResponse, pb.CreditResponse.FromString,
+            )  # fmt: skip
+        program = await self.catalog.program(card.program_id)
+        fields: dict[str, object] = {
+            "network_reference": request.network_reference, "amount_minor": amount,
+            "asset": asset, "credit_type": CreditType(request.credit_type).name,
+            "originator": request.merchant.name, "sender_name": request.sender_name,
+        }  # fmt: skip
+        if _forward_only(program):
+            return await self._forward(
+                "CREDIT", request.source, request.message_id, fingerprint, card, program,
+                fields, pb.CreditResponse, pb.CreditResponse.FromString,
+            )  # fmt: skip
+        product = await self.catalog.product(card.product_id)
+        allowed = product.rules.allowed_types
+        product_reason = (
+            Reason.TRANSACTION_NOT_PERMITTED if allowed and ORIGINAL_CREDIT not in allowed else None
+        )
+        now = self.clock.now()
+        counters = []
+        for limit in credit_limits(await self.catalog.limits(product.id), asset):
+            counter = counter_for_limit(
+                limit, card.card_id, card.account_id, now, program.time_zone
+            )
+            counters.append(
+                CounterCheck(counter.key, counter.previous, counter.amount_max_minor,
+                             counter.count_max, counter.expires_at)
+            )  # fmt: skip
+        poster, cache = self.poster, self.poster.cache
+        for _ in range(CREDIT_ATTEMPTS_MAX):
+            with poster.sync.in_flight(card.account_id):
+                try:
+                    result = await cache.credit(
+                        account_id=card.account_id, card_id=card.card_id, asset=asset,
+                        amount_minor=amount, product_reason=product_reason, limits=counters,
+                        source=request.source, message_id=request.message_id,
+                        fingerprint=fingerprint,
+                    )  # fmt: skip
+                    if isinstance(result, CreditOutcome):
+                        write = self._credit_write(
+                            request, fingerprint, card, program, result, counters, fields, now
+                        )
+                        written = await poster.committer.submit(write)
+                        if written.status is not WriteStatus.COMMITTED:
+                            # Nothing of this credit is durable: the cache must not keep it.
+                            poster.reload_later(card.account_id, written.status.value)
+                        return self._answer(
+                            Posted(PostStatus.COMMITTED, written.decision), fingerprint,
+                            pb.CreditResponse.FromString, pb.CreditResponse(),
+                        )  # fmt: skip
+                except Exception:
+                    poster.undo_later(card.account_id, request.source, request.message_id)
+                    raise
+            if isinstance(result, Duplicate):
+                # The original's durable answer; it may be committing in another process.
+                for pause_s in (*CREDIT_REPLAY_PAUSES_S, None):
+                    stored = await self.store.find_decision(request.source, request.message_id)
+                    if stored is not None:
+                        return self._answer(
+                            Posted(PostStatus.DUPLICATE, stored), fingerprint,
+                            pb.CreditResponse.FromString, pb.CreditResponse(),
+                        )  # fmt: skip
+                    if pause_s is not None:
+                        await asyncio.sleep(pause_s)
+                # A marker with nothing durable behind it: its attempt failed.
+                await cache.forget_marker(card.account_id, request.source, request.message_id)
+                continue
+            if result.card_only:
+                await poster.sync.load_card(card.account_id, card.card_id)
+            else:
+                await cache.refresh_generation()
+                await poster.sync.reload(card.account_id, "miss")
+        raise InternalError("the account's cached state could not be loaded")
+
+    def _credit_write(
+        self, request: pb.CreditRequest, fingerprint: bytes, card: CardFacts,
+        program: ProgramRow, result: CreditOutcome, counters: list[CounterCheck],
+        fields: dict[str, object], now: datetime,
+    ) -> LedgerWrite:  # fmt: skip
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        decision_id = str(uuid.uuid4())
+        approved = result.reason is Reason.APPROVED
+        response = _credit_response(result.reason, decision_id=decision_id)
+        if not approved:
+            response.detail = _CREDIT_DECLINE_DETAIL.get(result.reason, "")
+            record = DecisionRecord(
+                id=decision_id, source=request.source, message_id=request.message_id,
+                kind="CREDIT", fingerprint=fingerprint, card_id=card.card_id,
+                account_id=card.account_id, asset=asset, amount_minor=amount, approved_minor=0,
+                fee_minor=0, response_code=response.response_code, reason=int(result.reason),
+                response=response.SerializeToString(), created_at=now,
+            )  # fmt: skip
+            return LedgerWrite(decision=record)
+        assert result.balance is not None
+        entry_id = str(uuid.uuid4())
+        response.credited.CopyFrom(_money(amount, asset))
+        response.balance.CopyFrom(balance_message(asset, result.balance))
+        response.entry_id = entry_id
+        record = self._decision(
+            "CREDIT", request.source, request.message_id, fingerprint, response, decision_id,
+            now, card=card, asset=asset, amount_minor=amount,
+        )  # fmt: skip
+        entry = JournalEntry(
+            id=entry_id, program_id=program.id, kind="CREDIT",
+            postings=(
+                Posting(card.account_id, asset, amount),
+                Posting(program.clearing_account_id, asset, -amount),
+            ),
+            created_at=now, source=request.source, message_id=request.message_id,
+            description=f"original credit ({CreditType(request.credit_type).name.lower()})",
+            network_reference=request.network_reference, card_id=card.card_id,
+        )  # fmt: skip
+        payload = {"source": request.source, "message_id": request.message_id, **fields}
+        note = self._notification("CREDIT", program, card.account_id, card.card_id, payload, now)
+        usage = tuple(
+            UsageChange(card.account_id, c.key, amount, 1, c.expires_at)
+            for c in counters
+            if c.key and c.expires_at is not None
+        )
+        return LedgerWrite(
+            decision=record, entries=(entry,),
+            balance_changes=(BalanceChange(card.account_id, asset, actual_delta_minor=amount),),
+            usage=usage, notifications=(note,),
+        )  # fmt: skip
+
     async def _card_of_message(self, source: str, message_id: str) -> CardFacts | None:
         """The card of an earlier message (a reversal may carry no PAN)."""
         stored = await self.store.find_decision(source, message_id)
@@ -930,6 +1107,30 @@ class LifecycleService:
                 "age-off: some holds not released this time", extra={"failures": len(failures)}
             )
         return sum(1 for r in results if r is True)
+
+
+CREDIT_ATTEMPTS_MAX = 3
+# A credit whose marker is set but whose decision is not yet durable (committing in another
+# process) is waited for this long in total before its marker is taken as a failed attempt's.
+CREDIT_REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
+SENDER_NAME_LEN_MAX = 30
+_CREDIT_TYPES = frozenset(int(t) for t in CreditType)
+_CREDIT_DECLINE_DETAIL = {
+    Reason.TRANSACTION_NOT_PERMITTED: (
+        "credit not permitted: the product does not take original credits, or the account "
+        "holds no balance in the asset"
+    ),
+    Reason.AMOUNT_LIMIT_EXCEEDED: "credit amount limit exceeded",
+    Reason.COUNT_LIMIT_EXCEEDED: "credit count limit exceeded",
+}
+
+
+def _credit_response(reason: Reason, *, decision_id: str = "") -> pb.CreditResponse:
+    return pb.CreditResponse(
+        response_code=outcome(reason).response_code,
+        reason=int(reason),  # type: ignore[arg-type]
+        decision_id=decision_id,
+    )
 
 
 def _forward_only(program: ProgramRow) -> bool:

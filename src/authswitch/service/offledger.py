@@ -30,6 +30,7 @@ from authswitch.adapters.redis.cache import (
 from authswitch.domain.codes import Check, Reason, outcome
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.limits import Period, period_bounds
+from authswitch.domain.networkdata import NetworkData
 from authswitch.domain.offledger import (
     BreakerState,
     CircuitBreaker,
@@ -59,7 +60,7 @@ from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
 from authswitch.service.offledger_limits import Assessed, OffLedgerCharges
 from authswitch.service.pinblock import pin_effects
-from authswitch.v1 import common_pb2, decision_pb2
+from authswitch.v1 import authorization_pb2, common_pb2, decision_pb2
 
 __all__ = ["OffLedgerService"]
 
@@ -159,8 +160,17 @@ class OffLedgerService:
         reason = assessed.declined if assessed and assessed.declined else checks.reason
         decision_id = new_id()
         fee = assessed.decline_fee_minor if assessed else 0
+        detail = ""
+        plan = job.controls
+        if reason is Reason.TRANSACTION_NOT_PERMITTED and plan and plan.applied:
+            assert plan.violation is not None
+            detail = plan.violation.detail  # a spend control declined it
         response = response_for(
-            reason, asset=ctx.request.billing_asset, fee_minor=fee, decision_id=decision_id
+            reason,
+            asset=ctx.request.billing_asset,
+            fee_minor=fee,
+            decision_id=decision_id,
+            detail=detail,
         )
         record = self.auth.record(
             ctx, decision_id, reason, response.SerializeToString(), card, None
@@ -650,5 +660,36 @@ def _decide_request(
     call.fee.CopyFrom(common_pb2.Money(amount_minor=fee, asset=request.billing_asset))
     call.merchant.mcc = request.mcc
     call.merchant.country = request.merchant_country
+    call.merchant.merchant_id = request.merchant_id
+    if request.network is not None:
+        call.network_data.CopyFrom(network_data_message(request.network))
     call.received_at.FromDatetime(ctx.received)
     return call
+
+
+def network_data_message(data: NetworkData) -> authorization_pb2.NetworkData:
+    """The wire form of validated network data, for the client's DecideRequest."""
+    message = authorization_pb2.NetworkData(
+        pos_entry_mode=data.pos_entry_mode,  # type: ignore[arg-type]
+        terminal_type=data.terminal_type,  # type: ignore[arg-type]
+        card_present=data.card_present,  # type: ignore[arg-type]
+        cardholder_present=data.cardholder_present,  # type: ignore[arg-type]
+        recurring=data.recurring,
+        card_on_file=data.card_on_file,
+        merchant_initiated=data.merchant_initiated,
+        avs_result=data.avs_result,  # type: ignore[arg-type]
+    )
+    if data.three_ds_result or data.eci:
+        message.three_ds.result = data.three_ds_result  # type: ignore[assignment]
+        message.three_ds.eci = data.eci
+    if data.cashback_asset:
+        message.cashback_amount.CopyFrom(
+            common_pb2.Money(amount_minor=data.cashback_minor, asset=data.cashback_asset)
+        )
+    if data.atm_surcharge_asset:
+        message.atm_surcharge.CopyFrom(
+            common_pb2.Money(amount_minor=data.atm_surcharge_minor, asset=data.atm_surcharge_asset)
+        )
+    if data.network_risk_score is not None:
+        message.network_risk_score = data.network_risk_score
+    return message

@@ -151,6 +151,15 @@ class Poster:
         }[written.status]
         return Posted(status, written.decision)
 
+    def undo_later(self, account_id: str, source: str, message_id: str) -> None:
+        """After a failed step whose Redis effect may have no durable record: forget its
+        marker and reload the account from Postgres, once nothing is in flight on it."""
+        self._spawn(self._undo(account_id, source, message_id))
+
+    def reload_later(self, account_id: str, why: str) -> None:
+        """Reload the account from Postgres once nothing is in flight on it."""
+        self._spawn(self.sync.refresh(account_id, why))
+
     async def _undo(self, account_id: str, source: str, message_id: str) -> None:
         try:
             await self.cache.forget_marker(account_id, source, message_id)

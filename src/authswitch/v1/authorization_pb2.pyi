@@ -18,6 +18,172 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PosEntryMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PosEntryModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PosEntryMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POS_ENTRY_MODE_UNSPECIFIED: _PosEntryMode.ValueType  # 0
+    """not sent (DE22 "00", unknown)"""
+    POS_ENTRY_MODE_MANUAL: _PosEntryMode.ValueType  # 1
+    """key entered ("01")"""
+    POS_ENTRY_MODE_MAGNETIC_STRIPE: _PosEntryMode.ValueType  # 2
+    """"02", "90" """
+    POS_ENTRY_MODE_CHIP: _PosEntryMode.ValueType  # 3
+    """contact chip ("05")"""
+    POS_ENTRY_MODE_CONTACTLESS: _PosEntryMode.ValueType  # 4
+    """contactless chip or stripe ("07", "91")"""
+    POS_ENTRY_MODE_CREDENTIAL_ON_FILE: _PosEntryMode.ValueType  # 5
+    """stored credential ("10")"""
+    POS_ENTRY_MODE_ECOMMERCE: _PosEntryMode.ValueType  # 6
+    """electronic commerce ("81")"""
+    POS_ENTRY_MODE_CHIP_FALLBACK: _PosEntryMode.ValueType  # 7
+    """chip read failed, stripe read instead ("80")"""
+
+class PosEntryMode(_PosEntryMode, metaclass=_PosEntryModeEnumTypeWrapper):
+    """ISO 8583 DE22 (POS entry mode), positions 1-2, as a set."""
+
+POS_ENTRY_MODE_UNSPECIFIED: PosEntryMode.ValueType  # 0
+"""not sent (DE22 "00", unknown)"""
+POS_ENTRY_MODE_MANUAL: PosEntryMode.ValueType  # 1
+"""key entered ("01")"""
+POS_ENTRY_MODE_MAGNETIC_STRIPE: PosEntryMode.ValueType  # 2
+""""02", "90" """
+POS_ENTRY_MODE_CHIP: PosEntryMode.ValueType  # 3
+"""contact chip ("05")"""
+POS_ENTRY_MODE_CONTACTLESS: PosEntryMode.ValueType  # 4
+"""contactless chip or stripe ("07", "91")"""
+POS_ENTRY_MODE_CREDENTIAL_ON_FILE: PosEntryMode.ValueType  # 5
+"""stored credential ("10")"""
+POS_ENTRY_MODE_ECOMMERCE: PosEntryMode.ValueType  # 6
+"""electronic commerce ("81")"""
+POS_ENTRY_MODE_CHIP_FALLBACK: PosEntryMode.ValueType  # 7
+"""chip read failed, stripe read instead ("80")"""
+Global___PosEntryMode: _TypeAlias = PosEntryMode  # noqa: Y015
+
+class _TerminalType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TerminalTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TerminalType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TERMINAL_TYPE_UNSPECIFIED: _TerminalType.ValueType  # 0
+    TERMINAL_TYPE_ATTENDED: _TerminalType.ValueType  # 1
+    """a POS terminal with a cashier"""
+    TERMINAL_TYPE_UNATTENDED: _TerminalType.ValueType  # 2
+    """self-service: fuel pump, kiosk, transit gate"""
+    TERMINAL_TYPE_ATM: _TerminalType.ValueType  # 3
+    TERMINAL_TYPE_ECOMMERCE: _TerminalType.ValueType  # 4
+    """no terminal: the cardholder's own device"""
+    TERMINAL_TYPE_MOBILE_POS: _TerminalType.ValueType  # 5
+    """a phone or tablet acceptance device (mPOS, tap to phone)"""
+    TERMINAL_TYPE_MOTO: _TerminalType.ValueType  # 6
+    """mail or telephone order, entered by the merchant"""
+
+class TerminalType(_TerminalType, metaclass=_TerminalTypeEnumTypeWrapper):
+    """The kind of terminal (ISO 8583 DE61 / DE22 subfields)."""
+
+TERMINAL_TYPE_UNSPECIFIED: TerminalType.ValueType  # 0
+TERMINAL_TYPE_ATTENDED: TerminalType.ValueType  # 1
+"""a POS terminal with a cashier"""
+TERMINAL_TYPE_UNATTENDED: TerminalType.ValueType  # 2
+"""self-service: fuel pump, kiosk, transit gate"""
+TERMINAL_TYPE_ATM: TerminalType.ValueType  # 3
+TERMINAL_TYPE_ECOMMERCE: TerminalType.ValueType  # 4
+"""no terminal: the cardholder's own device"""
+TERMINAL_TYPE_MOBILE_POS: TerminalType.ValueType  # 5
+"""a phone or tablet acceptance device (mPOS, tap to phone)"""
+TERMINAL_TYPE_MOTO: TerminalType.ValueType  # 6
+"""mail or telephone order, entered by the merchant"""
+Global___TerminalType: _TypeAlias = TerminalType  # noqa: Y015
+
+class _Presence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PresenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Presence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRESENCE_UNSPECIFIED: _Presence.ValueType  # 0
+    """not sent"""
+    PRESENCE_PRESENT: _Presence.ValueType  # 1
+    PRESENCE_NOT_PRESENT: _Presence.ValueType  # 2
+
+class Presence(_Presence, metaclass=_PresenceEnumTypeWrapper):
+    """Whether the card, or the cardholder, was at the point of sale."""
+
+PRESENCE_UNSPECIFIED: Presence.ValueType  # 0
+"""not sent"""
+PRESENCE_PRESENT: Presence.ValueType  # 1
+PRESENCE_NOT_PRESENT: Presence.ValueType  # 2
+Global___Presence: _TypeAlias = Presence  # noqa: Y015
+
+class _ThreeDSecureResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThreeDSecureResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThreeDSecureResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THREE_DS_RESULT_UNSPECIFIED: _ThreeDSecureResult.ValueType  # 0
+    """no 3-D Secure data in the message"""
+    THREE_DS_RESULT_AUTHENTICATED: _ThreeDSecureResult.ValueType  # 1
+    """The cardholder was authenticated (ECI 05 Visa, 02 Mastercard)."""
+    THREE_DS_RESULT_ATTEMPTED: _ThreeDSecureResult.ValueType  # 2
+    """Authentication was attempted; the issuer or its ACS did not take part (ECI 06 / 01)."""
+    THREE_DS_RESULT_FAILED: _ThreeDSecureResult.ValueType  # 3
+    """Authentication was performed and failed, or was rejected."""
+    THREE_DS_RESULT_NOT_PERFORMED: _ThreeDSecureResult.ValueType  # 4
+    """3-D Secure was not performed (no authentication, or an exemption; ECI 07 / 00)."""
+
+class ThreeDSecureResult(_ThreeDSecureResult, metaclass=_ThreeDSecureResultEnumTypeWrapper):
+    """The outcome of 3-D Secure cardholder authentication (EMV 3DS)."""
+
+THREE_DS_RESULT_UNSPECIFIED: ThreeDSecureResult.ValueType  # 0
+"""no 3-D Secure data in the message"""
+THREE_DS_RESULT_AUTHENTICATED: ThreeDSecureResult.ValueType  # 1
+"""The cardholder was authenticated (ECI 05 Visa, 02 Mastercard)."""
+THREE_DS_RESULT_ATTEMPTED: ThreeDSecureResult.ValueType  # 2
+"""Authentication was attempted; the issuer or its ACS did not take part (ECI 06 / 01)."""
+THREE_DS_RESULT_FAILED: ThreeDSecureResult.ValueType  # 3
+"""Authentication was performed and failed, or was rejected."""
+THREE_DS_RESULT_NOT_PERFORMED: ThreeDSecureResult.ValueType  # 4
+"""3-D Secure was not performed (no authentication, or an exemption; ECI 07 / 00)."""
+Global___ThreeDSecureResult: _TypeAlias = ThreeDSecureResult  # noqa: Y015
+
+class _AvsResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AvsResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AvsResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AVS_RESULT_UNSPECIFIED: _AvsResult.ValueType  # 0
+    """not checked, or not sent"""
+    AVS_RESULT_MATCH: _AvsResult.ValueType  # 1
+    """street address and postal code match"""
+    AVS_RESULT_ADDRESS_ONLY: _AvsResult.ValueType  # 2
+    """the street address matches, the postal code does not"""
+    AVS_RESULT_POSTAL_CODE_ONLY: _AvsResult.ValueType  # 3
+    """the postal code matches, the street address does not"""
+    AVS_RESULT_NO_MATCH: _AvsResult.ValueType  # 4
+    AVS_RESULT_UNAVAILABLE: _AvsResult.ValueType  # 5
+    """the issuer's address data could not be checked"""
+
+class AvsResult(_AvsResult, metaclass=_AvsResultEnumTypeWrapper):
+    """The address verification (AVS) result the network returned for the billing address."""
+
+AVS_RESULT_UNSPECIFIED: AvsResult.ValueType  # 0
+"""not checked, or not sent"""
+AVS_RESULT_MATCH: AvsResult.ValueType  # 1
+"""street address and postal code match"""
+AVS_RESULT_ADDRESS_ONLY: AvsResult.ValueType  # 2
+"""the street address matches, the postal code does not"""
+AVS_RESULT_POSTAL_CODE_ONLY: AvsResult.ValueType  # 3
+"""the postal code matches, the street address does not"""
+AVS_RESULT_NO_MATCH: AvsResult.ValueType  # 4
+AVS_RESULT_UNAVAILABLE: AvsResult.ValueType  # 5
+"""the issuer's address data could not be checked"""
+Global___AvsResult: _TypeAlias = AvsResult  # noqa: Y015
+
 class _Decision:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -66,6 +232,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     REASON_COUNT_LIMIT_EXCEEDED: _Reason.ValueType  # 27
     REASON_INSUFFICIENT_FUNDS: _Reason.ValueType  # 28
     REASON_NO_BALANCE_IN_ASSET: _Reason.ValueType  # 29
+    REASON_TOKEN_NOT_ACTIVE: _Reason.ValueType  # 30
+    """The network token of the request is not ACTIVE (suspended, deactivated, or awaiting
+    step-up); applied right after the card's status (check 3), so response code 62.
+    """
     REASON_CLIENT_DECLINED: _Reason.ValueType  # 40
     REASON_CLIENT_UNAVAILABLE: _Reason.ValueType  # 41
     REASON_SYSTEM_ERROR: _Reason.ValueType  # 50
@@ -99,6 +269,10 @@ REASON_AMOUNT_LIMIT_EXCEEDED: Reason.ValueType  # 26
 REASON_COUNT_LIMIT_EXCEEDED: Reason.ValueType  # 27
 REASON_INSUFFICIENT_FUNDS: Reason.ValueType  # 28
 REASON_NO_BALANCE_IN_ASSET: Reason.ValueType  # 29
+REASON_TOKEN_NOT_ACTIVE: Reason.ValueType  # 30
+"""The network token of the request is not ACTIVE (suspended, deactivated, or awaiting
+step-up); applied right after the card's status (check 3), so response code 62.
+"""
 REASON_CLIENT_DECLINED: Reason.ValueType  # 40
 REASON_CLIENT_UNAVAILABLE: Reason.ValueType  # 41
 REASON_SYSTEM_ERROR: Reason.ValueType  # 50
@@ -205,6 +379,90 @@ REVERSAL_RESULT_HOLD_ALREADY_ENDED: ReversalResult.ValueType  # 4
 """The hold had already ended (cleared, reversed or aged off): nothing more to release."""
 Global___ReversalResult: _TypeAlias = ReversalResult  # noqa: Y015
 
+class _CreditType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CreditTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CreditType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDIT_TYPE_UNSPECIFIED: _CreditType.ValueType  # 0
+    CREDIT_TYPE_PERSON_TO_PERSON: _CreditType.ValueType  # 1
+    """A person-to-person payment (BAI PP)."""
+    CREDIT_TYPE_ACCOUNT_TO_ACCOUNT: _CreditType.ValueType  # 2
+    """A transfer between the cardholder's own accounts (AA)."""
+    CREDIT_TYPE_DISBURSEMENT: _CreditType.ValueType  # 3
+    """A business's payout: wages, insurance claims, marketplace earnings (BB, MD)."""
+    CREDIT_TYPE_GAMBLING_PAYOUT: _CreditType.ValueType  # 4
+    """A gambling or lottery payout (GP)."""
+    CREDIT_TYPE_TOP_UP: _CreditType.ValueType  # 5
+    """A top-up of a prepaid card (TU, WT)."""
+
+class CreditType(_CreditType, metaclass=_CreditTypeEnumTypeWrapper):
+    """What an original credit transaction pays (Visa's business application identifier)."""
+
+CREDIT_TYPE_UNSPECIFIED: CreditType.ValueType  # 0
+CREDIT_TYPE_PERSON_TO_PERSON: CreditType.ValueType  # 1
+"""A person-to-person payment (BAI PP)."""
+CREDIT_TYPE_ACCOUNT_TO_ACCOUNT: CreditType.ValueType  # 2
+"""A transfer between the cardholder's own accounts (AA)."""
+CREDIT_TYPE_DISBURSEMENT: CreditType.ValueType  # 3
+"""A business's payout: wages, insurance claims, marketplace earnings (BB, MD)."""
+CREDIT_TYPE_GAMBLING_PAYOUT: CreditType.ValueType  # 4
+"""A gambling or lottery payout (GP)."""
+CREDIT_TYPE_TOP_UP: CreditType.ValueType  # 5
+"""A top-up of a prepaid card (TU, WT)."""
+Global___CreditType: _TypeAlias = CreditType  # noqa: Y015
+
+class _TokenDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TokenDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOKEN_DECISION_UNSPECIFIED: _TokenDecision.ValueType  # 0
+    TOKEN_DECISION_APPROVE: _TokenDecision.ValueType  # 1
+    TOKEN_DECISION_DECLINE: _TokenDecision.ValueType  # 2
+    TOKEN_DECISION_REQUIRE_STEP_UP: _TokenDecision.ValueType  # 3
+    """Provision, but inactive until the cardholder passes step-up authentication (an OTP,
+    a call to the issuer: the "yellow path").
+    """
+
+class TokenDecision(_TokenDecision, metaclass=_TokenDecisionEnumTypeWrapper): ...
+
+TOKEN_DECISION_UNSPECIFIED: TokenDecision.ValueType  # 0
+TOKEN_DECISION_APPROVE: TokenDecision.ValueType  # 1
+TOKEN_DECISION_DECLINE: TokenDecision.ValueType  # 2
+TOKEN_DECISION_REQUIRE_STEP_UP: TokenDecision.ValueType  # 3
+"""Provision, but inactive until the cardholder passes step-up authentication (an OTP,
+a call to the issuer: the "yellow path").
+"""
+Global___TokenDecision: _TypeAlias = TokenDecision  # noqa: Y015
+
+class _TokenStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TokenStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOKEN_STATUS_UNSPECIFIED: _TokenStatus.ValueType  # 0
+    TOKEN_STATUS_ACTIVE: _TokenStatus.ValueType  # 1
+    TOKEN_STATUS_INACTIVE: _TokenStatus.ValueType  # 2
+    """Provisioned with step-up, not yet activated."""
+    TOKEN_STATUS_SUSPENDED: _TokenStatus.ValueType  # 3
+    TOKEN_STATUS_DEACTIVATED: _TokenStatus.ValueType  # 4
+    """Final."""
+
+class TokenStatus(_TokenStatus, metaclass=_TokenStatusEnumTypeWrapper): ...
+
+TOKEN_STATUS_UNSPECIFIED: TokenStatus.ValueType  # 0
+TOKEN_STATUS_ACTIVE: TokenStatus.ValueType  # 1
+TOKEN_STATUS_INACTIVE: TokenStatus.ValueType  # 2
+"""Provisioned with step-up, not yet activated."""
+TOKEN_STATUS_SUSPENDED: TokenStatus.ValueType  # 3
+TOKEN_STATUS_DEACTIVATED: TokenStatus.ValueType  # 4
+"""Final."""
+Global___TokenStatus: _TypeAlias = TokenStatus  # noqa: Y015
+
 @_typing.final
 class AuthData(_message.Message):
     """Card authentication data carried by the request. In production the PIN arrives as a PIN
@@ -291,6 +549,8 @@ class AuthorizeRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     INCREMENTAL_FIELD_NUMBER: _builtins.int
     ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_DATA_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """The caller's namespace for message ids (e.g. "visa", "mastercard", a gateway id)."""
     message_id: _builtins.str
@@ -311,6 +571,11 @@ class AuthorizeRequest(_message.Message):
     """
     original_message_id: _builtins.str
     """For an incremental authorisation: the message id of the authorisation it increases."""
+    token: _builtins.str
+    """A network token (device wallet DPAN) instead of pan: resolved to its card, declined
+    62 (REASON_TOKEN_NOT_ACTIVE) unless the token is ACTIVE; expiry is then the token's,
+    and cvv2 is not sent (30). docs/tokens.md.
+    """
     @_builtins.property
     def auth(self) -> Global___AuthData: ...
     @_builtins.property
@@ -323,6 +588,14 @@ class AuthorizeRequest(_message.Message):
 
     @_builtins.property
     def merchant(self) -> Global___Merchant: ...
+    @_builtins.property
+    def network_data(self) -> Global___NetworkData:
+        """How, where and by whom the card was used, and what the network assessed: the
+        point-of-sale, authentication and risk data of the network message. Optional; every
+        value set is validated (one outside its set answers 30). docs/client-contract.md,
+        "Network data".
+        """
+
     def __init__(
         self,
         *,
@@ -339,14 +612,116 @@ class AuthorizeRequest(_message.Message):
         channel: _common_pb2.Channel.ValueType = ...,
         incremental: _builtins.bool = ...,
         original_message_id: _builtins.str = ...,
+        network_data: Global___NetworkData | None = ...,
+        token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "merchant", b"merchant", "network_data", b"network_data", "transaction_amount", b"transaction_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "channel", b"channel", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "partial_approval_allowed", b"partial_approval_allowed", "source", b"source", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "billing_amount", b"billing_amount", "channel", b"channel", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_data", b"network_data", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan", b"pan", "partial_approval_allowed", b"partial_approval_allowed", "source", b"source", "token", b"token", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeRequest: _TypeAlias = AuthorizeRequest  # noqa: Y015
+
+@_typing.final
+class ThreeDSecure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    ECI_FIELD_NUMBER: _builtins.int
+    result: Global___ThreeDSecureResult.ValueType
+    eci: _builtins.str
+    """Electronic commerce indicator, two digits: "00", "01", "02" (Mastercard), "05", "06",
+    "07" (Visa and others); empty when not sent.
+    """
+    def __init__(
+        self,
+        *,
+        result: Global___ThreeDSecureResult.ValueType = ...,
+        eci: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eci", b"eci", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreeDSecure: _TypeAlias = ThreeDSecure  # noqa: Y015
+
+@_typing.final
+class NetworkData(_message.Message):
+    """The point-of-sale, authentication and risk data of an authorisation (ISO 8583 DE22, DE25,
+    DE28, DE54, DE61 and the networks' 3-D Secure and risk fields).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POS_ENTRY_MODE_FIELD_NUMBER: _builtins.int
+    TERMINAL_TYPE_FIELD_NUMBER: _builtins.int
+    CARD_PRESENT_FIELD_NUMBER: _builtins.int
+    CARDHOLDER_PRESENT_FIELD_NUMBER: _builtins.int
+    THREE_DS_FIELD_NUMBER: _builtins.int
+    RECURRING_FIELD_NUMBER: _builtins.int
+    CARD_ON_FILE_FIELD_NUMBER: _builtins.int
+    MERCHANT_INITIATED_FIELD_NUMBER: _builtins.int
+    AVS_RESULT_FIELD_NUMBER: _builtins.int
+    CASHBACK_AMOUNT_FIELD_NUMBER: _builtins.int
+    ATM_SURCHARGE_FIELD_NUMBER: _builtins.int
+    NETWORK_RISK_SCORE_FIELD_NUMBER: _builtins.int
+    pos_entry_mode: Global___PosEntryMode.ValueType
+    terminal_type: Global___TerminalType.ValueType
+    card_present: Global___Presence.ValueType
+    cardholder_present: Global___Presence.ValueType
+    recurring: _builtins.bool
+    """A recurring payment (subscription, instalment) under a standing instruction."""
+    card_on_file: _builtins.bool
+    """The merchant used a credential it stored (card on file)."""
+    merchant_initiated: _builtins.bool
+    """Initiated by the merchant without the cardholder taking part (MIT)."""
+    avs_result: Global___AvsResult.ValueType
+    network_risk_score: _builtins.int
+    """The network's fraud risk score, 0 (lowest risk) to 999 (Visa's 0-99 scaled by 10 by
+    the gateway, Mastercard's 0-999 as sent); unset when the network sent none.
+    """
+    @_builtins.property
+    def three_ds(self) -> Global___ThreeDSecure: ...
+    @_builtins.property
+    def cashback_amount(self) -> _common_pb2.Money:
+        """Cash back with a purchase (DE54): part of billing_amount, not added to it, so it is
+        held with the purchase. Purchases only; in the billing asset; at most billing_amount.
+        """
+
+    @_builtins.property
+    def atm_surcharge(self) -> _common_pb2.Money:
+        """The ATM operator's surcharge (DE28): part of billing_amount of a cash withdrawal, as
+        the networks send it. In the billing asset; at most billing_amount.
+        """
+
+    def __init__(
+        self,
+        *,
+        pos_entry_mode: Global___PosEntryMode.ValueType = ...,
+        terminal_type: Global___TerminalType.ValueType = ...,
+        card_present: Global___Presence.ValueType = ...,
+        cardholder_present: Global___Presence.ValueType = ...,
+        three_ds: Global___ThreeDSecure | None = ...,
+        recurring: _builtins.bool = ...,
+        card_on_file: _builtins.bool = ...,
+        merchant_initiated: _builtins.bool = ...,
+        avs_result: Global___AvsResult.ValueType = ...,
+        cashback_amount: _common_pb2.Money | None = ...,
+        atm_surcharge: _common_pb2.Money | None = ...,
+        network_risk_score: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_network_risk_score", b"_network_risk_score", "atm_surcharge", b"atm_surcharge", "cashback_amount", b"cashback_amount", "network_risk_score", b"network_risk_score", "three_ds", b"three_ds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_network_risk_score", b"_network_risk_score", "atm_surcharge", b"atm_surcharge", "avs_result", b"avs_result", "card_on_file", b"card_on_file", "card_present", b"card_present", "cardholder_present", b"cardholder_present", "cashback_amount", b"cashback_amount", "merchant_initiated", b"merchant_initiated", "network_risk_score", b"network_risk_score", "pos_entry_mode", b"pos_entry_mode", "recurring", b"recurring", "terminal_type", b"terminal_type", "three_ds", b"three_ds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__network_risk_score: _TypeAlias = _typing.Literal["network_risk_score"]  # noqa: Y015
+    _WhichOneofArgType__network_risk_score: _TypeAlias = _typing.Literal["_network_risk_score", b"_network_risk_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network_risk_score) -> _WhichOneofReturnType__network_risk_score | None: ...
+
+Global___NetworkData: _TypeAlias = NetworkData  # noqa: Y015
 
 @_typing.final
 class AuthorizeResponse(_message.Message):
@@ -891,3 +1266,183 @@ class RepresentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RepresentResponse: _TypeAlias = RepresentResponse  # noqa: Y015
+
+@_typing.final
+class CreditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_REFERENCE_FIELD_NUMBER: _builtins.int
+    PAN_FIELD_NUMBER: _builtins.int
+    BILLING_AMOUNT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_AMOUNT_FIELD_NUMBER: _builtins.int
+    CREDIT_TYPE_FIELD_NUMBER: _builtins.int
+    MERCHANT_FIELD_NUMBER: _builtins.int
+    SENDER_NAME_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    message_id: _builtins.str
+    """The idempotency key with source."""
+    network_reference: _builtins.str
+    pan: _builtins.str
+    credit_type: Global___CreditType.ValueType
+    sender_name: _builtins.str
+    """Who sent the funds, as the network gives it (at most 30 characters, Visa's sender
+    name); recorded, never checked.
+    """
+    @_builtins.property
+    def billing_amount(self) -> _common_pb2.Money:
+        """The amount credited, in the card account's asset (more than zero)."""
+
+    @_builtins.property
+    def transaction_amount(self) -> _common_pb2.Money:
+        """The amount the originator sent, for the record."""
+
+    @_builtins.property
+    def merchant(self) -> Global___Merchant:
+        """The originator (its MCC, country, name and id)."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        network_reference: _builtins.str = ...,
+        pan: _builtins.str = ...,
+        billing_amount: _common_pb2.Money | None = ...,
+        transaction_amount: _common_pb2.Money | None = ...,
+        credit_type: Global___CreditType.ValueType = ...,
+        merchant: Global___Merchant | None = ...,
+        sender_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "merchant", b"merchant", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "credit_type", b"credit_type", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "pan", b"pan", "sender_name", b"sender_name", "source", b"source", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditRequest: _TypeAlias = CreditRequest  # noqa: Y015
+
+@_typing.final
+class CreditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREDITED_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    response_code: _builtins.str
+    """"00" credited; a decline by DESIGN.md's precedence: 14, 41, 43, 62, 57 (the product
+    does not take this credit, or the account holds no balance in the asset), 61, 65 (the
+    product's credit limits); 30 / 13 malformed; 94 the message id was used for another
+    message.
+    """
+    reason: Global___Reason.ValueType
+    decision_id: _builtins.str
+    entry_id: _builtins.str
+    """The journal entry of the credit, on approval."""
+    detail: _builtins.str
+    """Human-readable detail for operators; never contains card data."""
+    @_builtins.property
+    def credited(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def balance(self) -> _common_pb2.Balance:
+        """The balance after the credit, on approval."""
+
+    def __init__(
+        self,
+        *,
+        response_code: _builtins.str = ...,
+        reason: Global___Reason.ValueType = ...,
+        credited: _common_pb2.Money | None = ...,
+        balance: _common_pb2.Balance | None = ...,
+        decision_id: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited", "decision_id", b"decision_id", "detail", b"detail", "entry_id", b"entry_id", "reason", b"reason", "response_code", b"response_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditResponse: _TypeAlias = CreditResponse  # noqa: Y015
+
+@_typing.final
+class ProvisionTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAN_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    CVV2_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRY_FIELD_NUMBER: _builtins.int
+    TOKEN_REQUESTOR_ID_FIELD_NUMBER: _builtins.int
+    WALLET_RISK_SCORE_FIELD_NUMBER: _builtins.int
+    pan: _builtins.str
+    """The card to tokenise, as the cardholder entered it into the wallet."""
+    expiry: _builtins.str
+    cvv2: _builtins.str
+    """Optional; checked when sent."""
+    token: _builtins.str
+    """The token number (DPAN) the token service assigned, 12 to 19 digits, and its expiry."""
+    token_expiry: _builtins.str
+    token_requestor_id: _builtins.str
+    """The wallet (token requestor id, 11 digits: Apple Pay, Google Pay, a merchant)."""
+    wallet_risk_score: _builtins.int
+    """The wallet's or network's risk score of the device and account, 0 to 99; unset when
+    none was sent.
+    """
+    def __init__(
+        self,
+        *,
+        pan: _builtins.str = ...,
+        expiry: _builtins.str = ...,
+        cvv2: _builtins.str = ...,
+        token: _builtins.str = ...,
+        token_expiry: _builtins.str = ...,
+        token_requestor_id: _builtins.str = ...,
+        wallet_risk_score: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_wallet_risk_score", b"_wallet_risk_score", "wallet_risk_score", b"wallet_risk_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_wallet_risk_score", b"_wallet_risk_score", "cvv2", b"cvv2", "expiry", b"expiry", "pan", b"pan", "token", b"token", "token_expiry", b"token_expiry", "token_requestor_id", b"token_requestor_id", "wallet_risk_score", b"wallet_risk_score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__wallet_risk_score: _TypeAlias = _typing.Literal["wallet_risk_score"]  # noqa: Y015
+    _WhichOneofArgType__wallet_risk_score: _TypeAlias = _typing.Literal["_wallet_risk_score", b"_wallet_risk_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wallet_risk_score) -> _WhichOneofReturnType__wallet_risk_score | None: ...
+
+Global___ProvisionTokenRequest: _TypeAlias = ProvisionTokenRequest  # noqa: Y015
+
+@_typing.final
+class ProvisionTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    decision: Global___TokenDecision.ValueType
+    detail: _builtins.str
+    """Why, for operators (never card data)."""
+    token_id: _builtins.str
+    """The token's id in authswitch (empty when declined)."""
+    status: Global___TokenStatus.ValueType
+    def __init__(
+        self,
+        *,
+        decision: Global___TokenDecision.ValueType = ...,
+        detail: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        status: Global___TokenStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "detail", b"detail", "status", b"status", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvisionTokenResponse: _TypeAlias = ProvisionTokenResponse  # noqa: Y015

@@ -60,6 +60,16 @@ class AuthorizationServiceStub:
                 request_serializer=authswitch_dot_v1_dot_authorization__pb2.RefundRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_authorization__pb2.RefundResponse.FromString,
                 _registered_method=True)
+        self.Credit = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/Credit',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.CreditRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.CreditResponse.FromString,
+                _registered_method=True)
+        self.ProvisionToken = channel.unary_unary(
+                '/authswitch.v1.AuthorizationService/ProvisionToken',
+                request_serializer=authswitch_dot_v1_dot_authorization__pb2.ProvisionTokenRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_authorization__pb2.ProvisionTokenResponse.FromString,
+                _registered_method=True)
         self.Chargeback = channel.unary_unary(
                 '/authswitch.v1.AuthorizationService/Chargeback',
                 request_serializer=authswitch_dot_v1_dot_authorization__pb2.ChargebackRequest.SerializeToString,
@@ -118,6 +128,29 @@ class AuthorizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Credit(self, request, context):
+        """An account-funding credit: the network's original credit transaction (OCT: push to
+        card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+        the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+        atomic step; approved, it credits actual and available as one balanced journal entry
+        and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProvisionToken(self, request, context):
+        """The network's token service asks whether a card may be tokenised into a device wallet
+        (Visa VTS, Mastercard MDES token authorisation): approve, decline, or require step-up
+        authentication, by the card's status and data, the product's token policy and the
+        card's recent declines. Approved, the token is ACTIVE; with step-up, INACTIVE until the
+        issuer activates it (LedgerAdminService.SetTokenStatus). Idempotent on the token.
+        docs/tokens.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Chargeback(self, request, context):
         """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
         owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
@@ -163,6 +196,16 @@ def add_AuthorizationServiceServicer_to_server(servicer, server):
                     servicer.Refund,
                     request_deserializer=authswitch_dot_v1_dot_authorization__pb2.RefundRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_authorization__pb2.RefundResponse.SerializeToString,
+            ),
+            'Credit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Credit,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.CreditRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.CreditResponse.SerializeToString,
+            ),
+            'ProvisionToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvisionToken,
+                    request_deserializer=authswitch_dot_v1_dot_authorization__pb2.ProvisionTokenRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_authorization__pb2.ProvisionTokenResponse.SerializeToString,
             ),
             'Chargeback': grpc.unary_unary_rpc_method_handler(
                     servicer.Chargeback,
@@ -311,6 +354,60 @@ class AuthorizationService:
             '/authswitch.v1.AuthorizationService/Refund',
             authswitch_dot_v1_dot_authorization__pb2.RefundRequest.SerializeToString,
             authswitch_dot_v1_dot_authorization__pb2.RefundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Credit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/Credit',
+            authswitch_dot_v1_dot_authorization__pb2.CreditRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.CreditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvisionToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.AuthorizationService/ProvisionToken',
+            authswitch_dot_v1_dot_authorization__pb2.ProvisionTokenRequest.SerializeToString,
+            authswitch_dot_v1_dot_authorization__pb2.ProvisionTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,21 @@ class AuthorizationServiceStub:
     """
     Refund: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]
     """A refund or other credit through the network: credits actual and available. Idempotent."""
+    Credit: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.CreditRequest, _authorization_pb2.CreditResponse]
+    """An account-funding credit: the network's original credit transaction (OCT: push to
+    card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+    the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+    atomic step; approved, it credits actual and available as one balanced journal entry
+    and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+    """
+    ProvisionToken: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.ProvisionTokenRequest, _authorization_pb2.ProvisionTokenResponse]
+    """The network's token service asks whether a card may be tokenised into a device wallet
+    (Visa VTS, Mastercard MDES token authorisation): approve, decline, or require step-up
+    authentication, by the card's status and data, the product's token policy and the
+    card's recent declines. Approved, the token is ACTIVE; with step-up, INACTIVE until the
+    issuer activates it (LedgerAdminService.SetTokenStatus). Idempotent on the token.
+    docs/tokens.md.
+    """
     Chargeback: _grpc.UnaryUnaryMultiCallable[_authorization_pb2.ChargebackRequest, _authorization_pb2.ChargebackResponse]
     """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
     owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
@@ -91,6 +106,21 @@ class AuthorizationServiceAsyncStub(AuthorizationServiceStub):
     """
     Refund: _aio.UnaryUnaryMultiCallable[_authorization_pb2.RefundRequest, _authorization_pb2.RefundResponse]  # type: ignore[assignment]
     """A refund or other credit through the network: credits actual and available. Idempotent."""
+    Credit: _aio.UnaryUnaryMultiCallable[_authorization_pb2.CreditRequest, _authorization_pb2.CreditResponse]  # type: ignore[assignment]
+    """An account-funding credit: the network's original credit transaction (OCT: push to
+    card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+    the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+    atomic step; approved, it credits actual and available as one balanced journal entry
+    and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+    """
+    ProvisionToken: _aio.UnaryUnaryMultiCallable[_authorization_pb2.ProvisionTokenRequest, _authorization_pb2.ProvisionTokenResponse]  # type: ignore[assignment]
+    """The network's token service asks whether a card may be tokenised into a device wallet
+    (Visa VTS, Mastercard MDES token authorisation): approve, decline, or require step-up
+    authentication, by the card's status and data, the product's token policy and the
+    card's recent declines. Approved, the token is ACTIVE; with step-up, INACTIVE until the
+    issuer activates it (LedgerAdminService.SetTokenStatus). Idempotent on the token.
+    docs/tokens.md.
+    """
     Chargeback: _aio.UnaryUnaryMultiCallable[_authorization_pb2.ChargebackRequest, _authorization_pb2.ChargebackResponse]  # type: ignore[assignment]
     """The network accepted the issuer's chargeback of a disputed transaction: the acquirer
     owes the amount back. Moves the dispute from OPEN to CHARGEBACK_SENT and posts the
@@ -155,6 +185,33 @@ class AuthorizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_authorization_pb2.RefundResponse, _abc.Awaitable[_authorization_pb2.RefundResponse]]:
         """A refund or other credit through the network: credits actual and available. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def Credit(
+        self,
+        request: _authorization_pb2.CreditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.CreditResponse, _abc.Awaitable[_authorization_pb2.CreditResponse]]:
+        """An account-funding credit: the network's original credit transaction (OCT: push to
+        card, payouts, transfers). Unlike a refund it is decided: card status, the product, and
+        the product's credit limits (limits naming TRANSACTION_TYPE_ORIGINAL_CREDIT), in one
+        atomic step; approved, it credits actual and available as one balanced journal entry
+        and a CREDIT notification. Idempotent on (source, message_id). docs/credits.md.
+        """
+
+    @_abc_1.abstractmethod
+    def ProvisionToken(
+        self,
+        request: _authorization_pb2.ProvisionTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authorization_pb2.ProvisionTokenResponse, _abc.Awaitable[_authorization_pb2.ProvisionTokenResponse]]:
+        """The network's token service asks whether a card may be tokenised into a device wallet
+        (Visa VTS, Mastercard MDES token authorisation): approve, decline, or require step-up
+        authentication, by the card's status and data, the product's token policy and the
+        card's recent declines. Approved, the token is ACTIVE; with step-up, INACTIVE until the
+        issuer activates it (LedgerAdminService.SetTokenStatus). Idempotent on the token.
+        docs/tokens.md.
+        """
 
     @_abc_1.abstractmethod
     def Chargeback(

@@ -65,6 +65,10 @@ class _TransactionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     TRANSACTION_TYPE_QUASI_CASH: _TransactionType.ValueType  # 7
     TRANSACTION_TYPE_PRE_AUTHORIZATION: _TransactionType.ValueType  # 8
     """Card-not-present purchase of goods for later delivery, or a pre-authorisation (hotel, car)."""
+    TRANSACTION_TYPE_ORIGINAL_CREDIT: _TransactionType.ValueType  # 9
+    """An account-funding credit (AuthorizationService.Credit only; an authorisation of this
+    type is malformed, 30). Product limits naming it are the credits' own limits.
+    """
 
 class TransactionType(_TransactionType, metaclass=_TransactionTypeEnumTypeWrapper):
     """The kind of card message an authorisation request carries."""
@@ -83,6 +87,10 @@ TRANSACTION_TYPE_PIN_UNBLOCK: TransactionType.ValueType  # 6
 TRANSACTION_TYPE_QUASI_CASH: TransactionType.ValueType  # 7
 TRANSACTION_TYPE_PRE_AUTHORIZATION: TransactionType.ValueType  # 8
 """Card-not-present purchase of goods for later delivery, or a pre-authorisation (hotel, car)."""
+TRANSACTION_TYPE_ORIGINAL_CREDIT: TransactionType.ValueType  # 9
+"""An account-funding credit (AuthorizationService.Credit only; an authorisation of this
+type is malformed, 30). Product limits naming it are the credits' own limits.
+"""
 Global___TransactionType: _TypeAlias = TransactionType  # noqa: Y015
 
 class _Channel:

@@ -28,25 +28,25 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61uthswitch/v1/decision.proto\x12\rauthswitch.v1\x1a!authswitch/v1/authorization.proto\x1a\x1a\x61uthswitch/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\tCoreCheck\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\"\x8e\x05\n\rDecideRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x19\n\x11network_reference\x18\x04 \x01(\t\x12\x12\n\nprogram_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x06 \x01(\t\x12\x12\n\naccount_id\x18\x07 \x01(\t\x12\x15\n\rpan_last_four\x18\x08 \x01(\t\x12\x38\n\x10transaction_type\x18\t \x01(\x0e\x32\x1e.authswitch.v1.TransactionType\x12\x30\n\x12transaction_amount\x18\n \x01(\x0b\x32\x14.authswitch.v1.Money\x12,\n\x0e\x62illing_amount\x18\x0b \x01(\x0b\x32\x14.authswitch.v1.Money\x12 \n\x18partial_approval_allowed\x18\x0c \x01(\x08\x12)\n\x08merchant\x18\r \x01(\x0b\x32\x17.authswitch.v1.Merchant\x12\'\n\x07\x63hannel\x18\x0e \x01(\x0e\x32\x16.authswitch.v1.Channel\x12-\n\x0b\x63ore_checks\x18\x0f \x03(\x0b\x32\x18.authswitch.v1.CoreCheck\x12!\n\x03\x66\x65\x65\x18\x10 \x01(\x0b\x32\x14.authswitch.v1.Money\x12\x14\n\x0ctime_left_ms\x18\x11 \x01(\x05\x12/\n\x0breceived_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bincremental\x18\x13 \x01(\x08\x12\x1b\n\x13original_message_id\x18\x14 \x01(\t\"\xb3\x01\n\x0e\x44\x65\x63ideResponse\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1d.authswitch.v1.ClientDecision\x12-\n\x0f\x61pproved_amount\x18\x02 \x01(\x0b\x32\x14.authswitch.v1.Money\x12\x15\n\rresponse_code\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12\x61uthorization_code\x18\x05 \x01(\t\"\xec\x01\n\rNotifyRequest\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nprogram_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\x10\n\x0eNotifyResponse*\x88\x01\n\x0e\x43lientDecision\x12\x1f\n\x1b\x43LIENT_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43LIENT_DECISION_APPROVE\x10\x01\x12\x1b\n\x17\x43LIENT_DECISION_PARTIAL\x10\x02\x12\x1b\n\x17\x43LIENT_DECISION_DECLINE\x10\x03\x32\x9f\x01\n\x0f\x44\x65\x63isionService\x12\x45\n\x06\x44\x65\x63ide\x12\x1c.authswitch.v1.DecideRequest\x1a\x1d.authswitch.v1.DecideResponse\x12\x45\n\x06Notify\x12\x1c.authswitch.v1.NotifyRequest\x1a\x1d.authswitch.v1.NotifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61uthswitch/v1/decision.proto\x12\rauthswitch.v1\x1a!authswitch/v1/authorization.proto\x1a\x1a\x61uthswitch/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\tCoreCheck\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\"\xc0\x05\n\rDecideRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x19\n\x11network_reference\x18\x04 \x01(\t\x12\x12\n\nprogram_id\x18\x05 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x06 \x01(\t\x12\x12\n\naccount_id\x18\x07 \x01(\t\x12\x15\n\rpan_last_four\x18\x08 \x01(\t\x12\x38\n\x10transaction_type\x18\t \x01(\x0e\x32\x1e.authswitch.v1.TransactionType\x12\x30\n\x12transaction_amount\x18\n \x01(\x0b\x32\x14.authswitch.v1.Money\x12,\n\x0e\x62illing_amount\x18\x0b \x01(\x0b\x32\x14.authswitch.v1.Money\x12 \n\x18partial_approval_allowed\x18\x0c \x01(\x08\x12)\n\x08merchant\x18\r \x01(\x0b\x32\x17.authswitch.v1.Merchant\x12\'\n\x07\x63hannel\x18\x0e \x01(\x0e\x32\x16.authswitch.v1.Channel\x12-\n\x0b\x63ore_checks\x18\x0f \x03(\x0b\x32\x18.authswitch.v1.CoreCheck\x12!\n\x03\x66\x65\x65\x18\x10 \x01(\x0b\x32\x14.authswitch.v1.Money\x12\x14\n\x0ctime_left_ms\x18\x11 \x01(\x05\x12/\n\x0breceived_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bincremental\x18\x13 \x01(\x08\x12\x1b\n\x13original_message_id\x18\x14 \x01(\t\x12\x30\n\x0cnetwork_data\x18\x15 \x01(\x0b\x32\x1a.authswitch.v1.NetworkData\"\xb3\x01\n\x0e\x44\x65\x63ideResponse\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1d.authswitch.v1.ClientDecision\x12-\n\x0f\x61pproved_amount\x18\x02 \x01(\x0b\x32\x14.authswitch.v1.Money\x12\x15\n\rresponse_code\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12\x61uthorization_code\x18\x05 \x01(\t\"\xec\x01\n\rNotifyRequest\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nprogram_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\x10\n\x0eNotifyResponse*\x88\x01\n\x0e\x43lientDecision\x12\x1f\n\x1b\x43LIENT_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43LIENT_DECISION_APPROVE\x10\x01\x12\x1b\n\x17\x43LIENT_DECISION_PARTIAL\x10\x02\x12\x1b\n\x17\x43LIENT_DECISION_DECLINE\x10\x03\x32\x9f\x01\n\x0f\x44\x65\x63isionService\x12\x45\n\x06\x44\x65\x63ide\x12\x1c.authswitch.v1.DecideRequest\x1a\x1d.authswitch.v1.DecideResponse\x12\x45\n\x06Notify\x12\x1c.authswitch.v1.NotifyRequest\x1a\x1d.authswitch.v1.NotifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authswitch.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLIENTDECISION']._serialized_start=1314
-  _globals['_CLIENTDECISION']._serialized_end=1450
+  _globals['_CLIENTDECISION']._serialized_start=1364
+  _globals['_CLIENTDECISION']._serialized_end=1500
   _globals['_CORECHECK']._serialized_start=173
   _globals['_CORECHECK']._serialized_end=215
   _globals['_DECIDEREQUEST']._serialized_start=218
-  _globals['_DECIDEREQUEST']._serialized_end=872
-  _globals['_DECIDERESPONSE']._serialized_start=875
-  _globals['_DECIDERESPONSE']._serialized_end=1054
-  _globals['_NOTIFYREQUEST']._serialized_start=1057
-  _globals['_NOTIFYREQUEST']._serialized_end=1293
-  _globals['_NOTIFYRESPONSE']._serialized_start=1295
-  _globals['_NOTIFYRESPONSE']._serialized_end=1311
-  _globals['_DECISIONSERVICE']._serialized_start=1453
-  _globals['_DECISIONSERVICE']._serialized_end=1612
+  _globals['_DECIDEREQUEST']._serialized_end=922
+  _globals['_DECIDERESPONSE']._serialized_start=925
+  _globals['_DECIDERESPONSE']._serialized_end=1104
+  _globals['_NOTIFYREQUEST']._serialized_start=1107
+  _globals['_NOTIFYREQUEST']._serialized_end=1343
+  _globals['_NOTIFYRESPONSE']._serialized_start=1345
+  _globals['_NOTIFYRESPONSE']._serialized_end=1361
+  _globals['_DECISIONSERVICE']._serialized_start=1503
+  _globals['_DECISIONSERVICE']._serialized_end=1662
 # @@protoc_insertion_point(module_scope)

@@ -93,6 +93,7 @@ class DecideRequest(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     INCREMENTAL_FIELD_NUMBER: _builtins.int
     ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_DATA_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Stable id of this decision in authswitch; the same in any later notification."""
     source: _builtins.str
@@ -126,6 +127,12 @@ class DecideRequest(_message.Message):
 
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def network_data(self) -> _authorization_pb2.NetworkData:
+        """The point-of-sale, 3-D Secure and risk data of the network message, as the network
+        sent it (validated); unset when the network sent none.
+        """
+
     def __init__(
         self,
         *,
@@ -149,10 +156,11 @@ class DecideRequest(_message.Message):
         received_at: _timestamp_pb2.Timestamp | None = ...,
         incremental: _builtins.bool = ...,
         original_message_id: _builtins.str = ...,
+        network_data: _authorization_pb2.NetworkData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "fee", b"fee", "merchant", b"merchant", "received_at", b"received_at", "transaction_amount", b"transaction_amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_amount", b"billing_amount", "fee", b"fee", "merchant", b"merchant", "network_data", b"network_data", "received_at", b"received_at", "transaction_amount", b"transaction_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "billing_amount", b"billing_amount", "card_id", b"card_id", "channel", b"channel", "core_checks", b"core_checks", "decision_id", b"decision_id", "fee", b"fee", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan_last_four", b"pan_last_four", "partial_approval_allowed", b"partial_approval_allowed", "program_id", b"program_id", "received_at", b"received_at", "source", b"source", "time_left_ms", b"time_left_ms", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "billing_amount", b"billing_amount", "card_id", b"card_id", "channel", b"channel", "core_checks", b"core_checks", "decision_id", b"decision_id", "fee", b"fee", "incremental", b"incremental", "merchant", b"merchant", "message_id", b"message_id", "network_data", b"network_data", "network_reference", b"network_reference", "original_message_id", b"original_message_id", "pan_last_four", b"pan_last_four", "partial_approval_allowed", b"partial_approval_allowed", "program_id", b"program_id", "received_at", b"received_at", "source", b"source", "time_left_ms", b"time_left_ms", "transaction_amount", b"transaction_amount", "transaction_type", b"transaction_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from authswitch.v1 import authorization_pb2 as _authorization_pb2
 from authswitch.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -158,6 +159,8 @@ class _PeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Period.ValueTy
     """A calendar day in the program's time zone."""
     PERIOD_MONTH: _Period.ValueType  # 3
     """A calendar month in the program's time zone."""
+    PERIOD_LIFETIME: _Period.ValueType  # 4
+    """Since the limit was first set, never reset: spend controls only."""
 
 class Period(_Period, metaclass=_PeriodEnumTypeWrapper): ...
 
@@ -167,6 +170,8 @@ PERIOD_DAY: Period.ValueType  # 2
 """A calendar day in the program's time zone."""
 PERIOD_MONTH: Period.ValueType  # 3
 """A calendar month in the program's time zone."""
+PERIOD_LIFETIME: Period.ValueType  # 4
+"""Since the limit was first set, never reset: spend controls only."""
 Global___Period: _TypeAlias = Period  # noqa: Y015
 
 class _LimitSubject:
@@ -337,6 +342,48 @@ FILE_KIND_SUBLEDGER_SYNC: FileKind.ValueType  # 7
 since the previous one (issue 17).
 """
 Global___FileKind: _TypeAlias = FileKind  # noqa: Y015
+
+class _ControlSubject:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ControlSubjectEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ControlSubject.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTROL_SUBJECT_UNSPECIFIED: _ControlSubject.ValueType  # 0
+    CONTROL_SUBJECT_CARD: _ControlSubject.ValueType  # 1
+    CONTROL_SUBJECT_ACCOUNT: _ControlSubject.ValueType  # 2
+
+class ControlSubject(_ControlSubject, metaclass=_ControlSubjectEnumTypeWrapper):
+    """Whose spend controls: one card, or every card of an account (together)."""
+
+CONTROL_SUBJECT_UNSPECIFIED: ControlSubject.ValueType  # 0
+CONTROL_SUBJECT_CARD: ControlSubject.ValueType  # 1
+CONTROL_SUBJECT_ACCOUNT: ControlSubject.ValueType  # 2
+Global___ControlSubject: _TypeAlias = ControlSubject  # noqa: Y015
+
+class _CardPresenceControl:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CardPresenceControlEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CardPresenceControl.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CARD_PRESENCE_CONTROL_UNSPECIFIED: _CardPresenceControl.ValueType  # 0
+    """Either (also a request that does not say): no control."""
+    CARD_PRESENCE_CONTROL_PRESENT_ONLY: _CardPresenceControl.ValueType  # 1
+    """Only with the card present: a request that does not say PRESENT is declined."""
+    CARD_PRESENCE_CONTROL_NOT_PRESENT_ONLY: _CardPresenceControl.ValueType  # 2
+    """Only without the card: a request that says PRESENT is declined."""
+
+class CardPresenceControl(_CardPresenceControl, metaclass=_CardPresenceControlEnumTypeWrapper):
+    """Whether the card must be at the point of sale (network_data.card_present)."""
+
+CARD_PRESENCE_CONTROL_UNSPECIFIED: CardPresenceControl.ValueType  # 0
+"""Either (also a request that does not say): no control."""
+CARD_PRESENCE_CONTROL_PRESENT_ONLY: CardPresenceControl.ValueType  # 1
+"""Only with the card present: a request that does not say PRESENT is declined."""
+CARD_PRESENCE_CONTROL_NOT_PRESENT_ONLY: CardPresenceControl.ValueType  # 2
+"""Only without the card: a request that says PRESENT is declined."""
+Global___CardPresenceControl: _TypeAlias = CardPresenceControl  # noqa: Y015
 
 @_typing.final
 class CreateClientRequest(_message.Message):
@@ -1561,6 +1608,7 @@ class GetCardResponse(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     PROGRAM_ID_FIELD_NUMBER: _builtins.int
     PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    SPEND_CONTROLS_FIELD_NUMBER: _builtins.int
     card_id: _builtins.str
     bin: _builtins.str
     last_four: _builtins.str
@@ -1577,6 +1625,12 @@ class GetCardResponse(_message.Message):
     def linked_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Further accounts linked to the card."""
 
+    @_builtins.property
+    def spend_controls(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendControlsVersion]:
+        """The spend controls of the card and of its spend account: for each, the version in
+        force now and the next one scheduled, if any (ListSpendControls has every version).
+        """
+
     def __init__(
         self,
         *,
@@ -1591,10 +1645,11 @@ class GetCardResponse(_message.Message):
         client_id: _builtins.str = ...,
         program_id: _builtins.str = ...,
         product_id: _builtins.str = ...,
+        spend_controls: _abc.Iterable[Global___SpendControlsVersion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin", b"bin", "card_id", b"card_id", "client_id", b"client_id", "expiry", b"expiry", "last_four", b"last_four", "linked_account_ids", b"linked_account_ids", "pin_tries", b"pin_tries", "product_id", b"product_id", "program_id", b"program_id", "spend_account_id", b"spend_account_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin", b"bin", "card_id", b"card_id", "client_id", b"client_id", "expiry", b"expiry", "last_four", b"last_four", "linked_account_ids", b"linked_account_ids", "pin_tries", b"pin_tries", "product_id", b"product_id", "program_id", b"program_id", "spend_account_id", b"spend_account_id", "spend_controls", b"spend_controls", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3292,3 +3347,639 @@ class ListAccountHoldersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAccountHoldersResponse: _TypeAlias = ListAccountHoldersResponse  # noqa: Y015
+
+@_typing.final
+class MccRange(_message.Message):
+    """An inclusive range of merchant category codes ("3000" to "3350": airlines)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_MCC_FIELD_NUMBER: _builtins.int
+    TO_MCC_FIELD_NUMBER: _builtins.int
+    from_mcc: _builtins.str
+    to_mcc: _builtins.str
+    def __init__(
+        self,
+        *,
+        from_mcc: _builtins.str = ...,
+        to_mcc: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_mcc", b"from_mcc", "to_mcc", b"to_mcc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MccRange: _TypeAlias = MccRange  # noqa: Y015
+
+@_typing.final
+class SpendLimit(_message.Message):
+    """An amount or count limit of a card's or an account's spend controls. Counted like a
+    product limit (approvals add amount and fee; reversals and clearings adjust the amount)
+    under its name: a later version with a limit of the same name and period goes on
+    counting where this one was.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPES_FIELD_NUMBER: _builtins.int
+    AMOUNT_MAX_MINOR_FIELD_NUMBER: _builtins.int
+    COUNT_MAX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Letters, digits, '-' and '_', at most 40: names the counter."""
+    period: Global___Period.ValueType
+    """TRANSACTION, DAY, MONTH (the program's time zone) or LIFETIME."""
+    asset: _builtins.str
+    amount_max_minor: _builtins.int
+    """Declines 61 when exceeded (amounts include fees)."""
+    count_max: _builtins.int
+    """Declines 65 when exceeded; not for per-transaction limits."""
+    @_builtins.property
+    def transaction_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.TransactionType.ValueType]:
+        """Empty: every transaction type."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        period: Global___Period.ValueType = ...,
+        asset: _builtins.str = ...,
+        transaction_types: _abc.Iterable[_common_pb2.TransactionType.ValueType] | None = ...,
+        amount_max_minor: _builtins.int | None = ...,
+        count_max: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_count_max", b"_count_max", "amount_max_minor", b"amount_max_minor", "count_max", b"count_max"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_count_max", b"_count_max", "amount_max_minor", b"amount_max_minor", "asset", b"asset", "count_max", b"count_max", "name", b"name", "period", b"period", "transaction_types", b"transaction_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_max_minor: _TypeAlias = _typing.Literal["amount_max_minor"]  # noqa: Y015
+    _WhichOneofArgType__amount_max_minor: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor"]  # noqa: Y015
+    _WhichOneofReturnType__count_max: _TypeAlias = _typing.Literal["count_max"]  # noqa: Y015
+    _WhichOneofArgType__count_max: _TypeAlias = _typing.Literal["_count_max", b"_count_max"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_max_minor) -> _WhichOneofReturnType__amount_max_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count_max) -> _WhichOneofReturnType__count_max | None: ...
+
+Global___SpendLimit: _TypeAlias = SpendLimit  # noqa: Y015
+
+@_typing.final
+class DeclineRule(_message.Message):
+    """Declines (57) a request for which every condition set here holds: e.g. e-commerce,
+    without 3-D Secure authentication, above 50.00. At least one condition.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    POS_ENTRY_MODES_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPES_FIELD_NUMBER: _builtins.int
+    WITHOUT_THREE_DS_FIELD_NUMBER: _builtins.int
+    AMOUNT_ABOVE_MINOR_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    NETWORK_RISK_SCORE_MIN_FIELD_NUMBER: _builtins.int
+    CARD_NOT_PRESENT_FIELD_NUMBER: _builtins.int
+    STORED_CREDENTIAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Named in the decline's detail."""
+    without_three_ds: _builtins.bool
+    """The request was not 3-D Secure authenticated (network_data.three_ds.result is not
+    AUTHENTICATED, or absent).
+    """
+    amount_above_minor: _builtins.int
+    """The billing amount is above this, in asset (set both, or neither)."""
+    asset: _builtins.str
+    network_risk_score_min: _builtins.int
+    """The network's risk score is at least this (a request without a score does not match)."""
+    card_not_present: _builtins.bool
+    """The card was not present (network_data.card_present is not PRESENT)."""
+    stored_credential: _builtins.bool
+    """A recurring, card-on-file or merchant-initiated request (any of these flags)."""
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Channel.ValueType]:
+        """Any of these channels (empty: any channel)."""
+
+    @_builtins.property
+    def pos_entry_modes(self) -> _containers.RepeatedScalarFieldContainer[_authorization_pb2.PosEntryMode.ValueType]:
+        """Any of these POS entry modes (empty: any)."""
+
+    @_builtins.property
+    def transaction_types(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.TransactionType.ValueType]:
+        """Any of these transaction types (empty: any)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channels: _abc.Iterable[_common_pb2.Channel.ValueType] | None = ...,
+        pos_entry_modes: _abc.Iterable[_authorization_pb2.PosEntryMode.ValueType] | None = ...,
+        transaction_types: _abc.Iterable[_common_pb2.TransactionType.ValueType] | None = ...,
+        without_three_ds: _builtins.bool = ...,
+        amount_above_minor: _builtins.int | None = ...,
+        asset: _builtins.str = ...,
+        network_risk_score_min: _builtins.int | None = ...,
+        card_not_present: _builtins.bool = ...,
+        stored_credential: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_above_minor", b"_amount_above_minor", "_network_risk_score_min", b"_network_risk_score_min", "amount_above_minor", b"amount_above_minor", "network_risk_score_min", b"network_risk_score_min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_above_minor", b"_amount_above_minor", "_network_risk_score_min", b"_network_risk_score_min", "amount_above_minor", b"amount_above_minor", "asset", b"asset", "card_not_present", b"card_not_present", "channels", b"channels", "name", b"name", "network_risk_score_min", b"network_risk_score_min", "pos_entry_modes", b"pos_entry_modes", "stored_credential", b"stored_credential", "transaction_types", b"transaction_types", "without_three_ds", b"without_three_ds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_above_minor: _TypeAlias = _typing.Literal["amount_above_minor"]  # noqa: Y015
+    _WhichOneofArgType__amount_above_minor: _TypeAlias = _typing.Literal["_amount_above_minor", b"_amount_above_minor"]  # noqa: Y015
+    _WhichOneofReturnType__network_risk_score_min: _TypeAlias = _typing.Literal["network_risk_score_min"]  # noqa: Y015
+    _WhichOneofArgType__network_risk_score_min: _TypeAlias = _typing.Literal["_network_risk_score_min", b"_network_risk_score_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_above_minor) -> _WhichOneofReturnType__amount_above_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network_risk_score_min) -> _WhichOneofReturnType__network_risk_score_min | None: ...
+
+Global___DeclineRule: _TypeAlias = DeclineRule  # noqa: Y015
+
+@_typing.final
+class SpendControls(_message.Message):
+    """What a card or an account may do, beyond its product's rules, which always apply too.
+    Empty lists restrict nothing. The card's and its account's controls both apply. Each
+    list holds at most 100 entries (countries 250), limits and decline rules 20 each.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_MCCS_FIELD_NUMBER: _builtins.int
+    ALLOWED_MCC_RANGES_FIELD_NUMBER: _builtins.int
+    BLOCKED_MCCS_FIELD_NUMBER: _builtins.int
+    BLOCKED_MCC_RANGES_FIELD_NUMBER: _builtins.int
+    ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    BLOCKED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    ALLOWED_MERCHANT_IDS_FIELD_NUMBER: _builtins.int
+    BLOCKED_MERCHANT_IDS_FIELD_NUMBER: _builtins.int
+    ALLOWED_CHANNELS_FIELD_NUMBER: _builtins.int
+    CARD_PRESENCE_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    DECLINE_RULES_FIELD_NUMBER: _builtins.int
+    REPLACE_PRODUCT_LIMITS_FIELD_NUMBER: _builtins.int
+    VELOCITY_RULES_FIELD_NUMBER: _builtins.int
+    card_presence: Global___CardPresenceControl.ValueType
+    replace_product_limits: _builtins.bool
+    """The product's limits of this subject (its CARD limits for a card's controls, its
+    ACCOUNT limits for an account's) no longer apply: these controls' limits replace them.
+    """
+    @_builtins.property
+    def allowed_mccs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these merchant categories (codes and ranges together; empty: any)."""
+
+    @_builtins.property
+    def allowed_mcc_ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___MccRange]: ...
+    @_builtins.property
+    def blocked_mccs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Never these."""
+
+    @_builtins.property
+    def blocked_mcc_ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___MccRange]: ...
+    @_builtins.property
+    def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Merchant countries, ISO 3166-1 alpha-2."""
+
+    @_builtins.property
+    def blocked_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def allowed_merchant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Merchant ids (DE42)."""
+
+    @_builtins.property
+    def blocked_merchant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def allowed_channels(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Channel.ValueType]:
+        """Only these channels (empty: any)."""
+
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendLimit]: ...
+    @_builtins.property
+    def decline_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeclineRule]: ...
+    @_builtins.property
+    def velocity_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___VelocityRule]:
+        """Rolling-window rules (at most 20), evaluated in the same atomic step."""
+
+    def __init__(
+        self,
+        *,
+        allowed_mccs: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_mcc_ranges: _abc.Iterable[Global___MccRange] | None = ...,
+        blocked_mccs: _abc.Iterable[_builtins.str] | None = ...,
+        blocked_mcc_ranges: _abc.Iterable[Global___MccRange] | None = ...,
+        allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
+        blocked_countries: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_merchant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        blocked_merchant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_channels: _abc.Iterable[_common_pb2.Channel.ValueType] | None = ...,
+        card_presence: Global___CardPresenceControl.ValueType = ...,
+        limits: _abc.Iterable[Global___SpendLimit] | None = ...,
+        decline_rules: _abc.Iterable[Global___DeclineRule] | None = ...,
+        replace_product_limits: _builtins.bool = ...,
+        velocity_rules: _abc.Iterable[Global___VelocityRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_channels", b"allowed_channels", "allowed_countries", b"allowed_countries", "allowed_mcc_ranges", b"allowed_mcc_ranges", "allowed_mccs", b"allowed_mccs", "allowed_merchant_ids", b"allowed_merchant_ids", "blocked_countries", b"blocked_countries", "blocked_mcc_ranges", b"blocked_mcc_ranges", "blocked_mccs", b"blocked_mccs", "blocked_merchant_ids", b"blocked_merchant_ids", "card_presence", b"card_presence", "decline_rules", b"decline_rules", "limits", b"limits", "replace_product_limits", b"replace_product_limits", "velocity_rules", b"velocity_rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendControls: _TypeAlias = SpendControls  # noqa: Y015
+
+@_typing.final
+class VelocityRule(_message.Message):
+    """A velocity rule over a rolling window (not a calendar period): more than approvals_max
+    approvals, or more than amount_max_minor approved (fees included), within the last
+    window_s seconds declines (65, 61); more than declines_max declines within it blocks the
+    card (BLOCKED: 62 from then on) and notifies CARD_STATUS_CHANGED. A card's rule counts
+    the card, an account's rule every card of the account. docs/controls.md, "Velocity".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    APPROVALS_MAX_FIELD_NUMBER: _builtins.int
+    AMOUNT_MAX_MINOR_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    DECLINES_MAX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Letters, digits, '-' and '_', at most 40; unique in the set."""
+    window_s: _builtins.int
+    """60 to 604800, a multiple of 20 (the window is counted in twenty buckets)."""
+    approvals_max: _builtins.int
+    amount_max_minor: _builtins.int
+    asset: _builtins.str
+    """The asset of amount_max_minor (set both, or neither)."""
+    declines_max: _builtins.int
+    """Declines counted: those after the card's status was found good (expiry, PIN, CVV2,
+    product and control, limits, funds).
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        window_s: _builtins.int = ...,
+        approvals_max: _builtins.int | None = ...,
+        amount_max_minor: _builtins.int | None = ...,
+        asset: _builtins.str = ...,
+        declines_max: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_approvals_max", b"_approvals_max", "_declines_max", b"_declines_max", "amount_max_minor", b"amount_max_minor", "approvals_max", b"approvals_max", "declines_max", b"declines_max"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor", "_approvals_max", b"_approvals_max", "_declines_max", b"_declines_max", "amount_max_minor", b"amount_max_minor", "approvals_max", b"approvals_max", "asset", b"asset", "declines_max", b"declines_max", "name", b"name", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amount_max_minor: _TypeAlias = _typing.Literal["amount_max_minor"]  # noqa: Y015
+    _WhichOneofArgType__amount_max_minor: _TypeAlias = _typing.Literal["_amount_max_minor", b"_amount_max_minor"]  # noqa: Y015
+    _WhichOneofReturnType__approvals_max: _TypeAlias = _typing.Literal["approvals_max"]  # noqa: Y015
+    _WhichOneofArgType__approvals_max: _TypeAlias = _typing.Literal["_approvals_max", b"_approvals_max"]  # noqa: Y015
+    _WhichOneofReturnType__declines_max: _TypeAlias = _typing.Literal["declines_max"]  # noqa: Y015
+    _WhichOneofArgType__declines_max: _TypeAlias = _typing.Literal["_declines_max", b"_declines_max"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amount_max_minor) -> _WhichOneofReturnType__amount_max_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__approvals_max) -> _WhichOneofReturnType__approvals_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__declines_max) -> _WhichOneofReturnType__declines_max | None: ...
+
+Global___VelocityRule: _TypeAlias = VelocityRule  # noqa: Y015
+
+@_typing.final
+class SetSpendControlsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    CONTROLS_FIELD_NUMBER: _builtins.int
+    subject: Global___ControlSubject.ValueType
+    subject_id: _builtins.str
+    """The card's id or the account's."""
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """Default: now. A version in the future is scheduled; the version in force is the one
+        with the latest effective_from not after the decision.
+        """
+
+    @_builtins.property
+    def controls(self) -> Global___SpendControls:
+        """The whole set: a new version replaces the previous one (send an empty set to lift
+        every control).
+        """
+
+    def __init__(
+        self,
+        *,
+        subject: Global___ControlSubject.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        controls: Global___SpendControls | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["controls", b"controls", "effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controls", b"controls", "effective_from", b"effective_from", "subject", b"subject", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendControlsRequest: _TypeAlias = SetSpendControlsRequest  # noqa: Y015
+
+@_typing.final
+class SetSpendControlsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSpendControlsResponse: _TypeAlias = SetSpendControlsResponse  # noqa: Y015
+
+@_typing.final
+class ListSpendControlsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    subject: Global___ControlSubject.ValueType
+    subject_id: _builtins.str
+    page_size: _builtins.int
+    """Oldest version first; default 10, at most 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject: Global___ControlSubject.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "subject", b"subject", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpendControlsRequest: _TypeAlias = ListSpendControlsRequest  # noqa: Y015
+
+@_typing.final
+class SpendControlsVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CONTROLS_FIELD_NUMBER: _builtins.int
+    subject: Global___ControlSubject.ValueType
+    subject_id: _builtins.str
+    version: _builtins.int
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def controls(self) -> Global___SpendControls: ...
+    def __init__(
+        self,
+        *,
+        subject: Global___ControlSubject.ValueType = ...,
+        subject_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        controls: Global___SpendControls | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["controls", b"controls", "created_at", b"created_at", "effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controls", b"controls", "created_at", b"created_at", "effective_from", b"effective_from", "subject", b"subject", "subject_id", b"subject_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendControlsVersion: _TypeAlias = SpendControlsVersion  # noqa: Y015
+
+@_typing.final
+class ListSpendControlsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpendControlsVersion]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___SpendControlsVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSpendControlsResponse: _TypeAlias = ListSpendControlsResponse  # noqa: Y015
+
+@_typing.final
+class SetTokenPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_ALLOWED_FIELD_NUMBER: _builtins.int
+    STEP_UP_ALWAYS_FIELD_NUMBER: _builtins.int
+    STEP_UP_DECLINES_MIN_FIELD_NUMBER: _builtins.int
+    DECLINE_DECLINES_MIN_FIELD_NUMBER: _builtins.int
+    STEP_UP_RISK_SCORE_MIN_FIELD_NUMBER: _builtins.int
+    DECLINE_RISK_SCORE_MIN_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    tokens_allowed: _builtins.bool
+    """False: every provisioning request is declined."""
+    step_up_always: _builtins.bool
+    """Every token needs step-up authentication."""
+    step_up_declines_min: _builtins.int
+    """Step-up when the card has had at least this many declined authorisations in the last
+    24 hours (0: never for this reason).
+    """
+    decline_declines_min: _builtins.int
+    """Decline when it has had at least this many (0: never for this reason)."""
+    step_up_risk_score_min: _builtins.int
+    """Step-up (decline) when the wallet risk score is at least this."""
+    decline_risk_score_min: _builtins.int
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        tokens_allowed: _builtins.bool = ...,
+        step_up_always: _builtins.bool = ...,
+        step_up_declines_min: _builtins.int = ...,
+        decline_declines_min: _builtins.int = ...,
+        step_up_risk_score_min: _builtins.int | None = ...,
+        decline_risk_score_min: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decline_risk_score_min", b"_decline_risk_score_min", "_step_up_risk_score_min", b"_step_up_risk_score_min", "decline_risk_score_min", b"decline_risk_score_min", "step_up_risk_score_min", b"step_up_risk_score_min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decline_risk_score_min", b"_decline_risk_score_min", "_step_up_risk_score_min", b"_step_up_risk_score_min", "decline_declines_min", b"decline_declines_min", "decline_risk_score_min", b"decline_risk_score_min", "product_id", b"product_id", "step_up_always", b"step_up_always", "step_up_declines_min", b"step_up_declines_min", "step_up_risk_score_min", b"step_up_risk_score_min", "tokens_allowed", b"tokens_allowed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__decline_risk_score_min: _TypeAlias = _typing.Literal["decline_risk_score_min"]  # noqa: Y015
+    _WhichOneofArgType__decline_risk_score_min: _TypeAlias = _typing.Literal["_decline_risk_score_min", b"_decline_risk_score_min"]  # noqa: Y015
+    _WhichOneofReturnType__step_up_risk_score_min: _TypeAlias = _typing.Literal["step_up_risk_score_min"]  # noqa: Y015
+    _WhichOneofArgType__step_up_risk_score_min: _TypeAlias = _typing.Literal["_step_up_risk_score_min", b"_step_up_risk_score_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__decline_risk_score_min) -> _WhichOneofReturnType__decline_risk_score_min | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step_up_risk_score_min) -> _WhichOneofReturnType__step_up_risk_score_min | None: ...
+
+Global___SetTokenPolicyRequest: _TypeAlias = SetTokenPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetTokenPolicyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenPolicyResponse: _TypeAlias = SetTokenPolicyResponse  # noqa: Y015
+
+@_typing.final
+class SetTokenStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    status: _authorization_pb2.TokenStatus.ValueType
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        status: _authorization_pb2.TokenStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "status", b"status", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenStatusRequest: _TypeAlias = SetTokenStatusRequest  # noqa: Y015
+
+@_typing.final
+class SetTokenStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    previous: _authorization_pb2.TokenStatus.ValueType
+    def __init__(
+        self,
+        *,
+        previous: _authorization_pb2.TokenStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTokenStatusResponse: _TypeAlias = SetTokenStatusResponse  # noqa: Y015
+
+@_typing.final
+class ListCardTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    card_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        card_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCardTokensRequest: _TypeAlias = ListCardTokensRequest  # noqa: Y015
+
+@_typing.final
+class NetworkToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    LAST_FOUR_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    TOKEN_REQUESTOR_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    card_id: _builtins.str
+    last_four: _builtins.str
+    expiry: _builtins.str
+    token_requestor_id: _builtins.str
+    status: _authorization_pb2.TokenStatus.ValueType
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        card_id: _builtins.str = ...,
+        last_four: _builtins.str = ...,
+        expiry: _builtins.str = ...,
+        token_requestor_id: _builtins.str = ...,
+        status: _authorization_pb2.TokenStatus.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "created_at", b"created_at", "expiry", b"expiry", "last_four", b"last_four", "status", b"status", "token_id", b"token_id", "token_requestor_id", b"token_requestor_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkToken: _TypeAlias = NetworkToken  # noqa: Y015
+
+@_typing.final
+class ListCardTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkToken]:
+        """At most 100 (a card has few tokens: one per device and wallet)."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___NetworkToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCardTokensResponse: _TypeAlias = ListCardTokensResponse  # noqa: Y015

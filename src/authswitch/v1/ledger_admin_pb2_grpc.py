@@ -176,6 +176,31 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.SetSpendControls = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetSpendControls',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsResponse.FromString,
+                _registered_method=True)
+        self.ListSpendControls = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListSpendControls',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
+                _registered_method=True)
+        self.SetTokenPolicy = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetTokenPolicy',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyResponse.FromString,
+                _registered_method=True)
+        self.SetTokenStatus = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetTokenStatus',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusResponse.FromString,
+                _registered_method=True)
+        self.ListCardTokens = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListCardTokens',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensResponse.FromString,
+                _registered_method=True)
         self.SetProgramRouting = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/SetProgramRouting',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProgramRoutingRequest.SerializeToString,
@@ -450,6 +475,45 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSpendControls(self, request, context):
+        """Adds a version of a card's or an account's spend controls, in force from
+        effective_from: they narrow what the product permits (declined 57), and add amount and
+        count limits (61, 65) that may replace product limits for that card or account.
+        docs/controls.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSpendControls(self, request, context):
+        """Every version of a card's or an account's spend controls, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTokenPolicy(self, request, context):
+        """A product's network token provisioning policy (docs/tokens.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTokenStatus(self, request, context):
+        """Changes a network token's status, independently of its card (suspend, resume, activate
+        after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCardTokens(self, request, context):
+        """The network tokens of a card.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetProgramRouting(self, request, context):
         """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
         circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -718,6 +782,31 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'SetSpendControls': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSpendControls,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsResponse.SerializeToString,
+            ),
+            'ListSpendControls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSpendControls,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.SerializeToString,
+            ),
+            'SetTokenPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenPolicy,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyResponse.SerializeToString,
+            ),
+            'SetTokenStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenStatus,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusResponse.SerializeToString,
+            ),
+            'ListCardTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCardTokens,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensResponse.SerializeToString,
             ),
             'SetProgramRouting': grpc.unary_unary_rpc_method_handler(
                     servicer.SetProgramRouting,
@@ -1541,6 +1630,141 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/GetUsage',
             authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSpendControls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetSpendControls',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetSpendControlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSpendControls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListSpendControls',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetTokenPolicy',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetTokenStatus',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCardTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListCardTokens',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListCardTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

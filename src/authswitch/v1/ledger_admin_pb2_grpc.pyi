@@ -83,6 +83,22 @@ class LedgerAdminServiceStub:
     ListLimits: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]
     GetUsage: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]
     """The live counters (limits, free uses) of an account and its cards."""
+    SetSpendControls: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetSpendControlsRequest, _ledger_admin_pb2.SetSpendControlsResponse]
+    """Adds a version of a card's or an account's spend controls, in force from
+    effective_from: they narrow what the product permits (declined 57), and add amount and
+    count limits (61, 65) that may replace product limits for that card or account.
+    docs/controls.md.
+    """
+    ListSpendControls: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]
+    """Every version of a card's or an account's spend controls, oldest first."""
+    SetTokenPolicy: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenPolicyRequest, _ledger_admin_pb2.SetTokenPolicyResponse]
+    """A product's network token provisioning policy (docs/tokens.md)."""
+    SetTokenStatus: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenStatusRequest, _ledger_admin_pb2.SetTokenStatusResponse]
+    """Changes a network token's status, independently of its card (suspend, resume, activate
+    after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+    """
+    ListCardTokens: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListCardTokensRequest, _ledger_admin_pb2.ListCardTokensResponse]
+    """The network tokens of a card."""
     SetProgramRouting: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
     circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -193,6 +209,22 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     ListLimits: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListLimitsRequest, _ledger_admin_pb2.ListLimitsResponse]  # type: ignore[assignment]
     GetUsage: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.GetUsageRequest, _ledger_admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """The live counters (limits, free uses) of an account and its cards."""
+    SetSpendControls: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetSpendControlsRequest, _ledger_admin_pb2.SetSpendControlsResponse]  # type: ignore[assignment]
+    """Adds a version of a card's or an account's spend controls, in force from
+    effective_from: they narrow what the product permits (declined 57), and add amount and
+    count limits (61, 65) that may replace product limits for that card or account.
+    docs/controls.md.
+    """
+    ListSpendControls: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]  # type: ignore[assignment]
+    """Every version of a card's or an account's spend controls, oldest first."""
+    SetTokenPolicy: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenPolicyRequest, _ledger_admin_pb2.SetTokenPolicyResponse]  # type: ignore[assignment]
+    """A product's network token provisioning policy (docs/tokens.md)."""
+    SetTokenStatus: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenStatusRequest, _ledger_admin_pb2.SetTokenStatusResponse]  # type: ignore[assignment]
+    """Changes a network token's status, independently of its card (suspend, resume, activate
+    after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+    """
+    ListCardTokens: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListCardTokensRequest, _ledger_admin_pb2.ListCardTokensResponse]  # type: ignore[assignment]
+    """The network tokens of a card."""
     SetProgramRouting: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProgramRoutingRequest, _ledger_admin_pb2.SetProgramRoutingResponse]  # type: ignore[assignment]
     """Where an off-ledger program's DecisionService is, its deadline, stand-in policy and
     circuit breaker. Refused (FAILED_PRECONDITION) for an on-ledger program.
@@ -462,6 +494,52 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.GetUsageResponse, _abc.Awaitable[_ledger_admin_pb2.GetUsageResponse]]:
         """The live counters (limits, free uses) of an account and its cards."""
+
+    @_abc_1.abstractmethod
+    def SetSpendControls(
+        self,
+        request: _ledger_admin_pb2.SetSpendControlsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetSpendControlsResponse, _abc.Awaitable[_ledger_admin_pb2.SetSpendControlsResponse]]:
+        """Adds a version of a card's or an account's spend controls, in force from
+        effective_from: they narrow what the product permits (declined 57), and add amount and
+        count limits (61, 65) that may replace product limits for that card or account.
+        docs/controls.md.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSpendControls(
+        self,
+        request: _ledger_admin_pb2.ListSpendControlsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListSpendControlsResponse, _abc.Awaitable[_ledger_admin_pb2.ListSpendControlsResponse]]:
+        """Every version of a card's or an account's spend controls, oldest first."""
+
+    @_abc_1.abstractmethod
+    def SetTokenPolicy(
+        self,
+        request: _ledger_admin_pb2.SetTokenPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetTokenPolicyResponse, _abc.Awaitable[_ledger_admin_pb2.SetTokenPolicyResponse]]:
+        """A product's network token provisioning policy (docs/tokens.md)."""
+
+    @_abc_1.abstractmethod
+    def SetTokenStatus(
+        self,
+        request: _ledger_admin_pb2.SetTokenStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetTokenStatusResponse, _abc.Awaitable[_ledger_admin_pb2.SetTokenStatusResponse]]:
+        """Changes a network token's status, independently of its card (suspend, resume, activate
+        after step-up, deactivate); notifies TOKEN_STATUS_CHANGED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCardTokens(
+        self,
+        request: _ledger_admin_pb2.ListCardTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListCardTokensResponse, _abc.Awaitable[_ledger_admin_pb2.ListCardTokensResponse]]:
+        """The network tokens of a card."""
 
     @_abc_1.abstractmethod
     def SetProgramRouting(

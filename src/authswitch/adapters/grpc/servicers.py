@@ -14,6 +14,11 @@ from google.protobuf.message import DecodeError
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
+from authswitch.adapters.grpc.controls import (
+    control_subject,
+    controls_from_message,
+    version_message,
+)
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
 from authswitch.adapters.postgres.ownership import Holder
@@ -24,11 +29,14 @@ from authswitch.domain.authorization import (
     PinTriesExceededAction,
 )
 from authswitch.domain.bounds import merchant_too_long
+from authswitch.domain.controls import in_force, next_scheduled
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
+from authswitch.domain.networkdata import NetworkData
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.domain.reports import valid_prefix
+from authswitch.domain.tokens import TokenPolicy, TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
 from authswitch.service.accounts import AccountService
@@ -45,7 +53,13 @@ from authswitch.v1 import (
     ledger_admin_pb2_grpc,
 )
 
-__all__ = ["AuthorizationServicer", "LedgerAdminServicer", "Services", "to_domain"]
+__all__ = [
+    "AuthorizationServicer",
+    "LedgerAdminServicer",
+    "Services",
+    "network_data",
+    "to_domain",
+]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -65,7 +79,16 @@ _PURPOSES = {
 
 
 def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationRequest:
-    """The domain view of an authorisation request; validation happens in the domain."""
+    """The domain view of an authorisation request; validation happens in the domain.
+
+    A purchase with cash back is approved in full or not at all (partial approval is
+    withdrawn from it): a partial approval cannot say whether the cash was given."""
+    network = None
+    partial_allowed = request.partial_approval_allowed
+    if request.HasField("network_data"):  # one cheap check when the network sent none
+        network = network_data(request.network_data)
+        if network.cashback_minor:
+            partial_allowed = False
     return AuthorizationRequest(
         source=request.source,
         message_id=request.message_id,
@@ -80,12 +103,38 @@ def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationReque
         transaction_asset=request.transaction_amount.asset,
         billing_amount_minor=request.billing_amount.amount_minor,
         billing_asset=request.billing_amount.asset,
-        partial_allowed=request.partial_approval_allowed,
+        partial_allowed=partial_allowed,
         mcc=request.merchant.mcc,
         merchant_country=request.merchant.country,
         channel=request.channel,
         incremental=request.incremental,
         original_message_id=request.original_message_id,
+        merchant_id=request.merchant.merchant_id,
+        network=network,
+        token=request.token,
+    )
+
+
+def network_data(data: authorization_pb2.NetworkData) -> NetworkData:
+    """The domain view of a request's network data (validated by the domain)."""
+    return NetworkData(
+        pos_entry_mode=data.pos_entry_mode,
+        terminal_type=data.terminal_type,
+        card_present=data.card_present,
+        cardholder_present=data.cardholder_present,
+        three_ds_result=data.three_ds.result,
+        eci=data.three_ds.eci,
+        recurring=data.recurring,
+        card_on_file=data.card_on_file,
+        merchant_initiated=data.merchant_initiated,
+        avs_result=data.avs_result,
+        cashback_minor=data.cashback_amount.amount_minor,
+        cashback_asset=data.cashback_amount.asset,
+        atm_surcharge_minor=data.atm_surcharge.amount_minor,
+        atm_surcharge_asset=data.atm_surcharge.asset,
+        network_risk_score=(
+            data.network_risk_score if data.HasField("network_risk_score") else None
+        ),
     )
 
 
@@ -254,6 +303,18 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         self, request: authorization_pb2.RefundRequest, context: Context
     ) -> authorization_pb2.RefundResponse:
         return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
+
+    @grpc_errors
+    async def ProvisionToken(  # noqa: N802
+        self, request: authorization_pb2.ProvisionTokenRequest, context: Context
+    ) -> authorization_pb2.ProvisionTokenResponse:
+        return await self.service.tokens.provision(request)
+
+    @grpc_errors
+    async def Credit(  # noqa: N802
+        self, request: authorization_pb2.CreditRequest, context: Context
+    ) -> authorization_pb2.CreditResponse:
+        return await self.lifecycle.credit(request, request.SerializeToString(deterministic=True))
 
     @grpc_errors
     async def Chargeback(  # noqa: N802
@@ -550,7 +611,15 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         self, request: ledger_admin_pb2.GetCardRequest, context: Context
     ) -> ledger_admin_pb2.GetCardResponse:
         card = await self.service.store.card(request.card_id)
+        now = self.service.clock.now()
+        controls = []
+        for subject_id in (card["card_id"], card["account_id"]):
+            versions = await self.service.spend_controls(subject_id)
+            for shown in (in_force(versions, now), next_scheduled(versions, now)):
+                if shown is not None:
+                    controls.append(version_message(shown))
         return ledger_admin_pb2.GetCardResponse(
+            spend_controls=controls,
             card_id=card["card_id"],
             bin=card["bin"],
             last_four=card["last_four"],
@@ -675,6 +744,88 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         items = [(_limit_message(x), (x.id,)) for x in limits[start : start + limit + 1]]
         response = ledger_admin_pb2.ListLimitsResponse()
         response.next_page_token = fill_page(response.limits, items, limit=limit, kind="limits")
+        return response
+
+    @grpc_errors
+    async def SetSpendControls(  # noqa: N802
+        self, request: ledger_admin_pb2.SetSpendControlsRequest, context: Context
+    ) -> ledger_admin_pb2.SetSpendControlsResponse:
+        effective_from = (
+            request.effective_from.ToDatetime(tzinfo=UTC)
+            if request.HasField("effective_from")
+            else None
+        )
+        version = await self.service.set_spend_controls(
+            control_subject(request.subject), request.subject_id,
+            controls_from_message(request.controls), effective_from, actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.SetSpendControlsResponse(version=version)
+
+    @grpc_errors
+    async def ListSpendControls(  # noqa: N802
+        self, request: ledger_admin_pb2.ListSpendControlsRequest, context: Context
+    ) -> ledger_admin_pb2.ListSpendControlsResponse:
+        control_subject(request.subject)
+        limit = page_size(request.page_size, default=10, maximum=100)
+        after = 0
+        if request.page_token:
+            (after,) = read_page_token(request.page_token, "spend_controls", 1)
+            if not isinstance(after, int):
+                raise RequestError("page_token is not one this server issued for this list")
+        versions = await self.service.spend_controls(request.subject_id)
+        items = [(version_message(v), (v.version,)) for v in versions if v.version > after][
+            : limit + 1
+        ]
+        response = ledger_admin_pb2.ListSpendControlsResponse()
+        response.next_page_token = fill_page(
+            response.versions, items, limit=limit, kind="spend_controls"
+        )
+        return response
+
+    @grpc_errors
+    async def SetTokenPolicy(  # noqa: N802
+        self, request: ledger_admin_pb2.SetTokenPolicyRequest, context: Context
+    ) -> ledger_admin_pb2.SetTokenPolicyResponse:
+        step_up = request.step_up_risk_score_min
+        decline = request.decline_risk_score_min
+        policy = TokenPolicy(
+            tokens_allowed=request.tokens_allowed,
+            step_up_always=request.step_up_always,
+            step_up_declines_min=request.step_up_declines_min,
+            decline_declines_min=request.decline_declines_min,
+            step_up_risk_score_min=step_up if request.HasField("step_up_risk_score_min") else None,
+            decline_risk_score_min=decline if request.HasField("decline_risk_score_min") else None,
+        )
+        await self.service.tokens.set_policy(request.product_id, policy, actor=_actor(context))
+        return ledger_admin_pb2.SetTokenPolicyResponse()
+
+    @grpc_errors
+    async def SetTokenStatus(  # noqa: N802
+        self, request: ledger_admin_pb2.SetTokenStatusRequest, context: Context
+    ) -> ledger_admin_pb2.SetTokenStatusResponse:
+        try:
+            status = TokenStatus(request.status)
+        except ValueError:
+            raise RequestError("status must be a known token status") from None
+        previous = await self.service.tokens.set_status(
+            request.token_id, status, request.reason, actor=_actor(context)
+        )
+        return ledger_admin_pb2.SetTokenStatusResponse(
+            previous=previous.value  # type: ignore[arg-type]
+        )
+
+    @grpc_errors
+    async def ListCardTokens(  # noqa: N802
+        self, request: ledger_admin_pb2.ListCardTokensRequest, context: Context
+    ) -> ledger_admin_pb2.ListCardTokensResponse:
+        response = ledger_admin_pb2.ListCardTokensResponse()
+        for row in await self.service.tokens.of_card(request.card_id):
+            token = response.tokens.add(
+                token_id=row.token_id, card_id=row.card_id, last_four=row.last_four,
+                expiry=row.expiry_yymm, token_requestor_id=row.token_requestor_id,
+                status=row.status.value,
+            )  # fmt: skip
+            token.created_at.FromDatetime(row.created_at)
         return response
 
     @grpc_errors

@@ -147,14 +147,19 @@ class CatalogStore:
                           WHERE l.card_id = c.id AND NOT EXISTS (
                               SELECT 1 FROM balances o
                               WHERE o.account_id = c.account_id AND o.asset = b.asset)
-                      ), '{}') AS linked
+                      ), '{}') AS linked,
+                      EXISTS (SELECT 1 FROM spend_controls s
+                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled
                FROM cards c WHERE c.pan_hmac = $1""",
             pan_hmac,
         )
         if row is None:
             return None
         linked = tuple((pair.split(" ")[0], pair.split(" ")[1]) for pair in row["linked"])
-        return CardFacts(row[0], row[1], row[2], row[3], row[4], linked)
+        return CardFacts(
+            row[0], row[1], row[2], row[3], row[4], spend_accounts=linked,
+            controlled=row["controlled"],
+        )  # fmt: skip
 
     async def program(self, program_id: str) -> ProgramRow:
         row = await self.pool.fetchrow(
@@ -450,13 +455,17 @@ class CatalogStore:
     async def card_of_decision(self, source: str, message_id: str) -> CardFacts | None:
         row = await self.pool.fetchrow(
             """SELECT c.id::text, c.account_id::text, c.program_id::text, c.product_id::text,
-                      c.expiry_yymm
+                      c.expiry_yymm,
+                      EXISTS (SELECT 1 FROM spend_controls s
+                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled
                FROM decisions d JOIN cards c ON c.id = d.card_id
                WHERE d.source = $1 AND d.message_id = $2""",
             source,
             message_id,
         )
-        return None if row is None else CardFacts(*row)
+        if row is None:
+            return None
+        return CardFacts(row[0], row[1], row[2], row[3], row[4], controlled=row["controlled"])
 
     async def account_details(self, account_id: str) -> dict[str, Any]:
         """An account with whose it is: its client, programme and product."""

@@ -51,10 +51,12 @@ from authswitch.domain.authorization import (
     NO_CHARGES,
     CardState,
     Charges,
+    CounterCheck,
     FeeMode,
     PreChecks,
 )
 from authswitch.domain.codes import Reason
+from authswitch.domain.controls import VelocityCheck
 from authswitch.domain.ledger import Balance
 from authswitch.futures import Detached, outlive_cancel
 
@@ -107,6 +109,15 @@ class Duplicate:
     fingerprint: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class CreditOutcome:
+    """An account-funding credit's atomic step: its reason, and the balance after it."""
+
+    reason: Reason
+    epoch: bytes
+    balance: Balance | None  # None without a balance in the asset
+
+
 @dataclass(slots=True)
 class AuthorizeOutcome:
     reason: Reason
@@ -119,6 +130,8 @@ class AuthorizeOutcome:
     pin_blocked_now: bool
     pin_changed: bool
     fee_mode: FeeMode = FeeMode.NONE
+    velocity_rule: int = 0  # with velocity rules: the 1-based rule that declined, 0: none
+    velocity_blocked: int = 0  # the rule whose decline count blocked the card, 0: none
 
     @property
     def held_minor(self) -> int:
@@ -238,6 +251,7 @@ class LedgerCache:
         self._counter = _Script(client, "counter", prelude)
         self._limits = _Script(client, "limits", prelude)
         self._read = _Script(client, "read", prelude)
+        self._credit = _Script(client, "credit", prelude)
 
     async def start_generation(self, floor: int) -> int:
         """Raise the shared generation to at least ``floor`` and adopt it.
@@ -282,6 +296,7 @@ class LedgerCache:
         fingerprint: bytes,
         charges: Charges = NO_CHARGES,
         checks_only: bool = False,
+        velocity: Sequence[VelocityCheck] = (),
     ) -> AuthorizeOutcome | Miss | Duplicate:
         keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
         args: list[Any] = [
@@ -308,11 +323,22 @@ class LedgerCache:
         args.append(len(charges.free_uses))
         for free in charges.free_uses:
             args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
+        if velocity:  # spend controls' rolling windows; absent (not 0) without them
+            args.append(len(velocity))
+            for v in velocity:
+                args += [
+                    v.approvals_prefix, v.declines_prefix, v.first_bucket, v.last_bucket,
+                    v.approvals_max, v.amount_max_minor, v.declines_max,
+                ]  # fmt: skip
         # Once sent, the step's outcome must be known: a cancelled caller still makes it
         # durable or undoes it (futures.py).
         reply: Sequence[Any] = await outlive_cancel(self._authorize(keys, args))
         tag = reply[0]
         if tag == b"OK":
+            if len(reply) > 13:  # with velocity rules
+                outcome = self._outcome(reply[:13])
+                outcome.velocity_rule, outcome.velocity_blocked = reply[13], reply[14]
+                return outcome
             (
                 _,
                 reason,
@@ -347,6 +373,43 @@ class LedgerCache:
         if tag == b"MISSCARD":
             return Miss(card_only=True)
         raise AssertionError(f"authorize.lua answered {tag!r}")
+
+    async def credit(
+        self, *, account_id: str, card_id: str, asset: str, amount_minor: int,
+        product_reason: Reason | None, limits: Sequence[CounterCheck], source: str,
+        message_id: str, fingerprint: bytes,
+    ) -> CreditOutcome | Miss | Duplicate:  # fmt: skip
+        """An account-funding credit's atomic step (``credit.lua``)."""
+        keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
+        args: list[Any] = [
+            self.generation, card_id, asset, amount_minor, int(product_reason or 0),
+            fingerprint, self.marker_ttl_s, len(limits),
+        ]  # fmt: skip
+        for limit in limits:
+            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
+        reply: Sequence[Any] = await outlive_cancel(self._credit(keys, args))
+        tag = reply[0]
+        if tag == b"OK":
+            _, reason, epoch, actual, held, has = reply
+            return CreditOutcome(Reason(reason), epoch, Balance(actual, held) if has else None)
+        if tag == b"DUP":
+            return Duplicate(reply[1])
+        if tag == b"MISS":
+            return Miss()
+        if tag == b"MISSCARD":
+            return Miss(card_only=True)
+        raise AssertionError(f"credit.lua answered {tag!r}")
+
+    @staticmethod
+    def _outcome(reply: Sequence[Any]) -> AuthorizeOutcome:
+        (_, reason, approved, fee, actual, held, epoch, tries, tries_changed, blocked, changed,
+         has, fee_mode) = reply  # fmt: skip
+        return AuthorizeOutcome(
+            reason=Reason(reason), approved_minor=approved, fee_minor=fee,
+            balance=Balance(actual, held) if has else None, epoch=epoch, pin_tries=tries,
+            pin_tries_changed=bool(tries_changed), pin_blocked_now=bool(blocked),
+            pin_changed=bool(changed), fee_mode=FeeMode(fee_mode),
+        )  # fmt: skip
 
     async def apply(
         self,
@@ -470,6 +533,18 @@ class LedgerCache:
         """Drop the account's state; the next use reloads it from Postgres."""
         key = self.keys.state(account_id)
         await self.client.keyed(key, "DEL", key)
+
+    async def usage(self, account_id: str, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """What the account's cached counters of ``keys`` have used (amount, count); a
+        counter not cached reads (0, 0). A read for explanations only, not for decisions."""
+        state = self.keys.state(account_id)
+        fields = [field for key in keys for field in (f"ua:{key}", f"uc:{key}")]
+        if not fields:
+            return {}
+        reply = await self.client.keyed(state, "HMGET", state, *fields)
+        return {
+            key: (int(reply[2 * n] or 0), int(reply[2 * n + 1] or 0)) for n, key in enumerate(keys)
+        }
 
     async def forget_marker(self, account_id: str, source: str, message_id: str) -> None:
         """Remove an idempotency marker of a request that left nothing durable (a 96)."""

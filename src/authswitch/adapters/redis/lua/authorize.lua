@@ -12,7 +12,11 @@
 --          14 marker_value  15 marker_ttl_s  16 decline_fee
 --          17 n_limits, then per limit: key previous amount_max count_max   (-1: no cap)
 --          then n_free, then per free-use fee: key previous free_uses fee
---          Counters live in the state hash as ua:<key> (amount) and uc:<key> (count).
+--          then, optional (absent: none), n_velocity, then per velocity rule (spend
+--          controls' rolling windows, service/controls.py): approvals_prefix
+--          declines_prefix first_bucket last_bucket approvals_max amount_max declines_max
+--          Counters live in the state hash as ua:<key> (amount) and uc:<key> (count); a
+--          velocity bucket is the counter <prefix><bucket number>.
 -- NODE     (prepended by cache.py) the data set this runs on: '' on one server; on a
 --          cluster the node's replication id, which state written on another data set
 --          does not carry (a promoted replica, a migrated slot): such state is a MISS
@@ -21,7 +25,9 @@
 --          {'MISSCARD'}                  the card's fields are not loaded
 --          {'DUP', marker_value}         the message id was seen before
 --          {'OK', reason, approved, fee, actual, held, epoch, tries, tries_changed,
---           blocked_now, pin_changed, has_balance, fee_mode}
+--           blocked_now, pin_changed, has_balance, fee_mode}, and with velocity rules two
+--           more: the rule (1-based) that declined 61/65, and the rule whose decline count
+--           blocked the card (the card is then BLOCKED here); 0 for none
 
 -- Reason numbers of authswitch.domain.codes.Reason, FeeMode of domain.authorization.
 local APPROVED, PARTIALLY_APPROVED = 1, 2
@@ -29,6 +35,7 @@ local PIN_TRIES_EXCEEDED, INCORRECT_PIN = 22, 23
 local TRANSACTION_NOT_PERMITTED = 25
 local AMOUNT_LIMIT_EXCEEDED, COUNT_LIMIT_EXCEEDED = 26, 27
 local INSUFFICIENT_FUNDS, NO_BALANCE_IN_ASSET = 28, 29
+local CARD_BLOCKED, FIRST_COUNTED_DECLINE = 16, 20
 local FEE_HELD, FEE_POSTED, FEE_NOT_APPLIED = 1, 2, 3
 
 local state, marker = KEYS[1], KEYS[2]
@@ -53,6 +60,15 @@ for _ = 1, tonumber(ARGV[i]) do
   frees[#frees + 1] = {key = ARGV[i + 1], previous = ARGV[i + 2],
     free_uses = tonumber(ARGV[i + 3]), fee = tonumber(ARGV[i + 4])}
   i = i + 4
+end
+local velocity = {}
+i = i + 1
+for _ = 1, tonumber(ARGV[i] or '0') do
+  velocity[#velocity + 1] = {prefix = ARGV[i + 1], dprefix = ARGV[i + 2],
+    first = tonumber(ARGV[i + 3]), last = tonumber(ARGV[i + 4]),
+    approvals_max = tonumber(ARGV[i + 5]), amount_max = tonumber(ARGV[i + 6]),
+    declines_max = tonumber(ARGV[i + 7])}
+  i = i + 7
 end
 
 local f = redis.call('HMGET', state, 'g', 'e', 'c:' .. card, 't:' .. card, 'm:' .. card,
@@ -135,6 +151,37 @@ if reason == 0 then
     end
   end
 end
+-- Velocity: what the rolling window's buckets hold (amount, count).
+local function window(prefix, first, last)
+  local names = {}
+  for b = first, last do
+    names[#names + 1] = 'ua:' .. prefix .. b
+    names[#names + 1] = 'uc:' .. prefix .. b
+  end
+  local v = redis.call('HMGET', state, unpack(names))
+  local sum, n = 0, 0
+  for k = 1, #v, 2 do
+    sum = sum + tonumber(v[k] or '0')
+    n = n + tonumber(v[k + 1] or '0')
+  end
+  return sum, n
+end
+local velocity_rule, velocity_blocked = 0, 0
+if reason == 0 and not zero_value then
+  for n, v in ipairs(velocity) do
+    if v.amount_max >= 0 or v.approvals_max >= 0 then
+      local spent, uses = window(v.prefix, v.first, v.last)
+      if v.amount_max >= 0 and spent + amount + fee > v.amount_max then
+        reason, velocity_rule = AMOUNT_LIMIT_EXCEEDED, n
+        break
+      end
+      if v.approvals_max >= 0 and uses + 1 > v.approvals_max then
+        reason, velocity_rule = COUNT_LIMIT_EXCEEDED, n
+        break
+      end
+    end
+  end
+end
 if reason == 0 and has_balance == 0 then reason = NO_BALANCE_IN_ASSET end
 if reason == 0 then
   local available = actual - held
@@ -193,8 +240,35 @@ else
     for _, free in ipairs(frees) do count(free, 0, 1) end
   end
 end
+if #velocity > 0 then
+  local function bump(prefix, v, add_amount)
+    redis.call('HINCRBY', state, 'ua:' .. prefix .. v.last, add_amount)
+    redis.call('HINCRBY', state, 'uc:' .. prefix .. v.last, 1)
+    redis.call('HDEL', state, 'ua:' .. prefix .. (v.first - 1), 'uc:' .. prefix .. (v.first - 1))
+  end
+  if (reason == APPROVED or reason == PARTIALLY_APPROVED) and not zero_value then
+    for _, v in ipairs(velocity) do bump(v.prefix, v, approved + charged) end
+  elseif reason >= FIRST_COUNTED_DECLINE and reason <= NO_BALANCE_IN_ASSET then
+    -- A decline after the card's status was found good counts; the card is blocked
+    -- by the one that exceeds a rule's maximum.
+    for n, v in ipairs(velocity) do
+      if v.declines_max >= 0 then
+        local _, declines = window(v.dprefix, v.first, v.last)
+        bump(v.dprefix, v, 0)
+        if declines + 1 > v.declines_max and velocity_blocked == 0 then
+          redis.call('HSET', state, 'c:' .. card, CARD_BLOCKED)
+          velocity_blocked = n
+        end
+      end
+    end
+  end
+end
 redis.call('SET', marker, ARGV[14], 'EX', ARGV[15])
 local tries_changed = 0
 if new_tries ~= tries then tries_changed = 1 end
+if #velocity > 0 then
+  return {'OK', reason, approved, charged, actual, held, epoch, new_tries, tries_changed,
+    blocked_now, pin_changed, has_balance, fee_mode, velocity_rule, velocity_blocked}
+end
 return {'OK', reason, approved, charged, actual, held, epoch, new_tries, tries_changed,
   blocked_now, pin_changed, has_balance, fee_mode}
