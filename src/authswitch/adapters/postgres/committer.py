@@ -32,7 +32,7 @@ import asyncpg
 
 from authswitch import metrics
 from authswitch.adapters.postgres.onestatement import BatchRefused, suits, write_at_once
-from authswitch.adapters.postgres.pool import Connection
+from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
 from authswitch.domain.ledger import Balance, admit_in_order
 from authswitch.domain.records import (
     CardUpdate,
@@ -105,7 +105,6 @@ _SELECT_DECISIONS = """
 
 # A commit that writes (so that, with a synchronous standby, it waits for it: a transaction
 # that writes no WAL does not): its acknowledgement covers every commit before it.
-_REPLICATION_BARRIER = "UPDATE replication_barrier SET touched_at = clock_timestamp()"
 RECOVER_TIMEOUT_S = 2.0  # each step of the read-back after a failed commit
 
 
@@ -252,7 +251,7 @@ class GroupCommitter:
                     timeout=RECOVER_TIMEOUT_S,
                 )
                 if rows:
-                    await conn.execute(_REPLICATION_BARRIER, timeout=RECOVER_TIMEOUT_S)
+                    await conn.execute(REPLICATION_BARRIER, timeout=RECOVER_TIMEOUT_S)
         except Exception:
             metrics.STORE_ERRORS.labels("postgres", "group_commit_recover").inc()
             return [unavailable] * len(writes)

@@ -120,3 +120,10 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+# A write whose commit follows, in the WAL, every commit visible when it starts: once it
+# returns, a synchronous standby has confirmed all of them. A commit waiting for its standby
+# is already visible on the primary, so what was read there is only safe from a failover
+# after this (migration 0013).
+REPLICATION_BARRIER = "UPDATE replication_barrier SET touched_at = clock_timestamp()"

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.committer import StoredDecision, write_notifications
-from authswitch.adapters.postgres.pool import Connection
+from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
 from authswitch.domain.authorization import (
     CardFacts,
     CardState,
@@ -262,29 +262,13 @@ class CatalogStore:
     async def account_state(
         self, account_id: str, now: datetime
     ) -> tuple[dict[str, Balance], dict[str, CardState], dict[str, tuple[int, int]]]:
-        """Balances, card states and live counters of an account, from one snapshot."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            balance_rows = await conn.fetch(
-                "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
-                account_id,
-            )
-            # The account's own cards, and those that spend from it as a linked account
-            # (their status is checked on their own account first; see service/linked.py).
-            card_rows = await conn.fetch(
-                """SELECT id::text, status, pin_tries, pin_tries_max, pvv
-                   FROM cards WHERE account_id = $1
-                   UNION ALL
-                   SELECT c.id::text, c.status, c.pin_tries, c.pin_tries_max, c.pvv
-                   FROM card_accounts l JOIN cards c ON c.id = l.card_id
-                   WHERE l.account_id = $1 AND c.account_id <> $1""",
-                account_id,
-            )
-            usage_rows = await conn.fetch(
-                """SELECT key, amount_minor, count FROM limit_usage
-                   WHERE account_id = $1 AND expires_at > $2""",
-                account_id,
-                now,
-            )
+        """Balances, card states and live counters of an account, from one snapshot, and
+        only once a synchronous standby holds all of it (what the cache is loaded with must
+        survive a failover)."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read"):
+                balance_rows, card_rows, usage_rows = await _account_rows(conn, account_id, now)
+            await conn.execute(REPLICATION_BARRIER)
         balances = {r[0]: Balance(r[1], r[2]) for r in balance_rows}
         cards = {r[0]: _card_state(r) for r in card_rows}
         usage = {r[0]: (r[1], r[2]) for r in usage_rows}
@@ -1196,3 +1180,31 @@ async def audit(
         subject_id,
         json.dumps(detail, sort_keys=True),
     )
+
+
+async def _account_rows(
+    conn: Connection, account_id: str, now: datetime
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """The rows of an account's cached state: balances, cards, live counters."""
+    balance_rows = await conn.fetch(
+        "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
+        account_id,
+    )
+    # The account's own cards, and those that spend from it as a linked account
+    # (their status is checked on their own account first; see service/linked.py).
+    card_rows = await conn.fetch(
+        """SELECT id::text, status, pin_tries, pin_tries_max, pvv
+           FROM cards WHERE account_id = $1
+           UNION ALL
+           SELECT c.id::text, c.status, c.pin_tries, c.pin_tries_max, c.pvv
+           FROM card_accounts l JOIN cards c ON c.id = l.card_id
+           WHERE l.account_id = $1 AND c.account_id <> $1""",
+        account_id,
+    )
+    usage_rows = await conn.fetch(
+        """SELECT key, amount_minor, count FROM limit_usage
+           WHERE account_id = $1 AND expires_at > $2""",
+        account_id,
+        now,
+    )
+    return balance_rows, card_rows, usage_rows
