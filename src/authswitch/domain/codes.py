@@ -12,6 +12,7 @@ from enum import IntEnum, unique
 
 __all__ = [
     "Check",
+    "Code",
     "Decision",
     "Outcome",
     "Reason",
@@ -128,3 +129,20 @@ assert set(_OUTCOMES) == set(Reason), "every reason needs an outcome"
 def outcome(reason: Reason) -> Outcome:
     """The response code and decision of ``reason``."""
     return _OUTCOMES[reason]
+
+
+class Code:
+    """ISO 8583 field-39 codes by name, for the answers that are not an authorisation's
+    :class:`Reason`: advices, reversals, clearings, refunds, dispute steps and a message
+    refused at the edge. Where a name is also a reason's, the code is that reason's."""
+
+    APPROVED = outcome(Reason.APPROVED).response_code  # 00
+    PARTIALLY_APPROVED = outcome(Reason.PARTIALLY_APPROVED).response_code  # 10
+    INVALID_TRANSACTION = "12"  # the step is not possible in the dispute's state
+    INVALID_AMOUNT = outcome(Reason.INVALID_AMOUNT).response_code  # 13
+    UNKNOWN_CARD = outcome(Reason.UNKNOWN_CARD).response_code  # 14
+    NO_RECORD = "25"  # unable to locate the record (a dispute)
+    FORMAT_ERROR = outcome(Reason.FORMAT_ERROR).response_code  # 30
+    NO_BALANCE_IN_ASSET = outcome(Reason.NO_BALANCE_IN_ASSET).response_code  # 51
+    CLIENT_DECLINED = outcome(Reason.CLIENT_DECLINED).response_code  # 05
+    DUPLICATE_MISMATCH = outcome(Reason.DUPLICATE_MISMATCH).response_code  # 94

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from authswitch.domain.codes import Reason
+from authswitch.domain.codes import Code, Reason
 
 __all__ = [
     "BreakerConfig",
@@ -172,17 +172,23 @@ def check_answer(
         return None
     reason_text = client_reason[:200]
     if decision == 1:
-        return ClientAnswer(Reason.APPROVED, requested_minor, "00", authorization_code, reason_text)
+        return ClientAnswer(
+            Reason.APPROVED, requested_minor, Code.APPROVED, authorization_code, reason_text
+        )
     if decision == 2:
         if not partial_allowed or approved_asset != asset:
             return None
         if not 0 < approved_minor < requested_minor:
             return None
         return ClientAnswer(
-            Reason.PARTIALLY_APPROVED, approved_minor, "10", authorization_code, reason_text
+            Reason.PARTIALLY_APPROVED,
+            approved_minor,
+            Code.PARTIALLY_APPROVED,
+            authorization_code,
+            reason_text,
         )
     if decision == 3:
-        code = response_code or "05"
+        code = response_code or Code.CLIENT_DECLINED
         if not _CODE.match(code) or code in _APPROVAL_CODES:
             return None
         return ClientAnswer(Reason.CLIENT_DECLINED, 0, code, "", reason_text)

@@ -20,9 +20,14 @@ from typing import Protocol, TypeVar
 from authswitch.adapters.postgres.disputes import ClearingRow, DisputeRow, DisputeStore, parse_id
 from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import identifier_ok
+from authswitch.domain.authorization import (
+    MESSAGE_ID_LEN_MAX,
+    NETWORK_REFERENCE_LEN_MAX,
+    SOURCE_LEN_MAX,
+    identifier_ok,
+)
 from authswitch.domain.cardsec import CardKeys
-from authswitch.domain.codes import Reason
+from authswitch.domain.codes import Code, Reason
 from authswitch.domain.disputes import (
     DisputeState,
     DisputeStatus,
@@ -261,33 +266,38 @@ class DisputeService:
         step: DisputeStep, cls: type[_N], parse: Callable[[bytes], _N],
     ) -> _N:  # fmt: skip
         if (
-            not identifier_ok(request.source, 64, required=True)
-            or not identifier_ok(request.message_id, 128, required=True)
-            or not identifier_ok(request.network_reference, 128, required=False)
+            not identifier_ok(request.source, SOURCE_LEN_MAX, required=True)
+            or not identifier_ok(request.message_id, MESSAGE_ID_LEN_MAX, required=True)
+            or not identifier_ok(
+                request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False
+            )
             or not (request.reason_code == "" or _REASON_CODE.match(request.reason_code))
             or parse_id(request.dispute_id) is None
             or not request.HasField("amount")
             or request.amount.asset not in self.catalog.assets
         ):
-            return cls(response_code="30")
+            return cls(response_code=Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
         stored = await self.poster.store.find_decision(request.source, request.message_id)
         if stored is not None:
             return (
                 parse(stored.response)
                 if stored.fingerprint == fingerprint
-                else cls(response_code="94")
+                else cls(response_code=Code.DUPLICATE_MISMATCH)
             )
         for _ in range(PLAN_ATTEMPTS_MAX):
             dispute = await self.disputes.find(request.dispute_id)
             if dispute is None:
-                posted = await self._refuse(request, fingerprint, cls(response_code="25"))
+                posted = await self._refuse(request, fingerprint, cls(response_code=Code.NO_RECORD))
             elif (request.amount.amount_minor, request.amount.asset) != (
                 dispute.amount_minor, dispute.asset,
             ):  # fmt: skip
                 posted = await self._refuse(
                     request, fingerprint,
-                    cls(response_code="13", status=_STATUS[DisputeStatus(dispute.status)]),
+                    cls(
+                        response_code=Code.INVALID_AMOUNT,
+                        status=_STATUS[DisputeStatus(dispute.status)],
+                    ),
                     dispute,
                 )  # fmt: skip
             else:
@@ -300,7 +310,10 @@ class DisputeService:
                 except ImpossibleStep:
                     posted = await self._refuse(
                         request, fingerprint,
-                        cls(response_code="12", status=_STATUS[DisputeStatus(dispute.status)]),
+                        cls(
+                            response_code=Code.INVALID_TRANSACTION,
+                            status=_STATUS[DisputeStatus(dispute.status)],
+                        ),
                         dispute,
                     )  # fmt: skip
                 else:
@@ -309,7 +322,7 @@ class DisputeService:
             if posted.status is not PostStatus.CONFLICT:
                 assert posted.decision is not None
                 if posted.decision.fingerprint != fingerprint:
-                    return cls(response_code="94")
+                    return cls(response_code=Code.DUPLICATE_MISMATCH)
                 return parse(posted.decision.response)
         raise InternalError("the dispute step could not be planned: the dispute kept changing")
 
@@ -493,16 +506,18 @@ def _replace(dispute: DisputeRow, plan: StepPlan, now: datetime) -> DisputeRow:
 
 def _decision(
     source: str, message_id: str, fingerprint: bytes, response: _Response, decision_id: str,
-    now: datetime, dispute: DisputeRow | None, *, amount_minor: int, response_code: str = "00",
+    now: datetime, dispute: DisputeRow | None, *, amount_minor: int,
+    response_code: str = Code.APPROVED,
 ) -> DecisionRecord:  # fmt: skip
+    approved = response_code == Code.APPROVED
     return DecisionRecord(
         id=decision_id, source=source, message_id=message_id, kind="DISPUTE",
         fingerprint=fingerprint, card_id=dispute.card_id if dispute else None,
         account_id=dispute.account_id if dispute else None,
         asset=dispute.asset if dispute else None, amount_minor=amount_minor,
-        approved_minor=amount_minor if response_code == "00" else 0, fee_minor=0,
+        approved_minor=amount_minor if approved else 0, fee_minor=0,
         response_code=response_code,
-        reason=int(Reason.APPROVED if response_code == "00" else Reason.TRANSACTION_NOT_PERMITTED),
+        reason=int(Reason.APPROVED if approved else Reason.TRANSACTION_NOT_PERMITTED),
         response=response.SerializeToString(), created_at=now,
     )  # fmt: skip
 
@@ -533,7 +548,7 @@ def _admin_response(
 def _network_response(step: _Step, cls: type[_N]) -> Callable[[str, str, Balance | None], _N]:
     def respond(decision_id: str, entry_id: str, _balance: Balance | None) -> _N:
         return cls(
-            response_code="00", status=_STATUS[DisputeStatus(step.dispute.status)],
+            response_code=Code.APPROVED, status=_STATUS[DisputeStatus(step.dispute.status)],
             decision_id=decision_id, entry_id=entry_id,
         )  # fmt: skip
 

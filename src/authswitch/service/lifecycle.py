@@ -23,6 +23,9 @@ from authswitch.adapters.postgres.offledger_usage import return_usage, settle_us
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
 from authswitch.domain.authorization import (
+    MESSAGE_ID_LEN_MAX,
+    NETWORK_REFERENCE_LEN_MAX,
+    SOURCE_LEN_MAX,
     CardFacts,
     Charges,
     CounterCheck,
@@ -31,7 +34,7 @@ from authswitch.domain.authorization import (
 )
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
-from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.codes import Code, Reason, outcome
 from authswitch.domain.credits import ORIGINAL_CREDIT, CreditType, credit_limits
 from authswitch.domain.fees import FeeContext, Stage
 from authswitch.domain.ledger import Balance, BalanceChange
@@ -132,21 +135,21 @@ class LifecycleService:
         pan_required: bool = False, amount_required: bool = False,
     ) -> str | None:  # fmt: skip
         """The response code of a malformed message (30 or 13), or None."""
-        if not identifier_ok(source, 64, required=True):
-            return "30"
-        if not identifier_ok(message_id, 128, required=True):
-            return "30"
+        if not identifier_ok(source, SOURCE_LEN_MAX, required=True):
+            return Code.FORMAT_ERROR
+        if not identifier_ok(message_id, MESSAGE_ID_LEN_MAX, required=True):
+            return Code.FORMAT_ERROR
         if (pan or pan_required) and not pan_valid(pan):
-            return "30"
+            return Code.FORMAT_ERROR
         if money is not None:
             if money.asset not in self.catalog.assets:
-                return "30"
+                return Code.FORMAT_ERROR
             if not 0 <= money.amount_minor <= AMOUNT_MAX_MINOR:
-                return "13"
+                return Code.INVALID_AMOUNT
             if amount_required and money.amount_minor == 0:
-                return "13"
+                return Code.INVALID_AMOUNT
         elif amount_required:
-            return "30"
+            return Code.FORMAT_ERROR
         return None
 
     async def _card(self, pan: str) -> CardFacts | None:
@@ -170,7 +173,7 @@ class LifecycleService:
             amount_minor=amount_minor,
             approved_minor=amount_minor,
             fee_minor=0,
-            response_code=getattr(response, "response_code", "00"),
+            response_code=getattr(response, "response_code", Code.APPROVED),
             reason=int(Reason.APPROVED),
             response=response.SerializeToString(),
             created_at=now,
@@ -181,7 +184,9 @@ class LifecycleService:
         stored: StoredDecision | None = posted.decision
         assert stored is not None
         if stored.fingerprint != fingerprint:
-            empty.response_code = "94"  # the message id was used for another message
+            empty.response_code = (
+                Code.DUPLICATE_MISMATCH
+            )  # the message id was used for another message
             return empty
         return parse(stored.response)
 
@@ -192,15 +197,17 @@ class LifecycleService:
             request.source, request.message_id, request.billing_amount, pan=request.pan,
             pan_required=True, amount_required=True,
         )  # fmt: skip
-        if bad or not identifier_ok(request.original_message_id, 128, required=False):
-            return pb.AdviseResponse(response_code=bad or "30")
+        if bad or not identifier_ok(
+            request.original_message_id, MESSAGE_ID_LEN_MAX, required=False
+        ):
+            return pb.AdviseResponse(response_code=bad or Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         card = await self._card(request.pan)
         if card is None:
             decision_id = str(uuid.uuid4())
             response = pb.AdviseResponse(
-                response_code="00",
+                response_code=Code.APPROVED,
                 result=pb.ADVICE_RESULT_RECORDED_UNKNOWN_CARD,
                 decision_id=decision_id,
             )
@@ -287,7 +294,7 @@ class LifecycleService:
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
             response = pb.AdviseResponse(
-                response_code="00",
+                response_code=Code.APPROVED,
                 result=result,
                 held=_money(delta, asset),
                 balance=balance_message(asset, applied.balance),
@@ -322,7 +329,7 @@ class LifecycleService:
         )
         if posted.status is PostStatus.NO_BALANCE:
             response = pb.AdviseResponse(
-                response_code="00",
+                response_code=Code.APPROVED,
                 result=pb.ADVICE_RESULT_RECORDED_NO_BALANCE,
                 decision_id=decision_id,
             )
@@ -338,8 +345,8 @@ class LifecycleService:
     async def reverse(self, request: pb.ReverseRequest, canonical: bytes) -> pb.ReverseResponse:
         money = request.amount if request.HasField("amount") else None
         bad = self._format_error(request.source, request.message_id, money, pan=request.pan)
-        if bad or not identifier_ok(request.original_message_id, 128, required=True):
-            return pb.ReverseResponse(response_code=bad or "30")
+        if bad or not identifier_ok(request.original_message_id, MESSAGE_ID_LEN_MAX, required=True):
+            return pb.ReverseResponse(response_code=bad or Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
         requested = money.amount_minor if money is not None else 0
         card = await self._card(request.pan) or await self._card_of_message(
@@ -357,7 +364,7 @@ class LifecycleService:
                     "REVERSAL", request.source, request.message_id, fingerprint, card, program,
                     fields, pb.ReverseResponse, pb.ReverseResponse.FromString,
                 )  # fmt: skip
-                if forwarded.response_code == "00":
+                if forwarded.response_code == Code.APPROVED:
                     await self._return_off_ledger_usage(
                         card.account_id, request.source, request.original_message_id,
                         f"{request.source}:{request.message_id}", requested or None,
@@ -367,7 +374,7 @@ class LifecycleService:
             posted = await self._reverse_once(request, money, requested, fingerprint)
             if posted is None:
                 return pb.ReverseResponse(
-                    response_code="30"
+                    response_code=Code.FORMAT_ERROR
                 )  # the amount's asset is not the hold's
             if posted.status is not PostStatus.CONFLICT:
                 return self._answer(
@@ -438,7 +445,7 @@ class LifecycleService:
             result: pb.ReversalResult.ValueType, card: CardFacts | None = None
         ) -> DecisionRecord:
             response = pb.ReverseResponse(
-                response_code="00", result=result, decision_id=decision_id
+                response_code=Code.APPROVED, result=result, decision_id=decision_id
             )
             return self._decision(
                 "REVERSAL", request.source, request.message_id, fingerprint, response,
@@ -474,7 +481,7 @@ class LifecycleService:
 
         def respond(released: int, balance: Balance) -> pb.ReverseResponse:
             return pb.ReverseResponse(
-                response_code="00",
+                response_code=Code.APPROVED,
                 result=pb.REVERSAL_RESULT_RELEASED,
                 released=_money(released, asset),
                 balance=balance_message(asset, balance),
@@ -536,10 +543,12 @@ class LifecycleService:
             request.source, request.message_id, request.billing_amount, pan=request.pan,
             pan_required=True,
         )  # fmt: skip
-        if bad or not identifier_ok(request.network_reference, 128, required=False):
-            return pb.ClearResponse(response_code=bad or "30")
+        if bad or not identifier_ok(
+            request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False
+        ):
+            return pb.ClearResponse(response_code=bad or Code.FORMAT_ERROR)
         if not request.HasField("billing_amount"):
-            return pb.ClearResponse(response_code="30")
+            return pb.ClearResponse(response_code=Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         card = await self._card(request.pan)
@@ -576,7 +585,7 @@ class LifecycleService:
                 "CLEARING", request.source, request.message_id, fingerprint, card, program,
                 fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
             )  # fmt: skip
-            if forwarded.response_code == "00" and request.network_reference:
+            if forwarded.response_code == Code.APPROVED and request.network_reference:
                 await self._settle_off_ledger_usage(
                     card.account_id, card.card_id, request.network_reference,
                     f"{request.source}:{request.message_id}", amount,
@@ -586,7 +595,9 @@ class LifecycleService:
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._clear_once(request, card, program, fingerprint)
             if posted.status is PostStatus.NO_BALANCE:
-                return pb.ClearResponse(response_code="51")  # no balance in the asset: unposted
+                return pb.ClearResponse(
+                    response_code=Code.NO_BALANCE_IN_ASSET
+                )  # no balance in the asset: unposted
             if posted.status is not PostStatus.CONFLICT:
                 return self._answer(
                     posted, fingerprint, pb.ClearResponse.FromString, pb.ClearResponse()
@@ -659,7 +670,7 @@ class LifecycleService:
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
             response = pb.ClearResponse(
-                response_code="00",
+                response_code=Code.APPROVED,
                 matched=plan.matched,
                 released=_money(plan.released_minor, asset),
                 posted=_money(amount, asset),
@@ -795,7 +806,7 @@ class LifecycleService:
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
             response = pb.RefundResponse(
-                response_code="00",
+                response_code=Code.APPROVED,
                 credited=_money(amount, asset),
                 balance=balance_message(asset, applied.balance),
                 decision_id=decision_id,
@@ -826,7 +837,7 @@ class LifecycleService:
             program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
-            return pb.RefundResponse(response_code="51")
+            return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
         return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
 
     # -- account-funding credits (issue 18, item 6) ----------------------------------------
@@ -840,13 +851,15 @@ class LifecycleService:
             pan_required=True, amount_required=True,
         )  # fmt: skip
         if not bad and (
-            not identifier_ok(request.network_reference, 128, required=False)
+            not identifier_ok(request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False)
             or request.credit_type not in _CREDIT_TYPES
             or len(request.sender_name) > SENDER_NAME_LEN_MAX
         ):
-            bad = "30"
+            bad = Code.FORMAT_ERROR
         if bad:
-            return _credit_response(Reason.FORMAT_ERROR if bad == "30" else Reason.INVALID_AMOUNT)
+            return _credit_response(
+                Reason.FORMAT_ERROR if bad == Code.FORMAT_ERROR else Reason.INVALID_AMOUNT
+            )
         key = (request.source, request.message_id)
         original = self._credits.get(key)
         if original is not None:  # a retransmission while the original is in flight here
@@ -1010,7 +1023,7 @@ class LifecycleService:
         details of a FEE notification to follow it (the message's fields are added)."""
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
-        response = cls(response_code="00", decision_id=decision_id)
+        response = cls(response_code=Code.APPROVED, decision_id=decision_id)
         record = self._decision(
             kind, source, message_id, fingerprint, response, decision_id, now, card=card,
             asset=str(fields.get("asset", "")) or None,
@@ -1036,7 +1049,7 @@ class LifecycleService:
         """Record a settlement message for a card authswitch does not know: answered 14,
         nothing posted, kept for the operators."""
         decision_id = str(uuid.uuid4())
-        response = cls(response_code="14", decision_id=decision_id)
+        response = cls(response_code=Code.UNKNOWN_CARD, decision_id=decision_id)
         record = self._decision(
             kind, source, message_id, fingerprint, response, decision_id, self.clock.now(),
             asset=asset, amount_minor=amount,

@@ -16,10 +16,11 @@ import grpc
 from google.protobuf.message import Message
 
 from authswitch.domain.bounds import first_too_long
+from authswitch.domain.codes import Code
 
 __all__ = ["FORMAT_ERROR", "bounded"]
 
-FORMAT_ERROR = "30"  # ISO 8583 DE39
+FORMAT_ERROR = Code.FORMAT_ERROR  # ISO 8583 DE39
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
