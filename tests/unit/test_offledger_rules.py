@@ -1,0 +1,175 @@
+"""The pure off-ledger rules (domain/offledger.py): the circuit breaker and what counts as a
+valid answer from a client (DESIGN.md §6, docs/client-contract.md)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from authswitch.domain.codes import Reason
+from authswitch.domain.offledger import (
+    BreakerConfig,
+    BreakerState,
+    CircuitBreaker,
+    ClientAnswer,
+    check_answer,
+)
+
+CONFIG = BreakerConfig(failures_max=3, error_rate_pct=50, window=10, open_ms=1_000)
+
+
+def test_consecutive_failures_open_it_and_a_probe_after_open_ms_closes_it() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    for t in range(3):
+        assert breaker.allow(t)
+        breaker.record(False, t)
+    states = [breaker.state]
+    assert not breaker.allow(999 + 2)  # 1,000 ms after it opened at 2 is 1,002
+    assert breaker.allow(1_002)  # the one probe
+    states.append(breaker.state)
+    assert not breaker.allow(1_003)  # no second call while the probe is out
+    breaker.record(True, 1_010)
+    states.append(breaker.state)
+    assert states == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert breaker.allow(1_011)
+
+
+def test_a_failed_probe_opens_it_again_for_a_whole_open_ms() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    for t in range(3):
+        breaker.record(False, t)
+    assert breaker.allow(1_500)
+    breaker.record(False, 1_600)
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow(2_599)
+    assert breaker.allow(2_600)
+
+
+def test_the_error_rate_opens_it_once_the_window_is_full() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    # Alternating failures never reach three in a row; five of ten is 50 %.
+    for i in range(9):
+        breaker.record(i % 2 == 0, i)
+        assert breaker.state is BreakerState.CLOSED
+    breaker.record(False, 9)
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_a_late_answer_while_open_changes_nothing() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    for t in range(3):
+        breaker.record(False, t)
+    breaker.record(True, 10)
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow(500)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["ok", "fail", "hold"]), st.integers(0, 600)), max_size=200)
+)
+def test_never_a_call_while_open_and_one_probe_at_a_time(
+    events: list[tuple[str, int]],
+) -> None:
+    """Calls succeed, fail, or (a probe only) stay out until a later event answers them."""
+    breaker = CircuitBreaker(CONFIG)
+    now = 0
+    opened_at = 0
+    probe_out = False
+
+    def record(success: bool) -> None:
+        nonlocal opened_at
+        was_open = breaker.state is BreakerState.OPEN
+        breaker.record(success, now)
+        if breaker.state is BreakerState.OPEN and not was_open:
+            opened_at = now
+
+    for kind, step in events:
+        now += step
+        if probe_out and kind != "hold":
+            record(kind == "ok")  # the probe's answer arrives
+            probe_out = False
+            continue
+        before = breaker.state
+        allowed = breaker.allow(now)
+        if probe_out:
+            assert not allowed
+        elif before is BreakerState.OPEN:
+            assert allowed == (now - opened_at >= CONFIG.open_ms)
+        elif before is BreakerState.CLOSED:
+            assert allowed
+        if not allowed:
+            continue
+        if breaker.state is BreakerState.HALF_OPEN and kind == "hold":
+            probe_out = True
+        else:
+            record(kind != "fail")
+
+
+def _answer(decision: int, **kw: object) -> ClientAnswer | None:
+    args: dict[str, object] = {
+        "approved_minor": 0,
+        "approved_asset": "GBP",
+        "response_code": "",
+        "authorization_code": "ABC123",
+        "client_reason": "",
+        "requested_minor": 5_000,
+        "asset": "GBP",
+        "partial_allowed": True,
+    }
+    args.update(kw)
+    return check_answer(decision, **args)  # type: ignore[arg-type]
+
+
+def test_an_approval_is_for_the_amount_requested() -> None:
+    answer = _answer(1, approved_minor=1)
+    assert answer is not None
+    assert (answer.reason, answer.approved_minor, answer.response_code) == (
+        Reason.APPROVED,
+        5_000,
+        "00",
+    )
+
+
+def test_a_partial_approval_must_be_allowed_in_the_asset_and_between_zero_and_the_amount() -> None:
+    ok = _answer(2, approved_minor=2_000)
+    assert ok is not None
+    assert (ok.reason, ok.approved_minor, ok.response_code) == (
+        Reason.PARTIALLY_APPROVED,
+        2_000,
+        "10",
+    )
+    assert _answer(2, approved_minor=2_000, partial_allowed=False) is None
+    assert _answer(2, approved_minor=2_000, approved_asset="EUR") is None
+    assert _answer(2, approved_minor=0) is None
+    assert _answer(2, approved_minor=5_000) is None
+
+
+def test_a_decline_keeps_its_code_but_never_one_that_means_approval() -> None:
+    default = _answer(3)
+    assert default is not None
+    assert (default.reason, default.response_code, default.approved_minor) == (
+        Reason.CLIENT_DECLINED,
+        "05",
+        0,
+    )
+    declined = _answer(3, response_code="51")
+    assert declined is not None
+    assert declined.response_code == "51"
+    for approving in ("00", "08", "10", "11", "16", "85"):
+        assert _answer(3, response_code=approving) is None
+    assert _answer(3, response_code="5") is None
+    assert _answer(3, response_code="a1") is None
+
+
+def test_a_malformed_authorization_code_or_an_unknown_decision_is_not_believed() -> None:
+    assert _answer(1, authorization_code="ABC12") is None
+    assert _answer(1, authorization_code="ABC 12") is None
+    assert _answer(1, authorization_code="") is not None
+    assert _answer(0) is None
+    assert _answer(4) is None
+
+
+def test_the_client_reason_is_cut_to_200_characters() -> None:
+    answer = _answer(3, client_reason="x" * 500)
+    assert answer is not None
+    assert len(answer.client_reason) == 200
