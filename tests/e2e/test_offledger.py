@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from authswitch.app import Application
+from authswitch.demo import demo_pan
 from authswitch.domain.signatures import SIGNATURE_HEADER, verify
 from authswitch.reference_client import ReferenceClient, ReferenceLedger, serve_reference_client
 from authswitch.service.clock import ManualClock
@@ -30,7 +31,7 @@ from authswitch.v1 import decision_pb2 as dpb
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.certs import TestCA
-from tests.support.ledger import IssuedCard, Ledger, TransactionKind
+from tests.support.ledger import ISSUED_PANS, IssuedCard, Ledger, TransactionKind
 from tests.support.stores import Stores
 
 pytestmark = pytest.mark.timeout(120)
@@ -229,6 +230,30 @@ async def test_forwarded_approve_partial_and_decline(w: World) -> None:
     assert (decline.response_code, decline.reason) == ("51", pb.REASON_CLIENT_DECLINED)
     # authswitch keeps no balance for an off-ledger program: nothing was held here.
     assert await w.ledger.figures(card.account_id) == (0, 0, 0)
+
+
+async def test_a_token_payment_tells_the_client_its_cards_last_four(w: World) -> None:
+    """The network sends the token (a device wallet's DPAN), not the PAN: the client still
+    learns the last four digits of the card it issued."""
+    card = await off_ledger_card(w)
+    token = demo_pan("48950000")
+    while token[-4:] == card.pan[-4:]:  # the digits must tell the two apart
+        token = demo_pan("48950000")
+    ISSUED_PANS.append(token)  # the session's log check looks for it too
+    provisioned = await w.ledger.auth.ProvisionToken(
+        pb.ProvisionTokenRequest(
+            pan=card.pan, expiry=card.expiry, cvv2=card.cvv2, token=token,
+            token_expiry="3106", token_requestor_id="40010030273",
+        )
+    )  # fmt: skip
+    assert provisioned.status == pb.TOKEN_STATUS_ACTIVE
+    request = w.ledger.request(card, 1_500, pan="", cvv2="", expiry="3106")
+    request.token = token
+    response = await w.ledger.auth.Authorize(request)
+    assert response.response_code == "00"
+    asked = w.client.decisions[-1]
+    assert asked.message_id == request.message_id
+    assert (asked.card_id, asked.pan_last_four) == (card.card_id, card.pan[-4:])
 
 
 async def test_core_checks_run_first_and_the_client_is_not_asked(w: World) -> None:

@@ -285,6 +285,8 @@ class CardFacts:
     # The card or its account has spend controls (any version): only then are they looked
     # up, so a card without any costs nothing more (service/controls.py).
     controlled: bool = False
+    # The last four digits of the card's PAN (what a token payment's client is told).
+    last_four: str = ""
 
     def spending(self, asset: str) -> CardFacts:
         """The card as it spends ``asset``: from the first linked account that holds it when
@@ -298,6 +300,7 @@ class CardFacts:
                     self.product_id,
                     self.expiry_yymm,
                     controlled=self.controlled,
+                    last_four=self.last_four,
                 )
         return self
 

@@ -637,7 +637,8 @@ def _decide_request(
         program_id=job.program.id,
         card_id=card.card_id,
         account_id=card.account_id,
-        pan_last_four=request.pan[-4:],
+        # The card's own PAN, also when the network sent a token (its DPAN) instead.
+        pan_last_four=card.last_four or request.pan[-4:],
         transaction_type=request.transaction_type,  # type: ignore[arg-type]
         partial_approval_allowed=request.partial_allowed,
         channel=request.channel,  # type: ignore[arg-type]

@@ -104,6 +104,9 @@ class DecideRequest(_message.Message):
     account_id: _builtins.str
     """The card's account in authswitch (the client's reference for its own ledger)."""
     pan_last_four: _builtins.str
+    """The last four digits of the card's PAN (the card's own, also when the network sent a
+    token instead of the PAN).
+    """
     transaction_type: _common_pb2.TransactionType.ValueType
     partial_approval_allowed: _builtins.bool
     channel: _common_pb2.Channel.ValueType

@@ -149,7 +149,8 @@ class CatalogStore:
                               WHERE o.account_id = c.account_id AND o.asset = b.asset)
                       ), '{}') AS linked,
                       EXISTS (SELECT 1 FROM spend_controls s
-                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled
+                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled,
+                      c.last_four
                FROM cards c WHERE c.pan_hmac = $1""",
             pan_hmac,
         )
@@ -158,7 +159,7 @@ class CatalogStore:
         linked = tuple((pair.split(" ")[0], pair.split(" ")[1]) for pair in row["linked"])
         return CardFacts(
             row[0], row[1], row[2], row[3], row[4], spend_accounts=linked,
-            controlled=row["controlled"],
+            controlled=row["controlled"], last_four=row["last_four"],
         )  # fmt: skip
 
     async def program(self, program_id: str) -> ProgramRow:
@@ -441,7 +442,8 @@ class CatalogStore:
             """SELECT c.id::text, c.account_id::text, c.program_id::text, c.product_id::text,
                       c.expiry_yymm,
                       EXISTS (SELECT 1 FROM spend_controls s
-                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled
+                              WHERE s.subject_id IN (c.id, c.account_id)) AS controlled,
+                      c.last_four
                FROM decisions d JOIN cards c ON c.id = d.card_id
                WHERE d.source = $1 AND d.message_id = $2""",
             source,
@@ -449,7 +451,10 @@ class CatalogStore:
         )
         if row is None:
             return None
-        return CardFacts(row[0], row[1], row[2], row[3], row[4], controlled=row["controlled"])
+        return CardFacts(
+            row[0], row[1], row[2], row[3], row[4],
+            controlled=row["controlled"], last_four=row["last_four"],
+        )  # fmt: skip
 
     async def account_details(self, account_id: str) -> dict[str, Any]:
         """An account with whose it is: its client, programme and product."""
