@@ -3,13 +3,16 @@ table, seed 001's worked examples, reordered and repeated messages."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
 
+from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.app import Application
 from authswitch.service.clock import ManualClock
 from authswitch.v1 import authorization_pb2 as pb
@@ -113,6 +116,37 @@ async def test_refund_row(ledger: Ledger) -> None:
     refund = await ledger.refund(card, 2_500)
     assert (refund.response_code, refund.credited.amount_minor) == ("00", 2_500)
     assert await ledger.figures(card.account_id) == (12_500, 12_500, 0)
+
+
+async def test_a_retransmitted_refund_waits_for_its_original_instead_of_crediting_twice(
+    ledger: Ledger, app: Application, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same refund twice at once: the second finds the first's marker while the first
+    is still committing, and must answer with the first's decision rather than take the
+    marker for a failed attempt's and credit the cache a second time."""
+    card = await ledger.card(10_000)
+    request = pb.RefundRequest(
+        source="visa", message_id=str(uuid.uuid4()), network_reference=str(uuid.uuid4()),
+        pan=card.pan, billing_amount=c.Money(amount_minor=2_500, asset="GBP"),
+    )  # fmt: skip
+    applied: list[str] = []
+    apply = app.cache.apply
+
+    async def counting_apply(**kw: Any) -> Any:
+        result = await apply(**kw)
+        if kw["marker"][1] == request.message_id and isinstance(result, ApplyResult):
+            applied.append(result.status)
+        return result
+
+    monkeypatch.setattr(app.cache, "apply", counting_apply)
+    first, second = await asyncio.gather(ledger.auth.Refund(request), ledger.auth.Refund(request))
+    assert first == second
+    assert (first.response_code, first.credited.amount_minor) == ("00", 2_500)
+    assert len(applied) == 1  # the credit reached the cache once
+    assert await ledger.figures(card.account_id) == (12_500, 12_500, 0)
+    cached = await app.cache.read_balances(card.account_id)
+    assert cached is not None
+    assert cached["GBP"].actual_minor == 12_500
 
 
 async def test_advice_row_posts_even_below_zero(ledger: Ledger) -> None:

@@ -61,6 +61,7 @@ from authswitch.service.controls import ControlPlan, SpendControlService
 from authswitch.service.ids import authorization_code, new_id
 from authswitch.service.movements import authorization_movement
 from authswitch.service.pinblock import pin_effects
+from authswitch.service.posting import durable_original
 from authswitch.service.tokens import TokenService
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2
@@ -72,9 +73,6 @@ log = logging.getLogger(__name__)
 KIND_AUTHORIZE = "AUTHORIZE"
 # A Redis step that misses the cache reloads and tries again, this many times at most.
 CACHE_ATTEMPTS_MAX = 3
-# A retransmission whose original is in flight in another process waits at most this long
-# in total (the sum of these pauses) for the original's durable answer.
-REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
 
 
 class OffLedgerRouter(Protocol):
@@ -803,13 +801,9 @@ class AuthorizationService:
     async def _stored_original(self, ctx: _Context, card: CardFacts) -> StoredDecision:
         """The durable decision of an earlier message with this id, found by its marker."""
         request = ctx.request
-        for pause_s in (*REPLAY_PAUSES_S, None):
-            stored = await self.store.find_decision(request.source, request.message_id)
-            if stored is not None:
-                return stored
-            if pause_s is None:
-                break
-            await asyncio.sleep(pause_s)
+        stored = await durable_original(self.store, request.source, request.message_id)
+        if stored is not None:
+            return stored
         # A marker with nothing durable behind it: its request failed (96) or its process
         # died before committing. Decide afresh; Postgres arbitrates if both commit.
         await self.cache.forget_marker(card.account_id, request.source, request.message_id)

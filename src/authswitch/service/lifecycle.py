@@ -65,7 +65,7 @@ from authswitch.service.admin import ADMIN_SOURCE, balance_message
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
-from authswitch.service.posting import Posted, Poster, PostStatus
+from authswitch.service.posting import Posted, Poster, PostStatus, durable_original
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 
@@ -936,15 +936,12 @@ class LifecycleService:
                     raise
             if isinstance(result, Duplicate):
                 # The original's durable answer; it may be committing in another process.
-                for pause_s in (*CREDIT_REPLAY_PAUSES_S, None):
-                    stored = await self.store.find_decision(request.source, request.message_id)
-                    if stored is not None:
-                        return self._answer(
-                            Posted(PostStatus.DUPLICATE, stored), fingerprint,
-                            pb.CreditResponse.FromString, pb.CreditResponse(),
-                        )  # fmt: skip
-                    if pause_s is not None:
-                        await asyncio.sleep(pause_s)
+                stored = await durable_original(self.store, request.source, request.message_id)
+                if stored is not None:
+                    return self._answer(
+                        Posted(PostStatus.DUPLICATE, stored), fingerprint,
+                        pb.CreditResponse.FromString, pb.CreditResponse(),
+                    )  # fmt: skip
                 # A marker with nothing durable behind it: its attempt failed.
                 await cache.forget_marker(card.account_id, request.source, request.message_id)
                 continue
@@ -1123,9 +1120,6 @@ class LifecycleService:
 
 
 CREDIT_ATTEMPTS_MAX = 3
-# A credit whose marker is set but whose decision is not yet durable (committing in another
-# process) is waited for this long in total before its marker is taken as a failed attempt's.
-CREDIT_REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
 SENDER_NAME_LEN_MAX = 30
 _CREDIT_TYPES = frozenset(int(t) for t in CreditType)
 _CREDIT_DECLINE_DETAIL = {

@@ -23,11 +23,29 @@ from authswitch.errors import InternalError
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.movements import with_movement
 
-__all__ = ["PostStatus", "Posted", "Poster"]
+__all__ = ["REPLAY_PAUSES_S", "PostStatus", "Posted", "Poster", "durable_original"]
 
 log = logging.getLogger(__name__)
 
 CACHE_ATTEMPTS_MAX = 3
+# A message whose idempotency marker is set but whose decision is not durable yet (its
+# original still committing, in this process or another) waits at most this long in total
+# (the sum of the pauses) for the original's durable answer; only then is the marker taken
+# for a failed attempt's and the message decided afresh.
+REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
+
+
+async def durable_original(
+    store: CatalogStore, source: str, message_id: str
+) -> StoredDecision | None:
+    """The durable decision under (source, message_id), waiting for one that is committing;
+    None when there is none after the pauses."""
+    for pause_s in (*REPLAY_PAUSES_S, None):
+        stored = await store.find_decision(source, message_id)
+        if stored is not None or pause_s is None:
+            return stored
+        await asyncio.sleep(pause_s)
+    return None
 
 
 class PostStatus(Enum):
@@ -104,7 +122,8 @@ class Poster:
                     self._spawn(self._undo(change.account_id, source, message_id))
                     raise
             if isinstance(result, Duplicate):
-                stored = await self.store.find_decision(source, message_id)
+                # The original may still be committing: its answer, not a second change.
+                stored = await durable_original(self.store, source, message_id)
                 if stored is not None:
                     return Posted(PostStatus.DUPLICATE, stored)
                 # A marker with nothing durable behind it (an earlier attempt failed).
