@@ -1,6 +1,6 @@
 """The daily settlement position (issue 17): a golden file of a small day with two networks,
-clearings, a refund, a dispute through arbitration and fees, reconciled to the clearing
-account; an off-ledger program's position from its forwarded messages; delivery on a
+clearings, a refund, an original credit, a dispute through arbitration and fees, reconciled
+to the clearing account; an off-ledger program's position from its forwarded messages; delivery on a
 schedule and the command."""
 
 from __future__ import annotations
@@ -103,6 +103,17 @@ async def settled_day(stores: Stores) -> AsyncIterator[SettledDay]:
         assert unmatched.response_code == "00"
         clock.set(at(DAY, 12))
         await _refund(ledger, card, 500, f"{K}ref-1")
+        clock.set(at(DAY, 12, 30))  # a push-to-card payment: the network pays the issuer
+        credited = await ledger.auth.Credit(
+            pb.CreditRequest(
+                source="visa", message_id=f"{K}oct-1", network_reference=f"{K}oct-1",
+                pan=card.pan, billing_amount=c.Money(amount_minor=1_200, asset="GBP"),
+                transaction_amount=c.Money(amount_minor=1_200, asset="GBP"),
+                credit_type=pb.CREDIT_TYPE_PERSON_TO_PERSON, sender_name="A Sender",
+                merchant=pb.Merchant(mcc="6012", country="GB", name="Payouts Ltd"),
+            )
+        )  # fmt: skip
+        assert credited.response_code == "00"
         clock.set(at(DAY, 13))
         dispute = (await ledger.open_dispute(f"{K}clr-1", 4_000, provisional=True)).dispute
         clock.set(at(DAY, 14))
@@ -145,17 +156,18 @@ def _golden(day: date) -> list[list[str]]:
         line("mastercard", "fees", 1, "+0.50", 50),
         line("visa", "cleared_purchases", 1, "+40.00", 4_000),
         line("visa", "refunds", 1, "-5.00", -500),
+        line("visa", "original_credits", 1, "-12.00", -1_200),
         line("visa", "chargebacks", 1, "-40.00", -4_000),
         line("visa", "representments", 1, "+40.00", 4_000),
         line("visa", "dispute_arbitration", 1, "-40.00", -4_000),
-        line("visa", "net_settlement", 5, "-5.00", -500),
+        line("visa", "net_settlement", 6, "-17.00", -1_700),
         line("visa", "fees", 1, "+0.50", 50),
         # The clearing account: the day before's load, the day's network movements (which
-        # are the net settlement, +2.00) and its load, to the closing balance.
+        # are the net settlement, -10.00) and its load, to the closing balance.
         line("", "clearing_account_opening", 0, "-100.00", -10_000),
-        line("", "clearing_account_network", 6, "+2.00", 200),
+        line("", "clearing_account_network", 7, "-10.00", -1_000),
         line("", "clearing_account_other", 1, "-10.00", -1_000, "LOAD"),
-        line("", "clearing_account_closing", 0, "-108.00", -10_800),
+        line("", "clearing_account_closing", 0, "-120.00", -12_000),
         line("", "unreconciled", 0, "+0.00", 0),
     ]
 
@@ -170,7 +182,7 @@ async def test_golden_settlement_position_reconciled_to_the_clearing_account(
     )
     assert name == f"settlement-{s.program_id}-{DAY:%Y%m%d}.csv"
     assert _rows((tmp_path / name).read_text()) == _golden(DAY)
-    assert lines == 15
+    assert lines == 16
     # The closing balance is the clearing account's, as the ledger has it now less what the
     # next day moved (the clearing of 1.00).
     now = await s.app.pool.fetchval(
@@ -178,7 +190,7 @@ async def test_golden_settlement_position_reconciled_to_the_clearing_account(
            WHERE a.program_id = $1 AND a.kind = 'CLEARING'""",
         s.program_id,
     )
-    assert now - 100 == -10_800
+    assert now - 100 == -12_000
 
 
 async def test_an_off_ledger_program_has_a_position_from_its_forwarded_messages(

@@ -17,6 +17,7 @@ def test_lines_signs_and_the_net_per_network() -> None:
         [
             MessageTotal(Line.CLEARED_PURCHASES, "visa", "GBP", 3, 10_000),
             MessageTotal(Line.REFUNDS, "visa", "GBP", 1, 500),
+            MessageTotal(Line.ORIGINAL_CREDITS, "visa", "GBP", 2, 1_200),
             MessageTotal(Line.CHARGEBACKS, "visa", "GBP", 1, 2_000),
             MessageTotal(Line.REPRESENTMENTS, "visa", "GBP", 1, 2_000),
             MessageTotal(Line.DISPUTE_ARBITRATION, "visa", "GBP", 1, 2_000),
@@ -29,10 +30,11 @@ def test_lines_signs_and_the_net_per_network() -> None:
         SettlementRow("mastercard", "GBP", Line.NET_SETTLEMENT, 1, 700),
         SettlementRow("visa", "GBP", Line.CLEARED_PURCHASES, 3, 10_000),
         SettlementRow("visa", "GBP", Line.REFUNDS, 1, -500),
+        SettlementRow("visa", "GBP", Line.ORIGINAL_CREDITS, 2, -1_200),
         SettlementRow("visa", "GBP", Line.CHARGEBACKS, 1, -2_000),
         SettlementRow("visa", "GBP", Line.REPRESENTMENTS, 1, 2_000),
         SettlementRow("visa", "GBP", Line.DISPUTE_ARBITRATION, 1, -2_000),
-        SettlementRow("visa", "GBP", Line.NET_SETTLEMENT, 7, 7_500),
+        SettlementRow("visa", "GBP", Line.NET_SETTLEMENT, 9, 6_300),
         SettlementRow("visa", "GBP", Line.FEES, 2, 60),  # apart: not in the net
     ]
 
@@ -60,8 +62,8 @@ def test_the_clearing_account_reconciles_or_shows_the_difference() -> None:
 
 
 _line = st.sampled_from(
-    [Line.CLEARED_PURCHASES, Line.REFUNDS, Line.CHARGEBACKS, Line.REPRESENTMENTS,
-     Line.DISPUTE_ARBITRATION]
+    [Line.CLEARED_PURCHASES, Line.REFUNDS, Line.ORIGINAL_CREDITS, Line.CHARGEBACKS,
+     Line.REPRESENTMENTS, Line.DISPUTE_ARBITRATION]
 )  # fmt: skip
 
 
@@ -80,7 +82,8 @@ def test_a_journal_that_follows_the_messages_always_reconciles(
               messages]  # fmt: skip
     by_kind: dict[tuple[str, str], tuple[int, int]] = {}
     kinds = {Line.CLEARED_PURCHASES: "CLEARING", Line.REFUNDS: "REFUND",
-             Line.CHARGEBACKS: "DISPUTE_CHARGEBACK", Line.REPRESENTMENTS: "DISPUTE_REPRESENTMENT",
+             Line.ORIGINAL_CREDITS: "CREDIT", Line.CHARGEBACKS: "DISPUTE_CHARGEBACK",
+             Line.REPRESENTMENTS: "DISPUTE_REPRESENTMENT",
              Line.DISPUTE_ARBITRATION: "DISPUTE_CARDHOLDER_WON"}  # fmt: skip
     for total in totals:
         count, amount = by_kind.get((kinds[total.line], total.asset), (0, 0))

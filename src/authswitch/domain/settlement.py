@@ -12,6 +12,9 @@ line                   from                                                 sign
 =====================  ===================================================  ==========
 cleared_purchases      presentments cleared (purchases, cash, quasi-cash)   +
 refunds                refunds and other credits through the network        -
+original_credits       original credit transactions (push-to-card payments, -
+                       payouts): the network pays the issuer what it
+                       credited its cardholders
 chargebacks            chargebacks the network accepted                     -
 representments         representments by the acquirer                       +
 dispute_arbitration    disputes won after a representment (the network       -
@@ -46,7 +49,7 @@ __all__ = [
 
 # Journal entry kinds whose postings to the clearing account settle with a network.
 NETWORK_ENTRY_KINDS = frozenset(
-    {"CLEARING", "REFUND", "DISPUTE_CHARGEBACK", "DISPUTE_REPRESENTMENT",
+    {"CLEARING", "REFUND", "CREDIT", "DISPUTE_CHARGEBACK", "DISPUTE_REPRESENTMENT",
      "DISPUTE_CARDHOLDER_WON"}
 )  # fmt: skip
 
@@ -54,6 +57,7 @@ NETWORK_ENTRY_KINDS = frozenset(
 class Line(Enum):
     CLEARED_PURCHASES = "cleared_purchases"
     REFUNDS = "refunds"
+    ORIGINAL_CREDITS = "original_credits"
     CHARGEBACKS = "chargebacks"
     REPRESENTMENTS = "representments"
     DISPUTE_ARBITRATION = "dispute_arbitration"
@@ -71,10 +75,12 @@ class Line(Enum):
         return -1 if self in _OWED_BY_THE_NETWORK else 1
 
 
-_OWED_BY_THE_NETWORK = frozenset({Line.REFUNDS, Line.CHARGEBACKS, Line.DISPUTE_ARBITRATION})
+_OWED_BY_THE_NETWORK = frozenset(
+    {Line.REFUNDS, Line.ORIGINAL_CREDITS, Line.CHARGEBACKS, Line.DISPUTE_ARBITRATION}
+)
 _NETWORK_LINES = (
-    Line.CLEARED_PURCHASES, Line.REFUNDS, Line.CHARGEBACKS, Line.REPRESENTMENTS,
-    Line.DISPUTE_ARBITRATION,
+    Line.CLEARED_PURCHASES, Line.REFUNDS, Line.ORIGINAL_CREDITS, Line.CHARGEBACKS,
+    Line.REPRESENTMENTS, Line.DISPUTE_ARBITRATION,
 )  # fmt: skip
 
 

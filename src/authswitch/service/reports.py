@@ -42,6 +42,7 @@ from authswitch.domain.reports import (
 )
 from authswitch.domain.settlement import Line, MessageTotal, settlement_rows
 from authswitch.errors import NotFound, RequestError, StoreUnavailable
+from authswitch.service.admin import ADMIN_SOURCE
 from authswitch.service.clock import Clock
 
 __all__ = ["ReportWriter", "ScheduledReports"]
@@ -391,11 +392,12 @@ class ReportWriter:
             cleared = await conn.fetch(
                 """SELECT d.source, d.asset, d.kind, count(*), sum(d.amount_minor)
                    FROM decisions d JOIN accounts acc ON acc.id = d.account_id
-                   WHERE d.kind IN ('CLEARING', 'REFUND') AND d.response_code = '00'
+                   WHERE d.kind IN ('CLEARING', 'REFUND', 'CREDIT') AND d.response_code = '00'
                      AND d.created_at >= $2 AND d.created_at < $3
                      AND acc.program_id = $1 AND d.asset IS NOT NULL
+                     AND d.source <> $4  -- an operator's credit adjustment is no network's
                    GROUP BY d.source, d.asset, d.kind""",
-                program_id, start, end,
+                program_id, start, end, ADMIN_SOURCE,
             )  # fmt: skip
             disputed = await conn.fetch(
                 """SELECT d.clearing_source, d.asset,
@@ -484,7 +486,9 @@ _ACCOUNT_DAY = """
     WHERE p.account_id = $1 AND e.program_id = $2
       AND p.created_at >= $3 AND p.created_at < $4 AND e.created_at >= $3 AND e.created_at < $4
     GROUP BY 1, 2"""
-_MESSAGE_LINES = {"CLEARING": Line.CLEARED_PURCHASES, "REFUND": Line.REFUNDS}
+_MESSAGE_LINES = {
+    "CLEARING": Line.CLEARED_PURCHASES, "REFUND": Line.REFUNDS, "CREDIT": Line.ORIGINAL_CREDITS,
+}  # fmt: skip
 _DISPUTE_LINES = {
     "CHARGEBACK": Line.CHARGEBACKS, "REPRESENTMENT": Line.REPRESENTMENTS,
     "ARBITRATION": Line.DISPUTE_ARBITRATION,
