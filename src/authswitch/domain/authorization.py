@@ -8,7 +8,7 @@ reference the Lua script is tested against, and the model of the property tests.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import Enum, IntEnum, unique
@@ -16,6 +16,7 @@ from enum import Enum, IntEnum, unique
 from authswitch.domain.cards import expiry_valid_format, is_expired, pan_valid, pin_valid_format
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason
+from authswitch.domain.controls import VelocityCheck
 from authswitch.domain.ledger import Balance
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset
 from authswitch.domain.networkdata import NetworkData, network_data_reason
@@ -427,7 +428,10 @@ class DecisionResult:
     balance: Balance | None  # after the decision; None when the account has no such asset
     pin_blocked_now: bool = False  # this request used up the last PIN try
     fee_mode: FeeMode = FeeMode.NONE
-    usage: Usage = field(default_factory=dict)  # counters after the decision (changed ones)
+    # Counters after the decision (the changed ones; (0, 0) for a velocity bucket dropped).
+    usage: Usage = field(default_factory=dict)
+    velocity_rule: int = 0  # the 1-based velocity rule that declined 61/65, 0: none
+    velocity_blocked: int = 0  # the rule whose decline count blocked the card, 0: none
 
 
 # Declines after which a decline fee applies: the card and cardholder were verified.
@@ -491,9 +495,11 @@ def decide(
     charges: Charges = NO_CHARGES,
     usage: Usage | None = None,
     checks_only: bool = False,
+    velocity: Sequence[VelocityCheck] = (),
 ) -> DecisionResult:
     """Checks 3 to 10 in precedence order, and the resulting state. The reference for
-    ``authorize.lua``: the two must agree on every input."""
+    ``authorize.lua``: the two must agree on every input. ``velocity``: the spend controls'
+    rolling windows, whose buckets are counters of ``usage``."""
     usage = usage or {}
     reason: Reason | None = card.status.decline_reason
     blocked = False
@@ -534,6 +540,9 @@ def decide(
             if limit.count_max >= 0 and usage.get(limit.key, (0, 0))[1] + 1 > limit.count_max:
                 reason = Reason.COUNT_LIMIT_EXCEEDED
                 break
+    velocity_rule = 0
+    if reason is None and not zero_value:
+        reason, velocity_rule = _velocity_limits(velocity, usage, amount_minor + fee)
     if reason is None and balance is None:
         reason = Reason.NO_BALANCE_IN_ASSET
 
@@ -575,4 +584,73 @@ def decide(
         key: (usage.get(key, (0, 0))[0] + amount, usage.get(key, (0, 0))[1] + uses)
         for key, (amount, uses) in deltas.items()
     }
-    return DecisionResult(reason, approved, charged, card, balance, blocked, fee_mode, after)
+    velocity_blocked = 0
+    if velocity:
+        approved_now = reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value
+        velocity_blocked = _velocity_count(
+            velocity, usage, after, approved=approved_now, reason=reason,
+            amount_minor=approved + charged,
+        )  # fmt: skip
+        if velocity_blocked:
+            card = replace(card, status=CardStatus.BLOCKED)
+    return DecisionResult(
+        reason, approved, charged, card, balance, blocked, fee_mode, after, velocity_rule,
+        velocity_blocked,
+    )  # fmt: skip
+
+
+def _window(usage: Usage, prefix: str, first: int, last: int) -> tuple[int, int]:
+    """What a rolling window's buckets hold: (amount, count)."""
+    buckets = [usage.get(f"{prefix}{b}", (0, 0)) for b in range(first, last + 1)]
+    return sum(a for a, _ in buckets), sum(n for _, n in buckets)
+
+
+def _velocity_limits(
+    velocity: Sequence[VelocityCheck], usage: Usage, amount_with_fee: int
+) -> tuple[Reason | None, int]:
+    """The first velocity rule an approval would exceed, by amount (61) then approvals (65)."""
+    for n, v in enumerate(velocity, 1):
+        if v.amount_max_minor < 0 and v.approvals_max < 0:
+            continue
+        spent, uses = _window(usage, v.approvals_prefix, v.first_bucket, v.last_bucket)
+        if v.amount_max_minor >= 0 and spent + amount_with_fee > v.amount_max_minor:
+            return Reason.AMOUNT_LIMIT_EXCEEDED, n
+        if v.approvals_max >= 0 and uses + 1 > v.approvals_max:
+            return Reason.COUNT_LIMIT_EXCEEDED, n
+    return None, 0
+
+
+# Declines that count towards a velocity rule's decline maximum: those after the card's
+# status was found good (expiry onwards).
+VELOCITY_COUNTED_DECLINES = frozenset(
+    r for r in Reason if Reason.CARD_EXPIRED <= r <= Reason.NO_BALANCE_IN_ASSET
+)
+
+
+def _velocity_count(
+    velocity: Sequence[VelocityCheck], usage: Usage, after: dict[str, tuple[int, int]], *,
+    approved: bool, reason: Reason, amount_minor: int,
+) -> int:  # fmt: skip
+    """Adds the decision to the current buckets (in ``after``; the bucket that left the
+    window dropped as (0, 0)); returns the 1-based rule whose decline maximum this decline
+    exceeded (the card is then blocked), 0 for none."""
+
+    def bump(prefix: str, v: VelocityCheck, amount: int) -> None:
+        key = f"{prefix}{v.last_bucket}"
+        was = after.get(key, usage.get(key, (0, 0)))
+        after[key] = (was[0] + amount, was[1] + 1)
+        after[f"{prefix}{v.first_bucket - 1}"] = (0, 0)
+
+    blocked = 0
+    if approved:
+        for v in velocity:
+            bump(v.approvals_prefix, v, amount_minor)
+    elif reason in VELOCITY_COUNTED_DECLINES:
+        for n, v in enumerate(velocity, 1):
+            if v.declines_max < 0:
+                continue
+            _, declines = _window(usage, v.declines_prefix, v.first_bucket, v.last_bucket)
+            bump(v.declines_prefix, v, 0)
+            if declines + 1 > v.declines_max and not blocked:
+                blocked = n
+    return blocked
