@@ -16,6 +16,9 @@ The mapping to the wire lives in one place: ``authswitch.adapters.grpc.errors``.
     ├── ConfigError                    settings that cannot work; the process exits
     ├── Expired                        the caller's deadline passed before a decision:
     │                                  nothing decided, nothing written
+    ├── ClientCallFailed               an off-ledger client's DecisionService failed the call
+    │   │                              (refused, unreachable, an error status): stand in
+    │   └── ClientTimedOut             ... or did not answer within the call's deadline
     ├── RequestError                   bad input; nothing was written
     │   ├── NotFound
     │   ├── AlreadyExists              includes an idempotency key reused with another payload
@@ -30,6 +33,8 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExists",
     "AuthswitchError",
+    "ClientCallFailed",
+    "ClientTimedOut",
     "ConfigError",
     "Expired",
     "InternalError",
@@ -53,6 +58,15 @@ class ConfigError(AuthswitchError):
 class Expired(AuthswitchError):
     """The call's deadline passed before it was decided (it queued while the process was
     overloaded): its caller has given up, so nothing is decided and nothing written."""
+
+
+class ClientCallFailed(AuthswitchError):
+    """A call to an off-ledger client failed; the message says how (the gRPC status), never
+    what the client sent."""
+
+
+class ClientTimedOut(ClientCallFailed):
+    pass
 
 
 class RequestError(AuthswitchError):

@@ -15,8 +15,6 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import grpc
-
 from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
@@ -50,6 +48,7 @@ from authswitch.domain.records import (
     Posting,
     UsageChange,
 )
+from authswitch.errors import ClientCallFailed, ClientTimedOut
 from authswitch.service.authorization import (
     AuthorizationService,
     Job,
@@ -228,11 +227,10 @@ class OffLedgerService:
             probe = breaker.state is BreakerState.HALF_OPEN
             connection = await self.channels.connection(program.id, routing, probe=probe)
             wire = await connection.decide(call, timeout_s=left_ms / 1000)
-        except grpc.aio.AioRpcError as exc:
-            timed_out = exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            failure = StandInReason.TIMEOUT if timed_out else StandInReason.UNAVAILABLE
-        except TimeoutError:
+        except (ClientTimedOut, TimeoutError):
             failure = StandInReason.TIMEOUT
+        except ClientCallFailed:
+            failure = StandInReason.UNAVAILABLE
         except Exception as exc:  # a client we cannot even connect to (bad secrets, ...)
             log.warning("client call failed", extra={"error": type(exc).__name__})
             failure = StandInReason.UNAVAILABLE

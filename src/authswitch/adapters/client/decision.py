@@ -1,5 +1,6 @@
 """Channels to off-ledger clients' DecisionService, one per program, with the program's TLS
-or mutual TLS credentials and bearer token."""
+or mutual TLS credentials and bearer token. A failed call raises :class:`ClientTimedOut` or
+:class:`ClientCallFailed` (authswitch.errors): gRPC's own errors stay in this module."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import grpc
 
 from authswitch.domain.offledger import ClientRouting
+from authswitch.errors import ClientCallFailed, ClientTimedOut
 from authswitch.secrets import SecretStore
 from authswitch.v1 import decision_pb2, decision_pb2_grpc
 
@@ -32,13 +34,27 @@ class ClientConnection:
     async def decide(
         self, request: decision_pb2.DecideRequest, timeout_s: float
     ) -> decision_pb2.DecideResponse:
-        response: decision_pb2.DecideResponse = await self.stub.Decide(
-            request, timeout=timeout_s, metadata=self.metadata
-        )
+        try:
+            response: decision_pb2.DecideResponse = await self.stub.Decide(
+                request, timeout=timeout_s, metadata=self.metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translated(exc) from exc
         return response
 
     async def notify(self, request: decision_pb2.NotifyRequest, timeout_s: float) -> None:
-        await self.stub.Notify(request, timeout=timeout_s, metadata=self.metadata)
+        try:
+            await self.stub.Notify(request, timeout=timeout_s, metadata=self.metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise _translated(exc) from exc
+
+
+def _translated(exc: grpc.aio.AioRpcError) -> ClientCallFailed:
+    """The project's error for a failed call: its status and gRPC's own description."""
+    detail = f"{exc.code().name}: {exc.details() or ''}"[:300]
+    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ClientTimedOut(detail)
+    return ClientCallFailed(detail)
 
 
 class ClientChannels:
