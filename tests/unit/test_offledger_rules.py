@@ -8,11 +8,14 @@ from hypothesis import strategies as st
 
 from authswitch.domain.codes import Reason
 from authswitch.domain.offledger import (
+    DEADLINE_MS_DEFAULT,
     BreakerConfig,
     BreakerState,
     CircuitBreaker,
     ClientAnswer,
+    breaker_of,
     check_answer,
+    deadline_ms_of,
 )
 
 CONFIG = BreakerConfig(failures_max=3, error_rate_pct=50, window=10, open_ms=1_000)
@@ -173,3 +176,14 @@ def test_the_client_reason_is_cut_to_200_characters() -> None:
     answer = _answer(3, client_reason="x" * 500)
     assert answer is not None
     assert len(answer.client_reason) == 200
+
+
+def test_routing_values_from_the_admin_api_zero_meaning_the_default() -> None:
+    assert deadline_ms_of(0) == DEADLINE_MS_DEFAULT == 1_000
+    assert (deadline_ms_of(20), deadline_ms_of(10_000)) == (20, 10_000)
+    assert deadline_ms_of(19) is None
+    assert deadline_ms_of(10_001) is None
+    assert breaker_of(0, 0, 0, 0) == BreakerConfig()
+    assert breaker_of(2, 100, 4, 250) == BreakerConfig(2, 100, 4, 250)
+    assert breaker_of(0, 101, 0, 0) is None
+    assert breaker_of(-1, 0, 0, 0) is None

@@ -12,6 +12,9 @@ from enum import Enum
 from authswitch.domain.codes import Code, Reason
 
 __all__ = [
+    "DEADLINE_MS_DEFAULT",
+    "DEADLINE_MS_MAX",
+    "DEADLINE_MS_MIN",
     "BreakerConfig",
     "BreakerState",
     "CircuitBreaker",
@@ -19,7 +22,9 @@ __all__ = [
     "ClientRouting",
     "StandInPolicy",
     "StandInReason",
+    "breaker_of",
     "check_answer",
+    "deadline_ms_of",
 ]
 
 
@@ -124,6 +129,31 @@ _CODE = re.compile(r"^[0-9A-Z]{2}$")
 _APPROVAL_CODES = frozenset({"00", "08", "10", "11", "16", "85"})
 
 
+DEADLINE_MS_DEFAULT = 1_000
+DEADLINE_MS_MIN, DEADLINE_MS_MAX = 20, 10_000
+
+
+def deadline_ms_of(requested_ms: int) -> int | None:
+    """A programme's deadline from the admin API (0: the default); None when out of range."""
+    deadline = requested_ms or DEADLINE_MS_DEFAULT
+    return deadline if DEADLINE_MS_MIN <= deadline <= DEADLINE_MS_MAX else None
+
+
+def breaker_of(
+    failures: int, error_rate_pct: int, window: int, open_ms: int
+) -> BreakerConfig | None:
+    """A circuit breaker from the admin API's values, each 0 meaning its default; None when
+    one is out of range."""
+    d = BreakerConfig()
+    values = (
+        failures or d.failures_max, error_rate_pct or d.error_rate_pct, window or d.window,
+        open_ms or d.open_ms,
+    )  # fmt: skip
+    if min(values) < 1 or values[1] > 100:
+        return None
+    return BreakerConfig(*values)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientRouting:
     """Where a program's DecisionService is and how to treat it."""
@@ -134,7 +164,7 @@ class ClientRouting:
     cert_secret: str = ""
     key_secret: str = ""
     token_secret: str = ""
-    deadline_ms: int = 1_000
+    deadline_ms: int = DEADLINE_MS_DEFAULT
     stand_in: StandInPolicy = StandInPolicy.DECLINE
     stand_in_asset: str = ""
     stand_in_transaction_max_minor: int = 0

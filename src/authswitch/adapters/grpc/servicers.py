@@ -34,7 +34,14 @@ from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.networkdata import NetworkData
-from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
+from authswitch.domain.offledger import (
+    DEADLINE_MS_MAX,
+    DEADLINE_MS_MIN,
+    ClientRouting,
+    StandInPolicy,
+    breaker_of,
+    deadline_ms_of,
+)
 from authswitch.domain.reports import valid_prefix
 from authswitch.domain.tokens import TokenPolicy, TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
@@ -850,18 +857,17 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             raise RequestError("tls and stand_in must be known values")
         if not 3 <= len(request.target) <= 255 or " " in request.target:
             raise RequestError("target must be host:port")
-        deadline = request.deadline_ms or 1_000
-        if not 20 <= deadline <= 10_000:
-            raise RequestError("deadline_ms must be 20..10000")
+        deadline = deadline_ms_of(request.deadline_ms)
+        if deadline is None:
+            raise RequestError(f"deadline_ms must be {DEADLINE_MS_MIN}..{DEADLINE_MS_MAX}")
         if min(request.stand_in_transaction_max_minor, request.stand_in_daily_max_minor) < 0:
             raise RequestError("stand-in limits must not be negative")
-        try:
-            breaker = BreakerConfig(
-                request.breaker_failures or 5, request.breaker_error_rate_pct or 50,
-                request.breaker_window or 20, request.breaker_open_ms or 5_000,
-            )  # fmt: skip
-        except AssertionError:
-            raise RequestError("breaker settings must be positive (error rate 1..100)") from None
+        breaker = breaker_of(
+            request.breaker_failures, request.breaker_error_rate_pct, request.breaker_window,
+            request.breaker_open_ms,
+        )  # fmt: skip
+        if breaker is None:
+            raise RequestError("breaker settings must be positive (error rate 1..100)")
         routing = ClientRouting(
             target=request.target, tls=tls, ca_secret=request.ca_secret,
             cert_secret=request.cert_secret, key_secret=request.key_secret,
