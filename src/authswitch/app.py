@@ -36,6 +36,7 @@ from authswitch.adapters.grpc.servicers import (
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.migrations import migrate
+from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.store import CatalogStore
@@ -299,7 +300,7 @@ class Application:
         self.authorization.offledger = self.offledger
         self.authorization.linked = LinkedSpend(self.authorization)
         self.outbox = OutboxWorker(
-            self.pool,
+            OutboxStore(self.pool),
             catalog=catalog,
             channels=self.channels,
             webhook=self.webhook,

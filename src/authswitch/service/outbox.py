@@ -19,15 +19,14 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import asyncpg
 from google.protobuf import struct_pb2
 
 from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
+from authswitch.adapters.postgres.outbox import Claim, OutboxStore, QueuedNotification
 from authswitch.domain.retry import backoff_ms
 from authswitch.secrets import SecretStore
 from authswitch.service.catalog import Catalog
@@ -54,44 +53,10 @@ class OutboxSettings:
         return self.delivery_timeout_ms / 1000 * 2 + 1
 
 
-# Deliveries are partitioned by their notification's created_at (migration 0007): every
-# statement on one names it, so that it reads one partition rather than probe them all.
-_CLAIM = """
-    WITH heads AS (
-        SELECT DISTINCT ON (sink, ordering_key) notification_id, sink, next_attempt_at, seq,
-               created_at
-        FROM notification_deliveries
-        WHERE status = 'PENDING'
-        ORDER BY sink, ordering_key, seq
-    ), due AS (
-        SELECT notification_id, sink, created_at FROM heads
-        WHERE next_attempt_at <= $1
-        ORDER BY seq
-        LIMIT $2
-    )
-    UPDATE notification_deliveries d
-    SET next_attempt_at = $3, attempts = d.attempts + 1
-    FROM due
-    WHERE d.notification_id = due.notification_id AND d.sink = due.sink
-      AND d.created_at = due.created_at
-      AND d.status = 'PENDING' AND d.next_attempt_at <= $1
-    RETURNING d.notification_id::text, d.sink, d.attempts, d.seq, d.created_at
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    notification_id: str
-    sink: str
-    attempt: int
-    seq: int
-    created_at: datetime
-
-
 class OutboxWorker:
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        store: OutboxStore,
         *,
         catalog: Catalog,
         channels: ClientChannels,
@@ -100,7 +65,7 @@ class OutboxWorker:
         clock: Clock,
         settings: OutboxSettings,
     ) -> None:
-        self.pool = pool
+        self.store = store
         self.catalog = catalog
         self.channels = channels
         self.webhook = webhook
@@ -148,28 +113,20 @@ class OutboxWorker:
         outcomes; returns how many were attempted."""
         now = self.clock.now()
         lease_until = now + timedelta(seconds=self.settings.lease_s)
-        rows = await self.pool.fetch(_CLAIM, now, self.settings.concurrency_max, lease_until)
-        claims = [_Claim(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        claims = await self.store.claim(now, self.settings.concurrency_max, lease_until)
         if claims:
             await asyncio.gather(*(self._deliver(c) for c in claims))
         return len(claims)
 
-    async def _deliver(self, claim: _Claim) -> None:
-        row = await self.pool.fetchrow(
-            """SELECT id::text, program_id::text, coalesce(account_id::text, '') AS account_id,
-                      coalesce(card_id::text, '') AS card_id, kind, payload, created_at, seq
-               FROM notifications WHERE id = $1 AND created_at = $2""",
-            claim.notification_id,
-            claim.created_at,
-        )
-        assert row is not None, "a delivery without its notification"
+    async def _deliver(self, claim: Claim) -> None:
+        note = await self.store.notification(claim)
         started = time.perf_counter()
         error = ""
         try:
             if claim.sink == "client":
-                await self._to_client(row, claim.attempt)
+                await self._to_client(note, claim.attempt)
             else:
-                await self._to_webhook(row, claim.attempt)
+                await self._to_webhook(note, claim.attempt)
         except Exception as exc:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
         outcome = "ok" if not error else "error"
@@ -179,41 +136,41 @@ class OutboxWorker:
         )
         await self._record(claim, error)
 
-    async def _to_client(self, row: Any, attempt: int) -> None:
-        program = await self.catalog.program(row["program_id"])
+    async def _to_client(self, note: QueuedNotification, attempt: int) -> None:
+        program = await self.catalog.program(note.program_id)
         if program.routing is None:
             raise LookupError("the program has no client endpoint")
         payload = struct_pb2.Struct()
-        payload.update(json.loads(row["payload"]))
+        payload.update(note.payload)
         request = decision_pb2.NotifyRequest(
-            notification_id=row["id"],
-            kind=row["kind"],
-            program_id=row["program_id"],
-            account_id=row["account_id"],
-            card_id=row["card_id"],
-            sequence=row["seq"],
+            notification_id=note.id,
+            kind=note.kind,
+            program_id=note.program_id,
+            account_id=note.account_id,
+            card_id=note.card_id,
+            sequence=note.seq,
             attempt=attempt,
             payload=payload,
         )
-        request.created_at.FromDatetime(row["created_at"])
+        request.created_at.FromDatetime(note.created_at)
         connection = await self.channels.connection(program.id, program.routing)
         await connection.notify(request, timeout_s=self.settings.delivery_timeout_ms / 1000)
 
-    async def _to_webhook(self, row: Any, attempt: int) -> None:
-        program = await self.catalog.program(row["program_id"])
+    async def _to_webhook(self, note: QueuedNotification, attempt: int) -> None:
+        program = await self.catalog.program(note.program_id)
         if not program.webhook_url:
             raise LookupError("the program has no webhook")
         body = json.dumps(
             {
-                "notification_id": row["id"],
-                "kind": row["kind"],
-                "program_id": row["program_id"],
-                "account_id": row["account_id"],
-                "card_id": row["card_id"],
-                "sequence": row["seq"],
+                "notification_id": note.id,
+                "kind": note.kind,
+                "program_id": note.program_id,
+                "account_id": note.account_id,
+                "card_id": note.card_id,
+                "sequence": note.seq,
                 "attempt": attempt,
-                "created_at": row["created_at"].isoformat(),
-                "payload": json.loads(row["payload"]),
+                "created_at": note.created_at.isoformat(),
+                "payload": note.payload,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -223,33 +180,18 @@ class OutboxWorker:
             body,
             secret=self.secrets.get(program.webhook_secret),
             timestamp=int(self.clock.now().timestamp()),
-            notification_id=row["id"],
+            notification_id=note.id,
             attempt=attempt,
         )
 
-    async def _record(self, claim: _Claim, error: str) -> None:
+    async def _record(self, claim: Claim, error: str) -> None:
         now = self.clock.now()
         if not error:
-            await self.pool.execute(
-                """UPDATE notification_deliveries
-                   SET status = 'DELIVERED', delivered_at = $3, last_error = ''
-                   WHERE notification_id = $1 AND sink = $2 AND created_at = $4""",
-                claim.notification_id,
-                claim.sink,
-                now,
-                claim.created_at,
-            )
+            await self.store.delivered(claim, now)
             return
         if (now - claim.created_at).total_seconds() >= self.settings.dead_after_s:
             log.warning("notification dead-lettered", extra={"sink": claim.sink, "error": error})
-            await self.pool.execute(
-                """UPDATE notification_deliveries SET status = 'DEAD', last_error = $3
-                   WHERE notification_id = $1 AND sink = $2 AND created_at = $4""",
-                claim.notification_id,
-                claim.sink,
-                error,
-                claim.created_at,
-            )
+            await self.store.dead(claim, error)
             return
         pause = backoff_ms(
             claim.attempt,
@@ -257,37 +199,21 @@ class OutboxWorker:
             max_ms=self.settings.backoff_max_ms,
             jitter=random.random(),  # noqa: S311 - spreading retries, not a secret
         )
-        await self.pool.execute(
-            """UPDATE notification_deliveries SET next_attempt_at = $3, last_error = $4
-               WHERE notification_id = $1 AND sink = $2 AND created_at = $5""",
-            claim.notification_id,
-            claim.sink,
-            now + timedelta(milliseconds=pause),
-            error,
-            claim.created_at,
-        )
+        await self.store.retry_at(claim, now + timedelta(milliseconds=pause), error)
 
     async def _update_gauges(self) -> None:
         if time.monotonic() - self._gauges_at < 5:
             return
         self._gauges_at = time.monotonic()
-        rows = await self.pool.fetch(
-            """SELECT d.sink, count(*) FILTER (WHERE d.status = 'PENDING') AS pending,
-                      count(*) FILTER (WHERE d.status = 'DEAD') AS dead,
-                      min(d.created_at) FILTER (WHERE d.status = 'PENDING') AS oldest
-               FROM notification_deliveries d
-               WHERE d.status <> 'DELIVERED'
-               GROUP BY d.sink"""
-        )
         now = self.clock.now()
         seen = set()
-        for row in rows:
-            seen.add(row["sink"])
-            metrics.OUTBOX_DEPTH.labels(row["sink"]).set(row["pending"])
-            metrics.OUTBOX_DEAD_LETTERS.labels(row["sink"]).set(row["dead"])
-            oldest = row["oldest"]
+        for depth in await self.store.depths():
+            seen.add(depth.sink)
+            metrics.OUTBOX_DEPTH.labels(depth.sink).set(depth.pending)
+            metrics.OUTBOX_DEAD_LETTERS.labels(depth.sink).set(depth.dead)
+            oldest = depth.oldest_pending
             age = (now - oldest).total_seconds() if oldest is not None else 0.0
-            metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(row["sink"]).set(max(age, 0.0))
+            metrics.OUTBOX_OLDEST_AGE_SECONDS.labels(depth.sink).set(max(age, 0.0))
         for sink in ("client", "webhook"):
             if sink not in seen:
                 metrics.OUTBOX_DEPTH.labels(sink).set(0)
