@@ -21,12 +21,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from authswitch.adapters.postgres.locks import JobLease
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.errors import InternalError
 from authswitch.reference_client import ReferenceClient, serve_reference_client
 from authswitch.service.clock import ManualClock
-from authswitch.service.jobs import JobLease, PeriodicJob
+from authswitch.service.jobs import PeriodicJob
 from authswitch.service.reconcile import Reconciler
 from authswitch.service.reports import ReportWriter
 from authswitch.v1 import authorization_pb2 as pb

@@ -12,7 +12,7 @@ Postgres is reached one of two ways (docs/scaling.md, "Postgres in production"):
   ``BEGIN`` (in the same message: no extra round trip), and a connection given back to the
   pool runs no reset query (there is no session state to reset, and the default one's
   ``RESET ALL`` and ``pg_advisory_unlock_all()`` would act on a server session other clients
-  use). Session advisory locks are not used in this mode (service/jobs.py takes leases).
+  use). Session advisory locks are not used in this mode (adapters/postgres/locks.py: leases).
 """
 
 from __future__ import annotations
