@@ -228,3 +228,30 @@ async def test_postgres_has_the_last_word_on_funds(ledger: Ledger, app: Applicat
     assert cached is not None
     assert cached["GBP"].actual_minor == 10_000
     assert cached["GBP"].authorized_minor == 100
+
+
+async def test_every_admin_idempotency_key_is_checked_alike(ledger: Ledger) -> None:
+    """Adjustments, transfers and manual releases take the same keys: printable, no spaces,
+    at most 128 characters; nothing is written for a bad one."""
+    card = await ledger.card(10_000)
+    money = c.Money(amount_minor=100, asset="GBP")
+    for key in ("", "with space", "x" * 129):
+        credit = la.CreditAccountRequest(
+            account_id=card.account_id, amount=money, purpose=la.ADJUSTMENT_PURPOSE_LOAD,
+            idempotency_key=key,
+        )  # fmt: skip
+        assert await _code_of(ledger.admin.CreditAccount(credit)) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        transfer = la.TransferRequest(
+            from_account_id=card.account_id, to_account_id=card.account_id, amount=money,
+            idempotency_key=key,
+        )  # fmt: skip
+        assert await _code_of(ledger.admin.Transfer(transfer)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await ledger.figures(card.account_id) == (10_000, 10_000, 0)
+    good = la.CreditAccountRequest(
+        account_id=card.account_id, amount=money, purpose=la.ADJUSTMENT_PURPOSE_LOAD,
+        idempotency_key="k" * 128,
+    )  # fmt: skip
+    await ledger.admin.CreditAccount(good)
+    assert await ledger.figures(card.account_id) == (10_100, 10_100, 0)

@@ -18,13 +18,17 @@ import uuid
 from authswitch import metrics
 from authswitch.adapters.postgres.ownership import Holder, HolderStore
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain.authorization import identifier_ok
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
-from authswitch.service.admin import ADMIN_SOURCE, AdminService, balance_message
+from authswitch.service.admin import (
+    ADMIN_SOURCE,
+    AdminService,
+    balance_message,
+    require_idempotency_key,
+)
 from authswitch.service.posting import PostStatus
 from authswitch.v1 import ledger_admin_pb2
 
@@ -49,8 +53,7 @@ class AccountService:
         admin, store = self.admin, self.admin.store
         asset, amount = request.amount.asset, request.amount.amount_minor
         key = request.idempotency_key
-        if not identifier_ok(key, 128, required=True):
-            raise RequestError("idempotency_key is required (printable, up to 128 characters)")
+        require_idempotency_key(key)
         if not 0 < amount <= AMOUNT_MAX_MINOR:
             raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
         if asset not in admin.catalog.assets:

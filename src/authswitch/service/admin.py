@@ -20,7 +20,9 @@ from authswitch.domain.authorization import (
     PinTriesExceededAction,
     ProductRules,
     TransactionType,
+    identifier_ok,
 )
+from authswitch.domain.bounds import FIELD_LEN_MAX
 from authswitch.domain.cards import (
     bin_of,
     expiry_valid_format,
@@ -71,7 +73,16 @@ NAME_LEN_MAX = 200
 ON_LEDGER_SINKS = frozenset({"webhook"})
 FEE_RULES_MAX = 100
 WEBHOOK_URL_LEN_MAX = 2_000
-IDEMPOTENCY_KEY_LEN_MAX = 128
+IDEMPOTENCY_KEY_LEN_MAX = FIELD_LEN_MAX["idempotency_key"]
+
+
+def require_idempotency_key(key: str) -> None:
+    """An admin call's idempotency key: required, printable without spaces, bounded (it is
+    stored as the message id of the call's decision under ADMIN_SOURCE)."""
+    if not identifier_ok(key, IDEMPOTENCY_KEY_LEN_MAX, required=True):
+        raise RequestError(
+            f"idempotency_key is required (printable, up to {IDEMPOTENCY_KEY_LEN_MAX} characters)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,8 +603,7 @@ class AdminService:
             raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
         if asset not in self.catalog.assets:
             raise RequestError(f"unknown asset {asset!r}")
-        if not idempotency_key or len(idempotency_key) > IDEMPOTENCY_KEY_LEN_MAX:
-            raise RequestError(f"idempotency_key is required (1..{IDEMPOTENCY_KEY_LEN_MAX} chars)")
+        require_idempotency_key(idempotency_key)
         description = _name(description, "description", required=False)
         account = await self.store.account(account_id)
         if account.kind != "CUSTOMER":

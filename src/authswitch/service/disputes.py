@@ -50,7 +50,7 @@ from authswitch.domain.records import (
     Posting,
 )
 from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
-from authswitch.service.admin import ADMIN_SOURCE, balance_message
+from authswitch.service.admin import ADMIN_SOURCE, balance_message, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Posted, Poster, PostStatus
@@ -130,8 +130,7 @@ class DisputeService:
         self, request: ledger_admin_pb2.OpenDisputeRequest, *, actor: str
     ) -> ledger_admin_pb2.OpenDisputeResponse:
         key = request.idempotency_key
-        if not identifier_ok(key, 128, required=True):
-            raise RequestError("idempotency_key is required (printable, up to 128 characters)")
+        require_idempotency_key(key)
         if not _REASON_CODE.match(request.reason_code):
             raise RequestError("reason_code must be 1 to 8 letters, digits or dots")
         if not request.HasField("amount") or not 0 < request.amount.amount_minor <= (
@@ -144,9 +143,9 @@ class DisputeService:
         )
         if replay is not None:
             return replay
-        if not identifier_ok(request.clearing_source, 64, required=True) or not identifier_ok(
-            request.clearing_message_id, 128, required=True
-        ):
+        if not identifier_ok(
+            request.clearing_source, SOURCE_LEN_MAX, required=True
+        ) or not identifier_ok(request.clearing_message_id, MESSAGE_ID_LEN_MAX, required=True):
             raise RequestError("clearing_source and clearing_message_id are required")
         clearing = await self.disputes.clearing(
             request.clearing_source, request.clearing_message_id
@@ -198,8 +197,7 @@ class DisputeService:
         self, request: ledger_admin_pb2.ResolveDisputeRequest, *, actor: str
     ) -> ledger_admin_pb2.ResolveDisputeResponse:
         key = request.idempotency_key
-        if not identifier_ok(key, 128, required=True):
-            raise RequestError("idempotency_key is required (printable, up to 128 characters)")
+        require_idempotency_key(key)
         outcomes = {
             ledger_admin_pb2.DISPUTE_OUTCOME_CARDHOLDER_WON: DisputeStep.CARDHOLDER_WON,
             ledger_admin_pb2.DISPUTE_OUTCOME_MERCHANT_WON: DisputeStep.MERCHANT_WON,

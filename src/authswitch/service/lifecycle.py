@@ -60,8 +60,8 @@ from authswitch.domain.records import (
     Tombstone,
     UsageChange,
 )
-from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
-from authswitch.service.admin import ADMIN_SOURCE, balance_message
+from authswitch.errors import InternalError, NotFound, PreconditionFailed
+from authswitch.service.admin import ADMIN_SOURCE, balance_message, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
@@ -1060,8 +1060,7 @@ class LifecycleService:
         self, hold_id: str, reason: str, idempotency_key: str, *, actor: str
     ) -> ledger_admin_pb2.ReleaseHoldResponse:
         """Remove a stale hold by hand (seed 001: "the amount is manually removed")."""
-        if not identifier_ok(idempotency_key, 128, required=True):
-            raise RequestError("idempotency_key is required (printable, up to 128 characters)")
+        require_idempotency_key(idempotency_key)
         fingerprint = self.keys.fingerprint(f"release:{hold_id}:{reason}".encode())
         for _ in range(PLAN_ATTEMPTS_MAX):
             hold = await self.store.hold(hold_id)
