@@ -586,9 +586,8 @@ def decide(
     }
     velocity_blocked = 0
     if velocity:
-        approved_now = reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value
         velocity_blocked = _velocity_count(
-            velocity, usage, after, approved=approved_now, reason=reason,
+            velocity, usage, after, reason=reason, zero_value=zero_value,
             amount_minor=approved + charged,
         )  # fmt: skip
         if velocity_blocked:
@@ -622,14 +621,14 @@ def _velocity_limits(
 
 # Declines that count towards a velocity rule's decline maximum: those after the card's
 # status was found good (expiry onwards).
-VELOCITY_COUNTED_DECLINES = frozenset(
+_VELOCITY_COUNTED_DECLINES = frozenset(
     r for r in Reason if Reason.CARD_EXPIRED <= r <= Reason.NO_BALANCE_IN_ASSET
 )
 
 
 def _velocity_count(
     velocity: Sequence[VelocityCheck], usage: Usage, after: dict[str, tuple[int, int]], *,
-    approved: bool, reason: Reason, amount_minor: int,
+    reason: Reason, zero_value: bool, amount_minor: int,
 ) -> int:  # fmt: skip
     """Adds the decision to the current buckets (in ``after``; the bucket that left the
     window dropped as (0, 0)); returns the 1-based rule whose decline maximum this decline
@@ -642,10 +641,11 @@ def _velocity_count(
         after[f"{prefix}{v.first_bucket - 1}"] = (0, 0)
 
     blocked = 0
-    if approved:
-        for v in velocity:
-            bump(v.approvals_prefix, v, amount_minor)
-    elif reason in VELOCITY_COUNTED_DECLINES:
+    if reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED):
+        if not zero_value:  # a zero-value approval counts towards nothing
+            for v in velocity:
+                bump(v.approvals_prefix, v, amount_minor)
+    elif reason in _VELOCITY_COUNTED_DECLINES:
         for n, v in enumerate(velocity, 1):
             if v.declines_max < 0:
                 continue

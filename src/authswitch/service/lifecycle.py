@@ -184,9 +184,8 @@ class LifecycleService:
         stored: StoredDecision | None = posted.decision
         assert stored is not None
         if stored.fingerprint != fingerprint:
-            empty.response_code = (
-                Code.DUPLICATE_MISMATCH
-            )  # the message id was used for another message
+            # The message id was used for another message.
+            empty.response_code = Code.DUPLICATE_MISMATCH
             return empty
         return parse(stored.response)
 
@@ -595,9 +594,8 @@ class LifecycleService:
         for _ in range(PLAN_ATTEMPTS_MAX):
             posted = await self._clear_once(request, card, program, fingerprint)
             if posted.status is PostStatus.NO_BALANCE:
-                return pb.ClearResponse(
-                    response_code=Code.NO_BALANCE_IN_ASSET
-                )  # no balance in the asset: unposted
+                # No balance in the asset: nothing posted.
+                return pb.ClearResponse(response_code=Code.NO_BALANCE_IN_ASSET)
             if posted.status is not PostStatus.CONFLICT:
                 return self._answer(
                     posted, fingerprint, pb.ClearResponse.FromString, pb.ClearResponse()

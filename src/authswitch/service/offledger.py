@@ -636,7 +636,7 @@ def _decide_request(
         card_id=card.card_id,
         account_id=card.account_id,
         # The card's own PAN, also when the network sent a token (its DPAN) instead.
-        pan_last_four=card.last_four or request.pan[-4:],
+        pan_last_four=card.last_four,
         transaction_type=request.transaction_type,  # type: ignore[arg-type]
         partial_approval_allowed=request.partial_allowed,
         channel=request.channel,  # type: ignore[arg-type]
