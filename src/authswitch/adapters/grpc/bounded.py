@@ -10,7 +10,7 @@ is written either way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -34,7 +34,7 @@ def bounded(behaviour: Behaviour, response_type: type[Message]) -> Behaviour:
             if found is not None:
                 path, longest = found
                 if answers_with_a_code:
-                    return response_type(response_code=FORMAT_ERROR)
+                    return cast(Any, response_type)(response_code=FORMAT_ERROR)
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{path} is longer than {longest} characters",
