@@ -65,6 +65,7 @@ def test_the_documented_table_is_the_code_table() -> None:
     documented = {name: int(n) for name, n in rows.items()}
     expected = dict(FIELD_LEN_MAX)
     expected["Merchant.name"] = FIELD_LEN_MAX_BY_MESSAGE["authswitch.v1.Merchant.name"]
+    expected["FxRate.rate"] = FIELD_LEN_MAX_BY_MESSAGE["authswitch.v1.FxRate.rate"]
     expected["CreateProductRequest.hold_validity_days_by_mcc"] = 4
     expected["shares_bps"] = 36  # keyed by customer id, in each holder request
     assert documented == expected

@@ -288,6 +288,8 @@ class CardFacts:
     controlled: bool = False
     # The last four digits of the card's PAN (what a token payment's client is told).
     last_four: str = ""
+    # The assets the card's own account holds (what a conversion converts into).
+    account_assets: tuple[str, ...] = ()
 
     def spending(self, asset: str) -> CardFacts:
         """The card as it spends ``asset``: from the first linked account that holds it when
@@ -302,6 +304,7 @@ class CardFacts:
                     self.expiry_yymm,
                     controlled=self.controlled,
                     last_four=self.last_four,
+                    account_assets=(asset,),
                 )
         return self
 

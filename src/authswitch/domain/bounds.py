@@ -80,6 +80,8 @@ FIELD_LEN_MAX: Mapping[str, int] = MappingProxyType(
         "asset": 12,
         "assets": 12,
         "stand_in_asset": 12,
+        "base_asset": 12,
+        "quote_asset": 12,
         "code": 12,
         "numeric_code": 3,
         # authswitch's own ids are UUIDs.
@@ -128,6 +130,8 @@ FIELD_LEN_MAX: Mapping[str, int] = MappingProxyType(
 # By message and field, where a field's maximum differs from its name's.
 FIELD_LEN_MAX_BY_MESSAGE: Mapping[str, int] = MappingProxyType(
     {
+        # A currency conversion rate: 30 significant digits, a point, and leading zeros.
+        "authswitch.v1.FxRate.rate": 64,
         # ISO 8583 DE43 (card acceptor name/location) is 40 characters.
         "authswitch.v1.Merchant.name": 40,
         # CreateProductRequest.hold_validity_days_by_mcc is keyed by MCC (DE18).

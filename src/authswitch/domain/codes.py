@@ -72,6 +72,7 @@ class Reason(IntEnum):
     INSUFFICIENT_FUNDS = 28
     NO_BALANCE_IN_ASSET = 29
     TOKEN_NOT_ACTIVE = 30
+    FX_RATE_UNAVAILABLE = 31
     CLIENT_DECLINED = 40
     CLIENT_UNAVAILABLE = 41
     SYSTEM_ERROR = 50
@@ -117,6 +118,9 @@ _OUTCOMES: dict[Reason, Outcome] = {
         # A network token's own status: applied right after the card's (check 3), numbered
         # after the checks' reasons because it came later (docs/tokens.md).
         Outcome(Reason.TOKEN_NOT_ACTIVE, "62", _D, None),
+        # No usable rate to convert the billing asset (docs/fx.md): decided where the funds
+        # check would have used the converted amount, so every earlier check comes first.
+        Outcome(Reason.FX_RATE_UNAVAILABLE, "05", _D, Check.FUNDS),
         Outcome(Reason.CLIENT_DECLINED, "05", _D, None),
         Outcome(Reason.CLIENT_UNAVAILABLE, "91", _D, None),
         Outcome(Reason.SYSTEM_ERROR, "96", _D, None),

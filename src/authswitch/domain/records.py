@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from authswitch.domain.fx import Conversion
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.lifecycle import ReleasePlan
 
 __all__ = [
     "CardUpdate",
     "ClientCall",
+    "ConversionRecord",
     "DecisionRecord",
     "DisputeChange",
     "DisputeOpening",
@@ -73,6 +75,9 @@ class HoldRecord:
     created_at: datetime
     kind: str = "AUTHORIZATION"  # AUTHORIZATION, INCREMENTAL, ADVICE
     usage_keys: tuple[str, ...] = ()  # the limit counters its amount was counted in
+    # A converted hold's amount in the billing asset (docs/fx.md), 0 for any other: a
+    # reversal that came first is in that asset, and takes its share of the hold.
+    billing_minor: int = 0
 
 
 @dataclass(slots=True)
@@ -226,6 +231,17 @@ class DisputeChange:
 
 
 @dataclass(slots=True)
+class ConversionRecord:
+    """What a message converted (docs/fx.md), kept under the message's key."""
+
+    source: str
+    message_id: str
+    kind: str  # AUTHORIZATION, REVERSAL, CLEARING, REFUND
+    conversion: Conversion
+    created_at: datetime
+
+
+@dataclass(slots=True)
 class LedgerWrite:
     """One unit of work for the group committer: all of it is committed, or none.
 
@@ -244,4 +260,5 @@ class LedgerWrite:
     notifications: tuple[Notification, ...] = ()
     client_calls: tuple[ClientCall, ...] = ()
     disputes: tuple[DisputeChange, ...] = ()
+    conversions: tuple[ConversionRecord, ...] = ()
     refusal: Callable[[], DecisionRecord] | None = field(default=None, repr=False)

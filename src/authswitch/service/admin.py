@@ -54,6 +54,7 @@ from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import Catalog
 from authswitch.service.catalog_watch import note_change
 from authswitch.service.clock import Clock
+from authswitch.service.fx import FxAdmin
 from authswitch.service.posting import Poster, PostStatus
 from authswitch.service.tokens import TokenService
 from authswitch.v1 import common_pb2, ledger_admin_pb2
@@ -131,6 +132,7 @@ class AdminService:
         self.poster = poster
         self.clock = clock
         self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
+        self.fx = FxAdmin(catalog)
 
     async def create_client(self, name: str, *, actor: str) -> str:
         client_id = str(uuid.uuid4())

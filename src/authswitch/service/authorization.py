@@ -12,9 +12,10 @@ response byte for byte; a different payload under the same id gets 94.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -38,11 +39,13 @@ from authswitch.domain.authorization import (
 )
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.fx import Conversion, FxRate, RateProblem, convert_billing, converted_into
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import hold_validity_days
 from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
+    ConversionRecord,
     DecisionRecord,
     HoldRecord,
     JournalEntry,
@@ -58,6 +61,7 @@ from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
 from authswitch.service.controls import ControlPlan, SpendControlService
+from authswitch.service.fx import fx_message
 from authswitch.service.ids import authorization_code, new_id
 from authswitch.service.movements import authorization_movement
 from authswitch.service.pinblock import pin_effects
@@ -186,7 +190,17 @@ class _HoldPlan:
 class _Context:
     """One authorisation being decided: the request, and what was derived from it on arrival."""
 
-    __slots__ = ("deadline_s", "fingerprint", "mode", "received", "request", "started", "waits")
+    __slots__ = (
+        "conversion",
+        "deadline_s",
+        "fingerprint",
+        "fx_problem",
+        "mode",
+        "received",
+        "request",
+        "started",
+        "waits",
+    )
 
     def __init__(
         self,
@@ -204,6 +218,10 @@ class _Context:
         self.deadline_s = deadline_s  # time.monotonic() when its caller gives up, if known
         self.mode = "on_ledger"  # for the metrics: who decided
         self.waits = waits  # where a wait on an off-ledger client is counted
+        # A billing asset converted into the account's (docs/fx.md): ``request`` is then the
+        # converted request, and this what it converted; ``fx_problem`` why it could not be.
+        self.conversion: Conversion | None = None
+        self.fx_problem = ""
 
 
 class AuthorizationService:
@@ -372,18 +390,48 @@ class AuthorizationService:
                 token, pre, card.expiry_yymm, request.expiry_yymm, ctx.received.date()
             )
         job = Job(ctx, card, product, program, pre)
+        on_ledger = program.mode != "OFF_LEDGER"
+        # Linked accounts hold assets the card's own account does not: a transaction in one
+        # of them spends from the first that holds it (docs/accounts.md).
+        spend = card.spending(request.billing_asset) if on_ledger and card.spend_accounts else card
+        if on_ledger and spend is card and product.fx is not None and not request.is_zero_value:
+            into = converted_into(product.assets, card.account_assets, request.billing_asset)
+            if into is not None:  # converted before anything counts its amount (docs/fx.md)
+                self._convert(job, into, await catalog.fx_rates(ctx.received))
         if card.controlled:  # spend controls: looked up only for a card that has some
-            job.controls = await self.controls.plan(card, program, request, pre, ctx.received)
-        if program.mode == "OFF_LEDGER":
+            job.controls = await self.controls.plan(card, program, ctx.request, pre, ctx.received)
+        if not on_ledger:
             assert self.offledger is not None, "off-ledger switching is not wired"
             ctx.mode = "off_ledger"
             return await self.offledger.decide(job)
-        if card.spend_accounts:  # linked accounts holding assets its own account does not
-            spend = card.spending(request.billing_asset)
-            if spend is not card:
-                assert self.linked is not None, "linked accounts are not wired"
-                return await self.linked.decide(job, spend.account_id)
+        if spend is not card:
+            assert self.linked is not None, "linked accounts are not wired"
+            return await self.linked.decide(job, spend.account_id)
         return await self.on_ledger(job)
+
+    def _convert(
+        self, job: Job, into: str, rates: Mapping[tuple[str, str], Sequence[FxRate]]
+    ) -> None:
+        """Convert the request of ``job`` into ``into`` at the rate in force, the product's
+        markup a fee (docs/fx.md); or note why it cannot be, for the funds check to decline
+        it (so every earlier check keeps its precedence)."""
+        ctx, product = job.ctx, job.product
+        request = ctx.request
+        assert product.fx is not None
+        conversion = convert_billing(
+            request.billing_asset, request.billing_amount_minor, into, rates=rates,
+            markup=product.fx, assets=self.catalog.assets, at=ctx.received,
+        )  # fmt: skip
+        if isinstance(conversion, RateProblem):
+            ctx.fx_problem = conversion.detail
+            return
+        ctx.conversion = conversion
+        ctx.request = dataclasses.replace(
+            request,
+            billing_asset=into,
+            billing_amount_minor=conversion.account_minor,
+            partial_allowed=False,  # the network's amount is approved whole, or not at all
+        )
 
     async def on_ledger(self, job: Job, stand_in: StandIn | None = None) -> StoredDecision:
         """Decide from the ledger in authswitch: the program's own (on-ledger), or the shadow
@@ -406,6 +454,10 @@ class AuthorizationService:
                 job.controls, charges, product_id=product.id, program=program,
                 request=request, card=card, at=ctx.received,
             )  # fmt: skip
+        if ctx.conversion is not None and ctx.conversion.markup_minor:  # a fee, held
+            charges = dataclasses.replace(
+                charges, fixed_fee_minor=charges.fixed_fee_minor + ctx.conversion.markup_minor
+            )
         hold_plan = self._plain_hold_plan(job)
         if request.incremental:
             hold_plan = await self._incremental_hold_plan(job, hold_plan)
@@ -430,6 +482,8 @@ class AuthorizationService:
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
             detail = ""
+            if ctx.fx_problem and result.reason is Reason.NO_BALANCE_IN_ASSET:
+                result.reason, detail = Reason.FX_RATE_UNAVAILABLE, ctx.fx_problem
             if job.controls is not None:
                 detail = await self.controls.detail(
                     job.controls, result, charges, account_id=card.account_id, request=request
@@ -620,6 +674,21 @@ class AuthorizationService:
         if stand_in is not None:
             response.stand_in = True
             response.stand_in_reason = stand_in.reason  # type: ignore[assignment]
+        conversions: tuple[ConversionRecord, ...] = ()
+        if ctx.conversion is not None:
+            conversion = ctx.conversion
+            response.fx.CopyFrom(fx_message(conversion))
+            if approved:  # the network's amount, approved whole
+                response.approved_amount.CopyFrom(
+                    common_pb2.Money(
+                        amount_minor=conversion.billing_minor, asset=conversion.billing_asset
+                    )
+                )
+            conversions = (
+                ConversionRecord(
+                    request.source, request.message_id, "AUTHORIZATION", conversion, ctx.received
+                ),
+            )
         record = self.record(
             ctx, decision_id, result.reason, response.SerializeToString(), card, result
         )
@@ -642,6 +711,7 @@ class AuthorizationService:
                     created_at=ctx.received,
                     kind=plan.kind,
                     usage_keys=tuple(c.key for c in charges.limits if c.key),
+                    billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
                 ),
             )
             changes = (
@@ -758,6 +828,7 @@ class AuthorizationService:
             usage=usage,
             notifications=notifications,
             client_calls=calls,
+            conversions=conversions,
             refusal=refusal,
         )
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import collections
 import enum
 import time
+from datetime import datetime
 from typing import Literal
 
+from authswitch.adapters.postgres.fx import FxStore
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.domain.authorization import CardFacts
 from authswitch.domain.controls import ControlVersion
 from authswitch.domain.fees import FeeSchedule
+from authswitch.domain.fx import FxRate, by_pair
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import Asset
 
@@ -48,6 +51,9 @@ class Catalog:
         self._controls: dict[str, list[ControlVersion]] = {}
         self._cards: collections.OrderedDict[bytes, CardFacts | float] = collections.OrderedDict()
         self._cards_max = cards_max
+        self.fx_store = FxStore(store.pool)
+        # Rates by (base, quote), loaded at first use (service/fx.py, docs/fx.md).
+        self._fx_rates: dict[tuple[str, str], list[FxRate]] | None = None
 
     async def load(self) -> None:
         self.assets = await self.store.assets()
@@ -127,6 +133,18 @@ class Catalog:
             self._controls.pop(next(iter(self._controls)))
         self._controls[subject_id] = versions
 
+    def peek_fx_rates(self) -> dict[tuple[str, str], list[FxRate]] | None:
+        """The cached rates by pair, or None when not cached; no I/O."""
+        return self._fx_rates
+
+    async def fx_rates(self, now: datetime) -> dict[tuple[str, str], list[FxRate]]:
+        """The rates by pair: those in force at ``now`` and every later one, so the cache
+        stays right as time passes until a rate is set (which drops it)."""
+        rates = self._fx_rates
+        if rates is None:
+            rates = self._fx_rates = by_pair(await self.fx_store.rates_usable(now))
+        return rates
+
     def forget_card(self, pan_hmac: bytes) -> None:
         self._cards.pop(pan_hmac, None)
 
@@ -138,6 +156,7 @@ class Catalog:
         self._limits.clear()
         self._controls.clear()
         self._cards.clear()
+        self._fx_rates = None
 
     def forget(self, kind: str, ident: str) -> None:
         if kind == "program":
@@ -156,5 +175,7 @@ class Catalog:
             for key, facts in list(self._cards.items()):
                 if isinstance(facts, CardFacts) and facts.account_id == ident:
                     del self._cards[key]
+        elif kind == "fx":
+            self._fx_rates = None
         else:
             self.forget_all()

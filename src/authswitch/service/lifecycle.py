@@ -37,6 +37,14 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Code, Reason, outcome
 from authswitch.domain.credits import ORIGINAL_CREDIT, CreditType, credit_limits
 from authswitch.domain.fees import FeeContext, Stage
+from authswitch.domain.fx import (
+    Conversion,
+    ProductFx,
+    RateProblem,
+    convert_billing,
+    converted_into,
+    share_of,
+)
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import (
     HoldEnd,
@@ -50,6 +58,7 @@ from authswitch.domain.limits import counter_for_limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
 from authswitch.domain.records import (
+    ConversionRecord,
     DecisionRecord,
     HoldRecord,
     HoldRelease,
@@ -65,6 +74,7 @@ from authswitch.service.admin import ADMIN_SOURCE, balance_message, require_idem
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
+from authswitch.service.fx import fx_message, fx_payload
 from authswitch.service.posting import Posted, Poster, PostStatus, durable_original
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2, ledger_admin_pb2
@@ -72,6 +82,8 @@ from authswitch.v1 import common_pb2, ledger_admin_pb2
 __all__ = ["SYSTEM_SOURCE", "LifecycleService"]
 
 log = logging.getLogger(__name__)
+
+_NO_MARKUP = ProductFx(0)  # refunds convert without the product's markup
 
 # Work authswitch does by itself (age-off) is recorded under this source.
 SYSTEM_SOURCE = "system"
@@ -231,8 +243,16 @@ class LifecycleService:
         validity = hold_validity_days(
             product.hold_validity_days, product.hold_validity_by_mcc, request.merchant.mcc
         )
+        # Converted at today's rate with the markup (docs/fx.md); without a usable rate the
+        # advice is recorded and holds nothing, as one in an asset the account does not hold.
+        conversion = await self._converted(card, asset, amount, markup=True)
+        if isinstance(conversion, RateProblem):
+            log.warning("advice not held: no usable rate", extra={"detail": conversion.detail})
+            conversion = None
         for _ in range(PLAN_ATTEMPTS_MAX):
-            posted = await self._advise_once(request, card, program, fingerprint, validity, now)
+            posted = await self._advise_once(
+                request, card, program, fingerprint, validity, now, conversion
+            )
             if posted.status is not PostStatus.CONFLICT:
                 return self._answer(
                     posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
@@ -241,9 +261,11 @@ class LifecycleService:
 
     async def _advise_once(
         self, request: pb.AdviseRequest, card: CardFacts, program: ProgramRow,
-        fingerprint: bytes, validity: int, now: datetime,
+        fingerprint: bytes, validity: int, now: datetime, conversion: Conversion | None,
     ) -> Posted:  # fmt: skip
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        if conversion is not None:  # held in the account's asset, the markup with it
+            amount, asset = conversion.total_minor, conversion.account_asset
         original: HoldRow | None = None
         held: list[HoldRow] = []
         if request.original_message_id:
@@ -279,6 +301,9 @@ class LifecycleService:
                     expires_at=now + timedelta(days=validity),
                     created_at=now,
                     kind="ADVICE",
+                    # The whole converted amount is held (no original): an early reversal
+                    # takes its share (docs/fx.md).
+                    billing_minor=conversion.billing_minor if conversion and not held else 0,
                 ),
             )
         elif delta < 0:
@@ -299,6 +324,8 @@ class LifecycleService:
                 balance=balance_message(asset, applied.balance),
                 decision_id=decision_id,
             )
+            if conversion is not None:
+                response.fx.CopyFrom(fx_message(conversion))
             record = self._decision(
                 "ADVICE", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
@@ -308,7 +335,7 @@ class LifecycleService:
                 "network_reference": request.network_reference,
                 "original_message_id": request.original_message_id, "amount_minor": amount,
                 "held_minor": delta, "asset": asset,
-                "authorization_code": request.authorization_code,
+                "authorization_code": request.authorization_code, **fx_payload(conversion),
             }  # fmt: skip
             note = self._notification(
                 "ADVICE", program, card.account_id, card.card_id, payload, now
@@ -316,6 +343,7 @@ class LifecycleService:
             return LedgerWrite(
                 decision=record, holds=holds, releases=releases, balance_changes=(change,),
                 notifications=(note,),
+                conversions=self._conversions(request, "ADVICE", conversion, now),
             )  # fmt: skip
 
         posted = await self.poster.post(
@@ -475,27 +503,50 @@ class LifecycleService:
                 LedgerWrite(decision=acknowledge(pb.REVERSAL_RESULT_HOLD_ALREADY_ENDED))
             )
         asset = hold.asset or ""
+        conversion: Conversion | None = None
         if money is not None and money.asset != asset:
-            return None
+            # A converted hold (docs/fx.md): what the reversal asks for in the billing asset
+            # releases its share of the hold, so at the authorisation's rate, exactly.
+            original = await self.catalog.fx_store.conversion(hold.source, hold.message_id)
+            if original is None or original.billing_asset != money.asset:
+                return None
+            billed = min(requested, original.billing_minor)
+            share = share_of(hold.original_minor, billed, original.billing_minor)
+            conversion = Conversion(
+                money.asset, billed, asset, share, 0, original.rate_text,
+                original.rate_effective_from,
+            )  # fmt: skip
+            requested = share
 
         def respond(released: int, balance: Balance) -> pb.ReverseResponse:
-            return pb.ReverseResponse(
+            response = pb.ReverseResponse(
                 response_code=Code.APPROVED,
                 result=pb.REVERSAL_RESULT_RELEASED,
                 released=_money(released, asset),
                 balance=balance_message(asset, balance),
                 decision_id=decision_id,
             )
+            if conversion is not None:
+                response.fx.CopyFrom(fx_message(conversion))
+            return response
 
+        conversions = (
+            ()
+            if conversion is None
+            else (
+                ConversionRecord(request.source, request.message_id, "REVERSAL", conversion, now),
+            )
+        )
         return await self._release(
             hold, plan_reversal(hold.open_hold(), requested), "REVERSAL", request.source,
-            request.message_id, fingerprint, decision_id, now, respond,
+            request.message_id, fingerprint, decision_id, now, respond, conversions,
         )  # fmt: skip
 
     async def _release(
         self, hold: HoldRow, plan: ReleasePlan, reason: str, source: str, message_id: str,
         fingerprint: bytes, decision_id: str, now: datetime,
         respond: Callable[[int, Balance], _Response],
+        conversions: tuple[ConversionRecord, ...] = (),
     ) -> Posted:  # fmt: skip
         """Release (part of) one hold; the write conflicts if the hold moved meanwhile."""
         assert hold.account_id is not None
@@ -528,6 +579,7 @@ class LifecycleService:
                 notifications=(
                     self._notification(reason, program, account_id, hold.card_id, payload, now),
                 ),
+                conversions=conversions,
             )
 
         return await self.poster.post(
@@ -591,8 +643,12 @@ class LifecycleService:
                     amount + quote.fixed_minor, request.final,
                 )  # fmt: skip
             return forwarded
+        conversion = await self._converted(card, asset, amount, markup=True)
+        if isinstance(conversion, RateProblem):
+            log.warning("clearing not posted: no usable rate", extra={"detail": conversion.detail})
+            return pb.ClearResponse(response_code=Code.NO_BALANCE_IN_ASSET)
         for _ in range(PLAN_ATTEMPTS_MAX):
-            posted = await self._clear_once(request, card, program, fingerprint)
+            posted = await self._clear_once(request, card, program, fingerprint, conversion)
             if posted.status is PostStatus.NO_BALANCE:
                 # No balance in the asset: nothing posted.
                 return pb.ClearResponse(response_code=Code.NO_BALANCE_IN_ASSET)
@@ -603,9 +659,14 @@ class LifecycleService:
         raise InternalError("clearing could not be planned: its holds kept changing")
 
     async def _clear_once(
-        self, request: pb.ClearRequest, card: CardFacts, program: ProgramRow, fingerprint: bytes
-    ) -> Posted:
+        self, request: pb.ClearRequest, card: CardFacts, program: ProgramRow, fingerprint: bytes,
+        conversion: Conversion | None,
+    ) -> Posted:  # fmt: skip
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        markup = 0
+        if conversion is not None:  # posted in the account's asset, the markup a fee
+            amount, asset = conversion.account_minor, conversion.account_asset
+            markup = conversion.markup_minor
         now = self.clock.now()
         holds = []
         if request.network_reference:
@@ -616,7 +677,8 @@ class LifecycleService:
             Stage.CLEARING, transaction_type, request.channel, request.merchant.mcc,
             is_international(program, request.merchant.country), asset, amount,
         )  # fmt: skip
-        fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
+        rules_fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
+        fee = rules_fee + markup
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
         change = BalanceChange(
             card.account_id,
@@ -643,8 +705,15 @@ class LifecycleService:
                     card_id=card.card_id,
                 )
             )
-        if fee:
-            entries.append(self._fee_entry(program, card, asset, fee, now, request))
+        if rules_fee:
+            entries.append(self._fee_entry(program, card, asset, rules_fee, now, request))
+        if markup:
+            entries.append(
+                self._fee_entry(
+                    program, card, asset, markup, now, request,
+                    description="currency conversion markup",
+                )
+            )  # fmt: skip
         releases = tuple(
             HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
         )
@@ -677,6 +746,8 @@ class LifecycleService:
                 entry_id=entry_id if amount else "",
                 fee=_money(fee, asset),
             )
+            if conversion is not None:
+                response.fx.CopyFrom(fx_message(conversion))
             record = self._decision(
                 "CLEARING", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
@@ -686,6 +757,7 @@ class LifecycleService:
                 "network_reference": request.network_reference, "matched": plan.matched,
                 "final": request.final, "amount_minor": amount, "released_minor":
                 plan.released_minor, "fee_minor": fee, "asset": asset,
+                **fx_payload(conversion),
             }  # fmt: skip
             notes = [
                 self._notification("CLEARING", program, card.account_id, card.card_id, payload, now)
@@ -707,6 +779,7 @@ class LifecycleService:
                     for key, delta, uses in usage
                 ),
                 notifications=tuple(notes),
+                conversions=self._conversions(request, "CLEARING", conversion, now),
             )
 
         return await self.poster.post(
@@ -719,9 +792,40 @@ class LifecycleService:
             program=program,
         )
 
+    async def _converted(
+        self, card: CardFacts, asset: str, amount: int, *, markup: bool
+    ) -> Conversion | RateProblem | None:
+        """``amount`` of ``asset`` converted into the card account's asset at the rate in
+        force now (docs/fx.md), with the product's markup or none; or why it cannot be.
+        None when nothing converts (the account holds the asset, the product does not
+        convert, or the programme is off-ledger)."""
+        product = await self.catalog.product(card.product_id)
+        if product.fx is None:
+            return None
+        if (await self.catalog.program(card.program_id)).mode != "ON_LEDGER":
+            return None  # an off-ledger client's shadow ledger is not converted
+        into = converted_into(product.assets, card.account_assets, asset)
+        if into is None:
+            return None
+        now = self.clock.now()
+        return convert_billing(
+            asset, amount, into, rates=await self.catalog.fx_rates(now),
+            markup=product.fx if markup else _NO_MARKUP, assets=self.catalog.assets, at=now,
+        )  # fmt: skip
+
+    @staticmethod
+    def _conversions(
+        request: pb.AdviseRequest | pb.ClearRequest | pb.RefundRequest, kind: str,
+        conversion: Conversion | None,
+        now: datetime,
+    ) -> tuple[ConversionRecord, ...]:  # fmt: skip
+        if conversion is None:
+            return ()
+        return (ConversionRecord(request.source, request.message_id, kind, conversion, now),)
+
     def _fee_entry(
         self, program: ProgramRow, card: CardFacts, asset: str, fee: int, now: datetime,
-        request: pb.ClearRequest,
+        request: pb.ClearRequest, *, description: str = "clearing fee",
     ) -> JournalEntry:  # fmt: skip
         return JournalEntry(
             id=str(uuid.uuid4()),
@@ -734,7 +838,7 @@ class LifecycleService:
             created_at=now,
             source=request.source,
             message_id=request.message_id,
-            description="clearing fee",
+            description=description,
             network_reference=request.network_reference,
             card_id=card.card_id,
         )
@@ -782,6 +886,12 @@ class LifecycleService:
                 "REFUND", request.source, request.message_id, fingerprint, card, program,
                 fields, pb.RefundResponse, pb.RefundResponse.FromString,
             )  # fmt: skip
+        conversion = await self._converted(card, asset, amount, markup=False)
+        if isinstance(conversion, RateProblem):
+            log.warning("refund not posted: no usable rate", extra={"detail": conversion.detail})
+            return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
+        if conversion is not None:  # credited in the account's asset (docs/fx.md)
+            amount, asset = conversion.account_minor, conversion.account_asset
         now = self.clock.now()
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
         change = BalanceChange(card.account_id, asset, actual_delta_minor=amount)
@@ -810,6 +920,8 @@ class LifecycleService:
                 decision_id=decision_id,
                 entry_id=entry_id,
             )
+            if conversion is not None:
+                response.fx.CopyFrom(fx_message(conversion))
             record = self._decision(
                 "REFUND", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
@@ -817,14 +929,15 @@ class LifecycleService:
             payload = {
                 "source": request.source, "message_id": request.message_id,
                 "network_reference": request.network_reference, "amount_minor": amount,
-                "asset": asset,
+                "asset": asset, **fx_payload(conversion),
             }  # fmt: skip
             note = self._notification(
                 "REFUND", program, card.account_id, card.card_id, payload, now
             )
             return LedgerWrite(
-                decision=record, entries=(entry,), balance_changes=(change,), notifications=(note,)
-            )
+                decision=record, entries=(entry,), balance_changes=(change,), notifications=(note,),
+                conversions=self._conversions(request, "REFUND", conversion, now),
+            )  # fmt: skip
 
         posted = await self.poster.post(
             change,

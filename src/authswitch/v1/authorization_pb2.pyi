@@ -236,6 +236,11 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The network token of the request is not ACTIVE (suspended, deactivated, or awaiting
     step-up); applied right after the card's status (check 3), so response code 62.
     """
+    REASON_FX_RATE_UNAVAILABLE: _Reason.ValueType  # 31
+    """The billing asset needed converting (docs/fx.md) and no rate of the pair is in force, or
+    the one in force is older than its maximum age; applied at the funds check (check 10),
+    response code 05. The detail says which.
+    """
     REASON_CLIENT_DECLINED: _Reason.ValueType  # 40
     REASON_CLIENT_UNAVAILABLE: _Reason.ValueType  # 41
     REASON_SYSTEM_ERROR: _Reason.ValueType  # 50
@@ -272,6 +277,11 @@ REASON_NO_BALANCE_IN_ASSET: Reason.ValueType  # 29
 REASON_TOKEN_NOT_ACTIVE: Reason.ValueType  # 30
 """The network token of the request is not ACTIVE (suspended, deactivated, or awaiting
 step-up); applied right after the card's status (check 3), so response code 62.
+"""
+REASON_FX_RATE_UNAVAILABLE: Reason.ValueType  # 31
+"""The billing asset needed converting (docs/fx.md) and no rate of the pair is in force, or
+the one in force is older than its maximum age; applied at the funds check (check 10),
+response code 05. The detail says which.
 """
 REASON_CLIENT_DECLINED: Reason.ValueType  # 40
 REASON_CLIENT_UNAVAILABLE: Reason.ValueType  # 41
@@ -738,6 +748,7 @@ class AuthorizeResponse(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     STAND_IN_FIELD_NUMBER: _builtins.int
     STAND_IN_REASON_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
     response_code: _builtins.str
     """ISO 8583 field 39: "00", "10", "51", "N7", ..."""
@@ -763,6 +774,12 @@ class AuthorizeResponse(_message.Message):
     def balance(self) -> _common_pb2.Balance:
         """For a balance enquiry, and on approvals: the balance of the billing asset after the decision."""
 
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """Set when the billing asset was converted into the account's (docs/fx.md); then
+        approved_amount is in the billing asset, fee and balance in the account's.
+        """
+
     def __init__(
         self,
         *,
@@ -777,10 +794,11 @@ class AuthorizeResponse(_message.Message):
         detail: _builtins.str = ...,
         stand_in: _builtins.bool = ...,
         stand_in_reason: Global___StandInReason.ValueType = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "balance", b"balance", "fee", b"fee"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "balance", b"balance", "fee", b"fee", "fx", b"fx"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "authorization_code", b"authorization_code", "balance", b"balance", "decision", b"decision", "decision_id", b"decision_id", "detail", b"detail", "fee", b"fee", "reason", b"reason", "response_code", b"response_code", "stand_in", b"stand_in", "stand_in_reason", b"stand_in_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_amount", b"approved_amount", "authorization_code", b"authorization_code", "balance", b"balance", "decision", b"decision", "decision_id", b"decision_id", "detail", b"detail", "fee", b"fee", "fx", b"fx", "reason", b"reason", "response_code", b"response_code", "stand_in", b"stand_in", "stand_in_reason", b"stand_in_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -853,6 +871,7 @@ class AdviseResponse(_message.Message):
     HELD_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     response_code: _builtins.str
     """"00": acknowledged. Advices are never declined."""
     result: Global___AdviceResult.ValueType
@@ -861,6 +880,12 @@ class AdviseResponse(_message.Message):
     def held(self) -> _common_pb2.Money: ...
     @_builtins.property
     def balance(self) -> _common_pb2.Balance: ...
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """An advice converted at the rate in force when it arrived, with the product's markup
+        (docs/fx.md): held and balance are in the account's asset.
+        """
+
     def __init__(
         self,
         *,
@@ -869,10 +894,11 @@ class AdviseResponse(_message.Message):
         held: _common_pb2.Money | None = ...,
         balance: _common_pb2.Balance | None = ...,
         decision_id: _builtins.str = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "held", b"held"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "fx", b"fx", "held", b"held"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "held", b"held", "response_code", b"response_code", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "fx", b"fx", "held", b"held", "response_code", b"response_code", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -928,6 +954,7 @@ class ReverseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     response_code: _builtins.str
     result: Global___ReversalResult.ValueType
     decision_id: _builtins.str
@@ -935,6 +962,10 @@ class ReverseResponse(_message.Message):
     def released(self) -> _common_pb2.Money: ...
     @_builtins.property
     def balance(self) -> _common_pb2.Balance: ...
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """A converted hold: what was released, at the authorisation's rate (docs/fx.md)."""
+
     def __init__(
         self,
         *,
@@ -943,10 +974,11 @@ class ReverseResponse(_message.Message):
         released: _common_pb2.Money | None = ...,
         balance: _common_pb2.Balance | None = ...,
         decision_id: _builtins.str = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "released", b"released"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "fx", b"fx", "released", b"released"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "released", b"released", "response_code", b"response_code", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "fx", b"fx", "released", b"released", "response_code", b"response_code", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1017,6 +1049,7 @@ class ClearResponse(_message.Message):
     DECISION_ID_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
     FEE_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     response_code: _builtins.str
     matched: _builtins.bool
     """Whether open holds of the transaction were found."""
@@ -1032,6 +1065,12 @@ class ClearResponse(_message.Message):
     def fee(self) -> _common_pb2.Money:
         """The clearing fee, posted with the clearing (seed 004)."""
 
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """A clearing converted at the rate in force when it arrived (docs/fx.md); posted and
+        fee are in the account's asset, the fee including the markup.
+        """
+
     def __init__(
         self,
         *,
@@ -1043,10 +1082,11 @@ class ClearResponse(_message.Message):
         decision_id: _builtins.str = ...,
         entry_id: _builtins.str = ...,
         fee: _common_pb2.Money | None = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "fee", b"fee", "posted", b"posted", "released", b"released"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "fee", b"fee", "fx", b"fx", "posted", b"posted", "released", b"released"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "entry_id", b"entry_id", "fee", b"fee", "matched", b"matched", "posted", b"posted", "released", b"released", "response_code", b"response_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "decision_id", b"decision_id", "entry_id", b"entry_id", "fee", b"fee", "fx", b"fx", "matched", b"matched", "posted", b"posted", "released", b"released", "response_code", b"response_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1103,6 +1143,7 @@ class RefundResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     ENTRY_ID_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     response_code: _builtins.str
     decision_id: _builtins.str
     entry_id: _builtins.str
@@ -1110,6 +1151,10 @@ class RefundResponse(_message.Message):
     def credited(self) -> _common_pb2.Money: ...
     @_builtins.property
     def balance(self) -> _common_pb2.Balance: ...
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """A refund converted at the rate in force when it arrived, without markup (docs/fx.md)."""
+
     def __init__(
         self,
         *,
@@ -1118,10 +1163,11 @@ class RefundResponse(_message.Message):
         balance: _common_pb2.Balance | None = ...,
         decision_id: _builtins.str = ...,
         entry_id: _builtins.str = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited", "fx", b"fx"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited", "decision_id", b"decision_id", "entry_id", b"entry_id", "response_code", b"response_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "credited", b"credited", "decision_id", b"decision_id", "entry_id", b"entry_id", "fx", b"fx", "response_code", b"response_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

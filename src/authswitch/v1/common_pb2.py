@@ -24,29 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uthswitch/v1/common.proto\x12\rauthswitch.v1\",\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\r\n\x05\x61sset\x18\x02 \x01(\t\"a\n\x07\x42\x61lance\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tual_minor\x18\x02 \x01(\x03\x12\x17\n\x0f\x61vailable_minor\x18\x03 \x01(\x03\x12\x18\n\x10\x61uthorized_minor\x18\x04 \x01(\x03*\xd0\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\"\n\x1e\x44ISPUTE_STATUS_CHARGEBACK_SENT\x10\x02\x12\x1e\n\x1a\x44ISPUTE_STATUS_REPRESENTED\x10\x03\x12!\n\x1d\x44ISPUTE_STATUS_CARDHOLDER_WON\x10\x04\x12\x1f\n\x1b\x44ISPUTE_STATUS_MERCHANT_WON\x10\x05*\xfb\x02\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSACTION_TYPE_PURCHASE\x10\x01\x12$\n TRANSACTION_TYPE_CASH_WITHDRAWAL\x10\x02\x12$\n TRANSACTION_TYPE_BALANCE_ENQUIRY\x10\x03\x12)\n%TRANSACTION_TYPE_ACCOUNT_VERIFICATION\x10\x04\x12\x1f\n\x1bTRANSACTION_TYPE_PIN_CHANGE\x10\x05\x12 \n\x1cTRANSACTION_TYPE_PIN_UNBLOCK\x10\x06\x12\x1f\n\x1bTRANSACTION_TYPE_QUASI_CASH\x10\x07\x12&\n\"TRANSACTION_TYPE_PRE_AUTHORIZATION\x10\x08\x12$\n TRANSACTION_TYPE_ORIGINAL_CREDIT\x10\t*m\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_POS\x10\x01\x12\x15\n\x11\x43HANNEL_ECOMMERCE\x10\x02\x12\x0f\n\x0b\x43HANNEL_ATM\x10\x03\x12\x10\n\x0c\x43HANNEL_MOTO\x10\x04*\xee\x01\n\nCardStatus\x12\x1b\n\x17\x43\x41RD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41RD_STATUS_ACTIVE\x10\x01\x12\x18\n\x14\x43\x41RD_STATUS_INACTIVE\x10\x02\x12\x17\n\x13\x43\x41RD_STATUS_BLOCKED\x10\x03\x12\x19\n\x15\x43\x41RD_STATUS_SUSPENDED\x10\x04\x12\x14\n\x10\x43\x41RD_STATUS_LOST\x10\x05\x12\x16\n\x12\x43\x41RD_STATUS_STOLEN\x10\x06\x12\x16\n\x12\x43\x41RD_STATUS_CLOSED\x10\x07\x12\x17\n\x13\x43\x41RD_STATUS_EXPIRED\x10\x08*`\n\nLedgerMode\x12\x1b\n\x17LEDGER_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15LEDGER_MODE_ON_LEDGER\x10\x01\x12\x1a\n\x16LEDGER_MODE_OFF_LEDGER\x10\x02*e\n\x0b\x41\x63\x63ountType\x12\x1c\n\x18\x41\x43\x43OUNT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_TYPE_SINGLE\x10\x01\x12\x1f\n\x1b\x41\x43\x43OUNT_TYPE_MULTI_CURRENCY\x10\x02*\x81\x01\n\rAssetCategory\x12\x1e\n\x1a\x41SSET_CATEGORY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSET_CATEGORY_FIAT\x10\x01\x12\x19\n\x15\x41SSET_CATEGORY_CRYPTO\x10\x02\x12\x1c\n\x18\x41SSET_CATEGORY_COMMODITY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uthswitch/v1/common.proto\x12\rauthswitch.v1\",\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\r\n\x05\x61sset\x18\x02 \x01(\t\"\xbb\x01\n\x0c\x46xConversion\x12,\n\x0e\x62illing_amount\x18\x01 \x01(\x0b\x32\x14.authswitch.v1.Money\x12,\n\x0e\x61\x63\x63ount_amount\x18\x02 \x01(\x0b\x32\x14.authswitch.v1.Money\x12$\n\x06markup\x18\x03 \x01(\x0b\x32\x14.authswitch.v1.Money\x12\x0c\n\x04rate\x18\x04 \x01(\t\x12\x1b\n\x13rate_effective_from\x18\x05 \x01(\t\"a\n\x07\x42\x61lance\x12\r\n\x05\x61sset\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tual_minor\x18\x02 \x01(\x03\x12\x17\n\x0f\x61vailable_minor\x18\x03 \x01(\x03\x12\x18\n\x10\x61uthorized_minor\x18\x04 \x01(\x03*\xd0\x01\n\rDisputeStatus\x12\x1e\n\x1a\x44ISPUTE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44ISPUTE_STATUS_OPEN\x10\x01\x12\"\n\x1e\x44ISPUTE_STATUS_CHARGEBACK_SENT\x10\x02\x12\x1e\n\x1a\x44ISPUTE_STATUS_REPRESENTED\x10\x03\x12!\n\x1d\x44ISPUTE_STATUS_CARDHOLDER_WON\x10\x04\x12\x1f\n\x1b\x44ISPUTE_STATUS_MERCHANT_WON\x10\x05*\xfb\x02\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSACTION_TYPE_PURCHASE\x10\x01\x12$\n TRANSACTION_TYPE_CASH_WITHDRAWAL\x10\x02\x12$\n TRANSACTION_TYPE_BALANCE_ENQUIRY\x10\x03\x12)\n%TRANSACTION_TYPE_ACCOUNT_VERIFICATION\x10\x04\x12\x1f\n\x1bTRANSACTION_TYPE_PIN_CHANGE\x10\x05\x12 \n\x1cTRANSACTION_TYPE_PIN_UNBLOCK\x10\x06\x12\x1f\n\x1bTRANSACTION_TYPE_QUASI_CASH\x10\x07\x12&\n\"TRANSACTION_TYPE_PRE_AUTHORIZATION\x10\x08\x12$\n TRANSACTION_TYPE_ORIGINAL_CREDIT\x10\t*m\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x43HANNEL_POS\x10\x01\x12\x15\n\x11\x43HANNEL_ECOMMERCE\x10\x02\x12\x0f\n\x0b\x43HANNEL_ATM\x10\x03\x12\x10\n\x0c\x43HANNEL_MOTO\x10\x04*\xee\x01\n\nCardStatus\x12\x1b\n\x17\x43\x41RD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41RD_STATUS_ACTIVE\x10\x01\x12\x18\n\x14\x43\x41RD_STATUS_INACTIVE\x10\x02\x12\x17\n\x13\x43\x41RD_STATUS_BLOCKED\x10\x03\x12\x19\n\x15\x43\x41RD_STATUS_SUSPENDED\x10\x04\x12\x14\n\x10\x43\x41RD_STATUS_LOST\x10\x05\x12\x16\n\x12\x43\x41RD_STATUS_STOLEN\x10\x06\x12\x16\n\x12\x43\x41RD_STATUS_CLOSED\x10\x07\x12\x17\n\x13\x43\x41RD_STATUS_EXPIRED\x10\x08*`\n\nLedgerMode\x12\x1b\n\x17LEDGER_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15LEDGER_MODE_ON_LEDGER\x10\x01\x12\x1a\n\x16LEDGER_MODE_OFF_LEDGER\x10\x02*e\n\x0b\x41\x63\x63ountType\x12\x1c\n\x18\x41\x43\x43OUNT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_TYPE_SINGLE\x10\x01\x12\x1f\n\x1b\x41\x43\x43OUNT_TYPE_MULTI_CURRENCY\x10\x02*\x81\x01\n\rAssetCategory\x12\x1e\n\x1a\x41SSET_CATEGORY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSET_CATEGORY_FIAT\x10\x01\x12\x19\n\x15\x41SSET_CATEGORY_CRYPTO\x10\x02\x12\x1c\n\x18\x41SSET_CATEGORY_COMMODITY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authswitch.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISPUTESTATUS']._serialized_start=191
-  _globals['_DISPUTESTATUS']._serialized_end=399
-  _globals['_TRANSACTIONTYPE']._serialized_start=402
-  _globals['_TRANSACTIONTYPE']._serialized_end=781
-  _globals['_CHANNEL']._serialized_start=783
-  _globals['_CHANNEL']._serialized_end=892
-  _globals['_CARDSTATUS']._serialized_start=895
-  _globals['_CARDSTATUS']._serialized_end=1133
-  _globals['_LEDGERMODE']._serialized_start=1135
-  _globals['_LEDGERMODE']._serialized_end=1231
-  _globals['_ACCOUNTTYPE']._serialized_start=1233
-  _globals['_ACCOUNTTYPE']._serialized_end=1334
-  _globals['_ASSETCATEGORY']._serialized_start=1337
-  _globals['_ASSETCATEGORY']._serialized_end=1466
+  _globals['_DISPUTESTATUS']._serialized_start=381
+  _globals['_DISPUTESTATUS']._serialized_end=589
+  _globals['_TRANSACTIONTYPE']._serialized_start=592
+  _globals['_TRANSACTIONTYPE']._serialized_end=971
+  _globals['_CHANNEL']._serialized_start=973
+  _globals['_CHANNEL']._serialized_end=1082
+  _globals['_CARDSTATUS']._serialized_start=1085
+  _globals['_CARDSTATUS']._serialized_end=1323
+  _globals['_LEDGERMODE']._serialized_start=1325
+  _globals['_LEDGERMODE']._serialized_end=1421
+  _globals['_ACCOUNTTYPE']._serialized_start=1423
+  _globals['_ACCOUNTTYPE']._serialized_end=1524
+  _globals['_ASSETCATEGORY']._serialized_start=1527
+  _globals['_ASSETCATEGORY']._serialized_end=1656
   _globals['_MONEY']._serialized_start=45
   _globals['_MONEY']._serialized_end=89
-  _globals['_BALANCE']._serialized_start=91
-  _globals['_BALANCE']._serialized_end=188
+  _globals['_FXCONVERSION']._serialized_start=92
+  _globals['_FXCONVERSION']._serialized_end=279
+  _globals['_BALANCE']._serialized_start=281
+  _globals['_BALANCE']._serialized_end=378
 # @@protoc_insertion_point(module_scope)

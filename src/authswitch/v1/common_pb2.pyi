@@ -239,6 +239,52 @@ class Money(_message.Message):
 Global___Money: _TypeAlias = Money  # noqa: Y015
 
 @_typing.final
+class FxConversion(_message.Message):
+    """A billing amount converted into the account's asset (docs/fx.md): what the account gave
+    for it, at which rate, and the product's markup (a fee in the account's asset).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILLING_AMOUNT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_AMOUNT_FIELD_NUMBER: _builtins.int
+    MARKUP_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    RATE_EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    rate: _builtins.str
+    """Units of the account's asset per unit of the billing asset, as the admin set it."""
+    rate_effective_from: _builtins.str
+    """When the rate used took effect (RFC 3339)."""
+    @_builtins.property
+    def billing_amount(self) -> Global___Money:
+        """The amount in the billing currency, as the network sent it."""
+
+    @_builtins.property
+    def account_amount(self) -> Global___Money:
+        """The converted amount in the account's asset, before the markup (rounded half up)."""
+
+    @_builtins.property
+    def markup(self) -> Global___Money:
+        """The product's markup on the converted amount (zero on refunds and reversals)."""
+
+    def __init__(
+        self,
+        *,
+        billing_amount: Global___Money | None = ...,
+        account_amount: Global___Money | None = ...,
+        markup: Global___Money | None = ...,
+        rate: _builtins.str = ...,
+        rate_effective_from: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_amount", b"account_amount", "billing_amount", b"billing_amount", "markup", b"markup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_amount", b"account_amount", "billing_amount", b"billing_amount", "markup", b"markup", "rate", b"rate", "rate_effective_from", b"rate_effective_from"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FxConversion: _TypeAlias = FxConversion  # noqa: Y015
+
+@_typing.final
 class Balance(_message.Message):
     """The balance of one asset held by an account. Invariant: available = actual - authorized."""
 

@@ -1300,6 +1300,7 @@ class Hold(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     account_id: _builtins.str
     card_id: _builtins.str
@@ -1321,6 +1322,10 @@ class Hold(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """The authorisation converted its billing asset into the account's (docs/fx.md)."""
+
     def __init__(
         self,
         *,
@@ -1336,10 +1341,11 @@ class Hold(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "original", b"original"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "fx", b"fx", "original", b"original"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "card_id", b"card_id", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "hold_id", b"hold_id", "message_id", b"message_id", "network_reference", b"network_reference", "original", b"original", "source", b"source", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "card_id", b"card_id", "created_at", b"created_at", "ended_at", b"ended_at", "expires_at", b"expires_at", "fx", b"fx", "hold_id", b"hold_id", "message_id", b"message_id", "network_reference", b"network_reference", "original", b"original", "source", b"source", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1413,6 +1419,7 @@ class HistoryEntry(_message.Message):
     AUTHORIZED_DELTA_MINOR_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FX_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """AUTHORIZATION, ADVICE, REVERSAL, CLEARING, AGE_OFF, RELEASE, REFUND, LOAD, FEE, ..."""
     asset: _builtins.str
@@ -1423,6 +1430,10 @@ class HistoryEntry(_message.Message):
     description: _builtins.str
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def fx(self) -> _common_pb2.FxConversion:
+        """The message behind the change converted its billing asset (docs/fx.md)."""
+
     def __init__(
         self,
         *,
@@ -1433,10 +1444,11 @@ class HistoryEntry(_message.Message):
         authorized_delta_minor: _builtins.int = ...,
         reference: _builtins.str = ...,
         description: _builtins.str = ...,
+        fx: _common_pb2.FxConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "fx", b"fx"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_delta_minor", b"actual_delta_minor", "asset", b"asset", "at", b"at", "authorized_delta_minor", b"authorized_delta_minor", "description", b"description", "kind", b"kind", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_delta_minor", b"actual_delta_minor", "asset", b"asset", "at", b"at", "authorized_delta_minor", b"authorized_delta_minor", "description", b"description", "fx", b"fx", "kind", b"kind", "reference", b"reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3983,3 +3995,180 @@ class ListCardTokensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCardTokensResponse: _TypeAlias = ListCardTokensResponse  # noqa: Y015
+
+@_typing.final
+class FxRate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_ASSET_FIELD_NUMBER: _builtins.int
+    QUOTE_ASSET_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    base_asset: _builtins.str
+    """The billing asset converted from."""
+    quote_asset: _builtins.str
+    """The account's asset converted into."""
+    rate: _builtins.str
+    """Units of quote per unit of base, a plain positive decimal of at most 30 significant
+    digits ("0.0000125", "1.1643").
+    """
+    max_age_seconds: _builtins.int
+    """For how long after effective_from the rate may be used, 1 s to 31 days; older, an
+    authorisation that needs it is declined (REASON_FX_RATE_UNAVAILABLE).
+    """
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """When the rate takes over; unset: now."""
+
+    def __init__(
+        self,
+        *,
+        base_asset: _builtins.str = ...,
+        quote_asset: _builtins.str = ...,
+        rate: _builtins.str = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        max_age_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_asset", b"base_asset", "effective_from", b"effective_from", "max_age_seconds", b"max_age_seconds", "quote_asset", b"quote_asset", "rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FxRate: _TypeAlias = FxRate  # noqa: Y015
+
+@_typing.final
+class SetFxRateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate(self) -> Global___FxRate: ...
+    def __init__(
+        self,
+        *,
+        rate: Global___FxRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFxRateRequest: _TypeAlias = SetFxRateRequest  # noqa: Y015
+
+@_typing.final
+class SetFxRateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate(self) -> Global___FxRate: ...
+    def __init__(
+        self,
+        *,
+        rate: Global___FxRate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetFxRateResponse: _TypeAlias = SetFxRateResponse  # noqa: Y015
+
+@_typing.final
+class ListFxRatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASE_ASSET_FIELD_NUMBER: _builtins.int
+    QUOTE_ASSET_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    base_asset: _builtins.str
+    """Both empty: every pair; otherwise both are given."""
+    quote_asset: _builtins.str
+    page_size: _builtins.int
+    """Newest first; default 100, at most 1000."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        base_asset: _builtins.str = ...,
+        quote_asset: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_asset", b"base_asset", "page_size", b"page_size", "page_token", b"page_token", "quote_asset", b"quote_asset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFxRatesRequest: _TypeAlias = ListFxRatesRequest  # noqa: Y015
+
+@_typing.final
+class ListFxRatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def rates(self) -> _containers.RepeatedCompositeFieldContainer[Global___FxRate]: ...
+    def __init__(
+        self,
+        *,
+        rates: _abc.Iterable[Global___FxRate] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "rates", b"rates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFxRatesResponse: _TypeAlias = ListFxRatesResponse  # noqa: Y015
+
+@_typing.final
+class SetProductFxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MARKUP_BPS_FIELD_NUMBER: _builtins.int
+    product_id: _builtins.str
+    enabled: _builtins.bool
+    """False: a billing asset the card's accounts do not hold is declined 51, as without FX."""
+    markup_bps: _builtins.int
+    """The markup on each converted amount, in basis points (0 to 10000), charged as a fee."""
+    def __init__(
+        self,
+        *,
+        product_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        markup_bps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "markup_bps", b"markup_bps", "product_id", b"product_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProductFxRequest: _TypeAlias = SetProductFxRequest  # noqa: Y015
+
+@_typing.final
+class SetProductFxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProductFxResponse: _TypeAlias = SetProductFxResponse  # noqa: Y015

@@ -186,6 +186,21 @@ class LedgerAdminServiceStub:
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
                 response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
                 _registered_method=True)
+        self.SetFxRate = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetFxRate',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFxRateRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFxRateResponse.FromString,
+                _registered_method=True)
+        self.ListFxRates = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/ListFxRates',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFxRatesRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFxRatesResponse.FromString,
+                _registered_method=True)
+        self.SetProductFx = channel.unary_unary(
+                '/authswitch.v1.LedgerAdminService/SetProductFx',
+                request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProductFxRequest.SerializeToString,
+                response_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProductFxResponse.FromString,
+                _registered_method=True)
         self.SetTokenPolicy = channel.unary_unary(
                 '/authswitch.v1.LedgerAdminService/SetTokenPolicy',
                 request_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetTokenPolicyRequest.SerializeToString,
@@ -492,6 +507,30 @@ class LedgerAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetFxRate(self, request, context):
+        """Currency conversion (docs/fx.md). A rate of one asset pair, effective-dated, with the
+        maximum age after which it is no longer used; a new rate of the pair takes over from its
+        effective_from. Audited; applies in every process within AUTHSWITCH_CATALOG_POLL_MS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFxRates(self, request, context):
+        """Every rate of a pair (or of all pairs), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProductFx(self, request, context):
+        """Whether a product's cards may spend in a billing asset their accounts do not hold, by
+        conversion at the rate in force, and the product's markup on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetTokenPolicy(self, request, context):
         """A product's network token provisioning policy (docs/tokens.md).
         """
@@ -792,6 +831,21 @@ def add_LedgerAdminServiceServicer_to_server(servicer, server):
                     servicer.ListSpendControls,
                     request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.FromString,
                     response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.SerializeToString,
+            ),
+            'SetFxRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFxRate,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFxRateRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetFxRateResponse.SerializeToString,
+            ),
+            'ListFxRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFxRates,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFxRatesRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.ListFxRatesResponse.SerializeToString,
+            ),
+            'SetProductFx': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProductFx,
+                    request_deserializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProductFxRequest.FromString,
+                    response_serializer=authswitch_dot_v1_dot_ledger__admin__pb2.SetProductFxResponse.SerializeToString,
             ),
             'SetTokenPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTokenPolicy,
@@ -1684,6 +1738,87 @@ class LedgerAdminService:
             '/authswitch.v1.LedgerAdminService/ListSpendControls',
             authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsRequest.SerializeToString,
             authswitch_dot_v1_dot_ledger__admin__pb2.ListSpendControlsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFxRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetFxRate',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetFxRateRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetFxRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFxRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/ListFxRates',
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListFxRatesRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.ListFxRatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProductFx(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authswitch.v1.LedgerAdminService/SetProductFx',
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetProductFxRequest.SerializeToString,
+            authswitch_dot_v1_dot_ledger__admin__pb2.SetProductFxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -91,6 +91,17 @@ class LedgerAdminServiceStub:
     """
     ListSpendControls: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]
     """Every version of a card's or an account's spend controls, oldest first."""
+    SetFxRate: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFxRateRequest, _ledger_admin_pb2.SetFxRateResponse]
+    """Currency conversion (docs/fx.md). A rate of one asset pair, effective-dated, with the
+    maximum age after which it is no longer used; a new rate of the pair takes over from its
+    effective_from. Audited; applies in every process within AUTHSWITCH_CATALOG_POLL_MS.
+    """
+    ListFxRates: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFxRatesRequest, _ledger_admin_pb2.ListFxRatesResponse]
+    """Every rate of a pair (or of all pairs), newest first."""
+    SetProductFx: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProductFxRequest, _ledger_admin_pb2.SetProductFxResponse]
+    """Whether a product's cards may spend in a billing asset their accounts do not hold, by
+    conversion at the rate in force, and the product's markup on it.
+    """
     SetTokenPolicy: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenPolicyRequest, _ledger_admin_pb2.SetTokenPolicyResponse]
     """A product's network token provisioning policy (docs/tokens.md)."""
     SetTokenStatus: _grpc.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenStatusRequest, _ledger_admin_pb2.SetTokenStatusResponse]
@@ -217,6 +228,17 @@ class LedgerAdminServiceAsyncStub(LedgerAdminServiceStub):
     """
     ListSpendControls: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListSpendControlsRequest, _ledger_admin_pb2.ListSpendControlsResponse]  # type: ignore[assignment]
     """Every version of a card's or an account's spend controls, oldest first."""
+    SetFxRate: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetFxRateRequest, _ledger_admin_pb2.SetFxRateResponse]  # type: ignore[assignment]
+    """Currency conversion (docs/fx.md). A rate of one asset pair, effective-dated, with the
+    maximum age after which it is no longer used; a new rate of the pair takes over from its
+    effective_from. Audited; applies in every process within AUTHSWITCH_CATALOG_POLL_MS.
+    """
+    ListFxRates: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.ListFxRatesRequest, _ledger_admin_pb2.ListFxRatesResponse]  # type: ignore[assignment]
+    """Every rate of a pair (or of all pairs), newest first."""
+    SetProductFx: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetProductFxRequest, _ledger_admin_pb2.SetProductFxResponse]  # type: ignore[assignment]
+    """Whether a product's cards may spend in a billing asset their accounts do not hold, by
+    conversion at the rate in force, and the product's markup on it.
+    """
     SetTokenPolicy: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenPolicyRequest, _ledger_admin_pb2.SetTokenPolicyResponse]  # type: ignore[assignment]
     """A product's network token provisioning policy (docs/tokens.md)."""
     SetTokenStatus: _aio.UnaryUnaryMultiCallable[_ledger_admin_pb2.SetTokenStatusRequest, _ledger_admin_pb2.SetTokenStatusResponse]  # type: ignore[assignment]
@@ -514,6 +536,35 @@ class LedgerAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_admin_pb2.ListSpendControlsResponse, _abc.Awaitable[_ledger_admin_pb2.ListSpendControlsResponse]]:
         """Every version of a card's or an account's spend controls, oldest first."""
+
+    @_abc_1.abstractmethod
+    def SetFxRate(
+        self,
+        request: _ledger_admin_pb2.SetFxRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetFxRateResponse, _abc.Awaitable[_ledger_admin_pb2.SetFxRateResponse]]:
+        """Currency conversion (docs/fx.md). A rate of one asset pair, effective-dated, with the
+        maximum age after which it is no longer used; a new rate of the pair takes over from its
+        effective_from. Audited; applies in every process within AUTHSWITCH_CATALOG_POLL_MS.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFxRates(
+        self,
+        request: _ledger_admin_pb2.ListFxRatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.ListFxRatesResponse, _abc.Awaitable[_ledger_admin_pb2.ListFxRatesResponse]]:
+        """Every rate of a pair (or of all pairs), newest first."""
+
+    @_abc_1.abstractmethod
+    def SetProductFx(
+        self,
+        request: _ledger_admin_pb2.SetProductFxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_admin_pb2.SetProductFxResponse, _abc.Awaitable[_ledger_admin_pb2.SetProductFxResponse]]:
+        """Whether a product's cards may spend in a billing asset their accounts do not hold, by
+        conversion at the rate in force, and the product's markup on it.
+        """
 
     @_abc_1.abstractmethod
     def SetTokenPolicy(

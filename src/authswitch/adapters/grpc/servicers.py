@@ -31,6 +31,7 @@ from authswitch.domain.authorization import (
 from authswitch.domain.bounds import merchant_too_long
 from authswitch.domain.controls import in_force, next_scheduled
 from authswitch.domain.fees import FeeRule, Region, Stage
+from authswitch.domain.fx import FxRate
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.networkdata import NetworkData
@@ -51,6 +52,7 @@ from authswitch.service.admin import AdminService, balance_message
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.disputes import DisputeService
 from authswitch.service.files import FileSchedules
+from authswitch.service.fx import fx_message
 from authswitch.service.lifecycle import LifecycleService
 from authswitch.v1 import (
     authorization_pb2,
@@ -568,7 +570,14 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             before=_time_key(request.page_token, "holds"),
         )  # fmt: skip
         response = ledger_admin_pb2.ListHoldsResponse()
-        items = [(_hold_message(h), (h.created_at.isoformat(), h.id)) for h in rows]
+        converted = await self.service.fx.conversions([(h.source, h.message_id) for h in rows])
+        items = []
+        for h in rows:
+            message = _hold_message(h)
+            conversion = converted.get((h.source, h.message_id))
+            if conversion is not None:
+                message.fx.CopyFrom(fx_message(conversion))
+            items.append((message, (h.created_at.isoformat(), h.id)))
         response.next_page_token = fill_page(response.holds, items, limit=limit, kind="holds")
         return response
 
@@ -579,6 +588,9 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         limit = page_size(request.page_size, default=50, maximum=500)
         before = _time_key(request.page_token, "history")
         rows = await self.service.store.history(request.account_id, before=before, limit=limit + 1)
+        converted = await self.service.fx.conversions(
+            [(row["source"], row["message_id"]) for row in rows]
+        )
         items = []
         for row in rows:
             entry = ledger_admin_pb2.HistoryEntry(
@@ -590,6 +602,9 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
                 description=row["description"] or "",
             )
             entry.at.FromDatetime(row["at"])
+            conversion = converted.get((row["source"], row["message_id"]))
+            if conversion is not None:
+                entry.fx.CopyFrom(fx_message(conversion))
             items.append((entry, (row["at"].isoformat(), row["reference"])))
         response = ledger_admin_pb2.ListAccountHistoryResponse()
         response.next_page_token = fill_page(response.entries, items, limit=limit, kind="history")
@@ -788,6 +803,48 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             response.versions, items, limit=limit, kind="spend_controls"
         )
         return response
+
+    @grpc_errors
+    async def SetFxRate(  # noqa: N802
+        self, request: ledger_admin_pb2.SetFxRateRequest, context: Context
+    ) -> ledger_admin_pb2.SetFxRateResponse:
+        given = request.rate
+        effective = (
+            given.effective_from.ToDatetime(tzinfo=UTC)
+            if given.HasField("effective_from")
+            else self.service.clock.now()
+        )
+        rate = await self.service.fx.set_rate(
+            given.base_asset, given.quote_asset, given.rate, effective, given.max_age_seconds,
+            actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.SetFxRateResponse(rate=_fx_rate(rate))
+
+    @grpc_errors
+    async def ListFxRates(  # noqa: N802
+        self, request: ledger_admin_pb2.ListFxRatesRequest, context: Context
+    ) -> ledger_admin_pb2.ListFxRatesResponse:
+        limit = page_size(request.page_size, default=100, maximum=1_000)
+        before = read_page_token(request.page_token, "fx", 1)[0] if request.page_token else None
+        rows = await self.service.fx.list_rates(
+            request.base_asset, request.quote_asset, limit=limit + 1,
+            before_id=int(before) if before is not None else None,
+        )  # fmt: skip
+        response = ledger_admin_pb2.ListFxRatesResponse()
+        response.next_page_token = fill_page(
+            response.rates, [(_fx_rate(r), (i,)) for i, r in rows], limit=limit, kind="fx"
+        )
+        return response
+
+    @grpc_errors
+    async def SetProductFx(  # noqa: N802
+        self, request: ledger_admin_pb2.SetProductFxRequest, context: Context
+    ) -> ledger_admin_pb2.SetProductFxResponse:
+        await self.service.fx.set_product(
+            request.product_id, enabled=request.enabled, markup_bps=request.markup_bps,
+            actor=_actor(context),
+        )  # fmt: skip
+        return ledger_admin_pb2.SetProductFxResponse()
 
     @grpc_errors
     async def SetTokenPolicy(  # noqa: N802
@@ -1230,4 +1287,13 @@ def _hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
     message.expires_at.FromDatetime(hold.expires_at)
     if hold.ended_at is not None:
         message.ended_at.FromDatetime(hold.ended_at)
+    return message
+
+
+def _fx_rate(rate: FxRate) -> ledger_admin_pb2.FxRate:
+    message = ledger_admin_pb2.FxRate(
+        base_asset=rate.base, quote_asset=rate.quote, rate=rate.rate_text,
+        max_age_seconds=rate.max_age_s,
+    )  # fmt: skip
+    message.effective_from.FromDatetime(rate.effective_from)
     return message

@@ -37,6 +37,7 @@ from authswitch.domain.ledger import Balance, admit_in_order
 from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
+    ConversionRecord,
     DecisionRecord,
     DisputeChange,
     LedgerWrite,
@@ -688,6 +689,27 @@ async def _write_usage(conn: Connection, changes: list[UsageChange]) -> None:
     )
 
 
+def _conversion_row(record: ConversionRecord) -> tuple[object, ...]:
+    c = record.conversion
+    return (
+        record.source, record.message_id, record.kind, c.billing_asset, c.billing_minor,
+        c.account_asset, c.account_minor, c.markup_minor, c.rate_text, c.rate_effective_from,
+        record.created_at,
+    )  # fmt: skip
+
+
+async def _write_conversions(conn: Connection, records: list[ConversionRecord]) -> None:
+    if not records:
+        return
+    await conn.executemany(
+        """INSERT INTO fx_conversions (source, message_id, kind, billing_asset, billing_minor,
+               account_asset, account_minor, markup_minor, rate, rate_effective_from,
+               created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+        [_conversion_row(r) for r in records],
+    )
+
+
 async def _write_client_calls(conn: Connection, calls: list[ClientCall]) -> None:
     if not calls:
         return
@@ -789,10 +811,10 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
                    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[],
                                         $5::text[], $6::text[], $7::text[], $8::int8[],
                                         $9::int8[], $10::timestamptz[], $11::timestamptz[],
-                                        $12::text[], $13::text[])
+                                        $12::text[], $13::text[], $14::int8[])
                        AS h(id, account_id, asset, card_id, source, message_id,
                             network_reference, amount, fee, expires_at, created_at, kind,
-                            usage_keys)
+                            usage_keys, billing)
                ), k AS (
                    INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
                    SELECT source, message_id, id, created_at FROM h
@@ -801,13 +823,21 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
                    WHERE t.hold_id IS NULL
                    RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
                              t.tombstone_at IS NOT NULL AS early
-               ), w AS (
-                   SELECT h.*, LEAST(k.reversed_minor, h.amount) AS reversed,
-                          k.early AND (k.reversal_full OR h.amount <= k.reversed_minor)
-                            AS ended,
-                          CASE WHEN k.reversal_full THEN h.amount
-                               ELSE LEAST(k.reversed_minor, h.amount) END AS taken
+               ), r AS (
+                   -- What the early reversal asked for, in the hold's asset: of a converted
+                   -- hold (docs/fx.md) its share, the reversal being in the billing asset
+                   -- (rounded half up, as domain/fx.share_of).
+                   SELECT h.*, k.early, k.reversal_full,
+                          CASE WHEN h.billing > 0
+                               THEN round(h.amount::numeric * k.reversed_minor / h.billing)::int8
+                               ELSE k.reversed_minor END AS asked
                    FROM h JOIN k USING (source, message_id)
+               ), w AS (
+                   SELECT r.*, LEAST(asked, amount) AS reversed,
+                          early AND (reversal_full OR amount <= asked) AS ended,
+                          CASE WHEN reversal_full THEN amount
+                               ELSE LEAST(asked, amount) END AS taken
+                   FROM r
                )
                INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
                    network_reference, amount_minor, original_minor, reversed_minor, fee_minor,
@@ -834,6 +864,7 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             [h.kind for h in holds],
             # text[][] cannot be unnested into rows of arrays: keys travel space-joined.
             [" ".join(h.usage_keys) for h in holds],
+            [h.billing_minor for h in holds],
         )
         assert len(rows) == len(holds), "a hold key was taken by a hold, not a tombstone"
         final = {(r[0], r[1]): r[2] for r in rows}
@@ -951,6 +982,7 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
 
     await _write_usage(conn, [u for w in writes for u in w.usage])
     await _write_client_calls(conn, [k for w in writes for k in w.client_calls])
+    await _write_conversions(conn, [c for w in writes for c in w.conversions])
     await write_notifications(conn, [n for w in writes for n in w.notifications])
     await _write_disputes(conn, [d for w in writes for d in w.disputes])
 

@@ -54,12 +54,13 @@ class OneStatementResult:
 
 
 def suits(writes: Sequence[LedgerWrite]) -> bool:
-    """Whether a batch can be written in one statement: no hold releases, tombstones or
-    dispute steps, each key once, and each hold under its write's decision's key, account,
-    asset, card and time (as every hold an authorisation or advice creates is)."""
+    """Whether a batch can be written in one statement: no hold releases, tombstones,
+    dispute steps or currency conversions, each key once, and each hold under its write's
+    decision's key, account, asset, card and time (as every hold an authorisation or advice
+    creates is)."""
     keys = set()
     for write in writes:
-        if write.releases or write.tombstones or write.disputes:
+        if write.releases or write.tombstones or write.disputes or write.conversions:
             return False
         d = write.decision
         for h in write.holds:

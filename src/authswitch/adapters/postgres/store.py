@@ -24,6 +24,7 @@ from authswitch.domain.authorization import (
     ProductRules,
 )
 from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
+from authswitch.domain.fx import ProductFx
 from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import OpenHold
 from authswitch.domain.limits import Limit, Period, Subject
@@ -66,6 +67,9 @@ class ProductRow:
     rules: ProductRules
     hold_validity_days: int
     hold_validity_by_mcc: dict[str, int]
+    # Currency conversion of a billing asset its cards' accounts do not hold (docs/fx.md):
+    # None when the product does not convert.
+    fx: ProductFx | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,9 @@ class CatalogStore:
                       ), '{}') AS linked,
                       EXISTS (SELECT 1 FROM spend_controls s
                               WHERE s.subject_id IN (c.id, c.account_id)) AS controlled,
-                      c.last_four
+                      c.last_four,
+                      array(SELECT o.asset FROM balances o WHERE o.account_id = c.account_id
+                            ORDER BY o.asset) AS own_assets
                FROM cards c WHERE c.pan_hmac = $1""",
             pan_hmac,
         )
@@ -160,6 +166,7 @@ class CatalogStore:
         return CardFacts(
             row[0], row[1], row[2], row[3], row[4], spend_accounts=linked,
             controlled=row["controlled"], last_four=row["last_four"],
+            account_assets=tuple(row["own_assets"]),
         )  # fmt: skip
 
     async def program(self, program_id: str) -> ProgramRow:
@@ -226,7 +233,7 @@ class CatalogStore:
             """SELECT id::text, program_id::text, name, account_types, assets,
                       allowed_transaction_types, allowed_channels, blocked_mccs,
                       pin_tries_max, hold_validity_days, hold_validity_by_mcc,
-                      pin_tries_exceeded_action
+                      pin_tries_exceeded_action, fx_enabled, fx_markup_bps
                FROM products WHERE id = $1""",
             _uuid(product_id, "product"),
         )
@@ -248,6 +255,7 @@ class CatalogStore:
             rules,
             row["hold_validity_days"],
             {k: int(v) for k, v in json.loads(row["hold_validity_by_mcc"]).items()},
+            ProductFx(row["fx_markup_bps"]) if row["fx_enabled"] else None,
         )
 
     async def account(self, account_id: str) -> AccountRow:
@@ -413,19 +421,20 @@ class CatalogStore:
             WITH events AS (
                 SELECT h.created_at AS at, h.kind, h.asset, 0::bigint AS actual_delta,
                        h.original_minor AS authorized_delta, h.id::text AS reference,
-                       h.message_id AS description
+                       h.message_id AS description, h.source, h.message_id
                 FROM holds h WHERE h.account_id = $1
                 UNION ALL
                 SELECT v.at, v.kind, v.asset, 0, -v.amount_minor,
-                       v.hold_id::text || ':' || v.id, ''
+                       v.hold_id::text || ':' || v.id, '', '', ''
                 FROM hold_events v WHERE v.account_id = $1
                 UNION ALL
                 SELECT p.created_at, e.kind, p.asset, p.amount_minor, 0, e.id::text,
-                       e.description
+                       e.description, e.source, e.message_id
                 FROM postings p JOIN journal_entries e ON e.id = p.entry_id
                 WHERE p.account_id = $1
             )
-            SELECT at, kind, asset, actual_delta, authorized_delta, reference, description
+            SELECT at, kind, asset, actual_delta, authorized_delta, reference, description,
+                   source, message_id
             FROM events
             WHERE $2::timestamptz IS NULL OR (at, reference) < ($2, $3)
             ORDER BY at DESC, reference DESC
@@ -443,7 +452,9 @@ class CatalogStore:
                       c.expiry_yymm,
                       EXISTS (SELECT 1 FROM spend_controls s
                               WHERE s.subject_id IN (c.id, c.account_id)) AS controlled,
-                      c.last_four
+                      c.last_four,
+                      array(SELECT o.asset FROM balances o WHERE o.account_id = c.account_id
+                            ORDER BY o.asset) AS own_assets
                FROM decisions d JOIN cards c ON c.id = d.card_id
                WHERE d.source = $1 AND d.message_id = $2""",
             source,
@@ -454,6 +465,7 @@ class CatalogStore:
         return CardFacts(
             row[0], row[1], row[2], row[3], row[4],
             controlled=row["controlled"], last_four=row["last_four"],
+            account_assets=tuple(row["own_assets"]),
         )  # fmt: skip
 
     async def account_details(self, account_id: str) -> dict[str, Any]:
