@@ -208,6 +208,27 @@ class Application:
             keys, generated = load_card_keys(settings)
             if generated:
                 log.warning("using development card keys from the data directory")
+        reports_pool = await self._connect_stores(settings)
+        cache = await self._start_ledger(settings, keys)
+        secrets = self._start_offledger_and_outbox(settings, cache)
+        self.jobs: list[PeriodicJob] = []
+        lease = settings.postgres_pgbouncer  # behind pgbouncer, jobs take leases (jobs.py)
+        self._add_ledger_jobs(settings, cache, reports_pool, lease=lease)
+        self._start_back_office(settings, keys, reports_pool, secrets, lease=lease)
+        if not self.run_jobs:  # another worker of this host runs them
+            self.jobs = []
+        for job in self.jobs:
+            job.start()
+        metrics.declare_known_series()
+        self._flush_metrics()
+        self.services.authorization = self.authorization
+        self.services.lifecycle = self.lifecycle
+        self.services.admin = self.admin
+        self.services.disputes = self.disputes
+        self.services.files = self.files
+
+    async def _connect_stores(self, settings: Settings) -> asyncpg.Pool[Any]:
+        """The pools (migrated when asked) and the Redis clients; the pool reports read."""
         dsn = settings.postgres_dsn or self._dsn
         redis_url = settings.redis_url or self._redis_url
 
@@ -239,7 +260,12 @@ class Application:
             timeout_s=settings.redis_timeout_ms / 1000,
         )
         self.redis = self.redis_clients.admin
+        return reports_pool
 
+    async def _start_ledger(self, settings: Settings, keys: CardKeys) -> LedgerCache:
+        """The cache, catalogue, group committer and the services that decide and post."""
+        assert self.pool is not None
+        assert self.redis_clients is not None
         store = CatalogStore(self.pool)
         cache = LedgerCache(
             self.redis_clients.ledger,
@@ -283,6 +309,13 @@ class Application:
         self.lifecycle = LifecycleService(
             keys=keys, catalog=catalog, store=store, poster=poster, clock=self.clock
         )
+        return cache
+
+    def _start_offledger_and_outbox(self, settings: Settings, cache: LedgerCache) -> SecretStore:
+        """The off-ledger clients' channels and service, and the outbox worker; the secrets."""
+        assert self.pool is not None
+        assert self.committer is not None
+        catalog = self.catalog
         secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
         self.channels = ClientChannels(secrets)
         self.webhook = WebhookSender(
@@ -317,8 +350,15 @@ class Application:
         )
         self.committer.after_notifications = self.outbox.wake
         self.outbox.start()
-        self.jobs: list[PeriodicJob] = []
-        lease = settings.postgres_pgbouncer  # behind pgbouncer, jobs take leases (jobs.py)
+        return secrets
+
+    def _add_ledger_jobs(
+        self, settings: Settings, cache: LedgerCache, reports_pool: asyncpg.Pool[Any],
+        *, lease: bool,
+    ) -> None:  # fmt: skip
+        """The periodic jobs of the ledger: age-off, card expiry, the balance report and
+        reconciliation (started with the others by _start_components)."""
+        assert self.pool is not None
         if settings.age_off_interval_s:
             lifecycle = self.lifecycle
             self.jobs.append(
@@ -365,6 +405,14 @@ class Application:
                     RECONCILE_LOCK_KEY, lease=lease,
                 )
             )  # fmt: skip
+
+    def _start_back_office(
+        self, settings: Settings, keys: CardKeys, reports_pool: asyncpg.Pool[Any],
+        secrets: SecretStore, *, lease: bool,
+    ) -> None:  # fmt: skip
+        """Disputes, file schedules and deliveries, partition maintenance, and their jobs."""
+        assert self.pool is not None
+        catalog, poster = self.catalog, self.poster
         self.disputes = DisputeService(
             keys=keys, catalog=catalog, disputes=DisputeStore(self.pool), poster=poster,
             clock=self.clock,
@@ -403,17 +451,6 @@ class Application:
                         self.partitions.retire, self.pool, RETENTION_LOCK_KEY, lease=lease,
                     )
                 )  # fmt: skip
-        if not self.run_jobs:  # another worker of this host runs them
-            self.jobs = []
-        for job in self.jobs:
-            job.start()
-        metrics.declare_known_series()
-        self._flush_metrics()
-        self.services.authorization = self.authorization
-        self.services.lifecycle = self.lifecycle
-        self.services.admin = self.admin
-        self.services.disputes = self.disputes
-        self.services.files = self.files
 
     def _flush_metrics(self) -> None:
         """The decision path's counts into their series, once a second (metrics.py): a

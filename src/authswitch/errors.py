@@ -6,11 +6,15 @@ Three kinds of failure are kept apart:
 * a **bad request** raises :class:`RequestError` (or a subclass) before anything is written;
   the gRPC boundary maps it to ``INVALID_ARGUMENT``, ``NOT_FOUND``, ``ALREADY_EXISTS`` or
   ``FAILED_PRECONDITION``;
-* an **internal fault** raises :class:`InternalError` (or lets a store's own exception
+* an **internal fault** raises :class:`InternalError` (or lets an unexpected exception
   through): it is logged with context and counted, and the caller gets ``UNAVAILABLE`` /
   ``INTERNAL``, or response code 96 on the authorisation path.
 
-The mapping to the wire lives in one place: ``authswitch.adapters.grpc.errors``.
+Each adapter translates its library's errors into this tree: a Postgres or Redis that
+cannot be used becomes :class:`StoreUnavailable` (``adapters/postgres/errors.py``,
+``adapters/redis/errors.py``), a failed client call :class:`ClientCallFailed`
+(``adapters/client``). The mapping to the wire lives in one place,
+``authswitch.adapters.grpc.errors``, and knows this tree only.
 
     AuthswitchError
     ├── ConfigError                    settings that cannot work; the process exits

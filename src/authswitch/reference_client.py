@@ -52,13 +52,14 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from authswitch.domain.codes import Code
 from authswitch.v1 import common_pb2, decision_pb2, decision_pb2_grpc
 
 __all__ = ["ReferenceClient", "ReferenceLedger", "serve_reference_client"]
 
 log = logging.getLogger(__name__)
 
-_APPROVED_CODES = frozenset({"00", "10"})
+_APPROVED_CODES = frozenset({Code.APPROVED, Code.PARTIALLY_APPROVED})
 
 
 @dataclass(slots=True)
@@ -210,7 +211,7 @@ class ReferenceLedger:
         message_id = str(payload.get("message_id", ""))
         reference = str(payload.get("network_reference", ""))
         if kind == "STAND_IN_ADVICE":
-            code = str(payload.get("response_code", "00"))
+            code = str(payload.get("response_code", Code.APPROVED))
             if code not in _APPROVED_CODES:
                 self.release(message_id, None)  # declined in stand-in: nothing is held
                 return
@@ -367,9 +368,10 @@ class ReferenceClient(decision_pb2_grpc.DecisionServiceServicer):
             )
         else:
             return decision_pb2.DecideResponse(
-                decision=decision_pb2.CLIENT_DECISION_DECLINE, response_code="51",
+                decision=decision_pb2.CLIENT_DECISION_DECLINE,
+                response_code=Code.INSUFFICIENT_FUNDS,
                 reason="no funds",
-            )  # fmt: skip
+            )
         if not late:
             ledger.hold(request.message_id, account, asset, approved, fee, reference)
             if fee:

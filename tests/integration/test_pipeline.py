@@ -12,9 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from authswitch.adapters.redis.pipeline import Address, PipelinedRedis, address_from_url
+from authswitch.adapters.redis.pipeline import PipelinedRedis, address_from_url
 from authswitch.futures import Detached
-from tests.support.proxy import FaultProxy, target_of_redis_url
+from tests.support.proxy import FaultProxy, redis_through, target_of_redis_url
 from tests.support.stores import Stores
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,12 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 async def _through_proxy(stores: Stores, timeout_s: float) -> tuple[FaultProxy, PipelinedRedis]:
     proxy = FaultProxy(target_of_redis_url(stores.redis_url))
     await proxy.start()
-    direct = address_from_url(stores.redis_url)
-    address = Address(
-        host="127.0.0.1", port=proxy.port, username=direct.username,
-        password=direct.password, db=direct.db,
-    )  # fmt: skip
-    return proxy, PipelinedRedis(address, timeout_s=timeout_s)
+    return proxy, PipelinedRedis(redis_through(stores.redis_url, proxy.port), timeout_s=timeout_s)
 
 
 async def test_every_reply_answers_its_own_command(stores: Stores) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from authswitch.adapters.redis.pipeline import Address, address_from_url
+
 
 def target_of_dsn(dsn: str) -> tuple[str, int] | str:
     """Where a Postgres DSN points: (host, port), or the path of a Unix socket."""
@@ -35,6 +37,15 @@ def target_of_redis_url(url: str) -> tuple[str, int] | str:
     if parts.scheme == "unix":
         return parts.path
     return (parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+def redis_through(url: str, port: int) -> Address:
+    """The address of the same Redis server and database, reached at 127.0.0.1:``port``."""
+    direct = address_from_url(url)
+    return Address(
+        host="127.0.0.1", port=port, username=direct.username,
+        password=direct.password, db=direct.db,
+    )  # fmt: skip
 
 
 class FaultProxy:

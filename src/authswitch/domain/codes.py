@@ -148,5 +148,6 @@ class Code:
     NO_RECORD = "25"  # unable to locate the record (a dispute)
     FORMAT_ERROR = outcome(Reason.FORMAT_ERROR).response_code  # 30
     NO_BALANCE_IN_ASSET = outcome(Reason.NO_BALANCE_IN_ASSET).response_code  # 51
+    INSUFFICIENT_FUNDS = outcome(Reason.INSUFFICIENT_FUNDS).response_code  # 51
     CLIENT_DECLINED = outcome(Reason.CLIENT_DECLINED).response_code  # 05
     DUPLICATE_MISMATCH = outcome(Reason.DUPLICATE_MISMATCH).response_code  # 94

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import translated
 from authswitch.service.catalog import Catalog
 
 __all__ = ["CHANGES_KEPT_S", "CatalogWatch", "note_change"]
@@ -29,6 +30,7 @@ _BATCH_MAX = 1_000
 _CLEANUP_EVERY = 1_000  # polls
 
 
+@translated
 async def note_change(pool: asyncpg.Pool[Any], kind: str, ident: str) -> None:
     """Record that a catalogue entry changed, for the other processes."""
     await pool.execute("INSERT INTO catalog_changes (kind, ident) VALUES ($1, $2)", kind, ident)

@@ -24,6 +24,7 @@ import asyncpg
 
 from authswitch import metrics
 from authswitch.adapters.postgres.disputes import parse_id
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.store import audit
 from authswitch.adapters.sinks import DirectorySink, FileSink
 from authswitch.domain.files import (
@@ -114,6 +115,7 @@ def schedule_message(row: ScheduleRow) -> ledger_admin_pb2.FileSchedule:
     return message
 
 
+@translated_methods
 class FileSchedules:
     """The admin side: create, list, enable and disable schedules."""
 

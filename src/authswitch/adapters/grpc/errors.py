@@ -14,9 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import asyncpg
 import grpc
-import redis.exceptions
 
 from authswitch import errors
 
@@ -42,16 +40,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     if isinstance(exc, errors.Overloaded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded, retry later"
-    if isinstance(
-        exc,
-        errors.StoreUnavailable
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | redis.exceptions.ConnectionError
-        | redis.exceptions.TimeoutError
-        | OSError
-        | TimeoutError,
-    ):
+    # The stores' adapters raise StoreUnavailable where Postgres or Redis cannot be used
+    # (adapters/postgres/errors.py, adapters/redis/errors.py); an OSError or a timeout here
+    # comes from I/O no store owns (files, sftp, sinks) and is unavailable too.
+    if isinstance(exc, errors.StoreUnavailable | OSError | TimeoutError):
         return grpc.StatusCode.UNAVAILABLE, "a store is unavailable, retry later"
     return grpc.StatusCode.INTERNAL, "internal error"
 

@@ -9,6 +9,12 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import (
+    UNREACHABLE,
+    translated_methods,
+    translates_inline,
+    unavailable,
+)
 from authswitch.adapters.postgres.store import audit
 from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
 from authswitch.errors import NotFound
@@ -16,6 +22,7 @@ from authswitch.errors import NotFound
 __all__ = ["ControlStore"]
 
 
+@translated_methods
 class ControlStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
@@ -53,14 +60,18 @@ class ControlStore:
             )  # fmt: skip
         return int(version)
 
+    @translates_inline  # a decision whose controls are not cached
     async def versions(self, subject_id: str) -> list[ControlVersion]:
         """Every version of the subject's controls, oldest first."""
         subject_id = _uuid(subject_id, "card or account")
-        rows = await self.pool.fetch(
-            """SELECT subject, version, effective_from, created_at, controls
-               FROM spend_controls WHERE subject_id = $1 ORDER BY version""",
-            subject_id,
-        )
+        try:
+            rows = await self.pool.fetch(
+                """SELECT subject, version, effective_from, created_at, controls
+                   FROM spend_controls WHERE subject_id = $1 ORDER BY version""",
+                subject_id,
+            )
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         return [
             ControlVersion(
                 subject=ControlSubject(r["subject"]),

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.errors import NotFound
 
 __all__ = ["ClearingRow", "DisputeEventRow", "DisputeRow", "DisputeStore"]
@@ -74,6 +75,7 @@ def parse_id(value: str) -> str | None:
         return None
 
 
+@translated_methods
 class DisputeStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool

@@ -7,9 +7,12 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import translated
+
 __all__ = ["return_usage", "settle_usage"]
 
 
+@translated
 async def return_usage(
     pool: asyncpg.Pool[Any],
     *,
@@ -60,6 +63,7 @@ async def return_usage(
         return row["account_id"], keys, amount
 
 
+@translated
 async def settle_usage(
     pool: asyncpg.Pool[Any],
     *,

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.store import _uuid, audit
 from authswitch.domain.holders import HOLDERS_MAX, ShareError, valid_shares
 from authswitch.errors import NotFound, PreconditionFailed, RequestError
@@ -64,6 +65,7 @@ class Holder:
     share_bps: int | None  # None: equal shares
 
 
+@translated_methods
 class HolderStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool

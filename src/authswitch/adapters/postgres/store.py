@@ -15,6 +15,13 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.committer import StoredDecision, write_notifications
+from authswitch.adapters.postgres.errors import (
+    UNREACHABLE,
+    translated,
+    translated_methods,
+    translates_inline,
+    unavailable,
+)
 from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
 from authswitch.domain.authorization import (
     CardFacts,
@@ -123,6 +130,7 @@ def _uuid(value: str, what: str) -> str:
         raise NotFound(f"{what} {value!r} does not exist") from None
 
 
+@translated_methods
 class CatalogStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
@@ -268,28 +276,36 @@ class CatalogStore:
             raise NotFound(f"account {account_id} does not exist")
         return AccountRow(*row)
 
+    @translates_inline  # a cache miss of a decision
     async def account_state(
         self, account_id: str, now: datetime
     ) -> tuple[dict[str, Balance], dict[str, CardState], dict[str, tuple[int, int]]]:
         """Balances, card states and live counters of an account, from one snapshot, and
         only once a synchronous standby holds all of it (what the cache is loaded with must
         survive a failover)."""
-        async with self.pool.acquire() as conn:
-            async with conn.transaction(isolation="repeatable_read"):
-                balance_rows, card_rows, usage_rows = await _account_rows(conn, account_id, now)
-            await conn.execute(REPLICATION_BARRIER)
+        try:
+            async with self.pool.acquire() as conn:
+                async with conn.transaction(isolation="repeatable_read"):
+                    balance_rows, card_rows, usage_rows = await _account_rows(conn, account_id, now)
+                await conn.execute(REPLICATION_BARRIER)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         balances = {r[0]: Balance(r[1], r[2]) for r in balance_rows}
         cards = {r[0]: _card_state(r) for r in card_rows}
         usage = {r[0]: (r[1], r[2]) for r in usage_rows}
         return balances, cards, usage
 
+    @translates_inline  # a cache miss of a decision
     async def card_state(self, card_id: str) -> tuple[str, CardState] | None:
         """(account id, state) of one card."""
-        row = await self.pool.fetchrow(
-            """SELECT id::text, status, pin_tries, pin_tries_max, pvv, account_id::text
-               FROM cards WHERE id = $1""",
-            card_id,
-        )
+        try:
+            row = await self.pool.fetchrow(
+                """SELECT id::text, status, pin_tries, pin_tries_max, pvv, account_id::text
+                   FROM cards WHERE id = $1""",
+                card_id,
+            )
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         return None if row is None else (row["account_id"], _card_state(row))
 
     async def find_decision(self, source: str, message_id: str) -> StoredDecision | None:
@@ -313,21 +329,26 @@ class CatalogStore:
             row["account_id"],
         )
 
+    @translates_inline  # each incremental authorisation
     async def hold_by_message(self, source: str, message_id: str) -> HoldRow | None:
         """The hold under a message key; a tombstone (``tombstone=True``, nothing held) when
         only reversals of that message have come; None when neither is known (or the hold's
         month was dropped by retention)."""
-        row = await self.pool.fetchrow(
-            """SELECT k.hold_id IS NULL AS is_tombstone, k.tombstone_at, h.id::text,
-                      h.account_id::text, h.asset, h.card_id::text, h.source, h.message_id,
-                      h.network_reference, h.amount_minor, h.original_minor, h.status,
-                      false AS tombstone, h.created_at, h.expires_at, h.ended_at, h.usage_keys
-               FROM hold_keys k
-               LEFT JOIN holds h ON h.id = k.hold_id AND h.created_at = k.created_at
-               WHERE k.source = $1 AND k.message_id = $2""",
-            source,
-            message_id,
-        )
+        try:
+            row = await self.pool.fetchrow(
+                """SELECT k.hold_id IS NULL AS is_tombstone, k.tombstone_at, h.id::text,
+                          h.account_id::text, h.asset, h.card_id::text, h.source, h.message_id,
+                          h.network_reference, h.amount_minor, h.original_minor, h.status,
+                          false AS tombstone, h.created_at, h.expires_at, h.ended_at,
+                          h.usage_keys
+                   FROM hold_keys k
+                   LEFT JOIN holds h ON h.id = k.hold_id AND h.created_at = k.created_at
+                   WHERE k.source = $1 AND k.message_id = $2""",
+                source,
+                message_id,
+            )
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         if row is None:
             return None
         if row["is_tombstone"]:
@@ -1187,6 +1208,7 @@ def _card_state(row: Any) -> CardState:
     )
 
 
+@translated
 async def audit(
     conn: Connection, actor: str, action: str, subject_id: str, detail: dict[str, Any]
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.committer import write_notifications
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.store import audit
 from authswitch.domain.records import Notification
 from authswitch.domain.tokens import TokenPolicy, TokenStatus, transition_allowed
@@ -57,6 +58,7 @@ def _row(r: Any) -> TokenRow:
     return TokenRow(r[0], r[1], r[2], r[3], r[4], TokenStatus[r[5]], r[6])
 
 
+@translated_methods
 class TokenStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool

@@ -46,6 +46,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
+from authswitch.adapters.redis.errors import UNREACHABLE, translated, unavailable
 from authswitch.adapters.redis.pipeline import Pipelined, PipelinedCluster, Reply
 from authswitch.domain.authorization import (
     NO_CHARGES,
@@ -189,7 +190,10 @@ class _Script:
         """Run the script on the node of ``keys[0]``; the future of its reply
         (:class:`~authswitch.futures.Detached`: a cancelled caller never abandons it)."""
         client, first = self.client, keys[0]
-        tried = client.keyed(first, "EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            tried = client.keyed(first, "EVALSHA", self.sha, len(keys), *keys, *args)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         outer: asyncio.Future[Reply] = Detached(loop=asyncio.get_running_loop())
 
         def settle(done: asyncio.Future[Reply]) -> None:
@@ -198,12 +202,12 @@ class _Script:
                 outer.set_result(done.result())
                 return
             if not isinstance(error, NoScriptError):
-                outer.set_exception(error)
+                outer.set_exception(translated(error))
                 return
             try:  # not run: the server does not know the script
                 again = client.keyed(first, "EVAL", self.source, len(keys), *keys, *args)
             except RedisError as exc:
-                outer.set_exception(exc)
+                outer.set_exception(translated(exc))
                 return
             again.add_done_callback(_copy_to(outer))
 
@@ -215,7 +219,7 @@ def _copy_to(outer: asyncio.Future[Reply]) -> Any:
     def copy(done: asyncio.Future[Reply]) -> None:
         error = done.exception()
         if error is not None:
-            outer.set_exception(error)
+            outer.set_exception(translated(error))
         else:
             outer.set_result(done.result())
 
@@ -259,9 +263,12 @@ class LedgerCache:
         Every account loaded under an older generation is reloaded on its next use.
         """
         key = self.keys.generation
-        current = await self.client.keyed(key, "GET", key)
-        generation = max(int(current or 0) + 1, floor)
-        await self.client.keyed(key, "SET", key, generation)
+        try:
+            current = await self.client.keyed(key, "GET", key)
+            generation = max(int(current or 0) + 1, floor)
+            await self.client.keyed(key, "SET", key, generation)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         self.generation = generation
         return generation
 
@@ -532,7 +539,10 @@ class LedgerCache:
     async def invalidate(self, account_id: str) -> None:
         """Drop the account's state; the next use reloads it from Postgres."""
         key = self.keys.state(account_id)
-        await self.client.keyed(key, "DEL", key)
+        try:
+            await self.client.keyed(key, "DEL", key)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
 
     async def usage(self, account_id: str, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
         """What the account's cached counters of ``keys`` have used (amount, count); a
@@ -541,7 +551,10 @@ class LedgerCache:
         fields = [field for key in keys for field in (f"ua:{key}", f"uc:{key}")]
         if not fields:
             return {}
-        reply = await self.client.keyed(state, "HMGET", state, *fields)
+        try:
+            reply = await self.client.keyed(state, "HMGET", state, *fields)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
         return {
             key: (int(reply[2 * n] or 0), int(reply[2 * n + 1] or 0)) for n, key in enumerate(keys)
         }
@@ -549,7 +562,10 @@ class LedgerCache:
     async def forget_marker(self, account_id: str, source: str, message_id: str) -> None:
         """Remove an idempotency marker of a request that left nothing durable (a 96)."""
         key = self.keys.marker(account_id, source, message_id)
-        await self.client.keyed(key, "DEL", key)
+        try:
+            await self.client.keyed(key, "DEL", key)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
 
     async def read_balances(self, account_id: str) -> dict[str, Balance] | None:
         """The cached balances of an account, or None when not loaded (for reconciliation)."""
