@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.store import audit
 from authswitch.domain.fx import Conversion, FxRate, ProductFx
 from authswitch.errors import NotFound
@@ -21,6 +22,7 @@ def _rate(row: Any) -> FxRate:
     return FxRate(row[0], row[1], row[2], row[3], row[4])
 
 
+@translated_methods
 class FxStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
