@@ -18,10 +18,11 @@ import uuid
 from authswitch import metrics
 from authswitch.adapters.postgres.ownership import Holder, HolderStore
 from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.domain import postings
 from authswitch.domain.codes import Reason, outcome
-from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.money import AMOUNT_MAX_MINOR
-from authswitch.domain.records import DecisionRecord, JournalEntry, LedgerWrite, Posting
+from authswitch.domain.postings import Origin
+from authswitch.domain.records import DecisionRecord, LedgerWrite
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.service.admin import (
     ADMIN_SOURCE,
@@ -89,10 +90,15 @@ class AccountService:
         if asset not in await store.balances(target.id):
             raise PreconditionFailed(f"account {target.id} holds no {asset} balance")
 
-        debit = BalanceChange(source.id, asset, actual_delta_minor=-amount, requires_funds=True)
-        credit = BalanceChange(target.id, asset, actual_delta_minor=amount)
         now = admin.clock.now()
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
+        movement = postings.transfer(
+            source.id, target.id, asset, amount, KIND_TRANSFER,
+            Origin(
+                entry_id, program.id, now, ADMIN_SOURCE, key,
+                description or f"transfer to {target.id}",
+            ),
+        )  # fmt: skip
 
         def record(reason: Reason, response: bytes) -> DecisionRecord:
             return DecisionRecord(
@@ -109,21 +115,15 @@ class AccountService:
             response = ledger_admin_pb2.TransferResponse(
                 entry_id=entry_id, from_balance=balance_message(asset, applied.balance)
             )
-            entry = JournalEntry(
-                id=entry_id, program_id=program.id, kind=KIND_TRANSFER,
-                postings=(Posting(source.id, asset, -amount), Posting(target.id, asset, amount)),
-                created_at=now, source=ADMIN_SOURCE, message_id=key,
-                description=description or f"transfer to {target.id}",
-            )  # fmt: skip
             return LedgerWrite(
                 decision=record(Reason.APPROVED, response.SerializeToString()),
-                balance_changes=(debit, credit),
-                entries=(entry,),
+                balance_changes=movement.changes,
+                entries=movement.entries,
                 refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
             )
 
         posted = await admin.poster.post(
-            debit,
+            movement.change,
             source=ADMIN_SOURCE,
             message_id=key,
             fingerprint=fingerprint,

@@ -14,6 +14,7 @@ from datetime import datetime
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.domain import postings
 from authswitch.domain.authorization import (
     CardStatus,
     Channel,
@@ -36,17 +37,16 @@ from authswitch.domain.controls import ControlSubject, ControlVersion, SpendCont
 from authswitch.domain.controls import problem as controls_problem
 from authswitch.domain.credits import ORIGINAL_CREDIT
 from authswitch.domain.fees import FeeRule, Stage
-from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.ledger import Balance
 from authswitch.domain.limits import Limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
 from authswitch.domain.networkdata import PosEntryMode
 from authswitch.domain.offledger import ClientRouting, StandInPolicy
+from authswitch.domain.postings import Origin
 from authswitch.domain.records import (
     DecisionRecord,
-    JournalEntry,
     LedgerWrite,
     Notification,
-    Posting,
 )
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.secrets import SecretStore
@@ -613,15 +613,14 @@ class AdminService:
         program = await self.catalog.program(account.program_id)
         counter = program.fee_account_id if purpose == "FEE" else program.clearing_account_id
         signed = amount_minor if credit else -amount_minor
-        change = BalanceChange(
-            account.id,
-            asset,
-            actual_delta_minor=signed,
-            requires_funds=not credit and not allow_negative,
-        )
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
         entry_id = str(uuid.uuid4())
+        movement = postings.adjustment(
+            account.id, asset, signed, counter, purpose,
+            Origin(entry_id, program.id, now, ADMIN_SOURCE, idempotency_key, description),
+            requires_funds=not credit and not allow_negative,
+        )  # fmt: skip
         kind = "CREDIT" if credit else "DEBIT"
 
         def record(reason: Reason, response: bytes) -> DecisionRecord:
@@ -653,28 +652,15 @@ class AdminService:
             balance = applied.balance
             assert balance is not None
             response = response_type(entry_id=entry_id, balance=balance_message(asset, balance))
-            entry = JournalEntry(
-                id=entry_id,
-                program_id=program.id,
-                kind=purpose,
-                postings=(
-                    Posting(account.id, asset, signed),
-                    Posting(counter, asset, -signed),
-                ),
-                created_at=now,
-                source=ADMIN_SOURCE,
-                message_id=idempotency_key,
-                description=description,
-            )
             return LedgerWrite(
                 decision=record(Reason.APPROVED, response.SerializeToString()),
-                balance_changes=(change,),
-                entries=(entry,),
+                balance_changes=movement.changes,
+                entries=movement.entries,
                 refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
             )
 
         posted = await self.poster.post(
-            change,
+            movement.change,
             source=ADMIN_SOURCE,
             message_id=idempotency_key,
             fingerprint=fingerprint,

@@ -25,6 +25,7 @@ from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecisio
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
+from authswitch.domain import postings
 from authswitch.domain.authorization import (
     PARTIAL_APPROVAL_TYPES,
     AuthorizationRequest,
@@ -42,6 +43,7 @@ from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.fx import Conversion, FxRate, RateProblem, convert_billing, converted_into
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.lifecycle import hold_validity_days
+from authswitch.domain.postings import Origin
 from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
@@ -51,7 +53,6 @@ from authswitch.domain.records import (
     JournalEntry,
     LedgerWrite,
     Notification,
-    Posting,
     UsageChange,
 )
 from authswitch.errors import Expired, InternalError
@@ -715,11 +716,8 @@ class AuthorizationService:
                 ),
             )
             changes = (
-                BalanceChange(
-                    card.account_id,
-                    request.billing_asset,
-                    authorized_delta_minor=result.held_minor,
-                    requires_funds=True,
+                postings.hold(
+                    card.account_id, request.billing_asset, result.held_minor, requires_funds=True
                 ),
             )
 
@@ -734,27 +732,16 @@ class AuthorizationService:
         entries: tuple[JournalEntry, ...] = ()
         if result.posted_fee_minor:
             # A zero-value or declined request's fee, taken from actual and available.
-            fee = result.posted_fee_minor
-            changes = (
-                BalanceChange(card.account_id, request.billing_asset, actual_delta_minor=-fee),
-            )
-            entries = (
-                JournalEntry(
-                    id=new_id(),
-                    program_id=program.id,
-                    kind="FEE",
-                    postings=(
-                        Posting(card.account_id, request.billing_asset, -fee),
-                        Posting(program.fee_account_id, request.billing_asset, fee),
-                    ),
-                    created_at=ctx.received,
-                    source=request.source,
-                    message_id=request.message_id,
-                    description=f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
-                    network_reference=request.network_reference,
-                    card_id=card.card_id,
+            taken = postings.fee(
+                card.account_id, request.billing_asset, result.posted_fee_minor,
+                program.fee_account_id,
+                Origin(
+                    new_id(), program.id, ctx.received, request.source, request.message_id,
+                    f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
+                    request.network_reference, card.card_id,
                 ),
-            )
+            )  # fmt: skip
+            changes, entries = taken.changes, taken.entries
         notifications: tuple[Notification, ...] = ()
         if result.fee_mode is not FeeMode.NONE:
             kind = "FEE_NOT_APPLIED" if result.fee_mode is FeeMode.NOT_APPLIED else "FEE"

@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 from authswitch.adapters.postgres.disputes import ClearingRow, DisputeRow, DisputeStore, parse_id
 from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
+from authswitch.domain import postings
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
     NETWORK_REFERENCE_LEN_MAX,
@@ -37,17 +38,15 @@ from authswitch.domain.disputes import (
     plan_open,
     plan_step,
 )
-from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.ledger import Balance
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
 from authswitch.domain.records import (
     DecisionRecord,
     DisputeChange,
     DisputeOpening,
-    JournalEntry,
     LedgerWrite,
     Notification,
-    Posting,
 )
 from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
 from authswitch.service.admin import ADMIN_SOURCE, balance_message, require_idempotency_key
@@ -375,25 +374,23 @@ class DisputeService:
         """Write one step: through the cache when it changes the cardholder's balance."""
         dispute, plan = step.dispute, step.plan
         now = dispute.updated_at
-        entry: JournalEntry | None = None
+        movement = postings.Movement(())
         if dispute.on_ledger and plan.moves_money:
-            postings = [
-                Posting(account, dispute.asset, amount)
-                for account, amount in (
+            movement = postings.dispute_step(
+                dispute.account_id, dispute.asset, f"DISPUTE_{step.step.value}",
+                postings.Origin(
+                    str(uuid.uuid4()), program.id, now, step.source, step.message_id,
+                    f"dispute {dispute.id} {step.step.value.lower().replace('_', ' ')}",
+                    dispute.network_reference, dispute.card_id,
+                ),
+                (
                     (dispute.account_id, plan.customer_minor),
                     (program.clearing_account_id, plan.clearing_minor),
                     (program.dispute_account_id, plan.disputes_minor),
-                )
-                if amount
-            ]
-            entry = JournalEntry(
-                id=str(uuid.uuid4()), program_id=program.id, kind=f"DISPUTE_{step.step.value}",
-                postings=tuple(postings), created_at=now, source=step.source,
-                message_id=step.message_id,
-                description=f"dispute {dispute.id} {step.step.value.lower().replace('_', ' ')}",
-                network_reference=dispute.network_reference, card_id=dispute.card_id,
+                ),
+                customer_minor=plan.customer_minor,
             )  # fmt: skip
-        entry_id = entry.id if entry else None
+        entry_id = movement.entries[0].id if movement.entries else None
         amount = dispute.amount_minor
         payload = {
             "dispute_id": dispute.id, "step": step.step.value,
@@ -421,11 +418,7 @@ class DisputeService:
             sinks=program.sinks,
         )  # fmt: skip
         decision_id = str(uuid.uuid4())
-        change_of_balance: BalanceChange | None = None
-        if dispute.on_ledger and plan.customer_minor:
-            change_of_balance = BalanceChange(
-                dispute.account_id, dispute.asset, actual_delta_minor=plan.customer_minor
-            )
+        change_of_balance = movement.change if movement.changes else None
 
         def build(balance: Balance | None) -> LedgerWrite:
             response = respond(decision_id, entry_id or "", balance)
@@ -435,8 +428,8 @@ class DisputeService:
             )  # fmt: skip
             return LedgerWrite(
                 decision=record,
-                entries=(entry,) if entry else (),
-                balance_changes=(change_of_balance,) if change_of_balance else (),
+                entries=movement.entries,
+                balance_changes=movement.changes,
                 notifications=(note,),
                 disputes=(change,),
             )

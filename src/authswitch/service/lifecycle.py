@@ -22,6 +22,7 @@ from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
+from authswitch.domain import postings
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
     NETWORK_REFERENCE_LEN_MAX,
@@ -45,7 +46,7 @@ from authswitch.domain.fx import (
     converted_into,
     share_of,
 )
-from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import (
     HoldEnd,
     ReleasePlan,
@@ -57,15 +58,14 @@ from authswitch.domain.lifecycle import (
 from authswitch.domain.limits import counter_for_limit
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
+from authswitch.domain.postings import Origin
 from authswitch.domain.records import (
     ConversionRecord,
     DecisionRecord,
     HoldRecord,
     HoldRelease,
-    JournalEntry,
     LedgerWrite,
     Notification,
-    Posting,
     Tombstone,
     UsageChange,
 )
@@ -313,7 +313,7 @@ class LifecycleService:
             )
         result = pb.ADVICE_RESULT_HOLD_POSTED if original is None else pb.ADVICE_RESULT_HOLD_UPDATED
         # Never declined: the network has approved already, so no funds check.
-        change = BalanceChange(card.account_id, asset, authorized_delta_minor=delta)
+        change = postings.hold(card.account_id, asset, delta)
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -552,7 +552,7 @@ class LifecycleService:
         assert hold.account_id is not None
         assert hold.asset is not None
         account_id, asset = hold.account_id, hold.asset
-        change = BalanceChange(account_id, asset, authorized_delta_minor=-plan.release_minor)
+        change = postings.release(account_id, asset, plan.release_minor)
         # A reversal gives back to amount-based limits what it releases (counts stay).
         usage: list[tuple[str, int, int]] = []
         if reason == "REVERSAL" and plan.release_minor:
@@ -680,40 +680,23 @@ class LifecycleService:
         rules_fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
         fee = rules_fee + markup
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
-        change = BalanceChange(
-            card.account_id,
-            asset,
-            actual_delta_minor=-(amount + fee),
-            authorized_delta_minor=-plan.released_minor,
-        )
-        entries: list[JournalEntry] = []
-        if amount:
-            entries.append(
-                JournalEntry(
-                    id=entry_id,
-                    program_id=program.id,
-                    kind="CLEARING",
-                    postings=(
-                        Posting(card.account_id, asset, -amount),
-                        Posting(program.clearing_account_id, asset, amount),
-                    ),
-                    created_at=now,
-                    source=request.source,
-                    message_id=request.message_id,
-                    description=request.merchant.name[:200],
-                    network_reference=request.network_reference,
-                    card_id=card.card_id,
-                )
+        fee_lines = [
+            (charged, program.fee_account_id, self._fee_origin(program, card, now, request, what))
+            for charged, what in (
+                (rules_fee, "clearing fee"),
+                (markup, "currency conversion markup"),
             )
-        if rules_fee:
-            entries.append(self._fee_entry(program, card, asset, rules_fee, now, request))
-        if markup:
-            entries.append(
-                self._fee_entry(
-                    program, card, asset, markup, now, request,
-                    description="currency conversion markup",
-                )
-            )  # fmt: skip
+            if charged
+        ]
+        origin = Origin(
+            entry_id, program.id, now, request.source, request.message_id,
+            request.merchant.name[:200], request.network_reference, card.card_id,
+        )  # fmt: skip
+        movement = postings.clearing(
+            card.account_id, asset, amount, plan.released_minor, program.clearing_account_id,
+            origin, fee_lines,
+        )  # fmt: skip
+        change, entries = movement.change, movement.entries
         releases = tuple(
             HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
         )
@@ -823,25 +806,15 @@ class LifecycleService:
             return ()
         return (ConversionRecord(request.source, request.message_id, kind, conversion, now),)
 
-    def _fee_entry(
-        self, program: ProgramRow, card: CardFacts, asset: str, fee: int, now: datetime,
-        request: pb.ClearRequest, *, description: str = "clearing fee",
-    ) -> JournalEntry:  # fmt: skip
-        return JournalEntry(
-            id=str(uuid.uuid4()),
-            program_id=program.id,
-            kind="FEE",
-            postings=(
-                Posting(card.account_id, asset, -fee),
-                Posting(program.fee_account_id, asset, fee),
-            ),
-            created_at=now,
-            source=request.source,
-            message_id=request.message_id,
-            description=description,
-            network_reference=request.network_reference,
-            card_id=card.card_id,
-        )
+    @staticmethod
+    def _fee_origin(
+        program: ProgramRow, card: CardFacts, now: datetime, request: pb.ClearRequest,
+        description: str,
+    ) -> Origin:  # fmt: skip
+        return Origin(
+            str(uuid.uuid4()), program.id, now, request.source, request.message_id,
+            description, request.network_reference, card.card_id,
+        )  # fmt: skip
 
     @staticmethod
     def _notification(
@@ -894,22 +867,14 @@ class LifecycleService:
             amount, asset = conversion.account_minor, conversion.account_asset
         now = self.clock.now()
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
-        change = BalanceChange(card.account_id, asset, actual_delta_minor=amount)
-        entry = JournalEntry(
-            id=entry_id,
-            program_id=program.id,
-            kind="REFUND",
-            postings=(
-                Posting(card.account_id, asset, amount),
-                Posting(program.clearing_account_id, asset, -amount),
+        refunded = postings.credit(
+            card.account_id, asset, amount, program.clearing_account_id, "REFUND",
+            Origin(
+                entry_id, program.id, now, request.source, request.message_id,
+                request.merchant.name[:200], request.network_reference, card.card_id,
             ),
-            created_at=now,
-            source=request.source,
-            message_id=request.message_id,
-            description=request.merchant.name[:200],
-            network_reference=request.network_reference,
-            card_id=card.card_id,
-        )
+        )  # fmt: skip
+        change = refunded.change
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -935,7 +900,8 @@ class LifecycleService:
                 "REFUND", program, card.account_id, card.card_id, payload, now
             )
             return LedgerWrite(
-                decision=record, entries=(entry,), balance_changes=(change,), notifications=(note,),
+                decision=record, entries=refunded.entries, balance_changes=refunded.changes,
+                notifications=(note,),
                 conversions=self._conversions(request, "REFUND", conversion, now),
             )  # fmt: skip
 
@@ -1091,15 +1057,13 @@ class LifecycleService:
             "CREDIT", request.source, request.message_id, fingerprint, response, decision_id,
             now, card=card, asset=asset, amount_minor=amount,
         )  # fmt: skip
-        entry = JournalEntry(
-            id=entry_id, program_id=program.id, kind="CREDIT",
-            postings=(
-                Posting(card.account_id, asset, amount),
-                Posting(program.clearing_account_id, asset, -amount),
+        credited = postings.credit(
+            card.account_id, asset, amount, program.clearing_account_id, "CREDIT",
+            Origin(
+                entry_id, program.id, now, request.source, request.message_id,
+                f"original credit ({CreditType(request.credit_type).name.lower()})",
+                request.network_reference, card.card_id,
             ),
-            created_at=now, source=request.source, message_id=request.message_id,
-            description=f"original credit ({CreditType(request.credit_type).name.lower()})",
-            network_reference=request.network_reference, card_id=card.card_id,
         )  # fmt: skip
         payload = {"source": request.source, "message_id": request.message_id, **fields}
         note = self._notification("CREDIT", program, card.account_id, card.card_id, payload, now)
@@ -1109,8 +1073,7 @@ class LifecycleService:
             if c.key and c.expires_at is not None
         )
         return LedgerWrite(
-            decision=record, entries=(entry,),
-            balance_changes=(BalanceChange(card.account_id, asset, actual_delta_minor=amount),),
+            decision=record, entries=credited.entries, balance_changes=credited.changes,
             usage=usage, notifications=(note,),
         )  # fmt: skip
 

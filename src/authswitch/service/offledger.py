@@ -25,8 +25,8 @@ from authswitch.adapters.redis.cache import (
     LedgerCache,
     Miss,
 )
+from authswitch.domain import postings
 from authswitch.domain.codes import Check, Reason, outcome
-from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.limits import Period, period_bounds
 from authswitch.domain.networkdata import NetworkData
 from authswitch.domain.offledger import (
@@ -38,14 +38,13 @@ from authswitch.domain.offledger import (
     StandInReason,
     check_answer,
 )
+from authswitch.domain.postings import Origin
 from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
     HoldRecord,
-    JournalEntry,
     LedgerWrite,
     Notification,
-    Posting,
     UsageChange,
 )
 from authswitch.errors import ClientCallFailed, ClientTimedOut
@@ -338,9 +337,7 @@ class OffLedgerService:
         approval is held there too, without a funds check (the client decided)."""
         ctx, card = job.ctx, job.card
         request = ctx.request
-        change = BalanceChange(
-            card.account_id, request.billing_asset, authorized_delta_minor=amount_minor
-        )
+        change = postings.hold(card.account_id, request.billing_asset, amount_minor)
         applied = await self.cache.apply(
             account_id=card.account_id, asset=request.billing_asset, actual_delta_minor=0,
             held_delta_minor=amount_minor, requires_funds=False,
@@ -427,21 +424,14 @@ class OffLedgerService:
             )
             return await self._commit(job, checks, write)
         write.notifications += self._fee_notifications(job, assessed, decided, "POSTED", code)
-        write.balance_changes = (
-            BalanceChange(card.account_id, request.billing_asset, actual_delta_minor=-fee),
-        )
-        write.entries = (
-            JournalEntry(
-                id=new_id(), program_id=program.id, kind="FEE",
-                postings=(
-                    Posting(card.account_id, request.billing_asset, -fee),
-                    Posting(program.fee_account_id, request.billing_asset, fee),
-                ),
-                created_at=ctx.received, source=request.source, message_id=request.message_id,
-                description="decline fee", network_reference=request.network_reference,
-                card_id=card.card_id,
+        taken = postings.fee(
+            card.account_id, request.billing_asset, fee, program.fee_account_id,
+            Origin(
+                new_id(), program.id, ctx.received, request.source, request.message_id,
+                "decline fee", request.network_reference, card.card_id,
             ),
         )  # fmt: skip
+        write.balance_changes, write.entries = taken.changes, taken.entries
         written = await self.committer.submit(write)
         if written.status is not WriteStatus.COMMITTED:  # nothing durable: take it back
             await self.cache.adjust(card.account_id, applied.epoch, request.billing_asset, fee, 0)
