@@ -39,6 +39,7 @@ from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.client import RedisClient, RedisClients, connect_clients
@@ -354,7 +355,9 @@ class Application:
             )
         )
         if settings.reconcile_interval_s:
-            reconciler = Reconciler(self.pool, cache, self.clock, snapshot_pool=reports_pool)
+            reconciler = Reconciler(
+                ReconciliationStore(self.pool, snapshot_pool=reports_pool), cache, self.clock
+            )
 
             async def reconcile() -> int:
                 return len((await reconciler.run()).breaks)

@@ -253,6 +253,7 @@ async def _file_schedules(target: str, args: argparse.Namespace) -> int:
 
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from authswitch.adapters.postgres.reconcile import ReconciliationStore
     from authswitch.service.clock import SystemClock
     from authswitch.service.reconcile import Reconciler, read_fbo_file
 
@@ -263,9 +264,10 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
             fbo = read_fbo_file(args.fbo_csv, exponents)
         cache, client = await _cache_if_reachable(settings)
         try:
-            report = await Reconciler(pool, cache, SystemClock(), snapshot_pool=reports).run(
-                program_id=args.program, fbo=fbo
+            reconciler = Reconciler(
+                ReconciliationStore(pool, snapshot_pool=reports), cache, SystemClock()
             )
+            report = await reconciler.run(program_id=args.program, fbo=fbo)
         finally:
             if client is not None:
                 await client.aclose()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.service.clock import ManualClock
@@ -181,7 +182,7 @@ async def test_fbo_file_and_reconciliation(
     assert owners == sorted([customer.customer_id, partner.customer_id])
     exponents = {"GBP": 2, "EUR": 2, "BTC": 8}
     fbo = read_fbo_file(tmp_path / name, exponents)
-    reconciler = Reconciler(app.pool, app.cache, app.clock)
+    reconciler = Reconciler(ReconciliationStore(app.pool), app.cache, app.clock)
     report = await reconciler.run(program_id=ids["program"], fbo=fbo)
     assert report.ok, report.to_text()
     assert set(report.checked) == {
@@ -203,7 +204,7 @@ async def test_fbo_file_and_reconciliation(
 async def test_each_break_is_detected(ledger: Ledger, app: Application, inject: str) -> None:
     ids = await small_ledger(ledger)
     assert app.pool is not None
-    reconciler = Reconciler(app.pool, app.cache, app.clock)
+    reconciler = Reconciler(ReconciliationStore(app.pool), app.cache, app.clock)
     assert (await reconciler.run(program_id=ids["program"])).ok
     account = ids["single"]
     if inject == "journal_balanced":

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.errors import StoreUnavailable
 from authswitch.service import reports
@@ -99,7 +100,9 @@ async def test_reports_and_files_read_from_the_reports_dsn(
         assert written.name.startswith(f"RPL-accountbalance-{client.client_id}-")
 
         # Reconciliation reads its snapshot from the replica, compares the cache with the primary.
-        reconciler = Reconciler(app.pool, app.cache, clock, snapshot_pool=app.reports_pool)
+        reconciler = Reconciler(
+            ReconciliationStore(app.pool, snapshot_pool=app.reports_pool), app.cache, clock
+        )
         with _stalled(proxy):
             run = asyncio.ensure_future(reconciler.run(program_id=program_id))
             await asyncio.sleep(0.3)
