@@ -40,6 +40,7 @@ from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.client import RedisClient, RedisClients, connect_clients
@@ -345,10 +346,10 @@ class Application:
                 )
             )
         reports_dir = Path(settings.reports_dir or settings.data_dir / "reports")
+        report_writer = ReportWriter(ReportStore(reports_pool, primary=self.pool))
         scheduled = ScheduledReports(
-            ReportWriter(reports_pool, primary=self.pool), DirectorySink(reports_dir), self.clock,
-            settings.balance_report_at,
-        )  # fmt: skip
+            report_writer, DirectorySink(reports_dir), self.clock, settings.balance_report_at
+        )
         self.jobs.append(
             PeriodicJob(
                 "balance_report", 60.0, scheduled.run_due, self.pool, REPORT_LOCK_KEY, lease=lease
@@ -375,7 +376,7 @@ class Application:
         self.files = FileSchedules(self.pool, self.clock)
         self.deliveries = FileDeliveries(
             self.pool,
-            ReportWriter(reports_pool, primary=self.pool),
+            report_writer,
             secrets,
             self.clock,
             settings.data_dir / "spool",

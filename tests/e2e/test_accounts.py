@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.domain.holders import split_by_shares
@@ -302,7 +303,7 @@ async def test_the_fbo_file_gives_each_customer_their_share(
     await ledger.credit(unowned, 500)
     await ledger.credit(multi, 333, "EUR")
     assert app.pool is not None
-    name, lines = await ReportWriter(app.pool).fbo_balances(
+    name, lines = await ReportWriter(ReportStore(app.pool)).fbo_balances(
         DirectorySink(tmp_path), program_id=program_id, at=app.clock.now()
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))

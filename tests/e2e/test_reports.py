@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.service.clock import ManualClock
@@ -78,7 +79,7 @@ async def small_ledger(ledger: Ledger) -> dict[str, str]:
 async def test_golden_balance_report(ledger: Ledger, app: Application, tmp_path: Path) -> None:
     ids = await small_ledger(ledger)
     assert app.pool is not None
-    name, count = await ReportWriter(app.pool).balance_report(
+    name, count = await ReportWriter(ReportStore(app.pool)).balance_report(
         DirectorySink(tmp_path), client_id=ids["client"], prefix="Issuer_1", at=AT
     )
     assert name == f"Issuer_1-accountbalance-{ids['client']}-20261123-105846.json"
@@ -144,7 +145,7 @@ async def test_subledger_net_changes(ledger: Ledger, app: Application, tmp_path:
     ids = await small_ledger(ledger)
     assert app.pool is not None
     today = datetime.now(UTC).astimezone().date()
-    name, lines = await ReportWriter(app.pool).subledger_net_changes(
+    name, lines = await ReportWriter(ReportStore(app.pool)).subledger_net_changes(
         DirectorySink(tmp_path), program_id=ids["program"], day=today
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
@@ -173,7 +174,7 @@ async def test_fbo_file_and_reconciliation(
         )
     )  # fmt: skip
     await ledger.credit(joint.account_id, 1_234)
-    name, _ = await ReportWriter(app.pool).fbo_balances(
+    name, _ = await ReportWriter(ReportStore(app.pool)).fbo_balances(
         DirectorySink(tmp_path), program_id=ids["program"], at=AT
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
@@ -276,7 +277,9 @@ async def test_the_daily_report_is_written_once(
         la.SetBalanceReportRequest(client_id=ids["client"], prefix="DAILY", enabled=True)
     )
     clock = ManualClock(datetime(2031, 1, 2, 0, 30, tzinfo=UTC))
-    scheduled = ScheduledReports(ReportWriter(app.pool), DirectorySink(tmp_path), clock, "01:05")
+    scheduled = ScheduledReports(
+        ReportWriter(ReportStore(app.pool)), DirectorySink(tmp_path), clock, "01:05"
+    )
     assert await scheduled.run_due() == 0  # before 01:05
     clock.set(datetime(2031, 1, 2, 1, 6, tzinfo=UTC))
     assert await scheduled.run_due() >= 1
