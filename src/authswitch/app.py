@@ -35,6 +35,7 @@ from authswitch.adapters.grpc.servicers import (
 )
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
+from authswitch.adapters.postgres.files import FileScheduleStore
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
@@ -373,9 +374,10 @@ class Application:
             keys=keys, catalog=catalog, disputes=DisputeStore(self.pool), poster=poster,
             clock=self.clock,
         )  # fmt: skip
-        self.files = FileSchedules(self.pool, self.clock)
+        file_schedules = FileScheduleStore(self.pool)
+        self.files = FileSchedules(file_schedules, self.clock)
         self.deliveries = FileDeliveries(
-            self.pool,
+            file_schedules,
             report_writer,
             secrets,
             self.clock,

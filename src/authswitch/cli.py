@@ -150,6 +150,7 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _files(settings: Settings, args: argparse.Namespace) -> int:
     """Deliver what is due now, as the server's job does; a rerun sends nothing twice."""
+    from authswitch.adapters.postgres.files import FileScheduleStore
     from authswitch.adapters.postgres.reports import ReportStore
     from authswitch.secrets import SecretStore
     from authswitch.service.clock import SystemClock
@@ -159,8 +160,8 @@ async def _files(settings: Settings, args: argparse.Namespace) -> int:
     secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
     async with _databases(settings) as (pool, reports):
         deliveries = FileDeliveries(
-            pool, ReportWriter(ReportStore(reports, primary=pool)), secrets, SystemClock(),
-            settings.data_dir / "spool",
+            FileScheduleStore(pool), ReportWriter(ReportStore(reports, primary=pool)), secrets,
+            SystemClock(), settings.data_dir / "spool",
         )  # fmt: skip
         delivered = await deliveries.run_due(schedule_id=args.schedule)
         failed = await pool.fetch(

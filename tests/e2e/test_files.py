@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from authswitch.adapters.postgres.files import FileScheduleStore
 from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
@@ -280,7 +281,7 @@ async def test_directory_delivery_once_per_due_time_with_catch_up(
         directory=str(out),
     )  # fmt: skip
     deliveries = FileDeliveries(
-        s.app.pool,
+        FileScheduleStore(s.app.pool),
         ReportWriter(ReportStore(s.app.pool)),
         SecretStore(None),
         s.clock,
@@ -337,7 +338,7 @@ async def test_a_failed_delivery_is_retried_after_backoff(
         directory=str(blocked / "out"),
     )  # fmt: skip
     deliveries = FileDeliveries(
-        s.app.pool,
+        FileScheduleStore(s.app.pool),
         ReportWriter(ReportStore(s.app.pool)),
         SecretStore(None),
         s.clock,
@@ -423,8 +424,8 @@ async def test_sftp_delivery_survives_a_failing_server_and_sends_once(
                 ),
             )  # fmt: skip
             deliveries = FileDeliveries(
-                s.app.pool, ReportWriter(ReportStore(s.app.pool)), SecretStore(secrets), s.clock,
-                tmp_path / "spool",
+                FileScheduleStore(s.app.pool), ReportWriter(ReportStore(s.app.pool)),
+                SecretStore(secrets), s.clock, tmp_path / "spool",
                 DeliverySettings(sftp_attempts=2, sftp_backoff_initial_ms=1,
                                  sftp_backoff_max_ms=2),
             )  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from authswitch.adapters.postgres.files import FileScheduleStore
 from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
@@ -226,7 +227,7 @@ async def test_the_settlement_file_is_scheduled_and_written_by_the_command(
         )
     )  # fmt: skip
     deliveries = FileDeliveries(
-        s.app.pool,
+        FileScheduleStore(s.app.pool),
         ReportWriter(ReportStore(s.app.pool)),
         SecretStore(None),
         s.clock,
