@@ -35,10 +35,13 @@ from authswitch.adapters.grpc.servicers import (
 )
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
+from authswitch.adapters.postgres.files import FileScheduleStore
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.client import RedisClient, RedisClients, connect_clients
@@ -213,8 +216,11 @@ class Application:
         secrets = self._start_offledger_and_outbox(settings, cache)
         self.jobs: list[PeriodicJob] = []
         lease = settings.postgres_pgbouncer  # behind pgbouncer, jobs take leases (jobs.py)
-        self._add_ledger_jobs(settings, cache, reports_pool, lease=lease)
-        self._start_back_office(settings, keys, reports_pool, secrets, lease=lease)
+        assert self.pool is not None
+        # One writer of the reports and files (it holds no state), for the jobs of both.
+        report_writer = ReportWriter(ReportStore(reports_pool, primary=self.pool))
+        self._add_ledger_jobs(settings, cache, reports_pool, report_writer, lease=lease)
+        self._start_back_office(settings, keys, report_writer, secrets, lease=lease)
         if not self.run_jobs:  # another worker of this host runs them
             self.jobs = []
         for job in self.jobs:
@@ -354,7 +360,7 @@ class Application:
 
     def _add_ledger_jobs(
         self, settings: Settings, cache: LedgerCache, reports_pool: asyncpg.Pool[Any],
-        *, lease: bool,
+        report_writer: ReportWriter, *, lease: bool,
     ) -> None:  # fmt: skip
         """The periodic jobs of the ledger: age-off, card expiry, the balance report and
         reconciliation (started with the others by _start_components)."""
@@ -385,16 +391,17 @@ class Application:
             )
         reports_dir = Path(settings.reports_dir or settings.data_dir / "reports")
         scheduled = ScheduledReports(
-            ReportWriter(reports_pool, primary=self.pool), DirectorySink(reports_dir), self.clock,
-            settings.balance_report_at,
-        )  # fmt: skip
+            report_writer, DirectorySink(reports_dir), self.clock, settings.balance_report_at
+        )
         self.jobs.append(
             PeriodicJob(
                 "balance_report", 60.0, scheduled.run_due, self.pool, REPORT_LOCK_KEY, lease=lease
             )
         )
         if settings.reconcile_interval_s:
-            reconciler = Reconciler(self.pool, cache, self.clock, snapshot_pool=reports_pool)
+            reconciler = Reconciler(
+                ReconciliationStore(self.pool, snapshot_pool=reports_pool), cache, self.clock
+            )
 
             async def reconcile() -> int:
                 return len((await reconciler.run()).breaks)
@@ -407,7 +414,7 @@ class Application:
             )  # fmt: skip
 
     def _start_back_office(
-        self, settings: Settings, keys: CardKeys, reports_pool: asyncpg.Pool[Any],
+        self, settings: Settings, keys: CardKeys, report_writer: ReportWriter,
         secrets: SecretStore, *, lease: bool,
     ) -> None:  # fmt: skip
         """Disputes, file schedules and deliveries, partition maintenance, and their jobs."""
@@ -417,10 +424,11 @@ class Application:
             keys=keys, catalog=catalog, disputes=DisputeStore(self.pool), poster=poster,
             clock=self.clock,
         )  # fmt: skip
-        self.files = FileSchedules(self.pool, self.clock)
+        file_schedules = FileScheduleStore(self.pool)
+        self.files = FileSchedules(file_schedules, self.clock)
         self.deliveries = FileDeliveries(
-            self.pool,
-            ReportWriter(reports_pool, primary=self.pool),
+            file_schedules,
+            report_writer,
             secrets,
             self.clock,
             settings.data_dir / "spool",

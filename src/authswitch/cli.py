@@ -119,13 +119,14 @@ async def _databases(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
 
 
 async def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from authswitch.adapters.postgres.reports import ReportStore
     from authswitch.adapters.sinks import DirectorySink
     from authswitch.service.reports import ReportWriter
 
     sink = DirectorySink(args.out)
     now = datetime.now(UTC)
     async with _databases(settings) as (pool, reports):
-        writer = ReportWriter(reports, primary=pool)
+        writer = ReportWriter(ReportStore(reports, primary=pool))
         if args.kind == "balances":
             name, count = await writer.balance_report(
                 sink, client_id=args.client, prefix=args.prefix, at=now,
@@ -149,6 +150,8 @@ async def _report(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _files(settings: Settings, args: argparse.Namespace) -> int:
     """Deliver what is due now, as the server's job does; a rerun sends nothing twice."""
+    from authswitch.adapters.postgres.files import FileScheduleStore
+    from authswitch.adapters.postgres.reports import ReportStore
     from authswitch.secrets import SecretStore
     from authswitch.service.clock import SystemClock
     from authswitch.service.files import FileDeliveries
@@ -157,8 +160,8 @@ async def _files(settings: Settings, args: argparse.Namespace) -> int:
     secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
     async with _databases(settings) as (pool, reports):
         deliveries = FileDeliveries(
-            pool, ReportWriter(reports, primary=pool), secrets, SystemClock(),
-            settings.data_dir / "spool",
+            FileScheduleStore(pool), ReportWriter(ReportStore(reports, primary=pool)), secrets,
+            SystemClock(), settings.data_dir / "spool",
         )  # fmt: skip
         delivered = await deliveries.run_due(schedule_id=args.schedule)
         failed = await pool.fetch(
@@ -253,6 +256,7 @@ async def _file_schedules(target: str, args: argparse.Namespace) -> int:
 
 
 async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from authswitch.adapters.postgres.reconcile import ReconciliationStore
     from authswitch.service.clock import SystemClock
     from authswitch.service.reconcile import Reconciler, read_fbo_file
 
@@ -263,9 +267,10 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
             fbo = read_fbo_file(args.fbo_csv, exponents)
         cache, client = await _cache_if_reachable(settings)
         try:
-            report = await Reconciler(pool, cache, SystemClock(), snapshot_pool=reports).run(
-                program_id=args.program, fbo=fbo
+            reconciler = Reconciler(
+                ReconciliationStore(pool, snapshot_pool=reports), cache, SystemClock()
             )
+            report = await reconciler.run(program_id=args.program, fbo=fbo)
         finally:
             if client is not None:
                 await client.aclose()

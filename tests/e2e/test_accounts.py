@@ -11,6 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.domain.holders import split_by_shares
@@ -110,7 +112,9 @@ async def test_a_transfer_to_a_pot_is_one_balanced_entry_the_pot_can_spend(
     assert await ledger.admin.Transfer(request) == moved
     fresh = _transfer(main, pot, 100)
     assert await _code_of(ledger.admin.Transfer(fresh)) == grpc.StatusCode.FAILED_PRECONDITION
-    report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=program_id)
+    report = await Reconciler(ReconciliationStore(app.pool), app.cache, app.clock).run(
+        program_id=program_id
+    )
     assert report.ok, report.to_text()
 
 
@@ -299,7 +303,7 @@ async def test_the_fbo_file_gives_each_customer_their_share(
     await ledger.credit(unowned, 500)
     await ledger.credit(multi, 333, "EUR")
     assert app.pool is not None
-    name, lines = await ReportWriter(app.pool).fbo_balances(
+    name, lines = await ReportWriter(ReportStore(app.pool)).fbo_balances(
         DirectorySink(tmp_path), program_id=program_id, at=app.clock.now()
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
@@ -324,7 +328,9 @@ async def test_the_fbo_file_gives_each_customer_their_share(
     assert lines == len(expected)
     # The partner's file, when it agrees, reconciles; the total is the FBO total.
     fbo = read_fbo_file(tmp_path / name, {"GBP": 2, "EUR": 2})
-    report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=program_id, fbo=fbo)
+    report = await Reconciler(ReconciliationStore(app.pool), app.cache, app.clock).run(
+        program_id=program_id, fbo=fbo
+    )
     assert report.ok, report.to_text()
     assert sum(v for (_, asset), v in fbo.items() if asset == "GBP") == 10_001 * 2 + 100 - 7 + 500
 

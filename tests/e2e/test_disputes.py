@@ -12,6 +12,7 @@ import uuid
 import grpc
 import pytest
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.app import Application
 from authswitch.service.reconcile import Reconciler
 from authswitch.v1 import common_pb2 as c
@@ -270,5 +271,7 @@ async def test_the_ledger_reconciles_after_disputes(app: Application, ledger: Le
         "SELECT program_id::text FROM accounts WHERE id = $1", card.account_id
     )
     assert account is not None
-    report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=account[0])
+    report = await Reconciler(ReconciliationStore(app.pool), app.cache, app.clock).run(
+        program_id=account[0]
+    )
     assert report.ok, report.to_text()

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.redis.pipeline import PipelinedRedis, address_from_url
 from authswitch.app import Application
 from authswitch.embedded import EmbeddedRedis
@@ -124,7 +125,8 @@ async def _cache_equals_postgres(stores: Stores, card: IssuedCard) -> None:
         from authswitch.service.clock import SystemClock
 
         cache = LedgerCache(client, stores.redis_prefix, marker_ttl_s=60)
-        report = await Reconciler(pool, cache, SystemClock())._cache_differs(card.account_id)
+        reconciler = Reconciler(ReconciliationStore(pool), cache, SystemClock())
+        report = await reconciler._cache_differs(card.account_id)
         assert report is None, report
     finally:
         await client.aclose()
@@ -175,11 +177,10 @@ async def test_redis_flushed_and_restarted_under_load(
             await _durability(stores.postgres_dsn, card.account_id, approved)
             # Recovered: the cache is rebuilt and agrees with Postgres.
             await ledger.authorize(card, 1)
+            store = ReconciliationStore(app.pool)  # type: ignore[arg-type]
             for _ in range(50):
                 if (
-                    await Reconciler(app.pool, app.cache, app.clock)._cache_differs(  # type: ignore[arg-type]
-                        card.account_id
-                    )
+                    await Reconciler(store, app.cache, app.clock)._cache_differs(card.account_id)
                     is None
                 ):
                     break

@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from authswitch.adapters.postgres.files import FileScheduleStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.secrets import SecretStore
@@ -171,7 +173,7 @@ def _golden_transactions(day: date, four: str) -> list[list[str]]:
 async def test_golden_transaction_file(small_day: SmallDay, tmp_path: Path) -> None:
     s = small_day
     assert s.app.pool is not None
-    name, lines = await ReportWriter(s.app.pool).transactions(
+    name, lines = await ReportWriter(ReportStore(s.app.pool)).transactions(
         DirectorySink(tmp_path), program_id=s.program_id, day=DAY
     )
     assert name == f"transactions-{s.program_id}-{DAY:%Y%m%d}.csv"
@@ -189,7 +191,7 @@ async def test_golden_transaction_file(small_day: SmallDay, tmp_path: Path) -> N
 async def test_golden_chargeback_file(small_day: SmallDay, tmp_path: Path) -> None:
     s = small_day
     assert s.app.pool is not None
-    writer = ReportWriter(s.app.pool)
+    writer = ReportWriter(ReportStore(s.app.pool))
     files = {}
     for day in (DAY, DAY + timedelta(days=1)):
         name, _ = await writer.chargebacks(
@@ -279,7 +281,11 @@ async def test_directory_delivery_once_per_due_time_with_catch_up(
         directory=str(out),
     )  # fmt: skip
     deliveries = FileDeliveries(
-        s.app.pool, ReportWriter(s.app.pool), SecretStore(None), s.clock, tmp_path / "spool"
+        FileScheduleStore(s.app.pool),
+        ReportWriter(ReportStore(s.app.pool)),
+        SecretStore(None),
+        s.clock,
+        tmp_path / "spool",
     )
 
     async def run() -> int:
@@ -332,7 +338,11 @@ async def test_a_failed_delivery_is_retried_after_backoff(
         directory=str(blocked / "out"),
     )  # fmt: skip
     deliveries = FileDeliveries(
-        s.app.pool, ReportWriter(s.app.pool), SecretStore(None), s.clock, tmp_path / "spool"
+        FileScheduleStore(s.app.pool),
+        ReportWriter(ReportStore(s.app.pool)),
+        SecretStore(None),
+        s.clock,
+        tmp_path / "spool",
     )
     s.clock.set(at(DAY + timedelta(days=1), 5))
     assert await deliveries.run_due(schedule_id=schedule.schedule_id) == 0
@@ -414,8 +424,8 @@ async def test_sftp_delivery_survives_a_failing_server_and_sends_once(
                 ),
             )  # fmt: skip
             deliveries = FileDeliveries(
-                s.app.pool, ReportWriter(s.app.pool), SecretStore(secrets), s.clock,
-                tmp_path / "spool",
+                FileScheduleStore(s.app.pool), ReportWriter(ReportStore(s.app.pool)),
+                SecretStore(secrets), s.clock, tmp_path / "spool",
                 DeliverySettings(sftp_attempts=2, sftp_backoff_initial_ms=1,
                                  sftp_backoff_max_ms=2),
             )  # fmt: skip

@@ -17,6 +17,7 @@ import pytest
 
 from authswitch.adapters.postgres.migrations import discover, migrate
 from authswitch.adapters.postgres.partitions import PARTITIONED_TABLES, month_of
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.app import Application
 from authswitch.service.clock import ManualClock
 from authswitch.service.reconcile import Reconciler
@@ -137,7 +138,8 @@ async def test_maintenance_makes_months_ahead_and_moves_default_rows(stores: Sto
         program = await app.pool.fetchval(
             "SELECT program_id::text FROM accounts WHERE id = $1", card.account_id
         )
-        assert (await Reconciler(app.pool, app.cache, clock).run(program_id=program)).ok
+        reconciler = Reconciler(ReconciliationStore(app.pool), app.cache, clock)
+        assert (await reconciler.run(program_id=program)).ok
 
 
 async def test_retention_drops_a_month_only_when_nothing_in_it_is_needed(
@@ -226,7 +228,9 @@ async def test_retention_drops_a_month_only_when_nothing_in_it_is_needed(
         )
         assert totals == 10_000
         assert await ledger.figures(card.account_id) == (10_000, 10_000, 0)
-        report = await Reconciler(pool, app.cache, clock).run(program_id=program)
+        report = await Reconciler(ReconciliationStore(pool), app.cache, clock).run(
+            program_id=program
+        )
         assert report.ok, report.to_text()
         # The dropped hold's key went with it: a late reversal is acknowledged, nothing held.
         assert await pool.fetchval(

@@ -23,6 +23,8 @@ import pytest
 
 from authswitch.adapters.postgres.locks import JobLease
 from authswitch.adapters.postgres.pool import create_pool
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.errors import InternalError
 from authswitch.reference_client import ReferenceClient, serve_reference_client
@@ -199,8 +201,8 @@ async def _the_switch_behind_pgbouncer(
             answer = await ledger.refund(off_card, 100 + n)
         return answer.response_code
 
-    writer = ReportWriter(app.reports_pool or app.pool)
-    reconciler = Reconciler(app.pool, app.cache, clock)
+    writer = ReportWriter(ReportStore(app.reports_pool or app.pool))
+    reconciler = Reconciler(ReconciliationStore(app.pool), app.cache, clock)
     # The four streams of side traffic in one inner gather (typeshed types gather() of at most
     # six awaitables): every task still starts in the same order, all at once.
     spent, (cleared, loads, _, notified), report, reconciled = await asyncio.gather(

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.redis.client import ClusterClient, open_client
 from authswitch.app import Application
 from authswitch.errors import ConfigError
@@ -75,7 +76,9 @@ async def _replid(node: Node) -> str:
 
 async def _reconciled(app: Application, program_id: str) -> None:
     assert app.pool is not None
-    report = await Reconciler(app.pool, app.cache, app.clock).run(program_id=program_id)
+    report = await Reconciler(ReconciliationStore(app.pool), app.cache, app.clock).run(
+        program_id=program_id
+    )
     assert report.ok, report.to_text()
     assert report.checked["cache_equals_postgres"] > 0
 

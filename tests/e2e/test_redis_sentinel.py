@@ -15,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.redis.client import (
     SentinelClient,
     connect,
@@ -231,8 +232,9 @@ async def test_primary_killed_under_load_no_overspend_and_reload_before_deciding
             assert held <= actual, "overspent"
         print(f"sentinel failover under load: answers {codes}")
 
+        store = ReconciliationStore(app.pool)  # type: ignore[arg-type]
         for card in (hot, busy, ample):
-            report = await Reconciler(app.pool, app.cache, app.clock).run(  # type: ignore[arg-type]
+            report = await Reconciler(store, app.cache, app.clock).run(
                 program_id=await _program_of(app, card)
             )
             assert report.ok, report.to_text()

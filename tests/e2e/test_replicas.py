@@ -14,6 +14,7 @@ import asyncpg
 import grpc
 import pytest
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.pipeline import PipelinedRedis, address_from_url
 from authswitch.reference_client import ReferenceClient, serve_reference_client
@@ -148,7 +149,9 @@ async def test_no_overspend_and_each_hold_ages_off_once(
         account = await pool.fetchval(
             "SELECT program_id::text FROM accounts WHERE id = $1", card.account_id
         )
-        report = await Reconciler(pool, cache, SystemClock()).run(program_id=account)
+        report = await Reconciler(ReconciliationStore(pool), cache, SystemClock()).run(
+            program_id=account
+        )
         assert report.ok, report.to_text()
     finally:
         await redis.aclose()

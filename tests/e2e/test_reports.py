@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.service.clock import ManualClock
@@ -77,7 +79,7 @@ async def small_ledger(ledger: Ledger) -> dict[str, str]:
 async def test_golden_balance_report(ledger: Ledger, app: Application, tmp_path: Path) -> None:
     ids = await small_ledger(ledger)
     assert app.pool is not None
-    name, count = await ReportWriter(app.pool).balance_report(
+    name, count = await ReportWriter(ReportStore(app.pool)).balance_report(
         DirectorySink(tmp_path), client_id=ids["client"], prefix="Issuer_1", at=AT
     )
     assert name == f"Issuer_1-accountbalance-{ids['client']}-20261123-105846.json"
@@ -143,7 +145,7 @@ async def test_subledger_net_changes(ledger: Ledger, app: Application, tmp_path:
     ids = await small_ledger(ledger)
     assert app.pool is not None
     today = datetime.now(UTC).astimezone().date()
-    name, lines = await ReportWriter(app.pool).subledger_net_changes(
+    name, lines = await ReportWriter(ReportStore(app.pool)).subledger_net_changes(
         DirectorySink(tmp_path), program_id=ids["program"], day=today
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
@@ -172,7 +174,7 @@ async def test_fbo_file_and_reconciliation(
         )
     )  # fmt: skip
     await ledger.credit(joint.account_id, 1_234)
-    name, _ = await ReportWriter(app.pool).fbo_balances(
+    name, _ = await ReportWriter(ReportStore(app.pool)).fbo_balances(
         DirectorySink(tmp_path), program_id=ids["program"], at=AT
     )
     rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
@@ -181,7 +183,7 @@ async def test_fbo_file_and_reconciliation(
     assert owners == sorted([customer.customer_id, partner.customer_id])
     exponents = {"GBP": 2, "EUR": 2, "BTC": 8}
     fbo = read_fbo_file(tmp_path / name, exponents)
-    reconciler = Reconciler(app.pool, app.cache, app.clock)
+    reconciler = Reconciler(ReconciliationStore(app.pool), app.cache, app.clock)
     report = await reconciler.run(program_id=ids["program"], fbo=fbo)
     assert report.ok, report.to_text()
     assert set(report.checked) == {
@@ -203,15 +205,32 @@ async def test_fbo_file_and_reconciliation(
 async def test_each_break_is_detected(ledger: Ledger, app: Application, inject: str) -> None:
     ids = await small_ledger(ledger)
     assert app.pool is not None
-    reconciler = Reconciler(app.pool, app.cache, app.clock)
+    reconciler = Reconciler(ReconciliationStore(app.pool), app.cache, app.clock)
     assert (await reconciler.run(program_id=ids["program"])).ok
     account = ids["single"]
+    entry = str(uuid.uuid4())
+    try:
+        await _inject(app, inject, ids["program"], account, entry)
+        report = await reconciler.run(program_id=ids["program"])
+        assert inject in {b.check for b in report.breaks}, report.to_text()
+        found = next(b for b in report.breaks if b.check == inject)
+        assert found.drift_minor > 0
+        if inject == "journal_balanced":
+            assert "program_closes" in {b.check for b in report.breaks}
+    finally:
+        # Repair, so the damage stays in this test: a whole-database reconciliation of a
+        # later test (the reconcile command, say) must not find it.
+        await _repair(app, inject, account, entry)
+    assert (await reconciler.run(program_id=ids["program"])).ok
+
+
+async def _inject(app: Application, inject: str, program_id: str, account: str, entry: str) -> None:
+    assert app.pool is not None
     if inject == "journal_balanced":
-        entry = str(uuid.uuid4())
         await app.pool.execute(
             "INSERT INTO journal_entries (id, program_id, kind, created_at) "
             "VALUES ($1, $2, 'X', now())",
-            entry, ids["program"],
+            entry, program_id,
         )  # fmt: skip
         await app.pool.execute(
             "INSERT INTO postings VALUES ($1, $2, 'GBP', 5, now())", entry, account
@@ -230,15 +249,25 @@ async def test_each_break_is_detected(ledger: Ledger, app: Application, inject: 
     else:
         assert app.redis is not None
         await app.redis.hincrby(app.cache.keys.state(account), "a:GBP", 9)
-    report = await reconciler.run(program_id=ids["program"])
-    assert inject in {b.check for b in report.breaks}, report.to_text()
-    found = next(b for b in report.breaks if b.check == inject)
-    assert found.drift_minor > 0
+
+
+async def _repair(app: Application, inject: str, account: str, entry: str) -> None:
+    assert app.pool is not None
     if inject == "journal_balanced":
-        assert "program_closes" in {b.check for b in report.breaks}
-    # Repair, so the damage stays in this test.
-    if inject == "cache_equals_postgres":
-        await app.sync.refresh(account, "test")
+        await app.pool.execute("DELETE FROM postings WHERE entry_id = $1", entry)
+        await app.pool.execute("DELETE FROM journal_entries WHERE id = $1", entry)
+        await app.pool.execute(
+            "UPDATE balances SET actual_minor = actual_minor - 5 WHERE account_id = $1", account
+        )
+    elif inject == "balance_equals_postings":
+        await app.pool.execute(
+            "UPDATE balances SET actual_minor = actual_minor - 7 WHERE account_id = $1", account
+        )
+    elif inject == "authorized_equals_open_holds":
+        await app.pool.execute(
+            "UPDATE holds SET amount_minor = amount_minor + 1 WHERE account_id = $1", account
+        )
+    await app.sync.refresh(account, "test")
 
 
 async def test_reconcile_command(ledger: Ledger, stores: Stores, tmp_path: Path) -> None:
@@ -275,7 +304,9 @@ async def test_the_daily_report_is_written_once(
         la.SetBalanceReportRequest(client_id=ids["client"], prefix="DAILY", enabled=True)
     )
     clock = ManualClock(datetime(2031, 1, 2, 0, 30, tzinfo=UTC))
-    scheduled = ScheduledReports(ReportWriter(app.pool), DirectorySink(tmp_path), clock, "01:05")
+    scheduled = ScheduledReports(
+        ReportWriter(ReportStore(app.pool)), DirectorySink(tmp_path), clock, "01:05"
+    )
     assert await scheduled.run_due() == 0  # before 01:05
     clock.set(datetime(2031, 1, 2, 1, 6, tzinfo=UTC))
     assert await scheduled.run_due() >= 1

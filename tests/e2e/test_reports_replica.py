@@ -14,9 +14,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from authswitch.adapters.postgres import reports
+from authswitch.adapters.postgres.reconcile import ReconciliationStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.errors import StoreUnavailable
-from authswitch.service import reports
 from authswitch.service.clock import ManualClock
 from authswitch.service.reconcile import Reconciler
 from authswitch.service.reports import ReportWriter
@@ -99,7 +101,9 @@ async def test_reports_and_files_read_from_the_reports_dsn(
         assert written.name.startswith(f"RPL-accountbalance-{client.client_id}-")
 
         # Reconciliation reads its snapshot from the replica, compares the cache with the primary.
-        reconciler = Reconciler(app.pool, app.cache, clock, snapshot_pool=app.reports_pool)
+        reconciler = Reconciler(
+            ReconciliationStore(app.pool, snapshot_pool=app.reports_pool), app.cache, clock
+        )
         with _stalled(proxy):
             run = asyncio.ensure_future(reconciler.run(program_id=program_id))
             await asyncio.sleep(0.3)
@@ -107,7 +111,7 @@ async def test_reports_and_files_read_from_the_reports_dsn(
         assert (await asyncio.wait_for(run, 30)).ok
 
         # A report writer on a pool that is not a standby does not wait for one.
-        writer = ReportWriter(app.reports_pool, primary=app.pool)
+        writer = ReportWriter(ReportStore(app.reports_pool, primary=app.pool))
         (tmp_path / "direct").mkdir()
         _, count = await writer.balance_report(
             DirectorySink(tmp_path / "direct"), client_id=client.client_id, prefix="RPL",
@@ -170,11 +174,11 @@ async def test_a_replica_that_lags_is_waited_for(monkeypatch: pytest.MonkeyPatch
             assert "pg_current_wal_lsn" in query
             return "0/3000060"
 
-    writer = ReportWriter(Standby(), primary=Primary())  # type: ignore[arg-type]
+    store = ReportStore(Standby(), primary=Primary())  # type: ignore[arg-type]
     monkeypatch.setattr(reports, "REPLICA_POLL_S", 0.01)
     answers[:] = [False, False, True]
-    await writer._caught_up(Standby())
+    await store._caught_up(Standby())
     assert answers == []
     monkeypatch.setattr(reports, "REPLICA_CATCH_UP_MAX_S", 0.1)
     with pytest.raises(StoreUnavailable, match="has not replayed"):
-        await writer._caught_up(Standby())
+        await store._caught_up(Standby())

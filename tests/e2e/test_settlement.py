@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from authswitch.adapters.postgres.files import FileScheduleStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.adapters.sinks import DirectorySink
 from authswitch.app import Application
 from authswitch.secrets import SecretStore
@@ -177,7 +179,7 @@ async def test_golden_settlement_position_reconciled_to_the_clearing_account(
 ) -> None:
     s = settled_day
     assert s.app.pool is not None
-    name, lines = await ReportWriter(s.app.pool).settlement(
+    name, lines = await ReportWriter(ReportStore(s.app.pool)).settlement(
         DirectorySink(tmp_path), program_id=s.program_id, day=DAY
     )
     assert name == f"settlement-{s.program_id}-{DAY:%Y%m%d}.csv"
@@ -198,7 +200,7 @@ async def test_an_off_ledger_program_has_a_position_from_its_forwarded_messages(
 ) -> None:
     s = settled_day
     assert s.app.pool is not None
-    name, _ = await ReportWriter(s.app.pool).settlement(
+    name, _ = await ReportWriter(ReportStore(s.app.pool)).settlement(
         DirectorySink(tmp_path), program_id=s.off_program_id, day=DAY
     )
     d = f"{DAY:%Y-%m-%d}"
@@ -225,7 +227,11 @@ async def test_the_settlement_file_is_scheduled_and_written_by_the_command(
         )
     )  # fmt: skip
     deliveries = FileDeliveries(
-        s.app.pool, ReportWriter(s.app.pool), SecretStore(None), s.clock, tmp_path / "spool"
+        FileScheduleStore(s.app.pool),
+        ReportWriter(ReportStore(s.app.pool)),
+        SecretStore(None),
+        s.clock,
+        tmp_path / "spool",
     )
     s.clock.set(at(DAY + timedelta(days=1), 6))
     assert await deliveries.run_due(schedule_id=schedule.schedule.schedule_id) == 1

@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from authswitch.adapters.postgres.files import FileScheduleStore
+from authswitch.adapters.postgres.reports import ReportStore
 from authswitch.secrets import SecretStore
 from authswitch.service.files import DeliverySettings, FileDeliveries
 from authswitch.service.reports import ReportWriter
@@ -65,7 +67,8 @@ async def test_each_change_is_in_exactly_one_sync_file(stores: Stores, tmp_path:
         assert created.schedule.time_zone == "Asia/Tokyo"
         day = 24 * 3_600_000  # a failed delivery waits 12 to 24 hours here
         deliveries = FileDeliveries(
-            app.pool, ReportWriter(app.pool), SecretStore(None), clock, tmp_path / "spool",
+            FileScheduleStore(app.pool), ReportWriter(ReportStore(app.pool)), SecretStore(None),
+            clock, tmp_path / "spool",
             DeliverySettings(backoff_initial_ms=day, backoff_max_ms=day),
         )  # fmt: skip
 

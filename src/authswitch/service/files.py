@@ -18,14 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from authswitch import metrics
 from authswitch.adapters.postgres.disputes import parse_id
-from authswitch.adapters.postgres.errors import translated_methods
-from authswitch.adapters.postgres.store import audit
+from authswitch.adapters.postgres.files import FileScheduleStore, ScheduleChange, ScheduleRow
 from authswitch.adapters.sinks import DirectorySink, FileSink
 from authswitch.domain.files import (
     CATCH_UP_MAX,
@@ -43,7 +39,7 @@ from authswitch.service.clock import Clock
 from authswitch.service.reports import ReportWriter
 from authswitch.v1 import ledger_admin_pb2
 
-__all__ = ["DeliverySettings", "FileDeliveries", "FileSchedules", "ScheduleRow"]
+__all__ = ["DeliverySettings", "FileDeliveries", "FileSchedules"]
 
 log = logging.getLogger(__name__)
 
@@ -58,37 +54,6 @@ _KINDS = {
 }
 _WIRE_KINDS = {kind: wire for wire, kind in _KINDS.items()}
 ERROR_TEXT_MAX = 500
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleRow:
-    id: str
-    kind: str
-    client_id: str | None
-    program_id: str | None
-    cron: str
-    time_zone: str
-    prefix: str
-    sink: str
-    directory: str
-    sftp_host: str
-    sftp_port: int
-    sftp_user: str
-    sftp_key_secret: str
-    sftp_known_hosts_secret: str
-    remote_dir: str
-    enabled: bool
-    created_at: datetime
-
-    @property
-    def file_kind(self) -> FileKind:
-        return FileKind(self.kind)
-
-
-_SCHEDULE = """SELECT id::text, kind, client_id::text, program_id::text, cron, time_zone, prefix,
-                      sink, directory, sftp_host, sftp_port, sftp_user, sftp_key_secret,
-                      sftp_known_hosts_secret, remote_dir, enabled, created_at
-               FROM file_schedules"""
 
 
 def schedule_message(row: ScheduleRow) -> ledger_admin_pb2.FileSchedule:
@@ -115,105 +80,46 @@ def schedule_message(row: ScheduleRow) -> ledger_admin_pb2.FileSchedule:
     return message
 
 
-@translated_methods
 class FileSchedules:
     """The admin side: create, list, enable and disable schedules."""
 
-    def __init__(self, pool: asyncpg.Pool[Any], clock: Clock) -> None:
-        self.pool = pool
+    def __init__(self, store: FileScheduleStore, clock: Clock) -> None:
+        self.store = store
         self.clock = clock
 
     async def create(
         self, schedule: ledger_admin_pb2.FileSchedule, *, actor: str
     ) -> ledger_admin_pb2.FileSchedule:
-        kind = _KINDS.get(schedule.kind)
-        if kind is None:
-            raise RequestError("kind must be a known file kind")
-        if not valid_cron(schedule.cron):
-            raise RequestError("cron must be five fields: minute hour day month weekday")
-        if schedule.time_zone and not valid_zone(schedule.time_zone):
-            raise RequestError(f"unknown time zone {schedule.time_zone!r}")
-        owner = schedule.client_id if kind.of_client else schedule.program_id
-        other = schedule.program_id if kind.of_client else schedule.client_id
-        if parse_id(owner) is None or other:
-            raise RequestError(
-                "a balance report belongs to a client (client_id); every other file to a "
-                "program (program_id)"
-            )
-        if kind.of_client and not valid_prefix(schedule.prefix):
-            raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
-        if not kind.of_client and schedule.prefix:
-            raise RequestError("prefix is for balance reports only")
-        destination = schedule.WhichOneof("destination")
-        sftp = schedule.sftp
-        if destination == "directory":
-            if not schedule.directory.startswith("/"):
-                raise RequestError("directory must be an absolute path on the server")
-        elif destination == "sftp":
-            if not sftp.host or not sftp.username:
-                raise RequestError("sftp needs a host and a username")
-            if not 0 <= sftp.port <= 65535:
-                raise RequestError("sftp port must be 1 to 65535")
-            if not (
-                SecretStore.valid_name(sftp.key_secret)
-                and SecretStore.valid_name(sftp.known_hosts_secret)
-            ):
-                raise RequestError(
-                    "sftp needs key_secret and known_hosts_secret: names of secrets holding "
-                    "the private key and the server's known_hosts lines"
-                )
-        else:
-            raise RequestError("a schedule needs a destination: directory or sftp")
+        kind, owner = _checked_kind_and_owner(schedule)
+        destination = _checked_destination(schedule)
         schedule_id, created_at = str(uuid.uuid4()), self.clock.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            if kind.of_client:
-                zone = schedule.time_zone or "UTC"
-                if not await conn.fetchval("SELECT true FROM clients WHERE id = $1", owner):
-                    raise NotFound(f"client {owner} does not exist")
-            else:
-                program_zone = await conn.fetchval(
-                    "SELECT time_zone FROM programs WHERE id = $1", owner
+        sftp = schedule.sftp
+        async with self.store.change() as change:
+            zone = await _time_zone(change, kind, owner, schedule.time_zone)
+            await change.insert(
+                ScheduleRow(
+                    schedule_id, kind.value, owner if kind.of_client else None,
+                    None if kind.of_client else owner, schedule.cron, zone, schedule.prefix,
+                    destination, schedule.directory, sftp.host, sftp.port or 22,
+                    sftp.username, sftp.key_secret, sftp.known_hosts_secret,
+                    sftp.remote_dir or ".", True, created_at,
                 )
-                if program_zone is None:
-                    raise NotFound(f"program {owner} does not exist")
-                zone = schedule.time_zone or program_zone
-            await conn.execute(
-                """INSERT INTO file_schedules (id, kind, client_id, program_id, cron, time_zone,
-                       prefix, sink, directory, sftp_host, sftp_port, sftp_user,
-                       sftp_key_secret, sftp_known_hosts_secret, remote_dir, enabled,
-                       created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                           true, $16)""",
-                schedule_id, kind.value, owner if kind.of_client else None,
-                None if kind.of_client else owner, schedule.cron, zone, schedule.prefix,
-                destination, schedule.directory, sftp.host, sftp.port or 22, sftp.username,
-                sftp.key_secret, sftp.known_hosts_secret, sftp.remote_dir or ".",
-                created_at,
             )  # fmt: skip
             if kind.chained:
                 # The anchor of the chain: the first file covers what is posted from now on.
-                await conn.execute(
-                    """INSERT INTO subledger_sync_windows (schedule_id, window_end, snapshot,
-                           taken_at)
-                       VALUES ($1, $2, pg_current_snapshot(), now())""",
-                    schedule_id, created_at,
-                )  # fmt: skip
-            await audit(
-                conn, actor, "create_file_schedule", schedule_id,
+                await change.anchor_chain(schedule_id, created_at)
+            await change.audit(
+                actor, "create_file_schedule", schedule_id,
                 {"kind": kind.value, "cron": schedule.cron, "sink": destination},
             )  # fmt: skip
         return schedule_message(await self.get(schedule_id))
 
     async def get(self, schedule_id: str) -> ScheduleRow:
         parsed = parse_id(schedule_id)
-        row = (
-            None
-            if parsed is None
-            else await self.pool.fetchrow(_SCHEDULE + " WHERE id = $1", parsed)
-        )
+        row = None if parsed is None else await self.store.schedule(parsed)
         if row is None:
             raise NotFound(f"file schedule {schedule_id} does not exist")
-        return ScheduleRow(*row)
+        return row
 
     async def list(
         self,
@@ -228,30 +134,82 @@ class FileSchedules:
         for value in (program_id, client_id):
             if value and parse_id(value) is None:
                 raise RequestError(f"{value!r} is not an id")
-        cursor_at, cursor_id = after or (None, None)
-        rows = await self.pool.fetch(
-            _SCHEDULE
-            + """ WHERE ($1::uuid IS NULL OR program_id = $1)
-                              AND ($2::uuid IS NULL OR client_id = $2)
-                              AND ($3::timestamptz IS NULL
-                                   OR (created_at, id) > ($3, $4::uuid))
-                            ORDER BY created_at, id LIMIT $5""",
-            program_id or None,
-            client_id or None,
-            cursor_at,
-            cursor_id,
-            limit,
+        listed = await self.store.schedules(
+            program_id=program_id or None, client_id=client_id or None, limit=limit, after=after
         )
-        listed = [ScheduleRow(*r) for r in rows]
         return [(schedule_message(row), row.created_at) for row in listed]
 
     async def set_enabled(self, schedule_id: str, enabled: bool, *, actor: str) -> None:
         await self.get(schedule_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE file_schedules SET enabled = $2 WHERE id = $1", schedule_id, enabled
+        async with self.store.change() as change:
+            await change.set_enabled(schedule_id, enabled)
+            await change.audit(
+                actor, "set_file_schedule_enabled", schedule_id, {"enabled": enabled}
             )
-            await audit(conn, actor, "set_file_schedule_enabled", schedule_id, {"enabled": enabled})
+
+
+def _checked_kind_and_owner(schedule: ledger_admin_pb2.FileSchedule) -> tuple[FileKind, str]:
+    """A new schedule's file kind and its owner's id (a client's for a balance report, a
+    program's for every other file), its cron, time zone and prefix checked; RequestError
+    on anything amiss."""
+    kind = _KINDS.get(schedule.kind)
+    if kind is None:
+        raise RequestError("kind must be a known file kind")
+    if not valid_cron(schedule.cron):
+        raise RequestError("cron must be five fields: minute hour day month weekday")
+    if schedule.time_zone and not valid_zone(schedule.time_zone):
+        raise RequestError(f"unknown time zone {schedule.time_zone!r}")
+    owner = schedule.client_id if kind.of_client else schedule.program_id
+    other = schedule.program_id if kind.of_client else schedule.client_id
+    if parse_id(owner) is None or other:
+        raise RequestError(
+            "a balance report belongs to a client (client_id); every other file to a "
+            "program (program_id)"
+        )
+    if kind.of_client and not valid_prefix(schedule.prefix):
+        raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
+    if not kind.of_client and schedule.prefix:
+        raise RequestError("prefix is for balance reports only")
+    return kind, owner
+
+
+def _checked_destination(schedule: ledger_admin_pb2.FileSchedule) -> str:
+    """A new schedule's destination, ``directory`` or ``sftp``, checked; RequestError on
+    anything amiss."""
+    destination = schedule.WhichOneof("destination")
+    sftp = schedule.sftp
+    if destination == "directory":
+        if not schedule.directory.startswith("/"):
+            raise RequestError("directory must be an absolute path on the server")
+    elif destination == "sftp":
+        if not sftp.host or not sftp.username:
+            raise RequestError("sftp needs a host and a username")
+        if not 0 <= sftp.port <= 65535:
+            raise RequestError("sftp port must be 1 to 65535")
+        if not (
+            SecretStore.valid_name(sftp.key_secret)
+            and SecretStore.valid_name(sftp.known_hosts_secret)
+        ):
+            raise RequestError(
+                "sftp needs key_secret and known_hosts_secret: names of secrets holding "
+                "the private key and the server's known_hosts lines"
+            )
+    else:
+        raise RequestError("a schedule needs a destination: directory or sftp")
+    return destination
+
+
+async def _time_zone(change: ScheduleChange, kind: FileKind, owner: str, asked: str) -> str:
+    """A new schedule's time zone: ``asked``, else UTC for a client's balance report and
+    the program's own for a program's file; NotFound when its owner does not exist."""
+    if kind.of_client:
+        if not await change.client_exists(owner):
+            raise NotFound(f"client {owner} does not exist")
+        return asked or "UTC"
+    program_zone = await change.program_time_zone(owner)
+    if program_zone is None:
+        raise NotFound(f"program {owner} does not exist")
+    return asked or program_zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +231,7 @@ class FileDeliveries:
 
     def __init__(
         self,
-        pool: asyncpg.Pool[Any],
+        store: FileScheduleStore,
         writer: ReportWriter,
         secrets: SecretStore,
         clock: Clock,
@@ -282,7 +240,7 @@ class FileDeliveries:
         *,
         sink_for: Callable[[ScheduleRow], FileSink] | None = None,
     ) -> None:
-        self.pool = pool
+        self.store = store
         self.writer = writer
         self.secrets = secrets
         self.clock = clock
@@ -309,10 +267,9 @@ class FileDeliveries:
         files were delivered. A failure is recorded and retried later, never raised."""
         now = self.clock.now()
         if schedule_id is not None:
-            schedules = [await FileSchedules(self.pool, self.clock).get(schedule_id)]
+            schedules = [await FileSchedules(self.store, self.clock).get(schedule_id)]
         else:
-            rows = await self.pool.fetch(_SCHEDULE + " WHERE enabled ORDER BY created_at, id")
-            schedules = [ScheduleRow(*r) for r in rows]
+            schedules = await self.store.enabled_schedules()
         delivered = 0
         for schedule in schedules:
             kind = schedule.file_kind
@@ -324,23 +281,11 @@ class FileDeliveries:
                 # A chain's files go out in order, each starting where the one before ended:
                 # a window still pending (failed, backing off, or being delivered elsewhere)
                 # holds back the ones after it, even once past the catch-up horizon.
-                pending = await self.pool.fetch(
-                    """SELECT due_at FROM file_deliveries
-                       WHERE schedule_id = $1 AND delivered_at IS NULL AND due_at <= $2""",
-                    schedule.id, now,
-                )  # fmt: skip
-                due = sorted(set(due) | {r[0] for r in pending})
+                pending = await self.store.undelivered_due_times(schedule.id, now)
+                due = sorted(set(due) | set(pending))
             if not due:
                 continue
-            done = {
-                r[0]
-                for r in await self.pool.fetch(
-                    """SELECT due_at FROM file_deliveries
-                       WHERE schedule_id = $1 AND due_at >= $2 AND delivered_at IS NOT NULL""",
-                    schedule.id,
-                    due[0],
-                )
-            }
+            done = await self.store.delivered_due_times(schedule.id, due[0])
             for due_at in due:
                 if due_at in done:
                     continue
@@ -352,17 +297,9 @@ class FileDeliveries:
         return delivered
 
     async def _deliver(self, schedule: ScheduleRow, due_at: datetime, now: datetime) -> bool:
-        attempts = await self.pool.fetchval(
-            """INSERT INTO file_deliveries AS f (schedule_id, due_at, attempts, claimed_at,
-                   next_attempt_at)
-               VALUES ($1, $2, 1, $3, $4)
-               ON CONFLICT (schedule_id, due_at) DO UPDATE
-                 SET attempts = f.attempts + 1, claimed_at = EXCLUDED.claimed_at,
-                     next_attempt_at = EXCLUDED.next_attempt_at
-                 WHERE f.delivered_at IS NULL AND f.next_attempt_at <= EXCLUDED.claimed_at
-               RETURNING attempts""",
-            schedule.id, due_at, now, now + timedelta(seconds=self.settings.lease_s),
-        )  # fmt: skip
+        attempts = await self.store.claim_delivery(
+            schedule.id, due_at, now, now + timedelta(seconds=self.settings.lease_s)
+        )
         if attempts is None:
             return False  # delivered, being delivered elsewhere, or waiting to retry
         kind = schedule.file_kind
@@ -380,11 +317,9 @@ class FileDeliveries:
                 max_ms=self.settings.backoff_max_ms,
                 jitter=random.random(),  # noqa: S311 - spreading retries, not a secret
             )  # fmt: skip
-            await self.pool.execute(
-                """UPDATE file_deliveries SET last_error = $3, next_attempt_at = $4
-                   WHERE schedule_id = $1 AND due_at = $2""",
-                schedule.id, due_at, error, now + timedelta(milliseconds=retry_ms),
-            )  # fmt: skip
+            await self.store.delivery_failed(
+                schedule.id, due_at, error, now + timedelta(milliseconds=retry_ms)
+            )
             metrics.FILE_DELIVERIES.labels(kind.value, "failed").inc()
             log.warning(
                 "file delivery failed; it will be retried",
@@ -392,11 +327,9 @@ class FileDeliveries:
                        "attempt": attempts, "error": type(exc).__name__},
             )  # fmt: skip
             return False
-        await self.pool.execute(
-            """UPDATE file_deliveries SET delivered_at = $3, file_name = $4, records = $5,
-                   destination = $6, last_error = ''
-               WHERE schedule_id = $1 AND due_at = $2""",
-            schedule.id, due_at, self.clock.now(), name, records, sink.describe(),
+        await self.store.delivered(
+            schedule.id, due_at, at=self.clock.now(), file_name=name, records=records,
+            destination=sink.describe(),
         )  # fmt: skip
         metrics.FILE_DELIVERIES.labels(kind.value, "delivered").inc()
         log.info(
@@ -433,11 +366,6 @@ class FileDeliveries:
         return await writer.subledger_net_changes(spool, program_id=program_id, day=day)
 
     async def _measure(self) -> None:
-        rows = await self.pool.fetch(
-            """SELECT s.kind, count(*) FROM file_deliveries f
-               JOIN file_schedules s ON s.id = f.schedule_id
-               WHERE f.delivered_at IS NULL GROUP BY s.kind"""
-        )
-        pending = {r[0]: int(r[1]) for r in rows}
+        pending = await self.store.undelivered_by_kind()
         for kind in FileKind:
             metrics.FILE_DELIVERIES_PENDING.labels(kind.value).set(pending.get(kind.value, 0))

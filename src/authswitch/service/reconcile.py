@@ -14,10 +14,10 @@ Checks, each reporting its breaks:
   balance, and the total, equal authswitch's.
 
 Aggregations run in Postgres and return only the breaks, so the run's memory does not grow
-with the ledger. The checks of the ledger read one snapshot, which may be a read replica's
-(``snapshot_pool``: every invariant holds in every committed state); the cache is compared
-with the primary, which is what Redis follows. Months of postings dropped by retention count
-through ``posting_archive_totals``, what they summed to.
+with the ledger (adapters/postgres/reconcile.py). The checks of the ledger read one
+snapshot, which may be a read replica's (every invariant holds in every committed state);
+the cache is compared with the primary, which is what Redis follows. Months of postings
+dropped by retention count through ``posting_archive_totals``, what they summed to.
 """
 
 from __future__ import annotations
@@ -29,12 +29,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import asyncpg
 
 from authswitch import metrics
-from authswitch.adapters.postgres.ownership import OWNER_BALANCES
+from authswitch.adapters.postgres.reconcile import LedgerSnapshot, ReconciliationStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.domain.money import parse_decimal
 from authswitch.errors import RequestError
@@ -145,18 +142,10 @@ def read_fbo_file(path: Path, exponents: Mapping[str, int]) -> dict[tuple[str, s
 
 
 class Reconciler:
-    def __init__(
-        self,
-        pool: asyncpg.Pool[Any],
-        cache: LedgerCache | None,
-        clock: Clock,
-        *,
-        snapshot_pool: asyncpg.Pool[Any] | None = None,
-    ) -> None:
-        self.pool = pool
+    def __init__(self, store: ReconciliationStore, cache: LedgerCache | None, clock: Clock) -> None:
+        self.store = store
         self.cache = cache
         self.clock = clock
-        self.snapshot_pool = snapshot_pool or pool
 
     async def run(
         self,
@@ -165,18 +154,14 @@ class Reconciler:
         fbo: Mapping[tuple[str, str], int] | None = None,
     ) -> ReconciliationReport:
         report = ReconciliationReport(started_at=self.clock.now())
-        async with (
-            self.snapshot_pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            await self._journal(conn, report, program_id)
-            await self._balances(conn, report, program_id)
-            await self._holds(conn, report, program_id)
-            await self._programs(conn, report, program_id)
+        async with self.store.snapshot() as ledger:
+            await self._journal(ledger, report, program_id)
+            await self._balance_figures(ledger, report, program_id)
+            await self._programs(ledger, report, program_id)
             if fbo is not None:
                 if program_id is None:
                     raise RequestError("an FBO balance file is reconciled against one program")
-                await self._fbo(conn, report, program_id, fbo)
+                await self._fbo(ledger, report, program_id, fbo)
         if self.cache is not None:
             await self._cache(report, program_id)
         report.finished_at = self.clock.now()
@@ -184,108 +169,58 @@ class Reconciler:
         return report
 
     async def _journal(
-        self, conn: Any, report: ReconciliationReport, program_id: str | None
+        self, ledger: LedgerSnapshot, report: ReconciliationReport, program_id: str | None
     ) -> None:
-        rows = await conn.fetch(
-            """SELECT e.id::text, p.asset, sum(p.amount_minor) AS total
-               FROM journal_entries e JOIN postings p ON p.entry_id = e.id
-               WHERE $1::uuid IS NULL OR e.program_id = $1
-               GROUP BY e.id, p.asset HAVING sum(p.amount_minor) <> 0""",
-            program_id,
-        )
-        report.checked["journal_balanced"] = await conn.fetchval(
-            "SELECT count(*) FROM journal_entries WHERE $1::uuid IS NULL OR program_id = $1",
-            program_id,
-        )
-        for row in rows:
+        unbalanced = await ledger.unbalanced_entries(program_id)
+        report.checked["journal_balanced"] = await ledger.count_entries(program_id)
+        for entry in unbalanced:
             report.breaks.append(
-                Break("journal_balanced", f"entry {row[0]} {row[1]}", 0, int(row["total"]))
-            )
-
-    async def _balances(
-        self, conn: Any, report: ReconciliationReport, program_id: str | None
-    ) -> None:
-        rows = await conn.fetch(
-            """SELECT b.account_id::text, b.asset, b.actual_minor,
-                      coalesce(s.total, 0) AS posted
-               FROM balances b JOIN accounts a ON a.id = b.account_id
-               LEFT JOIN (SELECT account_id, asset, sum(amount_minor) AS total
-                          FROM (SELECT account_id, asset, amount_minor FROM postings
-                                UNION ALL
-                                SELECT account_id, asset, amount_minor
-                                FROM posting_archive_totals) kept_and_dropped
-                          GROUP BY account_id, asset) s
-                 ON s.account_id = b.account_id AND s.asset = b.asset
-               WHERE ($1::uuid IS NULL OR a.program_id = $1)
-                 AND b.actual_minor <> coalesce(s.total, 0)""",
-            program_id,
-        )
-        report.checked["balance_equals_postings"] = await _count_balances(conn, program_id)
-        for row in rows:
-            report.breaks.append(
-                Break(
-                    "balance_equals_postings", f"account {row[0]} {row[1]}",
-                    int(row["posted"]), int(row["actual_minor"]),
-                )
+                Break("journal_balanced", f"entry {entry.entry_id} {entry.asset}", 0,
+                      entry.total_minor)
             )  # fmt: skip
 
-    async def _holds(self, conn: Any, report: ReconciliationReport, program_id: str | None) -> None:
-        rows = await conn.fetch(
-            """SELECT b.account_id::text, b.asset, b.authorized_minor,
-                      coalesce(h.total, 0) AS held
-               FROM balances b JOIN accounts a ON a.id = b.account_id
-               LEFT JOIN (SELECT account_id, asset, sum(amount_minor) AS total FROM holds
-                          WHERE status = 'OPEN' GROUP BY account_id, asset) h
-                 ON h.account_id = b.account_id AND h.asset = b.asset
-               WHERE ($1::uuid IS NULL OR a.program_id = $1)
-                 AND b.authorized_minor <> coalesce(h.total, 0)""",
-            program_id,
-        )
-        report.checked["authorized_equals_open_holds"] = await _count_balances(conn, program_id)
-        for row in rows:
-            report.breaks.append(
-                Break(
-                    "authorized_equals_open_holds", f"account {row[0]} {row[1]}",
-                    int(row["held"]), int(row["authorized_minor"]),
-                )
-            )  # fmt: skip
+    async def _balance_figures(
+        self, ledger: LedgerSnapshot, report: ReconciliationReport, program_id: str | None
+    ) -> None:
+        """Each balance's two figures against what they derive from: the actual one against
+        its postings, the authorised one against its open holds."""
+        for check, drifted in (
+            ("balance_equals_postings", ledger.balances_off_postings),
+            ("authorized_equals_open_holds", ledger.balances_off_holds),
+        ):
+            drifts = await drifted(program_id)
+            report.checked[check] = await ledger.count_balances(program_id)
+            for drift in drifts:
+                report.breaks.append(
+                    Break(check, f"account {drift.account_id} {drift.asset}",
+                          drift.derived_minor, drift.stored_minor)
+                )  # fmt: skip
 
     async def _programs(
-        self, conn: Any, report: ReconciliationReport, program_id: str | None
+        self, ledger: LedgerSnapshot, report: ReconciliationReport, program_id: str | None
     ) -> None:
-        rows = await conn.fetch(
-            """SELECT a.program_id::text, p.asset,
-                      sum(p.amount_minor) FILTER (WHERE a.kind = 'CUSTOMER') AS customers,
-                      sum(p.amount_minor) AS total
-               FROM (SELECT account_id, asset, amount_minor FROM postings
-                     UNION ALL
-                     SELECT account_id, asset, amount_minor FROM posting_archive_totals) p
-               JOIN accounts a ON a.id = p.account_id
-               WHERE $1::uuid IS NULL OR a.program_id = $1
-               GROUP BY a.program_id, p.asset""",
-            program_id,
-        )
-        report.checked["program_closes"] = len(rows)
-        for row in rows:
-            if int(row["total"]) != 0:
+        totals = await ledger.program_totals(program_id)
+        report.checked["program_closes"] = len(totals)
+        for total in totals:
+            if total.total_minor != 0:
                 report.breaks.append(
                     Break(
-                        "program_closes", f"program {row[0]} {row[1]}", 0, int(row["total"]),
-                        f"customers hold {int(row['customers'] or 0)}",
+                        "program_closes", f"program {total.program_id} {total.asset}", 0,
+                        total.total_minor, f"customers hold {total.customers_minor}",
                     )
                 )  # fmt: skip
 
     async def _fbo(
         self,
-        conn: Any,
+        ledger: LedgerSnapshot,
         report: ReconciliationReport,
         program_id: str,
         fbo: Mapping[tuple[str, str], int],
     ) -> None:
         ours: dict[tuple[str, str], int] = {}
         # Each beneficial owner's share of every account they hold, as the FBO file has it.
-        async for row in conn.cursor(OWNER_BALANCES, program_id):
-            ours[(row["owner"], row["asset"])] = int(row["balance"])
+        async for owned in ledger.owner_balances(program_id):
+            ours[(owned.owner, owned.asset)] = owned.balance_minor
         report.checked["fbo_matches"] = len(set(ours) | set(fbo))
         for key in sorted(set(ours) | set(fbo)):
             if ours.get(key, 0) != fbo.get(key, 0):
@@ -306,15 +241,7 @@ class Reconciler:
         await cache.refresh_generation()
         compared = 0
         suspects: list[str] = []
-        async with self.pool.acquire() as conn:
-            account_ids = [
-                r[0]
-                for r in await conn.fetch(
-                    """SELECT id::text FROM accounts
-                       WHERE kind = 'CUSTOMER' AND ($1::uuid IS NULL OR program_id = $1)""",
-                    program_id,
-                )
-            ]
+        account_ids = await self.store.customer_account_ids(program_id)
         for account_id in account_ids:
             if await self._cache_differs(account_id) is not None:
                 suspects.append(account_id)
@@ -341,15 +268,11 @@ class Reconciler:
         cached = await self.cache.read_balances(account_id)
         if cached is None:
             return None  # not cached: the next decision loads it from Postgres
-        rows = await self.pool.fetch(
-            "SELECT asset, actual_minor, authorized_minor FROM balances WHERE account_id = $1",
-            account_id,
-        )
-        for row in rows:
-            balance = cached.get(row["asset"])
-            truth = int(row["actual_minor"]) - int(row["authorized_minor"])
+        for stored in await self.store.balances(account_id):
+            balance = cached.get(stored.asset)
+            truth = stored.actual_minor - stored.authorized_minor
             if balance is None or balance.available_minor != truth:
-                return row["asset"], truth, balance.available_minor if balance else 0
+                return stored.asset, truth, balance.available_minor if balance else 0
         return None
 
     def _metrics(self, report: ReconciliationReport) -> None:
@@ -360,13 +283,3 @@ class Reconciler:
         metrics.RECONCILIATION_LAST_RUN_SECONDS.set(
             (report.finished_at or report.started_at).timestamp()
         )
-
-
-async def _count_balances(conn: Any, program_id: str | None) -> int:
-    return int(
-        await conn.fetchval(
-            """SELECT count(*) FROM balances b JOIN accounts a ON a.id = b.account_id
-               WHERE $1::uuid IS NULL OR a.program_id = $1""",
-            program_id,
-        )
-    )

@@ -8,18 +8,19 @@ customer in memory; a test checks the two agree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from authswitch.adapters.postgres.errors import translated_methods
+from authswitch.adapters.postgres.pool import Connection
 from authswitch.adapters.postgres.store import _uuid, audit
 from authswitch.domain.holders import HOLDERS_MAX, ShareError, valid_shares
 from authswitch.errors import NotFound, PreconditionFailed, RequestError
 
-__all__ = ["OWNER_BALANCES", "Holder", "HolderStore"]
+__all__ = ["OWNER_BALANCES", "Holder", "HolderStore", "OwnerBalance", "owner_balances"]
 
 # Each beneficial owner's balance per asset in one program ($1): an account's actual balance
 # is split between its holders (by their shares, or equally), an account without holders is
@@ -53,6 +54,25 @@ FROM ranked r JOIN assets a ON a.code = r.asset
 GROUP BY owner, r.asset, a.exponent
 ORDER BY owner COLLATE "C", r.asset
 """
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerBalance:
+    """One beneficial owner's balance of one asset in one program (``OWNER_BALANCES``)."""
+
+    owner: str  # a customer id, or the id of an account without holders
+    asset: str
+    exponent: int
+    balance_minor: int
+
+
+async def owner_balances(
+    conn: Connection, program_id: str, *, prefetch: int | None = None
+) -> AsyncIterator[OwnerBalance]:
+    """``OWNER_BALANCES`` of a program, streamed from a server-side cursor: ``conn`` is in a
+    transaction (the report's or the reconciliation's snapshot)."""
+    async for row in conn.cursor(OWNER_BALANCES, program_id, prefetch=prefetch):
+        yield OwnerBalance(row[0], row[1], row[2], int(row[3]))
 
 
 _ACCOUNT = "SELECT program_id::text, kind FROM accounts WHERE id = $1"
