@@ -144,12 +144,14 @@ def _golden_transactions(day: date, four: str) -> list[list[str]]:
             entry, f"{d}T{hour:02d}:{'30' if entry == 'E1' else '00'}:00.000Z", d, kind,
             account, account, "", card, "GBP", amount, str(minor),
             "CREDIT" if minor >= 0 else "DEBIT", source, message, reference, description,
+            "", "", "",
         ]  # fmt: skip
 
     return [
         ["entry_id", "posted_at", "business_date", "entry_type", "account_id", "account_kind",
          "account_reference", "card_last_four", "asset", "amount", "amount_minor", "direction",
-         "source", "message_id", "network_reference", "description"],
+         "source", "message_id", "network_reference", "description", "billing_asset",
+         "billing_amount", "fx_rate"],
         line("E1", 9, "LOAD", "CUSTOMER", "+10.00", 1_000, "admin", "load-2", "", "top-up", ""),
         line("E1", 9, "LOAD", "CLEARING", "-10.00", -1_000, "admin", "load-2", "", "top-up", ""),
         line("E2", 11, "CLEARING", "CUSTOMER", "-40.00", -4_000, "visa", "clr-1", "NR1", "Shop"),

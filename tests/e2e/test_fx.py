@@ -5,12 +5,19 @@ a real server on a real gRPC socket, real Postgres and Redis."""
 
 from __future__ import annotations
 
+import csv
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
 
+from authswitch.adapters.postgres.reports import ReportStore
+from authswitch.adapters.sinks import DirectorySink
+from authswitch.app import Application
+from authswitch.service.reports import ReportWriter
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
 from tests.support.ledger import IssuedCard, Ledger
@@ -295,3 +302,33 @@ async def test_limits_count_the_converted_amount_in_the_account_asset(ledger: Le
     assert over.response_code == "61", over
     (used,) = [v for k, v in (await ledger.usage(card.account_id)).items() if k.startswith("L:")]
     assert used == (60_000, 2)
+
+
+async def test_the_transaction_file_shows_the_billing_amount_and_rate(
+    ledger: Ledger, app: Application, tmp_path: Path
+) -> None:
+    card, asset = await coin_card(ledger, markup_bps=200)
+    await set_rate(ledger, "GBP", asset, "0.000013")
+    cleared = await ledger.clear(card, "ref-fx", 4_000, "GBP", message_id="clr-fx")
+    assert cleared.response_code == "00", cleared
+    account = await ledger.admin.GetAccount(la.GetAccountRequest(account_id=card.account_id))
+    history = await ledger.admin.ListAccountHistory(
+        la.ListAccountHistoryRequest(account_id=card.account_id)
+    )
+    posted_at = next(e.at for e in history.entries if e.kind == "CLEARING").ToDatetime(UTC)
+    assert app.pool is not None
+    name, _ = await ReportWriter(ReportStore(app.pool)).transactions(
+        DirectorySink(tmp_path), program_id=account.program_id,
+        day=posted_at.astimezone(ZoneInfo("Europe/London")).date(),
+    )  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / name).read_text().splitlines()))
+    mine = [r for r in rows if r["message_id"] == "clr-fx"]
+    assert {(r["entry_type"], r["account_kind"], r["amount_minor"]) for r in mine} == {
+        ("CLEARING", "CUSTOMER", "-52000"), ("CLEARING", "CLEARING", "52000"),
+        ("FEE", "CUSTOMER", "-1040"), ("FEE", "FEE_INCOME", "1040"),
+    }  # fmt: skip
+    assert {(r["billing_asset"], r["billing_amount"], r["fx_rate"]) for r in mine} == {
+        ("GBP", "40.00", "0.000013")
+    }
+    others = [r for r in rows if r["message_id"] != "clr-fx"]
+    assert {(r["billing_asset"], r["fx_rate"]) for r in others} <= {("", "")}

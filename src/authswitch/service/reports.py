@@ -31,7 +31,7 @@ from authswitch.adapters.postgres.reports import (
     TransactionLine,
 )
 from authswitch.adapters.sinks import ReportSink
-from authswitch.domain.money import format_signed
+from authswitch.domain.money import format_signed, format_unsigned
 from authswitch.domain.reports import (
     balance_record,
     balance_report_name,
@@ -186,7 +186,10 @@ class ReportWriter:
                 row.account_id, row.account_kind, row.account_reference, row.card_last_four,
                 row.asset, format_signed(amount, row.exponent), amount,
                 "CREDIT" if amount >= 0 else "DEBIT", row.source, row.message_id,
-                row.network_reference, row.description,
+                row.network_reference, row.description, row.billing_asset,
+                "" if row.billing_minor is None or row.billing_exponent is None
+                else format_unsigned(row.billing_minor, row.billing_exponent),
+                row.fx_rate,
             ]  # fmt: skip
 
         return await self._day_file(
@@ -340,7 +343,8 @@ _DISPUTE_LINES = {
 TRANSACTION_HEADER = [
     "entry_id", "posted_at", "business_date", "entry_type", "account_id", "account_kind",
     "account_reference", "card_last_four", "asset", "amount", "amount_minor", "direction",
-    "source", "message_id", "network_reference", "description",
+    "source", "message_id", "network_reference", "description", "billing_asset",
+    "billing_amount", "fx_rate",
 ]  # fmt: skip
 SETTLEMENT_HEADER = [
     "business_date", "network", "asset", "line", "detail", "count", "amount", "amount_minor",

@@ -106,6 +106,11 @@ class TransactionLine:
     message_id: str
     network_reference: str
     description: str
+    # A converted message's billing amount and rate (docs/fx.md); "" and None otherwise.
+    billing_asset: str
+    billing_exponent: int | None
+    billing_minor: int | None
+    fx_rate: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +208,15 @@ _SYNC_NET_CHANGES = """
 _TRANSACTION_LINES = """
     SELECT e.id::text, e.created_at, e.kind, p.account_id::text, acc.kind, acc.reference,
            coalesce(c.last_four, ''), p.asset, a.exponent, p.amount_minor, e.source,
-           e.message_id, e.network_reference, e.description
+           e.message_id, e.network_reference, e.description, coalesce(x.billing_asset, ''),
+           xa.exponent, x.billing_minor, coalesce(x.rate, '')
     FROM journal_entries e
     JOIN postings p ON p.entry_id = e.id
     JOIN accounts acc ON acc.id = p.account_id
     JOIN assets a ON a.code = p.asset
     LEFT JOIN cards c ON c.id = e.card_id
+    LEFT JOIN fx_conversions x ON x.source = e.source AND x.message_id = e.message_id
+    LEFT JOIN assets xa ON xa.code = x.billing_asset
     WHERE e.program_id = $1 AND e.created_at >= $2 AND e.created_at < $3
     ORDER BY e.created_at, e.source, e.message_id, e.kind = 'FEE', e.id,
              acc.kind <> 'CUSTOMER', acc.kind, p.account_id, p.asset"""
