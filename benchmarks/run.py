@@ -86,7 +86,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="free text recorded with the results (what was measured, e.g. a commit)",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="output directory")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="output directory (default benchmarks/results; with --quick, results/quick, "
+        "so that a smoke run never replaces the full run's results kept in git)",
+    )
     parser.add_argument("--base-port", type=int, default=50151, help="first port to try")
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep server logs and request files"
@@ -338,7 +344,8 @@ async def _run(
             await postgres.close()
     run["elapsed_s"] = round(time.monotonic() - started, 1)
     run["targets"] = check_targets(run)
-    json_path, md_path = write_results(run, args.results)
+    results = args.results or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    json_path, md_path = write_results(run, results)
     failed = [s["name"] for s in run["scenarios"] if s["status"] == "failed"]
     if args.keep_workdir or failed or args.profile:
         say(f"server logs and request files kept in {workdir}")
