@@ -1187,7 +1187,11 @@ class LifecycleService:
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.warning(
-                "age-off: some holds not released this time", extra={"failures": len(failures)}
+                "age-off: some holds not released this time",
+                extra={
+                    "failures": len(failures),
+                    "errors": sorted({type(f).__name__ for f in failures}),
+                },
             )
         return sum(1 for r in results if r is True)
 
