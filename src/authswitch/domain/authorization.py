@@ -504,26 +504,7 @@ def decide(
     ``authorize.lua``: the two must agree on every input. ``velocity``: the spend controls'
     rolling windows, whose buckets are counters of ``usage``."""
     usage = usage or {}
-    reason: Reason | None = card.status.decline_reason
-    blocked = False
-    if reason is None and pre.expiry_reason is not None:
-        reason = pre.expiry_reason
-    if reason is None and pre.pin_mode is not PinMode.NONE:
-        if pre.pin_mode is not PinMode.UNBLOCK and card.pin_tries >= card.pin_tries_max:
-            reason = Reason.PIN_TRIES_EXCEEDED
-        elif not card.pvv or pre.pvv != card.pvv:
-            tries = min(card.pin_tries + 1, card.pin_tries_max)
-            blocked = tries >= card.pin_tries_max > card.pin_tries
-            card = replace(card, pin_tries=tries)
-            reason = Reason.INCORRECT_PIN
-        else:
-            card = replace(card, pin_tries=0)
-            if pre.pin_mode is PinMode.CHANGE:
-                card = replace(card, pvv=pre.new_pvv)
-    if reason is None and pre.cvv2_reason is not None:
-        reason = pre.cvv2_reason
-    if reason is None and pre.product_reason is not None:
-        reason = pre.product_reason
+    reason, card, blocked = _card_checks(card, pre)
     if checks_only:  # off-ledger: the client decides funds and limits
         return DecisionResult(reason or Reason.APPROVED, 0, 0, card, balance, blocked)
 
@@ -531,54 +512,20 @@ def decide(
         f.fee_minor for f in charges.free_uses if usage.get(f.counter.key, (0, 0))[1] >= f.free_uses
     )
     if reason is None:
-        for limit in charges.limits:
-            used = usage.get(limit.key, (0, 0))[0] if limit.key else 0
-            if limit.amount_max_minor >= 0 and used + amount_minor + fee > limit.amount_max_minor:
-                reason = Reason.AMOUNT_LIMIT_EXCEEDED
-                break
-    if reason is None:
-        for limit in charges.limits:
-            if not limit.key:
-                continue
-            if limit.count_max >= 0 and usage.get(limit.key, (0, 0))[1] + 1 > limit.count_max:
-                reason = Reason.COUNT_LIMIT_EXCEEDED
-                break
+        reason = _limit_reason(charges, usage, amount_minor + fee)
     velocity_rule = 0
     if reason is None and not zero_value:
         reason, velocity_rule = _velocity_limits(velocity, usage, amount_minor + fee)
     if reason is None and balance is None:
         reason = Reason.NO_BALANCE_IN_ASSET
-
     approved = 0
     if reason is None:
         assert balance is not None
-        available = balance.available_minor
-        if zero_value:
-            reason = Reason.APPROVED
-        elif amount_minor + fee <= available:
-            reason, approved = Reason.APPROVED, amount_minor
-        elif partial_allowed and available - fee > 0:
-            reason, approved = Reason.PARTIALLY_APPROVED, available - fee
-        else:
-            reason = Reason.INSUFFICIENT_FUNDS
-
-    fee_mode = FeeMode.NONE
-    charged = 0
-    if reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value:
-        assert balance is not None
-        balance = balance.hold(approved + fee)
-        charged = fee
-        fee_mode = FeeMode.HELD if fee else FeeMode.NONE
-    else:
-        posting = fee if reason is Reason.APPROVED else 0
-        if reason in FEE_BEARING_DECLINES:
-            posting = charges.decline_fee_minor
-        if posting:
-            if balance is not None and posting <= balance.available_minor:
-                balance = balance.debit(posting)
-                charged, fee_mode = posting, FeeMode.POSTED
-            else:
-                fee_mode = FeeMode.NOT_APPLIED
+        reason, approved = _funds(
+            balance.available_minor, amount_minor, fee, zero_value=zero_value,
+            partial_allowed=partial_allowed,
+        )  # fmt: skip
+    balance, charged, fee_mode = _charged(reason, balance, approved, fee, charges, zero_value)
     deltas = counter_deltas(
         reason, zero_value=zero_value, approved_minor=approved, charged_minor=charged,
         fee_mode=fee_mode, charges=charges,
@@ -599,6 +546,85 @@ def decide(
         reason, approved, charged, card, balance, blocked, fee_mode, after, velocity_rule,
         velocity_blocked,
     )  # fmt: skip
+
+
+def _card_checks(card: CardState, pre: PreChecks) -> tuple[Reason | None, CardState, bool]:
+    """Checks 3 to 8 (status, expiry, PIN tries and PIN, CVV2, product): the first that
+    fails, the card after them (PIN tries counted, a new PIN set) and whether the card's
+    PIN was blocked now."""
+    reason: Reason | None = card.status.decline_reason
+    blocked = False
+    if reason is None and pre.expiry_reason is not None:
+        reason = pre.expiry_reason
+    if reason is None and pre.pin_mode is not PinMode.NONE:
+        if pre.pin_mode is not PinMode.UNBLOCK and card.pin_tries >= card.pin_tries_max:
+            reason = Reason.PIN_TRIES_EXCEEDED
+        elif not card.pvv or pre.pvv != card.pvv:
+            tries = min(card.pin_tries + 1, card.pin_tries_max)
+            blocked = tries >= card.pin_tries_max > card.pin_tries
+            card = replace(card, pin_tries=tries)
+            reason = Reason.INCORRECT_PIN
+        else:
+            card = replace(card, pin_tries=0)
+            if pre.pin_mode is PinMode.CHANGE:
+                card = replace(card, pvv=pre.new_pvv)
+    if reason is None and pre.cvv2_reason is not None:
+        reason = pre.cvv2_reason
+    if reason is None and pre.product_reason is not None:
+        reason = pre.product_reason
+    return reason, card, blocked
+
+
+def _limit_reason(charges: Charges, usage: Usage, counted_minor: int) -> Reason | None:
+    """Check 9: every amount limit first, then every count limit."""
+    for limit in charges.limits:
+        used = usage.get(limit.key, (0, 0))[0] if limit.key else 0
+        if limit.amount_max_minor >= 0 and used + counted_minor > limit.amount_max_minor:
+            return Reason.AMOUNT_LIMIT_EXCEEDED
+    for limit in charges.limits:
+        if not limit.key:
+            continue
+        if limit.count_max >= 0 and usage.get(limit.key, (0, 0))[1] + 1 > limit.count_max:
+            return Reason.COUNT_LIMIT_EXCEEDED
+    return None
+
+
+def _funds(
+    available_minor: int, amount_minor: int, fee_minor: int, *, zero_value: bool,
+    partial_allowed: bool,
+) -> tuple[Reason, int]:  # fmt: skip
+    """Check 10: the reason and the amount approved."""
+    if zero_value:
+        return Reason.APPROVED, 0
+    if amount_minor + fee_minor <= available_minor:
+        return Reason.APPROVED, amount_minor
+    if partial_allowed and available_minor - fee_minor > 0:
+        return Reason.PARTIALLY_APPROVED, available_minor - fee_minor
+    return Reason.INSUFFICIENT_FUNDS, 0
+
+
+def _charged(
+    reason: Reason, balance: Balance | None, approved_minor: int, fee_minor: int,
+    charges: Charges, zero_value: bool,
+) -> tuple[Balance | None, int, FeeMode]:  # fmt: skip
+    """The balance after the decision, the fee charged and how: held with an approval,
+    posted for a zero-value request or a fee-bearing decline (when available covers it),
+    else not applied."""
+    if reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED) and not zero_value:
+        assert balance is not None
+        return (
+            balance.hold(approved_minor + fee_minor),
+            fee_minor,
+            (FeeMode.HELD if fee_minor else FeeMode.NONE),
+        )
+    posting = fee_minor if reason is Reason.APPROVED else 0
+    if reason in FEE_BEARING_DECLINES:
+        posting = charges.decline_fee_minor
+    if not posting:
+        return balance, 0, FeeMode.NONE
+    if balance is not None and posting <= balance.available_minor:
+        return balance.debit(posting), posting, FeeMode.POSTED
+    return balance, 0, FeeMode.NOT_APPLIED
 
 
 def _window(usage: Usage, prefix: str, first: int, last: int) -> tuple[int, int]:

@@ -40,8 +40,11 @@ from authswitch.domain.records import (
     ConversionRecord,
     DecisionRecord,
     DisputeChange,
+    HoldRelease,
+    JournalEntry,
     LedgerWrite,
     Notification,
+    Tombstone,
     UsageChange,
 )
 from authswitch.errors import Overloaded, StoreUnavailable
@@ -366,28 +369,7 @@ async def write_batch(
     )
     candidates = [i for i in candidates if i not in conflicts]
 
-    keys = sorted({c.key for i in candidates for c in writes[i].balance_changes})
-    balances: dict[tuple[str, str], Balance] = {}
-    if keys:
-        rows = await conn.fetch(
-            """SELECT b.account_id::text, b.asset, b.actual_minor, b.authorized_minor
-               FROM balances b
-               JOIN unnest($1::uuid[], $2::text[]) AS k(account_id, asset)
-                 USING (account_id, asset)
-               ORDER BY b.account_id, b.asset
-               FOR UPDATE OF b""",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
-        balances = {(r[0], r[1]): Balance(r[2], r[3]) for r in rows}
-    missing = {k for k in keys if k not in balances}
-    has_missing = {
-        i for i in candidates if any(c.key in missing for c in writes[i].balance_changes)
-    }
-    refused, _ = admit_in_order(
-        balances, ((i, writes[i].balance_changes) for i in candidates if i not in has_missing)
-    )
-    refused |= has_missing
+    refused = await _refused_funds(conn, writes, candidates)
     records: dict[int, DecisionRecord] = {}
     for i in candidates:
         if i in refused:
@@ -397,35 +379,7 @@ async def write_batch(
         else:
             records[i] = writes[i].decision
 
-    ordered = [records[i] for i in candidates]
-    inserted: set[tuple[str, str]] = set()
-    if ordered:
-        inserted_rows = await conn.fetch(
-            """INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id,
-                   account_id, asset, amount_minor, approved_minor, fee_minor, response_code,
-                   reason, response, created_at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[],
-                   $5::bytea[], $6::uuid[], $7::uuid[], $8::text[], $9::int8[], $10::int8[],
-                   $11::int8[], $12::text[], $13::int2[], $14::bytea[], $15::timestamptz[])
-               ON CONFLICT (source, message_id) DO NOTHING
-               RETURNING source, message_id""",
-            [d.source for d in ordered],
-            [d.message_id for d in ordered],
-            [d.id for d in ordered],
-            [d.kind for d in ordered],
-            [d.fingerprint for d in ordered],
-            [d.card_id for d in ordered],
-            [d.account_id for d in ordered],
-            [d.asset for d in ordered],
-            [d.amount_minor for d in ordered],
-            [d.approved_minor for d in ordered],
-            [d.fee_minor for d in ordered],
-            [d.response_code for d in ordered],
-            [d.reason for d in ordered],
-            [d.response for d in ordered],
-            [d.created_at for d in ordered],
-        )
-        inserted = {(r[0], r[1]) for r in inserted_rows}
+    inserted = await _insert_decisions(conn, [records[i] for i in candidates])
     duplicates = [i for i in candidates if records[i].key not in inserted]
     effective = [i for i in candidates if i not in refused and records[i].key in inserted]
 
@@ -440,34 +394,103 @@ async def write_batch(
             [records[i].message_id for i in duplicates],
         )
         existing = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+    return [
+        _result_of(index, write, in_batch_duplicate, conflicts, records, inserted, existing,
+                   refused, pre_reversed)
+        for index, write in enumerate(writes)
+    ]  # fmt: skip
 
-    results: list[WriteResult | BaseException] = []
-    for index, write in enumerate(writes):
-        key = write.decision.key
-        original = in_batch_duplicate.get(index)
-        if original is not None:
-            first = records.get(original)
-            if first is None:  # the first conflicted: so does this one
-                results.append(WriteResult(WriteStatus.CONFLICT, _stored(write.decision)))
-            else:
-                results.append(WriteResult(WriteStatus.DUPLICATE, _stored(first)))
-        elif index in conflicts:
-            results.append(WriteResult(WriteStatus.CONFLICT, _stored(write.decision)))
-        elif key not in inserted:
-            stored = existing.get(key)
-            if stored is None:  # cannot happen: decisions are never deleted
-                results.append(StoreUnavailable("duplicate decision vanished"))
-            else:
-                results.append(WriteResult(WriteStatus.DUPLICATE, stored))
-        elif index in refused:
-            results.append(WriteResult(WriteStatus.REFUSED, _stored(records[index])))
-        else:
-            results.append(
-                WriteResult(
-                    WriteStatus.COMMITTED, _stored(records[index]), pre_reversed.get(index, 0)
-                )
-            )
-    return results
+
+async def _refused_funds(
+    conn: Connection, writes: list[LedgerWrite], candidates: list[int]
+) -> set[int]:
+    """Lock the balances the candidates change and replay them in order: the writes whose
+    funds Postgres does not see (or whose balance row does not exist) are refused."""
+    keys = sorted({c.key for i in candidates for c in writes[i].balance_changes})
+    balances: dict[tuple[str, str], Balance] = {}
+    if keys:
+        rows = await conn.fetch(_LOCK_BALANCES, [k[0] for k in keys], [k[1] for k in keys])
+        balances = {(r[0], r[1]): Balance(r[2], r[3]) for r in rows}
+    missing = {k for k in keys if k not in balances}
+    has_missing = {
+        i for i in candidates if any(c.key in missing for c in writes[i].balance_changes)
+    }
+    refused, _ = admit_in_order(
+        balances, ((i, writes[i].balance_changes) for i in candidates if i not in has_missing)
+    )
+    return refused | has_missing
+
+
+async def _insert_decisions(
+    conn: Connection, ordered: list[DecisionRecord]
+) -> set[tuple[str, str]]:
+    """Record the decisions; returns the keys inserted (the others existed already)."""
+    if not ordered:
+        return set()
+    inserted_rows = await conn.fetch(
+        _INSERT_DECISIONS,
+        [d.source for d in ordered],
+        [d.message_id for d in ordered],
+        [d.id for d in ordered],
+        [d.kind for d in ordered],
+        [d.fingerprint for d in ordered],
+        [d.card_id for d in ordered],
+        [d.account_id for d in ordered],
+        [d.asset for d in ordered],
+        [d.amount_minor for d in ordered],
+        [d.approved_minor for d in ordered],
+        [d.fee_minor for d in ordered],
+        [d.response_code for d in ordered],
+        [d.reason for d in ordered],
+        [d.response for d in ordered],
+        [d.created_at for d in ordered],
+    )
+    return {(r[0], r[1]) for r in inserted_rows}
+
+
+def _result_of(
+    index: int, write: LedgerWrite, in_batch_duplicate: dict[int, int], conflicts: set[int],
+    records: dict[int, DecisionRecord], inserted: set[tuple[str, str]],
+    existing: dict[tuple[str, str], StoredDecision], refused: set[int],
+    pre_reversed: dict[int, int],
+) -> WriteResult | BaseException:  # fmt: skip
+    """What became of one write of the batch."""
+    original = in_batch_duplicate.get(index)
+    if original is not None:
+        first = records.get(original)
+        if first is None:  # the first conflicted: so does this one
+            return WriteResult(WriteStatus.CONFLICT, _stored(write.decision))
+        return WriteResult(WriteStatus.DUPLICATE, _stored(first))
+    if index in conflicts:
+        return WriteResult(WriteStatus.CONFLICT, _stored(write.decision))
+    key = write.decision.key
+    if key not in inserted:
+        stored = existing.get(key)
+        if stored is None:  # cannot happen: decisions are never deleted
+            return StoreUnavailable("duplicate decision vanished")
+        return WriteResult(WriteStatus.DUPLICATE, stored)
+    if index in refused:
+        return WriteResult(WriteStatus.REFUSED, _stored(records[index]))
+    return WriteResult(WriteStatus.COMMITTED, _stored(records[index]), pre_reversed.get(index, 0))
+
+
+_LOCK_BALANCES = """
+    SELECT b.account_id::text, b.asset, b.actual_minor, b.authorized_minor
+    FROM balances b
+    JOIN unnest($1::uuid[], $2::text[]) AS k(account_id, asset) USING (account_id, asset)
+    ORDER BY b.account_id, b.asset
+    FOR UPDATE OF b
+"""
+_INSERT_DECISIONS = """
+    INSERT INTO decisions (source, message_id, id, kind, fingerprint, card_id, account_id,
+        asset, amount_minor, approved_minor, fee_minor, response_code, reason, response,
+        created_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bytea[],
+        $6::uuid[], $7::uuid[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
+        $13::int2[], $14::bytea[], $15::timestamptz[])
+    ON CONFLICT (source, message_id) DO NOTHING
+    RETURNING source, message_id
+"""
 
 
 async def _check_holds(conn: Connection, writes: list[tuple[int, LedgerWrite]]) -> set[int]:
@@ -788,6 +811,114 @@ async def _insert_hold_events(
     )
 
 
+# The statements of _apply_effects, in the order it runs them.
+# A hold's key goes into hold_keys (the global arbiter of hold keys: holds is partitioned, so it
+# cannot have a unique key on them), taking over a tombstone an earlier reversal left there,
+# and the hold is written already reduced by what that reversal took: one statement.
+_INSERT_HOLDS = """
+    WITH h AS (
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[],
+                             $5::text[], $6::text[], $7::text[], $8::int8[],
+                             $9::int8[], $10::timestamptz[], $11::timestamptz[],
+                             $12::text[], $13::text[], $14::int8[])
+            AS h(id, account_id, asset, card_id, source, message_id,
+                 network_reference, amount, fee, expires_at, created_at, kind,
+                 usage_keys, billing)
+    ), k AS (
+        INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
+        SELECT source, message_id, id, created_at FROM h
+        ON CONFLICT (source, message_id) DO UPDATE SET
+            hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
+        WHERE t.hold_id IS NULL
+        RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
+                  t.tombstone_at IS NOT NULL AS early
+    ), r AS (
+        -- What the early reversal asked for, in the hold's asset: of a converted
+        -- hold (docs/fx.md) its share, the reversal being in the billing asset
+        -- (rounded half up, as domain/fx.share_of).
+        SELECT h.*, k.early, k.reversal_full,
+               CASE WHEN h.billing > 0
+                    THEN round(h.amount::numeric * k.reversed_minor / h.billing)::int8
+                    ELSE k.reversed_minor END AS asked
+        FROM h JOIN k USING (source, message_id)
+    ), w AS (
+        SELECT r.*, LEAST(asked, amount) AS reversed,
+               early AND (reversal_full OR amount <= asked) AS ended,
+               CASE WHEN reversal_full THEN amount
+                    ELSE LEAST(asked, amount) END AS taken
+        FROM r
+    )
+    INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
+        network_reference, amount_minor, original_minor, reversed_minor, fee_minor,
+        status, expires_at, created_at, ended_at, end_reason, kind, usage_keys)
+    SELECT id, account_id, asset, card_id, source, message_id, network_reference,
+           amount - taken, amount, reversed, fee,
+           CASE WHEN ended THEN 'REVERSED' ELSE 'OPEN' END, expires_at,
+           created_at, CASE WHEN ended THEN created_at END,
+           CASE WHEN ended THEN 'REVERSAL' ELSE '' END, kind,
+           coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{}')
+    FROM w
+    RETURNING source, message_id, amount_minor
+"""
+_RELEASE_HOLDS = """
+    UPDATE holds h
+    SET amount_minor = h.amount_minor - r.release,
+        reversed_minor = h.reversed_minor
+            + CASE WHEN r.reason = 'REVERSAL' THEN r.release ELSE 0 END,
+        cleared_minor = h.cleared_minor
+            + CASE WHEN r.reason = 'CLEARING' THEN r.release ELSE 0 END,
+        status = CASE WHEN h.amount_minor = r.release THEN r.end_status ELSE 'OPEN' END,
+        ended_at = CASE WHEN h.amount_minor = r.release THEN r.at END,
+        end_reason = CASE WHEN h.amount_minor = r.release THEN r.reason ELSE '' END
+    FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+                $6::timestamptz[])
+         AS r(id, expected, release, end_status, reason, at)
+    WHERE h.id = r.id AND h.status = 'OPEN' AND h.amount_minor = r.expected
+"""
+_INSERT_TOMBSTONES = """
+    INSERT INTO hold_keys AS t (source, message_id, reversed_minor, reversal_full,
+        tombstone_at)
+    SELECT source, message_id, reversed, full_, at
+    FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::timestamptz[])
+         AS k(source, message_id, reversed, full_, at)
+    ON CONFLICT (source, message_id) DO UPDATE SET
+        reversed_minor = t.reversed_minor + EXCLUDED.reversed_minor,
+        reversal_full = t.reversal_full OR EXCLUDED.reversal_full
+    WHERE t.hold_id IS NULL
+    RETURNING t.message_id
+"""
+_UPDATE_BALANCES = """
+    UPDATE balances b
+    SET actual_minor = b.actual_minor + d.actual_delta,
+        authorized_minor = b.authorized_minor + d.authorized_delta
+    FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[])
+         AS d(account_id, asset, actual_delta, authorized_delta)
+    WHERE b.account_id = d.account_id AND b.asset = d.asset
+"""
+_INSERT_ENTRIES = """
+    INSERT INTO journal_entries (id, program_id, kind, source, message_id,
+        description, created_at, network_reference, card_id)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::timestamptz[], $8::text[], $9::uuid[])
+"""
+_INSERT_POSTINGS = """
+    INSERT INTO postings (entry_id, account_id, asset, amount_minor, created_at)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[],
+                         $5::timestamptz[])
+"""
+_UPDATE_CARDS = """
+    UPDATE cards c
+    SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
+        pvv = COALESCE(u.pvv, c.pvv),
+        status = CASE WHEN u.blocked AND c.status = 'ACTIVE' THEN 'BLOCKED'
+                      ELSE c.status END,
+        updated_at = now()
+    FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::bool[])
+         AS u(id, pin_tries, pvv, blocked)
+    WHERE c.id = u.id
+"""
+
+
 async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[int, int]:
     """Apply the effects of admitted writes; returns, by position in ``writes``, what
     tombstones had already reversed of the holds they create."""
@@ -797,195 +928,143 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
             delta = deltas.setdefault(change.key, [0, 0])
             delta[0] += change.actual_delta_minor
             delta[1] += change.authorized_delta_minor
-
-    pre_reversed: dict[int, int] = {}
-    hold_owner = [(position, h) for position, w in enumerate(writes) for h in w.holds]
-    if hold_owner:
-        holds = [h for _, h in hold_owner]
-        # One statement: the hold's key goes into hold_keys (the global arbiter of hold keys:
-        # holds is partitioned, so it cannot have a unique key on them), taking over a
-        # tombstone an earlier reversal left there, and the hold is written already reduced
-        # by what that reversal took.
-        rows = await conn.fetch(
-            """WITH h AS (
-                   SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[],
-                                        $5::text[], $6::text[], $7::text[], $8::int8[],
-                                        $9::int8[], $10::timestamptz[], $11::timestamptz[],
-                                        $12::text[], $13::text[], $14::int8[])
-                       AS h(id, account_id, asset, card_id, source, message_id,
-                            network_reference, amount, fee, expires_at, created_at, kind,
-                            usage_keys, billing)
-               ), k AS (
-                   INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
-                   SELECT source, message_id, id, created_at FROM h
-                   ON CONFLICT (source, message_id) DO UPDATE SET
-                       hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
-                   WHERE t.hold_id IS NULL
-                   RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
-                             t.tombstone_at IS NOT NULL AS early
-               ), r AS (
-                   -- What the early reversal asked for, in the hold's asset: of a converted
-                   -- hold (docs/fx.md) its share, the reversal being in the billing asset
-                   -- (rounded half up, as domain/fx.share_of).
-                   SELECT h.*, k.early, k.reversal_full,
-                          CASE WHEN h.billing > 0
-                               THEN round(h.amount::numeric * k.reversed_minor / h.billing)::int8
-                               ELSE k.reversed_minor END AS asked
-                   FROM h JOIN k USING (source, message_id)
-               ), w AS (
-                   SELECT r.*, LEAST(asked, amount) AS reversed,
-                          early AND (reversal_full OR amount <= asked) AS ended,
-                          CASE WHEN reversal_full THEN amount
-                               ELSE LEAST(asked, amount) END AS taken
-                   FROM r
-               )
-               INSERT INTO holds (id, account_id, asset, card_id, source, message_id,
-                   network_reference, amount_minor, original_minor, reversed_minor, fee_minor,
-                   status, expires_at, created_at, ended_at, end_reason, kind, usage_keys)
-               SELECT id, account_id, asset, card_id, source, message_id, network_reference,
-                      amount - taken, amount, reversed, fee,
-                      CASE WHEN ended THEN 'REVERSED' ELSE 'OPEN' END, expires_at,
-                      created_at, CASE WHEN ended THEN created_at END,
-                      CASE WHEN ended THEN 'REVERSAL' ELSE '' END, kind,
-                      coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{}')
-               FROM w
-               RETURNING source, message_id, amount_minor""",
-            [h.id for h in holds],
-            [h.account_id for h in holds],
-            [h.asset for h in holds],
-            [h.card_id for h in holds],
-            [h.source for h in holds],
-            [h.message_id for h in holds],
-            [h.network_reference for h in holds],
-            [h.amount_minor for h in holds],
-            [h.fee_minor for h in holds],
-            [h.expires_at for h in holds],
-            [h.created_at for h in holds],
-            [h.kind for h in holds],
-            # text[][] cannot be unnested into rows of arrays: keys travel space-joined.
-            [" ".join(h.usage_keys) for h in holds],
-            [h.billing_minor for h in holds],
-        )
-        assert len(rows) == len(holds), "a hold key was taken by a hold, not a tombstone"
-        final = {(r[0], r[1]): r[2] for r in rows}
-        early: list[tuple[str, str, str, int, datetime]] = []
-        for position, hold in hold_owner:
-            taken = hold.amount_minor - final[(hold.source, hold.message_id)]
-            if taken:
-                pre_reversed[position] = pre_reversed.get(position, 0) + taken
-                deltas[(hold.account_id, hold.asset)][1] -= taken
-                early.append((hold.id, hold.account_id, hold.asset, taken, hold.created_at))
-        if early:
-            await _insert_hold_events(conn, [(*e[:3], "REVERSAL", e[3], e[4]) for e in early])
-
-    releases = [r for w in writes for r in w.releases]
-    if releases:
-        status = await conn.execute(
-            """UPDATE holds h
-               SET amount_minor = h.amount_minor - r.release,
-                   reversed_minor = h.reversed_minor
-                       + CASE WHEN r.reason = 'REVERSAL' THEN r.release ELSE 0 END,
-                   cleared_minor = h.cleared_minor
-                       + CASE WHEN r.reason = 'CLEARING' THEN r.release ELSE 0 END,
-                   status = CASE WHEN h.amount_minor = r.release THEN r.end_status ELSE 'OPEN' END,
-                   ended_at = CASE WHEN h.amount_minor = r.release THEN r.at END,
-                   end_reason = CASE WHEN h.amount_minor = r.release THEN r.reason ELSE '' END
-               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[],
-                           $6::timestamptz[])
-                    AS r(id, expected, release, end_status, reason, at)
-               WHERE h.id = r.id AND h.status = 'OPEN' AND h.amount_minor = r.expected""",
-            [r.plan.hold_id for r in releases],
-            [r.plan.expected_minor for r in releases],
-            [r.plan.release_minor for r in releases],
-            [r.plan.end.value for r in releases],
-            [r.reason for r in releases],
-            [r.at for r in releases],
-        )
-        # _check_holds lets one release per hold into a batch, so each row updates once.
-        assert status == f"UPDATE {len(releases)}", f"hold releases lost: {status}"
-        await _insert_hold_events(
-            conn,
-            [
-                (r.plan.hold_id, r.account_id, r.asset, r.reason, r.plan.release_minor, r.at)
-                for r in releases
-            ],
-        )
-
-    tombstones = [t for w in writes for t in w.tombstones]
-    if tombstones:
-        rows = await conn.fetch(
-            """INSERT INTO hold_keys AS t (source, message_id, reversed_minor, reversal_full,
-                   tombstone_at)
-               SELECT source, message_id, reversed, full_, at
-               FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], $5::timestamptz[])
-                    AS k(source, message_id, reversed, full_, at)
-               ON CONFLICT (source, message_id) DO UPDATE SET
-                   reversed_minor = t.reversed_minor + EXCLUDED.reversed_minor,
-                   reversal_full = t.reversal_full OR EXCLUDED.reversal_full
-               WHERE t.hold_id IS NULL
-               RETURNING t.message_id""",
-            [t.source for t in tombstones],
-            [t.message_id for t in tombstones],
-            [t.reversed_minor for t in tombstones],
-            [t.full for t in tombstones],
-            [t.at for t in tombstones],
-        )
-        if len(rows) != len(tombstones):
-            # Another process wrote the original's hold after our check: abort the batch;
-            # every write in it is retried or answered 96, nothing half-done survives.
-            raise StoreUnavailable("a tombstone raced with its original's hold")
-
-    deltas = {k: v for k, v in deltas.items() if v != [0, 0]}
-    if deltas:
-        status = await conn.execute(
-            """UPDATE balances b
-               SET actual_minor = b.actual_minor + d.actual_delta,
-                   authorized_minor = b.authorized_minor + d.authorized_delta
-               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[])
-                    AS d(account_id, asset, actual_delta, authorized_delta)
-               WHERE b.account_id = d.account_id AND b.asset = d.asset""",
-            [k[0] for k in deltas],
-            [k[1] for k in deltas],
-            [v[0] for v in deltas.values()],
-            [v[1] for v in deltas.values()],
-        )
-        assert status == f"UPDATE {len(deltas)}", f"balance rows missing: {status}"
-
-    entries = [e for w in writes for e in w.entries]
-    if entries:
-        await conn.execute(
-            """INSERT INTO journal_entries (id, program_id, kind, source, message_id,
-                   description, created_at, network_reference, card_id)
-               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                                    $6::text[], $7::timestamptz[], $8::text[], $9::uuid[])""",
-            [e.id for e in entries],
-            [e.program_id for e in entries],
-            [e.kind for e in entries],
-            [e.source for e in entries],
-            [e.message_id for e in entries],
-            [e.description for e in entries],
-            [e.created_at for e in entries],
-            [e.network_reference for e in entries],
-            [e.card_id for e in entries],
-        )
-        postings = [(e, p) for e in entries for p in e.postings]
-        await conn.execute(
-            """INSERT INTO postings (entry_id, account_id, asset, amount_minor, created_at)
-               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[],
-                                    $5::timestamptz[])""",
-            [e.id for e, _ in postings],
-            [p.account_id for _, p in postings],
-            [p.asset for _, p in postings],
-            [p.amount_minor for _, p in postings],
-            [e.created_at for e, _ in postings],
-        )
-
+    pre_reversed = await _insert_holds(conn, writes, deltas)
+    await _release_holds(conn, [r for w in writes for r in w.releases])
+    await _insert_tombstones(conn, [t for w in writes for t in w.tombstones])
+    await _update_balances(conn, {k: v for k, v in deltas.items() if v != [0, 0]})
+    await _insert_entries(conn, [e for w in writes for e in w.entries])
     await _write_usage(conn, [u for w in writes for u in w.usage])
     await _write_client_calls(conn, [k for w in writes for k in w.client_calls])
     await _write_conversions(conn, [c for w in writes for c in w.conversions])
     await write_notifications(conn, [n for w in writes for n in w.notifications])
     await _write_disputes(conn, [d for w in writes for d in w.disputes])
+    await _update_cards(conn, writes)
+    return pre_reversed
 
+
+async def _insert_holds(
+    conn: Connection, writes: list[LedgerWrite], deltas: dict[tuple[str, str], list[int]]
+) -> dict[int, int]:
+    """Write the batch's new holds (each taking over its early reversal's tombstone, if
+    any); takes what those reversals took off ``deltas`` and returns it by write."""
+    pre_reversed: dict[int, int] = {}
+    hold_owner = [(position, h) for position, w in enumerate(writes) for h in w.holds]
+    if not hold_owner:
+        return pre_reversed
+    holds = [h for _, h in hold_owner]
+    rows = await conn.fetch(
+        _INSERT_HOLDS,
+        [h.id for h in holds],
+        [h.account_id for h in holds],
+        [h.asset for h in holds],
+        [h.card_id for h in holds],
+        [h.source for h in holds],
+        [h.message_id for h in holds],
+        [h.network_reference for h in holds],
+        [h.amount_minor for h in holds],
+        [h.fee_minor for h in holds],
+        [h.expires_at for h in holds],
+        [h.created_at for h in holds],
+        [h.kind for h in holds],
+        # text[][] cannot be unnested into rows of arrays: keys travel space-joined.
+        [" ".join(h.usage_keys) for h in holds],
+        [h.billing_minor for h in holds],
+    )
+    assert len(rows) == len(holds), "a hold key was taken by a hold, not a tombstone"
+    final = {(r[0], r[1]): r[2] for r in rows}
+    early: list[tuple[str, str, str, int, datetime]] = []
+    for position, hold in hold_owner:
+        taken = hold.amount_minor - final[(hold.source, hold.message_id)]
+        if taken:
+            pre_reversed[position] = pre_reversed.get(position, 0) + taken
+            deltas[(hold.account_id, hold.asset)][1] -= taken
+            early.append((hold.id, hold.account_id, hold.asset, taken, hold.created_at))
+    if early:
+        await _insert_hold_events(conn, [(*e[:3], "REVERSAL", e[3], e[4]) for e in early])
+    return pre_reversed
+
+
+async def _release_holds(conn: Connection, releases: list[HoldRelease]) -> None:
+    if not releases:
+        return
+    status = await conn.execute(
+        _RELEASE_HOLDS,
+        [r.plan.hold_id for r in releases],
+        [r.plan.expected_minor for r in releases],
+        [r.plan.release_minor for r in releases],
+        [r.plan.end.value for r in releases],
+        [r.reason for r in releases],
+        [r.at for r in releases],
+    )
+    # _check_holds lets one release per hold into a batch, so each row updates once.
+    assert status == f"UPDATE {len(releases)}", f"hold releases lost: {status}"
+    await _insert_hold_events(
+        conn,
+        [
+            (r.plan.hold_id, r.account_id, r.asset, r.reason, r.plan.release_minor, r.at)
+            for r in releases
+        ],
+    )
+
+
+async def _insert_tombstones(conn: Connection, tombstones: list[Tombstone]) -> None:
+    if not tombstones:
+        return
+    rows = await conn.fetch(
+        _INSERT_TOMBSTONES,
+        [t.source for t in tombstones],
+        [t.message_id for t in tombstones],
+        [t.reversed_minor for t in tombstones],
+        [t.full for t in tombstones],
+        [t.at for t in tombstones],
+    )
+    if len(rows) != len(tombstones):
+        # Another process wrote the original's hold after our check: abort the batch;
+        # every write in it is retried or answered 96, nothing half-done survives.
+        raise StoreUnavailable("a tombstone raced with its original's hold")
+
+
+async def _update_balances(conn: Connection, deltas: dict[tuple[str, str], list[int]]) -> None:
+    if not deltas:
+        return
+    status = await conn.execute(
+        _UPDATE_BALANCES,
+        [k[0] for k in deltas],
+        [k[1] for k in deltas],
+        [v[0] for v in deltas.values()],
+        [v[1] for v in deltas.values()],
+    )
+    assert status == f"UPDATE {len(deltas)}", f"balance rows missing: {status}"
+
+
+async def _insert_entries(conn: Connection, entries: list[JournalEntry]) -> None:
+    if not entries:
+        return
+    await conn.execute(
+        _INSERT_ENTRIES,
+        [e.id for e in entries],
+        [e.program_id for e in entries],
+        [e.kind for e in entries],
+        [e.source for e in entries],
+        [e.message_id for e in entries],
+        [e.description for e in entries],
+        [e.created_at for e in entries],
+        [e.network_reference for e in entries],
+        [e.card_id for e in entries],
+    )
+    postings = [(e, p) for e in entries for p in e.postings]
+    await conn.execute(
+        _INSERT_POSTINGS,
+        [e.id for e, _ in postings],
+        [p.account_id for _, p in postings],
+        [p.asset for _, p in postings],
+        [p.amount_minor for _, p in postings],
+        [e.created_at for e, _ in postings],
+    )
+
+
+async def _update_cards(conn: Connection, writes: list[LedgerWrite]) -> None:
+    """The batch's card updates, merged per card (the later's fields over the earlier's)."""
     merged: dict[str, CardUpdate] = {}
     for write in writes:
         for update in write.card_updates:
@@ -999,21 +1078,13 @@ async def _apply_effects(conn: Connection, writes: list[LedgerWrite]) -> dict[in
                     update.pvv if update.pvv is not None else before.pvv,
                     update.blocked or before.blocked,
                 )
-    if merged:
-        updates = list(merged.values())
-        await conn.execute(
-            """UPDATE cards c
-               SET pin_tries = COALESCE(u.pin_tries, c.pin_tries),
-                   pvv = COALESCE(u.pvv, c.pvv),
-                   status = CASE WHEN u.blocked AND c.status = 'ACTIVE' THEN 'BLOCKED'
-                                 ELSE c.status END,
-                   updated_at = now()
-               FROM unnest($1::uuid[], $2::int2[], $3::bytea[], $4::bool[])
-                    AS u(id, pin_tries, pvv, blocked)
-               WHERE c.id = u.id""",
-            [u.card_id for u in updates],
-            [u.pin_tries for u in updates],
-            [u.pvv for u in updates],
-            [u.blocked for u in updates],
-        )
-    return pre_reversed
+    if not merged:
+        return
+    updates = list(merged.values())
+    await conn.execute(
+        _UPDATE_CARDS,
+        [u.card_id for u in updates],
+        [u.pin_tries for u in updates],
+        [u.pvv for u in updates],
+        [u.blocked for u in updates],
+    )
