@@ -456,7 +456,18 @@ def problem(
     controls: SpendControls, assets: frozenset[str], *, channels: frozenset[int],
     transaction_types: frozenset[int], entry_modes: frozenset[int],
 ) -> str | None:  # fmt: skip
-    """What is wrong with a control set an operator sent, or None."""
+    """What is wrong with a control set an operator sent, or None (the first problem, in
+    the order the set's parts are checked)."""
+    return (
+        _lists_problem(controls, channels)
+        or _limits_problem(controls, assets, transaction_types)
+        or _decline_rules_problem(controls, assets, channels, transaction_types, entry_modes)
+        or _velocity_problem(controls, assets)
+    )
+
+
+def _lists_problem(controls: SpendControls, channels: frozenset[int]) -> str | None:
+    """The lists: MCCs and their ranges, countries, merchant ids, channels."""
     for name, values in (
         ("allowed_mccs", controls.allowed_mccs),
         ("blocked_mccs", controls.blocked_mccs),
@@ -488,6 +499,12 @@ def problem(
         return f"merchant ids are 1 to {MERCHANT_ID_LEN_MAX} characters"
     if not controls.allowed_channels <= channels:
         return "allowed_channels holds an unknown channel"
+    return None
+
+
+def _limits_problem(
+    controls: SpendControls, assets: frozenset[str], transaction_types: frozenset[int]
+) -> str | None:
     if len(controls.limits) > RULES_MAX or len(controls.decline_rules) > RULES_MAX:
         return f"at most {RULES_MAX} limits and {RULES_MAX} decline rules"
     seen: set[tuple[str, ControlPeriod]] = set()
@@ -510,6 +527,13 @@ def problem(
             return f"{where}: a per-transaction limit has no count"
         if not limit.transaction_types <= transaction_types:
             return f"{where}: unknown transaction type"
+    return None
+
+
+def _decline_rules_problem(
+    controls: SpendControls, assets: frozenset[str], channels: frozenset[int],
+    transaction_types: frozenset[int], entry_modes: frozenset[int],
+) -> str | None:  # fmt: skip
     for rule in controls.decline_rules:
         where = f"decline rule {rule.name!r}"
         if not rule.name or len(rule.name) > 200:
@@ -526,6 +550,10 @@ def problem(
             return f"{where}: unknown channel or transaction type"
         if not rule.pos_entry_modes <= entry_modes:
             return f"{where}: unknown POS entry mode"
+    return None
+
+
+def _velocity_problem(controls: SpendControls, assets: frozenset[str]) -> str | None:
     if len(controls.velocity_rules) > RULES_MAX:
         return f"at most {RULES_MAX} velocity rules"
     names: set[str] = set()

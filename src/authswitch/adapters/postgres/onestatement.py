@@ -36,7 +36,7 @@ import asyncpg
 import orjson
 
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.domain.records import LedgerWrite
+from authswitch.domain.records import ClientCall, JournalEntry, LedgerWrite, Notification
 
 __all__ = ["BatchRefused", "OneStatementResult", "suits", "write_at_once"]
 
@@ -346,46 +346,17 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
                 "actual": c.actual_delta_minor, "authorized": c.authorized_delta_minor,
                 "needs_funds": c.requires_funds,
             })  # fmt: skip
-        for e in write.entries:
-            created = e.created_at.isoformat()
-            parts.setdefault("e", []).append({
-                "i": i, "id": e.id, "program_id": e.program_id, "kind": e.kind,
-                "source": e.source, "message_id": e.message_id,
-                "description": e.description, "created_at": created,
-                "network_reference": e.network_reference, "card_id": e.card_id,
-            })  # fmt: skip
-            for p in e.postings:
-                parts.setdefault("p", []).append({
-                    "entry_id": e.id, "account_id": p.account_id, "asset": p.asset,
-                    "amount": p.amount_minor, "created_at": created,
-                })  # fmt: skip
+        if write.entries:
+            _add_entries(parts, i, write.entries)
         for u in write.usage:
             parts.setdefault("u", []).append({
                 "i": i, "account_id": u.account_id, "key": u.key, "amount": u.amount_minor,
                 "count": u.count, "expires_at": u.expires_at.isoformat(),
             })  # fmt: skip
         for k in write.client_calls:
-            parts.setdefault("k", []).append({
-                "i": i, "source": k.source, "message_id": k.message_id,
-                "program_id": k.program_id, "outcome": k.outcome,
-                "stand_in_reason": k.stand_in_reason, "stand_in_policy": k.stand_in_policy,
-                "client_decision": k.client_decision,
-                "client_response_code": k.client_response_code,
-                "client_reason": k.client_reason, "latency_us": k.latency_us,
-                "created_at": k.created_at.isoformat(), "usage_minor": k.usage_minor,
-                "usage_keys": list(k.usage_keys), "network_reference": k.network_reference,
-            })  # fmt: skip
-        for n in write.notifications:
-            parts.setdefault("n", []).append({
-                "i": i, "id": n.id, "program_id": n.program_id, "account_id": n.account_id,
-                "card_id": n.card_id, "kind": n.kind, "payload": n.payload,
-                "created_at": n.created_at.isoformat(),
-            })  # fmt: skip
-            ordering_key = n.account_id or n.card_id or n.program_id
-            for sink in n.sinks:
-                parts.setdefault("s", []).append(
-                    {"id": n.id, "sink": sink, "ordering_key": ordering_key}
-                )
+            parts.setdefault("k", []).append(_client_call_row(i, k))
+        if write.notifications:
+            _add_notifications(parts, i, write.notifications)
         for q in write.card_updates:
             parts.setdefault("q", []).append(
                 {"i": i, "card_id": q.card_id, "pin_tries": q.pin_tries, "pvv": _hex(q.pvv),
@@ -396,6 +367,53 @@ def parameter(writes: Sequence[LedgerWrite]) -> dict[str, list[dict[str, Any]]]:
     if "n" in parts:
         parts.setdefault("s", [])
     return parts
+
+
+def _add_entries(
+    parts: dict[str, list[dict[str, Any]]], i: int, entries: Sequence[JournalEntry]
+) -> None:
+    for e in entries:
+        created = e.created_at.isoformat()
+        parts.setdefault("e", []).append({
+            "i": i, "id": e.id, "program_id": e.program_id, "kind": e.kind,
+            "source": e.source, "message_id": e.message_id,
+            "description": e.description, "created_at": created,
+            "network_reference": e.network_reference, "card_id": e.card_id,
+        })  # fmt: skip
+        for p in e.postings:
+            parts.setdefault("p", []).append({
+                "entry_id": e.id, "account_id": p.account_id, "asset": p.asset,
+                "amount": p.amount_minor, "created_at": created,
+            })  # fmt: skip
+
+
+def _client_call_row(i: int, k: ClientCall) -> dict[str, Any]:
+    return {
+        "i": i, "source": k.source, "message_id": k.message_id,
+        "program_id": k.program_id, "outcome": k.outcome,
+        "stand_in_reason": k.stand_in_reason, "stand_in_policy": k.stand_in_policy,
+        "client_decision": k.client_decision,
+        "client_response_code": k.client_response_code,
+        "client_reason": k.client_reason, "latency_us": k.latency_us,
+        "created_at": k.created_at.isoformat(), "usage_minor": k.usage_minor,
+        "usage_keys": list(k.usage_keys), "network_reference": k.network_reference,
+    }  # fmt: skip
+
+
+def _add_notifications(
+    parts: dict[str, list[dict[str, Any]]], i: int, notifications: Sequence[Notification]
+) -> None:
+    for n in notifications:
+        parts.setdefault("n", []).append({
+            "i": i, "id": n.id, "program_id": n.program_id, "account_id": n.account_id,
+            "card_id": n.card_id, "kind": n.kind, "payload": n.payload,
+            "created_at": n.created_at.isoformat(),
+        })  # fmt: skip
+        ordering_key = n.account_id or n.card_id or n.program_id
+        for sink in n.sinks:
+            parts.setdefault("s", []).append(
+                {"id": n.id, "sink": sink, "ordering_key": ordering_key}
+            )
 
 
 async def write_at_once(conn: Connection, writes: Sequence[LedgerWrite]) -> OneStatementResult:

@@ -306,37 +306,10 @@ class LedgerCache:
         velocity: Sequence[VelocityCheck] = (),
     ) -> AuthorizeOutcome | Miss | Duplicate:
         keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
-        args: list[Any] = [
-            self.generation,
-            card_id,
-            asset,
-            amount_minor,
-            charges.fixed_fee_minor,
-            1 if partial_allowed else 0,
-            2 if checks_only else (1 if zero_value else 0),
-            int(pre.expiry_reason or 0),
-            pre.pin_mode.value,
-            pre.pvv,
-            pre.new_pvv,
-            int(pre.cvv2_reason or 0),
-            int(pre.product_reason or 0),
-            fingerprint,
-            self.marker_ttl_s,
-            charges.decline_fee_minor,
-            len(charges.limits),
-        ]
-        for limit in charges.limits:
-            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
-        args.append(len(charges.free_uses))
-        for free in charges.free_uses:
-            args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
-        if velocity:  # spend controls' rolling windows; absent (not 0) without them
-            args.append(len(velocity))
-            for v in velocity:
-                args += [
-                    v.approvals_prefix, v.declines_prefix, v.first_bucket, v.last_bucket,
-                    v.approvals_max, v.amount_max_minor, v.declines_max,
-                ]  # fmt: skip
+        args = self._authorize_args(
+            card_id, asset, amount_minor, partial_allowed, zero_value, pre, fingerprint,
+            charges, checks_only, velocity,
+        )  # fmt: skip
         # Once sent, the step's outcome must be known: a cancelled caller still makes it
         # durable or undoes it (futures.py).
         reply: Sequence[Any] = await outlive_cancel(self._authorize(keys, args))
@@ -346,33 +319,7 @@ class LedgerCache:
                 outcome = self._outcome(reply[:13])
                 outcome.velocity_rule, outcome.velocity_blocked = reply[13], reply[14]
                 return outcome
-            (
-                _,
-                reason,
-                approved,
-                fee,
-                actual,
-                held,
-                epoch,
-                tries,
-                tries_changed,
-                blocked,
-                changed,
-                has,
-                fee_mode,
-            ) = reply
-            return AuthorizeOutcome(
-                reason=Reason(reason),
-                approved_minor=approved,
-                fee_minor=fee,
-                balance=Balance(actual, held) if has else None,
-                epoch=epoch,
-                pin_tries=tries,
-                pin_tries_changed=bool(tries_changed),
-                pin_blocked_now=bool(blocked),
-                pin_changed=bool(changed),
-                fee_mode=FeeMode(fee_mode),
-            )
+            return self._outcome(reply)
         if tag == b"DUP":
             return Duplicate(reply[1])
         if tag == b"MISS":
@@ -406,6 +353,45 @@ class LedgerCache:
         if tag == b"MISSCARD":
             return Miss(card_only=True)
         raise AssertionError(f"credit.lua answered {tag!r}")
+
+    def _authorize_args(
+        self, card_id: str, asset: str, amount_minor: int, partial_allowed: bool,
+        zero_value: bool, pre: PreChecks, fingerprint: bytes, charges: Charges,
+        checks_only: bool, velocity: Sequence[VelocityCheck],
+    ) -> list[Any]:  # fmt: skip
+        """authorize.lua's arguments, in its order (the script reads them positionally)."""
+        args: list[Any] = [
+            self.generation,
+            card_id,
+            asset,
+            amount_minor,
+            charges.fixed_fee_minor,
+            1 if partial_allowed else 0,
+            2 if checks_only else (1 if zero_value else 0),
+            int(pre.expiry_reason or 0),
+            pre.pin_mode.value,
+            pre.pvv,
+            pre.new_pvv,
+            int(pre.cvv2_reason or 0),
+            int(pre.product_reason or 0),
+            fingerprint,
+            self.marker_ttl_s,
+            charges.decline_fee_minor,
+            len(charges.limits),
+        ]
+        for limit in charges.limits:
+            args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
+        args.append(len(charges.free_uses))
+        for free in charges.free_uses:
+            args += [free.counter.key, free.counter.previous, free.free_uses, free.fee_minor]
+        if velocity:  # spend controls' rolling windows; absent (not 0) without them
+            args.append(len(velocity))
+            for v in velocity:
+                args += [
+                    v.approvals_prefix, v.declines_prefix, v.first_bucket, v.last_bucket,
+                    v.approvals_max, v.amount_max_minor, v.declines_max,
+                ]  # fmt: skip
+        return args
 
     @staticmethod
     def _outcome(reply: Sequence[Any]) -> AuthorizeOutcome:
