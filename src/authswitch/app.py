@@ -33,6 +33,7 @@ from authswitch.adapters.grpc.servicers import (
     LedgerAdminServicer,
     Services,
 )
+from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.migrations import migrate
@@ -267,6 +268,7 @@ class Application:
         assert self.pool is not None
         assert self.redis_clients is not None
         store = CatalogStore(self.pool)
+        audit = AuditStore(self.pool)
         cache = LedgerCache(
             self.redis_clients.ledger,
             settings.redis_key_prefix,
@@ -303,11 +305,17 @@ class Application:
             clock=self.clock,
         )
         self.admin = AdminService(
-            keys=keys, store=store, catalog=catalog, sync=sync, poster=poster, clock=self.clock
+            keys=keys,
+            store=store,
+            audit=audit,
+            catalog=catalog,
+            sync=sync,
+            poster=poster,
+            clock=self.clock,
         )
         self.poster = poster
         self.lifecycle = LifecycleService(
-            keys=keys, catalog=catalog, store=store, poster=poster, clock=self.clock
+            keys=keys, catalog=catalog, store=store, audit=audit, poster=poster, clock=self.clock
         )
         return cache
 

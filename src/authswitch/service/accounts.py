@@ -141,7 +141,7 @@ class AccountService:
         if decision.reason != Reason.APPROVED:
             raise PreconditionFailed("insufficient available balance in the source account")
         if posted.status is PostStatus.COMMITTED:
-            await store.audit(
+            await admin.audit.record(
                 actor, "transfer", source.id,
                 {"to_account_id": target.id, "asset": asset, "amount_minor": amount,
                  "idempotency_key": key, "entry_id": entry_id},

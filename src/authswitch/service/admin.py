@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
@@ -120,6 +121,7 @@ class AdminService:
         *,
         keys: CardKeys,
         store: CatalogStore,
+        audit: AuditStore,
         catalog: Catalog,
         sync: CacheSync,
         poster: Poster,
@@ -127,6 +129,7 @@ class AdminService:
     ) -> None:
         self.keys = keys
         self.store = store
+        self.audit = audit
         self.catalog = catalog
         self.sync = sync
         self.poster = poster
@@ -697,7 +700,7 @@ class AdminService:
             raise AlreadyExists("idempotency_key was used for a different adjustment")
         if decision.reason != Reason.APPROVED:
             raise PreconditionFailed("insufficient available balance (set allow_negative to force)")
-        await self.store.audit(
+        await self.audit.record(
             actor, f"{kind.lower()}_account", account.id,
             {"asset": asset, "amount_minor": amount_minor, "purpose": purpose,
              "idempotency_key": idempotency_key, "entry_id": entry_id},

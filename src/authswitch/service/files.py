@@ -23,9 +23,9 @@ from typing import Any
 import asyncpg
 
 from authswitch import metrics
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.disputes import parse_id
 from authswitch.adapters.postgres.errors import translated_methods
-from authswitch.adapters.postgres.store import audit
 from authswitch.adapters.sinks import DirectorySink, FileSink
 from authswitch.domain.files import (
     CATCH_UP_MAX,

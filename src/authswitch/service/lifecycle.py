@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
@@ -127,12 +128,14 @@ class LifecycleService:
         keys: CardKeys,
         catalog: Catalog,
         store: CatalogStore,
+        audit: AuditStore,
         poster: Poster,
         clock: Clock,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
         self.store = store
+        self.audit = audit
         self.poster = poster
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
@@ -1193,7 +1196,7 @@ class LifecycleService:
             assert stored is not None
             if stored.fingerprint != fingerprint:
                 raise PreconditionFailed("idempotency_key was used for another change")
-            await self.store.audit(
+            await self.audit.record(
                 actor,
                 "release_hold",
                 hold_id,

@@ -14,14 +14,15 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.committer import StoredDecision, write_notifications
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
-    translated,
     translated_methods,
     translates_inline,
     unavailable,
 )
+from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
 from authswitch.domain.authorization import (
     CardFacts,
@@ -122,14 +123,6 @@ class AccountRow:
     account_type: str
 
 
-def _uuid(value: str, what: str) -> str:
-    """Reject ids that are not UUIDs before they reach SQL (a clear NotFound, not a 500)."""
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"{what} {value!r} does not exist") from None
-
-
 @translated_methods
 class CatalogStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
@@ -187,7 +180,7 @@ class CatalogStore:
                JOIN accounts f ON f.program_id = p.id AND f.kind = 'FEE_INCOME'
                JOIN accounts d ON d.program_id = p.id AND d.kind = 'DISPUTES'
                WHERE p.id = $1""",
-            _uuid(program_id, "program"),
+            uuid_or_not_found(program_id, "program"),
         )
         if row is None:
             raise NotFound(f"program {program_id} does not exist")
@@ -243,7 +236,7 @@ class CatalogStore:
                       pin_tries_max, hold_validity_days, hold_validity_by_mcc,
                       pin_tries_exceeded_action, fx_enabled, fx_markup_bps
                FROM products WHERE id = $1""",
-            _uuid(product_id, "product"),
+            uuid_or_not_found(product_id, "product"),
         )
         if row is None:
             raise NotFound(f"product {product_id} does not exist")
@@ -270,7 +263,7 @@ class CatalogStore:
         row = await self.pool.fetchrow(
             """SELECT id::text, program_id::text, product_id::text, kind, account_type
                FROM accounts WHERE id = $1""",
-            _uuid(account_id, "account"),
+            uuid_or_not_found(account_id, "account"),
         )
         if row is None:
             raise NotFound(f"account {account_id} does not exist")
@@ -367,7 +360,7 @@ class CatalogStore:
     async def hold(self, hold_id: str) -> HoldRow:
         row = await self.pool.fetchrow(
             _holds_where("id = $1"),
-            _uuid(hold_id, "hold"),
+            uuid_or_not_found(hold_id, "hold"),
         )
         if row is None:
             raise NotFound(f"hold {hold_id} does not exist")
@@ -498,7 +491,7 @@ class CatalogStore:
                       a.name, a.reference, coalesce(a.profile_id::text, '') AS profile_id,
                       a.created_at
                FROM accounts a JOIN programs p ON p.id = a.program_id WHERE a.id = $1""",
-            _uuid(account_id, "account"),
+            uuid_or_not_found(account_id, "account"),
         )
         if row is None:
             raise NotFound(f"account {account_id} does not exist")
@@ -507,7 +500,7 @@ class CatalogStore:
     async def client(self, client_id: str) -> dict[str, Any]:
         row = await self.pool.fetchrow(
             "SELECT id::text AS client_id, name, created_at FROM clients WHERE id = $1",
-            _uuid(client_id, "client"),
+            uuid_or_not_found(client_id, "client"),
         )
         if row is None:
             raise NotFound(f"client {client_id} does not exist")
@@ -581,7 +574,7 @@ class CatalogStore:
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             exists = await conn.fetchval(
-                "SELECT true FROM clients WHERE id = $1", _uuid(client_id, "client")
+                "SELECT true FROM clients WHERE id = $1", uuid_or_not_found(client_id, "client")
             )
             if not exists:
                 raise NotFound(f"client {client_id} does not exist")
@@ -730,7 +723,7 @@ class CatalogStore:
 
     async def card_pan_hmac(self, card_id: str) -> bytes:
         value = await self.pool.fetchval(
-            "SELECT pan_hmac FROM cards WHERE id = $1", _uuid(card_id, "card")
+            "SELECT pan_hmac FROM cards WHERE id = $1", uuid_or_not_found(card_id, "card")
         )
         if value is None:
             raise NotFound(f"card {card_id} does not exist")
@@ -742,7 +735,7 @@ class CatalogStore:
             account_id = await conn.fetchval(
                 """UPDATE cards SET pvv = $2, pin_tries = 0, updated_at = now() WHERE id = $1
                    RETURNING account_id::text""",
-                _uuid(card_id, "card"),
+                uuid_or_not_found(card_id, "card"),
                 pvv,
             )
             if account_id is None:
@@ -765,7 +758,7 @@ class CatalogStore:
             row = await conn.fetchrow(
                 """SELECT status, account_id::text, program_id::text FROM cards
                    WHERE id = $1 FOR UPDATE""",
-                _uuid(card_id, "card"),
+                uuid_or_not_found(card_id, "card"),
             )
             if row is None:
                 raise NotFound(f"card {card_id} does not exist")
@@ -796,7 +789,7 @@ class CatalogStore:
         async with self.pool.acquire() as conn, conn.transaction():
             updated = await conn.execute(
                 "UPDATE programs SET movements = $2 WHERE id = $1",
-                _uuid(program_id, "program"),
+                uuid_or_not_found(program_id, "program"),
                 enabled,
             )
             if updated == "UPDATE 0":
@@ -805,7 +798,7 @@ class CatalogStore:
 
     async def card_program(self, card_id: str) -> str:
         value = await self.pool.fetchval(
-            "SELECT program_id::text FROM cards WHERE id = $1", _uuid(card_id, "card")
+            "SELECT program_id::text FROM cards WHERE id = $1", uuid_or_not_found(card_id, "card")
         )
         if value is None:
             raise NotFound(f"card {card_id} does not exist")
@@ -858,7 +851,7 @@ class CatalogStore:
     async def customers_in_program(self, customer_ids: list[str], program_id: str) -> set[str]:
         rows = await self.pool.fetch(
             "SELECT id::text FROM customers WHERE id = ANY($1::uuid[]) AND program_id = $2",
-            [_uuid(c, "customer") for c in customer_ids],
+            [uuid_or_not_found(c, "customer") for c in customer_ids],
             program_id,
         )
         return {r[0] for r in rows}
@@ -866,13 +859,14 @@ class CatalogStore:
     async def link_card_account(self, card_id: str, account_id: str, actor: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             card_program = await conn.fetchval(
-                "SELECT program_id::text FROM cards WHERE id = $1", _uuid(card_id, "card")
+                "SELECT program_id::text FROM cards WHERE id = $1",
+                uuid_or_not_found(card_id, "card"),
             )
             if card_program is None:
                 raise NotFound(f"card {card_id} does not exist")
             account = await conn.fetchrow(
                 "SELECT program_id::text, kind FROM accounts WHERE id = $1",
-                _uuid(account_id, "account"),
+                uuid_or_not_found(account_id, "account"),
             )
             if account is None:
                 raise NotFound(f"account {account_id} does not exist")
@@ -903,7 +897,7 @@ class CatalogStore:
                FROM cards c JOIN programs p ON p.id = c.program_id
                LEFT JOIN card_accounts l ON l.card_id = c.id
                WHERE c.id = $1 GROUP BY c.id, p.client_id""",
-            _uuid(card_id, "card"),
+            uuid_or_not_found(card_id, "card"),
         )
         if row is None:
             raise NotFound(f"card {card_id} does not exist")
@@ -936,7 +930,7 @@ class CatalogStore:
                FROM fee_schedules s LEFT JOIN fee_rules r ON r.schedule_id = s.id
                WHERE s.product_id = $1
                ORDER BY s.version, r.position""",
-            _uuid(product_id, "product"),
+            uuid_or_not_found(product_id, "product"),
         )
         by_version: dict[int, tuple[datetime, list[FeeRule]]] = {}
         for r in rows:
@@ -971,7 +965,8 @@ class CatalogStore:
         """Store a new version of the product's schedule; returns its version number."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "SELECT 1 FROM products WHERE id = $1 FOR UPDATE", _uuid(product_id, "product")
+                "SELECT 1 FROM products WHERE id = $1 FOR UPDATE",
+                uuid_or_not_found(product_id, "product"),
             )
             version = await conn.fetchval(
                 "SELECT coalesce(max(version), 0) + 1 FROM fee_schedules WHERE product_id = $1",
@@ -1006,7 +1001,7 @@ class CatalogStore:
             """SELECT id::text, subject, period, asset, amount_max_minor, count_max,
                       transaction_types
                FROM limits WHERE product_id = $1 ORDER BY created_at, id""",
-            _uuid(product_id, "product"),
+            uuid_or_not_found(product_id, "product"),
         )
         return [
             Limit(
@@ -1151,7 +1146,7 @@ class CatalogStore:
                 """UPDATE notification_deliveries
                    SET status = 'PENDING', attempts = 0, next_attempt_at = $2, last_error = ''
                    WHERE program_id = $1 AND status = 'DEAD'""",
-                _uuid(program_id, "program"),
+                uuid_or_not_found(program_id, "program"),
                 now,
             )
             count = int(status.split()[-1])
@@ -1163,7 +1158,7 @@ class CatalogStore:
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(
-                "SELECT true FROM clients WHERE id = $1", _uuid(client_id, "client")
+                "SELECT true FROM clients WHERE id = $1", uuid_or_not_found(client_id, "client")
             ):
                 raise NotFound(f"client {client_id} does not exist")
             await conn.execute(
@@ -1178,10 +1173,6 @@ class CatalogStore:
             await audit(
                 conn, actor, "set_balance_report", client_id, {"prefix": prefix, "enabled": enabled}
             )
-
-    async def audit(self, actor: str, action: str, subject_id: str, detail: dict[str, Any]) -> None:
-        async with self.pool.acquire() as conn:
-            await audit(conn, actor, action, subject_id, detail)
 
 
 def _hold_row(row: Any) -> HoldRow:
@@ -1205,19 +1196,6 @@ def _card_state(row: Any) -> CardState:
         pin_tries=row["pin_tries"],
         pin_tries_max=row["pin_tries_max"],
         pvv=bytes(row["pvv"] or b""),
-    )
-
-
-@translated
-async def audit(
-    conn: Connection, actor: str, action: str, subject_id: str, detail: dict[str, Any]
-) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (actor, action, subject_id, detail) VALUES ($1, $2, $3, $4)",
-        actor,
-        action,
-        subject_id,
-        json.dumps(detail, sort_keys=True),
     )
 
 
