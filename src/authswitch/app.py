@@ -308,6 +308,7 @@ class Application:
             keys=keys,
             store=store,
             audit=audit,
+            outbox=OutboxStore(self.pool),
             catalog=catalog,
             sync=sync,
             poster=poster,

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.controls import ControlStore
+from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain.authorization import (
@@ -122,6 +123,7 @@ class AdminService:
         keys: CardKeys,
         store: CatalogStore,
         audit: AuditStore,
+        outbox: OutboxStore,
         catalog: Catalog,
         sync: CacheSync,
         poster: Poster,
@@ -130,6 +132,7 @@ class AdminService:
         self.keys = keys
         self.store = store
         self.audit = audit
+        self.outbox = outbox
         self.catalog = catalog
         self.sync = sync
         self.poster = poster

@@ -966,7 +966,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             if not isinstance(seq, int):
                 raise RequestError("page_token is not one this server issued for this list")
             before = (seq, str(sink))
-        rows = await self.service.store.notification_deliveries(
+        rows = await self.service.outbox.notification_deliveries(
             request.program_id, status, limit + 1, before
         )
         items = []
@@ -995,7 +995,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def RedriveNotifications(  # noqa: N802
         self, request: ledger_admin_pb2.RedriveNotificationsRequest, context: Context
     ) -> ledger_admin_pb2.RedriveNotificationsResponse:
-        count = await self.service.store.redrive(
+        count = await self.service.outbox.redrive(
             request.program_id, self.service.clock.now(), _actor(context)
         )
         return ledger_admin_pb2.RedriveNotificationsResponse(redriven=count)

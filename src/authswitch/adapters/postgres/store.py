@@ -1112,47 +1112,6 @@ class CatalogStore:
                 {"sink": sink, "url": url, "remove": remove},
             )  # fmt: skip
 
-    async def notification_deliveries(
-        self,
-        program_id: str,
-        status: str | None,
-        limit: int,
-        before: tuple[int, str] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Newest first; ``before`` is the (seq, sink) of the last delivery of the previous
-        page."""
-        await self.program(program_id)
-        cursor_seq, cursor_sink = before or (None, None)
-        rows = await self.pool.fetch(
-            """SELECT d.notification_id::text, n.kind,
-                      coalesce(n.account_id::text, '') AS account_id, d.seq, d.sink,
-                      d.status, d.attempts, d.last_error, n.created_at
-               FROM notification_deliveries d
-               JOIN notifications n ON n.id = d.notification_id AND n.created_at = d.created_at
-               WHERE d.program_id = $1 AND ($2::text IS NULL OR d.status = $2)
-                 AND ($4::bigint IS NULL OR (d.seq, d.sink) < ($4, $5::text))
-               ORDER BY d.seq DESC, d.sink DESC LIMIT $3""",
-            program_id,
-            status,
-            limit,
-            cursor_seq,
-            cursor_sink,
-        )
-        return [dict(r) for r in rows]
-
-    async def redrive(self, program_id: str, now: datetime, actor: str) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                """UPDATE notification_deliveries
-                   SET status = 'PENDING', attempts = 0, next_attempt_at = $2, last_error = ''
-                   WHERE program_id = $1 AND status = 'DEAD'""",
-                uuid_or_not_found(program_id, "program"),
-                now,
-            )
-            count = int(status.split()[-1])
-            await audit(conn, actor, "redrive_notifications", program_id, {"count": count})
-        return count
-
     async def set_report_subscription(
         self, client_id: str, prefix: str, enabled: bool, actor: str
     ) -> None:
