@@ -34,6 +34,7 @@ from authswitch.adapters.grpc.servicers import (
     Services,
 )
 from authswitch.adapters.postgres.audit import AuditStore
+from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.migrations import migrate
@@ -268,6 +269,7 @@ class Application:
         assert self.pool is not None
         assert self.redis_clients is not None
         store = CatalogStore(self.pool)
+        cards = CardStore(self.pool)
         audit = AuditStore(self.pool)
         cache = LedgerCache(
             self.redis_clients.ledger,
@@ -278,7 +280,7 @@ class Application:
         # A new generation: every account is reloaded from Postgres before its next
         # decision, so nothing a crashed process left in Redis decides anything.
         await cache.start_generation(int(self.clock.now().timestamp() * 1000))
-        catalog = Catalog(store, cards_max=settings.card_cache_entries_max)
+        catalog = Catalog(store, cards, cards_max=settings.card_cache_entries_max)
         await catalog.load()
         self.catalog_watch = CatalogWatch(self.pool, catalog, poll_ms=settings.catalog_poll_ms)
         await self.catalog_watch.start()
@@ -299,6 +301,7 @@ class Application:
             keys=keys,
             catalog=catalog,
             store=store,
+            cards=cards,
             cache=cache,
             sync=sync,
             committer=self.committer,
@@ -307,6 +310,7 @@ class Application:
         self.admin = AdminService(
             keys=keys,
             store=store,
+            cards=cards,
             audit=audit,
             outbox=OutboxStore(self.pool),
             catalog=catalog,
@@ -316,7 +320,13 @@ class Application:
         )
         self.poster = poster
         self.lifecycle = LifecycleService(
-            keys=keys, catalog=catalog, store=store, audit=audit, poster=poster, clock=self.clock
+            keys=keys,
+            catalog=catalog,
+            store=store,
+            cards=cards,
+            audit=audit,
+            poster=poster,
+            clock=self.clock,
         )
         return cache
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from authswitch.adapters.postgres.audit import AuditStore
+from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.store import CatalogStore
@@ -122,6 +123,7 @@ class AdminService:
         *,
         keys: CardKeys,
         store: CatalogStore,
+        cards: CardStore,
         audit: AuditStore,
         outbox: OutboxStore,
         catalog: Catalog,
@@ -131,13 +133,14 @@ class AdminService:
     ) -> None:
         self.keys = keys
         self.store = store
+        self.cards = cards
         self.audit = audit
         self.outbox = outbox
         self.catalog = catalog
         self.sync = sync
         self.poster = poster
         self.clock = clock
-        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
+        self.tokens = TokenService(keys=keys, catalog=catalog, cards=cards, clock=clock)
         self.fx = FxAdmin(catalog)
 
     async def create_client(self, name: str, *, actor: str) -> str:
@@ -244,7 +247,7 @@ class AdminService:
         if len(set(customer_ids)) != len(customer_ids):
             raise RequestError("customer_ids must be distinct")
         if customer_ids:
-            found = await self.store.customers_in_program(customer_ids, product.program_id)
+            found = await self.cards.customers_in_program(customer_ids, product.program_id)
             unknown = sorted(set(customer_ids) - found)
             if unknown:
                 raise PreconditionFailed(
@@ -288,7 +291,7 @@ class AdminService:
         self, program_id: str, name: str, reference: str, *, actor: str
     ) -> str:
         customer_id = str(uuid.uuid4())
-        await self.store.create_customer(
+        await self.cards.create_customer(
             customer_id,
             program_id,
             _name(name, "name", required=False),
@@ -298,7 +301,7 @@ class AdminService:
         return customer_id
 
     async def link_card_account(self, card_id: str, account_id: str, *, actor: str) -> None:
-        await self.store.link_card_account(card_id, account_id, actor)
+        await self.cards.link_card_account(card_id, account_id, actor)
         # The card's cached facts name the linked accounts it spends from.
         self.catalog.forget("card", card_id)
 
@@ -345,7 +348,7 @@ class AdminService:
     ) -> int:  # fmt: skip
         """Add a version of a card's or an account's spend controls; returns its number."""
         if subject is ControlSubject.CARD:
-            product_id = (await self.store.card(subject_id))["product_id"]
+            product_id = (await self.cards.card(subject_id))["product_id"]
         else:
             product_id = (await self.store.account_details(subject_id))["product_id"]
             if not product_id:
@@ -402,7 +405,7 @@ class AdminService:
         product = await self.catalog.product(account.product_id)
         pan_hmac = self.keys.pan_hmac(pan)
         card_id = str(uuid.uuid4())
-        await self.store.create_card(
+        await self.cards.create_card(
             card_id=card_id,
             account=account,
             product=product,
@@ -421,8 +424,8 @@ class AdminService:
         """Set a new PIN (the PVV is derived from the card's PAN HMAC) and reset the tries."""
         if not pin_valid_format(pin):
             raise RequestError("pin must be 4 to 12 digits")
-        pan_hmac = await self.store.card_pan_hmac(card_id)
-        account_id = await self.store.set_card_pin(
+        pan_hmac = await self.cards.card_pan_hmac(card_id)
+        account_id = await self.cards.set_card_pin(
             card_id, self.keys.pin_verification_value(pan_hmac, pin), actor
         )
         await self.sync.refresh(account_id, "admin")
@@ -446,14 +449,14 @@ class AdminService:
                 sinks=sinks.get(program_id, ()),
             )
 
-        program_id = await self.store.card_program(card_id)
+        program_id = await self.cards.card_program(card_id)
         sinks[program_id] = (await self.catalog.program(program_id)).sinks
-        previous, account_id = await self.store.change_card_status(
+        previous, account_id = await self.cards.change_card_status(
             card_id, status, reason, actor, notify
         )
         await self.sync.refresh(account_id, "admin")
         # Accounts the card spends from keep a copy of its status (service/linked.py).
-        for linked in await self.store.linked_accounts(card_id):
+        for linked in await self.cards.linked_accounts(card_id):
             await self.sync.refresh(linked, "admin")
         return previous
 
@@ -476,9 +479,9 @@ class AdminService:
                 sinks=programs.get(program_id, ()),
             )
 
-        for program_id in await self.store.programs_with_cards_to_expire(month):
+        for program_id in await self.cards.programs_with_cards_to_expire(month):
             programs[program_id] = (await self.catalog.program(program_id)).sinks
-        accounts = await self.store.expire_cards(month, notify, limit)
+        accounts = await self.cards.expire_cards(month, notify, limit)
         for account_id in accounts:
             await self.sync.refresh(account_id, "admin")
         return len(accounts)

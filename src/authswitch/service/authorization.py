@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from authswitch import metrics
+from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
@@ -231,6 +232,7 @@ class AuthorizationService:
         keys: CardKeys,
         catalog: Catalog,
         store: CatalogStore,
+        cards: CardStore,
         cache: LedgerCache,
         sync: CacheSync,
         committer: GroupCommitter,
@@ -244,8 +246,10 @@ class AuthorizationService:
         self.committer = committer
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
-        self.controls = SpendControlService(catalog, ControlStore(store.pool), cache, self.charges)
-        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
+        self.controls = SpendControlService(
+            catalog, ControlStore(store.pool), cards, cache, self.charges
+        )
+        self.tokens = TokenService(keys=keys, catalog=catalog, cards=cards, clock=clock)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
         # Set by the application: a card spending from a linked account (service/linked.py).

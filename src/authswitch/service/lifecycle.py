@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from authswitch.adapters.postgres.audit import AuditStore
+from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
@@ -128,6 +129,7 @@ class LifecycleService:
         keys: CardKeys,
         catalog: Catalog,
         store: CatalogStore,
+        cards: CardStore,
         audit: AuditStore,
         poster: Poster,
         clock: Clock,
@@ -135,6 +137,7 @@ class LifecycleService:
         self.keys = keys
         self.catalog = catalog
         self.store = store
+        self.cards = cards
         self.audit = audit
         self.poster = poster
         self.clock = clock
@@ -1122,7 +1125,7 @@ class LifecycleService:
         stored = await self.store.find_decision(source, message_id)
         if stored is None or stored.account_id is None:
             return None
-        return await self.store.card_of_decision(source, message_id)
+        return await self.cards.card_of_decision(source, message_id)
 
     async def _forward(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, card: CardFacts,

@@ -632,7 +632,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetCard(  # noqa: N802
         self, request: ledger_admin_pb2.GetCardRequest, context: Context
     ) -> ledger_admin_pb2.GetCardResponse:
-        card = await self.service.store.card(request.card_id)
+        card = await self.service.cards.card(request.card_id)
         now = self.service.clock.now()
         controls = []
         for subject_id in (card["card_id"], card["account_id"]):
