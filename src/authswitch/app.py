@@ -37,6 +37,7 @@ from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
+from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
@@ -269,6 +270,7 @@ class Application:
         assert self.pool is not None
         assert self.redis_clients is not None
         store = CatalogStore(self.pool)
+        holds = HoldStore(self.pool)
         cards = CardStore(self.pool)
         audit = AuditStore(self.pool)
         cache = LedgerCache(
@@ -295,12 +297,12 @@ class Application:
         sync = CacheSync(
             cache, store, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
         )
-        poster = Poster(store=store, cache=cache, sync=sync, committer=self.committer)
-        self.cache, self.store, self.catalog, self.sync = cache, store, catalog, sync
+        poster = Poster(holds=holds, cache=cache, sync=sync, committer=self.committer)
+        self.cache, self.holds, self.catalog, self.sync = cache, holds, catalog, sync
         self.authorization = AuthorizationService(
             keys=keys,
             catalog=catalog,
-            store=store,
+            holds=holds,
             cards=cards,
             cache=cache,
             sync=sync,
@@ -310,6 +312,7 @@ class Application:
         self.admin = AdminService(
             keys=keys,
             store=store,
+            holds=holds,
             cards=cards,
             audit=audit,
             outbox=OutboxStore(self.pool),
@@ -323,6 +326,7 @@ class Application:
             keys=keys,
             catalog=catalog,
             store=store,
+            holds=holds,
             cards=cards,
             audit=audit,
             poster=poster,

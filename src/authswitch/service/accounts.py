@@ -63,7 +63,7 @@ class AccountService:
             raise RequestError(f"description: printable, up to {DESCRIPTION_LEN_MAX} characters")
         if request.from_account_id == request.to_account_id:
             raise RequestError("from_account_id and to_account_id are the same account")
-        stored = await store.find_decision(ADMIN_SOURCE, key)
+        stored = await admin.holds.find_decision(ADMIN_SOURCE, key)
         if stored is not None:
             # A retry gets the first answer, whatever changed since (holders, balances).
             if stored.fingerprint != fingerprint:

@@ -14,6 +14,7 @@ from datetime import datetime
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.controls import ControlStore
+from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
@@ -123,6 +124,7 @@ class AdminService:
         *,
         keys: CardKeys,
         store: CatalogStore,
+        holds: HoldStore,
         cards: CardStore,
         audit: AuditStore,
         outbox: OutboxStore,
@@ -133,6 +135,7 @@ class AdminService:
     ) -> None:
         self.keys = keys
         self.store = store
+        self.holds = holds
         self.cards = cards
         self.audit = audit
         self.outbox = outbox

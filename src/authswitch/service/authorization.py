@@ -24,7 +24,8 @@ from authswitch import metrics
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
 from authswitch.adapters.postgres.controls import ControlStore
-from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
+from authswitch.adapters.postgres.holds import HoldStore
+from authswitch.adapters.postgres.store import ProductRow, ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain.authorization import (
     PARTIAL_APPROVAL_TYPES,
@@ -231,7 +232,7 @@ class AuthorizationService:
         *,
         keys: CardKeys,
         catalog: Catalog,
-        store: CatalogStore,
+        holds: HoldStore,
         cards: CardStore,
         cache: LedgerCache,
         sync: CacheSync,
@@ -240,14 +241,14 @@ class AuthorizationService:
     ) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.store = store
+        self.holds = holds
         self.cache = cache
         self.sync = sync
         self.committer = committer
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
         self.controls = SpendControlService(
-            catalog, ControlStore(store.pool), cards, cache, self.charges
+            catalog, ControlStore(holds.pool), cards, cache, self.charges
         )
         self.tokens = TokenService(keys=keys, catalog=catalog, cards=cards, clock=clock)
         # Set by the application when off-ledger switching is wired (it needs this service).
@@ -521,7 +522,7 @@ class AuthorizationService:
         """An increment joins its original's transaction, so that clearings of it release
         both; without an open original it is an authorisation of its own."""
         request = job.ctx.request
-        original = await self.store.hold_by_message(request.source, request.original_message_id)
+        original = await self.holds.hold_by_message(request.source, request.original_message_id)
         if (
             original is not None
             and original.status == "OPEN"
@@ -876,7 +877,7 @@ class AuthorizationService:
     async def _stored_original(self, ctx: _Context, card: CardFacts) -> StoredDecision:
         """The durable decision of an earlier message with this id, found by its marker."""
         request = ctx.request
-        stored = await durable_original(self.store, request.source, request.message_id)
+        stored = await durable_original(self.holds, request.source, request.message_id)
         if stored is not None:
             return stored
         # A marker with nothing durable behind it: its request failed (96) or its process

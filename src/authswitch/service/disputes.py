@@ -276,7 +276,7 @@ class DisputeService:
         ):
             return cls(response_code=Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
-        stored = await self.poster.store.find_decision(request.source, request.message_id)
+        stored = await self.poster.holds.find_decision(request.source, request.message_id)
         if stored is not None:
             return (
                 parse(stored.response)
@@ -354,7 +354,7 @@ class DisputeService:
     async def _replay(
         self, source: str, message_id: str, fingerprint: bytes, parse: Callable[[bytes], _A]
     ) -> _A | None:
-        stored = await self.poster.store.find_decision(source, message_id)
+        stored = await self.poster.holds.find_decision(source, message_id)
         if stored is None:
             return None
         if stored.fingerprint != fingerprint:

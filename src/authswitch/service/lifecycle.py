@@ -21,8 +21,9 @@ from typing import Protocol, TypeVar
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
+from authswitch.adapters.postgres.holds import HoldRow, HoldStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
-from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
+from authswitch.adapters.postgres.store import CatalogStore, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
@@ -129,6 +130,7 @@ class LifecycleService:
         keys: CardKeys,
         catalog: Catalog,
         store: CatalogStore,
+        holds: HoldStore,
         cards: CardStore,
         audit: AuditStore,
         poster: Poster,
@@ -137,6 +139,7 @@ class LifecycleService:
         self.keys = keys
         self.catalog = catalog
         self.store = store
+        self.holds = holds
         self.cards = cards
         self.audit = audit
         self.poster = poster
@@ -275,7 +278,7 @@ class LifecycleService:
         original: HoldRow | None = None
         held: list[HoldRow] = []
         if request.original_message_id:
-            found = await self.store.hold_by_message(request.source, request.original_message_id)
+            found = await self.holds.hold_by_message(request.source, request.original_message_id)
             if (
                 found is not None
                 and found.status == "OPEN"
@@ -285,7 +288,7 @@ class LifecycleService:
                 original = found
                 # The advised amount is the transaction's total: its original and any
                 # increments or earlier advices, all under the original's reference.
-                held = await self.store.open_holds(card.card_id, found.network_reference, asset)
+                held = await self.holds.open_holds(card.card_id, found.network_reference, asset)
         decision_id = str(uuid.uuid4())
         holds: tuple[HoldRecord, ...] = ()
         releases: tuple[HoldRelease, ...] = ()
@@ -428,7 +431,7 @@ class LifecycleService:
         with sync.in_flight(account_id):
             try:
                 returned = await return_usage(
-                    self.store.pool, source=source, original_message_id=original_message_id,
+                    self.holds.pool, source=source, original_message_id=original_message_id,
                     reversal=reversal, requested_minor=requested_minor,
                 )  # fmt: skip
                 if returned is not None:
@@ -452,7 +455,7 @@ class LifecycleService:
         with sync.in_flight(account_id):
             try:
                 settled = await settle_usage(
-                    self.store.pool, card_id=card_id, network_reference=network_reference,
+                    self.holds.pool, card_id=card_id, network_reference=network_reference,
                     clearing=clearing, amount_minor=amount_minor, settled_minor=settled_minor,
                     final=final,
                 )  # fmt: skip
@@ -472,7 +475,7 @@ class LifecycleService:
     ) -> Posted | None:  # fmt: skip
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
-        hold = await self.store.hold_by_message(request.source, request.original_message_id)
+        hold = await self.holds.hold_by_message(request.source, request.original_message_id)
 
         def acknowledge(
             result: pb.ReversalResult.ValueType, card: CardFacts | None = None
@@ -486,7 +489,7 @@ class LifecycleService:
             )  # fmt: skip
 
         if hold is None or hold.tombstone:
-            if hold is None and await self.store.decision_exists(
+            if hold is None and await self.holds.decision_exists(
                 request.source, request.original_message_id
             ):
                 return await self.poster.record(
@@ -676,7 +679,7 @@ class LifecycleService:
         now = self.clock.now()
         holds = []
         if request.network_reference:
-            holds = await self.store.open_holds(card.card_id, request.network_reference, asset)
+            holds = await self.holds.open_holds(card.card_id, request.network_reference, asset)
         plan = plan_clearing([h.open_hold() for h in holds], amount, final=request.final)
         transaction_type = request.transaction_type or int(TransactionType.PURCHASE)
         context = FeeContext(
@@ -1053,7 +1056,7 @@ class LifecycleService:
                     raise
             if isinstance(result, Duplicate):
                 # The original's durable answer; it may be committing in another process.
-                stored = await durable_original(self.store, request.source, request.message_id)
+                stored = await durable_original(self.holds, request.source, request.message_id)
                 if stored is not None:
                     return self._answer(
                         Posted(PostStatus.DUPLICATE, stored), fingerprint,
@@ -1122,7 +1125,7 @@ class LifecycleService:
 
     async def _card_of_message(self, source: str, message_id: str) -> CardFacts | None:
         """The card of an earlier message (a reversal may carry no PAN)."""
-        stored = await self.store.find_decision(source, message_id)
+        stored = await self.holds.find_decision(source, message_id)
         if stored is None or stored.account_id is None:
             return None
         return await self.cards.card_of_decision(source, message_id)
@@ -1180,11 +1183,11 @@ class LifecycleService:
         require_idempotency_key(idempotency_key)
         fingerprint = self.keys.fingerprint(f"release:{hold_id}:{reason}".encode())
         for _ in range(PLAN_ATTEMPTS_MAX):
-            hold = await self.store.hold(hold_id)
+            hold = await self.holds.hold(hold_id)
             if hold.tombstone:
                 raise NotFound(f"hold {hold_id} does not exist")
             if hold.status != "OPEN":
-                stored = await self.store.find_decision(ADMIN_SOURCE, idempotency_key)
+                stored = await self.holds.find_decision(ADMIN_SOURCE, idempotency_key)
                 if stored is not None and stored.fingerprint == fingerprint:
                     return ledger_admin_pb2.ReleaseHoldResponse.FromString(stored.response)
                 raise PreconditionFailed(f"hold {hold_id} has already ended ({hold.status})")
@@ -1213,7 +1216,7 @@ class LifecycleService:
         many were released. Each hold ages off at most once: its release is keyed
         ("system", "ageoff:<hold>") and guarded on the hold still being open."""
         now = self.clock.now()
-        holds = await self.store.expired_holds(now, limit)
+        holds = await self.holds.expired_holds(now, limit)
         gate = asyncio.Semaphore(SWEEP_CONCURRENCY_MAX)
 
         async def expire(hold: HoldRow) -> bool:

@@ -21,8 +21,8 @@ from authswitch.adapters.grpc.controls import (
 )
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
+from authswitch.adapters.postgres.holds import HoldRow
 from authswitch.adapters.postgres.ownership import Holder
-from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import (
     AuthorizationRequest,
     CardStatus,
@@ -565,7 +565,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         self, request: ledger_admin_pb2.ListHoldsRequest, context: Context
     ) -> ledger_admin_pb2.ListHoldsResponse:
         limit = page_size(request.page_size, default=100, maximum=1_000)
-        rows = await self.service.store.holds_of_account(
+        rows = await self.service.holds.holds_of_account(
             request.account_id, open_only=request.open_only, limit=limit + 1,
             before=_time_key(request.page_token, "holds"),
         )  # fmt: skip

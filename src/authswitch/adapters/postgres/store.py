@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
-from authswitch.adapters.postgres.committer import StoredDecision
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
     translated_methods,
@@ -32,13 +31,12 @@ from authswitch.domain.authorization import (
 from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
 from authswitch.domain.fx import ProductFx
 from authswitch.domain.ledger import Balance
-from authswitch.domain.lifecycle import OpenHold
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import Asset, AssetCategory
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.errors import AlreadyExists, NotFound
 
-__all__ = ["AccountRow", "CatalogStore", "HoldRow", "ProductRow", "ProgramRow"]
+__all__ = ["AccountRow", "CatalogStore", "ProductRow", "ProgramRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,40 +73,6 @@ class ProductRow:
     # Currency conversion of a billing asset its cards' accounts do not hold (docs/fx.md):
     # None when the product does not convert.
     fx: ProductFx | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HoldRow:
-    id: str
-    account_id: str | None
-    asset: str | None
-    card_id: str | None
-    source: str
-    message_id: str
-    network_reference: str
-    amount_minor: int
-    original_minor: int
-    status: str
-    tombstone: bool
-    created_at: datetime
-    expires_at: datetime
-    ended_at: datetime | None
-    usage_keys: tuple[str, ...] = ()
-
-    def open_hold(self) -> OpenHold:
-        return OpenHold(self.id, self.amount_minor, self.created_at)
-
-
-# A constant, formatted into the holds queries below (never a value: values are parameters).
-# Tombstones live in hold_keys, not in holds (migration 0007): no row of holds is one.
-_HOLD_COLUMNS = """id::text, account_id::text, asset, card_id::text, source, message_id,
-    network_reference, amount_minor, original_minor, status, false AS tombstone, created_at,
-    expires_at, ended_at, usage_keys"""
-
-
-def _holds_where(condition: str) -> str:
-    """A holds query; ``condition`` is always a literal of this module, never a value."""
-    return f"SELECT {_HOLD_COLUMNS} FROM holds WHERE {condition}"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,126 +230,6 @@ class CatalogStore:
         except UNREACHABLE as exc:
             raise unavailable(exc) from exc
         return None if row is None else (row["account_id"], _card_state(row))
-
-    async def find_decision(self, source: str, message_id: str) -> StoredDecision | None:
-        row = await self.pool.fetchrow(
-            """SELECT id::text, source, message_id, fingerprint, reason, response_code, response,
-                      account_id::text
-               FROM decisions WHERE source = $1 AND message_id = $2""",
-            source,
-            message_id,
-        )
-        if row is None:
-            return None
-        return StoredDecision(
-            row["id"],
-            row["source"],
-            row["message_id"],
-            bytes(row["fingerprint"]),
-            row["reason"],
-            row["response_code"],
-            bytes(row["response"]),
-            row["account_id"],
-        )
-
-    @translates_inline  # each incremental authorisation
-    async def hold_by_message(self, source: str, message_id: str) -> HoldRow | None:
-        """The hold under a message key; a tombstone (``tombstone=True``, nothing held) when
-        only reversals of that message have come; None when neither is known (or the hold's
-        month was dropped by retention)."""
-        try:
-            row = await self.pool.fetchrow(
-                """SELECT k.hold_id IS NULL AS is_tombstone, k.tombstone_at, h.id::text,
-                          h.account_id::text, h.asset, h.card_id::text, h.source, h.message_id,
-                          h.network_reference, h.amount_minor, h.original_minor, h.status,
-                          false AS tombstone, h.created_at, h.expires_at, h.ended_at,
-                          h.usage_keys
-                   FROM hold_keys k
-                   LEFT JOIN holds h ON h.id = k.hold_id AND h.created_at = k.created_at
-                   WHERE k.source = $1 AND k.message_id = $2""",
-                source,
-                message_id,
-            )
-        except UNREACHABLE as exc:
-            raise unavailable(exc) from exc
-        if row is None:
-            return None
-        if row["is_tombstone"]:
-            at = row["tombstone_at"]
-            return HoldRow(
-                id="", account_id=None, asset=None, card_id=None, source=source,
-                message_id=message_id, network_reference="", amount_minor=0, original_minor=0,
-                status="REVERSED", tombstone=True, created_at=at, expires_at=at, ended_at=at,
-            )  # fmt: skip
-        if row["id"] is None:
-            return None
-        values = dict(row)
-        del values["is_tombstone"], values["tombstone_at"]
-        return _hold_row(values)
-
-    async def hold(self, hold_id: str) -> HoldRow:
-        row = await self.pool.fetchrow(
-            _holds_where("id = $1"),
-            uuid_or_not_found(hold_id, "hold"),
-        )
-        if row is None:
-            raise NotFound(f"hold {hold_id} does not exist")
-        return _hold_row(row)
-
-    async def open_holds(self, card_id: str, network_reference: str, asset: str) -> list[HoldRow]:
-        """The open holds of one transaction of a card."""
-        rows = await self.pool.fetch(
-            _holds_where(
-                """card_id = $1 AND network_reference = $2 AND status = 'OPEN' AND asset = $3
-                   ORDER BY created_at, id"""
-            ),
-            card_id,
-            network_reference,
-            asset,
-        )
-        return [_hold_row(r) for r in rows]
-
-    async def expired_holds(self, now: datetime, limit: int) -> list[HoldRow]:
-        rows = await self.pool.fetch(
-            _holds_where("status = 'OPEN' AND expires_at <= $1 ORDER BY expires_at LIMIT $2"),
-            now,
-            limit,
-        )
-        return [_hold_row(r) for r in rows]
-
-    async def holds_of_account(
-        self,
-        account_id: str,
-        *,
-        open_only: bool,
-        limit: int,
-        before: tuple[datetime, str] | None = None,
-    ) -> list[HoldRow]:
-        """Newest first; ``before`` is the (created_at, id) of the last hold of the previous
-        page."""
-        await self.account(account_id)
-        cursor_at, cursor_id = before or (None, None)
-        rows = await self.pool.fetch(
-            _holds_where(
-                """account_id = $1 AND ($2 = false OR status = 'OPEN')
-                   AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
-                   ORDER BY created_at DESC, id DESC LIMIT $3"""
-            ),
-            account_id,
-            open_only,
-            limit,
-            cursor_at,
-            cursor_id,
-        )
-        return [_hold_row(r) for r in rows]
-
-    async def decision_exists(self, source: str, message_id: str) -> bool:
-        found = await self.pool.fetchval(
-            "SELECT true FROM decisions WHERE source = $1 AND message_id = $2",
-            source,
-            message_id,
-        )
-        return bool(found)
 
     async def history(
         self, account_id: str, *, before: tuple[datetime, str] | None, limit: int
@@ -865,12 +709,6 @@ class CatalogStore:
             await audit(
                 conn, actor, "set_balance_report", client_id, {"prefix": prefix, "enabled": enabled}
             )
-
-
-def _hold_row(row: Any) -> HoldRow:
-    values = dict(row)
-    values["usage_keys"] = tuple(values["usage_keys"])
-    return HoldRow(**values)
 
 
 def _fee_rule_row(rule: FeeRule, schedule_id: str, position: int) -> tuple[Any, ...]:
