@@ -38,6 +38,7 @@ from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.holds import HoldStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
@@ -270,6 +271,7 @@ class Application:
         assert self.pool is not None
         assert self.redis_clients is not None
         store = CatalogStore(self.pool)
+        ledger = LedgerStore(self.pool)
         holds = HoldStore(self.pool)
         cards = CardStore(self.pool)
         audit = AuditStore(self.pool)
@@ -295,7 +297,7 @@ class Application:
         )
         self.committer.start()
         sync = CacheSync(
-            cache, store, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
+            cache, ledger, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
         )
         poster = Poster(holds=holds, cache=cache, sync=sync, committer=self.committer)
         self.cache, self.holds, self.catalog, self.sync = cache, holds, catalog, sync
@@ -312,6 +314,7 @@ class Application:
         self.admin = AdminService(
             keys=keys,
             store=store,
+            ledger=ledger,
             holds=holds,
             cards=cards,
             audit=audit,
@@ -325,7 +328,7 @@ class Application:
         self.lifecycle = LifecycleService(
             keys=keys,
             catalog=catalog,
-            store=store,
+            ledger=ledger,
             holds=holds,
             cards=cards,
             audit=audit,

@@ -50,7 +50,7 @@ class AccountService:
     async def transfer(
         self, request: ledger_admin_pb2.TransferRequest, *, fingerprint: bytes, actor: str
     ) -> ledger_admin_pb2.TransferResponse:
-        admin, store = self.admin, self.admin.store
+        admin, ledger = self.admin, self.admin.ledger
         asset, amount = request.amount.asset, request.amount.amount_minor
         key = request.idempotency_key
         require_idempotency_key(key)
@@ -72,8 +72,8 @@ class AccountService:
                 raise PreconditionFailed("insufficient available balance in the source account")
             await self._reload(request.to_account_id)
             return ledger_admin_pb2.TransferResponse.FromString(stored.response)
-        source = await store.account(request.from_account_id)
-        target = await store.account(request.to_account_id)
+        source = await ledger.account(request.from_account_id)
+        target = await ledger.account(request.to_account_id)
         if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":
             raise PreconditionFailed("transfers are between customer accounts")
         if source.program_id != target.program_id:
@@ -86,7 +86,7 @@ class AccountService:
             )
         if not await self.holders.common_holders(source.id, target.id):
             raise PreconditionFailed("transfers are between accounts of the same customer")
-        if asset not in await store.balances(target.id):
+        if asset not in await ledger.balances(target.id):
             raise PreconditionFailed(f"account {target.id} holds no {asset} balance")
 
         debit = BalanceChange(source.id, asset, actual_delta_minor=-amount, requires_funds=True)

@@ -15,6 +15,7 @@ from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
@@ -124,6 +125,7 @@ class AdminService:
         *,
         keys: CardKeys,
         store: CatalogStore,
+        ledger: LedgerStore,
         holds: HoldStore,
         cards: CardStore,
         audit: AuditStore,
@@ -135,6 +137,7 @@ class AdminService:
     ) -> None:
         self.keys = keys
         self.store = store
+        self.ledger = ledger
         self.holds = holds
         self.cards = cards
         self.audit = audit
@@ -277,7 +280,7 @@ class AdminService:
             except ValueError:
                 raise RequestError("profile_id must be a UUID") from None
         account_id = str(uuid.uuid4())
-        await self.store.create_account(
+        await self.ledger.create_account(
             account_id=account_id,
             product=product,
             account_type=account_type,
@@ -353,7 +356,7 @@ class AdminService:
         if subject is ControlSubject.CARD:
             product_id = (await self.cards.card(subject_id))["product_id"]
         else:
-            product_id = (await self.store.account_details(subject_id))["product_id"]
+            product_id = (await self.ledger.account_details(subject_id))["product_id"]
             if not product_id:
                 raise RequestError("only a customer account of a product has spend controls")
         product = await self.catalog.product(product_id)
@@ -402,7 +405,7 @@ class AdminService:
             raise RequestError("expiry must be YYMM")
         if pin and not pin_valid_format(pin):
             raise RequestError("pin must be 4 to 12 digits")
-        account = await self.store.account(account_id)
+        account = await self.ledger.account(account_id)
         if account.kind != "CUSTOMER" or account.product_id is None:
             raise PreconditionFailed("cards are issued on customer accounts only")
         product = await self.catalog.product(account.product_id)
@@ -591,7 +594,7 @@ class AdminService:
         self.catalog.forget("program", program_id)
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
-        return await self.store.balances(account_id)
+        return await self.ledger.balances(account_id)
 
     async def adjust(
         self,
@@ -619,7 +622,7 @@ class AdminService:
             raise RequestError(f"unknown asset {asset!r}")
         require_idempotency_key(idempotency_key)
         description = _name(description, "description", required=False)
-        account = await self.store.account(account_id)
+        account = await self.ledger.account(account_id)
         if account.kind != "CUSTOMER":
             raise PreconditionFailed("adjustments apply to customer accounts only")
         program = await self.catalog.program(account.program_id)

@@ -22,8 +22,9 @@ from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.holds import HoldRow, HoldStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
-from authswitch.adapters.postgres.store import CatalogStore, ProgramRow
+from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
@@ -129,7 +130,7 @@ class LifecycleService:
         *,
         keys: CardKeys,
         catalog: Catalog,
-        store: CatalogStore,
+        ledger: LedgerStore,
         holds: HoldStore,
         cards: CardStore,
         audit: AuditStore,
@@ -138,7 +139,7 @@ class LifecycleService:
     ) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.store = store
+        self.ledger = ledger
         self.holds = holds
         self.cards = cards
         self.audit = audit
@@ -566,7 +567,7 @@ class LifecycleService:
         usage: list[tuple[str, int, int]] = []
         if reason == "REVERSAL" and plan.release_minor:
             usage = [(key, -plan.release_minor, 0) for key in hold.usage_keys]
-        program = await self.catalog.program((await self.store.account(account_id)).program_id)
+        program = await self.catalog.program((await self.ledger.account(account_id)).program_id)
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None

@@ -452,7 +452,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetAccount(  # noqa: N802
         self, request: ledger_admin_pb2.GetAccountRequest, context: Context
     ) -> ledger_admin_pb2.GetAccountResponse:
-        row = await self.service.store.account_details(request.account_id)
+        row = await self.service.ledger.account_details(request.account_id)
         balances = await self.service.balances(request.account_id)
         response = ledger_admin_pb2.GetAccountResponse(
             account_id=row["account_id"], client_id=row["client_id"],
@@ -587,7 +587,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.ListAccountHistoryResponse:
         limit = page_size(request.page_size, default=50, maximum=500)
         before = _time_key(request.page_token, "history")
-        rows = await self.service.store.history(request.account_id, before=before, limit=limit + 1)
+        rows = await self.service.ledger.history(request.account_id, before=before, limit=limit + 1)
         converted = await self.service.fx.conversions(
             [(row["source"], row["message_id"]) for row in rows]
         )
@@ -896,7 +896,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetUsage(  # noqa: N802
         self, request: ledger_admin_pb2.GetUsageRequest, context: Context
     ) -> ledger_admin_pb2.GetUsageResponse:
-        rows = await self.service.store.usage(request.account_id, self.service.clock.now())
+        rows = await self.service.ledger.usage(request.account_id, self.service.clock.now())
         return ledger_admin_pb2.GetUsageResponse(
             usage=[ledger_admin_pb2.Usage(key=k, amount_minor=a, count=c) for k, a, c in rows]
         )
