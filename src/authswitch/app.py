@@ -35,6 +35,7 @@ from authswitch.adapters.grpc.servicers import (
 )
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.holds import HoldStore
@@ -43,7 +44,6 @@ from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
-from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.client import RedisClient, RedisClients, connect_clients
 from authswitch.adapters.sinks import DirectorySink
@@ -270,7 +270,7 @@ class Application:
         """The cache, catalogue, group committer and the services that decide and post."""
         assert self.pool is not None
         assert self.redis_clients is not None
-        store = CatalogStore(self.pool)
+        catalog_store = CatalogStore(self.pool)
         ledger = LedgerStore(self.pool)
         holds = HoldStore(self.pool)
         cards = CardStore(self.pool)
@@ -284,7 +284,7 @@ class Application:
         # A new generation: every account is reloaded from Postgres before its next
         # decision, so nothing a crashed process left in Redis decides anything.
         await cache.start_generation(int(self.clock.now().timestamp() * 1000))
-        catalog = Catalog(store, cards, cards_max=settings.card_cache_entries_max)
+        catalog = Catalog(catalog_store, cards, cards_max=settings.card_cache_entries_max)
         await catalog.load()
         self.catalog_watch = CatalogWatch(self.pool, catalog, poll_ms=settings.catalog_poll_ms)
         await self.catalog_watch.start()
@@ -313,7 +313,7 @@ class Application:
         )
         self.admin = AdminService(
             keys=keys,
-            store=store,
+            catalog_store=catalog_store,
             ledger=ledger,
             holds=holds,
             cards=cards,

@@ -11,10 +11,10 @@ import pytest
 import redis.exceptions
 
 from authswitch.adapters.grpc.errors import status_for
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.pool import create_pool
-from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.pipeline import PipelinedRedis
 from authswitch.app import Application

@@ -45,7 +45,7 @@ class AccountService:
 
     def __init__(self, admin: AdminService) -> None:
         self.admin = admin
-        self.holders = HolderStore(admin.store.pool)
+        self.holders = HolderStore(admin.ledger.pool)
 
     async def transfer(
         self, request: ledger_admin_pb2.TransferRequest, *, fingerprint: bytes, actor: str

@@ -13,11 +13,11 @@ from datetime import datetime
 
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.outbox import OutboxStore
-from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain.authorization import (
     CardStatus,
@@ -124,7 +124,7 @@ class AdminService:
         self,
         *,
         keys: CardKeys,
-        store: CatalogStore,
+        catalog_store: CatalogStore,
         ledger: LedgerStore,
         holds: HoldStore,
         cards: CardStore,
@@ -136,7 +136,7 @@ class AdminService:
         clock: Clock,
     ) -> None:
         self.keys = keys
-        self.store = store
+        self.catalog_store = catalog_store
         self.ledger = ledger
         self.holds = holds
         self.cards = cards
@@ -151,7 +151,7 @@ class AdminService:
 
     async def create_client(self, name: str, *, actor: str) -> str:
         client_id = str(uuid.uuid4())
-        await self.store.create_client(client_id, _name(name, "name"), actor)
+        await self.catalog_store.create_client(client_id, _name(name, "name"), actor)
         return client_id
 
     async def create_program(
@@ -167,7 +167,7 @@ class AdminService:
         if country and not (len(country) == 2 and country.isalpha() and country.isupper()):
             raise RequestError("country must be an ISO 3166-1 alpha-2 code such as GB")
         program_id = str(uuid.uuid4())
-        await self.store.create_program(
+        await self.catalog_store.create_program(
             program_id=program_id,
             client_id=client_id,
             name=_name(name, "name"),
@@ -218,7 +218,7 @@ class AdminService:
             if not (len(mcc) == 4 and mcc.isdigit()) or not 1 <= days <= 90:
                 raise RequestError("hold_validity_days_by_mcc maps four-digit MCCs to 1..90 days")
         product_id = str(uuid.uuid4())
-        await self.store.create_product(
+        await self.catalog_store.create_product(
             product_id=product_id,
             program_id=program_id,
             name=_name(name, "name"),
@@ -332,20 +332,20 @@ class AdminService:
                 raise RequestError(f"{where}: a decline fee has no free uses")
             if rule.on_decline and rule.stage is not Stage.AUTHORIZATION:
                 raise RequestError(f"{where}: decline fees are charged at authorisation")
-        version = await self.store.add_fee_schedule(
+        version = await self.catalog_store.add_fee_schedule(
             product_id, effective_from or self.clock.now(), rules, actor
         )
         self.catalog.forget("product", product_id)
-        await note_change(self.store.pool, "product", product_id)
+        await note_change(self.catalog_store.pool, "product", product_id)
         return version
 
     async def create_limit(self, product_id: str, limit: Limit, *, actor: str) -> str:
         product = await self.catalog.product(product_id)
         if limit.asset not in product.assets:
             raise RequestError(f"the product has no asset {limit.asset!r}")
-        await self.store.add_limit(product_id, limit, actor)
+        await self.catalog_store.add_limit(product_id, limit, actor)
         self.catalog.forget("product", product_id)
-        await note_change(self.store.pool, "product", product_id)
+        await note_change(self.catalog_store.pool, "product", product_id)
         return limit.id
 
     async def set_spend_controls(
@@ -368,16 +368,16 @@ class AdminService:
         )  # fmt: skip
         if error is not None:
             raise RequestError(error)
-        version = await ControlStore(self.store.pool).add_version(
+        version = await ControlStore(self.catalog_store.pool).add_version(
             subject, subject_id, effective_from or self.clock.now(), controls, actor
         )
         self.catalog.forget(subject.value.lower(), subject_id)
-        await note_change(self.store.pool, subject.value.lower(), subject_id)
+        await note_change(self.catalog_store.pool, subject.value.lower(), subject_id)
         return version
 
     async def spend_controls(self, subject_id: str) -> list[ControlVersion]:
         """Every version of a card's or an account's spend controls, oldest first."""
-        return await ControlStore(self.store.pool).versions(subject_id)
+        return await ControlStore(self.catalog_store.pool).versions(subject_id)
 
     async def register_asset(
         self, code: str, category: str, exponent: int, numeric_code: str, *, actor: str
@@ -386,7 +386,7 @@ class AdminService:
             asset = Asset(code, AssetCategory(category), exponent, numeric_code)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-        await self.store.register_asset(asset, actor)
+        await self.catalog_store.register_asset(asset, actor)
         await self.catalog.load()
 
     async def create_card(
@@ -537,9 +537,9 @@ class AdminService:
                 "a DecisionService (SetProgramRouting) is only ever called for off-ledger "
                 "programs"
             )
-        await self.store.set_routing(program_id, routing, actor)
+        await self.catalog_store.set_routing(program_id, routing, actor)
         self.catalog.forget("program", program_id)
-        await note_change(self.store.pool, "program", program_id)
+        await note_change(self.catalog_store.pool, "program", program_id)
 
     async def set_sink(
         self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, *, actor: str
@@ -572,9 +572,9 @@ class AdminService:
                 )
             if sink == "client" and program.routing is None:
                 raise PreconditionFailed("set the program's routing (its client target) first")
-        await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
+        await self.catalog_store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)
-        await note_change(self.store.pool, "program", program_id)
+        await note_change(self.catalog_store.pool, "program", program_id)
 
     async def set_movements(self, program_id: str, enabled: bool, *, actor: str) -> None:
         """Subscribe (or unsubscribe) an on-ledger programme to MOVEMENT notifications
@@ -590,7 +590,7 @@ class AdminService:
                 "program_id: set a notification sink (SetNotificationSink) first: movements "
                 "would have nowhere to go"
             )
-        await self.store.set_movements(program_id, enabled, actor)
+        await self.catalog_store.set_movements(program_id, enabled, actor)
         self.catalog.forget("program", program_id)
 
     async def balances(self, account_id: str) -> dict[str, Balance]:

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 from authswitch import metrics
 from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import ProductRow, ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
-from authswitch.adapters.postgres.store import ProductRow, ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain.authorization import (
     PARTIAL_APPROVAL_TYPES,

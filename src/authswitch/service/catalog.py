@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Literal
 
 from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import CatalogStore, ProductRow, ProgramRow
 from authswitch.adapters.postgres.fx import FxStore
-from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.domain.authorization import CardFacts
 from authswitch.domain.controls import ControlVersion
 from authswitch.domain.fees import FeeSchedule

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.controls import ControlStore
-from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, LedgerCache
 from authswitch.domain.authorization import (
     AuthorizationRequest,

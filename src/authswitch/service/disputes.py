@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.disputes import ClearingRow, DisputeRow, DisputeStore, parse_id
-from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,

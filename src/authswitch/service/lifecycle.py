@@ -20,11 +20,11 @@ from typing import Protocol, TypeVar
 
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.holds import HoldRow, HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
-from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,

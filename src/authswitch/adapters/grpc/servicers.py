@@ -360,7 +360,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.ListClientsResponse:
         limit = page_size(request.page_size, default=100, maximum=1_000)
         after = _time_key(request.page_token, "clients")
-        rows = await self.service.store.clients(limit=limit + 1, after=after)
+        rows = await self.service.catalog_store.clients(limit=limit + 1, after=after)
         response = ledger_admin_pb2.ListClientsResponse()
         items = [(_client_message(r), (r["created_at"].isoformat(), r["client_id"])) for r in rows]
         response.next_page_token = fill_page(response.clients, items, limit=limit, kind="clients")
@@ -370,7 +370,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetClient(  # noqa: N802
         self, request: ledger_admin_pb2.GetClientRequest, context: Context
     ) -> ledger_admin_pb2.GetClientResponse:
-        row = await self.service.store.client(request.client_id)
+        row = await self.service.catalog_store.client(request.client_id)
         return ledger_admin_pb2.GetClientResponse(client=_client_message(row))
 
     @grpc_errors
@@ -379,7 +379,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.ListProgramsResponse:
         limit = page_size(request.page_size, default=100, maximum=1_000)
         after = _time_key(request.page_token, "programs")
-        rows = await self.service.store.programs(
+        rows = await self.service.catalog_store.programs(
             client_id=request.client_id, limit=limit + 1, after=after
         )
         items = []
@@ -724,7 +724,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
                 raise RequestError("page_token is not one this server issued for this list")
         await self.service.catalog.product(request.product_id)
         # The catalogue holds every version in memory for decisions; a page is a slice.
-        schedules = await self.service.store.fee_schedules(request.product_id)
+        schedules = await self.service.catalog_store.fee_schedules(request.product_id)
         items = []
         for schedule in [s for s in schedules if s.version > after][: limit + 1]:
             entry = ledger_admin_pb2.FeeSchedule(
@@ -755,7 +755,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         await self.service.catalog.product(request.product_id)
         # Limits are never removed, and come in creation order: a page starts after the
         # limit its token names.
-        limits = await self.service.store.limits(request.product_id)
+        limits = await self.service.catalog_store.limits(request.product_id)
         start = 0
         if request.page_token:
             (after,) = read_page_token(request.page_token, "limits", 1)
@@ -1006,7 +1006,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.SetBalanceReportResponse:
         if not valid_prefix(request.prefix):
             raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
-        await self.service.store.set_report_subscription(
+        await self.service.catalog_store.set_report_subscription(
             request.client_id, request.prefix, request.enabled, _actor(context)
         )
         return ledger_admin_pb2.SetBalanceReportResponse()

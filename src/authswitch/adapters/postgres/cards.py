@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
+from authswitch.adapters.postgres.catalog import ProductRow
 from authswitch.adapters.postgres.committer import write_notifications
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.adapters.postgres.ledger import AccountRow
-from authswitch.adapters.postgres.store import ProductRow
 from authswitch.domain.authorization import CardFacts, CardStatus
 from authswitch.domain.records import Notification
 from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed

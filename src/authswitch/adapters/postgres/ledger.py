@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
+from authswitch.adapters.postgres.catalog import ProductRow
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
     translated_methods,
@@ -19,7 +20,6 @@ from authswitch.adapters.postgres.errors import (
 )
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
-from authswitch.adapters.postgres.store import ProductRow
 from authswitch.domain.authorization import CardState, CardStatus
 from authswitch.domain.ledger import Balance
 from authswitch.errors import NotFound

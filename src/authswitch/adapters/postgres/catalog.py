@@ -1,4 +1,6 @@
-"""Reads and catalogue writes against Postgres (everything but the group-committed batches).
+"""Where the catalogue is kept: assets, clients, programs (with their routing to an
+off-ledger client, notification sinks and subscriptions to movements and balance reports),
+products, and the products' fee schedules and limits.
 
 All SQL is parameterised; no value is ever formatted into a statement.
 """
@@ -72,8 +74,6 @@ class ProductRow:
 class CatalogStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
-
-    # -- reads on the decision path ------------------------------------------------------
 
     async def assets(self) -> dict[str, Asset]:
         rows = await self.pool.fetch("SELECT code, category, exponent, numeric_code FROM assets")
@@ -217,8 +217,6 @@ class CatalogStore:
             limit,
         )
         return [dict(r) for r in rows]
-
-    # -- catalogue writes ----------------------------------------------------------------
 
     async def create_client(self, client_id: str, name: str, actor: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
