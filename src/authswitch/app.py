@@ -33,16 +33,20 @@ from authswitch.adapters.grpc.servicers import (
     LedgerAdminServicer,
     Services,
 )
+from authswitch.adapters.postgres.audit import AuditStore
+from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.files import FileScheduleStore
+from authswitch.adapters.postgres.holds import HoldStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.migrations import migrate
 from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.postgres.partitions import PartitionStore
 from authswitch.adapters.postgres.pool import create_pool
 from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.adapters.postgres.reports import ReportStore
-from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.client import RedisClient, RedisClients, connect_clients
 from authswitch.adapters.sinks import DirectorySink
@@ -272,7 +276,11 @@ class Application:
         """The cache, catalogue, group committer and the services that decide and post."""
         assert self.pool is not None
         assert self.redis_clients is not None
-        store = CatalogStore(self.pool)
+        catalog_store = CatalogStore(self.pool)
+        ledger = LedgerStore(self.pool)
+        holds = HoldStore(self.pool)
+        cards = CardStore(self.pool)
+        audit = AuditStore(self.pool)
         cache = LedgerCache(
             self.redis_clients.ledger,
             settings.redis_key_prefix,
@@ -282,7 +290,7 @@ class Application:
         # A new generation: every account is reloaded from Postgres before its next
         # decision, so nothing a crashed process left in Redis decides anything.
         await cache.start_generation(int(self.clock.now().timestamp() * 1000))
-        catalog = Catalog(store, cards_max=settings.card_cache_entries_max)
+        catalog = Catalog(catalog_store, cards, cards_max=settings.card_cache_entries_max)
         await catalog.load()
         self.catalog_watch = CatalogWatch(self.pool, catalog, poll_ms=settings.catalog_poll_ms)
         await self.catalog_watch.start()
@@ -295,25 +303,43 @@ class Application:
         )
         self.committer.start()
         sync = CacheSync(
-            cache, store, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
+            cache, ledger, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
         )
-        poster = Poster(store=store, cache=cache, sync=sync, committer=self.committer)
-        self.cache, self.store, self.catalog, self.sync = cache, store, catalog, sync
+        poster = Poster(holds=holds, cache=cache, sync=sync, committer=self.committer)
+        self.cache, self.holds, self.catalog, self.sync = cache, holds, catalog, sync
         self.authorization = AuthorizationService(
             keys=keys,
             catalog=catalog,
-            store=store,
+            holds=holds,
+            cards=cards,
             cache=cache,
             sync=sync,
             committer=self.committer,
             clock=self.clock,
         )
         self.admin = AdminService(
-            keys=keys, store=store, catalog=catalog, sync=sync, poster=poster, clock=self.clock
+            keys=keys,
+            catalog_store=catalog_store,
+            ledger=ledger,
+            holds=holds,
+            cards=cards,
+            audit=audit,
+            outbox=OutboxStore(self.pool),
+            catalog=catalog,
+            sync=sync,
+            poster=poster,
+            clock=self.clock,
         )
         self.poster = poster
         self.lifecycle = LifecycleService(
-            keys=keys, catalog=catalog, store=store, poster=poster, clock=self.clock
+            keys=keys,
+            catalog=catalog,
+            ledger=ledger,
+            holds=holds,
+            cards=cards,
+            audit=audit,
+            poster=poster,
+            clock=self.clock,
         )
         return cache
 

@@ -93,9 +93,9 @@ async def test_rows_land_in_their_months_partition(ledger: Ledger, app: Applicat
         await app.pool.fetchval("SELECT message_id FROM holds WHERE account_id = $1", account),
     )
     assert key is not None
-    hold = await app.store.hold(key["hold_id"])
+    hold = await app.holds.hold(key["hold_id"])
     assert (hold.status, hold.created_at) == ("OPEN", key["created_at"])
-    assert (await app.store.hold_by_message(hold.source, hold.message_id)) == hold
+    assert (await app.holds.hold_by_message(hold.source, hold.message_id)) == hold
     # Leave nothing for other tests' outbox workers to retry.
     await app.pool.execute(
         "UPDATE notification_deliveries SET status = 'DELIVERED' WHERE program_id = $1", program

@@ -11,9 +11,10 @@ import pytest
 import redis.exceptions
 
 from authswitch.adapters.grpc.errors import status_for
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.controls import ControlStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.pool import create_pool
-from authswitch.adapters.postgres.store import CatalogStore
 from authswitch.adapters.redis.cache import LedgerCache
 from authswitch.adapters.redis.pipeline import PipelinedRedis
 from authswitch.app import Application
@@ -38,15 +39,15 @@ async def test_a_closed_pool_is_unavailable_with_its_cause(
     pool = await create_pool(
         stores.postgres_dsn, min_size=1, max_size=1, statement_timeout_ms=5_000
     )
-    store = CatalogStore(pool)
-    assert await store.card_state(_CARD_ID) is None  # the pool works
+    catalog, ledger = CatalogStore(pool), LedgerStore(pool)
+    assert await ledger.card_state(_CARD_ID) is None  # the pool works
     await pool.close()
     # A method translated by the class (a frame a call) and one that translates in its own
     # body (on the decision path) fail alike.
     with pytest.raises(StoreUnavailable, match="Postgres unavailable") as by_class:
-        await store.assets()
+        await catalog.assets()
     with pytest.raises(StoreUnavailable, match="Postgres unavailable") as inline:
-        await store.card_state(_CARD_ID)
+        await ledger.card_state(_CARD_ID)
     for caught in (by_class, inline):
         assert isinstance(caught.value.__cause__, asyncpg.InterfaceError)
 

@@ -46,12 +46,12 @@ class AccountService:
 
     def __init__(self, admin: AdminService) -> None:
         self.admin = admin
-        self.holders = HolderStore(admin.store.pool)
+        self.holders = HolderStore(admin.ledger.pool)
 
     async def transfer(
         self, request: ledger_admin_pb2.TransferRequest, *, fingerprint: bytes, actor: str
     ) -> ledger_admin_pb2.TransferResponse:
-        admin, store = self.admin, self.admin.store
+        admin, ledger = self.admin, self.admin.ledger
         asset, amount = request.amount.asset, request.amount.amount_minor
         key = request.idempotency_key
         require_idempotency_key(key)
@@ -64,7 +64,7 @@ class AccountService:
             raise RequestError(f"description: printable, up to {DESCRIPTION_LEN_MAX} characters")
         if request.from_account_id == request.to_account_id:
             raise RequestError("from_account_id and to_account_id are the same account")
-        stored = await store.find_decision(ADMIN_SOURCE, key)
+        stored = await admin.holds.find_decision(ADMIN_SOURCE, key)
         if stored is not None:
             # A retry gets the first answer, whatever changed since (holders, balances).
             if stored.fingerprint != fingerprint:
@@ -73,8 +73,8 @@ class AccountService:
                 raise PreconditionFailed("insufficient available balance in the source account")
             await self._reload(request.to_account_id)
             return ledger_admin_pb2.TransferResponse.FromString(stored.response)
-        source = await store.account(request.from_account_id)
-        target = await store.account(request.to_account_id)
+        source = await ledger.account(request.from_account_id)
+        target = await ledger.account(request.to_account_id)
         if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":
             raise PreconditionFailed("transfers are between customer accounts")
         if source.program_id != target.program_id:
@@ -87,7 +87,7 @@ class AccountService:
             )
         if not await self.holders.common_holders(source.id, target.id):
             raise PreconditionFailed("transfers are between accounts of the same customer")
-        if asset not in await store.balances(target.id):
+        if asset not in await ledger.balances(target.id):
             raise PreconditionFailed(f"account {target.id} holds no {asset} balance")
 
         now = admin.clock.now()
@@ -141,7 +141,7 @@ class AccountService:
         if decision.reason != Reason.APPROVED:
             raise PreconditionFailed("insufficient available balance in the source account")
         if posted.status is PostStatus.COMMITTED:
-            await store.audit(
+            await admin.audit.record(
                 actor, "transfer", source.id,
                 {"to_account_id": target.id, "asset": asset, "amount_minor": amount,
                  "idempotency_key": key, "entry_id": entry_id},

@@ -11,8 +11,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from authswitch.adapters.postgres.audit import AuditStore
+from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.controls import ControlStore
-from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.postgres.holds import HoldStore
+from authswitch.adapters.postgres.ledger import LedgerStore
+from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
@@ -119,24 +124,34 @@ class AdminService:
         self,
         *,
         keys: CardKeys,
-        store: CatalogStore,
+        catalog_store: CatalogStore,
+        ledger: LedgerStore,
+        holds: HoldStore,
+        cards: CardStore,
+        audit: AuditStore,
+        outbox: OutboxStore,
         catalog: Catalog,
         sync: CacheSync,
         poster: Poster,
         clock: Clock,
     ) -> None:
         self.keys = keys
-        self.store = store
+        self.catalog_store = catalog_store
+        self.ledger = ledger
+        self.holds = holds
+        self.cards = cards
+        self.audit = audit
+        self.outbox = outbox
         self.catalog = catalog
         self.sync = sync
         self.poster = poster
         self.clock = clock
-        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
+        self.tokens = TokenService(keys=keys, catalog=catalog, cards=cards, clock=clock)
         self.fx = FxAdmin(catalog)
 
     async def create_client(self, name: str, *, actor: str) -> str:
         client_id = str(uuid.uuid4())
-        await self.store.create_client(client_id, _name(name, "name"), actor)
+        await self.catalog_store.create_client(client_id, _name(name, "name"), actor)
         return client_id
 
     async def create_program(
@@ -152,7 +167,7 @@ class AdminService:
         if country and not (len(country) == 2 and country.isalpha() and country.isupper()):
             raise RequestError("country must be an ISO 3166-1 alpha-2 code such as GB")
         program_id = str(uuid.uuid4())
-        await self.store.create_program(
+        await self.catalog_store.create_program(
             program_id=program_id,
             client_id=client_id,
             name=_name(name, "name"),
@@ -203,7 +218,7 @@ class AdminService:
             if not (len(mcc) == 4 and mcc.isdigit()) or not 1 <= days <= 90:
                 raise RequestError("hold_validity_days_by_mcc maps four-digit MCCs to 1..90 days")
         product_id = str(uuid.uuid4())
-        await self.store.create_product(
+        await self.catalog_store.create_product(
             product_id=product_id,
             program_id=program_id,
             name=_name(name, "name"),
@@ -238,7 +253,7 @@ class AdminService:
         if len(set(customer_ids)) != len(customer_ids):
             raise RequestError("customer_ids must be distinct")
         if customer_ids:
-            found = await self.store.customers_in_program(customer_ids, product.program_id)
+            found = await self.cards.customers_in_program(customer_ids, product.program_id)
             unknown = sorted(set(customer_ids) - found)
             if unknown:
                 raise PreconditionFailed(
@@ -265,7 +280,7 @@ class AdminService:
             except ValueError:
                 raise RequestError("profile_id must be a UUID") from None
         account_id = str(uuid.uuid4())
-        await self.store.create_account(
+        await self.ledger.create_account(
             account_id=account_id,
             product=product,
             account_type=account_type,
@@ -282,7 +297,7 @@ class AdminService:
         self, program_id: str, name: str, reference: str, *, actor: str
     ) -> str:
         customer_id = str(uuid.uuid4())
-        await self.store.create_customer(
+        await self.cards.create_customer(
             customer_id,
             program_id,
             _name(name, "name", required=False),
@@ -292,7 +307,7 @@ class AdminService:
         return customer_id
 
     async def link_card_account(self, card_id: str, account_id: str, *, actor: str) -> None:
-        await self.store.link_card_account(card_id, account_id, actor)
+        await self.cards.link_card_account(card_id, account_id, actor)
         # The card's cached facts name the linked accounts it spends from.
         self.catalog.forget("card", card_id)
 
@@ -317,20 +332,20 @@ class AdminService:
                 raise RequestError(f"{where}: a decline fee has no free uses")
             if rule.on_decline and rule.stage is not Stage.AUTHORIZATION:
                 raise RequestError(f"{where}: decline fees are charged at authorisation")
-        version = await self.store.add_fee_schedule(
+        version = await self.catalog_store.add_fee_schedule(
             product_id, effective_from or self.clock.now(), rules, actor
         )
         self.catalog.forget("product", product_id)
-        await note_change(self.store.pool, "product", product_id)
+        await note_change(self.catalog_store.pool, "product", product_id)
         return version
 
     async def create_limit(self, product_id: str, limit: Limit, *, actor: str) -> str:
         product = await self.catalog.product(product_id)
         if limit.asset not in product.assets:
             raise RequestError(f"the product has no asset {limit.asset!r}")
-        await self.store.add_limit(product_id, limit, actor)
+        await self.catalog_store.add_limit(product_id, limit, actor)
         self.catalog.forget("product", product_id)
-        await note_change(self.store.pool, "product", product_id)
+        await note_change(self.catalog_store.pool, "product", product_id)
         return limit.id
 
     async def set_spend_controls(
@@ -339,9 +354,9 @@ class AdminService:
     ) -> int:  # fmt: skip
         """Add a version of a card's or an account's spend controls; returns its number."""
         if subject is ControlSubject.CARD:
-            product_id = (await self.store.card(subject_id))["product_id"]
+            product_id = (await self.cards.card(subject_id))["product_id"]
         else:
-            product_id = (await self.store.account_details(subject_id))["product_id"]
+            product_id = (await self.ledger.account_details(subject_id))["product_id"]
             if not product_id:
                 raise RequestError("only a customer account of a product has spend controls")
         product = await self.catalog.product(product_id)
@@ -353,16 +368,16 @@ class AdminService:
         )  # fmt: skip
         if error is not None:
             raise RequestError(error)
-        version = await ControlStore(self.store.pool).add_version(
+        version = await ControlStore(self.catalog_store.pool).add_version(
             subject, subject_id, effective_from or self.clock.now(), controls, actor
         )
         self.catalog.forget(subject.value.lower(), subject_id)
-        await note_change(self.store.pool, subject.value.lower(), subject_id)
+        await note_change(self.catalog_store.pool, subject.value.lower(), subject_id)
         return version
 
     async def spend_controls(self, subject_id: str) -> list[ControlVersion]:
         """Every version of a card's or an account's spend controls, oldest first."""
-        return await ControlStore(self.store.pool).versions(subject_id)
+        return await ControlStore(self.catalog_store.pool).versions(subject_id)
 
     async def register_asset(
         self, code: str, category: str, exponent: int, numeric_code: str, *, actor: str
@@ -371,7 +386,7 @@ class AdminService:
             asset = Asset(code, AssetCategory(category), exponent, numeric_code)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-        await self.store.register_asset(asset, actor)
+        await self.catalog_store.register_asset(asset, actor)
         await self.catalog.load()
 
     async def create_card(
@@ -390,13 +405,13 @@ class AdminService:
             raise RequestError("expiry must be YYMM")
         if pin and not pin_valid_format(pin):
             raise RequestError("pin must be 4 to 12 digits")
-        account = await self.store.account(account_id)
+        account = await self.ledger.account(account_id)
         if account.kind != "CUSTOMER" or account.product_id is None:
             raise PreconditionFailed("cards are issued on customer accounts only")
         product = await self.catalog.product(account.product_id)
         pan_hmac = self.keys.pan_hmac(pan)
         card_id = str(uuid.uuid4())
-        await self.store.create_card(
+        await self.cards.create_card(
             card_id=card_id,
             account=account,
             product=product,
@@ -415,8 +430,8 @@ class AdminService:
         """Set a new PIN (the PVV is derived from the card's PAN HMAC) and reset the tries."""
         if not pin_valid_format(pin):
             raise RequestError("pin must be 4 to 12 digits")
-        pan_hmac = await self.store.card_pan_hmac(card_id)
-        account_id = await self.store.set_card_pin(
+        pan_hmac = await self.cards.card_pan_hmac(card_id)
+        account_id = await self.cards.set_card_pin(
             card_id, self.keys.pin_verification_value(pan_hmac, pin), actor
         )
         await self.sync.refresh(account_id, "admin")
@@ -440,14 +455,14 @@ class AdminService:
                 sinks=sinks.get(program_id, ()),
             )
 
-        program_id = await self.store.card_program(card_id)
+        program_id = await self.cards.card_program(card_id)
         sinks[program_id] = (await self.catalog.program(program_id)).sinks
-        previous, account_id = await self.store.change_card_status(
+        previous, account_id = await self.cards.change_card_status(
             card_id, status, reason, actor, notify
         )
         await self.sync.refresh(account_id, "admin")
         # Accounts the card spends from keep a copy of its status (service/linked.py).
-        for linked in await self.store.linked_accounts(card_id):
+        for linked in await self.cards.linked_accounts(card_id):
             await self.sync.refresh(linked, "admin")
         return previous
 
@@ -470,9 +485,9 @@ class AdminService:
                 sinks=programs.get(program_id, ()),
             )
 
-        for program_id in await self.store.programs_with_cards_to_expire(month):
+        for program_id in await self.cards.programs_with_cards_to_expire(month):
             programs[program_id] = (await self.catalog.program(program_id)).sinks
-        accounts = await self.store.expire_cards(month, notify, limit)
+        accounts = await self.cards.expire_cards(month, notify, limit)
         for account_id in accounts:
             await self.sync.refresh(account_id, "admin")
         return len(accounts)
@@ -522,9 +537,9 @@ class AdminService:
                 "a DecisionService (SetProgramRouting) is only ever called for off-ledger "
                 "programs"
             )
-        await self.store.set_routing(program_id, routing, actor)
+        await self.catalog_store.set_routing(program_id, routing, actor)
         self.catalog.forget("program", program_id)
-        await note_change(self.store.pool, "program", program_id)
+        await note_change(self.catalog_store.pool, "program", program_id)
 
     async def set_sink(
         self, program_id: str, sink: str, url: str, secret_name: str, remove: bool, *, actor: str
@@ -557,9 +572,9 @@ class AdminService:
                 )
             if sink == "client" and program.routing is None:
                 raise PreconditionFailed("set the program's routing (its client target) first")
-        await self.store.set_sink(program_id, sink, url, secret_name, remove, actor)
+        await self.catalog_store.set_sink(program_id, sink, url, secret_name, remove, actor)
         self.catalog.forget("program", program_id)
-        await note_change(self.store.pool, "program", program_id)
+        await note_change(self.catalog_store.pool, "program", program_id)
 
     async def set_movements(self, program_id: str, enabled: bool, *, actor: str) -> None:
         """Subscribe (or unsubscribe) an on-ledger programme to MOVEMENT notifications
@@ -575,11 +590,11 @@ class AdminService:
                 "program_id: set a notification sink (SetNotificationSink) first: movements "
                 "would have nowhere to go"
             )
-        await self.store.set_movements(program_id, enabled, actor)
+        await self.catalog_store.set_movements(program_id, enabled, actor)
         self.catalog.forget("program", program_id)
 
     async def balances(self, account_id: str) -> dict[str, Balance]:
-        return await self.store.balances(account_id)
+        return await self.ledger.balances(account_id)
 
     async def adjust(
         self,
@@ -607,7 +622,7 @@ class AdminService:
             raise RequestError(f"unknown asset {asset!r}")
         require_idempotency_key(idempotency_key)
         description = _name(description, "description", required=False)
-        account = await self.store.account(account_id)
+        account = await self.ledger.account(account_id)
         if account.kind != "CUSTOMER":
             raise PreconditionFailed("adjustments apply to customer accounts only")
         program = await self.catalog.program(account.program_id)
@@ -683,7 +698,7 @@ class AdminService:
             raise AlreadyExists("idempotency_key was used for a different adjustment")
         if decision.reason != Reason.APPROVED:
             raise PreconditionFailed("insufficient available balance (set allow_negative to force)")
-        await self.store.audit(
+        await self.audit.record(
             actor, f"{kind.lower()}_account", account.id,
             {"asset": asset, "amount_minor": amount_minor, "purpose": purpose,
              "idempotency_key": idempotency_key, "entry_id": entry_id},

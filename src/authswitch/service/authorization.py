@@ -21,9 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from authswitch import metrics
+from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import ProductRow, ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
 from authswitch.adapters.postgres.controls import ControlStore
-from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
+from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
@@ -231,7 +233,8 @@ class AuthorizationService:
         *,
         keys: CardKeys,
         catalog: Catalog,
-        store: CatalogStore,
+        holds: HoldStore,
+        cards: CardStore,
         cache: LedgerCache,
         sync: CacheSync,
         committer: GroupCommitter,
@@ -239,14 +242,16 @@ class AuthorizationService:
     ) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.store = store
+        self.holds = holds
         self.cache = cache
         self.sync = sync
         self.committer = committer
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
-        self.controls = SpendControlService(catalog, ControlStore(store.pool), cache, self.charges)
-        self.tokens = TokenService(keys=keys, catalog=catalog, store=store, clock=clock)
+        self.controls = SpendControlService(
+            catalog, ControlStore(holds.pool), cards, cache, self.charges
+        )
+        self.tokens = TokenService(keys=keys, catalog=catalog, cards=cards, clock=clock)
         # Set by the application when off-ledger switching is wired (it needs this service).
         self.offledger: OffLedgerRouter | None = None
         # Set by the application: a card spending from a linked account (service/linked.py).
@@ -518,7 +523,7 @@ class AuthorizationService:
         """An increment joins its original's transaction, so that clearings of it release
         both; without an open original it is an authorisation of its own."""
         request = job.ctx.request
-        original = await self.store.hold_by_message(request.source, request.original_message_id)
+        original = await self.holds.hold_by_message(request.source, request.original_message_id)
         if (
             original is not None
             and original.status == "OPEN"
@@ -859,7 +864,7 @@ class AuthorizationService:
     async def _stored_original(self, ctx: _Context, card: CardFacts) -> StoredDecision:
         """The durable decision of an earlier message with this id, found by its marker."""
         request = ctx.request
-        stored = await durable_original(self.store, request.source, request.message_id)
+        stored = await durable_original(self.holds, request.source, request.message_id)
         if stored is not None:
             return stored
         # A marker with nothing durable behind it: its request failed (96) or its process

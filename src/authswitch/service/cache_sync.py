@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator
 
 from authswitch import metrics
-from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.redis.cache import AccountSnapshot, LedgerCache
 from authswitch.errors import StoreUnavailable
 from authswitch.service.clock import Clock
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 
 class CacheSync:
     def __init__(
-        self, cache: LedgerCache, store: CatalogStore, clock: Clock, *, drain_timeout_s: float
+        self, cache: LedgerCache, ledger: LedgerStore, clock: Clock, *, drain_timeout_s: float
     ) -> None:
         self.cache = cache
-        self.store = store
+        self.ledger = ledger
         self.clock = clock
         self._drain_timeout_s = drain_timeout_s
         self._in_flight: dict[str, int] = {}
@@ -74,7 +74,7 @@ class CacheSync:
         await self.reload(account_id, cause)
 
     async def load_card(self, account_id: str, card_id: str) -> None:
-        found = await self.store.card_state(card_id)
+        found = await self.ledger.card_state(card_id)
         if found is None or found[0] != account_id:
             # The card moved or vanished; its account's state is reloaded instead.
             await self.reload(account_id, "card_moved")
@@ -93,7 +93,7 @@ class CacheSync:
                 raise StoreUnavailable(
                     f"writes in flight on an account did not finish in {self._drain_timeout_s}s"
                 ) from None
-        balances, cards, usage = await self.store.account_state(account_id, self.clock.now())
+        balances, cards, usage = await self.ledger.account_state(account_id, self.clock.now())
         await self.cache.load(AccountSnapshot(account_id, balances, cards, usage))
         metrics.CACHE_LOADS.labels(cause).inc()
         log.debug("cache loaded", extra={"cause": cause, "balances": len(balances)})

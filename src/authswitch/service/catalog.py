@@ -15,8 +15,9 @@ import time
 from datetime import datetime
 from typing import Literal
 
+from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import CatalogStore, ProductRow, ProgramRow
 from authswitch.adapters.postgres.fx import FxStore
-from authswitch.adapters.postgres.store import CatalogStore, ProductRow, ProgramRow
 from authswitch.domain.authorization import CardFacts
 from authswitch.domain.controls import ControlVersion
 from authswitch.domain.fees import FeeSchedule
@@ -39,9 +40,10 @@ NOT_CACHED: Literal[_NotCached.NOT_CACHED] = _NotCached.NOT_CACHED
 
 
 class Catalog:
-    def __init__(self, store: CatalogStore, *, cards_max: int) -> None:
+    def __init__(self, store: CatalogStore, cards: CardStore, *, cards_max: int) -> None:
         assert cards_max > 0
         self.store = store
+        self.card_store = cards
         self.assets: dict[str, Asset] = {}
         self._programs: dict[str, ProgramRow] = {}
         self._products: dict[str, ProductRow] = {}
@@ -92,7 +94,7 @@ class Catalog:
             return entry
         if entry is not None and time.monotonic() < entry:
             return None
-        facts = await self.store.card_by_pan_hmac(pan_hmac)
+        facts = await self.card_store.card_by_pan_hmac(pan_hmac)
         self._cards[pan_hmac] = (
             facts if facts is not None else time.monotonic() + UNKNOWN_CARD_TTL_S
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from authswitch.adapters.postgres.store import ProgramRow
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.domain.authorization import (
     NO_CHARGES,
     AuthorizationRequest,

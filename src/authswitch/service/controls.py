@@ -25,8 +25,9 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.controls import ControlStore
-from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import AuthorizeOutcome, LedgerCache
 from authswitch.domain.authorization import (
     AuthorizationRequest,
@@ -80,10 +81,16 @@ class ControlPlan:
 
 class SpendControlService:
     def __init__(
-        self, catalog: Catalog, store: ControlStore, cache: LedgerCache, charges: ChargeCalculator
+        self,
+        catalog: Catalog,
+        store: ControlStore,
+        cards: CardStore,
+        cache: LedgerCache,
+        charges: ChargeCalculator,
     ) -> None:
         self.catalog = catalog
         self.store = store
+        self.cards = cards
         self.cache = cache
         self.calculator = charges
 
@@ -265,7 +272,7 @@ class SpendControlService:
             )  # fmt: skip
 
         try:
-            await self.catalog.store.change_card_status(
+            await self.cards.change_card_status(
                 card.card_id, CardStatus.BLOCKED, reason, "velocity", notify
             )
         except Exception as exc:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.disputes import ClearingRow, DisputeRow, DisputeStore, parse_id
-from authswitch.adapters.postgres.store import ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
@@ -275,7 +275,7 @@ class DisputeService:
         ):
             return cls(response_code=Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
-        stored = await self.poster.store.find_decision(request.source, request.message_id)
+        stored = await self.poster.holds.find_decision(request.source, request.message_id)
         if stored is not None:
             return (
                 parse(stored.response)
@@ -353,7 +353,7 @@ class DisputeService:
     async def _replay(
         self, source: str, message_id: str, fingerprint: bytes, parse: Callable[[bytes], _A]
     ) -> _A | None:
-        stored = await self.poster.store.find_decision(source, message_id)
+        stored = await self.poster.holds.find_decision(source, message_id)
         if stored is None:
             return None
         if stored.fingerprint != fingerprint:

@@ -18,9 +18,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from authswitch.adapters.postgres.audit import AuditStore
+from authswitch.adapters.postgres.cards import CardStore
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
+from authswitch.adapters.postgres.holds import HoldRow, HoldStore
+from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
-from authswitch.adapters.postgres.store import CatalogStore, HoldRow, ProgramRow
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
@@ -126,13 +130,19 @@ class LifecycleService:
         *,
         keys: CardKeys,
         catalog: Catalog,
-        store: CatalogStore,
+        ledger: LedgerStore,
+        holds: HoldStore,
+        cards: CardStore,
+        audit: AuditStore,
         poster: Poster,
         clock: Clock,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.store = store
+        self.ledger = ledger
+        self.holds = holds
+        self.cards = cards
+        self.audit = audit
         self.poster = poster
         self.clock = clock
         self.charges = ChargeCalculator(catalog)
@@ -269,7 +279,7 @@ class LifecycleService:
         original: HoldRow | None = None
         held: list[HoldRow] = []
         if request.original_message_id:
-            found = await self.store.hold_by_message(request.source, request.original_message_id)
+            found = await self.holds.hold_by_message(request.source, request.original_message_id)
             if (
                 found is not None
                 and found.status == "OPEN"
@@ -279,7 +289,7 @@ class LifecycleService:
                 original = found
                 # The advised amount is the transaction's total: its original and any
                 # increments or earlier advices, all under the original's reference.
-                held = await self.store.open_holds(card.card_id, found.network_reference, asset)
+                held = await self.holds.open_holds(card.card_id, found.network_reference, asset)
         decision_id = str(uuid.uuid4())
         holds: tuple[HoldRecord, ...] = ()
         releases: tuple[HoldRelease, ...] = ()
@@ -422,7 +432,7 @@ class LifecycleService:
         with sync.in_flight(account_id):
             try:
                 returned = await return_usage(
-                    self.store.pool, source=source, original_message_id=original_message_id,
+                    self.holds.pool, source=source, original_message_id=original_message_id,
                     reversal=reversal, requested_minor=requested_minor,
                 )  # fmt: skip
                 if returned is not None:
@@ -446,7 +456,7 @@ class LifecycleService:
         with sync.in_flight(account_id):
             try:
                 settled = await settle_usage(
-                    self.store.pool, card_id=card_id, network_reference=network_reference,
+                    self.holds.pool, card_id=card_id, network_reference=network_reference,
                     clearing=clearing, amount_minor=amount_minor, settled_minor=settled_minor,
                     final=final,
                 )  # fmt: skip
@@ -466,7 +476,7 @@ class LifecycleService:
     ) -> Posted | None:  # fmt: skip
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
-        hold = await self.store.hold_by_message(request.source, request.original_message_id)
+        hold = await self.holds.hold_by_message(request.source, request.original_message_id)
 
         def acknowledge(
             result: pb.ReversalResult.ValueType, card: CardFacts | None = None
@@ -480,7 +490,7 @@ class LifecycleService:
             )  # fmt: skip
 
         if hold is None or hold.tombstone:
-            if hold is None and await self.store.decision_exists(
+            if hold is None and await self.holds.decision_exists(
                 request.source, request.original_message_id
             ):
                 return await self.poster.record(
@@ -557,7 +567,7 @@ class LifecycleService:
         usage: list[tuple[str, int, int]] = []
         if reason == "REVERSAL" and plan.release_minor:
             usage = [(key, -plan.release_minor, 0) for key in hold.usage_keys]
-        program = await self.catalog.program((await self.store.account(account_id)).program_id)
+        program = await self.catalog.program((await self.ledger.account(account_id)).program_id)
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -670,7 +680,7 @@ class LifecycleService:
         now = self.clock.now()
         holds = []
         if request.network_reference:
-            holds = await self.store.open_holds(card.card_id, request.network_reference, asset)
+            holds = await self.holds.open_holds(card.card_id, request.network_reference, asset)
         plan = plan_clearing([h.open_hold() for h in holds], amount, final=request.final)
         transaction_type = request.transaction_type or int(TransactionType.PURCHASE)
         context = FeeContext(
@@ -1013,7 +1023,7 @@ class LifecycleService:
                     raise
             if isinstance(result, Duplicate):
                 # The original's durable answer; it may be committing in another process.
-                stored = await durable_original(self.store, request.source, request.message_id)
+                stored = await durable_original(self.holds, request.source, request.message_id)
                 if stored is not None:
                     return self._answer(
                         Posted(PostStatus.DUPLICATE, stored), fingerprint,
@@ -1079,10 +1089,10 @@ class LifecycleService:
 
     async def _card_of_message(self, source: str, message_id: str) -> CardFacts | None:
         """The card of an earlier message (a reversal may carry no PAN)."""
-        stored = await self.store.find_decision(source, message_id)
+        stored = await self.holds.find_decision(source, message_id)
         if stored is None or stored.account_id is None:
             return None
-        return await self.store.card_of_decision(source, message_id)
+        return await self.cards.card_of_decision(source, message_id)
 
     async def _forward(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, card: CardFacts,
@@ -1137,11 +1147,11 @@ class LifecycleService:
         require_idempotency_key(idempotency_key)
         fingerprint = self.keys.fingerprint(f"release:{hold_id}:{reason}".encode())
         for _ in range(PLAN_ATTEMPTS_MAX):
-            hold = await self.store.hold(hold_id)
+            hold = await self.holds.hold(hold_id)
             if hold.tombstone:
                 raise NotFound(f"hold {hold_id} does not exist")
             if hold.status != "OPEN":
-                stored = await self.store.find_decision(ADMIN_SOURCE, idempotency_key)
+                stored = await self.holds.find_decision(ADMIN_SOURCE, idempotency_key)
                 if stored is not None and stored.fingerprint == fingerprint:
                     return ledger_admin_pb2.ReleaseHoldResponse.FromString(stored.response)
                 raise PreconditionFailed(f"hold {hold_id} has already ended ({hold.status})")
@@ -1156,7 +1166,7 @@ class LifecycleService:
             assert stored is not None
             if stored.fingerprint != fingerprint:
                 raise PreconditionFailed("idempotency_key was used for another change")
-            await self.store.audit(
+            await self.audit.record(
                 actor,
                 "release_hold",
                 hold_id,
@@ -1170,7 +1180,7 @@ class LifecycleService:
         many were released. Each hold ages off at most once: its release is keyed
         ("system", "ageoff:<hold>") and guarded on the hold still being open."""
         now = self.clock.now()
-        holds = await self.store.expired_holds(now, limit)
+        holds = await self.holds.expired_holds(now, limit)
         gate = asyncio.Semaphore(SWEEP_CONCURRENCY_MAX)
 
         async def expire(hold: HoldRow) -> bool:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from authswitch.adapters.postgres.store import ProgramRow
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.redis.cache import LedgerCache, Miss
 from authswitch.domain.authorization import Charges, CounterCheck, FreeUseCheck
 from authswitch.domain.codes import Reason

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from authswitch.adapters.postgres.store import ProgramRow
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.domain.authorization import (
     AuthorizationRequest,
     CardFacts,

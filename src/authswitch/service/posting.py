@@ -14,8 +14,9 @@ from enum import Enum
 from typing import Any
 
 from authswitch import metrics
+from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
-from authswitch.adapters.postgres.store import CatalogStore, ProgramRow
+from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.redis.cache import ApplyResult, Duplicate, LedgerCache
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.records import LedgerWrite
@@ -35,13 +36,11 @@ CACHE_ATTEMPTS_MAX = 3
 REPLAY_PAUSES_S = (0.01, 0.03, 0.1, 0.3)
 
 
-async def durable_original(
-    store: CatalogStore, source: str, message_id: str
-) -> StoredDecision | None:
+async def durable_original(holds: HoldStore, source: str, message_id: str) -> StoredDecision | None:
     """The durable decision under (source, message_id), waiting for one that is committing;
     None when there is none after the pauses."""
     for pause_s in (*REPLAY_PAUSES_S, None):
-        stored = await store.find_decision(source, message_id)
+        stored = await holds.find_decision(source, message_id)
         if stored is not None or pause_s is None:
             return stored
         await asyncio.sleep(pause_s)
@@ -68,12 +67,12 @@ class Poster:
     def __init__(
         self,
         *,
-        store: CatalogStore,
+        holds: HoldStore,
         cache: LedgerCache,
         sync: CacheSync,
         committer: GroupCommitter,
     ) -> None:
-        self.store = store
+        self.holds = holds
         self.cache = cache
         self.sync = sync
         self.committer = committer
@@ -123,7 +122,7 @@ class Poster:
                     raise
             if isinstance(result, Duplicate):
                 # The original may still be committing: its answer, not a second change.
-                stored = await durable_original(self.store, source, message_id)
+                stored = await durable_original(self.holds, source, message_id)
                 if stored is not None:
                     return Posted(PostStatus.DUPLICATE, stored)
                 # A marker with nothing durable behind it (an earlier attempt failed).

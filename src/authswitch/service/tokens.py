@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import date, timedelta
 
-from authswitch.adapters.postgres.store import CatalogStore
+from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.tokens import TokenMatch, TokenRow, TokenStore
 from authswitch.domain.authorization import CardStatus, PreChecks
 from authswitch.domain.cards import expiry_valid_format, is_expired, pan_valid
@@ -37,13 +37,11 @@ _TOKEN_REQUESTOR_DIGITS = 11
 
 
 class TokenService:
-    def __init__(
-        self, *, keys: CardKeys, catalog: Catalog, store: CatalogStore, clock: Clock
-    ) -> None:
+    def __init__(self, *, keys: CardKeys, catalog: Catalog, cards: CardStore, clock: Clock) -> None:
         self.keys = keys
         self.catalog = catalog
-        self.store = store
-        self.tokens = TokenStore(store.pool)
+        self.cards = cards
+        self.tokens = TokenStore(cards.pool)
         self.clock = clock
 
     # -- authorisations carrying a token ---------------------------------------------------
@@ -94,7 +92,7 @@ class TokenService:
         if card is None:
             problem = "unknown card"
         else:
-            details = await self.store.card(card.card_id)
+            details = await self.cards.card(card.card_id)
             status = CardStatus[details["status"]]
             if status is not CardStatus.ACTIVE:
                 problem = f"the card is {status.name.lower()}"
@@ -146,12 +144,12 @@ class TokenService:
 
         sinks: dict[str, tuple[str, ...]] = {}
         card_id = await self.tokens.card_of(token_id)
-        program_id = await self.store.card_program(card_id)
+        program_id = await self.cards.card_program(card_id)
         sinks[program_id] = (await self.catalog.program(program_id)).sinks
         return await self.tokens.set_status(token_id, status, reason, actor, notify)
 
     async def of_card(self, card_id: str) -> list[TokenRow]:
-        await self.store.card(card_id)  # NotFound for an unknown card
+        await self.cards.card(card_id)  # NotFound for an unknown card
         return await self.tokens.of_card(card_id)
 
     async def set_policy(self, product_id: str, policy: TokenPolicy, *, actor: str) -> None:

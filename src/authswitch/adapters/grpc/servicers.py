@@ -21,8 +21,8 @@ from authswitch.adapters.grpc.controls import (
 )
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
+from authswitch.adapters.postgres.holds import HoldRow
 from authswitch.adapters.postgres.ownership import Holder
-from authswitch.adapters.postgres.store import HoldRow
 from authswitch.domain.authorization import (
     AuthorizationRequest,
     CardStatus,
@@ -360,7 +360,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.ListClientsResponse:
         limit = page_size(request.page_size, default=100, maximum=1_000)
         after = _time_key(request.page_token, "clients")
-        rows = await self.service.store.clients(limit=limit + 1, after=after)
+        rows = await self.service.catalog_store.clients(limit=limit + 1, after=after)
         response = ledger_admin_pb2.ListClientsResponse()
         items = [(_client_message(r), (r["created_at"].isoformat(), r["client_id"])) for r in rows]
         response.next_page_token = fill_page(response.clients, items, limit=limit, kind="clients")
@@ -370,7 +370,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetClient(  # noqa: N802
         self, request: ledger_admin_pb2.GetClientRequest, context: Context
     ) -> ledger_admin_pb2.GetClientResponse:
-        row = await self.service.store.client(request.client_id)
+        row = await self.service.catalog_store.client(request.client_id)
         return ledger_admin_pb2.GetClientResponse(client=_client_message(row))
 
     @grpc_errors
@@ -379,7 +379,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.ListProgramsResponse:
         limit = page_size(request.page_size, default=100, maximum=1_000)
         after = _time_key(request.page_token, "programs")
-        rows = await self.service.store.programs(
+        rows = await self.service.catalog_store.programs(
             client_id=request.client_id, limit=limit + 1, after=after
         )
         items = []
@@ -452,7 +452,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetAccount(  # noqa: N802
         self, request: ledger_admin_pb2.GetAccountRequest, context: Context
     ) -> ledger_admin_pb2.GetAccountResponse:
-        row = await self.service.store.account_details(request.account_id)
+        row = await self.service.ledger.account_details(request.account_id)
         balances = await self.service.balances(request.account_id)
         response = ledger_admin_pb2.GetAccountResponse(
             account_id=row["account_id"], client_id=row["client_id"],
@@ -565,7 +565,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         self, request: ledger_admin_pb2.ListHoldsRequest, context: Context
     ) -> ledger_admin_pb2.ListHoldsResponse:
         limit = page_size(request.page_size, default=100, maximum=1_000)
-        rows = await self.service.store.holds_of_account(
+        rows = await self.service.holds.holds_of_account(
             request.account_id, open_only=request.open_only, limit=limit + 1,
             before=_time_key(request.page_token, "holds"),
         )  # fmt: skip
@@ -587,7 +587,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.ListAccountHistoryResponse:
         limit = page_size(request.page_size, default=50, maximum=500)
         before = _time_key(request.page_token, "history")
-        rows = await self.service.store.history(request.account_id, before=before, limit=limit + 1)
+        rows = await self.service.ledger.history(request.account_id, before=before, limit=limit + 1)
         converted = await self.service.fx.conversions(
             [(row["source"], row["message_id"]) for row in rows]
         )
@@ -632,7 +632,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetCard(  # noqa: N802
         self, request: ledger_admin_pb2.GetCardRequest, context: Context
     ) -> ledger_admin_pb2.GetCardResponse:
-        card = await self.service.store.card(request.card_id)
+        card = await self.service.cards.card(request.card_id)
         now = self.service.clock.now()
         controls = []
         for subject_id in (card["card_id"], card["account_id"]):
@@ -724,7 +724,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
                 raise RequestError("page_token is not one this server issued for this list")
         await self.service.catalog.product(request.product_id)
         # The catalogue holds every version in memory for decisions; a page is a slice.
-        schedules = await self.service.store.fee_schedules(request.product_id)
+        schedules = await self.service.catalog_store.fee_schedules(request.product_id)
         items = []
         for schedule in [s for s in schedules if s.version > after][: limit + 1]:
             entry = ledger_admin_pb2.FeeSchedule(
@@ -755,7 +755,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
         await self.service.catalog.product(request.product_id)
         # Limits are never removed, and come in creation order: a page starts after the
         # limit its token names.
-        limits = await self.service.store.limits(request.product_id)
+        limits = await self.service.catalog_store.limits(request.product_id)
         start = 0
         if request.page_token:
             (after,) = read_page_token(request.page_token, "limits", 1)
@@ -896,7 +896,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def GetUsage(  # noqa: N802
         self, request: ledger_admin_pb2.GetUsageRequest, context: Context
     ) -> ledger_admin_pb2.GetUsageResponse:
-        rows = await self.service.store.usage(request.account_id, self.service.clock.now())
+        rows = await self.service.ledger.usage(request.account_id, self.service.clock.now())
         return ledger_admin_pb2.GetUsageResponse(
             usage=[ledger_admin_pb2.Usage(key=k, amount_minor=a, count=c) for k, a, c in rows]
         )
@@ -966,7 +966,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
             if not isinstance(seq, int):
                 raise RequestError("page_token is not one this server issued for this list")
             before = (seq, str(sink))
-        rows = await self.service.store.notification_deliveries(
+        rows = await self.service.outbox.notification_deliveries(
             request.program_id, status, limit + 1, before
         )
         items = []
@@ -995,7 +995,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     async def RedriveNotifications(  # noqa: N802
         self, request: ledger_admin_pb2.RedriveNotificationsRequest, context: Context
     ) -> ledger_admin_pb2.RedriveNotificationsResponse:
-        count = await self.service.store.redrive(
+        count = await self.service.outbox.redrive(
             request.program_id, self.service.clock.now(), _actor(context)
         )
         return ledger_admin_pb2.RedriveNotificationsResponse(redriven=count)
@@ -1006,7 +1006,7 @@ class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServic
     ) -> ledger_admin_pb2.SetBalanceReportResponse:
         if not valid_prefix(request.prefix):
             raise RequestError("prefix must be 1 to 15 letters, digits or underscores")
-        await self.service.store.set_report_subscription(
+        await self.service.catalog_store.set_report_subscription(
             request.client_id, request.prefix, request.enabled, _actor(context)
         )
         return ledger_admin_pb2.SetBalanceReportResponse()

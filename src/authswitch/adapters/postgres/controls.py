@@ -9,13 +9,13 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
     translated_methods,
     translates_inline,
     unavailable,
 )
-from authswitch.adapters.postgres.store import audit
 from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
 from authswitch.errors import NotFound
 

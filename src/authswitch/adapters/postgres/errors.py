@@ -3,8 +3,8 @@ leaves this adapter as :class:`~authswitch.errors.StoreUnavailable`, its cause c
 the gRPC boundary maps project errors only (``adapters/grpc/errors.py``).
 
 The server's refusals that mean something to a caller are translated where they are caught
-(a unique violation becomes ``AlreadyExists`` in ``store.py``); any other server error goes
-through unchanged and is an internal fault.
+(a unique violation becomes ``AlreadyExists`` in ``catalog.py`` and ``cards.py``); any other
+server error goes through unchanged and is an internal fault.
 
 Two ways to translate, one cost each:
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.adapters.postgres.store import audit
 from authswitch.domain.files import FileKind
 
 __all__ = ["FileScheduleStore", "ScheduleChange", "ScheduleRow"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import translated_methods
-from authswitch.adapters.postgres.store import audit
 from authswitch.domain.fx import Conversion, FxRate, ProductFx
 from authswitch.errors import NotFound
 

@@ -1,5 +1,6 @@
 """The notification outbox's rows: claiming due deliveries, reading a notification, recording
-each attempt's outcome, and the depth per sink (service/outbox.py delivers them).
+each attempt's outcome, and the depth per sink (service/outbox.py delivers them); a
+program's deliveries as an operator lists them, and re-driving its dead ones.
 
 Deliveries are partitioned by their notification's created_at (migration 0007): every
 statement on one names it, so that it reads one partition rather than probe them all.
@@ -13,6 +14,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from authswitch.adapters.postgres.audit import audit
+from authswitch.adapters.postgres.errors import translated_methods
+from authswitch.adapters.postgres.ids import uuid_or_not_found
+from authswitch.errors import NotFound
 
 __all__ = ["Claim", "OutboxStore", "QueuedNotification", "SinkDepth"]
 
@@ -70,6 +76,7 @@ class SinkDepth:
     oldest_pending: datetime | None
 
 
+@translated_methods
 class OutboxStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
@@ -139,3 +146,47 @@ class OutboxStore:
                GROUP BY d.sink"""
         )
         return [SinkDepth(r["sink"], r["pending"], r["dead"], r["oldest"]) for r in rows]
+
+    async def notification_deliveries(
+        self,
+        program_id: str,
+        status: str | None,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; ``before`` is the (seq, sink) of the last delivery of the previous
+        page."""
+        if not await self.pool.fetchval(
+            "SELECT true FROM programs WHERE id = $1", uuid_or_not_found(program_id, "program")
+        ):
+            raise NotFound(f"program {program_id} does not exist")
+        cursor_seq, cursor_sink = before or (None, None)
+        rows = await self.pool.fetch(
+            """SELECT d.notification_id::text, n.kind,
+                      coalesce(n.account_id::text, '') AS account_id, d.seq, d.sink,
+                      d.status, d.attempts, d.last_error, n.created_at
+               FROM notification_deliveries d
+               JOIN notifications n ON n.id = d.notification_id AND n.created_at = d.created_at
+               WHERE d.program_id = $1 AND ($2::text IS NULL OR d.status = $2)
+                 AND ($4::bigint IS NULL OR (d.seq, d.sink) < ($4, $5::text))
+               ORDER BY d.seq DESC, d.sink DESC LIMIT $3""",
+            program_id,
+            status,
+            limit,
+            cursor_seq,
+            cursor_sink,
+        )
+        return [dict(r) for r in rows]
+
+    async def redrive(self, program_id: str, now: datetime, actor: str) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                """UPDATE notification_deliveries
+                   SET status = 'PENDING', attempts = 0, next_attempt_at = $2, last_error = ''
+                   WHERE program_id = $1 AND status = 'DEAD'""",
+                uuid_or_not_found(program_id, "program"),
+                now,
+            )
+            count = int(status.split()[-1])
+            await audit(conn, actor, "redrive_notifications", program_id, {"count": count})
+        return count

@@ -14,9 +14,10 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import translated_methods
+from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.adapters.postgres.store import _uuid, audit
 from authswitch.domain.holders import HOLDERS_MAX, ShareError, valid_shares
 from authswitch.errors import NotFound, PreconditionFailed, RequestError
 
@@ -100,8 +101,8 @@ class HolderStore:
             """SELECT a.customer_id::text FROM account_holders a
                JOIN account_holders b ON b.customer_id = a.customer_id
                WHERE a.account_id = $1 AND b.account_id = $2""",
-            _uuid(first_account_id, "account"),
-            _uuid(second_account_id, "account"),
+            uuid_or_not_found(first_account_id, "account"),
+            uuid_or_not_found(second_account_id, "account"),
         )
         return {r[0] for r in rows}
 
@@ -124,7 +125,7 @@ class HolderStore:
             if add is not None:
                 customer = await conn.fetchval(
                     "SELECT program_id::text FROM customers WHERE id = $1",
-                    _uuid(add, "customer"),
+                    uuid_or_not_found(add, "customer"),
                 )
                 if customer is None:
                     raise NotFound(f"customer {add} does not exist")
@@ -183,7 +184,7 @@ class HolderStore:
     @staticmethod
     async def _account(conn: Any, account_id: str, *, lock: bool) -> str:
         query = _ACCOUNT_FOR_UPDATE if lock else _ACCOUNT
-        row = await conn.fetchrow(query, _uuid(account_id, "account"))
+        row = await conn.fetchrow(query, uuid_or_not_found(account_id, "account"))
         if row is None:
             raise NotFound(f"account {account_id} does not exist")
         if row["kind"] != "CUSTOMER":

@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.committer import write_notifications
 from authswitch.adapters.postgres.errors import translated_methods
-from authswitch.adapters.postgres.store import audit
 from authswitch.domain.records import Notification
 from authswitch.domain.tokens import TokenPolicy, TokenStatus, transition_allowed
 from authswitch.errors import NotFound, PreconditionFailed
