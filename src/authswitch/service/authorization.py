@@ -652,49 +652,17 @@ class AuthorizationService:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     def _write_for(
-        self,
-        ctx: _Context,
-        card: CardFacts,
-        program: ProgramRow,
-        pre: PreChecks,
-        result: AuthorizeOutcome,
-        plan: _HoldPlan,
-        charges: Charges,
+        self, ctx: _Context, card: CardFacts, program: ProgramRow, pre: PreChecks,
+        result: AuthorizeOutcome, plan: _HoldPlan, charges: Charges,
         stand_in: StandIn | None = None,
-        pin_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD,
-        detail: str = "",
-    ) -> LedgerWrite:
+        pin_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD, detail: str = "",
+    ) -> LedgerWrite:  # fmt: skip
+        """What a decision leaves behind: its record (with the response's bytes), its hold or
+        posted fee, counters, card updates and notifications, as one write."""
         request = ctx.request
         decision_id = new_id()
         approved = result.reason is Reason.APPROVED or result.reason is Reason.PARTIALLY_APPROVED
-        response = response_for(
-            result.reason,
-            asset=request.billing_asset,
-            approved_minor=result.approved_minor,
-            fee_minor=result.fee_minor,
-            balance=result.balance if approved else None,
-            authorization_code=authorization_code() if approved else "",
-            decision_id=decision_id,
-            detail=detail,
-        )
-        if stand_in is not None:
-            response.stand_in = True
-            response.stand_in_reason = stand_in.reason  # type: ignore[assignment]
-        conversions: tuple[ConversionRecord, ...] = ()
-        if ctx.conversion is not None:
-            conversion = ctx.conversion
-            response.fx.CopyFrom(fx_message(conversion))
-            if approved:  # the network's amount, approved whole
-                response.approved_amount.CopyFrom(
-                    common_pb2.Money(
-                        amount_minor=conversion.billing_minor, asset=conversion.billing_asset
-                    )
-                )
-            conversions = (
-                ConversionRecord(
-                    request.source, request.message_id, "AUTHORIZATION", conversion, ctx.received
-                ),
-            )
+        response = self._response(ctx, result, approved, decision_id, detail, stand_in)
         record = self.record(
             ctx, decision_id, result.reason, response.SerializeToString(), card, result
         )
@@ -702,84 +670,26 @@ class AuthorizationService:
         changes: tuple[BalanceChange, ...] = ()
         refusal: Callable[[], DecisionRecord] | None = None
         if result.held_minor:
-            holds = (
-                HoldRecord(
-                    id=new_id(),
-                    account_id=card.account_id,
-                    asset=request.billing_asset,
-                    card_id=card.card_id,
-                    source=request.source,
-                    message_id=request.message_id,
-                    network_reference=plan.network_reference,
-                    amount_minor=result.held_minor,
-                    fee_minor=result.fee_minor,
-                    expires_at=ctx.received + timedelta(days=plan.validity_days),
-                    created_at=ctx.received,
-                    kind=plan.kind,
-                    usage_keys=tuple(c.key for c in charges.limits if c.key),
-                    billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
-                ),
-            )
+            holds = (_hold_of(ctx, card, result, plan, charges),)
             changes = (
                 postings.hold(
                     card.account_id, request.billing_asset, result.held_minor, requires_funds=True
                 ),
             )
-
-            def refusal() -> DecisionRecord:
-                declined = response_for(
-                    Reason.INSUFFICIENT_FUNDS, asset=request.billing_asset, decision_id=decision_id
-                ).SerializeToString()
-                return self.record(
-                    ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None
-                )
-
+            refusal = self._refusal(ctx, card, decision_id)
         entries: tuple[JournalEntry, ...] = ()
         if result.posted_fee_minor:
             # A zero-value or declined request's fee, taken from actual and available.
-            taken = postings.fee(
-                card.account_id, request.billing_asset, result.posted_fee_minor,
-                program.fee_account_id,
-                Origin(
-                    new_id(), program.id, ctx.received, request.source, request.message_id,
-                    f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
-                    request.network_reference, card.card_id,
-                ),
-            )  # fmt: skip
+            taken = _posted_fee(ctx, card, program, result.posted_fee_minor)
             changes, entries = taken.changes, taken.entries
-        notifications: tuple[Notification, ...] = ()
-        if result.fee_mode is not FeeMode.NONE:
-            kind = "FEE_NOT_APPLIED" if result.fee_mode is FeeMode.NOT_APPLIED else "FEE"
-            notifications = (
-                Notification(
-                    id=new_id(),
-                    program_id=program.id,
-                    kind=kind,
-                    payload={
-                        "stage": "AUTHORIZATION",
-                        "source": request.source,
-                        "message_id": request.message_id,
-                        "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
-                        "response_code": outcome(result.reason).response_code,
-                        "fee_minor": result.fee_minor,
-                        "fee_mode": result.fee_mode.name,
-                        "asset": request.billing_asset,
-                        "amount_minor": request.billing_amount_minor,
-                    },
-                    created_at=ctx.received,
-                    account_id=card.account_id,
-                    card_id=card.card_id,
-                    sinks=program.sinks,
-                ),
-            )
-        usage: tuple[UsageChange, ...] = ()
-        if charges.limits or charges.free_uses:
-            deltas = counter_deltas(
-                result.reason, zero_value=request.is_zero_value,
-                approved_minor=result.approved_minor, charged_minor=result.fee_minor,
-                fee_mode=result.fee_mode, charges=charges,
-            )  # fmt: skip
-            usage = usage_changes(card.account_id, deltas, expiries_of(charges))
+        notifications: tuple[Notification, ...] = (
+            ()
+            if result.fee_mode is FeeMode.NONE
+            else (_fee_notification(ctx, card, program, result),)
+        )
+        usage = (
+            _usage_of(request, card, result, charges) if charges.limits or charges.free_uses else ()
+        )
         updates: tuple[CardUpdate, ...] = ()
         if result.pin_tries_changed or result.pin_changed:
             updates, pin_notes = pin_effects(
@@ -790,20 +700,7 @@ class AuthorizationService:
             )  # fmt: skip
             notifications += pin_notes
         if program.movements:  # subscribed to movements (service/movements.py)
-            notifications += authorization_movement(
-                program, account_id=card.account_id, card_id=card.card_id,
-                asset=request.billing_asset, held_minor=result.held_minor,
-                posted_fee_minor=result.posted_fee_minor, balance_after=result.balance,
-                created_at=ctx.received, source=request.source, message_id=request.message_id,
-                details={
-                    "decision_id": decision_id, "response_code": response.response_code,
-                    "network_reference": plan.network_reference,
-                    "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
-                    "amount_minor": request.billing_amount_minor,
-                    "approved_minor": result.approved_minor, "fee_minor": result.fee_minor,
-                    "fee_mode": result.fee_mode.name,
-                },
-            )  # fmt: skip
+            notifications += _movement_of(ctx, card, program, result, plan, response)
         calls: tuple[ClientCall, ...] = ()
         if stand_in is not None:
             calls = (stand_in.call,)
@@ -811,18 +708,58 @@ class AuthorizationService:
                 result.reason, result.approved_minor, result.fee_minor,
                 response.authorization_code,
             )  # fmt: skip
+        conversions: tuple[ConversionRecord, ...] = ()
+        if ctx.conversion is not None:  # docs/fx.md
+            conversions = (_conversion_of(ctx, ctx.conversion),)
         return LedgerWrite(
-            decision=record,
-            holds=holds,
-            balance_changes=changes,
-            entries=entries,
-            card_updates=updates,
-            usage=usage,
-            notifications=notifications,
-            client_calls=calls,
-            conversions=conversions,
-            refusal=refusal,
+            decision=record, holds=holds, balance_changes=changes, entries=entries,
+            card_updates=updates, usage=usage, notifications=notifications, client_calls=calls,
+            conversions=conversions, refusal=refusal,
+        )  # fmt: skip
+
+    def _refusal(
+        self, ctx: _Context, card: CardFacts, decision_id: str
+    ) -> Callable[[], DecisionRecord]:
+        """The decision recorded instead when Postgres refuses the funds (a stale cache)."""
+
+        def refusal() -> DecisionRecord:
+            declined = response_for(
+                Reason.INSUFFICIENT_FUNDS, asset=ctx.request.billing_asset,
+                decision_id=decision_id,
+            ).SerializeToString()  # fmt: skip
+            return self.record(ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None)
+
+        return refusal
+
+    @staticmethod
+    def _response(
+        ctx: _Context, result: AuthorizeOutcome, approved: bool, decision_id: str, detail: str,
+        stand_in: StandIn | None,
+    ) -> pb.AuthorizeResponse:  # fmt: skip
+        """The answer to the network, a converted request's showing both amounts."""
+        response = response_for(
+            result.reason,
+            asset=ctx.request.billing_asset,
+            approved_minor=result.approved_minor,
+            fee_minor=result.fee_minor,
+            balance=result.balance if approved else None,
+            authorization_code=authorization_code() if approved else "",
+            decision_id=decision_id,
+            detail=detail,
         )
+        if stand_in is not None:
+            response.stand_in = True
+            response.stand_in_reason = stand_in.reason  # type: ignore[assignment]
+        conversion = ctx.conversion
+        if conversion is not None:
+            response.fx.CopyFrom(fx_message(conversion))
+            if approved:  # the network's amount, approved whole
+                response.approved_amount.CopyFrom(
+                    common_pb2.Money(
+                        amount_minor=conversion.billing_minor, asset=conversion.billing_asset
+                    )
+                )
+        return response
 
     write_for = _write_for  # for service/linked.py
 
@@ -897,3 +834,107 @@ _TYPE_LABELS = {
     1: "purchase", 2: "cash_withdrawal", 3: "balance_enquiry", 4: "account_verification",
     5: "pin_change", 6: "pin_unblock", 7: "quasi_cash", 8: "pre_authorization",
 }  # fmt: skip
+
+
+def _hold_of(
+    ctx: _Context, card: CardFacts, result: AuthorizeOutcome, plan: _HoldPlan, charges: Charges
+) -> HoldRecord:
+    """The hold of an approval: its amount and fee, its transaction, its validity."""
+    request = ctx.request
+    return HoldRecord(
+        id=new_id(),
+        account_id=card.account_id,
+        asset=request.billing_asset,
+        card_id=card.card_id,
+        source=request.source,
+        message_id=request.message_id,
+        network_reference=plan.network_reference,
+        amount_minor=result.held_minor,
+        fee_minor=result.fee_minor,
+        expires_at=ctx.received + timedelta(days=plan.validity_days),
+        created_at=ctx.received,
+        kind=plan.kind,
+        usage_keys=tuple(c.key for c in charges.limits if c.key),
+        billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
+    )
+
+
+def _posted_fee(
+    ctx: _Context, card: CardFacts, program: ProgramRow, fee_minor: int
+) -> postings.Movement:
+    request = ctx.request
+    return postings.fee(
+        card.account_id, request.billing_asset, fee_minor, program.fee_account_id,
+        Origin(
+            new_id(), program.id, ctx.received, request.source, request.message_id,
+            f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
+            request.network_reference, card.card_id,
+        ),
+    )  # fmt: skip
+
+
+def _fee_notification(
+    ctx: _Context, card: CardFacts, program: ProgramRow, result: AuthorizeOutcome
+) -> Notification:
+    """FEE (held or posted) or FEE_NOT_APPLIED (available did not cover it)."""
+    request = ctx.request
+    return Notification(
+        id=new_id(),
+        program_id=program.id,
+        kind="FEE_NOT_APPLIED" if result.fee_mode is FeeMode.NOT_APPLIED else "FEE",
+        payload={
+            "stage": "AUTHORIZATION",
+            "source": request.source,
+            "message_id": request.message_id,
+            "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
+            "response_code": outcome(result.reason).response_code,
+            "fee_minor": result.fee_minor,
+            "fee_mode": result.fee_mode.name,
+            "asset": request.billing_asset,
+            "amount_minor": request.billing_amount_minor,
+        },
+        created_at=ctx.received,
+        account_id=card.account_id,
+        card_id=card.card_id,
+        sinks=program.sinks,
+    )
+
+
+def _movement_of(
+    ctx: _Context, card: CardFacts, program: ProgramRow, result: AuthorizeOutcome,
+    plan: _HoldPlan, response: pb.AuthorizeResponse,
+) -> tuple[Notification, ...]:  # fmt: skip
+    """The MOVEMENT notification of a subscribed programme (service/movements.py)."""
+    request = ctx.request
+    return authorization_movement(
+        program, account_id=card.account_id, card_id=card.card_id,
+        asset=request.billing_asset, held_minor=result.held_minor,
+        posted_fee_minor=result.posted_fee_minor, balance_after=result.balance,
+        created_at=ctx.received, source=request.source, message_id=request.message_id,
+        details={
+            "decision_id": response.decision_id, "response_code": response.response_code,
+            "network_reference": plan.network_reference,
+            "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
+            "amount_minor": request.billing_amount_minor,
+            "approved_minor": result.approved_minor, "fee_minor": result.fee_minor,
+            "fee_mode": result.fee_mode.name,
+        },
+    )  # fmt: skip
+
+
+def _usage_of(
+    request: AuthorizationRequest, card: CardFacts, result: AuthorizeOutcome, charges: Charges
+) -> tuple[UsageChange, ...]:
+    """What the decision adds to its limits' and free uses' counters."""
+    deltas = counter_deltas(
+        result.reason, zero_value=request.is_zero_value, approved_minor=result.approved_minor,
+        charged_minor=result.fee_minor, fee_mode=result.fee_mode, charges=charges,
+    )  # fmt: skip
+    return usage_changes(card.account_id, deltas, expiries_of(charges))
+
+
+def _conversion_of(ctx: _Context, conversion: Conversion) -> ConversionRecord:
+    request = ctx.request
+    return ConversionRecord(
+        request.source, request.message_id, "AUTHORIZATION", conversion, ctx.received
+    )
