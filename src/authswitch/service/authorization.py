@@ -670,7 +670,13 @@ class AuthorizationService:
         changes: tuple[BalanceChange, ...] = ()
         refusal: Callable[[], DecisionRecord] | None = None
         if result.held_minor:
-            holds = (_hold_of(ctx, card, result, plan, charges),)
+            holds = (
+                hold_record(
+                    ctx, card, plan, amount_minor=result.held_minor, fee_minor=result.fee_minor,
+                    usage_keys=tuple(c.key for c in charges.limits if c.key),
+                    billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
+                ),
+            )  # fmt: skip
             changes = (
                 postings.hold(
                     card.account_id, request.billing_asset, result.held_minor, requires_funds=True
@@ -836,10 +842,12 @@ _TYPE_LABELS = {
 }  # fmt: skip
 
 
-def _hold_of(
-    ctx: _Context, card: CardFacts, result: AuthorizeOutcome, plan: _HoldPlan, charges: Charges
-) -> HoldRecord:
-    """The hold of an approval: its amount and fee, its transaction, its validity."""
+def hold_record(
+    ctx: _Context, card: CardFacts, plan: _HoldPlan, *, amount_minor: int, fee_minor: int,
+    usage_keys: tuple[str, ...], billing_minor: int = 0,
+) -> HoldRecord:  # fmt: skip
+    """The hold of an approval (or of an off-ledger client's, on its shadow ledger): its
+    amount and fee, its transaction, its validity and the counters it was counted in."""
     request = ctx.request
     return HoldRecord(
         id=new_id(),
@@ -849,13 +857,13 @@ def _hold_of(
         source=request.source,
         message_id=request.message_id,
         network_reference=plan.network_reference,
-        amount_minor=result.held_minor,
-        fee_minor=result.fee_minor,
+        amount_minor=amount_minor,
+        fee_minor=fee_minor,
         expires_at=ctx.received + timedelta(days=plan.validity_days),
         created_at=ctx.received,
         kind=plan.kind,
-        usage_keys=tuple(c.key for c in charges.limits if c.key),
-        billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
+        usage_keys=usage_keys,
+        billing_minor=billing_minor,
     )
 
 

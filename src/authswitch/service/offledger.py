@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from datetime import timedelta
 from typing import Any
 
 from authswitch import metrics
@@ -42,7 +41,6 @@ from authswitch.domain.postings import Origin
 from authswitch.domain.records import (
     CardUpdate,
     ClientCall,
-    HoldRecord,
     LedgerWrite,
     Notification,
     UsageChange,
@@ -52,6 +50,7 @@ from authswitch.service.authorization import (
     AuthorizationService,
     Job,
     StandIn,
+    hold_record,
     response_for,
 )
 from authswitch.service.clock import Clock
@@ -348,22 +347,11 @@ class OffLedgerService:
             self.auth.spawn_refresh(card.account_id, "shadow")
             return await self._commit_plain(write)
         plan = await self.auth.hold_plan(job)
-        hold = HoldRecord(
-            id=new_id(),
-            account_id=card.account_id,
-            asset=request.billing_asset,
-            card_id=card.card_id,
-            source=request.source,
-            message_id=request.message_id,
-            network_reference=plan.network_reference,
-            amount_minor=amount_minor,
-            fee_minor=0,
-            expires_at=ctx.received + timedelta(days=plan.validity_days),
-            created_at=ctx.received,
-            kind=plan.kind,
+        hold = hold_record(
+            ctx, card, plan, amount_minor=amount_minor, fee_minor=0,
             # A reversal or clearing of the hold adjusts the limits it counted.
             usage_keys=tuple(k for c in write.client_calls for k in c.usage_keys),
-        )
+        )  # fmt: skip
         mirrored = LedgerWrite(
             decision=write.decision,
             holds=(hold,),
