@@ -36,6 +36,7 @@ from authswitch.adapters.grpc.servicers import (
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import CatalogStore
+from authswitch.adapters.postgres.catalog_changes import CatalogChangeStore
 from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.disputes import DisputeStore
 from authswitch.adapters.postgres.files import FileScheduleStore
@@ -292,7 +293,9 @@ class Application:
         await cache.start_generation(int(self.clock.now().timestamp() * 1000))
         catalog = Catalog(catalog_store, cards, cards_max=settings.card_cache_entries_max)
         await catalog.load()
-        self.catalog_watch = CatalogWatch(self.pool, catalog, poll_ms=settings.catalog_poll_ms)
+        self.catalog_watch = CatalogWatch(
+            CatalogChangeStore(self.pool), catalog, poll_ms=settings.catalog_poll_ms
+        )
         await self.catalog_watch.start()
         self.committer = GroupCommitter(
             self.pool,

@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-import asyncpg
-
-from authswitch.adapters.postgres.errors import translated
+from authswitch.adapters.postgres.catalog_changes import CatalogChangeStore, note_change
 from authswitch.service.catalog import Catalog
 
 __all__ = ["CHANGES_KEPT_S", "CatalogWatch", "note_change"]
@@ -30,16 +27,10 @@ _BATCH_MAX = 1_000
 _CLEANUP_EVERY = 1_000  # polls
 
 
-@translated
-async def note_change(pool: asyncpg.Pool[Any], kind: str, ident: str) -> None:
-    """Record that a catalogue entry changed, for the other processes."""
-    await pool.execute("INSERT INTO catalog_changes (kind, ident) VALUES ($1, $2)", kind, ident)
-
-
 class CatalogWatch:
-    def __init__(self, pool: asyncpg.Pool[Any], catalog: Catalog, *, poll_ms: int) -> None:
+    def __init__(self, changes: CatalogChangeStore, catalog: Catalog, *, poll_ms: int) -> None:
         assert poll_ms > 0
-        self.pool = pool
+        self.changes = changes
         self.catalog = catalog
         self.poll_s = poll_ms / 1000
         self._last = 0
@@ -47,8 +38,7 @@ class CatalogWatch:
 
     async def start(self) -> None:
         """Start after the changes made so far (the cache is empty at start)."""
-        last = await self.pool.fetchval("SELECT coalesce(max(id), 0) FROM catalog_changes")
-        self._last = int(last)
+        self._last = await self.changes.last_id()
         self._task = asyncio.create_task(self._run(), name="catalog-watch")
 
     async def stop(self) -> None:
@@ -60,21 +50,17 @@ class CatalogWatch:
 
     async def poll(self) -> int:
         """Drop what changed since the last poll; returns how many changes were applied."""
-        rows = await self.pool.fetch(
-            """SELECT id, kind, ident FROM catalog_changes WHERE id > $1 ORDER BY id LIMIT $2""",
-            self._last,
-            _BATCH_MAX,
-        )
+        rows = await self.changes.after(self._last, _BATCH_MAX)
         if not rows:
             return 0
-        if self._last and rows[0]["id"] != self._last + 1:
+        if self._last and rows[0].id != self._last + 1:
             # A gap: rows deleted while this process slept, or an id whose row is not yet
             # committed (ids are not gapless). Its change is committed before its row is
             # written, so dropping everything now is always right.
             self.catalog.forget_all()
         for row in rows:
-            self.catalog.forget(row["kind"], row["ident"])
-        self._last = rows[-1]["id"]
+            self.catalog.forget(row.kind, row.ident)
+        self._last = rows[-1].id
         return len(rows)
 
     async def _run(self) -> None:
@@ -85,10 +71,6 @@ class CatalogWatch:
                 await self.poll()
                 polls += 1
                 if polls % _CLEANUP_EVERY == 0:
-                    await self.pool.execute(
-                        """DELETE FROM catalog_changes
-                           WHERE created_at < now() - $1 * interval '1 second'""",
-                        CHANGES_KEPT_S,
-                    )
+                    await self.changes.delete_older_than(CHANGES_KEPT_S)
             except Exception as exc:  # the next poll tries again; nothing is lost
                 log.warning("catalogue changes not read", extra={"error": type(exc).__name__})
