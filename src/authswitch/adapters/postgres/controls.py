@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from authswitch.adapters.postgres.errors import (
     translates_inline,
     unavailable,
 )
+from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
 from authswitch.errors import NotFound
 
@@ -34,7 +34,7 @@ class ControlStore:
         """Store a new version of the subject's controls; returns its version number. The
         subject's row is locked so that concurrent versions are numbered one after another."""
         table = "cards" if subject is ControlSubject.CARD else "accounts"
-        subject_id = _uuid(subject_id, subject.value.lower())
+        subject_id = uuid_or_not_found(subject_id, subject.value.lower())
         async with self.pool.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
                 f"SELECT true FROM {table} WHERE id = $1 FOR UPDATE",  # noqa: S608 - fixed names
@@ -63,7 +63,7 @@ class ControlStore:
     @translates_inline  # a decision whose controls are not cached
     async def versions(self, subject_id: str) -> list[ControlVersion]:
         """Every version of the subject's controls, oldest first."""
-        subject_id = _uuid(subject_id, "card or account")
+        subject_id = uuid_or_not_found(subject_id, "card or account")
         try:
             rows = await self.pool.fetch(
                 """SELECT subject, version, effective_from, created_at, controls
@@ -83,10 +83,3 @@ class ControlStore:
             )
             for r in rows
         ]
-
-
-def _uuid(value: str, what: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"{what} {value!r} does not exist") from None

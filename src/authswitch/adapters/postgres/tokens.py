@@ -13,6 +13,7 @@ import asyncpg
 from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.committer import write_notifications
 from authswitch.adapters.postgres.errors import translated_methods
+from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.domain.records import Notification
 from authswitch.domain.tokens import TokenPolicy, TokenStatus, transition_allowed
 from authswitch.errors import NotFound, PreconditionFailed
@@ -41,13 +42,6 @@ class TokenRow:
     token_requestor_id: str
     status: TokenStatus
     created_at: datetime
-
-
-def _uuid(value: str, what: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"{what} {value!r} does not exist") from None
 
 
 _COLUMNS = """t.id::text, t.card_id::text, t.last_four, t.expiry_yymm, t.token_requestor_id,
@@ -88,7 +82,7 @@ class TokenStore:
             """SELECT count(*) FROM decisions
                WHERE card_id = $1 AND kind = 'AUTHORIZE' AND created_at >= $2
                  AND response_code NOT IN ('00', '10')""",
-            _uuid(card_id, "card"),
+            uuid_or_not_found(card_id, "card"),
             since,
         )
         return int(value or 0)
@@ -134,7 +128,7 @@ class TokenStore:
                 """SELECT t.status, t.card_id::text, c.account_id::text, c.program_id::text
                    FROM network_tokens t JOIN cards c ON c.id = t.card_id
                    WHERE t.id = $1 FOR UPDATE OF t""",
-                _uuid(token_id, "token"),
+                uuid_or_not_found(token_id, "token"),
             )
             if row is None:
                 raise NotFound(f"token {token_id} does not exist")
@@ -158,7 +152,8 @@ class TokenStore:
 
     async def card_of(self, token_id: str) -> str:
         card_id = await self.pool.fetchval(
-            "SELECT card_id::text FROM network_tokens WHERE id = $1", _uuid(token_id, "token")
+            "SELECT card_id::text FROM network_tokens WHERE id = $1",
+            uuid_or_not_found(token_id, "token"),
         )
         if card_id is None:
             raise NotFound(f"token {token_id} does not exist")
@@ -168,7 +163,7 @@ class TokenStore:
         rows = await self.pool.fetch(
             f"""SELECT {_COLUMNS} FROM network_tokens t WHERE t.card_id = $1
                 ORDER BY t.created_at, t.id LIMIT {CARD_TOKENS_MAX}""",  # noqa: S608
-            _uuid(card_id, "card"),
+            uuid_or_not_found(card_id, "card"),
         )
         return [_row(r) for r in rows]
 
@@ -177,14 +172,14 @@ class TokenStore:
             """SELECT tokens_allowed, step_up_always, step_up_declines_min,
                       decline_declines_min, step_up_risk_score_min, decline_risk_score_min
                FROM token_policies WHERE product_id = $1""",
-            _uuid(product_id, "product"),
+            uuid_or_not_found(product_id, "product"),
         )
         return None if row is None else TokenPolicy(*row)
 
     async def set_policy(self, product_id: str, policy: TokenPolicy, actor: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
-                "SELECT true FROM products WHERE id = $1", _uuid(product_id, "product")
+                "SELECT true FROM products WHERE id = $1", uuid_or_not_found(product_id, "product")
             )
             if not found:
                 raise NotFound(f"product {product_id} does not exist")
