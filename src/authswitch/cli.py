@@ -326,7 +326,8 @@ async def _reference_client(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: its commands and their options."""
     parser = argparse.ArgumentParser(prog="authswitch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"authswitch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -365,6 +366,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference.add_argument(
         "--token-env", default="", help="environment variable holding the expected bearer token"
     )
+    _add_report(commands)
+    _add_files(commands)
+    reconcile = commands.add_parser("reconcile", help="check the ledger; exit 1 on any break")
+    reconcile.add_argument("--program", help="only this program")
+    reconcile.add_argument("--fbo-csv", type=Path, help="the partner's pooled FBO balance file")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _add_report(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """authswitch report: one command per report file."""
     report = commands.add_parser("report", help="write a report file")
     kinds = report.add_subparsers(dest="kind", required=True)
     balances = kinds.add_parser("balances", help="seed 003's account balance report")
@@ -386,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fbo = kinds.add_parser("fbo", help="seed 002's pooled FBO balance file")
     fbo.add_argument("--program", required=True)
     fbo.add_argument("--out", required=True, type=Path)
+
+
+def _add_files(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """authswitch files: delivering scheduled files, and scheduling them on a server."""
     files = commands.add_parser("files", help="scheduled file delivery")
     actions = files.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="deliver the due files now; exit 1 if any is pending")
@@ -420,10 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     listing.add_argument("--program", default="")
     listing.add_argument("--client", default="")
-    reconcile = commands.add_parser("reconcile", help="check the ledger; exit 1 on any break")
-    reconcile.add_argument("--program", help="only this program")
-    reconcile.add_argument("--fbo-csv", type=Path, help="the partner's pooled FBO balance file")
-    reconcile.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     try:
@@ -439,29 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level, settings.log_format)
 
     try:
-        if args.command == "serve":
-            from authswitch.supervisor import serve
-
-            workers = args.workers or settings.workers or os.cpu_count() or 1
-            return serve(settings, workers=workers)
-        if args.command == "migrate":
-            return _run(_migrate(settings))
-        if args.command == "demo":
-            from authswitch.demo import run_demo
-
-            return _run(run_demo(args.target or settings.grpc_listen, args.scenario))
-        if args.command == "reference-client":
-            return _run(_reference_client(args))
-        if args.command == "report":
-            return _run(_report(settings, args))
-        if args.command == "reconcile":
-            return _run(_reconcile(settings, args))
-        if args.command == "files" and args.action == "run":
-            return _run(_files(settings, args))
-        if args.command == "files":
-            if getattr(args, "directory", None):
-                args.directory = str(Path(args.directory).resolve())  # the server's view
-            return _run(_file_schedules(args.target or settings.grpc_listen, args))
+        status = _command(settings, args)
     except ConfigError as exc:
         print(f"authswitch: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -471,7 +465,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"authswitch: {exc}", file=sys.stderr)
         return 1
-    parser.error(f"unknown command {args.command}")
+    if status is None:
+        parser.error(f"unknown command {args.command}")
+    return status
+
+
+def _command(settings: Settings, args: argparse.Namespace) -> int | None:
+    """Run the command ``args`` name; its exit status (None: no such command)."""
+    if args.command == "serve":
+        from authswitch.supervisor import serve
+
+        workers = args.workers or settings.workers or os.cpu_count() or 1
+        return serve(settings, workers=workers)
+    if args.command == "migrate":
+        return _run(_migrate(settings))
+    if args.command == "demo":
+        from authswitch.demo import run_demo
+
+        return _run(run_demo(args.target or settings.grpc_listen, args.scenario))
+    if args.command == "reference-client":
+        return _run(_reference_client(args))
+    if args.command == "report":
+        return _run(_report(settings, args))
+    if args.command == "reconcile":
+        return _run(_reconcile(settings, args))
+    if args.command == "files" and args.action == "run":
+        return _run(_files(settings, args))
+    if args.command == "files":
+        if getattr(args, "directory", None):
+            args.directory = str(Path(args.directory).resolve())  # the server's view
+        return _run(_file_schedules(args.target or settings.grpc_listen, args))
+    return None
 
 
 if __name__ == "__main__":

@@ -16,18 +16,20 @@ import logging
 import uuid
 
 from authswitch import metrics
+from authswitch.adapters.postgres.catalog import ProgramRow
+from authswitch.adapters.postgres.ledger import AccountRow
 from authswitch.adapters.postgres.ownership import Holder, HolderStore
-from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain import postings
-from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.codes import Reason
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.postings import Origin
-from authswitch.domain.records import DecisionRecord, LedgerWrite
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.service.admin import (
     ADMIN_SOURCE,
     AdminService,
+    admin_write,
     balance_message,
+    posted_decision,
     require_idempotency_key,
 )
 from authswitch.service.posting import PostStatus
@@ -51,19 +53,10 @@ class AccountService:
     async def transfer(
         self, request: ledger_admin_pb2.TransferRequest, *, fingerprint: bytes, actor: str
     ) -> ledger_admin_pb2.TransferResponse:
-        admin, ledger = self.admin, self.admin.ledger
+        admin = self.admin
         asset, amount = request.amount.asset, request.amount.amount_minor
         key = request.idempotency_key
-        require_idempotency_key(key)
-        if not 0 < amount <= AMOUNT_MAX_MINOR:
-            raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
-        if asset not in admin.catalog.assets:
-            raise RequestError(f"unknown asset {asset!r}")
-        description = request.description.strip()
-        if len(description) > DESCRIPTION_LEN_MAX or not description.isprintable():
-            raise RequestError(f"description: printable, up to {DESCRIPTION_LEN_MAX} characters")
-        if request.from_account_id == request.to_account_id:
-            raise RequestError("from_account_id and to_account_id are the same account")
+        description = self._checked_description(request)
         stored = await admin.holds.find_decision(ADMIN_SOURCE, key)
         if stored is not None:
             # A retry gets the first answer, whatever changed since (holders, balances).
@@ -73,22 +66,7 @@ class AccountService:
                 raise PreconditionFailed("insufficient available balance in the source account")
             await self._reload(request.to_account_id)
             return ledger_admin_pb2.TransferResponse.FromString(stored.response)
-        source = await ledger.account(request.from_account_id)
-        target = await ledger.account(request.to_account_id)
-        if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":
-            raise PreconditionFailed("transfers are between customer accounts")
-        if source.program_id != target.program_id:
-            raise PreconditionFailed("transfers stay within one program")
-        program = await admin.catalog.program(source.program_id)
-        if program.mode != "ON_LEDGER":
-            raise PreconditionFailed(
-                "an off-ledger program's balances are in the client's ledger: it moves money "
-                "between its accounts itself"
-            )
-        if not await self.holders.common_holders(source.id, target.id):
-            raise PreconditionFailed("transfers are between accounts of the same customer")
-        if asset not in await ledger.balances(target.id):
-            raise PreconditionFailed(f"account {target.id} holds no {asset} balance")
+        source, target, program = await self._parties(request)
 
         now = admin.clock.now()
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
@@ -100,46 +78,22 @@ class AccountService:
             ),
         )  # fmt: skip
 
-        def record(reason: Reason, response: bytes) -> DecisionRecord:
-            return DecisionRecord(
-                id=decision_id, source=ADMIN_SOURCE, message_id=key, kind=KIND_TRANSFER,
-                fingerprint=fingerprint, card_id=None, account_id=source.id, asset=asset,
-                amount_minor=amount,
-                approved_minor=amount if reason is Reason.APPROVED else 0, fee_minor=0,
-                response_code=outcome(reason).response_code, reason=int(reason),
-                response=response, created_at=now,
-            )  # fmt: skip
-
-        def build(applied: ApplyResult) -> LedgerWrite:
-            assert applied.balance is not None
-            response = ledger_admin_pb2.TransferResponse(
-                entry_id=entry_id, from_balance=balance_message(asset, applied.balance)
-            )
-            return LedgerWrite(
-                decision=record(Reason.APPROVED, response.SerializeToString()),
-                balance_changes=movement.changes,
-                entries=movement.entries,
-                refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
-            )
-
+        build = admin_write(
+            movement, decision_id, key, KIND_TRANSFER, fingerprint, source.id, asset, amount,
+            now,
+            lambda balance: ledger_admin_pb2.TransferResponse(
+                entry_id=entry_id, from_balance=balance_message(asset, balance)
+            ).SerializeToString(),
+        )  # fmt: skip
         posted = await admin.poster.post(
-            movement.change,
-            source=ADMIN_SOURCE,
-            message_id=key,
-            fingerprint=fingerprint,
-            build=build,
-            program=program,
-        )
-        if posted.status is PostStatus.NO_BALANCE:
-            raise PreconditionFailed(f"account {source.id} holds no {asset} balance")
-        if posted.status is PostStatus.INSUFFICIENT_FUNDS:
-            raise PreconditionFailed("insufficient available balance in the source account")
-        decision = posted.decision
-        assert decision is not None
-        if decision.fingerprint != fingerprint:
-            raise AlreadyExists("idempotency_key was used for another change")
-        if decision.reason != Reason.APPROVED:
-            raise PreconditionFailed("insufficient available balance in the source account")
+            movement.change, source=ADMIN_SOURCE, message_id=key, fingerprint=fingerprint,
+            build=build, program=program,
+        )  # fmt: skip
+        decision = posted_decision(
+            posted, fingerprint, no_balance=f"account {source.id} holds no {asset} balance",
+            insufficient="insufficient available balance in the source account",
+            reused="idempotency_key was used for another change",
+        )  # fmt: skip
         if posted.status is PostStatus.COMMITTED:
             await admin.audit.record(
                 actor, "transfer", source.id,
@@ -148,6 +102,47 @@ class AccountService:
             )  # fmt: skip
         await self._reload(target.id)
         return ledger_admin_pb2.TransferResponse.FromString(decision.response)
+
+    def _checked_description(self, request: ledger_admin_pb2.TransferRequest) -> str:
+        """The transfer's description, once the request is found well-formed; a bad request
+        raises RequestError."""
+        asset, amount = request.amount.asset, request.amount.amount_minor
+        require_idempotency_key(request.idempotency_key)
+        if not 0 < amount <= AMOUNT_MAX_MINOR:
+            raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
+        if asset not in self.admin.catalog.assets:
+            raise RequestError(f"unknown asset {asset!r}")
+        description = request.description.strip()
+        if len(description) > DESCRIPTION_LEN_MAX or not description.isprintable():
+            raise RequestError(f"description: printable, up to {DESCRIPTION_LEN_MAX} characters")
+        if request.from_account_id == request.to_account_id:
+            raise RequestError("from_account_id and to_account_id are the same account")
+        return description
+
+    async def _parties(
+        self, request: ledger_admin_pb2.TransferRequest
+    ) -> tuple[AccountRow, AccountRow, ProgramRow]:
+        """The source and destination accounts and their programme, once a transfer between
+        them is found allowed: customer accounts of one customer in one on-ledger programme,
+        the destination holding the asset."""
+        ledger, asset = self.admin.ledger, request.amount.asset
+        source = await ledger.account(request.from_account_id)
+        target = await ledger.account(request.to_account_id)
+        if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":
+            raise PreconditionFailed("transfers are between customer accounts")
+        if source.program_id != target.program_id:
+            raise PreconditionFailed("transfers stay within one program")
+        program = await self.admin.catalog.program(source.program_id)
+        if program.mode != "ON_LEDGER":
+            raise PreconditionFailed(
+                "an off-ledger program's balances are in the client's ledger: it moves money "
+                "between its accounts itself"
+            )
+        if not await self.holders.common_holders(source.id, target.id):
+            raise PreconditionFailed("transfers are between accounts of the same customer")
+        if asset not in await ledger.balances(target.id):
+            raise PreconditionFailed(f"account {target.id} holds no {asset} balance")
+        return source, target, program
 
     async def _reload(self, account_id: str) -> None:
         """The destination's cache learns of the credit from Postgres. A transfer whose

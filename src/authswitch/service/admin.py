@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import uuid
 import zoneinfo
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import CatalogStore
+from authswitch.adapters.postgres.committer import StoredDecision
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
@@ -60,7 +61,7 @@ from authswitch.service.catalog import Catalog
 from authswitch.service.catalog_watch import note_change
 from authswitch.service.clock import Clock
 from authswitch.service.fx import FxAdmin
-from authswitch.service.posting import Poster, PostStatus
+from authswitch.service.posting import Posted, Poster, PostStatus
 from authswitch.service.tokens import TokenService
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 
@@ -80,6 +81,70 @@ ON_LEDGER_SINKS = frozenset({"webhook"})
 FEE_RULES_MAX = 100
 WEBHOOK_URL_LEN_MAX = 2_000
 IDEMPOTENCY_KEY_LEN_MAX = FIELD_LEN_MAX["idempotency_key"]
+
+
+def admin_write(
+    movement: postings.Movement, decision_id: str, key: str, kind: str, fingerprint: bytes,
+    account_id: str, asset: str, amount_minor: int, now: datetime,
+    respond: Callable[[Balance], bytes],
+) -> Callable[[ApplyResult], LedgerWrite]:  # fmt: skip
+    """How the group commit's write of an admin call that moves money on ``account_id`` (an
+    adjustment, a transfer) is built from the cache's step: the movement with the call's
+    decision, keyed (ADMIN_SOURCE, its idempotency key) and answered ``respond(balance)``,
+    the balance being the cached one after the change; refused if Postgres finds the funds
+    short."""
+
+    def record(reason: Reason, response: bytes) -> DecisionRecord:
+        return DecisionRecord(
+            id=decision_id,
+            source=ADMIN_SOURCE,
+            message_id=key,
+            kind=kind,
+            fingerprint=fingerprint,
+            card_id=None,
+            account_id=account_id,
+            asset=asset,
+            amount_minor=amount_minor,
+            approved_minor=amount_minor if reason is Reason.APPROVED else 0,
+            fee_minor=0,
+            response_code=outcome(reason).response_code,
+            reason=int(reason),
+            response=response,
+            created_at=now,
+        )
+
+    def build(applied: ApplyResult) -> LedgerWrite:
+        assert applied.balance is not None
+        return LedgerWrite(
+            decision=record(Reason.APPROVED, respond(applied.balance)),
+            balance_changes=movement.changes,
+            entries=movement.entries,
+            refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
+        )
+
+    return build
+
+
+def posted_decision(
+    posted: Posted, fingerprint: bytes, *, no_balance: str, insufficient: str, reused: str
+) -> StoredDecision:
+    """The decision of an admin call's posting, once it is found approved and the call's
+    own; otherwise PreconditionFailed (``no_balance``: the account holds no balance in the
+    asset; ``insufficient``: the funds were refused, by the cache or by Postgres) or
+    AlreadyExists (``reused``: the key holds another call's decision). A committed or
+    refused posting's decision is the one just written, so only a duplicate's fingerprint
+    can differ."""
+    if posted.status is PostStatus.NO_BALANCE:
+        raise PreconditionFailed(no_balance)
+    if posted.status is PostStatus.INSUFFICIENT_FUNDS:
+        raise PreconditionFailed(insufficient)
+    decision = posted.decision
+    assert decision is not None
+    if decision.fingerprint != fingerprint:
+        raise AlreadyExists(reused)
+    if decision.reason != Reason.APPROVED:
+        raise PreconditionFailed(insufficient)
+    return decision
 
 
 def require_idempotency_key(key: str) -> None:
@@ -612,16 +677,9 @@ class AdminService:
     ) -> ledger_admin_pb2.CreditAccountResponse | ledger_admin_pb2.DebitAccountResponse:
         """Credit or debit a customer account against the program's clearing account (or,
         for a fee, its fee income account)."""
-        if credit and purpose not in CREDIT_PURPOSES:
-            raise RequestError(f"purpose must be one of {', '.join(sorted(CREDIT_PURPOSES))}")
-        if not credit and purpose not in DEBIT_PURPOSES:
-            raise RequestError(f"purpose must be one of {', '.join(sorted(DEBIT_PURPOSES))}")
-        if not 0 < amount_minor <= AMOUNT_MAX_MINOR:
-            raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
-        if asset not in self.catalog.assets:
-            raise RequestError(f"unknown asset {asset!r}")
-        require_idempotency_key(idempotency_key)
-        description = _name(description, "description", required=False)
+        description = self._checked_adjustment(
+            asset, amount_minor, purpose, idempotency_key, description, credit=credit
+        )
         account = await self.ledger.account(account_id)
         if account.kind != "CUSTOMER":
             raise PreconditionFailed("adjustments apply to customer accounts only")
@@ -637,73 +695,54 @@ class AdminService:
             requires_funds=not credit and not allow_negative,
         )  # fmt: skip
         kind = "CREDIT" if credit else "DEBIT"
-
-        def record(reason: Reason, response: bytes) -> DecisionRecord:
-            return DecisionRecord(
-                id=decision_id,
-                source=ADMIN_SOURCE,
-                message_id=idempotency_key,
-                kind=kind,
-                fingerprint=fingerprint,
-                card_id=None,
-                account_id=account.id,
-                asset=asset,
-                amount_minor=amount_minor,
-                approved_minor=amount_minor if reason is Reason.APPROVED else 0,
-                fee_minor=0,
-                response_code=outcome(reason).response_code,
-                reason=int(reason),
-                response=response,
-                created_at=now,
-            )
-
         response_type = (
             ledger_admin_pb2.CreditAccountResponse
             if credit
             else ledger_admin_pb2.DebitAccountResponse
         )
-
-        def build(applied: ApplyResult) -> LedgerWrite:
-            balance = applied.balance
-            assert balance is not None
-            response = response_type(entry_id=entry_id, balance=balance_message(asset, balance))
-            return LedgerWrite(
-                decision=record(Reason.APPROVED, response.SerializeToString()),
-                balance_changes=movement.changes,
-                entries=movement.entries,
-                refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
-            )
-
+        build = admin_write(
+            movement, decision_id, idempotency_key, kind, fingerprint, account.id, asset,
+            amount_minor, now,
+            lambda balance: response_type(
+                entry_id=entry_id, balance=balance_message(asset, balance)
+            ).SerializeToString(),
+        )  # fmt: skip
         posted = await self.poster.post(
-            movement.change,
-            source=ADMIN_SOURCE,
-            message_id=idempotency_key,
-            fingerprint=fingerprint,
-            build=build,
-            program=program,
+            movement.change, source=ADMIN_SOURCE, message_id=idempotency_key,
+            fingerprint=fingerprint, build=build, program=program,
             movement=_ADJUSTMENT_MOVEMENTS.get(purpose, "ADJUSTMENT"),
             movement_details={
-                "purpose": purpose,
-                "entry_id": entry_id,
-                "description": description,
+                "purpose": purpose, "entry_id": entry_id, "description": description,
             },
-        )
-        if posted.status is PostStatus.NO_BALANCE:
-            raise PreconditionFailed(f"account holds no {asset} balance")
-        if posted.status is PostStatus.INSUFFICIENT_FUNDS:
-            raise PreconditionFailed("insufficient available balance (set allow_negative to force)")
-        decision = posted.decision
-        assert decision is not None
-        if posted.status is PostStatus.DUPLICATE and decision.fingerprint != fingerprint:
-            raise AlreadyExists("idempotency_key was used for a different adjustment")
-        if decision.reason != Reason.APPROVED:
-            raise PreconditionFailed("insufficient available balance (set allow_negative to force)")
+        )  # fmt: skip
+        decision = posted_decision(
+            posted, fingerprint, no_balance=f"account holds no {asset} balance",
+            insufficient="insufficient available balance (set allow_negative to force)",
+            reused="idempotency_key was used for a different adjustment",
+        )  # fmt: skip
         await self.audit.record(
             actor, f"{kind.lower()}_account", account.id,
             {"asset": asset, "amount_minor": amount_minor, "purpose": purpose,
              "idempotency_key": idempotency_key, "entry_id": entry_id},
         )  # fmt: skip
         return response_type.FromString(decision.response)
+
+    def _checked_adjustment(
+        self, asset: str, amount_minor: int, purpose: str, idempotency_key: str,
+        description: str, *, credit: bool,
+    ) -> str:  # fmt: skip
+        """An adjustment's description, once the request is found well-formed; a bad
+        request raises RequestError."""
+        if credit and purpose not in CREDIT_PURPOSES:
+            raise RequestError(f"purpose must be one of {', '.join(sorted(CREDIT_PURPOSES))}")
+        if not credit and purpose not in DEBIT_PURPOSES:
+            raise RequestError(f"purpose must be one of {', '.join(sorted(DEBIT_PURPOSES))}")
+        if not 0 < amount_minor <= AMOUNT_MAX_MINOR:
+            raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
+        if asset not in self.catalog.assets:
+            raise RequestError(f"unknown asset {asset!r}")
+        require_idempotency_key(idempotency_key)
+        return _name(description, "description", required=False)
 
 
 # The movement an adjustment is, by its purpose (the rest are ADJUSTMENT).

@@ -372,50 +372,16 @@ class DisputeService:
         respond: Callable[[str, str, Balance | None], _Response],
     ) -> Posted:  # fmt: skip
         """Write one step: through the cache when it changes the cardholder's balance."""
-        dispute, plan = step.dispute, step.plan
+        dispute = step.dispute
         now = dispute.updated_at
-        movement = postings.Movement(())
-        if dispute.on_ledger and plan.moves_money:
-            movement = postings.dispute_step(
-                dispute.account_id, dispute.asset, f"DISPUTE_{step.step.value}",
-                postings.Origin(
-                    str(uuid.uuid4()), program.id, now, step.source, step.message_id,
-                    f"dispute {dispute.id} {step.step.value.lower().replace('_', ' ')}",
-                    dispute.network_reference, dispute.card_id,
-                ),
-                (
-                    (dispute.account_id, plan.customer_minor),
-                    (program.clearing_account_id, plan.clearing_minor),
-                    (program.dispute_account_id, plan.disputes_minor),
-                ),
-                customer_minor=plan.customer_minor,
-            )  # fmt: skip
+        movement = _step_movement(step, program)
         entry_id = movement.entries[0].id if movement.entries else None
         amount = dispute.amount_minor
-        payload = {
-            "dispute_id": dispute.id, "step": step.step.value,
-            "from_status": step.from_status.value if step.from_status else "",
-            "to_status": dispute.status, "amount_minor": amount, "asset": dispute.asset,
-            "provisional_minor": dispute.provisional_minor,
-            # What the step does to the cardholder's balance, wherever that is kept: an
-            # off-ledger client applies it to its own ledger (docs/client-contract.md).
-            "customer_minor": plan.customer_minor,
-            "reason_code": dispute.reason_code, "network_reference": dispute.network_reference,
-            "clearing_source": dispute.clearing_source,
-            "clearing_message_id": dispute.clearing_message_id, "entry_id": entry_id or "",
-        }  # fmt: skip
-        change = DisputeChange(
-            dispute_id=dispute.id, step=step.step.value,
-            from_status=step.from_status.value if step.from_status else None,
-            to_status=dispute.status, amount_minor=amount,
-            provisional_minor=dispute.provisional_minor, source=step.source,
-            message_id=step.message_id, at=now, entry_id=entry_id, detail=step.detail,
-            opening=step.opening,
-        )  # fmt: skip
+        change = _step_change(step, entry_id)
         note = Notification(
-            id=str(uuid.uuid4()), program_id=program.id, kind="DISPUTE", payload=payload,
-            created_at=now, account_id=dispute.account_id, card_id=dispute.card_id,
-            sinks=program.sinks,
+            id=str(uuid.uuid4()), program_id=program.id, kind="DISPUTE",
+            payload=_step_payload(step, entry_id), created_at=now,
+            account_id=dispute.account_id, card_id=dispute.card_id, sinks=program.sinks,
         )  # fmt: skip
         decision_id = str(uuid.uuid4())
         change_of_balance = movement.change if movement.changes else None
@@ -449,6 +415,57 @@ class DisputeService:
                 )
             return posted
         return await self.poster.record(build(None))
+
+
+def _step_movement(step: _Step, program: ProgramRow) -> postings.Movement:
+    """What a step moves on the ledger: nothing off-ledger or when it moves no money."""
+    dispute, plan = step.dispute, step.plan
+    if not (dispute.on_ledger and plan.moves_money):
+        return postings.Movement(())
+    return postings.dispute_step(
+        dispute.account_id, dispute.asset, f"DISPUTE_{step.step.value}",
+        postings.Origin(
+            str(uuid.uuid4()), program.id, dispute.updated_at, step.source, step.message_id,
+            f"dispute {dispute.id} {step.step.value.lower().replace('_', ' ')}",
+            dispute.network_reference, dispute.card_id,
+        ),
+        (
+            (dispute.account_id, plan.customer_minor),
+            (program.clearing_account_id, plan.clearing_minor),
+            (program.dispute_account_id, plan.disputes_minor),
+        ),
+        customer_minor=plan.customer_minor,
+    )  # fmt: skip
+
+
+def _step_payload(step: _Step, entry_id: str | None) -> dict[str, object]:
+    """The DISPUTE notification of a step."""
+    dispute = step.dispute
+    return {
+        "dispute_id": dispute.id, "step": step.step.value,
+        "from_status": step.from_status.value if step.from_status else "",
+        "to_status": dispute.status, "amount_minor": dispute.amount_minor,
+        "asset": dispute.asset, "provisional_minor": dispute.provisional_minor,
+        # What the step does to the cardholder's balance, wherever that is kept: an
+        # off-ledger client applies it to its own ledger (docs/client-contract.md).
+        "customer_minor": step.plan.customer_minor,
+        "reason_code": dispute.reason_code, "network_reference": dispute.network_reference,
+        "clearing_source": dispute.clearing_source,
+        "clearing_message_id": dispute.clearing_message_id, "entry_id": entry_id or "",
+    }  # fmt: skip
+
+
+def _step_change(step: _Step, entry_id: str | None) -> DisputeChange:
+    """The dispute's row and history change of a step."""
+    dispute = step.dispute
+    return DisputeChange(
+        dispute_id=dispute.id, step=step.step.value,
+        from_status=step.from_status.value if step.from_status else None,
+        to_status=dispute.status, amount_minor=dispute.amount_minor,
+        provisional_minor=dispute.provisional_minor, source=step.source,
+        message_id=step.message_id, at=dispute.updated_at, entry_id=entry_id,
+        detail=step.detail, opening=step.opening,
+    )  # fmt: skip
 
 
 def _canonical(

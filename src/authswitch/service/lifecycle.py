@@ -52,6 +52,7 @@ from authswitch.domain.fx import (
 )
 from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import (
+    ClearingPlan,
     HoldEnd,
     ReleasePlan,
     hold_validity_days,
@@ -226,17 +227,10 @@ class LifecycleService:
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         card = await self._card(request.pan)
         if card is None:
-            decision_id = str(uuid.uuid4())
-            response = pb.AdviseResponse(
-                response_code=Code.APPROVED,
-                result=pb.ADVICE_RESULT_RECORDED_UNKNOWN_CARD,
-                decision_id=decision_id,
-            )
-            record = self._decision(
-                "ADVICE", request.source, request.message_id, fingerprint, response,
-                decision_id, self.clock.now(), asset=asset, amount_minor=amount,
+            posted = await self._advice_recorded(
+                request, fingerprint, pb.ADVICE_RESULT_RECORDED_UNKNOWN_CARD, str(uuid.uuid4()),
+                self.clock.now(), asset=asset, amount_minor=amount,
             )  # fmt: skip
-            posted = await self.poster.record(LedgerWrite(decision=record))
             return self._answer(
                 posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
             )
@@ -276,44 +270,15 @@ class LifecycleService:
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         if conversion is not None:  # held in the account's asset, the markup with it
             amount, asset = conversion.total_minor, conversion.account_asset
-        original: HoldRow | None = None
-        held: list[HoldRow] = []
-        if request.original_message_id:
-            found = await self.holds.hold_by_message(request.source, request.original_message_id)
-            if (
-                found is not None
-                and found.status == "OPEN"
-                and found.account_id == card.account_id
-                and found.asset == asset
-            ):
-                original = found
-                # The advised amount is the transaction's total: its original and any
-                # increments or earlier advices, all under the original's reference.
-                held = await self.holds.open_holds(card.card_id, found.network_reference, asset)
+        original, held = await self._advised_holds(request, card, asset)
         decision_id = str(uuid.uuid4())
         holds: tuple[HoldRecord, ...] = ()
         releases: tuple[HoldRelease, ...] = ()
         delta = amount - sum(h.amount_minor for h in held)
         if delta > 0:
             holds = (
-                HoldRecord(
-                    id=str(uuid.uuid4()),
-                    account_id=card.account_id,
-                    asset=asset,
-                    card_id=card.card_id,
-                    source=request.source,
-                    message_id=request.message_id,
-                    network_reference=(
-                        original.network_reference if original else request.network_reference
-                    ),
-                    amount_minor=delta,
-                    fee_minor=0,
-                    expires_at=now + timedelta(days=validity),
-                    created_at=now,
-                    kind="ADVICE",
-                    # The whole converted amount is held (no original): an early reversal
-                    # takes its share (docs/fx.md).
-                    billing_minor=conversion.billing_minor if conversion and not held else 0,
+                _advice_hold(
+                    request, card, asset, delta, original, held, validity, now, conversion
                 ),
             )
         elif delta < 0:
@@ -340,19 +305,10 @@ class LifecycleService:
                 "ADVICE", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
             )  # fmt: skip
-            payload = {
-                "source": request.source, "message_id": request.message_id,
-                "network_reference": request.network_reference,
-                "original_message_id": request.original_message_id, "amount_minor": amount,
-                "held_minor": delta, "asset": asset,
-                "authorization_code": request.authorization_code, **fx_payload(conversion),
-            }  # fmt: skip
-            note = self._notification(
-                "ADVICE", program, card.account_id, card.card_id, payload, now
-            )
+            payload = _advice_payload(request, amount, delta, asset, conversion)
             return LedgerWrite(
                 decision=record, holds=holds, releases=releases, balance_changes=(change,),
-                notifications=(note,),
+                notifications=self._card_notes("ADVICE", program, card, payload, now),
                 conversions=self._conversions(request, "ADVICE", conversion, now),
             )  # fmt: skip
 
@@ -365,17 +321,46 @@ class LifecycleService:
             program=program,
         )
         if posted.status is PostStatus.NO_BALANCE:
-            response = pb.AdviseResponse(
-                response_code=Code.APPROVED,
-                result=pb.ADVICE_RESULT_RECORDED_NO_BALANCE,
-                decision_id=decision_id,
-            )
-            record = self._decision(
-                "ADVICE", request.source, request.message_id, fingerprint, response,
-                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            posted = await self._advice_recorded(
+                request, fingerprint, pb.ADVICE_RESULT_RECORDED_NO_BALANCE, decision_id, now,
+                card=card, asset=asset, amount_minor=amount,
             )  # fmt: skip
-            posted = await self.poster.record(LedgerWrite(decision=record))
         return posted
+
+    async def _advised_holds(
+        self, request: pb.AdviseRequest, card: CardFacts, asset: str
+    ) -> tuple[HoldRow | None, list[HoldRow]]:
+        """The advice's original hold, if it is open on the card's account in ``asset``, and
+        every open hold under its reference; (None, []) otherwise."""
+        if not request.original_message_id:
+            return None, []
+        found = await self.holds.hold_by_message(request.source, request.original_message_id)
+        if (
+            found is None
+            or found.status != "OPEN"
+            or found.account_id != card.account_id
+            or found.asset != asset
+        ):
+            return None, []
+        # The advised amount is the transaction's total: its original and any increments or
+        # earlier advices, all under the original's reference.
+        return found, await self.holds.open_holds(card.card_id, found.network_reference, asset)
+
+    async def _advice_recorded(
+        self, request: pb.AdviseRequest, fingerprint: bytes,
+        result: pb.AdviceResult.ValueType, decision_id: str, now: datetime, *,
+        card: CardFacts | None = None, asset: str, amount_minor: int,
+    ) -> Posted:  # fmt: skip
+        """Record an advice that holds nothing (an unknown card, no balance in the asset):
+        acknowledged all the same, the network having approved it already."""
+        response = pb.AdviseResponse(
+            response_code=Code.APPROVED, result=result, decision_id=decision_id
+        )
+        record = self._decision(
+            "ADVICE", request.source, request.message_id, fingerprint, response, decision_id,
+            now, card=card, asset=asset, amount_minor=amount_minor,
+        )  # fmt: skip
+        return await self.poster.record(LedgerWrite(decision=record))
 
     # -- reversal -------------------------------------------------------------------------
 
@@ -477,80 +462,85 @@ class LifecycleService:
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
         hold = await self.holds.hold_by_message(request.source, request.original_message_id)
-
-        def acknowledge(
-            result: pb.ReversalResult.ValueType, card: CardFacts | None = None
-        ) -> DecisionRecord:
-            response = pb.ReverseResponse(
-                response_code=Code.APPROVED, result=result, decision_id=decision_id
-            )
-            return self._decision(
-                "REVERSAL", request.source, request.message_id, fingerprint, response,
-                decision_id, now, card=card, amount_minor=requested,
-            )  # fmt: skip
-
         if hold is None or hold.tombstone:
-            if hold is None and await self.holds.decision_exists(
-                request.source, request.original_message_id
-            ):
-                return await self.poster.record(
-                    LedgerWrite(decision=acknowledge(pb.REVERSAL_RESULT_NOTHING_HELD))
-                )
-            # The original is unknown (or only earlier reversals of it are): leave a
-            # tombstone, so that it holds only what was not reversed if it ever comes.
-            card = await self._card(request.pan)
-            tombstone = Tombstone(
-                request.source, request.original_message_id, requested, requested == 0, now
-            )
-            return await self.poster.record(
-                LedgerWrite(
-                    decision=acknowledge(pb.REVERSAL_RESULT_ORIGINAL_NOT_FOUND, card),
-                    tombstones=(tombstone,),
-                )
+            return await self._reverse_unheld(
+                request, hold, requested, fingerprint, decision_id, now
             )
         if hold.status != "OPEN":
-            return await self.poster.record(
-                LedgerWrite(decision=acknowledge(pb.REVERSAL_RESULT_HOLD_ALREADY_ENDED))
-            )
-        asset = hold.asset or ""
-        conversion: Conversion | None = None
-        if money is not None and money.asset != asset:
-            # A converted hold (docs/fx.md): what the reversal asks for in the billing asset
-            # releases its share of the hold, so at the authorisation's rate, exactly.
-            original = await self.catalog.fx_store.conversion(hold.source, hold.message_id)
-            if original is None or original.billing_asset != money.asset:
-                return None
-            billed = min(requested, original.billing_minor)
-            share = share_of(hold.original_minor, billed, original.billing_minor)
-            conversion = Conversion(
-                money.asset, billed, asset, share, 0, original.rate_text,
-                original.rate_effective_from,
+            record = self._reversal_record(
+                request, fingerprint, decision_id, now, requested,
+                pb.REVERSAL_RESULT_HOLD_ALREADY_ENDED,
             )  # fmt: skip
-            requested = share
-
-        def respond(released: int, balance: Balance) -> pb.ReverseResponse:
-            response = pb.ReverseResponse(
-                response_code=Code.APPROVED,
-                result=pb.REVERSAL_RESULT_RELEASED,
-                released=_money(released, asset),
-                balance=balance_message(asset, balance),
-                decision_id=decision_id,
-            )
-            if conversion is not None:
-                response.fx.CopyFrom(fx_message(conversion))
-            return response
-
-        conversions = (
-            ()
-            if conversion is None
-            else (
-                ConversionRecord(request.source, request.message_id, "REVERSAL", conversion, now),
-            )
-        )
+            return await self.poster.record(LedgerWrite(decision=record))
+        share = await self._reversal_share(hold, money, requested)
+        if share is None:
+            return None
+        conversion, requested = share
         return await self._release(
             hold, plan_reversal(hold.open_hold(), requested), "REVERSAL", request.source,
-            request.message_id, fingerprint, decision_id, now, respond, conversions,
+            request.message_id, fingerprint, decision_id, now,
+            _reversal_response(hold.asset or "", decision_id, conversion),
+            self._conversions(request, "REVERSAL", conversion, now),
         )  # fmt: skip
+
+    async def _reverse_unheld(
+        self, request: pb.ReverseRequest, hold: HoldRow | None, requested: int,
+        fingerprint: bytes, decision_id: str, now: datetime,
+    ) -> Posted:  # fmt: skip
+        """A reversal with no hold to release: its original held nothing, or is unknown (or
+        only earlier reversals of it are), which leaves a tombstone, so that the original
+        holds only what was not reversed if it ever comes."""
+        if hold is None and await self.holds.decision_exists(
+            request.source, request.original_message_id
+        ):
+            record = self._reversal_record(
+                request, fingerprint, decision_id, now, requested, pb.REVERSAL_RESULT_NOTHING_HELD
+            )
+            return await self.poster.record(LedgerWrite(decision=record))
+        card = await self._card(request.pan)
+        tombstone = Tombstone(
+            request.source, request.original_message_id, requested, requested == 0, now
+        )
+        record = self._reversal_record(
+            request, fingerprint, decision_id, now, requested,
+            pb.REVERSAL_RESULT_ORIGINAL_NOT_FOUND, card,
+        )  # fmt: skip
+        return await self.poster.record(LedgerWrite(decision=record, tombstones=(tombstone,)))
+
+    def _reversal_record(
+        self, request: pb.ReverseRequest, fingerprint: bytes, decision_id: str, now: datetime,
+        requested: int, result: pb.ReversalResult.ValueType, card: CardFacts | None = None,
+    ) -> DecisionRecord:  # fmt: skip
+        """The decision of a reversal acknowledged without releasing anything."""
+        response = pb.ReverseResponse(
+            response_code=Code.APPROVED, result=result, decision_id=decision_id
+        )
+        return self._decision(
+            "REVERSAL", request.source, request.message_id, fingerprint, response,
+            decision_id, now, card=card, amount_minor=requested,
+        )  # fmt: skip
+
+    async def _reversal_share(
+        self, hold: HoldRow, money: common_pb2.Money | None, requested: int
+    ) -> tuple[Conversion | None, int] | None:
+        """What a reversal asking for ``requested`` releases of ``hold``, with the conversion
+        when it asks in the billing asset of a converted hold; None when its amount's asset is
+        neither the hold's nor the hold's billing asset."""
+        asset = hold.asset or ""
+        if money is None or money.asset == asset:
+            return None, requested
+        # A converted hold (docs/fx.md): what the reversal asks for in the billing asset
+        # releases its share of the hold, so at the authorisation's rate, exactly.
+        original = await self.catalog.fx_store.conversion(hold.source, hold.message_id)
+        if original is None or original.billing_asset != money.asset:
+            return None
+        billed = min(requested, original.billing_minor)
+        share = share_of(hold.original_minor, billed, original.billing_minor)
+        conversion = Conversion(
+            money.asset, billed, asset, share, 0, original.rate_text,
+            original.rate_effective_from,
+        )  # fmt: skip
+        return conversion, share
 
     async def _release(
         self, hold: HoldRow, plan: ReleasePlan, reason: str, source: str, message_id: str,
@@ -612,47 +602,14 @@ class LifecycleService:
             return pb.ClearResponse(response_code=Code.FORMAT_ERROR)
         fingerprint = self.keys.fingerprint(canonical)
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
-        card = await self._card(request.pan)
-        if card is None:
-            return await self._unknown_card(
-                "CLEARING", request.source, request.message_id, fingerprint, asset, amount,
-                pb.ClearResponse, pb.ClearResponse.FromString,
-            )  # fmt: skip
-        program = await self.catalog.program(card.program_id)
-        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
-            card = card.spending(asset)
+        found = await self._settlement_card(
+            "CLEARING", request, fingerprint, pb.ClearResponse, pb.ClearResponse.FromString
+        )
+        if isinstance(found, pb.ClearResponse):
+            return found
+        card, program = found
         if _forward_only(program):
-            # The clearing fee is computed as on-ledger and sent for the client to apply
-            # (seed 004: "fees are communicated to you via webhook").
-            context = FeeContext(
-                Stage.CLEARING, request.transaction_type or int(TransactionType.PURCHASE),
-                request.channel, request.merchant.mcc,
-                is_international(program, request.merchant.country), asset, amount,
-            )  # fmt: skip
-            quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
-            fields = {
-                "network_reference": request.network_reference, "amount_minor": amount,
-                "asset": asset, "final": request.final, "mcc": request.merchant.mcc,
-                "merchant": request.merchant.name, "fee_minor": quote.fixed_minor,
-            }  # fmt: skip
-            fee: dict[str, object] | None = None
-            if quote.fixed_minor:
-                lines = quote.charged_lines(declined=False, free_charged=frozenset())
-                fee = {
-                    "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
-                    "rules": [line.payload() for line in lines],
-                }  # fmt: skip
-            forwarded = await self._forward(
-                "CLEARING", request.source, request.message_id, fingerprint, card, program,
-                fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
-            )  # fmt: skip
-            if forwarded.response_code == Code.APPROVED and request.network_reference:
-                await self._settle_off_ledger_usage(
-                    card.account_id, card.card_id, request.network_reference,
-                    f"{request.source}:{request.message_id}", amount,
-                    amount + quote.fixed_minor, request.final,
-                )  # fmt: skip
-            return forwarded
+            return await self._forward_clearing(request, fingerprint, card, program)
         conversion = await self._converted(card, asset, amount, markup=True)
         if isinstance(conversion, RateProblem):
             log.warning("clearing not posted: no usable rate", extra={"detail": conversion.detail})
@@ -667,6 +624,63 @@ class LifecycleService:
                     posted, fingerprint, pb.ClearResponse.FromString, pb.ClearResponse()
                 )
         raise InternalError("clearing could not be planned: its holds kept changing")
+
+    async def _settlement_card(
+        self, kind: str, request: pb.ClearRequest | pb.RefundRequest | pb.CreditRequest,
+        fingerprint: bytes, cls: type[_R], parse: Callable[[bytes], _R], *,
+        spending: bool = True,
+    ) -> tuple[CardFacts, ProgramRow] | _R:  # fmt: skip
+        """The card of a clearing, refund or credit and its programme, the card spending
+        from the linked account holding the asset when ``spending`` and the programme is
+        on-ledger; or, for a card authswitch does not know, the message's answer."""
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        card = await self._card(request.pan)
+        if card is None:
+            return await self._unknown_card(
+                kind, request.source, request.message_id, fingerprint, asset, amount, cls, parse
+            )
+        program = await self.catalog.program(card.program_id)
+        if spending and program.mode == "ON_LEDGER":  # from a linked account holding the asset
+            card = card.spending(asset)
+        return card, program
+
+    async def _forward_clearing(
+        self, request: pb.ClearRequest, fingerprint: bytes, card: CardFacts, program: ProgramRow
+    ) -> pb.ClearResponse:
+        """A clearing for an off-ledger client: recorded and forwarded; the amount-based
+        limits its transaction counted then follow what settled."""
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        # The clearing fee is computed as on-ledger and sent for the client to apply
+        # (seed 004: "fees are communicated to you via webhook").
+        context = FeeContext(
+            Stage.CLEARING, request.transaction_type or int(TransactionType.PURCHASE),
+            request.channel, request.merchant.mcc,
+            is_international(program, request.merchant.country), asset, amount,
+        )  # fmt: skip
+        quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
+        fields = {
+            "network_reference": request.network_reference, "amount_minor": amount,
+            "asset": asset, "final": request.final, "mcc": request.merchant.mcc,
+            "merchant": request.merchant.name, "fee_minor": quote.fixed_minor,
+        }  # fmt: skip
+        fee: dict[str, object] | None = None
+        if quote.fixed_minor:
+            lines = quote.charged_lines(declined=False, free_charged=frozenset())
+            fee = {
+                "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
+                "rules": [line.payload() for line in lines],
+            }  # fmt: skip
+        forwarded = await self._forward(
+            "CLEARING", request.source, request.message_id, fingerprint, card, program,
+            fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
+        )  # fmt: skip
+        if forwarded.response_code == Code.APPROVED and request.network_reference:
+            await self._settle_off_ledger_usage(
+                card.account_id, card.card_id, request.network_reference,
+                f"{request.source}:{request.message_id}", amount,
+                amount + quote.fixed_minor, request.final,
+            )  # fmt: skip
+        return forwarded
 
     async def _clear_once(
         self, request: pb.ClearRequest, card: CardFacts, program: ProgramRow, fingerprint: bytes,
@@ -690,14 +704,7 @@ class LifecycleService:
         rules_fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
         fee = rules_fee + markup
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
-        fee_lines = [
-            (charged, program.fee_account_id, self._fee_origin(program, card, now, request, what))
-            for charged, what in (
-                (rules_fee, "clearing fee"),
-                (markup, "currency conversion markup"),
-            )
-            if charged
-        ]
+        fee_lines = self._clearing_fee_lines(program, card, now, request, rules_fee, markup)
         origin = Origin(
             entry_id, program.id, now, request.source, request.message_id,
             request.merchant.name[:200], request.network_reference, card.card_id,
@@ -710,10 +717,65 @@ class LifecycleService:
         releases = tuple(
             HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
         )
+        usage, expiry = await self._clearing_usage(
+            card, program, holds, plan, amount + fee, transaction_type, asset, now
+        )
+
+        def build(applied: ApplyResult) -> LedgerWrite:
+            assert applied.balance is not None
+            response = _clearing_response(
+                plan, amount, fee, asset, applied.balance, decision_id, entry_id, conversion
+            )
+            record = self._decision(
+                "CLEARING", request.source, request.message_id, fingerprint, response,
+                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            )  # fmt: skip
+            payload = _clearing_payload(request, plan, amount, fee, asset, conversion)
+            posted_fee: dict[str, object] | None = (
+                {"stage": "CLEARING", "fee_mode": "POSTED"} if fee else None
+            )
+            return LedgerWrite(
+                decision=record,
+                releases=releases,
+                entries=tuple(entries),
+                balance_changes=(change,),
+                usage=tuple(
+                    UsageChange(card.account_id, key, delta, uses, expiry[key])
+                    for key, delta, uses in usage
+                ),
+                notifications=self._card_notes("CLEARING", program, card, payload, now, posted_fee),
+                conversions=self._conversions(request, "CLEARING", conversion, now),
+            )
+
+        return await self.poster.post(
+            change, source=request.source, message_id=request.message_id,
+            fingerprint=fingerprint, build=build, usage=usage, program=program,
+        )  # fmt: skip
+
+    def _clearing_fee_lines(
+        self, program: ProgramRow, card: CardFacts, now: datetime, request: pb.ClearRequest,
+        rules_fee: int, markup: int,
+    ) -> list[tuple[int, str, Origin]]:  # fmt: skip
+        """The fees a clearing posts to the programme's fee account: its rules' fee and the
+        conversion markup, each that is charged as a line of its own."""
+        return [
+            (charged, program.fee_account_id, self._fee_origin(program, card, now, request, what))
+            for charged, what in (
+                (rules_fee, "clearing fee"),
+                (markup, "currency conversion markup"),
+            )
+            if charged
+        ]
+
+    async def _clearing_usage(
+        self, card: CardFacts, program: ProgramRow, holds: list[HoldRow], plan: ClearingPlan,
+        settled: int, transaction_type: int, asset: str, now: datetime,
+    ) -> tuple[list[tuple[str, int, int]], dict[str, datetime]]:  # fmt: skip
+        """What a clearing that settled ``settled`` changes in the limits' usage, as (key,
+        amount, count) changes, and each key's expiry."""
         # Amount-based limits follow what settled; counts are never reduced at clearing.
         # A matched clearing corrects the period of its first authorisation; an unmatched
         # one counts in the current period.
-        settled = amount + fee
         if plan.matched:
             keys = next((h.usage_keys for h in holds if h.usage_keys), ())
             usage = [(key, settled - plan.released_minor, 0) for key in keys]
@@ -725,65 +787,7 @@ class LifecycleService:
             )  # fmt: skip
             usage = [(c.key, settled, 0) for c in counters if c.key]
             expiry = {c.key: c.expires_at or now for c in counters if c.key}
-        usage = [u for u in usage if u[1]]
-
-        def build(applied: ApplyResult) -> LedgerWrite:
-            assert applied.balance is not None
-            response = pb.ClearResponse(
-                response_code=Code.APPROVED,
-                matched=plan.matched,
-                released=_money(plan.released_minor, asset),
-                posted=_money(amount, asset),
-                balance=balance_message(asset, applied.balance),
-                decision_id=decision_id,
-                entry_id=entry_id if amount else "",
-                fee=_money(fee, asset),
-            )
-            if conversion is not None:
-                response.fx.CopyFrom(fx_message(conversion))
-            record = self._decision(
-                "CLEARING", request.source, request.message_id, fingerprint, response,
-                decision_id, now, card=card, asset=asset, amount_minor=amount,
-            )  # fmt: skip
-            payload = {
-                "source": request.source, "message_id": request.message_id,
-                "network_reference": request.network_reference, "matched": plan.matched,
-                "final": request.final, "amount_minor": amount, "released_minor":
-                plan.released_minor, "fee_minor": fee, "asset": asset,
-                **fx_payload(conversion),
-            }  # fmt: skip
-            notes = [
-                self._notification("CLEARING", program, card.account_id, card.card_id, payload, now)
-            ]
-            if fee:
-                notes.append(
-                    self._notification(
-                        "FEE", program, card.account_id, card.card_id,
-                        {**payload, "stage": "CLEARING", "fee_mode": "POSTED"}, now,
-                    )
-                )  # fmt: skip
-            return LedgerWrite(
-                decision=record,
-                releases=releases,
-                entries=tuple(entries),
-                balance_changes=(change,),
-                usage=tuple(
-                    UsageChange(card.account_id, key, delta, uses, expiry[key])
-                    for key, delta, uses in usage
-                ),
-                notifications=tuple(notes),
-                conversions=self._conversions(request, "CLEARING", conversion, now),
-            )
-
-        return await self.poster.post(
-            change,
-            source=request.source,
-            message_id=request.message_id,
-            fingerprint=fingerprint,
-            build=build,
-            usage=usage,
-            program=program,
-        )
+        return [u for u in usage if u[1]], expiry
 
     async def _converted(
         self, card: CardFacts, asset: str, amount: int, *, markup: bool
@@ -808,7 +812,8 @@ class LifecycleService:
 
     @staticmethod
     def _conversions(
-        request: pb.AdviseRequest | pb.ClearRequest | pb.RefundRequest, kind: str,
+        request: pb.AdviseRequest | pb.ReverseRequest | pb.ClearRequest | pb.RefundRequest,
+        kind: str,
         conversion: Conversion | None,
         now: datetime,
     ) -> tuple[ConversionRecord, ...]:  # fmt: skip
@@ -851,15 +856,12 @@ class LifecycleService:
             return pb.RefundResponse(response_code=bad)
         fingerprint = self.keys.fingerprint(canonical)
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
-        card = await self._card(request.pan)
-        if card is None:
-            return await self._unknown_card(
-                "REFUND", request.source, request.message_id, fingerprint, asset, amount,
-                pb.RefundResponse, pb.RefundResponse.FromString,
-            )  # fmt: skip
-        program = await self.catalog.program(card.program_id)
-        if program.mode == "ON_LEDGER":  # from a linked account holding the asset
-            card = card.spending(asset)
+        found = await self._settlement_card(
+            "REFUND", request, fingerprint, pb.RefundResponse, pb.RefundResponse.FromString
+        )
+        if isinstance(found, pb.RefundResponse):
+            return found
+        card, program = found
         if _forward_only(program):
             fields = {
                 "network_reference": request.network_reference, "amount_minor": amount,
@@ -873,6 +875,17 @@ class LifecycleService:
         if isinstance(conversion, RateProblem):
             log.warning("refund not posted: no usable rate", extra={"detail": conversion.detail})
             return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
+        posted = await self._post_refund(request, fingerprint, card, program, conversion)
+        if posted.status is PostStatus.NO_BALANCE:
+            return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
+        return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
+
+    async def _post_refund(
+        self, request: pb.RefundRequest, fingerprint: bytes, card: CardFacts,
+        program: ProgramRow, conversion: Conversion | None,
+    ) -> Posted:  # fmt: skip
+        """Credit a refund to the card's account from the programme's clearing account."""
+        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
         if conversion is not None:  # credited in the account's asset (docs/fx.md)
             amount, asset = conversion.account_minor, conversion.account_asset
         now = self.clock.now()
@@ -906,26 +919,16 @@ class LifecycleService:
                 "network_reference": request.network_reference, "amount_minor": amount,
                 "asset": asset, **fx_payload(conversion),
             }  # fmt: skip
-            note = self._notification(
-                "REFUND", program, card.account_id, card.card_id, payload, now
-            )
             return LedgerWrite(
                 decision=record, entries=refunded.entries, balance_changes=refunded.changes,
-                notifications=(note,),
+                notifications=self._card_notes("REFUND", program, card, payload, now),
                 conversions=self._conversions(request, "REFUND", conversion, now),
             )  # fmt: skip
 
-        posted = await self.poster.post(
-            change,
-            source=request.source,
-            message_id=request.message_id,
-            fingerprint=fingerprint,
-            build=build,
-            program=program,
-        )
-        if posted.status is PostStatus.NO_BALANCE:
-            return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
-        return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
+        return await self.poster.post(
+            change, source=request.source, message_id=request.message_id,
+            fingerprint=fingerprint, build=build, program=program,
+        )  # fmt: skip
 
     # -- account-funding credits (issue 18, item 6) ----------------------------------------
 
@@ -964,13 +967,13 @@ class LifecycleService:
     async def _credit(self, request: pb.CreditRequest, canonical: bytes) -> pb.CreditResponse:
         fingerprint = self.keys.fingerprint(canonical)
         amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
-        card = await self._card(request.pan)
-        if card is None:
-            return await self._unknown_card(
-                "CREDIT", request.source, request.message_id, fingerprint, asset, amount,
-                pb.CreditResponse, pb.CreditResponse.FromString,
-            )  # fmt: skip
-        program = await self.catalog.program(card.program_id)
+        found = await self._settlement_card(
+            "CREDIT", request, fingerprint, pb.CreditResponse, pb.CreditResponse.FromString,
+            spending=False,
+        )  # fmt: skip
+        if isinstance(found, pb.CreditResponse):
+            return found
+        card, program = found
         fields: dict[str, object] = {
             "network_reference": request.network_reference, "amount_minor": amount,
             "asset": asset, "credit_type": CreditType(request.credit_type).name,
@@ -987,15 +990,7 @@ class LifecycleService:
             Reason.TRANSACTION_NOT_PERMITTED if allowed and ORIGINAL_CREDIT not in allowed else None
         )
         now = self.clock.now()
-        counters = []
-        for limit in credit_limits(await self.catalog.limits(product.id), asset):
-            counter = counter_for_limit(
-                limit, card.card_id, card.account_id, now, program.time_zone
-            )
-            counters.append(
-                CounterCheck(counter.key, counter.previous, counter.amount_max_minor,
-                             counter.count_max, counter.expires_at)
-            )  # fmt: skip
+        counters = await self._credit_counters(product.id, card, program, asset, now)
         poster, cache = self.poster, self.poster.cache
         for _ in range(CREDIT_ATTEMPTS_MAX):
             with poster.sync.in_flight(card.account_id):
@@ -1038,6 +1033,22 @@ class LifecycleService:
                 await cache.refresh_generation()
                 await poster.sync.reload(card.account_id, "miss")
         raise InternalError("the account's cached state could not be loaded")
+
+    async def _credit_counters(
+        self, product_id: str, card: CardFacts, program: ProgramRow, asset: str, now: datetime
+    ) -> list[CounterCheck]:
+        """The counters of the product's credit limits in ``asset`` a credit is checked
+        against and counts in."""
+        counters = []
+        for limit in credit_limits(await self.catalog.limits(product_id), asset):
+            counter = counter_for_limit(
+                limit, card.card_id, card.account_id, now, program.time_zone
+            )
+            counters.append(
+                CounterCheck(counter.key, counter.previous, counter.amount_max_minor,
+                             counter.count_max, counter.expires_at)
+            )  # fmt: skip
+        return counters
 
     def _credit_write(
         self, request: pb.CreditRequest, fingerprint: bytes, card: CardFacts,
@@ -1111,17 +1122,24 @@ class LifecycleService:
             amount_minor=int(str(fields.get("amount_minor", 0))),
         )  # fmt: skip
         payload = {"source": source, "message_id": message_id, **fields}
-        notes: tuple[Notification, ...] = (
-            self._notification(kind, program, card.account_id, card.card_id, payload, now),
-        )
-        if fee is not None:
-            notes += (
-                self._notification(
-                    "FEE", program, card.account_id, card.card_id, {**payload, **fee}, now
-                ),
-            )
+        notes = self._card_notes(kind, program, card, payload, now, fee)
         posted = await self.poster.record(LedgerWrite(decision=record, notifications=notes))
         return self._answer(posted, fingerprint, parse, cls())
+
+    def _card_notes(
+        self, kind: str, program: ProgramRow, card: CardFacts, payload: dict[str, object],
+        now: datetime, fee: dict[str, object] | None = None,
+    ) -> tuple[Notification, ...]:  # fmt: skip
+        """The ``kind`` notification of a message about ``card``, and when ``fee`` gives a
+        fee's details a FEE notification after it (the message's payload is added)."""
+        notes = (self._notification(kind, program, card.account_id, card.card_id, payload, now),)
+        if fee is None:
+            return notes
+        fee_payload = {**payload, **fee}
+        return (
+            *notes,
+            self._notification("FEE", program, card.account_id, card.card_id, fee_payload, now),
+        )
 
     async def _unknown_card(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, asset: str,
@@ -1233,6 +1251,99 @@ def _forward_only(program: ProgramRow) -> bool:
     if program.mode != "OFF_LEDGER":
         return False
     return program.routing is None or program.routing.stand_in is not StandInPolicy.SHADOW
+
+
+def _reversal_response(
+    asset: str, decision_id: str, conversion: Conversion | None
+) -> Callable[[int, Balance], pb.ReverseResponse]:
+    """How a reversal that released a hold in ``asset`` is answered."""
+
+    def respond(released: int, balance: Balance) -> pb.ReverseResponse:
+        response = pb.ReverseResponse(
+            response_code=Code.APPROVED,
+            result=pb.REVERSAL_RESULT_RELEASED,
+            released=_money(released, asset),
+            balance=balance_message(asset, balance),
+            decision_id=decision_id,
+        )
+        if conversion is not None:
+            response.fx.CopyFrom(fx_message(conversion))
+        return response
+
+    return respond
+
+
+def _clearing_response(
+    plan: ClearingPlan, amount: int, fee: int, asset: str, balance: Balance, decision_id: str,
+    entry_id: str, conversion: Conversion | None,
+) -> pb.ClearResponse:  # fmt: skip
+    """How a clearing posted on-ledger is answered."""
+    response = pb.ClearResponse(
+        response_code=Code.APPROVED,
+        matched=plan.matched,
+        released=_money(plan.released_minor, asset),
+        posted=_money(amount, asset),
+        balance=balance_message(asset, balance),
+        decision_id=decision_id,
+        entry_id=entry_id if amount else "",
+        fee=_money(fee, asset),
+    )
+    if conversion is not None:
+        response.fx.CopyFrom(fx_message(conversion))
+    return response
+
+
+def _clearing_payload(
+    request: pb.ClearRequest, plan: ClearingPlan, amount: int, fee: int, asset: str,
+    conversion: Conversion | None,
+) -> dict[str, object]:  # fmt: skip
+    """The CLEARING notification of a clearing posted on-ledger."""
+    return {
+        "source": request.source, "message_id": request.message_id,
+        "network_reference": request.network_reference, "matched": plan.matched,
+        "final": request.final, "amount_minor": amount, "released_minor":
+        plan.released_minor, "fee_minor": fee, "asset": asset,
+        **fx_payload(conversion),
+    }  # fmt: skip
+
+
+def _advice_hold(
+    request: pb.AdviseRequest, card: CardFacts, asset: str, delta: int,
+    original: HoldRow | None, held: list[HoldRow], validity: int, now: datetime,
+    conversion: Conversion | None,
+) -> HoldRecord:  # fmt: skip
+    """The hold an advice adds: ``delta`` more than its transaction holds already."""
+    return HoldRecord(
+        id=str(uuid.uuid4()),
+        account_id=card.account_id,
+        asset=asset,
+        card_id=card.card_id,
+        source=request.source,
+        message_id=request.message_id,
+        network_reference=original.network_reference if original else request.network_reference,
+        amount_minor=delta,
+        fee_minor=0,
+        expires_at=now + timedelta(days=validity),
+        created_at=now,
+        kind="ADVICE",
+        # The whole converted amount is held (no original): an early reversal takes its
+        # share (docs/fx.md).
+        billing_minor=conversion.billing_minor if conversion and not held else 0,
+    )
+
+
+def _advice_payload(
+    request: pb.AdviseRequest, amount: int, delta: int, asset: str,
+    conversion: Conversion | None,
+) -> dict[str, object]:  # fmt: skip
+    """The ADVICE notification of an advice posted on-ledger."""
+    return {
+        "source": request.source, "message_id": request.message_id,
+        "network_reference": request.network_reference,
+        "original_message_id": request.original_message_id, "amount_minor": amount,
+        "held_minor": delta, "asset": asset,
+        "authorization_code": request.authorization_code, **fx_payload(conversion),
+    }  # fmt: skip
 
 
 def _advice_fields(request: pb.AdviseRequest) -> dict[str, object]:

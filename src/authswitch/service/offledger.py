@@ -436,40 +436,9 @@ class OffLedgerService:
         routing = program.routing
         policy = routing.stand_in if routing is not None else StandInPolicy.DECLINE
         metrics.STAND_INS.labels(_STAND_IN_LABELS[reason], policy.value.lower()).inc()
-        call = ClientCall(
-            source=request.source,
-            message_id=request.message_id,
-            program_id=program.id,
-            outcome="STAND_IN",
-            created_at=ctx.received,
-            stand_in_reason=reason.name,
-            stand_in_policy=policy.value,
-            client_decision=decision_pb2.ClientDecision.Name(wire.decision) if wire else "",
-            client_response_code=wire.response_code[:8] if wire else "",
-            latency_us=latency_us,
-        )
+        call = _stand_in_call(job, reason, policy, latency_us, wire)
         if policy is StandInPolicy.SHADOW:
-            # Decide from the shadow ledger, as an on-ledger program would. The core checks
-            # already ran, and marked the message: that mark is this decision's own. The
-            # limits are checked and counted there again: what was counted here goes.
-            await self.charges.decline(assessed.counted, 0)
-            await self.cache.forget_marker(card.account_id, request.source, request.message_id)
-
-            def advise(
-                decided: Reason, approved_minor: int, fee_minor: int, code: str
-            ) -> tuple[Notification, ...]:
-                # What the shadow ledger decided: an approval (full or partial) is advised
-                # with its code and amounts; a decline holds nothing and is not advised.
-                if decided not in _APPROVALS:
-                    return ()
-                payload = _advice_payload(job, reason, policy)
-                payload.update(
-                    response_code=outcome(decided).response_code,
-                    approved_minor=approved_minor, fee_minor=fee_minor, authorization_code=code,
-                )  # fmt: skip
-                return (_notification(job, "STAND_IN_ADVICE", payload),)
-
-            return await self.auth.on_ledger(job, StandIn(reason.value, call, advise))
+            return await self._stand_in_shadow(job, assessed, reason, policy, call)
 
         decision_id = new_id()
         approved = False
@@ -501,12 +470,12 @@ class OffLedgerService:
         )
         notifications = self._pin_notification(job, checks)
         if approved:
-            payload = _advice_payload(job, reason, policy)
-            payload.update(
-                response_code=response.response_code, approved_minor=request.billing_amount_minor,
-                fee_minor=fee, authorization_code=response.authorization_code,
+            notifications += (
+                _stand_in_advice(
+                    job, reason, policy, response.response_code, request.billing_amount_minor,
+                    fee, response.authorization_code,
+                ),
             )  # fmt: skip
-            notifications += (_notification(job, "STAND_IN_ADVICE", payload),)
             notifications += self._fee_notifications(job, assessed, reason_code)
         write = LedgerWrite(
             decision=record,
@@ -516,6 +485,33 @@ class OffLedgerService:
             client_calls=(call,),
         )
         return await self._commit(job, checks, write)
+
+    async def _stand_in_shadow(
+        self, job: Job, assessed: Assessed, reason: StandInReason, policy: StandInPolicy,
+        call: ClientCall,
+    ) -> StoredDecision:  # fmt: skip
+        """Decide from the shadow ledger, as an on-ledger program would. The core checks
+        already ran, and marked the message: that mark is this decision's own. The limits
+        are checked and counted there again: what was counted here goes."""
+        card, request = job.card, job.ctx.request
+        await self.charges.decline(assessed.counted, 0)
+        await self.cache.forget_marker(card.account_id, request.source, request.message_id)
+
+        def advise(
+            decided: Reason, approved_minor: int, fee_minor: int, code: str
+        ) -> tuple[Notification, ...]:
+            # What the shadow ledger decided: an approval (full or partial) is advised with
+            # its code and amounts; a decline holds nothing and is not advised.
+            if decided not in _APPROVALS:
+                return ()
+            return (
+                _stand_in_advice(
+                    job, reason, policy, outcome(decided).response_code, approved_minor,
+                    fee_minor, code,
+                ),
+            )  # fmt: skip
+
+        return await self.auth.on_ledger(job, StandIn(reason.value, call, advise))
 
     async def _within_stand_in_limits(
         self, job: Job, routing: ClientRouting
@@ -598,6 +594,40 @@ def _advice_payload(job: Job, reason: StandInReason, policy: StandInPolicy) -> d
         "stand_in_reason": reason.name,
         "stand_in_policy": policy.value,
     }
+
+
+def _stand_in_call(
+    job: Job, reason: StandInReason, policy: StandInPolicy, latency_us: int | None,
+    wire: decision_pb2.DecideResponse | None,
+) -> ClientCall:  # fmt: skip
+    """The record of a client call answered by standing in; ``wire``: the client's answer,
+    when it gave one that could not be used."""
+    request = job.ctx.request
+    return ClientCall(
+        source=request.source,
+        message_id=request.message_id,
+        program_id=job.program.id,
+        outcome="STAND_IN",
+        created_at=job.ctx.received,
+        stand_in_reason=reason.name,
+        stand_in_policy=policy.value,
+        client_decision=decision_pb2.ClientDecision.Name(wire.decision) if wire else "",
+        client_response_code=wire.response_code[:8] if wire else "",
+        latency_us=latency_us,
+    )
+
+
+def _stand_in_advice(
+    job: Job, reason: StandInReason, policy: StandInPolicy, response_code: str,
+    approved_minor: int, fee_minor: int, authorization_code: str,
+) -> Notification:  # fmt: skip
+    """The STAND_IN_ADVICE notification of an approval made standing in."""
+    payload = _advice_payload(job, reason, policy)
+    payload.update(
+        response_code=response_code, approved_minor=approved_minor, fee_minor=fee_minor,
+        authorization_code=authorization_code,
+    )  # fmt: skip
+    return _notification(job, "STAND_IN_ADVICE", payload)
 
 
 def _decide_request(

@@ -121,26 +121,7 @@ class HolderStore:
         async with self.pool.acquire() as conn, conn.transaction():
             program_id = await self._account(conn, account_id, lock=True)
             before = await self._holders(conn, account_id)
-            holders = [h.customer_id for h in before]
-            if add is not None:
-                customer = await conn.fetchval(
-                    "SELECT program_id::text FROM customers WHERE id = $1",
-                    uuid_or_not_found(add, "customer"),
-                )
-                if customer is None:
-                    raise NotFound(f"customer {add} does not exist")
-                if customer != program_id:
-                    raise PreconditionFailed("the customer is not in the account's program")
-                if add not in holders:
-                    if len(holders) >= HOLDERS_MAX:
-                        raise PreconditionFailed(f"an account has at most {HOLDERS_MAX} holders")
-                    holders.append(add)
-            if remove is not None and remove in holders:
-                if len(holders) == 1:
-                    raise PreconditionFailed(
-                        "an account keeps at least one holder: add the new holder first"
-                    )
-                holders.remove(remove)
+            holders = await self._holders_after(conn, program_id, before, add, remove)
             changed = set(holders) != {h.customer_id for h in before}
             if shares_bps is None:
                 # Set shares no longer describe other holders: back to equal shares.
@@ -150,28 +131,7 @@ class HolderStore:
                 shares = valid_shares(holders, shares_bps)
             except ShareError as exc:
                 raise RequestError(str(exc)) from None
-            if remove is not None and remove not in holders:
-                await conn.execute(
-                    "DELETE FROM account_holders WHERE account_id = $1 AND customer_id = $2",
-                    account_id,
-                    remove,
-                )
-            if add is not None:
-                await conn.execute(
-                    """INSERT INTO account_holders (account_id, customer_id) VALUES ($1, $2)
-                       ON CONFLICT DO NOTHING""",
-                    account_id,
-                    add,
-                )
-            await conn.execute(
-                """UPDATE account_holders h SET share_bps = s.share
-                   FROM (SELECT unnest($2::uuid[]) AS customer_id,
-                                unnest($3::int[]) AS share) s
-                   WHERE h.account_id = $1 AND h.customer_id = s.customer_id""",
-                account_id,
-                holders,
-                [(shares or {}).get(c) for c in holders],
-            )
+            await self._write_holders(conn, account_id, holders, shares, add, remove)
             after = await self._holders(conn, account_id)
             if after != before:
                 await audit(
@@ -180,6 +140,63 @@ class HolderStore:
                      "holders": {h.customer_id: h.share_bps for h in after}},
                 )  # fmt: skip
             return after
+
+    @staticmethod
+    async def _holders_after(
+        conn: Any, program_id: str, before: list[Holder], add: str | None, remove: str | None
+    ) -> list[str]:
+        """The account's holders once ``add`` joins them and ``remove`` leaves, in order;
+        raises when the change is not allowed."""
+        holders = [h.customer_id for h in before]
+        if add is not None:
+            customer = await conn.fetchval(
+                "SELECT program_id::text FROM customers WHERE id = $1",
+                uuid_or_not_found(add, "customer"),
+            )
+            if customer is None:
+                raise NotFound(f"customer {add} does not exist")
+            if customer != program_id:
+                raise PreconditionFailed("the customer is not in the account's program")
+            if add not in holders:
+                if len(holders) >= HOLDERS_MAX:
+                    raise PreconditionFailed(f"an account has at most {HOLDERS_MAX} holders")
+                holders.append(add)
+        if remove is not None and remove in holders:
+            if len(holders) == 1:
+                raise PreconditionFailed(
+                    "an account keeps at least one holder: add the new holder first"
+                )
+            holders.remove(remove)
+        return holders
+
+    @staticmethod
+    async def _write_holders(
+        conn: Any, account_id: str, holders: list[str], shares: Mapping[str, int] | None,
+        add: str | None, remove: str | None,
+    ) -> None:  # fmt: skip
+        """Write the holders as planned: the one removed, the one added, every share."""
+        if remove is not None and remove not in holders:
+            await conn.execute(
+                "DELETE FROM account_holders WHERE account_id = $1 AND customer_id = $2",
+                account_id,
+                remove,
+            )
+        if add is not None:
+            await conn.execute(
+                """INSERT INTO account_holders (account_id, customer_id) VALUES ($1, $2)
+                   ON CONFLICT DO NOTHING""",
+                account_id,
+                add,
+            )
+        await conn.execute(
+            """UPDATE account_holders h SET share_bps = s.share
+               FROM (SELECT unnest($2::uuid[]) AS customer_id,
+                            unnest($3::int[]) AS share) s
+               WHERE h.account_id = $1 AND h.customer_id = s.customer_id""",
+            account_id,
+            holders,
+            [(shares or {}).get(c) for c in holders],
+        )
 
     @staticmethod
     async def _account(conn: Any, account_id: str, *, lock: bool) -> str:
