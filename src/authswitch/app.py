@@ -293,10 +293,7 @@ class Application:
         await cache.start_generation(int(self.clock.now().timestamp() * 1000))
         catalog = Catalog(catalog_store, cards, cards_max=settings.card_cache_entries_max)
         await catalog.load()
-        self.catalog_watch = CatalogWatch(
-            CatalogChangeStore(self.pool), catalog, poll_ms=settings.catalog_poll_ms
-        )
-        await self.catalog_watch.start()
+        await self._watch_catalog(settings, catalog)
         self.committer = GroupCommitter(
             self.pool,
             batch_max=settings.group_commit_batch_max,
@@ -345,6 +342,13 @@ class Application:
             clock=self.clock,
         )
         return cache
+
+    async def _watch_catalog(self, settings: Settings, catalog: Catalog) -> None:
+        """Other processes' catalogue changes drop this one's copies (catalog_watch.py)."""
+        assert self.pool is not None
+        changes = CatalogChangeStore(self.pool)
+        self.catalog_watch = CatalogWatch(changes, catalog, poll_ms=settings.catalog_poll_ms)
+        await self.catalog_watch.start()
 
     def _start_offledger_and_outbox(self, settings: Settings, cache: LedgerCache) -> SecretStore:
         """The off-ledger clients' channels and service, and the outbox worker; the secrets."""

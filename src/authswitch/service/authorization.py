@@ -670,13 +670,7 @@ class AuthorizationService:
         changes: tuple[BalanceChange, ...] = ()
         refusal: Callable[[], DecisionRecord] | None = None
         if result.held_minor:
-            holds = (
-                hold_record(
-                    ctx, card, plan, amount_minor=result.held_minor, fee_minor=result.fee_minor,
-                    usage_keys=tuple(c.key for c in charges.limits if c.key),
-                    billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
-                ),
-            )  # fmt: skip
+            holds = (_approval_hold(ctx, card, result, plan, charges),)
             changes = (
                 postings.hold(
                     card.account_id, request.billing_asset, result.held_minor, requires_funds=True
@@ -946,3 +940,13 @@ def _conversion_of(ctx: _Context, conversion: Conversion) -> ConversionRecord:
     return ConversionRecord(
         request.source, request.message_id, "AUTHORIZATION", conversion, ctx.received
     )
+
+
+def _approval_hold(
+    ctx: _Context, card: CardFacts, result: AuthorizeOutcome, plan: _HoldPlan, charges: Charges
+) -> HoldRecord:
+    return hold_record(
+        ctx, card, plan, amount_minor=result.held_minor, fee_minor=result.fee_minor,
+        usage_keys=tuple(c.key for c in charges.limits if c.key),
+        billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
+    )  # fmt: skip
