@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -116,17 +116,15 @@ class FxRate:
     rate_text: str  # as set: what responses, records and files show
     effective_from: datetime
     max_age_s: int
+    # The exact value of rate_text, parsed once when the rate is made.
+    rate: Fraction = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_age_s <= MAX_AGE_S_MAX:
             raise ValueError(f"max age must be 1..{MAX_AGE_S_MAX} seconds")
         if self.base == self.quote:
             raise ValueError("a rate converts between two different assets")
-        parse_rate(self.rate_text)
-
-    @property
-    def rate(self) -> Fraction:
-        return parse_rate(self.rate_text)
+        object.__setattr__(self, "rate", parse_rate(self.rate_text))
 
     def stale_at(self, at: datetime) -> bool:
         return (at - self.effective_from).total_seconds() > self.max_age_s

@@ -50,7 +50,14 @@ from authswitch.domain.records import (
 from authswitch.errors import Overloaded, StoreUnavailable
 from authswitch.futures import Detached, outlive_cancel
 
-__all__ = ["GroupCommitter", "StoredDecision", "WriteResult", "WriteStatus", "write_notifications"]
+__all__ = [
+    "GroupCommitter",
+    "StoredDecision",
+    "WriteResult",
+    "WriteStatus",
+    "stored_decision_of",
+    "write_notifications",
+]
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +266,7 @@ class GroupCommitter:
         except Exception:
             metrics.STORE_ERRORS.labels("postgres", "group_commit_recover").inc()
             return [unavailable] * len(writes)
-        stored = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+        stored = {(r["source"], r["message_id"]): stored_decision_of(r) for r in rows}
         results: list[WriteResult | BaseException] = []
         for write in writes:
             found = stored.get(write.decision.key)
@@ -302,7 +309,7 @@ async def _written_at_once(
         rows = await conn.fetch(
             _SELECT_DECISIONS, [d.source for d in duplicates], [d.message_id for d in duplicates]
         )
-        existing = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+        existing = {(r["source"], r["message_id"]): stored_decision_of(r) for r in rows}
     results: list[WriteResult | BaseException] = []
     for index, write in enumerate(writes):
         if index in done.inserted:
@@ -322,7 +329,9 @@ async def _written_at_once(
     return results
 
 
-def _row_to_stored(row: Any) -> StoredDecision:
+def stored_decision_of(row: Any) -> StoredDecision:
+    """A decision row (id, source, message_id, fingerprint, reason, response_code, response,
+    account_id) as the committer and the holds' store return it."""
     return StoredDecision(
         row["id"],
         row["source"],
@@ -393,7 +402,7 @@ async def write_batch(
             [records[i].source for i in duplicates],
             [records[i].message_id for i in duplicates],
         )
-        existing = {(r["source"], r["message_id"]): _row_to_stored(r) for r in rows}
+        existing = {(r["source"], r["message_id"]): stored_decision_of(r) for r in rows}
     return [
         _result_of(index, write, in_batch_duplicate, conflicts, records, inserted, existing,
                    refused, pre_reversed)

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from authswitch.adapters.postgres.committer import StoredDecision
+from authswitch.adapters.postgres.committer import StoredDecision, stored_decision_of
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
     translated_methods,
@@ -72,18 +72,7 @@ class HoldStore:
             source,
             message_id,
         )
-        if row is None:
-            return None
-        return StoredDecision(
-            row["id"],
-            row["source"],
-            row["message_id"],
-            bytes(row["fingerprint"]),
-            row["reason"],
-            row["response_code"],
-            bytes(row["response"]),
-            row["account_id"],
-        )
+        return None if row is None else stored_decision_of(row)
 
     async def decision_exists(self, source: str, message_id: str) -> bool:
         found = await self.pool.fetchval(
