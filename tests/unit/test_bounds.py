@@ -12,13 +12,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from authswitch.domain.bounds import (
-    FIELD_LEN_MAX,
-    FIELD_LEN_MAX_BY_MESSAGE,
-    authorize_too_long,
-    first_too_long,
-    len_max,
-)
+from authswitch.adapters.grpc.bounded import authorize_too_long, first_too_long, len_max
+from authswitch.domain.bounds import FIELD_LEN_MAX, FIELD_LEN_MAX_BY_MESSAGE
 from authswitch.v1 import authorization_pb2, common_pb2, ledger_admin_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,9 +139,9 @@ def test_the_merchant_name_is_iso_8583_de43() -> None:
 def test_the_decision_path_bounds_every_string_of_an_authorisation() -> None:
     """Authorize checks merchant_too_long and validate() instead of authorize_too_long:
     together they refuse every string one character over its maximum."""
+    from authswitch.adapters.grpc.bounded import merchant_too_long
     from authswitch.adapters.grpc.servicers import to_domain
     from authswitch.domain.authorization import validate
-    from authswitch.domain.bounds import merchant_too_long
     from authswitch.domain.codes import Reason
     from authswitch.domain.money import Asset, AssetCategory
 

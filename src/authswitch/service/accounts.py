@@ -16,6 +16,7 @@ import logging
 import uuid
 
 from authswitch import metrics
+from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.ledger import AccountRow
 from authswitch.adapters.postgres.ownership import Holder, HolderStore
@@ -28,7 +29,6 @@ from authswitch.service.admin import (
     ADMIN_SOURCE,
     AdminService,
     admin_write,
-    balance_message,
     posted_decision,
     require_idempotency_key,
 )

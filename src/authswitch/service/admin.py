@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import CatalogStore
@@ -63,9 +64,9 @@ from authswitch.service.clock import Clock
 from authswitch.service.fx import FxAdmin
 from authswitch.service.posting import Posted, Poster, PostStatus
 from authswitch.service.tokens import TokenService
-from authswitch.v1 import common_pb2, ledger_admin_pb2
+from authswitch.v1 import ledger_admin_pb2
 
-__all__ = ["ADMIN_SOURCE", "AdminService", "CreatedCard", "balance_message"]
+__all__ = ["ADMIN_SOURCE", "AdminService", "CreatedCard"]
 
 # Admin adjustments share the decisions table; their idempotency keys live under this source.
 ADMIN_SOURCE = "admin"
@@ -162,15 +163,6 @@ class CreatedCard:
     bin: str
     last_four: str
     cvv2: str
-
-
-def balance_message(asset: str, balance: Balance) -> common_pb2.Balance:
-    return common_pb2.Balance(
-        asset=asset,
-        actual_minor=balance.actual_minor,
-        available_minor=balance.available_minor,
-        authorized_minor=balance.authorized_minor,
-    )
 
 
 def _name(value: str, what: str, *, required: bool = True) -> str:

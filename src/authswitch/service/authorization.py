@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from authswitch import metrics
+from authswitch.adapters.grpc.codec.common import fx_message
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import ProductRow, ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
@@ -64,7 +65,6 @@ from authswitch.service.catalog import NOT_CACHED, Catalog
 from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
 from authswitch.service.clock import Clock
 from authswitch.service.controls import ControlPlan, SpendControlService
-from authswitch.service.fx import fx_message
 from authswitch.service.ids import authorization_code, new_id
 from authswitch.service.movements import authorization_movement
 from authswitch.service.pinblock import pin_effects

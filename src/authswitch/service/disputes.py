@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.disputes import ClearingRow, DisputeRow, DisputeStore, parse_id
 from authswitch.adapters.redis.cache import ApplyResult
@@ -49,7 +50,7 @@ from authswitch.domain.records import (
     Notification,
 )
 from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
-from authswitch.service.admin import ADMIN_SOURCE, balance_message, require_idempotency_key
+from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Posted, Poster, PostStatus

@@ -10,25 +10,8 @@ from authswitch.domain.fx import Conversion, FxRate, ProductFx
 from authswitch.errors import RequestError
 from authswitch.service.catalog import Catalog
 from authswitch.service.catalog_watch import note_change
-from authswitch.v1 import common_pb2
 
-__all__ = ["FxAdmin", "fx_message", "fx_payload"]
-
-
-def fx_message(conversion: Conversion) -> common_pb2.FxConversion:
-    return common_pb2.FxConversion(
-        billing_amount=common_pb2.Money(
-            amount_minor=conversion.billing_minor, asset=conversion.billing_asset
-        ),
-        account_amount=common_pb2.Money(
-            amount_minor=conversion.account_minor, asset=conversion.account_asset
-        ),
-        markup=common_pb2.Money(
-            amount_minor=conversion.markup_minor, asset=conversion.account_asset
-        ),
-        rate=conversion.rate_text,
-        rate_effective_from=conversion.rate_effective_from.isoformat(),
-    )
+__all__ = ["FxAdmin", "fx_payload"]
 
 
 class FxAdmin:

@@ -9,12 +9,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import asyncpg
 
 from authswitch import metrics
-from authswitch.adapters.postgres.locks import LEASE_TTL_S, JobLease, advisory_lock
+from authswitch.adapters.postgres.locks import LEASE_TTL_S, JobLease, Pool, advisory_lock
 
 __all__ = ["PeriodicJob"]
 
@@ -34,7 +31,7 @@ class PeriodicJob:
         name: str,
         interval_s: float,
         work: Callable[[], Awaitable[int]],
-        pool: asyncpg.Pool[Any],
+        pool: Pool,
         lock_key: int,
         *,
         lease: bool = False,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import ProgramRow
@@ -75,11 +76,11 @@ from authswitch.domain.records import (
     UsageChange,
 )
 from authswitch.errors import InternalError, NotFound, PreconditionFailed
-from authswitch.service.admin import ADMIN_SOURCE, balance_message, require_idempotency_key
+from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
-from authswitch.service.fx import fx_message, fx_payload
+from authswitch.service.fx import fx_payload
 from authswitch.service.posting import Posted, Poster, PostStatus, durable_original
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import common_pb2, ledger_admin_pb2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -137,11 +137,24 @@ def add_service(
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             observed(_refusing_malformed(behaviour, size_max), full_method, policy),
             request_deserializer=_lenient(request_type.FromString, size_max),
-            response_serializer=response_type.SerializeToString,
+            response_serializer=_serializer(response_type),
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
     )
+
+
+def _serializer(response_type: Any) -> Callable[[Any], bytes]:
+    """A reply's bytes: a servicer returns either its message or the bytes already
+    encoded, as stored with a decision (sent as they are, never parsed back)."""
+    serialize = response_type.SerializeToString
+
+    def serialized(response: Any) -> bytes:
+        if type(response) is bytes:
+            return response
+        return cast(bytes, serialize(response))
+
+    return serialized
 
 
 def add_health(server: grpc.aio.Server, servicer: Any, policy: AccessPolicy) -> None:

@@ -14,6 +14,8 @@ from google.protobuf.message import DecodeError
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
+from authswitch.adapters.grpc.bounded import merchant_too_long
+from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.grpc.controls import (
     control_subject,
     controls_from_message,
@@ -28,7 +30,6 @@ from authswitch.domain.authorization import (
     CardStatus,
     PinTriesExceededAction,
 )
-from authswitch.domain.bounds import merchant_too_long
 from authswitch.domain.controls import in_force, next_scheduled
 from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.fx import FxRate
@@ -48,18 +49,15 @@ from authswitch.domain.tokens import TokenPolicy, TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
 from authswitch.service.accounts import AccountService
-from authswitch.service.admin import AdminService, balance_message
+from authswitch.service.admin import AdminService
 from authswitch.service.authorization import AuthorizationService
 from authswitch.service.disputes import DisputeService
 from authswitch.service.files import FileSchedules
-from authswitch.service.fx import fx_message
 from authswitch.service.lifecycle import LifecycleService
 from authswitch.v1 import (
     authorization_pb2,
-    authorization_pb2_grpc,
     common_pb2,
     ledger_admin_pb2,
-    ledger_admin_pb2_grpc,
 )
 
 __all__ = [
@@ -215,7 +213,7 @@ class _Ready:
         return self._services.files
 
 
-class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceServicer):
+class AuthorizationServicer(_Ready):
     def __init__(self, services: Services, *, admission: Admission | None = None) -> None:
         super().__init__(services)
         self.admission = admission or Admission(ceiling=256, floor=64, latency_target_s=0)
@@ -340,7 +338,7 @@ class AuthorizationServicer(_Ready, authorization_pb2_grpc.AuthorizationServiceS
         return await self.disputes.represent(request, request.SerializeToString(deterministic=True))
 
 
-class LedgerAdminServicer(_Ready, ledger_admin_pb2_grpc.LedgerAdminServiceServicer):
+class LedgerAdminServicer(_Ready):
     @property
     def service(self) -> AdminService:
         if self._services.admin is None:

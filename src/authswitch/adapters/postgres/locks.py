@@ -20,13 +20,16 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from authswitch.errors import InternalError
 
-__all__ = ["LEASE_TTL_S", "JobLease", "advisory_lock"]
+__all__ = ["LEASE_TTL_S", "JobLease", "Pool", "advisory_lock"]
+
+# The pool a job's lock is taken on (named here so callers need not import the driver).
+Pool: TypeAlias = "asyncpg.Pool[Any]"
 
 LEASE_TTL_S = 30.0
 
