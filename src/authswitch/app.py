@@ -26,6 +26,7 @@ from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.access import AccessPolicy
 from authswitch.adapters.grpc.admission import Admission
+from authswitch.adapters.grpc.codec.authorization import AuthorizeReplies
 from authswitch.adapters.grpc.health_port import start_health_port
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import (
@@ -316,6 +317,7 @@ class Application:
             sync=sync,
             committer=self.committer,
             clock=self.clock,
+            replies=AuthorizeReplies(),
         )
         self.admin = AdminService(
             keys=keys,

@@ -285,6 +285,16 @@ async def test_an_invalid_answer_is_not_trusted(w: World) -> None:
     assert (
         await w.ledger.authorize(card, 100)
     ).stand_in_reason == pb.STAND_IN_REASON_INVALID_ANSWER
+    # A decision number the protocol does not know: stood in for, and recorded by number.
+    w.client.answer_override = dpb.DecideResponse(decision=7, response_code="00")  # type: ignore[arg-type]
+    unknown = w.ledger.request(card, 100)
+    response = await w.ledger.auth.Authorize(unknown)
+    assert (response.response_code, response.stand_in_reason) == (
+        "91", pb.STAND_IN_REASON_INVALID_ANSWER,
+    )  # fmt: skip
+    assert await client_call(w, unknown.message_id) == {
+        "outcome": "STAND_IN", "stand_in_reason": "INVALID_ANSWER", "client_decision": "7",
+    }  # fmt: skip
 
 
 # -- stand-in --------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_the_decision_path_bounds_every_string_of_an_authorisation() -> None:
     """Authorize checks merchant_too_long and validate() instead of authorize_too_long:
     together they refuse every string one character over its maximum."""
     from authswitch.adapters.grpc.bounded import merchant_too_long
-    from authswitch.adapters.grpc.servicers import to_domain
+    from authswitch.adapters.grpc.codec.authorization import authorization_request_of
     from authswitch.domain.authorization import validate
     from authswitch.domain.codes import Reason
     from authswitch.domain.money import Asset, AssetCategory
@@ -156,6 +156,6 @@ def test_the_decision_path_bounds_every_string_of_an_authorisation() -> None:
         )  # fmt: skip
         _with_value(request, chain, "x" * (len_max(chain[-1]) + 1))
         refused = merchant_too_long(request.merchant) is not None or validate(
-            to_domain(request), assets
+            authorization_request_of(request), assets
         ) in (Reason.FORMAT_ERROR, Reason.INVALID_AMOUNT, Reason.INVALID_PAN)
         assert refused, path

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from authswitch import metrics
-from authswitch.adapters.grpc.codec.common import fx_message
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import ProductRow, ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
@@ -44,8 +43,9 @@ from authswitch.domain.authorization import (
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.fx import Conversion, FxRate, RateProblem, convert_billing, converted_into
-from authswitch.domain.ledger import Balance, BalanceChange
+from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.lifecycle import hold_validity_days
+from authswitch.domain.messages.authorization import AuthorizeAnswer
 from authswitch.domain.postings import Origin
 from authswitch.domain.records import (
     CardUpdate,
@@ -70,10 +70,8 @@ from authswitch.service.movements import authorization_movement
 from authswitch.service.pinblock import pin_effects
 from authswitch.service.posting import durable_original
 from authswitch.service.tokens import TokenService
-from authswitch.v1 import authorization_pb2 as pb
-from authswitch.v1 import common_pb2
 
-__all__ = ["AuthorizationService", "Job", "OffLedgerRouter", "StandIn", "response_for"]
+__all__ = ["AuthorizationService", "Job", "OffLedgerRouter", "Replies", "StandIn"]
 
 log = logging.getLogger(__name__)
 
@@ -116,41 +114,11 @@ class LinkedRouter(Protocol):
     async def decide(self, job: Job, spend_account_id: str) -> StoredDecision: ...
 
 
-def response_for(
-    reason: Reason,
-    *,
-    asset: str = "",
-    approved_minor: int = 0,
-    fee_minor: int = 0,
-    balance: Balance | None = None,
-    authorization_code: str = "",
-    decision_id: str = "",
-    detail: str = "",
-) -> pb.AuthorizeResponse:
-    result = outcome(reason)
-    response = pb.AuthorizeResponse(
-        decision=int(result.decision),  # type: ignore[arg-type]
-        response_code=result.response_code,
-        reason=int(reason),  # type: ignore[arg-type]
-        authorization_code=authorization_code,
-        decision_id=decision_id,
-        detail=detail,
-    )
-    if asset:
-        response.approved_amount.CopyFrom(
-            common_pb2.Money(amount_minor=approved_minor, asset=asset)
-        )
-        response.fee.CopyFrom(common_pb2.Money(amount_minor=fee_minor, asset=asset))
-    if balance is not None:
-        response.balance.CopyFrom(
-            common_pb2.Balance(
-                asset=asset,
-                actual_minor=balance.actual_minor,
-                available_minor=balance.available_minor,
-                authorized_minor=balance.authorized_minor,
-            )
-        )
-    return response
+class Replies(Protocol):
+    """The wire form of an authorisation's answer: the bytes stored with its decision and
+    sent as they are (adapters/grpc/codec/authorization.py)."""
+
+    def authorize(self, answer: AuthorizeAnswer) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -239,8 +207,21 @@ class AuthorizationService:
         sync: CacheSync,
         committer: GroupCommitter,
         clock: Clock,
+        replies: Replies,
     ) -> None:
         self.keys = keys
+        self.replies = replies
+        # Answers that depend on nothing but their reason, encoded once.
+        self._format_responses = {
+            reason: replies.authorize(AuthorizeAnswer(reason, detail=detail))
+            for reason, detail in _FORMAT_DETAIL.items()
+        }
+        self._system_error_response = replies.authorize(
+            AuthorizeAnswer(Reason.SYSTEM_ERROR, detail="internal error")
+        )
+        self._mismatch_response = replies.authorize(
+            AuthorizeAnswer(Reason.DUPLICATE_MISMATCH, detail="message id reused")
+        )
         self.catalog = catalog
         self.holds = holds
         self.cache = cache
@@ -288,7 +269,7 @@ class AuthorizationService:
         mode = "on_ledger"
         if reason is Reason.FORMAT_ERROR or reason is Reason.INVALID_AMOUNT:
             # A malformed request is answered and nothing is written.
-            response = _FORMAT_RESPONSES[reason]
+            response = self._format_responses[reason]
             code = outcome(reason).response_code
         else:
             ctx = _Context(
@@ -310,10 +291,10 @@ class AuthorizationService:
                     extra={"error": type(exc).__name__, "message_id": request.message_id},
                     exc_info=not isinstance(exc, InternalError),
                 )
-                response, code = _SYSTEM_ERROR_RESPONSE, _SYSTEM_ERROR_CODE
+                response, code = self._system_error_response, _SYSTEM_ERROR_CODE
             else:
                 if stored.fingerprint != ctx.fingerprint:
-                    response, code = _MISMATCH_RESPONSE, _MISMATCH_CODE
+                    response, code = self._mismatch_response, _MISMATCH_CODE
                 else:
                     response, code = stored.response, stored.response_code
             mode = ctx.mode
@@ -333,7 +314,7 @@ class AuthorizationService:
             counted = self._count("on_ledger", transaction_type, code)
         counted[0].inc()
         counted[1].observe(0.0)
-        return _FORMAT_RESPONSES[Reason.FORMAT_ERROR]
+        return self._format_responses[Reason.FORMAT_ERROR]
 
     def _count(self, mode: str, transaction_type: int, code: str) -> tuple[Any, Any]:
         """The metric children of a decision's labels, bound once (bounded sets)."""
@@ -662,9 +643,9 @@ class AuthorizationService:
         request = ctx.request
         decision_id = new_id()
         approved = result.reason is Reason.APPROVED or result.reason is Reason.PARTIALLY_APPROVED
-        response = self._response(ctx, result, approved, decision_id, detail, stand_in)
+        answer = self._answer_of(ctx, result, approved, decision_id, detail, stand_in)
         record = self.record(
-            ctx, decision_id, result.reason, response.SerializeToString(), card, result
+            ctx, decision_id, result.reason, self.replies.authorize(answer), card, result
         )
         holds: tuple[HoldRecord, ...] = ()
         changes: tuple[BalanceChange, ...] = ()
@@ -700,13 +681,13 @@ class AuthorizationService:
             )  # fmt: skip
             notifications += pin_notes
         if program.movements:  # subscribed to movements (service/movements.py)
-            notifications += _movement_of(ctx, card, program, result, plan, response)
+            notifications += _movement_of(ctx, card, program, result, plan, answer)
         calls: tuple[ClientCall, ...] = ()
         if stand_in is not None:
             calls = (stand_in.call,)
             notifications += stand_in.advise(
                 result.reason, result.approved_minor, result.fee_minor,
-                response.authorization_code,
+                answer.authorization_code,
             )  # fmt: skip
         conversions: tuple[ConversionRecord, ...] = ()
         if ctx.conversion is not None:  # docs/fx.md
@@ -723,43 +704,33 @@ class AuthorizationService:
         """The decision recorded instead when Postgres refuses the funds (a stale cache)."""
 
         def refusal() -> DecisionRecord:
-            declined = response_for(
-                Reason.INSUFFICIENT_FUNDS, asset=ctx.request.billing_asset,
-                decision_id=decision_id,
-            ).SerializeToString()  # fmt: skip
+            declined = self.replies.authorize(
+                AuthorizeAnswer(
+                    Reason.INSUFFICIENT_FUNDS, ctx.request.billing_asset, decision_id=decision_id
+                )
+            )
             return self.record(ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None)
 
         return refusal
 
     @staticmethod
-    def _response(
+    def _answer_of(
         ctx: _Context, result: AuthorizeOutcome, approved: bool, decision_id: str, detail: str,
         stand_in: StandIn | None,
-    ) -> pb.AuthorizeResponse:  # fmt: skip
-        """The answer to the network, a converted request's showing both amounts."""
-        response = response_for(
+    ) -> AuthorizeAnswer:  # fmt: skip
+        """The answer to the network (a converted request's shows both amounts)."""
+        return AuthorizeAnswer(
             result.reason,
-            asset=ctx.request.billing_asset,
-            approved_minor=result.approved_minor,
-            fee_minor=result.fee_minor,
-            balance=result.balance if approved else None,
-            authorization_code=authorization_code() if approved else "",
-            decision_id=decision_id,
-            detail=detail,
+            ctx.request.billing_asset,
+            result.approved_minor,
+            result.fee_minor,
+            result.balance if approved else None,
+            authorization_code() if approved else "",
+            decision_id,
+            detail,
+            stand_in_reason=stand_in.reason if stand_in is not None else 0,
+            conversion=ctx.conversion,
         )
-        if stand_in is not None:
-            response.stand_in = True
-            response.stand_in_reason = stand_in.reason  # type: ignore[assignment]
-        conversion = ctx.conversion
-        if conversion is not None:
-            response.fx.CopyFrom(fx_message(conversion))
-            if approved:  # the network's amount, approved whole
-                response.approved_amount.CopyFrom(
-                    common_pb2.Money(
-                        amount_minor=conversion.billing_minor, asset=conversion.billing_asset
-                    )
-                )
-        return response
 
     write_for = _write_for  # for service/linked.py
 
@@ -793,7 +764,7 @@ class AuthorizationService:
 
     async def _record_without_card(self, ctx: _Context, reason: Reason) -> StoredDecision:
         decision_id = new_id()
-        response = response_for(reason, decision_id=decision_id).SerializeToString()
+        response = self.replies.authorize(AuthorizeAnswer(reason, decision_id=decision_id))
         record = self.record(ctx, decision_id, reason, response, None, None)
         written = await self.committer.submit(LedgerWrite(decision=record))
         return written.decision
@@ -816,18 +787,7 @@ _FORMAT_DETAIL = {
         "invalid amount: missing, negative, too large, or not zero for a non-financial request"
     ),
 }
-# Answers that depend on nothing but their reason, serialised once.
-_FORMAT_RESPONSES = {
-    reason: response_for(reason, detail=detail).SerializeToString()
-    for reason, detail in _FORMAT_DETAIL.items()
-}
-_SYSTEM_ERROR_RESPONSE = response_for(
-    Reason.SYSTEM_ERROR, detail="internal error"
-).SerializeToString()
 _SYSTEM_ERROR_CODE = outcome(Reason.SYSTEM_ERROR).response_code
-_MISMATCH_RESPONSE = response_for(
-    Reason.DUPLICATE_MISMATCH, detail="message id reused"
-).SerializeToString()
 _MISMATCH_CODE = outcome(Reason.DUPLICATE_MISMATCH).response_code
 
 _TYPE_LABELS = {
@@ -904,7 +864,7 @@ def _fee_notification(
 
 def _movement_of(
     ctx: _Context, card: CardFacts, program: ProgramRow, result: AuthorizeOutcome,
-    plan: _HoldPlan, response: pb.AuthorizeResponse,
+    plan: _HoldPlan, answer: AuthorizeAnswer,
 ) -> tuple[Notification, ...]:  # fmt: skip
     """The MOVEMENT notification of a subscribed programme (service/movements.py)."""
     request = ctx.request
@@ -914,7 +874,8 @@ def _movement_of(
         posted_fee_minor=result.posted_fee_minor, balance_after=result.balance,
         created_at=ctx.received, source=request.source, message_id=request.message_id,
         details={
-            "decision_id": response.decision_id, "response_code": response.response_code,
+            "decision_id": answer.decision_id,
+            "response_code": outcome(answer.reason).response_code,
             "network_reference": plan.network_reference,
             "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
             "amount_minor": request.billing_amount_minor,

@@ -29,8 +29,9 @@ from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, Miss
 from authswitch.domain.authorization import PARTIAL_APPROVAL_TYPES, PinMode, PreChecks
 from authswitch.domain.codes import Reason
+from authswitch.domain.messages.authorization import AuthorizeAnswer
 from authswitch.domain.records import CardUpdate, LedgerWrite, Notification
-from authswitch.service.authorization import AuthorizationService, Job, response_for
+from authswitch.service.authorization import AuthorizationService, Job
 from authswitch.service.ids import new_id
 from authswitch.service.pinblock import pin_effects
 
@@ -68,7 +69,9 @@ class LinkedSpend:
     async def _declined(self, job: Job, outcome: AuthorizeOutcome) -> StoredDecision:
         ctx, card = job.ctx, job.card
         decision_id = new_id()
-        response = response_for(outcome.reason, decision_id=decision_id).SerializeToString()
+        response = self.auth.replies.authorize(
+            AuthorizeAnswer(outcome.reason, decision_id=decision_id)
+        )
         updates, notes = _pin_effects(job, outcome)
         write = LedgerWrite(
             decision=self.auth.record(ctx, decision_id, outcome.reason, response, card, None),

@@ -27,7 +27,8 @@ from authswitch.adapters.redis.cache import (
 from authswitch.domain import postings
 from authswitch.domain.codes import Check, Reason, outcome
 from authswitch.domain.limits import Period, period_bounds
-from authswitch.domain.networkdata import NetworkData
+from authswitch.domain.messages.authorization import AuthorizeAnswer
+from authswitch.domain.messages.decision import ClientReply, DecideAsk
 from authswitch.domain.offledger import (
     BreakerState,
     CircuitBreaker,
@@ -51,13 +52,11 @@ from authswitch.service.authorization import (
     Job,
     StandIn,
     hold_record,
-    response_for,
 )
 from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
 from authswitch.service.offledger_limits import Assessed, OffLedgerCharges
 from authswitch.service.pinblock import pin_effects
-from authswitch.v1 import authorization_pb2, common_pb2, decision_pb2
 
 __all__ = ["OffLedgerService"]
 
@@ -67,6 +66,7 @@ _CORE_CHECKS = (
     Check.FORMAT, Check.PAN, Check.CARD_STATUS, Check.EXPIRY, Check.PIN_TRIES, Check.PIN,
     Check.CVV2, Check.PRODUCT,
 )  # fmt: skip
+_CORE_CHECK_NAMES = tuple(check.name for check in _CORE_CHECKS)
 _STAND_IN_LABELS = {r: r.name.lower() for r in StandInReason}
 _APPROVALS = frozenset({Reason.APPROVED, Reason.PARTIALLY_APPROVED})
 
@@ -162,16 +162,13 @@ class OffLedgerService:
         if reason is Reason.TRANSACTION_NOT_PERMITTED and plan and plan.applied:
             assert plan.violation is not None
             detail = plan.violation.detail  # a spend control declined it
-        response = response_for(
-            reason,
-            asset=ctx.request.billing_asset,
-            fee_minor=fee,
-            decision_id=decision_id,
-            detail=detail,
-        )
-        record = self.auth.record(
-            ctx, decision_id, reason, response.SerializeToString(), card, None
-        )
+        response = self.auth.replies.authorize(
+            AuthorizeAnswer(
+                reason, ctx.request.billing_asset, fee_minor=fee, decision_id=decision_id,
+                detail=detail,
+            )
+        )  # fmt: skip
+        record = self.auth.record(ctx, decision_id, reason, response, card, None)
         notifications = self._pin_notification(job, checks)
         usage: tuple[UsageChange, ...] = ()
         if assessed is not None:
@@ -220,7 +217,7 @@ class OffLedgerService:
         started = time.perf_counter()
         failure: StandInReason | None = None
         answer: ClientAnswer | None = None
-        wire: decision_pb2.DecideResponse | None = None
+        wire: ClientReply | None = None
         try:
             probe = breaker.state is BreakerState.HALF_OPEN
             connection = await self.channels.connection(program.id, routing, probe=probe)
@@ -238,8 +235,8 @@ class OffLedgerService:
         if wire is not None:
             answer = check_answer(
                 wire.decision,
-                approved_minor=wire.approved_amount.amount_minor,
-                approved_asset=wire.approved_amount.asset,
+                approved_minor=wire.approved_minor,
+                approved_asset=wire.approved_asset,
                 response_code=wire.response_code,
                 authorization_code=wire.authorization_code,
                 client_reason=wire.reason,
@@ -281,18 +278,18 @@ class OffLedgerService:
         else:  # a decline counts its decline fee only
             await self.charges.decline(counted, assessed.decline_fee_minor)
         usage = counted.usage() if counted is not None else ()
-        response = response_for(
-            answer.reason,
-            asset=request.billing_asset,
-            approved_minor=answer.approved_minor,
-            fee_minor=fee if approved else assessed.decline_fee_minor,
-            authorization_code=(answer.authorization_code or _auth_code()) if approved else "",
-            decision_id=decision_id,
+        response = self.auth.replies.authorize(
+            AuthorizeAnswer(
+                answer.reason,
+                request.billing_asset,
+                answer.approved_minor,
+                fee if approved else assessed.decline_fee_minor,
+                authorization_code=(answer.authorization_code or _auth_code()) if approved else "",
+                decision_id=decision_id,
+                response_code=answer.response_code,
+            )
         )
-        response.response_code = answer.response_code
-        record = self.auth.record(
-            ctx, decision_id, answer.reason, response.SerializeToString(), card, None
-        )
+        record = self.auth.record(ctx, decision_id, answer.reason, response, card, None)
         call = ClientCall(
             source=request.source,
             message_id=request.message_id,
@@ -429,7 +426,7 @@ class OffLedgerService:
 
     async def _stand_in(
         self, job: Job, checks: AuthorizeOutcome, reason: StandInReason, latency_us: int | None,
-        assessed: Assessed, wire: decision_pb2.DecideResponse | None = None,
+        assessed: Assessed, wire: ClientReply | None = None,
     ) -> StoredDecision:  # fmt: skip
         ctx, card, program = job.ctx, job.card, job.program
         request = ctx.request
@@ -455,25 +452,24 @@ class OffLedgerService:
         else:  # 91: the issuer was unavailable, no decline fee
             await self.charges.decline(counted, 0)
         reason_code = Reason.APPROVED if approved else Reason.CLIENT_UNAVAILABLE
-        response = response_for(
+        answer = AuthorizeAnswer(
             reason_code,
-            asset=request.billing_asset,
-            approved_minor=request.billing_amount_minor if approved else 0,
-            fee_minor=fee if approved else 0,
+            request.billing_asset,
+            request.billing_amount_minor if approved else 0,
+            fee if approved else 0,
             authorization_code=_auth_code() if approved else "",
             decision_id=decision_id,
+            stand_in_reason=reason.value,
         )
-        response.stand_in = True
-        response.stand_in_reason = reason.value  # type: ignore[assignment]
         record = self.auth.record(
-            ctx, decision_id, reason_code, response.SerializeToString(), card, None
+            ctx, decision_id, reason_code, self.auth.replies.authorize(answer), card, None
         )
         notifications = self._pin_notification(job, checks)
         if approved:
             notifications += (
                 _stand_in_advice(
-                    job, reason, policy, response.response_code, request.billing_amount_minor,
-                    fee, response.authorization_code,
+                    job, reason, policy, outcome(reason_code).response_code,
+                    request.billing_amount_minor, fee, answer.authorization_code,
                 ),
             )  # fmt: skip
             notifications += self._fee_notifications(job, assessed, reason_code)
@@ -598,7 +594,7 @@ def _advice_payload(job: Job, reason: StandInReason, policy: StandInPolicy) -> d
 
 def _stand_in_call(
     job: Job, reason: StandInReason, policy: StandInPolicy, latency_us: int | None,
-    wire: decision_pb2.DecideResponse | None,
+    wire: ClientReply | None,
 ) -> ClientCall:  # fmt: skip
     """The record of a client call answered by standing in; ``wire``: the client's answer,
     when it gave one that could not be used."""
@@ -611,7 +607,7 @@ def _stand_in_call(
         created_at=job.ctx.received,
         stand_in_reason=reason.name,
         stand_in_policy=policy.value,
-        client_decision=decision_pb2.ClientDecision.Name(wire.decision) if wire else "",
+        client_decision=wire.decision_name if wire else "",
         client_response_code=wire.response_code[:8] if wire else "",
         latency_us=latency_us,
     )
@@ -630,12 +626,10 @@ def _stand_in_advice(
     return _notification(job, "STAND_IN_ADVICE", payload)
 
 
-def _decide_request(
-    job: Job, decision_id: str, fee: int, left_ms: int
-) -> decision_pb2.DecideRequest:
+def _decide_request(job: Job, decision_id: str, fee: int, left_ms: int) -> DecideAsk:
     ctx, card = job.ctx, job.card
     request = ctx.request
-    call = decision_pb2.DecideRequest(
+    return DecideAsk(
         decision_id=decision_id,
         source=request.source,
         message_id=request.message_id,
@@ -643,60 +637,22 @@ def _decide_request(
         program_id=job.program.id,
         card_id=card.card_id,
         account_id=card.account_id,
-        # The card's own PAN, also when the network sent a token (its DPAN) instead.
-        pan_last_four=card.last_four,
-        transaction_type=request.transaction_type,  # type: ignore[arg-type]
-        partial_approval_allowed=request.partial_allowed,
-        channel=request.channel,  # type: ignore[arg-type]
-        core_checks=[
-            decision_pb2.CoreCheck(check=check.name, passed=True) for check in _CORE_CHECKS
-        ],
+        pan_last_four=card.last_four,  # the card's own PAN, also when the network sent a token
+        transaction_type=request.transaction_type,
+        partial_allowed=request.partial_allowed,
+        channel=request.channel,
+        core_checks=_CORE_CHECK_NAMES,
         time_left_ms=left_ms,
         incremental=request.incremental,
         original_message_id=request.original_message_id,
+        billing_minor=request.billing_amount_minor,
+        billing_asset=request.billing_asset,
+        transaction_minor=request.transaction_amount_minor,
+        transaction_asset=request.transaction_asset,
+        fee_minor=fee,
+        mcc=request.mcc,
+        merchant_country=request.merchant_country,
+        merchant_id=request.merchant_id,
+        network=request.network,
+        received_at=ctx.received,
     )
-    call.billing_amount.CopyFrom(
-        common_pb2.Money(amount_minor=request.billing_amount_minor, asset=request.billing_asset)
-    )
-    if request.transaction_asset:
-        call.transaction_amount.CopyFrom(
-            common_pb2.Money(
-                amount_minor=request.transaction_amount_minor, asset=request.transaction_asset
-            )
-        )
-    call.fee.CopyFrom(common_pb2.Money(amount_minor=fee, asset=request.billing_asset))
-    call.merchant.mcc = request.mcc
-    call.merchant.country = request.merchant_country
-    call.merchant.merchant_id = request.merchant_id
-    if request.network is not None:
-        call.network_data.CopyFrom(network_data_message(request.network))
-    call.received_at.FromDatetime(ctx.received)
-    return call
-
-
-def network_data_message(data: NetworkData) -> authorization_pb2.NetworkData:
-    """The wire form of validated network data, for the client's DecideRequest."""
-    message = authorization_pb2.NetworkData(
-        pos_entry_mode=data.pos_entry_mode,  # type: ignore[arg-type]
-        terminal_type=data.terminal_type,  # type: ignore[arg-type]
-        card_present=data.card_present,  # type: ignore[arg-type]
-        cardholder_present=data.cardholder_present,  # type: ignore[arg-type]
-        recurring=data.recurring,
-        card_on_file=data.card_on_file,
-        merchant_initiated=data.merchant_initiated,
-        avs_result=data.avs_result,  # type: ignore[arg-type]
-    )
-    if data.three_ds_result or data.eci:
-        message.three_ds.result = data.three_ds_result  # type: ignore[assignment]
-        message.three_ds.eci = data.eci
-    if data.cashback_asset:
-        message.cashback_amount.CopyFrom(
-            common_pb2.Money(amount_minor=data.cashback_minor, asset=data.cashback_asset)
-        )
-    if data.atm_surcharge_asset:
-        message.atm_surcharge.CopyFrom(
-            common_pb2.Money(amount_minor=data.atm_surcharge_minor, asset=data.atm_surcharge_asset)
-        )
-    if data.network_risk_score is not None:
-        message.network_risk_score = data.network_risk_score
-    return message

@@ -21,17 +21,15 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from google.protobuf import struct_pb2
-
 from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.postgres.outbox import Claim, OutboxStore, QueuedNotification
+from authswitch.domain.messages.decision import Notice
 from authswitch.domain.retry import backoff_ms
 from authswitch.secrets import SecretStore
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
-from authswitch.v1 import decision_pb2
 
 __all__ = ["OutboxSettings", "OutboxWorker"]
 
@@ -140,9 +138,7 @@ class OutboxWorker:
         program = await self.catalog.program(note.program_id)
         if program.routing is None:
             raise LookupError("the program has no client endpoint")
-        payload = struct_pb2.Struct()
-        payload.update(note.payload)
-        request = decision_pb2.NotifyRequest(
+        notice = Notice(
             notification_id=note.id,
             kind=note.kind,
             program_id=note.program_id,
@@ -150,11 +146,11 @@ class OutboxWorker:
             card_id=note.card_id,
             sequence=note.seq,
             attempt=attempt,
-            payload=payload,
+            payload=note.payload,
+            created_at=note.created_at,
         )
-        request.created_at.FromDatetime(note.created_at)
         connection = await self.channels.connection(program.id, program.routing)
-        await connection.notify(request, timeout_s=self.settings.delivery_timeout_ms / 1000)
+        await connection.notify(notice, timeout_s=self.settings.delivery_timeout_ms / 1000)
 
     async def _to_webhook(self, note: QueuedNotification, attempt: int) -> None:
         program = await self.catalog.program(note.program_id)

@@ -11,6 +11,12 @@ from typing import Any
 
 import grpc
 
+from authswitch.adapters.grpc.codec.decision import (
+    client_reply_of,
+    decide_request_message,
+    notify_request_message,
+)
+from authswitch.domain.messages.decision import ClientReply, DecideAsk, Notice
 from authswitch.domain.offledger import ClientRouting
 from authswitch.errors import ClientCallFailed, ClientTimedOut
 from authswitch.secrets import SecretStore
@@ -31,18 +37,17 @@ class ClientConnection:
     stub: decision_pb2_grpc.DecisionServiceAsyncStub
     metadata: tuple[tuple[str, str], ...]
 
-    async def decide(
-        self, request: decision_pb2.DecideRequest, timeout_s: float
-    ) -> decision_pb2.DecideResponse:
+    async def decide(self, ask: DecideAsk, timeout_s: float) -> ClientReply:
         try:
             response: decision_pb2.DecideResponse = await self.stub.Decide(
-                request, timeout=timeout_s, metadata=self.metadata
+                decide_request_message(ask), timeout=timeout_s, metadata=self.metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise _translated(exc) from exc
-        return response
+        return client_reply_of(response)
 
-    async def notify(self, request: decision_pb2.NotifyRequest, timeout_s: float) -> None:
+    async def notify(self, notice: Notice, timeout_s: float) -> None:
+        request = notify_request_message(notice)
         try:
             await self.stub.Notify(request, timeout=timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:

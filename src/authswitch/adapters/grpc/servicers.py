@@ -15,6 +15,7 @@ from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.bounded import merchant_too_long
+from authswitch.adapters.grpc.codec.authorization import authorization_request_of
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.grpc.controls import (
     control_subject,
@@ -26,7 +27,6 @@ from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_toke
 from authswitch.adapters.postgres.holds import HoldRow
 from authswitch.adapters.postgres.ownership import Holder
 from authswitch.domain.authorization import (
-    AuthorizationRequest,
     CardStatus,
     PinTriesExceededAction,
 )
@@ -35,7 +35,6 @@ from authswitch.domain.fees import FeeRule, Region, Stage
 from authswitch.domain.fx import FxRate
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
-from authswitch.domain.networkdata import NetworkData
 from authswitch.domain.offledger import (
     DEADLINE_MS_MAX,
     DEADLINE_MS_MIN,
@@ -64,8 +63,6 @@ __all__ = [
     "AuthorizationServicer",
     "LedgerAdminServicer",
     "Services",
-    "network_data",
-    "to_domain",
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -83,66 +80,6 @@ _PURPOSES = {
     for name, value in ledger_admin_pb2.AdjustmentPurpose.items()
     if value
 }
-
-
-def to_domain(request: authorization_pb2.AuthorizeRequest) -> AuthorizationRequest:
-    """The domain view of an authorisation request; validation happens in the domain.
-
-    A purchase with cash back is approved in full or not at all (partial approval is
-    withdrawn from it): a partial approval cannot say whether the cash was given."""
-    network = None
-    partial_allowed = request.partial_approval_allowed
-    if request.HasField("network_data"):  # one cheap check when the network sent none
-        network = network_data(request.network_data)
-        if network.cashback_minor:
-            partial_allowed = False
-    return AuthorizationRequest(
-        source=request.source,
-        message_id=request.message_id,
-        network_reference=request.network_reference,
-        transaction_type=request.transaction_type,
-        pan=request.pan,
-        pin=request.auth.pin,
-        expiry_yymm=request.auth.expiry,
-        cvv2=request.auth.cvv2,
-        new_pin=request.auth.new_pin,
-        transaction_amount_minor=request.transaction_amount.amount_minor,
-        transaction_asset=request.transaction_amount.asset,
-        billing_amount_minor=request.billing_amount.amount_minor,
-        billing_asset=request.billing_amount.asset,
-        partial_allowed=partial_allowed,
-        mcc=request.merchant.mcc,
-        merchant_country=request.merchant.country,
-        channel=request.channel,
-        incremental=request.incremental,
-        original_message_id=request.original_message_id,
-        merchant_id=request.merchant.merchant_id,
-        network=network,
-        token=request.token,
-    )
-
-
-def network_data(data: authorization_pb2.NetworkData) -> NetworkData:
-    """The domain view of a request's network data (validated by the domain)."""
-    return NetworkData(
-        pos_entry_mode=data.pos_entry_mode,
-        terminal_type=data.terminal_type,
-        card_present=data.card_present,
-        cardholder_present=data.cardholder_present,
-        three_ds_result=data.three_ds.result,
-        eci=data.three_ds.eci,
-        recurring=data.recurring,
-        card_on_file=data.card_on_file,
-        merchant_initiated=data.merchant_initiated,
-        avs_result=data.avs_result,
-        cashback_minor=data.cashback_amount.amount_minor,
-        cashback_asset=data.cashback_amount.asset,
-        atm_surcharge_minor=data.atm_surcharge.amount_minor,
-        atm_surcharge_asset=data.atm_surcharge.asset,
-        network_risk_score=(
-            data.network_risk_score if data.HasField("network_risk_score") else None
-        ),
-    )
 
 
 def _actor(context: Context) -> str:
@@ -270,7 +207,7 @@ class AuthorizationServicer(_Ready):
                 return service.format_error(request.transaction_type)
             try:
                 response = await service.authorize(
-                    to_domain(request),
+                    authorization_request_of(request),
                     request.SerializeToString(deterministic=True),
                     deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
                     waits=admission,
