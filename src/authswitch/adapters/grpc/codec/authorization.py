@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message, money_message
 from authswitch.domain.authorization import AuthorizationRequest
-from authswitch.domain.codes import outcome
+from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.messages.authorization import AuthorizeAnswer
 from authswitch.domain.networkdata import NetworkData
 from authswitch.v1 import authorization_pb2 as pb
@@ -15,6 +15,9 @@ __all__ = [
     "network_data_message",
     "network_data_of",
 ]
+
+
+_APPROVALS = frozenset({Reason.APPROVED, Reason.PARTIALLY_APPROVED})
 
 
 class AuthorizeReplies:
@@ -47,7 +50,7 @@ def authorize_message(answer: AuthorizeAnswer) -> pb.AuthorizeResponse:
     conversion = answer.conversion
     if conversion is not None:
         response.fx.CopyFrom(fx_message(conversion))
-        if answer.balance is not None:  # an approval: the network's amount, approved whole
+        if answer.reason in _APPROVALS:  # the network's amount, approved whole
             response.approved_amount.CopyFrom(
                 money_message(conversion.billing_minor, conversion.billing_asset)
             )
