@@ -25,7 +25,6 @@ PENDING = frozenset(
         "service/accounts.py",
         "service/admin.py",
         "service/authorization.py",
-        "service/disputes.py",
         "service/files.py",
         "service/lifecycle.py",
         "service/offledger.py",

@@ -16,6 +16,13 @@ from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.bounded import merchant_too_long
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message
+from authswitch.adapters.grpc.codec.disputes import (
+    dispute_history_message,
+    keyless_bytes,
+    network_step_of,
+    open_dispute_of,
+    resolve_dispute_of,
+)
 from authswitch.adapters.grpc.controls import (
     control_subject,
     controls_from_message,
@@ -326,16 +333,18 @@ class AuthorizationServicer(_Ready):
     @grpc_errors
     async def Chargeback(  # noqa: N802
         self, request: authorization_pb2.ChargebackRequest, context: Context
-    ) -> authorization_pb2.ChargebackResponse:
+    ) -> bytes:
         return await self.disputes.chargeback(
-            request, request.SerializeToString(deterministic=True)
+            network_step_of(request), request.SerializeToString(deterministic=True)
         )
 
     @grpc_errors
     async def Represent(  # noqa: N802
         self, request: authorization_pb2.RepresentRequest, context: Context
-    ) -> authorization_pb2.RepresentResponse:
-        return await self.disputes.represent(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.disputes.represent(
+            network_step_of(request), request.SerializeToString(deterministic=True)
+        )
 
 
 class LedgerAdminServicer(_Ready):
@@ -1012,20 +1021,24 @@ class LedgerAdminServicer(_Ready):
     @grpc_errors
     async def OpenDispute(  # noqa: N802
         self, request: ledger_admin_pb2.OpenDisputeRequest, context: Context
-    ) -> ledger_admin_pb2.OpenDisputeResponse:
-        return await self.disputes.open(request, actor=_actor(context))
+    ) -> bytes:
+        return await self.disputes.open(
+            open_dispute_of(request), keyless_bytes(request), actor=_actor(context)
+        )
 
     @grpc_errors
     async def ResolveDispute(  # noqa: N802
         self, request: ledger_admin_pb2.ResolveDisputeRequest, context: Context
-    ) -> ledger_admin_pb2.ResolveDisputeResponse:
-        return await self.disputes.resolve(request, actor=_actor(context))
+    ) -> bytes:
+        return await self.disputes.resolve(
+            resolve_dispute_of(request), keyless_bytes(request), actor=_actor(context)
+        )
 
     @grpc_errors
     async def GetDispute(  # noqa: N802
         self, request: ledger_admin_pb2.GetDisputeRequest, context: Context
     ) -> ledger_admin_pb2.GetDisputeResponse:
-        return await self.disputes.get(request.dispute_id)
+        return dispute_history_message(*await self.disputes.get(request.dispute_id))
 
     @grpc_errors
     async def CreateFileSchedule(  # noqa: N802
