@@ -29,7 +29,6 @@ PENDING = frozenset(
         "service/lifecycle.py",
         "service/offledger.py",
         "service/outbox.py",
-        "service/tokens.py",
     }
 )
 

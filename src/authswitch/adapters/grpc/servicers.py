@@ -23,6 +23,12 @@ from authswitch.adapters.grpc.codec.disputes import (
     open_dispute_of,
     resolve_dispute_of,
 )
+from authswitch.adapters.grpc.codec.tokens import (
+    card_tokens_message,
+    provision_message,
+    provision_token_of,
+    token_policy_of,
+)
 from authswitch.adapters.grpc.controls import (
     control_subject,
     controls_from_message,
@@ -52,7 +58,7 @@ from authswitch.domain.offledger import (
     deadline_ms_of,
 )
 from authswitch.domain.reports import valid_prefix
-from authswitch.domain.tokens import TokenPolicy, TokenStatus
+from authswitch.domain.tokens import TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
 from authswitch.service.accounts import AccountService
@@ -322,7 +328,7 @@ class AuthorizationServicer(_Ready):
     async def ProvisionToken(  # noqa: N802
         self, request: authorization_pb2.ProvisionTokenRequest, context: Context
     ) -> authorization_pb2.ProvisionTokenResponse:
-        return await self.service.tokens.provision(request)
+        return provision_message(await self.service.tokens.provision(provision_token_of(request)))
 
     @grpc_errors
     async def Credit(  # noqa: N802
@@ -857,17 +863,9 @@ class LedgerAdminServicer(_Ready):
     async def SetTokenPolicy(  # noqa: N802
         self, request: ledger_admin_pb2.SetTokenPolicyRequest, context: Context
     ) -> ledger_admin_pb2.SetTokenPolicyResponse:
-        step_up = request.step_up_risk_score_min
-        decline = request.decline_risk_score_min
-        policy = TokenPolicy(
-            tokens_allowed=request.tokens_allowed,
-            step_up_always=request.step_up_always,
-            step_up_declines_min=request.step_up_declines_min,
-            decline_declines_min=request.decline_declines_min,
-            step_up_risk_score_min=step_up if request.HasField("step_up_risk_score_min") else None,
-            decline_risk_score_min=decline if request.HasField("decline_risk_score_min") else None,
+        await self.service.tokens.set_policy(
+            request.product_id, token_policy_of(request), actor=_actor(context)
         )
-        await self.service.tokens.set_policy(request.product_id, policy, actor=_actor(context))
         return ledger_admin_pb2.SetTokenPolicyResponse()
 
     @grpc_errors
@@ -889,15 +887,7 @@ class LedgerAdminServicer(_Ready):
     async def ListCardTokens(  # noqa: N802
         self, request: ledger_admin_pb2.ListCardTokensRequest, context: Context
     ) -> ledger_admin_pb2.ListCardTokensResponse:
-        response = ledger_admin_pb2.ListCardTokensResponse()
-        for row in await self.service.tokens.of_card(request.card_id):
-            token = response.tokens.add(
-                token_id=row.token_id, card_id=row.card_id, last_four=row.last_four,
-                expiry=row.expiry_yymm, token_requestor_id=row.token_requestor_id,
-                status=row.status.value,
-            )  # fmt: skip
-            token.created_at.FromDatetime(row.created_at)
-        return response
+        return card_tokens_message(await self.service.tokens.of_card(request.card_id))
 
     @grpc_errors
     async def GetUsage(  # noqa: N802
