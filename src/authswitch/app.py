@@ -27,6 +27,7 @@ from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.access import AccessPolicy
 from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.codec.authorization import AuthorizeReplies
+from authswitch.adapters.grpc.codec.disputes import DisputeReplyEncoder
 from authswitch.adapters.grpc.health_port import start_health_port
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import (
@@ -457,7 +458,7 @@ class Application:
         catalog, poster = self.catalog, self.poster
         self.disputes = DisputeService(
             keys=keys, catalog=catalog, disputes=DisputeStore(self.pool), poster=poster,
-            clock=self.clock,
+            clock=self.clock, replies=DisputeReplyEncoder(),
         )  # fmt: skip
         file_schedules = FileScheduleStore(self.pool)
         self.files = FileSchedules(file_schedules, self.clock)

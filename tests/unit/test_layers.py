@@ -24,10 +24,8 @@ PENDING = frozenset(
     {
         "service/accounts.py",
         "service/admin.py",
-        "service/disputes.py",
         "service/files.py",
         "service/lifecycle.py",
-        "service/tokens.py",
     }
 )
 

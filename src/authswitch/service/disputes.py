@@ -15,11 +15,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.postgres.catalog import ProgramRow
-from authswitch.adapters.postgres.disputes import ClearingRow, DisputeRow, DisputeStore, parse_id
+from authswitch.adapters.postgres.disputes import (
+    ClearingRow,
+    DisputeEventRow,
+    DisputeRow,
+    DisputeStore,
+    parse_id,
+)
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
@@ -40,6 +45,13 @@ from authswitch.domain.disputes import (
     plan_step,
 )
 from authswitch.domain.ledger import Balance
+from authswitch.domain.messages.disputes import (
+    DisputeNetworkStep,
+    DisputeOutcome,
+    NetworkStepAnswer,
+    OpenDispute,
+    ResolveDispute,
+)
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
 from authswitch.domain.records import (
@@ -54,43 +66,30 @@ from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
 from authswitch.service.posting import Posted, Poster, PostStatus
-from authswitch.v1 import authorization_pb2 as pb
-from authswitch.v1 import common_pb2, ledger_admin_pb2
 
-__all__ = ["DisputeService", "dispute_message"]
+__all__ = ["DisputeReplies", "DisputeService"]
 
 PLAN_ATTEMPTS_MAX = 5
 # Network reason codes: Visa "13.1", Mastercard "4853", Amex "C08".
 _REASON_CODE = re.compile(r"^[A-Za-z0-9.]{1,8}$")
 
-_STATUS = {s: common_pb2.DisputeStatus.Value(f"DISPUTE_STATUS_{s.value}") for s in DisputeStatus}
+_OUTCOME_STEP = {
+    DisputeOutcome.CARDHOLDER_WON: DisputeStep.CARDHOLDER_WON,
+    DisputeOutcome.MERCHANT_WON: DisputeStep.MERCHANT_WON,
+}
 
 
-class _Response(Protocol):
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+class DisputeReplies(Protocol):
+    """The replies stored with a dispute step's decision, as the bytes that are sent: a
+    retry gets those bytes again as they were stored (the gRPC codec implements this)."""
 
+    def opened(self, dispute: DisputeRow, balance: Balance | None) -> bytes: ...
 
-_N = TypeVar("_N", pb.ChargebackResponse, pb.RepresentResponse)
-_A = TypeVar("_A", ledger_admin_pb2.OpenDisputeResponse, ledger_admin_pb2.ResolveDisputeResponse)
+    def resolved(self, dispute: DisputeRow, balance: Balance | None) -> bytes: ...
 
+    def chargeback(self, answer: NetworkStepAnswer) -> bytes: ...
 
-def dispute_message(row: DisputeRow) -> ledger_admin_pb2.Dispute:
-    message = ledger_admin_pb2.Dispute(
-        dispute_id=row.id,
-        program_id=row.program_id,
-        account_id=row.account_id,
-        card_id=row.card_id or "",
-        clearing_source=row.clearing_source,
-        clearing_message_id=row.clearing_message_id,
-        network_reference=row.network_reference,
-        amount=common_pb2.Money(amount_minor=row.amount_minor, asset=row.asset),
-        reason_code=row.reason_code,
-        status=_STATUS[DisputeStatus(row.status)],
-        provisional_credit=common_pb2.Money(amount_minor=row.provisional_minor, asset=row.asset),
-    )
-    message.created_at.FromDatetime(row.created_at)
-    message.updated_at.FromDatetime(row.updated_at)
-    return message
+    def represent(self, answer: NetworkStepAnswer) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,30 +116,29 @@ class DisputeService:
         disputes: DisputeStore,
         poster: Poster,
         clock: Clock,
+        replies: DisputeReplies,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
         self.disputes = disputes
         self.poster = poster
         self.clock = clock
+        self.replies = replies
 
     # -- operators ------------------------------------------------------------------------
 
-    async def open(
-        self, request: ledger_admin_pb2.OpenDisputeRequest, *, actor: str
-    ) -> ledger_admin_pb2.OpenDisputeResponse:
+    async def open(self, request: OpenDispute, canonical: bytes, *, actor: str) -> bytes:
+        """The OpenDisputeResponse's bytes. ``canonical``: the request's bytes without its
+        idempotency key, for the fingerprint."""
         key = request.idempotency_key
         require_idempotency_key(key)
         if not _REASON_CODE.match(request.reason_code):
             raise RequestError("reason_code must be 1 to 8 letters, digits or dots")
-        if not request.HasField("amount") or not 0 < request.amount.amount_minor <= (
-            AMOUNT_MAX_MINOR
-        ):
+        amount = request.amount_minor
+        if amount is None or not 0 < amount <= AMOUNT_MAX_MINOR:
             raise RequestError("amount must be positive")
-        fingerprint = self.keys.fingerprint(b"dispute-open:" + _canonical(request))
-        replay = await self._replay(
-            ADMIN_SOURCE, key, fingerprint, ledger_admin_pb2.OpenDisputeResponse.FromString
-        )
+        fingerprint = self.keys.fingerprint(b"dispute-open:" + canonical)
+        replay = await self._replay(ADMIN_SOURCE, key, fingerprint)
         if replay is not None:
             return replay
         if not identifier_ok(
@@ -154,9 +152,8 @@ class DisputeService:
             raise NotFound(
                 f"no posted clearing {request.clearing_source}/{request.clearing_message_id}"
             )
-        amount = request.amount.amount_minor
-        if request.amount.asset != clearing.asset:
-            raise RequestError(f"the clearing was in {clearing.asset}, not {request.amount.asset}")
+        if request.asset != clearing.asset:
+            raise RequestError(f"the clearing was in {clearing.asset}, not {request.asset}")
         program = await self.catalog.program(clearing.program_id)
         on_ledger = _on_ledger(program)
         if request.provisional_credit and not on_ledger:
@@ -175,7 +172,7 @@ class DisputeService:
                     "disputed"
                 )
             now = self.clock.now()
-            dispute = _new_dispute(clearing, request, plan, on_ledger, now)
+            dispute = _new_dispute(clearing, amount, request.reason_code, plan, on_ledger, now)
             step = _Step(
                 dispute, DisputeStep.OPEN, None, plan, ADMIN_SOURCE, key, fingerprint,
                 {"actor": actor, "reason_code": request.reason_code},
@@ -188,27 +185,21 @@ class DisputeService:
                     cleared_minor=clearing.amount_minor,
                 ),
             )  # fmt: skip
-            posted = await self._write(step, program, _admin_response(step, _open_response))
+            posted = await self._write(step, program, _admin_response(step, self.replies.opened))
             if posted.status is not PostStatus.CONFLICT:
-                return self._stored(posted, fingerprint, ledger_admin_pb2.OpenDisputeResponse)
+                return self._stored(posted, fingerprint)
         raise InternalError("the dispute could not be opened: its clearing kept changing")
 
-    async def resolve(
-        self, request: ledger_admin_pb2.ResolveDisputeRequest, *, actor: str
-    ) -> ledger_admin_pb2.ResolveDisputeResponse:
+    async def resolve(self, request: ResolveDispute, canonical: bytes, *, actor: str) -> bytes:
+        """The ResolveDisputeResponse's bytes. ``canonical``: the request's bytes without its
+        idempotency key, for the fingerprint."""
         key = request.idempotency_key
         require_idempotency_key(key)
-        outcomes = {
-            ledger_admin_pb2.DISPUTE_OUTCOME_CARDHOLDER_WON: DisputeStep.CARDHOLDER_WON,
-            ledger_admin_pb2.DISPUTE_OUTCOME_MERCHANT_WON: DisputeStep.MERCHANT_WON,
-        }
-        step = outcomes.get(request.outcome)
-        if step is None:
+        if request.outcome is None:
             raise RequestError("outcome must be CARDHOLDER_WON or MERCHANT_WON")
-        fingerprint = self.keys.fingerprint(b"dispute-resolve:" + _canonical(request))
-        replay = await self._replay(
-            ADMIN_SOURCE, key, fingerprint, ledger_admin_pb2.ResolveDisputeResponse.FromString
-        )
+        step = _OUTCOME_STEP[request.outcome]
+        fingerprint = self.keys.fingerprint(b"dispute-resolve:" + canonical)
+        replay = await self._replay(ADMIN_SOURCE, key, fingerprint)
         if replay is not None:
             return replay
         for _ in range(PLAN_ATTEMPTS_MAX):
@@ -219,50 +210,35 @@ class DisputeService:
                 raise PreconditionFailed(str(exc)) from None
             program = await self.catalog.program(dispute.program_id)
             posted = await self._write(
-                planned, program, _admin_response(planned, _resolve_response)
+                planned, program, _admin_response(planned, self.replies.resolved)
             )
             if posted.status is not PostStatus.CONFLICT:
-                return self._stored(posted, fingerprint, ledger_admin_pb2.ResolveDisputeResponse)
+                return self._stored(posted, fingerprint)
         raise InternalError("the dispute could not be resolved: it kept changing")
 
-    async def get(self, dispute_id: str) -> ledger_admin_pb2.GetDisputeResponse:
+    async def get(self, dispute_id: str) -> tuple[DisputeRow, list[DisputeEventRow]]:
+        """A dispute and its history, oldest step first."""
         dispute = await self.disputes.get(dispute_id)
-        response = ledger_admin_pb2.GetDisputeResponse(dispute=dispute_message(dispute))
-        for event in await self.disputes.events(dispute.id):
-            message = response.events.add(
-                step=event.step,
-                from_status=(_STATUS[DisputeStatus(event.from_status)] if event.from_status else 0),
-                to_status=_STATUS[DisputeStatus(event.to_status)],
-                amount=common_pb2.Money(amount_minor=event.amount_minor, asset=dispute.asset),
-                entry_id=event.entry_id or "",
-                source=event.source,
-                message_id=event.message_id,
-            )
-            message.created_at.FromDatetime(event.created_at)
-        return response
+        return dispute, await self.disputes.events(dispute.id)
 
     # -- the network ----------------------------------------------------------------------
 
-    async def chargeback(
-        self, request: pb.ChargebackRequest, canonical: bytes
-    ) -> pb.ChargebackResponse:
+    async def chargeback(self, request: DisputeNetworkStep, canonical: bytes) -> bytes:
+        """The ChargebackResponse's bytes (``canonical``: the request's, for the fingerprint)."""
         return await self._network(
-            request, canonical, DisputeStep.CHARGEBACK, pb.ChargebackResponse,
-            pb.ChargebackResponse.FromString,
-        )  # fmt: skip
+            request, canonical, DisputeStep.CHARGEBACK, self.replies.chargeback
+        )
 
-    async def represent(
-        self, request: pb.RepresentRequest, canonical: bytes
-    ) -> pb.RepresentResponse:
+    async def represent(self, request: DisputeNetworkStep, canonical: bytes) -> bytes:
+        """The RepresentResponse's bytes (``canonical``: the request's, for the fingerprint)."""
         return await self._network(
-            request, canonical, DisputeStep.REPRESENTMENT, pb.RepresentResponse,
-            pb.RepresentResponse.FromString,
-        )  # fmt: skip
+            request, canonical, DisputeStep.REPRESENTMENT, self.replies.represent
+        )
 
     async def _network(
-        self, request: pb.ChargebackRequest | pb.RepresentRequest, canonical: bytes,
-        step: DisputeStep, cls: type[_N], parse: Callable[[bytes], _N],
-    ) -> _N:  # fmt: skip
+        self, request: DisputeNetworkStep, canonical: bytes, step: DisputeStep,
+        encode: Callable[[NetworkStepAnswer], bytes],
+    ) -> bytes:  # fmt: skip
         if (
             not identifier_ok(request.source, SOURCE_LEN_MAX, required=True)
             or not identifier_ok(request.message_id, MESSAGE_ID_LEN_MAX, required=True)
@@ -271,33 +247,26 @@ class DisputeService:
             )
             or not (request.reason_code == "" or _REASON_CODE.match(request.reason_code))
             or parse_id(request.dispute_id) is None
-            or not request.HasField("amount")
-            or request.amount.asset not in self.catalog.assets
+            or request.amount_minor is None
+            or request.asset not in self.catalog.assets
         ):
-            return cls(response_code=Code.FORMAT_ERROR)
+            return encode(NetworkStepAnswer(Code.FORMAT_ERROR))
         fingerprint = self.keys.fingerprint(canonical)
         stored = await self.poster.holds.find_decision(request.source, request.message_id)
         if stored is not None:
             return (
-                parse(stored.response)
+                stored.response
                 if stored.fingerprint == fingerprint
-                else cls(response_code=Code.DUPLICATE_MISMATCH)
+                else encode(NetworkStepAnswer(Code.DUPLICATE_MISMATCH))
             )
         for _ in range(PLAN_ATTEMPTS_MAX):
             dispute = await self.disputes.find(request.dispute_id)
             if dispute is None:
-                posted = await self._refuse(request, fingerprint, cls(response_code=Code.NO_RECORD))
-            elif (request.amount.amount_minor, request.amount.asset) != (
-                dispute.amount_minor, dispute.asset,
-            ):  # fmt: skip
+                posted = await self._refuse(request, fingerprint, encode, Code.NO_RECORD)
+            elif (request.amount_minor, request.asset) != (dispute.amount_minor, dispute.asset):
                 posted = await self._refuse(
-                    request, fingerprint,
-                    cls(
-                        response_code=Code.INVALID_AMOUNT,
-                        status=_STATUS[DisputeStatus(dispute.status)],
-                    ),
-                    dispute,
-                )  # fmt: skip
+                    request, fingerprint, encode, Code.INVALID_AMOUNT, dispute
+                )
             else:
                 try:
                     planned = self._plan(
@@ -307,34 +276,33 @@ class DisputeService:
                     )  # fmt: skip
                 except ImpossibleStep:
                     posted = await self._refuse(
-                        request, fingerprint,
-                        cls(
-                            response_code=Code.INVALID_TRANSACTION,
-                            status=_STATUS[DisputeStatus(dispute.status)],
-                        ),
-                        dispute,
-                    )  # fmt: skip
+                        request, fingerprint, encode, Code.INVALID_TRANSACTION, dispute
+                    )
                 else:
                     program = await self.catalog.program(dispute.program_id)
-                    posted = await self._write(planned, program, _network_response(planned, cls))
+                    posted = await self._write(planned, program, _network_response(planned, encode))
             if posted.status is not PostStatus.CONFLICT:
                 assert posted.decision is not None
                 if posted.decision.fingerprint != fingerprint:
-                    return cls(response_code=Code.DUPLICATE_MISMATCH)
-                return parse(posted.decision.response)
+                    return encode(NetworkStepAnswer(Code.DUPLICATE_MISMATCH))
+                return posted.decision.response
         raise InternalError("the dispute step could not be planned: the dispute kept changing")
 
     async def _refuse(
-        self, request: pb.ChargebackRequest | pb.RepresentRequest, fingerprint: bytes,
-        response: _Response, dispute: DisputeRow | None = None,
+        self, request: DisputeNetworkStep, fingerprint: bytes,
+        encode: Callable[[NetworkStepAnswer], bytes], response_code: str,
+        dispute: DisputeRow | None = None,
     ) -> Posted:  # fmt: skip
-        """Record a refused network step, so that its retries get the same answer."""
+        """Record a refused network step, so that its retries get the same answer (with the
+        dispute's status when there is a dispute)."""
+        assert request.amount_minor is not None  # checked before any step is planned
         decision_id = str(uuid.uuid4())
-        setattr(response, "decision_id", decision_id)  # noqa: B010 - either response type
+        status = DisputeStatus(dispute.status) if dispute is not None else None
+        response = encode(NetworkStepAnswer(response_code, status, decision_id=decision_id))
         record = _decision(
             request.source, request.message_id, fingerprint, response, decision_id,
-            self.clock.now(), dispute, amount_minor=request.amount.amount_minor,
-            response_code=getattr(response, "response_code", ""),
+            self.clock.now(), dispute, amount_minor=request.amount_minor,
+            response_code=response_code,
         )  # fmt: skip
         return await self.poster.record(LedgerWrite(decision=record))
 
@@ -351,26 +319,25 @@ class DisputeService:
         after = _replace(dispute, plan, self.clock.now())
         return _Step(after, step, current, plan, source, message_id, fingerprint, dict(detail))
 
-    async def _replay(
-        self, source: str, message_id: str, fingerprint: bytes, parse: Callable[[bytes], _A]
-    ) -> _A | None:
+    async def _replay(self, source: str, message_id: str, fingerprint: bytes) -> bytes | None:
+        """The reply stored with an operator's step already made, as it was stored."""
         stored = await self.poster.holds.find_decision(source, message_id)
         if stored is None:
             return None
         if stored.fingerprint != fingerprint:
             raise PreconditionFailed("idempotency_key was used for another change")
-        return parse(stored.response)
+        return stored.response
 
     @staticmethod
-    def _stored(posted: Posted, fingerprint: bytes, cls: type[_A]) -> _A:
+    def _stored(posted: Posted, fingerprint: bytes) -> bytes:
         assert posted.decision is not None
         if posted.decision.fingerprint != fingerprint:
             raise PreconditionFailed("idempotency_key was used for another change")
-        return cls.FromString(posted.decision.response)
+        return posted.decision.response
 
     async def _write(
         self, step: _Step, program: ProgramRow,
-        respond: Callable[[str, str, Balance | None], _Response],
+        respond: Callable[[str, str, Balance | None], bytes],
     ) -> Posted:  # fmt: skip
         """Write one step: through the cache when it changes the cardholder's balance."""
         dispute = step.dispute
@@ -469,15 +436,6 @@ def _step_change(step: _Step, entry_id: str | None) -> DisputeChange:
     )  # fmt: skip
 
 
-def _canonical(
-    request: ledger_admin_pb2.OpenDisputeRequest | ledger_admin_pb2.ResolveDisputeRequest,
-) -> bytes:
-    """The request without its idempotency key, for the fingerprint."""
-    copy = type(request).FromString(request.SerializeToString(deterministic=True))
-    copy.idempotency_key = ""
-    return copy.SerializeToString(deterministic=True)
-
-
 def _on_ledger(program: ProgramRow) -> bool:
     """Whether the program's card balances are on authswitch's ledger (on-ledger, or an
     off-ledger program keeping a shadow ledger)."""
@@ -487,15 +445,15 @@ def _on_ledger(program: ProgramRow) -> bool:
 
 
 def _new_dispute(
-    clearing: ClearingRow, request: ledger_admin_pb2.OpenDisputeRequest, plan: StepPlan,
+    clearing: ClearingRow, amount_minor: int, reason_code: str, plan: StepPlan,
     on_ledger: bool, now: datetime,
 ) -> DisputeRow:  # fmt: skip
     return DisputeRow(
         id=str(uuid.uuid4()), program_id=clearing.program_id, account_id=clearing.account_id,
         card_id=clearing.card_id, clearing_source=clearing.source,
         clearing_message_id=clearing.message_id, network_reference=clearing.network_reference,
-        asset=clearing.asset, amount_minor=request.amount.amount_minor,
-        reason_code=request.reason_code, status=plan.status.value,
+        asset=clearing.asset, amount_minor=amount_minor,
+        reason_code=reason_code, status=plan.status.value,
         provisional_minor=plan.provisional_minor, on_ledger=on_ledger, created_at=now,
         updated_at=now,
     )  # fmt: skip
@@ -514,7 +472,7 @@ def _replace(dispute: DisputeRow, plan: StepPlan, now: datetime) -> DisputeRow:
 
 
 def _decision(
-    source: str, message_id: str, fingerprint: bytes, response: _Response, decision_id: str,
+    source: str, message_id: str, fingerprint: bytes, response: bytes, decision_id: str,
     now: datetime, dispute: DisputeRow | None, *, amount_minor: int,
     response_code: str = Code.APPROVED,
 ) -> DecisionRecord:  # fmt: skip
@@ -527,38 +485,26 @@ def _decision(
         approved_minor=amount_minor if approved else 0, fee_minor=0,
         response_code=response_code,
         reason=int(Reason.APPROVED if approved else Reason.TRANSACTION_NOT_PERMITTED),
-        response=response.SerializeToString(), created_at=now,
+        response=response, created_at=now,
     )  # fmt: skip
 
 
-def _open_response(
-    dispute: ledger_admin_pb2.Dispute, balance: common_pb2.Balance | None
-) -> ledger_admin_pb2.OpenDisputeResponse:
-    return ledger_admin_pb2.OpenDisputeResponse(dispute=dispute, balance=balance)
-
-
-def _resolve_response(
-    dispute: ledger_admin_pb2.Dispute, balance: common_pb2.Balance | None
-) -> ledger_admin_pb2.ResolveDisputeResponse:
-    return ledger_admin_pb2.ResolveDisputeResponse(dispute=dispute, balance=balance)
-
-
 def _admin_response(
-    step: _Step,
-    make: Callable[[ledger_admin_pb2.Dispute, common_pb2.Balance | None], _A],
-) -> Callable[[str, str, Balance | None], _A]:
-    def respond(_decision_id: str, _entry_id: str, balance: Balance | None) -> _A:
-        message = balance_message(step.dispute.asset, balance) if balance is not None else None
-        return make(dispute_message(step.dispute), message)
+    step: _Step, encode: Callable[[DisputeRow, Balance | None], bytes]
+) -> Callable[[str, str, Balance | None], bytes]:
+    def respond(_decision_id: str, _entry_id: str, balance: Balance | None) -> bytes:
+        return encode(step.dispute, balance)
 
     return respond
 
 
-def _network_response(step: _Step, cls: type[_N]) -> Callable[[str, str, Balance | None], _N]:
-    def respond(decision_id: str, entry_id: str, _balance: Balance | None) -> _N:
-        return cls(
-            response_code=Code.APPROVED, status=_STATUS[DisputeStatus(step.dispute.status)],
-            decision_id=decision_id, entry_id=entry_id,
-        )  # fmt: skip
+def _network_response(
+    step: _Step, encode: Callable[[NetworkStepAnswer], bytes]
+) -> Callable[[str, str, Balance | None], bytes]:
+    def respond(decision_id: str, entry_id: str, _balance: Balance | None) -> bytes:
+        status = DisputeStatus(step.dispute.status)
+        return encode(
+            NetworkStepAnswer(Code.APPROVED, status, entry_id=entry_id, decision_id=decision_id)
+        )
 
     return respond

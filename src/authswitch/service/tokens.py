@@ -12,6 +12,7 @@ from authswitch.adapters.postgres.tokens import TokenMatch, TokenRow, TokenStore
 from authswitch.domain.authorization import CardStatus, PreChecks
 from authswitch.domain.cards import expiry_valid_format, is_expired, pan_valid
 from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.messages.tokens import ProvisionAnswer, ProvisionToken
 from authswitch.domain.records import Notification
 from authswitch.domain.tokens import (
     DEFAULT_POLICY,
@@ -25,7 +26,6 @@ from authswitch.errors import RequestError
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
-from authswitch.v1 import authorization_pb2 as pb
 
 __all__ = ["DECLINES_WINDOW", "TokenService"]
 
@@ -63,7 +63,7 @@ class TokenService:
 
     # -- provisioning ------------------------------------------------------------------------
 
-    async def provision(self, request: pb.ProvisionTokenRequest) -> pb.ProvisionTokenResponse:
+    async def provision(self, request: ProvisionToken) -> ProvisionAnswer:
         if not (
             pan_valid(request.pan)
             and pan_valid(request.token)
@@ -72,7 +72,7 @@ class TokenService:
             and len(request.token_requestor_id) == _TOKEN_REQUESTOR_DIGITS
             and request.token_requestor_id.isdigit()
             and (not request.cvv2 or (request.cvv2.isdigit() and 3 <= len(request.cvv2) <= 4))
-            and (not request.HasField("wallet_risk_score") or 0 <= request.wallet_risk_score <= 99)
+            and (request.wallet_risk_score is None or 0 <= request.wallet_risk_score <= 99)
         ):
             raise RequestError(
                 "pan and token are 12-19 digit card numbers, expiry and token_expiry YYMM, "
@@ -107,9 +107,8 @@ class TokenService:
             else:
                 policy = await self.tokens.policy(card.product_id) or DEFAULT_POLICY
                 declines = await self.tokens.declines_since(card.card_id, now - DECLINES_WINDOW)
-        score = request.wallet_risk_score if request.HasField("wallet_risk_score") else None
         decision, detail = provisioning_decision(
-            problem, policy, declines_24h=declines, wallet_risk_score=score
+            problem, policy, declines_24h=declines, wallet_risk_score=request.wallet_risk_score
         )
         if decision is TokenDecision.DECLINE or card is None:
             log.info("token provisioning declined", extra={"detail": detail})
@@ -161,20 +160,13 @@ class TokenService:
         await self.tokens.set_policy(product_id, policy, actor)
 
 
-def _response(
-    decision: TokenDecision, detail: str, row: TokenRow | None = None
-) -> pb.ProvisionTokenResponse:
-    response = pb.ProvisionTokenResponse(
-        decision=int(decision),  # type: ignore[arg-type]
-        detail=detail,
-    )
-    if row is not None:
-        response.token_id = row.token_id
-        response.status = row.status.value  # type: ignore[assignment]
-    return response
+def _response(decision: TokenDecision, detail: str, row: TokenRow | None = None) -> ProvisionAnswer:
+    if row is None:
+        return ProvisionAnswer(decision, detail)
+    return ProvisionAnswer(decision, detail, row.token_id, row.status)
 
 
-def _existing(row: TokenRow) -> pb.ProvisionTokenResponse:
+def _existing(row: TokenRow) -> ProvisionAnswer:
     decision = {
         TokenStatus.ACTIVE: TokenDecision.APPROVE,
         TokenStatus.INACTIVE: TokenDecision.REQUIRE_STEP_UP,

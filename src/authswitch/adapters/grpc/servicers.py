@@ -17,6 +17,19 @@ from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.bounded import merchant_too_long
 from authswitch.adapters.grpc.codec.authorization import authorization_request_of
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message
+from authswitch.adapters.grpc.codec.disputes import (
+    dispute_history_message,
+    keyless_bytes,
+    network_step_of,
+    open_dispute_of,
+    resolve_dispute_of,
+)
+from authswitch.adapters.grpc.codec.tokens import (
+    card_tokens_message,
+    provision_message,
+    provision_token_of,
+    token_policy_of,
+)
 from authswitch.adapters.grpc.controls import (
     control_subject,
     controls_from_message,
@@ -44,7 +57,7 @@ from authswitch.domain.offledger import (
     deadline_ms_of,
 )
 from authswitch.domain.reports import valid_prefix
-from authswitch.domain.tokens import TokenPolicy, TokenStatus
+from authswitch.domain.tokens import TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
 from authswitch.futures import cancel_requested
 from authswitch.service.accounts import AccountService
@@ -252,7 +265,7 @@ class AuthorizationServicer(_Ready):
     async def ProvisionToken(  # noqa: N802
         self, request: authorization_pb2.ProvisionTokenRequest, context: Context
     ) -> authorization_pb2.ProvisionTokenResponse:
-        return await self.service.tokens.provision(request)
+        return provision_message(await self.service.tokens.provision(provision_token_of(request)))
 
     @grpc_errors
     async def Credit(  # noqa: N802
@@ -263,16 +276,18 @@ class AuthorizationServicer(_Ready):
     @grpc_errors
     async def Chargeback(  # noqa: N802
         self, request: authorization_pb2.ChargebackRequest, context: Context
-    ) -> authorization_pb2.ChargebackResponse:
+    ) -> bytes:
         return await self.disputes.chargeback(
-            request, request.SerializeToString(deterministic=True)
+            network_step_of(request), request.SerializeToString(deterministic=True)
         )
 
     @grpc_errors
     async def Represent(  # noqa: N802
         self, request: authorization_pb2.RepresentRequest, context: Context
-    ) -> authorization_pb2.RepresentResponse:
-        return await self.disputes.represent(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.disputes.represent(
+            network_step_of(request), request.SerializeToString(deterministic=True)
+        )
 
 
 class LedgerAdminServicer(_Ready):
@@ -785,17 +800,9 @@ class LedgerAdminServicer(_Ready):
     async def SetTokenPolicy(  # noqa: N802
         self, request: ledger_admin_pb2.SetTokenPolicyRequest, context: Context
     ) -> ledger_admin_pb2.SetTokenPolicyResponse:
-        step_up = request.step_up_risk_score_min
-        decline = request.decline_risk_score_min
-        policy = TokenPolicy(
-            tokens_allowed=request.tokens_allowed,
-            step_up_always=request.step_up_always,
-            step_up_declines_min=request.step_up_declines_min,
-            decline_declines_min=request.decline_declines_min,
-            step_up_risk_score_min=step_up if request.HasField("step_up_risk_score_min") else None,
-            decline_risk_score_min=decline if request.HasField("decline_risk_score_min") else None,
+        await self.service.tokens.set_policy(
+            request.product_id, token_policy_of(request), actor=_actor(context)
         )
-        await self.service.tokens.set_policy(request.product_id, policy, actor=_actor(context))
         return ledger_admin_pb2.SetTokenPolicyResponse()
 
     @grpc_errors
@@ -817,15 +824,7 @@ class LedgerAdminServicer(_Ready):
     async def ListCardTokens(  # noqa: N802
         self, request: ledger_admin_pb2.ListCardTokensRequest, context: Context
     ) -> ledger_admin_pb2.ListCardTokensResponse:
-        response = ledger_admin_pb2.ListCardTokensResponse()
-        for row in await self.service.tokens.of_card(request.card_id):
-            token = response.tokens.add(
-                token_id=row.token_id, card_id=row.card_id, last_four=row.last_four,
-                expiry=row.expiry_yymm, token_requestor_id=row.token_requestor_id,
-                status=row.status.value,
-            )  # fmt: skip
-            token.created_at.FromDatetime(row.created_at)
-        return response
+        return card_tokens_message(await self.service.tokens.of_card(request.card_id))
 
     @grpc_errors
     async def GetUsage(  # noqa: N802
@@ -949,20 +948,24 @@ class LedgerAdminServicer(_Ready):
     @grpc_errors
     async def OpenDispute(  # noqa: N802
         self, request: ledger_admin_pb2.OpenDisputeRequest, context: Context
-    ) -> ledger_admin_pb2.OpenDisputeResponse:
-        return await self.disputes.open(request, actor=_actor(context))
+    ) -> bytes:
+        return await self.disputes.open(
+            open_dispute_of(request), keyless_bytes(request), actor=_actor(context)
+        )
 
     @grpc_errors
     async def ResolveDispute(  # noqa: N802
         self, request: ledger_admin_pb2.ResolveDisputeRequest, context: Context
-    ) -> ledger_admin_pb2.ResolveDisputeResponse:
-        return await self.disputes.resolve(request, actor=_actor(context))
+    ) -> bytes:
+        return await self.disputes.resolve(
+            resolve_dispute_of(request), keyless_bytes(request), actor=_actor(context)
+        )
 
     @grpc_errors
     async def GetDispute(  # noqa: N802
         self, request: ledger_admin_pb2.GetDisputeRequest, context: Context
     ) -> ledger_admin_pb2.GetDisputeResponse:
-        return await self.disputes.get(request.dispute_id)
+        return dispute_history_message(*await self.disputes.get(request.dispute_id))
 
     @grpc_errors
     async def CreateFileSchedule(  # noqa: N802
