@@ -26,6 +26,7 @@ from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
 from authswitch.adapters.grpc.access import AccessPolicy
 from authswitch.adapters.grpc.admission import Admission
+from authswitch.adapters.grpc.codec.admin import AdminReplies
 from authswitch.adapters.grpc.codec.authorization import AuthorizeReplies
 from authswitch.adapters.grpc.codec.disputes import DisputeReplyEncoder
 from authswitch.adapters.grpc.health_port import start_health_port
@@ -332,6 +333,7 @@ class Application:
             sync=sync,
             poster=poster,
             clock=self.clock,
+            replies=AdminReplies(),
         )
         self.poster = poster
         self.lifecycle = LifecycleService(

@@ -22,9 +22,6 @@ RULES = {
 # messages go through authswitch.adapters.grpc.codec.
 PENDING = frozenset(
     {
-        "service/accounts.py",
-        "service/admin.py",
-        "service/files.py",
         "service/lifecycle.py",
     }
 )

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Protocol
 
 from authswitch import metrics
-from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.ledger import AccountRow
 from authswitch.adapters.postgres.ownership import Holder, HolderStore
 from authswitch.domain import postings
 from authswitch.domain.codes import Reason
+from authswitch.domain.messages.admin import Transfer, TransferAnswer
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.postings import Origin
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
@@ -33,9 +34,8 @@ from authswitch.service.admin import (
     require_idempotency_key,
 )
 from authswitch.service.posting import PostStatus
-from authswitch.v1 import ledger_admin_pb2
 
-__all__ = ["KIND_TRANSFER", "AccountService"]
+__all__ = ["KIND_TRANSFER", "AccountService", "TransferReplies"]
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +43,26 @@ KIND_TRANSFER = "TRANSFER"
 DESCRIPTION_LEN_MAX = 200
 
 
+class TransferReplies(Protocol):
+    """How an approved transfer's reply is encoded, to be stored with its decision (and
+    sent again as it is to a retry)."""
+
+    def transfer(self, answer: TransferAnswer) -> bytes: ...
+
+
 class AccountService:
     """Built on the admin service's stores, cache and poster."""
 
-    def __init__(self, admin: AdminService) -> None:
+    def __init__(self, admin: AdminService, replies: TransferReplies) -> None:
         self.admin = admin
+        self.replies = replies
         self.holders = HolderStore(admin.ledger.pool)
 
-    async def transfer(
-        self, request: ledger_admin_pb2.TransferRequest, *, fingerprint: bytes, actor: str
-    ) -> ledger_admin_pb2.TransferResponse:
+    async def transfer(self, request: Transfer, *, fingerprint: bytes, actor: str) -> bytes:
+        """Move money between two accounts of one customer; the reply's bytes, as stored
+        with the decision."""
         admin = self.admin
-        asset, amount = request.amount.asset, request.amount.amount_minor
+        asset, amount = request.asset, request.amount_minor
         key = request.idempotency_key
         description = self._checked_description(request)
         stored = await admin.holds.find_decision(ADMIN_SOURCE, key)
@@ -65,7 +73,7 @@ class AccountService:
             if stored.reason != Reason.APPROVED:
                 raise PreconditionFailed("insufficient available balance in the source account")
             await self._reload(request.to_account_id)
-            return ledger_admin_pb2.TransferResponse.FromString(stored.response)
+            return stored.response
         source, target, program = await self._parties(request)
 
         now = admin.clock.now()
@@ -81,9 +89,7 @@ class AccountService:
         build = admin_write(
             movement, decision_id, key, KIND_TRANSFER, fingerprint, source.id, asset, amount,
             now,
-            lambda balance: ledger_admin_pb2.TransferResponse(
-                entry_id=entry_id, from_balance=balance_message(asset, balance)
-            ).SerializeToString(),
+            lambda balance: self.replies.transfer(TransferAnswer(entry_id, asset, balance)),
         )  # fmt: skip
         posted = await admin.poster.post(
             movement.change, source=ADMIN_SOURCE, message_id=key, fingerprint=fingerprint,
@@ -101,12 +107,12 @@ class AccountService:
                  "idempotency_key": key, "entry_id": entry_id},
             )  # fmt: skip
         await self._reload(target.id)
-        return ledger_admin_pb2.TransferResponse.FromString(decision.response)
+        return decision.response
 
-    def _checked_description(self, request: ledger_admin_pb2.TransferRequest) -> str:
+    def _checked_description(self, request: Transfer) -> str:
         """The transfer's description, once the request is found well-formed; a bad request
         raises RequestError."""
-        asset, amount = request.amount.asset, request.amount.amount_minor
+        asset, amount = request.asset, request.amount_minor
         require_idempotency_key(request.idempotency_key)
         if not 0 < amount <= AMOUNT_MAX_MINOR:
             raise RequestError(f"amount must be 1..{AMOUNT_MAX_MINOR} minor units")
@@ -119,13 +125,11 @@ class AccountService:
             raise RequestError("from_account_id and to_account_id are the same account")
         return description
 
-    async def _parties(
-        self, request: ledger_admin_pb2.TransferRequest
-    ) -> tuple[AccountRow, AccountRow, ProgramRow]:
+    async def _parties(self, request: Transfer) -> tuple[AccountRow, AccountRow, ProgramRow]:
         """The source and destination accounts and their programme, once a transfer between
         them is found allowed: customer accounts of one customer in one on-ledger programme,
         the destination holding the asset."""
-        ledger, asset = self.admin.ledger, request.amount.asset
+        ledger, asset = self.admin.ledger, request.asset
         source = await ledger.account(request.from_account_id)
         target = await ledger.account(request.to_account_id)
         if source.kind != "CUSTOMER" or target.kind != "CUSTOMER":

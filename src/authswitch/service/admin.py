@@ -10,8 +10,8 @@ import zoneinfo
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
-from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import CatalogStore
@@ -46,6 +46,7 @@ from authswitch.domain.credits import ORIGINAL_CREDIT
 from authswitch.domain.fees import FeeRule, Stage
 from authswitch.domain.ledger import Balance
 from authswitch.domain.limits import Limit
+from authswitch.domain.messages.admin import Adjustment, AdjustmentAnswer
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
 from authswitch.domain.networkdata import PosEntryMode
 from authswitch.domain.offledger import ClientRouting, StandInPolicy
@@ -64,9 +65,8 @@ from authswitch.service.clock import Clock
 from authswitch.service.fx import FxAdmin
 from authswitch.service.posting import Posted, Poster, PostStatus
 from authswitch.service.tokens import TokenService
-from authswitch.v1 import ledger_admin_pb2
 
-__all__ = ["ADMIN_SOURCE", "AdminService", "CreatedCard"]
+__all__ = ["ADMIN_SOURCE", "AdjustmentReplies", "AdminService", "CreatedCard"]
 
 # Admin adjustments share the decisions table; their idempotency keys live under this source.
 ADMIN_SOURCE = "admin"
@@ -157,6 +157,15 @@ def require_idempotency_key(key: str) -> None:
         )
 
 
+class AdjustmentReplies(Protocol):
+    """How an approved adjustment's reply is encoded, to be stored with its decision (and
+    sent again as it is to a retry)."""
+
+    def credit(self, answer: AdjustmentAnswer) -> bytes: ...
+
+    def debit(self, answer: AdjustmentAnswer) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CreatedCard:
     card_id: str
@@ -191,6 +200,7 @@ class AdminService:
         sync: CacheSync,
         poster: Poster,
         clock: Clock,
+        replies: AdjustmentReplies,
     ) -> None:
         self.keys = keys
         self.catalog_store = catalog_store
@@ -203,6 +213,7 @@ class AdminService:
         self.sync = sync
         self.poster = poster
         self.clock = clock
+        self.replies = replies
         self.tokens = TokenService(keys=keys, catalog=catalog, cards=cards, clock=clock)
         self.fx = FxAdmin(catalog)
 
@@ -653,26 +664,15 @@ class AdminService:
     async def balances(self, account_id: str) -> dict[str, Balance]:
         return await self.ledger.balances(account_id)
 
-    async def adjust(
-        self,
-        *,
-        account_id: str,
-        asset: str,
-        amount_minor: int,
-        purpose: str,
-        idempotency_key: str,
-        description: str,
-        credit: bool,
-        allow_negative: bool,
-        fingerprint: bytes,
-        actor: str,
-    ) -> ledger_admin_pb2.CreditAccountResponse | ledger_admin_pb2.DebitAccountResponse:
+    async def adjust(self, order: Adjustment, *, fingerprint: bytes, actor: str) -> bytes:
         """Credit or debit a customer account against the program's clearing account (or,
-        for a fee, its fee income account)."""
+        for a fee, its fee income account); the reply's bytes, as stored with the decision."""
+        asset, amount_minor, purpose = order.asset, order.amount_minor, order.purpose
+        idempotency_key, credit = order.idempotency_key, order.credit
         description = self._checked_adjustment(
-            asset, amount_minor, purpose, idempotency_key, description, credit=credit
+            asset, amount_minor, purpose, idempotency_key, order.description, credit=credit
         )
-        account = await self.ledger.account(account_id)
+        account = await self.ledger.account(order.account_id)
         if account.kind != "CUSTOMER":
             raise PreconditionFailed("adjustments apply to customer accounts only")
         program = await self.catalog.program(account.program_id)
@@ -684,20 +684,14 @@ class AdminService:
         movement = postings.adjustment(
             account.id, asset, signed, counter, purpose,
             Origin(entry_id, program.id, now, ADMIN_SOURCE, idempotency_key, description),
-            requires_funds=not credit and not allow_negative,
+            requires_funds=not credit and not order.allow_negative,
         )  # fmt: skip
         kind = "CREDIT" if credit else "DEBIT"
-        response_type = (
-            ledger_admin_pb2.CreditAccountResponse
-            if credit
-            else ledger_admin_pb2.DebitAccountResponse
-        )
+        encode = self.replies.credit if credit else self.replies.debit
         build = admin_write(
             movement, decision_id, idempotency_key, kind, fingerprint, account.id, asset,
             amount_minor, now,
-            lambda balance: response_type(
-                entry_id=entry_id, balance=balance_message(asset, balance)
-            ).SerializeToString(),
+            lambda balance: encode(AdjustmentAnswer(entry_id, asset, balance)),
         )  # fmt: skip
         posted = await self.poster.post(
             movement.change, source=ADMIN_SOURCE, message_id=idempotency_key,
@@ -717,7 +711,7 @@ class AdminService:
             {"asset": asset, "amount_minor": amount_minor, "purpose": purpose,
              "idempotency_key": idempotency_key, "entry_id": entry_id},
         )  # fmt: skip
-        return response_type.FromString(decision.response)
+        return decision.response
 
     def _checked_adjustment(
         self, asset: str, amount_minor: int, purpose: str, idempotency_key: str,

@@ -31,53 +31,19 @@ from authswitch.domain.files import (
     valid_cron,
     valid_zone,
 )
+from authswitch.domain.messages.admin import NewFileSchedule, SftpDestination
 from authswitch.domain.reports import valid_prefix
 from authswitch.domain.retry import backoff_ms
 from authswitch.errors import NotFound, RequestError
 from authswitch.secrets import SecretStore
 from authswitch.service.clock import Clock
 from authswitch.service.reports import ReportWriter
-from authswitch.v1 import ledger_admin_pb2
 
 __all__ = ["DeliverySettings", "FileDeliveries", "FileSchedules"]
 
 log = logging.getLogger(__name__)
 
-_KINDS = {
-    ledger_admin_pb2.FILE_KIND_BALANCES: FileKind.BALANCES,
-    ledger_admin_pb2.FILE_KIND_TRANSACTIONS: FileKind.TRANSACTIONS,
-    ledger_admin_pb2.FILE_KIND_CHARGEBACKS: FileKind.CHARGEBACKS,
-    ledger_admin_pb2.FILE_KIND_SUBLEDGER: FileKind.SUBLEDGER,
-    ledger_admin_pb2.FILE_KIND_FBO: FileKind.FBO,
-    ledger_admin_pb2.FILE_KIND_SETTLEMENT: FileKind.SETTLEMENT,
-    ledger_admin_pb2.FILE_KIND_SUBLEDGER_SYNC: FileKind.SUBLEDGER_SYNC,
-}
-_WIRE_KINDS = {kind: wire for wire, kind in _KINDS.items()}
 ERROR_TEXT_MAX = 500
-
-
-def schedule_message(row: ScheduleRow) -> ledger_admin_pb2.FileSchedule:
-    message = ledger_admin_pb2.FileSchedule(
-        schedule_id=row.id,
-        kind=_WIRE_KINDS[row.file_kind],
-        client_id=row.client_id or "",
-        program_id=row.program_id or "",
-        cron=row.cron,
-        time_zone=row.time_zone,
-        prefix=row.prefix,
-        enabled=row.enabled,
-    )
-    if row.sink == "directory":
-        message.directory = row.directory
-    else:
-        message.sftp.CopyFrom(
-            ledger_admin_pb2.SftpDestination(
-                host=row.sftp_host, port=row.sftp_port, username=row.sftp_user,
-                key_secret=row.sftp_key_secret, known_hosts_secret=row.sftp_known_hosts_secret,
-                remote_dir=row.remote_dir,
-            )
-        )  # fmt: skip
-    return message
 
 
 class FileSchedules:
@@ -87,20 +53,19 @@ class FileSchedules:
         self.store = store
         self.clock = clock
 
-    async def create(
-        self, schedule: ledger_admin_pb2.FileSchedule, *, actor: str
-    ) -> ledger_admin_pb2.FileSchedule:
+    async def create(self, schedule: NewFileSchedule, *, actor: str) -> ScheduleRow:
+        """The schedule made, as stored."""
         kind, owner = _checked_kind_and_owner(schedule)
         destination = _checked_destination(schedule)
         schedule_id, created_at = str(uuid.uuid4()), self.clock.now()
-        sftp = schedule.sftp
+        sftp = schedule.sftp or SftpDestination()
         async with self.store.change() as change:
             zone = await _time_zone(change, kind, owner, schedule.time_zone)
             await change.insert(
                 ScheduleRow(
                     schedule_id, kind.value, owner if kind.of_client else None,
                     None if kind.of_client else owner, schedule.cron, zone, schedule.prefix,
-                    destination, schedule.directory, sftp.host, sftp.port or 22,
+                    destination, schedule.directory or "", sftp.host, sftp.port or 22,
                     sftp.username, sftp.key_secret, sftp.known_hosts_secret,
                     sftp.remote_dir or ".", True, created_at,
                 )
@@ -112,7 +77,7 @@ class FileSchedules:
                 actor, "create_file_schedule", schedule_id,
                 {"kind": kind.value, "cron": schedule.cron, "sink": destination},
             )  # fmt: skip
-        return schedule_message(await self.get(schedule_id))
+        return await self.get(schedule_id)
 
     async def get(self, schedule_id: str) -> ScheduleRow:
         parsed = parse_id(schedule_id)
@@ -128,16 +93,15 @@ class FileSchedules:
         client_id: str = "",
         limit: int = 1_000,
         after: tuple[datetime, str] | None = None,
-    ) -> list[tuple[ledger_admin_pb2.FileSchedule, datetime]]:
-        """Oldest first, each with its creation time; ``after`` is the (created_at, id) of
-        the last schedule of the previous page."""
+    ) -> list[ScheduleRow]:
+        """Oldest first; ``after`` is the (created_at, id) of the last schedule of the
+        previous page."""
         for value in (program_id, client_id):
             if value and parse_id(value) is None:
                 raise RequestError(f"{value!r} is not an id")
-        listed = await self.store.schedules(
+        return await self.store.schedules(
             program_id=program_id or None, client_id=client_id or None, limit=limit, after=after
         )
-        return [(schedule_message(row), row.created_at) for row in listed]
 
     async def set_enabled(self, schedule_id: str, enabled: bool, *, actor: str) -> None:
         await self.get(schedule_id)
@@ -148,11 +112,11 @@ class FileSchedules:
             )
 
 
-def _checked_kind_and_owner(schedule: ledger_admin_pb2.FileSchedule) -> tuple[FileKind, str]:
+def _checked_kind_and_owner(schedule: NewFileSchedule) -> tuple[FileKind, str]:
     """A new schedule's file kind and its owner's id (a client's for a balance report, a
     program's for every other file), its cron, time zone and prefix checked; RequestError
     on anything amiss."""
-    kind = _KINDS.get(schedule.kind)
+    kind = schedule.kind
     if kind is None:
         raise RequestError("kind must be a known file kind")
     if not valid_cron(schedule.cron):
@@ -173,15 +137,16 @@ def _checked_kind_and_owner(schedule: ledger_admin_pb2.FileSchedule) -> tuple[Fi
     return kind, owner
 
 
-def _checked_destination(schedule: ledger_admin_pb2.FileSchedule) -> str:
+def _checked_destination(schedule: NewFileSchedule) -> str:
     """A new schedule's destination, ``directory`` or ``sftp``, checked; RequestError on
     anything amiss."""
-    destination = schedule.WhichOneof("destination")
     sftp = schedule.sftp
-    if destination == "directory":
+    if schedule.directory is not None:
+        destination = "directory"
         if not schedule.directory.startswith("/"):
             raise RequestError("directory must be an absolute path on the server")
-    elif destination == "sftp":
+    elif sftp is not None:
+        destination = "sftp"
         if not sftp.host or not sftp.username:
             raise RequestError("sftp needs a host and a username")
         if not 0 <= sftp.port <= 65535:

@@ -15,6 +15,7 @@ from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.bounded import merchant_too_long
+from authswitch.adapters.grpc.codec.admin import AdminReplies, credit_of, debit_of, transfer_of
 from authswitch.adapters.grpc.codec.authorization import authorization_request_of
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.grpc.codec.disputes import (
@@ -24,6 +25,7 @@ from authswitch.adapters.grpc.codec.disputes import (
     open_dispute_of,
     resolve_dispute_of,
 )
+from authswitch.adapters.grpc.codec.files import new_file_schedule_of, schedule_message
 from authswitch.adapters.grpc.codec.tokens import (
     card_tokens_message,
     provision_message,
@@ -87,11 +89,6 @@ _ACCOUNT_TYPES = {
 _MODES = {
     common_pb2.LEDGER_MODE_ON_LEDGER: "ON_LEDGER",
     common_pb2.LEDGER_MODE_OFF_LEDGER: "OFF_LEDGER",
-}
-_PURPOSES = {
-    value: name.removeprefix("ADJUSTMENT_PURPOSE_")
-    for name, value in ledger_admin_pb2.AdjustmentPurpose.items()
-    if value
 }
 
 
@@ -453,44 +450,20 @@ class LedgerAdminServicer(_Ready):
     @grpc_errors
     async def CreditAccount(  # noqa: N802
         self, request: ledger_admin_pb2.CreditAccountRequest, context: Context
-    ) -> ledger_admin_pb2.CreditAccountResponse:
-        response = await self.service.adjust(
-            account_id=request.account_id,
-            asset=request.amount.asset,
-            amount_minor=request.amount.amount_minor,
-            purpose=_PURPOSES.get(request.purpose, ""),
-            idempotency_key=request.idempotency_key,
-            description=request.description,
-            credit=True,
-            allow_negative=False,
-            fingerprint=self.service.keys.fingerprint(
-                request.SerializeToString(deterministic=True)
-            ),
-            actor=_actor(context),
+    ) -> bytes:
+        fingerprint = self.service.keys.fingerprint(request.SerializeToString(deterministic=True))
+        return await self.service.adjust(
+            credit_of(request), fingerprint=fingerprint, actor=_actor(context)
         )
-        assert isinstance(response, ledger_admin_pb2.CreditAccountResponse)
-        return response
 
     @grpc_errors
     async def DebitAccount(  # noqa: N802
         self, request: ledger_admin_pb2.DebitAccountRequest, context: Context
-    ) -> ledger_admin_pb2.DebitAccountResponse:
-        response = await self.service.adjust(
-            account_id=request.account_id,
-            asset=request.amount.asset,
-            amount_minor=request.amount.amount_minor,
-            purpose=_PURPOSES.get(request.purpose, ""),
-            idempotency_key=request.idempotency_key,
-            description=request.description,
-            credit=False,
-            allow_negative=request.allow_negative,
-            fingerprint=self.service.keys.fingerprint(
-                request.SerializeToString(deterministic=True)
-            ),
-            actor=_actor(context),
+    ) -> bytes:
+        fingerprint = self.service.keys.fingerprint(request.SerializeToString(deterministic=True))
+        return await self.service.adjust(
+            debit_of(request), fingerprint=fingerprint, actor=_actor(context)
         )
-        assert isinstance(response, ledger_admin_pb2.DebitAccountResponse)
-        return response
 
     @grpc_errors
     async def GetBalances(  # noqa: N802
@@ -971,8 +944,8 @@ class LedgerAdminServicer(_Ready):
     async def CreateFileSchedule(  # noqa: N802
         self, request: ledger_admin_pb2.CreateFileScheduleRequest, context: Context
     ) -> ledger_admin_pb2.CreateFileScheduleResponse:
-        schedule = await self.files.create(request.schedule, actor=_actor(context))
-        return ledger_admin_pb2.CreateFileScheduleResponse(schedule=schedule)
+        row = await self.files.create(new_file_schedule_of(request.schedule), actor=_actor(context))
+        return ledger_admin_pb2.CreateFileScheduleResponse(schedule=schedule_message(row))
 
     @grpc_errors
     async def ListFileSchedules(  # noqa: N802
@@ -983,7 +956,7 @@ class LedgerAdminServicer(_Ready):
             program_id=request.program_id, client_id=request.client_id, limit=limit + 1,
             after=_time_key(request.page_token, "file_schedules"),
         )  # fmt: skip
-        items = [(s, (at.isoformat(), s.schedule_id)) for s, at in listed]
+        items = [(schedule_message(row), (row.created_at.isoformat(), row.id)) for row in listed]
         response = ledger_admin_pb2.ListFileSchedulesResponse()
         response.next_page_token = fill_page(
             response.schedules, items, limit=limit, kind="file_schedules"
@@ -1004,15 +977,17 @@ class LedgerAdminServicer(_Ready):
         admin = self.service
         built: AccountService | None = getattr(self, "_accounts", None)
         if built is None or built.admin is not admin:
-            built = self._accounts = AccountService(admin)
+            built = self._accounts = AccountService(admin, AdminReplies())
         return built
 
     @grpc_errors
     async def Transfer(  # noqa: N802
         self, request: ledger_admin_pb2.TransferRequest, context: Context
-    ) -> ledger_admin_pb2.TransferResponse:
+    ) -> bytes:
         fingerprint = self.service.keys.fingerprint(request.SerializeToString(deterministic=True))
-        return await self.accounts.transfer(request, fingerprint=fingerprint, actor=_actor(context))
+        return await self.accounts.transfer(
+            transfer_of(request), fingerprint=fingerprint, actor=_actor(context)
+        )
 
     @grpc_errors
     async def AddAccountHolder(  # noqa: N802
