@@ -422,9 +422,9 @@ class AdminService:
     ) -> int:  # fmt: skip
         """Add a version of a card's or an account's spend controls; returns its number."""
         if subject is ControlSubject.CARD:
-            product_id = (await self.cards.card(subject_id))["product_id"]
+            product_id = (await self.cards.details(subject_id)).product_id
         else:
-            product_id = (await self.ledger.account_details(subject_id))["product_id"]
+            product_id = (await self.ledger.account_details(subject_id)).product_id
             if not product_id:
                 raise RequestError("only a customer account of a product has spend controls")
         product = await self.catalog.product(product_id)

@@ -15,7 +15,20 @@ from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
 from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.bounded import merchant_too_long
-from authswitch.adapters.grpc.codec.admin import AdminReplies, credit_of, debit_of, transfer_of
+from authswitch.adapters.grpc.codec.admin import (
+    AdminReplies,
+    account_message,
+    card_message,
+    client_message,
+    credit_of,
+    debit_of,
+    delivery_message,
+    fx_rate_message,
+    history_entry_message,
+    holder_messages,
+    program_message,
+    transfer_of,
+)
 from authswitch.adapters.grpc.codec.authorization import authorization_request_of
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.grpc.codec.disputes import (
@@ -40,14 +53,12 @@ from authswitch.adapters.grpc.controls import (
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
 from authswitch.adapters.postgres.holds import HoldRow
-from authswitch.adapters.postgres.ownership import Holder
 from authswitch.domain.authorization import (
     CardStatus,
     PinTriesExceededAction,
 )
 from authswitch.domain.controls import in_force, next_scheduled
 from authswitch.domain.fees import FeeRule, Region, Stage
-from authswitch.domain.fx import FxRate
 from authswitch.domain.limits import Limit, Period, Subject
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import (
@@ -309,7 +320,7 @@ class LedgerAdminServicer(_Ready):
         after = _time_key(request.page_token, "clients")
         rows = await self.service.catalog_store.clients(limit=limit + 1, after=after)
         response = ledger_admin_pb2.ListClientsResponse()
-        items = [(_client_message(r), (r["created_at"].isoformat(), r["client_id"])) for r in rows]
+        items = [(client_message(r), (r.created_at.isoformat(), r.client_id)) for r in rows]
         response.next_page_token = fill_page(response.clients, items, limit=limit, kind="clients")
         return response
 
@@ -318,7 +329,7 @@ class LedgerAdminServicer(_Ready):
         self, request: ledger_admin_pb2.GetClientRequest, context: Context
     ) -> ledger_admin_pb2.GetClientResponse:
         row = await self.service.catalog_store.client(request.client_id)
-        return ledger_admin_pb2.GetClientResponse(client=_client_message(row))
+        return ledger_admin_pb2.GetClientResponse(client=client_message(row))
 
     @grpc_errors
     async def ListPrograms(  # noqa: N802
@@ -329,15 +340,7 @@ class LedgerAdminServicer(_Ready):
         rows = await self.service.catalog_store.programs(
             client_id=request.client_id, limit=limit + 1, after=after
         )
-        items = []
-        for row in rows:
-            message = ledger_admin_pb2.Program(
-                program_id=row["program_id"], client_id=row["client_id"], name=row["name"],
-                mode=common_pb2.LedgerMode.Value(f"LEDGER_MODE_{row['mode']}"),
-                time_zone=row["time_zone"], country=row["country"],
-            )  # fmt: skip
-            message.created_at.FromDatetime(row["created_at"])
-            items.append((message, (row["created_at"].isoformat(), row["program_id"])))
+        items = [(program_message(r), (r.created_at.isoformat(), r.program_id)) for r in rows]
         response = ledger_admin_pb2.ListProgramsResponse()
         response.next_page_token = fill_page(response.programs, items, limit=limit, kind="programs")
         return response
@@ -401,15 +404,7 @@ class LedgerAdminServicer(_Ready):
     ) -> ledger_admin_pb2.GetAccountResponse:
         row = await self.service.ledger.account_details(request.account_id)
         balances = await self.service.balances(request.account_id)
-        response = ledger_admin_pb2.GetAccountResponse(
-            account_id=row["account_id"], client_id=row["client_id"],
-            program_id=row["program_id"], product_id=row["product_id"], kind=row["kind"],
-            account_type=common_pb2.AccountType.Value(f"ACCOUNT_TYPE_{row['account_type']}"),
-            name=row["name"], reference=row["reference"], profile_id=row["profile_id"],
-            balances=[balance_message(asset, b) for asset, b in balances.items()],
-        )  # fmt: skip
-        response.created_at.FromDatetime(row["created_at"])
-        return response
+        return account_message(row, balances)
 
     @grpc_errors
     async def CreateCard(  # noqa: N802
@@ -511,24 +506,14 @@ class LedgerAdminServicer(_Ready):
         limit = page_size(request.page_size, default=50, maximum=500)
         before = _time_key(request.page_token, "history")
         rows = await self.service.ledger.history(request.account_id, before=before, limit=limit + 1)
-        converted = await self.service.fx.conversions(
-            [(row["source"], row["message_id"]) for row in rows]
-        )
-        items = []
-        for row in rows:
-            entry = ledger_admin_pb2.HistoryEntry(
-                kind=row["kind"],
-                asset=row["asset"] or "",
-                actual_delta_minor=row["actual_delta"],
-                authorized_delta_minor=row["authorized_delta"],
-                reference=row["reference"],
-                description=row["description"] or "",
+        converted = await self.service.fx.conversions([(r.source, r.message_id) for r in rows])
+        items = [
+            (
+                history_entry_message(r, converted.get((r.source, r.message_id))),
+                (r.at.isoformat(), r.reference),
             )
-            entry.at.FromDatetime(row["at"])
-            conversion = converted.get((row["source"], row["message_id"]))
-            if conversion is not None:
-                entry.fx.CopyFrom(fx_message(conversion))
-            items.append((entry, (row["at"].isoformat(), row["reference"])))
+            for r in rows
+        ]
         response = ledger_admin_pb2.ListAccountHistoryResponse()
         response.next_page_token = fill_page(response.entries, items, limit=limit, kind="history")
         return response
@@ -555,28 +540,15 @@ class LedgerAdminServicer(_Ready):
     async def GetCard(  # noqa: N802
         self, request: ledger_admin_pb2.GetCardRequest, context: Context
     ) -> ledger_admin_pb2.GetCardResponse:
-        card = await self.service.cards.card(request.card_id)
+        card = await self.service.cards.details(request.card_id)
         now = self.service.clock.now()
         controls = []
-        for subject_id in (card["card_id"], card["account_id"]):
+        for subject_id in (card.card_id, card.account_id):
             versions = await self.service.spend_controls(subject_id)
             for shown in (in_force(versions, now), next_scheduled(versions, now)):
                 if shown is not None:
                     controls.append(version_message(shown))
-        return ledger_admin_pb2.GetCardResponse(
-            spend_controls=controls,
-            card_id=card["card_id"],
-            bin=card["bin"],
-            last_four=card["last_four"],
-            expiry=card["expiry_yymm"],
-            status=CardStatus[card["status"]].value,  # type: ignore[arg-type]
-            spend_account_id=card["account_id"],
-            linked_account_ids=list(card["linked"]),
-            pin_tries=card["pin_tries"],
-            client_id=card["client_id"],
-            program_id=card["program_id"],
-            product_id=card["product_id"],
-        )
+        return card_message(card, controls)
 
     @grpc_errors
     async def RegisterAsset(  # noqa: N802
@@ -741,7 +713,7 @@ class LedgerAdminServicer(_Ready):
             given.base_asset, given.quote_asset, given.rate, effective, given.max_age_seconds,
             actor=_actor(context),
         )  # fmt: skip
-        return ledger_admin_pb2.SetFxRateResponse(rate=_fx_rate(rate))
+        return ledger_admin_pb2.SetFxRateResponse(rate=fx_rate_message(rate))
 
     @grpc_errors
     async def ListFxRates(  # noqa: N802
@@ -755,7 +727,7 @@ class LedgerAdminServicer(_Ready):
         )  # fmt: skip
         response = ledger_admin_pb2.ListFxRatesResponse()
         response.next_page_token = fill_page(
-            response.rates, [(_fx_rate(r), (i,)) for i, r in rows], limit=limit, kind="fx"
+            response.rates, [(fx_rate_message(r), (i,)) for i, r in rows], limit=limit, kind="fx"
         )
         return response
 
@@ -876,22 +848,7 @@ class LedgerAdminServicer(_Ready):
         rows = await self.service.outbox.notification_deliveries(
             request.program_id, status, limit + 1, before
         )
-        items = []
-        for row in rows:
-            entry = ledger_admin_pb2.NotificationDelivery(
-                notification_id=row["notification_id"],
-                kind=row["kind"],
-                account_id=row["account_id"],
-                sequence=row["seq"],
-                sink=ledger_admin_pb2.NOTIFICATION_SINK_CLIENT
-                if row["sink"] == "client"
-                else ledger_admin_pb2.NOTIFICATION_SINK_WEBHOOK,
-                status=ledger_admin_pb2.DeliveryStatus.Value(f"DELIVERY_STATUS_{row['status']}"),
-                attempts=row["attempts"],
-                last_error=row["last_error"],
-            )
-            entry.created_at.FromDatetime(row["created_at"])
-            items.append((entry, (row["seq"], row["sink"])))
+        items = [(delivery_message(r), (r.seq, r.sink)) for r in rows]
         response = ledger_admin_pb2.ListNotificationsResponse()
         response.next_page_token = fill_page(
             response.deliveries, items, limit=limit, kind="notifications"
@@ -997,7 +954,7 @@ class LedgerAdminServicer(_Ready):
             request.account_id, request.customer_id, dict(request.shares_bps),
             actor=_actor(context),
         )  # fmt: skip
-        return ledger_admin_pb2.AddAccountHolderResponse(holders=_holder_messages(holders))
+        return ledger_admin_pb2.AddAccountHolderResponse(holders=holder_messages(holders))
 
     @grpc_errors
     async def RemoveAccountHolder(  # noqa: N802
@@ -1007,7 +964,7 @@ class LedgerAdminServicer(_Ready):
             request.account_id, request.customer_id, dict(request.shares_bps),
             actor=_actor(context),
         )  # fmt: skip
-        return ledger_admin_pb2.RemoveAccountHolderResponse(holders=_holder_messages(holders))
+        return ledger_admin_pb2.RemoveAccountHolderResponse(holders=holder_messages(holders))
 
     @grpc_errors
     async def SetAccountHolderShares(  # noqa: N802
@@ -1016,27 +973,14 @@ class LedgerAdminServicer(_Ready):
         holders = await self.accounts.set_shares(
             request.account_id, dict(request.shares_bps), actor=_actor(context)
         )
-        return ledger_admin_pb2.SetAccountHolderSharesResponse(holders=_holder_messages(holders))
+        return ledger_admin_pb2.SetAccountHolderSharesResponse(holders=holder_messages(holders))
 
     @grpc_errors
     async def ListAccountHolders(  # noqa: N802
         self, request: ledger_admin_pb2.ListAccountHoldersRequest, context: Context
     ) -> ledger_admin_pb2.ListAccountHoldersResponse:
         holders = await self.accounts.list_holders(request.account_id)
-        return ledger_admin_pb2.ListAccountHoldersResponse(holders=_holder_messages(holders))
-
-
-def _holder_messages(holders: list[Holder]) -> list[ledger_admin_pb2.AccountHolder]:
-    return [
-        ledger_admin_pb2.AccountHolder(customer_id=h.customer_id, share_bps=h.share_bps or 0)
-        for h in holders
-    ]
-
-
-def _client_message(row: dict[str, Any]) -> ledger_admin_pb2.Client:
-    message = ledger_admin_pb2.Client(client_id=row["client_id"], name=row["name"])
-    message.created_at.FromDatetime(row["created_at"])
-    return message
+        return ledger_admin_pb2.ListAccountHoldersResponse(holders=holder_messages(holders))
 
 
 def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:
@@ -1200,13 +1144,4 @@ def _hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
     message.expires_at.FromDatetime(hold.expires_at)
     if hold.ended_at is not None:
         message.ended_at.FromDatetime(hold.ended_at)
-    return message
-
-
-def _fx_rate(rate: FxRate) -> ledger_admin_pb2.FxRate:
-    message = ledger_admin_pb2.FxRate(
-        base_asset=rate.base, quote_asset=rate.quote, rate=rate.rate_text,
-        max_age_seconds=rate.max_age_s,
-    )  # fmt: skip
-    message.effective_from.FromDatetime(rate.effective_from)
     return message

@@ -5,6 +5,7 @@ decision."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import asyncpg
@@ -19,7 +20,24 @@ from authswitch.domain.authorization import CardFacts, CardStatus
 from authswitch.domain.records import Notification
 from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed
 
-__all__ = ["CardStore"]
+__all__ = ["CardDetails", "CardStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class CardDetails:
+    """A card with whose it is, the account it spends from and those linked to it."""
+
+    card_id: str
+    bin: str
+    last_four: str
+    expiry_yymm: str
+    status: str
+    account_id: str
+    pin_tries: int
+    linked: tuple[str, ...]
+    client_id: str
+    program_id: str
+    product_id: str
 
 
 @translated_methods
@@ -81,6 +99,10 @@ class CardStore:
         )  # fmt: skip
 
     async def card(self, card_id: str) -> dict[str, Any]:
+        """``details`` as a mapping (for callers not yet moved to CardDetails)."""
+        return asdict(await self.details(card_id))
+
+    async def details(self, card_id: str) -> CardDetails:
         row = await self.pool.fetchrow(
             """SELECT c.id::text AS card_id, c.bin, c.last_four, c.expiry_yymm, c.status,
                       c.account_id::text AS account_id, c.pin_tries,
@@ -95,7 +117,7 @@ class CardStore:
         )
         if row is None:
             raise NotFound(f"card {card_id} does not exist")
-        return dict(row)
+        return CardDetails(**{**dict(row), "linked": tuple(row["linked"])})
 
     async def card_pan_hmac(self, card_id: str) -> bytes:
         value = await self.pool.fetchval(

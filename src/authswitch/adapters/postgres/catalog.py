@@ -31,7 +31,27 @@ from authswitch.domain.money import Asset, AssetCategory
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.errors import AlreadyExists, NotFound
 
-__all__ = ["CatalogStore", "ProductRow", "ProgramRow"]
+__all__ = ["CatalogStore", "ClientRow", "ProductRow", "ProgramRow", "ProgramSummary"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow:
+    client_id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSummary:
+    """A programme as the admin API lists it."""
+
+    program_id: str
+    client_id: str
+    name: str
+    mode: str
+    time_zone: str
+    country: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,18 +193,18 @@ class CatalogStore:
             ProductFx(row["fx_markup_bps"]) if row["fx_enabled"] else None,
         )
 
-    async def client(self, client_id: str) -> dict[str, Any]:
+    async def client(self, client_id: str) -> ClientRow:
         row = await self.pool.fetchrow(
             "SELECT id::text AS client_id, name, created_at FROM clients WHERE id = $1",
             uuid_or_not_found(client_id, "client"),
         )
         if row is None:
             raise NotFound(f"client {client_id} does not exist")
-        return dict(row)
+        return ClientRow(**dict(row))
 
     async def clients(
         self, *, limit: int, after: tuple[datetime, str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClientRow]:
         """Oldest first; ``after`` is the (created_at, id) of the last of the previous page."""
         cursor_at, cursor_id = after or (None, None)
         rows = await self.pool.fetch(
@@ -195,11 +215,11 @@ class CatalogStore:
             cursor_id,
             limit,
         )
-        return [dict(r) for r in rows]
+        return [ClientRow(**dict(r)) for r in rows]
 
     async def programs(
         self, *, client_id: str, limit: int, after: tuple[datetime, str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ProgramSummary]:
         """Oldest first, of one client or (``client_id`` empty) all; ``after`` as above."""
         if client_id:
             await self.client(client_id)
@@ -216,7 +236,7 @@ class CatalogStore:
             cursor_id,
             limit,
         )
-        return [dict(r) for r in rows]
+        return [ProgramSummary(**dict(r)) for r in rows]
 
     async def create_client(self, client_id: str, name: str, actor: str) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -24,7 +24,7 @@ from authswitch.domain.authorization import CardState, CardStatus
 from authswitch.domain.ledger import Balance
 from authswitch.errors import NotFound
 
-__all__ = ["AccountRow", "LedgerStore"]
+__all__ = ["AccountDetails", "AccountRow", "HistoryRow", "LedgerStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,37 @@ class AccountRow:
 
 
 @translated_methods
+@dataclass(frozen=True, slots=True)
+class AccountDetails:
+    """An account with whose it is: its client, programme and product ("" for none)."""
+
+    account_id: str
+    client_id: str
+    program_id: str
+    product_id: str
+    kind: str
+    account_type: str
+    name: str
+    reference: str
+    profile_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """A balance change of an account: a hold event or a posting."""
+
+    at: datetime
+    kind: str
+    asset: str | None
+    actual_delta: int
+    authorized_delta: int
+    reference: str
+    description: str | None
+    source: str
+    message_id: str
+
+
 class LedgerStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
@@ -51,7 +82,7 @@ class LedgerStore:
             raise NotFound(f"account {account_id} does not exist")
         return AccountRow(*row)
 
-    async def account_details(self, account_id: str) -> dict[str, Any]:
+    async def account_details(self, account_id: str) -> AccountDetails:
         """An account with whose it is: its client, programme and product."""
         row = await self.pool.fetchrow(
             """SELECT a.id::text AS account_id, p.client_id::text AS client_id,
@@ -64,7 +95,7 @@ class LedgerStore:
         )
         if row is None:
             raise NotFound(f"account {account_id} does not exist")
-        return dict(row)
+        return AccountDetails(**dict(row))
 
     async def create_account(
         self,
@@ -117,7 +148,7 @@ class LedgerStore:
 
     async def history(
         self, account_id: str, *, before: tuple[datetime, str] | None, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[HistoryRow]:
         """Balance changes of an account, newest first: hold events and postings.
 
         ``before`` is the (time, reference) of the last entry of the previous page.
@@ -152,7 +183,7 @@ class LedgerStore:
             cursor_ref,
             limit,
         )
-        return [dict(r) for r in rows]
+        return [HistoryRow(**dict(r)) for r in rows]
 
     async def usage(self, account_id: str, now: datetime) -> list[tuple[str, int, int]]:
         await self.account(account_id)

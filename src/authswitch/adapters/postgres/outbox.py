@@ -20,7 +20,7 @@ from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.errors import NotFound
 
-__all__ = ["Claim", "OutboxStore", "QueuedNotification", "SinkDepth"]
+__all__ = ["Claim", "DeliveryRow", "OutboxStore", "QueuedNotification", "SinkDepth"]
 
 _CLAIM = """
     WITH heads AS (
@@ -77,6 +77,21 @@ class SinkDepth:
 
 
 @translated_methods
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A notification's delivery to one sink, as the admin API lists it."""
+
+    notification_id: str
+    kind: str
+    account_id: str
+    seq: int
+    sink: str
+    status: str
+    attempts: int
+    last_error: str
+    created_at: datetime
+
+
 class OutboxStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool
@@ -153,7 +168,7 @@ class OutboxStore:
         status: str | None,
         limit: int,
         before: tuple[int, str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[DeliveryRow]:
         """Newest first; ``before`` is the (seq, sink) of the last delivery of the previous
         page."""
         if not await self.pool.fetchval(
@@ -176,7 +191,7 @@ class OutboxStore:
             cursor_seq,
             cursor_sink,
         )
-        return [dict(r) for r in rows]
+        return [DeliveryRow(**dict(r)) for r in rows]
 
     async def redrive(self, program_id: str, now: datetime, actor: str) -> int:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -1,19 +1,42 @@
 """The admin API's requests as domain values and its replies as protobuf: adjustments and
 transfers (service/admin.py, service/accounts.py), whose replies are stored with their
-decisions, encoded here by ``AdminReplies``."""
+decisions, encoded here by ``AdminReplies``; and the stores' typed rows that the admin
+reads answer with (clients, programmes, accounts, history, cards, notification
+deliveries, FX rates, joint holders)."""
 
 from __future__ import annotations
 
-from authswitch.adapters.grpc.codec.common import balance_message
+from authswitch.adapters.grpc.codec.common import balance_message, fx_message
+from authswitch.adapters.postgres.cards import CardDetails
+from authswitch.adapters.postgres.catalog import ClientRow, ProgramSummary
+from authswitch.adapters.postgres.ledger import AccountDetails, HistoryRow
+from authswitch.adapters.postgres.outbox import DeliveryRow
+from authswitch.adapters.postgres.ownership import Holder
+from authswitch.domain.authorization import CardStatus
+from authswitch.domain.fx import Conversion, FxRate
+from authswitch.domain.ledger import Balance
 from authswitch.domain.messages.admin import (
     Adjustment,
     AdjustmentAnswer,
     Transfer,
     TransferAnswer,
 )
-from authswitch.v1 import ledger_admin_pb2
+from authswitch.v1 import common_pb2, ledger_admin_pb2
 
-__all__ = ["AdminReplies", "credit_of", "debit_of", "transfer_of"]
+__all__ = [
+    "AdminReplies",
+    "account_message",
+    "card_message",
+    "client_message",
+    "credit_of",
+    "debit_of",
+    "delivery_message",
+    "fx_rate_message",
+    "history_entry_message",
+    "holder_messages",
+    "program_message",
+    "transfer_of",
+]
 
 # A purpose's name (LOAD, FEE, ...) by its wire value; an unknown or unspecified one is "".
 _PURPOSES = {
@@ -79,3 +102,102 @@ class AdminReplies:
             entry_id=answer.entry_id,
             from_balance=balance_message(answer.asset, answer.from_balance),
         ).SerializeToString()
+
+
+def client_message(row: ClientRow) -> ledger_admin_pb2.Client:
+    message = ledger_admin_pb2.Client(client_id=row.client_id, name=row.name)
+    message.created_at.FromDatetime(row.created_at)
+    return message
+
+
+def program_message(row: ProgramSummary) -> ledger_admin_pb2.Program:
+    message = ledger_admin_pb2.Program(
+        program_id=row.program_id, client_id=row.client_id, name=row.name,
+        mode=common_pb2.LedgerMode.Value(f"LEDGER_MODE_{row.mode}"),
+        time_zone=row.time_zone, country=row.country,
+    )  # fmt: skip
+    message.created_at.FromDatetime(row.created_at)
+    return message
+
+
+def account_message(
+    row: AccountDetails, balances: dict[str, Balance]
+) -> ledger_admin_pb2.GetAccountResponse:
+    message = ledger_admin_pb2.GetAccountResponse(
+        account_id=row.account_id, client_id=row.client_id,
+        program_id=row.program_id, product_id=row.product_id, kind=row.kind,
+        account_type=common_pb2.AccountType.Value(f"ACCOUNT_TYPE_{row.account_type}"),
+        name=row.name, reference=row.reference, profile_id=row.profile_id,
+        balances=[balance_message(asset, b) for asset, b in balances.items()],
+    )  # fmt: skip
+    message.created_at.FromDatetime(row.created_at)
+    return message
+
+
+def history_entry_message(
+    row: HistoryRow, conversion: Conversion | None
+) -> ledger_admin_pb2.HistoryEntry:
+    entry = ledger_admin_pb2.HistoryEntry(
+        kind=row.kind,
+        asset=row.asset or "",
+        actual_delta_minor=row.actual_delta,
+        authorized_delta_minor=row.authorized_delta,
+        reference=row.reference,
+        description=row.description or "",
+    )
+    entry.at.FromDatetime(row.at)
+    if conversion is not None:
+        entry.fx.CopyFrom(fx_message(conversion))
+    return entry
+
+
+def card_message(
+    card: CardDetails, controls: list[ledger_admin_pb2.SpendControlsVersion]
+) -> ledger_admin_pb2.GetCardResponse:
+    return ledger_admin_pb2.GetCardResponse(
+        spend_controls=controls,
+        card_id=card.card_id,
+        bin=card.bin,
+        last_four=card.last_four,
+        expiry=card.expiry_yymm,
+        status=CardStatus[card.status].value,  # type: ignore[arg-type]
+        spend_account_id=card.account_id,
+        linked_account_ids=list(card.linked),
+        pin_tries=card.pin_tries,
+        client_id=card.client_id,
+        program_id=card.program_id,
+        product_id=card.product_id,
+    )
+
+
+def delivery_message(row: DeliveryRow) -> ledger_admin_pb2.NotificationDelivery:
+    entry = ledger_admin_pb2.NotificationDelivery(
+        notification_id=row.notification_id,
+        kind=row.kind,
+        account_id=row.account_id,
+        sequence=row.seq,
+        sink=ledger_admin_pb2.NOTIFICATION_SINK_CLIENT
+        if row.sink == "client"
+        else ledger_admin_pb2.NOTIFICATION_SINK_WEBHOOK,
+        status=ledger_admin_pb2.DeliveryStatus.Value(f"DELIVERY_STATUS_{row.status}"),
+        attempts=row.attempts,
+        last_error=row.last_error,
+    )
+    entry.created_at.FromDatetime(row.created_at)
+    return entry
+
+
+def fx_rate_message(rate: FxRate) -> ledger_admin_pb2.FxRate:
+    message = ledger_admin_pb2.FxRate(
+        base_asset=rate.base, quote_asset=rate.quote, rate=rate.rate_text,
+        max_age_seconds=rate.max_age_s,
+    )  # fmt: skip
+    message.effective_from.FromDatetime(rate.effective_from)
+    return message
+
+
+def holder_messages(holders: list[Holder]) -> list[ledger_admin_pb2.AccountHolder]:
+    return [
+        ledger_admin_pb2.AccountHolder(customer_id=h.customer_id, share_bps=h.share_bps or 0)
+        for h in holders
+    ]
