@@ -159,24 +159,18 @@ async def _files(settings: Settings, args: argparse.Namespace) -> int:
 
     secrets = SecretStore(Path(settings.secrets_dir) if settings.secrets_dir else None)
     async with _databases(settings) as (pool, reports):
+        store = FileScheduleStore(pool)
         deliveries = FileDeliveries(
-            FileScheduleStore(pool), ReportWriter(ReportStore(reports, primary=pool)), secrets,
-            SystemClock(), settings.data_dir / "spool",
+            store, ReportWriter(ReportStore(reports, primary=pool)), secrets, SystemClock(),
+            settings.data_dir / "spool",
         )  # fmt: skip
         delivered = await deliveries.run_due(schedule_id=args.schedule)
-        failed = await pool.fetch(
-            """SELECT f.schedule_id::text, f.due_at, f.attempts, f.last_error
-               FROM file_deliveries f
-               WHERE f.delivered_at IS NULL AND f.last_error <> ''
-                 AND ($1::uuid IS NULL OR f.schedule_id = $1)
-               ORDER BY f.due_at""",
-            args.schedule,
-        )
+        failed = await store.failed_deliveries(args.schedule)
     print(f"delivered {delivered} file(s)")
     for row in failed:
         print(
-            f"pending: schedule {row[0]} due {row[1]:%Y-%m-%d %H:%M %Z} after {row[2]} "
-            f"attempt(s): {row[3]}"
+            f"pending: schedule {row.schedule_id} due {row.due_at:%Y-%m-%d %H:%M %Z} after "
+            f"{row.attempts} attempt(s): {row.last_error}"
         )
     return 1 if failed else 0
 
@@ -261,15 +255,13 @@ async def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from authswitch.service.reconcile import Reconciler, read_fbo_file
 
     async with _databases(settings) as (pool, reports):
+        store = ReconciliationStore(pool, snapshot_pool=reports)
         fbo = None
         if args.fbo_csv is not None:
-            exponents = {r[0]: r[1] for r in await pool.fetch("SELECT code, exponent FROM assets")}
-            fbo = read_fbo_file(args.fbo_csv, exponents)
+            fbo = read_fbo_file(args.fbo_csv, await store.exponents())
         cache, client = await _cache_if_reachable(settings)
         try:
-            reconciler = Reconciler(
-                ReconciliationStore(pool, snapshot_pool=reports), cache, SystemClock()
-            )
+            reconciler = Reconciler(store, cache, SystemClock())
             report = await reconciler.run(program_id=args.program, fbo=fbo)
         finally:
             if client is not None:

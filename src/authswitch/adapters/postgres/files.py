@@ -19,7 +19,7 @@ from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.pool import Connection
 from authswitch.domain.files import FileKind
 
-__all__ = ["FileScheduleStore", "ScheduleChange", "ScheduleRow"]
+__all__ = ["FailedDelivery", "FileScheduleStore", "ScheduleChange", "ScheduleRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,16 @@ class ScheduleRow:
     @property
     def file_kind(self) -> FileKind:
         return FileKind(self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A due file not delivered yet whose last attempt failed."""
+
+    schedule_id: str
+    due_at: datetime
+    attempts: int
+    last_error: str
 
 
 _SCHEDULE = """SELECT id::text, kind, client_id::text, program_id::text, cron, time_zone, prefix,
@@ -208,6 +218,18 @@ class FileScheduleStore:
                WHERE schedule_id = $1 AND due_at = $2""",
             schedule_id, due_at, at, file_name, records, destination,
         )  # fmt: skip
+
+    async def failed_deliveries(self, schedule_id: str | None) -> list[FailedDelivery]:
+        """Due files of one schedule (or all) whose last attempt failed, oldest first."""
+        rows = await self.pool.fetch(
+            """SELECT f.schedule_id::text, f.due_at, f.attempts, f.last_error
+               FROM file_deliveries f
+               WHERE f.delivered_at IS NULL AND f.last_error <> ''
+                 AND ($1::uuid IS NULL OR f.schedule_id = $1)
+               ORDER BY f.due_at""",
+            schedule_id,
+        )
+        return [FailedDelivery(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def undelivered_by_kind(self) -> dict[str, int]:
         """How many due files of each kind are not delivered yet."""

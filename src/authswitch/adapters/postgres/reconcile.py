@@ -175,6 +175,10 @@ class ReconciliationStore:
         ):
             yield LedgerSnapshot(conn)
 
+    async def exponents(self) -> dict[str, int]:
+        """Every asset's exponent."""
+        return {r[0]: r[1] for r in await self.pool.fetch("SELECT code, exponent FROM assets")}
+
     async def customer_account_ids(self, program_id: str | None) -> list[str]:
         rows = await self.pool.fetch(
             """SELECT id::text FROM accounts
