@@ -135,6 +135,31 @@ async def test_adjustments_are_idempotent(ledger: Ledger) -> None:
     assert (await ledger.balance(account_id)).actual_minor == 1_000
 
 
+async def test_a_retried_adjustment_gets_the_stored_reply_bytes(
+    ledger: Ledger, app: Application
+) -> None:
+    """The reply is the bytes stored with the decision, first time and every retry alike."""
+    account_id = await ledger.account()
+    await ledger.credit(account_id, 1_000)
+    raw = ledger.channel.unary_unary(
+        "/authswitch.v1.LedgerAdminService/DebitAccount",
+        request_serializer=la.DebitAccountRequest.SerializeToString,
+    )
+    request = la.DebitAccountRequest(
+        account_id=account_id, amount=c.Money(amount_minor=400, asset="GBP"),
+        purpose=la.ADJUSTMENT_PURPOSE_FEE, idempotency_key=str(uuid.uuid4()),
+    )  # fmt: skip
+    first, second = await raw(request), await raw(request)
+    assert app.pool is not None
+    stored = await app.pool.fetchval(
+        "SELECT response FROM decisions WHERE source = 'admin' AND message_id = $1",
+        request.idempotency_key,
+    )
+    assert first == second == bytes(stored)
+    debit = la.DebitAccountResponse.FromString(first)
+    assert (debit.balance.asset, debit.balance.actual_minor) == ("GBP", 600)
+
+
 async def test_debit_beyond_available_needs_allow_negative(ledger: Ledger) -> None:
     account_id = await ledger.account()
     await ledger.credit(account_id, 1_000)
