@@ -92,8 +92,7 @@ class TokenService:
         if card is None:
             problem = "unknown card"
         else:
-            details = await self.cards.card(card.card_id)
-            status = CardStatus[details["status"]]
+            status = CardStatus[(await self.cards.details(card.card_id)).status]
             if status is not CardStatus.ACTIVE:
                 problem = f"the card is {status.name.lower()}"
             elif is_expired(card.expiry_yymm, now.date()) or request.expiry != card.expiry_yymm:
@@ -148,7 +147,7 @@ class TokenService:
         return await self.tokens.set_status(token_id, status, reason, actor, notify)
 
     async def of_card(self, card_id: str) -> list[TokenRow]:
-        await self.cards.card(card_id)  # NotFound for an unknown card
+        await self.cards.details(card_id)  # NotFound for an unknown card
         return await self.tokens.of_card(card_id)
 
     async def set_policy(self, product_id: str, policy: TokenPolicy, *, actor: str) -> None:

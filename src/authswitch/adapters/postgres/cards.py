@@ -5,7 +5,7 @@ decision."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -97,10 +97,6 @@ class CardStore:
             controlled=row["controlled"], last_four=row["last_four"],
             account_assets=tuple(row["own_assets"]),
         )  # fmt: skip
-
-    async def card(self, card_id: str) -> dict[str, Any]:
-        """``details`` as a mapping (for callers not yet moved to CardDetails)."""
-        return asdict(await self.details(card_id))
 
     async def details(self, card_id: str) -> CardDetails:
         row = await self.pool.fetchrow(
