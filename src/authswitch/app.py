@@ -29,6 +29,7 @@ from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.codec.admin import AdminReplies
 from authswitch.adapters.grpc.codec.authorization import AuthorizeReplies
 from authswitch.adapters.grpc.codec.disputes import DisputeReplyEncoder
+from authswitch.adapters.grpc.codec.lifecycle import LifecycleReplyEncoder
 from authswitch.adapters.grpc.health_port import start_health_port
 from authswitch.adapters.grpc.server import SERVICE_NAMES, HealthServicer, build_server
 from authswitch.adapters.grpc.servicers import (
@@ -345,6 +346,7 @@ class Application:
             audit=audit,
             poster=poster,
             clock=self.clock,
+            replies=LifecycleReplyEncoder(),
         )
         return cache
 

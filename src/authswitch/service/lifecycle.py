@@ -16,9 +16,8 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import ProgramRow
@@ -62,6 +61,21 @@ from authswitch.domain.lifecycle import (
     plan_reversal,
 )
 from authswitch.domain.limits import counter_for_limit
+from authswitch.domain.messages.lifecycle import (
+    Advice,
+    AdviceAnswer,
+    AdviceResult,
+    Clearing,
+    ClearingAnswer,
+    CreditAnswer,
+    HoldReleaseAnswer,
+    OriginalCredit,
+    Refund,
+    RefundAnswer,
+    Reversal,
+    ReversalAnswer,
+    ReversalResult,
+)
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
 from authswitch.domain.postings import Origin
@@ -82,10 +96,8 @@ from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
 from authswitch.service.fx import fx_payload
 from authswitch.service.posting import Posted, Poster, PostStatus, durable_original
-from authswitch.v1 import authorization_pb2 as pb
-from authswitch.v1 import common_pb2, ledger_admin_pb2
 
-__all__ = ["SYSTEM_SOURCE", "LifecycleService"]
+__all__ = ["SYSTEM_SOURCE", "LifecycleReplies", "LifecycleService"]
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +111,27 @@ PLAN_ATTEMPTS_MAX = 5
 SWEEP_CONCURRENCY_MAX = 16
 
 
-class _Response(Protocol):
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+class LifecycleReplies(Protocol):
+    """The replies to lifecycle messages as bytes: the form stored with their decisions, so
+    that a retransmission is answered with the very bytes of the first answer
+    (``authswitch.adapters.grpc.codec.lifecycle.LifecycleReplyEncoder``)."""
+
+    def advise(self, answer: AdviceAnswer) -> bytes: ...
+
+    def reverse(self, answer: ReversalAnswer) -> bytes: ...
+
+    def clear(self, answer: ClearingAnswer) -> bytes: ...
+
+    def refund(self, answer: RefundAnswer) -> bytes: ...
+
+    def credit(self, answer: CreditAnswer) -> bytes: ...
+
+    def release_hold(self, answer: HoldReleaseAnswer) -> bytes: ...
 
 
-_R = TypeVar(
-    "_R",
-    pb.AdviseResponse,
-    pb.ReverseResponse,
-    pb.ClearResponse,
-    pb.RefundResponse,
-    pb.CreditResponse,
-)
-
-
-def _money(amount_minor: int, asset: str) -> common_pb2.Money:
-    return common_pb2.Money(amount_minor=amount_minor, asset=asset)
-
-
-def _release_response(asset: str) -> Callable[[int, Balance], _Response]:
-    def respond(released: int, balance: Balance) -> ledger_admin_pb2.ReleaseHoldResponse:
-        return ledger_admin_pb2.ReleaseHoldResponse(
-            released=_money(released, asset), balance=balance_message(asset, balance)
-        )
+def _release_reply(replies: LifecycleReplies, asset: str) -> Callable[[int, Balance], bytes]:
+    def respond(released: int, balance: Balance) -> bytes:
+        return replies.release_hold(HoldReleaseAnswer(released, asset, balance))
 
     return respond
 
@@ -138,6 +148,7 @@ class LifecycleService:
         audit: AuditStore,
         poster: Poster,
         clock: Clock,
+        replies: LifecycleReplies,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -147,6 +158,7 @@ class LifecycleService:
         self.audit = audit
         self.poster = poster
         self.clock = clock
+        self.replies = replies
         self.charges = ChargeCalculator(catalog)
         # Credits in flight in this process by (source, message id): a retransmission that
         # arrives meanwhile waits for the original instead of racing it.
@@ -155,22 +167,23 @@ class LifecycleService:
     # -- shared ---------------------------------------------------------------------------
 
     def _format_error(
-        self, source: str, message_id: str, money: common_pb2.Money | None, *, pan: str = "",
-        pan_required: bool = False, amount_required: bool = False,
+        self, source: str, message_id: str, amount_minor: int | None, asset: str, *,
+        pan: str = "", pan_required: bool = False, amount_required: bool = False,
     ) -> str | None:  # fmt: skip
-        """The response code of a malformed message (30 or 13), or None."""
+        """The response code of a malformed message (30 or 13), or None; ``amount_minor``
+        None: the message carries no amount."""
         if not identifier_ok(source, SOURCE_LEN_MAX, required=True):
             return Code.FORMAT_ERROR
         if not identifier_ok(message_id, MESSAGE_ID_LEN_MAX, required=True):
             return Code.FORMAT_ERROR
         if (pan or pan_required) and not pan_valid(pan):
             return Code.FORMAT_ERROR
-        if money is not None:
-            if money.asset not in self.catalog.assets:
+        if amount_minor is not None:
+            if asset not in self.catalog.assets:
                 return Code.FORMAT_ERROR
-            if not 0 <= money.amount_minor <= AMOUNT_MAX_MINOR:
+            if not 0 <= amount_minor <= AMOUNT_MAX_MINOR:
                 return Code.INVALID_AMOUNT
-            if amount_required and money.amount_minor == 0:
+            if amount_required and amount_minor == 0:
                 return Code.INVALID_AMOUNT
         elif amount_required:
             return Code.FORMAT_ERROR
@@ -181,10 +194,12 @@ class LifecycleService:
 
     @staticmethod
     def _decision(
-        kind: str, source: str, message_id: str, fingerprint: bytes, response: _Response,
+        kind: str, source: str, message_id: str, fingerprint: bytes, response: bytes,
         decision_id: str, now: datetime, *, card: CardFacts | None = None,
         account_id: str | None = None, asset: str | None = None, amount_minor: int = 0,
+        response_code: str = Code.APPROVED,
     ) -> DecisionRecord:  # fmt: skip
+        """The decision of a message acknowledged with ``response``, its reply's bytes."""
         return DecisionRecord(
             id=decision_id,
             source=source,
@@ -197,56 +212,74 @@ class LifecycleService:
             amount_minor=amount_minor,
             approved_minor=amount_minor,
             fee_minor=0,
-            response_code=getattr(response, "response_code", Code.APPROVED),
+            response_code=response_code,
             reason=int(Reason.APPROVED),
-            response=response.SerializeToString(),
+            response=response,
             created_at=now,
         )
 
-    @staticmethod
-    def _answer(posted: Posted, fingerprint: bytes, parse: Callable[[bytes], _R], empty: _R) -> _R:
+    def _answer(self, posted: Posted, fingerprint: bytes, kind: str) -> bytes:
+        """The reply to a message of ``kind`` whose decision ``posted`` holds: the bytes
+        stored with the decision, as they are (a retransmission gets the first answer)."""
         stored: StoredDecision | None = posted.decision
         assert stored is not None
         if stored.fingerprint != fingerprint:
             # The message id was used for another message.
-            empty.response_code = Code.DUPLICATE_MISMATCH
-            return empty
-        return parse(stored.response)
+            return self._reply(kind, Code.DUPLICATE_MISMATCH)
+        return stored.response
+
+    def _reply(self, kind: str, response_code: str, decision_id: str = "") -> bytes:
+        """A reply to a message of ``kind`` that carries only a response code and, when the
+        message was recorded, its decision id."""
+        replies = self.replies
+        match kind:
+            case "ADVICE":
+                return replies.advise(AdviceAnswer(response_code, decision_id))
+            case "REVERSAL":
+                return replies.reverse(ReversalAnswer(response_code, decision_id))
+            case "CLEARING":
+                return replies.clear(ClearingAnswer(response_code, decision_id))
+            case "REFUND":
+                return replies.refund(RefundAnswer(response_code, decision_id))
+            case "CREDIT":
+                return replies.credit(CreditAnswer(response_code, decision_id))
+        raise AssertionError(f"no reply for a message of kind {kind}")
 
     # -- advice ---------------------------------------------------------------------------
 
-    async def advise(self, request: pb.AdviseRequest, canonical: bytes) -> pb.AdviseResponse:
+    async def advise(self, request: Advice, canonical: bytes) -> bytes:
+        """The reply to an advice, as bytes; ``canonical``: the request's deterministic
+        bytes, which its fingerprint is made of."""
         bad = self._format_error(
-            request.source, request.message_id, request.billing_amount, pan=request.pan,
-            pan_required=True, amount_required=True,
+            request.source, request.message_id, request.amount_minor, request.asset,
+            pan=request.pan, pan_required=True, amount_required=True,
         )  # fmt: skip
         if bad or not identifier_ok(
             request.original_message_id, MESSAGE_ID_LEN_MAX, required=False
         ):
-            return pb.AdviseResponse(response_code=bad or Code.FORMAT_ERROR)
+            return self.replies.advise(AdviceAnswer(bad or Code.FORMAT_ERROR))
         fingerprint = self.keys.fingerprint(canonical)
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        amount, asset = request.amount_minor, request.asset
         card = await self._card(request.pan)
         if card is None:
             posted = await self._advice_recorded(
-                request, fingerprint, pb.ADVICE_RESULT_RECORDED_UNKNOWN_CARD, str(uuid.uuid4()),
+                request, fingerprint, AdviceResult.RECORDED_UNKNOWN_CARD, str(uuid.uuid4()),
                 self.clock.now(), asset=asset, amount_minor=amount,
             )  # fmt: skip
-            return self._answer(
-                posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
-            )
+            return self._answer(posted, fingerprint, "ADVICE")
         product = await self.catalog.product(card.product_id)
         program = await self.catalog.program(card.program_id)
         if program.mode == "ON_LEDGER":  # from a linked account holding the asset
             card = card.spending(asset)
         if _forward_only(program):
-            return await self._forward(
+            forwarded, _ = await self._forward(
                 "ADVICE", request.source, request.message_id, fingerprint, card, program,
-                _advice_fields(request), pb.AdviseResponse, pb.AdviseResponse.FromString,
+                _advice_fields(request),
             )  # fmt: skip
+            return forwarded
         now = self.clock.now()
         validity = hold_validity_days(
-            product.hold_validity_days, product.hold_validity_by_mcc, request.merchant.mcc
+            product.hold_validity_days, product.hold_validity_by_mcc, request.mcc
         )
         # Converted at today's rate with the markup (docs/fx.md); without a usable rate the
         # advice is recorded and holds nothing, as one in an asset the account does not hold.
@@ -259,16 +292,14 @@ class LifecycleService:
                 request, card, program, fingerprint, validity, now, conversion
             )
             if posted.status is not PostStatus.CONFLICT:
-                return self._answer(
-                    posted, fingerprint, pb.AdviseResponse.FromString, pb.AdviseResponse()
-                )
+                return self._answer(posted, fingerprint, "ADVICE")
         raise InternalError("advice could not be planned: its hold kept changing")
 
     async def _advise_once(
-        self, request: pb.AdviseRequest, card: CardFacts, program: ProgramRow,
+        self, request: Advice, card: CardFacts, program: ProgramRow,
         fingerprint: bytes, validity: int, now: datetime, conversion: Conversion | None,
     ) -> Posted:  # fmt: skip
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        amount, asset = request.amount_minor, request.asset
         if conversion is not None:  # held in the account's asset, the markup with it
             amount, asset = conversion.total_minor, conversion.account_asset
         original, held = await self._advised_holds(request, card, asset)
@@ -287,21 +318,18 @@ class LifecycleService:
                 HoldRelease(plan, card.account_id, asset, now, "ADVICE")
                 for plan in plan_reduction([h.open_hold() for h in held], -delta)
             )
-        result = pb.ADVICE_RESULT_HOLD_POSTED if original is None else pb.ADVICE_RESULT_HOLD_UPDATED
+        result = AdviceResult.HOLD_POSTED if original is None else AdviceResult.HOLD_UPDATED
         # Never declined: the network has approved already, so no funds check.
         change = postings.hold(card.account_id, asset, delta)
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
-            response = pb.AdviseResponse(
-                response_code=Code.APPROVED,
-                result=result,
-                held=_money(delta, asset),
-                balance=balance_message(asset, applied.balance),
-                decision_id=decision_id,
-            )
-            if conversion is not None:
-                response.fx.CopyFrom(fx_message(conversion))
+            response = self.replies.advise(
+                AdviceAnswer(
+                    Code.APPROVED, decision_id, result, held_minor=delta, asset=asset,
+                    balance=applied.balance, fx=conversion,
+                )
+            )  # fmt: skip
             record = self._decision(
                 "ADVICE", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
@@ -323,13 +351,13 @@ class LifecycleService:
         )
         if posted.status is PostStatus.NO_BALANCE:
             posted = await self._advice_recorded(
-                request, fingerprint, pb.ADVICE_RESULT_RECORDED_NO_BALANCE, decision_id, now,
+                request, fingerprint, AdviceResult.RECORDED_NO_BALANCE, decision_id, now,
                 card=card, asset=asset, amount_minor=amount,
             )  # fmt: skip
         return posted
 
     async def _advised_holds(
-        self, request: pb.AdviseRequest, card: CardFacts, asset: str
+        self, request: Advice, card: CardFacts, asset: str
     ) -> tuple[HoldRow | None, list[HoldRow]]:
         """The advice's original hold, if it is open on the card's account in ``asset``, and
         every open hold under its reference; (None, []) otherwise."""
@@ -348,15 +376,13 @@ class LifecycleService:
         return found, await self.holds.open_holds(card.card_id, found.network_reference, asset)
 
     async def _advice_recorded(
-        self, request: pb.AdviseRequest, fingerprint: bytes,
-        result: pb.AdviceResult.ValueType, decision_id: str, now: datetime, *,
+        self, request: Advice, fingerprint: bytes, result: AdviceResult,
+        decision_id: str, now: datetime, *,
         card: CardFacts | None = None, asset: str, amount_minor: int,
     ) -> Posted:  # fmt: skip
         """Record an advice that holds nothing (an unknown card, no balance in the asset):
         acknowledged all the same, the network having approved it already."""
-        response = pb.AdviseResponse(
-            response_code=Code.APPROVED, result=result, decision_id=decision_id
-        )
+        response = self.replies.advise(AdviceAnswer(Code.APPROVED, decision_id, result))
         record = self._decision(
             "ADVICE", request.source, request.message_id, fingerprint, response, decision_id,
             now, card=card, asset=asset, amount_minor=amount_minor,
@@ -365,13 +391,16 @@ class LifecycleService:
 
     # -- reversal -------------------------------------------------------------------------
 
-    async def reverse(self, request: pb.ReverseRequest, canonical: bytes) -> pb.ReverseResponse:
-        money = request.amount if request.HasField("amount") else None
-        bad = self._format_error(request.source, request.message_id, money, pan=request.pan)
+    async def reverse(self, request: Reversal, canonical: bytes) -> bytes:
+        """The reply to a reversal, as bytes (``canonical`` as :meth:`advise`)."""
+        bad = self._format_error(
+            request.source, request.message_id, request.amount_minor, request.asset,
+            pan=request.pan,
+        )  # fmt: skip
         if bad or not identifier_ok(request.original_message_id, MESSAGE_ID_LEN_MAX, required=True):
-            return pb.ReverseResponse(response_code=bad or Code.FORMAT_ERROR)
+            return self.replies.reverse(ReversalAnswer(bad or Code.FORMAT_ERROR))
         fingerprint = self.keys.fingerprint(canonical)
-        requested = money.amount_minor if money is not None else 0
+        requested = request.amount_minor or 0
         card = await self._card(request.pan) or await self._card_of_message(
             request.source, request.original_message_id
         )
@@ -380,29 +409,25 @@ class LifecycleService:
             if _forward_only(program):
                 fields = {
                     "original_message_id": request.original_message_id,
-                    "amount_minor": requested, "asset": money.asset if money else "",
+                    "amount_minor": requested, "asset": request.asset,
                     "full": requested == 0, "network_reference": request.network_reference,
                 }  # fmt: skip
-                forwarded = await self._forward(
+                forwarded, acknowledged = await self._forward(
                     "REVERSAL", request.source, request.message_id, fingerprint, card, program,
-                    fields, pb.ReverseResponse, pb.ReverseResponse.FromString,
+                    fields,
                 )  # fmt: skip
-                if forwarded.response_code == Code.APPROVED:
+                if acknowledged:
                     await self._return_off_ledger_usage(
                         card.account_id, request.source, request.original_message_id,
                         f"{request.source}:{request.message_id}", requested or None,
                     )  # fmt: skip
                 return forwarded
         for _ in range(PLAN_ATTEMPTS_MAX):
-            posted = await self._reverse_once(request, money, requested, fingerprint)
-            if posted is None:
-                return pb.ReverseResponse(
-                    response_code=Code.FORMAT_ERROR
-                )  # the amount's asset is not the hold's
+            posted = await self._reverse_once(request, requested, fingerprint)
+            if posted is None:  # the amount's asset is not the hold's
+                return self.replies.reverse(ReversalAnswer(Code.FORMAT_ERROR))
             if posted.status is not PostStatus.CONFLICT:
-                return self._answer(
-                    posted, fingerprint, pb.ReverseResponse.FromString, pb.ReverseResponse()
-                )
+                return self._answer(posted, fingerprint, "REVERSAL")
         raise InternalError("reversal could not be planned: its hold kept changing")
 
     async def _return_off_ledger_usage(
@@ -457,9 +482,8 @@ class LifecycleService:
                 raise
 
     async def _reverse_once(
-        self, request: pb.ReverseRequest, money: common_pb2.Money | None, requested: int,
-        fingerprint: bytes,
-    ) -> Posted | None:  # fmt: skip
+        self, request: Reversal, requested: int, fingerprint: bytes
+    ) -> Posted | None:
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
         hold = await self.holds.hold_by_message(request.source, request.original_message_id)
@@ -470,22 +494,23 @@ class LifecycleService:
         if hold.status != "OPEN":
             record = self._reversal_record(
                 request, fingerprint, decision_id, now, requested,
-                pb.REVERSAL_RESULT_HOLD_ALREADY_ENDED,
+                ReversalResult.HOLD_ALREADY_ENDED,
             )  # fmt: skip
             return await self.poster.record(LedgerWrite(decision=record))
-        share = await self._reversal_share(hold, money, requested)
+        asked_asset = request.asset if request.amount_minor is not None else None
+        share = await self._reversal_share(hold, asked_asset, requested)
         if share is None:
             return None
         conversion, requested = share
         return await self._release(
             hold, plan_reversal(hold.open_hold(), requested), "REVERSAL", request.source,
             request.message_id, fingerprint, decision_id, now,
-            _reversal_response(hold.asset or "", decision_id, conversion),
+            _reversal_reply(self.replies, hold.asset or "", decision_id, conversion),
             self._conversions(request, "REVERSAL", conversion, now),
         )  # fmt: skip
 
     async def _reverse_unheld(
-        self, request: pb.ReverseRequest, hold: HoldRow | None, requested: int,
+        self, request: Reversal, hold: HoldRow | None, requested: int,
         fingerprint: bytes, decision_id: str, now: datetime,
     ) -> Posted:  # fmt: skip
         """A reversal with no hold to release: its original held nothing, or is unknown (or
@@ -495,7 +520,7 @@ class LifecycleService:
             request.source, request.original_message_id
         ):
             record = self._reversal_record(
-                request, fingerprint, decision_id, now, requested, pb.REVERSAL_RESULT_NOTHING_HELD
+                request, fingerprint, decision_id, now, requested, ReversalResult.NOTHING_HELD
             )
             return await self.poster.record(LedgerWrite(decision=record))
         card = await self._card(request.pan)
@@ -504,41 +529,40 @@ class LifecycleService:
         )
         record = self._reversal_record(
             request, fingerprint, decision_id, now, requested,
-            pb.REVERSAL_RESULT_ORIGINAL_NOT_FOUND, card,
+            ReversalResult.ORIGINAL_NOT_FOUND, card,
         )  # fmt: skip
         return await self.poster.record(LedgerWrite(decision=record, tombstones=(tombstone,)))
 
     def _reversal_record(
-        self, request: pb.ReverseRequest, fingerprint: bytes, decision_id: str, now: datetime,
-        requested: int, result: pb.ReversalResult.ValueType, card: CardFacts | None = None,
+        self, request: Reversal, fingerprint: bytes, decision_id: str, now: datetime,
+        requested: int, result: ReversalResult, card: CardFacts | None = None,
     ) -> DecisionRecord:  # fmt: skip
         """The decision of a reversal acknowledged without releasing anything."""
-        response = pb.ReverseResponse(
-            response_code=Code.APPROVED, result=result, decision_id=decision_id
-        )
+        response = self.replies.reverse(ReversalAnswer(Code.APPROVED, decision_id, result))
         return self._decision(
             "REVERSAL", request.source, request.message_id, fingerprint, response,
             decision_id, now, card=card, amount_minor=requested,
         )  # fmt: skip
 
     async def _reversal_share(
-        self, hold: HoldRow, money: common_pb2.Money | None, requested: int
+        self, hold: HoldRow, asked_asset: str | None, requested: int
     ) -> tuple[Conversion | None, int] | None:
-        """What a reversal asking for ``requested`` releases of ``hold``, with the conversion
-        when it asks in the billing asset of a converted hold; None when its amount's asset is
-        neither the hold's nor the hold's billing asset."""
+        """What a reversal asking for ``requested`` in ``asked_asset`` (None: it sent no
+        amount) releases of ``hold``, with the conversion when it asks in the billing asset
+        of a converted hold; None when its amount's asset is neither the hold's nor the
+        hold's billing asset."""
         asset = hold.asset or ""
-        if money is None or money.asset == asset:
+        if asked_asset is None or asked_asset == asset:
             return None, requested
         # A converted hold (docs/fx.md): what the reversal asks for in the billing asset
         # releases its share of the hold, so at the authorisation's rate, exactly.
         original = await self.catalog.fx_store.conversion(hold.source, hold.message_id)
-        if original is None or original.billing_asset != money.asset:
+        if original is None or original.billing_asset != asked_asset:
             return None
         billed = min(requested, original.billing_minor)
         share = share_of(hold.original_minor, billed, original.billing_minor)
         conversion = Conversion(
-            money.asset, billed, asset, share, 0, original.rate_text,
+            asked_asset, billed, asset, share, 0, original.rate_text,
             original.rate_effective_from,
         )  # fmt: skip
         return conversion, share
@@ -546,7 +570,7 @@ class LifecycleService:
     async def _release(
         self, hold: HoldRow, plan: ReleasePlan, reason: str, source: str, message_id: str,
         fingerprint: bytes, decision_id: str, now: datetime,
-        respond: Callable[[int, Balance], _Response],
+        respond: Callable[[int, Balance], bytes],
         conversions: tuple[ConversionRecord, ...] = (),
     ) -> Posted:  # fmt: skip
         """Release (part of) one hold; the write conflicts if the hold moved meanwhile."""
@@ -590,55 +614,54 @@ class LifecycleService:
 
     # -- clearing and refund --------------------------------------------------------------
 
-    async def clear(self, request: pb.ClearRequest, canonical: bytes) -> pb.ClearResponse:
+    async def clear(self, request: Clearing, canonical: bytes) -> bytes:
+        """The reply to a clearing, as bytes (``canonical`` as :meth:`advise`)."""
+        # An absent amount is checked as zero in no asset (a format error, as the asset is
+        # not one), like the other messages' amounts.
         bad = self._format_error(
-            request.source, request.message_id, request.billing_amount, pan=request.pan,
-            pan_required=True,
+            request.source, request.message_id, request.amount_minor or 0, request.asset,
+            pan=request.pan, pan_required=True,
         )  # fmt: skip
         if bad or not identifier_ok(
             request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False
         ):
-            return pb.ClearResponse(response_code=bad or Code.FORMAT_ERROR)
-        if not request.HasField("billing_amount"):
-            return pb.ClearResponse(response_code=Code.FORMAT_ERROR)
+            return self.replies.clear(ClearingAnswer(bad or Code.FORMAT_ERROR))
+        amount, asset = request.amount_minor, request.asset
+        if amount is None:
+            return self.replies.clear(ClearingAnswer(Code.FORMAT_ERROR))
         fingerprint = self.keys.fingerprint(canonical)
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
-        found = await self._settlement_card(
-            "CLEARING", request, fingerprint, pb.ClearResponse, pb.ClearResponse.FromString
-        )
-        if isinstance(found, pb.ClearResponse):
+        found = await self._settlement_card("CLEARING", request, amount, fingerprint)
+        if isinstance(found, bytes):
             return found
         card, program = found
         if _forward_only(program):
-            return await self._forward_clearing(request, fingerprint, card, program)
+            return await self._forward_clearing(request, amount, fingerprint, card, program)
         conversion = await self._converted(card, asset, amount, markup=True)
         if isinstance(conversion, RateProblem):
             log.warning("clearing not posted: no usable rate", extra={"detail": conversion.detail})
-            return pb.ClearResponse(response_code=Code.NO_BALANCE_IN_ASSET)
+            return self.replies.clear(ClearingAnswer(Code.NO_BALANCE_IN_ASSET))
         for _ in range(PLAN_ATTEMPTS_MAX):
-            posted = await self._clear_once(request, card, program, fingerprint, conversion)
+            posted = await self._clear_once(request, amount, card, program, fingerprint, conversion)
             if posted.status is PostStatus.NO_BALANCE:
                 # No balance in the asset: nothing posted.
-                return pb.ClearResponse(response_code=Code.NO_BALANCE_IN_ASSET)
+                return self.replies.clear(ClearingAnswer(Code.NO_BALANCE_IN_ASSET))
             if posted.status is not PostStatus.CONFLICT:
-                return self._answer(
-                    posted, fingerprint, pb.ClearResponse.FromString, pb.ClearResponse()
-                )
+                return self._answer(posted, fingerprint, "CLEARING")
         raise InternalError("clearing could not be planned: its holds kept changing")
 
     async def _settlement_card(
-        self, kind: str, request: pb.ClearRequest | pb.RefundRequest | pb.CreditRequest,
-        fingerprint: bytes, cls: type[_R], parse: Callable[[bytes], _R], *,
-        spending: bool = True,
-    ) -> tuple[CardFacts, ProgramRow] | _R:  # fmt: skip
-        """The card of a clearing, refund or credit and its programme, the card spending
-        from the linked account holding the asset when ``spending`` and the programme is
-        on-ledger; or, for a card authswitch does not know, the message's answer."""
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        self, kind: str, request: Clearing | Refund | OriginalCredit, amount: int,
+        fingerprint: bytes, *, spending: bool = True,
+    ) -> tuple[CardFacts, ProgramRow] | bytes:  # fmt: skip
+        """The card of a clearing, refund or credit of ``amount`` and its programme, the
+        card spending from the linked account holding the asset when ``spending`` and the
+        programme is on-ledger; or, for a card authswitch does not know, the message's
+        reply."""
+        asset = request.asset
         card = await self._card(request.pan)
         if card is None:
             return await self._unknown_card(
-                kind, request.source, request.message_id, fingerprint, asset, amount, cls, parse
+                kind, request.source, request.message_id, fingerprint, asset, amount
             )
         program = await self.catalog.program(card.program_id)
         if spending and program.mode == "ON_LEDGER":  # from a linked account holding the asset
@@ -646,23 +669,24 @@ class LifecycleService:
         return card, program
 
     async def _forward_clearing(
-        self, request: pb.ClearRequest, fingerprint: bytes, card: CardFacts, program: ProgramRow
-    ) -> pb.ClearResponse:
-        """A clearing for an off-ledger client: recorded and forwarded; the amount-based
-        limits its transaction counted then follow what settled."""
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        self, request: Clearing, amount: int, fingerprint: bytes, card: CardFacts,
+        program: ProgramRow,
+    ) -> bytes:  # fmt: skip
+        """A clearing of ``amount`` for an off-ledger client: recorded and forwarded; the
+        amount-based limits its transaction counted then follow what settled."""
+        asset = request.asset
         # The clearing fee is computed as on-ledger and sent for the client to apply
         # (seed 004: "fees are communicated to you via webhook").
         context = FeeContext(
             Stage.CLEARING, request.transaction_type or int(TransactionType.PURCHASE),
-            request.channel, request.merchant.mcc,
-            is_international(program, request.merchant.country), asset, amount,
+            request.channel, request.mcc,
+            is_international(program, request.merchant_country), asset, amount,
         )  # fmt: skip
         quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
         fields = {
             "network_reference": request.network_reference, "amount_minor": amount,
-            "asset": asset, "final": request.final, "mcc": request.merchant.mcc,
-            "merchant": request.merchant.name, "fee_minor": quote.fixed_minor,
+            "asset": asset, "final": request.final, "mcc": request.mcc,
+            "merchant": request.merchant_name, "fee_minor": quote.fixed_minor,
         }  # fmt: skip
         fee: dict[str, object] | None = None
         if quote.fixed_minor:
@@ -671,11 +695,11 @@ class LifecycleService:
                 "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
                 "rules": [line.payload() for line in lines],
             }  # fmt: skip
-        forwarded = await self._forward(
+        forwarded, acknowledged = await self._forward(
             "CLEARING", request.source, request.message_id, fingerprint, card, program,
-            fields, pb.ClearResponse, pb.ClearResponse.FromString, fee=fee,
+            fields, fee=fee,
         )  # fmt: skip
-        if forwarded.response_code == Code.APPROVED and request.network_reference:
+        if acknowledged and request.network_reference:
             await self._settle_off_ledger_usage(
                 card.account_id, card.card_id, request.network_reference,
                 f"{request.source}:{request.message_id}", amount,
@@ -684,10 +708,10 @@ class LifecycleService:
         return forwarded
 
     async def _clear_once(
-        self, request: pb.ClearRequest, card: CardFacts, program: ProgramRow, fingerprint: bytes,
-        conversion: Conversion | None,
+        self, request: Clearing, amount: int, card: CardFacts, program: ProgramRow,
+        fingerprint: bytes, conversion: Conversion | None,
     ) -> Posted:  # fmt: skip
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        asset = request.asset
         markup = 0
         if conversion is not None:  # posted in the account's asset, the markup a fee
             amount, asset = conversion.account_minor, conversion.account_asset
@@ -699,8 +723,8 @@ class LifecycleService:
         plan = plan_clearing([h.open_hold() for h in holds], amount, final=request.final)
         transaction_type = request.transaction_type or int(TransactionType.PURCHASE)
         context = FeeContext(
-            Stage.CLEARING, transaction_type, request.channel, request.merchant.mcc,
-            is_international(program, request.merchant.country), asset, amount,
+            Stage.CLEARING, transaction_type, request.channel, request.mcc,
+            is_international(program, request.merchant_country), asset, amount,
         )  # fmt: skip
         rules_fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
         fee = rules_fee + markup
@@ -708,7 +732,7 @@ class LifecycleService:
         fee_lines = self._clearing_fee_lines(program, card, now, request, rules_fee, markup)
         origin = Origin(
             entry_id, program.id, now, request.source, request.message_id,
-            request.merchant.name[:200], request.network_reference, card.card_id,
+            request.merchant_name[:200], request.network_reference, card.card_id,
         )  # fmt: skip
         movement = postings.clearing(
             card.account_id, asset, amount, plan.released_minor, program.clearing_account_id,
@@ -724,9 +748,9 @@ class LifecycleService:
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
-            response = _clearing_response(
+            response = self.replies.clear(_clearing_answer(
                 plan, amount, fee, asset, applied.balance, decision_id, entry_id, conversion
-            )
+            ))  # fmt: skip
             record = self._decision(
                 "CLEARING", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
@@ -754,7 +778,7 @@ class LifecycleService:
         )  # fmt: skip
 
     def _clearing_fee_lines(
-        self, program: ProgramRow, card: CardFacts, now: datetime, request: pb.ClearRequest,
+        self, program: ProgramRow, card: CardFacts, now: datetime, request: Clearing,
         rules_fee: int, markup: int,
     ) -> list[tuple[int, str, Origin]]:  # fmt: skip
         """The fees a clearing posts to the programme's fee account: its rules' fee and the
@@ -813,7 +837,7 @@ class LifecycleService:
 
     @staticmethod
     def _conversions(
-        request: pb.AdviseRequest | pb.ReverseRequest | pb.ClearRequest | pb.RefundRequest,
+        request: Advice | Reversal | Clearing | Refund,
         kind: str,
         conversion: Conversion | None,
         now: datetime,
@@ -824,7 +848,7 @@ class LifecycleService:
 
     @staticmethod
     def _fee_origin(
-        program: ProgramRow, card: CardFacts, now: datetime, request: pb.ClearRequest,
+        program: ProgramRow, card: CardFacts, now: datetime, request: Clearing,
         description: str,
     ) -> Origin:  # fmt: skip
         return Origin(
@@ -848,45 +872,45 @@ class LifecycleService:
             sinks=program.sinks,
         )
 
-    async def refund(self, request: pb.RefundRequest, canonical: bytes) -> pb.RefundResponse:
+    async def refund(self, request: Refund, canonical: bytes) -> bytes:
+        """The reply to a refund, as bytes (``canonical`` as :meth:`advise`)."""
         bad = self._format_error(
-            request.source, request.message_id, request.billing_amount, pan=request.pan,
-            pan_required=True, amount_required=True,
+            request.source, request.message_id, request.amount_minor, request.asset,
+            pan=request.pan, pan_required=True, amount_required=True,
         )  # fmt: skip
         if bad:
-            return pb.RefundResponse(response_code=bad)
+            return self.replies.refund(RefundAnswer(bad))
         fingerprint = self.keys.fingerprint(canonical)
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
-        found = await self._settlement_card(
-            "REFUND", request, fingerprint, pb.RefundResponse, pb.RefundResponse.FromString
-        )
-        if isinstance(found, pb.RefundResponse):
+        amount, asset = request.amount_minor, request.asset
+        found = await self._settlement_card("REFUND", request, amount, fingerprint)
+        if isinstance(found, bytes):
             return found
         card, program = found
         if _forward_only(program):
             fields = {
                 "network_reference": request.network_reference, "amount_minor": amount,
-                "asset": asset, "merchant": request.merchant.name,
+                "asset": asset, "merchant": request.merchant_name,
             }  # fmt: skip
-            return await self._forward(
+            forwarded, _ = await self._forward(
                 "REFUND", request.source, request.message_id, fingerprint, card, program,
-                fields, pb.RefundResponse, pb.RefundResponse.FromString,
+                fields,
             )  # fmt: skip
+            return forwarded
         conversion = await self._converted(card, asset, amount, markup=False)
         if isinstance(conversion, RateProblem):
             log.warning("refund not posted: no usable rate", extra={"detail": conversion.detail})
-            return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
+            return self.replies.refund(RefundAnswer(Code.NO_BALANCE_IN_ASSET))
         posted = await self._post_refund(request, fingerprint, card, program, conversion)
         if posted.status is PostStatus.NO_BALANCE:
-            return pb.RefundResponse(response_code=Code.NO_BALANCE_IN_ASSET)
-        return self._answer(posted, fingerprint, pb.RefundResponse.FromString, pb.RefundResponse())
+            return self.replies.refund(RefundAnswer(Code.NO_BALANCE_IN_ASSET))
+        return self._answer(posted, fingerprint, "REFUND")
 
     async def _post_refund(
-        self, request: pb.RefundRequest, fingerprint: bytes, card: CardFacts,
+        self, request: Refund, fingerprint: bytes, card: CardFacts,
         program: ProgramRow, conversion: Conversion | None,
     ) -> Posted:  # fmt: skip
         """Credit a refund to the card's account from the programme's clearing account."""
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        amount, asset = request.amount_minor, request.asset
         if conversion is not None:  # credited in the account's asset (docs/fx.md)
             amount, asset = conversion.account_minor, conversion.account_asset
         now = self.clock.now()
@@ -895,22 +919,19 @@ class LifecycleService:
             card.account_id, asset, amount, program.clearing_account_id, "REFUND",
             Origin(
                 entry_id, program.id, now, request.source, request.message_id,
-                request.merchant.name[:200], request.network_reference, card.card_id,
+                request.merchant_name[:200], request.network_reference, card.card_id,
             ),
         )  # fmt: skip
         change = refunded.change
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
-            response = pb.RefundResponse(
-                response_code=Code.APPROVED,
-                credited=_money(amount, asset),
-                balance=balance_message(asset, applied.balance),
-                decision_id=decision_id,
-                entry_id=entry_id,
-            )
-            if conversion is not None:
-                response.fx.CopyFrom(fx_message(conversion))
+            response = self.replies.refund(
+                RefundAnswer(
+                    Code.APPROVED, decision_id, credited_minor=amount, asset=asset,
+                    balance=applied.balance, entry_id=entry_id, fx=conversion,
+                )
+            )  # fmt: skip
             record = self._decision(
                 "REFUND", request.source, request.message_id, fingerprint, response,
                 decision_id, now, card=card, asset=asset, amount_minor=amount,
@@ -933,13 +954,14 @@ class LifecycleService:
 
     # -- account-funding credits (issue 18, item 6) ----------------------------------------
 
-    async def credit(self, request: pb.CreditRequest, canonical: bytes) -> pb.CreditResponse:
+    async def credit(self, request: OriginalCredit, canonical: bytes) -> bytes:
         """An original credit transaction: decided (status, product, credit limits) and, when
         approved, credited as one balanced journal entry, in one atomic Redis step and the
-        group commit, at most once per (source, message id). docs/credits.md."""
+        group commit, at most once per (source, message id). docs/credits.md. Its reply as
+        bytes (``canonical`` as :meth:`advise`)."""
         bad = self._format_error(
-            request.source, request.message_id, request.billing_amount, pan=request.pan,
-            pan_required=True, amount_required=True,
+            request.source, request.message_id, request.amount_minor, request.asset,
+            pan=request.pan, pan_required=True, amount_required=True,
         )  # fmt: skip
         if not bad and (
             not identifier_ok(request.network_reference, NETWORK_REFERENCE_LEN_MAX, required=False)
@@ -948,9 +970,8 @@ class LifecycleService:
         ):
             bad = Code.FORMAT_ERROR
         if bad:
-            return _credit_response(
-                Reason.FORMAT_ERROR if bad == Code.FORMAT_ERROR else Reason.INVALID_AMOUNT
-            )
+            reason = Reason.FORMAT_ERROR if bad == Code.FORMAT_ERROR else Reason.INVALID_AMOUNT
+            return self.replies.credit(_credit_answer(reason))
         key = (request.source, request.message_id)
         original = self._credits.get(key)
         if original is not None:  # a retransmission while the original is in flight here
@@ -965,26 +986,24 @@ class LifecycleService:
                 del self._credits[key]
             future.set_result(None)
 
-    async def _credit(self, request: pb.CreditRequest, canonical: bytes) -> pb.CreditResponse:
+    async def _credit(self, request: OriginalCredit, canonical: bytes) -> bytes:
         fingerprint = self.keys.fingerprint(canonical)
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
-        found = await self._settlement_card(
-            "CREDIT", request, fingerprint, pb.CreditResponse, pb.CreditResponse.FromString,
-            spending=False,
-        )  # fmt: skip
-        if isinstance(found, pb.CreditResponse):
+        amount, asset = request.amount_minor, request.asset
+        found = await self._settlement_card("CREDIT", request, amount, fingerprint, spending=False)
+        if isinstance(found, bytes):
             return found
         card, program = found
         fields: dict[str, object] = {
             "network_reference": request.network_reference, "amount_minor": amount,
             "asset": asset, "credit_type": CreditType(request.credit_type).name,
-            "originator": request.merchant.name, "sender_name": request.sender_name,
+            "originator": request.originator_name, "sender_name": request.sender_name,
         }  # fmt: skip
         if _forward_only(program):
-            return await self._forward(
+            forwarded, _ = await self._forward(
                 "CREDIT", request.source, request.message_id, fingerprint, card, program,
-                fields, pb.CreditResponse, pb.CreditResponse.FromString,
+                fields,
             )  # fmt: skip
+            return forwarded
         product = await self.catalog.product(card.product_id)
         allowed = product.rules.allowed_types
         product_reason = (
@@ -1011,9 +1030,8 @@ class LifecycleService:
                             # Nothing of this credit is durable: the cache must not keep it.
                             poster.reload_later(card.account_id, written.status.value)
                         return self._answer(
-                            Posted(PostStatus.COMMITTED, written.decision), fingerprint,
-                            pb.CreditResponse.FromString, pb.CreditResponse(),
-                        )  # fmt: skip
+                            Posted(PostStatus.COMMITTED, written.decision), fingerprint, "CREDIT"
+                        )
                 except Exception:
                     poster.undo_later(card.account_id, request.source, request.message_id)
                     raise
@@ -1021,10 +1039,7 @@ class LifecycleService:
                 # The original's durable answer; it may be committing in another process.
                 stored = await durable_original(self.holds, request.source, request.message_id)
                 if stored is not None:
-                    return self._answer(
-                        Posted(PostStatus.DUPLICATE, stored), fingerprint,
-                        pb.CreditResponse.FromString, pb.CreditResponse(),
-                    )  # fmt: skip
+                    return self._answer(Posted(PostStatus.DUPLICATE, stored), fingerprint, "CREDIT")
                 # A marker with nothing durable behind it: its attempt failed.
                 await cache.forget_marker(card.account_id, request.source, request.message_id)
                 continue
@@ -1052,29 +1067,32 @@ class LifecycleService:
         return counters
 
     def _credit_write(
-        self, request: pb.CreditRequest, fingerprint: bytes, card: CardFacts,
+        self, request: OriginalCredit, fingerprint: bytes, card: CardFacts,
         program: ProgramRow, result: CreditOutcome, counters: list[CounterCheck],
         fields: dict[str, object], now: datetime,
     ) -> LedgerWrite:  # fmt: skip
-        amount, asset = request.billing_amount.amount_minor, request.billing_amount.asset
+        amount, asset = request.amount_minor, request.asset
         decision_id = str(uuid.uuid4())
-        approved = result.reason is Reason.APPROVED
-        response = _credit_response(result.reason, decision_id=decision_id)
-        if not approved:
-            response.detail = _CREDIT_DECLINE_DETAIL.get(result.reason, "")
+        if result.reason is not Reason.APPROVED:
+            declined = _credit_answer(
+                result.reason, decision_id, _CREDIT_DECLINE_DETAIL.get(result.reason, "")
+            )
             record = DecisionRecord(
                 id=decision_id, source=request.source, message_id=request.message_id,
                 kind="CREDIT", fingerprint=fingerprint, card_id=card.card_id,
                 account_id=card.account_id, asset=asset, amount_minor=amount, approved_minor=0,
-                fee_minor=0, response_code=response.response_code, reason=int(result.reason),
-                response=response.SerializeToString(), created_at=now,
+                fee_minor=0, response_code=declined.response_code, reason=int(result.reason),
+                response=self.replies.credit(declined), created_at=now,
             )  # fmt: skip
             return LedgerWrite(decision=record)
         assert result.balance is not None
         entry_id = str(uuid.uuid4())
-        response.credited.CopyFrom(_money(amount, asset))
-        response.balance.CopyFrom(balance_message(asset, result.balance))
-        response.entry_id = entry_id
+        response = self.replies.credit(
+            CreditAnswer(
+                outcome(result.reason).response_code, decision_id, result.reason,
+                credited_minor=amount, asset=asset, balance=result.balance, entry_id=entry_id,
+            )
+        )  # fmt: skip
         record = self._decision(
             "CREDIT", request.source, request.message_id, fingerprint, response, decision_id,
             now, card=card, asset=asset, amount_minor=amount,
@@ -1108,15 +1126,15 @@ class LifecycleService:
 
     async def _forward(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, card: CardFacts,
-        program: ProgramRow, fields: dict[str, object], cls: type[_R],
-        parse: Callable[[bytes], _R], fee: dict[str, object] | None = None,
-    ) -> _R:  # fmt: skip
+        program: ProgramRow, fields: dict[str, object], fee: dict[str, object] | None = None,
+    ) -> tuple[bytes, bool]:  # fmt: skip
         """Off-ledger: the client's ledger settles. Record the message, acknowledge it, and
         queue it to the client as a notification, in the same transaction; ``fee``: the
-        details of a FEE notification to follow it (the message's fields are added)."""
+        details of a FEE notification to follow it (the message's fields are added). The
+        reply, and whether it acknowledges this message ("00", this time or the first)."""
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
-        response = cls(response_code=Code.APPROVED, decision_id=decision_id)
+        response = self._reply(kind, Code.APPROVED, decision_id)
         record = self._decision(
             kind, source, message_id, fingerprint, response, decision_id, now, card=card,
             asset=str(fields.get("asset", "")) or None,
@@ -1125,7 +1143,10 @@ class LifecycleService:
         payload = {"source": source, "message_id": message_id, **fields}
         notes = self._card_notes(kind, program, card, payload, now, fee)
         posted = await self.poster.record(LedgerWrite(decision=record, notifications=notes))
-        return self._answer(posted, fingerprint, parse, cls())
+        stored = posted.decision
+        assert stored is not None
+        acknowledged = stored.fingerprint == fingerprint and stored.response_code == Code.APPROVED
+        return self._answer(posted, fingerprint, kind), acknowledged
 
     def _card_notes(
         self, kind: str, program: ProgramRow, card: CardFacts, payload: dict[str, object],
@@ -1144,25 +1165,26 @@ class LifecycleService:
 
     async def _unknown_card(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, asset: str,
-        amount: int, cls: type[_R], parse: Callable[[bytes], _R],
-    ) -> _R:  # fmt: skip
+        amount: int,
+    ) -> bytes:  # fmt: skip
         """Record a settlement message for a card authswitch does not know: answered 14,
         nothing posted, kept for the operators."""
         decision_id = str(uuid.uuid4())
-        response = cls(response_code=Code.UNKNOWN_CARD, decision_id=decision_id)
+        response = self._reply(kind, Code.UNKNOWN_CARD, decision_id)
         record = self._decision(
             kind, source, message_id, fingerprint, response, decision_id, self.clock.now(),
-            asset=asset, amount_minor=amount,
+            asset=asset, amount_minor=amount, response_code=Code.UNKNOWN_CARD,
         )  # fmt: skip
         posted = await self.poster.record(LedgerWrite(decision=record))
-        return self._answer(posted, fingerprint, parse, cls())
+        return self._answer(posted, fingerprint, kind)
 
     # -- hold removal: by an operator, and by age -----------------------------------------
 
     async def release_hold(
         self, hold_id: str, reason: str, idempotency_key: str, *, actor: str
-    ) -> ledger_admin_pb2.ReleaseHoldResponse:
-        """Remove a stale hold by hand (seed 001: "the amount is manually removed")."""
+    ) -> bytes:
+        """Remove a stale hold by hand (seed 001: "the amount is manually removed"); the
+        reply as bytes, a repeated release's as stored with the first."""
         require_idempotency_key(idempotency_key)
         fingerprint = self.keys.fingerprint(f"release:{hold_id}:{reason}".encode())
         for _ in range(PLAN_ATTEMPTS_MAX):
@@ -1172,12 +1194,12 @@ class LifecycleService:
             if hold.status != "OPEN":
                 stored = await self.holds.find_decision(ADMIN_SOURCE, idempotency_key)
                 if stored is not None and stored.fingerprint == fingerprint:
-                    return ledger_admin_pb2.ReleaseHoldResponse.FromString(stored.response)
+                    return stored.response
                 raise PreconditionFailed(f"hold {hold_id} has already ended ({hold.status})")
             plan = ReleasePlan(hold.id, hold.amount_minor, hold.amount_minor, HoldEnd.RELEASED)
             posted = await self._release(
                 hold, plan, "RELEASE", ADMIN_SOURCE, idempotency_key, fingerprint,
-                str(uuid.uuid4()), self.clock.now(), _release_response(hold.asset or ""),
+                str(uuid.uuid4()), self.clock.now(), _release_reply(self.replies, hold.asset or ""),
             )  # fmt: skip
             if posted.status is PostStatus.CONFLICT:
                 continue
@@ -1191,7 +1213,7 @@ class LifecycleService:
                 hold_id,
                 {"reason": reason, "amount_minor": plan.release_minor},
             )
-            return ledger_admin_pb2.ReleaseHoldResponse.FromString(stored.response)
+            return stored.response
         raise InternalError("hold release could not be planned: the hold kept changing")
 
     async def age_off(self, *, limit: int = 1_000) -> int:
@@ -1208,7 +1230,7 @@ class LifecycleService:
                 posted = await self._release(
                     hold, plan, "AGE_OFF", SYSTEM_SOURCE, f"ageoff:{hold.id}",
                     f"ageoff:{hold.id}".encode(), str(uuid.uuid4()), now,
-                    _release_response(hold.asset or ""),
+                    _release_reply(self.replies, hold.asset or ""),
                 )  # fmt: skip
                 return posted.status is PostStatus.COMMITTED
 
@@ -1238,12 +1260,8 @@ _CREDIT_DECLINE_DETAIL = {
 }
 
 
-def _credit_response(reason: Reason, *, decision_id: str = "") -> pb.CreditResponse:
-    return pb.CreditResponse(
-        response_code=outcome(reason).response_code,
-        reason=int(reason),  # type: ignore[arg-type]
-        decision_id=decision_id,
-    )
+def _credit_answer(reason: Reason, decision_id: str = "", detail: str = "") -> CreditAnswer:
+    return CreditAnswer(outcome(reason).response_code, decision_id, reason, detail=detail)
 
 
 def _forward_only(program: ProgramRow) -> bool:
@@ -1254,48 +1272,36 @@ def _forward_only(program: ProgramRow) -> bool:
     return program.routing is None or program.routing.stand_in is not StandInPolicy.SHADOW
 
 
-def _reversal_response(
-    asset: str, decision_id: str, conversion: Conversion | None
-) -> Callable[[int, Balance], pb.ReverseResponse]:
+def _reversal_reply(
+    replies: LifecycleReplies, asset: str, decision_id: str, conversion: Conversion | None
+) -> Callable[[int, Balance], bytes]:
     """How a reversal that released a hold in ``asset`` is answered."""
 
-    def respond(released: int, balance: Balance) -> pb.ReverseResponse:
-        response = pb.ReverseResponse(
-            response_code=Code.APPROVED,
-            result=pb.REVERSAL_RESULT_RELEASED,
-            released=_money(released, asset),
-            balance=balance_message(asset, balance),
-            decision_id=decision_id,
-        )
-        if conversion is not None:
-            response.fx.CopyFrom(fx_message(conversion))
-        return response
+    def respond(released: int, balance: Balance) -> bytes:
+        return replies.reverse(
+            ReversalAnswer(
+                Code.APPROVED, decision_id, ReversalResult.RELEASED, released_minor=released,
+                asset=asset, balance=balance, fx=conversion,
+            )
+        )  # fmt: skip
 
     return respond
 
 
-def _clearing_response(
+def _clearing_answer(
     plan: ClearingPlan, amount: int, fee: int, asset: str, balance: Balance, decision_id: str,
     entry_id: str, conversion: Conversion | None,
-) -> pb.ClearResponse:  # fmt: skip
+) -> ClearingAnswer:  # fmt: skip
     """How a clearing posted on-ledger is answered."""
-    response = pb.ClearResponse(
-        response_code=Code.APPROVED,
-        matched=plan.matched,
-        released=_money(plan.released_minor, asset),
-        posted=_money(amount, asset),
-        balance=balance_message(asset, balance),
-        decision_id=decision_id,
-        entry_id=entry_id if amount else "",
-        fee=_money(fee, asset),
-    )
-    if conversion is not None:
-        response.fx.CopyFrom(fx_message(conversion))
-    return response
+    return ClearingAnswer(
+        Code.APPROVED, decision_id, plan.matched, released_minor=plan.released_minor,
+        posted_minor=amount, fee_minor=fee, asset=asset, balance=balance,
+        entry_id=entry_id if amount else "", fx=conversion,
+    )  # fmt: skip
 
 
 def _clearing_payload(
-    request: pb.ClearRequest, plan: ClearingPlan, amount: int, fee: int, asset: str,
+    request: Clearing, plan: ClearingPlan, amount: int, fee: int, asset: str,
     conversion: Conversion | None,
 ) -> dict[str, object]:  # fmt: skip
     """The CLEARING notification of a clearing posted on-ledger."""
@@ -1309,7 +1315,7 @@ def _clearing_payload(
 
 
 def _advice_hold(
-    request: pb.AdviseRequest, card: CardFacts, asset: str, delta: int,
+    request: Advice, card: CardFacts, asset: str, delta: int,
     original: HoldRow | None, held: list[HoldRow], validity: int, now: datetime,
     conversion: Conversion | None,
 ) -> HoldRecord:  # fmt: skip
@@ -1334,7 +1340,7 @@ def _advice_hold(
 
 
 def _advice_payload(
-    request: pb.AdviseRequest, amount: int, delta: int, asset: str,
+    request: Advice, amount: int, delta: int, asset: str,
     conversion: Conversion | None,
 ) -> dict[str, object]:  # fmt: skip
     """The ADVICE notification of an advice posted on-ledger."""
@@ -1347,12 +1353,12 @@ def _advice_payload(
     }  # fmt: skip
 
 
-def _advice_fields(request: pb.AdviseRequest) -> dict[str, object]:
+def _advice_fields(request: Advice) -> dict[str, object]:
     return {
         "network_reference": request.network_reference,
         "original_message_id": request.original_message_id,
-        "amount_minor": request.billing_amount.amount_minor,
-        "asset": request.billing_amount.asset,
+        "amount_minor": request.amount_minor,
+        "asset": request.asset,
         "authorization_code": request.authorization_code,
-        "mcc": request.merchant.mcc,
+        "mcc": request.mcc,
     }

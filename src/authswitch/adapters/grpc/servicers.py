@@ -39,6 +39,13 @@ from authswitch.adapters.grpc.codec.disputes import (
     resolve_dispute_of,
 )
 from authswitch.adapters.grpc.codec.files import new_file_schedule_of, schedule_message
+from authswitch.adapters.grpc.codec.lifecycle import (
+    advice_of,
+    clearing_of,
+    original_credit_of,
+    refund_of,
+    reversal_of,
+)
 from authswitch.adapters.grpc.codec.tokens import (
     card_tokens_message,
     provision_message,
@@ -248,26 +255,34 @@ class AuthorizationServicer(_Ready):
     @grpc_errors
     async def Advise(  # noqa: N802
         self, request: authorization_pb2.AdviseRequest, context: Context
-    ) -> authorization_pb2.AdviseResponse:
-        return await self.lifecycle.advise(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.lifecycle.advise(
+            advice_of(request), request.SerializeToString(deterministic=True)
+        )
 
     @grpc_errors
     async def Reverse(  # noqa: N802
         self, request: authorization_pb2.ReverseRequest, context: Context
-    ) -> authorization_pb2.ReverseResponse:
-        return await self.lifecycle.reverse(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.lifecycle.reverse(
+            reversal_of(request), request.SerializeToString(deterministic=True)
+        )
 
     @grpc_errors
     async def Clear(  # noqa: N802
         self, request: authorization_pb2.ClearRequest, context: Context
-    ) -> authorization_pb2.ClearResponse:
-        return await self.lifecycle.clear(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.lifecycle.clear(
+            clearing_of(request), request.SerializeToString(deterministic=True)
+        )
 
     @grpc_errors
     async def Refund(  # noqa: N802
         self, request: authorization_pb2.RefundRequest, context: Context
-    ) -> authorization_pb2.RefundResponse:
-        return await self.lifecycle.refund(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.lifecycle.refund(
+            refund_of(request), request.SerializeToString(deterministic=True)
+        )
 
     @grpc_errors
     async def ProvisionToken(  # noqa: N802
@@ -278,8 +293,10 @@ class AuthorizationServicer(_Ready):
     @grpc_errors
     async def Credit(  # noqa: N802
         self, request: authorization_pb2.CreditRequest, context: Context
-    ) -> authorization_pb2.CreditResponse:
-        return await self.lifecycle.credit(request, request.SerializeToString(deterministic=True))
+    ) -> bytes:
+        return await self.lifecycle.credit(
+            original_credit_of(request), request.SerializeToString(deterministic=True)
+        )
 
     @grpc_errors
     async def Chargeback(  # noqa: N802
@@ -473,7 +490,7 @@ class LedgerAdminServicer(_Ready):
     @grpc_errors
     async def ReleaseHold(  # noqa: N802
         self, request: ledger_admin_pb2.ReleaseHoldRequest, context: Context
-    ) -> ledger_admin_pb2.ReleaseHoldResponse:
+    ) -> bytes:
         return await self.lifecycle.release_hold(
             request.hold_id, request.reason, request.idempotency_key, actor=_actor(context)
         )

@@ -1,0 +1,218 @@
+"""The lifecycle's messages: the network's Advise, Reverse, Clear, Refund and Credit
+(gateway API) and the operators' ReleaseHold (admin API)."""
+
+from __future__ import annotations
+
+from authswitch.adapters.grpc.codec.common import balance_message, fx_message, money_message
+from authswitch.domain.fx import Conversion
+from authswitch.domain.ledger import Balance
+from authswitch.domain.messages.lifecycle import (
+    Advice,
+    AdviceAnswer,
+    Clearing,
+    ClearingAnswer,
+    CreditAnswer,
+    HoldReleaseAnswer,
+    OriginalCredit,
+    Refund,
+    RefundAnswer,
+    Reversal,
+    ReversalAnswer,
+)
+from authswitch.v1 import authorization_pb2 as pb
+from authswitch.v1 import common_pb2, ledger_admin_pb2
+
+__all__ = [
+    "LifecycleReplyEncoder",
+    "advice_message",
+    "advice_of",
+    "clearing_message",
+    "clearing_of",
+    "credit_message",
+    "hold_release_message",
+    "original_credit_of",
+    "refund_message",
+    "refund_of",
+    "reversal_message",
+    "reversal_of",
+]
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def advice_of(request: pb.AdviseRequest) -> Advice:
+    return Advice(
+        source=request.source,
+        message_id=request.message_id,
+        pan=request.pan,
+        amount_minor=request.billing_amount.amount_minor,
+        asset=request.billing_amount.asset,
+        network_reference=request.network_reference,
+        original_message_id=request.original_message_id,
+        authorization_code=request.authorization_code,
+        mcc=request.merchant.mcc,
+    )
+
+
+def reversal_of(request: pb.ReverseRequest) -> Reversal:
+    return Reversal(
+        source=request.source,
+        message_id=request.message_id,
+        original_message_id=request.original_message_id,
+        amount_minor=request.amount.amount_minor if request.HasField("amount") else None,
+        asset=request.amount.asset,
+        network_reference=request.network_reference,
+        pan=request.pan,
+    )
+
+
+def clearing_of(request: pb.ClearRequest) -> Clearing:
+    sent = request.HasField("billing_amount")
+    return Clearing(
+        source=request.source,
+        message_id=request.message_id,
+        pan=request.pan,
+        amount_minor=request.billing_amount.amount_minor if sent else None,
+        asset=request.billing_amount.asset,
+        network_reference=request.network_reference,
+        final=request.final,
+        transaction_type=request.transaction_type,
+        channel=request.channel,
+        mcc=request.merchant.mcc,
+        merchant_country=request.merchant.country,
+        merchant_name=request.merchant.name,
+    )
+
+
+def refund_of(request: pb.RefundRequest) -> Refund:
+    return Refund(
+        source=request.source,
+        message_id=request.message_id,
+        pan=request.pan,
+        amount_minor=request.billing_amount.amount_minor,
+        asset=request.billing_amount.asset,
+        network_reference=request.network_reference,
+        merchant_name=request.merchant.name,
+    )
+
+
+def original_credit_of(request: pb.CreditRequest) -> OriginalCredit:
+    return OriginalCredit(
+        source=request.source,
+        message_id=request.message_id,
+        pan=request.pan,
+        amount_minor=request.billing_amount.amount_minor,
+        asset=request.billing_amount.asset,
+        credit_type=request.credit_type,
+        network_reference=request.network_reference,
+        sender_name=request.sender_name,
+        originator_name=request.merchant.name,
+    )
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+
+def advice_message(answer: AdviceAnswer) -> pb.AdviseResponse:
+    return pb.AdviseResponse(
+        response_code=answer.response_code,
+        result=int(answer.result),  # type: ignore[arg-type]
+        held=_money(answer.held_minor, answer.asset),
+        balance=_balance(answer.asset, answer.balance),
+        decision_id=answer.decision_id,
+        fx=_fx(answer.fx),
+    )
+
+
+def reversal_message(answer: ReversalAnswer) -> pb.ReverseResponse:
+    return pb.ReverseResponse(
+        response_code=answer.response_code,
+        result=int(answer.result),  # type: ignore[arg-type]
+        released=_money(answer.released_minor, answer.asset),
+        balance=_balance(answer.asset, answer.balance),
+        decision_id=answer.decision_id,
+        fx=_fx(answer.fx),
+    )
+
+
+def clearing_message(answer: ClearingAnswer) -> pb.ClearResponse:
+    return pb.ClearResponse(
+        response_code=answer.response_code,
+        matched=answer.matched,
+        released=_money(answer.released_minor, answer.asset),
+        posted=_money(answer.posted_minor, answer.asset),
+        balance=_balance(answer.asset, answer.balance),
+        decision_id=answer.decision_id,
+        entry_id=answer.entry_id,
+        fee=_money(answer.fee_minor, answer.asset),
+        fx=_fx(answer.fx),
+    )
+
+
+def refund_message(answer: RefundAnswer) -> pb.RefundResponse:
+    return pb.RefundResponse(
+        response_code=answer.response_code,
+        credited=_money(answer.credited_minor, answer.asset),
+        balance=_balance(answer.asset, answer.balance),
+        decision_id=answer.decision_id,
+        entry_id=answer.entry_id,
+        fx=_fx(answer.fx),
+    )
+
+
+def credit_message(answer: CreditAnswer) -> pb.CreditResponse:
+    return pb.CreditResponse(
+        response_code=answer.response_code,
+        reason=int(answer.reason or 0),  # type: ignore[arg-type]
+        credited=_money(answer.credited_minor, answer.asset),
+        balance=_balance(answer.asset, answer.balance),
+        decision_id=answer.decision_id,
+        entry_id=answer.entry_id,
+        detail=answer.detail,
+    )
+
+
+def hold_release_message(answer: HoldReleaseAnswer) -> ledger_admin_pb2.ReleaseHoldResponse:
+    return ledger_admin_pb2.ReleaseHoldResponse(
+        released=money_message(answer.released_minor, answer.asset),
+        balance=balance_message(answer.asset, answer.balance),
+    )
+
+
+class LifecycleReplyEncoder:
+    """The lifecycle's replies as bytes, the form stored with their decisions
+    (``authswitch.service.lifecycle.LifecycleReplies``)."""
+
+    def advise(self, answer: AdviceAnswer) -> bytes:
+        return advice_message(answer).SerializeToString()
+
+    def reverse(self, answer: ReversalAnswer) -> bytes:
+        return reversal_message(answer).SerializeToString()
+
+    def clear(self, answer: ClearingAnswer) -> bytes:
+        return clearing_message(answer).SerializeToString()
+
+    def refund(self, answer: RefundAnswer) -> bytes:
+        return refund_message(answer).SerializeToString()
+
+    def credit(self, answer: CreditAnswer) -> bytes:
+        return credit_message(answer).SerializeToString()
+
+    def release_hold(self, answer: HoldReleaseAnswer) -> bytes:
+        return hold_release_message(answer).SerializeToString()
+
+
+# A field given None is left unset (absent on the wire), as an answer that shows no amount.
+
+
+def _money(amount_minor: int | None, asset: str) -> common_pb2.Money | None:
+    return None if amount_minor is None else money_message(amount_minor, asset)
+
+
+def _balance(asset: str, balance: Balance | None) -> common_pb2.Balance | None:
+    return None if balance is None else balance_message(asset, balance)
+
+
+def _fx(conversion: Conversion | None) -> common_pb2.FxConversion | None:
+    return None if conversion is None else fx_message(conversion)
