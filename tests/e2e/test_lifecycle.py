@@ -295,6 +295,46 @@ async def test_manual_release_of_a_stale_hold(ledger: Ledger) -> None:
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_lifecycle_replies_are_the_stored_bytes(ledger: Ledger, app: Application) -> None:
+    """A clearing's and a hold release's replies are the bytes stored with their decisions,
+    first time and every retransmission alike (never parsed back)."""
+    card = await ledger.card(10_000)
+    auth = await _authorized(ledger, card, 4_000)
+    clear = ledger.channel.unary_unary(
+        "/authswitch.v1.AuthorizationService/Clear",
+        request_serializer=pb.ClearRequest.SerializeToString,
+    )
+    clearing = pb.ClearRequest(
+        source="visa", message_id=str(uuid.uuid4()), network_reference="unmatched-ref",
+        pan=card.pan, billing_amount=c.Money(amount_minor=1_500, asset="GBP"), final=True,
+        merchant=pb.Merchant(mcc="5411", country="GB", name="Shop"),
+    )  # fmt: skip
+    first, second = await clear(clearing), await clear(clearing)
+    assert first == second == await _stored_reply(app, "visa", clearing.message_id)
+    cleared = pb.ClearResponse.FromString(first)
+    assert (cleared.response_code, cleared.matched, cleared.posted.amount_minor) == (
+        "00", False, 1_500,
+    )  # fmt: skip
+    release = ledger.channel.unary_unary(
+        "/authswitch.v1.LedgerAdminService/ReleaseHold",
+        request_serializer=la.ReleaseHoldRequest.SerializeToString,
+    )
+    hold = await app.holds.hold_by_message(auth.source, auth.message_id)
+    assert hold is not None
+    request = la.ReleaseHoldRequest(hold_id=hold.id, reason="by hand", idempotency_key=hold.id)
+    first, second = await release(request), await release(request)
+    assert first == second == await _stored_reply(app, "admin", hold.id)
+    assert la.ReleaseHoldResponse.FromString(first).released.amount_minor == 4_000
+
+
+async def _stored_reply(app: Application, source: str, message_id: str) -> bytes:
+    assert app.pool is not None
+    stored = await app.pool.fetchval(
+        "SELECT response FROM decisions WHERE source = $1 AND message_id = $2", source, message_id
+    )
+    return bytes(stored)
+
+
 async def test_malformed_lifecycle_messages_write_nothing(ledger: Ledger, app: Application) -> None:
     card = await ledger.card(10_000)
     assert (await ledger.clear(card, "r", -5)).response_code == "13"
