@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
+from authswitch.domain.money import AMOUNT_MAX_MINOR
+
 __all__ = [
     "FeeContext",
     "FeeLine",
@@ -87,6 +89,22 @@ class FeeRule:
         if self.max_minor is not None:
             fee = min(fee, self.max_minor)
         return fee
+
+
+def rule_problem(
+    *, flat_minor: int, bps: int, min_minor: int, max_minor: int | None,
+    above_minor: int | None, free_uses: int, free_period: str,
+) -> str | None:  # fmt: skip
+    """Why a fee rule with these values cannot be set, or None when it can."""
+    if (free_uses > 0) != bool(free_period):
+        return "free_uses and free_period go together (a day or a month)"
+    if any(n < 0 for n in (flat_minor, min_minor, free_uses)) or not 0 <= bps <= 10_000:
+        return "fee amounts must not be negative and bps must be 0..10000"
+    if flat_minor > AMOUNT_MAX_MINOR or min_minor > AMOUNT_MAX_MINOR:
+        return "fee amounts are too large"
+    if (max_minor is not None and max_minor < 0) or (above_minor is not None and above_minor < 0):
+        return "max_minor and above_minor must not be negative"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

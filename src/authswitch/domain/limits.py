@@ -60,6 +60,21 @@ class Limit:
         return not self.transaction_types or transaction_type in self.transaction_types
 
 
+def limit_problem(
+    period: Period, amount_max_minor: int | None, count_max: int | None
+) -> str | None:
+    """Why a limit with these maxima cannot be set, or None when it can."""
+    if amount_max_minor is None and count_max is None:
+        return "a limit caps an amount, a count, or both"
+    if (amount_max_minor is not None and amount_max_minor < 0) or (
+        count_max is not None and count_max < 0
+    ):
+        return "limit maxima must not be negative"
+    if period is Period.TRANSACTION and count_max is not None:
+        return "a per-transaction limit caps the amount only"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Counter:
     """One counter a decision reads and adds to. ``key`` names it durably; ``previous`` is

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +24,18 @@ from authswitch.adapters.grpc.codec.admin import (
     delivery_message,
     fx_rate_message,
     history_entry_message,
+    hold_message,
     holder_messages,
     program_message,
     transfer_of,
 )
 from authswitch.adapters.grpc.codec.authorization import authorization_request_of
+from authswitch.adapters.grpc.codec.charges import (
+    fee_rule_message,
+    fee_rule_of,
+    limit_message,
+    limit_of,
+)
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message
 from authswitch.adapters.grpc.codec.disputes import (
     dispute_history_message,
@@ -59,15 +65,11 @@ from authswitch.adapters.grpc.controls import (
 )
 from authswitch.adapters.grpc.errors import grpc_errors
 from authswitch.adapters.grpc.paging import fill_page, page_size, read_page_token
-from authswitch.adapters.postgres.holds import HoldRow
 from authswitch.domain.authorization import (
     CardStatus,
     PinTriesExceededAction,
 )
 from authswitch.domain.controls import in_force, next_scheduled
-from authswitch.domain.fees import FeeRule, Region, Stage
-from authswitch.domain.limits import Limit, Period, Subject
-from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import (
     DEADLINE_MS_MAX,
     DEADLINE_MS_MIN,
@@ -508,7 +510,7 @@ class LedgerAdminServicer(_Ready):
         converted = await self.service.fx.conversions([(h.source, h.message_id) for h in rows])
         items = []
         for h in rows:
-            message = _hold_message(h)
+            message = hold_message(h)
             conversion = converted.get((h.source, h.message_id))
             if conversion is not None:
                 message.fx.CopyFrom(fx_message(conversion))
@@ -619,7 +621,7 @@ class LedgerAdminServicer(_Ready):
         version = await self.service.set_fee_schedule(
             request.product_id,
             effective,
-            [_fee_rule(rule) for rule in request.rules],
+            [fee_rule_of(rule) for rule in request.rules],
             actor=_actor(context),
         )
         return ledger_admin_pb2.SetFeeScheduleResponse(version=version)
@@ -640,7 +642,7 @@ class LedgerAdminServicer(_Ready):
         items = []
         for schedule in [s for s in schedules if s.version > after][: limit + 1]:
             entry = ledger_admin_pb2.FeeSchedule(
-                version=schedule.version, rules=[_fee_rule_message(r) for r in schedule.rules]
+                version=schedule.version, rules=[fee_rule_message(r) for r in schedule.rules]
             )
             entry.effective_from.FromDatetime(schedule.effective_from)
             items.append((entry, (schedule.version,)))
@@ -655,7 +657,7 @@ class LedgerAdminServicer(_Ready):
         self, request: ledger_admin_pb2.CreateLimitRequest, context: Context
     ) -> ledger_admin_pb2.CreateLimitResponse:
         limit_id = await self.service.create_limit(
-            request.product_id, _limit(request.limit), actor=_actor(context)
+            request.product_id, limit_of(request.limit), actor=_actor(context)
         )
         return ledger_admin_pb2.CreateLimitResponse(limit_id=limit_id)
 
@@ -675,7 +677,7 @@ class LedgerAdminServicer(_Ready):
             if after not in ids:
                 raise RequestError("page_token is not one this server issued for this list")
             start = ids.index(str(after)) + 1
-        items = [(_limit_message(x), (x.id,)) for x in limits[start : start + limit + 1]]
+        items = [(limit_message(x), (x.id,)) for x in limits[start : start + limit + 1]]
         response = ledger_admin_pb2.ListLimitsResponse()
         response.next_page_token = fill_page(response.limits, items, limit=limit, kind="limits")
         return response
@@ -1000,130 +1002,6 @@ class LedgerAdminServicer(_Ready):
         return ledger_admin_pb2.ListAccountHoldersResponse(holders=holder_messages(holders))
 
 
-def _fee_rule(message: ledger_admin_pb2.FeeRule) -> FeeRule:
-    """The domain rule of a wire rule; bad values are a RequestError."""
-    stage = {
-        ledger_admin_pb2.FEE_STAGE_AUTHORIZATION: Stage.AUTHORIZATION,
-        ledger_admin_pb2.FEE_STAGE_CLEARING: Stage.CLEARING,
-    }.get(message.stage)
-    if stage is None:
-        raise RequestError("a fee rule needs a stage")
-    region = {
-        ledger_admin_pb2.FEE_REGION_UNSPECIFIED: Region.ANY,
-        ledger_admin_pb2.FEE_REGION_DOMESTIC: Region.DOMESTIC,
-        ledger_admin_pb2.FEE_REGION_INTERNATIONAL: Region.INTERNATIONAL,
-    }.get(message.region)
-    free_period = {
-        ledger_admin_pb2.PERIOD_UNSPECIFIED: "",
-        ledger_admin_pb2.PERIOD_DAY: "DAY",
-        ledger_admin_pb2.PERIOD_MONTH: "MONTH",
-    }.get(message.free_period)
-    if region is None or free_period is None:
-        raise RequestError("a fee rule has an unknown region or free_period")
-    if (message.free_uses > 0) != bool(free_period):
-        raise RequestError("free_uses and free_period go together (a day or a month)")
-    numbers = (message.flat_minor, message.min_minor, message.free_uses)
-    if any(n < 0 for n in numbers) or not 0 <= message.bps <= 10_000:
-        raise RequestError("fee amounts must not be negative and bps must be 0..10000")
-    if message.flat_minor > AMOUNT_MAX_MINOR or message.min_minor > AMOUNT_MAX_MINOR:
-        raise RequestError("fee amounts are too large")
-    max_minor = message.max_minor if message.HasField("max_minor") else None
-    above_minor = message.above_minor if message.HasField("above_minor") else None
-    if (max_minor is not None and max_minor < 0) or (above_minor is not None and above_minor < 0):
-        raise RequestError("max_minor and above_minor must not be negative")
-    return FeeRule(
-        id=str(uuid.uuid4()),
-        stage=stage,
-        asset=message.asset,
-        flat_minor=message.flat_minor,
-        bps=message.bps,
-        min_minor=message.min_minor,
-        max_minor=max_minor,
-        above_minor=above_minor,
-        free_uses=message.free_uses,
-        free_period=free_period,
-        on_decline=message.on_decline,
-        transaction_types=frozenset(message.transaction_types),
-        channels=frozenset(message.channels),
-        region=region,
-        mccs=frozenset(message.mccs),
-        name=message.name[:200],
-    )
-
-
-def _fee_rule_message(rule: FeeRule) -> ledger_admin_pb2.FeeRule:
-    message = ledger_admin_pb2.FeeRule(
-        name=rule.name,
-        stage=ledger_admin_pb2.FeeStage.Value(f"FEE_STAGE_{rule.stage.value}"),
-        transaction_types=sorted(rule.transaction_types),  # type: ignore[arg-type]
-        channels=sorted(rule.channels),  # type: ignore[arg-type]
-        region={
-            Region.ANY: ledger_admin_pb2.FEE_REGION_UNSPECIFIED,
-            Region.DOMESTIC: ledger_admin_pb2.FEE_REGION_DOMESTIC,
-            Region.INTERNATIONAL: ledger_admin_pb2.FEE_REGION_INTERNATIONAL,
-        }[rule.region],
-        mccs=sorted(rule.mccs),
-        asset=rule.asset,
-        flat_minor=rule.flat_minor,
-        bps=rule.bps,
-        min_minor=rule.min_minor,
-        free_uses=rule.free_uses,
-        free_period=ledger_admin_pb2.Period.Value(f"PERIOD_{rule.free_period or 'UNSPECIFIED'}"),
-        on_decline=rule.on_decline,
-    )
-    if rule.max_minor is not None:
-        message.max_minor = rule.max_minor
-    if rule.above_minor is not None:
-        message.above_minor = rule.above_minor
-    return message
-
-
-def _limit(message: ledger_admin_pb2.Limit) -> Limit:
-    subject = {
-        ledger_admin_pb2.LIMIT_SUBJECT_CARD: Subject.CARD,
-        ledger_admin_pb2.LIMIT_SUBJECT_ACCOUNT: Subject.ACCOUNT,
-    }.get(message.subject)
-    period = {
-        ledger_admin_pb2.PERIOD_TRANSACTION: Period.TRANSACTION,
-        ledger_admin_pb2.PERIOD_DAY: Period.DAY,
-        ledger_admin_pb2.PERIOD_MONTH: Period.MONTH,
-    }.get(message.period)
-    if subject is None or period is None:
-        raise RequestError("a limit needs a subject (card or account) and a period")
-    amount_max = message.amount_max_minor if message.HasField("amount_max_minor") else None
-    count_max = message.count_max if message.HasField("count_max") else None
-    if amount_max is None and count_max is None:
-        raise RequestError("a limit caps an amount, a count, or both")
-    if (amount_max is not None and amount_max < 0) or (count_max is not None and count_max < 0):
-        raise RequestError("limit maxima must not be negative")
-    if period is Period.TRANSACTION and count_max is not None:
-        raise RequestError("a per-transaction limit caps the amount only")
-    return Limit(
-        id=str(uuid.uuid4()),
-        subject=subject,
-        period=period,
-        asset=message.asset,
-        amount_max_minor=amount_max,
-        count_max=count_max,
-        transaction_types=frozenset(message.transaction_types),
-    )
-
-
-def _limit_message(limit: Limit) -> ledger_admin_pb2.Limit:
-    message = ledger_admin_pb2.Limit(
-        limit_id=limit.id,
-        subject=ledger_admin_pb2.LimitSubject.Value(f"LIMIT_SUBJECT_{limit.subject.value}"),
-        period=ledger_admin_pb2.Period.Value(f"PERIOD_{limit.period.value}"),
-        transaction_types=sorted(limit.transaction_types),  # type: ignore[arg-type]
-        asset=limit.asset,
-    )
-    if limit.amount_max_minor is not None:
-        message.amount_max_minor = limit.amount_max_minor
-    if limit.count_max is not None:
-        message.count_max = limit.count_max
-    return message
-
-
 def _time_key(token: str, kind: str) -> tuple[datetime, str] | None:
     """The (time, id) cursor of a page token of ``kind``; None for the first page."""
     if not token:
@@ -1133,32 +1011,3 @@ def _time_key(token: str, kind: str) -> tuple[datetime, str] | None:
         return datetime.fromisoformat(str(at)), str(ident)
     except ValueError:
         raise RequestError("page_token is not one this server issued for this list") from None
-
-
-_HOLD_STATUS = {
-    "OPEN": ledger_admin_pb2.HOLD_STATUS_OPEN,
-    "CLEARED": ledger_admin_pb2.HOLD_STATUS_CLEARED,
-    "REVERSED": ledger_admin_pb2.HOLD_STATUS_REVERSED,
-    "EXPIRED": ledger_admin_pb2.HOLD_STATUS_EXPIRED,
-    "RELEASED": ledger_admin_pb2.HOLD_STATUS_RELEASED,
-}
-
-
-def _hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
-    asset = hold.asset or ""
-    message = ledger_admin_pb2.Hold(
-        hold_id=hold.id,
-        account_id=hold.account_id or "",
-        card_id=hold.card_id or "",
-        source=hold.source,
-        message_id=hold.message_id,
-        network_reference=hold.network_reference,
-        amount=common_pb2.Money(amount_minor=hold.amount_minor, asset=asset),
-        original=common_pb2.Money(amount_minor=hold.original_minor, asset=asset),
-        status=_HOLD_STATUS[hold.status],
-    )
-    message.created_at.FromDatetime(hold.created_at)
-    message.expires_at.FromDatetime(hold.expires_at)
-    if hold.ended_at is not None:
-        message.ended_at.FromDatetime(hold.ended_at)
-    return message

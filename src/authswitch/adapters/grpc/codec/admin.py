@@ -6,9 +6,10 @@ deliveries, FX rates, joint holders)."""
 
 from __future__ import annotations
 
-from authswitch.adapters.grpc.codec.common import balance_message, fx_message
+from authswitch.adapters.grpc.codec.common import balance_message, fx_message, money_message
 from authswitch.adapters.postgres.cards import CardDetails
 from authswitch.adapters.postgres.catalog import ClientRow, ProgramSummary
+from authswitch.adapters.postgres.holds import HoldRow
 from authswitch.adapters.postgres.ledger import AccountDetails, HistoryRow
 from authswitch.adapters.postgres.outbox import DeliveryRow
 from authswitch.adapters.postgres.ownership import Holder
@@ -24,6 +25,7 @@ from authswitch.domain.messages.admin import (
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 
 __all__ = [
+    "HOLD_STATUS",
     "AdminReplies",
     "account_message",
     "card_message",
@@ -33,6 +35,7 @@ __all__ = [
     "delivery_message",
     "fx_rate_message",
     "history_entry_message",
+    "hold_message",
     "holder_messages",
     "program_message",
     "transfer_of",
@@ -201,3 +204,32 @@ def holder_messages(holders: list[Holder]) -> list[ledger_admin_pb2.AccountHolde
         ledger_admin_pb2.AccountHolder(customer_id=h.customer_id, share_bps=h.share_bps or 0)
         for h in holders
     ]
+
+
+HOLD_STATUS = {
+    "OPEN": ledger_admin_pb2.HOLD_STATUS_OPEN,
+    "CLEARED": ledger_admin_pb2.HOLD_STATUS_CLEARED,
+    "REVERSED": ledger_admin_pb2.HOLD_STATUS_REVERSED,
+    "EXPIRED": ledger_admin_pb2.HOLD_STATUS_EXPIRED,
+    "RELEASED": ledger_admin_pb2.HOLD_STATUS_RELEASED,
+}
+
+
+def hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
+    asset = hold.asset or ""
+    message = ledger_admin_pb2.Hold(
+        hold_id=hold.id,
+        account_id=hold.account_id or "",
+        card_id=hold.card_id or "",
+        source=hold.source,
+        message_id=hold.message_id,
+        network_reference=hold.network_reference,
+        amount=money_message(hold.amount_minor, asset),
+        original=money_message(hold.original_minor, asset),
+        status=HOLD_STATUS[hold.status],
+    )
+    message.created_at.FromDatetime(hold.created_at)
+    message.expires_at.FromDatetime(hold.expires_at)
+    if hold.ended_at is not None:
+        message.ended_at.FromDatetime(hold.ended_at)
+    return message
