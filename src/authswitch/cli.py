@@ -60,8 +60,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from authswitch.adapters.postgres.migrations import migrate
-    from authswitch.adapters.postgres.pool import create_pool
+    from authswitch.adapters.postgres.migrations import migrate_database
     from authswitch.embedded import EmbeddedPostgres
 
     embedded = None
@@ -69,16 +68,13 @@ async def _migrate(settings: Settings) -> int:
     if not dsn:
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = await asyncio.get_running_loop().run_in_executor(None, embedded.start)
-    pool = await create_pool(
-        dsn, min_size=1, max_size=1, statement_timeout_ms=600_000,
-        pgbouncer=settings.postgres_pgbouncer,
-    )  # fmt: skip
     try:
-        async with pool.acquire() as conn:
-            applied = await migrate(conn, progress=lambda text: print(text, file=sys.stderr))
+        applied = await migrate_database(
+            dsn, pgbouncer=settings.postgres_pgbouncer,
+            progress=lambda text: print(text, file=sys.stderr),
+        )  # fmt: skip
         print(f"{len(applied)} migration(s) applied; the schema is current")
     finally:
-        await pool.close()
         if embedded is not None:
             embedded.stop()
     return 0

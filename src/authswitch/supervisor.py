@@ -346,18 +346,9 @@ async def _reach_redis(url: str, settings: Settings) -> None:
 
 
 async def _migrate(dsn: str, settings: Settings) -> None:
-    from authswitch.adapters.postgres.migrations import migrate
-    from authswitch.adapters.postgres.pool import create_pool
+    from authswitch.adapters.postgres.migrations import migrate_database
 
-    pool = await create_pool(
-        dsn, min_size=1, max_size=1, statement_timeout_ms=600_000,
-        pgbouncer=settings.postgres_pgbouncer,
-    )  # fmt: skip
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn, progress=log.info)
-    finally:
-        await pool.close()
+    await migrate_database(dsn, pgbouncer=settings.postgres_pgbouncer, progress=log.info)
 
 
 def serve(settings: Settings, *, workers: int) -> int:

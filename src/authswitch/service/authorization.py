@@ -430,10 +430,7 @@ class AuthorizationService:
             product.id, program, request, card_id=card.card_id, account_id=card.account_id,
             at=ctx.received,
         ) or await self.charges.for_authorization(
-            product.id, program, card_id=card.card_id, account_id=card.account_id,
-            transaction_type=request.transaction_type, channel=request.channel,
-            mcc=request.mcc, merchant_country=request.merchant_country,
-            asset=request.billing_asset, amount_minor=request.billing_amount_minor,
+            product.id, program, request, card_id=card.card_id, account_id=card.account_id,
             at=ctx.received,
         )  # fmt: skip
         if job.controls is not None:

@@ -88,12 +88,9 @@ class Catalog:
         return fees, limits
 
     async def card(self, pan_hmac: bytes) -> CardFacts | None:
-        entry = self._cards.get(pan_hmac)
-        if isinstance(entry, CardFacts):
-            self._cards.move_to_end(pan_hmac)
-            return entry
-        if entry is not None and time.monotonic() < entry:
-            return None
+        cached = self.peek_card(pan_hmac)
+        if cached is not NOT_CACHED:
+            return cached
         facts = await self.card_store.card_by_pan_hmac(pan_hmac)
         self._cards[pan_hmac] = (
             facts if facts is not None else time.monotonic() + UNKNOWN_CARD_TTL_S

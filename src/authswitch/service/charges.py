@@ -74,12 +74,7 @@ class ChargeCalculator:
         schedules, limits = cached
         if not schedules and not limits:
             return NO_CHARGES
-        return _charges(
-            schedules, limits, program, card_id=card_id, account_id=account_id,
-            transaction_type=request.transaction_type, channel=request.channel,
-            mcc=request.mcc, merchant_country=request.merchant_country,
-            asset=request.billing_asset, amount_minor=request.billing_amount_minor, at=at,
-        )  # fmt: skip
+        return _charges(schedules, limits, program, request, card_id, account_id, at)
 
     async def with_product_limits(
         self, product_id: str, program: ProgramRow, request: AuthorizationRequest, *,
@@ -88,24 +83,16 @@ class ChargeCalculator:
         """The charges of an authorisation counting only the product limits ``keep``
         accepts (spend controls that replace the product's limits)."""
         limits = [x for x in await self.catalog.limits(product_id) if keep(x)]
-        return _charges(
-            await self.catalog.fee_schedules(product_id), limits, program, card_id=card_id,
-            account_id=account_id, transaction_type=request.transaction_type,
-            channel=request.channel, mcc=request.mcc, merchant_country=request.merchant_country,
-            asset=request.billing_asset, amount_minor=request.billing_amount_minor, at=at,
-        )  # fmt: skip
+        schedules = await self.catalog.fee_schedules(product_id)
+        return _charges(schedules, limits, program, request, card_id, account_id, at)
 
     async def for_authorization(
-        self, product_id: str, program: ProgramRow, *, card_id: str, account_id: str,
-        transaction_type: int, channel: int, mcc: str, merchant_country: str, asset: str,
-        amount_minor: int, at: datetime,
+        self, product_id: str, program: ProgramRow, request: AuthorizationRequest, *,
+        card_id: str, account_id: str, at: datetime,
     ) -> Charges:  # fmt: skip
-        return _charges(
-            await self.catalog.fee_schedules(product_id), await self.catalog.limits(product_id),
-            program, card_id=card_id, account_id=account_id, transaction_type=transaction_type,
-            channel=channel, mcc=mcc, merchant_country=merchant_country, asset=asset,
-            amount_minor=amount_minor, at=at,
-        )  # fmt: skip
+        schedules = await self.catalog.fee_schedules(product_id)
+        limits = await self.catalog.limits(product_id)
+        return _charges(schedules, limits, program, request, card_id, account_id, at)
 
 
 def _limit_counters(
@@ -127,14 +114,15 @@ def _limit_counters(
 
 
 def _charges(
-    schedules: list[FeeSchedule], limits: list[Limit], program: ProgramRow, *, card_id: str,
-    account_id: str, transaction_type: int, channel: int, mcc: str, merchant_country: str,
-    asset: str, amount_minor: int, at: datetime,
+    schedules: list[FeeSchedule], limits: list[Limit], program: ProgramRow,
+    request: AuthorizationRequest, card_id: str, account_id: str, at: datetime,
 ) -> Charges:  # fmt: skip
     """The fees and limits of an authorisation, from its product's schedules and limits."""
+    transaction_type, asset = request.transaction_type, request.billing_asset
     context = FeeContext(
-        Stage.AUTHORIZATION, transaction_type, channel, mcc,
-        is_international(program, merchant_country), asset, amount_minor,
+        Stage.AUTHORIZATION, transaction_type, request.channel, request.mcc,
+        is_international(program, request.merchant_country), asset,
+        request.billing_amount_minor,
     )  # fmt: skip
     fees = quote(schedule_in_force(schedules, at), context)
     free_uses = []

@@ -98,10 +98,7 @@ class LinkedSpend:
         spend_job = Job(ctx, card, product, program, _PASSED)
         partial = request.partial_allowed and request.transaction_type in PARTIAL_APPROVAL_TYPES
         charges = await auth.charges.for_authorization(
-            product.id, program, card_id=card.card_id, account_id=card.account_id,
-            transaction_type=request.transaction_type, channel=request.channel,
-            mcc=request.mcc, merchant_country=request.merchant_country,
-            asset=request.billing_asset, amount_minor=request.billing_amount_minor,
+            product.id, program, request, card_id=card.card_id, account_id=card.account_id,
             at=ctx.received,
         )  # fmt: skip
         plan = await auth.hold_plan(spend_job)

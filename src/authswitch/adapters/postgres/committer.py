@@ -31,7 +31,12 @@ from typing import Any
 import asyncpg
 
 from authswitch import metrics
-from authswitch.adapters.postgres.onestatement import BatchRefused, suits, write_at_once
+from authswitch.adapters.postgres.onestatement import (
+    HOLD_KEYS,
+    BatchRefused,
+    suits,
+    write_at_once,
+)
 from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
 from authswitch.domain.ledger import Balance, admit_in_order
 from authswitch.domain.records import (
@@ -824,7 +829,7 @@ async def _insert_hold_events(
 # A hold's key goes into hold_keys (the global arbiter of hold keys: holds is partitioned, so it
 # cannot have a unique key on them), taking over a tombstone an earlier reversal left there,
 # and the hold is written already reduced by what that reversal took: one statement.
-_INSERT_HOLDS = """
+_INSERT_HOLDS = f"""
     WITH h AS (
         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[],
                              $5::text[], $6::text[], $7::text[], $8::int8[],
@@ -834,13 +839,7 @@ _INSERT_HOLDS = """
                  network_reference, amount, fee, expires_at, created_at, kind,
                  usage_keys, billing)
     ), k AS (
-        INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
-        SELECT source, message_id, id, created_at FROM h
-        ON CONFLICT (source, message_id) DO UPDATE SET
-            hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
-        WHERE t.hold_id IS NULL
-        RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
-                  t.tombstone_at IS NOT NULL AS early
+        {HOLD_KEYS}
     ), r AS (
         -- What the early reversal asked for, in the hold's asset: of a converted
         -- hold (docs/fx.md) its share, the reversal being in the billing asset
@@ -865,10 +864,10 @@ _INSERT_HOLDS = """
            CASE WHEN ended THEN 'REVERSED' ELSE 'OPEN' END, expires_at,
            created_at, CASE WHEN ended THEN created_at END,
            CASE WHEN ended THEN 'REVERSAL' ELSE '' END, kind,
-           coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{}')
+           coalesce(string_to_array(nullif(usage_keys, ''), ' '), '{{}}')
     FROM w
     RETURNING source, message_id, amount_minor
-"""
+"""  # noqa: S608 - the text is this module's and onestatement's constants only
 _RELEASE_HOLDS = """
     UPDATE holds h
     SET amount_minor = h.amount_minor - r.release,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from authswitch.adapters.postgres.pool import Connection
+from authswitch.adapters.postgres.pool import Connection, create_pool
 
-__all__ = ["Migration", "applied_versions", "discover", "migrate"]
+__all__ = ["Migration", "applied_versions", "discover", "migrate", "migrate_database"]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x61757468  # "auth": the advisory lock that serialises migrations
@@ -54,6 +54,19 @@ async def applied_versions(conn: Connection) -> set[int]:
     if not exists:
         return set()
     return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+
+
+async def migrate_database(dsn: str, *, pgbouncer: bool, progress: Any = None) -> list[Migration]:
+    """Apply every migration not yet applied to the database at ``dsn``, over a connection
+    of its own (a long statement timeout: a migration may rewrite a large table)."""
+    pool = await create_pool(
+        dsn, min_size=1, max_size=1, statement_timeout_ms=600_000, pgbouncer=pgbouncer
+    )
+    try:
+        async with pool.acquire() as conn:
+            return await migrate(conn, progress=progress)
+    finally:
+        await pool.close()
 
 
 async def migrate(conn: Connection, *, progress: Any = None) -> list[Migration]:

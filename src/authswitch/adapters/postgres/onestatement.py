@@ -134,19 +134,24 @@ _DECISIONS = f"""dw AS MATERIALIZED (
 # As committer._apply_effects: the hold's key goes into hold_keys (the global arbiter),
 # taking over a tombstone an earlier reversal left there, and the hold is written already
 # reduced by what that reversal took.
+# A hold's key into hold_keys (the global arbiter of hold keys), taking over the tombstone an
+# earlier reversal left there: the statement after ``k AS (`` in both ways of committing, the
+# holds to write being ``h``.
+HOLD_KEYS = """INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
+        SELECT source, message_id, id, created_at FROM h
+        ON CONFLICT (source, message_id) DO UPDATE SET
+            hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
+        WHERE t.hold_id IS NULL
+        RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
+                  t.tombstone_at IS NOT NULL AS early"""
+
 _HOLDS = f"""h AS (
         SELECT x.i, x.id, done.account_id, done.asset, done.card_id, done.source,
                done.message_id, x.network_reference, x.amount, x.fee, x.expires_at,
                done.created_at, x.kind, x.usage_keys
         FROM {_rows("h")} JOIN done USING (i)
     ), k AS (
-        INSERT INTO hold_keys AS t (source, message_id, hold_id, created_at)
-        SELECT source, message_id, id, created_at FROM h
-        ON CONFLICT (source, message_id) DO UPDATE SET
-            hold_id = EXCLUDED.hold_id, created_at = EXCLUDED.created_at
-        WHERE t.hold_id IS NULL
-        RETURNING t.source, t.message_id, t.reversed_minor, t.reversal_full,
-                  t.tombstone_at IS NOT NULL AS early
+        {HOLD_KEYS}
     ), hw AS (
         SELECT h.*, LEAST(k.reversed_minor, h.amount) AS reversed,
                k.early AND (k.reversal_full OR h.amount <= k.reversed_minor) AS ended,

@@ -320,13 +320,7 @@ class LedgerCache:
                 outcome.velocity_rule, outcome.velocity_blocked = reply[13], reply[14]
                 return outcome
             return self._outcome(reply)
-        if tag == b"DUP":
-            return Duplicate(reply[1])
-        if tag == b"MISS":
-            return Miss()
-        if tag == b"MISSCARD":
-            return Miss(card_only=True)
-        raise AssertionError(f"authorize.lua answered {tag!r}")
+        return _not_done(reply, "authorize.lua")
 
     async def credit(
         self, *, account_id: str, card_id: str, asset: str, amount_minor: int,
@@ -346,13 +340,7 @@ class LedgerCache:
         if tag == b"OK":
             _, reason, epoch, actual, held, has = reply
             return CreditOutcome(Reason(reason), epoch, Balance(actual, held) if has else None)
-        if tag == b"DUP":
-            return Duplicate(reply[1])
-        if tag == b"MISS":
-            return Miss()
-        if tag == b"MISSCARD":
-            return Miss(card_only=True)
-        raise AssertionError(f"credit.lua answered {tag!r}")
+        return _not_done(reply, "credit.lua")
 
     def _authorize_args(
         self, card_id: str, asset: str, amount_minor: int, partial_allowed: bool,
@@ -562,3 +550,16 @@ class LedgerCache:
         actual = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"a:")}
         held = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"h:")}
         return {asset: Balance(value, held.get(asset, 0)) for asset, value in actual.items()}
+
+
+def _not_done(reply: Sequence[Any], script: str) -> Duplicate | Miss:
+    """A script's answer other than OK: the message's earlier decision, or what is missing
+    from the cache (the account, or only the card)."""
+    tag = reply[0]
+    if tag == b"DUP":
+        return Duplicate(reply[1])
+    if tag == b"MISS":
+        return Miss()
+    if tag == b"MISSCARD":
+        return Miss(card_only=True)
+    raise AssertionError(f"{script} answered {tag!r}")
