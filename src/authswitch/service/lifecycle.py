@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -436,43 +436,46 @@ class LifecycleService:
     ) -> None:  # fmt: skip
         """A reversal forwarded to an off-ledger client gives back to the amount-based limits
         what its authorisation counted (counts stay, as on-ledger); once per reversal, also
-        when a retransmission finds the reversal already recorded. Postgres first, then the
-        cached counters, inside the account's in-flight mark so a reload sees both or
-        neither."""
-        sync, cache = self.poster.sync, self.poster.cache
-        with sync.in_flight(account_id):
-            try:
-                returned = await return_usage(
-                    self.holds.pool, source=source, original_message_id=original_message_id,
-                    reversal=reversal, requested_minor=requested_minor,
-                )  # fmt: skip
-                if returned is not None:
-                    _, keys, amount = returned
-                    counters = tuple(CounterCheck(key, "") for key in keys)
-                    await cache.count_charges(
-                        account_id, Charges(limits=counters), -amount, 0, check=False
-                    )
-            except Exception:
-                self.poster.spawn_refresh(account_id, "failure")
-                raise
+        when a retransmission finds the reversal already recorded."""
+
+        async def durable() -> tuple[Sequence[str], int] | None:
+            returned = await return_usage(
+                self.holds.pool, source=source, original_message_id=original_message_id,
+                reversal=reversal, requested_minor=requested_minor,
+            )  # fmt: skip
+            return None if returned is None else (returned[1], -returned[2])
+
+        await self._move_off_ledger_usage(account_id, durable)
 
     async def _settle_off_ledger_usage(
         self, account_id: str, card_id: str, network_reference: str, clearing: str,
         amount_minor: int, settled_minor: int, final: bool,
     ) -> None:  # fmt: skip
         """A clearing forwarded to an off-ledger client: the amount-based limits its
-        transaction counted follow what settled (seed 004; counts stay). As
-        :meth:`_return_off_ledger_usage`: Postgres, then the cached counters."""
+        transaction counted follow what settled (seed 004; counts stay)."""
+
+        async def durable() -> tuple[Sequence[str], int] | None:
+            settled = await settle_usage(
+                self.holds.pool, card_id=card_id, network_reference=network_reference,
+                clearing=clearing, amount_minor=amount_minor, settled_minor=settled_minor,
+                final=final,
+            )  # fmt: skip
+            return None if settled is None or not settled[2] else (settled[1], settled[2])
+
+        await self._move_off_ledger_usage(account_id, durable)
+
+    async def _move_off_ledger_usage(
+        self, account_id: str, durable: Callable[[], Awaitable[tuple[Sequence[str], int] | None]]
+    ) -> None:
+        """Off-ledger usage moves: in Postgres first (``durable``: the counters' keys and the
+        change, or None for none), then in the cached counters, inside the account's
+        in-flight mark so that a reload sees both or neither."""
         sync, cache = self.poster.sync, self.poster.cache
         with sync.in_flight(account_id):
             try:
-                settled = await settle_usage(
-                    self.holds.pool, card_id=card_id, network_reference=network_reference,
-                    clearing=clearing, amount_minor=amount_minor, settled_minor=settled_minor,
-                    final=final,
-                )  # fmt: skip
-                if settled is not None and settled[2]:
-                    _, keys, change = settled
+                moved = await durable()
+                if moved is not None:
+                    keys, change = moved
                     counters = tuple(CounterCheck(key, "") for key in keys)
                     await cache.count_charges(
                         account_id, Charges(limits=counters), change, 0, check=False
