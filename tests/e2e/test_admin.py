@@ -144,6 +144,7 @@ async def test_a_retried_adjustment_gets_the_stored_reply_bytes(
     raw = ledger.channel.unary_unary(
         "/authswitch.v1.LedgerAdminService/DebitAccount",
         request_serializer=la.DebitAccountRequest.SerializeToString,
+        response_deserializer=None,  # the reply's bytes as they came
     )
     request = la.DebitAccountRequest(
         account_id=account_id, amount=c.Money(amount_minor=400, asset="GBP"),

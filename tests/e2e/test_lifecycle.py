@@ -303,6 +303,7 @@ async def test_lifecycle_replies_are_the_stored_bytes(ledger: Ledger, app: Appli
     clear = ledger.channel.unary_unary(
         "/authswitch.v1.AuthorizationService/Clear",
         request_serializer=pb.ClearRequest.SerializeToString,
+        response_deserializer=None,  # the reply's bytes as they came
     )
     clearing = pb.ClearRequest(
         source="visa", message_id=str(uuid.uuid4()), network_reference="unmatched-ref",
@@ -318,6 +319,7 @@ async def test_lifecycle_replies_are_the_stored_bytes(ledger: Ledger, app: Appli
     release = ledger.channel.unary_unary(
         "/authswitch.v1.LedgerAdminService/ReleaseHold",
         request_serializer=la.ReleaseHoldRequest.SerializeToString,
+        response_deserializer=None,  # the reply's bytes as they came
     )
     hold = await app.holds.hold_by_message(auth.source, auth.message_id)
     assert hold is not None

@@ -70,13 +70,21 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
         await client.aclose()
 
 
+# One worker process: these tests end by checking the cache against Postgres, and after a
+# failure the two agree exactly within one process (its in-flight bookkeeping); across
+# processes on one Redis they need not (docs/guarantees.md, "What is not guaranteed"): the
+# likely cause of a cache_equals_postgres break of 100 minor units seen once in six runs of
+# the synchronous-standby test with the default two workers.
+WORKERS = "1"
+
+
 def _server(
     stores: Stores, tmp_path: Path, dsn: str, prefix: str, **settings: str
 ) -> ServerProcess:
     return ServerProcess(
         stores, tmp_path / "serve.log", postgres_dsn=dsn, prefix=prefix,
         postgres_statement_timeout_ms=STATEMENT_TIMEOUT_MS, postgres_pool_max="6",
-        **settings,
+        workers=WORKERS, **settings,
     )  # fmt: skip
 
 
@@ -261,6 +269,7 @@ class Failover:
         server = ServerProcess(
             self.stores, self.tmp_path / log_name, postgres_dsn=self.dsn, prefix=self.prefix,
             postgres_statement_timeout_ms=str(self.statement_timeout_ms), postgres_pool_max="6",
+            workers=WORKERS,
         )  # fmt: skip
         server.start()
         return server

@@ -42,7 +42,9 @@ def test_an_absent_amount_is_none_where_presence_matters() -> None:
 
 def test_a_request_never_shows_its_pan() -> None:
     credit = original_credit_of(
-        pb.CreditRequest(source="s", message_id="m", pan=PAN, credit_type=1)
+        pb.CreditRequest(
+            source="s", message_id="m", pan=PAN, credit_type=pb.CREDIT_TYPE_PERSON_TO_PERSON
+        )
     )
     assert credit.pan == PAN
     assert PAN not in repr(credit)
