@@ -3,6 +3,7 @@ valid answer from a client (DESIGN.md §6, docs/client-contract.md)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from authswitch.domain.offledger import (
     breaker_of,
     check_answer,
     deadline_ms_of,
+    routing_problem,
 )
 
 CONFIG = BreakerConfig(failures_max=3, error_rate_pct=50, window=10, open_ms=1_000)
@@ -187,3 +189,21 @@ def test_routing_values_from_the_admin_api_zero_meaning_the_default() -> None:
     assert breaker_of(2, 100, 4, 250) == BreakerConfig(2, 100, 4, 250)
     assert breaker_of(0, 101, 0, 0) is None
     assert breaker_of(-1, 0, 0, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("target", "transaction_max", "daily_max", "problem"),
+    [
+        ("client.example:443", 0, 0, None),
+        ("a:1", 5_000, 50_000, None),
+        ("ab", 0, 0, "target must be host:port"),
+        ("x" * 256, 0, 0, "target must be host:port"),
+        ("client example:443", 0, 0, "target must be host:port"),
+        ("client.example:443", -1, 0, "stand-in limits must not be negative"),
+        ("client.example:443", 0, -1, "stand-in limits must not be negative"),
+    ],
+)
+def test_a_routing_problem(
+    target: str, transaction_max: int, daily_max: int, problem: str | None
+) -> None:
+    assert routing_problem(target, transaction_max, daily_max) == problem

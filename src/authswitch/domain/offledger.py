@@ -172,6 +172,16 @@ class ClientRouting:
     breaker: BreakerConfig = BreakerConfig()
 
 
+def routing_problem(target: str, transaction_max_minor: int, daily_max_minor: int) -> str | None:
+    """Why a client routing with these values cannot be set, or None when it can (the
+    deadline and the breaker are checked by :func:`deadline_ms_of` and :func:`breaker_of`)."""
+    if not 3 <= len(target) <= 255 or " " in target:
+        return "target must be host:port"
+    if min(transaction_max_minor, daily_max_minor) < 0:
+        return "stand-in limits must not be negative"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ClientAnswer:
     """A client's answer, checked: what authswitch will tell the network."""

@@ -27,6 +27,7 @@ from authswitch.adapters.grpc.codec.admin import (
     hold_message,
     holder_messages,
     program_message,
+    routing_of,
     transfer_of,
 )
 from authswitch.adapters.grpc.codec.authorization import authorization_request_of
@@ -70,14 +71,6 @@ from authswitch.domain.authorization import (
     PinTriesExceededAction,
 )
 from authswitch.domain.controls import in_force, next_scheduled
-from authswitch.domain.offledger import (
-    DEADLINE_MS_MAX,
-    DEADLINE_MS_MIN,
-    ClientRouting,
-    StandInPolicy,
-    breaker_of,
-    deadline_ms_of,
-)
 from authswitch.domain.reports import valid_prefix
 from authswitch.domain.tokens import TokenStatus
 from authswitch.errors import Expired, RequestError, StoreUnavailable
@@ -803,34 +796,7 @@ class LedgerAdminServicer(_Ready):
     async def SetProgramRouting(  # noqa: N802
         self, request: ledger_admin_pb2.SetProgramRoutingRequest, context: Context
     ) -> ledger_admin_pb2.SetProgramRoutingResponse:
-        tls = {0: "NONE", 1: "NONE", 2: "TLS", 3: "MTLS"}.get(request.tls)
-        policy = {
-            0: StandInPolicy.DECLINE, 1: StandInPolicy.DECLINE, 2: StandInPolicy.APPROVE,
-            3: StandInPolicy.SHADOW,
-        }.get(request.stand_in)  # fmt: skip
-        if tls is None or policy is None:
-            raise RequestError("tls and stand_in must be known values")
-        if not 3 <= len(request.target) <= 255 or " " in request.target:
-            raise RequestError("target must be host:port")
-        deadline = deadline_ms_of(request.deadline_ms)
-        if deadline is None:
-            raise RequestError(f"deadline_ms must be {DEADLINE_MS_MIN}..{DEADLINE_MS_MAX}")
-        if min(request.stand_in_transaction_max_minor, request.stand_in_daily_max_minor) < 0:
-            raise RequestError("stand-in limits must not be negative")
-        breaker = breaker_of(
-            request.breaker_failures, request.breaker_error_rate_pct, request.breaker_window,
-            request.breaker_open_ms,
-        )  # fmt: skip
-        if breaker is None:
-            raise RequestError("breaker settings must be positive (error rate 1..100)")
-        routing = ClientRouting(
-            target=request.target, tls=tls, ca_secret=request.ca_secret,
-            cert_secret=request.cert_secret, key_secret=request.key_secret,
-            token_secret=request.token_secret, deadline_ms=deadline, stand_in=policy,
-            stand_in_asset=request.stand_in_asset,
-            stand_in_transaction_max_minor=request.stand_in_transaction_max_minor,
-            stand_in_daily_max_minor=request.stand_in_daily_max_minor, breaker=breaker,
-        )  # fmt: skip
+        routing = routing_of(request)
         await self.service.set_routing(request.program_id, routing, actor=_actor(context))
         return ledger_admin_pb2.SetProgramRoutingResponse()
 

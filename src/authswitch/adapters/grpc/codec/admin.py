@@ -22,6 +22,16 @@ from authswitch.domain.messages.admin import (
     Transfer,
     TransferAnswer,
 )
+from authswitch.domain.offledger import (
+    DEADLINE_MS_MAX,
+    DEADLINE_MS_MIN,
+    ClientRouting,
+    StandInPolicy,
+    breaker_of,
+    deadline_ms_of,
+    routing_problem,
+)
+from authswitch.errors import RequestError
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 
 __all__ = [
@@ -38,6 +48,7 @@ __all__ = [
     "hold_message",
     "holder_messages",
     "program_message",
+    "routing_of",
     "transfer_of",
 ]
 
@@ -233,3 +244,38 @@ def hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
     if hold.ended_at is not None:
         message.ended_at.FromDatetime(hold.ended_at)
     return message
+
+
+def routing_of(request: ledger_admin_pb2.SetProgramRoutingRequest) -> ClientRouting:
+    """A programme's client routing from SetProgramRouting; a value the domain refuses
+    (domain/offledger.py) or the wire does not define is a RequestError."""
+    tls = {0: "NONE", 1: "NONE", 2: "TLS", 3: "MTLS"}.get(request.tls)
+    policy = {
+        0: StandInPolicy.DECLINE, 1: StandInPolicy.DECLINE, 2: StandInPolicy.APPROVE,
+        3: StandInPolicy.SHADOW,
+    }.get(request.stand_in)  # fmt: skip
+    if tls is None or policy is None:
+        raise RequestError("tls and stand_in must be known values")
+    problem = routing_problem(
+        request.target, request.stand_in_transaction_max_minor,
+        request.stand_in_daily_max_minor,
+    )  # fmt: skip
+    if problem is not None:
+        raise RequestError(problem)
+    deadline = deadline_ms_of(request.deadline_ms)
+    if deadline is None:
+        raise RequestError(f"deadline_ms must be {DEADLINE_MS_MIN}..{DEADLINE_MS_MAX}")
+    breaker = breaker_of(
+        request.breaker_failures, request.breaker_error_rate_pct, request.breaker_window,
+        request.breaker_open_ms,
+    )  # fmt: skip
+    if breaker is None:
+        raise RequestError("breaker settings must be positive (error rate 1..100)")
+    return ClientRouting(
+        target=request.target, tls=tls, ca_secret=request.ca_secret,
+        cert_secret=request.cert_secret, key_secret=request.key_secret,
+        token_secret=request.token_secret, deadline_ms=deadline, stand_in=policy,
+        stand_in_asset=request.stand_in_asset,
+        stand_in_transaction_max_minor=request.stand_in_transaction_max_minor,
+        stand_in_daily_max_minor=request.stand_in_daily_max_minor, breaker=breaker,
+    )  # fmt: skip
