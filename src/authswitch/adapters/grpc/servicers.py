@@ -37,7 +37,7 @@ from authswitch.adapters.grpc.codec.charges import (
     limit_message,
     limit_of,
 )
-from authswitch.adapters.grpc.codec.common import balance_message, fx_message
+from authswitch.adapters.grpc.codec.common import balance_message
 from authswitch.adapters.grpc.codec.disputes import (
     dispute_history_message,
     keyless_bytes,
@@ -503,10 +503,7 @@ class LedgerAdminServicer(_Ready):
         converted = await self.service.fx.conversions([(h.source, h.message_id) for h in rows])
         items = []
         for h in rows:
-            message = hold_message(h)
-            conversion = converted.get((h.source, h.message_id))
-            if conversion is not None:
-                message.fx.CopyFrom(fx_message(conversion))
+            message = hold_message(h, converted.get((h.source, h.message_id)))
             items.append((message, (h.created_at.isoformat(), h.id)))
         response.next_page_token = fill_page(response.holds, items, limit=limit, kind="holds")
         return response

@@ -226,7 +226,7 @@ HOLD_STATUS = {
 }
 
 
-def hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
+def hold_message(hold: HoldRow, conversion: Conversion | None) -> ledger_admin_pb2.Hold:
     asset = hold.asset or ""
     message = ledger_admin_pb2.Hold(
         hold_id=hold.id,
@@ -243,6 +243,8 @@ def hold_message(hold: HoldRow) -> ledger_admin_pb2.Hold:
     message.expires_at.FromDatetime(hold.expires_at)
     if hold.ended_at is not None:
         message.ended_at.FromDatetime(hold.ended_at)
+    if conversion is not None:
+        message.fx.CopyFrom(fx_message(conversion))
     return message
 
 

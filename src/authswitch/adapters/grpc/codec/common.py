@@ -6,7 +6,14 @@ from authswitch.domain.fx import Conversion
 from authswitch.domain.ledger import Balance
 from authswitch.v1 import common_pb2
 
-__all__ = ["balance_message", "fx_message", "money_message"]
+__all__ = [
+    "balance_message",
+    "balance_or_none",
+    "fx_message",
+    "fx_or_none",
+    "money_message",
+    "money_or_none",
+]
 
 
 def money_message(amount_minor: int, asset: str) -> common_pb2.Money:
@@ -30,3 +37,19 @@ def fx_message(conversion: Conversion) -> common_pb2.FxConversion:
         rate=conversion.rate_text,
         rate_effective_from=conversion.rate_effective_from.isoformat(),
     )
+
+
+# A field given None is left unset (absent on the wire): an answer that shows no amount, no
+# balance or no conversion.
+
+
+def money_or_none(amount_minor: int | None, asset: str) -> common_pb2.Money | None:
+    return None if amount_minor is None else money_message(amount_minor, asset)
+
+
+def balance_or_none(asset: str, balance: Balance | None) -> common_pb2.Balance | None:
+    return None if balance is None else balance_message(asset, balance)
+
+
+def fx_or_none(conversion: Conversion | None) -> common_pb2.FxConversion | None:
+    return None if conversion is None else fx_message(conversion)

@@ -3,7 +3,7 @@ API), the network's Chargeback and Represent (gateway API)."""
 
 from __future__ import annotations
 
-from authswitch.adapters.grpc.codec.common import balance_message, money_message
+from authswitch.adapters.grpc.codec.common import balance_or_none, money_message
 from authswitch.adapters.postgres.disputes import DisputeEventRow, DisputeRow
 from authswitch.domain.disputes import DisputeStatus
 from authswitch.domain.ledger import Balance
@@ -124,12 +124,12 @@ class DisputeReplyEncoder:
 
     def opened(self, dispute: DisputeRow, balance: Balance | None) -> bytes:
         return ledger_admin_pb2.OpenDisputeResponse(
-            dispute=dispute_message(dispute), balance=_balance(dispute, balance)
+            dispute=dispute_message(dispute), balance=balance_or_none(dispute.asset, balance)
         ).SerializeToString()
 
     def resolved(self, dispute: DisputeRow, balance: Balance | None) -> bytes:
         return ledger_admin_pb2.ResolveDisputeResponse(
-            dispute=dispute_message(dispute), balance=_balance(dispute, balance)
+            dispute=dispute_message(dispute), balance=balance_or_none(dispute.asset, balance)
         ).SerializeToString()
 
     def chargeback(self, answer: NetworkStepAnswer) -> bytes:
@@ -143,10 +143,6 @@ class DisputeReplyEncoder:
             response_code=answer.response_code, status=_status(answer.status),
             entry_id=answer.entry_id, decision_id=answer.decision_id,
         ).SerializeToString()  # fmt: skip
-
-
-def _balance(dispute: DisputeRow, balance: Balance | None) -> common_pb2.Balance | None:
-    return balance_message(dispute.asset, balance) if balance is not None else None
 
 
 def _status(status: DisputeStatus | None) -> common_pb2.DisputeStatus.ValueType:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from authswitch.adapters.grpc.codec.common import balance_message, fx_message, money_message
-from authswitch.domain.fx import Conversion
-from authswitch.domain.ledger import Balance
+from authswitch.adapters.grpc.codec.common import (
+    balance_message,
+    balance_or_none,
+    fx_or_none,
+    money_message,
+    money_or_none,
+)
 from authswitch.domain.messages.lifecycle import (
     Advice,
     AdviceAnswer,
@@ -20,7 +24,7 @@ from authswitch.domain.messages.lifecycle import (
     ReversalAnswer,
 )
 from authswitch.v1 import authorization_pb2 as pb
-from authswitch.v1 import common_pb2, ledger_admin_pb2
+from authswitch.v1 import ledger_admin_pb2
 
 __all__ = [
     "LifecycleReplyEncoder",
@@ -118,10 +122,10 @@ def advice_message(answer: AdviceAnswer) -> pb.AdviseResponse:
     return pb.AdviseResponse(
         response_code=answer.response_code,
         result=int(answer.result),  # type: ignore[arg-type]
-        held=_money(answer.held_minor, answer.asset),
-        balance=_balance(answer.asset, answer.balance),
+        held=money_or_none(answer.held_minor, answer.asset),
+        balance=balance_or_none(answer.asset, answer.balance),
         decision_id=answer.decision_id,
-        fx=_fx(answer.fx),
+        fx=fx_or_none(answer.fx),
     )
 
 
@@ -129,10 +133,10 @@ def reversal_message(answer: ReversalAnswer) -> pb.ReverseResponse:
     return pb.ReverseResponse(
         response_code=answer.response_code,
         result=int(answer.result),  # type: ignore[arg-type]
-        released=_money(answer.released_minor, answer.asset),
-        balance=_balance(answer.asset, answer.balance),
+        released=money_or_none(answer.released_minor, answer.asset),
+        balance=balance_or_none(answer.asset, answer.balance),
         decision_id=answer.decision_id,
-        fx=_fx(answer.fx),
+        fx=fx_or_none(answer.fx),
     )
 
 
@@ -140,24 +144,24 @@ def clearing_message(answer: ClearingAnswer) -> pb.ClearResponse:
     return pb.ClearResponse(
         response_code=answer.response_code,
         matched=answer.matched,
-        released=_money(answer.released_minor, answer.asset),
-        posted=_money(answer.posted_minor, answer.asset),
-        balance=_balance(answer.asset, answer.balance),
+        released=money_or_none(answer.released_minor, answer.asset),
+        posted=money_or_none(answer.posted_minor, answer.asset),
+        balance=balance_or_none(answer.asset, answer.balance),
         decision_id=answer.decision_id,
         entry_id=answer.entry_id,
-        fee=_money(answer.fee_minor, answer.asset),
-        fx=_fx(answer.fx),
+        fee=money_or_none(answer.fee_minor, answer.asset),
+        fx=fx_or_none(answer.fx),
     )
 
 
 def refund_message(answer: RefundAnswer) -> pb.RefundResponse:
     return pb.RefundResponse(
         response_code=answer.response_code,
-        credited=_money(answer.credited_minor, answer.asset),
-        balance=_balance(answer.asset, answer.balance),
+        credited=money_or_none(answer.credited_minor, answer.asset),
+        balance=balance_or_none(answer.asset, answer.balance),
         decision_id=answer.decision_id,
         entry_id=answer.entry_id,
-        fx=_fx(answer.fx),
+        fx=fx_or_none(answer.fx),
     )
 
 
@@ -165,8 +169,8 @@ def credit_message(answer: CreditAnswer) -> pb.CreditResponse:
     return pb.CreditResponse(
         response_code=answer.response_code,
         reason=int(answer.reason or 0),  # type: ignore[arg-type]
-        credited=_money(answer.credited_minor, answer.asset),
-        balance=_balance(answer.asset, answer.balance),
+        credited=money_or_none(answer.credited_minor, answer.asset),
+        balance=balance_or_none(answer.asset, answer.balance),
         decision_id=answer.decision_id,
         entry_id=answer.entry_id,
         detail=answer.detail,
@@ -201,18 +205,3 @@ class LifecycleReplyEncoder:
 
     def release_hold(self, answer: HoldReleaseAnswer) -> bytes:
         return hold_release_message(answer).SerializeToString()
-
-
-# A field given None is left unset (absent on the wire), as an answer that shows no amount.
-
-
-def _money(amount_minor: int | None, asset: str) -> common_pb2.Money | None:
-    return None if amount_minor is None else money_message(amount_minor, asset)
-
-
-def _balance(asset: str, balance: Balance | None) -> common_pb2.Balance | None:
-    return None if balance is None else balance_message(asset, balance)
-
-
-def _fx(conversion: Conversion | None) -> common_pb2.FxConversion | None:
-    return None if conversion is None else fx_message(conversion)
