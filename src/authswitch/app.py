@@ -550,9 +550,9 @@ class Application:
         for closing in (getattr(self, "channels", None), getattr(self, "webhook", None)):
             if closing is not None:
                 await closing.close()
-        for service in (getattr(self, "authorization", None), getattr(self, "poster", None)):
-            if service is not None:
-                await service.drain()
+        sync = getattr(self, "sync", None)
+        if sync is not None:  # the background reloads started by failures
+            await sync.drain()
         if self.redis_clients is not None:
             await self.redis_clients.aclose()
             self.redis_clients = None

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
+    NO_CHARGES,
     PARTIAL_APPROVAL_TYPES,
     AuthorizationRequest,
     CardFacts,
@@ -240,7 +241,6 @@ class AuthorizationService:
         # Originals in flight in this process, by (source, message id): a retransmission
         # arriving meanwhile waits for the original's durable answer.
         self._originals: dict[tuple[str, str], asyncio.Future[StoredDecision]] = {}
-        self._background: set[asyncio.Task[None]] = set()
         # Metric children by (mode, transaction type, response code).
         self._counted: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._seconds: dict[str, metrics.HotHistogram] = {}
@@ -446,23 +446,8 @@ class AuthorizationService:
         if request.incremental:
             hold_plan = await self._incremental_hold_plan(job, hold_plan)
 
-        async def attempt() -> AuthorizeOutcome | Miss | Duplicate:
-            return await self.cache.authorize(
-                account_id=card.account_id,
-                card_id=card.card_id,
-                asset=request.billing_asset,
-                amount_minor=request.billing_amount_minor,
-                partial_allowed=partial,
-                zero_value=request.is_zero_value,
-                pre=pre,
-                source=request.source,
-                message_id=request.message_id,
-                fingerprint=ctx.fingerprint,
-                charges=charges,
-                velocity=velocity,
-            )
-
-        velocity = () if job.controls is None else job.controls.velocity_checks
+        def attempt() -> Awaitable[AuthorizeOutcome | Miss | Duplicate]:
+            return self.reserve(job, partial, charges)
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
             detail = ""
@@ -476,8 +461,7 @@ class AuthorizationService:
                 ctx, card, program, pre, result, hold_plan, charges, stand_in,
                 product.rules.pin_tries_exceeded_action, detail,
             )  # fmt: skip
-            if velocity:
-                assert job.controls is not None
+            if job.controls is not None and job.controls.velocity_checks:
                 write.usage += self.controls.velocity_usage(job.controls, result, card.account_id)
             stored = await self._commit(card, result, write)
             if result.velocity_blocked:
@@ -517,6 +501,33 @@ class AuthorizationService:
             plan = await self._incremental_hold_plan(job, plan)
         return plan
 
+    def reserve(
+        self, job: Job, partial: bool = False, charges: Charges = NO_CHARGES, *,
+        checks_only: bool = False,
+    ) -> Awaitable[AuthorizeOutcome | Miss | Duplicate]:  # fmt: skip
+        """The atomic Redis step of an authorisation: every check and the funds, the hold,
+        the fees, the limits' and spend controls' counters and the idempotency marker.
+        ``checks_only``: the core checks (status, expiry, PIN tries, PIN, CVV2, product) and
+        the marker alone, nothing held, for a decision made elsewhere (an off-ledger client,
+        a linked account)."""
+        card, ctx = job.card, job.ctx
+        request = ctx.request
+        return self.cache.authorize(
+            account_id=card.account_id,
+            card_id=card.card_id,
+            asset=request.billing_asset,
+            amount_minor=request.billing_amount_minor,
+            partial_allowed=partial,
+            zero_value=request.is_zero_value,
+            pre=job.pre,
+            source=request.source,
+            message_id=request.message_id,
+            fingerprint=ctx.fingerprint,
+            charges=charges,
+            checks_only=checks_only,
+            velocity=() if checks_only or job.controls is None else job.controls.velocity_checks,
+        )
+
     async def redis_step(
         self,
         job: Job,
@@ -543,7 +554,7 @@ class AuthorizationService:
                     # Whether Redis or Postgres failed, the cached state may now hold a
                     # reservation with nothing durable behind it: reload it from Postgres
                     # once this operation no longer counts as in flight.
-                    self._spawn(self._undo(card.account_id, request))
+                    self.sync.undo_later(card.account_id, request.source, request.message_id)
                     raise
             # Outside the in-flight mark: a reload waits for marked operations to finish.
             if isinstance(result, AuthorizeOutcome):  # it used up the card's PIN tries
@@ -551,11 +562,7 @@ class AuthorizationService:
                 return stored
             if isinstance(result, Duplicate):
                 return await self._stored_original(job.ctx, card)
-            if result.card_only:
-                await self.sync.load_card(card.account_id, card.card_id)
-            else:
-                await self.cache.refresh_generation()
-                await self.sync.reload(card.account_id, "miss")
+            await self.sync.after_miss(card.account_id, card.card_id if result.card_only else None)
         raise InternalError("the account's cached state could not be loaded")
 
     async def _commit(
@@ -583,7 +590,7 @@ class AuthorizationService:
             or write.usage
         ):
             log.warning("the cache disagreed with Postgres; reloading the account")
-            self._spawn(self.sync.refresh(card.account_id, written.status.value))
+            self.sync.refresh_later(card.account_id, written.status.value)
         elif result.held_minor:
             asset = write.decision.asset
             assert asset is not None
@@ -602,32 +609,10 @@ class AuthorizationService:
                 "the blocked card's cached state was not reloaded",
                 extra={"error": type(exc).__name__},
             )
-            self._spawn(self.sync.refresh(card.account_id, "pin_blocked"))
+            self.sync.refresh_later(card.account_id, "pin_blocked")
 
     # For the decision paths built on this one (service/linked.py).
     commit = _commit
-
-    def spawn_refresh(self, account_id: str, cause: str) -> None:
-        """Reload an account's cached state from Postgres, in the background."""
-        self._spawn(self.sync.refresh(account_id, cause))
-
-    async def _undo(self, account_id: str, request: AuthorizationRequest) -> None:
-        try:
-            await self.cache.forget_marker(account_id, request.source, request.message_id)
-            await self.sync.refresh(account_id, "failure")
-        except Exception as exc:  # the next decision on the account reloads it on a miss
-            metrics.STORE_ERRORS.labels("redis", "undo").inc()
-            log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain(self) -> None:
-        """Wait for background reloads started by failures (shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
     def _write_for(
         self, ctx: _Context, card: CardFacts, program: ProgramRow, pre: PreChecks,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 from authswitch import metrics
 from authswitch.adapters.postgres.ledger import LedgerStore
@@ -38,6 +39,7 @@ class CacheSync:
         self._in_flight: dict[str, int] = {}
         self._idle: dict[str, asyncio.Event] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def in_flight(self, account_id: str) -> Iterator[None]:
@@ -72,6 +74,45 @@ class CacheSync:
         """Drop the cached state and load it again (after an out-of-band change)."""
         await self.cache.invalidate(account_id)
         await self.reload(account_id, cause)
+
+    async def after_miss(self, account_id: str, card_id: str | None = None) -> None:
+        """What a cache step that found no state does before it tries again: the card's
+        state when only a card was missing (``card_id``), else the account's, at the newest
+        generation (another process may have raised it)."""
+        if card_id is not None:
+            await self.load_card(account_id, card_id)
+        else:
+            await self.cache.refresh_generation()
+            await self.reload(account_id, "miss")
+
+    def refresh_later(self, account_id: str, cause: str) -> None:
+        """Reload the account from Postgres in the background, once nothing is in flight on
+        it in this process (after a write that did not commit as the cache assumed)."""
+        self._spawn(self.refresh(account_id, cause))
+
+    def undo_later(self, account_id: str, source: str, message_id: str) -> None:
+        """After a failed step whose Redis effect may have no durable record: forget its
+        marker and reload the account from Postgres, in the background, once nothing is in
+        flight on it (so call it from inside the in-flight mark, before it ends)."""
+        self._spawn(self._undo(account_id, source, message_id))
+
+    async def drain(self) -> None:
+        """Wait for the background reloads (shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _undo(self, account_id: str, source: str, message_id: str) -> None:
+        try:
+            await self.cache.forget_marker(account_id, source, message_id)
+            await self.refresh(account_id, "failure")
+        except Exception as exc:  # the next decision on the account reloads it on a miss
+            metrics.STORE_ERRORS.labels("redis", "undo").inc()
+            log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def load_card(self, account_id: str, card_id: str) -> None:
         found = await self.ledger.card_state(card_id)

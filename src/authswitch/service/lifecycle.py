@@ -25,7 +25,7 @@ from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.holds import HoldRow, HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
-from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate
+from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate, Miss
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
@@ -95,7 +95,7 @@ from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
 from authswitch.service.fx import fx_payload
-from authswitch.service.posting import Posted, Poster, PostStatus, durable_original
+from authswitch.service.posting import Posted, Poster, PostStatus
 
 __all__ = ["SYSTEM_SOURCE", "LifecycleReplies", "LifecycleService"]
 
@@ -481,7 +481,7 @@ class LifecycleService:
                         account_id, Charges(limits=counters), change, 0, check=False
                     )
             except Exception:
-                self.poster.spawn_refresh(account_id, "failure")
+                self.poster.sync.refresh_later(account_id, "failure")
                 raise
 
     async def _reverse_once(
@@ -1014,44 +1014,33 @@ class LifecycleService:
         )
         now = self.clock.now()
         counters = await self._credit_counters(product.id, card, program, asset, now)
-        poster, cache = self.poster, self.poster.cache
-        for _ in range(CREDIT_ATTEMPTS_MAX):
-            with poster.sync.in_flight(card.account_id):
-                try:
-                    result = await cache.credit(
-                        account_id=card.account_id, card_id=card.card_id, asset=asset,
-                        amount_minor=amount, product_reason=product_reason, limits=counters,
-                        source=request.source, message_id=request.message_id,
-                        fingerprint=fingerprint,
-                    )  # fmt: skip
-                    if isinstance(result, CreditOutcome):
-                        write = self._credit_write(
-                            request, fingerprint, card, program, result, counters, fields, now
-                        )
-                        written = await poster.committer.submit(write)
-                        if written.status is not WriteStatus.COMMITTED:
-                            # Nothing of this credit is durable: the cache must not keep it.
-                            poster.reload_later(card.account_id, written.status.value)
-                        return self._answer(
-                            Posted(PostStatus.COMMITTED, written.decision), fingerprint, "CREDIT"
-                        )
-                except Exception:
-                    poster.undo_later(card.account_id, request.source, request.message_id)
-                    raise
-            if isinstance(result, Duplicate):
-                # The original's durable answer; it may be committing in another process.
-                stored = await durable_original(self.holds, request.source, request.message_id)
-                if stored is not None:
-                    return self._answer(Posted(PostStatus.DUPLICATE, stored), fingerprint, "CREDIT")
-                # A marker with nothing durable behind it: its attempt failed.
-                await cache.forget_marker(card.account_id, request.source, request.message_id)
-                continue
-            if result.card_only:
-                await poster.sync.load_card(card.account_id, card.card_id)
-            else:
-                await cache.refresh_generation()
-                await poster.sync.reload(card.account_id, "miss")
-        raise InternalError("the account's cached state could not be loaded")
+        poster = self.poster
+
+        async def step() -> bytes | Miss | Duplicate:
+            result = await poster.cache.credit(
+                account_id=card.account_id, card_id=card.card_id, asset=asset,
+                amount_minor=amount, product_reason=product_reason, limits=counters,
+                source=request.source, message_id=request.message_id, fingerprint=fingerprint,
+            )  # fmt: skip
+            if not isinstance(result, CreditOutcome):
+                return result
+            write = self._credit_write(
+                request, fingerprint, card, program, result, counters, fields, now
+            )
+            written = await poster.committer.submit(write)
+            if written.status is not WriteStatus.COMMITTED:
+                # Nothing of this credit is durable: the cache must not keep it.
+                poster.sync.refresh_later(card.account_id, written.status.value)
+            return self._answer(
+                Posted(PostStatus.COMMITTED, written.decision), fingerprint, "CREDIT"
+            )
+
+        done = await poster.attempts(
+            card.account_id, request.source, request.message_id, step, card.card_id
+        )
+        if isinstance(done, StoredDecision):  # the original's durable answer
+            return self._answer(Posted(PostStatus.DUPLICATE, done), fingerprint, "CREDIT")
+        return done
 
     async def _credit_counters(
         self, product_id: str, card: CardFacts, program: ProgramRow, asset: str, now: datetime
@@ -1250,7 +1239,6 @@ class LifecycleService:
         return sum(1 for r in results if r is True)
 
 
-CREDIT_ATTEMPTS_MAX = 3
 SENDER_NAME_LEN_MAX = 30
 _CREDIT_TYPES = frozenset(int(t) for t in CreditType)
 _CREDIT_DECLINE_DETAIL = {

@@ -26,7 +26,7 @@ same linked account (:meth:`CardFacts.spending`); reversals follow the hold.
 from __future__ import annotations
 
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
-from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, Miss
+from authswitch.adapters.redis.cache import AuthorizeOutcome
 from authswitch.domain.authorization import PARTIAL_APPROVAL_TYPES, PinMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.messages.authorization import AuthorizeAnswer
@@ -47,24 +47,13 @@ class LinkedSpend:
 
     async def decide(self, job: Job, spend_account_id: str) -> StoredDecision:
         auth = self.auth
-        ctx, card, pre = job.ctx, job.card, job.pre
-        request = ctx.request
-
-        async def checks() -> AuthorizeOutcome | Miss | Duplicate:
-            # Step 1, on the card's own account: the core checks and the marker.
-            return await auth.cache.authorize(
-                account_id=card.account_id, card_id=card.card_id, asset=request.billing_asset,
-                amount_minor=request.billing_amount_minor, partial_allowed=False,
-                zero_value=True, pre=pre, source=request.source, message_id=request.message_id,
-                fingerprint=ctx.fingerprint, checks_only=True,
-            )  # fmt: skip
 
         async def after_checks(outcome: AuthorizeOutcome) -> StoredDecision:
             if outcome.reason is not Reason.APPROVED:
                 return await self._declined(job, outcome)
             return await self._spend(job, outcome, spend_account_id)
 
-        return await auth.redis_step(job, checks, after_checks)
+        return await auth.redis_step(job, lambda: auth.reserve(job, checks_only=True), after_checks)
 
     async def _declined(self, job: Job, outcome: AuthorizeOutcome) -> StoredDecision:
         ctx, card = job.ctx, job.card
@@ -82,7 +71,7 @@ class LinkedSpend:
         if written.status is not WriteStatus.COMMITTED and updates:
             # The card's PIN state in the cache is ahead of Postgres: reload it (after this
             # decision's in-flight mark ends).
-            self.auth.spawn_refresh(card.account_id, written.status.value)
+            self.auth.sync.refresh_later(card.account_id, written.status.value)
         return written.decision
 
     async def _spend(
@@ -104,14 +93,6 @@ class LinkedSpend:
         plan = await auth.hold_plan(spend_job)
         updates, notes = _pin_effects(job, outcome)
 
-        async def attempt() -> AuthorizeOutcome | Miss | Duplicate:
-            return await auth.cache.authorize(
-                account_id=card.account_id, card_id=card.card_id, asset=request.billing_asset,
-                amount_minor=request.billing_amount_minor, partial_allowed=partial,
-                zero_value=request.is_zero_value, pre=_PASSED, source=request.source,
-                message_id=request.message_id, fingerprint=ctx.fingerprint, charges=charges,
-            )  # fmt: skip
-
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
             write = auth.write_for(
                 ctx, card, program, _PASSED, result, plan, charges, None,
@@ -123,10 +104,12 @@ class LinkedSpend:
             if updates and (
                 stored.id != write.decision.id or stored.reason != write.decision.reason
             ):  # the card's PIN state did not commit (a refusal or a duplicate)
-                auth.spawn_refresh(job.card.account_id, "refused")
+                auth.sync.refresh_later(job.card.account_id, "refused")
             return stored
 
-        return await auth.redis_step(spend_job, attempt, finish)
+        return await auth.redis_step(
+            spend_job, lambda: auth.reserve(spend_job, partial, charges), finish
+        )
 
 
 def _pin_effects(

@@ -20,7 +20,6 @@ from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecisio
 from authswitch.adapters.redis.cache import (
     ApplyResult,
     AuthorizeOutcome,
-    Duplicate,
     LedgerCache,
     Miss,
 )
@@ -107,26 +106,6 @@ class OffLedgerService:
         return int(self.clock.now().timestamp() * 1000)
 
     async def decide(self, job: Job) -> StoredDecision:
-        ctx, card, pre = job.ctx, job.card, job.pre
-        request = ctx.request
-
-        async def attempt() -> AuthorizeOutcome | Miss | Duplicate:
-            # The core checks (status, expiry, PIN tries, PIN, CVV2, product) and the
-            # idempotency marker; no funds, no limits, nothing held.
-            return await self.cache.authorize(
-                account_id=card.account_id,
-                card_id=card.card_id,
-                asset=request.billing_asset,
-                amount_minor=request.billing_amount_minor,
-                partial_allowed=False,
-                zero_value=True,
-                pre=pre,
-                source=request.source,
-                message_id=request.message_id,
-                fingerprint=ctx.fingerprint,
-                checks_only=True,
-            )
-
         async def finish(checks: AuthorizeOutcome) -> StoredDecision:
             if checks.reason is Reason.TRANSACTION_NOT_PERMITTED:  # it may carry a decline fee
                 assessed = await self.charges.assess_decline(**self._pricing(job))
@@ -136,7 +115,9 @@ class OffLedgerService:
                 return await self._commit(job, checks, self._declined_by_checks(job, checks))
             return await self._ask(job, checks)
 
-        return await self.auth.redis_step(job, attempt, finish)
+        return await self.auth.redis_step(
+            job, lambda: self.auth.reserve(job, checks_only=True), finish
+        )
 
     def _pricing(self, job: Job) -> dict[str, Any]:
         request = job.ctx.request
@@ -341,7 +322,7 @@ class OffLedgerService:
         if not (isinstance(applied, ApplyResult) and applied.status == "OK"):
             # No shadow balance in this asset, or the state is not loaded: record the
             # decision; the reload brings the shadow ledger back in step with Postgres.
-            self.auth.spawn_refresh(card.account_id, "shadow")
+            self.auth.sync.refresh_later(card.account_id, "shadow")
             return await self._commit_plain(write)
         plan = await self.auth.hold_plan(job)
         hold = hold_record(
@@ -360,7 +341,7 @@ class OffLedgerService:
         )
         written = await self.committer.submit(mirrored)
         if written.status is not WriteStatus.COMMITTED or written.pre_reversed_minor:
-            self.auth.spawn_refresh(card.account_id, "shadow")
+            self.auth.sync.refresh_later(card.account_id, "shadow")
         return written.decision
 
     def _fee_notifications(
@@ -421,7 +402,7 @@ class OffLedgerService:
         if written.status is not WriteStatus.COMMITTED:  # nothing durable: take it back
             await self.cache.adjust(card.account_id, applied.epoch, request.billing_asset, fee, 0)
             if checks.pin_tries_changed or checks.pin_changed or write.usage:
-                self.auth.spawn_refresh(card.account_id, written.status.value)
+                self.auth.sync.refresh_later(card.account_id, written.status.value)
         return written.decision
 
     async def _stand_in(
@@ -542,7 +523,7 @@ class OffLedgerService:
         if written.status is not WriteStatus.COMMITTED and (
             checks.pin_tries_changed or checks.pin_changed or write.usage
         ):
-            self.auth.spawn_refresh(job.card.account_id, written.status.value)
+            self.auth.sync.refresh_later(job.card.account_id, written.status.value)
         return written.decision
 
     async def _commit_plain(self, write: LedgerWrite) -> StoredDecision:

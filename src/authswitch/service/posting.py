@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TypeVar
 
-from authswitch import metrics
 from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
 from authswitch.adapters.postgres.holds import HoldStore
-from authswitch.adapters.redis.cache import ApplyResult, Duplicate, LedgerCache
+from authswitch.adapters.redis.cache import ApplyResult, Duplicate, LedgerCache, Miss
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.records import LedgerWrite
 from authswitch.errors import InternalError
@@ -27,6 +26,8 @@ from authswitch.service.movements import with_movement
 __all__ = ["REPLAY_PAUSES_S", "PostStatus", "Posted", "Poster", "durable_original"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CACHE_ATTEMPTS_MAX = 3
 # A message whose idempotency marker is set but whose decision is not durable yet (its
@@ -76,7 +77,6 @@ class Poster:
         self.cache = cache
         self.sync = sync
         self.committer = committer
-        self._background: set[asyncio.Task[None]] = set()
 
     async def post(
         self,
@@ -95,42 +95,74 @@ class Poster:
         ``build(result)``; at most once per (source, message_id). ``program``: the
         account's, whose movement subscription adds a MOVEMENT notification (``movement``:
         its kind, by default the decision's)."""
+
+        async def step() -> Posted | Miss | Duplicate:
+            result = await self.cache.apply(
+                account_id=change.account_id,
+                asset=change.asset,
+                actual_delta_minor=change.actual_delta_minor,
+                held_delta_minor=change.authorized_delta_minor,
+                requires_funds=change.requires_funds,
+                marker=(source, message_id, fingerprint),
+                usage=usage,
+            )
+            if not isinstance(result, ApplyResult):
+                return result
+            if result.status == "NSF":
+                return Posted(PostStatus.INSUFFICIENT_FUNDS, balance=result.balance)
+            if result.status == "NOBALANCE":
+                return Posted(PostStatus.NO_BALANCE)
+            write = with_movement(
+                build(result), program, change, result.balance, movement, movement_details
+            )
+            return await self._commit(change, result, write)
+
+        posted = await self.attempts(change.account_id, source, message_id, step)
+        if isinstance(posted, StoredDecision):
+            return Posted(PostStatus.DUPLICATE, posted)
+        return posted
+
+    async def attempts(
+        self,
+        account_id: str,
+        source: str,
+        message_id: str,
+        step: Callable[[], Awaitable[T | Miss | Duplicate]],
+        card_id: str | None = None,
+    ) -> T | StoredDecision:
+        """Run ``step`` — a cache script that sets the message's idempotency marker, then
+        the commit of what it did — inside the account's in-flight mark, until it is done:
+        reload the cached state after a miss (``card_id``: the card's, when only a card can
+        be missing), answer a duplicate with its original's durable decision, and after any
+        failure forget the marker and reload the account from Postgres."""
         for _ in range(CACHE_ATTEMPTS_MAX):
-            with self.sync.in_flight(change.account_id):
+            with self.sync.in_flight(account_id):
                 try:
-                    result = await self.cache.apply(
-                        account_id=change.account_id,
-                        asset=change.asset,
-                        actual_delta_minor=change.actual_delta_minor,
-                        held_delta_minor=change.authorized_delta_minor,
-                        requires_funds=change.requires_funds,
-                        marker=(source, message_id, fingerprint),
-                        usage=usage,
-                    )
-                    if isinstance(result, ApplyResult):
-                        if result.status == "NSF":
-                            return Posted(PostStatus.INSUFFICIENT_FUNDS, balance=result.balance)
-                        if result.status == "NOBALANCE":
-                            return Posted(PostStatus.NO_BALANCE)
-                        write = with_movement(
-                            build(result), program, change, result.balance, movement,
-                            movement_details,
-                        )  # fmt: skip
-                        return await self._commit(change, result, write)
+                    result = await step()
                 except Exception:
-                    self._spawn(self._undo(change.account_id, source, message_id))
+                    self.sync.undo_later(account_id, source, message_id)
                     raise
             if isinstance(result, Duplicate):
-                # The original may still be committing: its answer, not a second change.
-                stored = await durable_original(self.holds, source, message_id)
+                stored = await self.original(account_id, source, message_id)
                 if stored is not None:
-                    return Posted(PostStatus.DUPLICATE, stored)
-                # A marker with nothing durable behind it (an earlier attempt failed).
-                await self.cache.forget_marker(change.account_id, source, message_id)
-                continue
-            await self.cache.refresh_generation()
-            await self.sync.reload(change.account_id, "miss")
+                    return stored
+            elif isinstance(result, Miss):
+                await self.sync.after_miss(account_id, card_id if result.card_only else None)
+            else:
+                return result
         raise InternalError("the account's cached state could not be loaded")
+
+    async def original(
+        self, account_id: str, source: str, message_id: str
+    ) -> StoredDecision | None:
+        """The durable decision of an earlier message with this id, whose marker the cache
+        found (it may still be committing, in this process or another); None when there is
+        none: its attempt failed or its process died before committing, so the marker is
+        forgotten and the message is decided afresh (Postgres arbitrates if both commit)."""
+        stored = await durable_original(self.holds, source, message_id)
+        if stored is None:
+            await self.cache.forget_marker(account_id, source, message_id)
+        return stored
 
     async def _commit(
         self, change: BalanceChange, result: ApplyResult, write: LedgerWrite
@@ -141,7 +173,7 @@ class Poster:
         # Nothing of this change is durable: take it back out of the cache (counters, which
         # the adjustment cannot reach, by a reload).
         if write.usage:
-            self._spawn(self.sync.refresh(change.account_id, written.status.value))
+            self.sync.refresh_later(change.account_id, written.status.value)
         await self.cache.adjust(
             change.account_id,
             result.epoch,
@@ -150,7 +182,7 @@ class Poster:
             -change.authorized_delta_minor,
         )
         if written.status is WriteStatus.REFUSED:
-            self._spawn(self.sync.refresh(change.account_id, "refused"))
+            self.sync.refresh_later(change.account_id, "refused")
             return Posted(PostStatus.REFUSED, written.decision)
         if written.status is WriteStatus.CONFLICT:
             await self.cache.forget_marker(
@@ -168,33 +200,3 @@ class Poster:
             WriteStatus.CONFLICT: PostStatus.CONFLICT,
         }[written.status]
         return Posted(status, written.decision)
-
-    def undo_later(self, account_id: str, source: str, message_id: str) -> None:
-        """After a failed step whose Redis effect may have no durable record: forget its
-        marker and reload the account from Postgres, once nothing is in flight on it."""
-        self._spawn(self._undo(account_id, source, message_id))
-
-    def reload_later(self, account_id: str, why: str) -> None:
-        """Reload the account from Postgres once nothing is in flight on it."""
-        self._spawn(self.sync.refresh(account_id, why))
-
-    async def _undo(self, account_id: str, source: str, message_id: str) -> None:
-        try:
-            await self.cache.forget_marker(account_id, source, message_id)
-            await self.sync.refresh(account_id, "failure")
-        except Exception as exc:
-            metrics.STORE_ERRORS.labels("redis", "undo").inc()
-            log.warning("undo after a failure did not finish", extra={"error": type(exc).__name__})
-
-    def spawn_refresh(self, account_id: str, cause: str) -> None:
-        """Reload the account's cached state from Postgres, in the background."""
-        self._spawn(self.sync.refresh(account_id, cause))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
