@@ -298,14 +298,7 @@ class Application:
         catalog = Catalog(catalog_store, cards, cards_max=settings.card_cache_entries_max)
         await catalog.load()
         await self._watch_catalog(settings, catalog)
-        self.committer = GroupCommitter(
-            self.pool,
-            batch_max=settings.group_commit_batch_max,
-            queue_max=settings.group_commit_queue_max,
-            linger_us=settings.group_commit_linger_us,
-            one_statement=not settings.postgres_pgbouncer,
-        )
-        self.committer.start()
+        self.committer = self._start_committer(settings)
         sync = CacheSync(
             cache, ledger, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
         )
@@ -349,6 +342,18 @@ class Application:
             replies=LifecycleReplyEncoder(),
         )
         return cache
+
+    def _start_committer(self, settings: Settings) -> GroupCommitter:
+        assert self.pool is not None
+        committer = GroupCommitter(
+            self.pool,
+            batch_max=settings.group_commit_batch_max,
+            queue_max=settings.group_commit_queue_max,
+            linger_us=settings.group_commit_linger_us,
+            one_statement=not settings.postgres_pgbouncer,
+        )
+        committer.start()
+        return committer
 
     async def _watch_catalog(self, settings: Settings, catalog: Catalog) -> None:
         """Other processes' catalogue changes drop this one's copies (catalog_watch.py)."""
