@@ -303,6 +303,7 @@ class Application:
             cache, ledger, self.clock, drain_timeout_s=settings.postgres_statement_timeout_ms / 1000
         )
         poster = Poster(holds=holds, cache=cache, sync=sync, committer=self.committer)
+        await sync.start()
         self.cache, self.holds, self.catalog, self.sync = cache, holds, catalog, sync
         self.authorization = AuthorizationService(
             keys=keys,

@@ -31,6 +31,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "CACHE_LOADS",
+    "CACHE_MARKS_EXPIRED",
     "CLIENT_SECONDS",
     "COMMIT_BATCH_SECONDS",
     "COMMIT_BATCH_SIZE",
@@ -200,6 +201,11 @@ CACHE_LOADS = Counter(
     "authswitch_cache_loads_total",
     "Account states (or single cards) loaded into Redis from Postgres, by cause.",
     ["cause"],
+)
+CACHE_MARKS_EXPIRED = Counter(
+    "authswitch_cache_marks_expired_total",
+    "In-flight marks dropped by account reloads as their processes' (a mark older than any "
+    "write can take is one whose process died mid-write).",
 )
 
 STAND_INS = Counter(

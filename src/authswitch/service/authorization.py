@@ -446,8 +446,9 @@ class AuthorizationService:
         if request.incremental:
             hold_plan = await self._incremental_hold_plan(job, hold_plan)
 
-        def attempt() -> Awaitable[AuthorizeOutcome | Miss | Duplicate]:
-            return self.reserve(job, partial, charges)
+        def attempt(mark: str) -> Awaitable[AuthorizeOutcome | Miss | Duplicate]:
+            # A stand-in's decision runs inside the off-ledger decision's mark on the account.
+            return self.reserve(job, mark if stand_in is None else "", partial, charges)
 
         async def finish(result: AuthorizeOutcome) -> StoredDecision:
             detail = ""
@@ -502,14 +503,14 @@ class AuthorizationService:
         return plan
 
     def reserve(
-        self, job: Job, partial: bool = False, charges: Charges = NO_CHARGES, *,
+        self, job: Job, mark: str, partial: bool = False, charges: Charges = NO_CHARGES, *,
         checks_only: bool = False,
     ) -> Awaitable[AuthorizeOutcome | Miss | Duplicate]:  # fmt: skip
         """The atomic Redis step of an authorisation: every check and the funds, the hold,
         the fees, the limits' and spend controls' counters and the idempotency marker.
         ``checks_only``: the core checks (status, expiry, PIN tries, PIN, CVV2, product) and
         the marker alone, nothing held, for a decision made elsewhere (an off-ledger client,
-        a linked account)."""
+        a linked account). ``mark``: the operation's in-flight mark (service/cache_sync.py)."""
         card, ctx = job.card, job.ctx
         request = ctx.request
         return self.cache.authorize(
@@ -526,12 +527,13 @@ class AuthorizationService:
             charges=charges,
             checks_only=checks_only,
             velocity=() if checks_only or job.controls is None else job.controls.velocity_checks,
+            mark=mark,
         )
 
     async def redis_step(
         self,
         job: Job,
-        attempt: Callable[[], Awaitable[AuthorizeOutcome | Miss | Duplicate]],
+        attempt: Callable[[str], Awaitable[AuthorizeOutcome | Miss | Duplicate]],
         finish: Callable[[AuthorizeOutcome], Awaitable[StoredDecision]],
     ) -> StoredDecision:
         """Run the atomic Redis step and make its outcome durable, with the in-flight
@@ -543,9 +545,9 @@ class AuthorizationService:
             # Its caller has given up (a lookup took long): decide nothing.
             raise Expired("the call's deadline passed before a decision")
         for _ in range(CACHE_ATTEMPTS_MAX):
-            with self.sync.in_flight(card.account_id):
+            with self.sync.in_flight(card.account_id) as mark:
                 try:
-                    result = await attempt()
+                    result = await attempt(mark)
                     if isinstance(result, AuthorizeOutcome):
                         stored = await finish(result)
                         if not result.pin_blocked_now:

@@ -469,12 +469,17 @@ class LifecycleService:
     ) -> None:
         """Off-ledger usage moves: in Postgres first (``durable``: the counters' keys and the
         change, or None for none), then in the cached counters, inside the account's
-        in-flight mark so that a reload sees both or neither."""
+        in-flight mark so that a reload sees both or neither. Where the mark cannot be
+        taken (the state is not loaded, or a reload is under way) the counters are left
+        alone and the account is reloaded after the Postgres write."""
         sync, cache = self.poster.sync, self.poster.cache
-        with sync.in_flight(account_id):
+        with sync.in_flight(account_id) as mark:
             try:
+                admitted = await cache.admit(account_id, mark)
                 moved = await durable()
-                if moved is not None:
+                if moved is not None and not admitted:
+                    sync.refresh_later(account_id, "usage")
+                elif moved is not None:
                     keys, change = moved
                     counters = tuple(CounterCheck(key, "") for key in keys)
                     await cache.count_charges(
@@ -1016,11 +1021,12 @@ class LifecycleService:
         counters = await self._credit_counters(product.id, card, program, asset, now)
         poster = self.poster
 
-        async def step() -> bytes | Miss | Duplicate:
+        async def step(mark: str) -> bytes | Miss | Duplicate:
             result = await poster.cache.credit(
                 account_id=card.account_id, card_id=card.card_id, asset=asset,
                 amount_minor=amount, product_reason=product_reason, limits=counters,
                 source=request.source, message_id=request.message_id, fingerprint=fingerprint,
+                mark=mark,
             )  # fmt: skip
             if not isinstance(result, CreditOutcome):
                 return result

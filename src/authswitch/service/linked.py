@@ -53,7 +53,9 @@ class LinkedSpend:
                 return await self._declined(job, outcome)
             return await self._spend(job, outcome, spend_account_id)
 
-        return await auth.redis_step(job, lambda: auth.reserve(job, checks_only=True), after_checks)
+        return await auth.redis_step(
+            job, lambda mark: auth.reserve(job, mark, checks_only=True), after_checks
+        )
 
     async def _declined(self, job: Job, outcome: AuthorizeOutcome) -> StoredDecision:
         ctx, card = job.ctx, job.card
@@ -108,7 +110,7 @@ class LinkedSpend:
             return stored
 
         return await auth.redis_step(
-            spend_job, lambda: auth.reserve(spend_job, partial, charges), finish
+            spend_job, lambda mark: auth.reserve(spend_job, mark, partial, charges), finish
         )
 
 

@@ -45,7 +45,7 @@ from authswitch.domain.records import (
     Notification,
     UsageChange,
 )
-from authswitch.errors import ClientCallFailed, ClientTimedOut
+from authswitch.errors import ClientCallFailed, ClientTimedOut, StoreUnavailable
 from authswitch.service.authorization import (
     AuthorizationService,
     Job,
@@ -116,7 +116,7 @@ class OffLedgerService:
             return await self._ask(job, checks)
 
         return await self.auth.redis_step(
-            job, lambda: self.auth.reserve(job, checks_only=True), finish
+            job, lambda mark: self.auth.reserve(job, mark, checks_only=True), finish
         )
 
     def _pricing(self, job: Job) -> dict[str, Any]:
@@ -504,17 +504,17 @@ class OffLedgerService:
             return False, ()
         label, previous, ends = period_bounds(Period.DAY, ctx.received, job.program.time_zone)
         key, previous_key = f"S:{card.card_id}:{label}", f"S:{card.card_id}:{previous}"
-        for _ in range(2):
-            added = await self.cache.add_within(
-                card.account_id, key, previous_key, amount, routing.stand_in_daily_max_minor
-            )
-            if isinstance(added, Miss):
-                await self.auth.sync.reload(card.account_id, "miss")
-                continue
-            if not added:
-                return False, ()
-            return True, (UsageChange(card.account_id, key, amount, 1, ends),)
-        return False, ()
+        added = await self.cache.add_within(
+            card.account_id, key, previous_key, amount, routing.stand_in_daily_max_minor
+        )
+        if isinstance(added, Miss):
+            # The state the core checks just ran on is gone (a new generation): the decision
+            # is not made (96); its undo reloads the account, outside the in-flight mark this
+            # runs in (a reload here would wait for that mark, its own).
+            raise StoreUnavailable("the account's cached state went away during a decision")
+        if not added:
+            return False, ()
+        return True, (UsageChange(card.account_id, key, amount, 1, ends),)
 
     async def _commit(
         self, job: Job, checks: AuthorizeOutcome, write: LedgerWrite

@@ -96,7 +96,7 @@ class Poster:
         account's, whose movement subscription adds a MOVEMENT notification (``movement``:
         its kind, by default the decision's)."""
 
-        async def step() -> Posted | Miss | Duplicate:
+        async def step(mark: str) -> Posted | Miss | Duplicate:
             result = await self.cache.apply(
                 account_id=change.account_id,
                 asset=change.asset,
@@ -105,6 +105,7 @@ class Poster:
                 requires_funds=change.requires_funds,
                 marker=(source, message_id, fingerprint),
                 usage=usage,
+                mark=mark,
             )
             if not isinstance(result, ApplyResult):
                 return result
@@ -127,18 +128,19 @@ class Poster:
         account_id: str,
         source: str,
         message_id: str,
-        step: Callable[[], Awaitable[T | Miss | Duplicate]],
+        step: Callable[[str], Awaitable[T | Miss | Duplicate]],
         card_id: str | None = None,
     ) -> T | StoredDecision:
-        """Run ``step`` — a cache script that sets the message's idempotency marker, then
-        the commit of what it did — inside the account's in-flight mark, until it is done:
+        """Run ``step`` — a cache script that sets the message's idempotency marker and
+        records the in-flight mark it is given, then the commit of what it did — inside the
+        account's in-flight mark, until it is done:
         reload the cached state after a miss (``card_id``: the card's, when only a card can
         be missing), answer a duplicate with its original's durable decision, and after any
         failure forget the marker and reload the account from Postgres."""
         for _ in range(CACHE_ATTEMPTS_MAX):
-            with self.sync.in_flight(account_id):
+            with self.sync.in_flight(account_id) as mark:
                 try:
-                    result = await step()
+                    result = await step(mark)
                 except Exception:
                     self.sync.undo_later(account_id, source, message_id)
                     raise

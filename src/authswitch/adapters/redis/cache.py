@@ -11,8 +11,19 @@ Key layout (``<p>`` is the configured prefix)::
                                          c:<card> status decline reason (0 = active),
                                          t:<card> PIN tries, m:<card> tries max, p:<card> PVV,
                                          r (cluster, sentinel) the data set it was loaded into
+                                         L, Lt: a reload's barrier token and when it was set
+    <p>:{<account>}:f                    sorted set: the in-flight marks of operations whose
+                                         Redis step is made and whose write is not yet known
+                                         durable or not, by when (lua/begin_load.lua)
     <p>:{<account>}:m:<source>:<msg id>  idempotency marker: the request's fingerprint
     <p>:gen                              the generation every process must load at or above
+    <p>:alive:<process>                  a process's heartbeat (expires a few seconds after
+                                         it dies): whose in-flight marks are still live
+
+A reload in any process waits for every in-flight mark on the account to go before it reads
+Postgres, and new operations wait for the reload (their scripts answer MISS while the barrier
+is set), so a reload never loses a reservation another process is still committing
+(lua/begin_load.lua; service/cache_sync.py).
 
 The generation is raised when a process starts: every account is then reloaded from Postgres
 on its next use, so state left by a crashed process never decides anything.
@@ -94,6 +105,12 @@ class RedisKeys:
 
     def marker(self, account_id: str, source: str, message_id: str) -> str:
         return f"{self.prefix}:{{{account_id}}}:m:{source}:{message_id}"
+
+    def marks(self, account_id: str) -> str:
+        return f"{self.prefix}:{{{account_id}}}:f"
+
+    def alive(self, process: str) -> str:
+        return f"{self.prefix}:alive:{process}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +273,8 @@ class LedgerCache:
         self._limits = _Script(client, "limits", prelude)
         self._read = _Script(client, "read", prelude)
         self._credit = _Script(client, "credit", prelude)
+        self._begin_load = _Script(client, "begin_load", prelude)
+        self._admit = _Script(client, "admit", prelude)
 
     async def start_generation(self, floor: int) -> int:
         """Raise the shared generation to at least ``floor`` and adopt it.
@@ -304,11 +323,18 @@ class LedgerCache:
         charges: Charges = NO_CHARGES,
         checks_only: bool = False,
         velocity: Sequence[VelocityCheck] = (),
+        mark: str = "",
     ) -> AuthorizeOutcome | Miss | Duplicate:
-        keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
+        """``mark``: the operation's in-flight mark (lua/begin_load.lua), '' for a step of an
+        operation already marked on the account."""
+        keys = [
+            self.keys.state(account_id),
+            self.keys.marker(account_id, source, message_id),
+            self.keys.marks(account_id),
+        ]
         args = self._authorize_args(
             card_id, asset, amount_minor, partial_allowed, zero_value, pre, fingerprint,
-            charges, checks_only, velocity,
+            charges, checks_only, velocity, mark,
         )  # fmt: skip
         # Once sent, the step's outcome must be known: a cancelled caller still makes it
         # durable or undoes it (futures.py).
@@ -325,13 +351,17 @@ class LedgerCache:
     async def credit(
         self, *, account_id: str, card_id: str, asset: str, amount_minor: int,
         product_reason: Reason | None, limits: Sequence[CounterCheck], source: str,
-        message_id: str, fingerprint: bytes,
+        message_id: str, fingerprint: bytes, mark: str = "",
     ) -> CreditOutcome | Miss | Duplicate:  # fmt: skip
         """An account-funding credit's atomic step (``credit.lua``)."""
-        keys = [self.keys.state(account_id), self.keys.marker(account_id, source, message_id)]
+        keys = [
+            self.keys.state(account_id),
+            self.keys.marker(account_id, source, message_id),
+            self.keys.marks(account_id),
+        ]
         args: list[Any] = [
             self.generation, card_id, asset, amount_minor, int(product_reason or 0),
-            fingerprint, self.marker_ttl_s, len(limits),
+            fingerprint, self.marker_ttl_s, mark, len(limits),
         ]  # fmt: skip
         for limit in limits:
             args += [limit.key, limit.previous, limit.amount_max_minor, limit.count_max]
@@ -345,7 +375,7 @@ class LedgerCache:
     def _authorize_args(
         self, card_id: str, asset: str, amount_minor: int, partial_allowed: bool,
         zero_value: bool, pre: PreChecks, fingerprint: bytes, charges: Charges,
-        checks_only: bool, velocity: Sequence[VelocityCheck],
+        checks_only: bool, velocity: Sequence[VelocityCheck], mark: str,
     ) -> list[Any]:  # fmt: skip
         """authorize.lua's arguments, in its order (the script reads them positionally)."""
         args: list[Any] = [
@@ -365,6 +395,7 @@ class LedgerCache:
             fingerprint,
             self.marker_ttl_s,
             charges.decline_fee_minor,
+            mark,
             len(charges.limits),
         ]
         for limit in charges.limits:
@@ -402,10 +433,12 @@ class LedgerCache:
         requires_funds: bool,
         marker: tuple[str, str, bytes] | None = None,
         usage: Sequence[tuple[str, int, int]] = (),
+        mark: str = "",
     ) -> ApplyResult | Miss | Duplicate:
         """Apply one balance change and counter adjustments (key, amount, count);
-        ``marker`` is (source, message id, fingerprint)."""
-        keys = [self.keys.state(account_id)]
+        ``marker`` is (source, message id, fingerprint); ``mark`` the operation's in-flight
+        mark, as :meth:`authorize`'s."""
+        keys = [self.keys.state(account_id), self.keys.marks(account_id)]
         marker_value: bytes = b""
         if marker is not None:
             source, message_id, marker_value = marker
@@ -418,6 +451,7 @@ class LedgerCache:
             1 if requires_funds else 0,
             marker_value,
             self.marker_ttl_s,
+            mark,
             len(usage),
         ]
         for key, amount, uses in usage:
@@ -491,8 +525,89 @@ class LedgerCache:
         applied = await self._adjust(keys, [epoch, asset, actual_delta, held_delta])
         return bool(applied)
 
-    async def load(self, snapshot: AccountSnapshot) -> bytes:
-        """Replace the account's state with ``snapshot``; returns the new epoch."""
+    async def begin_load(
+        self, account_id: str, token: str, *, refresh: bool, stale_ms: int, mark_max_age_s: int
+    ) -> tuple[int, int] | bool:
+        """One step of a reload's barrier (lua/begin_load.lua): False while another
+        reload's barrier is in force; True when a usable state was loaded meanwhile and
+        this reload is not needed (only without ``refresh``); else (operations still in
+        flight, marks of dead processes dropped) under this ``token``'s barrier."""
+        keys = [self.keys.state(account_id), self.keys.marks(account_id)]
+        mode = "refresh" if refresh else "miss"
+        reply: Sequence[Any] = await self._begin_load(
+            keys, [token, self.generation, stale_ms, mode, mark_max_age_s]
+        )
+        if reply[0] == b"OURS":
+            return int(reply[1]), int(reply[2])
+        return bool(reply[0] == b"LOADED")
+
+    async def abandon_load(self, account_id: str, token: str) -> None:
+        """Drop this ``token``'s reload barrier (the reload failed): operations go on with
+        the state as it is."""
+        keys = [self.keys.state(account_id), self.keys.marks(account_id)]
+        await self._begin_load(keys, [token, self.generation, 0, "abandon", 0])
+
+    async def marks_in_flight(self, account_id: str) -> list[str]:
+        key = self.keys.marks(account_id)
+        try:
+            found: Sequence[bytes] = await self.client.keyed(key, "ZRANGE", key, 0, -1)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
+        return [mark.decode() for mark in found]
+
+    async def drop_marks(self, account_id: str, marks: Sequence[str]) -> None:
+        key = self.keys.marks(account_id)
+        try:
+            await self.client.keyed(key, "ZREM", key, *marks)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
+
+    async def beat(self, process: str, ttl_ms: int) -> None:
+        """This process's heartbeat: its in-flight marks count as live for ``ttl_ms``."""
+        key = self.keys.alive(process)
+        try:
+            await self.client.keyed(key, "SET", key, 1, "PX", ttl_ms)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
+
+    async def stop_beating(self, process: str) -> None:
+        key = self.keys.alive(process)
+        try:
+            await self.client.keyed(key, "DEL", key)
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
+
+    async def alive(self, processes: Sequence[str]) -> set[str]:
+        """Which of ``processes`` have a heartbeat."""
+        keys = [self.keys.alive(process) for process in processes]
+        try:
+            found = await asyncio.gather(*(self.client.keyed(k, "EXISTS", k) for k in keys))
+        except UNREACHABLE as exc:
+            raise unavailable(exc) from exc
+        return {process for process, n in zip(processes, found, strict=True) if n}
+
+    async def admit(self, account_id: str, mark: str) -> bool:
+        """Mark an operation in flight whose cached change will follow its Postgres write;
+        False when the state is not loaded or a reload is under way (lua/admit.lua)."""
+        keys = [self.keys.state(account_id), self.keys.marks(account_id)]
+        return bool(await self._admit(keys, [self.generation, mark]))
+
+    def release(self, account_id: str, marks: Sequence[str]) -> None:
+        """Remove in-flight marks (their writes are durable, or known not to be); sent
+        without waiting for the reply. One that is not removed (Redis unreachable) holds a
+        reload back until the reload gives up waiting for it (service/cache_sync.py)."""
+        key = self.keys.marks(account_id)
+        try:
+            sent = self.client.keyed(key, "ZREM", key, *marks)
+        except RedisError as exc:
+            log.warning("in-flight marks not released", extra={"error": type(exc).__name__})
+            return
+        sent.add_done_callback(_released)
+
+    async def load(self, snapshot: AccountSnapshot, token: str = "") -> bytes | None:
+        """Replace the account's state with ``snapshot``; returns the new epoch. With a
+        reload barrier's ``token``: only while that barrier is in force, else None and
+        nothing written."""
         epoch = secrets.token_hex(8).encode()
         fields: list[Any] = []
         for asset, balance in snapshot.balances.items():
@@ -501,9 +616,9 @@ class LedgerCache:
             fields += _card_fields(card_id, card)
         for key, (amount, uses) in snapshot.usage.items():
             fields += [f"ua:{key}", amount, f"uc:{key}", uses]
-        keys = [self.keys.state(snapshot.account_id)]
-        await self._load(keys, [self.generation, epoch, *fields])
-        return epoch
+        keys = [self.keys.state(snapshot.account_id), self.keys.marks(snapshot.account_id)]
+        loaded = await self._load(keys, [token, self.generation, epoch, *fields])
+        return epoch if loaded else None
 
     async def load_card(self, account_id: str, card_id: str, card: CardState) -> bool:
         keys = [self.keys.state(account_id)]
@@ -550,6 +665,12 @@ class LedgerCache:
         actual = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"a:")}
         held = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"h:")}
         return {asset: Balance(value, held.get(asset, 0)) for asset, value in actual.items()}
+
+
+def _released(sent: asyncio.Future[Reply]) -> None:
+    error = None if sent.cancelled() else sent.exception()
+    if error is not None:
+        log.warning("in-flight marks not released", extra={"error": type(error).__name__})
 
 
 def _not_done(reply: Sequence[Any], script: str) -> Duplicate | Miss:

@@ -5,12 +5,16 @@
 --
 -- KEYS[1]  account state hash   <prefix>:{<account>}:s
 -- KEYS[2]  idempotency marker    <prefix>:{<account>}:m:<source>:<message id>
+-- KEYS[3]  in-flight marks       <prefix>:{<account>}:f (see begin_load.lua)
 -- ARGV     1 gen  2 card  3 asset  4 amount  5 fixed_fee  6 partial(0|1)
 --          7 mode: 0 financial, 1 zero-value, 2 core checks only (off-ledger: no funds, no
 --            limits, nothing held or counted; APPROVED means every check passed)
 --          8 expiry_reason  9 pin_mode  10 pvv  11 new_pvv  12 cvv2_reason  13 product_reason
 --          14 marker_value  15 marker_ttl_s  16 decline_fee
---          17 n_limits, then per limit: key previous amount_max count_max   (-1: no cap)
+--          17 mark: this operation's in-flight mark, added to KEYS[3] with the step, so
+--            that a reload in any process waits for its write; refused (MISS) while a
+--            reload is under way. '': a step of an operation marked already (neither)
+--          18 n_limits, then per limit: key previous amount_max count_max   (-1: no cap)
 --          then n_free, then per free-use fee: key previous free_uses fee
 --          then, optional (absent: none), n_velocity, then per velocity rule (spend
 --          controls' rolling windows, service/controls.py): approvals_prefix
@@ -21,7 +25,7 @@
 --          cluster the node's replication id, which state written on another data set
 --          does not carry (a promoted replica, a migrated slot): such state is a MISS
 -- Returns  {'MISS'}                      state not loaded (or loaded by an older generation,
---                                        or on another data set)
+--                                        or on another data set, or being reloaded)
 --          {'MISSCARD'}                  the card's fields are not loaded
 --          {'DUP', marker_value}         the message id was seen before
 --          {'OK', reason, approved, fee, actual, held, epoch, tries, tries_changed,
@@ -47,9 +51,10 @@ local expiry_reason = tonumber(ARGV[8])
 local pin_mode, pvv, new_pvv = ARGV[9], ARGV[10], ARGV[11]
 local cvv2_reason, product_reason = tonumber(ARGV[12]), tonumber(ARGV[13])
 local decline_fee = tonumber(ARGV[16])
+local mark = ARGV[17]
 
 local limits, frees = {}, {}
-local i = 17
+local i = 18
 for _ = 1, tonumber(ARGV[i]) do
   limits[#limits + 1] = {key = ARGV[i + 1], previous = ARGV[i + 2],
     amount_max = tonumber(ARGV[i + 3]), count_max = tonumber(ARGV[i + 4])}
@@ -72,8 +77,9 @@ for _ = 1, tonumber(ARGV[i] or '0') do
 end
 
 local f = redis.call('HMGET', state, 'g', 'e', 'c:' .. card, 't:' .. card, 'm:' .. card,
-  'p:' .. card, 'a:' .. asset, 'h:' .. asset, 'r')
+  'p:' .. card, 'a:' .. asset, 'h:' .. asset, 'r', 'L')
 if not f[1] or tonumber(f[1]) < gen or (f[9] or '') ~= NODE then return {'MISS'} end
+if f[10] and mark ~= '' then return {'MISS'} end
 if not f[3] then return {'MISSCARD'} end
 local prior = redis.call('GET', marker)
 if prior then return {'DUP', prior} end
@@ -120,6 +126,7 @@ if checks_only then
   if new_tries ~= tries then redis.call('HSET', state, 't:' .. card, new_tries) end
   if pin_changed == 1 then redis.call('HSET', state, 'p:' .. card, new_pvv) end
   redis.call('SET', marker, ARGV[14], 'EX', ARGV[15])
+  if mark ~= '' then redis.call('ZADD', KEYS[3], redis.call('TIME')[1], mark) end
   local changed = 0
   if new_tries ~= tries then changed = 1 end
   return {'OK', reason, 0, 0, actual, held, epoch, new_tries, changed, blocked_now,
@@ -264,6 +271,7 @@ if #velocity > 0 then
   end
 end
 redis.call('SET', marker, ARGV[14], 'EX', ARGV[15])
+if mark ~= '' then redis.call('ZADD', KEYS[3], redis.call('TIME')[1], mark) end
 local tries_changed = 0
 if new_tries ~= tries then tries_changed = 1 end
 if #velocity > 0 then
