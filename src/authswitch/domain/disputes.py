@@ -36,6 +36,7 @@ __all__ = [
     "DisputeState",
     "DisputeStatus",
     "DisputeStep",
+    "DisputedClearing",
     "ImpossibleStep",
     "StepPlan",
     "plan_open",
@@ -161,10 +162,11 @@ class ClearingRow:
 
 
 @dataclass(frozen=True, slots=True)
-class DisputeRow:
-    """A dispute as it is kept."""
+class DisputedClearing:
+    """The clearing a dispute is about: whose it is, its message key, its network reference
+    and asset. A dispute as kept (:class:`DisputeRow`) and a dispute being opened
+    (``records.DisputeOpening``) both begin with these fields."""
 
-    id: str
     program_id: str
     account_id: str
     card_id: str | None
@@ -172,6 +174,14 @@ class DisputeRow:
     clearing_message_id: str
     network_reference: str
     asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeRow(DisputedClearing):
+    """A dispute as it is kept: its clearing's fields (:class:`DisputedClearing`, first in
+    the constructor's order), then its own."""
+
+    id: str
     amount_minor: int
     reason_code: str
     status: str

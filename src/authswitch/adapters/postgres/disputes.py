@@ -68,7 +68,8 @@ class DisputeStore:
         if parsed is None:
             return None
         row = await self.pool.fetchrow(_DISPUTE + " WHERE id = $1", parsed)
-        return None if row is None else DisputeRow(*row)
+        # by name: DisputeRow's order is its clearing's fields first (DisputedClearing)
+        return None if row is None else DisputeRow(**dict(row))
 
     async def get(self, dispute_id: str) -> DisputeRow:
         found = await self.find(dispute_id)
