@@ -9,7 +9,7 @@ is never shown by ``repr``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from enum import IntEnum, unique
 
 from authswitch.domain.codes import Reason
@@ -24,6 +24,7 @@ __all__ = [
     "ClearingAnswer",
     "CreditAnswer",
     "HoldReleaseAnswer",
+    "LifecycleAnswer",
     "OriginalCredit",
     "Refund",
     "RefundAnswer",
@@ -141,62 +142,55 @@ class OriginalCredit:
 
 
 @dataclass(frozen=True, slots=True)
-class AdviceAnswer:
+class LifecycleAnswer:
+    """What every answer to the network's lifecycle messages says: its response code and
+    decision, and the balance after it in ``asset`` (keywords only: each answer's own
+    fields come after ``decision_id`` in its constructor)."""
+
     response_code: str
     decision_id: str = ""
+    _: KW_ONLY
+    asset: str = ""
+    balance: Balance | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdviceAnswer(LifecycleAnswer):
     result: AdviceResult = AdviceResult.UNSPECIFIED
     held_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ReversalAnswer:
-    response_code: str
-    decision_id: str = ""
+class ReversalAnswer(LifecycleAnswer):
     result: ReversalResult = ReversalResult.UNSPECIFIED
     released_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ClearingAnswer:
-    response_code: str
-    decision_id: str = ""
+class ClearingAnswer(LifecycleAnswer):
     matched: bool = False
     released_minor: int | None = None
     posted_minor: int | None = None
     fee_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     entry_id: str = ""
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class RefundAnswer:
-    response_code: str
-    decision_id: str = ""
+class RefundAnswer(LifecycleAnswer):
     credited_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     entry_id: str = ""
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class CreditAnswer:
+class CreditAnswer(LifecycleAnswer):
     """``reason`` None: none shown (a message recorded without a decision of its own)."""
 
-    response_code: str
-    decision_id: str = ""
     reason: Reason | None = None
     credited_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     entry_id: str = ""
     detail: str = ""
 
