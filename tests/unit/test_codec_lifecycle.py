@@ -7,19 +7,24 @@ from datetime import UTC, datetime
 
 from authswitch.adapters.grpc.codec.lifecycle import (
     LifecycleReplyEncoder,
+    advice_of,
     clearing_of,
     original_credit_of,
+    refund_of,
     reversal_of,
 )
 from authswitch.domain.codes import Code, Reason
 from authswitch.domain.fx import Conversion
 from authswitch.domain.ledger import Balance
 from authswitch.domain.messages.lifecycle import (
+    Advice,
     AdviceAnswer,
     AdviceResult,
     ClearingAnswer,
     CreditAnswer,
     HoldReleaseAnswer,
+    OriginalCredit,
+    Refund,
     RefundAnswer,
     ReversalAnswer,
     ReversalResult,
@@ -44,6 +49,39 @@ def test_an_absent_amount_is_none_where_presence_matters() -> None:
     assert clearing_of(pb.ClearRequest(pan=PAN)).amount_minor is None
     sent = pb.ClearRequest(billing_amount=common_pb2.Money(amount_minor=5, asset="EUR"))
     assert (clearing_of(sent).amount_minor, clearing_of(sent).asset) == (5, "EUR")
+
+
+def test_a_billed_request_keeps_every_field_it_is_sent() -> None:
+    billed = common_pb2.Money(amount_minor=1250, asset="USD")
+    merchant = pb.Merchant(mcc="7011", country="GB", name="Hotel")
+    advice = pb.AdviseRequest(
+        source="visa", message_id="m-1", network_reference="n-1", pan=PAN,
+        billing_amount=billed, merchant=merchant, original_message_id="m-0",
+        authorization_code="A1",
+    )  # fmt: skip
+    assert advice_of(advice) == Advice(
+        "visa", "m-1", PAN, 1250, "USD", network_reference="n-1", original_message_id="m-0",
+        authorization_code="A1", mcc="7011",
+    )  # fmt: skip
+    refund = pb.RefundRequest(
+        source="visa", message_id="m-1", network_reference="n-1", pan=PAN,
+        billing_amount=billed, merchant=merchant,
+    )  # fmt: skip
+    assert refund_of(refund) == Refund(
+        "visa", "m-1", PAN, 1250, "USD", network_reference="n-1", merchant_name="Hotel"
+    )
+    credit = pb.CreditRequest(
+        source="visa", message_id="m-1", network_reference="n-1", pan=PAN,
+        billing_amount=billed, merchant=merchant, sender_name="A Sender",
+        credit_type=pb.CREDIT_TYPE_PERSON_TO_PERSON,
+    )  # fmt: skip
+    assert original_credit_of(credit) == OriginalCredit(
+        "visa", "m-1", PAN, 1250, "USD", pb.CREDIT_TYPE_PERSON_TO_PERSON,
+        network_reference="n-1", sender_name="A Sender", originator_name="Hotel",
+    )  # fmt: skip
+    # no billing amount: 0 and ""
+    empty = advice_of(pb.AdviseRequest())
+    assert (empty.amount_minor, empty.asset) == (0, "")
 
 
 def test_a_request_never_shows_its_pan() -> None:

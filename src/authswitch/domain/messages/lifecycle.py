@@ -20,6 +20,7 @@ __all__ = [
     "Advice",
     "AdviceAnswer",
     "AdviceResult",
+    "BilledMessage",
     "Clearing",
     "ClearingAnswer",
     "CreditAnswer",
@@ -60,15 +61,22 @@ class ReversalResult(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Advice:
-    """The network's AdviseRequest: a transaction it approved (in stand-in, or after an
-    authorisation that timed out)."""
+class BilledMessage:
+    """What the network's advice, refund and original credit begin with: their message key,
+    the card's number and the billing amount (always sent)."""
 
     source: str
     message_id: str
     pan: str = field(repr=False)
     amount_minor: int
     asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class Advice(BilledMessage):
+    """The network's AdviseRequest: a transaction it approved (in stand-in, or after an
+    authorisation that timed out)."""
+
     network_reference: str = ""
     original_message_id: str = ""
     authorization_code: str = ""
@@ -108,28 +116,18 @@ class Clearing:
 
 
 @dataclass(frozen=True, slots=True)
-class Refund:
+class Refund(BilledMessage):
     """The network's RefundRequest."""
 
-    source: str
-    message_id: str
-    pan: str = field(repr=False)
-    amount_minor: int
-    asset: str
     network_reference: str = ""
     merchant_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class OriginalCredit:
+class OriginalCredit(BilledMessage):
     """The network's CreditRequest, an original credit. ``credit_type`` as numbered on the
     wire (``authswitch.domain.credits.CreditType``), checked by the service."""
 
-    source: str
-    message_id: str
-    pan: str = field(repr=False)
-    amount_minor: int
-    asset: str
     credit_type: int
     network_reference: str = ""
     sender_name: str = ""

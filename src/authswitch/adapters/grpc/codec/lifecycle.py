@@ -48,13 +48,29 @@ __all__ = [
 # -- requests ---------------------------------------------------------------------------------
 
 
-def advice_of(request: pb.AdviseRequest) -> Advice:
-    return Advice(
+class _Billed(TypedDict):
+    source: str
+    message_id: str
+    pan: str
+    amount_minor: int
+    asset: str
+
+
+def _billed(request: pb.AdviseRequest | pb.RefundRequest | pb.CreditRequest) -> _Billed:
+    """What an advice, a refund and an original credit begin with (``BilledMessage``): an
+    absent billing amount is 0 and ""."""
+    return _Billed(
         source=request.source,
         message_id=request.message_id,
         pan=request.pan,
         amount_minor=request.billing_amount.amount_minor,
         asset=request.billing_amount.asset,
+    )
+
+
+def advice_of(request: pb.AdviseRequest) -> Advice:
+    return Advice(
+        **_billed(request),
         network_reference=request.network_reference,
         original_message_id=request.original_message_id,
         authorization_code=request.authorization_code,
@@ -94,11 +110,7 @@ def clearing_of(request: pb.ClearRequest) -> Clearing:
 
 def refund_of(request: pb.RefundRequest) -> Refund:
     return Refund(
-        source=request.source,
-        message_id=request.message_id,
-        pan=request.pan,
-        amount_minor=request.billing_amount.amount_minor,
-        asset=request.billing_amount.asset,
+        **_billed(request),
         network_reference=request.network_reference,
         merchant_name=request.merchant.name,
     )
@@ -106,11 +118,7 @@ def refund_of(request: pb.RefundRequest) -> Refund:
 
 def original_credit_of(request: pb.CreditRequest) -> OriginalCredit:
     return OriginalCredit(
-        source=request.source,
-        message_id=request.message_id,
-        pan=request.pan,
-        amount_minor=request.billing_amount.amount_minor,
-        asset=request.billing_amount.asset,
+        **_billed(request),
         credit_type=request.credit_type,
         network_reference=request.network_reference,
         sender_name=request.sender_name,
