@@ -1,11 +1,13 @@
-"""Card number and expiry rules (pure)."""
+"""Card number and expiry rules (pure), and a card as the admin API shows it."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date
 
 __all__ = [
+    "CardDetails",
     "bin_of",
     "expiry_valid_format",
     "is_expired",
@@ -58,3 +60,20 @@ def is_expired(expiry_yymm: str, today: date) -> bool:
     year = 2000 + int(expiry_yymm[:2])
     month = int(expiry_yymm[2:])
     return (today.year, today.month) > (year, month)
+
+
+@dataclass(frozen=True, slots=True)
+class CardDetails:
+    """A card with whose it is, the account it spends from and those linked to it."""
+
+    card_id: str
+    bin: str
+    last_four: str
+    expiry_yymm: str
+    status: str
+    account_id: str
+    pin_tries: int
+    linked: tuple[str, ...]
+    client_id: str
+    program_id: str
+    product_id: str

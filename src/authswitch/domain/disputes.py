@@ -18,17 +18,25 @@ absorbs the loss (a cardholder win without a successful chargeback).
 
 (cust: the cardholder's account, clr: clearing, disp: disputes. A cardholder win after a
 representment is a won pre-arbitration or arbitration: the network returns the amount again.)
+
+The clearing a dispute disputes, a dispute and its steps, as they are kept, are plain values
+here too (read by ``adapters/postgres/disputes.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 __all__ = [
+    "ClearingRow",
+    "DisputeEventRow",
+    "DisputeRow",
     "DisputeState",
     "DisputeStatus",
     "DisputeStep",
+    "DisputedClearing",
     "ImpossibleStep",
     "StepPlan",
     "plan_open",
@@ -137,3 +145,61 @@ def plan_step(state: DisputeState, step: DisputeStep) -> StepPlan:
         return StepPlan(target, provisional, customer_minor=owed, disputes_minor=-owed)
     # MERCHANT_WON: a provisional credit is taken back.
     return StepPlan(target, 0, customer_minor=-provisional, disputes_minor=provisional)
+
+
+@dataclass(frozen=True, slots=True)
+class ClearingRow:
+    """A posted clearing, as a dispute sees it."""
+
+    source: str
+    message_id: str
+    account_id: str
+    card_id: str | None
+    program_id: str
+    asset: str
+    amount_minor: int
+    network_reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputedClearing:
+    """The clearing a dispute is about: whose it is, its message key, its network reference
+    and asset. A dispute as kept (:class:`DisputeRow`) and a dispute being opened
+    (``records.DisputeOpening``) both begin with these fields."""
+
+    program_id: str
+    account_id: str
+    card_id: str | None
+    clearing_source: str
+    clearing_message_id: str
+    network_reference: str
+    asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeRow(DisputedClearing):
+    """A dispute as it is kept: its clearing's fields (:class:`DisputedClearing`, first in
+    the constructor's order), then its own."""
+
+    id: str
+    amount_minor: int
+    reason_code: str
+    status: str
+    provisional_minor: int
+    on_ledger: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeEventRow:
+    """One step a dispute took, as it is kept."""
+
+    step: str
+    from_status: str
+    to_status: str
+    amount_minor: int
+    entry_id: str | None
+    source: str
+    message_id: str
+    created_at: datetime

@@ -8,17 +8,28 @@ file due at a time covers what changed from the previous due time up to it, what
 day, so a schedule may run several times a day. A snapshot (balances, FBO balances) is
 taken when it is delivered; only the latest due time counts, since a snapshot taken now
 cannot stand for an earlier one.
+
+A schedule as it is kept is :class:`ScheduleRow` (read by ``adapters/postgres/files.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import Enum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-__all__ = ["CATCH_UP_MAX", "FileKind", "covered_day", "due_times", "valid_cron", "valid_zone"]
+__all__ = [
+    "CATCH_UP_MAX",
+    "FileKind",
+    "ScheduleRow",
+    "covered_day",
+    "due_times",
+    "valid_cron",
+    "valid_zone",
+]
 
 CATCH_UP_MAX = 31
 
@@ -52,6 +63,33 @@ class FileKind(Enum):
     @property
     def of_client(self) -> bool:
         return self is FileKind.BALANCES
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A file schedule as it is kept."""
+
+    id: str
+    kind: str
+    client_id: str | None
+    program_id: str | None
+    cron: str
+    time_zone: str
+    prefix: str
+    sink: str
+    directory: str
+    sftp_host: str
+    sftp_port: int
+    sftp_user: str
+    sftp_key_secret: str
+    sftp_known_hosts_secret: str
+    remote_dir: str
+    enabled: bool
+    created_at: datetime
+
+    @property
+    def file_kind(self) -> FileKind:
+        return FileKind(self.kind)
 
 
 def valid_cron(expression: str) -> bool:

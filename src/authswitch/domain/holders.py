@@ -10,13 +10,23 @@ A balance is split in whole minor units by the largest-remainder method, so the 
 add up to the balance (the file reconciles to the FBO total to the minor unit): each holder
 gets the floor of their exact share, and the units left over go one each to the holders
 with the largest remainders, ties to the lowest customer id.
+
+An account's holder as it is kept is :class:`Holder` (``adapters/postgres/ownership.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-__all__ = ["HOLDERS_MAX", "SHARES_TOTAL_BPS", "ShareError", "split_by_shares", "valid_shares"]
+__all__ = [
+    "HOLDERS_MAX",
+    "SHARES_TOTAL_BPS",
+    "Holder",
+    "ShareError",
+    "split_by_shares",
+    "valid_shares",
+]
 
 SHARES_TOTAL_BPS = 10_000
 HOLDERS_MAX = 20  # joint holders of one account, at most
@@ -24,6 +34,14 @@ HOLDERS_MAX = 20  # joint holders of one account, at most
 
 class ShareError(ValueError):
     """Shares that do not describe the account's holders."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A holder of an account: a customer, and their share (when shares are set)."""
+
+    customer_id: str
+    share_bps: int | None  # None: equal shares
 
 
 def valid_shares(holders: Sequence[str], shares_bps: Mapping[str, int]) -> dict[str, int] | None:

@@ -1,5 +1,6 @@
 """Rules of the transaction lifecycle after an authorisation (pure): how long a hold lives,
-what a reversal releases, and how a clearing is matched to holds (seed 001, DESIGN.md §3).
+what a reversal releases, and how a clearing is matched to holds (seed 001, DESIGN.md §3);
+and a hold as it is kept (:class:`HoldRow`, read by ``adapters/postgres/holds.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from enum import Enum
 __all__ = [
     "ClearingPlan",
     "HoldEnd",
+    "HoldRow",
     "OpenHold",
     "ReleasePlan",
     "hold_validity_days",
@@ -57,6 +59,30 @@ class OpenHold:
     id: str
     amount_minor: int
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """A hold as it is kept, or the tombstone of a reversal that came before its hold."""
+
+    id: str
+    account_id: str | None
+    asset: str | None
+    card_id: str | None
+    source: str
+    message_id: str
+    network_reference: str
+    amount_minor: int
+    original_minor: int
+    status: str
+    tombstone: bool
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    usage_keys: tuple[str, ...] = ()
+
+    def open_hold(self) -> OpenHold:
+        return OpenHold(self.id, self.amount_minor, self.created_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from authswitch.domain.disputes import DisputedClearing
 from authswitch.domain.fx import Conversion
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.lifecycle import ReleasePlan
@@ -194,18 +195,13 @@ class CardUpdate:
     blocked: bool = False
 
 
-@dataclass(slots=True)
-class DisputeOpening:
-    """A new dispute; the write conflicts if the clearing's disputes (but those the merchant
-    won) would then claim more than ``cleared_minor``."""
+@dataclass(frozen=True, slots=True)
+class DisputeOpening(DisputedClearing):
+    """A new dispute of a clearing (its fields first, as a kept dispute's); the write
+    conflicts if the clearing's disputes (but those the merchant won) would then claim more
+    than ``cleared_minor``. Frozen, as :class:`DisputedClearing` is: one is built per
+    opened dispute, off the decision path."""
 
-    program_id: str
-    account_id: str
-    card_id: str | None
-    clearing_source: str
-    clearing_message_id: str
-    network_reference: str
-    asset: str
     reason_code: str
     on_ledger: bool
     cleared_minor: int

@@ -5,6 +5,10 @@ Seed 003's example has typos (curly quotes, another file name); its field table 
 Where the table and the example differ, the table wins, and the example shows the format
 of values: ``actual_balance`` and ``available_balance`` are signed ("+100.00", "-40.00"),
 ``debit_reservation`` is not ("30.00"), and ``total_number_of_records`` is a string.
+
+The rows the files are written from, as ``adapters/postgres/reports.py`` reads them, are
+plain values here too (their programs, net changes, transaction lines, chargeback events,
+message and posting counts, subscriptions and sync windows).
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from authswitch.domain.money import format_signed, format_unsigned
 
 __all__ = [
     "BalanceRow",
+    "ChargebackEvent",
+    "MessageCount",
+    "NetChange",
+    "PostingCount",
+    "ReportProgram",
+    "ReportSubscription",
+    "SettlementProgram",
+    "SyncWindow",
+    "TransactionLine",
     "balance_record",
     "balance_report_name",
     "file_date_and_time",
@@ -87,3 +100,112 @@ def balance_record(row: BalanceRow) -> dict[str, object]:
         "available_balance": format_signed(available, row.exponent),
         "debit_reservation": format_unsigned(row.authorized_minor, row.exponent),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ReportProgram:
+    name: str
+    time_zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementProgram:
+    time_zone: str
+    ledger_kept: bool  # on-ledger, or shadowed by stand-in: authswitch keeps its ledger
+    clearing_account_id: str | None
+    fee_account_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NetChange:
+    """The net change of one customer account in one asset."""
+
+    account_id: str
+    account_reference: str
+    asset: str
+    exponent: int
+    net_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncWindow:
+    """The end of a subledger sync's file and the snapshot it was written from."""
+
+    window_end: datetime
+    snapshot: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionLine:
+    """One posting of a journal entry, as the daily transaction file shows it."""
+
+    entry_id: str
+    created_at: datetime
+    entry_kind: str
+    account_id: str
+    account_kind: str
+    account_reference: str
+    card_last_four: str
+    asset: str
+    exponent: int
+    amount_minor: int
+    source: str
+    message_id: str
+    network_reference: str
+    description: str
+    # A converted message's billing amount and rate (docs/fx.md); "" and None otherwise.
+    billing_asset: str
+    billing_exponent: int | None
+    billing_minor: int | None
+    fx_rate: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChargebackEvent:
+    """One step of a dispute, as the daily chargeback file shows it."""
+
+    event_id: int
+    created_at: datetime
+    dispute_id: str
+    step: str
+    from_status: str
+    to_status: str
+    reason_code: str
+    exponent: int
+    amount_minor: int
+    asset: str
+    account_id: str
+    card_last_four: str
+    clearing_source: str
+    clearing_message_id: str
+    network_reference: str
+    entry_id: str
+    source: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageCount:
+    """Messages of one network, asset and kind in a day: how many, and their amounts."""
+
+    network: str
+    asset: str
+    kind: str
+    count: int
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostingCount:
+    """One account's postings of a day by the entry's kind or source (``key``) and asset."""
+
+    key: str
+    asset: str
+    count: int
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSubscription:
+    client_id: str
+    prefix: str

@@ -4,12 +4,15 @@ transitions, what a token does to an authorisation, and the provisioning decisio
 A token (DPAN) stands for a card in a wallet. It has a status of its own, so one device's
 token can be suspended while the card and its other tokens go on working; the card's
 status still applies to every token (a lost card declines 41 whatever its tokens).
+
+A token as it is kept is :class:`TokenRow`, and one found by its number :class:`TokenMatch`
+(read by ``adapters/postgres/tokens.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from enum import Enum, IntEnum, unique
 
 from authswitch.domain.cards import is_expired
@@ -18,7 +21,9 @@ from authswitch.domain.codes import Reason
 __all__ = [
     "DEFAULT_POLICY",
     "TokenDecision",
+    "TokenMatch",
     "TokenPolicy",
+    "TokenRow",
     "TokenStatus",
     "provisioning_decision",
     "token_expiry_reason",
@@ -118,3 +123,26 @@ def provisioning_decision(
             f"{declines_24h} declined authorisations in 24 hours",
         )
     return TokenDecision.APPROVE, "approved"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMatch:
+    """A token found by its number, with what an authorisation needs of its card."""
+
+    token_id: str
+    card_pan_hmac: bytes
+    status: TokenStatus
+    expiry_yymm: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A network token as it is kept."""
+
+    token_id: str
+    card_id: str
+    last_four: str
+    expiry_yymm: str
+    token_requestor_id: str
+    status: TokenStatus
+    created_at: datetime

@@ -17,11 +17,12 @@ import uuid
 from typing import Protocol
 
 from authswitch import metrics
-from authswitch.adapters.postgres.catalog import ProgramRow
-from authswitch.adapters.postgres.ledger import AccountRow
-from authswitch.adapters.postgres.ownership import Holder, HolderStore
+from authswitch.adapters.postgres.ownership import HolderStore
 from authswitch.domain import postings
+from authswitch.domain.accounts import AccountRow
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Reason
+from authswitch.domain.holders import Holder
 from authswitch.domain.messages.admin import Transfer, TransferAnswer
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.postings import Origin

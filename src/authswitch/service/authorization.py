@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 from authswitch import metrics
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.catalog import ProductRow, ProgramRow
 from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
@@ -42,6 +41,7 @@ from authswitch.domain.authorization import (
     validate,
 )
 from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.catalog import ProductRow, ProgramRow
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.fx import Conversion, FxRate, RateProblem, convert_billing, converted_into
 from authswitch.domain.ledger import BalanceChange

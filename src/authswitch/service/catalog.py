@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Literal
 
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.catalog import CatalogStore, ProductRow, ProgramRow
+from authswitch.adapters.postgres.catalog import CatalogStore
 from authswitch.adapters.postgres.fx import FxStore
 from authswitch.domain.authorization import CardFacts
+from authswitch.domain.catalog import ProductRow, ProgramRow
 from authswitch.domain.controls import ControlVersion
 from authswitch.domain.fees import FeeSchedule
 from authswitch.domain.fx import FxRate, by_pair

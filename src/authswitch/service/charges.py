@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.domain.authorization import (
     NO_CHARGES,
     AuthorizationRequest,
@@ -15,6 +14,7 @@ from authswitch.domain.authorization import (
     CounterCheck,
     FreeUseCheck,
 )
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.fees import (
     FeeContext,
     FeeQuote,

@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.redis.cache import AuthorizeOutcome, LedgerCache
 from authswitch.domain.authorization import (
@@ -37,6 +36,7 @@ from authswitch.domain.authorization import (
     CounterCheck,
     PreChecks,
 )
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Reason
 from authswitch.domain.controls import (
     ControlPeriod,

@@ -17,14 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from authswitch.adapters.postgres.catalog import ProgramRow
-from authswitch.adapters.postgres.disputes import (
-    ClearingRow,
-    DisputeEventRow,
-    DisputeRow,
-    DisputeStore,
-    parse_id,
-)
+from authswitch.adapters.postgres.disputes import DisputeStore, parse_id
 from authswitch.adapters.redis.cache import ApplyResult
 from authswitch.domain import postings
 from authswitch.domain.authorization import (
@@ -34,8 +27,12 @@ from authswitch.domain.authorization import (
     identifier_ok,
 )
 from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Code, Reason
 from authswitch.domain.disputes import (
+    ClearingRow,
+    DisputeEventRow,
+    DisputeRow,
     DisputeState,
     DisputeStatus,
     DisputeStep,

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from authswitch import metrics
 from authswitch.adapters.postgres.disputes import parse_id
-from authswitch.adapters.postgres.files import FileScheduleStore, ScheduleChange, ScheduleRow
+from authswitch.adapters.postgres.files import FileScheduleStore, ScheduleChange
 from authswitch.adapters.sinks import DirectorySink, FileSink
 from authswitch.domain.files import (
     CATCH_UP_MAX,
     FileKind,
+    ScheduleRow,
     covered_day,
     due_times,
     valid_cron,

@@ -20,9 +20,8 @@ from typing import Protocol
 
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
-from authswitch.adapters.postgres.holds import HoldRow, HoldStore
+from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate, Miss
@@ -39,6 +38,7 @@ from authswitch.domain.authorization import (
 )
 from authswitch.domain.cards import pan_valid
 from authswitch.domain.cardsec import CardKeys
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Code, Reason, outcome
 from authswitch.domain.credits import ORIGINAL_CREDIT, CreditType, credit_limits
 from authswitch.domain.fees import FeeContext, Stage
@@ -54,6 +54,7 @@ from authswitch.domain.ledger import Balance
 from authswitch.domain.lifecycle import (
     ClearingPlan,
     HoldEnd,
+    HoldRow,
     ReleasePlan,
     hold_validity_days,
     plan_clearing,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from authswitch.adapters.postgres.catalog import ProgramRow
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.ledger import Balance, BalanceChange
 from authswitch.domain.records import LedgerWrite, Notification
 from authswitch.service.ids import new_id

@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.adapters.redis.cache import LedgerCache, Miss
 from authswitch.domain.authorization import Charges, CounterCheck, FreeUseCheck
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Reason
 from authswitch.domain.fees import FeeContext, FeeLine, FeeQuote, Stage
 from authswitch.domain.limits import free_use_counter

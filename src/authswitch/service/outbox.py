@@ -24,8 +24,9 @@ from datetime import timedelta
 from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
-from authswitch.adapters.postgres.outbox import Claim, OutboxStore, QueuedNotification
+from authswitch.adapters.postgres.outbox import OutboxStore
 from authswitch.domain.messages.decision import Notice
+from authswitch.domain.outbox import Claim, QueuedNotification
 from authswitch.domain.retry import backoff_ms
 from authswitch.secrets import SecretStore
 from authswitch.service.catalog import Catalog

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from authswitch.adapters.postgres.catalog import ProgramRow
 from authswitch.domain.authorization import (
     AuthorizationRequest,
     CardFacts,
     PinTriesExceededAction,
 )
+from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.records import CardUpdate, Notification
 from authswitch.service.ids import new_id
 

@@ -22,17 +22,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
-from authswitch.adapters.postgres.reports import (
-    ChargebackEvent,
-    NetChange,
-    ReportSnapshot,
-    ReportStore,
-    SettlementProgram,
-    TransactionLine,
-)
+from authswitch.adapters.postgres.reports import ReportSnapshot, ReportStore
 from authswitch.adapters.sinks import ReportSink
 from authswitch.domain.money import format_signed, format_unsigned
 from authswitch.domain.reports import (
+    ChargebackEvent,
+    NetChange,
+    SettlementProgram,
+    TransactionLine,
     balance_record,
     balance_report_name,
     file_date_and_time,

@@ -8,7 +8,7 @@ import logging
 from datetime import date, timedelta
 
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.tokens import TokenMatch, TokenRow, TokenStore
+from authswitch.adapters.postgres.tokens import TokenStore
 from authswitch.domain.authorization import CardStatus, PreChecks
 from authswitch.domain.cards import expiry_valid_format, is_expired, pan_valid
 from authswitch.domain.cardsec import CardKeys
@@ -17,7 +17,9 @@ from authswitch.domain.records import Notification
 from authswitch.domain.tokens import (
     DEFAULT_POLICY,
     TokenDecision,
+    TokenMatch,
     TokenPolicy,
+    TokenRow,
     TokenStatus,
     provisioning_decision,
     token_expiry_reason,

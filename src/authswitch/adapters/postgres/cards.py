@@ -5,39 +5,22 @@ decision."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
-from authswitch.adapters.postgres.catalog import ProductRow
 from authswitch.adapters.postgres.committer import write_notifications
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
-from authswitch.adapters.postgres.ledger import AccountRow
+from authswitch.domain.accounts import AccountRow
 from authswitch.domain.authorization import CardFacts, CardStatus
+from authswitch.domain.cards import CardDetails
+from authswitch.domain.catalog import ProductRow
 from authswitch.domain.records import Notification
 from authswitch.errors import AlreadyExists, NotFound, PreconditionFailed
 
-__all__ = ["CardDetails", "CardStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class CardDetails:
-    """A card with whose it is, the account it spends from and those linked to it."""
-
-    card_id: str
-    bin: str
-    last_four: str
-    expiry_yymm: str
-    status: str
-    account_id: str
-    pin_tries: int
-    linked: tuple[str, ...]
-    client_id: str
-    program_id: str
-    product_id: str
+__all__ = ["CardStore"]
 
 
 @translated_methods

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from authswitch.domain.authorization import (
     PinTriesExceededAction,
     ProductRules,
 )
+from authswitch.domain.catalog import ClientRow, ProductRow, ProgramRow, ProgramSummary
 from authswitch.domain.fees import FeeRule, FeeSchedule, Region, Stage
 from authswitch.domain.fx import ProductFx
 from authswitch.domain.limits import Limit, Period, Subject
@@ -31,63 +31,7 @@ from authswitch.domain.money import Asset, AssetCategory
 from authswitch.domain.offledger import BreakerConfig, ClientRouting, StandInPolicy
 from authswitch.errors import AlreadyExists, NotFound
 
-__all__ = ["CatalogStore", "ClientRow", "ProductRow", "ProgramRow", "ProgramSummary"]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRow:
-    client_id: str
-    name: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ProgramSummary:
-    """A programme as the admin API lists it."""
-
-    program_id: str
-    client_id: str
-    name: str
-    mode: str
-    time_zone: str
-    country: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ProgramRow:
-    id: str
-    client_id: str
-    name: str
-    mode: str
-    time_zone: str
-    clearing_account_id: str
-    fee_account_id: str
-    country: str = ""
-    # The other side of dispute steps (created with the program; see domain/disputes.py).
-    dispute_account_id: str = ""
-    # Where the program's notifications go ("client", "webhook").
-    sinks: tuple[str, ...] = ()
-    routing: ClientRouting | None = None
-    webhook_url: str = ""
-    webhook_secret: str = ""
-    # Subscribed to MOVEMENT notifications (on-ledger; service/movements.py).
-    movements: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ProductRow:
-    id: str
-    program_id: str
-    name: str
-    account_types: tuple[str, ...]
-    assets: tuple[str, ...]
-    rules: ProductRules
-    hold_validity_days: int
-    hold_validity_by_mcc: dict[str, int]
-    # Currency conversion of a billing asset its cards' accounts do not hold (docs/fx.md):
-    # None when the product does not convert.
-    fx: ProductFx | None = None
+__all__ = ["CatalogStore"]
 
 
 @translated_methods

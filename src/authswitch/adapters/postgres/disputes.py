@@ -4,61 +4,15 @@ group committer, with the journal entry and notification of each step."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from authswitch.adapters.postgres.errors import translated_methods
+from authswitch.domain.disputes import ClearingRow, DisputeEventRow, DisputeRow
 from authswitch.errors import NotFound
 
-__all__ = ["ClearingRow", "DisputeEventRow", "DisputeRow", "DisputeStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class ClearingRow:
-    """A posted clearing, as a dispute sees it."""
-
-    source: str
-    message_id: str
-    account_id: str
-    card_id: str | None
-    program_id: str
-    asset: str
-    amount_minor: int
-    network_reference: str
-
-
-@dataclass(frozen=True, slots=True)
-class DisputeRow:
-    id: str
-    program_id: str
-    account_id: str
-    card_id: str | None
-    clearing_source: str
-    clearing_message_id: str
-    network_reference: str
-    asset: str
-    amount_minor: int
-    reason_code: str
-    status: str
-    provisional_minor: int
-    on_ledger: bool
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class DisputeEventRow:
-    step: str
-    from_status: str
-    to_status: str
-    amount_minor: int
-    entry_id: str | None
-    source: str
-    message_id: str
-    created_at: datetime
+__all__ = ["DisputeStore"]
 
 
 _DISPUTE = """SELECT id::text, program_id::text, account_id::text, card_id::text,
@@ -114,7 +68,8 @@ class DisputeStore:
         if parsed is None:
             return None
         row = await self.pool.fetchrow(_DISPUTE + " WHERE id = $1", parsed)
-        return None if row is None else DisputeRow(*row)
+        # by name: DisputeRow's order is its clearing's fields first (DisputedClearing)
+        return None if row is None else DisputeRow(**dict(row))
 
     async def get(self, dispute_id: str) -> DisputeRow:
         found = await self.find(dispute_id)

@@ -17,34 +17,9 @@ import asyncpg
 from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.domain.files import FileKind
+from authswitch.domain.files import ScheduleRow
 
-__all__ = ["FailedDelivery", "FileScheduleStore", "ScheduleChange", "ScheduleRow"]
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleRow:
-    id: str
-    kind: str
-    client_id: str | None
-    program_id: str | None
-    cron: str
-    time_zone: str
-    prefix: str
-    sink: str
-    directory: str
-    sftp_host: str
-    sftp_port: int
-    sftp_user: str
-    sftp_key_secret: str
-    sftp_known_hosts_secret: str
-    remote_dir: str
-    enabled: bool
-    created_at: datetime
-
-    @property
-    def file_kind(self) -> FileKind:
-        return FileKind(self.kind)
+__all__ = ["FailedDelivery", "FileScheduleStore", "ScheduleChange"]
 
 
 @dataclass(frozen=True, slots=True)

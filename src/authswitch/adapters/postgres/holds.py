@@ -5,7 +5,6 @@ written by the group committer (committer.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,32 +18,10 @@ from authswitch.adapters.postgres.errors import (
     unavailable,
 )
 from authswitch.adapters.postgres.ids import uuid_or_not_found
-from authswitch.domain.lifecycle import OpenHold
+from authswitch.domain.lifecycle import HoldRow
 from authswitch.errors import NotFound
 
-__all__ = ["HoldRow", "HoldStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class HoldRow:
-    id: str
-    account_id: str | None
-    asset: str | None
-    card_id: str | None
-    source: str
-    message_id: str
-    network_reference: str
-    amount_minor: int
-    original_minor: int
-    status: str
-    tombstone: bool
-    created_at: datetime
-    expires_at: datetime
-    ended_at: datetime | None
-    usage_keys: tuple[str, ...] = ()
-
-    def open_hold(self) -> OpenHold:
-        return OpenHold(self.id, self.amount_minor, self.created_at)
+__all__ = ["HoldStore"]
 
 
 # A constant, formatted into the holds queries below (never a value: values are parameters).

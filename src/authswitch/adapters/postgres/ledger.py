@@ -4,68 +4,26 @@ with on a miss (an account's balances, card states and counters, or one card's s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
-from authswitch.adapters.postgres.catalog import ProductRow
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
-    translated_methods,
     translates_inline,
     unavailable,
 )
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.adapters.postgres.pool import REPLICATION_BARRIER, Connection
+from authswitch.domain.accounts import AccountDetails, AccountRow, HistoryRow
 from authswitch.domain.authorization import CardState, CardStatus
+from authswitch.domain.catalog import ProductRow
 from authswitch.domain.ledger import Balance
 from authswitch.errors import NotFound
 
-__all__ = ["AccountDetails", "AccountRow", "HistoryRow", "LedgerStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRow:
-    id: str
-    program_id: str
-    product_id: str | None
-    kind: str
-    account_type: str
-
-
-@translated_methods
-@dataclass(frozen=True, slots=True)
-class AccountDetails:
-    """An account with whose it is: its client, programme and product ("" for none)."""
-
-    account_id: str
-    client_id: str
-    program_id: str
-    product_id: str
-    kind: str
-    account_type: str
-    name: str
-    reference: str
-    profile_id: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """A balance change of an account: a hold event or a posting."""
-
-    at: datetime
-    kind: str
-    asset: str | None
-    actual_delta: int
-    authorized_delta: int
-    reference: str
-    description: str | None
-    source: str
-    message_id: str
+__all__ = ["LedgerStore"]
 
 
 class LedgerStore:

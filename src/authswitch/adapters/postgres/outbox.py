@@ -9,18 +9,17 @@ statement on one names it, so that it reads one partition rather than probe them
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
-from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
+from authswitch.domain.outbox import Claim, DeliveryRow, QueuedNotification, SinkDepth
 from authswitch.errors import NotFound
 
-__all__ = ["Claim", "DeliveryRow", "OutboxStore", "QueuedNotification", "SinkDepth"]
+__all__ = ["OutboxStore"]
 
 _CLAIM = """
     WITH heads AS (
@@ -43,53 +42,6 @@ _CLAIM = """
       AND d.status = 'PENDING' AND d.next_attempt_at <= $1
     RETURNING d.notification_id::text, d.sink, d.attempts, d.seq, d.created_at
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A delivery this process claimed: one attempt of one notification to one sink."""
-
-    notification_id: str
-    sink: str
-    attempt: int
-    seq: int
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedNotification:
-    id: str
-    program_id: str
-    account_id: str  # empty when the notification is not about an account
-    card_id: str
-    kind: str
-    payload: dict[str, Any]
-    created_at: datetime
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SinkDepth:
-    sink: str
-    pending: int
-    dead: int
-    oldest_pending: datetime | None
-
-
-@translated_methods
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """A notification's delivery to one sink, as the admin API lists it."""
-
-    notification_id: str
-    kind: str
-    account_id: str
-    seq: int
-    sink: str
-    status: str
-    attempts: int
-    last_error: str
-    created_at: datetime
 
 
 class OutboxStore:

@@ -18,10 +18,10 @@ from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.domain.holders import HOLDERS_MAX, ShareError, valid_shares
+from authswitch.domain.holders import HOLDERS_MAX, Holder, ShareError, valid_shares
 from authswitch.errors import NotFound, PreconditionFailed, RequestError
 
-__all__ = ["OWNER_BALANCES", "Holder", "HolderStore", "OwnerBalance", "owner_balances"]
+__all__ = ["OWNER_BALANCES", "HolderStore", "OwnerBalance", "owner_balances"]
 
 # Each beneficial owner's balance per asset in one program ($1): an account's actual balance
 # is split between its holders (by their shares, or equally), an account without holders is
@@ -78,12 +78,6 @@ async def owner_balances(
 
 _ACCOUNT = "SELECT program_id::text, kind FROM accounts WHERE id = $1"
 _ACCOUNT_FOR_UPDATE = _ACCOUNT + " FOR UPDATE"
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    customer_id: str
-    share_bps: int | None  # None: equal shares
 
 
 @translated_methods

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from time import monotonic
 from typing import Any, Literal
@@ -28,22 +27,21 @@ import asyncpg
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ownership import OwnerBalance, owner_balances
 from authswitch.adapters.postgres.pool import Connection
-from authswitch.domain.reports import BalanceRow
+from authswitch.domain.reports import (
+    BalanceRow,
+    ChargebackEvent,
+    MessageCount,
+    NetChange,
+    PostingCount,
+    ReportProgram,
+    ReportSubscription,
+    SettlementProgram,
+    SyncWindow,
+    TransactionLine,
+)
 from authswitch.errors import StoreUnavailable
 
-__all__ = [
-    "ChargebackEvent",
-    "MessageCount",
-    "NetChange",
-    "PostingCount",
-    "ReportProgram",
-    "ReportSnapshot",
-    "ReportStore",
-    "ReportSubscription",
-    "SettlementProgram",
-    "SyncWindow",
-    "TransactionLine",
-]
+__all__ = ["ReportSnapshot", "ReportStore"]
 
 CURSOR_PREFETCH = 1_000
 # How long a report waits for a replica to catch up with the primary before it fails (and is
@@ -53,115 +51,6 @@ REPLICA_POLL_S = 0.1
 # A posting that commits this long after the time it carries may be missed by a subledger
 # sync (a group commit takes milliseconds; a stalled one fails long before this).
 SYNC_LATE_COMMIT_MAX = timedelta(hours=24)
-
-
-@dataclass(frozen=True, slots=True)
-class ReportProgram:
-    name: str
-    time_zone: str
-
-
-@dataclass(frozen=True, slots=True)
-class SettlementProgram:
-    time_zone: str
-    ledger_kept: bool  # on-ledger, or shadowed by stand-in: authswitch keeps its ledger
-    clearing_account_id: str | None
-    fee_account_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class NetChange:
-    """The net change of one customer account in one asset."""
-
-    account_id: str
-    account_reference: str
-    asset: str
-    exponent: int
-    net_minor: int
-
-
-@dataclass(frozen=True, slots=True)
-class SyncWindow:
-    """The end of a subledger sync's file and the snapshot it was written from."""
-
-    window_end: datetime
-    snapshot: str
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionLine:
-    """One posting of a journal entry, as the daily transaction file shows it."""
-
-    entry_id: str
-    created_at: datetime
-    entry_kind: str
-    account_id: str
-    account_kind: str
-    account_reference: str
-    card_last_four: str
-    asset: str
-    exponent: int
-    amount_minor: int
-    source: str
-    message_id: str
-    network_reference: str
-    description: str
-    # A converted message's billing amount and rate (docs/fx.md); "" and None otherwise.
-    billing_asset: str
-    billing_exponent: int | None
-    billing_minor: int | None
-    fx_rate: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChargebackEvent:
-    """One step of a dispute, as the daily chargeback file shows it."""
-
-    event_id: int
-    created_at: datetime
-    dispute_id: str
-    step: str
-    from_status: str
-    to_status: str
-    reason_code: str
-    exponent: int
-    amount_minor: int
-    asset: str
-    account_id: str
-    card_last_four: str
-    clearing_source: str
-    clearing_message_id: str
-    network_reference: str
-    entry_id: str
-    source: str
-    message_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessageCount:
-    """Messages of one network, asset and kind in a day: how many, and their amounts."""
-
-    network: str
-    asset: str
-    kind: str
-    count: int
-    amount_minor: int
-
-
-@dataclass(frozen=True, slots=True)
-class PostingCount:
-    """One account's postings of a day by the entry's kind or source (``key``) and asset."""
-
-    key: str
-    asset: str
-    count: int
-    amount_minor: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReportSubscription:
-    client_id: str
-    prefix: str
 
 
 _BALANCES = """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,33 +14,18 @@ from authswitch.adapters.postgres.committer import write_notifications
 from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.domain.records import Notification
-from authswitch.domain.tokens import TokenPolicy, TokenStatus, transition_allowed
+from authswitch.domain.tokens import (
+    TokenMatch,
+    TokenPolicy,
+    TokenRow,
+    TokenStatus,
+    transition_allowed,
+)
 from authswitch.errors import NotFound, PreconditionFailed
 
-__all__ = ["TokenMatch", "TokenRow", "TokenStore"]
+__all__ = ["TokenStore"]
 
 CARD_TOKENS_MAX = 100
-
-
-@dataclass(frozen=True, slots=True)
-class TokenMatch:
-    """A token found by its number, with what an authorisation needs of its card."""
-
-    token_id: str
-    card_pan_hmac: bytes
-    status: TokenStatus
-    expiry_yymm: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenRow:
-    token_id: str
-    card_id: str
-    last_four: str
-    expiry_yymm: str
-    token_requestor_id: str
-    status: TokenStatus
-    created_at: datetime
 
 
 _COLUMNS = """t.id::text, t.card_id::text, t.last_four, t.expiry_yymm, t.token_requestor_id,

@@ -9,7 +9,7 @@ is never shown by ``repr``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from enum import IntEnum, unique
 
 from authswitch.domain.codes import Reason
@@ -20,10 +20,12 @@ __all__ = [
     "Advice",
     "AdviceAnswer",
     "AdviceResult",
+    "BilledMessage",
     "Clearing",
     "ClearingAnswer",
     "CreditAnswer",
     "HoldReleaseAnswer",
+    "LifecycleAnswer",
     "OriginalCredit",
     "Refund",
     "RefundAnswer",
@@ -59,15 +61,22 @@ class ReversalResult(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Advice:
-    """The network's AdviseRequest: a transaction it approved (in stand-in, or after an
-    authorisation that timed out)."""
+class BilledMessage:
+    """What the network's advice, refund and original credit begin with: their message key,
+    the card's number and the billing amount (always sent)."""
 
     source: str
     message_id: str
     pan: str = field(repr=False)
     amount_minor: int
     asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class Advice(BilledMessage):
+    """The network's AdviseRequest: a transaction it approved (in stand-in, or after an
+    authorisation that timed out)."""
+
     network_reference: str = ""
     original_message_id: str = ""
     authorization_code: str = ""
@@ -107,28 +116,18 @@ class Clearing:
 
 
 @dataclass(frozen=True, slots=True)
-class Refund:
+class Refund(BilledMessage):
     """The network's RefundRequest."""
 
-    source: str
-    message_id: str
-    pan: str = field(repr=False)
-    amount_minor: int
-    asset: str
     network_reference: str = ""
     merchant_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class OriginalCredit:
+class OriginalCredit(BilledMessage):
     """The network's CreditRequest, an original credit. ``credit_type`` as numbered on the
     wire (``authswitch.domain.credits.CreditType``), checked by the service."""
 
-    source: str
-    message_id: str
-    pan: str = field(repr=False)
-    amount_minor: int
-    asset: str
     credit_type: int
     network_reference: str = ""
     sender_name: str = ""
@@ -141,62 +140,55 @@ class OriginalCredit:
 
 
 @dataclass(frozen=True, slots=True)
-class AdviceAnswer:
+class LifecycleAnswer:
+    """What every answer to the network's lifecycle messages says: its response code and
+    decision, and the balance after it in ``asset`` (keywords only: each answer's own
+    fields come after ``decision_id`` in its constructor)."""
+
     response_code: str
     decision_id: str = ""
+    _: KW_ONLY
+    asset: str = ""
+    balance: Balance | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdviceAnswer(LifecycleAnswer):
     result: AdviceResult = AdviceResult.UNSPECIFIED
     held_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ReversalAnswer:
-    response_code: str
-    decision_id: str = ""
+class ReversalAnswer(LifecycleAnswer):
     result: ReversalResult = ReversalResult.UNSPECIFIED
     released_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ClearingAnswer:
-    response_code: str
-    decision_id: str = ""
+class ClearingAnswer(LifecycleAnswer):
     matched: bool = False
     released_minor: int | None = None
     posted_minor: int | None = None
     fee_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     entry_id: str = ""
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class RefundAnswer:
-    response_code: str
-    decision_id: str = ""
+class RefundAnswer(LifecycleAnswer):
     credited_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     entry_id: str = ""
     fx: Conversion | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class CreditAnswer:
+class CreditAnswer(LifecycleAnswer):
     """``reason`` None: none shown (a message recorded without a decision of its own)."""
 
-    response_code: str
-    decision_id: str = ""
     reason: Reason | None = None
     credited_minor: int | None = None
-    asset: str = ""
-    balance: Balance | None = None
     entry_id: str = ""
     detail: str = ""
 

@@ -7,15 +7,14 @@ deliveries, FX rates, joint holders)."""
 from __future__ import annotations
 
 from authswitch.adapters.grpc.codec.common import balance_message, fx_message, money_message
-from authswitch.adapters.postgres.cards import CardDetails
-from authswitch.adapters.postgres.catalog import ClientRow, ProgramSummary
-from authswitch.adapters.postgres.holds import HoldRow
-from authswitch.adapters.postgres.ledger import AccountDetails, HistoryRow
-from authswitch.adapters.postgres.outbox import DeliveryRow
-from authswitch.adapters.postgres.ownership import Holder
+from authswitch.domain.accounts import AccountDetails, HistoryRow
 from authswitch.domain.authorization import CardStatus
+from authswitch.domain.cards import CardDetails
+from authswitch.domain.catalog import ClientRow, ProgramSummary
 from authswitch.domain.fx import Conversion, FxRate
+from authswitch.domain.holders import Holder
 from authswitch.domain.ledger import Balance
+from authswitch.domain.lifecycle import HoldRow
 from authswitch.domain.messages.admin import (
     Adjustment,
     AdjustmentAnswer,
@@ -31,6 +30,7 @@ from authswitch.domain.offledger import (
     deadline_ms_of,
     routing_problem,
 )
+from authswitch.domain.outbox import DeliveryRow
 from authswitch.errors import RequestError
 from authswitch.v1 import common_pb2, ledger_admin_pb2
 

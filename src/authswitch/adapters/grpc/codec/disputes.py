@@ -4,8 +4,7 @@ API), the network's Chargeback and Represent (gateway API)."""
 from __future__ import annotations
 
 from authswitch.adapters.grpc.codec.common import balance_or_none, money_message
-from authswitch.adapters.postgres.disputes import DisputeEventRow, DisputeRow
-from authswitch.domain.disputes import DisputeStatus
+from authswitch.domain.disputes import DisputeEventRow, DisputeRow, DisputeStatus
 from authswitch.domain.ledger import Balance
 from authswitch.domain.messages.disputes import (
     DisputeNetworkStep,

@@ -3,8 +3,7 @@ as a domain value, and a stored schedule as a message."""
 
 from __future__ import annotations
 
-from authswitch.adapters.postgres.files import ScheduleRow
-from authswitch.domain.files import FileKind
+from authswitch.domain.files import FileKind, ScheduleRow
 from authswitch.domain.messages.admin import NewFileSchedule, SftpDestination
 from authswitch.v1 import ledger_admin_pb2
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from authswitch.adapters.grpc.codec.common import (
     balance_message,
     balance_or_none,
@@ -17,6 +19,7 @@ from authswitch.domain.messages.lifecycle import (
     ClearingAnswer,
     CreditAnswer,
     HoldReleaseAnswer,
+    LifecycleAnswer,
     OriginalCredit,
     Refund,
     RefundAnswer,
@@ -24,7 +27,7 @@ from authswitch.domain.messages.lifecycle import (
     ReversalAnswer,
 )
 from authswitch.v1 import authorization_pb2 as pb
-from authswitch.v1 import ledger_admin_pb2
+from authswitch.v1 import common_pb2, ledger_admin_pb2
 
 __all__ = [
     "LifecycleReplyEncoder",
@@ -45,13 +48,29 @@ __all__ = [
 # -- requests ---------------------------------------------------------------------------------
 
 
-def advice_of(request: pb.AdviseRequest) -> Advice:
-    return Advice(
+class _Billed(TypedDict):
+    source: str
+    message_id: str
+    pan: str
+    amount_minor: int
+    asset: str
+
+
+def _billed(request: pb.AdviseRequest | pb.RefundRequest | pb.CreditRequest) -> _Billed:
+    """What an advice, a refund and an original credit begin with (``BilledMessage``): an
+    absent billing amount is 0 and ""."""
+    return _Billed(
         source=request.source,
         message_id=request.message_id,
         pan=request.pan,
         amount_minor=request.billing_amount.amount_minor,
         asset=request.billing_amount.asset,
+    )
+
+
+def advice_of(request: pb.AdviseRequest) -> Advice:
+    return Advice(
+        **_billed(request),
         network_reference=request.network_reference,
         original_message_id=request.original_message_id,
         authorization_code=request.authorization_code,
@@ -91,11 +110,7 @@ def clearing_of(request: pb.ClearRequest) -> Clearing:
 
 def refund_of(request: pb.RefundRequest) -> Refund:
     return Refund(
-        source=request.source,
-        message_id=request.message_id,
-        pan=request.pan,
-        amount_minor=request.billing_amount.amount_minor,
-        asset=request.billing_amount.asset,
+        **_billed(request),
         network_reference=request.network_reference,
         merchant_name=request.merchant.name,
     )
@@ -103,11 +118,7 @@ def refund_of(request: pb.RefundRequest) -> Refund:
 
 def original_credit_of(request: pb.CreditRequest) -> OriginalCredit:
     return OriginalCredit(
-        source=request.source,
-        message_id=request.message_id,
-        pan=request.pan,
-        amount_minor=request.billing_amount.amount_minor,
-        asset=request.billing_amount.asset,
+        **_billed(request),
         credit_type=request.credit_type,
         network_reference=request.network_reference,
         sender_name=request.sender_name,
@@ -118,36 +129,46 @@ def original_credit_of(request: pb.CreditRequest) -> OriginalCredit:
 # -- replies ----------------------------------------------------------------------------------
 
 
+class _Common(TypedDict):
+    response_code: str
+    decision_id: str
+    balance: common_pb2.Balance | None
+
+
+def _common(answer: LifecycleAnswer) -> _Common:
+    """The fields every reply to the network's lifecycle messages has (the balance absent
+    when the answer shows none)."""
+    return _Common(
+        response_code=answer.response_code,
+        decision_id=answer.decision_id,
+        balance=balance_or_none(answer.asset, answer.balance),
+    )
+
+
 def advice_message(answer: AdviceAnswer) -> pb.AdviseResponse:
     return pb.AdviseResponse(
-        response_code=answer.response_code,
+        **_common(answer),
         result=int(answer.result),  # type: ignore[arg-type]
         held=money_or_none(answer.held_minor, answer.asset),
-        balance=balance_or_none(answer.asset, answer.balance),
-        decision_id=answer.decision_id,
         fx=fx_or_none(answer.fx),
     )
 
 
 def reversal_message(answer: ReversalAnswer) -> pb.ReverseResponse:
     return pb.ReverseResponse(
-        response_code=answer.response_code,
+        **_common(answer),
         result=int(answer.result),  # type: ignore[arg-type]
         released=money_or_none(answer.released_minor, answer.asset),
-        balance=balance_or_none(answer.asset, answer.balance),
-        decision_id=answer.decision_id,
         fx=fx_or_none(answer.fx),
     )
 
 
 def clearing_message(answer: ClearingAnswer) -> pb.ClearResponse:
     return pb.ClearResponse(
-        response_code=answer.response_code,
+        **_common(answer),
         matched=answer.matched,
         released=money_or_none(answer.released_minor, answer.asset),
         posted=money_or_none(answer.posted_minor, answer.asset),
-        balance=balance_or_none(answer.asset, answer.balance),
-        decision_id=answer.decision_id,
         entry_id=answer.entry_id,
         fee=money_or_none(answer.fee_minor, answer.asset),
         fx=fx_or_none(answer.fx),
@@ -156,10 +177,8 @@ def clearing_message(answer: ClearingAnswer) -> pb.ClearResponse:
 
 def refund_message(answer: RefundAnswer) -> pb.RefundResponse:
     return pb.RefundResponse(
-        response_code=answer.response_code,
+        **_common(answer),
         credited=money_or_none(answer.credited_minor, answer.asset),
-        balance=balance_or_none(answer.asset, answer.balance),
-        decision_id=answer.decision_id,
         entry_id=answer.entry_id,
         fx=fx_or_none(answer.fx),
     )
@@ -167,11 +186,9 @@ def refund_message(answer: RefundAnswer) -> pb.RefundResponse:
 
 def credit_message(answer: CreditAnswer) -> pb.CreditResponse:
     return pb.CreditResponse(
-        response_code=answer.response_code,
+        **_common(answer),
         reason=int(answer.reason or 0),  # type: ignore[arg-type]
         credited=money_or_none(answer.credited_minor, answer.asset),
-        balance=balance_or_none(answer.asset, answer.balance),
-        decision_id=answer.decision_id,
         entry_id=answer.entry_id,
         detail=answer.detail,
     )

@@ -3,9 +3,8 @@ operators' token policy, status and list (admin API)."""
 
 from __future__ import annotations
 
-from authswitch.adapters.postgres.tokens import TokenRow
 from authswitch.domain.messages.tokens import ProvisionAnswer, ProvisionToken
-from authswitch.domain.tokens import TokenPolicy
+from authswitch.domain.tokens import TokenPolicy, TokenRow
 from authswitch.v1 import authorization_pb2 as pb
 from authswitch.v1 import ledger_admin_pb2
 
