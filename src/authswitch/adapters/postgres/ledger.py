@@ -12,6 +12,7 @@ import asyncpg
 from authswitch.adapters.postgres.audit import audit
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
+    translated_methods,
     translates_inline,
     unavailable,
 )
@@ -26,6 +27,7 @@ from authswitch.errors import NotFound
 __all__ = ["LedgerStore"]
 
 
+@translated_methods
 class LedgerStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from authswitch.adapters.postgres.audit import audit
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.domain.outbox import Claim, DeliveryRow, QueuedNotification, SinkDepth
 from authswitch.errors import NotFound
@@ -44,6 +45,7 @@ _CLAIM = """
 """
 
 
+@translated_methods
 class OutboxStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self.pool = pool

@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from authswitch.adapters.postgres.errors import translated_methods
 from authswitch.adapters.postgres.pool import Connection
 
 __all__ = [
@@ -106,6 +107,7 @@ class _Kept(Exception):
     """A month of a family that must stay (its reason is the message)."""
 
 
+@translated_methods
 class PartitionStore:
     def __init__(
         self,
