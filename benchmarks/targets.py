@@ -3,8 +3,11 @@ the same run: figures from two runs on these machines are not comparable).
 
 Each target is a dict: ``name``, ``value`` (this run's figure, None when a row it needs did
 not run), ``threshold``, ``comparison`` ("<=" or ">="), ``unit``, ``met`` (True, False, or
-None when it could not be decided), ``figures`` (what the value was computed from) and
-``rows`` (the scenarios it reads). Latencies are the generator's percentiles: a
+None when it could not be decided), ``figures`` (what the value was computed from),
+``rows`` (the scenarios it reads) and ``limit``: None, or what the machine allows by a row
+of the same run that does less than authswitch must (``value``, ``figures``, and
+``reachable``: False when even that row misses the target — the measurement that proves a
+target out of reach on this machine). Latencies are the generator's percentiles: a
 histogram bucket's upper bound, never optimistic.
 """
 
@@ -52,6 +55,7 @@ def _num(value: float, digits: int = 2) -> str:
 class _Run:
     def __init__(self, run: dict[str, Any]) -> None:
         self.rows = {s["name"]: s for s in run["scenarios"]}
+        self.machine: dict[str, Any] = run.get("machine") or {}
 
     def row(self, name: str) -> dict[str, Any]:
         row: dict[str, Any] | None = self.rows.get(name)
@@ -91,6 +95,26 @@ class _Run:
         return float(value)
 
 
+def _passes(value: float, threshold: float, comparison: str) -> bool:
+    return value <= threshold if comparison == "<=" else value >= threshold
+
+
+def _limit(limit: Any, threshold: float, comparison: str) -> dict[str, Any] | None:
+    """``limit()`` returns (value, figures): the best the machine allows by a row that does
+    less than authswitch must; None when that row did not run."""
+    if limit is None:
+        return None
+    try:
+        value, figures = limit()
+    except _Missing:
+        return None
+    return {
+        "value": round(value, 3),
+        "figures": figures,
+        "reachable": _passes(value, threshold, comparison),
+    }
+
+
 def _target(
     name: str,
     threshold: float,
@@ -98,15 +122,17 @@ def _target(
     unit: str,
     rows: tuple[str, ...],
     compute: Any,
+    limit: Any = None,
 ) -> dict[str, Any]:
     """``compute()`` returns (value, figures) or (value, figures, met) to override the
-    comparison; raising _Missing leaves the target undecided."""
+    comparison; raising _Missing leaves the target undecided. ``limit``: see _limit."""
     base = {
         "name": name,
         "threshold": threshold,
         "comparison": comparison,
         "unit": unit,
         "rows": list(rows),
+        "limit": _limit(limit, threshold, comparison),
     }
     try:
         outcome = compute()
@@ -118,7 +144,7 @@ def _target(
     elif value is None:
         met = None
     else:
-        met = value <= threshold if comparison == "<=" else value >= threshold
+        met = _passes(value, threshold, comparison)
     return {
         **base,
         "value": None if value is None else round(value, 3),
@@ -132,16 +158,53 @@ def _ratio(run: _Run, top: str, bottom: str, what: str) -> tuple[float, str]:
     return a / b, f"{top} {_num(a, 0)}/s ÷ {bottom} {_num(b, 0)}/s ({what}, closed loop)"
 
 
-def _with_bound(run: _Run, ratio: tuple[float, str]) -> tuple[float, str]:
-    """A ratio over the remote naive row, with the most one process of this stack could
-    reach over it: the ceiling (gRPC and one Redis call, no Postgres at all) ÷ that row."""
-    try:
-        bound = run.throughput(CEILING) / run.throughput(NAIVE_REMOTE)
-    except _Missing:
-        return ratio
-    return ratio[0], (
-        f"{ratio[1]}; the bound of one process of this stack, {CEILING} ÷ {NAIVE_REMOTE}: "
-        f"{_num(bound, 1)}{TIMES}"
+def _remote_limit(run: _Run) -> tuple[float, str]:
+    """The most one process of this stack could reach over the remote naive row: the
+    ceiling (gRPC and one Redis call, no Postgres at all) ÷ that row."""
+    ceiling, naive = run.throughput(CEILING), run.throughput(NAIVE_REMOTE)
+    return ceiling / naive, (
+        f"one process of the stack with no Postgres at all, {CEILING} {_num(ceiling, 0)}/s ÷ "
+        f"{NAIVE_REMOTE} {_num(naive, 0)}/s"
+    )
+
+
+def _cpu_limit(run: _Run, name: str, over: str) -> tuple[float, str]:
+    """The most ``name`` could decide with every core busy at its own CPU per decision (all
+    processes, the load generator's included, share the cores), ÷ ``over``'s rate."""
+    cores = int(run.machine.get("cores_usable") or run.machine.get("cores") or 0)
+    total = run.closed(name)["cpu_us_per_decision"].get("total")
+    if not cores or not total:
+        raise _Missing(f"{name} has no total CPU figure")
+    most, other = cores * 1e6 / float(total), run.throughput(over)
+    return most / other, (
+        f"{cores} cores ÷ {name}'s {_num(float(total), 0)} µs of CPU per decision (every "
+        f"process, the load generator's included) = {_num(most, 0)}/s with every core busy, "
+        f"÷ {over} {_num(other, 0)}/s"
+    )
+
+
+def _half_max_limit(run: _Run) -> tuple[float, str]:
+    """The ceiling by the same measure: it does less per decision than authswitch (gRPC and
+    one Redis call; no Postgres), at half of its own maximum."""
+    phase = run.phase(CEILING, "open_0.5x")
+    return float(phase["p99_ms"]), (
+        f"{CEILING}, which does less per decision (no Postgres), by the same measure: p99 "
+        f"{_num(phase['p99_ms'])} ms at half its own maximum ({_num(phase['rate_per_s'], 0)}/s)"
+    )
+
+
+def _p50_limit(run: _Run, rate: int = 200) -> tuple[float, str]:
+    """The ceiling plus what one Postgres transaction adds in the naive row (naive's p50
+    over the constant answer's), ÷ the ceiling: a design that made one Redis step and then
+    one Postgres transaction, each at the cost the rows beside it measure."""
+    name = f"open_{rate}"
+    ceiling = float(run.phase(CEILING, name)["p50_ms"])
+    naive = float(run.phase(NAIVE, name)["p50_ms"])
+    trivial = float(run.phase(TRIVIAL, name)["p50_ms"])
+    return (ceiling + naive - trivial) / ceiling, (
+        f"the ceiling's p50 plus what one Postgres transaction adds at {rate}/s in the naive "
+        f"row ({NAIVE} p50 {_num(naive)} ms - {TRIVIAL} p50 {_num(trivial)} ms), ÷ the "
+        f"ceiling's: ({_num(ceiling)} + {_num(naive - trivial)}) ÷ {_num(ceiling)} ms"
     )
 
 
@@ -178,6 +241,44 @@ def _floors_at(run: _Run, rates: list[int]) -> str:
                 continue
             found.append(f"{name} {rate}/s p99 {_num(p99)} ms")
     return (". Beside it, with no client at all: " + ", ".join(found)) if found else ""
+
+
+def _off_ledger_limit(run: _Run) -> tuple[float, str]:
+    """An off-ledger decision makes a gRPC call to the client and back on top of the
+    client's own time: at p99 that call alone costs at least what one gRPC round trip to a
+    constant answer costs at the same rate (the constant-answer row's p99), the worst phase
+    counting."""
+    target = run.row(OFF_LEDGER).get("target")
+    if not target or not target["phases"]:
+        raise _Missing(f"{OFF_LEDGER} ran no open-loop phase")
+    floors = [
+        (float(run.phase(TRIVIAL, f"open_{int(p['rate_per_s'])}")["p99_ms"]), int(p["rate_per_s"]))
+        for p in target["phases"]
+    ]
+    worst, rate = max(floors)
+    return worst, (
+        f"one gRPC round trip to a constant answer ({TRIVIAL}) at {rate}/s has p99 "
+        f"{_num(worst)} ms; the off-ledger decision adds such a call to the client"
+    )
+
+
+def _overload_floor(run: _Run, statuses: tuple[str, ...] | None) -> tuple[float, str]:
+    """Under the same overload (twice its own maximum), how fast grpc.aio answering a
+    constant ended its calls: of the given statuses (None: the fastest status) at p99."""
+    phase, _ = _overload(run, TRIVIAL_OVERLOAD)
+    found = {
+        status: float(s["p99_ms"])
+        for status, s in phase["latency_by_status"].items()
+        if statuses is None or status in statuses
+    }
+    if not found:
+        raise _Missing(f"{TRIVIAL_OVERLOAD} ended no call {'/'.join(statuses or ())}")
+    status = min(found, key=found.__getitem__)
+    return found[status], (
+        f"{TRIVIAL_OVERLOAD}, a constant answer with no admission limit, offered "
+        f"{phase['rate_per_s']:,}/s (twice its own maximum): its {status} calls ended at p99 "
+        f"{_num(found[status])} ms"
+    )
 
 
 def _overload(run: _Run, name: str = OVERLOAD) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -291,6 +392,7 @@ def check_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "hot ÷ ceiling, decisions/s, one process",
             0.8, ">=", TIMES, (HOT, CEILING), lambda: _ratio(r, HOT, CEILING, "one worker each"),
+            lambda: _cpu_limit(r, HOT, CEILING),
         ),
         _target(
             "hot ÷ naive, local Postgres",
@@ -299,33 +401,38 @@ def check_targets(run: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "hot ÷ naive, remote Postgres (1 ms each way)",
             12.0, ">=", TIMES, (HOT_REMOTE, NAIVE_REMOTE),
-            lambda: _with_bound(r, _ratio(r, HOT_REMOTE, NAIVE_REMOTE, "Postgres 1 ms away")),
+            lambda: _ratio(r, HOT_REMOTE, NAIVE_REMOTE, "Postgres 1 ms away"),
+            lambda: _remote_limit(r),
         ),
         _target(
             "workers = cores ÷ one process, hot account",
             1.5, ">=", TIMES, (WORKERS, HOT),
             lambda: _ratio(r, WORKERS, HOT, f"{r.row(WORKERS).get('server_workers', '?')} "
                            "workers against one"),
+            lambda: _cpu_limit(r, WORKERS, HOT),
         ),
         _target(
             "open loop at half its own maximum, p99 (hot account)",
-            5.0, "<=", "ms", (HOT, CEILING), half_max_p99,
+            5.0, "<=", "ms", (HOT, CEILING), half_max_p99, lambda: _half_max_limit(r),
         ),
         _target(
             "p50 at 200/s open loop ÷ the ceiling's p50",
-            2.0, "<=", TIMES, (HOT, CEILING), p50_200,
+            2.0, "<=", TIMES, (HOT, CEILING), p50_200, lambda: _p50_limit(r),
         ),
         _target(
             f"overload 2{TIMES}: answered p99",
             100.0, "<=", "ms", (OVERLOAD,), lambda: _answered_p99(r),
+            lambda: _overload_floor(r, ("OK",)),
         ),
         _target(
             f"overload 2{TIMES}: refusal p99 (every call not answered refused)",
             10.0, "<=", "ms", (OVERLOAD,), lambda: _refusal_p99(r),
+            lambda: _overload_floor(r, None),
         ),
         _target(
             "off-ledger added latency p99 (over the client's own 5 ms)",
             2.0, "<=", "ms", (OFF_LEDGER,), lambda: _latency_target(r, OFF_LEDGER),
+            lambda: _off_ledger_limit(r),
         ),
         _target(
             "stand-in answer p99 over the deadline (1,000 ms)",
