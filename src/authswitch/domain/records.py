@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from authswitch.domain.disputes import DisputedClearing
@@ -31,8 +32,11 @@ __all__ = [
     "LedgerWrite",
     "Notification",
     "Posting",
+    "StoredDecision",
     "Tombstone",
     "UsageChange",
+    "WriteResult",
+    "WriteStatus",
 ]
 
 
@@ -258,3 +262,35 @@ class LedgerWrite:
     disputes: tuple[DisputeChange, ...] = ()
     conversions: tuple[ConversionRecord, ...] = ()
     refusal: Callable[[], DecisionRecord] | None = field(default=None, repr=False)
+
+
+class WriteStatus(Enum):
+    """What the group committer did with a write."""
+
+    COMMITTED = "committed"  # the write's own decision is durable
+    REFUSED = "refused"  # Postgres refused the funds; the refusal decision is durable
+    DUPLICATE = "duplicate"  # the message id already had a decision; nothing was written
+    CONFLICT = "conflict"  # a hold it releases changed meanwhile; nothing was written, retry
+
+
+@dataclass(slots=True)
+class StoredDecision:
+    """A durable decision as read back from Postgres."""
+
+    id: str
+    source: str
+    message_id: str
+    fingerprint: bytes
+    reason: int
+    response_code: str
+    response: bytes
+    account_id: str | None
+
+
+@dataclass(slots=True)
+class WriteResult:
+    status: WriteStatus
+    decision: StoredDecision  # what is durable under the write's (source, message_id)
+    # Of the hold this write created, what an earlier reversal had already taken back
+    # (the hold was written over that reversal's tombstone); the cache must release it.
+    pre_reversed_minor: int = 0

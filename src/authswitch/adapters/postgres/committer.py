@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 import asyncpg
@@ -49,8 +48,11 @@ from authswitch.domain.records import (
     JournalEntry,
     LedgerWrite,
     Notification,
+    StoredDecision,
     Tombstone,
     UsageChange,
+    WriteResult,
+    WriteStatus,
 )
 from authswitch.errors import Overloaded, StoreUnavailable
 from authswitch.futures import Detached, outlive_cancel
@@ -65,36 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class WriteStatus(Enum):
-    COMMITTED = "committed"  # the write's own decision is durable
-    REFUSED = "refused"  # Postgres refused the funds; the refusal decision is durable
-    DUPLICATE = "duplicate"  # the message id already had a decision; nothing was written
-    CONFLICT = "conflict"  # a hold it releases changed meanwhile; nothing was written, retry
-
-
-@dataclass(slots=True)
-class StoredDecision:
-    """A durable decision as read back from Postgres."""
-
-    id: str
-    source: str
-    message_id: str
-    fingerprint: bytes
-    reason: int
-    response_code: str
-    response: bytes
-    account_id: str | None
-
-
-@dataclass(slots=True)
-class WriteResult:
-    status: WriteStatus
-    decision: StoredDecision  # what is durable under the write's (source, message_id)
-    # Of the hold this write created, what an earlier reversal had already taken back
-    # (the hold was written over that reversal's tombstone); the cache must release it.
-    pre_reversed_minor: int = 0
 
 
 def _stored(record: DecisionRecord) -> StoredDecision:

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from authswitch.adapters.postgres.committer import StoredDecision, stored_decision_of
+from authswitch.adapters.postgres.committer import stored_decision_of
 from authswitch.adapters.postgres.errors import (
     UNREACHABLE,
     translated_methods,
@@ -19,6 +19,7 @@ from authswitch.adapters.postgres.errors import (
 )
 from authswitch.adapters.postgres.ids import uuid_or_not_found
 from authswitch.domain.lifecycle import HoldRow
+from authswitch.domain.records import StoredDecision
 from authswitch.errors import NotFound
 
 __all__ = ["HoldStore"]
