@@ -353,14 +353,9 @@ class LifecycleService:
         if card is not None:
             program = await self.catalog.program(card.program_id)
             if _forward_only(program):
-                fields = {
-                    "original_message_id": request.original_message_id,
-                    "amount_minor": requested, "asset": request.asset,
-                    "full": requested == 0, "network_reference": request.network_reference,
-                }  # fmt: skip
                 forwarded, acknowledged = await self._forward(
                     "REVERSAL", request.source, request.message_id, fingerprint, card, program,
-                    fields,
+                    writes.reversal_fields(request, requested),
                 )  # fmt: skip
                 if acknowledged:
                     await self._return_off_ledger_usage(
@@ -617,18 +612,7 @@ class LifecycleService:
             is_international(program, request.merchant_country), asset, amount,
         )  # fmt: skip
         quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
-        fields = {
-            "network_reference": request.network_reference, "amount_minor": amount,
-            "asset": asset, "final": request.final, "mcc": request.mcc,
-            "merchant": request.merchant_name, "fee_minor": quote.fixed_minor,
-        }  # fmt: skip
-        fee: dict[str, object] | None = None
-        if quote.fixed_minor:
-            lines = quote.charged_lines(declined=False, free_charged=frozenset())
-            fee = {
-                "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
-                "rules": [line.payload() for line in lines],
-            }  # fmt: skip
+        fields, fee = writes.clearing_fields(request, amount, quote)
         forwarded, acknowledged = await self._forward(
             "CLEARING", request.source, request.message_id, fingerprint, card, program,
             fields, fee=fee,
@@ -750,13 +734,9 @@ class LifecycleService:
             return found
         card, program = found
         if _forward_only(program):
-            fields = {
-                "network_reference": request.network_reference, "amount_minor": amount,
-                "asset": asset, "merchant": request.merchant_name,
-            }  # fmt: skip
             forwarded, _ = await self._forward(
                 "REFUND", request.source, request.message_id, fingerprint, card, program,
-                fields,
+                writes.refund_fields(request),
             )  # fmt: skip
             return forwarded
         conversion = await self._converted(card, asset, amount, markup=False)
@@ -843,11 +823,7 @@ class LifecycleService:
         if isinstance(found, bytes):
             return found
         card, program = found
-        fields: dict[str, object] = {
-            "network_reference": request.network_reference, "amount_minor": amount,
-            "asset": asset, "credit_type": CreditType(request.credit_type).name,
-            "originator": request.originator_name, "sender_name": request.sender_name,
-        }  # fmt: skip
+        fields = writes.credit_fields(request)
         if _forward_only(program):
             forwarded, _ = await self._forward(
                 "CREDIT", request.source, request.message_id, fingerprint, card, program,

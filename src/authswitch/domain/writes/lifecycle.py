@@ -18,6 +18,7 @@ from authswitch.domain.authorization import CardFacts, CounterCheck
 from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Code, Reason, outcome
 from authswitch.domain.credits import CreditType
+from authswitch.domain.fees import FeeQuote
 from authswitch.domain.fx import Conversion, fx_payload
 from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.lifecycle import ClearingPlan, HoldRow, ReleasePlan, plan_reduction
@@ -41,16 +42,20 @@ __all__ = [
     "advice_fields",
     "advice_recorded",
     "clearing",
+    "clearing_fields",
     "clearing_movement",
     "credit",
     "credit_declined",
+    "credit_fields",
     "decision",
     "forwarded",
     "hold_release",
     "refund",
+    "refund_fields",
     "refund_movement",
     "release_change",
     "release_usage",
+    "reversal_fields",
     "reversal_recorded",
     "reversal_tombstoned",
     "unknown_card",
@@ -230,6 +235,55 @@ def advice_fields(request: Advice) -> dict[str, object]:
         "authorization_code": request.authorization_code,
         "mcc": request.mcc,
     }
+
+
+def reversal_fields(request: Reversal, requested_minor: int) -> dict[str, object]:
+    """What the notification of a reversal forwarded to an off-ledger client tells
+    (``requested_minor`` 0: all of it)."""
+    return {
+        "original_message_id": request.original_message_id,
+        "amount_minor": requested_minor, "asset": request.asset,
+        "full": requested_minor == 0, "network_reference": request.network_reference,
+    }  # fmt: skip
+
+
+def clearing_fields(
+    request: Clearing, amount_minor: int, quote: FeeQuote
+) -> tuple[dict[str, object], dict[str, object] | None]:
+    """What the notification of a clearing of ``amount_minor`` forwarded to an off-ledger
+    client tells, and the details of the FEE notification that follows it when ``quote``
+    (the clearing fee computed as on-ledger) charges a fee: the client applies it (seed
+    004: "fees are communicated to you via webhook")."""
+    fields: dict[str, object] = {
+        "network_reference": request.network_reference, "amount_minor": amount_minor,
+        "asset": request.asset, "final": request.final, "mcc": request.mcc,
+        "merchant": request.merchant_name, "fee_minor": quote.fixed_minor,
+    }  # fmt: skip
+    if not quote.fixed_minor:
+        return fields, None
+    lines = quote.charged_lines(declined=False, free_charged=frozenset())
+    fee: dict[str, object] = {
+        "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
+        "rules": [line.payload() for line in lines],
+    }  # fmt: skip
+    return fields, fee
+
+
+def refund_fields(request: Refund) -> dict[str, object]:
+    """What the notification of a refund forwarded to an off-ledger client tells."""
+    return {
+        "network_reference": request.network_reference, "amount_minor": request.amount_minor,
+        "asset": request.asset, "merchant": request.merchant_name,
+    }  # fmt: skip
+
+
+def credit_fields(request: OriginalCredit) -> dict[str, object]:
+    """What the notification of an original credit tells, on-ledger or forwarded."""
+    return {
+        "network_reference": request.network_reference, "amount_minor": request.amount_minor,
+        "asset": request.asset, "credit_type": CreditType(request.credit_type).name,
+        "originator": request.originator_name, "sender_name": request.sender_name,
+    }  # fmt: skip
 
 
 # -- advice: a hold raised or lowered to the advised total ---------------------------------
