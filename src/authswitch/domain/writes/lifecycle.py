@@ -3,9 +3,11 @@ advices, reversals, hold releases (by a reversal, by age or by an operator), cle
 refunds and original credits, and the messages that are only recorded, or recorded and
 forwarded to an off-ledger client. One pure function per event.
 
-Ids, the time and the reply's bytes are arguments: service/lifecycle.py gathers the facts,
-runs the cache step with the balance change made here (or by :mod:`~authswitch.domain.postings`),
-encodes the reply, and commits the write these functions build from all of it.
+Ids, the time and the reply's bytes are arguments. service/lifecycle.py gathers the facts,
+runs the cache step with the change an event's ``*_change`` or ``*_movement`` function gives,
+encodes the reply (it shows the balance after the change) and commits the write; each write
+derives its own change from the same facts by the same function, so the cache and the
+commit apply equal changes.
 """
 
 from __future__ import annotations
