@@ -44,6 +44,7 @@ __all__ = [
     "convert_billing",
     "convert_with_markup",
     "converted_into",
+    "fx_payload",
     "parse_rate",
     "rate_in_force",
     "share_of",
@@ -243,3 +244,15 @@ def convert_billing(
     if conversion.total_minor > AMOUNT_MAX_MINOR:
         return RateProblem(f"the amount converted into {into} is out of range")
     return conversion
+
+
+def fx_payload(conversion: Conversion | None) -> dict[str, object]:
+    """What a notification of a converted message adds: the billing amount and the rate."""
+    if conversion is None:
+        return {}
+    return {
+        "billing_amount_minor": conversion.billing_minor,
+        "billing_asset": conversion.billing_asset,
+        "fx_rate": conversion.rate_text,
+        "fx_markup_minor": conversion.markup_minor,
+    }

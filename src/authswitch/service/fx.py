@@ -1,5 +1,5 @@
-"""Currency conversion's admin operations, and how a conversion shows in a response
-(docs/fx.md; the arithmetic is in domain/fx.py, the records in adapters/postgres/fx.py)."""
+"""Currency conversion's admin operations (docs/fx.md; the arithmetic, and how a conversion
+shows in a notification, are in domain/fx.py, the records in adapters/postgres/fx.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from authswitch.errors import RequestError
 from authswitch.service.catalog import Catalog
 from authswitch.service.catalog_watch import note_change
 
-__all__ = ["FxAdmin", "fx_payload"]
+__all__ = ["FxAdmin"]
 
 
 class FxAdmin:
@@ -66,15 +66,3 @@ class FxAdmin:
             [k for k in keys if k[1]]
         )
         return found
-
-
-def fx_payload(conversion: Conversion | None) -> dict[str, object]:
-    """What a notification of a converted message adds: the billing amount and the rate."""
-    if conversion is None:
-        return {}
-    return {
-        "billing_amount_minor": conversion.billing_minor,
-        "billing_asset": conversion.billing_asset,
-        "fx_rate": conversion.rate_text,
-        "fx_markup_minor": conversion.markup_minor,
-    }

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 from authswitch.adapters.postgres.audit import AuditStore
@@ -25,7 +25,6 @@ from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
 from authswitch.adapters.redis.cache import ApplyResult, CreditOutcome, Duplicate, Miss
-from authswitch.domain import postings
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
     NETWORK_REFERENCE_LEN_MAX,
@@ -58,7 +57,6 @@ from authswitch.domain.lifecycle import (
     ReleasePlan,
     hold_validity_days,
     plan_clearing,
-    plan_reduction,
     plan_reversal,
 )
 from authswitch.domain.limits import counter_for_limit
@@ -79,23 +77,13 @@ from authswitch.domain.messages.lifecycle import (
 )
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
-from authswitch.domain.postings import Origin
-from authswitch.domain.records import (
-    ConversionRecord,
-    DecisionRecord,
-    HoldRecord,
-    HoldRelease,
-    LedgerWrite,
-    Notification,
-    Tombstone,
-    UsageChange,
-)
+from authswitch.domain.records import LedgerWrite
+from authswitch.domain.writes import lifecycle as writes
 from authswitch.errors import InternalError, NotFound, PreconditionFailed
 from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
-from authswitch.service.fx import fx_payload
 from authswitch.service.posting import Posted, Poster, PostStatus
 
 __all__ = ["SYSTEM_SOURCE", "LifecycleReplies", "LifecycleService"]
@@ -193,32 +181,6 @@ class LifecycleService:
     async def _card(self, pan: str) -> CardFacts | None:
         return await self.catalog.card(self.keys.pan_hmac(pan)) if pan else None
 
-    @staticmethod
-    def _decision(
-        kind: str, source: str, message_id: str, fingerprint: bytes, response: bytes,
-        decision_id: str, now: datetime, *, card: CardFacts | None = None,
-        account_id: str | None = None, asset: str | None = None, amount_minor: int = 0,
-        response_code: str = Code.APPROVED,
-    ) -> DecisionRecord:  # fmt: skip
-        """The decision of a message acknowledged with ``response``, its reply's bytes."""
-        return DecisionRecord(
-            id=decision_id,
-            source=source,
-            message_id=message_id,
-            kind=kind,
-            fingerprint=fingerprint,
-            card_id=card.card_id if card else None,
-            account_id=account_id or (card.account_id if card else None),
-            asset=asset,
-            amount_minor=amount_minor,
-            approved_minor=amount_minor,
-            fee_minor=0,
-            response_code=response_code,
-            reason=int(Reason.APPROVED),
-            response=response,
-            created_at=now,
-        )
-
     def _answer(self, posted: Posted, fingerprint: bytes, kind: str) -> bytes:
         """The reply to a message of ``kind`` whose decision ``posted`` holds: the bytes
         stored with the decision, as they are (a retransmission gets the first answer)."""
@@ -275,7 +237,7 @@ class LifecycleService:
         if _forward_only(program):
             forwarded, _ = await self._forward(
                 "ADVICE", request.source, request.message_id, fingerprint, card, program,
-                _advice_fields(request),
+                writes.advice_fields(request),
             )  # fmt: skip
             return forwarded
         now = self.clock.now()
@@ -304,42 +266,25 @@ class LifecycleService:
         if conversion is not None:  # held in the account's asset, the markup with it
             amount, asset = conversion.total_minor, conversion.account_asset
         original, held = await self._advised_holds(request, card, asset)
-        decision_id = str(uuid.uuid4())
-        holds: tuple[HoldRecord, ...] = ()
-        releases: tuple[HoldRelease, ...] = ()
-        delta = amount - sum(h.amount_minor for h in held)
-        if delta > 0:
-            holds = (
-                _advice_hold(
-                    request, card, asset, delta, original, held, validity, now, conversion
-                ),
-            )
-        elif delta < 0:
-            releases = tuple(
-                HoldRelease(plan, card.account_id, asset, now, "ADVICE")
-                for plan in plan_reduction([h.open_hold() for h in held], -delta)
-            )
+        decision_id, hold_id, note_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
         result = AdviceResult.HOLD_POSTED if original is None else AdviceResult.HOLD_UPDATED
         # Never declined: the network has approved already, so no funds check.
-        change = postings.hold(card.account_id, asset, delta)
+        change = writes.advice_change(card=card, asset=asset, amount_minor=amount, held=held)
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
             response = self.replies.advise(
                 AdviceAnswer(
-                    Code.APPROVED, decision_id, result, held_minor=delta, asset=asset,
+                    Code.APPROVED, decision_id, result,
+                    held_minor=change.authorized_delta_minor, asset=asset,
                     balance=applied.balance, fx=conversion,
                 )
             )  # fmt: skip
-            record = self._decision(
-                "ADVICE", request.source, request.message_id, fingerprint, response,
-                decision_id, now, card=card, asset=asset, amount_minor=amount,
-            )  # fmt: skip
-            payload = _advice_payload(request, amount, delta, asset, conversion)
-            return LedgerWrite(
-                decision=record, holds=holds, releases=releases, balance_changes=(change,),
-                notifications=self._card_notes("ADVICE", program, card, payload, now),
-                conversions=self._conversions(request, "ADVICE", conversion, now),
+            return writes.advice(
+                request=request, card=card, program=program, asset=asset, amount_minor=amount,
+                original=original, held=held, validity_days=validity, conversion=conversion,
+                decision_id=decision_id, hold_id=hold_id, note_id=note_id, now=now,
+                response=response, fingerprint=fingerprint,
             )  # fmt: skip
 
         posted = await self.poster.post(
@@ -384,11 +329,11 @@ class LifecycleService:
         """Record an advice that holds nothing (an unknown card, no balance in the asset):
         acknowledged all the same, the network having approved it already."""
         response = self.replies.advise(AdviceAnswer(Code.APPROVED, decision_id, result))
-        record = self._decision(
-            "ADVICE", request.source, request.message_id, fingerprint, response, decision_id,
-            now, card=card, asset=asset, amount_minor=amount_minor,
+        write = writes.advice_recorded(
+            request=request, card=card, asset=asset, amount_minor=amount_minor,
+            decision_id=decision_id, now=now, response=response, fingerprint=fingerprint,
         )  # fmt: skip
-        return await self.poster.record(LedgerWrite(decision=record))
+        return await self.poster.record(write)
 
     # -- reversal -------------------------------------------------------------------------
 
@@ -408,14 +353,9 @@ class LifecycleService:
         if card is not None:
             program = await self.catalog.program(card.program_id)
             if _forward_only(program):
-                fields = {
-                    "original_message_id": request.original_message_id,
-                    "amount_minor": requested, "asset": request.asset,
-                    "full": requested == 0, "network_reference": request.network_reference,
-                }  # fmt: skip
                 forwarded, acknowledged = await self._forward(
                     "REVERSAL", request.source, request.message_id, fingerprint, card, program,
-                    fields,
+                    writes.reversal_fields(request, requested),
                 )  # fmt: skip
                 if acknowledged:
                     await self._return_off_ledger_usage(
@@ -501,11 +441,10 @@ class LifecycleService:
                 request, hold, requested, fingerprint, decision_id, now
             )
         if hold.status != "OPEN":
-            record = self._reversal_record(
+            return await self._reversal_recorded(
                 request, fingerprint, decision_id, now, requested,
                 ReversalResult.HOLD_ALREADY_ENDED,
             )  # fmt: skip
-            return await self.poster.record(LedgerWrite(decision=record))
         asked_asset = request.asset if request.amount_minor is not None else None
         share = await self._reversal_share(hold, asked_asset, requested)
         if share is None:
@@ -514,8 +453,7 @@ class LifecycleService:
         return await self._release(
             hold, plan_reversal(hold.open_hold(), requested), "REVERSAL", request.source,
             request.message_id, fingerprint, decision_id, now,
-            _reversal_reply(self.replies, hold.asset or "", decision_id, conversion),
-            self._conversions(request, "REVERSAL", conversion, now),
+            _reversal_reply(self.replies, hold.asset or "", decision_id, conversion), conversion,
         )  # fmt: skip
 
     async def _reverse_unheld(
@@ -528,30 +466,30 @@ class LifecycleService:
         if hold is None and await self.holds.decision_exists(
             request.source, request.original_message_id
         ):
-            record = self._reversal_record(
+            return await self._reversal_recorded(
                 request, fingerprint, decision_id, now, requested, ReversalResult.NOTHING_HELD
             )
-            return await self.poster.record(LedgerWrite(decision=record))
         card = await self._card(request.pan)
-        tombstone = Tombstone(
-            request.source, request.original_message_id, requested, requested == 0, now
+        response = self.replies.reverse(
+            ReversalAnswer(Code.APPROVED, decision_id, ReversalResult.ORIGINAL_NOT_FOUND)
         )
-        record = self._reversal_record(
-            request, fingerprint, decision_id, now, requested,
-            ReversalResult.ORIGINAL_NOT_FOUND, card,
+        write = writes.reversal_tombstoned(
+            request=request, requested_minor=requested, card=card, decision_id=decision_id,
+            now=now, response=response, fingerprint=fingerprint,
         )  # fmt: skip
-        return await self.poster.record(LedgerWrite(decision=record, tombstones=(tombstone,)))
+        return await self.poster.record(write)
 
-    def _reversal_record(
+    async def _reversal_recorded(
         self, request: Reversal, fingerprint: bytes, decision_id: str, now: datetime,
-        requested: int, result: ReversalResult, card: CardFacts | None = None,
-    ) -> DecisionRecord:  # fmt: skip
-        """The decision of a reversal acknowledged without releasing anything."""
+        requested: int, result: ReversalResult,
+    ) -> Posted:  # fmt: skip
+        """Record a reversal acknowledged without releasing anything."""
         response = self.replies.reverse(ReversalAnswer(Code.APPROVED, decision_id, result))
-        return self._decision(
-            "REVERSAL", request.source, request.message_id, fingerprint, response,
-            decision_id, now, card=card, amount_minor=requested,
+        write = writes.reversal_recorded(
+            request=request, requested_minor=requested, decision_id=decision_id, now=now,
+            response=response, fingerprint=fingerprint,
         )  # fmt: skip
+        return await self.poster.record(write)
 
     async def _reversal_share(
         self, hold: HoldRow, asked_asset: str | None, requested: int
@@ -579,42 +517,24 @@ class LifecycleService:
     async def _release(
         self, hold: HoldRow, plan: ReleasePlan, reason: str, source: str, message_id: str,
         fingerprint: bytes, decision_id: str, now: datetime,
-        respond: Callable[[int, Balance], bytes],
-        conversions: tuple[ConversionRecord, ...] = (),
+        respond: Callable[[int, Balance], bytes], conversion: Conversion | None = None,
     ) -> Posted:  # fmt: skip
         """Release (part of) one hold; the write conflicts if the hold moved meanwhile."""
-        assert hold.account_id is not None
-        assert hold.asset is not None
-        account_id, asset = hold.account_id, hold.asset
-        change = postings.release(account_id, asset, plan.release_minor)
+        change = writes.release_change(hold, plan)
         # A reversal gives back to amount-based limits what it releases (counts stay).
-        usage: list[tuple[str, int, int]] = []
-        if reason == "REVERSAL" and plan.release_minor:
-            usage = [(key, -plan.release_minor, 0) for key in hold.usage_keys]
-        program = await self.catalog.program((await self.ledger.account(account_id)).program_id)
+        usage = writes.release_usage(hold, plan, reason)
+        account = await self.ledger.account(change.account_id)
+        program = await self.catalog.program(account.program_id)
+        note_id = str(uuid.uuid4())
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
-            response = respond(plan.release_minor, applied.balance)
-            record = self._decision(
-                reason, source, message_id, fingerprint, response, decision_id, now,
-                account_id=account_id, asset=asset, amount_minor=plan.release_minor,
+            return writes.hold_release(
+                hold=hold, plan=plan, reason=reason, source=source, message_id=message_id,
+                program=program, conversion=conversion, decision_id=decision_id,
+                note_id=note_id, now=now, response=respond(plan.release_minor, applied.balance),
+                fingerprint=fingerprint,
             )  # fmt: skip
-            payload = {
-                "source": source, "message_id": message_id, "hold_id": hold.id,
-                "original_message_id": hold.message_id, "released_minor": plan.release_minor,
-                "asset": asset, "hold_ended": plan.ends,
-            }  # fmt: skip
-            return LedgerWrite(
-                decision=record,
-                releases=(HoldRelease(plan, account_id, asset, now, reason),),
-                balance_changes=(change,),
-                usage=tuple(UsageChange(account_id, k, a, c, now) for k, a, c in usage),
-                notifications=(
-                    self._notification(reason, program, account_id, hold.card_id, payload, now),
-                ),
-                conversions=conversions,
-            )
 
         return await self.poster.post(
             change, source=source, message_id=message_id, fingerprint=fingerprint, build=build,
@@ -692,18 +612,7 @@ class LifecycleService:
             is_international(program, request.merchant_country), asset, amount,
         )  # fmt: skip
         quote = await self.charges.fee_quote(card.product_id, self.clock.now(), context)
-        fields = {
-            "network_reference": request.network_reference, "amount_minor": amount,
-            "asset": asset, "final": request.final, "mcc": request.mcc,
-            "merchant": request.merchant_name, "fee_minor": quote.fixed_minor,
-        }  # fmt: skip
-        fee: dict[str, object] | None = None
-        if quote.fixed_minor:
-            lines = quote.charged_lines(declined=False, free_charged=frozenset())
-            fee = {
-                "stage": "CLEARING", "fee_mode": "NOTIFIED", "on_decline": False,
-                "rules": [line.payload() for line in lines],
-            }  # fmt: skip
+        fields, fee = writes.clearing_fields(request, amount, quote)
         forwarded, acknowledged = await self._forward(
             "CLEARING", request.source, request.message_id, fingerprint, card, program,
             fields, fee=fee,
@@ -738,19 +647,13 @@ class LifecycleService:
         rules_fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
         fee = rules_fee + markup
         decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
-        fee_lines = self._clearing_fee_lines(program, card, now, request, rules_fee, markup)
-        origin = Origin(
-            entry_id, program.id, now, request.source, request.message_id,
-            request.merchant_name[:200], request.network_reference, card.card_id,
+        fee_entry_ids = (str(uuid.uuid4()), str(uuid.uuid4()))
+        note_ids = (str(uuid.uuid4()), str(uuid.uuid4()))
+        movement = writes.clearing_movement(
+            request=request, card=card, program=program, plan=plan, asset=asset,
+            rules_fee_minor=rules_fee, markup_minor=markup, entry_id=entry_id,
+            fee_entry_ids=fee_entry_ids, now=now,
         )  # fmt: skip
-        movement = postings.clearing(
-            card.account_id, asset, amount, plan.released_minor, program.clearing_account_id,
-            origin, fee_lines,
-        )  # fmt: skip
-        change, entries = movement.change, movement.entries
-        releases = tuple(
-            HoldRelease(r, card.account_id, asset, now, "CLEARING") for r in plan.releases
-        )
         usage, expiry = await self._clearing_usage(
             card, program, holds, plan, amount + fee, transaction_type, asset, now
         )
@@ -760,46 +663,18 @@ class LifecycleService:
             response = self.replies.clear(_clearing_answer(
                 plan, amount, fee, asset, applied.balance, decision_id, entry_id, conversion
             ))  # fmt: skip
-            record = self._decision(
-                "CLEARING", request.source, request.message_id, fingerprint, response,
-                decision_id, now, card=card, asset=asset, amount_minor=amount,
+            return writes.clearing(
+                request=request, card=card, program=program, plan=plan, asset=asset,
+                rules_fee_minor=rules_fee, markup_minor=markup, conversion=conversion,
+                usage=usage, expiry=expiry, decision_id=decision_id, entry_id=entry_id,
+                fee_entry_ids=fee_entry_ids, note_ids=note_ids, now=now, response=response,
+                fingerprint=fingerprint,
             )  # fmt: skip
-            payload = _clearing_payload(request, plan, amount, fee, asset, conversion)
-            posted_fee: dict[str, object] | None = (
-                {"stage": "CLEARING", "fee_mode": "POSTED"} if fee else None
-            )
-            return LedgerWrite(
-                decision=record,
-                releases=releases,
-                entries=tuple(entries),
-                balance_changes=(change,),
-                usage=tuple(
-                    UsageChange(card.account_id, key, delta, uses, expiry[key])
-                    for key, delta, uses in usage
-                ),
-                notifications=self._card_notes("CLEARING", program, card, payload, now, posted_fee),
-                conversions=self._conversions(request, "CLEARING", conversion, now),
-            )
 
         return await self.poster.post(
-            change, source=request.source, message_id=request.message_id,
+            movement.change, source=request.source, message_id=request.message_id,
             fingerprint=fingerprint, build=build, usage=usage, program=program,
         )  # fmt: skip
-
-    def _clearing_fee_lines(
-        self, program: ProgramRow, card: CardFacts, now: datetime, request: Clearing,
-        rules_fee: int, markup: int,
-    ) -> list[tuple[int, str, Origin]]:  # fmt: skip
-        """The fees a clearing posts to the programme's fee account: its rules' fee and the
-        conversion markup, each that is charged as a line of its own."""
-        return [
-            (charged, program.fee_account_id, self._fee_origin(program, card, now, request, what))
-            for charged, what in (
-                (rules_fee, "clearing fee"),
-                (markup, "currency conversion markup"),
-            )
-            if charged
-        ]
 
     async def _clearing_usage(
         self, card: CardFacts, program: ProgramRow, holds: list[HoldRow], plan: ClearingPlan,
@@ -844,43 +719,6 @@ class LifecycleService:
             markup=product.fx if markup else _NO_MARKUP, assets=self.catalog.assets, at=now,
         )  # fmt: skip
 
-    @staticmethod
-    def _conversions(
-        request: Advice | Reversal | Clearing | Refund,
-        kind: str,
-        conversion: Conversion | None,
-        now: datetime,
-    ) -> tuple[ConversionRecord, ...]:  # fmt: skip
-        if conversion is None:
-            return ()
-        return (ConversionRecord(request.source, request.message_id, kind, conversion, now),)
-
-    @staticmethod
-    def _fee_origin(
-        program: ProgramRow, card: CardFacts, now: datetime, request: Clearing,
-        description: str,
-    ) -> Origin:  # fmt: skip
-        return Origin(
-            str(uuid.uuid4()), program.id, now, request.source, request.message_id,
-            description, request.network_reference, card.card_id,
-        )  # fmt: skip
-
-    @staticmethod
-    def _notification(
-        kind: str, program: ProgramRow, account_id: str | None, card_id: str | None,
-        payload: dict[str, object], now: datetime,
-    ) -> Notification:  # fmt: skip
-        return Notification(
-            id=str(uuid.uuid4()),
-            program_id=program.id,
-            kind=kind,
-            payload=payload,
-            created_at=now,
-            account_id=account_id,
-            card_id=card_id,
-            sinks=program.sinks,
-        )
-
     async def refund(self, request: Refund, canonical: bytes) -> bytes:
         """The reply to a refund, as bytes (``canonical`` as :meth:`advise`)."""
         bad = self._format_error(
@@ -896,13 +734,9 @@ class LifecycleService:
             return found
         card, program = found
         if _forward_only(program):
-            fields = {
-                "network_reference": request.network_reference, "amount_minor": amount,
-                "asset": asset, "merchant": request.merchant_name,
-            }  # fmt: skip
             forwarded, _ = await self._forward(
                 "REFUND", request.source, request.message_id, fingerprint, card, program,
-                fields,
+                writes.refund_fields(request),
             )  # fmt: skip
             return forwarded
         conversion = await self._converted(card, asset, amount, markup=False)
@@ -923,15 +757,11 @@ class LifecycleService:
         if conversion is not None:  # credited in the account's asset (docs/fx.md)
             amount, asset = conversion.account_minor, conversion.account_asset
         now = self.clock.now()
-        decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
-        refunded = postings.credit(
-            card.account_id, asset, amount, program.clearing_account_id, "REFUND",
-            Origin(
-                entry_id, program.id, now, request.source, request.message_id,
-                request.merchant_name[:200], request.network_reference, card.card_id,
-            ),
+        decision_id, entry_id, note_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        refunded = writes.refund_movement(
+            request=request, card=card, program=program, amount_minor=amount, asset=asset,
+            entry_id=entry_id, now=now,
         )  # fmt: skip
-        change = refunded.change
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -941,23 +771,14 @@ class LifecycleService:
                     balance=applied.balance, entry_id=entry_id, fx=conversion,
                 )
             )  # fmt: skip
-            record = self._decision(
-                "REFUND", request.source, request.message_id, fingerprint, response,
-                decision_id, now, card=card, asset=asset, amount_minor=amount,
-            )  # fmt: skip
-            payload = {
-                "source": request.source, "message_id": request.message_id,
-                "network_reference": request.network_reference, "amount_minor": amount,
-                "asset": asset, **fx_payload(conversion),
-            }  # fmt: skip
-            return LedgerWrite(
-                decision=record, entries=refunded.entries, balance_changes=refunded.changes,
-                notifications=self._card_notes("REFUND", program, card, payload, now),
-                conversions=self._conversions(request, "REFUND", conversion, now),
+            return writes.refund(
+                request=request, card=card, program=program, amount_minor=amount, asset=asset,
+                conversion=conversion, decision_id=decision_id, entry_id=entry_id,
+                note_id=note_id, now=now, response=response, fingerprint=fingerprint,
             )  # fmt: skip
 
         return await self.poster.post(
-            change, source=request.source, message_id=request.message_id,
+            refunded.change, source=request.source, message_id=request.message_id,
             fingerprint=fingerprint, build=build, program=program,
         )  # fmt: skip
 
@@ -1002,11 +823,7 @@ class LifecycleService:
         if isinstance(found, bytes):
             return found
         card, program = found
-        fields: dict[str, object] = {
-            "network_reference": request.network_reference, "amount_minor": amount,
-            "asset": asset, "credit_type": CreditType(request.credit_type).name,
-            "originator": request.originator_name, "sender_name": request.sender_name,
-        }  # fmt: skip
+        fields = writes.credit_fields(request)
         if _forward_only(program):
             forwarded, _ = await self._forward(
                 "CREDIT", request.source, request.message_id, fingerprint, card, program,
@@ -1076,44 +893,22 @@ class LifecycleService:
             declined = _credit_answer(
                 result.reason, decision_id, _CREDIT_DECLINE_DETAIL.get(result.reason, "")
             )
-            record = DecisionRecord(
-                id=decision_id, source=request.source, message_id=request.message_id,
-                kind="CREDIT", fingerprint=fingerprint, card_id=card.card_id,
-                account_id=card.account_id, asset=asset, amount_minor=amount, approved_minor=0,
-                fee_minor=0, response_code=declined.response_code, reason=int(result.reason),
-                response=self.replies.credit(declined), created_at=now,
+            return writes.credit_declined(
+                request=request, card=card, reason=result.reason, decision_id=decision_id,
+                now=now, response=self.replies.credit(declined), fingerprint=fingerprint,
             )  # fmt: skip
-            return LedgerWrite(decision=record)
         assert result.balance is not None
-        entry_id = str(uuid.uuid4())
+        entry_id, note_id = str(uuid.uuid4()), str(uuid.uuid4())
         response = self.replies.credit(
             CreditAnswer(
                 outcome(result.reason).response_code, decision_id, result.reason,
                 credited_minor=amount, asset=asset, balance=result.balance, entry_id=entry_id,
             )
         )  # fmt: skip
-        record = self._decision(
-            "CREDIT", request.source, request.message_id, fingerprint, response, decision_id,
-            now, card=card, asset=asset, amount_minor=amount,
-        )  # fmt: skip
-        credited = postings.credit(
-            card.account_id, asset, amount, program.clearing_account_id, "CREDIT",
-            Origin(
-                entry_id, program.id, now, request.source, request.message_id,
-                f"original credit ({CreditType(request.credit_type).name.lower()})",
-                request.network_reference, card.card_id,
-            ),
-        )  # fmt: skip
-        payload = {"source": request.source, "message_id": request.message_id, **fields}
-        note = self._notification("CREDIT", program, card.account_id, card.card_id, payload, now)
-        usage = tuple(
-            UsageChange(card.account_id, c.key, amount, 1, c.expires_at)
-            for c in counters
-            if c.key and c.expires_at is not None
-        )
-        return LedgerWrite(
-            decision=record, entries=credited.entries, balance_changes=credited.changes,
-            usage=usage, notifications=(note,),
+        return writes.credit(
+            request=request, card=card, program=program, counters=counters, fields=fields,
+            decision_id=decision_id, entry_id=entry_id, note_id=note_id, now=now,
+            response=response, fingerprint=fingerprint,
         )  # fmt: skip
 
     async def _card_of_message(self, source: str, message_id: str) -> CardFacts | None:
@@ -1131,36 +926,18 @@ class LifecycleService:
         queue it to the client as a notification, in the same transaction; ``fee``: the
         details of a FEE notification to follow it (the message's fields are added). The
         reply, and whether it acknowledges this message ("00", this time or the first)."""
-        now = self.clock.now()
         decision_id = str(uuid.uuid4())
-        response = self._reply(kind, Code.APPROVED, decision_id)
-        record = self._decision(
-            kind, source, message_id, fingerprint, response, decision_id, now, card=card,
-            asset=str(fields.get("asset", "")) or None,
-            amount_minor=int(str(fields.get("amount_minor", 0))),
+        write = writes.forwarded(
+            kind=kind, source=source, message_id=message_id, card=card, program=program,
+            fields=fields, fee=fee, decision_id=decision_id,
+            note_ids=(str(uuid.uuid4()), str(uuid.uuid4())), now=self.clock.now(),
+            response=self._reply(kind, Code.APPROVED, decision_id), fingerprint=fingerprint,
         )  # fmt: skip
-        payload = {"source": source, "message_id": message_id, **fields}
-        notes = self._card_notes(kind, program, card, payload, now, fee)
-        posted = await self.poster.record(LedgerWrite(decision=record, notifications=notes))
+        posted = await self.poster.record(write)
         stored = posted.decision
         assert stored is not None
         acknowledged = stored.fingerprint == fingerprint and stored.response_code == Code.APPROVED
         return self._answer(posted, fingerprint, kind), acknowledged
-
-    def _card_notes(
-        self, kind: str, program: ProgramRow, card: CardFacts, payload: dict[str, object],
-        now: datetime, fee: dict[str, object] | None = None,
-    ) -> tuple[Notification, ...]:  # fmt: skip
-        """The ``kind`` notification of a message about ``card``, and when ``fee`` gives a
-        fee's details a FEE notification after it (the message's payload is added)."""
-        notes = (self._notification(kind, program, card.account_id, card.card_id, payload, now),)
-        if fee is None:
-            return notes
-        fee_payload = {**payload, **fee}
-        return (
-            *notes,
-            self._notification("FEE", program, card.account_id, card.card_id, fee_payload, now),
-        )
 
     async def _unknown_card(
         self, kind: str, source: str, message_id: str, fingerprint: bytes, asset: str,
@@ -1169,12 +946,12 @@ class LifecycleService:
         """Record a settlement message for a card authswitch does not know: answered 14,
         nothing posted, kept for the operators."""
         decision_id = str(uuid.uuid4())
-        response = self._reply(kind, Code.UNKNOWN_CARD, decision_id)
-        record = self._decision(
-            kind, source, message_id, fingerprint, response, decision_id, self.clock.now(),
-            asset=asset, amount_minor=amount, response_code=Code.UNKNOWN_CARD,
+        write = writes.unknown_card(
+            kind=kind, source=source, message_id=message_id, asset=asset, amount_minor=amount,
+            decision_id=decision_id, now=self.clock.now(),
+            response=self._reply(kind, Code.UNKNOWN_CARD, decision_id), fingerprint=fingerprint,
         )  # fmt: skip
-        posted = await self.poster.record(LedgerWrite(decision=record))
+        posted = await self.poster.record(write)
         return self._answer(posted, fingerprint, kind)
 
     # -- hold removal: by an operator, and by age -----------------------------------------
@@ -1296,67 +1073,3 @@ def _clearing_answer(
         posted_minor=amount, fee_minor=fee, asset=asset, balance=balance,
         entry_id=entry_id if amount else "", fx=conversion,
     )  # fmt: skip
-
-
-def _clearing_payload(
-    request: Clearing, plan: ClearingPlan, amount: int, fee: int, asset: str,
-    conversion: Conversion | None,
-) -> dict[str, object]:  # fmt: skip
-    """The CLEARING notification of a clearing posted on-ledger."""
-    return {
-        "source": request.source, "message_id": request.message_id,
-        "network_reference": request.network_reference, "matched": plan.matched,
-        "final": request.final, "amount_minor": amount, "released_minor":
-        plan.released_minor, "fee_minor": fee, "asset": asset,
-        **fx_payload(conversion),
-    }  # fmt: skip
-
-
-def _advice_hold(
-    request: Advice, card: CardFacts, asset: str, delta: int,
-    original: HoldRow | None, held: list[HoldRow], validity: int, now: datetime,
-    conversion: Conversion | None,
-) -> HoldRecord:  # fmt: skip
-    """The hold an advice adds: ``delta`` more than its transaction holds already."""
-    return HoldRecord(
-        id=str(uuid.uuid4()),
-        account_id=card.account_id,
-        asset=asset,
-        card_id=card.card_id,
-        source=request.source,
-        message_id=request.message_id,
-        network_reference=original.network_reference if original else request.network_reference,
-        amount_minor=delta,
-        fee_minor=0,
-        expires_at=now + timedelta(days=validity),
-        created_at=now,
-        kind="ADVICE",
-        # The whole converted amount is held (no original): an early reversal takes its
-        # share (docs/fx.md).
-        billing_minor=conversion.billing_minor if conversion and not held else 0,
-    )
-
-
-def _advice_payload(
-    request: Advice, amount: int, delta: int, asset: str,
-    conversion: Conversion | None,
-) -> dict[str, object]:  # fmt: skip
-    """The ADVICE notification of an advice posted on-ledger."""
-    return {
-        "source": request.source, "message_id": request.message_id,
-        "network_reference": request.network_reference,
-        "original_message_id": request.original_message_id, "amount_minor": amount,
-        "held_minor": delta, "asset": asset,
-        "authorization_code": request.authorization_code, **fx_payload(conversion),
-    }  # fmt: skip
-
-
-def _advice_fields(request: Advice) -> dict[str, object]:
-    return {
-        "network_reference": request.network_reference,
-        "original_message_id": request.original_message_id,
-        "amount_minor": request.amount_minor,
-        "asset": request.asset,
-        "authorization_code": request.authorization_code,
-        "mcc": request.mcc,
-    }
