@@ -154,6 +154,7 @@ def test_an_unknown_card_is_answered_14_and_posts_nothing() -> None:
         decision_id="d1", **ANSWERED,
     )  # fmt: skip
     assert write.decision.response_code == Code.UNKNOWN_CARD
+    assert write.decision.reason == Reason.UNKNOWN_CARD  # the code's reason, not APPROVED
     assert (write.decision.card_id, write.decision.account_id) == (None, None)
     assert write == LedgerWrite(decision=write.decision)
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from authswitch.domain import postings
 from authswitch.domain.authorization import CardFacts, CounterCheck
 from authswitch.domain.catalog import ProgramRow
-from authswitch.domain.codes import Code, Reason, outcome
+from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.credits import CreditType
 from authswitch.domain.fees import FeeQuote
 from authswitch.domain.fx import Conversion, fx_payload
@@ -74,9 +74,10 @@ def decision(
     *, kind: str, source: str, message_id: str, fingerprint: bytes, response: bytes,
     decision_id: str, now: datetime, card: CardFacts | None = None,
     account_id: str | None = None, asset: str | None = None, amount_minor: int = 0,
-    response_code: str = Code.APPROVED,
+    reason: Reason = Reason.APPROVED,
 ) -> DecisionRecord:  # fmt: skip
-    """The decision of a message acknowledged with ``response``, its reply's bytes."""
+    """The decision of a message answered with ``response``, its reply's bytes, for
+    ``reason`` (its response code is the reason's)."""
     return DecisionRecord(
         id=decision_id,
         source=source,
@@ -89,8 +90,8 @@ def decision(
         amount_minor=amount_minor,
         approved_minor=amount_minor,
         fee_minor=0,
-        response_code=response_code,
-        reason=int(Reason.APPROVED),
+        response_code=outcome(reason).response_code,
+        reason=int(reason),
         response=response,
         created_at=now,
     )
@@ -163,7 +164,7 @@ def unknown_card(
     record = decision(
         kind=kind, source=source, message_id=message_id, fingerprint=fingerprint,
         response=response, decision_id=decision_id, now=now, asset=asset,
-        amount_minor=amount_minor, response_code=Code.UNKNOWN_CARD,
+        amount_minor=amount_minor, reason=Reason.UNKNOWN_CARD,
     )  # fmt: skip
     return LedgerWrite(decision=record)
 
