@@ -3,6 +3,10 @@ bytes, its hold or posted fee, its counters, the card's PIN state, its notificat
 off-ledger client call it stood in for and what it converted — as one
 :class:`~authswitch.domain.records.LedgerWrite` for the group committer.
 
+:func:`authorization_write` is on the hot path (issue 15 measures the CPU of a decision): it
+builds nothing the decision does not write, and no call on it passes more than 15 keyword
+arguments (at 16, CPython 3.11 compiles the call to build a dict each time).
+
 The service decides (the atomic Redis step) and encodes the answer; everything written
 follows from what was decided and is built here. ``new_id`` is where the ids of the records
 an event needs come from (ids are drawn only for the records the event has: an approval
@@ -167,11 +171,8 @@ def authorization_write(
     refusal: Callable[[], DecisionRecord] | None, new_id: NewId,
 ) -> LedgerWrite:  # fmt: skip
     """What an on-ledger decision leaves behind: its record (``answer``, and ``response``
-    its bytes), its hold or posted fee, counters, card updates and notifications, as one
-    write. ``refusal``: the decision recorded instead if Postgres refuses the hold's funds.
-
-    The hot path: at most 15 keyword arguments in any call on it (more and CPython builds a
-    dict for the call), nothing built that the decision does not write."""
+    its bytes), hold or posted fee, counters, card updates and notifications, as one write.
+    ``refusal``: the decision recorded instead if Postgres refuses the hold's funds."""
     request, received, conversion = arrival.request, arrival.received, arrival.conversion
     decision_id = answer.decision_id
     record = decision_record(
@@ -182,14 +183,11 @@ def authorization_write(
     changes: tuple[BalanceChange, ...] = ()
     held = result.held_minor  # a property: read once
     if held:
-        holds = (
-            hold_record(
-                new_id(), request, card, plan, received, amount_minor=held,
-                fee_minor=result.fee_minor,
-                usage_keys=tuple(c.key for c in charges.limits if c.key),
-                billing_minor=conversion.billing_minor if conversion else 0,
-            ),
-        )  # fmt: skip
+        holds = (hold_record(
+            new_id(), request, card, plan, received, amount_minor=held, fee_minor=result.fee_minor,
+            usage_keys=tuple(c.key for c in charges.limits if c.key),
+            billing_minor=conversion.billing_minor if conversion else 0,
+        ),)  # fmt: skip
         changes = (
             postings.hold(card.account_id, request.billing_asset, held, requires_funds=True),
         )
@@ -202,11 +200,9 @@ def authorization_write(
             f"authorisation fee ({TYPE_LABELS.get(request.transaction_type)})",
         )  # fmt: skip
         changes, entries = taken.changes, taken.entries
-    notifications: tuple[Notification, ...] = (
-        ()
-        if result.fee_mode is FeeMode.NONE
-        else (_fee_notification(request, received, card, program, result, new_id()),)
-    )
+    notifications: tuple[Notification, ...] = ()
+    if result.fee_mode is not FeeMode.NONE:
+        notifications = (_fee_notification(request, received, card, program, result, new_id()),)
     usage = usage_of(request, card, result, charges) if charges.limits or charges.free_uses else ()
     updates: tuple[CardUpdate, ...] = ()
     if result.pin_tries_changed or result.pin_changed:
@@ -222,25 +218,35 @@ def authorization_write(
     calls: tuple[ClientCall, ...] = ()
     if stand_in is not None:
         calls = (stand_in.call,)
-        if result.reason in APPROVALS:  # a decline holds nothing and is not advised
-            notifications += (
-                stand_in_advice(
-                    request, received, card, program, stand_in.reason, stand_in.policy,
-                    outcome(result.reason).response_code, result.approved_minor,
-                    result.fee_minor, answer.authorization_code, new_id(),
-                ),
-            )  # fmt: skip
+        notifications += _advised(
+            request, received, card, program, result, answer, stand_in, new_id
+        )
     conversions: tuple[ConversionRecord, ...] = ()
     if conversion is not None:  # docs/fx.md
-        conversions = (
-            ConversionRecord(
-                request.source, request.message_id, "AUTHORIZATION", conversion, received
-            ),
-        )
+        conversions = (ConversionRecord(
+            request.source, request.message_id, "AUTHORIZATION", conversion, received
+        ),)  # fmt: skip
     return LedgerWrite(
         decision=record, holds=holds, balance_changes=changes, entries=entries,
         card_updates=updates, usage=usage, notifications=notifications, client_calls=calls,
         conversions=conversions, refusal=refusal,
+    )  # fmt: skip
+
+
+def _advised(
+    request: AuthorizationRequest, received: datetime, card: CardFacts, program: ProgramRow,
+    result: AuthorizeResult, answer: AuthorizeAnswer, stand_in: StandIn, new_id: NewId,
+) -> tuple[Notification, ...]:  # fmt: skip
+    """What a shadow stand-in advises the client of: an approval (full or partial), with its
+    code and amounts; a decline holds nothing and is not advised."""
+    if result.reason not in APPROVALS:
+        return ()
+    return (
+        stand_in_advice(
+            request, received, card, program, stand_in.reason, stand_in.policy,
+            outcome(result.reason).response_code, result.approved_minor, result.fee_minor,
+            answer.authorization_code, new_id(),
+        ),
     )  # fmt: skip
 
 
