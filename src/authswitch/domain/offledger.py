@@ -9,17 +9,22 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from authswitch.domain.authorization import Charges
 from authswitch.domain.codes import Code, Reason
+from authswitch.domain.fees import FeeLine, FeeQuote
+from authswitch.domain.records import UsageChange
 
 __all__ = [
     "DEADLINE_MS_DEFAULT",
     "DEADLINE_MS_MAX",
     "DEADLINE_MS_MIN",
+    "Assessed",
     "BreakerConfig",
     "BreakerState",
     "CircuitBreaker",
     "ClientAnswer",
     "ClientRouting",
+    "Counted",
     "StandInPolicy",
     "StandInReason",
     "breaker_of",
@@ -233,3 +238,55 @@ def check_answer(
             return None
         return ClientAnswer(Reason.CLIENT_DECLINED, 0, code, "", reason_text)
     return None
+
+
+# What an off-ledger authorisation counted and was charged before its client was asked
+# (service/offledger_limits.py counts it).
+
+
+@dataclass(slots=True)
+class Counted:
+    """What an off-ledger authorisation counted before its client was asked."""
+
+    account_id: str
+    charges: Charges
+    amount_minor: int  # on each limit: the requested amount and its fee
+    uses: int = 1  # on each limit
+    free_uses: int = 1  # on each free-use fee's counter
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The limit counters (those a reversal gives back to)."""
+        return tuple(c.key for c in self.charges.limits if c.key)
+
+    def usage(self) -> tuple[UsageChange, ...]:
+        """The durable counter changes of what is counted now."""
+        changes = [
+            UsageChange(self.account_id, c.key, self.amount_minor, self.uses, c.expires_at)
+            for c in self.charges.limits
+            if c.key and c.expires_at is not None and (self.amount_minor or self.uses)
+        ]
+        changes += [
+            UsageChange(self.account_id, f.counter.key, 0, self.free_uses, f.counter.expires_at)
+            for f in self.charges.free_uses
+            if f.counter.expires_at is not None and self.free_uses
+        ]
+        return tuple(changes)
+
+
+@dataclass(slots=True)
+class Assessed:
+    """An off-ledger authorisation's fees, and its limits' verdict."""
+
+    quote: FeeQuote
+    fee_minor: int  # the fee of an approval: fixed, plus the free-use fees now charged
+    free_charged: frozenset[str]  # rule ids of the free-use fees charged
+    counted: Counted | None  # None: the product has no limit or free-use fee here
+    declined: Reason | None = None  # 61 or 65: the client is not asked
+
+    @property
+    def decline_fee_minor(self) -> int:
+        return self.quote.on_decline_minor
+
+    def lines(self, *, declined: bool) -> list[FeeLine]:
+        return self.quote.charged_lines(declined=declined, free_charged=self.free_charged)

@@ -39,7 +39,7 @@ from authswitch.domain.cards import (
     pin_valid_format,
 )
 from authswitch.domain.cardsec import CardKeys
-from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.codes import Reason
 from authswitch.domain.controls import ControlSubject, ControlVersion, SpendControls
 from authswitch.domain.controls import problem as controls_problem
 from authswitch.domain.credits import ORIGINAL_CREDIT
@@ -50,12 +50,9 @@ from authswitch.domain.messages.admin import Adjustment, AdjustmentAnswer
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
 from authswitch.domain.networkdata import PosEntryMode
 from authswitch.domain.offledger import ClientRouting, StandInPolicy
-from authswitch.domain.postings import Origin
-from authswitch.domain.records import (
-    DecisionRecord,
-    LedgerWrite,
-    Notification,
-)
+from authswitch.domain.records import LedgerWrite, Notification
+from authswitch.domain.writes import admin as writes
+from authswitch.domain.writes.admin import ADMIN_SOURCE
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError
 from authswitch.secrets import SecretStore
 from authswitch.service.cache_sync import CacheSync
@@ -68,8 +65,6 @@ from authswitch.service.tokens import TokenService
 
 __all__ = ["ADMIN_SOURCE", "AdjustmentReplies", "AdminService", "CreatedCard"]
 
-# Admin adjustments share the decisions table; their idempotency keys live under this source.
-ADMIN_SOURCE = "admin"
 CREDIT_PURPOSES = frozenset({"LOAD", "CREDIT_ADJUSTMENT", "DEBIT_REVERSAL", "WRITE_OFF"})
 DEBIT_PURPOSES = frozenset({"FEE", "DEBIT_ADJUSTMENT", "CREDIT_REVERSAL", "WRITE_ON", "UNLOAD"})
 ACCOUNT_TYPES = frozenset({"SINGLE", "MULTI_CURRENCY"})
@@ -90,38 +85,16 @@ def admin_write(
     respond: Callable[[Balance], bytes],
 ) -> Callable[[ApplyResult], LedgerWrite]:  # fmt: skip
     """How the group commit's write of an admin call that moves money on ``account_id`` (an
-    adjustment, a transfer) is built from the cache's step: the movement with the call's
-    decision, keyed (ADMIN_SOURCE, its idempotency key) and answered ``respond(balance)``,
-    the balance being the cached one after the change; refused if Postgres finds the funds
-    short."""
-
-    def record(reason: Reason, response: bytes) -> DecisionRecord:
-        return DecisionRecord(
-            id=decision_id,
-            source=ADMIN_SOURCE,
-            message_id=key,
-            kind=kind,
-            fingerprint=fingerprint,
-            card_id=None,
-            account_id=account_id,
-            asset=asset,
-            amount_minor=amount_minor,
-            approved_minor=amount_minor if reason is Reason.APPROVED else 0,
-            fee_minor=0,
-            response_code=outcome(reason).response_code,
-            reason=int(reason),
-            response=response,
-            created_at=now,
-        )
+    adjustment, a transfer) is built from the cache's step (domain/writes/admin.py): answered
+    ``respond(balance)``, the balance being the cached one after the change."""
 
     def build(applied: ApplyResult) -> LedgerWrite:
         assert applied.balance is not None
-        return LedgerWrite(
-            decision=record(Reason.APPROVED, respond(applied.balance)),
-            balance_changes=movement.changes,
-            entries=movement.entries,
-            refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
-        )
+        return writes.admin_write(
+            movement=movement, decision_id=decision_id, key=key, kind=kind,
+            fingerprint=fingerprint, account_id=account_id, asset=asset,
+            amount_minor=amount_minor, at=now, response=respond(applied.balance),
+        )  # fmt: skip
 
     return build
 
@@ -512,16 +485,11 @@ class AdminService:
         sinks: dict[str, tuple[str, ...]] = {}
 
         def notify(program_id: str, account_id: str, previous: CardStatus) -> Notification:
-            return Notification(
-                id=str(uuid.uuid4()),
-                program_id=program_id,
-                kind="CARD_STATUS_CHANGED",
-                payload={"from": previous.name, "to": status.name, "reason": reason},
-                created_at=now,
-                account_id=account_id,
-                card_id=card_id,
-                sinks=sinks.get(program_id, ()),
-            )
+            return writes.card_status_changed(
+                notification_id=str(uuid.uuid4()), program_id=program_id,
+                account_id=account_id, card_id=card_id, previous=previous, status=status,
+                reason=reason, at=now, sinks=sinks.get(program_id, ()),
+            )  # fmt: skip
 
         program_id = await self.cards.card_program(card_id)
         sinks[program_id] = (await self.catalog.program(program_id)).sinks
@@ -542,16 +510,11 @@ class AdminService:
         programs: dict[str, tuple[str, ...]] = {}
 
         def notify(program_id: str, account_id: str, card_id: str) -> Notification:
-            return Notification(
-                id=str(uuid.uuid4()),
-                program_id=program_id,
-                kind="CARD_EXPIRED",
-                payload={"month": month},
-                created_at=now,
-                account_id=account_id,
-                card_id=card_id,
+            return writes.card_expired(
+                notification_id=str(uuid.uuid4()), program_id=program_id,
+                account_id=account_id, card_id=card_id, month=month, at=now,
                 sinks=programs.get(program_id, ()),
-            )
+            )  # fmt: skip
 
         for program_id in await self.cards.programs_with_cards_to_expire(month):
             programs[program_id] = (await self.catalog.program(program_id)).sinks
@@ -676,15 +639,13 @@ class AdminService:
         if account.kind != "CUSTOMER":
             raise PreconditionFailed("adjustments apply to customer accounts only")
         program = await self.catalog.program(account.program_id)
-        counter = program.fee_account_id if purpose == "FEE" else program.clearing_account_id
-        signed = amount_minor if credit else -amount_minor
         now = self.clock.now()
         decision_id = str(uuid.uuid4())
         entry_id = str(uuid.uuid4())
-        movement = postings.adjustment(
-            account.id, asset, signed, counter, purpose,
-            Origin(entry_id, program.id, now, ADMIN_SOURCE, idempotency_key, description),
-            requires_funds=not credit and not order.allow_negative,
+        movement = writes.adjustment(
+            account_id=account.id, program=program, asset=asset, amount_minor=amount_minor,
+            credit=credit, purpose=purpose, description=description, key=idempotency_key,
+            entry_id=entry_id, at=now, allow_negative=order.allow_negative,
         )  # fmt: skip
         kind = "CREDIT" if credit else "DEBIT"
         encode = self.replies.credit if credit else self.replies.debit

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from authswitch import metrics
@@ -26,7 +26,6 @@ from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecisio
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
-from authswitch.domain import postings
 from authswitch.domain.authorization import (
     NO_CHARGES,
     PARTIAL_APPROVAL_TYPES,
@@ -36,7 +35,6 @@ from authswitch.domain.authorization import (
     FeeMode,
     PinTriesExceededAction,
     PreChecks,
-    counter_deltas,
     prechecks,
     validate,
 )
@@ -44,39 +42,32 @@ from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.catalog import ProductRow, ProgramRow
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.fx import Conversion, FxRate, RateProblem, convert_billing, converted_into
-from authswitch.domain.ledger import BalanceChange
 from authswitch.domain.lifecycle import hold_validity_days
 from authswitch.domain.messages.authorization import AuthorizeAnswer
-from authswitch.domain.postings import Origin
-from authswitch.domain.records import (
-    CardUpdate,
-    ClientCall,
-    ConversionRecord,
-    DecisionRecord,
-    HoldRecord,
-    JournalEntry,
-    LedgerWrite,
-    Notification,
-    UsageChange,
+from authswitch.domain.records import DecisionRecord, LedgerWrite
+from authswitch.domain.writes.authorization import (
+    TYPE_LABELS,
+    HoldPlan,
+    StandIn,
+    authorization_write,
+    decision_record,
+    without_card,
 )
 from authswitch.errors import Expired, InternalError
 from authswitch.futures import Detached
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.catalog import NOT_CACHED, Catalog
-from authswitch.service.charges import ChargeCalculator, expiries_of, usage_changes
+from authswitch.service.charges import ChargeCalculator
 from authswitch.service.clock import Clock
 from authswitch.service.controls import ControlPlan, SpendControlService
 from authswitch.service.ids import authorization_code, new_id
-from authswitch.service.movements import authorization_movement
-from authswitch.service.pinblock import pin_effects
 from authswitch.service.posting import durable_original
 from authswitch.service.tokens import TokenService
 
-__all__ = ["AuthorizationService", "Job", "OffLedgerRouter", "Replies", "StandIn"]
+__all__ = ["AuthorizationService", "Job", "OffLedgerRouter", "Replies"]
 
 log = logging.getLogger(__name__)
 
-KIND_AUTHORIZE = "AUTHORIZE"
 # A Redis step that misses the cache reloads and tries again, this many times at most.
 CACHE_ATTEMPTS_MAX = 3
 
@@ -132,31 +123,6 @@ class Job:
     program: ProgramRow
     pre: PreChecks
     controls: ControlPlan | None = None  # the card's spend controls in force, if any
-
-
-# What a stand-in decision advises the client of, from what was decided: (reason, approved
-# amount, fee, authorisation code) -> its notifications (none for a decline).
-Advise = Callable[[Reason, int, int, str], tuple[Notification, ...]]
-
-
-def _advise_nothing(reason: Reason, approved: int, fee: int, code: str) -> tuple[()]:
-    return ()
-
-
-@dataclass(slots=True)
-class StandIn:
-    """An off-ledger decision made in authswitch instead of by the client."""
-
-    reason: int  # StandInReason number
-    call: ClientCall
-    advise: Advise = _advise_nothing
-
-
-@dataclass(slots=True)
-class _HoldPlan:
-    network_reference: str
-    kind: str
-    validity_days: int
 
 
 class _Context:
@@ -318,7 +284,7 @@ class AuthorizationService:
 
     def _count(self, mode: str, transaction_type: int, code: str) -> tuple[Any, Any]:
         """The metric children of a decision's labels, bound once (bounded sets)."""
-        label = _TYPE_LABELS.get(transaction_type, "other")
+        label = TYPE_LABELS.get(transaction_type, "other")
         children = (
             metrics.HotCounter(metrics.DECISIONS.labels(mode, label, code)),
             self._seconds.get(mode)
@@ -472,9 +438,9 @@ class AuthorizationService:
 
         return await self.redis_step(job, attempt, finish)
 
-    def _plain_hold_plan(self, job: Job) -> _HoldPlan:
+    def _plain_hold_plan(self, job: Job) -> HoldPlan:
         request, product = job.ctx.request, job.product
-        return _HoldPlan(
+        return HoldPlan(
             network_reference=request.network_reference,
             kind="AUTHORIZATION",
             validity_days=hold_validity_days(
@@ -482,7 +448,7 @@ class AuthorizationService:
             ),
         )
 
-    async def _incremental_hold_plan(self, job: Job, plan: _HoldPlan) -> _HoldPlan:
+    async def _incremental_hold_plan(self, job: Job, plan: HoldPlan) -> HoldPlan:
         """An increment joins its original's transaction, so that clearings of it release
         both; without an open original it is an authorisation of its own."""
         request = job.ctx.request
@@ -492,10 +458,10 @@ class AuthorizationService:
             and original.status == "OPEN"
             and original.card_id == job.card.card_id
         ):
-            return _HoldPlan(original.network_reference, "INCREMENTAL", plan.validity_days)
+            return HoldPlan(original.network_reference, "INCREMENTAL", plan.validity_days)
         return plan
 
-    async def hold_plan(self, job: Job) -> _HoldPlan:
+    async def hold_plan(self, job: Job) -> HoldPlan:
         """Where a hold of ``job`` belongs (its transaction, kind and validity)."""
         plan = self._plain_hold_plan(job)
         if job.ctx.request.incremental:
@@ -618,68 +584,21 @@ class AuthorizationService:
 
     def _write_for(
         self, ctx: _Context, card: CardFacts, program: ProgramRow, pre: PreChecks,
-        result: AuthorizeOutcome, plan: _HoldPlan, charges: Charges,
+        result: AuthorizeOutcome, plan: HoldPlan, charges: Charges,
         stand_in: StandIn | None = None,
         pin_action: PinTriesExceededAction = PinTriesExceededAction.BLOCK_CARD, detail: str = "",
     ) -> LedgerWrite:  # fmt: skip
-        """What a decision leaves behind: its record (with the response's bytes), its hold or
-        posted fee, counters, card updates and notifications, as one write."""
-        request = ctx.request
+        """What a decision leaves behind (domain/writes/authorization.py), with the answer's
+        bytes."""
         decision_id = new_id()
         approved = result.reason is Reason.APPROVED or result.reason is Reason.PARTIALLY_APPROVED
         answer = self._answer_of(ctx, result, approved, decision_id, detail, stand_in)
-        record = self.record(
-            ctx, decision_id, result.reason, self.replies.authorize(answer), card, result
-        )
-        holds: tuple[HoldRecord, ...] = ()
-        changes: tuple[BalanceChange, ...] = ()
-        refusal: Callable[[], DecisionRecord] | None = None
-        if result.held_minor:
-            holds = (_approval_hold(ctx, card, result, plan, charges),)
-            changes = (
-                postings.hold(
-                    card.account_id, request.billing_asset, result.held_minor, requires_funds=True
-                ),
-            )
-            refusal = self._refusal(ctx, card, decision_id)
-        entries: tuple[JournalEntry, ...] = ()
-        if result.posted_fee_minor:
-            # A zero-value or declined request's fee, taken from actual and available.
-            taken = _posted_fee(ctx, card, program, result.posted_fee_minor)
-            changes, entries = taken.changes, taken.entries
-        notifications: tuple[Notification, ...] = (
-            ()
-            if result.fee_mode is FeeMode.NONE
-            else (_fee_notification(ctx, card, program, result),)
-        )
-        usage = (
-            _usage_of(request, card, result, charges) if charges.limits or charges.free_uses else ()
-        )
-        updates: tuple[CardUpdate, ...] = ()
-        if result.pin_tries_changed or result.pin_changed:
-            updates, pin_notes = pin_effects(
-                request=request, card=card, program=program, action=pin_action,
-                received=ctx.received, pin_tries=result.pin_tries,
-                pin_tries_changed=result.pin_tries_changed, pin_changed=result.pin_changed,
-                pin_blocked_now=result.pin_blocked_now, new_pvv=pre.new_pvv,
-            )  # fmt: skip
-            notifications += pin_notes
-        if program.movements:  # subscribed to movements (service/movements.py)
-            notifications += _movement_of(ctx, card, program, result, plan, answer)
-        calls: tuple[ClientCall, ...] = ()
-        if stand_in is not None:
-            calls = (stand_in.call,)
-            notifications += stand_in.advise(
-                result.reason, result.approved_minor, result.fee_minor,
-                answer.authorization_code,
-            )  # fmt: skip
-        conversions: tuple[ConversionRecord, ...] = ()
-        if ctx.conversion is not None:  # docs/fx.md
-            conversions = (_conversion_of(ctx, ctx.conversion),)
-        return LedgerWrite(
-            decision=record, holds=holds, balance_changes=changes, entries=entries,
-            card_updates=updates, usage=usage, notifications=notifications, client_calls=calls,
-            conversions=conversions, refusal=refusal,
+        return authorization_write(
+            arrival=ctx, card=card, program=program, new_pvv=pre.new_pvv, result=result,
+            plan=plan, charges=charges, answer=answer, response=self.replies.authorize(answer),
+            pin_action=pin_action, stand_in=stand_in,
+            refusal=self._refusal(ctx, card, decision_id) if result.held_minor else None,
+            new_id=new_id,
         )  # fmt: skip
 
     def _refusal(
@@ -693,7 +612,10 @@ class AuthorizationService:
                     Reason.INSUFFICIENT_FUNDS, ctx.request.billing_asset, decision_id=decision_id
                 )
             )
-            return self.record(ctx, decision_id, Reason.INSUFFICIENT_FUNDS, declined, card, None)
+            return decision_record(
+                arrival=ctx, decision_id=decision_id, reason=Reason.INSUFFICIENT_FUNDS,
+                response=declined, card=card, result=None,
+            )  # fmt: skip
 
         return refusal
 
@@ -712,45 +634,17 @@ class AuthorizationService:
             authorization_code() if approved else "",
             decision_id,
             detail,
-            stand_in_reason=stand_in.reason if stand_in is not None else 0,
+            stand_in_reason=stand_in.reason.value if stand_in is not None else 0,
             conversion=ctx.conversion,
         )
 
     write_for = _write_for  # for service/linked.py
 
-    def record(
-        self,
-        ctx: _Context,
-        decision_id: str,
-        reason: Reason,
-        response: bytes,
-        card: CardFacts | None,
-        result: AuthorizeOutcome | None,
-    ) -> DecisionRecord:
-        request = ctx.request
-        return DecisionRecord(
-            id=decision_id,
-            source=request.source,
-            message_id=request.message_id,
-            kind=KIND_AUTHORIZE,
-            fingerprint=ctx.fingerprint,
-            card_id=card.card_id if card else None,
-            account_id=card.account_id if card else None,
-            asset=request.billing_asset,
-            amount_minor=request.billing_amount_minor,
-            approved_minor=result.approved_minor if result else 0,
-            fee_minor=result.fee_minor if result else 0,
-            response_code=outcome(reason).response_code,
-            reason=int(reason),
-            response=response,
-            created_at=ctx.received,
-        )
-
     async def _record_without_card(self, ctx: _Context, reason: Reason) -> StoredDecision:
         decision_id = new_id()
         response = self.replies.authorize(AuthorizeAnswer(reason, decision_id=decision_id))
-        record = self.record(ctx, decision_id, reason, response, None, None)
-        written = await self.committer.submit(LedgerWrite(decision=record))
+        write = without_card(arrival=ctx, decision_id=decision_id, reason=reason, response=response)
+        written = await self.committer.submit(write)
         return written.decision
 
     async def _stored_original(self, ctx: _Context, card: CardFacts) -> StoredDecision:
@@ -773,125 +667,3 @@ _FORMAT_DETAIL = {
 }
 _SYSTEM_ERROR_CODE = outcome(Reason.SYSTEM_ERROR).response_code
 _MISMATCH_CODE = outcome(Reason.DUPLICATE_MISMATCH).response_code
-
-_TYPE_LABELS = {
-    1: "purchase", 2: "cash_withdrawal", 3: "balance_enquiry", 4: "account_verification",
-    5: "pin_change", 6: "pin_unblock", 7: "quasi_cash", 8: "pre_authorization",
-}  # fmt: skip
-
-
-def hold_record(
-    ctx: _Context, card: CardFacts, plan: _HoldPlan, *, amount_minor: int, fee_minor: int,
-    usage_keys: tuple[str, ...], billing_minor: int = 0,
-) -> HoldRecord:  # fmt: skip
-    """The hold of an approval (or of an off-ledger client's, on its shadow ledger): its
-    amount and fee, its transaction, its validity and the counters it was counted in."""
-    request = ctx.request
-    return HoldRecord(
-        id=new_id(),
-        account_id=card.account_id,
-        asset=request.billing_asset,
-        card_id=card.card_id,
-        source=request.source,
-        message_id=request.message_id,
-        network_reference=plan.network_reference,
-        amount_minor=amount_minor,
-        fee_minor=fee_minor,
-        expires_at=ctx.received + timedelta(days=plan.validity_days),
-        created_at=ctx.received,
-        kind=plan.kind,
-        usage_keys=usage_keys,
-        billing_minor=billing_minor,
-    )
-
-
-def _posted_fee(
-    ctx: _Context, card: CardFacts, program: ProgramRow, fee_minor: int
-) -> postings.Movement:
-    request = ctx.request
-    return postings.fee(
-        card.account_id, request.billing_asset, fee_minor, program.fee_account_id,
-        Origin(
-            new_id(), program.id, ctx.received, request.source, request.message_id,
-            f"authorisation fee ({_TYPE_LABELS.get(request.transaction_type)})",
-            request.network_reference, card.card_id,
-        ),
-    )  # fmt: skip
-
-
-def _fee_notification(
-    ctx: _Context, card: CardFacts, program: ProgramRow, result: AuthorizeOutcome
-) -> Notification:
-    """FEE (held or posted) or FEE_NOT_APPLIED (available did not cover it)."""
-    request = ctx.request
-    return Notification(
-        id=new_id(),
-        program_id=program.id,
-        kind="FEE_NOT_APPLIED" if result.fee_mode is FeeMode.NOT_APPLIED else "FEE",
-        payload={
-            "stage": "AUTHORIZATION",
-            "source": request.source,
-            "message_id": request.message_id,
-            "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
-            "response_code": outcome(result.reason).response_code,
-            "fee_minor": result.fee_minor,
-            "fee_mode": result.fee_mode.name,
-            "asset": request.billing_asset,
-            "amount_minor": request.billing_amount_minor,
-        },
-        created_at=ctx.received,
-        account_id=card.account_id,
-        card_id=card.card_id,
-        sinks=program.sinks,
-    )
-
-
-def _movement_of(
-    ctx: _Context, card: CardFacts, program: ProgramRow, result: AuthorizeOutcome,
-    plan: _HoldPlan, answer: AuthorizeAnswer,
-) -> tuple[Notification, ...]:  # fmt: skip
-    """The MOVEMENT notification of a subscribed programme (service/movements.py)."""
-    request = ctx.request
-    return authorization_movement(
-        program, account_id=card.account_id, card_id=card.card_id,
-        asset=request.billing_asset, held_minor=result.held_minor,
-        posted_fee_minor=result.posted_fee_minor, balance_after=result.balance,
-        created_at=ctx.received, source=request.source, message_id=request.message_id,
-        details={
-            "decision_id": answer.decision_id,
-            "response_code": outcome(answer.reason).response_code,
-            "network_reference": plan.network_reference,
-            "transaction_type": _TYPE_LABELS.get(request.transaction_type, "other"),
-            "amount_minor": request.billing_amount_minor,
-            "approved_minor": result.approved_minor, "fee_minor": result.fee_minor,
-            "fee_mode": result.fee_mode.name,
-        },
-    )  # fmt: skip
-
-
-def _usage_of(
-    request: AuthorizationRequest, card: CardFacts, result: AuthorizeOutcome, charges: Charges
-) -> tuple[UsageChange, ...]:
-    """What the decision adds to its limits' and free uses' counters."""
-    deltas = counter_deltas(
-        result.reason, zero_value=request.is_zero_value, approved_minor=result.approved_minor,
-        charged_minor=result.fee_minor, fee_mode=result.fee_mode, charges=charges,
-    )  # fmt: skip
-    return usage_changes(card.account_id, deltas, expiries_of(charges))
-
-
-def _conversion_of(ctx: _Context, conversion: Conversion) -> ConversionRecord:
-    request = ctx.request
-    return ConversionRecord(
-        request.source, request.message_id, "AUTHORIZATION", conversion, ctx.received
-    )
-
-
-def _approval_hold(
-    ctx: _Context, card: CardFacts, result: AuthorizeOutcome, plan: _HoldPlan, charges: Charges
-) -> HoldRecord:
-    return hold_record(
-        ctx, card, plan, amount_minor=result.held_minor, fee_minor=result.fee_minor,
-        usage_keys=tuple(c.key for c in charges.limits if c.key),
-        billing_minor=ctx.conversion.billing_minor if ctx.conversion else 0,
-    )  # fmt: skip

@@ -24,25 +24,14 @@ from authswitch.domain.fees import (
     schedule_in_force,
 )
 from authswitch.domain.limits import Limit, counter_for_limit, free_use_counter
-from authswitch.domain.records import UsageChange
 from authswitch.service.catalog import Catalog
 
-__all__ = ["ChargeCalculator", "is_international", "usage_changes"]
+__all__ = ["ChargeCalculator", "is_international"]
 
 
 def is_international(program: ProgramRow, merchant_country: str) -> bool:
     """A merchant outside the program's country; unknown countries count as domestic."""
     return bool(program.country and merchant_country and merchant_country != program.country)
-
-
-def usage_changes(
-    account_id: str, deltas: dict[str, tuple[int, int]], expiries: dict[str, datetime]
-) -> tuple[UsageChange, ...]:
-    return tuple(
-        UsageChange(account_id, key, amount, count, expiries[key])
-        for key, (amount, count) in deltas.items()
-        if amount or count
-    )
 
 
 class ChargeCalculator:
@@ -135,12 +124,3 @@ def _charges(
         transaction_type=transaction_type, asset=asset, at=at,
     )  # fmt: skip
     return Charges(fees.fixed_minor, fees.on_decline_minor, checks, tuple(free_uses))
-
-
-def expiries_of(charges: Charges) -> dict[str, datetime]:
-    """When each counter of ``charges`` runs out (for the durable usage rows)."""
-    found: dict[str, datetime] = {}
-    for check in (*charges.limits, *(f.counter for f in charges.free_uses)):
-        if check.key and check.expires_at is not None:
-            found[check.key] = check.expires_at
-    return found

@@ -13,13 +13,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from authswitch.adapters.postgres.disputes import DisputeStore, parse_id
 from authswitch.adapters.redis.cache import ApplyResult
-from authswitch.domain import postings
 from authswitch.domain.authorization import (
     MESSAGE_ID_LEN_MAX,
     NETWORK_REFERENCE_LEN_MAX,
@@ -28,7 +26,7 @@ from authswitch.domain.authorization import (
 )
 from authswitch.domain.cardsec import CardKeys
 from authswitch.domain.catalog import ProgramRow
-from authswitch.domain.codes import Code, Reason
+from authswitch.domain.codes import Code
 from authswitch.domain.disputes import (
     ClearingRow,
     DisputeEventRow,
@@ -51,12 +49,12 @@ from authswitch.domain.messages.disputes import (
 )
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
-from authswitch.domain.records import (
-    DecisionRecord,
-    DisputeChange,
-    DisputeOpening,
-    LedgerWrite,
-    Notification,
+from authswitch.domain.records import DisputeOpening, LedgerWrite
+from authswitch.domain.writes.disputes import (
+    PlannedStep,
+    refused_step,
+    step_movement,
+    step_write,
 )
 from authswitch.errors import InternalError, NotFound, PreconditionFailed, RequestError
 from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key
@@ -87,21 +85,6 @@ class DisputeReplies(Protocol):
     def chargeback(self, answer: NetworkStepAnswer) -> bytes: ...
 
     def represent(self, answer: NetworkStepAnswer) -> bytes: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """A step about to be written: what it is, who asked, and how it is answered."""
-
-    dispute: DisputeRow  # as it will be after the step
-    step: DisputeStep
-    from_status: DisputeStatus | None
-    plan: StepPlan
-    source: str
-    message_id: str
-    fingerprint: bytes
-    detail: dict[str, object]
-    opening: DisputeOpening | None = None
 
 
 class DisputeService:
@@ -170,7 +153,7 @@ class DisputeService:
                 )
             now = self.clock.now()
             dispute = _new_dispute(clearing, amount, request.reason_code, plan, on_ledger, now)
-            step = _Step(
+            step = PlannedStep(
                 dispute, DisputeStep.OPEN, None, plan, ADMIN_SOURCE, key, fingerprint,
                 {"actor": actor, "reason_code": request.reason_code},
                 opening=DisputeOpening(
@@ -296,25 +279,28 @@ class DisputeService:
         decision_id = str(uuid.uuid4())
         status = DisputeStatus(dispute.status) if dispute is not None else None
         response = encode(NetworkStepAnswer(response_code, status, decision_id=decision_id))
-        record = _decision(
-            request.source, request.message_id, fingerprint, response, decision_id,
-            self.clock.now(), dispute, amount_minor=request.amount_minor,
-            response_code=response_code,
+        return await self.poster.record(
+            refused_step(
+                source=request.source, message_id=request.message_id, fingerprint=fingerprint,
+                response=response, decision_id=decision_id, at=self.clock.now(),
+                dispute=dispute, amount_minor=request.amount_minor, response_code=response_code,
+            )
         )  # fmt: skip
-        return await self.poster.record(LedgerWrite(decision=record))
 
     # -- shared ---------------------------------------------------------------------------
 
     def _plan(
         self, dispute: DisputeRow, step: DisputeStep, source: str, message_id: str,
         fingerprint: bytes, **detail: str,
-    ) -> _Step:  # fmt: skip
+    ) -> PlannedStep:  # fmt: skip
         current = DisputeStatus(dispute.status)
         plan = plan_step(
             DisputeState(current, dispute.amount_minor, dispute.provisional_minor), step
         )
         after = _replace(dispute, plan, self.clock.now())
-        return _Step(after, step, current, plan, source, message_id, fingerprint, dict(detail))
+        return PlannedStep(
+            after, step, current, plan, source, message_id, fingerprint, dict(detail)
+        )
 
     async def _replay(self, source: str, message_id: str, fingerprint: bytes) -> bytes | None:
         """The reply stored with an operator's step already made, as it was stored."""
@@ -333,37 +319,22 @@ class DisputeService:
         return posted.decision.response
 
     async def _write(
-        self, step: _Step, program: ProgramRow,
+        self, step: PlannedStep, program: ProgramRow,
         respond: Callable[[str, str, Balance | None], bytes],
     ) -> Posted:  # fmt: skip
         """Write one step: through the cache when it changes the cardholder's balance."""
         dispute = step.dispute
-        now = dispute.updated_at
-        movement = _step_movement(step, program)
+        movement = step_movement(step=step, program=program, new_id=_new_uuid)
         entry_id = movement.entries[0].id if movement.entries else None
-        amount = dispute.amount_minor
-        change = _step_change(step, entry_id)
-        note = Notification(
-            id=str(uuid.uuid4()), program_id=program.id, kind="DISPUTE",
-            payload=_step_payload(step, entry_id), created_at=now,
-            account_id=dispute.account_id, card_id=dispute.card_id, sinks=program.sinks,
-        )  # fmt: skip
-        decision_id = str(uuid.uuid4())
+        decision_id, notification_id = str(uuid.uuid4()), str(uuid.uuid4())
         change_of_balance = movement.change if movement.changes else None
 
         def build(balance: Balance | None) -> LedgerWrite:
-            response = respond(decision_id, entry_id or "", balance)
-            record = _decision(
-                step.source, step.message_id, step.fingerprint, response, decision_id, now,
-                dispute, amount_minor=amount,
+            return step_write(
+                step=step, program=program, movement=movement, decision_id=decision_id,
+                notification_id=notification_id,
+                response=respond(decision_id, entry_id or "", balance),
             )  # fmt: skip
-            return LedgerWrite(
-                decision=record,
-                entries=movement.entries,
-                balance_changes=movement.changes,
-                notifications=(note,),
-                disputes=(change,),
-            )
 
         if change_of_balance is not None:
 
@@ -382,55 +353,8 @@ class DisputeService:
         return await self.poster.record(build(None))
 
 
-def _step_movement(step: _Step, program: ProgramRow) -> postings.Movement:
-    """What a step moves on the ledger: nothing off-ledger or when it moves no money."""
-    dispute, plan = step.dispute, step.plan
-    if not (dispute.on_ledger and plan.moves_money):
-        return postings.Movement(())
-    return postings.dispute_step(
-        dispute.account_id, dispute.asset, f"DISPUTE_{step.step.value}",
-        postings.Origin(
-            str(uuid.uuid4()), program.id, dispute.updated_at, step.source, step.message_id,
-            f"dispute {dispute.id} {step.step.value.lower().replace('_', ' ')}",
-            dispute.network_reference, dispute.card_id,
-        ),
-        (
-            (dispute.account_id, plan.customer_minor),
-            (program.clearing_account_id, plan.clearing_minor),
-            (program.dispute_account_id, plan.disputes_minor),
-        ),
-        customer_minor=plan.customer_minor,
-    )  # fmt: skip
-
-
-def _step_payload(step: _Step, entry_id: str | None) -> dict[str, object]:
-    """The DISPUTE notification of a step."""
-    dispute = step.dispute
-    return {
-        "dispute_id": dispute.id, "step": step.step.value,
-        "from_status": step.from_status.value if step.from_status else "",
-        "to_status": dispute.status, "amount_minor": dispute.amount_minor,
-        "asset": dispute.asset, "provisional_minor": dispute.provisional_minor,
-        # What the step does to the cardholder's balance, wherever that is kept: an
-        # off-ledger client applies it to its own ledger (docs/client-contract.md).
-        "customer_minor": step.plan.customer_minor,
-        "reason_code": dispute.reason_code, "network_reference": dispute.network_reference,
-        "clearing_source": dispute.clearing_source,
-        "clearing_message_id": dispute.clearing_message_id, "entry_id": entry_id or "",
-    }  # fmt: skip
-
-
-def _step_change(step: _Step, entry_id: str | None) -> DisputeChange:
-    """The dispute's row and history change of a step."""
-    dispute = step.dispute
-    return DisputeChange(
-        dispute_id=dispute.id, step=step.step.value,
-        from_status=step.from_status.value if step.from_status else None,
-        to_status=dispute.status, amount_minor=dispute.amount_minor,
-        provisional_minor=dispute.provisional_minor, source=step.source,
-        message_id=step.message_id, at=dispute.updated_at, entry_id=entry_id,
-        detail=step.detail, opening=step.opening,
-    )  # fmt: skip
+def _new_uuid() -> str:
+    return str(uuid.uuid4())
 
 
 def _on_ledger(program: ProgramRow) -> bool:
@@ -468,26 +392,8 @@ def _replace(dispute: DisputeRow, plan: StepPlan, now: datetime) -> DisputeRow:
     )  # fmt: skip
 
 
-def _decision(
-    source: str, message_id: str, fingerprint: bytes, response: bytes, decision_id: str,
-    now: datetime, dispute: DisputeRow | None, *, amount_minor: int,
-    response_code: str = Code.APPROVED,
-) -> DecisionRecord:  # fmt: skip
-    approved = response_code == Code.APPROVED
-    return DecisionRecord(
-        id=decision_id, source=source, message_id=message_id, kind="DISPUTE",
-        fingerprint=fingerprint, card_id=dispute.card_id if dispute else None,
-        account_id=dispute.account_id if dispute else None,
-        asset=dispute.asset if dispute else None, amount_minor=amount_minor,
-        approved_minor=amount_minor if approved else 0, fee_minor=0,
-        response_code=response_code,
-        reason=int(Reason.APPROVED if approved else Reason.TRANSACTION_NOT_PERMITTED),
-        response=response, created_at=now,
-    )  # fmt: skip
-
-
 def _admin_response(
-    step: _Step, encode: Callable[[DisputeRow, Balance | None], bytes]
+    step: PlannedStep, encode: Callable[[DisputeRow, Balance | None], bytes]
 ) -> Callable[[str, str, Balance | None], bytes]:
     def respond(_decision_id: str, _entry_id: str, balance: Balance | None) -> bytes:
         return encode(step.dispute, balance)
@@ -496,7 +402,7 @@ def _admin_response(
 
 
 def _network_response(
-    step: _Step, encode: Callable[[NetworkStepAnswer], bytes]
+    step: PlannedStep, encode: Callable[[NetworkStepAnswer], bytes]
 ) -> Callable[[str, str, Balance | None], bytes]:
     def respond(decision_id: str, entry_id: str, _balance: Balance | None) -> bytes:
         status = DisputeStatus(step.dispute.status)

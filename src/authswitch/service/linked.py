@@ -30,10 +30,10 @@ from authswitch.adapters.redis.cache import AuthorizeOutcome
 from authswitch.domain.authorization import PARTIAL_APPROVAL_TYPES, PinMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.messages.authorization import AuthorizeAnswer
-from authswitch.domain.records import CardUpdate, LedgerWrite, Notification
+from authswitch.domain.records import CardUpdate, Notification
+from authswitch.domain.writes.authorization import checks_declined, pin_effects, with_first_step
 from authswitch.service.authorization import AuthorizationService, Job
 from authswitch.service.ids import new_id
-from authswitch.service.pinblock import pin_effects
 
 __all__ = ["LinkedSpend"]
 
@@ -63,14 +63,13 @@ class LinkedSpend:
         response = self.auth.replies.authorize(
             AuthorizeAnswer(outcome.reason, decision_id=decision_id)
         )
-        updates, notes = _pin_effects(job, outcome)
-        write = LedgerWrite(
-            decision=self.auth.record(ctx, decision_id, outcome.reason, response, card, None),
-            card_updates=updates,
-            notifications=notes,
-        )
+        write = checks_declined(
+            arrival=ctx, card=card, program=job.program, checks=outcome, reason=outcome.reason,
+            pin_action=job.product.rules.pin_tries_exceeded_action, new_pvv=job.pre.new_pvv,
+            decision_id=decision_id, response=response, new_id=new_id,
+        )  # fmt: skip
         written = await self.auth.committer.submit(write)
-        if written.status is not WriteStatus.COMMITTED and updates:
+        if written.status is not WriteStatus.COMMITTED and write.card_updates:
             # The card's PIN state in the cache is ahead of Postgres: reload it (after this
             # decision's in-flight mark ends).
             self.auth.sync.refresh_later(card.account_id, written.status.value)
@@ -100,8 +99,7 @@ class LinkedSpend:
                 ctx, card, program, _PASSED, result, plan, charges, None,
                 product.rules.pin_tries_exceeded_action,
             )  # fmt: skip
-            write.card_updates = updates
-            write.notifications = (*notes, *write.notifications)
+            write = with_first_step(write, card_updates=updates, notifications=notes)
             stored = await auth.commit(card, result, write)
             if updates and (
                 stored.id != write.decision.id or stored.reason != write.decision.reason
@@ -120,7 +118,5 @@ def _pin_effects(
     return pin_effects(
         request=job.ctx.request, card=job.card, program=job.program,
         action=job.product.rules.pin_tries_exceeded_action, received=job.ctx.received,
-        pin_tries=outcome.pin_tries, pin_tries_changed=outcome.pin_tries_changed,
-        pin_changed=outcome.pin_changed, pin_blocked_now=outcome.pin_blocked_now,
-        new_pvv=job.pre.new_pvv,
+        result=outcome, new_pvv=job.pre.new_pvv, new_id=new_id,
     )  # fmt: skip

@@ -19,94 +19,20 @@ Redis step, no row.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 
 from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.ledger import Balance, BalanceChange
-from authswitch.domain.records import LedgerWrite, Notification
+from authswitch.domain.records import LedgerWrite
+from authswitch.domain.writes.movements import MOVEMENT, movement, subscribed
 from authswitch.service.ids import new_id
 
-__all__ = ["MOVEMENT", "authorization_movement", "movement", "subscribed", "with_movement"]
-
-MOVEMENT = "MOVEMENT"
+__all__ = ["MOVEMENT", "subscribed", "with_movement"]
 
 # The movement a balance-changing decision kind is (admin adjustments by their purpose).
 _KINDS = {
     "ADVICE": "ADVICE", "REVERSAL": "REVERSAL", "CLEARING": "CLEARING", "REFUND": "REFUND",
     "AGE_OFF": "AGE_OFF", "RELEASE": "RELEASE", "DISPUTE": "DISPUTE", "TRANSFER": "TRANSFER",
 }  # fmt: skip
-
-
-def subscribed(program: ProgramRow | None) -> bool:
-    return program is not None and program.movements and program.mode == "ON_LEDGER"
-
-
-def movement(
-    program: ProgramRow,
-    *,
-    kind: str,
-    account_id: str,
-    card_id: str | None,
-    asset: str,
-    actual_delta_minor: int,
-    authorized_delta_minor: int,
-    balance_after: Balance | None,
-    created_at: datetime,
-    source: str,
-    message_id: str,
-    details: Mapping[str, object] | None = None,
-) -> Notification:
-    """One MOVEMENT notification (the caller checks the subscription)."""
-    payload: dict[str, object] = dict(details or {})
-    payload.update(
-        movement=kind, source=source, message_id=message_id, asset=asset,
-        actual_delta_minor=actual_delta_minor, authorized_delta_minor=authorized_delta_minor,
-        available_delta_minor=actual_delta_minor - authorized_delta_minor,
-    )  # fmt: skip
-    if balance_after is not None:
-        payload["balance_after"] = {
-            "actual_minor": balance_after.actual_minor,
-            "available_minor": balance_after.available_minor,
-            "authorized_minor": balance_after.authorized_minor,
-        }
-    return Notification(
-        id=new_id(),
-        program_id=program.id,
-        kind=MOVEMENT,
-        payload=payload,
-        created_at=created_at,
-        account_id=account_id,
-        card_id=card_id,
-        sinks=program.sinks,
-    )
-
-
-def authorization_movement(
-    program: ProgramRow,
-    *,
-    account_id: str,
-    card_id: str,
-    asset: str,
-    held_minor: int,
-    posted_fee_minor: int,
-    balance_after: Balance | None,
-    created_at: datetime,
-    source: str,
-    message_id: str,
-    details: Mapping[str, object],
-) -> tuple[Notification, ...]:
-    """The MOVEMENT of an authorisation, approved (its hold, with the fee) or declined
-    (nothing moved, or a posted decline fee), when ``program`` is subscribed."""
-    if not subscribed(program):
-        return ()
-    return (
-        movement(
-            program, kind="AUTHORIZATION", account_id=account_id, card_id=card_id, asset=asset,
-            actual_delta_minor=-posted_fee_minor, authorized_delta_minor=held_minor,
-            balance_after=balance_after, created_at=created_at, source=source,
-            message_id=message_id, details=details,
-        ),
-    )  # fmt: skip
 
 
 def with_movement(
@@ -136,7 +62,8 @@ def with_movement(
     details.setdefault("decision_id", decision.id)
     notes = [
         movement(
-            program, kind=kind, account_id=change.account_id, card_id=decision.card_id,
+            program, notification_id=new_id(), kind=kind, account_id=change.account_id,
+            card_id=decision.card_id,
             asset=change.asset, actual_delta_minor=change.actual_delta_minor,
             authorized_delta_minor=change.authorized_delta_minor, balance_after=balance_after,
             created_at=decision.created_at, source=decision.source,
@@ -147,7 +74,8 @@ def with_movement(
         if other.account_id != change.account_id:
             notes.append(
                 movement(
-                    program, kind=kind, account_id=other.account_id, card_id=None,
+                    program, notification_id=new_id(), kind=kind,
+                    account_id=other.account_id, card_id=None,
                     asset=other.asset, actual_delta_minor=other.actual_delta_minor,
                     authorized_delta_minor=other.authorized_delta_minor, balance_after=None,
                     created_at=decision.created_at, source=decision.source,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from datetime import datetime
 from typing import Any
 
 from authswitch import metrics
@@ -23,12 +24,12 @@ from authswitch.adapters.redis.cache import (
     LedgerCache,
     Miss,
 )
-from authswitch.domain import postings
-from authswitch.domain.codes import Check, Reason, outcome
+from authswitch.domain.codes import Check, Reason
 from authswitch.domain.limits import Period, period_bounds
 from authswitch.domain.messages.authorization import AuthorizeAnswer
 from authswitch.domain.messages.decision import ClientReply, DecideAsk
 from authswitch.domain.offledger import (
+    Assessed,
     BreakerState,
     CircuitBreaker,
     ClientAnswer,
@@ -37,25 +38,23 @@ from authswitch.domain.offledger import (
     StandInReason,
     check_answer,
 )
-from authswitch.domain.postings import Origin
-from authswitch.domain.records import (
-    CardUpdate,
-    ClientCall,
-    LedgerWrite,
-    Notification,
-    UsageChange,
+from authswitch.domain.records import ClientCall, LedgerWrite
+from authswitch.domain.writes.authorization import StandIn
+from authswitch.domain.writes.offledger import (
+    FEE_NOT_APPLIED,
+    FEE_NOTIFIED,
+    FEE_POSTED,
+    client_answered,
+    declined_by_checks,
+    mirrored,
+    stand_in_call,
+    stand_in_write,
 )
 from authswitch.errors import ClientCallFailed, ClientTimedOut, StoreUnavailable
-from authswitch.service.authorization import (
-    AuthorizationService,
-    Job,
-    StandIn,
-    hold_record,
-)
+from authswitch.service.authorization import AuthorizationService, Job
 from authswitch.service.clock import Clock
 from authswitch.service.ids import new_id
-from authswitch.service.offledger_limits import Assessed, OffLedgerCharges
-from authswitch.service.pinblock import pin_effects
+from authswitch.service.offledger_limits import OffLedgerCharges
 
 __all__ = ["OffLedgerService"]
 
@@ -67,7 +66,6 @@ _CORE_CHECKS = (
 )  # fmt: skip
 _CORE_CHECK_NAMES = tuple(check.name for check in _CORE_CHECKS)
 _STAND_IN_LABELS = {r: r.name.lower() for r in StandInReason}
-_APPROVALS = frozenset({Reason.APPROVED, Reason.PARTIALLY_APPROVED})
 
 
 class OffLedgerService:
@@ -149,24 +147,11 @@ class OffLedgerService:
                 detail=detail,
             )
         )  # fmt: skip
-        record = self.auth.record(ctx, decision_id, reason, response, card, None)
-        notifications = self._pin_notification(job, checks)
-        usage: tuple[UsageChange, ...] = ()
-        if assessed is not None:
-            notifications += self._fee_notifications(job, assessed, reason, "NOTIFIED")
-            usage = assessed.counted.usage() if assessed.counted else ()
-        return LedgerWrite(
-            decision=record,
-            card_updates=self._card_updates(job, checks),
-            usage=usage,
-            notifications=notifications,
-        )
-
-    def _card_updates(self, job: Job, checks: AuthorizeOutcome) -> tuple[CardUpdate, ...]:
-        return _pin_effects(job, checks)[0]
-
-    def _pin_notification(self, job: Job, checks: AuthorizeOutcome) -> tuple[Notification, ...]:
-        return _pin_effects(job, checks)[1]
+        return declined_by_checks(
+            arrival=ctx, card=card, program=job.program, checks=checks, reason=reason,
+            pin_action=job.product.rules.pin_tries_exceeded_action, new_pvv=job.pre.new_pvv,
+            decision_id=decision_id, response=response, assessed=assessed, new_id=new_id,
+        )  # fmt: skip
 
     async def _ask(self, job: Job, checks: AuthorizeOutcome) -> StoredDecision:
         """Every core check passed: ask the client, or stand in."""
@@ -250,7 +235,7 @@ class OffLedgerService:
         self, job: Job, checks: AuthorizeOutcome, answer: ClientAnswer, latency_us: int,
         assessed: Assessed, decision_id: str,
     ) -> StoredDecision:  # fmt: skip
-        ctx, card, program = job.ctx, job.card, job.program
+        ctx, program = job.ctx, job.program
         request = ctx.request
         approved = answer.reason in (Reason.APPROVED, Reason.PARTIALLY_APPROVED)
         counted, fee = assessed.counted, assessed.fee_minor
@@ -258,7 +243,6 @@ class OffLedgerService:
             await self.charges.approve(counted, answer.approved_minor + fee)
         else:  # a decline counts its decline fee only
             await self.charges.decline(counted, assessed.decline_fee_minor)
-        usage = counted.usage() if counted is not None else ()
         response = self.auth.replies.authorize(
             AuthorizeAnswer(
                 answer.reason,
@@ -270,51 +254,35 @@ class OffLedgerService:
                 response_code=answer.response_code,
             )
         )
-        record = self.auth.record(ctx, decision_id, answer.reason, response, card, None)
-        call = ClientCall(
-            source=request.source,
-            message_id=request.message_id,
-            program_id=program.id,
-            outcome="CLIENT",
-            created_at=ctx.received,
-            client_decision=answer.reason.name,
-            client_response_code=answer.response_code,
-            client_reason=answer.client_reason,
-            latency_us=latency_us,
-        )
-        if approved and counted is not None:
-            call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
-            call.network_reference = request.network_reference
         shadow = program.routing is not None and program.routing.stand_in is StandInPolicy.SHADOW
-        write = LedgerWrite(
-            decision=record,
-            card_updates=self._card_updates(job, checks),
-            usage=usage,
-            notifications=self._pin_notification(job, checks),
-            client_calls=(call,),
-        )
-        code = answer.response_code
-        if approved:
-            write.notifications += self._fee_notifications(
-                job, assessed, answer.reason, response_code=code
-            )
-            if shadow:
-                return await self._mirror(job, write, answer.approved_minor + fee)
-        elif shadow and assessed.decline_fee_minor:
+        if not approved and shadow and assessed.decline_fee_minor:
             # The shadow ledger charges the decline fee as an on-ledger programme would.
-            return await self._post_decline_fee(job, checks, write, assessed, answer.reason, code)
-        else:
-            write.notifications += self._fee_notifications(
-                job, assessed, answer.reason, response_code=code
+            return await self._post_decline_fee(
+                job, checks, answer, latency_us, assessed, decision_id, response
             )
+        write = self._client_answered(
+            job, checks, answer, latency_us, assessed, FEE_NOTIFIED, decision_id, response
+        )
+        if approved and shadow:
+            return await self._mirror(job, write, answer.approved_minor + fee)
         return await self._commit(job, checks, write)
+
+    def _client_answered(
+        self, job: Job, checks: AuthorizeOutcome, answer: ClientAnswer, latency_us: int,
+        assessed: Assessed, fee_mode: str, decision_id: str, response: bytes,
+    ) -> LedgerWrite:  # fmt: skip
+        return client_answered(
+            arrival=job.ctx, card=job.card, program=job.program, checks=checks,
+            pin_action=job.product.rules.pin_tries_exceeded_action, new_pvv=job.pre.new_pvv,
+            answer=answer, latency_us=latency_us, assessed=assessed, fee_mode=fee_mode,
+            decision_id=decision_id, response=response, new_id=new_id,
+        )  # fmt: skip
 
     async def _mirror(self, job: Job, write: LedgerWrite, amount_minor: int) -> StoredDecision:
         """Keep the shadow ledger of a SHADOW program in step with the client: the client's
         approval is held there too, without a funds check (the client decided)."""
         ctx, card = job.ctx, job.card
         request = ctx.request
-        change = postings.hold(card.account_id, request.billing_asset, amount_minor)
         applied = await self.cache.apply(
             account_id=card.account_id, asset=request.billing_asset, actual_delta_minor=0,
             held_delta_minor=amount_minor, requires_funds=False,
@@ -325,58 +293,23 @@ class OffLedgerService:
             self.auth.sync.refresh_later(card.account_id, "shadow")
             return await self._commit_plain(write)
         plan = await self.auth.hold_plan(job)
-        hold = hold_record(
-            ctx, card, plan, amount_minor=amount_minor, fee_minor=0,
-            # A reversal or clearing of the hold adjusts the limits it counted.
-            usage_keys=tuple(k for c in write.client_calls for k in c.usage_keys),
+        held = mirrored(
+            write=write, arrival=ctx, card=card, plan=plan, amount_minor=amount_minor,
+            hold_id=new_id(),
         )  # fmt: skip
-        mirrored = LedgerWrite(
-            decision=write.decision,
-            holds=(hold,),
-            balance_changes=(change,),
-            usage=write.usage,
-            card_updates=write.card_updates,
-            notifications=write.notifications,
-            client_calls=write.client_calls,
-        )
-        written = await self.committer.submit(mirrored)
+        written = await self.committer.submit(held)
         if written.status is not WriteStatus.COMMITTED or written.pre_reversed_minor:
             self.auth.sync.refresh_later(card.account_id, "shadow")
         return written.decision
 
-    def _fee_notifications(
-        self, job: Job, assessed: Assessed, decided: Reason, mode: str = "NOTIFIED",
-        response_code: str = "",
-    ) -> tuple[Notification, ...]:  # fmt: skip
-        """The FEE notification of a decision (seed 004: "fees are communicated to you via
-        webhook"): the fee of an approval, or the decline fee of a decline, with the rules
-        that make it up and the transaction it belongs to. ``mode``: NOTIFIED (the client
-        applies it), or what the shadow ledger did (POSTED, NOT_APPLIED)."""
-        declined = decided not in _APPROVALS
-        fee = assessed.decline_fee_minor if declined else assessed.fee_minor
-        if not fee:
-            return ()
-        request = job.ctx.request
-        payload = {
-            "stage": "AUTHORIZATION", "source": request.source,
-            "message_id": request.message_id, "network_reference": request.network_reference,
-            "response_code": response_code or outcome(decided).response_code, "fee_minor": fee,
-            "asset": request.billing_asset, "amount_minor": request.billing_amount_minor,
-            "fee_mode": mode, "on_decline": declined,
-            "rules": [line.payload() for line in assessed.lines(declined=declined)],
-        }  # fmt: skip
-        kind = "FEE_NOT_APPLIED" if mode == "NOT_APPLIED" else "FEE"
-        return (_notification(job, kind, payload),)
-
     async def _post_decline_fee(
-        self, job: Job, checks: AuthorizeOutcome, write: LedgerWrite, assessed: Assessed,
-        decided: Reason, code: str,
+        self, job: Job, checks: AuthorizeOutcome, answer: ClientAnswer, latency_us: int,
+        assessed: Assessed, decision_id: str, response: bytes,
     ) -> StoredDecision:  # fmt: skip
         """A client's decline on a SHADOW programme: the decline fee is taken from the
         shadow ledger's actual and available balance when available covers it, else not
         applied (seed 004), and the client is told which."""
-        ctx, card, program = job.ctx, job.card, job.program
-        request = ctx.request
+        card, request = job.card, job.ctx.request
         fee = assessed.decline_fee_minor
         applied = await self.cache.apply(
             account_id=card.account_id, asset=request.billing_asset, actual_delta_minor=-fee,
@@ -385,19 +318,14 @@ class OffLedgerService:
         if not isinstance(applied, ApplyResult) or applied.status != "OK":
             # Not covered (or the state is not loaded, or holds no such asset): nothing
             # changed in the shadow ledger, and the client is told the fee was not applied.
-            write.notifications += self._fee_notifications(
-                job, assessed, decided, "NOT_APPLIED", code
-            )
+            write = self._client_answered(
+                job, checks, answer, latency_us, assessed, FEE_NOT_APPLIED, decision_id,
+                response,
+            )  # fmt: skip
             return await self._commit(job, checks, write)
-        write.notifications += self._fee_notifications(job, assessed, decided, "POSTED", code)
-        taken = postings.fee(
-            card.account_id, request.billing_asset, fee, program.fee_account_id,
-            Origin(
-                new_id(), program.id, ctx.received, request.source, request.message_id,
-                "decline fee", request.network_reference, card.card_id,
-            ),
-        )  # fmt: skip
-        write.balance_changes, write.entries = taken.changes, taken.entries
+        write = self._client_answered(
+            job, checks, answer, latency_us, assessed, FEE_POSTED, decision_id, response
+        )
         written = await self.committer.submit(write)
         if written.status is not WriteStatus.COMMITTED:  # nothing durable: take it back
             await self.cache.adjust(card.account_id, applied.epoch, request.billing_asset, fee, 0)
@@ -414,22 +342,18 @@ class OffLedgerService:
         routing = program.routing
         policy = routing.stand_in if routing is not None else StandInPolicy.DECLINE
         metrics.STAND_INS.labels(_STAND_IN_LABELS[reason], policy.value.lower()).inc()
-        call = _stand_in_call(job, reason, policy, latency_us, wire)
         if policy is StandInPolicy.SHADOW:
+            call = stand_in_call(request, ctx.received, program, reason, policy, latency_us, wire)
             return await self._stand_in_shadow(job, assessed, reason, policy, call)
 
         decision_id = new_id()
-        approved = False
-        usage: tuple[UsageChange, ...] = ()
+        counter: tuple[str, datetime] | None = None
         if policy is StandInPolicy.APPROVE and routing is not None:
-            approved, usage = await self._within_stand_in_limits(job, routing)
+            counter = await self._within_stand_in_limits(job, routing)
+        approved = counter is not None
         counted, fee = assessed.counted, assessed.fee_minor
         if approved:
             await self.charges.approve(counted, request.billing_amount_minor + fee)
-            if counted is not None:
-                usage += counted.usage()
-                call.usage_keys, call.usage_minor = counted.keys, counted.amount_minor
-                call.network_reference = request.network_reference
         else:  # 91: the issuer was unavailable, no decline fee
             await self.charges.decline(counted, 0)
         reason_code = Reason.APPROVED if approved else Reason.CLIENT_UNAVAILABLE
@@ -442,25 +366,13 @@ class OffLedgerService:
             decision_id=decision_id,
             stand_in_reason=reason.value,
         )
-        record = self.auth.record(
-            ctx, decision_id, reason_code, self.auth.replies.authorize(answer), card, None
-        )
-        notifications = self._pin_notification(job, checks)
-        if approved:
-            notifications += (
-                _stand_in_advice(
-                    job, reason, policy, outcome(reason_code).response_code,
-                    request.billing_amount_minor, fee, answer.authorization_code,
-                ),
-            )  # fmt: skip
-            notifications += self._fee_notifications(job, assessed, reason_code)
-        write = LedgerWrite(
-            decision=record,
-            card_updates=self._card_updates(job, checks),
-            usage=usage,
-            notifications=notifications,
-            client_calls=(call,),
-        )
+        write = stand_in_write(
+            arrival=ctx, card=card, program=program, checks=checks,
+            pin_action=job.product.rules.pin_tries_exceeded_action, new_pvv=job.pre.new_pvv,
+            reason=reason, policy=policy, latency_us=latency_us, wire=wire,
+            stand_in_counter=counter, assessed=assessed, answer=answer,
+            response=self.auth.replies.authorize(answer), new_id=new_id,
+        )  # fmt: skip
         return await self._commit(job, checks, write)
 
     async def _stand_in_shadow(
@@ -473,35 +385,23 @@ class OffLedgerService:
         card, request = job.card, job.ctx.request
         await self.charges.decline(assessed.counted, 0)
         await self.cache.forget_marker(card.account_id, request.source, request.message_id)
-
-        def advise(
-            decided: Reason, approved_minor: int, fee_minor: int, code: str
-        ) -> tuple[Notification, ...]:
-            # What the shadow ledger decided: an approval (full or partial) is advised with
-            # its code and amounts; a decline holds nothing and is not advised.
-            if decided not in _APPROVALS:
-                return ()
-            return (
-                _stand_in_advice(
-                    job, reason, policy, outcome(decided).response_code, approved_minor,
-                    fee_minor, code,
-                ),
-            )  # fmt: skip
-
-        return await self.auth.on_ledger(job, StandIn(reason.value, call, advise))
+        # What the shadow ledger decides is written as an on-ledger decision, with this call
+        # and (an approval, full or partial) the stand-in's advice.
+        return await self.auth.on_ledger(job, StandIn(reason, policy, call))
 
     async def _within_stand_in_limits(
         self, job: Job, routing: ClientRouting
-    ) -> tuple[bool, tuple[UsageChange, ...]]:
+    ) -> tuple[str, datetime] | None:
         """Whether a stand-in approval fits the per-transaction and per-day limits; counts
-        it atomically per card and day when it does."""
+        it atomically per card and day when it does, and returns that counter (its key and
+        expiry)."""
         ctx, card = job.ctx, job.card
         request = ctx.request
         amount = request.billing_amount_minor
         if request.billing_asset != routing.stand_in_asset:
-            return False, ()
+            return None
         if amount > routing.stand_in_transaction_max_minor:
-            return False, ()
+            return None
         label, previous, ends = period_bounds(Period.DAY, ctx.received, job.program.time_zone)
         key, previous_key = f"S:{card.card_id}:{label}", f"S:{card.card_id}:{previous}"
         added = await self.cache.add_within(
@@ -513,8 +413,8 @@ class OffLedgerService:
             # runs in (a reload here would wait for that mark, its own).
             raise StoreUnavailable("the account's cached state went away during a decision")
         if not added:
-            return False, ()
-        return True, (UsageChange(card.account_id, key, amount, 1, ends),)
+            return None
+        return key, ends
 
     async def _commit(
         self, job: Job, checks: AuthorizeOutcome, write: LedgerWrite
@@ -530,81 +430,8 @@ class OffLedgerService:
         return (await self.committer.submit(write)).decision
 
 
-def _pin_effects(
-    job: Job, checks: AuthorizeOutcome
-) -> tuple[tuple[CardUpdate, ...], tuple[Notification, ...]]:
-    return pin_effects(
-        request=job.ctx.request, card=job.card, program=job.program,
-        action=job.product.rules.pin_tries_exceeded_action, received=job.ctx.received,
-        pin_tries=checks.pin_tries, pin_tries_changed=checks.pin_tries_changed,
-        pin_changed=checks.pin_changed, pin_blocked_now=checks.pin_blocked_now,
-        new_pvv=job.pre.new_pvv,
-    )  # fmt: skip
-
-
 def _auth_code() -> str:
     return f"{secrets.randbelow(1_000_000):06d}"
-
-
-def _notification(job: Job, kind: str, payload: dict[str, object]) -> Notification:
-    return Notification(
-        id=new_id(),
-        program_id=job.program.id,
-        kind=kind,
-        payload=payload,
-        created_at=job.ctx.received,
-        account_id=job.card.account_id,
-        card_id=job.card.card_id,
-        sinks=job.program.sinks,
-    )
-
-
-def _advice_payload(job: Job, reason: StandInReason, policy: StandInPolicy) -> dict[str, object]:
-    request = job.ctx.request
-    return {
-        "source": request.source,
-        "message_id": request.message_id,
-        "network_reference": request.network_reference,
-        "transaction_type": request.transaction_type,
-        "amount_minor": request.billing_amount_minor,
-        "asset": request.billing_asset,
-        "stand_in_reason": reason.name,
-        "stand_in_policy": policy.value,
-    }
-
-
-def _stand_in_call(
-    job: Job, reason: StandInReason, policy: StandInPolicy, latency_us: int | None,
-    wire: ClientReply | None,
-) -> ClientCall:  # fmt: skip
-    """The record of a client call answered by standing in; ``wire``: the client's answer,
-    when it gave one that could not be used."""
-    request = job.ctx.request
-    return ClientCall(
-        source=request.source,
-        message_id=request.message_id,
-        program_id=job.program.id,
-        outcome="STAND_IN",
-        created_at=job.ctx.received,
-        stand_in_reason=reason.name,
-        stand_in_policy=policy.value,
-        client_decision=wire.decision_name if wire else "",
-        client_response_code=wire.response_code[:8] if wire else "",
-        latency_us=latency_us,
-    )
-
-
-def _stand_in_advice(
-    job: Job, reason: StandInReason, policy: StandInPolicy, response_code: str,
-    approved_minor: int, fee_minor: int, authorization_code: str,
-) -> Notification:  # fmt: skip
-    """The STAND_IN_ADVICE notification of an approval made standing in."""
-    payload = _advice_payload(job, reason, policy)
-    payload.update(
-        response_code=response_code, approved_minor=approved_minor, fee_minor=fee_minor,
-        authorization_code=authorization_code,
-    )  # fmt: skip
-    return _notification(job, "STAND_IN_ADVICE", payload)
 
 
 def _decide_request(job: Job, decision_id: str, fee: int, left_ms: int) -> DecideAsk:

@@ -1,0 +1,126 @@
+"""The writes of operators' calls that move money or change a card (service/admin.py,
+service/accounts.py): an adjustment's movement, the decision an admin call's movement is
+written with (keyed by its idempotency key under ``ADMIN_SOURCE``), and the notifications of
+a card's status changed or expired.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from authswitch.domain import postings
+from authswitch.domain.authorization import CardStatus
+from authswitch.domain.catalog import ProgramRow
+from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.postings import Origin
+from authswitch.domain.records import DecisionRecord, LedgerWrite, Notification
+
+__all__ = [
+    "ADMIN_SOURCE",
+    "adjustment",
+    "admin_record",
+    "admin_write",
+    "card_expired",
+    "card_status_changed",
+]
+
+# Admin adjustments share the decisions table; their idempotency keys live under this source.
+ADMIN_SOURCE = "admin"
+
+
+def adjustment(
+    *, account_id: str, program: ProgramRow, asset: str, amount_minor: int, credit: bool,
+    purpose: str, description: str, key: str, entry_id: str, at: datetime,
+    allow_negative: bool,
+) -> postings.Movement:  # fmt: skip
+    """An operator's credit or debit of a customer account, against the programme's
+    clearing account (or, for a FEE, its fee income account); a debit must not take
+    available below zero unless ``allow_negative``."""
+    counter = program.fee_account_id if purpose == "FEE" else program.clearing_account_id
+    return postings.adjustment(
+        account_id, asset, amount_minor if credit else -amount_minor, counter, purpose,
+        Origin(entry_id, program.id, at, ADMIN_SOURCE, key, description),
+        requires_funds=not credit and not allow_negative,
+    )  # fmt: skip
+
+
+def admin_write(
+    *, movement: postings.Movement, decision_id: str, key: str, kind: str,
+    fingerprint: bytes, account_id: str, asset: str, amount_minor: int, at: datetime,
+    response: bytes,
+) -> LedgerWrite:  # fmt: skip
+    """An admin call that moves money on ``account_id`` (an adjustment, a transfer): the
+    movement with the call's decision, keyed (ADMIN_SOURCE, its idempotency key) and
+    answered ``response``; refused (recorded INSUFFICIENT_FUNDS, with no reply) if Postgres
+    finds the funds short."""
+
+    def record(reason: Reason, reply: bytes) -> DecisionRecord:
+        return admin_record(
+            decision_id=decision_id, key=key, kind=kind, fingerprint=fingerprint,
+            account_id=account_id, asset=asset, amount_minor=amount_minor, reason=reason,
+            response=reply, at=at,
+        )  # fmt: skip
+
+    return LedgerWrite(
+        decision=record(Reason.APPROVED, response),
+        balance_changes=movement.changes,
+        entries=movement.entries,
+        refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
+    )
+
+
+def admin_record(
+    *, decision_id: str, key: str, kind: str, fingerprint: bytes, account_id: str,
+    asset: str, amount_minor: int, reason: Reason, response: bytes, at: datetime,
+) -> DecisionRecord:  # fmt: skip
+    return DecisionRecord(
+        id=decision_id,
+        source=ADMIN_SOURCE,
+        message_id=key,
+        kind=kind,
+        fingerprint=fingerprint,
+        card_id=None,
+        account_id=account_id,
+        asset=asset,
+        amount_minor=amount_minor,
+        approved_minor=amount_minor if reason is Reason.APPROVED else 0,
+        fee_minor=0,
+        response_code=outcome(reason).response_code,
+        reason=int(reason),
+        response=response,
+        created_at=at,
+    )
+
+
+def card_status_changed(
+    *, notification_id: str, program_id: str, account_id: str, card_id: str,
+    previous: CardStatus, status: CardStatus, reason: str, at: datetime,
+    sinks: tuple[str, ...],
+) -> Notification:  # fmt: skip
+    return Notification(
+        id=notification_id,
+        program_id=program_id,
+        kind="CARD_STATUS_CHANGED",
+        payload={"from": previous.name, "to": status.name, "reason": reason},
+        created_at=at,
+        account_id=account_id,
+        card_id=card_id,
+        sinks=sinks,
+    )
+
+
+def card_expired(
+    *, notification_id: str, program_id: str, account_id: str, card_id: str, month: str,
+    at: datetime, sinks: tuple[str, ...],
+) -> Notification:  # fmt: skip
+    """A card set EXPIRED past its expiry ``month`` (YYMM)."""
+    return Notification(
+        id=notification_id,
+        program_id=program_id,
+        kind="CARD_EXPIRED",
+        payload={"month": month},
+        created_at=at,
+        account_id=account_id,
+        card_id=card_id,
+        sinks=sinks,
+    )
