@@ -12,11 +12,17 @@ import asyncpg
 import pytest
 
 from authswitch import metrics
-from authswitch.adapters.postgres.committer import GroupCommitter, WriteResult, WriteStatus
+from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.onestatement import BatchRefused, suits, write_at_once
 from authswitch.app import Application
 from authswitch.domain.ledger import BalanceChange
-from authswitch.domain.records import DecisionRecord, HoldRecord, LedgerWrite
+from authswitch.domain.records import (
+    DecisionRecord,
+    HoldRecord,
+    LedgerWrite,
+    WriteResult,
+    WriteStatus,
+)
 from authswitch.service.ids import new_id
 from tests.support.ledger import Ledger
 

@@ -15,7 +15,6 @@ from typing import Protocol
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
 from authswitch.adapters.postgres.catalog import CatalogStore
-from authswitch.adapters.postgres.committer import StoredDecision
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
@@ -50,7 +49,7 @@ from authswitch.domain.messages.admin import Adjustment, AdjustmentAnswer
 from authswitch.domain.money import AMOUNT_MAX_MINOR, Asset, AssetCategory
 from authswitch.domain.networkdata import PosEntryMode
 from authswitch.domain.offledger import ClientRouting, StandInPolicy
-from authswitch.domain.records import LedgerWrite, Notification
+from authswitch.domain.records import LedgerWrite, Notification, StoredDecision
 from authswitch.domain.writes import admin as writes
 from authswitch.domain.writes.admin import ADMIN_SOURCE
 from authswitch.errors import AlreadyExists, PreconditionFailed, RequestError

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from authswitch import metrics
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.controls import ControlStore
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.redis.cache import AuthorizeOutcome, Duplicate, LedgerCache, Miss
@@ -44,7 +44,7 @@ from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.fx import Conversion, FxRate, RateProblem, convert_billing, converted_into
 from authswitch.domain.lifecycle import hold_validity_days
 from authswitch.domain.messages.authorization import AuthorizeAnswer
-from authswitch.domain.records import DecisionRecord, LedgerWrite
+from authswitch.domain.records import DecisionRecord, LedgerWrite, StoredDecision, WriteStatus
 from authswitch.domain.writes.authorization import (
     TYPE_LABELS,
     HoldPlan,

@@ -20,7 +20,6 @@ from typing import Protocol
 
 from authswitch.adapters.postgres.audit import AuditStore
 from authswitch.adapters.postgres.cards import CardStore
-from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.postgres.ledger import LedgerStore
 from authswitch.adapters.postgres.offledger_usage import return_usage, settle_usage
@@ -77,7 +76,7 @@ from authswitch.domain.messages.lifecycle import (
 )
 from authswitch.domain.money import AMOUNT_MAX_MINOR
 from authswitch.domain.offledger import StandInPolicy
-from authswitch.domain.records import LedgerWrite
+from authswitch.domain.records import LedgerWrite, StoredDecision, WriteStatus
 from authswitch.domain.writes import lifecycle as writes
 from authswitch.errors import InternalError, NotFound, PreconditionFailed
 from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key

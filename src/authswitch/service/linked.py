@@ -25,12 +25,11 @@ same linked account (:meth:`CardFacts.spending`); reversals follow the hold.
 
 from __future__ import annotations
 
-from authswitch.adapters.postgres.committer import StoredDecision, WriteStatus
 from authswitch.adapters.redis.cache import AuthorizeOutcome
 from authswitch.domain.authorization import PARTIAL_APPROVAL_TYPES, PinMode, PreChecks
 from authswitch.domain.codes import Reason
 from authswitch.domain.messages.authorization import AuthorizeAnswer
-from authswitch.domain.records import CardUpdate, Notification
+from authswitch.domain.records import CardUpdate, Notification, StoredDecision, WriteStatus
 from authswitch.domain.writes.authorization import checks_declined, pin_effects, with_first_step
 from authswitch.service.authorization import AuthorizationService, Job
 from authswitch.service.ids import new_id

@@ -17,7 +17,7 @@ from typing import Any
 
 from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
-from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.redis.cache import (
     ApplyResult,
     AuthorizeOutcome,
@@ -38,7 +38,7 @@ from authswitch.domain.offledger import (
     StandInReason,
     check_answer,
 )
-from authswitch.domain.records import ClientCall, LedgerWrite
+from authswitch.domain.records import ClientCall, LedgerWrite, StoredDecision, WriteStatus
 from authswitch.domain.writes.authorization import StandIn
 from authswitch.domain.writes.offledger import (
     FEE_NOT_APPLIED,

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
 
-from authswitch.adapters.postgres.committer import GroupCommitter, StoredDecision, WriteStatus
+from authswitch.adapters.postgres.committer import GroupCommitter
 from authswitch.adapters.postgres.holds import HoldStore
 from authswitch.adapters.redis.cache import ApplyResult, Duplicate, LedgerCache, Miss
 from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.ledger import Balance, BalanceChange
-from authswitch.domain.records import LedgerWrite
+from authswitch.domain.records import LedgerWrite, StoredDecision, WriteStatus
 from authswitch.errors import InternalError
 from authswitch.service.cache_sync import CacheSync
 from authswitch.service.movements import with_movement

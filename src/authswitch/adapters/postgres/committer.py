@@ -59,9 +59,6 @@ from authswitch.futures import Detached, outlive_cancel
 
 __all__ = [
     "GroupCommitter",
-    "StoredDecision",
-    "WriteResult",
-    "WriteStatus",
     "stored_decision_of",
     "write_notifications",
 ]
