@@ -11,14 +11,14 @@ from datetime import datetime
 from authswitch.domain import postings
 from authswitch.domain.authorization import CardStatus
 from authswitch.domain.catalog import ProgramRow
-from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.codes import Reason
 from authswitch.domain.postings import Origin
 from authswitch.domain.records import DecisionRecord, LedgerWrite, Notification
+from authswitch.domain.writes.common import decision
 
 __all__ = [
     "ADMIN_SOURCE",
     "adjustment",
-    "admin_record",
     "admin_write",
     "card_expired",
     "card_status_changed",
@@ -55,10 +55,10 @@ def admin_write(
     finds the funds short."""
 
     def record(reason: Reason, reply: bytes) -> DecisionRecord:
-        return admin_record(
-            decision_id=decision_id, key=key, kind=kind, fingerprint=fingerprint,
-            account_id=account_id, asset=asset, amount_minor=amount_minor, reason=reason,
-            response=reply, at=at,
+        return decision(
+            kind=kind, source=ADMIN_SOURCE, message_id=key, fingerprint=fingerprint,
+            response=reply, decision_id=decision_id, now=at, account_id=account_id,
+            asset=asset, amount_minor=amount_minor, reason=reason,
         )  # fmt: skip
 
     return LedgerWrite(
@@ -66,29 +66,6 @@ def admin_write(
         balance_changes=movement.changes,
         entries=movement.entries,
         refusal=lambda: record(Reason.INSUFFICIENT_FUNDS, b""),
-    )
-
-
-def admin_record(
-    *, decision_id: str, key: str, kind: str, fingerprint: bytes, account_id: str,
-    asset: str, amount_minor: int, reason: Reason, response: bytes, at: datetime,
-) -> DecisionRecord:  # fmt: skip
-    return DecisionRecord(
-        id=decision_id,
-        source=ADMIN_SOURCE,
-        message_id=key,
-        kind=kind,
-        fingerprint=fingerprint,
-        card_id=None,
-        account_id=account_id,
-        asset=asset,
-        amount_minor=amount_minor,
-        approved_minor=amount_minor if reason is Reason.APPROVED else 0,
-        fee_minor=0,
-        response_code=outcome(reason).response_code,
-        reason=int(reason),
-        response=response,
-        created_at=at,
     )
 
 

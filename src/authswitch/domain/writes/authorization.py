@@ -63,6 +63,7 @@ from authswitch.domain.records import (
     Notification,
     UsageChange,
 )
+from authswitch.domain.writes.common import to_program
 from authswitch.domain.writes.movements import movement, subscribed
 
 __all__ = [
@@ -367,15 +368,8 @@ def notification(
     program: ProgramRow, kind: str, payload: dict[str, object],
 ) -> Notification:  # fmt: skip
     """A notification of an authorisation, to the programme's sinks."""
-    return Notification(
-        id=notification_id,
-        program_id=program.id,
-        kind=kind,
-        payload=payload,
-        created_at=received,
-        account_id=card.account_id,
-        card_id=card.card_id,
-        sinks=program.sinks,
+    return to_program(
+        notification_id, program, kind, payload, received, card.account_id, card.card_id
     )
 
 

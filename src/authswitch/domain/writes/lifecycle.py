@@ -36,6 +36,7 @@ from authswitch.domain.records import (
     Tombstone,
     UsageChange,
 )
+from authswitch.domain.writes.common import decision, to_program
 
 __all__ = [
     "UsageDelta",
@@ -70,33 +71,6 @@ UsageDelta = tuple[str, int, int]
 # -- the parts every write is made of ------------------------------------------------------
 
 
-def decision(
-    *, kind: str, source: str, message_id: str, fingerprint: bytes, response: bytes,
-    decision_id: str, now: datetime, card: CardFacts | None = None,
-    account_id: str | None = None, asset: str | None = None, amount_minor: int = 0,
-    reason: Reason = Reason.APPROVED,
-) -> DecisionRecord:  # fmt: skip
-    """The decision of a message answered with ``response``, its reply's bytes, for
-    ``reason`` (its response code is the reason's)."""
-    return DecisionRecord(
-        id=decision_id,
-        source=source,
-        message_id=message_id,
-        kind=kind,
-        fingerprint=fingerprint,
-        card_id=card.card_id if card else None,
-        account_id=account_id or (card.account_id if card else None),
-        asset=asset,
-        amount_minor=amount_minor,
-        approved_minor=amount_minor,
-        fee_minor=0,
-        response_code=outcome(reason).response_code,
-        reason=int(reason),
-        response=response,
-        created_at=now,
-    )
-
-
 def _decided(
     kind: str, request: Advice | Reversal | Clearing | Refund | OriginalCredit,
     card: CardFacts | None, asset: str | None, amount_minor: int, decision_id: str,
@@ -110,22 +84,6 @@ def _decided(
     )  # fmt: skip
 
 
-def _notification(
-    note_id: str, kind: str, program: ProgramRow, account_id: str | None,
-    card_id: str | None, payload: dict[str, object], now: datetime,
-) -> Notification:  # fmt: skip
-    return Notification(
-        id=note_id,
-        program_id=program.id,
-        kind=kind,
-        payload=payload,
-        created_at=now,
-        account_id=account_id,
-        card_id=card_id,
-        sinks=program.sinks,
-    )
-
-
 def _card_notes(
     kind: str, program: ProgramRow, card: CardFacts, payload: dict[str, object],
     now: datetime, note_ids: tuple[str, str], fee: dict[str, object] | None = None,
@@ -134,12 +92,12 @@ def _card_notes(
     fee's details a FEE notification after it (the message's payload is added); the
     notifications take their ids from ``note_ids`` in that order."""
     note_id, fee_note_id = note_ids
-    notes = (_notification(note_id, kind, program, card.account_id, card.card_id, payload, now),)
+    notes = (to_program(note_id, program, kind, payload, now, card.account_id, card.card_id),)
     if fee is None:
         return notes
     fee_payload = {**payload, **fee}
-    fee_note = _notification(
-        fee_note_id, "FEE", program, card.account_id, card.card_id, fee_payload, now
+    fee_note = to_program(
+        fee_note_id, program, "FEE", fee_payload, now, card.account_id, card.card_id
     )
     return (*notes, fee_note)
 
@@ -405,7 +363,7 @@ def hold_release(
         "original_message_id": hold.message_id, "released_minor": plan.release_minor,
         "asset": asset, "hold_ended": plan.ends,
     }  # fmt: skip
-    note = _notification(note_id, reason, program, account_id, hold.card_id, payload, now)
+    note = to_program(note_id, program, reason, payload, now, account_id, hold.card_id)
     return LedgerWrite(
         decision=record,
         releases=(HoldRelease(plan, account_id, asset, now, reason),),
@@ -578,7 +536,7 @@ def credit(
         ),
     )  # fmt: skip
     payload = {"source": request.source, "message_id": request.message_id, **fields}
-    note = _notification(note_id, "CREDIT", program, card.account_id, card.card_id, payload, now)
+    note = to_program(note_id, program, "CREDIT", payload, now, card.account_id, card.card_id)
     usage = tuple(
         UsageChange(card.account_id, c.key, amount, 1, c.expires_at)
         for c in counters

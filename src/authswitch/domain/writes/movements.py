@@ -9,6 +9,7 @@ from datetime import datetime
 from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.ledger import Balance
 from authswitch.domain.records import Notification
+from authswitch.domain.writes.common import to_program
 
 __all__ = ["MOVEMENT", "movement", "subscribed"]
 
@@ -48,13 +49,4 @@ def movement(
             "available_minor": balance_after.available_minor,
             "authorized_minor": balance_after.authorized_minor,
         }
-    return Notification(
-        id=notification_id,
-        program_id=program.id,
-        kind=MOVEMENT,
-        payload=payload,
-        created_at=created_at,
-        account_id=account_id,
-        card_id=card_id,
-        sinks=program.sinks,
-    )
+    return to_program(notification_id, program, MOVEMENT, payload, created_at, account_id, card_id)
