@@ -10,7 +10,6 @@ approval is marked as such and an advice (``STAND_IN_ADVICE``) is queued to the 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from datetime import datetime
 from typing import Any
@@ -53,7 +52,7 @@ from authswitch.domain.writes.offledger import (
 from authswitch.errors import ClientCallFailed, ClientTimedOut, StoreUnavailable
 from authswitch.service.authorization import AuthorizationService, Job
 from authswitch.service.clock import Clock
-from authswitch.service.ids import new_id
+from authswitch.service.ids import authorization_code, new_id
 from authswitch.service.offledger_limits import OffLedgerCharges
 
 __all__ = ["OffLedgerService"]
@@ -249,7 +248,9 @@ class OffLedgerService:
                 request.billing_asset,
                 answer.approved_minor,
                 fee if approved else assessed.decline_fee_minor,
-                authorization_code=(answer.authorization_code or _auth_code()) if approved else "",
+                authorization_code=(answer.authorization_code or authorization_code())
+                if approved
+                else "",
                 decision_id=decision_id,
                 response_code=answer.response_code,
             )
@@ -362,7 +363,7 @@ class OffLedgerService:
             request.billing_asset,
             request.billing_amount_minor if approved else 0,
             fee if approved else 0,
-            authorization_code=_auth_code() if approved else "",
+            authorization_code=authorization_code() if approved else "",
             decision_id=decision_id,
             stand_in_reason=reason.value,
         )
@@ -428,10 +429,6 @@ class OffLedgerService:
 
     async def _commit_plain(self, write: LedgerWrite) -> StoredDecision:
         return (await self.committer.submit(write)).decision
-
-
-def _auth_code() -> str:
-    return f"{secrets.randbelow(1_000_000):06d}"
 
 
 def _decide_request(job: Job, decision_id: str, fee: int, left_ms: int) -> DecideAsk:
