@@ -120,7 +120,9 @@ def test_a_decline_before_the_client_is_asked_notifies_its_decline_fee() -> None
 def test_the_clients_approval_records_its_call_and_counters() -> None:
     built = answered(APPROVED, FEE_NOTIFIED)
     record = built.decision
-    assert (record.reason, record.response, record.approved_minor) == (1, b"reply", 0)
+    assert (record.reason, record.response) == (1, b"reply")
+    # What the reply shows: the client's approved amount and the fee notified with it.
+    assert (record.approved_minor, record.fee_minor) == (10_000, 40)
     (call,) = built.client_calls
     assert (call.outcome, call.client_decision, call.client_response_code) == (
         "CLIENT", "APPROVED", "00",
@@ -138,6 +140,10 @@ def test_the_clients_approval_records_its_call_and_counters() -> None:
 
 def test_a_clients_decline_keeps_no_usage_keys() -> None:
     built = answered(DECLINED, FEE_NOTIFIED)
+    declined = assessed()
+    assert (built.decision.approved_minor, built.decision.fee_minor) == (
+        0, declined.decline_fee_minor,
+    )  # fmt: skip
     (call,) = built.client_calls
     assert (call.usage_keys, call.usage_minor, call.network_reference) == ((), 0, "")
     assert built.notifications[0].payload["response_code"] == "05"  # the client's own code
@@ -187,9 +193,10 @@ def test_a_shadow_programme_holds_the_clients_approval() -> None:
 
 def stand_in(counter: tuple[str, datetime] | None, wire: ClientReply | None = None) -> LedgerWrite:
     decided = Reason.APPROVED if counter else Reason.CLIENT_UNAVAILABLE
-    answer = AuthorizeAnswer(
-        decided, "GBP", authorization_code="777777" if counter else "", decision_id="d-1"
-    )
+    answer = AuthorizeAnswer(  # as service/offledger.py answers a stand-in
+        decided, "GBP", 10_000 if counter else 0, 40 if counter else 0,
+        authorization_code="777777" if counter else "", decision_id="d-1",
+    )  # fmt: skip
     return stand_in_write(
         arrival=ARRIVAL, card=CARD, program=PROGRAM, checks=PASSED, pin_action=BLOCK,
         new_pvv=None, reason=StandInReason.TIMEOUT, policy=StandInPolicy.APPROVE,
@@ -202,6 +209,7 @@ def test_an_approving_stand_in_counts_advises_and_notifies_its_fee() -> None:
     ends = T0 + timedelta(hours=12)
     built = stand_in(("S:card-1:20261203", ends))
     assert (built.decision.id, built.decision.reason) == ("d-1", int(Reason.APPROVED))
+    assert (built.decision.approved_minor, built.decision.fee_minor) == (10_000, 40)
     assert [(u.key, u.amount_minor, u.count, u.expires_at) for u in built.usage] == [
         ("S:card-1:20261203", 10_000, 1, ends), ("L:day", 10_040, 1, LIMIT_ENDS),
     ]  # fmt: skip

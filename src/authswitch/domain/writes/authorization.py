@@ -253,10 +253,12 @@ def _advised(
 
 def decision_record(
     *, arrival: Arrival, decision_id: str, reason: Reason, response: bytes,
-    card: CardFacts | None, result: AuthorizeResult | None,
+    card: CardFacts | None, result: AuthorizeResult | None, approved_minor: int = 0,
+    fee_minor: int = 0,
 ) -> DecisionRecord:  # fmt: skip
-    """An authorisation's durable outcome (``result``: the amounts approved and charged,
-    none when the ledger did not decide)."""
+    """An authorisation's durable outcome: the amounts approved and charged are
+    ``result``'s when the ledger decided, else as the reply shows them (an off-ledger
+    client's, a stand-in's)."""
     request = arrival.request
     return DecisionRecord(
         id=decision_id,
@@ -268,8 +270,8 @@ def decision_record(
         account_id=card.account_id if card else None,
         asset=request.billing_asset,
         amount_minor=request.billing_amount_minor,
-        approved_minor=result.approved_minor if result else 0,
-        fee_minor=result.fee_minor if result else 0,
+        approved_minor=result.approved_minor if result else approved_minor,
+        fee_minor=result.fee_minor if result else fee_minor,
         response_code=outcome(reason).response_code,
         reason=int(reason),
         response=response,
@@ -293,11 +295,13 @@ def without_card(
 def checks_declined(
     *, arrival: Arrival, card: CardFacts, program: ProgramRow, checks: AuthorizeResult,
     reason: Reason, pin_action: PinTriesExceededAction, new_pvv: bytes | None,
-    decision_id: str, response: bytes, new_id: NewId,
+    decision_id: str, response: bytes, new_id: NewId, approved_minor: int = 0,
+    fee_minor: int = 0,
 ) -> LedgerWrite:  # fmt: skip
-    """A decline of a decision made outside the ledger's funds step (an off-ledger
-    programme's, a linked account's) by the card's checks (``checks``: that step's outcome,
-    whose PIN effects the write carries; ``reason``: what declined it)."""
+    """The record of a decision made outside the ledger's funds step (an off-ledger
+    programme's, a linked account's), with the card's checks' effects (``checks``: that
+    step's outcome, whose PIN effects the write carries; ``reason``: what decided it;
+    ``approved_minor`` and ``fee_minor``: what the reply shows)."""
     updates, notes = pin_effects(
         request=arrival.request, received=arrival.received, card=card, program=program,
         action=pin_action, result=checks, new_pvv=new_pvv, new_id=new_id,
@@ -305,7 +309,7 @@ def checks_declined(
     return LedgerWrite(
         decision=decision_record(
             arrival=arrival, decision_id=decision_id, reason=reason, response=response,
-            card=card, result=None,
+            card=card, result=None, approved_minor=approved_minor, fee_minor=fee_minor,
         ),
         card_updates=updates,
         notifications=notes,

@@ -92,7 +92,8 @@ def client_answered(
     write = checks_declined(
         arrival=arrival, card=card, program=program, checks=checks, reason=answer.reason,
         pin_action=pin_action, new_pvv=new_pvv, decision_id=decision_id, response=response,
-        new_id=new_id,
+        new_id=new_id, approved_minor=answer.approved_minor if approved else 0,
+        fee_minor=assessed.fee_minor if approved else assessed.decline_fee_minor,
     )  # fmt: skip
     call = ClientCall(
         source=request.source,
@@ -162,7 +163,8 @@ def stand_in_write(
     write = checks_declined(
         arrival=arrival, card=card, program=program, checks=checks, reason=decided,
         pin_action=pin_action, new_pvv=new_pvv, decision_id=answer.decision_id,
-        response=response, new_id=new_id,
+        response=response, new_id=new_id, approved_minor=answer.approved_minor,
+        fee_minor=answer.fee_minor,
     )  # fmt: skip
     call = stand_in_call(request, received, program, reason, policy, latency_us, wire)
     counted = assessed.counted
