@@ -16,12 +16,15 @@ from authswitch.domain.controls import (
     MccRange,
     SpendControls,
     SpendLimit,
+    VelocityCheck,
     check,
     in_force,
     limit_counter,
     next_scheduled,
+    velocity_usage,
 )
 from authswitch.domain.networkdata import NetworkData, Presence, ThreeDSecureResult
+from authswitch.domain.records import UsageChange
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -108,3 +111,27 @@ def test_a_velocity_window_is_never_shorter_than_stated() -> None:
     assert T0.timestamp() - first_start < 600 + width_s
     assert check_.expires_at.timestamp() == (check_.last_bucket + 21) * width_s
     assert velocity_check(rule, "card", T0, "EUR").amount_max_minor == -1
+
+
+def test_velocity_usage_is_what_the_atomic_step_counted() -> None:
+    ends = T0 + timedelta(minutes=5)
+    counts_declines = VelocityCheck("VA:c:r1:60:", "VD:c:r1:60:", 7, 27, 3, -1, 2, ends)
+    no_decline_max = VelocityCheck("VA:c:r2:60:", "VD:c:r2:60:", 7, 27, 3, -1, -1, ends)
+    checks = (counts_declines, no_decline_max)
+    approved = velocity_usage(
+        checks, account_id="a1", approved=True, counted_decline=False, amount_minor=500
+    )
+    assert approved == (
+        UsageChange("a1", "VA:c:r1:60:27", 500, 1, ends),
+        UsageChange("a1", "VA:c:r2:60:27", 500, 1, ends),
+    )
+    declined = velocity_usage(
+        checks, account_id="a1", approved=False, counted_decline=True, amount_minor=0
+    )
+    assert declined == (UsageChange("a1", "VD:c:r1:60:27", 0, 1, ends),)  # r2 counts none
+    assert (
+        velocity_usage(
+            checks, account_id="a1", approved=False, counted_decline=False, amount_minor=0
+        )
+        == ()
+    )

@@ -16,12 +16,14 @@ from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Reason, outcome
 from authswitch.domain.postings import Movement, Origin
 from authswitch.domain.records import LedgerWrite
+from authswitch.domain.tokens import TokenStatus
 from authswitch.domain.writes.admin import (
     ADMIN_SOURCE,
     adjustment,
     admin_write,
     card_expired,
     card_status_changed,
+    token_status_changed,
 )
 from tests.support.writes import derivable
 
@@ -138,3 +140,25 @@ def test_card_notifications() -> None:
     assert (expired.kind, expired.payload, expired.created_at) == (
         "CARD_EXPIRED", {"month": "2612"}, T0,
     )  # fmt: skip
+
+
+def test_a_velocity_block_and_a_token_change_notify_with_their_details() -> None:
+    blocked = card_status_changed(
+        notification_id="n-3", program_id="prog-1", account_id="acct-1", card_id="card-1",
+        previous=CardStatus.ACTIVE, status=CardStatus.BLOCKED, reason="velocity", at=T0,
+        sinks=(), details={"velocity_rule": "r1"},
+    )  # fmt: skip
+    assert blocked.payload == {
+        "from": "ACTIVE", "to": "BLOCKED", "reason": "velocity", "velocity_rule": "r1",
+    }  # fmt: skip
+    token = token_status_changed(
+        notification_id="n-4", program_id="prog-1", account_id="acct-1", card_id="card-1",
+        token_id="tok-1", previous=TokenStatus.ACTIVE, status=TokenStatus.SUSPENDED,
+        reason="fraud", at=T0, sinks=("client",),
+    )  # fmt: skip
+    assert (token.kind, token.card_id, token.sinks) == (
+        "TOKEN_STATUS_CHANGED", "card-1", ("client",),
+    )  # fmt: skip
+    assert token.payload == {
+        "token_id": "tok-1", "from": "ACTIVE", "to": "SUSPENDED", "reason": "fraud",
+    }  # fmt: skip

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from authswitch.domain.codes import Reason
 from authswitch.domain.limits import Counter, Period, period_bounds
 from authswitch.domain.networkdata import NetworkData, Presence
+from authswitch.domain.records import UsageChange
 
 __all__ = [
     "CONTROL_LIST_MAX",
@@ -235,20 +236,22 @@ def velocity_check(rule: VelocityRule, subject_id: str, now: datetime, asset: st
 
 
 def velocity_usage(
-    checks: Sequence[VelocityCheck], *, approved: bool, counted_decline: bool, amount_minor: int
-) -> list[tuple[str, int, int, datetime]]:
-    """What a decision adds to the velocity buckets (key, amount, count, expiry), as the
-    atomic step did: an approval its amount and one approval to every rule, a counted
-    decline one decline to every rule with a decline maximum."""
-    added: list[tuple[str, int, int, datetime]] = []
+    checks: Sequence[VelocityCheck], *, account_id: str, approved: bool, counted_decline: bool,
+    amount_minor: int,
+) -> tuple[UsageChange, ...]:  # fmt: skip
+    """What a decision adds to the velocity buckets of ``account_id``, as the atomic step
+    did: an approval its amount and one approval to every rule, a counted decline one
+    decline to every rule with a decline maximum (the durable counterpart, so that a cache
+    rebuilt from Postgres has them)."""
+    added: list[UsageChange] = []
     for check_ in checks:
         if approved:
             key = f"{check_.approvals_prefix}{check_.last_bucket}"
-            added.append((key, amount_minor, 1, check_.expires_at))
+            added.append(UsageChange(account_id, key, amount_minor, 1, check_.expires_at))
         elif counted_decline and check_.declines_max >= 0:
             key = f"{check_.declines_prefix}{check_.last_bucket}"
-            added.append((key, 0, 1, check_.expires_at))
-    return added
+            added.append(UsageChange(account_id, key, 0, 1, check_.expires_at))
+    return tuple(added)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from authswitch.domain.controls import (
 from authswitch.domain.limits import Limit, Subject
 from authswitch.domain.money import format_unsigned
 from authswitch.domain.records import Notification, UsageChange
+from authswitch.domain.writes.admin import card_status_changed
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator
 from authswitch.service.ids import new_id
@@ -237,17 +238,13 @@ class SpendControlService:
     def velocity_usage(
         self, plan: ControlPlan, result: AuthorizeOutcome, account_id: str
     ) -> tuple[UsageChange, ...]:
-        """The durable counterpart of what the atomic step added to the velocity buckets
-        (so that a cache rebuilt from Postgres has them)."""
-        added = velocity_usage(
+        """The durable counterpart of what the atomic step added to the velocity buckets."""
+        return velocity_usage(
             plan.velocity_checks,
+            account_id=account_id,
             approved=result.held_minor > 0,
             counted_decline=_counted_decline(result.reason),
             amount_minor=result.held_minor,
-        )
-        return tuple(
-            UsageChange(account_id, key, amount, count, expires_at)
-            for key, amount, count, expires_at in added
         )
 
     async def block(
@@ -264,11 +261,10 @@ class SpendControlService:
         )
 
         def notify(program_id: str, account_id: str, previous: CardStatus) -> Notification:
-            return Notification(
-                id=new_id(), program_id=program_id, kind="CARD_STATUS_CHANGED",
-                payload={"from": previous.name, "to": CardStatus.BLOCKED.name, "reason": reason,
-                         "velocity_rule": rule.name},
-                created_at=at, account_id=account_id, card_id=card.card_id, sinks=program.sinks,
+            return card_status_changed(
+                notification_id=new_id(), program_id=program_id, account_id=account_id,
+                card_id=card.card_id, previous=previous, status=CardStatus.BLOCKED,
+                reason=reason, at=at, sinks=program.sinks, details={"velocity_rule": rule.name},
             )  # fmt: skip
 
         try:

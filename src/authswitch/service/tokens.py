@@ -24,6 +24,7 @@ from authswitch.domain.tokens import (
     provisioning_decision,
     token_expiry_reason,
 )
+from authswitch.domain.writes.admin import token_status_changed
 from authswitch.errors import RequestError
 from authswitch.service.catalog import Catalog
 from authswitch.service.clock import Clock
@@ -134,12 +135,10 @@ class TokenService:
         def notify(
             program_id: str, account_id: str, card_id: str, previous: TokenStatus
         ) -> Notification:
-            return Notification(
-                id=new_id(), program_id=program_id, kind="TOKEN_STATUS_CHANGED",
-                payload={"token_id": token_id, "from": previous.name, "to": status.name,
-                         "reason": reason},
-                created_at=now, account_id=account_id, card_id=card_id,
-                sinks=sinks.get(program_id, ()),
+            return token_status_changed(
+                notification_id=new_id(), program_id=program_id, account_id=account_id,
+                card_id=card_id, token_id=token_id, previous=previous, status=status,
+                reason=reason, at=now, sinks=sinks.get(program_id, ()),
             )  # fmt: skip
 
         sinks: dict[str, tuple[str, ...]] = {}

@@ -6,6 +6,7 @@ a card's status changed or expired.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from authswitch.domain import postings
@@ -14,6 +15,7 @@ from authswitch.domain.catalog import ProgramRow
 from authswitch.domain.codes import Reason
 from authswitch.domain.postings import Origin
 from authswitch.domain.records import DecisionRecord, LedgerWrite, Notification
+from authswitch.domain.tokens import TokenStatus
 from authswitch.domain.writes.common import decision
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "admin_write",
     "card_expired",
     "card_status_changed",
+    "token_status_changed",
 ]
 
 # Admin adjustments share the decisions table; their idempotency keys live under this source.
@@ -72,13 +75,14 @@ def admin_write(
 def card_status_changed(
     *, notification_id: str, program_id: str, account_id: str, card_id: str,
     previous: CardStatus, status: CardStatus, reason: str, at: datetime,
-    sinks: tuple[str, ...],
+    sinks: tuple[str, ...], details: Mapping[str, object] | None = None,
 ) -> Notification:  # fmt: skip
+    """A card's status changed (by an operator, or a velocity rule: ``details`` names it)."""
     return Notification(
         id=notification_id,
         program_id=program_id,
         kind="CARD_STATUS_CHANGED",
-        payload={"from": previous.name, "to": status.name, "reason": reason},
+        payload={"from": previous.name, "to": status.name, "reason": reason, **(details or {})},
         created_at=at,
         account_id=account_id,
         card_id=card_id,
@@ -96,6 +100,24 @@ def card_expired(
         program_id=program_id,
         kind="CARD_EXPIRED",
         payload={"month": month},
+        created_at=at,
+        account_id=account_id,
+        card_id=card_id,
+        sinks=sinks,
+    )
+
+
+def token_status_changed(
+    *, notification_id: str, program_id: str, account_id: str, card_id: str, token_id: str,
+    previous: TokenStatus, status: TokenStatus, reason: str, at: datetime,
+    sinks: tuple[str, ...],
+) -> Notification:  # fmt: skip
+    """An operator changed a network token's status."""
+    return Notification(
+        id=notification_id,
+        program_id=program_id,
+        kind="TOKEN_STATUS_CHANGED",
+        payload={"token_id": token_id, "from": previous.name, "to": status.name, "reason": reason},
         created_at=at,
         account_id=account_id,
         card_id=card_id,
