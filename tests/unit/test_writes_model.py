@@ -175,6 +175,7 @@ class WritesMachine(RuleBasedStateMachine):
         self.decisions: dict[tuple[str, str], DecisionRecord] = {}
         self.authorised: set[str] = set()  # message ids of authorisations decided
         self.early: list[str] = []  # originals reversed before they came
+        self.asked: dict[str, tuple[int, bool]] = {}  # of each: what reversals asked, full
         self.clearings: dict[str, int] = {}  # posted clearing message id -> amount cleared
         self.claimed: dict[str, int] = defaultdict(int)  # by the clearing's open disputes
         self.disputes: dict[str, DisputeRow] = {}
@@ -339,9 +340,11 @@ class WritesMachine(RuleBasedStateMachine):
         reversed (the hold then takes over the tombstone)."""
         message_id = self._next("auth")
         late = data.draw(st.booleans(), label="of an original reversed")
+        asked: tuple[int, bool] | None = None  # what reversals that came first asked for
         if late and self.early:
             message_id = data.draw(st.sampled_from(self.early))
             self.early.remove(message_id)
+            asked = self.asked.pop(message_id)
         self.authorised.add(message_id)
         ref = f"ref-{message_id}"
         decided = lua(self._available(CARD.account_id), amount, fee, decline_fee, partial)
@@ -378,11 +381,20 @@ class WritesMachine(RuleBasedStateMachine):
             response=b"reply", pin_action=PinTriesExceededAction.BLOCK_CARD, stand_in=None,
             refusal=refusal if result.held_minor else None, new_id=self.ids,
         )  # fmt: skip
-        early = ("visa", message_id) in self.tombstones
         assert self.commit(write, ("visa", message_id), funded=True)
-        if not early or not decided.held_minor:
+        if asked is None or not decided.held_minor:
             # The cache's atomic step and the commit apply equal changes.
             assert self.balances[(CARD.account_id, GBP)] == after
+            return
+        # The hold holds only what the reversals that came first did not take back (all of
+        # it if one was full); the rest was never held.
+        (hold,) = write.holds
+        reversed_minor, full = asked
+        left = 0 if full else max(0, decided.held_minor - reversed_minor)
+        assert (self.holds[hold.id].amount_minor if hold.id in self.holds else 0) == left
+        assert self.balances[(CARD.account_id, GBP)] == Balance(
+            after.actual_minor, before.authorized_minor + left
+        )
 
     @rule(data=st.data(), requested=st.integers(0, 25_000))
     def reverse(self, data: st.DataObject, requested: int) -> None:
@@ -399,6 +411,12 @@ class WritesMachine(RuleBasedStateMachine):
                 message_id=message_id, program=PROGRAM, decision_id=self.ids(),
                 note_id=self.ids(), **answered,
             )  # fmt: skip
+            assert self.commit(write, ("visa", message_id))
+            # It releases what it asks for, at most what is held; zero asks for all.
+            released = choice.amount_minor if not requested else min(requested, choice.amount_minor)
+            left = self.holds[choice.id].amount_minor if choice.id in self.holds else 0
+            assert left == choice.amount_minor - released
+            return
         elif choice == "ended":
             # An original decided whose hold has ended, or that held nothing.
             done = [
@@ -417,6 +435,8 @@ class WritesMachine(RuleBasedStateMachine):
             original = data.draw(st.sampled_from([f"late-{self.n}", *self.early]))
             if original not in self.early:
                 self.early.append(original)
+            reversed_minor, full = self.asked.get(original, (0, False))
+            self.asked[original] = (reversed_minor + requested, full or not requested)
             write = lifecycle.reversal_tombstoned(
                 request=Reversal("visa", message_id, original, requested or None, GBP, pan=PAN),
                 requested_minor=requested, card=CARD, decision_id=self.ids(), **answered,
@@ -565,8 +585,9 @@ class WritesMachine(RuleBasedStateMachine):
             fingerprint=b"fp", account_id=account, asset=GBP, amount_minor=amount,
             at=self.now, response=b"adj",
         )  # fmt: skip
+        # A debit that must be funded is refused beyond available; anything else never is.
         checked = not credit and not allow_negative
-        funded = amount <= self._available(account) if checked else None
+        funded = amount <= self._available(account) if checked else True
         self.commit(write, (admin.ADMIN_SOURCE, key), funded=funded)
 
     @rule(amount=amounts, to_pot=st.booleans())
