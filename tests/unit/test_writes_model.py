@@ -11,6 +11,19 @@ write: its decision has the event's key; a change the model's funds step (the Lu
 :func:`lua`) found covered is admitted and leaves available at or above zero, one it found
 short is refused with the write's refusal; and no PAN, PIN or CVV2 anywhere in it.
 
+Events: authorisations decided by the funds step (approved, partly, declined 51, zero-value;
+fee held, posted or not applied; the cache sometimes stale, so Postgres refuses the hold),
+reversals (of an open hold, full or partial; of an ended or empty original; of an original
+not come yet, a tombstone its hold later takes over), advices, age-offs and operators'
+releases, clearings (matched final or partial, over or under the hold, unmatched; fees and
+markup), refunds, original credits (approved, declined), operators' adjustments and transfers
+(a debit beyond available refused unless forced), dispute steps, and an off-ledger client's
+answer on a SHADOW programme (its approval mirrored as a hold, its decline fee posted).
+
+Not mirrored, because every write here is a batch of its own with fresh facts: duplicates
+and conflicts (asserted never to arise), a converted hold's share of an early reversal (the
+model converts nothing) and the dispute claim check (the rules never over-claim a clearing).
+
 A second machine rather than the old one driven differently: the old one pins the movement
 functions of domain/postings.py one by one with the simplest state, so a fault there is
 shrunk to a few postings; this one needs holds keyed by message, tombstones, transactions,
@@ -195,8 +208,9 @@ class WritesMachine(RuleBasedStateMachine):
     ) -> bool:
         """Apply ``write`` as adapters/postgres/committer.py's write_batch does for a batch of
         one; True if its effects were applied, False if it was refused (its refusal's record
-        kept instead). ``funded``: what the rule's funds step said of its changes that
-        require funds (None: it said nothing)."""
+        kept instead). ``funded``: whether the rule's funds step found the changes that
+        require funds covered, so the write must be admitted (True) or refused (False); None:
+        it found nothing either way."""
         assert write.decision.key == key, "the decision is not under the event's key"
         assert key not in self.decisions, "the model gives every event a new key"
         no_secret(write, *SECRETS)
