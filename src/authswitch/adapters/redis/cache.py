@@ -197,10 +197,15 @@ class _Script:
     EVAL of its source, which also caches it there. EVAL goes where the keys live, so it
     needs one round trip and no node but the key's own."""
 
-    def __init__(self, client: Pipelined, name: str, prelude: str) -> None:
-        body = resources.files("authswitch.adapters.redis").joinpath("lua", f"{name}.lua")
+    def __init__(
+        self, client: Pipelined, name: str, prelude: str, libraries: Sequence[str] = ()
+    ) -> None:
+        """``libraries``: files of lua/ whose functions the script uses, put before it."""
+        lua = resources.files("authswitch.adapters.redis").joinpath("lua")
         self.client = client
-        self.source = prelude.encode() + body.read_bytes()
+        self.source = prelude.encode() + b"".join(
+            lua.joinpath(f"{part}.lua").read_bytes() for part in (*libraries, name)
+        )
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Reply]:
@@ -264,7 +269,7 @@ class LedgerCache:
         self.cluster = isinstance(client, PipelinedCluster)
         self.fenced = self.cluster if fenced is None else fenced
         prelude = _NODE_CLUSTER if self.fenced else _NODE_SINGLE
-        self._authorize = _Script(client, "authorize", prelude)
+        self._authorize = _Script(client, "authorize", prelude, ("limits_lib",))
         self._apply = _Script(client, "apply", prelude)
         self._adjust = _Script(client, "adjust", prelude)
         self._load = _Script(client, "load", prelude)
@@ -272,7 +277,7 @@ class LedgerCache:
         self._counter = _Script(client, "counter", prelude)
         self._limits = _Script(client, "limits", prelude)
         self._read = _Script(client, "read", prelude)
-        self._credit = _Script(client, "credit", prelude)
+        self._credit = _Script(client, "credit", prelude, ("limits_lib",))
         self._begin_load = _Script(client, "begin_load", prelude)
         self._admit = _Script(client, "admit", prelude)
 

@@ -37,7 +37,7 @@
 local APPROVED, PARTIALLY_APPROVED = 1, 2
 local PIN_TRIES_EXCEEDED, INCORRECT_PIN = 22, 23
 local TRANSACTION_NOT_PERMITTED = 25
-local AMOUNT_LIMIT_EXCEEDED, COUNT_LIMIT_EXCEEDED = 26, 27
+-- AMOUNT_LIMIT_EXCEEDED, COUNT_LIMIT_EXCEEDED: limits_lib.lua
 local INSUFFICIENT_FUNDS, NO_BALANCE_IN_ASSET = 28, 29
 local CARD_BLOCKED, FIRST_COUNTED_DECLINE = 16, 20
 local FEE_HELD, FEE_POSTED, FEE_NOT_APPLIED = 1, 2, 3
@@ -91,12 +91,6 @@ local stored_pvv = f[6] or ''
 local has_balance = f[7] and 1 or 0
 local actual, held = tonumber(f[7] or '0'), tonumber(f[8] or '0')
 
--- Counters: what each has used so far.
-local function used(key)
-  if key == '' then return 0, 0 end
-  local v = redis.call('HMGET', state, 'ua:' .. key, 'uc:' .. key)
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
-end
 
 local reason, approved, blocked_now, pin_changed = 0, 0, 0, 0
 local new_tries = tries
@@ -135,29 +129,10 @@ end
 
 local fee = fixed_fee
 for _, free in ipairs(frees) do
-  local _, uses = used(free.key)
+  local _, uses = counted(state, free.key)
   if uses >= free.free_uses then fee = fee + free.fee end
 end
-if reason == 0 then
-  for _, limit in ipairs(limits) do
-    local spent = used(limit.key)
-    if limit.amount_max >= 0 and spent + amount + fee > limit.amount_max then
-      reason = AMOUNT_LIMIT_EXCEEDED
-      break
-    end
-  end
-end
-if reason == 0 then
-  for _, limit in ipairs(limits) do
-    if limit.key ~= '' and limit.count_max >= 0 then
-      local _, uses = used(limit.key)
-      if uses + 1 > limit.count_max then
-        reason = COUNT_LIMIT_EXCEEDED
-        break
-      end
-    end
-  end
-end
+if reason == 0 then reason = over_limits(state, limits, amount + fee) end
 -- Velocity: what the rolling window's buckets hold (amount, count).
 local function window(prefix, first, last)
   local names = {}

@@ -15,7 +15,7 @@
 --          {'OK', reason, epoch, actual, held, has_balance}
 
 local APPROVED, TRANSACTION_NOT_PERMITTED = 1, 25
-local AMOUNT_LIMIT_EXCEEDED, COUNT_LIMIT_EXCEEDED = 26, 27
+-- AMOUNT_LIMIT_EXCEEDED, COUNT_LIMIT_EXCEEDED: limits_lib.lua
 
 local state, marker = KEYS[1], KEYS[2]
 local card, asset, amount = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -41,35 +41,10 @@ if prior then return {'DUP', prior} end
 local has_balance = f[4] and 1 or 0
 local actual, held = tonumber(f[4] or '0'), tonumber(f[5] or '0')
 
-local function used(key)
-  if key == '' then return 0, 0 end
-  local v = redis.call('HMGET', state, 'ua:' .. key, 'uc:' .. key)
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0')
-end
-
 local reason = tonumber(f[3])
 if reason == 0 then reason = product_reason end
 if reason == 0 and has_balance == 0 then reason = TRANSACTION_NOT_PERMITTED end
-if reason == 0 then
-  for _, limit in ipairs(limits) do
-    local spent = used(limit.key)
-    if limit.amount_max >= 0 and spent + amount > limit.amount_max then
-      reason = AMOUNT_LIMIT_EXCEEDED
-      break
-    end
-  end
-end
-if reason == 0 then
-  for _, limit in ipairs(limits) do
-    if limit.key ~= '' and limit.count_max >= 0 then
-      local _, uses = used(limit.key)
-      if uses + 1 > limit.count_max then
-        reason = COUNT_LIMIT_EXCEEDED
-        break
-      end
-    end
-  end
-end
+if reason == 0 then reason = over_limits(state, limits, amount) end
 
 if reason == 0 then
   reason = APPROVED
