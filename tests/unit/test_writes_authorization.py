@@ -33,6 +33,7 @@ from authswitch.domain.writes.authorization import (
     authorization_write,
     checks_declined,
     decision_record,
+    type_label,
     with_first_step,
     without_card,
 )
@@ -369,3 +370,7 @@ def test_every_outcome_writes_a_derivable_change_and_no_card_secret(
     assert (built.refusal is not None) == bool(outcome_.held_minor)
     assert built.decision.response_code == outcome(reason).response_code
     assert len({n.id for n in built.notifications}) == len(built.notifications)
+
+
+def test_every_transaction_type_has_one_name() -> None:
+    assert [type_label(t) for t in (1, 8, 99)] == ["purchase", "pre_authorization", "other"]

@@ -46,11 +46,11 @@ from authswitch.domain.lifecycle import hold_validity_days
 from authswitch.domain.messages.authorization import AuthorizeAnswer
 from authswitch.domain.records import DecisionRecord, LedgerWrite, StoredDecision, WriteStatus
 from authswitch.domain.writes.authorization import (
-    TYPE_LABELS,
     HoldPlan,
     StandIn,
     authorization_write,
     decision_record,
+    type_label,
     without_card,
 )
 from authswitch.errors import Expired, InternalError
@@ -284,7 +284,7 @@ class AuthorizationService:
 
     def _count(self, mode: str, transaction_type: int, code: str) -> tuple[Any, Any]:
         """The metric children of a decision's labels, bound once (bounded sets)."""
-        label = TYPE_LABELS.get(transaction_type, "other")
+        label = type_label(transaction_type)
         children = (
             metrics.HotCounter(metrics.DECISIONS.labels(mode, label, code)),
             self._seconds.get(mode)

@@ -70,7 +70,6 @@ __all__ = [
     "APPROVALS",
     "KIND_AUTHORIZE",
     "PIN_TRIES_EXCEEDED_REASON",
-    "TYPE_LABELS",
     "Arrival",
     "AuthorizeResult",
     "HoldPlan",
@@ -85,6 +84,7 @@ __all__ = [
     "pin_effects",
     "stand_in_advice",
     "taken_fee",
+    "type_label",
     "usage_changes",
     "with_first_step",
     "without_card",
@@ -98,10 +98,15 @@ APPROVALS = frozenset({Reason.APPROVED, Reason.PARTIALLY_APPROVED})
 # The reason a card blocked by its PIN tries carries in CARD_STATUS_CHANGED.
 PIN_TRIES_EXCEEDED_REASON = "PIN_TRIES_EXCEEDED"
 
-TYPE_LABELS = {
+_TYPE_LABELS = {
     1: "purchase", 2: "cash_withdrawal", 3: "balance_enquiry", 4: "account_verification",
     5: "pin_change", 6: "pin_unblock", 7: "quasi_cash", 8: "pre_authorization",
 }  # fmt: skip
+
+
+def type_label(transaction_type: int) -> str:
+    """A transaction type's name in metrics, notifications and journal descriptions."""
+    return _TYPE_LABELS.get(transaction_type, "other")
 
 
 class Arrival(Protocol):
@@ -198,7 +203,7 @@ def authorization_write(
         # A zero-value or declined request's fee, taken from actual and available.
         taken = taken_fee(
             request, received, card, program, posted_fee, new_id(),
-            f"authorisation fee ({TYPE_LABELS.get(request.transaction_type)})",
+            f"authorisation fee ({type_label(request.transaction_type)})",
         )  # fmt: skip
         changes, entries = taken.changes, taken.entries
     notifications: tuple[Notification, ...] = ()
@@ -389,7 +394,7 @@ def _fee_notification(
             "stage": "AUTHORIZATION",
             "source": request.source,
             "message_id": request.message_id,
-            "transaction_type": TYPE_LABELS.get(request.transaction_type, "other"),
+            "transaction_type": type_label(request.transaction_type),
             "response_code": outcome(result.reason).response_code,
             "fee_minor": result.fee_minor,
             "fee_mode": result.fee_mode.name,
@@ -418,7 +423,7 @@ def _movement_of(
                 "decision_id": decision_id,
                 "response_code": outcome(result.reason).response_code,
                 "network_reference": plan.network_reference,
-                "transaction_type": TYPE_LABELS.get(request.transaction_type, "other"),
+                "transaction_type": type_label(request.transaction_type),
                 "amount_minor": request.billing_amount_minor,
                 "approved_minor": result.approved_minor, "fee_minor": result.fee_minor,
                 "fee_mode": result.fee_mode.name,
