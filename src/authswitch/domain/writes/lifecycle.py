@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from authswitch.domain import postings
 from authswitch.domain.authorization import CardFacts, CounterCheck
 from authswitch.domain.catalog import ProgramRow
-from authswitch.domain.codes import Reason, outcome
+from authswitch.domain.codes import Reason
 from authswitch.domain.credits import CreditType
 from authswitch.domain.fees import FeeQuote
 from authswitch.domain.fx import Conversion, fx_payload
@@ -505,12 +505,11 @@ def credit_declined(
     now: datetime, response: bytes, fingerprint: bytes,
 ) -> LedgerWrite:  # fmt: skip
     """An original credit declined for ``reason``: recorded, nothing credited."""
-    record = DecisionRecord(
-        id=decision_id, source=request.source, message_id=request.message_id,
-        kind="CREDIT", fingerprint=fingerprint, card_id=card.card_id,
-        account_id=card.account_id, asset=request.asset, amount_minor=request.amount_minor,
-        approved_minor=0, fee_minor=0, response_code=outcome(reason).response_code,
-        reason=int(reason), response=response, created_at=now,
+    assert reason is not Reason.APPROVED
+    record = decision(
+        kind="CREDIT", source=request.source, message_id=request.message_id,
+        fingerprint=fingerprint, response=response, decision_id=decision_id, now=now,
+        card=card, asset=request.asset, amount_minor=request.amount_minor, reason=reason,
     )  # fmt: skip
     return LedgerWrite(decision=record)
 
