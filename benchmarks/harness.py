@@ -29,6 +29,7 @@ from benchmarks.scenarios import Scenario, ScenarioContext
 from benchmarks.scenarios.base import LatencyTarget
 from benchmarks.stores import PostgresCluster, delete_prefix, fresh_database
 from benchmarks.system import (
+    BASE_PORT,
     MachineTimes,
     all_processes_cpu_s,
     cpu_speed_probe,
@@ -108,7 +109,7 @@ class Harness:
         redis_pid: int | None,
         workdir: Path,
         say: Callable[[str], None],
-        base_port: int = 50151,
+        base_port: int = BASE_PORT,
         seed: int = 20_240_601,
         py_spy: Path | None = None,
         remote: RemotePostgres | None = None,

@@ -40,7 +40,7 @@ from benchmarks.remote_postgres import RemotePostgres
 from benchmarks.report import write_results
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.stores import PostgresCluster, redis_pid
-from benchmarks.system import machine_info
+from benchmarks.system import BASE_PORT, machine_info
 from benchmarks.targets import check_targets
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -93,7 +93,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="output directory (default benchmarks/results; with --quick, results/quick, "
         "so that a smoke run never replaces the full run's results kept in git)",
     )
-    parser.add_argument("--base-port", type=int, default=50151, help="first port to try")
+    parser.add_argument("--base-port", type=int, default=BASE_PORT, help="first port to try")
     parser.add_argument(
         "--keep-workdir", action="store_true", help="keep server logs and request files"
     )

@@ -30,6 +30,10 @@ __all__ = [
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The first port the servers listen on: below Linux's ephemeral range (32768-60999 by
+# default), so that an outgoing connection's source port never takes a server's port
+# between the check that it is free and the server's bind (CI failed so once, at 50152).
+BASE_PORT = 20151
 
 
 @dataclass(frozen=True, slots=True)
