@@ -182,7 +182,8 @@ class _Sentinels(Sentinel):
     permutation; it costs nothing while connections are reused."""
 
     def __init__(self, sentinels: list[tuple[str, int]], **kwargs: Any) -> None:
-        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call]
+        # Untyped before redis 8.2.
+        super().__init__(sentinels, **kwargs)  # type: ignore[no-untyped-call,unused-ignore]
         self._discovery = asyncio.Lock()
 
     async def discover_master(self, service_name: str) -> Any:
