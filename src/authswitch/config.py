@@ -49,10 +49,12 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
 
-    # The group committer: a batch closes at this many writes, or when the previous batch
-    # has committed and ``group_commit_linger_us`` has passed since the first write queued.
+    # The group committer: a batch starts when the previous one has committed, with every
+    # write waiting then (at most ``group_commit_batch_max``); when three or more were
+    # waiting (the process is busy), it first waits ``group_commit_linger_us`` for more, so
+    # that under load each statement carries more writes. A lone write commits at once.
     group_commit_batch_max: int = 256
-    group_commit_linger_us: int = 0
+    group_commit_linger_us: int = 1_000
     group_commit_queue_max: int = 20_000
 
     postgres_pool_min: int = 2
@@ -273,8 +275,8 @@ HELP: dict[str, str] = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "json (one object per line) or text",
     "group_commit_batch_max": "most decisions written to Postgres in one transaction",
-    "group_commit_linger_us": "how long a batch waits for more decisions once the previous "
-    "one has committed",
+    "group_commit_linger_us": "how long a batch waits for more decisions when three or more "
+    "were already waiting as the previous one committed (0: never)",
     "group_commit_queue_max": "most decisions waiting to be written; beyond it a decision is "
     "answered 96",
     "postgres_pool_min": "Postgres connections kept open per process",
