@@ -88,8 +88,6 @@ _SELECT_DECISIONS = """
     JOIN unnest($1::text[], $2::text[]) AS k(source, message_id) USING (source, message_id)
 """
 
-# A commit that writes (so that, with a synchronous standby, it waits for it: a transaction
-# that writes no WAL does not): its acknowledgement covers every commit before it.
 RECOVER_TIMEOUT_S = 2.0  # each step of the read-back after a failed commit
 # Writes waiting when a batch could start from which it waits ``linger_us`` for more first.
 LINGER_BACKLOG = 3
