@@ -50,7 +50,7 @@ class Settings:
     log_format: str = "json"  # json | text
 
     # The group committer: a batch starts when the previous one has committed, with every
-    # write waiting then (at most ``group_commit_batch_max``); when three or more were
+    # write waiting then (at most ``group_commit_batch_max``); when two or more were
     # waiting (the process is busy), it first waits ``group_commit_linger_us`` for more, so
     # that under load each statement carries more writes. A lone write commits at once.
     group_commit_batch_max: int = 256
@@ -275,7 +275,7 @@ HELP: dict[str, str] = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "json (one object per line) or text",
     "group_commit_batch_max": "most decisions written to Postgres in one transaction",
-    "group_commit_linger_us": "how long a batch waits for more decisions when three or more "
+    "group_commit_linger_us": "how long a batch waits for more decisions when two or more "
     "were already waiting as the previous one committed (0: never)",
     "group_commit_queue_max": "most decisions waiting to be written; beyond it a decision is "
     "answered 96",

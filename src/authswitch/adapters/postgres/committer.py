@@ -90,7 +90,7 @@ _SELECT_DECISIONS = """
 
 RECOVER_TIMEOUT_S = 2.0  # each step of the read-back after a failed commit
 # Writes waiting when a batch could start from which it waits ``linger_us`` for more first.
-LINGER_BACKLOG = 3
+LINGER_BACKLOG = 2
 
 
 class GroupCommitter:
