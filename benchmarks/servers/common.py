@@ -1,6 +1,7 @@
 """What the comparison servers share with ``authswitch serve``: grpc.aio on uvloop, the
-project's server options (SO_REUSEPORT off, limits, keepalive), the generated protobuf
-classes, grpc.health.v1, and draining on SIGTERM. Not the real server's call interceptor
+project's server options (SO_REUSEPORT off, limits, keepalive), its acceptors (Authorize
+calls taken from gRPC's core several at a time), the generated protobuf classes,
+grpc.health.v1, and draining on SIGTERM. Not the real server's call interceptor
 (metrics, access control, request ids) nor its servicer layer: those are part of what
 ``authswitch serve`` costs per call.
 
@@ -62,6 +63,17 @@ def _server_options() -> list[tuple[str, Any]]:
     return server_options(Settings())
 
 
+def _acceptors() -> Any:
+    """The real server's acceptors of Authorize calls (the same stack), or None."""
+    try:
+        from authswitch.adapters.grpc.acceptors import Acceptors
+        from authswitch.config import Settings
+    except ImportError as exc:
+        print(f"authswitch's acceptors unavailable ({exc}): grpc.aio's one", file=sys.stderr)
+        return None
+    return Acceptors(Settings().grpc_acceptors)
+
+
 async def _serve(listen: str, factory: HandlerFactory) -> None:
     authorize, close = await factory()
     options = [(k, v) for k, v in _server_options() if k != "grpc.so_reuseport"]
@@ -74,14 +86,20 @@ async def _serve(listen: str, factory: HandlerFactory) -> None:
         request_deserializer=pb.AuthorizeRequest.FromString,
         response_serializer=pb.AuthorizeResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Authorize": method}),)
-    )
+    acceptors = _acceptors()
+    if acceptors is not None:
+        acceptors.register(server, SERVICE, {"Authorize": method})
+    else:
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Authorize": method}),)
+        )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(listen) == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    if acceptors is not None:
+        acceptors.start(server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     print(f"serving on {listen}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -90,6 +108,8 @@ async def _serve(listen: str, factory: HandlerFactory) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(2.0)
+    if acceptors is not None:
+        await acceptors.closed()
     await close()
 
 

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2
 from authswitch import metrics
 from authswitch.adapters.client.decision import ClientChannels
 from authswitch.adapters.client.webhook import WebhookSender
+from authswitch.adapters.grpc.acceptors import Acceptors
 from authswitch.adapters.grpc.access import AccessPolicy
 from authswitch.adapters.grpc.admission import Admission
 from authswitch.adapters.grpc.codec.admin import AdminReplies
@@ -142,6 +143,7 @@ class Application:
         self.redis_clients: RedisClients | None = None
         self.admission: Admission | None = None  # the authorisations admitted, once listening
         self.server: grpc.aio.Server | None = None
+        self.acceptors: Acceptors | None = None  # of the server's Authorize calls
         self.health_server: grpc.aio.Server | None = None  # AUTHSWITCH_HEALTH_LISTEN
         self.health = HealthServicer()
         self.services = Services()
@@ -194,7 +196,7 @@ class Application:
             latency_target_s=settings.authorize_latency_target_ms / 1000,
             waiting_max=settings.client_waiting_max,
         )
-        self.server, self.grpc_port = build_server(
+        self.server, self.grpc_port, self.acceptors = build_server(
             settings,
             AuthorizationServicer(self.services, admission=self.admission),
             LedgerAdminServicer(self.services),
@@ -202,6 +204,7 @@ class Application:
             policy,
         )
         await self.server.start()
+        self.acceptors.start(self.server)  # once it runs: they take calls from its core
         self.health_server = await start_health_port(settings.health_listen, self.health)
         log.info("gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port})
 
@@ -527,6 +530,8 @@ class Application:
         if self.server is not None:
             # Stops accepting, lets in-flight RPCs finish for up to ``grace`` seconds.
             await self.server.stop(grace)
+        if self.acceptors is not None:
+            await self.acceptors.closed()
         await self._close()
         if self.health_server is not None:  # last: probes see NOT_SERVING through the drain
             await self.health_server.stop(0)
@@ -540,6 +545,8 @@ class Application:
         metrics.flush_hot()
         if self.server is not None and self.state is State.STARTING:
             await self.server.stop(0)  # a failed start: nothing is in flight
+            if self.acceptors is not None:
+                await self.acceptors.closed()
             if self.health_server is not None:
                 await self.health_server.stop(0)
         for job in getattr(self, "jobs", []):

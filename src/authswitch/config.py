@@ -117,6 +117,10 @@ class Settings:
     # process takes a few hundred calls a second from that queue when it is saturated, so
     # 64 waiting is already ~100 ms (docs/operations.md, "Overload").
     grpc_pending_calls_max: int = 64
+    # Authorize calls gRPC's core may hand this process at once, beyond grpc.aio's one: each
+    # is a request for a call kept outstanding (adapters/grpc/acceptors.py). 0: grpc.aio's
+    # one request only.
+    grpc_acceptors: int = 8
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.
@@ -232,6 +236,8 @@ class Settings:
                 raise ConfigError(f"AUTHSWITCH_{name.upper()} must be positive")
         if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", self.balance_report_at):
             raise ConfigError("AUTHSWITCH_BALANCE_REPORT_AT must be HH:MM")
+        if not 0 <= self.grpc_acceptors <= ACCEPTORS_MAX:
+            raise ConfigError(f"AUTHSWITCH_GRPC_ACCEPTORS must be 0 to {ACCEPTORS_MAX}")
         if self.reconcile_interval_s < 0:
             raise ConfigError("AUTHSWITCH_RECONCILE_INTERVAL_S must not be negative")
         if self.file_delivery_interval_s < 0:
@@ -318,6 +324,8 @@ HELP: dict[str, str] = {
     "process (not counted in flight); beyond it the stand-in answers without asking",
     "grpc_pending_calls_max": "calls waiting for a process to take them; beyond it they are "
     "refused at once (CANCELLED)",
+    "grpc_acceptors": "Authorize calls gRPC may hand the process at once beyond grpc.aio's "
+    "one (0: only that one)",
     "grpc_reuseport": "let several processes share the gRPC port (serve --workers does it itself)",
     "workers": "worker processes sharing the gRPC port (0: one per core)",
     "shutdown_grace_s": "how long calls in flight get to finish after SIGTERM",
@@ -352,6 +360,9 @@ _UNITS = (
     ("_ms", "milliseconds"), ("_us", "microseconds"), ("_s", "seconds"), ("_bytes", "bytes"),
     ("_months", "months"),
 )  # fmt: skip
+
+
+ACCEPTORS_MAX = 256
 
 
 def settings_help() -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
 import grpc
 import pytest
 
@@ -20,7 +19,7 @@ from authswitch.v1 import ledger_admin_pb2 as la
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.ledger import Ledger
 from tests.support.proxy import FaultProxy, dsn_through, target_of_dsn
-from tests.support.stores import Stores
+from tests.support.stores import Stores, decisions_stored
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,14 +47,7 @@ async def test_authorisations_past_the_limit_are_refused_with_nothing_written(
             assert {r.response_code for r in answered} == {"00"}
             assert metrics.SHED._value.get() - shed_before == len(refused)
             # Nothing of a refused call was written: only the answered ones are decisions.
-            conn = await asyncpg.connect(stores.postgres_dsn)
-            try:
-                stored = await conn.fetchval(
-                    "SELECT count(*) FROM decisions WHERE message_id = ANY($1::text[])",
-                    [r.message_id for r in requests],
-                )
-            finally:
-                await conn.close()
+            stored = await decisions_stored(stores.postgres_dsn, (r.message_id for r in requests))
             assert stored == len(answered)
             # The limit counts calls in flight, not calls ever made: it decides on.
             assert (await ledger.authorize(card, 100)).response_code == "00"
@@ -101,14 +93,7 @@ async def test_a_stalled_store_fills_the_handlers_and_the_rest_is_refused_at_onc
             proxy.resume()
             answers = await asyncio.gather(*waiting)
             assert {a.response_code for a in answers} == {"00"}
-            conn = await asyncpg.connect(stores.postgres_dsn)
-            try:
-                stored = await conn.fetchval(
-                    "SELECT count(*) FROM decisions WHERE message_id = ANY($1::text[])",
-                    [r.message_id for r in taken],
-                )
-            finally:
-                await conn.close()
+            stored = await decisions_stored(stores.postgres_dsn, (r.message_id for r in taken))
             assert stored == len(taken)
     finally:
         proxy.resume()
@@ -138,14 +123,7 @@ async def test_a_call_whose_deadline_passed_while_it_queued_is_not_decided(
                 for r in results
             ), results
             await asyncio.sleep(0.5)  # whatever the server still had of them is finished
-            conn = await asyncpg.connect(stores.postgres_dsn)
-            try:
-                stored = await conn.fetchval(
-                    "SELECT count(*) FROM decisions WHERE message_id = ANY($1::text[])",
-                    [r.message_id for r in late],
-                )
-            finally:
-                await conn.close()
+            stored = await decisions_stored(stores.postgres_dsn, (r.message_id for r in late))
             assert stored == 0
             assert (await ledger.authorize(card, 100)).response_code == "00"
     finally:

@@ -10,7 +10,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +19,19 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from authswitch.embedded import EmbeddedPostgres, EmbeddedRedis
+
+
+async def decisions_stored(dsn: str, message_ids: Iterable[str]) -> int:
+    """How many of ``message_ids`` have a decision in the database at ``dsn``."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM decisions WHERE message_id = ANY($1::text[])",
+            list(message_ids),
+        )
+    finally:
+        await conn.close()
+    return int(found)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from authswitch.adapters.grpc.acceptors import Acceptors
 from authswitch.adapters.grpc.access import AccessPolicy, server_credentials
 from authswitch.adapters.grpc.bounded import bounded
 from authswitch.adapters.grpc.calls import Behaviour, observed
@@ -115,18 +116,21 @@ def add_service(
     *,
     size_max: int,
     raw: dict[str, Behaviour] | None = None,
+    acceptors: Acceptors | None = None,
 ) -> None:
     """Register ``servicer`` for ``descriptor``'s unary methods, each :func:`observed`, and
     answering INVALID_ARGUMENT to a request that does not parse (grpcio's generated
     registration would say INTERNAL). Methods named in ``raw`` take the request's bytes and
     return the response's bytes themselves (the decision path parses once and serialises
     once), and check their strings' bounds themselves (the others are refused here, by
-    adapters/grpc/bounded.py, when a string is over its maximum)."""
+    adapters/grpc/bounded.py, when a string is over its maximum); with ``acceptors``, their
+    calls are taken from gRPC's core several at a time (adapters/grpc/acceptors.py)."""
     handlers = {}
+    hot = {}
     for method in descriptor.methods:
         full_method = f"/{descriptor.full_name}/{method.name}"
         if raw and method.name in raw:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            hot[method.name] = grpc.unary_unary_rpc_method_handler(
                 observed(_refusing_malformed(raw[method.name], size_max), full_method, policy)
             )
             continue
@@ -139,6 +143,10 @@ def add_service(
             request_deserializer=_lenient(request_type.FromString, size_max),
             response_serializer=_serializer(response_type),
         )
+    if acceptors is not None and hot:
+        acceptors.register(server, descriptor.full_name, hot)
+    else:
+        handlers |= hot
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
     )
@@ -181,9 +189,11 @@ def build_server(
     admin: LedgerAdminServicer,
     health_servicer: Any,
     policy: AccessPolicy | None = None,
-) -> tuple[grpc.aio.Server, int]:
-    """A server with every service added and its port bound; returns it and the port."""
+) -> tuple[grpc.aio.Server, int, Acceptors]:
+    """A server with every service added and its port bound; returns it, the port, and the
+    acceptors of its Authorize calls (start them once the server has started)."""
     policy = policy or AccessPolicy()
+    acceptors = Acceptors(settings.grpc_acceptors)
     server = grpc.aio.server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_streams,
@@ -195,6 +205,7 @@ def build_server(
         policy,
         size_max=settings.grpc_max_message_bytes,
         raw={"Authorize": authorization.authorize_wire},
+        acceptors=acceptors,
     )
     add_service(
         server,
@@ -216,4 +227,4 @@ def build_server(
         port = server.add_secure_port(settings.grpc_listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_listen}")
-    return server, port
+    return server, port, acceptors

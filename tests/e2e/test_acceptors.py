@@ -1,0 +1,88 @@
+"""Authorize calls taken from gRPC's core several at a time (adapters/grpc/acceptors.py): on
+the grpcio the project pins the dispatch is there and in use; every call taken is answered,
+other methods still go the stock way, and the server stops with its requests outstanding."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from authswitch.adapters.grpc import acceptors
+from authswitch.app import Application
+from authswitch.v1 import authorization_pb2 as pb
+from tests.conftest import TEST_KEYS, settings_for
+from tests.support.ledger import Ledger
+from tests.support.stores import Stores, decisions_stored
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_the_pinned_grpcio_has_the_dispatch() -> None:
+    """A grpcio without it would quietly take calls one at a time: fail here instead."""
+    assert acceptors.available()
+
+
+@pytest.mark.parametrize("count", [8, 0])
+async def test_every_call_is_answered_and_the_server_stops(stores: Stores, count: int) -> None:
+    app = Application(settings_for(stores, grpc_acceptors=count), keys=TEST_KEYS)
+    await app.start()
+    stopped = False
+    try:
+        assert app.acceptors is not None
+        assert app.acceptors.outstanding == count
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            card = await ledger.card(1_000_000)  # LedgerAdminService: the generic handlers
+            requests = [ledger.request(card, 100) for _ in range(300)]
+            answers = await asyncio.gather(
+                *(ledger.auth.Authorize(r, timeout=30) for r in requests)
+            )
+            assert [a.response_code for a in answers] == ["00"] * len(requests)
+            assert len({a.decision_id for a in answers}) == len(requests)
+            # A retransmission is answered with the same bytes, whichever acceptor took it.
+            again = await ledger.auth.Authorize(requests[7], timeout=30)
+            assert again == answers[7]
+            await app.stop(grace_s=2)
+            stopped = True
+            assert app.acceptors.outstanding == 0
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ledger.auth.Authorize(ledger.request(card, 100), timeout=5)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        if not stopped:
+            await app.stop()
+
+
+@pytest.mark.parametrize("count", [8, 0])
+async def test_calls_when_the_server_stops_are_answered_or_refused_undecided(
+    stores: Stores, count: int
+) -> None:
+    """Stopping with calls arriving: each taken is answered within the grace; the others end
+    refused (UNAVAILABLE) or cancelled by gRPC's core, with nothing of them written — with
+    the acceptors as without them."""
+    app = Application(settings_for(stores, grpc_acceptors=count), keys=TEST_KEYS)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            card = await ledger.card(1_000_000)
+            requests = [ledger.request(card, 100) for _ in range(100)]
+            calls = [asyncio.ensure_future(ledger.auth.Authorize(r, timeout=30)) for r in requests]
+            await asyncio.sleep(0)  # the calls are on their way
+            stopping = asyncio.ensure_future(app.stop(grace_s=10))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            await stopping
+            answered = [r for r in results if isinstance(r, pb.AuthorizeResponse)]
+            refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(answered) + len(refused) == len(calls), results
+            assert {r.response_code for r in answered} <= {"00"}
+            assert {r.code() for r in refused} <= {
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.CANCELLED,
+            }
+            stored = await decisions_stored(stores.postgres_dsn, (r.message_id for r in requests))
+            assert stored == len(answered)
+    finally:
+        await app.stop()
