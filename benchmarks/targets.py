@@ -266,6 +266,10 @@ def _overload_floor(run: _Run, statuses: tuple[str, ...] | None) -> tuple[float,
     """Under the same overload (twice its own maximum), how fast grpc.aio answering a
     constant ended its calls: of the given statuses (None: the fastest status) at p99."""
     phase, _ = _overload(run, TRIVIAL_OVERLOAD)
+    lag = _send_lag(phase)
+    if lag:
+        # Its latencies are then the generator's delay, not the stack's: no floor.
+        raise _Missing(f"{TRIVIAL_OVERLOAD}'s generator fell behind ({lag})")
     found = {
         status: float(s["p99_ms"])
         for status, s in phase["latency_by_status"].items()
@@ -279,6 +283,21 @@ def _overload_floor(run: _Run, statuses: tuple[str, ...] | None) -> tuple[float,
         f"{phase['rate_per_s']:,}/s (twice its own maximum): its {status} calls ended at p99 "
         f"{_num(found[status])} ms"
     )
+
+
+# An open loop whose generator sent this share of its calls late, or one call this late,
+# did not offer its rate: what it measured includes the generator's own delay.
+LATE_SHARE_MAX = 0.01
+SEND_LAG_MAX_MS = 10.0
+
+
+def _send_lag(phase: dict[str, Any]) -> str:
+    """How far behind its schedule the generator fell in ``phase`` ("" if it kept up)."""
+    late, sent = int(phase.get("late_sends") or 0), int(phase.get("sent") or 0)
+    lag = float(phase.get("max_send_lag_ms") or 0.0)
+    if not sent or (late / sent <= LATE_SHARE_MAX and lag <= SEND_LAG_MAX_MS):
+        return ""  # (a run from before the generator counted late sends: nothing known)
+    return f"{late:,} of {sent:,} calls sent late, up to {_num(lag)} ms"
 
 
 def _overload(run: _Run, name: str = OVERLOAD) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -300,9 +319,12 @@ def _stack_floor(run: _Run) -> str:
         f"{status} {s['count']:,} (p50 {_num(s['p50_ms'])}, p99 {_num(s['p99_ms'])} ms)"
         for status, s in sorted(phase["latency_by_status"].items(), key=lambda kv: -kv[1]["count"])
     ]
+    lag = _send_lag(phase)
     return (
         f". The stack's floor, {TRIVIAL_OVERLOAD} (a constant answer, no admission limit) "
-        f"offered {phase['rate_per_s']:,}/s: " + "; ".join(parts)
+        f"offered {phase['rate_per_s']:,}/s: "
+        + "; ".join(parts)
+        + (f" (the generator fell behind: {lag}; no floor)" if lag else "")
     )
 
 
@@ -315,6 +337,8 @@ def _overload_figures(run: _Run) -> str:
         for status, s in sorted(statuses.items(), key=lambda kv: -kv[1]["count"])
     ]
     text = f"offered {phase['rate_per_s']:,}/s for {phase['duration_s']:g} s: " + "; ".join(parts)
+    if lag := _send_lag(phase):
+        text += f" (the generator fell behind: {lag})"
     if recovery:
         text += (
             f"; then {recovery['rate_per_s']:,}/s for {recovery['duration_s']:g} s: "

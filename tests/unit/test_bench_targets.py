@@ -116,6 +116,23 @@ def test_a_limit_whose_row_did_not_run_is_absent() -> None:
     assert t[OVERLOAD_ANSWERED]["met"] is False
 
 
+def test_a_floor_whose_generator_fell_behind_is_no_limit() -> None:
+    """Offered twice the trivial server's maximum, the generator on the same cores may not
+    keep its schedule: the floor's latencies are then its own delay, not the stack's."""
+    run = _run(trivial_overload=900.0)
+    floor = next(s for s in run["scenarios"] if s["name"] == "trivial_handler_overload_2x")
+    floor["phases"][0] |= {"sent": 20_000, "late_sends": 19_000, "max_send_lag_ms": 880.0}
+    t = _by_name(run)
+    assert t[OVERLOAD_REFUSED]["limit"] is None
+    assert t[OVERLOAD_ANSWERED]["limit"] is None
+    assert (
+        "the generator fell behind: 19,000 of 20,000 calls sent late"
+        in (t[OVERLOAD_REFUSED]["figures"])
+    )
+    floor["phases"][0] |= {"late_sends": 20, "max_send_lag_ms": 2.0}  # it kept up
+    assert _by_name(run)[OVERLOAD_ANSWERED]["limit"]["value"] == 66.0
+
+
 def test_the_report_says_out_of_reach_only_where_the_limit_proves_it() -> None:
     run = _run()
     run["targets"] = check_targets(run)
