@@ -204,7 +204,7 @@ class Application:
             policy,
         )
         await self.server.start()
-        self.acceptors.start(self.server)  # once it runs: they take calls from its core
+        self.acceptors.start(self.server, self.admission)  # once it runs: they take its calls
         self.health_server = await start_health_port(settings.health_listen, self.health)
         log.info("gRPC listening", extra={"listen": settings.grpc_listen, "port": self.grpc_port})
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from authswitch.adapters.grpc.admission import Admission, limit_for
 
 
@@ -75,3 +79,27 @@ def test_a_call_waiting_on_a_client_leaves_the_count_in_flight_and_comes_back() 
     for _ in range(2):
         admission.leave()
     assert (admission.in_flight, admission.waiting) == (0, 0)
+
+
+@pytest.mark.timeout(10)
+async def test_room_waits_while_full_and_is_given_by_a_leave_or_a_park() -> None:
+    admission = Admission(ceiling=2, floor=2, latency_target_s=0)
+    await asyncio.wait_for(admission.room(), 1)  # room at once
+    assert admission.try_enter()
+    assert admission.try_enter()
+    assert admission.full
+    waiters = [asyncio.ensure_future(admission.room()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    waiters[0].cancel()  # one waiter gone: the others still wait on the same room
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters[1:])
+    admission.leave()
+    await asyncio.wait_for(asyncio.gather(*waiters[1:]), 1)
+    assert admission.try_enter()
+    assert admission.full
+    parked = asyncio.ensure_future(admission.room())
+    await asyncio.sleep(0.01)
+    assert not parked.done()
+    assert admission.park()  # waiting on a client: no longer in flight
+    await asyncio.wait_for(parked, 1)

@@ -26,6 +26,7 @@ but once per window's end, on a completion.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -70,6 +71,19 @@ class Admission:
         self.rate_per_s = 0.0
         self._completed = 0
         self._window_ends = clock() + window_s
+        self._room: asyncio.Future[None] | None = None  # awaited by room(), set by leave()
+
+    @property
+    def full(self) -> bool:
+        """Whether a call arriving now would be refused."""
+        return self.in_flight >= self.limit
+
+    async def room(self) -> None:
+        """Until a call arriving would be admitted (at once if it would now)."""
+        while self.in_flight >= self.limit:
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._room)
 
     def try_enter(self) -> bool:
         if self.in_flight >= self.limit:
@@ -84,6 +98,7 @@ class Admission:
             return False
         self.waiting += 1
         self.in_flight -= 1
+        self._wake()
         return True
 
     def unpark(self) -> None:
@@ -93,6 +108,19 @@ class Admission:
 
     def leave(self) -> None:
         self.in_flight -= 1
+        self._count_completion()
+        if self._room is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Those awaiting :meth:`room`, if there is room."""
+        if self._room is not None and self.in_flight < self.limit:
+            if not self._room.done():
+                self._room.set_result(None)
+            self._room = None
+
+    def _count_completion(self) -> None:
+        """One more completed; at a window's end, the rate and the limit from it."""
         self._completed += 1
         if self.latency_target_s == 0 or self._completed < 16:
             return
