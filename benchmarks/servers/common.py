@@ -87,9 +87,7 @@ async def _serve(listen: str, factory: HandlerFactory) -> None:
         response_serializer=pb.AuthorizeResponse.SerializeToString,
     )
     acceptors = _acceptors()
-    if acceptors is not None:
-        acceptors.register(server, SERVICE, {"Authorize": method})
-    else:
+    if acceptors is None or not acceptors.register(server, SERVICE, {"Authorize": method}):
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {"Authorize": method}),)
         )

@@ -86,3 +86,29 @@ async def test_calls_when_the_server_stops_are_answered_or_refused_undecided(
             assert stored == len(answered)
     finally:
         await app.stop()
+
+
+async def test_without_the_dispatch_authorize_is_served_the_stock_way(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grpcio whose private dispatch differs: Authorize is a generic method again, taken
+    one call at a time, and still answered."""
+    monkeypatch.setattr(acceptors, "available", lambda: False)
+    app = Application(settings_for(stores, grpc_acceptors=8), keys=TEST_KEYS)
+    await app.start()
+    try:
+        assert app.acceptors is not None
+        assert (app.acceptors.usable, app.acceptors.count, app.acceptors.outstanding) == (
+            False,
+            0,
+            0,
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            card = await ledger.card(1_000_000)
+            answers = await asyncio.gather(
+                *(ledger.auth.Authorize(ledger.request(card, 100), timeout=30) for _ in range(50))
+            )
+            assert {a.response_code for a in answers} == {"00"}
+    finally:
+        await app.stop()

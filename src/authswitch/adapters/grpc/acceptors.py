@@ -51,10 +51,26 @@ _PRIVATE = ("_handle_rpc", "_schedule_rpc_coro", "_MethodResolver", "_RequestCal
 CLOSE_TIMEOUT_S = 2.0  # after the server stopped, for its requests to fail
 
 
+# The dispatch's functions and their parameters, as grpc.aio's main loop calls them.
+_SIGNATURES = {
+    "_handle_rpc": (
+        "method_name", "method_resolver", "interceptors", "rpc_state", "loop",
+        "concurrency_exceeded",
+    ),
+    "_schedule_rpc_coro": ("rpc_coro", "rpc_state", "loop", "method_name"),
+}  # fmt: skip
+
+
+def _parameters(function: Any) -> tuple[str, ...]:
+    code = getattr(function, "__code__", None)
+    return tuple(code.co_varnames[: code.co_argcount]) if code is not None else ()
+
+
 def available() -> bool:
-    """Whether this grpcio exposes the dispatch the acceptors use."""
+    """Whether this grpcio exposes the dispatch the acceptors use, as they call it."""
     return (
         all(hasattr(_cygrpc, name) for name in _PRIVATE)
+        and all(_parameters(getattr(_cygrpc, f)) == p for f, p in _SIGNATURES.items())
         and hasattr(_cygrpc.AioServer, "_request_registered_call")
         and hasattr(_cygrpc.AioServer, "add_registered_method_handlers")
     )
@@ -65,8 +81,9 @@ class Acceptors:
 
     def __init__(self, count: int) -> None:
         assert count >= 0
-        self.count = count if available() else 0
-        if count and not self.count:
+        self.usable = available()
+        self.count = count if self.usable else 0
+        if count and not self.usable:
             log.warning("this grpcio lacks the dispatch of several acceptors: one per method")
         self._handlers: dict[str, Handler] = {}
         self._acceptors: list[asyncio.Task[None]] = []
@@ -78,11 +95,15 @@ class Acceptors:
         server: grpc.aio.Server,
         service: str,
         handlers: dict[str, Handler],
-    ) -> None:
+    ) -> bool:
         """Before the server starts: ``handlers`` (by method name) become registered methods
-        of ``server`` (gRPC core matches their calls by name, before any generic handler)."""
+        of ``server`` (gRPC core matches their calls by name, before any generic handler).
+        False (nothing done) with a grpcio without the dispatch: register them generic."""
+        if not self.usable:
+            return False
         cast(Any, server).add_registered_method_handlers(service, handlers)  # not in stubs
         self._handlers.update({f"/{service}/{name}": h for name, h in handlers.items()})
+        return True
 
     def start(self, server: grpc.aio.Server, admission: Admission | None = None) -> None:
         """Once the server has started: the outstanding requests. With ``admission``, an

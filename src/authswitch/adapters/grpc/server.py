@@ -143,9 +143,9 @@ def add_service(
             request_deserializer=_lenient(request_type.FromString, size_max),
             response_serializer=_serializer(response_type),
         )
-    if acceptors is not None and hot:
-        acceptors.register(server, descriptor.full_name, hot)
-    else:
+    if not (
+        hot and acceptors is not None and acceptors.register(server, descriptor.full_name, hot)
+    ):
         handlers |= hot
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
