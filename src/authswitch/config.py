@@ -136,8 +136,9 @@ class Settings:
     # Off-ledger: of a programme's deadline, what is kept back from the client for answering
     # without it (the stand-in decision and its durable record), so that the answer to a
     # silent client still goes back within the deadline. The client is told what it has
-    # (DecideRequest.time_left_ms).
-    off_ledger_answer_reserve_ms: int = 50
+    # (DecideRequest.time_left_ms). The least kept back: a busy process keeps back what its
+    # recent stand-ins needed (domain/offledger.py, AnswerReserve).
+    off_ledger_answer_reserve_ms: int = 100
 
     # Notifications: how often the outbox is polled when idle, how many deliveries run at
     # once, the backoff between attempts, and when a notification is given up (dead letter).
@@ -330,8 +331,8 @@ HELP: dict[str, str] = {
     "workers": "worker processes sharing the gRPC port (0: one per core)",
     "shutdown_grace_s": "how long calls in flight get to finish after SIGTERM",
     "secrets_dir": "directory of named secrets (files), besides AUTHSWITCH_SECRET_<NAME>",
-    "off_ledger_answer_reserve_ms": "of an off-ledger programme's deadline, the time kept back "
-    "for answering without the client",
+    "off_ledger_answer_reserve_ms": "of an off-ledger programme's deadline, the least time kept "
+    "back for answering without the client (more while recent stand-ins needed more)",
     "outbox_poll_ms": "how often the notification outbox is checked when idle",
     "catalog_poll_ms": "how often the catalogue changes of other processes are read (a fee "
     "schedule, limit or spend control applies everywhere within this)",

@@ -32,6 +32,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 __all__ = [
     "CACHE_LOADS",
     "CACHE_MARKS_EXPIRED",
+    "CLIENT_ANSWER_RESERVE_SECONDS",
     "CLIENT_SECONDS",
     "COMMIT_BATCH_SECONDS",
     "COMMIT_BATCH_SIZE",
@@ -218,6 +219,12 @@ CLIENT_SECONDS = Histogram(
     "Latency of calls to off-ledger clients' DecisionService, by method and outcome.",
     ["method", "outcome"],
     buckets=_LATENCY_BUCKETS_S,
+)
+CLIENT_ANSWER_RESERVE_SECONDS = Gauge(
+    "authswitch_client_answer_reserve_seconds",
+    "Of an off-ledger deadline, what was last kept back from the client for answering without "
+    "it: the configured reserve, or more when recent stand-ins needed more.",
+    multiprocess_mode="livemax",
 )
 OUTBOX_DEPTH = Gauge(
     "authswitch_outbox_depth",

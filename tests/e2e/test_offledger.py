@@ -19,9 +19,11 @@ from typing import Any, TypedDict, Unpack
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from authswitch.app import Application
 from authswitch.demo import demo_pan
+from authswitch.domain.offledger import AnswerReserve
 from authswitch.domain.signatures import SIGNATURE_HEADER, verify
 from authswitch.reference_client import ReferenceClient, ReferenceLedger, serve_reference_client
 from authswitch.service.clock import ManualClock
@@ -333,6 +335,39 @@ async def test_the_client_gets_the_deadline_less_the_answer_reserve(w: World) ->
         assert 0 < seen[0].time_left_ms <= bound_ms - reserve_ms + 20
         response = await call
         assert (response.response_code, response.stand_in) == ("91", True)
+
+
+async def test_stand_ins_that_took_long_past_the_budget_raise_the_reserve(w: World) -> None:
+    """A process keeps back what its recent stand-ins needed when that is more than the
+    setting: here the setting is 0, so any time a stand-in takes after the client's budget
+    ran out (its timer, its commit) is kept back from the next client."""
+    service = w.app.offledger
+    assert service is not None
+    setting = service.reserve
+    service.reserve = AnswerReserve(0)
+    try:
+        card = await off_ledger_card(w, deadline_ms=400, breaker_failures=1_000)
+        w.client.latency_ms = 5_000
+        stood_in = await asyncio.gather(
+            *(w.ledger.authorize(card, 100) for _ in range(AnswerReserve.EVERY))
+        )
+        assert {r.stand_in_reason for r in stood_in} == {pb.STAND_IN_REASON_TIMEOUT}
+        observed = service.reserve.observed_ms
+        assert 0 < observed <= 200
+        request = w.ledger.request(card, 100)
+        call = asyncio.ensure_future(w.ledger.auth.Authorize(request, timeout=10.0))
+        for _ in range(100):
+            seen = [r for r in w.client.received if r.message_id == request.message_id]
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen, "the client was not asked"
+        assert 0 < seen[0].time_left_ms <= 400 - observed
+        assert (await call).stand_in_reason == pb.STAND_IN_REASON_TIMEOUT
+        shown = REGISTRY.get_sample_value("authswitch_client_answer_reserve_seconds")
+        assert shown == observed / 1000
+    finally:
+        service.reserve = setting
 
 
 async def test_breaker_opens_on_failures_then_closes_on_recovery(w: World) -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from authswitch.domain.codes import Reason
 from authswitch.domain.offledger import (
     DEADLINE_MS_DEFAULT,
+    AnswerReserve,
     BreakerConfig,
     BreakerState,
     CircuitBreaker,
@@ -108,6 +109,58 @@ def test_never_a_call_while_open_and_one_probe_at_a_time(
             probe_out = True
         else:
             record(kind != "fail")
+
+
+@given(
+    st.integers(1, 5),
+    st.integers(1, 100),
+    st.integers(1, 12),
+    st.lists(st.booleans(), max_size=120),
+)
+def test_it_opens_exactly_when_a_recount_of_its_window_says_so(
+    failures_max: int, rate_pct: int, window: int, outcomes: list[bool]
+) -> None:
+    """The breaker keeps its failures counted as calls enter and leave the window; a model
+    that recounts the whole window after every call opens it at the same call."""
+    config = BreakerConfig(failures_max, rate_pct, window, open_ms=10**9)
+    breaker = CircuitBreaker(config)
+    recent: list[bool] = []
+    consecutive = 0
+    for success in outcomes:
+        breaker.record(success, 0)
+        recent = [*recent, success][-window:]
+        consecutive = 0 if success else consecutive + 1
+        failures = recent.count(False)
+        expected = consecutive >= failures_max or (
+            len(recent) == window and failures * 100 >= rate_pct * window
+        )
+        assert (breaker.state is BreakerState.OPEN) == expected
+        if expected:
+            return  # open: nothing more is counted until a probe
+
+
+def test_the_answer_reserve_is_the_setting_until_stand_ins_need_more() -> None:
+    reserve = AnswerReserve(100)
+    assert reserve.ms(1_000) == 100
+    for _ in range(AnswerReserve.WINDOW):
+        reserve.observe(8.0)  # an idle process: its stand-ins need far less than 100 ms
+    assert (reserve.observed_ms, reserve.ms(1_000)) == (11, 100)
+    for _ in range(AnswerReserve.WINDOW):
+        reserve.observe(120.0)  # a busy one: 120 ms past the client's budget
+    assert reserve.observed_ms == 151  # 120 ms and a quarter
+    assert reserve.ms(1_000) == 151
+    assert reserve.ms(200) == 100  # never more than half the deadline
+    for _ in range(AnswerReserve.WINDOW):
+        reserve.observe(4.0)  # the load went: the reserve comes back down to the setting
+    assert reserve.ms(1_000) == 100
+    assert reserve.ms(120) == 60  # a deadline shorter than twice the setting: half for each
+
+
+def test_the_answer_reserve_follows_the_99th_percentile_not_the_worst() -> None:
+    reserve = AnswerReserve(0)
+    for i in range(AnswerReserve.WINDOW):
+        reserve.observe(1_000.0 if i == 0 else 20.0)  # one stall among 256
+    assert reserve.ms(10_000) == 26
 
 
 def _answer(decision: int, **kw: object) -> ClientAnswer | None:

@@ -18,6 +18,7 @@ __all__ = [
     "DEADLINE_MS_DEFAULT",
     "DEADLINE_MS_MAX",
     "DEADLINE_MS_MIN",
+    "AnswerReserve",
     "Assessed",
     "BreakerConfig",
     "BreakerState",
@@ -81,6 +82,7 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self._consecutive = 0
         self._recent: collections.deque[bool] = collections.deque(maxlen=config.window)
+        self._failures = 0  # among ``_recent``, counted as they come and go
         self._opened_at_ms = 0
         self._probing = False
 
@@ -108,12 +110,19 @@ class CircuitBreaker:
             return
         if self.state is BreakerState.OPEN:
             return  # a late answer from before it opened changes nothing
-        self._recent.append(success)
-        self._consecutive = 0 if success else self._consecutive + 1
-        failures = sum(1 for ok in self._recent if not ok)
-        full = len(self._recent) == self.config.window
+        recent = self._recent
+        full = len(recent) == self.config.window
+        if full and not recent[0]:  # the oldest call leaves the window
+            self._failures -= 1
+        recent.append(success)
+        if success:
+            self._consecutive = 0
+        else:
+            self._consecutive += 1
+            self._failures += 1
+        full = full or len(recent) == self.config.window
         if self._consecutive >= self.config.failures_max or (
-            full and failures * 100 >= self.config.error_rate_pct * self.config.window
+            full and self._failures * 100 >= self.config.error_rate_pct * self.config.window
         ):
             self._open(now_ms)
 
@@ -122,11 +131,55 @@ class CircuitBreaker:
         self._opened_at_ms = now_ms
         self._consecutive = 0
         self._recent.clear()
+        self._failures = 0
 
     def _close(self) -> None:
         self.state = BreakerState.CLOSED
         self._consecutive = 0
         self._recent.clear()
+        self._failures = 0
+
+
+class AnswerReserve:
+    """Of a programme's deadline, what is kept back from its client for answering without
+    it: the stand-in decision and its durable record, once the client's budget has run out.
+
+    At least the configured reserve; raised, when recent stand-ins took longer than that past
+    the client's budget (a busy process: the timer fires late, the commit waits its turn), to
+    the 99th percentile of the last ``WINDOW`` of them plus a quarter; never more than half the
+    deadline (the client keeps at least half, even of a deadline shorter than twice the
+    setting). How long a stand-in takes does not depend on the reserve, so raising it feeds
+    nothing back."""
+
+    WINDOW = 256
+    EVERY = 16  # observations between two recomputations of the percentile
+
+    def __init__(self, minimum_ms: int) -> None:
+        assert minimum_ms >= 0
+        self.minimum_ms = minimum_ms
+        self._past: collections.deque[float] = collections.deque(maxlen=self.WINDOW)
+        self._unsorted = 0
+        self._observed_ms = 0
+
+    def ms(self, deadline_ms: int) -> int:
+        """The reserve for a programme whose deadline is ``deadline_ms``."""
+        return min(max(self.minimum_ms, self._observed_ms), deadline_ms // 2)
+
+    @property
+    def observed_ms(self) -> int:
+        """What recent stand-ins need (0 before any was seen)."""
+        return self._observed_ms
+
+    def observe(self, past_budget_ms: float) -> None:
+        """A stand-in after a timeout answered ``past_budget_ms`` after the client's budget
+        ended."""
+        self._past.append(past_budget_ms)
+        self._unsorted += 1
+        if self._unsorted >= self.EVERY:
+            self._unsorted = 0
+            ordered = sorted(self._past)
+            p99 = ordered[min(len(ordered) - 1, (len(ordered) * 99) // 100)]
+            self._observed_ms = int(p99 * 1.25) + 1
 
 
 _CODE = re.compile(r"^[0-9A-Z]{2}$")

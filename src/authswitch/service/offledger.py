@@ -28,6 +28,7 @@ from authswitch.domain.limits import Period, period_bounds
 from authswitch.domain.messages.authorization import AuthorizeAnswer
 from authswitch.domain.messages.decision import ClientReply, DecideAsk
 from authswitch.domain.offledger import (
+    AnswerReserve,
     Assessed,
     BreakerState,
     CircuitBreaker,
@@ -76,14 +77,16 @@ class OffLedgerService:
         cache: LedgerCache,
         committer: GroupCommitter,
         clock: Clock,
-        answer_reserve_ms: int = 50,
+        answer_reserve_ms: int = 100,
     ) -> None:
-        """``answer_reserve_ms``: of the programme's deadline, what is kept back for
-        deciding without the client and making that durable, so that a silent client's
-        stand-in still answers within the deadline."""
-        assert answer_reserve_ms >= 0
+        """``answer_reserve_ms``: of the programme's deadline, at least what is kept back
+        for deciding without the client and making that durable, so that a silent client's
+        stand-in still answers within the deadline (more when recent stand-ins needed more:
+        ``AnswerReserve``)."""
         self.auth = authorization
-        self.answer_reserve_ms = answer_reserve_ms
+        self.reserve = AnswerReserve(answer_reserve_ms)
+        self._reserve_shown_ms = answer_reserve_ms  # in the metric
+        metrics.CLIENT_ANSWER_RESERVE_SECONDS.set(answer_reserve_ms / 1000)
         self.channels = channels
         self.cache = cache
         self.committer = committer
@@ -215,6 +218,17 @@ class OffLedgerService:
             "decide", "ok" if failure is None else _STAND_IN_LABELS[failure]
         ).observe(latency_us / 1_000_000)
         breaker.record(failure is None, self._now_ms())
+        if failure is StandInReason.TIMEOUT:
+            stored = await self._stand_in(job, checks, failure, latency_us, assessed, wire)
+            # How long answering without the client took past its budget: what the reserve
+            # must cover (a late timer included).
+            past_s = time.perf_counter() - started - left_ms / 1000
+            self.reserve.observe(past_s * 1000)
+            reserve_ms = self.reserve.ms(routing.deadline_ms)
+            if reserve_ms != self._reserve_shown_ms:
+                self._reserve_shown_ms = reserve_ms
+                metrics.CLIENT_ANSWER_RESERVE_SECONDS.set(reserve_ms / 1000)
+            return stored
         if failure is not None or answer is None:
             return await self._stand_in(
                 job, checks, failure or StandInReason.INVALID_ANSWER, latency_us, assessed, wire
@@ -228,7 +242,7 @@ class OffLedgerService:
         left_ms = deadline_ms - (now - ctx.started) * 1000
         if ctx.deadline_s is not None:
             left_ms = min(left_ms, (ctx.deadline_s - time.monotonic()) * 1000)
-        return int(left_ms - self.answer_reserve_ms)
+        return int(left_ms - self.reserve.ms(deadline_ms))
 
     async def _answered(
         self, job: Job, checks: AuthorizeOutcome, answer: ClientAnswer, latency_us: int,
