@@ -13,7 +13,6 @@ the truth, never higher.
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Protocol
 
 from authswitch import metrics
@@ -34,6 +33,7 @@ from authswitch.service.admin import (
     posted_decision,
     require_idempotency_key,
 )
+from authswitch.service.ids import new_id
 from authswitch.service.posting import PostStatus
 
 __all__ = ["KIND_TRANSFER", "AccountService", "TransferReplies"]
@@ -78,7 +78,7 @@ class AccountService:
         source, target, program = await self._parties(request)
 
         now = admin.clock.now()
-        decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
+        decision_id, entry_id = new_id(), new_id()
         movement = postings.transfer(
             source.id, target.id, asset, amount, KIND_TRANSFER,
             Origin(

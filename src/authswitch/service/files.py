@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +37,7 @@ from authswitch.domain.retry import backoff_ms
 from authswitch.errors import NotFound, RequestError
 from authswitch.secrets import SecretStore
 from authswitch.service.clock import Clock
+from authswitch.service.ids import new_id
 from authswitch.service.reports import ReportWriter
 
 __all__ = ["DeliverySettings", "FileDeliveries", "FileSchedules"]
@@ -58,7 +58,7 @@ class FileSchedules:
         """The schedule made, as stored."""
         kind, owner = _checked_kind_and_owner(schedule)
         destination = _checked_destination(schedule)
-        schedule_id, created_at = str(uuid.uuid4()), self.clock.now()
+        schedule_id, created_at = new_id(), self.clock.now()
         sftp = schedule.sftp or SftpDestination()
         async with self.store.change() as change:
             zone = await _time_zone(change, kind, owner, schedule.time_zone)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -83,6 +82,7 @@ from authswitch.service.admin import ADMIN_SOURCE, require_idempotency_key
 from authswitch.service.catalog import Catalog
 from authswitch.service.charges import ChargeCalculator, is_international
 from authswitch.service.clock import Clock
+from authswitch.service.ids import new_id
 from authswitch.service.posting import Posted, Poster, PostStatus
 
 __all__ = ["SYSTEM_SOURCE", "LifecycleReplies", "LifecycleService"]
@@ -225,7 +225,7 @@ class LifecycleService:
         card = await self._card(request.pan)
         if card is None:
             posted = await self._advice_recorded(
-                request, fingerprint, AdviceResult.RECORDED_UNKNOWN_CARD, str(uuid.uuid4()),
+                request, fingerprint, AdviceResult.RECORDED_UNKNOWN_CARD, new_id(),
                 self.clock.now(), asset=asset, amount_minor=amount,
             )  # fmt: skip
             return self._answer(posted, fingerprint, "ADVICE")
@@ -265,7 +265,7 @@ class LifecycleService:
         if conversion is not None:  # held in the account's asset, the markup with it
             amount, asset = conversion.total_minor, conversion.account_asset
         original, held = await self._advised_holds(request, card, asset)
-        decision_id, hold_id, note_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        decision_id, hold_id, note_id = new_id(), new_id(), new_id()
         result = AdviceResult.HOLD_POSTED if original is None else AdviceResult.HOLD_UPDATED
         # Never declined: the network has approved already, so no funds check.
         change = writes.advice_change(card=card, asset=asset, amount_minor=amount, held=held)
@@ -433,7 +433,7 @@ class LifecycleService:
         self, request: Reversal, requested: int, fingerprint: bytes
     ) -> Posted | None:
         now = self.clock.now()
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         hold = await self.holds.hold_by_message(request.source, request.original_message_id)
         if hold is None or hold.tombstone:
             return await self._reverse_unheld(
@@ -524,7 +524,7 @@ class LifecycleService:
         usage = writes.release_usage(hold, plan, reason)
         account = await self.ledger.account(change.account_id)
         program = await self.catalog.program(account.program_id)
-        note_id = str(uuid.uuid4())
+        note_id = new_id()
 
         def build(applied: ApplyResult) -> LedgerWrite:
             assert applied.balance is not None
@@ -645,9 +645,9 @@ class LifecycleService:
         )  # fmt: skip
         rules_fee = (await self.charges.fee_quote(card.product_id, now, context)).fixed_minor
         fee = rules_fee + markup
-        decision_id, entry_id = str(uuid.uuid4()), str(uuid.uuid4())
-        fee_entry_ids = (str(uuid.uuid4()), str(uuid.uuid4()))
-        note_ids = (str(uuid.uuid4()), str(uuid.uuid4()))
+        decision_id, entry_id = new_id(), new_id()
+        fee_entry_ids = (new_id(), new_id())
+        note_ids = (new_id(), new_id())
         movement = writes.clearing_movement(
             request=request, card=card, program=program, plan=plan, asset=asset,
             rules_fee_minor=rules_fee, markup_minor=markup, entry_id=entry_id,
@@ -756,7 +756,7 @@ class LifecycleService:
         if conversion is not None:  # credited in the account's asset (docs/fx.md)
             amount, asset = conversion.account_minor, conversion.account_asset
         now = self.clock.now()
-        decision_id, entry_id, note_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+        decision_id, entry_id, note_id = new_id(), new_id(), new_id()
         refunded = writes.refund_movement(
             request=request, card=card, program=program, amount_minor=amount, asset=asset,
             entry_id=entry_id, now=now,
@@ -887,7 +887,7 @@ class LifecycleService:
         fields: dict[str, object], now: datetime,
     ) -> LedgerWrite:  # fmt: skip
         amount, asset = request.amount_minor, request.asset
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         if result.reason is not Reason.APPROVED:
             declined = _credit_answer(
                 result.reason, decision_id, _CREDIT_DECLINE_DETAIL.get(result.reason, "")
@@ -897,7 +897,7 @@ class LifecycleService:
                 now=now, response=self.replies.credit(declined), fingerprint=fingerprint,
             )  # fmt: skip
         assert result.balance is not None
-        entry_id, note_id = str(uuid.uuid4()), str(uuid.uuid4())
+        entry_id, note_id = new_id(), new_id()
         response = self.replies.credit(
             CreditAnswer(
                 outcome(result.reason).response_code, decision_id, result.reason,
@@ -925,11 +925,11 @@ class LifecycleService:
         queue it to the client as a notification, in the same transaction; ``fee``: the
         details of a FEE notification to follow it (the message's fields are added). The
         reply, and whether it acknowledges this message ("00", this time or the first)."""
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         write = writes.forwarded(
             kind=kind, source=source, message_id=message_id, card=card, program=program,
             fields=fields, fee=fee, decision_id=decision_id,
-            note_ids=(str(uuid.uuid4()), str(uuid.uuid4())), now=self.clock.now(),
+            note_ids=(new_id(), new_id()), now=self.clock.now(),
             response=self._reply(kind, Code.APPROVED, decision_id), fingerprint=fingerprint,
         )  # fmt: skip
         posted = await self.poster.record(write)
@@ -944,7 +944,7 @@ class LifecycleService:
     ) -> bytes:  # fmt: skip
         """Record a settlement message for a card authswitch does not know: answered 14,
         nothing posted, kept for the operators."""
-        decision_id = str(uuid.uuid4())
+        decision_id = new_id()
         write = writes.unknown_card(
             kind=kind, source=source, message_id=message_id, asset=asset, amount_minor=amount,
             decision_id=decision_id, now=self.clock.now(),
@@ -974,7 +974,7 @@ class LifecycleService:
             plan = ReleasePlan(hold.id, hold.amount_minor, hold.amount_minor, HoldEnd.RELEASED)
             posted = await self._release(
                 hold, plan, "RELEASE", ADMIN_SOURCE, idempotency_key, fingerprint,
-                str(uuid.uuid4()), self.clock.now(), _release_reply(self.replies, hold.asset or ""),
+                new_id(), self.clock.now(), _release_reply(self.replies, hold.asset or ""),
             )  # fmt: skip
             if posted.status is PostStatus.CONFLICT:
                 continue
@@ -1004,7 +1004,7 @@ class LifecycleService:
                 plan = ReleasePlan(hold.id, hold.amount_minor, hold.amount_minor, HoldEnd.EXPIRED)
                 posted = await self._release(
                     hold, plan, "AGE_OFF", SYSTEM_SOURCE, f"ageoff:{hold.id}",
-                    f"ageoff:{hold.id}".encode(), str(uuid.uuid4()), now,
+                    f"ageoff:{hold.id}".encode(), new_id(), now,
                     _release_reply(self.replies, hold.asset or ""),
                 )  # fmt: skip
                 return posted.status is PostStatus.COMMITTED
