@@ -314,6 +314,16 @@ async def test_a_slow_client_is_stood_in_for_within_the_deadline(w: World) -> No
     assert (await client_call(w, request.message_id))["stand_in_reason"] == "TIMEOUT"
 
 
+async def asked(w: World, message_id: str) -> list[Any]:
+    """What the client received for ``message_id``, once it has (within 2 s)."""
+    for _ in range(100):
+        seen = [r for r in w.client.received if r.message_id == message_id]
+        if seen:
+            return seen
+        await asyncio.sleep(0.02)
+    raise AssertionError("the client was not asked")
+
+
 async def test_the_client_gets_the_deadline_less_the_answer_reserve(w: World) -> None:
     """The client is told how long it has: what is left of the programme's deadline, or of
     the gateway's own when that is shorter, less the reserve authswitch keeps for answering
@@ -324,12 +334,7 @@ async def test_the_client_gets_the_deadline_less_the_answer_reserve(w: World) ->
     for gateway_timeout_s, bound_ms in ((10.0, 3_000), (1.0, 1_000)):
         request = w.ledger.request(card, 100)
         call = asyncio.ensure_future(w.ledger.auth.Authorize(request, timeout=gateway_timeout_s))
-        for _ in range(100):
-            seen = [r for r in w.client.received if r.message_id == request.message_id]
-            if seen:
-                break
-            await asyncio.sleep(0.02)
-        assert seen, "the client was not asked"
+        seen = await asked(w, request.message_id)
         # Slack for the gateway's deadline as the server learns it (grpc-timeout is sent
         # rounded up, and the two clocks are read a moment apart).
         assert 0 < seen[0].time_left_ms <= bound_ms - reserve_ms + 20
@@ -356,12 +361,7 @@ async def test_stand_ins_that_took_long_past_the_budget_raise_the_reserve(w: Wor
         assert 0 < observed <= 200
         request = w.ledger.request(card, 100)
         call = asyncio.ensure_future(w.ledger.auth.Authorize(request, timeout=10.0))
-        for _ in range(100):
-            seen = [r for r in w.client.received if r.message_id == request.message_id]
-            if seen:
-                break
-            await asyncio.sleep(0.02)
-        assert seen, "the client was not asked"
+        seen = await asked(w, request.message_id)
         assert 0 < seen[0].time_left_ms <= 400 - observed
         assert (await call).stand_in_reason == pb.STAND_IN_REASON_TIMEOUT
         shown = REGISTRY.get_sample_value("authswitch_client_answer_reserve_seconds")
