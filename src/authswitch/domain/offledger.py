@@ -110,9 +110,8 @@ class CircuitBreaker:
             return
         if self.state is BreakerState.OPEN:
             return  # a late answer from before it opened changes nothing
-        recent = self._recent
-        full = len(recent) == self.config.window
-        if full and not recent[0]:  # the oldest call leaves the window
+        recent, window = self._recent, self.config.window
+        if len(recent) == window and not recent[0]:  # the oldest call leaves the window
             self._failures -= 1
         recent.append(success)
         if success:
@@ -120,9 +119,9 @@ class CircuitBreaker:
         else:
             self._consecutive += 1
             self._failures += 1
-        full = full or len(recent) == self.config.window
+        full = len(recent) == window
         if self._consecutive >= self.config.failures_max or (
-            full and self._failures * 100 >= self.config.error_rate_pct * self.config.window
+            full and self._failures * 100 >= self.config.error_rate_pct * window
         ):
             self._open(now_ms)
 

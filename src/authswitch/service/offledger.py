@@ -85,7 +85,6 @@ class OffLedgerService:
         ``AnswerReserve``)."""
         self.auth = authorization
         self.reserve = AnswerReserve(answer_reserve_ms)
-        self._reserve_shown_ms = answer_reserve_ms  # in the metric
         metrics.CLIENT_ANSWER_RESERVE_SECONDS.set(answer_reserve_ms / 1000)
         self.channels = channels
         self.cache = cache
@@ -218,21 +217,17 @@ class OffLedgerService:
             "decide", "ok" if failure is None else _STAND_IN_LABELS[failure]
         ).observe(latency_us / 1_000_000)
         breaker.record(failure is None, self._now_ms())
-        if failure is StandInReason.TIMEOUT:
-            stored = await self._stand_in(job, checks, failure, latency_us, assessed, wire)
-            # How long answering without the client took past its budget: what the reserve
-            # must cover (a late timer included).
-            past_s = time.perf_counter() - started - left_ms / 1000
-            self.reserve.observe(past_s * 1000)
-            reserve_ms = self.reserve.ms(routing.deadline_ms)
-            if reserve_ms != self._reserve_shown_ms:
-                self._reserve_shown_ms = reserve_ms
-                metrics.CLIENT_ANSWER_RESERVE_SECONDS.set(reserve_ms / 1000)
-            return stored
         if failure is not None or answer is None:
-            return await self._stand_in(
+            stored = await self._stand_in(
                 job, checks, failure or StandInReason.INVALID_ANSWER, latency_us, assessed, wire
             )
+            if failure is StandInReason.TIMEOUT:
+                # How long answering without the client took past its budget (a late timer
+                # included): what the reserve must cover.
+                self.reserve.observe((time.perf_counter() - started) * 1000 - left_ms)
+                reserve_s = self.reserve.ms(routing.deadline_ms) / 1000
+                metrics.CLIENT_ANSWER_RESERVE_SECONDS.set(reserve_s)
+            return stored
         return await self._answered(job, checks, answer, latency_us, assessed, decision_id)
 
     def _client_budget_ms(self, ctx: Any, deadline_ms: int) -> int:
