@@ -82,8 +82,11 @@ def _ms(us: float) -> float:
 
 def _by_status(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Latency of the calls ending with each gRPC status, measured like the answers' (from
-    the intended send time); the histogram for every status but OK (``histogram_us``)."""
+    the intended send time); the histogram for every status but OK (``histogram_us``); and
+    ``from_send``: the same calls' p50, p99 and max measured from the instant the generator
+    actually sent each (where it fell behind its schedule, the difference is its own delay)."""
     found: dict[str, dict[str, Any]] = {}
+    from_send = report.get("latency_from_send_by_status_us", {})
     for status, h in report.get("latency_by_status_us", {}).items():
         found[status] = {
             "count": h["count"],
@@ -94,6 +97,12 @@ def _by_status(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "max_ms": _ms(h["max"]),
             **({} if status == "OK" else {"histogram_us": h["buckets"]}),
         }
+        if sent := from_send.get(status):
+            found[status]["from_send"] = {
+                "p50_ms": _ms(sent["p50"]),
+                "p99_ms": _ms(sent["p99"]),
+                "max_ms": _ms(sent["max"]),
+            }
     return found
 
 

@@ -328,12 +328,19 @@ def _stack_floor(run: _Run) -> str:
     )
 
 
+def _from_send(figures: dict[str, Any]) -> str:
+    """The calls' p99 measured from their actual send (what the generator's lateness adds
+    to the p99 from the intended send is not the server's)."""
+    sent = figures.get("from_send")
+    return f"; from the actual send p99 {_num(sent['p99_ms'])} ms" if sent else ""
+
+
 def _overload_figures(run: _Run) -> str:
     phase, recovery = _overload(run)
     statuses = phase["latency_by_status"]
     parts = [
         f"{status} {s['count']:,} (p50 {_num(s['p50_ms'])}, p99 {_num(s['p99_ms'])}, "
-        f"max {_num(s['max_ms'])} ms)"
+        f"max {_num(s['max_ms'])} ms{_from_send(s)})"
         for status, s in sorted(statuses.items(), key=lambda kv: -kv[1]["count"])
     ]
     text = f"offered {phase['rate_per_s']:,}/s for {phase['duration_s']:g} s: " + "; ".join(parts)
@@ -363,7 +370,7 @@ def _refusal_p99(run: _Run) -> tuple[float | None, str, bool | None]:
     others = {k: v["count"] for k, v in statuses.items() if k not in ("OK", REFUSED)}
     figures = f"offered {phase['rate_per_s']:,}/s: " + (
         f"{refused['count']:,} refused, p50 {_num(refused['p50_ms'])}, p99 "
-        f"{_num(refused['p99_ms'])}, max {_num(refused['max_ms'])} ms"
+        f"{_num(refused['p99_ms'])}, max {_num(refused['max_ms'])} ms{_from_send(refused)}"
         if refused
         else "none refused"
     )

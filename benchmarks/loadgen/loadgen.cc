@@ -18,8 +18,11 @@
 // Prints one JSON object (to --out, or stdout): counts, errors by kind, latency percentiles
 // and the histogram (µs) of the calls answered (status OK, "latency_us"), the same for every
 // gRPC status seen ("latency_by_status_us": OK, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED...,
-// each measured like the answers, from the intended send time), and the generator's own CPU
-// time. Every call has a deadline of --deadline-ms (10 s unless told).
+// each measured like the answers, from the intended send time), the same again measured from
+// the instant each call was actually handed to gRPC ("latency_from_send_by_status_us": when
+// the generator itself falls behind its schedule, the difference is its own delay, not the
+// server's), and the generator's own CPU time. Every call has a deadline of --deadline-ms
+// (10 s unless told).
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -207,6 +210,7 @@ struct Call {
   pb::AuthorizeRequest req;
   pb::AuthorizeResponse resp;
   int64_t intended_ns = 0;
+  int64_t sent_ns = 0;
 };
 
 // The sender (this thread in the open loop; the completions in the closed loop) starts calls
@@ -217,6 +221,7 @@ class Generator {
   Generator(const Options& o, std::vector<Card> cards, std::vector<Item> items)
       : o_(o), cards_(std::move(cards)), items_(std::move(items)) {
     for (auto& h : by_status_) h = std::make_unique<loadgen::Histogram>();
+    for (auto& h : from_send_) h = std::make_unique<loadgen::Histogram>();
   }
 
   bool connect() {
@@ -315,17 +320,29 @@ class Generator {
       << ",\"max_send_lag_us\":" << static_cast<double>(max_send_lag_ns_) / 1e3
       << ",\"deadline_ms\":" << o_.deadline_ms
       << ",\"start_late_ms\":" << static_cast<double>(start_late_ns_) / 1e6
-      << ",\"latency_us\":" << histogram_json(*by_status_[0]) << ",\"latency_by_status_us\":{";
-    bool first_status = true;
-    for (int code = 0; code < kStatusCodes; ++code) {
-      const loadgen::Histogram& h = *by_status_[code];
-      if (h.total() == 0) continue;
-      j << (first_status ? "" : ",") << "\""
-        << status_name(static_cast<grpc::StatusCode>(code)) << "\":" << histogram_json(h);
-      first_status = false;
-    }
-    j << "},\"cpu_s\":{\"user\":" << user << ",\"system\":" << sys << ",\"total\":" << user + sys
+      << ",\"latency_us\":" << histogram_json(*by_status_[0])
+      << ",\"latency_by_status_us\":" << by_status_json(by_status_)
+      << ",\"latency_from_send_by_status_us\":" << by_status_json(from_send_)
+      << ",\"cpu_s\":{\"user\":" << user << ",\"system\":" << sys << ",\"total\":" << user + sys
       << "}}";
+    return j.str();
+  }
+
+  using ByStatus = std::array<std::unique_ptr<loadgen::Histogram>, kStatusCodes>;
+
+  // {"OK": histogram, "RESOURCE_EXHAUSTED": histogram, ...}: the statuses seen.
+  static std::string by_status_json(const ByStatus& by_status) {
+    std::ostringstream j;
+    j << "{";
+    bool first = true;
+    for (int code = 0; code < kStatusCodes; ++code) {
+      const loadgen::Histogram& h = *by_status[code];
+      if (h.total() == 0) continue;
+      j << (first ? "" : ",") << "\"" << status_name(static_cast<grpc::StatusCode>(code))
+        << "\":" << histogram_json(h);
+      first = false;
+    }
+    j << "}";
     return j.str();
   }
 
@@ -364,6 +381,7 @@ class Generator {
                            std::chrono::milliseconds(o_.deadline_ms));
     outstanding_.fetch_add(1);
     sent_.fetch_add(1, std::memory_order_relaxed);
+    call->sent_ns = now_ns();
     stubs_[n % stubs_.size()]->async()->Authorize(
         &call->ctx, &call->req, &call->resp,
         [this, call](const grpc::Status& status) { done(call, status); });
@@ -374,6 +392,7 @@ class Generator {
     int code = static_cast<int>(status.error_code());
     if (code < 0 || code >= kStatusCodes) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
     by_status_[code]->record(static_cast<uint64_t>((t - call->intended_ns) / 1000));
+    from_send_[code]->record(static_cast<uint64_t>((t - call->sent_ns) / 1000));
     if (status.ok()) {
       if (call->resp.response_code() == "00") {
         ok_.fetch_add(1, std::memory_order_relaxed);
@@ -411,8 +430,9 @@ class Generator {
   std::atomic<uint64_t> seq_{0}, sent_{0}, ok_{0}, bad_code_{0}, rpc_errors_{0};
   std::atomic<uint64_t> completed_in_window_{0}, answered_in_window_{0};
   std::atomic<int64_t> outstanding_{0};
-  // Latency of the calls that ended with each gRPC status, indexed by its code.
-  std::array<std::unique_ptr<loadgen::Histogram>, kStatusCodes> by_status_;
+  // Latency of the calls that ended with each gRPC status, indexed by its code: from the
+  // intended send time, and from the actual one.
+  ByStatus by_status_, from_send_;
   mutable std::mutex err_mu_;
   std::map<std::string, uint64_t> rpc_errors_by_status_, codes_;
   std::string first_rpc_error_;

@@ -148,3 +148,29 @@ def test_the_report_says_out_of_reach_only_where_the_limit_proves_it() -> None:
         f"| 1.75 {TIMES} | **not met** |"
     )
     assert rows["hot ÷ naive, local Postgres"].endswith("| - | met |")
+
+
+def test_overload_figures_show_the_latency_from_the_actual_send_beside_the_intended() -> None:
+    """Where the generator fell behind, what it measured from each call's intended send time
+    includes its own delay; the report shows the same calls from their actual send too, and
+    still judges the target on the intended time (no coordinated omission)."""
+    run = _run()
+    overload = next(s for s in run["scenarios"] if s["name"] == "overload_2x")["phases"][0]
+    overload["latency_by_status"]["OK"]["from_send"] = {"p50_ms": 20.0, "p99_ms": 61.5}
+    overload["latency_by_status"]["RESOURCE_EXHAUSTED"]["from_send"] = {
+        "p50_ms": 1.0,
+        "p99_ms": 7.25,
+    }
+    t = _by_name(run)
+    assert (
+        "OK 100 (p50 75.00, p99 150.00, max 150.00 ms; from the actual send p99 61.50 ms)"
+        in (t[OVERLOAD_ANSWERED]["figures"])
+    )
+    assert t[OVERLOAD_ANSWERED]["value"] == 150.0
+    assert "from the actual send p99 7.25 ms" in t[OVERLOAD_REFUSED]["figures"]
+    overload |= {"throughput_per_s": 1_415.0, "cpu_us_per_decision": {"server": 406.0}}
+    lines = report._overload({"scenarios": [{"name": "overload_2x", "phases": [overload]}]})
+    assert (
+        "| overload_2x | overload_2x | 2,266 | 1,415 | OK | 100 | 75.00 | 150.00 | 150.00 "
+        "| 20.00 | 61.50 | 406 |" in "\n".join(lines)
+    )
