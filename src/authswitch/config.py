@@ -119,8 +119,8 @@ class Settings:
     grpc_pending_calls_max: int = 64
     # Authorize calls gRPC's core may hand this process at once, beyond grpc.aio's one: each
     # is a request for a call kept outstanding (adapters/grpc/acceptors.py). 0: grpc.aio's
-    # one request only.
-    grpc_acceptors: int = 8
+    # one request only. 32: a whole batch's answers let as many new calls in at once.
+    grpc_acceptors: int = 32
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.

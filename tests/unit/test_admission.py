@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
-from authswitch.adapters.grpc.admission import Admission, limit_for
+from authswitch.adapters.grpc.admission import ARRIVAL, Admission, Arrival, limit_for
 
 
 def test_limit_is_what_completes_within_the_target() -> None:
@@ -81,25 +82,80 @@ def test_a_call_waiting_on_a_client_leaves_the_count_in_flight_and_comes_back() 
     assert (admission.in_flight, admission.waiting) == (0, 0)
 
 
+def _enter(admission: Admission, arrival: Arrival) -> bool:
+    """``try_enter`` as the handler of an acceptor's call runs it: in its own context,
+    with the call's Arrival (acceptors.py)."""
+
+    def enter() -> bool:
+        ARRIVAL.set(arrival)
+        return admission.try_enter()
+
+    return contextvars.copy_context().run(enter)
+
+
 @pytest.mark.timeout(10)
-async def test_room_waits_while_full_and_is_given_by_a_leave_or_a_park() -> None:
+async def test_room_promises_free_slots_only_and_waits_for_a_leave_or_a_park() -> None:
+    """The acceptors ask gRPC's core for a call only with a slot promised to it, kept for
+    the call until its handler enters or it ends: the slots promised and kept, and the
+    calls in flight, never outnumber the limit."""
     admission = Admission(ceiling=2, floor=2, latency_target_s=0)
-    await asyncio.wait_for(admission.room(), 1)  # room at once
-    assert admission.try_enter()
-    assert admission.try_enter()
+    await asyncio.wait_for(admission.room(), 1)  # a slot at once, promised
+    await asyncio.wait_for(admission.room(), 1)
+    third = asyncio.ensure_future(admission.room())  # both slots promised: it waits
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    first = admission.arrived()  # the first call came: its slot is kept for it...
+    admission.abandon()  # ...and none came for the second (core failed the request)
+    await asyncio.wait_for(third, 1)  # that slot is the third waiter's
+    assert _enter(admission, first)  # the first call's handler takes its slot
+    fourth = asyncio.ensure_future(admission.room())
+    await asyncio.sleep(0.01)
+    assert not fourth.done()  # one in flight, one promised
+    lost = admission.arrived()  # the third's call came, and ended before its handler ran
+    admission.settle(lost)
+    await asyncio.wait_for(fourth, 1)  # its slot is free again
+    assert _enter(admission, admission.arrived())
     assert admission.full
     waiters = [asyncio.ensure_future(admission.room()) for _ in range(3)]
     await asyncio.sleep(0.01)
     assert not any(w.done() for w in waiters)
-    waiters[0].cancel()  # one waiter gone: the others still wait on the same room
+    waiters[0].cancel()  # one waiter gone: the others still wait, in turn
     await asyncio.sleep(0.01)
     assert not any(w.done() for w in waiters[1:])
-    admission.leave()
-    await asyncio.wait_for(asyncio.gather(*waiters[1:]), 1)
-    assert admission.try_enter()
-    assert admission.full
-    parked = asyncio.ensure_future(admission.room())
+    admission.leave()  # one slot: the next waiter's, not both
+    await asyncio.wait_for(waiters[1], 1)
     await asyncio.sleep(0.01)
-    assert not parked.done()
-    assert admission.park()  # waiting on a client: no longer in flight
-    await asyncio.wait_for(parked, 1)
+    assert not waiters[2].done()
+    assert _enter(admission, admission.arrived())
+    assert admission.park()  # waiting on a client: no longer in flight, its slot is free
+    await asyncio.wait_for(waiters[2], 1)
+
+
+@pytest.mark.timeout(10)
+async def test_calls_leaving_together_wake_one_waiter_per_free_slot() -> None:
+    """A committed batch ends many calls in one turn of the loop: only as many waiting
+    acceptors as there are slots free (counting those promised already) may ask for a
+    call, else the rest would take calls only to refuse them."""
+    admission = Admission(ceiling=8, floor=8, latency_target_s=0)
+    for _ in range(8):
+        assert admission.try_enter()
+    waiters = [asyncio.ensure_future(admission.room()) for _ in range(6)]
+    await asyncio.sleep(0.01)
+    for _ in range(3):
+        admission.leave()
+    await asyncio.sleep(0.01)
+    assert [w.done() for w in waiters] == [True] * 3 + [False] * 3
+    admission.leave()  # a fourth slot, while the three promised have not arrived yet
+    await asyncio.sleep(0.01)
+    assert sum(w.done() for w in waiters) == 4
+    # A woken waiter cancelled before it runs gives its slot to the next one.
+    late = asyncio.ensure_future(admission.room())
+    await asyncio.sleep(0.01)
+    admission.leave()  # the fifth waiter is woken...
+    waiters[4].cancel()  # ...and cancelled before it runs
+    await asyncio.sleep(0.01)
+    assert waiters[4].cancelled()
+    assert waiters[5].done()
+    assert not late.done()
+    late.cancel()
+    await asyncio.gather(*waiters, late, return_exceptions=True)

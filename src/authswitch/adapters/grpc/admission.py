@@ -20,6 +20,11 @@ Calls also wait before any handler runs: in gRPC's core, until this process's ev
 takes them. That queue is bounded by the server options (``server_options``:
 ``grpc.server.max_pending_requests``), where gRPC itself refuses calls beyond it.
 
+With the acceptors (acceptors.py), gRPC's core is asked for an Authorize call only for a slot
+free under the limit (:meth:`Admission.room`), kept for that call until its handler enters:
+beyond the limit calls wait in core rather than being taken only to be refused (those that
+grpc.aio's own request takes are refused as above).
+
 The rate is measured over windows of ``window_s`` and smoothed; no clock is read per call
 but once per window's end, on a completion.
 """
@@ -27,10 +32,12 @@ but once per window's end, on a completion.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import time
 from collections.abc import Callable
 
-__all__ = ["Admission", "limit_for"]
+__all__ = ["Admission", "Arrival", "limit_for"]
 
 WINDOW_S = 0.25
 SMOOTHING = 0.5  # weight of the newest window's rate
@@ -40,6 +47,22 @@ def limit_for(rate_per_s: float, latency_target_s: float, floor: int, ceiling: i
     """Calls in flight that the process completes within ``latency_target_s`` at
     ``rate_per_s``, within [floor, ceiling]."""
     return max(floor, min(ceiling, int(rate_per_s * latency_target_s)))
+
+
+class Arrival:
+    """A call taken for a slot promised by :meth:`Admission.room`, on its way to its
+    handler: the slot stays kept for it until the handler enters (or the call ends)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = True
+
+
+# The Arrival of the call whose task runs in this context (set by the acceptors).
+ARRIVAL: contextvars.ContextVar[Arrival | None] = contextvars.ContextVar(
+    "authswitch_arrival", default=None
+)
 
 
 class Admission:
@@ -71,7 +94,17 @@ class Admission:
         self.rate_per_s = 0.0
         self._completed = 0
         self._window_ends = clock() + window_s
-        self._room: asyncio.Future[None] | None = None  # awaited by room(), set by leave()
+        # Those waiting in room(), woken one per free slot; the slots promised to callers
+        # of room() whose call has not come yet, and those of calls come but not yet in
+        # their handler (Arrival): in_flight + these never pass the limit (room()).
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._promised = 0
+        self._arriving = 0
+
+    @property
+    def reserved(self) -> int:
+        """Slots promised to acceptors (:meth:`room`) or kept for calls on their way."""
+        return self._promised + self._arriving
 
     @property
     def full(self) -> bool:
@@ -79,13 +112,51 @@ class Admission:
         return self.in_flight >= self.limit
 
     async def room(self) -> None:
-        """Until a call arriving would be admitted (at once if it would now)."""
-        while self.in_flight >= self.limit:
-            if self._room is None:
-                self._room = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._room)
+        """Until a slot is free for one more call, not promised to another caller; then it
+        is promised to this one, who asks gRPC's core for one call and says when it has
+        arrived (:meth:`arrived`). So the calls asked for never outnumber the free slots:
+        under overload the rest wait in core, or core refuses them, rather than being
+        taken only to be refused. Waiters are woken in turn, one per free slot."""
+        if not self._waiters and self.in_flight + self._promised + self._arriving < self.limit:
+            self._promised += 1
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(woken)
+        self._wake()  # a slot free now is this waiter's, in turn after those before it
+        try:
+            await woken
+        except asyncio.CancelledError:
+            if woken.cancelled():
+                self._waiters.remove(woken)
+            else:  # woken, then cancelled: the slot goes to the next
+                self.abandon()
+            raise
+
+    def arrived(self) -> Arrival:
+        """The call a slot was promised to (:meth:`room`) has come: the slot stays kept for
+        it until its handler enters (:meth:`try_enter`, with the Arrival in
+        :data:`ARRIVAL`) or its task ends (:meth:`settle`), whichever is first."""
+        self._promised -= 1
+        self._arriving += 1
+        return Arrival()
+
+    def settle(self, arrival: Arrival) -> None:
+        """The call's task has ended: a slot still kept for it is free."""
+        if arrival.pending:
+            arrival.pending = False
+            self._arriving -= 1
+            self._wake()
+
+    def abandon(self) -> None:
+        """No call will come for the slot promised (:meth:`room`): the next waiter's."""
+        self._promised -= 1
+        self._wake()
 
     def try_enter(self) -> bool:
+        arrival = ARRIVAL.get()
+        if arrival is not None and arrival.pending:  # the slot kept for this call
+            arrival.pending = False
+            self._arriving -= 1
         if self.in_flight >= self.limit:
             return False
         self.in_flight += 1
@@ -109,15 +180,17 @@ class Admission:
     def leave(self) -> None:
         self.in_flight -= 1
         self._count_completion()
-        if self._room is not None:
+        if self._waiters:
             self._wake()
 
     def _wake(self) -> None:
-        """Those awaiting :meth:`room`, if there is room."""
-        if self._room is not None and self.in_flight < self.limit:
-            if not self._room.done():
-                self._room.set_result(None)
-            self._room = None
+        """As many waiters in :meth:`room` as there are free slots not yet promised."""
+        waiters = self._waiters
+        while waiters and self.in_flight + self._promised + self._arriving < self.limit:
+            woken = waiters.popleft()
+            if not woken.done():  # (not cancelled)
+                woken.set_result(None)
+                self._promised += 1
 
     def _count_completion(self) -> None:
         """One more completed; at a window's end, the rate and the limit from it."""
