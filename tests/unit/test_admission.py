@@ -115,7 +115,7 @@ async def test_room_promises_free_slots_only_and_waits_for_a_leave_or_a_park() -
     admission.settle(lost)
     await asyncio.wait_for(fourth, 1)  # its slot is free again
     assert _enter(admission, admission.arrived())
-    assert admission.full
+    assert admission.in_flight == admission.limit
     waiters = [asyncio.ensure_future(admission.room()) for _ in range(3)]
     await asyncio.sleep(0.01)
     assert not any(w.done() for w in waiters)

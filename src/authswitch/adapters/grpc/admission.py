@@ -107,9 +107,9 @@ class Admission:
         return self._promised + self._arriving
 
     @property
-    def full(self) -> bool:
-        """Whether a call arriving now would be refused."""
-        return self.in_flight >= self.limit
+    def _slot_free(self) -> bool:
+        """Whether a slot is free that is neither in flight nor promised nor kept."""
+        return self.in_flight + self._promised + self._arriving < self.limit
 
     async def room(self) -> None:
         """Until a slot is free for one more call, not promised to another caller; then it
@@ -117,7 +117,7 @@ class Admission:
         arrived (:meth:`arrived`). So the calls asked for never outnumber the free slots:
         under overload the rest wait in core, or core refuses them, rather than being
         taken only to be refused. Waiters are woken in turn, one per free slot."""
-        if not self._waiters and self.in_flight + self._promised + self._arriving < self.limit:
+        if not self._waiters and self._slot_free:
             self._promised += 1
             return
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -186,7 +186,7 @@ class Admission:
     def _wake(self) -> None:
         """As many waiters in :meth:`room` as there are free slots not yet promised."""
         waiters = self._waiters
-        while waiters and self.in_flight + self._promised + self._arriving < self.limit:
+        while waiters and self._slot_free:
             woken = waiters.popleft()
             if not woken.done():  # (not cancelled)
                 woken.set_result(None)
