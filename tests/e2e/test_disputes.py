@@ -14,6 +14,7 @@ import pytest
 
 from authswitch.adapters.postgres.reconcile import ReconciliationStore
 from authswitch.app import Application
+from authswitch.domain.codes import Reason
 from authswitch.service.reconcile import Reconciler
 from authswitch.v1 import common_pb2 as c
 from authswitch.v1 import ledger_admin_pb2 as la
@@ -147,8 +148,14 @@ async def test_impossible_steps_are_refused_with_the_state(
 ) -> None:
     _, books, clearing = await _setup(app, ledger)
     dispute = (await ledger.open_dispute(clearing, 4_000, provisional=True)).dispute
-    early = await ledger.represent(dispute)  # no chargeback yet
+    early_id = str(uuid.uuid4())
+    early = await ledger.represent(dispute, message_id=early_id)  # no chargeback yet
     assert (early.response_code, early.status) == ("12", c.DISPUTE_STATUS_OPEN)
+    assert app.pool is not None
+    reason = await app.pool.fetchval(
+        "SELECT reason FROM decisions WHERE source = 'visa' AND message_id = $1", early_id
+    )
+    assert reason == int(Reason.INVALID_TRANSACTION)  # recorded with 12's reason, not 57's
     await ledger.chargeback(dispute)
     again = await ledger.chargeback(dispute)  # a second chargeback, under a new message id
     assert (again.response_code, again.status) == ("12", c.DISPUTE_STATUS_CHARGEBACK_SENT)
@@ -172,8 +179,21 @@ async def test_network_messages_for_unknown_or_mismatched_disputes(
     unknown = la.Dispute()
     unknown.CopyFrom(dispute)
     unknown.dispute_id = str(uuid.uuid4())
-    assert (await ledger.chargeback(unknown)).response_code == "25"
-    assert (await ledger.chargeback(dispute, amount_minor=3_999)).response_code == "13"
+    unknown_id, short_id = str(uuid.uuid4()), str(uuid.uuid4())
+    assert (await ledger.chargeback(unknown, message_id=unknown_id)).response_code == "25"
+    short = await ledger.chargeback(dispute, amount_minor=3_999, message_id=short_id)
+    assert short.response_code == "13"
+    # Each refusal is recorded with the reason of its own code (not 57's).
+    assert app.pool is not None
+    recorded = await app.pool.fetch(
+        "SELECT message_id, response_code, reason FROM decisions WHERE source = 'visa'"
+        " AND message_id = ANY($1::text[])",
+        [unknown_id, short_id],
+    )
+    assert {(r["message_id"], r["response_code"], r["reason"]) for r in recorded} == {
+        (unknown_id, "25", int(Reason.NO_RECORD)),
+        (short_id, "13", int(Reason.INVALID_AMOUNT)),
+    }
     malformed = la.Dispute()
     malformed.CopyFrom(dispute)
     malformed.dispute_id = "not-an-id"

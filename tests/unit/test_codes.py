@@ -38,7 +38,8 @@ def test_iso_codes() -> None:
         Reason.TRANSACTION_NOT_PERMITTED: "57", Reason.AMOUNT_LIMIT_EXCEEDED: "61",
         Reason.COUNT_LIMIT_EXCEEDED: "65", Reason.INSUFFICIENT_FUNDS: "51",
         Reason.CLIENT_DECLINED: "05", Reason.CLIENT_UNAVAILABLE: "91", Reason.SYSTEM_ERROR: "96",
-        Reason.DUPLICATE_MISMATCH: "94",
+        Reason.DUPLICATE_MISMATCH: "94", Reason.INVALID_TRANSACTION: "12",
+        Reason.NO_RECORD: "25",
     }  # fmt: skip
     for reason, code in expected.items():
         assert outcome(reason).response_code == code, reason

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from authswitch.domain.catalog import ProgramRow
-from authswitch.domain.codes import Code, Reason
+from authswitch.domain.codes import Code, Reason, outcome
 from authswitch.domain.disputes import (
     DisputeRow,
     DisputeState,
@@ -158,7 +158,7 @@ def test_a_refused_network_step_is_recorded_alone() -> None:
     )  # fmt: skip
     record = built.decision
     assert (record.response_code, record.reason) == (
-        Code.INVALID_TRANSACTION, int(Reason.TRANSACTION_NOT_PERMITTED),
+        Code.INVALID_TRANSACTION, int(Reason.INVALID_TRANSACTION),
     )  # fmt: skip
     assert (record.amount_minor, record.approved_minor, record.account_id) == (4_000, 0, "acct-1")
     assert built == LedgerWrite(decision=record)
@@ -169,6 +169,36 @@ def test_a_refused_network_step_is_recorded_alone() -> None:
     assert (unknown.decision.card_id, unknown.decision.account_id, unknown.decision.asset) == (
         None, None, None,
     )  # fmt: skip
+    assert unknown.decision.reason == int(Reason.NO_RECORD)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (Code.INVALID_TRANSACTION, Reason.INVALID_TRANSACTION),
+        (Code.INVALID_AMOUNT, Reason.INVALID_AMOUNT),
+        (Code.NO_RECORD, Reason.NO_RECORD),
+    ],
+)
+def test_a_refused_step_records_the_reason_of_its_own_code(code: str, reason: Reason) -> None:
+    """Each refusal's stored reason answers to its response code (codes.py), never a
+    reason of another code (57, before)."""
+    plan = plan_open(5_000, provisional_credit=False)
+    record = refused_step(
+        source="visa", message_id="cb-9", fingerprint=b"fp", response=b"", decision_id="d-9",
+        at=T0, dispute=dispute(plan, 5_000), amount_minor=4_000, response_code=code,
+    ).decision  # fmt: skip
+    assert (record.reason, outcome(Reason(record.reason)).response_code) == (int(reason), code)
+
+
+def test_a_dispute_step_answered_with_a_code_of_no_step_is_refused_unwritten() -> None:
+    plan = plan_open(5_000, provisional_credit=False)
+    with pytest.raises(ValueError, match="'51'"):
+        refused_step(
+            source="visa", message_id="cb-9", fingerprint=b"fp", response=b"",
+            decision_id="d-9", at=T0, dispute=dispute(plan, 5_000), amount_minor=4_000,
+            response_code=Code.INSUFFICIENT_FUNDS,
+        )  # fmt: skip
 
 
 STEPS = st.lists(st.sampled_from(list(DisputeStep)[1:]), max_size=4)

@@ -73,6 +73,8 @@ class Reason(IntEnum):
     NO_BALANCE_IN_ASSET = 29
     TOKEN_NOT_ACTIVE = 30
     FX_RATE_UNAVAILABLE = 31
+    INVALID_TRANSACTION = 32
+    NO_RECORD = 33
     CLIENT_DECLINED = 40
     CLIENT_UNAVAILABLE = 41
     SYSTEM_ERROR = 50
@@ -121,6 +123,10 @@ _OUTCOMES: dict[Reason, Outcome] = {
         # No usable rate to convert the billing asset (docs/fx.md): decided where the funds
         # check would have used the converted amount, so every earlier check comes first.
         Outcome(Reason.FX_RATE_UNAVAILABLE, "05", _D, Check.FUNDS),
+        # A network step's own refusals (dispute steps), no core check's: the step is not
+        # possible in its record's state, or its record is not found.
+        Outcome(Reason.INVALID_TRANSACTION, "12", _D, None),
+        Outcome(Reason.NO_RECORD, "25", _D, None),
         Outcome(Reason.CLIENT_DECLINED, "05", _D, None),
         Outcome(Reason.CLIENT_UNAVAILABLE, "91", _D, None),
         Outcome(Reason.SYSTEM_ERROR, "96", _D, None),
@@ -142,10 +148,10 @@ class Code:
 
     APPROVED = outcome(Reason.APPROVED).response_code  # 00
     PARTIALLY_APPROVED = outcome(Reason.PARTIALLY_APPROVED).response_code  # 10
-    INVALID_TRANSACTION = "12"  # the step is not possible in the dispute's state
+    INVALID_TRANSACTION = outcome(Reason.INVALID_TRANSACTION).response_code  # 12
     INVALID_AMOUNT = outcome(Reason.INVALID_AMOUNT).response_code  # 13
     UNKNOWN_CARD = outcome(Reason.UNKNOWN_CARD).response_code  # 14
-    NO_RECORD = "25"  # unable to locate the record (a dispute)
+    NO_RECORD = outcome(Reason.NO_RECORD).response_code  # 25
     FORMAT_ERROR = outcome(Reason.FORMAT_ERROR).response_code  # 30
     NO_BALANCE_IN_ASSET = outcome(Reason.NO_BALANCE_IN_ASSET).response_code  # 51
     INSUFFICIENT_FUNDS = outcome(Reason.INSUFFICIENT_FUNDS).response_code  # 51

@@ -241,6 +241,14 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     the one in force is older than its maximum age; applied at the funds check (check 10),
     response code 05. The detail says which.
     """
+    REASON_INVALID_TRANSACTION: _Reason.ValueType  # 32
+    """Not a core check's: a network step refused because it is not possible in the state of
+    the record it acts on (a dispute step out of turn), response code 12.
+    """
+    REASON_NO_RECORD: _Reason.ValueType  # 33
+    """Not a core check's: the record a network step acts on is not found (no such dispute),
+    response code 25.
+    """
     REASON_CLIENT_DECLINED: _Reason.ValueType  # 40
     REASON_CLIENT_UNAVAILABLE: _Reason.ValueType  # 41
     REASON_SYSTEM_ERROR: _Reason.ValueType  # 50
@@ -282,6 +290,14 @@ REASON_FX_RATE_UNAVAILABLE: Reason.ValueType  # 31
 """The billing asset needed converting (docs/fx.md) and no rate of the pair is in force, or
 the one in force is older than its maximum age; applied at the funds check (check 10),
 response code 05. The detail says which.
+"""
+REASON_INVALID_TRANSACTION: Reason.ValueType  # 32
+"""Not a core check's: a network step refused because it is not possible in the state of
+the record it acts on (a dispute step out of turn), response code 12.
+"""
+REASON_NO_RECORD: Reason.ValueType  # 33
+"""Not a core check's: the record a network step acts on is not found (no such dispute),
+response code 25.
 """
 REASON_CLIENT_DECLINED: Reason.ValueType  # 40
 REASON_CLIENT_UNAVAILABLE: Reason.ValueType  # 41

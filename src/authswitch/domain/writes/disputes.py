@@ -33,6 +33,15 @@ __all__ = [
 
 KIND_DISPUTE = "DISPUTE"
 
+# The reason recorded with a dispute step's decision, by its response code: each code a step
+# is answered with has a reason of that code (codes.py).
+_REASONS = {
+    Code.APPROVED: Reason.APPROVED,
+    Code.INVALID_TRANSACTION: Reason.INVALID_TRANSACTION,
+    Code.INVALID_AMOUNT: Reason.INVALID_AMOUNT,
+    Code.NO_RECORD: Reason.NO_RECORD,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
@@ -118,6 +127,9 @@ def dispute_decision(
     response_code: str = Code.APPROVED,
 ) -> DecisionRecord:  # fmt: skip
     approved = response_code == Code.APPROVED
+    reason = _REASONS.get(response_code)
+    if reason is None:
+        raise ValueError(f"a dispute step is not answered {response_code!r}")
     return DecisionRecord(
         id=decision_id, source=source, message_id=message_id, kind=KIND_DISPUTE,
         fingerprint=fingerprint, card_id=dispute.card_id if dispute else None,
@@ -125,7 +137,7 @@ def dispute_decision(
         asset=dispute.asset if dispute else None, amount_minor=amount_minor,
         approved_minor=amount_minor if approved else 0, fee_minor=0,
         response_code=response_code,
-        reason=int(Reason.APPROVED if approved else Reason.TRANSACTION_NOT_PERMITTED),
+        reason=int(reason),
         response=response, created_at=at,
     )  # fmt: skip
 
