@@ -118,8 +118,9 @@ class Settings:
     # 64 waiting is already ~100 ms (docs/operations.md, "Overload").
     grpc_pending_calls_max: int = 64
     # Authorize calls gRPC's core may hand this process at once, beyond grpc.aio's one: each
-    # is a request for a call kept outstanding (adapters/grpc/acceptors.py). 0: grpc.aio's
-    # one request only. 32: a whole batch's answers let as many new calls in at once.
+    # is a request for a call kept outstanding (adapters/grpc/acceptors.py); a call taken
+    # with the admission limit reached is refused as it comes (RESOURCE_EXHAUSTED). 0:
+    # grpc.aio's one request only. 32: a whole batch's answers let as many new calls in.
     grpc_acceptors: int = 32
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-
-import pytest
 
 from authswitch.adapters.grpc.admission import ARRIVAL, Admission, Arrival, limit_for
 
@@ -93,69 +90,41 @@ def _enter(admission: Admission, arrival: Arrival) -> bool:
     return contextvars.copy_context().run(enter)
 
 
-@pytest.mark.timeout(10)
-async def test_room_promises_free_slots_only_and_waits_for_a_leave_or_a_park() -> None:
-    """The acceptors ask gRPC's core for a call only with a slot promised to it, kept for
-    the call until its handler enters or it ends: the slots promised and kept, and the
-    calls in flight, never outnumber the limit."""
+def test_a_call_takes_a_free_slot_kept_for_it_until_its_handler_enters_or_it_ends() -> None:
+    """A call taken by an acceptor keeps a slot until its handler enters or it ends: the
+    calls in flight and those on their way never outnumber the limit, and a call that
+    finds no slot free is refused (None) with nothing counted."""
     admission = Admission(ceiling=2, floor=2, latency_target_s=0)
-    await asyncio.wait_for(admission.room(), 1)  # a slot at once, promised
-    await asyncio.wait_for(admission.room(), 1)
-    third = asyncio.ensure_future(admission.room())  # both slots promised: it waits
-    await asyncio.sleep(0.01)
-    assert not third.done()
-    first = admission.arrived()  # the first call came: its slot is kept for it...
-    admission.abandon()  # ...and none came for the second (core failed the request)
-    await asyncio.wait_for(third, 1)  # that slot is the third waiter's
+    first, second = admission.take(), admission.take()
+    assert first is not None
+    assert second is not None
+    assert admission.take() is None  # both slots kept for calls on their way
+    assert (admission.in_flight, admission.arriving) == (0, 2)
     assert _enter(admission, first)  # the first call's handler takes its slot
-    fourth = asyncio.ensure_future(admission.room())
-    await asyncio.sleep(0.01)
-    assert not fourth.done()  # one in flight, one promised
-    lost = admission.arrived()  # the third's call came, and ended before its handler ran
-    admission.settle(lost)
-    await asyncio.wait_for(fourth, 1)  # its slot is free again
-    assert _enter(admission, admission.arrived())
+    assert (admission.in_flight, admission.arriving) == (1, 1)
+    assert admission.take() is None
+    admission.settle(second)  # the second ended before its handler ran: its slot is free
+    admission.settle(second)  # (once)
+    assert (admission.in_flight, admission.arriving) == (1, 0)
+    third = admission.take()
+    assert third is not None
+    admission.settle(first)  # an entered call's end frees nothing more: leave() does
+    assert (admission.in_flight, admission.arriving) == (1, 1)
+    assert _enter(admission, third)
     assert admission.in_flight == admission.limit
-    waiters = [asyncio.ensure_future(admission.room()) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    assert not any(w.done() for w in waiters)
-    waiters[0].cancel()  # one waiter gone: the others still wait, in turn
-    await asyncio.sleep(0.01)
-    assert not any(w.done() for w in waiters[1:])
-    admission.leave()  # one slot: the next waiter's, not both
-    await asyncio.wait_for(waiters[1], 1)
-    await asyncio.sleep(0.01)
-    assert not waiters[2].done()
-    assert _enter(admission, admission.arrived())
+    assert admission.take() is None
     assert admission.park()  # waiting on a client: no longer in flight, its slot is free
-    await asyncio.wait_for(waiters[2], 1)
+    assert admission.take() is not None
 
 
-@pytest.mark.timeout(10)
-async def test_calls_leaving_together_wake_one_waiter_per_free_slot() -> None:
-    """A committed batch ends many calls in one turn of the loop: only as many waiting
-    acceptors as there are slots free (counting those promised already) may ask for a
-    call, else the rest would take calls only to refuse them."""
-    admission = Admission(ceiling=8, floor=8, latency_target_s=0)
-    for _ in range(8):
-        assert admission.try_enter()
-    waiters = [asyncio.ensure_future(admission.room()) for _ in range(6)]
-    await asyncio.sleep(0.01)
-    for _ in range(3):
-        admission.leave()
-    await asyncio.sleep(0.01)
-    assert [w.done() for w in waiters] == [True] * 3 + [False] * 3
-    admission.leave()  # a fourth slot, while the three promised have not arrived yet
-    await asyncio.sleep(0.01)
-    assert sum(w.done() for w in waiters) == 4
-    # A woken waiter cancelled before it runs gives its slot to the next one.
-    late = asyncio.ensure_future(admission.room())
-    await asyncio.sleep(0.01)
-    admission.leave()  # the fifth waiter is woken...
-    waiters[4].cancel()  # ...and cancelled before it runs
-    await asyncio.sleep(0.01)
-    assert waiters[4].cancelled()
-    assert waiters[5].done()
-    assert not late.done()
-    late.cancel()
-    await asyncio.gather(*waiters, late, return_exceptions=True)
+def test_a_handler_entered_without_an_arrival_counts_only_in_flight() -> None:
+    """grpc.aio's own request hands calls to the handler without an Arrival: try_enter
+    alone admits or refuses them, and slots kept for others count against it."""
+    admission = Admission(ceiling=2, floor=2, latency_target_s=0)
+    kept = admission.take()
+    assert kept is not None
+    assert admission.try_enter()  # no Arrival in this context
+    assert admission.take() is None
+    assert _enter(admission, kept)
+    assert not admission.try_enter()
+    assert (admission.in_flight, admission.arriving) == (2, 0)

@@ -24,19 +24,24 @@ a grpcio without it the server takes calls the stock way and says so once in its
 (tests/e2e/test_acceptors.py fails instead, on the grpcio the project pins).
 
 Calls taken here are bounded by the admission limit of their handler (Authorize), not by
-grpc.aio's ``maximum_concurrent_rpcs``: an acceptor asks core for a call only once the
-admission has promised it a slot (:meth:`Admission.room`), and the slot stays kept for the
-call it takes until the call's handler enters (the handler finds the call's
-:class:`Arrival` in its task's context) or the call ends. So the calls asked for never
-outnumber the free slots: under overload the others wait in core, or core refuses them, in
-C, rather than being taken through grpc.aio only to be refused. (With the acceptors asking
-again as soon as the admission was not full, 32 acceptors took and refused 14-16 thousand
-calls in 10 s of 2x overload, answering 1,310-1,600/s; with a slot each, 7-8 thousand,
-answering 1,950/s; 8 acceptors either way 1,700-1,990/s.)
+grpc.aio's ``maximum_concurrent_rpcs``: a call that comes when the admission has no slot free
+(:meth:`Admission.take`) is refused at once, RESOURCE_EXHAUSTED, by grpc.aio's own refusal of
+a call over its concurrency limit (``_handle_rpc`` with ``concurrency_exceeded``: the status
+is sent without reading the request or running the handler); one that comes with a slot keeps
+it until its handler enters (the handler finds the call's :class:`Arrival` in its task's
+context) or the call ends. The requests stay outstanding under overload, so calls do not
+wait in gRPC's core for a slot: they are answered or refused as fast as the event loop turns.
+(Two earlier designs, measured under 2x overload in 10 s quick runs, alternating: acceptors
+that asked core for a call only with a slot kept for it left the excess waiting in core's
+pending calls, about 30 ms, or cancelled by core (CANCELLED, never RESOURCE_EXHAUSTED):
+answered p99 174-261 ms, 11-15 thousand refused and 43-48 thousand CANCELLED, against
+137-160 ms, 28-36 thousand refused and 22-34 thousand CANCELLED with this one; before that,
+acceptors that took every call and refused it in the handler, after reading it, answered
+1,310-1,600/s against 1,780-2,330 with 8 acceptors.)
 A request outstanding with core ends only when core hands it a call or shuts down: the
 tasks are never cancelled while they have one (a cancelled one would leave its request to
-take a call nobody answers); they end when the server's shutdown fails their requests, or,
-waiting for a slot, when they find the server stopped (:meth:`Acceptors.closed`).
+take a call nobody answers); they end when the server's shutdown fails their requests
+(:meth:`Acceptors.closed`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
+from authswitch import metrics
 from authswitch.adapters.grpc.admission import ARRIVAL, Admission, Arrival
 
 _cygrpc: Any = importlib.import_module("grpc._cython.cygrpc")  # untyped, private
@@ -123,8 +129,8 @@ class Acceptors:
         return True
 
     def start(self, server: grpc.aio.Server, admission: Admission | None = None) -> None:
-        """Once the server has started: the outstanding requests. With ``admission``, an
-        acceptor whose call found it full asks for no other until it has room again."""
+        """Once the server has started: the outstanding requests. With ``admission``, a call
+        that finds no slot free is refused at once (RESOURCE_EXHAUSTED)."""
         self._admission = admission
         if not self.count or not self._handlers:
             return
@@ -140,36 +146,31 @@ class Acceptors:
         name = method.encode()
         admission = self._admission
         while aio.is_running():
-            if admission is not None:
-                # A call is asked for only with a slot free for it (one per acceptor): under
-                # overload, a call taken would only be refused, at the cost of its whole way
-                # through grpc.aio. Left in core, it waits for a slot (or for grpc.aio's own
-                # request, which the admission answers), or core refuses it, in C.
-                await admission.room()
-                if not aio.is_running():  # stopped meanwhile: core takes no more requests
-                    admission.abandon()
-                    break
             try:
                 rpc_state = await aio._request_registered_call(name)
             except _cygrpc._RequestCallError:
-                # Core failed this request (as its shutdown does): ask again, or end.
-                if admission is not None:
-                    admission.abandon()
-                continue
+                continue  # core failed this request (as its shutdown does): ask again, or end
+            arrival = None if admission is None else admission.take()
             # As grpc.aio's main loop: the call's coroutine runs inside the task that listens
             # for the client's cancellation, which keeps it to its end.
-            call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, False)
-            coro = _cygrpc._schedule_rpc_coro(call, rpc_state, loop, method)
-            if admission is None:
-                task = loop.create_task(coro)
+            if admission is not None and arrival is None:
+                # No slot: refused at once, RESOURCE_EXHAUSTED, the request never read.
+                metrics.SHED.inc()
+                call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, True)
+                task = loop.create_task(_cygrpc._schedule_rpc_coro(call, rpc_state, loop, method))
             else:
-                # Its slot stays kept until its handler enters (or it ends): the handler
-                # finds the Arrival in its task's context.
-                arrival = admission.arrived()
-                context = contextvars.copy_context()
-                context.run(ARRIVAL.set, arrival)
-                task = loop.create_task(coro, context=context)
-                task.add_done_callback(functools.partial(_settle, admission, arrival))
+                call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, False)
+                coro = _cygrpc._schedule_rpc_coro(call, rpc_state, loop, method)
+                if arrival is None:
+                    task = loop.create_task(coro)
+                else:
+                    # Its slot stays kept until its handler enters (or it ends): the handler
+                    # finds the Arrival in its task's context.
+                    assert admission is not None
+                    context = contextvars.copy_context()
+                    context.run(ARRIVAL.set, arrival)
+                    task = loop.create_task(coro, context=context)
+                    task.add_done_callback(functools.partial(_settle, admission, arrival))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 

@@ -20,10 +20,10 @@ Calls also wait before any handler runs: in gRPC's core, until this process's ev
 takes them. That queue is bounded by the server options (``server_options``:
 ``grpc.server.max_pending_requests``), where gRPC itself refuses calls beyond it.
 
-With the acceptors (acceptors.py), gRPC's core is asked for an Authorize call only for a slot
-free under the limit (:meth:`Admission.room`), kept for that call until its handler enters:
-beyond the limit calls wait in core rather than being taken only to be refused (those that
-grpc.aio's own request takes are refused as above).
+With the acceptors (acceptors.py), a call gRPC's core hands over takes a slot free under the
+limit as it comes (:meth:`Admission.take`), kept for it until its handler enters; with none
+free it is refused there, before its request is read (those that grpc.aio's own request
+takes are refused by the handler, as above).
 
 The rate is measured over windows of ``window_s`` and smoothed; no clock is read per call
 but once per window's end, on a completion.
@@ -31,8 +31,6 @@ but once per window's end, on a completion.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextvars
 import time
 from collections.abc import Callable
@@ -50,8 +48,8 @@ def limit_for(rate_per_s: float, latency_target_s: float, floor: int, ceiling: i
 
 
 class Arrival:
-    """A call taken for a slot promised by :meth:`Admission.room`, on its way to its
-    handler: the slot stays kept for it until the handler enters (or the call ends)."""
+    """A call taken for a free slot (:meth:`Admission.take`), on its way to its handler:
+    the slot stays kept for it until the handler enters (or the call ends)."""
 
     __slots__ = ("pending",)
 
@@ -94,49 +92,21 @@ class Admission:
         self.rate_per_s = 0.0
         self._completed = 0
         self._window_ends = clock() + window_s
-        # Those waiting in room(), woken one per free slot; the slots promised to callers
-        # of room() whose call has not come yet, and those of calls come but not yet in
-        # their handler (Arrival): in_flight + these never pass the limit (room()).
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._promised = 0
+        # Slots kept for calls taken (take()) but not yet in their handler (Arrival):
+        # in_flight + these never pass the limit.
         self._arriving = 0
 
     @property
-    def reserved(self) -> int:
-        """Slots promised to acceptors (:meth:`room`) or kept for calls on their way."""
-        return self._promised + self._arriving
+    def arriving(self) -> int:
+        """Slots kept for calls on their way to their handler."""
+        return self._arriving
 
-    @property
-    def _slot_free(self) -> bool:
-        """Whether a slot is free that is neither in flight nor promised nor kept."""
-        return self.in_flight + self._promised + self._arriving < self.limit
-
-    async def room(self) -> None:
-        """Until a slot is free for one more call, not promised to another caller; then it
-        is promised to this one, who asks gRPC's core for one call and says when it has
-        arrived (:meth:`arrived`). So the calls asked for never outnumber the free slots:
-        under overload the rest wait in core, or core refuses them, rather than being
-        taken only to be refused. Waiters are woken in turn, one per free slot."""
-        if not self._waiters and self._slot_free:
-            self._promised += 1
-            return
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(woken)
-        self._wake()  # a slot free now is this waiter's, in turn after those before it
-        try:
-            await woken
-        except asyncio.CancelledError:
-            if woken.cancelled():
-                self._waiters.remove(woken)
-            else:  # woken, then cancelled: the slot goes to the next
-                self.abandon()
-            raise
-
-    def arrived(self) -> Arrival:
-        """The call a slot was promised to (:meth:`room`) has come: the slot stays kept for
-        it until its handler enters (:meth:`try_enter`, with the Arrival in
-        :data:`ARRIVAL`) or its task ends (:meth:`settle`), whichever is first."""
-        self._promised -= 1
+    def take(self) -> Arrival | None:
+        """A call has come: a slot is kept for it until its handler enters
+        (:meth:`try_enter`, with the Arrival in :data:`ARRIVAL`) or its task ends
+        (:meth:`settle`), whichever is first; None when no slot is free (refuse it)."""
+        if self.in_flight + self._arriving >= self.limit:
+            return None
         self._arriving += 1
         return Arrival()
 
@@ -145,12 +115,6 @@ class Admission:
         if arrival.pending:
             arrival.pending = False
             self._arriving -= 1
-            self._wake()
-
-    def abandon(self) -> None:
-        """No call will come for the slot promised (:meth:`room`): the next waiter's."""
-        self._promised -= 1
-        self._wake()
 
     def try_enter(self) -> bool:
         arrival = ARRIVAL.get()
@@ -169,7 +133,6 @@ class Admission:
             return False
         self.waiting += 1
         self.in_flight -= 1
-        self._wake()
         return True
 
     def unpark(self) -> None:
@@ -180,17 +143,6 @@ class Admission:
     def leave(self) -> None:
         self.in_flight -= 1
         self._count_completion()
-        if self._waiters:
-            self._wake()
-
-    def _wake(self) -> None:
-        """As many waiters in :meth:`room` as there are free slots not yet promised."""
-        waiters = self._waiters
-        while waiters and self._slot_free:
-            woken = waiters.popleft()
-            if not woken.done():  # (not cancelled)
-                woken.set_result(None)
-                self._promised += 1
 
     def _count_completion(self) -> None:
         """One more completed; at a window's end, the rate and the limit from it."""
