@@ -151,26 +151,23 @@ class Acceptors:
             except _cygrpc._RequestCallError:
                 continue  # core failed this request (as its shutdown does): ask again, or end
             arrival = None if admission is None else admission.take()
+            refused = admission is not None and arrival is None
+            if refused:  # no slot: RESOURCE_EXHAUSTED at once, the request never read
+                metrics.SHED.inc()
             # As grpc.aio's main loop: the call's coroutine runs inside the task that listens
             # for the client's cancellation, which keeps it to its end.
-            if admission is not None and arrival is None:
-                # No slot: refused at once, RESOURCE_EXHAUSTED, the request never read.
-                metrics.SHED.inc()
-                call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, True)
-                task = loop.create_task(_cygrpc._schedule_rpc_coro(call, rpc_state, loop, method))
+            call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, refused)
+            coro = _cygrpc._schedule_rpc_coro(call, rpc_state, loop, method)
+            if arrival is None:
+                task = loop.create_task(coro)
             else:
-                call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, False)
-                coro = _cygrpc._schedule_rpc_coro(call, rpc_state, loop, method)
-                if arrival is None:
-                    task = loop.create_task(coro)
-                else:
-                    # Its slot stays kept until its handler enters (or it ends): the handler
-                    # finds the Arrival in its task's context.
-                    assert admission is not None
-                    context = contextvars.copy_context()
-                    context.run(ARRIVAL.set, arrival)
-                    task = loop.create_task(coro, context=context)
-                    task.add_done_callback(functools.partial(_settle, admission, arrival))
+                # Its slot stays kept until its handler enters (or it ends): the handler
+                # finds the Arrival in its task's context.
+                assert admission is not None  # (an Arrival comes only from it)
+                context = contextvars.copy_context()
+                context.run(ARRIVAL.set, arrival)
+                task = loop.create_task(coro, context=context)
+                task.add_done_callback(functools.partial(_settle, admission, arrival))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
