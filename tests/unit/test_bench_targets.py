@@ -43,18 +43,19 @@ def _row(name: str, *phases: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"name": name, "status": "ok", "phases": list(phases), **extra}
 
 
-def _run(*, trivial_p99_500: float = 3.3, trivial_overload: float = 51.0) -> dict[str, Any]:
+def _run(*, naive_p99_500: float = 3.3, trivial_overload: float = 51.0) -> dict[str, Any]:
     """A full run shaped as the harness writes it (only the fields the targets read)."""
     return {
         "machine": {"cores": 2, "cores_usable": 2},
         "profile": {"name": "full"},
         "scenarios": [
-            _row("trivial_handler", _open(200, 1.14, 2.4), _open(500, 0.9, trivial_p99_500)),
+            _row("trivial_handler", _open(200, 1.14, 2.4), _open(500, 0.9, 1.6)),
             _row("trivial_handler_overload_2x",
                  _overload(10_000, {"OK": 66.0, "CANCELLED": trivial_overload})),
             _row("grpc_redis_ceiling", _closed(2_500, 450, 640), _open(200, 1.42, 3.1),
                  _open(1_250, 1.3, 5.95, "open_0.5x")),
-            _row("naive_postgres", _closed(830, 900, 1_800), _open(200, 2.21, 5.2)),
+            _row("naive_postgres", _closed(830, 900, 1_800), _open(200, 2.21, 5.2),
+                 _open(500, 1.9, naive_p99_500)),
             _row("on_ledger_hot_account", _closed(1_700, 530, 980), _open(200, 3.07, 6.9),
                  _open(850, 5.6, 20.7, "open_0.5x")),
             _row("on_ledger_hot_account_workers", _closed(1_760, 610, 1_030),
@@ -63,8 +64,15 @@ def _run(*, trivial_p99_500: float = 3.3, trivial_overload: float = 51.0) -> dic
             _row("on_ledger_hot_account_remote", _closed(1_860, 480, 820)),
             _row("overload_2x", _overload(2_266, {"OK": 150.0, "RESOURCE_EXHAUSTED": 88.0})),
             _row("off_ledger_forward", _open(500, 14.5, 29.2), target={
-                "phases": [{"phase": "open_500", "rate_per_s": 500, "p99_ms": 29.2,
-                            "added_ms": 24.2, "added_floor_ms": 24.1, "met": False}],
+                "phases": [
+                    {"phase": "open_200", "rate_per_s": 200, "p99_ms": 9.1,
+                     "added_ms": 4.1, "added_floor_ms": 4.0, "met": False},
+                    {"phase": "open_500", "rate_per_s": 500, "p99_ms": 29.2,
+                     "added_ms": 24.2, "added_floor_ms": 24.1, "met": False},
+                    # (no naive phase at this rate: no floor from it)
+                    {"phase": "open_1000", "rate_per_s": 1000, "p99_ms": 12.0,
+                     "added_ms": 7.0, "added_floor_ms": 6.9, "met": False},
+                ],
                 "baseline_ms": 5, "budget_ms": 2.0, "text": "off-ledger added p99",
             }),
         ],
@@ -95,12 +103,14 @@ def test_each_limit_comes_from_a_row_that_does_less() -> None:
     answered = t[OVERLOAD_ANSWERED]
     assert (answered["limit"]["value"], answered["limit"]["reachable"]) == (66.0, True)
     off_ledger = t["off-ledger added latency p99 (over the client's own 5 ms)"]
+    # the naive row's p99 at the rate most favourable to the target (3.3 at 500/s, not 5.2)
     assert (off_ledger["limit"]["value"], off_ledger["limit"]["reachable"]) == (3.3, False)
+    assert off_ledger["value"] == 24.2  # the worst phase
     assert t["hot ÷ naive, local Postgres"]["limit"] is None  # met: nothing to bound
 
 
 def test_a_floor_inside_the_target_leaves_it_reachable() -> None:
-    t = _by_name(_run(trivial_p99_500=1.8, trivial_overload=9.0))
+    t = _by_name(_run(naive_p99_500=1.8, trivial_overload=9.0))
     off_ledger = t["off-ledger added latency p99 (over the client's own 5 ms)"]
     assert off_ledger["met"] is False
     assert off_ledger["limit"]["reachable"] is True
