@@ -59,6 +59,7 @@ from authswitch.adapters.sinks import DirectorySink
 from authswitch.config import Settings, load_card_keys
 from authswitch.domain.cardsec import CardKeys
 from authswitch.embedded import EmbeddedPostgres, EmbeddedRedis
+from authswitch.loop_lag import LoopLag
 from authswitch.secrets import SecretStore
 from authswitch.service.admin import AdminService
 from authswitch.service.authorization import AuthorizationService
@@ -147,6 +148,7 @@ class Application:
         self.health_server: grpc.aio.Server | None = None  # AUTHSWITCH_HEALTH_LISTEN
         self.health = HealthServicer()
         self.services = Services()
+        self.loop_lag = LoopLag()  # authswitch_event_loop_lag_seconds, once started
         self._stopped = asyncio.Event()
 
     def _move(self, to: State) -> None:
@@ -239,6 +241,7 @@ class Application:
             job.start()
         metrics.declare_known_series()
         self._flush_metrics()
+        self.loop_lag.start()
         self.services.authorization = self.authorization
         self.services.lifecycle = self.lifecycle
         self.services.admin = self.admin
@@ -542,6 +545,7 @@ class Application:
         flush = getattr(self, "_metrics_flush", None)
         if flush is not None:
             flush.cancel()
+        self.loop_lag.stop()
         metrics.flush_hot()
         if self.server is not None and self.state is State.STARTING:
             await self.server.stop(0)  # a failed start: nothing is in flight

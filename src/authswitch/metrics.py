@@ -41,6 +41,7 @@ __all__ = [
     "COMMIT_REPLAYS",
     "DECISIONS",
     "DECISION_SECONDS",
+    "EVENT_LOOP_LAG_SECONDS",
     "EXPIRED",
     "FILE_DELIVERIES",
     "FILE_DELIVERIES_PENDING",
@@ -186,6 +187,12 @@ COMMIT_BATCH_SECONDS = Histogram(
 COMMIT_QUEUE_WAIT_SECONDS = Histogram(
     "authswitch_group_commit_wait_seconds",
     "Time a write waits in the group-commit queue before its transaction starts.",
+    buckets=_LATENCY_BUCKETS_S,
+)
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "authswitch_event_loop_lag_seconds",
+    "How late a callback due on the process's event loop ran (sampled ten times a second): "
+    "the wait every step of every call has for the loop, by about a millisecond's precision.",
     buckets=_LATENCY_BUCKETS_S,
 )
 COMMIT_QUEUE_DEPTH = Gauge(

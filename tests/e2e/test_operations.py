@@ -73,6 +73,10 @@ async def test_metrics_are_exposed_with_bounded_labels(ledger: Ledger, app: Appl
     ):
         assert series in text, series
     assert "_created" not in text  # they would double the series count
+    assert "authswitch_event_loop_lag_seconds_bucket" in text
+    sampled = app.loop_lag.samples
+    await asyncio.sleep(0.35)  # the serving process samples its loop ten times a second
+    assert app.loop_lag.samples >= sampled + 2
     for metric in REGISTRY.collect():
         for sample in metric.samples:
             for name, value in sample.labels.items():

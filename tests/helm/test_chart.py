@@ -1431,6 +1431,7 @@ def test_dashboard_shows_what_operators_need(chart: helm_python.Chart) -> None:
         "authswitch_store_errors_total",
         "authswitch_cache_loads_total",
         "authswitch_reconciliation_breaks",
+        "authswitch_event_loop_lag_seconds_bucket",
     }
     assert not shown - _known_series()
     ids = [p["id"] for p in dashboard["panels"]]
