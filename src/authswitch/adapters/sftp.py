@@ -23,11 +23,16 @@ import contextlib
 import logging
 import posixpath
 import random
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
-import asyncssh
+with warnings.catch_warnings():
+    # asyncssh imports DSA keys' support, which cryptography 51 deprecates on import: not a
+    # key type this sink uses, and nothing an operator can act on.
+    warnings.filterwarnings("ignore", message="DSA is deprecated")
+    import asyncssh
 
 from authswitch.adapters.sinks import check_name
 from authswitch.domain.retry import backoff_ms
