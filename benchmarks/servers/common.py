@@ -71,7 +71,8 @@ def _acceptors() -> Any:
     except ImportError as exc:
         print(f"authswitch's acceptors unavailable ({exc}): grpc.aio's one", file=sys.stderr)
         return None
-    return Acceptors(Settings().grpc_acceptors)
+    settings = Settings()
+    return Acceptors(settings.grpc_acceptors, settings.grpc_acceptors_surge)
 
 
 async def _serve(listen: str, factory: HandlerFactory) -> None:

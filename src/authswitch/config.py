@@ -122,6 +122,11 @@ class Settings:
     # with the admission limit reached is refused as it comes (RESOURCE_EXHAUSTED). 0:
     # grpc.aio's one request only. 32: a whole batch's answers let as many new calls in.
     grpc_acceptors: int = 32
+    # While calls are being refused (overload), up to this many more acceptors, one added per
+    # refusal: calls then come faster than the event loop's turns take them, and those not
+    # taken wait in core (then CANCELLED). They leave one a call once a second passes with
+    # none refused. 0: never more than grpc_acceptors.
+    grpc_acceptors_surge: int = 96
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each
     # process is a replica (its own metrics port). Off: a taken port fails loudly.
@@ -240,6 +245,11 @@ class Settings:
             raise ConfigError("AUTHSWITCH_BALANCE_REPORT_AT must be HH:MM")
         if not 0 <= self.grpc_acceptors <= ACCEPTORS_MAX:
             raise ConfigError(f"AUTHSWITCH_GRPC_ACCEPTORS must be 0 to {ACCEPTORS_MAX}")
+        if not 0 <= self.grpc_acceptors_surge <= ACCEPTORS_MAX - self.grpc_acceptors:
+            raise ConfigError(
+                "AUTHSWITCH_GRPC_ACCEPTORS_SURGE must be 0 to "
+                f"{ACCEPTORS_MAX} - AUTHSWITCH_GRPC_ACCEPTORS"
+            )
         if self.reconcile_interval_s < 0:
             raise ConfigError("AUTHSWITCH_RECONCILE_INTERVAL_S must not be negative")
         if self.file_delivery_interval_s < 0:
@@ -328,6 +338,8 @@ HELP: dict[str, str] = {
     "refused at once (CANCELLED)",
     "grpc_acceptors": "Authorize calls gRPC may hand the process at once beyond grpc.aio's "
     "one (0: only that one)",
+    "grpc_acceptors_surge": "more of them while calls are being refused (overload), one per "
+    "refusal, gone a second after the last (0: none)",
     "grpc_reuseport": "let several processes share the gRPC port (serve --workers does it itself)",
     "workers": "worker processes sharing the gRPC port (0: one per core)",
     "shutdown_grace_s": "how long calls in flight get to finish after SIGTERM",

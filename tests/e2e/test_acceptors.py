@@ -112,3 +112,42 @@ async def test_without_the_dispatch_authorize_is_served_the_stock_way(
             assert {a.response_code for a in answers} == {"00"}
     finally:
         await app.stop()
+
+
+async def test_refusals_add_acceptors_that_leave_once_none_are_refused(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call refused at the admission limit adds an acceptor, up to the surge; once none
+    has been refused for SURGE_HOLD_S, each call taken retires one, down to the count."""
+    monkeypatch.setattr(acceptors, "SURGE_HOLD_S", 0.3)
+    settings = settings_for(
+        stores,
+        grpc_acceptors=2,
+        grpc_acceptors_surge=6,
+        authorize_in_flight_max=1,
+        authorize_in_flight_min=1,
+    )
+    app = Application(settings, keys=TEST_KEYS)
+    await app.start()
+    try:
+        assert app.acceptors is not None
+        assert (app.acceptors.outstanding, app.acceptors.surging) == (2, 0)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            ledger = Ledger(channel)
+            card = await ledger.card(1_000_000)
+            burst = await asyncio.gather(
+                *(ledger.auth.Authorize(ledger.request(card, 100), timeout=30) for _ in range(60)),
+                return_exceptions=True,
+            )
+            refused = [r for r in burst if isinstance(r, grpc.aio.AioRpcError)]
+            assert refused, "one call in flight at most: a burst of 60 must see refusals"
+            assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert app.acceptors.surging == min(6, len(refused))
+            assert app.acceptors.outstanding == 2 + app.acceptors.surging
+            await asyncio.sleep(0.4)  # none refused since
+            for _ in range(8):
+                answer = await ledger.auth.Authorize(ledger.request(card, 100), timeout=30)
+                assert answer.response_code == "00"
+            assert (app.acceptors.outstanding, app.acceptors.surging) == (2, 0)
+    finally:
+        await app.stop()

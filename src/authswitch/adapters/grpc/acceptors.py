@@ -38,6 +38,12 @@ answered p99 174-261 ms, 11-15 thousand refused and 43-48 thousand CANCELLED, ag
 137-160 ms, 28-36 thousand refused and 22-34 thousand CANCELLED with this one; before that,
 acceptors that took every call and refused it in the handler, after reading it, answered
 1,310-1,600/s against 1,780-2,330 with 8 acceptors.)
+Under overload the event loop's turns grow long, and ``count`` requests take at most that
+many calls a turn: the rest wait in core's pending queue (``grpc_pending_calls_max``), where
+their refusal waits turns too, or overflow it and end CANCELLED by core, which tells the
+gateway nothing. So each call refused adds one more acceptor, up to ``surge`` more; once a
+second (``SURGE_HOLD_S``) has passed with none refused, each call taken retires one of them,
+down to ``count``. A closed loop below capacity refuses nothing and never surges.
 A request outstanding with core ends only when core hands it a call or shuts down: the
 tasks are never cancelled while they have one (a cancelled one would leave its request to
 take a call nobody answers); they end when the server's shutdown fails their requests
@@ -67,6 +73,8 @@ log = logging.getLogger(__name__)
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # subscriptable only in the stubs
 _PRIVATE = ("_handle_rpc", "_schedule_rpc_coro", "_MethodResolver", "_RequestCallError")
 CLOSE_TIMEOUT_S = 2.0  # after the server stopped, for its requests to fail
+# After the last refusal, how long the acceptors added while calls were refused stay.
+SURGE_HOLD_S = 1.0
 
 
 # The dispatch's functions and their parameters, as grpc.aio's main loop calls them.
@@ -100,18 +108,26 @@ def available() -> bool:
 
 
 class Acceptors:
-    """``count`` more outstanding requests for calls of each registered method."""
+    """``count`` more outstanding requests for calls of each registered method, and up to
+    ``surge`` more of them while calls are being refused."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, surge: int = 0) -> None:
         assert count >= 0
+        assert surge >= 0
         self.usable = available()
         self.count = count if self.usable else 0
+        self.surge = surge if self.count else 0
         if count and not self.usable:
             log.warning("this grpcio lacks the dispatch of several acceptors: one per method")
         self._handlers: dict[str, Handler] = {}
-        self._acceptors: list[asyncio.Task[None]] = []
+        self._acceptors: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[Any]] = set()
         self._admission: Admission | None = None
+        self._resolver: Any = None
+        self._server: Any = None
+        # Acceptors running beyond ``count``, by method; when the last refusal was (loop time).
+        self._surging: dict[str, int] = {}
+        self._refused_at = -SURGE_HOLD_S
 
     def register(
         self,
@@ -134,15 +150,21 @@ class Acceptors:
         self._admission = admission
         if not self.count or not self._handlers:
             return
-        aio = server._server  # type: ignore[attr-defined]  # grpc.aio's AioServer
-        resolver = _cygrpc._MethodResolver([], dict(self._handlers))
+        self._server = server._server  # type: ignore[attr-defined]  # grpc.aio's AioServer
+        self._resolver = _cygrpc._MethodResolver([], dict(self._handlers))
         for method in self._handlers:
+            self._surging[method] = 0
             for _ in range(self.count):
-                task = asyncio.ensure_future(self._accept(aio, resolver, method))
-                self._acceptors.append(task)
+                self._spawn(method)
 
-    async def _accept(self, aio: Any, resolver: Any, method: str) -> None:
+    def _spawn(self, method: str) -> None:
+        task = asyncio.ensure_future(self._accept(method))
+        self._acceptors.add(task)
+        task.add_done_callback(self._acceptors.discard)
+
+    async def _accept(self, method: str) -> None:
         loop = asyncio.get_running_loop()
+        aio, resolver = self._server, self._resolver
         name = method.encode()
         admission = self._admission
         while aio.is_running():
@@ -152,8 +174,16 @@ class Acceptors:
                 continue  # core failed this request (as its shutdown does): ask again, or end
             arrival = None if admission is None else admission.take()
             refused = admission is not None and arrival is None
+            retire = False
             if refused:  # no slot: RESOURCE_EXHAUSTED at once, the request never read
                 metrics.SHED.inc()
+                self._refused_at = loop.time()
+                if self._surging[method] < self.surge:  # calls come faster than taken
+                    self._surging[method] += 1
+                    self._spawn(method)
+            elif self._surging[method] and loop.time() - self._refused_at >= SURGE_HOLD_S:
+                self._surging[method] -= 1  # the surge is over: this one asks no more
+                retire = True
             # As grpc.aio's main loop: the call's coroutine runs inside the task that listens
             # for the client's cancellation, which keeps it to its end.
             call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, refused)
@@ -170,18 +200,26 @@ class Acceptors:
                 task.add_done_callback(functools.partial(_settle, admission, arrival))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
+            if retire:
+                return
 
     @property
     def outstanding(self) -> int:
         """Acceptor tasks still running (each with a request outstanding, or about to)."""
         return sum(1 for t in self._acceptors if not t.done())
 
+    @property
+    def surging(self) -> int:
+        """Acceptors running beyond ``count`` (all methods), added while calls were refused."""
+        return sum(self._surging.values())
+
     async def closed(self) -> None:
         """After the server stopped: its shutdown failed every request; the tasks end."""
         if not self._acceptors:
             return
-        _, pending = await asyncio.wait(self._acceptors, timeout=CLOSE_TIMEOUT_S)
+        running = list(self._acceptors)
+        _, pending = await asyncio.wait(running, timeout=CLOSE_TIMEOUT_S)
         for task in pending:  # the server is stopped: nothing can take a call any more
             task.cancel()
-        await asyncio.gather(*self._acceptors, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         self._acceptors.clear()

@@ -193,7 +193,7 @@ def build_server(
     """A server with every service added and its port bound; returns it, the port, and the
     acceptors of its Authorize calls (start them once the server has started)."""
     policy = policy or AccessPolicy()
-    acceptors = Acceptors(settings.grpc_acceptors)
+    acceptors = Acceptors(settings.grpc_acceptors, settings.grpc_acceptors_surge)
     server = grpc.aio.server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_streams,
