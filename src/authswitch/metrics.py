@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
+    "ACCEPTORS_SURGING",
     "CACHE_LOADS",
     "CACHE_MARKS_EXPIRED",
     "CLIENT_ANSWER_RESERVE_SECONDS",
@@ -285,6 +286,13 @@ FILE_DELIVERIES_PENDING = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+ACCEPTORS_SURGING = Gauge(
+    "authswitch_grpc_acceptors_surging",
+    "Requests for Authorize calls kept outstanding with gRPC's core beyond "
+    "AUTHSWITCH_GRPC_ACCEPTORS, added while calls are refused (at most "
+    "AUTHSWITCH_GRPC_ACCEPTORS_SURGE; they go a second after the last refusal).",
+    multiprocess_mode="livesum",
+)
 SHED = Counter(
     "authswitch_authorizations_shed_total",
     "Authorisations refused RESOURCE_EXHAUSTED on arrival: AUTHSWITCH_AUTHORIZE_IN_FLIGHT_MAX "

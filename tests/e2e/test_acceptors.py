@@ -8,6 +8,7 @@ import asyncio
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from authswitch.adapters.grpc import acceptors
 from authswitch.app import Application
@@ -128,7 +129,12 @@ async def test_refusals_add_acceptors_that_leave_once_none_are_refused(
         authorize_in_flight_min=1,
     )
     app = Application(settings, keys=TEST_KEYS)
+
+    def gauge() -> float:
+        return REGISTRY.get_sample_value("authswitch_grpc_acceptors_surging") or 0.0
+
     await app.start()
+    before = gauge()
     try:
         assert app.acceptors is not None
         assert (app.acceptors.outstanding, app.acceptors.surging) == (2, 0)
@@ -144,10 +150,12 @@ async def test_refusals_add_acceptors_that_leave_once_none_are_refused(
             assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
             assert app.acceptors.surging == min(6, len(refused))
             assert app.acceptors.outstanding == 2 + app.acceptors.surging
+            assert gauge() == before + app.acceptors.surging
             await asyncio.sleep(0.4)  # none refused since
             for _ in range(8):
                 answer = await ledger.auth.Authorize(ledger.request(card, 100), timeout=30)
                 assert answer.response_code == "00"
             assert (app.acceptors.outstanding, app.acceptors.surging) == (2, 0)
+            assert gauge() == before
     finally:
         await app.stop()

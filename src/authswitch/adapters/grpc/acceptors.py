@@ -180,9 +180,11 @@ class Acceptors:
                 self._refused_at = loop.time()
                 if self._surging[method] < self.surge:  # calls come faster than taken
                     self._surging[method] += 1
+                    metrics.ACCEPTORS_SURGING.inc()
                     self._spawn(method)
             elif self._surging[method] and loop.time() - self._refused_at >= SURGE_HOLD_S:
                 self._surging[method] -= 1  # the surge is over: this one asks no more
+                metrics.ACCEPTORS_SURGING.dec()
                 retire = True
             # As grpc.aio's main loop: the call's coroutine runs inside the task that listens
             # for the client's cancellation, which keeps it to its end.
@@ -223,3 +225,5 @@ class Acceptors:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         self._acceptors.clear()
+        metrics.ACCEPTORS_SURGING.dec(self.surging)
+        self._surging = dict.fromkeys(self._surging, 0)
