@@ -21,7 +21,7 @@ from authswitch import metrics
 from authswitch.app import Application
 from authswitch.domain.ledger import Balance
 from authswitch.errors import StoreUnavailable
-from authswitch.service.cache_sync import CacheSync
+from authswitch.service.cache_sync import HEARTBEAT_TTL_MS, CacheSync
 from tests.conftest import TEST_KEYS, settings_for
 from tests.support.ledger import IssuedCard, Ledger
 from tests.support.stores import Stores
@@ -205,3 +205,24 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> None:
 async def _marks(app: Application, account_id: str) -> int:
     key = app.cache.keys.marks(account_id)
     return int(await app.cache.client.keyed(key, "ZCARD", key))
+
+
+async def test_a_process_started_earlier_adopts_the_newest_generation(stores: Stores) -> None:
+    """Each process raises the cache's shared generation as it starts (workers start
+    together). One that started earlier adopts the newest within a heartbeat, so what it
+    loads is stamped with the generation reconciliation compares and the other processes
+    do not take it for stale; without that it kept its own until its next miss."""
+    prefix = f"{stores.redis_prefix}-gen{time.monotonic_ns()}"
+    first = Application(settings_for(stores, redis_key_prefix=prefix), keys=TEST_KEYS)
+    await first.start()
+    try:
+        second = Application(settings_for(stores, redis_key_prefix=prefix), keys=TEST_KEYS)
+        await second.start()
+        try:
+            assert first.cache.generation < second.cache.generation
+            await asyncio.sleep(HEARTBEAT_TTL_MS / 3000 + 0.5)
+            assert first.cache.generation == second.cache.generation
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()

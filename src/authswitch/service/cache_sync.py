@@ -79,6 +79,11 @@ class CacheSync:
                 await self.cache.beat(self.process, HEARTBEAT_TTL_MS)
             except Exception as exc:  # Redis is down: nothing decides on it meanwhile
                 log.warning("heartbeat not renewed", extra={"error": type(exc).__name__})
+            # Processes that start together each raise the generation; one that raised it
+            # first would otherwise keep stamping what it loads with its own, older one,
+            # which every other process reloads on use and reconciliation cannot see (it
+            # compares what the newest generation holds). So each adopts the newest here.
+            await self.cache.refresh_generation()
 
     @contextlib.contextmanager
     def in_flight(self, account_id: str) -> Iterator[str]:
