@@ -157,5 +157,11 @@ async def test_refusals_add_acceptors_that_leave_once_none_are_refused(
                 assert answer.response_code == "00"
             assert (app.acceptors.outstanding, app.acceptors.surging) == (2, 0)
             assert gauge() == before
+            await asyncio.gather(  # surging again as the server stops: the gauge is given back
+                *(ledger.auth.Authorize(ledger.request(card, 100), timeout=30) for _ in range(60)),
+                return_exceptions=True,
+            )
+            assert app.acceptors.surging > 0
     finally:
         await app.stop()
+    assert gauge() == before

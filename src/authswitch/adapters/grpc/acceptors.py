@@ -217,13 +217,12 @@ class Acceptors:
 
     async def closed(self) -> None:
         """After the server stopped: its shutdown failed every request; the tasks end."""
-        if not self._acceptors:
-            return
-        running = list(self._acceptors)
-        _, pending = await asyncio.wait(running, timeout=CLOSE_TIMEOUT_S)
-        for task in pending:  # the server is stopped: nothing can take a call any more
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        running = list(self._acceptors)  # (those that saw the server stop have ended)
+        if running:
+            _, pending = await asyncio.wait(running, timeout=CLOSE_TIMEOUT_S)
+            for task in pending:  # the server is stopped: nothing can take a call any more
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         self._acceptors.clear()
         metrics.ACCEPTORS_SURGING.dec(self.surging)
         self._surging = dict.fromkeys(self._surging, 0)
