@@ -83,7 +83,10 @@ class CacheSync:
             # first would otherwise keep stamping what it loads with its own, older one,
             # which every other process reloads on use and reconciliation cannot see (it
             # compares what the newest generation holds). So each adopts the newest here.
-            await self.cache.refresh_generation()
+            try:
+                await self.cache.refresh_generation()
+            except Exception as exc:  # as the beat: this task must outlive any failure
+                log.debug("generation not refreshed", extra={"error": type(exc).__name__})
 
     @contextlib.contextmanager
     def in_flight(self, account_id: str) -> Iterator[str]:
