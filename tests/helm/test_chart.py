@@ -1432,6 +1432,8 @@ def test_dashboard_shows_what_operators_need(chart: helm_python.Chart) -> None:
         "authswitch_cache_loads_total",
         "authswitch_reconciliation_breaks",
         "authswitch_event_loop_lag_seconds_bucket",
+        "authswitch_authorizations_shed_total",
+        "authswitch_grpc_acceptors_surging",
     }
     assert not shown - _known_series()
     ids = [p["id"] for p in dashboard["panels"]]
