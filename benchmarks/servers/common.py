@@ -66,13 +66,12 @@ def _server_options() -> list[tuple[str, Any]]:
 def _acceptors() -> Any:
     """The real server's acceptors of Authorize calls (the same stack), or None."""
     try:
-        from authswitch.adapters.grpc.acceptors import Acceptors
+        from authswitch.adapters.grpc.server import acceptors_for
         from authswitch.config import Settings
     except ImportError as exc:
         print(f"authswitch's acceptors unavailable ({exc}): grpc.aio's one", file=sys.stderr)
         return None
-    settings = Settings()
-    return Acceptors(settings.grpc_acceptors, settings.grpc_acceptors_surge)
+    return acceptors_for(Settings())
 
 
 async def _serve(listen: str, factory: HandlerFactory) -> None:

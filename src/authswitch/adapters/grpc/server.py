@@ -20,7 +20,14 @@ from authswitch.adapters.grpc.servicers import AuthorizationServicer, LedgerAdmi
 from authswitch.config import Settings
 from authswitch.v1 import authorization_pb2, ledger_admin_pb2
 
-__all__ = ["SERVICE_NAMES", "HealthServicer", "add_health", "add_service", "build_server"]
+__all__ = [
+    "SERVICE_NAMES",
+    "HealthServicer",
+    "acceptors_for",
+    "add_health",
+    "add_service",
+    "build_server",
+]
 
 # grpcio-health-checking's asyncio servicer (its stubs do not declare the ``aio`` module).
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
@@ -183,6 +190,12 @@ def add_health(server: grpc.aio.Server, servicer: Any, policy: AccessPolicy) -> 
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
+def acceptors_for(settings: Settings) -> Acceptors:
+    """The acceptors of Authorize calls the settings ask for (the benchmarks' comparison
+    servers take the same)."""
+    return Acceptors(settings.grpc_acceptors, settings.grpc_acceptors_surge)
+
+
 def build_server(
     settings: Settings,
     authorization: AuthorizationServicer,
@@ -193,7 +206,7 @@ def build_server(
     """A server with every service added and its port bound; returns it, the port, and the
     acceptors of its Authorize calls (start them once the server has started)."""
     policy = policy or AccessPolicy()
-    acceptors = Acceptors(settings.grpc_acceptors, settings.grpc_acceptors_surge)
+    acceptors = acceptors_for(settings)
     server = grpc.aio.server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_streams,
