@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from authswitch.adapters.grpc import acceptors
+from authswitch.adapters.grpc.admission import OVERLOADED_DETAILS
 from authswitch.app import Application
 from authswitch.v1 import authorization_pb2 as pb
 from tests.conftest import TEST_KEYS, settings_for
@@ -148,6 +149,8 @@ async def test_refusals_add_acceptors_that_leave_once_none_are_refused(
             refused = [r for r in burst if isinstance(r, grpc.aio.AioRpcError)]
             assert refused, "one call in flight at most: a burst of 60 must see refusals"
             assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            # Refused by the acceptors or the handler, not by grpc.aio's dispatch.
+            assert {r.details() for r in refused} == {OVERLOADED_DETAILS}
             assert app.acceptors.surging == min(6, len(refused))
             assert app.acceptors.outstanding == 2 + app.acceptors.surging
             assert gauge() == before + app.acceptors.surging

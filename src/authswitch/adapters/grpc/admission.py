@@ -35,8 +35,10 @@ import contextvars
 import time
 from collections.abc import Callable
 
-__all__ = ["Admission", "Arrival", "limit_for"]
+__all__ = ["OVERLOADED_DETAILS", "Admission", "Arrival", "limit_for"]
 
+# The details of a call refused RESOURCE_EXHAUSTED at the limit, wherever it is refused.
+OVERLOADED_DETAILS = "overloaded: too many authorisations in flight"
 WINDOW_S = 0.25
 SMOOTHING = 0.5  # weight of the newest window's rate
 

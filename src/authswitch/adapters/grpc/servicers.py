@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from authswitch import metrics
 from authswitch.adapters.grpc.access import CALLER
-from authswitch.adapters.grpc.admission import Admission
+from authswitch.adapters.grpc.admission import OVERLOADED_DETAILS, Admission
 from authswitch.adapters.grpc.bounded import merchant_too_long
 from authswitch.adapters.grpc.codec.admin import (
     AdminReplies,
@@ -208,9 +208,7 @@ class AuthorizationServicer(_Ready):
         admission = self.admission
         if not admission.try_enter():
             metrics.SHED.inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded: too many authorisations in flight"
-            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED_DETAILS)
         # A call whose deadline has passed is never decided: its caller has given up, and
         # whatever it retries with will be decided instead.
         try:
