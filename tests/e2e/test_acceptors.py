@@ -168,3 +168,52 @@ async def test_refusals_add_acceptors_that_leave_once_none_are_refused(
     finally:
         await app.stop()
     assert gauge() == before
+
+
+async def test_a_call_taken_keeps_the_handlers_contract() -> None:
+    """The acceptors' own dispatch of a call (one task, its answer and status in one batch)
+    keeps what grpc.aio's gives a handler: its answer, an abort's status, a status it set,
+    its trailing metadata and deadline, and UNKNOWN for an exception."""
+
+    async def behaviour(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if request == b"abort":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "gone")
+        if request == b"raise":
+            raise RuntimeError("boom")
+        if request == b"code":
+            context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+            context.set_details("not now")
+            return b"ignored"
+        context.set_trailing_metadata((("x-seen", request.decode()),))
+        remaining = context.time_remaining()
+        return b"answer:" + (b"deadline" if remaining is not None and remaining > 0 else b"none")
+
+    server = grpc.aio.server()
+    taking = acceptors.Acceptors(2)
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    assert taking.register(server, "test.Probe", {"Echo": handler})
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    taking.start(server)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary("/test.Probe/Echo", None, None)
+            call = echo(b"hello", timeout=10)
+            assert await call == b"answer:deadline"
+            assert ("x-seen", "hello") in tuple(await call.trailing_metadata())
+            assert await echo(b"plain") == b"answer:none"
+            for request, code, details in (
+                (b"abort", grpc.StatusCode.NOT_FOUND, "gone"),
+                (b"code", grpc.StatusCode.FAILED_PRECONDITION, "not now"),
+                (b"raise", grpc.StatusCode.UNKNOWN, None),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await echo(request, timeout=10)
+                assert failed.value.code() is code, request
+                if details is not None:
+                    assert failed.value.details() == details
+            answers = await asyncio.gather(*(echo(b"many", timeout=10) for _ in range(50)))
+            assert answers == [b"answer:deadline"] * 50
+    finally:
+        await server.stop(0)
+        await taking.closed()

@@ -9,17 +9,17 @@ with the process's main thread 72 % busy.
 
 Here the methods given to :meth:`Acceptors.register` (Authorize) are registered methods, and
 ``count`` more requests for their calls are kept outstanding, each by a task that hands the
-call to grpc.aio's own dispatch (the functions its main loop calls, in the same order) and
-asks again. Side by side on one host (make bench-quick, the hot account, 64 in flight):
-1,645-1,717 decisions/s with grpc.aio's one request, 2,509-2,646/s with 8 more; the server's
-CPU per decision 540-575 µs against 370-398. With 32 more (the default since), six
-alternating pairs against 8: 3-11 % more decisions/s, 25.5 decisions per commit against 23,
-and 8 % less CPU per decision: the calls let in by a committed batch's answers reach their
-handlers together rather than 8 at a time, and share the next batch. (The ceiling row, one
-Redis call per request and no batch, gains nothing from it.)
+call to a task of its own (:func:`_serve`) and asks again. Side by side on one host (make
+bench-quick, the hot account, 64 in flight): 1,645-1,717 decisions/s with grpc.aio's one
+request, 2,509-2,646/s with 8 more; the server's CPU per decision 540-575 µs against 370-398.
+With 32 more (the default since), six alternating pairs against 8: 3-11 % more decisions/s,
+25.5 decisions per commit against 23, and 8 % less CPU per decision: the calls let in by a
+committed batch's answers reach their handlers together rather than 8 at a time, and share the
+next batch. (The ceiling row, one Redis call per request and no batch, gains nothing from it.)
 
-That dispatch is grpc.aio's private API (cygrpc's AioServer._request_registered_call,
-_handle_rpc, _schedule_rpc_coro, _MethodResolver). :func:`available` checks it is there; with
+Taking and serving calls so is grpc.aio's private API (cygrpc's
+AioServer._request_registered_call, execute_batch, its batch operations and its servicer
+context). :func:`available` checks it is there; with
 a grpcio without it the server takes calls the stock way and says so once in its log
 (tests/e2e/test_acceptors.py fails instead, on the grpcio the project pins).
 
@@ -49,6 +49,10 @@ used until 2026-12-06) was two tasks and two batches: at 4,000 calls a second of
 about 2,200 of capacity (quick runs, three alternating pairs), 1,403-1,557 answers a second
 against 1,115-1,162, answered p99 133-150 ms against 174-239, refusals' p99 61-77 ms against
 86-117, and 0-341 calls CANCELLED by core against 589-2,200.
+An admitted call is one task and two batches (:func:`_serve`), where grpc.aio's dispatch
+(``_schedule_rpc_coro``, as the acceptors used until 2026-12-06) was two tasks and three
+batches: the hot account's closed loop (quick runs, three alternating pairs) took 339-359 µs
+of server CPU per decision against 379-407, at 2,614-2,725 decisions/s against 2,230-2,573.
 A request outstanding with core ends only when core hands it a call or shuts down: the
 tasks are never cancelled while they have one (a cancelled one would leave its request to
 take a call nobody answers); they end when the server's shutdown fails their requests
@@ -78,23 +82,17 @@ log = logging.getLogger(__name__)
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # subscriptable only in the stubs
 _PRIVATE = (
-    "_handle_rpc", "_schedule_rpc_coro", "_MethodResolver", "_RequestCallError",
-    "execute_batch", "ExecuteBatchError", "SendInitialMetadataOperation",
+    "_RequestCallError", "execute_batch", "ExecuteBatchError", "SendInitialMetadataOperation",
     "SendStatusFromServerOperation", "ReceiveCloseOnServerOperation", "StatusCode",
+    "ReceiveMessageOperation", "SendMessageOperation", "_ServicerContext", "AbortError",
 )  # fmt: skip
 CLOSE_TIMEOUT_S = 2.0  # after the server stopped, for its requests to fail
 # After the last refusal, how long the acceptors added while calls were refused stay.
 SURGE_HOLD_S = 1.0
 
 
-# The dispatch's functions and their parameters, as grpc.aio's main loop calls them.
-_SIGNATURES = {
-    "_handle_rpc": (
-        "method_name", "method_resolver", "interceptors", "rpc_state", "loop",
-        "concurrency_exceeded",
-    ),
-    "_schedule_rpc_coro": ("rpc_coro", "rpc_state", "loop", "method_name"),
-}  # fmt: skip
+# The private functions called here, with the parameters they are called with.
+_SIGNATURES = {"execute_batch": ("grpc_call_wrapper", "operations", "loop")}
 
 
 async def _refuse(rpc_state: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -110,6 +108,57 @@ async def _refuse(rpc_state: Any, loop: asyncio.AbstractEventLoop) -> None:
         _cygrpc.ReceiveCloseOnServerOperation(0),
     )
     with contextlib.suppress(_cygrpc.ExecuteBatchError):  # the call is over already
+        await _cygrpc.execute_batch(rpc_state, ops, loop)
+
+
+async def _serve(rpc_state: Any, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+    """An admitted unary call, in one task and two batches: its request read, the handler
+    run, then its answer, status and the client's close in one batch. grpc.aio's dispatch
+    (``_schedule_rpc_coro``) runs a second task per call, which listens for the client's
+    cancellation in a batch of its own, and resolves the method and parses the metadata
+    before the handler does.
+
+    Without that listener a call the client cancels runs to its end (as a decision does
+    anyway: the write it started outlives a cancellation), its answer then going nowhere;
+    at shutdown the server waits for it (bounded by the handlers' own deadlines).
+    """
+    receive = _cygrpc.ReceiveMessageOperation(0)
+    try:
+        await _cygrpc.execute_batch(rpc_state, (receive,), loop)
+    except _cygrpc.ExecuteBatchError:
+        return  # the call ended before its request came (the client left, or a shutdown)
+    raw = receive.message()
+    if raw is None:
+        return  # the client cancelled at once
+    context = _cygrpc._ServicerContext(rpc_state, None, None, loop)
+    code = _cygrpc.StatusCode.ok
+    details = ""
+    message: bytes | None = None
+    try:
+        deserialize = handler.request_deserializer
+        request = deserialize(raw) if deserialize is not None else raw
+        behaviour: Any = handler.unary_unary
+        response = await behaviour(request, context)
+        set_code = context.code()
+        if set_code is None or set_code is grpc.StatusCode.OK:
+            serialize = handler.response_serializer
+            message = serialize(response) if serialize is not None else response
+        else:
+            code, details = set_code.value[0], context.details() or ""
+    except _cygrpc.AbortError:
+        return  # context.abort sent the status
+    except Exception as exc:  # as grpc.aio: logged, and UNKNOWN to the caller
+        log.exception("unexpected %s in %s", type(exc).__name__, handler)
+        code, details = _cygrpc.StatusCode.unknown, f"Unexpected {type(exc)}: {exc}"
+    sends: tuple[Any, ...] = (_cygrpc.SendInitialMetadataOperation((), 0),)
+    if message is not None:
+        sends += (_cygrpc.SendMessageOperation(message, 0),)
+    ops = (
+        *sends,
+        _cygrpc.SendStatusFromServerOperation(context.trailing_metadata(), code, details, 0),
+        _cygrpc.ReceiveCloseOnServerOperation(0),
+    )
+    with contextlib.suppress(_cygrpc.ExecuteBatchError):  # the client has gone
         await _cygrpc.execute_batch(rpc_state, ops, loop)
 
 
@@ -149,7 +198,6 @@ class Acceptors:
         self._acceptors: set[asyncio.Task[None]] = set()
         self._calls: set[asyncio.Task[Any]] = set()
         self._admission: Admission | None = None
-        self._resolver: Any = None
         self._server: Any = None
         # Acceptors running beyond ``count``, by method; when the last refusal was (loop time).
         self._surging: dict[str, int] = {}
@@ -177,7 +225,6 @@ class Acceptors:
         if not self.count or not self._handlers:
             return
         self._server = server._server  # type: ignore[attr-defined]  # grpc.aio's AioServer
-        self._resolver = _cygrpc._MethodResolver([], dict(self._handlers))
         for method in self._handlers:
             self._surging[method] = 0
             for _ in range(self.count):
@@ -190,8 +237,9 @@ class Acceptors:
 
     async def _accept(self, method: str) -> None:
         loop = asyncio.get_running_loop()
-        aio, resolver = self._server, self._resolver
+        aio = self._server
         name = method.encode()
+        handler = self._handlers[method]
         admission = self._admission
         while aio.is_running():
             try:
@@ -215,10 +263,7 @@ class Acceptors:
             if refused:
                 task = loop.create_task(_refuse(rpc_state, loop))
             else:
-                # As grpc.aio's main loop: the call's coroutine runs inside the task that
-                # listens for the client's cancellation, which keeps it to its end.
-                call = _cygrpc._handle_rpc(method, resolver, (), rpc_state, loop, False)
-                coro = _cygrpc._schedule_rpc_coro(call, rpc_state, loop, method)
+                coro = _serve(rpc_state, handler, loop)
                 if arrival is None:
                     task = loop.create_task(coro)
                 else:
