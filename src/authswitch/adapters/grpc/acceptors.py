@@ -111,7 +111,9 @@ async def _refuse(rpc_state: Any, loop: asyncio.AbstractEventLoop) -> None:
         await _cygrpc.execute_batch(rpc_state, ops, loop)
 
 
-async def _serve(rpc_state: Any, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+async def _serve(
+    rpc_state: Any, handler: Handler, loop: asyncio.AbstractEventLoop, method: str
+) -> None:
     """An admitted unary call, in one task and two batches: its request read, the handler
     run, then its answer, status and the client's close in one batch. grpc.aio's dispatch
     (``_schedule_rpc_coro``) runs a second task per call, which listens for the client's
@@ -148,8 +150,9 @@ async def _serve(rpc_state: Any, handler: Handler, loop: asyncio.AbstractEventLo
     except _cygrpc.AbortError:
         return  # context.abort sent the status
     except Exception as exc:  # as grpc.aio: logged, and UNKNOWN to the caller
-        log.exception("unexpected %s in %s", type(exc).__name__, handler)
-        code, details = _cygrpc.StatusCode.unknown, f"Unexpected {type(exc)}: {exc}"
+        log.exception("unexpected %s in %s", type(exc).__name__, method)
+        # Its type only: an exception's text could carry what a request held.
+        code, details = _cygrpc.StatusCode.unknown, f"unexpected {type(exc).__name__}"
     sends: tuple[Any, ...] = (_cygrpc.SendInitialMetadataOperation((), 0),)
     if message is not None:
         sends += (_cygrpc.SendMessageOperation(message, 0),)
@@ -263,7 +266,7 @@ class Acceptors:
             if refused:
                 task = loop.create_task(_refuse(rpc_state, loop))
             else:
-                coro = _serve(rpc_state, handler, loop)
+                coro = _serve(rpc_state, handler, loop, method)
                 if arrival is None:
                     task = loop.create_task(coro)
                 else:
