@@ -124,8 +124,8 @@ class Settings:
     grpc_acceptors: int = 32
     # While calls are being refused (overload), up to this many more acceptors, one added per
     # refusal: calls then come faster than the event loop's turns take them, and those not
-    # taken wait in core (then CANCELLED). They leave one a call once a second passes with
-    # none refused. 0: never more than grpc_acceptors.
+    # taken wait in core (then CANCELLED). Once a second passes with none refused, each call
+    # taken retires one. 0: never more than grpc_acceptors.
     grpc_acceptors_surge: int = 96
     # Let several authswitch processes on one host listen on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them, so one host's cores all decide. Each

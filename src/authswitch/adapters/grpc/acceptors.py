@@ -67,6 +67,7 @@ import contextvars
 import functools
 import importlib
 import logging
+from collections.abc import Coroutine
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -95,20 +96,33 @@ SURGE_HOLD_S = 1.0
 _SIGNATURES = {"execute_batch": ("grpc_call_wrapper", "operations", "loop")}
 
 
-async def _refuse(rpc_state: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """RESOURCE_EXHAUSTED for a call taken with no slot free, its request never read: one
-    batch (initial metadata, the status, and the client's close) in one task. grpc.aio's own
-    refusal (``_handle_rpc`` with ``concurrency_exceeded``, under ``_schedule_rpc_coro``) costs
-    two tasks and two batches, resolves the method and parses the call's metadata first."""
-    ops = (
-        _cygrpc.SendInitialMetadataOperation((), 0),
-        _cygrpc.SendStatusFromServerOperation(
-            (), _cygrpc.StatusCode.resource_exhausted, OVERLOADED_DETAILS, 0
-        ),
+async def _finish(
+    rpc_state: Any,
+    loop: asyncio.AbstractEventLoop,
+    code: Any,
+    details: str,
+    trailing: tuple[Any, ...] = (),
+    message: bytes | None = None,
+) -> None:
+    """A call's last batch: initial metadata, its answer (if any), its status, and the
+    client's close."""
+    ops: tuple[Any, ...] = (_cygrpc.SendInitialMetadataOperation((), 0),)
+    if message is not None:
+        ops += (_cygrpc.SendMessageOperation(message, 0),)
+    ops += (
+        _cygrpc.SendStatusFromServerOperation(trailing, code, details, 0),
         _cygrpc.ReceiveCloseOnServerOperation(0),
     )
-    with contextlib.suppress(_cygrpc.ExecuteBatchError):  # the call is over already
+    with contextlib.suppress(_cygrpc.ExecuteBatchError):  # the client has gone already
         await _cygrpc.execute_batch(rpc_state, ops, loop)
+
+
+def _refuse(rpc_state: Any, loop: asyncio.AbstractEventLoop) -> Coroutine[Any, Any, None]:
+    """RESOURCE_EXHAUSTED for a call taken with no slot free, its request never read: one
+    batch in one task. grpc.aio's own refusal (``_handle_rpc`` with ``concurrency_exceeded``,
+    under ``_schedule_rpc_coro``) costs two tasks and two batches, resolves the method and
+    parses the call's metadata first."""
+    return _finish(rpc_state, loop, _cygrpc.StatusCode.resource_exhausted, OVERLOADED_DETAILS)
 
 
 async def _serve(
@@ -153,16 +167,7 @@ async def _serve(
         log.exception("unexpected %s in %s", type(exc).__name__, method)
         # Its type only: an exception's text could carry what a request held.
         code, details = _cygrpc.StatusCode.unknown, f"unexpected {type(exc).__name__}"
-    sends: tuple[Any, ...] = (_cygrpc.SendInitialMetadataOperation((), 0),)
-    if message is not None:
-        sends += (_cygrpc.SendMessageOperation(message, 0),)
-    ops = (
-        *sends,
-        _cygrpc.SendStatusFromServerOperation(context.trailing_metadata(), code, details, 0),
-        _cygrpc.ReceiveCloseOnServerOperation(0),
-    )
-    with contextlib.suppress(_cygrpc.ExecuteBatchError):  # the client has gone
-        await _cygrpc.execute_batch(rpc_state, ops, loop)
+    await _finish(rpc_state, loop, code, details, context.trailing_metadata(), message)
 
 
 def _settle(admission: Admission, arrival: Arrival, _: object) -> None:
